@@ -1,0 +1,36 @@
+# Set-up is part of every target: a fresh machine needs only python3 (>= 3.11) and make.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test lint constraints clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: venv
+	$(BIN)/kdsweep train --model cnn-large --epochs 30 --out demo-out/teacher
+	$(BIN)/kdsweep train --model cnn-small --epochs 30 --out demo-out/student-alone
+	$(BIN)/kdsweep train --model cnn-small --teacher demo-out/teacher/checkpoint.pt \
+		--loss kl --tau 4 --epochs 30 --out demo-out/student-kl
+
+lint: venv
+	$(BIN)/ruff check .
+
+test: venv lint
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Re-pin the tested set after changing pyproject's dependencies.
+constraints: venv
+	(echo "# Tested versions; the Makefile installs with '-c constraints.txt'. Regenerate: make constraints"; \
+	 $(BIN)/pip freeze --exclude-editable | grep -vi '^kdsweep') > constraints.txt
+
+clean:
+	rm -rf demo-out .pytest_cache .ruff_cache

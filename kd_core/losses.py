@@ -1,0 +1,92 @@
+"""Distillation objectives of Kim et al. (IJCAI 2021): CE, KL at any temperature, MSE on logits.
+
+KL:  (1 - alpha) * CE(z_s, y) + alpha * tau^2 * KL(softmax(z_t / tau) || softmax(z_s / tau))
+MSE: (1 - alpha) * CE(z_s, y) + alpha * mean((z_s - z_t)^2)
+
+tau = inf is the exact limit of tau^2 * KL (paper, Theorem 1): with d = z_s - z_t per sample,
+    tau^2 * KL -> ||d - mean_k(d)||^2 / (2K),  whose gradient is (d - mean_k(d)) / K.
+It is written as an ordinary differentiable loss, so the trainer needs no special case.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+LOSSES = ("ce", "kl", "mse")
+
+
+def check_loss_params(loss: str, tau: float, alpha: float) -> None:
+    """Raise ValueError naming the bad argument; shared by the trainer config and the sweep spec."""
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}: expected one of {', '.join(LOSSES)}")
+    if not isinstance(tau, (int, float)) or math.isnan(tau) or tau <= 0:
+        raise ValueError(f"tau must be a positive number or inf, got {tau!r}")
+    if not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha!r}")
+
+
+def kl_limit_inf(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """tau -> inf limit of tau^2 * KL: mean-shift-invariant logit matching, batch-mean."""
+    d = student_logits - teacher_logits
+    d = d - d.mean(dim=1, keepdim=True)
+    return d.pow(2).sum(dim=1).mean() / (2 * d.shape[1])
+
+
+def kl_divergence(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float
+) -> torch.Tensor:
+    """tau^2 * KL(softmax(z_t/tau) || softmax(z_s/tau)), batch-mean; tau may be inf."""
+    if math.isinf(tau):
+        return kl_limit_inf(student_logits, teacher_logits)
+    log_p_s = F.log_softmax(student_logits / tau, dim=1)
+    log_p_t = F.log_softmax(teacher_logits / tau, dim=1)
+    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * tau**2
+
+
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    targets: torch.Tensor | None,
+    *,
+    loss: str,
+    tau: float = 1.0,
+    alpha: float = 1.0,
+) -> torch.Tensor:
+    """The training objective for one batch; teacher logits are treated as constants.
+
+    loss="ce" ignores the teacher; "kl" and "mse" mix a label term with weight (1 - alpha).
+    Computed in fp32 whatever the logits' dtype, so bf16 autocast cannot erode tau = inf.
+    """
+    check_loss_params(loss, tau, alpha)
+    if student_logits.dim() != 2:
+        raise ValueError(
+            f"student_logits must be (batch, classes), got {tuple(student_logits.shape)}"
+        )
+    dtype = torch.promote_types(student_logits.dtype, torch.float32)  # bf16 -> fp32; fp64 stays
+    z_s = student_logits.to(dtype)
+    needs_labels = loss == "ce" or alpha < 1.0
+    if needs_labels:
+        if targets is None:
+            raise ValueError(f"loss={loss!r} with alpha={alpha} needs targets")
+        if targets.shape != z_s.shape[:1]:
+            raise ValueError(
+                f"targets shape {tuple(targets.shape)} does not match batch {z_s.shape[0]}"
+            )
+    if loss == "ce":
+        return F.cross_entropy(z_s, targets)
+
+    if teacher_logits is None:
+        raise ValueError(f"loss={loss!r} needs teacher_logits")
+    if teacher_logits.shape != z_s.shape:
+        raise ValueError(
+            f"teacher_logits shape {tuple(teacher_logits.shape)} != "
+            f"student_logits shape {tuple(z_s.shape)}"
+        )
+    z_t = teacher_logits.detach().to(dtype)
+    kd = kl_divergence(z_s, z_t, tau) if loss == "kl" else F.mse_loss(z_s, z_t)
+    if alpha == 1.0:
+        return kd
+    return (1.0 - alpha) * F.cross_entropy(z_s, targets) + alpha * kd

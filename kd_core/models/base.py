@@ -1,0 +1,38 @@
+"""The contract every model honours: logits out, penultimate features on request."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Classifier(nn.Module):
+    """A feature extractor followed by one linear head.
+
+    ``forward(x)`` returns logits; ``forward(x, return_features=True)`` returns
+    ``(logits, features)`` from the same pass, where features are the pre-logit representation
+    the paper analyses (||r_s||, 2-D projections).
+    """
+
+    head: nn.Linear
+    spec: dict  # set by build_model: name, num_classes, in_channels
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        feats = self.features(x)
+        logits = self.head(feats)
+        return (logits, feats) if return_features else logits
+
+
+def init_weights(model: nn.Module) -> None:
+    """He init for convs, unit BatchNorm, zero biases: the WRN reference initialisation."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.zeros_(m.bias)

@@ -1,0 +1,40 @@
+"""One training run described by value: what a CLI call or a sweep trial hands to the trainer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from .config import TrainConfig
+from .data import Augment, ImageData, NoisyLabels, load_dataset
+from .train import Trainer, init_model
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    dataset: str
+    model: str
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data_root: str | None = None
+    download: bool = False
+    noise_kind: str = "symmetric"
+    noise_rate: float = 0.0  # the noise seed is train.seed: a lineage shares one set of labels
+    augment: Augment | None = None  # None: the dataset's default (crop+flip for CIFAR)
+
+
+def load_run_data(spec: RunSpec) -> tuple[ImageData, NoisyLabels]:
+    """The dataset with this run's label noise (and augmentation override) applied."""
+    data = load_dataset(spec.dataset, root=spec.data_root, download=spec.download)
+    if spec.augment is not None:
+        data = data.with_augment(spec.augment)
+    return data.with_label_noise(spec.noise_kind, spec.noise_rate, spec.train.seed)
+
+
+def build_trainer(
+    spec: RunSpec, teacher: nn.Module | None = None, data: tuple | None = None
+) -> tuple[Trainer, NoisyLabels]:
+    """A Trainer for ``spec`` with a freshly seeded model; pass ``data`` to reuse a loaded split."""
+    data, noisy = data or load_run_data(spec)
+    model = init_model(spec.model, data, spec.train.seed)
+    return Trainer(model, data, spec.train, teacher), noisy

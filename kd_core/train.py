@@ -1,0 +1,237 @@
+"""The trainer: one model, teacher (CE) or student (KL / MSE against a frozen teacher).
+
+Design, following airbench: the whole training split lives on the training device as one uint8
+tensor; each epoch draws a permutation and one augmentation view per image on the device; batch
+metrics accumulate in a device tensor and are read once per epoch (one host sync). Everything
+that decides the next epoch (weights, optimizer, scheduler, RNG) is in ``state_dict()``, so a run
+resumed from epoch k ends bit-identical to an uninterrupted one on the CPU.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .data import ImageData, draw_views, render_views
+from .losses import distillation_loss
+from .metrics import EpochMetrics, predict, test_metrics
+from .models import Classifier, build_model
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def init_model(name: str, data: ImageData, seed: int) -> Classifier:
+    """A freshly initialised model for ``data``, its weights fixed by ``seed``."""
+    torch.manual_seed(seed)
+    return build_model(name, data.num_classes, data.in_channels)
+
+
+def model_state(model: Classifier) -> dict:
+    """What a model checkpoint holds: its architecture and weights (no optimizer)."""
+    return {"model_spec": dict(model.spec), "model": model.state_dict()}
+
+
+def load_model(source, name: str | None = None) -> Classifier:
+    """Rebuild a model (e.g. a teacher) from any checkpoint written by kd_core."""
+    state = load_checkpoint(source, name)
+    spec = state["model_spec"]
+    model = build_model(spec["name"], spec["num_classes"], spec["in_channels"])
+    model.load_state_dict(state["model"])
+    return model
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    # The paper decays conv/linear weights only: BatchNorm parameters and biases (ndim 1) are not.
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    rest = [p for p in model.parameters() if p.ndim <= 1]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+class OnlineTeacher:
+    """Teacher logits computed on the fly for the exact views the student sees."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, index: torch.Tensor, views: torch.Tensor | None):
+        return self.model(images)
+
+
+class Trainer:
+    """Holds one run's state; ``epochs()`` trains from the current epoch to ``config.epochs``."""
+
+    def __init__(
+        self,
+        model: Classifier,
+        data: ImageData,
+        config: TrainConfig,
+        teacher: nn.Module | None = None,
+    ):
+        if config.loss != "ce" and teacher is None:
+            raise ValueError(f"loss={config.loss!r} distils from a teacher: pass teacher=")
+        self.config = config
+        self.data = data
+        self.device = dev = resolve_device(config.device)
+        self.model = model.to(dev)
+        self.teacher = None
+        if teacher is not None and config.loss != "ce":
+            self.teacher = OnlineTeacher(teacher.to(dev))
+        self.autocast = dev.type == "cuda"  # bf16 on CUDA, exact fp32 on the CPU
+
+        self.x_train = data.train_images.to(dev)
+        self.y_train = data.train_labels.to(dev)
+        self.y_clean = data.clean_labels.to(dev)
+        self.x_test = data.test_images.to(dev)
+        self.y_test = data.test_labels.to(dev)
+        shape = (1, -1, 1, 1)
+        self._mean = torch.tensor(data.mean, device=dev).view(shape) * data.pixel_max
+        self._std = torch.tensor(data.std, device=dev).view(shape) * data.pixel_max
+
+        self.optimizer = torch.optim.SGD(
+            _param_groups(self.model, config.weight_decay),
+            lr=config.lr,
+            momentum=config.momentum,
+            nesterov=config.nesterov,
+        )
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            self.optimizer, milestones=config.milestone_epochs(), gamma=config.lr_gamma
+        )
+        self.generator = torch.Generator(device=dev).manual_seed(config.seed)
+        self.epoch = 0
+        self.history: list[dict] = []
+        self._teacher_test_logits: torch.Tensor | None = None
+
+    # ---- state ---------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            **model_state(self.model),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "epoch": self.epoch,
+            "history": list(self.history),
+            "config": self.config.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        self.epoch = int(state["epoch"])
+        self.history = list(state["history"])
+
+    # ---- training ------------------------------------------------------------------------
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float() - self._mean) / self._std
+
+    def _train_epoch(self) -> torch.Tensor:
+        cfg, aug = self.config, self.data.augment
+        n = len(self.y_train)
+        perm = torch.randperm(n, generator=self.generator, device=self.device)
+        views = draw_views(aug, n, self.generator, self.device) if aug.enabled else None
+        # Sums of: loss * batch, correct (trained labels), correct (clean), ||z_s - z_t||, count.
+        sums = torch.zeros(5, device=self.device)
+        self.model.train()
+        for start in range(0, n, cfg.batch_size):
+            idx = perm[start : start + cfg.batch_size]
+            if len(idx) < 2:  # BatchNorm cannot train on a batch of one
+                continue
+            v = None if views is None else views[start : start + cfg.batch_size]
+            x = self.x_train[idx]
+            x = self._prepare(x if v is None else render_views(x, v, aug))
+            y = self.y_train[idx]
+            with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
+                z_t = None if self.teacher is None else self.teacher(x, idx, v)
+                z_s = self.model(x)
+            loss = distillation_loss(z_s, z_t, y, loss=cfg.loss, tau=cfg.tau, alpha=cfg.alpha)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            with torch.no_grad():
+                pred = z_s.argmax(1)
+                dist = (z_s.float() - z_t.float()).norm(dim=1).sum() if z_t is not None else 0.0
+                sums += torch.stack(
+                    [
+                        loss.detach() * len(idx),
+                        (pred == y).sum(),
+                        (pred == self.y_clean[idx]).sum(),
+                        torch.as_tensor(dist, device=self.device),
+                        torch.tensor(len(idx), device=self.device),
+                    ]
+                ).float()
+        return sums
+
+    def _teacher_test(self) -> torch.Tensor | None:
+        if self.teacher is None:
+            return None
+        if self._teacher_test_logits is None:  # the frozen teacher's test logits never change
+            self._teacher_test_logits = self._predict(self.teacher.model, self.x_test)
+        return self._teacher_test_logits
+
+    def _predict(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
+            return predict(model, images, self._prepare, 1024)
+
+    def epochs(self) -> Iterator[EpochMetrics]:
+        """Train the remaining epochs, yielding each one's metrics after it completes."""
+        while self.epoch < self.config.epochs:
+            t0 = time.perf_counter()
+            lr = self.optimizer.param_groups[0]["lr"]
+            sums = self._train_epoch().tolist()  # the epoch's one host sync
+            self.scheduler.step()
+            self.epoch += 1
+            loss_sum, correct, correct_clean, dist_sum, count = sums
+            m = EpochMetrics(
+                epoch=self.epoch,
+                lr=lr,
+                train_loss=loss_sum / count,
+                train_acc=correct / count,
+                train_acc_clean=correct_clean / count,
+                epoch_time=0.0,
+                logit_distance=dist_sum / count if self.teacher is not None else None,
+            )
+            if self.epoch % self.config.eval_every == 0 or self.epoch == self.config.epochs:
+                logits = self._predict(self.model, self.x_test)
+                for k, v in test_metrics(logits, self.y_test, self._teacher_test()).items():
+                    setattr(m, k, v)
+            m.epoch_time = time.perf_counter() - t0
+            self.history.append(m.as_dict())
+            yield m
+
+
+def train(
+    model: Classifier,
+    data: ImageData,
+    config: TrainConfig,
+    *,
+    teacher: nn.Module | None = None,
+    checkpoint_path: str | Path | None = None,
+    checkpoint_every: int = 1,
+) -> Iterator[EpochMetrics]:
+    """Train ``model`` (resuming from ``checkpoint_path`` when it exists), yielding epoch metrics.
+
+    The checkpoint is written atomically every ``checkpoint_every`` epochs and after the last,
+    *before* the epoch's metrics are yielded, so a consumer never reports an epoch it could lose.
+    """
+    trainer = Trainer(model, data, config, teacher)
+    if checkpoint_path is not None and Path(checkpoint_path).exists():
+        trainer.load_state_dict(load_checkpoint(checkpoint_path))
+    for metrics in trainer.epochs():
+        last = trainer.epoch == config.epochs
+        if checkpoint_path is not None and (last or trainer.epoch % checkpoint_every == 0):
+            save_checkpoint(checkpoint_path, trainer.state_dict())
+        yield metrics

@@ -1,0 +1,1 @@
+"""sweeps: the Ray Tune driver around kd_core (spec -> plan -> stage -> trial -> results)."""

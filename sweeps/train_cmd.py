@@ -1,0 +1,92 @@
+"""`kdsweep train`: one trial on this machine, no Ray, no MLflow."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from tqdm import tqdm
+
+from kd_core.checkpoint import save_checkpoint
+from kd_core.config import TrainConfig
+from kd_core.data import Augment
+from kd_core.run import RunSpec, build_trainer
+from kd_core.train import load_model
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="train one teacher or student locally (no Ray)")
+    p.add_argument("--dataset", default="digits", help="digits | cifar10 | cifar100 | synthetic")
+    p.add_argument("--data-root", default=None, help="folder holding the CIFAR python archives")
+    p.add_argument("--download", action="store_true", help="download CIFAR into --data-root")
+    p.add_argument("--model", required=True, help="e.g. cnn-small, wrn-16-2, resnet-20")
+    p.add_argument("--teacher", default=None, help="teacher checkpoint (from an earlier train)")
+    p.add_argument("--loss", default=None, help="ce | kl | mse (default: kl with a teacher)")
+    p.add_argument("--tau", type=float, default=4.0, help="KL temperature; 'inf' for the limit")
+    p.add_argument("--alpha", type=float, default=1.0)
+    p.add_argument("--noise-kind", default="symmetric", help="symmetric | asymmetric")
+    p.add_argument("--noise-rate", type=float, default=0.0)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-augment", action="store_true", help="turn off crop/flip")
+    p.add_argument("--out", required=True, help="output folder: checkpoint.pt, metrics.json")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    loss = args.loss or ("kl" if args.teacher else "ce")
+    cfg = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        loss=loss,
+        tau=args.tau,
+        alpha=args.alpha,
+        seed=args.seed,
+        device=args.device,
+    )
+    spec = RunSpec(
+        dataset=args.dataset,
+        model=args.model,
+        train=cfg,
+        data_root=args.data_root,
+        download=args.download,
+        noise_kind=args.noise_kind,
+        noise_rate=args.noise_rate,
+        augment=Augment() if args.no_augment else None,
+    )
+    teacher = load_model(args.teacher) if args.teacher else None
+    trainer, noisy = build_trainer(spec, teacher)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(trainer.epochs(), total=cfg.epochs, desc=f"{args.model} {loss}", unit="epoch")
+    for m in bar:
+        bar.set_postfix(loss=f"{m.train_loss:.3f}", test_acc=f"{m.test_acc:.4f}")
+    save_checkpoint(out / "checkpoint.pt", trainer.state_dict())
+    summary = {
+        "model": args.model,
+        "loss": loss,
+        "tau": args.tau,
+        "alpha": args.alpha,
+        "noise_kind": args.noise_kind,
+        "noise_rate": args.noise_rate,
+        "realised_noise_rate": noisy.realised_rate,
+        "labels_hash": noisy.labels_hash,
+        "epochs": trainer.history,
+    }
+    (out / "metrics.json").write_text(json.dumps(summary, indent=1))
+    last = trainer.history[-1]
+    extra = (
+        f" logit_dist={last['test_logit_distance']:.3f}" if "test_logit_distance" in last else ""
+    )
+    what = f"{loss} tau={args.tau:g}" if loss == "kl" else loss
+    print(
+        f"{args.model} {what} noise={args.noise_rate:g}: "
+        f"test_acc={last['test_acc']:.4f} train_acc_clean={last['train_acc_clean']:.4f}{extra} "
+        f"-> {out / 'checkpoint.pt'}"
+    )
+    return 0

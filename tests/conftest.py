@@ -1,0 +1,45 @@
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+
+def write_cifar(root: Path, name: str, n_train: int = 20, n_test: int = 10, seed: int = 0) -> Path:
+    """Write a tiny dataset in the real CIFAR python-pickle layout that torchvision reads."""
+    rng = np.random.default_rng(seed)
+    k = 10 if name == "cifar10" else 100
+    folder = root / ("cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
+    folder.mkdir(parents=True, exist_ok=True)
+    label_key = "labels" if name == "cifar10" else "fine_labels"
+
+    def dump(fname, n):
+        batch = {
+            "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            label_key: rng.integers(0, k, n).tolist(),
+        }
+        with open(folder / fname, "wb") as f:
+            pickle.dump(batch, f)
+
+    if name == "cifar10":
+        for i in range(1, 6):
+            dump(f"data_batch_{i}", n_train // 5)
+        dump("test_batch", n_test)
+        meta = ("batches.meta", {"label_names": [f"c{i}" for i in range(k)]})
+    else:
+        dump("train", n_train)
+        dump("test", n_test)
+        meta = ("meta", {"fine_label_names": [f"c{i}" for i in range(k)]})
+    with open(folder / meta[0], "wb") as f:
+        pickle.dump(meta[1], f)
+    return root
+
+
+@pytest.fixture
+def cifar_root(tmp_path):
+    write_cifar(tmp_path, "cifar10")
+    write_cifar(tmp_path, "cifar100")
+    return tmp_path
