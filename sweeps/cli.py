@@ -6,16 +6,74 @@ import argparse
 import sys
 
 from . import train_cmd
+from .spec import SpecError, load_spec
+
+
+def _plan(args) -> int:
+    from .plan import build_plan
+    from .storage import Storage
+    from .sweep import stored_done
+
+    spec = load_spec(args.spec)
+    plan = build_plan(spec)
+    done = stored_done(plan, Storage(spec.storage)) if args.check_storage else set()
+    print(plan.describe(done))
+    return 0
+
+
+def _run(args) -> int:
+    spec = load_spec(args.spec)  # validated in full before Ray starts
+    from .sweep import run_sweep
+
+    run_sweep(spec, address=args.address)
+    return 0
+
+
+def _status(args) -> int:
+    from .sweep import sweep_status
+
+    print(sweep_status(load_spec(args.spec)))
+    return 0
+
+
+def _report(args) -> int:
+    from .report import report
+
+    text, paths = report(args.inputs, args.out)
+    print(text)
+    print("plots: " + ", ".join(str(p) for p in paths))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kdsweep", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     train_cmd.add_parser(sub)
+
+    p = sub.add_parser("plan", help="validate a sweep spec and print its stages and trial counts")
+    p.add_argument("spec")
+    p.add_argument("--check-storage", action="store_true", help="also count trials already done")
+    p.set_defaults(func=_plan)
+
+    p = sub.add_parser("run", help="run (or continue) a sweep on Ray")
+    p.add_argument("spec")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster address ('auto' inside ray job submit); default: local Ray")
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("status", help="print a sweep's progress from storage")
+    p.add_argument("spec")
+    p.set_defaults(func=_status)
+
+    p = sub.add_parser("report", help="compare sweeps: tables and plots")
+    p.add_argument("inputs", nargs="+", help="sweep spec files or results .parquet paths/URIs")
+    p.add_argument("--out", default="kdsweep-report", help="folder for the PNG plots")
+    p.set_defaults(func=_report)
+
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (SpecError, ValueError, FileNotFoundError) as e:
         print(f"kdsweep {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,172 @@
+"""Spec -> plan: the de-duplicated, content-addressed trials of a sweep, grouped by generation.
+
+A trial's key hashes everything that determines its result, its teacher's key included, so the
+key of a student covers its whole lineage. A teacher depends only on (dataset, architecture,
+recipe, noise, seed): one teacher serves every tau/loss student and every chain that starts
+with it, and a trial finished by any earlier sweep is found again by its key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import Counter
+from dataclasses import asdict, dataclass
+
+from .spec import SweepSpec
+
+KEY_VERSION = 1  # bump when the trainer changes what a given config produces
+
+
+@dataclass(frozen=True)
+class Trial:
+    key: str
+    generation: int  # 0: trained on the labels (teacher or baseline); g: distilled from g-1
+    model: str
+    lineage: tuple[str, ...]  # architectures from the generation-0 teacher down to this model
+    loss: str  # "ce" for generation 0
+    tau: float | None  # kl only
+    alpha: float | None  # students only
+    noise_kind: str
+    noise_rate: float
+    seed: int
+    teacher_key: str | None
+
+    @property
+    def chain(self) -> str:
+        return ">".join(self.lineage)
+
+    @property
+    def label(self) -> str:
+        what = f"kl tau={self.tau:g}" if self.loss == "kl" else self.loss
+        if self.alpha not in (None, 1.0):
+            what += f" alpha={self.alpha:g}"
+        return f"{self.chain} {what} noise={self.noise_rate:g} seed={self.seed}"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["lineage"] = list(self.lineage)
+        d["tau"] = _json_float(self.tau)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Trial:
+        tau = d["tau"]
+        return cls(**{**d, "lineage": tuple(d["lineage"]), "tau": None if tau is None else float(tau)})
+
+
+def _json_float(x: float | None):
+    return "inf" if x is not None and math.isinf(x) else x
+
+
+def trial_key(spec: SweepSpec, *, model: str, loss: str, tau, alpha, noise_rate: float,
+              seed: int, teacher_key: str | None) -> str:
+    identity = {
+        "v": KEY_VERSION,
+        "dataset": spec.dataset.name,
+        "recipe": spec.train.model_dump(exclude={"checkpoint_every"}),
+        "model": model,
+        "loss": loss,
+        "tau": _json_float(tau),
+        "alpha": alpha,
+        "noise": {"kind": spec.grid.noise.kind, "rate": noise_rate},
+        "seed": seed,
+        "teacher": teacher_key,
+    }
+    blob = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def make_trial(spec: SweepSpec, model: str, parent: Trial | None, *, loss: str = "ce",
+               tau: float | None = None, alpha: float | None = None,
+               noise_rate: float, seed: int) -> Trial:
+    """One trial; ``parent`` is its teacher (None for generation 0)."""
+    if parent is None:
+        loss, tau, alpha = "ce", None, None
+    elif loss == "mse":
+        tau = None  # mse ignores tau: one trial, not one per tau
+    teacher_key = parent.key if parent else None
+    key = trial_key(spec, model=model, loss=loss, tau=tau, alpha=alpha, noise_rate=noise_rate,
+                    seed=seed, teacher_key=teacher_key)
+    return Trial(
+        key=key,
+        generation=0 if parent is None else parent.generation + 1,
+        model=model,
+        lineage=(*parent.lineage, model) if parent else (model,),
+        loss=loss, tau=tau, alpha=alpha,
+        noise_kind=spec.grid.noise.kind, noise_rate=noise_rate, seed=seed,
+        teacher_key=teacher_key,
+    )
+
+
+def student_settings(spec: SweepSpec) -> list[tuple[str, float | None, float]]:
+    """(loss, tau, alpha) combinations of the grid; mse gets no duplicate per tau."""
+    out = []
+    for loss in spec.grid.loss:
+        for alpha in spec.grid.alpha:
+            taus = spec.grid.tau if loss == "kl" else [None]
+            out += [(loss, tau, alpha) for tau in taus]
+    return out
+
+
+@dataclass
+class Plan:
+    spec: SweepSpec
+    stages: list[list[Trial]]  # stages[g]: generation g, in a stable order
+
+    @property
+    def trials(self) -> list[Trial]:
+        return [t for stage in self.stages for t in stage]
+
+    def describe(self, done: set[str] = frozenset()) -> str:
+        """Stage-by-stage trial counts, split by chain; ``done`` marks keys already in storage."""
+        s = self.spec
+        lines = [
+            f"sweep {s.name}: {len(self.trials)} trials in {len(self.stages)} stages "
+            f"(dataset {s.dataset.name}, {s.train.epochs} epochs, search {s.search.type})"
+        ]
+        for g, stage in enumerate(self.stages):
+            by_chain = Counter(t.chain for t in stage)
+            parts = ", ".join(f"{c} {n}" for c, n in by_chain.items())
+            n_done = sum(t.key in done for t in stage)
+            tail = f"; {n_done} done, {len(stage) - n_done} to train" if done else ""
+            lines.append(f"  generation {g}: {len(stage)} trials ({parts}){tail}")
+        if s.search.type == "optuna":
+            lines.append(
+                f"  generation 1+: up to {s.search.num_samples} optuna samples per teacher "
+                f"over loss {s.grid.loss} and tau in {list(s.search.tau_range)}"
+            )
+        return "\n".join(lines)
+
+
+def build_plan(spec: SweepSpec) -> Plan:
+    """Expand the grid over chains into de-duplicated generations.
+
+    Generation g distils from the generation g-1 model of the same lineage, with the same noise,
+    seed, loss, tau and alpha (so the same noisy labels) all the way down the chain.
+    """
+    seen: dict[str, Trial] = {}
+    depth = max(len(c) for c in spec.chains)
+    stages: list[list[Trial]] = [[] for _ in range(depth)]
+
+    def add(t: Trial) -> Trial:
+        if t.key not in seen:
+            seen[t.key] = t
+            stages[t.generation].append(t)
+        return seen[t.key]
+
+    settings = student_settings(spec) if spec.search.type == "grid" else []
+    for rate in spec.grid.noise.rate:
+        for seed in spec.grid.seeds:
+            for chain in spec.chains:
+                teacher = add(make_trial(spec, chain[0], None, noise_rate=rate, seed=seed))
+                if spec.grid.baselines:
+                    for arch in chain[1:]:
+                        add(make_trial(spec, arch, None, noise_rate=rate, seed=seed))
+                for loss, tau, alpha in settings:
+                    parent = teacher
+                    for arch in chain[1:]:
+                        parent = add(make_trial(spec, arch, parent, loss=loss, tau=tau,
+                                                alpha=alpha, noise_rate=rate, seed=seed))
+    return Plan(spec, [s for s in stages if s])

@@ -1,0 +1,247 @@
+"""The sweep spec: YAML in, typed and fully validated objects out; the one place that parses it.
+
+Every error names the offending field (``grid.tau[1]``) and what is allowed, before any work starts.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from kd_core.config import TrainConfig
+from kd_core.data import DATASETS, NOISE_KINDS
+from kd_core.models import check_model_name
+
+
+class SpecError(ValueError):
+    """A sweep spec that cannot run; the message names the file and the field."""
+
+
+def _as_list(v):
+    return v if isinstance(v, list) else [v]
+
+
+def _tau(v):
+    # YAML reads `inf` as a string (only `.inf` is a float); both mean the exact limit.
+    if isinstance(v, str) and v.strip().lower() in ("inf", "+inf", ".inf", "infinity"):
+        return math.inf
+    return v
+
+
+Tau = Annotated[float, BeforeValidator(_tau)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetSpec(_Strict):
+    name: str
+    root: str | None = None  # folder holding the CIFAR archives (on every node)
+    download: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v):
+        if v not in DATASETS:
+            raise ValueError(f"unknown dataset {v!r}: expected one of {', '.join(DATASETS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _root(self):
+        if self.name.startswith("cifar") and self.root is None:
+            raise ValueError(f"dataset {self.name!r} needs root: the folder holding its archive")
+        return self
+
+
+class TrainSpec(_Strict):
+    """The training recipe shared by every trial; defaults are the paper's."""
+
+    epochs: int = Field(200, ge=1)
+    batch_size: int = Field(128, ge=2)
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0)
+    lr_milestones: tuple[float, ...] = (0.5, 0.75)
+    lr_gamma: float = Field(0.1, gt=0)
+    eval_every: int = Field(1, ge=1)
+    checkpoint_every: int = Field(1, ge=1)  # epochs between trial checkpoints
+
+    def config(self, *, loss: str, tau: float, alpha: float, seed: int, device: str) -> TrainConfig:
+        recipe = self.model_dump(exclude={"checkpoint_every"})
+        return TrainConfig(**recipe, loss=loss, tau=tau, alpha=alpha, seed=seed, device=device)
+
+
+class NoiseSpec(_Strict):
+    kind: str = "symmetric"
+    rate: Annotated[list[float], BeforeValidator(_as_list)] = [0.0]
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, v):
+        if v not in NOISE_KINDS:
+            raise ValueError(f"unknown noise kind {v!r}: expected one of {', '.join(NOISE_KINDS)}")
+        return v
+
+    @field_validator("rate")
+    @classmethod
+    def _rates(cls, v):
+        for r in v:
+            if not 0.0 <= r < 1.0:
+                raise ValueError(f"noise rate {r} is outside [0, 1)")
+        return v
+
+
+class GridSpec(_Strict):
+    loss: Annotated[list[str], BeforeValidator(_as_list)] = ["kl"]
+    tau: Annotated[list[Tau], BeforeValidator(_as_list)] = [4.0]  # kl only
+    alpha: Annotated[list[float], BeforeValidator(_as_list)] = [1.0]
+    noise: NoiseSpec = NoiseSpec()
+    seeds: Annotated[list[int], BeforeValidator(_as_list)] = [0]
+    baselines: bool = True  # also train every student architecture alone (CE), per noise and seed
+
+    @field_validator("loss")
+    @classmethod
+    def _losses(cls, v):
+        for name in v:
+            if name not in ("kl", "mse"):
+                raise ValueError(f"unknown loss {name!r}: students use kl or mse")
+        return v
+
+    @field_validator("tau")
+    @classmethod
+    def _taus(cls, v):
+        for t in v:
+            if math.isnan(t) or t <= 0:
+                raise ValueError(f"tau {t} must be > 0 (or inf)")
+        return v
+
+    @field_validator("alpha")
+    @classmethod
+    def _alphas(cls, v):
+        for a in v:
+            if not 0.0 <= a <= 1.0:
+                raise ValueError(f"alpha {a} is outside [0, 1]")
+        return v
+
+
+class AshaSpec(_Strict):
+    grace_period: int = Field(5, ge=1)
+    reduction_factor: float = Field(3.0, gt=1)
+
+
+class SearchSpec(_Strict):
+    type: Literal["grid", "optuna"] = "grid"
+    # optuna only: a trial budget for generation 1 over loss x a continuous tau range.
+    num_samples: int = Field(8, ge=1)
+    tau_range: tuple[Tau, Tau] = (0.5, 50.0)
+    metric: str = "test_acc"
+    asha: AshaSpec | None = None  # early stopping of students on `metric`
+
+    @field_validator("tau_range")
+    @classmethod
+    def _range(cls, v):
+        lo, hi = v
+        if not 0 < lo < hi or math.isinf(hi):
+            raise ValueError(f"tau_range must be 0 < low < high < inf, got {list(v)}")
+        return v
+
+
+class ResourcesSpec(_Strict):
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0)  # fractions pack several students on one GPU
+
+
+class SweepSpec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    dataset: DatasetSpec
+    chains: list[list[str]] = Field(min_length=1)
+    train: TrainSpec = TrainSpec()
+    grid: GridSpec = GridSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    search: SearchSpec = SearchSpec()
+    storage: str = "./kdsweep-results"
+    tracking_uri: str = "sqlite:///mlflow.db"
+    cluster: str = "local"
+    max_failures: int = Field(2, ge=0)  # retries of a trial that raises (preemptions are free)
+
+    @field_validator("chains")
+    @classmethod
+    def _chains(cls, v):
+        for i, chain in enumerate(v):
+            if len(chain) == 0:
+                raise ValueError(f"chain {i} is empty: list a teacher then its students")
+            for name in chain:
+                try:
+                    check_model_name(name)
+                except ValueError as e:
+                    raise ValueError(f"chain {i}: {e}") from None
+        return v
+
+
+def _field_path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        ann = model.model_fields[part].annotation
+        sub = [a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type)]
+        model = next((a for a in sub if issubclass(a, BaseModel)), model)
+    return list(model.model_fields)
+
+
+def _explain(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        where = _field_path(e["loc"])
+        if e["type"] == "extra_forbidden":
+            allowed = ", ".join(_allowed_keys(SweepSpec, e["loc"]))
+            lines.append(f"{where}: unknown key (allowed here: {allowed})")
+        elif e["type"] == "missing":
+            lines.append(f"{where}: required field is missing")
+        else:
+            lines.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
+    return "\n  ".join(lines)
+
+
+def parse_spec(data: dict, source: str = "<spec>") -> SweepSpec:
+    """Validate a spec mapping; SpecError lists every bad field."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: a sweep spec is a YAML mapping, got {type(data).__name__}")
+    try:
+        return SweepSpec.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(f"{source}: invalid sweep spec:\n  {_explain(e)}") from None
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read and validate a YAML sweep spec file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise SpecError(f"{path}: cannot read the sweep spec: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise SpecError(f"{path}: not valid YAML: {e}") from None
+    return parse_spec(data, str(path))

@@ -1,0 +1,84 @@
+"""Sweep storage on a local/NFS path or an S3-compatible URI, through pyarrow's filesystems.
+
+Layout under the root (trials are shared by every sweep that stores there):
+    trials/<key>/result.json    final metrics: written last, its presence means "done"
+    trials/<key>/model.pt       the trained model (a teacher for the next generation)
+    trials/<key>/progress.json  last finished epoch of a running trial
+    trials/<key>/failed.json    the error of a trial that failed for good
+    sweeps/<name>/results.parquet, sweeps/<name>/tune/ (Ray Tune's experiment state)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+
+class Storage:
+    def __init__(self, uri: str):
+        if "://" in uri and not uri.startswith("file://"):
+            self.fs, root = pafs.FileSystem.from_uri(uri)
+            self.uri = uri.rstrip("/")
+        else:
+            root = os.path.abspath(os.path.expanduser(uri.removeprefix("file://")))
+            self.fs = pafs.LocalFileSystem()
+            self.uri = root
+        self.root = root.rstrip("/")
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+    def path(self, rel: str) -> str:
+        return f"{self.root}/{rel}"
+
+    def uri_of(self, rel: str) -> str:
+        return f"{self.uri}/{rel}"
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.get_file_info(self.path(rel)).type == pafs.FileType.File
+
+    def read_bytes(self, rel: str) -> bytes:
+        with self.fs.open_input_stream(self.path(rel)) as f:
+            return f.read()
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Write so that readers see the old object or the whole new one, never a part."""
+        final = self.path(rel)
+        self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
+        if not self.is_local:  # an S3 PUT is atomic by itself
+            with self.fs.open_output_stream(final) as f:
+                f.write(data)
+            return
+        tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+
+    def read_json(self, rel: str) -> dict | None:
+        return json.loads(self.read_bytes(rel)) if self.exists(rel) else None
+
+    def write_json(self, rel: str, obj) -> None:
+        self.write_bytes(rel, json.dumps(obj, indent=1, allow_nan=True).encode())
+
+    def delete(self, rel: str) -> None:
+        if self.exists(rel):
+            self.fs.delete_file(self.path(rel))
+
+    def local_copy(self, rel: str, dest: Path) -> Path:
+        """A local file with the object's bytes (the object itself for local storage)."""
+        if self.is_local:
+            return Path(self.path(rel))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(self.read_bytes(rel))
+        return dest
+
+
+def trial_file(key: str, name: str) -> str:
+    return f"trials/{key}/{name}"

@@ -1,0 +1,97 @@
+"""Sweep: spec -> plan -> stages in generation order, then results to Parquet and MLflow."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from kd_core.data import load_dataset
+
+# Progress is ours (progress.py): silence Tune's own tables, TensorBoard/CSV loggers and the
+# snapshot-frequency warning that per-epoch checkpoints of short trials trigger.
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+from .plan import Plan, build_plan
+from .progress import Progress
+from .results import write_results
+from .spec import SpecError, SweepSpec
+from .stage import StageEvents, run_stage
+from .storage import Storage, trial_file
+from .tracking import Tracker
+
+
+def preflight(spec: SweepSpec) -> None:
+    """Fail before any work when the dataset cannot be read here."""
+    try:
+        load_dataset(spec.dataset.name, root=spec.dataset.root, download=spec.dataset.download)
+    except (FileNotFoundError, ValueError) as e:
+        raise SpecError(f"dataset: {e}") from None
+
+
+def connect(address: str | None) -> None:
+    """Join the cluster at ``address`` ('auto' inside ray job submit), or start a local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    else:
+        ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+
+
+def stored_done(plan: Plan, storage: Storage) -> set[str]:
+    return {t.key for t in plan.trials if storage.exists(trial_file(t.key, "result.json"))}
+
+
+def run_sweep(spec: SweepSpec, address: str | None = None, out=sys.stdout) -> str:
+    """Run every stage whose trials are not yet in storage; returns the results file's URI."""
+    plan = build_plan(spec)
+    storage = Storage(spec.storage)
+    preflight(spec)
+    print(plan.describe(stored_done(plan, storage)), file=out, flush=True)
+    connect(address)
+    tracker = Tracker(spec, storage)
+    tracker.start()
+    progress = Progress(plan, storage, out)
+    events = StageEvents(tracker, progress, storage)
+    for g, stage in enumerate(plan.stages):
+        todo = []
+        for t in stage:
+            tracker.ensure_run(t)
+            result = storage.read_json(trial_file(t.key, "result.json"))
+            if result is not None:  # trained before (by this sweep or another): record only
+                tracker.finish(t.key, result, reused=True)
+                progress.set(t.key, "done")
+            elif t.teacher_key and not storage.exists(trial_file(t.teacher_key, "model.pt")):
+                msg = f"teacher {t.teacher_key} has no model (it failed or stopped early)"
+                tracker.fail(t.key, msg, status="KILLED")
+                progress.set(t.key, "failed")
+            else:
+                storage.delete(trial_file(t.key, "failed.json"))  # a rerun retries failures
+                todo.append(t)
+        if todo:
+            run_stage(spec, storage, g, todo, events)
+    uri = write_results(plan, storage, tracker.runs)
+    with tempfile.TemporaryDirectory() as d:
+        local = Path(d) / "results.parquet"
+        local.write_bytes(storage.read_bytes(f"sweeps/{spec.name}/results.parquet"))
+        tracker.log_parent_artifact(local)
+    ok = all(s == "done" for s in progress.state.values())
+    tracker.close("FINISHED" if ok else "FAILED")
+    print(progress.table(), file=out)
+    print(f"results: {uri}", file=out, flush=True)
+    return uri
+
+
+def sweep_status(spec: SweepSpec) -> str:
+    """The progress table read from storage alone (works while another process runs the sweep)."""
+    plan = build_plan(spec)
+    progress = Progress(plan, Storage(spec.storage), io.StringIO())
+    return f"sweep {spec.name} ({spec.storage})\n{progress.table()}"

@@ -1,0 +1,181 @@
+"""MLflow lineage: one experiment per sweep, a parent run, one child run per trial.
+
+Only the driver writes to MLflow (trials report to Tune; a Tune callback forwards here), so an
+embedded SQLite store never sees concurrent writers. Ray's MLflowLoggerCallback is not used: it
+cannot nest runs under a sweep parent, and it opens a new run whenever Tune restores a trial;
+here a trial's run is found again by its content key, and epochs already logged are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from .plan import Trial
+from .spec import SweepSpec
+from .storage import Storage, trial_file
+
+PARENT_TAG = "mlflow.parentRunId"
+FINAL_KEYS = ("test_acc", "best_test_acc", "test_loss", "test_ece", "train_acc", "train_acc_clean",
+              "logit_distance", "test_logit_distance", "test_agreement", "realised_noise_rate",
+              "wall_time", "epochs")
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def ray_job_id() -> str | None:
+    """The submission id when this driver runs inside `ray job submit`, else None."""
+    # Ray's job supervisor hands the driver its job config (with the submission id) this way.
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return None
+    try:
+        return json.loads(raw).get("metadata", {}).get("job_submission_id")
+    except (ValueError, AttributeError):
+        return None
+
+
+def _finite(metrics: dict) -> list[tuple[str, float]]:
+    return [(k, float(v)) for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+
+
+class Tracker:
+    def __init__(self, spec: SweepSpec, storage: Storage):
+        self.spec = spec
+        self.storage = storage
+        self.client = MlflowClient(tracking_uri=spec.tracking_uri)
+        exp = self.client.get_experiment_by_name(spec.name)
+        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(spec.name)
+        self.common_tags = {"kdsweep.cluster": spec.cluster, "kdsweep.git_commit": git_commit()}
+        if job := ray_job_id():
+            self.common_tags["kdsweep.ray_job_id"] = job
+        self.parent_id = self._parent_run()
+        self.runs: dict[str, str] = self._existing_children()  # trial key -> run id
+        self.last_step: dict[str, int] = {}
+
+    # ---- runs ----------------------------------------------------------------------------
+    def _parent_run(self) -> str:
+        found = self.client.search_runs(
+            [self.experiment_id], "tags.`kdsweep.role` = 'sweep'", max_results=1,
+            order_by=["attributes.start_time ASC"],
+        )
+        if found:
+            run_id = found[0].info.run_id
+        else:
+            run = self.client.create_run(
+                self.experiment_id, run_name=self.spec.name,
+                tags={"kdsweep.role": "sweep", **self.common_tags},
+            )
+            run_id = run.info.run_id
+            self.client.log_text(run_id, self.spec.model_dump_json(indent=1), "spec.json")
+        for k, v in self.common_tags.items():
+            self.client.set_tag(run_id, k, v)
+        return run_id
+
+    def _existing_children(self) -> dict[str, str]:
+        runs, token = {}, None
+        while True:
+            page = self.client.search_runs(
+                [self.experiment_id], f"tags.`{PARENT_TAG}` = '{self.parent_id}'",
+                max_results=1000, page_token=token,
+            )
+            for r in page:
+                runs.setdefault(r.data.tags.get("kdsweep.key"), r.info.run_id)
+            token = page.token
+            if not token:
+                return runs
+
+    def ensure_run(self, trial: Trial) -> str:
+        """The trial's child run, created once (rerunning the sweep finds it by key)."""
+        if trial.key in self.runs:
+            return self.runs[trial.key]
+        tags = {
+            PARENT_TAG: self.parent_id,
+            "kdsweep.key": trial.key,
+            "kdsweep.generation": str(trial.generation),
+            "kdsweep.chain": trial.chain,
+            "kdsweep.role": "trial",
+            **self.common_tags,
+        }
+        if trial.teacher_key:
+            tags["kdsweep.teacher_key"] = trial.teacher_key
+            if teacher_run := self.runs.get(trial.teacher_key):
+                tags["kdsweep.teacher_run_id"] = teacher_run
+        run = self.client.create_run(self.experiment_id, run_name=trial.label, tags=tags)
+        run_id = run.info.run_id
+        params = {
+            **{k: v for k, v in trial.to_dict().items() if k not in ("key", "lineage")},
+            "dataset": self.spec.dataset.name,
+            **{f"train.{k}": v for k, v in self.spec.train.model_dump().items()},
+        }
+        self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        self.runs[trial.key] = run_id
+        return run_id
+
+    # ---- metrics -------------------------------------------------------------------------
+    def _logged_up_to(self, run_id: str) -> int:
+        if run_id not in self.last_step:
+            hist = self.client.get_metric_history(run_id, "test_acc") + \
+                self.client.get_metric_history(run_id, "train_loss")
+            self.last_step[run_id] = max((m.step for m in hist), default=0)
+        return self.last_step[run_id]
+
+    def log_epoch(self, key: str, metrics: dict) -> None:
+        """Per-epoch metrics at step = epoch; an epoch logged before (a resumed trial) is skipped."""
+        run_id, step = self.runs[key], int(metrics["epoch"])
+        if step <= self._logged_up_to(run_id):
+            return
+        now = int(time.time() * 1000)
+        batch = [Metric(k, v, now, step) for k, v in _finite(metrics) if k != "epoch"]
+        self.client.log_batch(run_id, metrics=batch)
+        self.last_step[run_id] = step
+
+    def finish(self, key: str, result: dict, reused: bool = False) -> None:
+        """Final metrics and the model artifact; ``reused``: trained by an earlier sweep."""
+        run_id = self.runs[key]
+        if self.client.get_run(run_id).info.status == "FINISHED":
+            return
+        if reused:  # found in storage: log whatever part of its history this run lacks
+            if self._logged_up_to(run_id) == 0:
+                self.client.set_tag(run_id, "kdsweep.reused", "true")
+            for h in result.get("history", []):
+                self.log_epoch(key, h)
+        finals = {f"final_{k}": result[k] for k in FINAL_KEYS if k in result}
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in _finite(finals)],
+                              tags=[RunTag("kdsweep.labels_hash", result.get("labels_hash", ""))])
+        with tempfile.TemporaryDirectory() as d:
+            model = self.storage.local_copy(trial_file(key, "model.pt"), Path(d) / "model.pt")
+            if model.exists():
+                self.client.log_artifact(run_id, str(model))
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def fail(self, key: str, error: str, status: str = "FAILED") -> None:
+        run_id = self.runs[key]
+        self.client.log_text(run_id, error, "error.txt")
+        self.client.set_terminated(run_id, status)
+
+    def start(self) -> None:
+        self.client.update_run(self.parent_id, status="RUNNING")
+
+    def log_parent_artifact(self, path: Path, folder: str | None = None) -> None:
+        self.client.log_artifact(self.parent_id, str(path), folder)
+
+    def close(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.parent_id, status)

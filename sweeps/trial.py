@@ -1,0 +1,100 @@
+"""Trial: the Ray Tune function trainable that trains one planned model with kd_core.
+
+It reads its teacher from storage by content address, resumes from Tune's checkpoint when Tune
+restores it, reports every epoch, and publishes its model and then its result (the "done"
+marker) to storage. It never talks to MLflow: the driver does (see tracking.py).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from ray import tune
+
+from kd_core.checkpoint import checkpoint_bytes, load_checkpoint, save_checkpoint
+from kd_core.run import RunSpec, build_trainer
+from kd_core.train import load_model, model_state
+
+from .plan import Trial
+from .spec import SweepSpec
+from .storage import Storage, trial_file
+
+CKPT_NAME = "trainer.pt"
+
+
+def run_spec(spec: SweepSpec, trial: Trial) -> RunSpec:
+    cfg = spec.train.config(
+        loss=trial.loss,
+        tau=1.0 if trial.tau is None else trial.tau,
+        alpha=1.0 if trial.alpha is None else trial.alpha,
+        seed=trial.seed,
+        device="auto",
+    )
+    return RunSpec(
+        dataset=spec.dataset.name, model=trial.model, train=cfg, data_root=spec.dataset.root,
+        download=spec.dataset.download, noise_kind=trial.noise_kind, noise_rate=trial.noise_rate,
+    )
+
+
+def summarise(trial: Trial, history: list[dict], noisy, wall_time: float) -> dict:
+    """The trial's result record: its config and the paper's final metrics."""
+    last = history[-1]
+    accs = [h["test_acc"] for h in history if "test_acc" in h]
+    finals = ("test_acc", "test_loss", "test_ece", "train_loss", "train_acc", "train_acc_clean",
+              "logit_distance", "test_logit_distance", "test_agreement")
+    return {
+        "trial": trial.to_dict(),
+        "epochs": last["epoch"],
+        **{k: last[k] for k in finals if k in last},
+        "best_test_acc": max(accs) if accs else math.nan,
+        "realised_noise_rate": noisy.realised_rate,
+        "labels_hash": noisy.labels_hash,
+        "wall_time": wall_time,
+        "finished_at": time.time(),
+        "history": history,
+    }
+
+
+def run_trial(config: dict) -> None:
+    """Tune entry point. ``config``: {"trial": Trial dict, "spec": SweepSpec dict}."""
+    spec = SweepSpec.model_validate(config["spec"])
+    trial = Trial.from_dict(config["trial"])
+    storage = Storage(spec.storage)
+    torch.set_num_threads(max(1, int(spec.resources.cpu)))
+
+    teacher = None
+    if trial.teacher_key is not None:
+        rel = trial_file(trial.teacher_key, "model.pt")
+        teacher = load_model(storage.read_bytes(rel), name=storage.uri_of(rel))
+    trainer, noisy = build_trainer(run_spec(spec, trial), teacher)
+
+    restored = tune.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as d:
+            trainer.load_state_dict(load_checkpoint(Path(d) / CKPT_NAME))
+
+    every = spec.train.checkpoint_every
+    for m in trainer.epochs():
+        metrics = {**m.as_dict(), "realised_noise_rate": noisy.realised_rate}
+        last = trainer.epoch == spec.train.epochs
+        if last or trainer.epoch % every == 0:
+            with tempfile.TemporaryDirectory() as d:
+                save_checkpoint(Path(d) / CKPT_NAME, trainer.state_dict())
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+        else:
+            tune.report(metrics)
+        storage.write_json(trial_file(trial.key, "progress.json"),
+                           {"epoch": trainer.epoch, "epochs": spec.train.epochs,
+                            "node": os.uname().nodename, "time": time.time()})
+
+    wall = sum(h["epoch_time"] for h in trainer.history)
+    # Model first, result last: a result in storage always has its model beside it.
+    storage.write_bytes(trial_file(trial.key, "model.pt"),
+                        checkpoint_bytes({**model_state(trainer.model), "trial": trial.to_dict()}))
+    storage.write_json(trial_file(trial.key, "result.json"),
+                       summarise(trial, trainer.history, noisy, wall))
