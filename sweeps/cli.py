@@ -57,8 +57,11 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("run", help="run (or continue) a sweep on Ray")
     p.add_argument("spec")
-    p.add_argument("--address", default=None,
-                   help="Ray cluster address ('auto' inside ray job submit); default: local Ray")
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster address ('auto' inside ray job submit); default: local Ray",
+    )
     p.set_defaults(func=_run)
 
     p = sub.add_parser("status", help="print a sweep's progress from storage")

@@ -53,15 +53,26 @@ class Trial:
     @classmethod
     def from_dict(cls, d: dict) -> Trial:
         tau = d["tau"]
-        return cls(**{**d, "lineage": tuple(d["lineage"]), "tau": None if tau is None else float(tau)})
+        return cls(
+            **{**d, "lineage": tuple(d["lineage"]), "tau": None if tau is None else float(tau)}
+        )
 
 
 def _json_float(x: float | None):
     return "inf" if x is not None and math.isinf(x) else x
 
 
-def trial_key(spec: SweepSpec, *, model: str, loss: str, tau, alpha, noise_rate: float,
-              seed: int, teacher_key: str | None) -> str:
+def trial_key(
+    spec: SweepSpec,
+    *,
+    model: str,
+    loss: str,
+    tau,
+    alpha,
+    noise_rate: float,
+    seed: int,
+    teacher_key: str | None,
+) -> str:
     identity = {
         "v": KEY_VERSION,
         "dataset": spec.dataset.name,
@@ -78,24 +89,44 @@ def trial_key(spec: SweepSpec, *, model: str, loss: str, tau, alpha, noise_rate:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def make_trial(spec: SweepSpec, model: str, parent: Trial | None, *, loss: str = "ce",
-               tau: float | None = None, alpha: float | None = None,
-               noise_rate: float, seed: int) -> Trial:
+def make_trial(
+    spec: SweepSpec,
+    model: str,
+    parent: Trial | None,
+    *,
+    loss: str = "ce",
+    tau: float | None = None,
+    alpha: float | None = None,
+    noise_rate: float,
+    seed: int,
+) -> Trial:
     """One trial; ``parent`` is its teacher (None for generation 0)."""
     if parent is None:
         loss, tau, alpha = "ce", None, None
     elif loss == "mse":
         tau = None  # mse ignores tau: one trial, not one per tau
     teacher_key = parent.key if parent else None
-    key = trial_key(spec, model=model, loss=loss, tau=tau, alpha=alpha, noise_rate=noise_rate,
-                    seed=seed, teacher_key=teacher_key)
+    key = trial_key(
+        spec,
+        model=model,
+        loss=loss,
+        tau=tau,
+        alpha=alpha,
+        noise_rate=noise_rate,
+        seed=seed,
+        teacher_key=teacher_key,
+    )
     return Trial(
         key=key,
         generation=0 if parent is None else parent.generation + 1,
         model=model,
         lineage=(*parent.lineage, model) if parent else (model,),
-        loss=loss, tau=tau, alpha=alpha,
-        noise_kind=spec.grid.noise.kind, noise_rate=noise_rate, seed=seed,
+        loss=loss,
+        tau=tau,
+        alpha=alpha,
+        noise_kind=spec.grid.noise.kind,
+        noise_rate=noise_rate,
+        seed=seed,
         teacher_key=teacher_key,
     )
 
@@ -167,6 +198,16 @@ def build_plan(spec: SweepSpec) -> Plan:
                 for loss, tau, alpha in settings:
                     parent = teacher
                     for arch in chain[1:]:
-                        parent = add(make_trial(spec, arch, parent, loss=loss, tau=tau,
-                                                alpha=alpha, noise_rate=rate, seed=seed))
+                        parent = add(
+                            make_trial(
+                                spec,
+                                arch,
+                                parent,
+                                loss=loss,
+                                tau=tau,
+                                alpha=alpha,
+                                noise_rate=rate,
+                                seed=seed,
+                            )
+                        )
     return Plan(spec, [s for s in stages if s])

@@ -73,24 +73,33 @@ def tables(df: pd.DataFrame) -> str:
         # The models trained alone that this chain is compared against: its student and teacher.
         models = chain.split(">")
         alone = df[(df.generation == 0) & df.model.isin([models[0], models[-1]])].copy()
-        alone["setting"] = np.where(alone.model == models[0], f"teacher {models[0]}",
-                                    f"alone {models[-1]}")
+        alone["setting"] = np.where(
+            alone.model == models[0], f"teacher {models[0]}", f"alone {models[-1]}"
+        )
         frame = pd.concat([part, alone[alone.noise_rate.isin(part.noise_rate)]])
         n_seeds = part.groupby(["setting"] + cols)["seed"].nunique().max()
         table = frame.pivot_table(index="setting", columns=cols, values="test_acc", aggfunc=_fmt)
         table = table.reindex(sorted(table.index, key=_setting_order))
-        table.columns = [" ".join(f"noise={c}" if isinstance(c, float) else str(c)
-                                  for c in (col if isinstance(col, tuple) else (col,)))
-                         for col in table.columns]
-        out.append(f"== {chain} (generation {gen}): test accuracy %, mean ± std over "
-                   f"{n_seeds} seed(s)\n{table.to_string()}")
+        table.columns = [
+            " ".join(
+                f"noise={c}" if isinstance(c, float) else str(c)
+                for c in (col if isinstance(col, tuple) else (col,))
+            )
+            for col in table.columns
+        ]
+        out.append(
+            f"== {chain} (generation {gen}): test accuracy %, mean ± std over "
+            f"{n_seeds} seed(s)\n{table.to_string()}"
+        )
     if len(students) > 2:
         lines = ["== logit distance (train, ||z_s - z_t||) vs test accuracy, Pearson r"]
         for keys, part in students.groupby(cols):
             keys = keys if isinstance(keys, tuple) else (keys,)
             if len(part) > 2 and part.logit_distance.std() > 0:
                 r = np.corrcoef(part.logit_distance, part.test_acc)[0, 1]
-                lines.append(f"  {' '.join(map(str, keys))}: r = {r:+.3f} over {len(part)} students")
+                lines.append(
+                    f"  {' '.join(map(str, keys))}: r = {r:+.3f} over {len(part)} students"
+                )
         out.append("\n".join(lines))
     return "\n\n".join(out)
 
@@ -126,14 +135,29 @@ def plots(df: pd.DataFrame, out_dir: Path) -> list[Path]:
             for (origin, chain), part in kl[kl.noise_rate == noise].groupby(["origin", "chain"]):
                 g = part.groupby("tau").test_acc.agg(["mean", "std"]).reset_index()
                 x = [pos[t] for t in g.tau]
-                line = ax.errorbar(x, g["mean"] * 100, yerr=g["std"].fillna(0) * 100, marker="o",
-                                   capsize=3, label=f"{chain} kl ({origin})")
+                line = ax.errorbar(
+                    x,
+                    g["mean"] * 100,
+                    yerr=g["std"].fillna(0) * 100,
+                    marker="o",
+                    capsize=3,
+                    label=f"{chain} kl ({origin})",
+                )
                 m = mse[(mse.noise_rate == noise) & (mse.chain == chain) & (mse.origin == origin)]
                 if not m.empty:
-                    ax.axhline(m.test_acc.mean() * 100, ls="--", color=line[0].get_color(),
-                               label=f"{chain} mse")
-            ax.set(xticks=ticks, xticklabels=labels, xlabel="tau", ylabel="test accuracy %",
-                   title=f"noise {noise:g}")
+                    ax.axhline(
+                        m.test_acc.mean() * 100,
+                        ls="--",
+                        color=line[0].get_color(),
+                        label=f"{chain} mse",
+                    )
+            ax.set(
+                xticks=ticks,
+                xticklabels=labels,
+                xlabel="tau",
+                ylabel="test accuracy %",
+                title=f"noise {noise:g}",
+            )
             ax.legend(fontsize=7)
         save(fig, "accuracy_vs_tau.png")
 
@@ -145,8 +169,11 @@ def plots(df: pd.DataFrame, out_dir: Path) -> list[Path]:
                 part = part[part.model.isin(students.model)]
             g = part.groupby("noise_rate").test_acc.mean()
             ax.plot(g.index, g.values * 100, marker="o", label=f"{s} ({origin})")
-        ax.set(xlabel="label noise rate", ylabel="test accuracy %",
-               title="generation <= 1 students vs noise")
+        ax.set(
+            xlabel="label noise rate",
+            ylabel="test accuracy %",
+            title="generation <= 1 students vs noise",
+        )
         ax.legend(fontsize=7)
         save(fig, "accuracy_vs_noise.png")
 
@@ -156,8 +183,12 @@ def plots(df: pd.DataFrame, out_dir: Path) -> list[Path]:
         for (origin, s, noise), part in deep.groupby(["origin", "setting", "noise_rate"]):
             g = part.groupby("generation").test_acc.mean()
             ax.plot(g.index, g.values * 100, marker="o", label=f"{s} noise={noise:g} ({origin})")
-        ax.set(xlabel="generation", ylabel="test accuracy %", xticks=sorted(deep.generation.unique()),
-               title="sequential distillation")
+        ax.set(
+            xlabel="generation",
+            ylabel="test accuracy %",
+            xticks=sorted(deep.generation.unique()),
+            title="sequential distillation",
+        )
         ax.legend(fontsize=6)
         save(fig, "accuracy_vs_generation.png")
 
@@ -165,8 +196,11 @@ def plots(df: pd.DataFrame, out_dir: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(6, 4))
         for s, part in students.groupby("setting"):
             ax.scatter(part.logit_distance, part.test_acc * 100, s=14, label=s)
-        ax.set(xlabel="mean ||z_s - z_t|| (training views)", ylabel="test accuracy %",
-               title="logit distance vs accuracy")
+        ax.set(
+            xlabel="mean ||z_s - z_t|| (training views)",
+            ylabel="test accuracy %",
+            title="logit distance vs accuracy",
+        )
         ax.legend(fontsize=7)
         save(fig, "logit_distance_vs_accuracy.png")
     return paths

@@ -12,19 +12,40 @@ import pyarrow.parquet as pq
 from .plan import Plan, Trial
 from .storage import Storage, trial_file
 
-SCHEMA = pa.schema([
-    ("sweep", pa.string()), ("cluster", pa.string()), ("dataset", pa.string()),
-    ("key", pa.string()), ("generation", pa.int32()), ("chain", pa.string()),
-    ("model", pa.string()), ("teacher_key", pa.string()), ("loss", pa.string()),
-    ("tau", pa.float64()), ("alpha", pa.float64()), ("noise_kind", pa.string()),
-    ("noise_rate", pa.float64()), ("seed", pa.int64()), ("status", pa.string()),
-    ("epochs", pa.int64()), ("test_acc", pa.float64()), ("best_test_acc", pa.float64()),
-    ("test_loss", pa.float64()), ("test_ece", pa.float64()), ("train_acc", pa.float64()),
-    ("train_acc_clean", pa.float64()), ("logit_distance", pa.float64()),
-    ("test_logit_distance", pa.float64()), ("test_agreement", pa.float64()),
-    ("realised_noise_rate", pa.float64()), ("labels_hash", pa.string()),
-    ("wall_time", pa.float64()), ("finished_at", pa.float64()), ("mlflow_run_id", pa.string()),
-])
+SCHEMA = pa.schema(
+    [
+        ("sweep", pa.string()),
+        ("cluster", pa.string()),
+        ("dataset", pa.string()),
+        ("key", pa.string()),
+        ("generation", pa.int32()),
+        ("chain", pa.string()),
+        ("model", pa.string()),
+        ("teacher_key", pa.string()),
+        ("loss", pa.string()),
+        ("tau", pa.float64()),
+        ("alpha", pa.float64()),
+        ("noise_kind", pa.string()),
+        ("noise_rate", pa.float64()),
+        ("seed", pa.int64()),
+        ("status", pa.string()),
+        ("epochs", pa.int64()),
+        ("test_acc", pa.float64()),
+        ("best_test_acc", pa.float64()),
+        ("test_loss", pa.float64()),
+        ("test_ece", pa.float64()),
+        ("train_acc", pa.float64()),
+        ("train_acc_clean", pa.float64()),
+        ("logit_distance", pa.float64()),
+        ("test_logit_distance", pa.float64()),
+        ("test_agreement", pa.float64()),
+        ("realised_noise_rate", pa.float64()),
+        ("labels_hash", pa.string()),
+        ("wall_time", pa.float64()),
+        ("finished_at", pa.float64()),
+        ("mlflow_run_id", pa.string()),
+    ]
+)
 
 
 def results_path(sweep: str) -> str:
@@ -35,21 +56,32 @@ def row(plan: Plan, trial: Trial, result: dict | None, run_id: str | None) -> di
     r = result or {}
     out = {name: r.get(name) for name in SCHEMA.names}
     out.update(
-        sweep=plan.spec.name, cluster=plan.spec.cluster, dataset=plan.spec.dataset.name,
-        key=trial.key, generation=trial.generation, chain=trial.chain, model=trial.model,
-        teacher_key=trial.teacher_key, loss=trial.loss,
+        sweep=plan.spec.name,
+        cluster=plan.spec.cluster,
+        dataset=plan.spec.dataset.name,
+        key=trial.key,
+        generation=trial.generation,
+        chain=trial.chain,
+        model=trial.model,
+        teacher_key=trial.teacher_key,
+        loss=trial.loss,
         tau=math.nan if trial.tau is None else trial.tau,
         alpha=math.nan if trial.alpha is None else trial.alpha,
-        noise_kind=trial.noise_kind, noise_rate=trial.noise_rate, seed=trial.seed,
-        status=r.get("status", "done") if result else "missing", mlflow_run_id=run_id,
+        noise_kind=trial.noise_kind,
+        noise_rate=trial.noise_rate,
+        seed=trial.seed,
+        status=r.get("status", "done") if result else "missing",
+        mlflow_run_id=run_id,
     )
     return out
 
 
 def write_results(plan: Plan, storage: Storage, runs: dict[str, str]) -> str:
-    """Collect every planned trial's stored result into the sweep's Parquet file; returns its URI."""
-    rows = [row(plan, t, storage.read_json(trial_file(t.key, "result.json")), runs.get(t.key))
-            for t in plan.trials]
+    """Write every planned trial's stored result to the sweep's Parquet file; return its URI."""
+    rows = [
+        row(plan, t, storage.read_json(trial_file(t.key, "result.json")), runs.get(t.key))
+        for t in plan.trials
+    ]
     table = pa.Table.from_pylist(rows, schema=SCHEMA)
     buf = io.BytesIO()
     pq.write_table(table, buf)

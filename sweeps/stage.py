@@ -40,9 +40,13 @@ class StageEvents(tune.Callback):
         result = self.storage.read_json(rel)
         if result is None:  # stopped early by ASHA: record where it stopped; it has no model
             last = trial.last_result or {}
-            result = {"trial": trial.config["trial"], "status": "stopped_early",
-                      "epochs": last.get("epoch", 0), "finished_at": time.time(),
-                      **{k: v for k, v in last.items() if k.startswith(("test_", "train_"))}}
+            result = {
+                "trial": trial.config["trial"],
+                "status": "stopped_early",
+                "epochs": last.get("epoch", 0),
+                "finished_at": time.time(),
+                **{k: v for k, v in last.items() if k.startswith(("test_", "train_"))},
+            }
             self.storage.write_json(rel, result)
         self.tracker.finish(key, result)
         self.progress.set(key, "done")
@@ -51,21 +55,27 @@ class StageEvents(tune.Callback):
         key = _key(trial)
         err = trial.get_error()
         text = "".join(traceback.format_exception(err)) if err else "unknown error"
-        self.storage.write_json(trial_file(key, "failed.json"),
-                                {"error": text, "time": time.time()})
+        self.storage.write_json(
+            trial_file(key, "failed.json"), {"error": text, "time": time.time()}
+        )
         self.tracker.fail(key, text)
         self.progress.set(key, "failed")
 
 
-def run_stage(spec: SweepSpec, storage: Storage, generation: int, todo: list[Trial],
-              events: StageEvents) -> None:
+def run_stage(
+    spec: SweepSpec, storage: Storage, generation: int, todo: list[Trial], events: StageEvents
+) -> None:
     """Train ``todo`` (all of one generation, teachers already in storage) on the Ray cluster."""
-    trainable = tune.with_resources(run_trial, {"cpu": spec.resources.cpu,
-                                                "gpu": spec.resources.gpu})
+    trainable = tune.with_resources(
+        run_trial, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+    )
     scheduler = None
     if spec.search.asha and generation > 0:
         scheduler = ASHAScheduler(
-            time_attr="epoch", metric=spec.search.metric, mode="max", max_t=spec.train.epochs,
+            time_attr="epoch",
+            metric=spec.search.metric,
+            mode="max",
+            max_t=spec.train.epochs,
             grace_period=spec.search.asha.grace_period,
             reduction_factor=spec.search.asha.reduction_factor,
         )
@@ -73,8 +83,10 @@ def run_stage(spec: SweepSpec, storage: Storage, generation: int, todo: list[Tri
     name = f"gen{generation}-{hashlib.sha256(''.join(keys).encode()).hexdigest()[:10]}"
     tuner = tune.Tuner(
         trainable,
-        param_space={"spec": spec.model_dump(),
-                     "trial": tune.grid_search([t.to_dict() for t in todo])},
+        param_space={
+            "spec": spec.model_dump(),
+            "trial": tune.grid_search([t.to_dict() for t in todo]),
+        },
         tune_config=tune.TuneConfig(
             scheduler=scheduler,
             trial_name_creator=lambda t: _key(t)[:12],

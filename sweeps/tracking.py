@@ -24,15 +24,31 @@ from .spec import SweepSpec
 from .storage import Storage, trial_file
 
 PARENT_TAG = "mlflow.parentRunId"
-FINAL_KEYS = ("test_acc", "best_test_acc", "test_loss", "test_ece", "train_acc", "train_acc_clean",
-              "logit_distance", "test_logit_distance", "test_agreement", "realised_noise_rate",
-              "wall_time", "epochs")
+FINAL_KEYS = (
+    "test_acc",
+    "best_test_acc",
+    "test_loss",
+    "test_ece",
+    "train_acc",
+    "train_acc_clean",
+    "logit_distance",
+    "test_logit_distance",
+    "test_agreement",
+    "realised_noise_rate",
+    "wall_time",
+    "epochs",
+)
 
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5, cwd=Path(__file__).resolve().parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -51,8 +67,11 @@ def ray_job_id() -> str | None:
 
 
 def _finite(metrics: dict) -> list[tuple[str, float]]:
-    return [(k, float(v)) for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+    return [
+        (k, float(v))
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    ]
 
 
 class Tracker:
@@ -72,14 +91,17 @@ class Tracker:
     # ---- runs ----------------------------------------------------------------------------
     def _parent_run(self) -> str:
         found = self.client.search_runs(
-            [self.experiment_id], "tags.`kdsweep.role` = 'sweep'", max_results=1,
+            [self.experiment_id],
+            "tags.`kdsweep.role` = 'sweep'",
+            max_results=1,
             order_by=["attributes.start_time ASC"],
         )
         if found:
             run_id = found[0].info.run_id
         else:
             run = self.client.create_run(
-                self.experiment_id, run_name=self.spec.name,
+                self.experiment_id,
+                run_name=self.spec.name,
                 tags={"kdsweep.role": "sweep", **self.common_tags},
             )
             run_id = run.info.run_id
@@ -92,8 +114,10 @@ class Tracker:
         runs, token = {}, None
         while True:
             page = self.client.search_runs(
-                [self.experiment_id], f"tags.`{PARENT_TAG}` = '{self.parent_id}'",
-                max_results=1000, page_token=token,
+                [self.experiment_id],
+                f"tags.`{PARENT_TAG}` = '{self.parent_id}'",
+                max_results=1000,
+                page_token=token,
             )
             for r in page:
                 runs.setdefault(r.data.tags.get("kdsweep.key"), r.info.run_id)
@@ -131,13 +155,14 @@ class Tracker:
     # ---- metrics -------------------------------------------------------------------------
     def _logged_up_to(self, run_id: str) -> int:
         if run_id not in self.last_step:
-            hist = self.client.get_metric_history(run_id, "test_acc") + \
-                self.client.get_metric_history(run_id, "train_loss")
+            hist = self.client.get_metric_history(
+                run_id, "test_acc"
+            ) + self.client.get_metric_history(run_id, "train_loss")
             self.last_step[run_id] = max((m.step for m in hist), default=0)
         return self.last_step[run_id]
 
     def log_epoch(self, key: str, metrics: dict) -> None:
-        """Per-epoch metrics at step = epoch; an epoch logged before (a resumed trial) is skipped."""
+        """Per-epoch metrics at step = epoch; epochs logged before (a resumed trial) are skipped."""
         run_id, step = self.runs[key], int(metrics["epoch"])
         if step <= self._logged_up_to(run_id):
             return
@@ -158,8 +183,11 @@ class Tracker:
                 self.log_epoch(key, h)
         finals = {f"final_{k}": result[k] for k in FINAL_KEYS if k in result}
         now = int(time.time() * 1000)
-        self.client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in _finite(finals)],
-                              tags=[RunTag("kdsweep.labels_hash", result.get("labels_hash", ""))])
+        self.client.log_batch(
+            run_id,
+            metrics=[Metric(k, v, now, 0) for k, v in _finite(finals)],
+            tags=[RunTag("kdsweep.labels_hash", result.get("labels_hash", ""))],
+        )
         with tempfile.TemporaryDirectory() as d:
             model = self.storage.local_copy(trial_file(key, "model.pt"), Path(d) / "model.pt")
             if model.exists():

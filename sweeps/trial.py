@@ -36,8 +36,13 @@ def run_spec(spec: SweepSpec, trial: Trial) -> RunSpec:
         device="auto",
     )
     return RunSpec(
-        dataset=spec.dataset.name, model=trial.model, train=cfg, data_root=spec.dataset.root,
-        download=spec.dataset.download, noise_kind=trial.noise_kind, noise_rate=trial.noise_rate,
+        dataset=spec.dataset.name,
+        model=trial.model,
+        train=cfg,
+        data_root=spec.dataset.root,
+        download=spec.dataset.download,
+        noise_kind=trial.noise_kind,
+        noise_rate=trial.noise_rate,
     )
 
 
@@ -45,8 +50,17 @@ def summarise(trial: Trial, history: list[dict], noisy, wall_time: float) -> dic
     """The trial's result record: its config and the paper's final metrics."""
     last = history[-1]
     accs = [h["test_acc"] for h in history if "test_acc" in h]
-    finals = ("test_acc", "test_loss", "test_ece", "train_loss", "train_acc", "train_acc_clean",
-              "logit_distance", "test_logit_distance", "test_agreement")
+    finals = (
+        "test_acc",
+        "test_loss",
+        "test_ece",
+        "train_loss",
+        "train_acc",
+        "train_acc_clean",
+        "logit_distance",
+        "test_logit_distance",
+        "test_agreement",
+    )
     return {
         "trial": trial.to_dict(),
         "epochs": last["epoch"],
@@ -88,13 +102,22 @@ def run_trial(config: dict) -> None:
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
         else:
             tune.report(metrics)
-        storage.write_json(trial_file(trial.key, "progress.json"),
-                           {"epoch": trainer.epoch, "epochs": spec.train.epochs,
-                            "node": os.uname().nodename, "time": time.time()})
+        storage.write_json(
+            trial_file(trial.key, "progress.json"),
+            {
+                "epoch": trainer.epoch,
+                "epochs": spec.train.epochs,
+                "node": os.uname().nodename,
+                "time": time.time(),
+            },
+        )
 
     wall = sum(h["epoch_time"] for h in trainer.history)
     # Model first, result last: a result in storage always has its model beside it.
-    storage.write_bytes(trial_file(trial.key, "model.pt"),
-                        checkpoint_bytes({**model_state(trainer.model), "trial": trial.to_dict()}))
-    storage.write_json(trial_file(trial.key, "result.json"),
-                       summarise(trial, trainer.history, noisy, wall))
+    storage.write_bytes(
+        trial_file(trial.key, "model.pt"),
+        checkpoint_bytes({**model_state(trainer.model), "trial": trial.to_dict()}),
+    )
+    storage.write_json(
+        trial_file(trial.key, "result.json"), summarise(trial, trainer.history, noisy, wall)
+    )
