@@ -15,11 +15,11 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
+# The main job on the embedded default: a local Ray, a local SQLite MLflow store (mlflow.db),
+# results under kdsweep-results/, plots under kdsweep-report/. Rerunning continues, never redoes.
 demo: venv
-	$(BIN)/kdsweep train --model cnn-large --epochs 30 --out demo-out/teacher
-	$(BIN)/kdsweep train --model cnn-small --epochs 30 --out demo-out/student-alone
-	$(BIN)/kdsweep train --model cnn-small --teacher demo-out/teacher/checkpoint.pt \
-		--loss kl --tau 4 --epochs 30 --out demo-out/student-kl
+	$(BIN)/kdsweep run sweeps/configs/digits.yaml
+	$(BIN)/kdsweep report sweeps/configs/digits.yaml --out kdsweep-report
 
 lint: venv
 	$(BIN)/ruff check .
@@ -33,4 +33,4 @@ constraints: venv
 	 $(BIN)/pip freeze --exclude-editable | grep -vi '^kdsweep') > constraints.txt
 
 clean:
-	rm -rf demo-out .pytest_cache .ruff_cache
+	rm -rf kdsweep-results kdsweep-report mlflow.db .pytest_cache .ruff_cache

@@ -23,6 +23,12 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # "auto" picks CUDA when present
     eval_every: int = 1  # test-set evaluation interval in epochs (the last epoch always)
+    # Students: read teacher logits from a bank of every augmented view instead of running the
+    # teacher. "auto": when it fits bank_budget_gb and building it (one teacher pass per view)
+    # is cheaper than running the teacher every epoch; "on": always (error if it does not fit).
+    teacher_bank: str = "auto"
+    bank_dtype: str = "float16"
+    bank_budget_gb: float = 4.0
 
     def __post_init__(self):
         check_loss_params(self.loss, self.tau, self.alpha)
@@ -33,6 +39,10 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if any(not 0 < m <= 1 for m in self.lr_milestones):
             raise ValueError(f"lr_milestones are fractions in (0, 1], got {self.lr_milestones}")
+        if self.teacher_bank not in ("auto", "on", "off"):
+            raise ValueError(f"teacher_bank must be auto, on or off, got {self.teacher_bank!r}")
+        if self.bank_dtype not in ("float16", "float32"):
+            raise ValueError(f"bank_dtype must be float16 or float32, got {self.bank_dtype!r}")
         object.__setattr__(self, "lr_milestones", tuple(self.lr_milestones))
 
     def milestone_epochs(self) -> list[int]:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .bank import TeacherBank, bank_nbytes, build_bank
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import ImageData, draw_views, render_views
@@ -79,16 +80,14 @@ class Trainer:
         data: ImageData,
         config: TrainConfig,
         teacher: nn.Module | None = None,
+        bank: TeacherBank | None = None,
     ):
-        if config.loss != "ce" and teacher is None:
+        if config.loss != "ce" and teacher is None and bank is None:
             raise ValueError(f"loss={config.loss!r} distils from a teacher: pass teacher=")
         self.config = config
         self.data = data
         self.device = dev = resolve_device(config.device)
         self.model = model.to(dev)
-        self.teacher = None
-        if teacher is not None and config.loss != "ce":
-            self.teacher = OnlineTeacher(teacher.to(dev))
         self.autocast = dev.type == "cuda"  # bf16 on CUDA, exact fp32 on the CPU
 
         self.x_train = data.train_images.to(dev)
@@ -99,6 +98,21 @@ class Trainer:
         shape = (1, -1, 1, 1)
         self._mean = torch.tensor(data.mean, device=dev).view(shape) * data.pixel_max
         self._std = torch.tensor(data.std, device=dev).view(shape) * data.pixel_max
+
+        # Where teacher logits come from: None (CE), "online", "bank" (built here) or "shared".
+        self.teacher = None
+        self.teacher_path: str | None = None
+        self._teacher_test_logits: torch.Tensor | None = None
+        if config.loss != "ce":
+            if bank is not None:
+                self.teacher, self.teacher_path = bank.to(dev), "shared-bank"
+            elif self._use_bank():
+                self.teacher = self.build_bank(teacher.to(dev))
+                self.teacher_path = "bank"
+            else:
+                self.teacher, self.teacher_path = OnlineTeacher(teacher.to(dev)), "online"
+            if isinstance(self.teacher, TeacherBank):
+                self._teacher_test_logits = self.teacher.test_logits
 
         self.optimizer = torch.optim.SGD(
             _param_groups(self.model, config.weight_decay),
@@ -112,7 +126,33 @@ class Trainer:
         self.generator = torch.Generator(device=dev).manual_seed(config.seed)
         self.epoch = 0
         self.history: list[dict] = []
-        self._teacher_test_logits: torch.Tensor | None = None
+
+    # ---- teacher -------------------------------------------------------------------------
+    def _use_bank(self) -> bool:
+        cfg, aug = self.config, self.data.augment
+        dtype = getattr(torch, cfg.bank_dtype)
+        nbytes = bank_nbytes(len(self.y_train), aug, self.data.num_classes, dtype)
+        fits = nbytes <= cfg.bank_budget_gb * 2**30
+        if cfg.teacher_bank == "on" and not fits:
+            raise ValueError(
+                f"teacher bank needs {nbytes / 2**30:.2f} GiB > bank_budget_gb {cfg.bank_budget_gb}"
+            )
+        if cfg.teacher_bank != "auto":
+            return cfg.teacher_bank == "on"
+        # Building costs one teacher pass per view; running online costs one per epoch.
+        return fits and aug.n_views * 2 <= cfg.epochs
+
+    def build_bank(self, teacher: nn.Module) -> TeacherBank:
+        """The teacher's logits for every view of this run's data, on the training device."""
+        return build_bank(
+            teacher,
+            self.x_train,
+            self.x_test,
+            self.data.augment,
+            self._prepare,
+            dtype=getattr(torch, self.config.bank_dtype),
+            autocast=self.autocast,
+        )
 
     # ---- state ---------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 from .spec import SweepSpec
 
-KEY_VERSION = 1  # bump when the trainer changes what a given config produces
+KEY_VERSION = 2  # bump when the trainer or a model changes what a given config produces
 
 
 @dataclass(frozen=True)
@@ -211,3 +211,38 @@ def build_plan(spec: SweepSpec) -> Plan:
                             )
                         )
     return Plan(spec, [s for s in stages if s])
+
+
+def children(spec: SweepSpec, parents: list[Trial]) -> list[Trial]:
+    """The next generation below ``parents`` on every chain that continues past them.
+
+    A child keeps its parent's loss, tau, alpha, noise and seed (used when generation 1 was
+    sampled by optuna rather than planned from the grid).
+    """
+    out: dict[str, Trial] = {}
+    for p in parents:
+        g = p.generation + 1
+        for chain in spec.chains:
+            if len(chain) > g and tuple(chain[:g]) == p.lineage:
+                c = make_trial(
+                    spec,
+                    chain[g],
+                    p,
+                    loss=p.loss,
+                    tau=p.tau,
+                    alpha=p.alpha,
+                    noise_rate=p.noise_rate,
+                    seed=p.seed,
+                )
+                out.setdefault(c.key, c)
+    return list(out.values())
+
+
+def search_contexts(plan: Plan) -> list[tuple[Trial, str]]:
+    """(teacher, student architecture) pairs whose generation-1 students optuna samples."""
+    out = []
+    for t in plan.stages[0]:
+        for chain in plan.spec.chains:
+            if len(chain) > 1 and chain[0] == t.model and (t, chain[1]) not in out:
+                out.append((t, chain[1]))
+    return out

@@ -29,6 +29,12 @@ class Progress:
         self.state = {t.key: stored_state(storage, t.key) for t in plan.trials}
         self.generation = {t.key: t.generation for t in plan.trials}
 
+    def add(self, trial) -> None:
+        """Track a trial created at run time (sampled by a searcher)."""
+        if trial.key not in self.state:
+            self.state[trial.key] = "pending"
+            self.generation[trial.key] = trial.generation
+
     def counts(self, generation: int) -> Counter:
         return Counter(s for k, s in self.state.items() if self.generation[k] == generation)
 
@@ -43,4 +49,4 @@ class Progress:
             print(self.line(self.generation[key]), file=self.out, flush=True)
 
     def table(self) -> str:
-        return "\n".join(self.line(g) for g in range(len(self.plan.stages)))
+        return "\n".join(self.line(g) for g in sorted(set(self.generation.values())))

@@ -4,44 +4,62 @@ from __future__ import annotations
 
 import hashlib
 import time
-import traceback
 
+import optuna
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
 
 from .plan import Trial
 from .progress import Progress
 from .spec import SweepSpec
 from .storage import Storage, trial_file
 from .tracking import Tracker
-from .trial import run_trial
-
-
-def _key(trial) -> str:
-    return trial.config["trial"]["key"]
+from .trial import run_trial, trial_from_config
 
 
 class StageEvents(tune.Callback):
     """Runs in the driver: per-epoch metrics to MLflow, trial outcomes to storage and progress."""
 
-    def __init__(self, tracker: Tracker, progress: Progress, storage: Storage):
-        self.tracker, self.progress, self.storage = tracker, progress, storage
+    def __init__(self, spec: SweepSpec, tracker: Tracker, progress: Progress, storage: Storage):
+        self.spec, self.tracker, self.progress, self.storage = spec, tracker, progress, storage
+        self.early_stopping = False  # set per stage: ASHA may end trials before their last epoch
+        self.trials: dict[str, Trial] = {}  # Tune trial id -> our trial, for this stage
+
+    def _key(self, tune_trial) -> str:
+        if tune_trial.trial_id not in self.trials:
+            self.trials[tune_trial.trial_id] = trial_from_config(self.spec, tune_trial.config)
+        return self.trials[tune_trial.trial_id].key
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.progress.set(_key(trial), "running")
+        key = self._key(trial)
+        ours = self.trials[trial.trial_id]
+        self.tracker.ensure_run(ours)  # sampled trials get their run when they start
+        self.progress.add(ours)
+        self.progress.set(key, "running")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if "epoch" in result:
-            self.tracker.log_epoch(_key(trial), result)
+            self.tracker.log_epoch(self._key(trial), result)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        key = _key(trial)
+        key = self._key(trial)
         rel = trial_file(key, "result.json")
         result = self.storage.read_json(rel)
-        if result is None:  # stopped early by ASHA: record where it stopped; it has no model
+        if result is None:
+            if not self.early_stopping:
+                msg = (
+                    f"trial {key} ended without publishing {self.storage.uri_of(rel)}; "
+                    "on a cluster, storage must be shared by every node (NFS or s3://)"
+                )
+                self.storage.write_json(trial_file(key, "failed.json"), {"error": msg})
+                self.tracker.fail(key, msg)
+                self.progress.set(key, "failed")
+                return
+            # Stopped by ASHA: record where it stopped. It has no model, so no students.
             last = trial.last_result or {}
             result = {
-                "trial": trial.config["trial"],
+                "trial": self.trials[trial.trial_id].to_dict(),
                 "status": "stopped_early",
                 "epochs": last.get("epoch", 0),
                 "finished_at": time.time(),
@@ -52,9 +70,8 @@ class StageEvents(tune.Callback):
         self.progress.set(key, "done")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        key = _key(trial)
-        err = trial.get_error()
-        text = "".join(traceback.format_exception(err)) if err else "unknown error"
+        key = self._key(trial)
+        text = str(trial.get_error() or trial.error_msg or "unknown error")  # Tune's traceback
         self.storage.write_json(
             trial_file(key, "failed.json"), {"error": text, "time": time.time()}
         )
@@ -62,10 +79,16 @@ class StageEvents(tune.Callback):
         self.progress.set(key, "failed")
 
 
-def run_stage(
-    spec: SweepSpec, storage: Storage, generation: int, todo: list[Trial], events: StageEvents
+def _fit(
+    spec: SweepSpec,
+    storage: Storage,
+    name: str,
+    param_space: dict,
+    events: StageEvents,
+    generation: int,
+    search_alg=None,
+    num_samples: int = 1,
 ) -> None:
-    """Train ``todo`` (all of one generation, teachers already in storage) on the Ray cluster."""
     trainable = tune.with_resources(
         run_trial, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     )
@@ -79,18 +102,17 @@ def run_stage(
             grace_period=spec.search.asha.grace_period,
             reduction_factor=spec.search.asha.reduction_factor,
         )
-    keys = sorted(t.key for t in todo)
-    name = f"gen{generation}-{hashlib.sha256(''.join(keys).encode()).hexdigest()[:10]}"
+    events.early_stopping = scheduler is not None
+    events.trials.clear()
     tuner = tune.Tuner(
         trainable,
-        param_space={
-            "spec": spec.model_dump(),
-            "trial": tune.grid_search([t.to_dict() for t in todo]),
-        },
+        param_space={"spec": spec.model_dump(), **param_space},
         tune_config=tune.TuneConfig(
             scheduler=scheduler,
-            trial_name_creator=lambda t: _key(t)[:12],
-            trial_dirname_creator=lambda t: _key(t),
+            search_alg=search_alg,
+            num_samples=num_samples,
+            trial_dirname_creator=lambda t: f"{events._key(t)[:12]}-{t.trial_id}",
+            reuse_actors=True,  # keep warm worker processes: saves a torch import per trial
         ),
         run_config=tune.RunConfig(
             name=name,
@@ -102,3 +124,34 @@ def run_stage(
         ),
     )
     tuner.fit()
+
+
+def run_stage(
+    spec: SweepSpec, storage: Storage, generation: int, todo: list[Trial], events: StageEvents
+) -> None:
+    """Train ``todo`` (all of one generation, teachers already in storage) on the Ray cluster."""
+    keys = "".join(sorted(t.key for t in todo))
+    name = f"gen{generation}-{hashlib.sha256(keys.encode()).hexdigest()[:10]}"
+    space = {"trial": tune.grid_search([t.to_dict() for t in todo])}
+    _fit(spec, storage, name, space, events, generation)
+
+
+def run_search(
+    spec: SweepSpec, storage: Storage, teacher: Trial, model: str, events: StageEvents
+) -> list[Trial]:
+    """Optuna (TPE) over loss x tau for ``model`` students of ``teacher``; returns the trials run.
+
+    The metric is the student's last reported ``search.metric``. Each sample is still a
+    content-addressed trial: a config already in storage is reported, not retrained.
+    """
+    sampler = optuna.samplers.TPESampler(seed=teacher.seed)
+    searcher = OptunaSearch(metric=spec.search.metric, mode="max", sampler=sampler)
+    space = {
+        "parent": teacher.to_dict(),
+        "model": model,
+        "loss": tune.choice(spec.grid.loss),
+        "tau": tune.loguniform(*spec.search.tau_range),
+    }
+    name = f"search-{teacher.key[:10]}-{model}"
+    _fit(spec, storage, name, space, events, 1, searcher, spec.search.num_samples)
+    return list({t.key: t for t in events.trials.values()}.values())

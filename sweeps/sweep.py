@@ -11,17 +11,16 @@ from pathlib import Path
 
 from kd_core.data import load_dataset
 
-# Progress is ours (progress.py): silence Tune's own tables, TensorBoard/CSV loggers and the
-# snapshot-frequency warning that per-epoch checkpoints of short trials trigger.
+# Progress is ours (progress.py): silence Tune's own tables and the snapshot-frequency warning
+# that per-epoch checkpoints of short trials trigger.
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
-from .plan import Plan, build_plan
+from .plan import Plan, Trial, build_plan, children, search_contexts
 from .progress import Progress
 from .results import write_results
 from .spec import SpecError, SweepSpec
-from .stage import StageEvents, run_stage
+from .stage import StageEvents, run_search, run_stage
 from .storage import Storage, trial_file
 from .tracking import Tracker
 
@@ -52,18 +51,39 @@ def stored_done(plan: Plan, storage: Storage) -> set[str]:
 
 def run_sweep(spec: SweepSpec, address: str | None = None, out=sys.stdout) -> str:
     """Run every stage whose trials are not yet in storage; returns the results file's URI."""
-    plan = build_plan(spec)
     storage = Storage(spec.storage)
+    # Trials run in other processes and cwds (Tune moves them to their trial dirs): hand them
+    # the absolute location.
+    spec = spec.model_copy(update={"storage": storage.uri})
+    plan = build_plan(spec)
     preflight(spec)
     print(plan.describe(stored_done(plan, storage)), file=out, flush=True)
     connect(address)
     tracker = Tracker(spec, storage)
     tracker.start()
     progress = Progress(plan, storage, out)
-    events = StageEvents(tracker, progress, storage)
-    for g, stage in enumerate(plan.stages):
+    save_trial_list(plan, storage)
+    events = StageEvents(spec, tracker, progress, storage)
+    depth = max(len(c) for c in spec.chains)
+    for g in range(depth):
+        if g == len(plan.stages):  # optuna: generation 1 is sampled, later ones follow it
+            if g == 1:
+                sampled = [
+                    run_search(spec, storage, teacher, model, events)
+                    for teacher, model in search_contexts(plan)
+                    if storage.exists(trial_file(teacher.key, "model.pt"))
+                ]
+                plan.stages.append([t for batch in sampled for t in batch])
+                save_trial_list(plan, storage)
+                continue
+            parents = [
+                t for t in plan.stages[g - 1] if storage.exists(trial_file(t.key, "model.pt"))
+            ]
+            plan.stages.append(children(spec, parents))
+            save_trial_list(plan, storage)
         todo = []
-        for t in stage:
+        for t in plan.stages[g]:
+            progress.add(t)
             tracker.ensure_run(t)
             result = storage.read_json(trial_file(t.key, "result.json"))
             if result is not None:  # trained before (by this sweep or another): record only
@@ -90,8 +110,33 @@ def run_sweep(spec: SweepSpec, address: str | None = None, out=sys.stdout) -> st
     return uri
 
 
+def trial_list_path(name: str) -> str:
+    return f"sweeps/{name}/trials.json"
+
+
+def save_trial_list(plan: Plan, storage: Storage) -> None:
+    """Every trial known so far (sampled ones included), for `kdsweep status` and reports."""
+    storage.write_json(trial_list_path(plan.spec.name), [t.to_dict() for t in plan.trials])
+
+
+def load_plan(spec: SweepSpec, storage: Storage) -> Plan:
+    """The plan as the last run recorded it (with sampled trials), else as the spec implies."""
+    plan = build_plan(spec)
+    stored = storage.read_json(trial_list_path(spec.name))
+    if stored:
+        known = {t.key for t in plan.trials}
+        for d in stored:
+            t = Trial.from_dict(d)
+            if t.key not in known:
+                while len(plan.stages) <= t.generation:
+                    plan.stages.append([])
+                plan.stages[t.generation].append(t)
+    return plan
+
+
 def sweep_status(spec: SweepSpec) -> str:
     """The progress table read from storage alone (works while another process runs the sweep)."""
-    plan = build_plan(spec)
-    progress = Progress(plan, Storage(spec.storage), io.StringIO())
+    storage = Storage(spec.storage)
+    plan = load_plan(spec, storage)
+    progress = Progress(plan, storage, io.StringIO())
     return f"sweep {spec.name} ({spec.storage})\n{progress.table()}"

@@ -20,7 +20,7 @@ from kd_core.checkpoint import checkpoint_bytes, load_checkpoint, save_checkpoin
 from kd_core.run import RunSpec, build_trainer
 from kd_core.train import load_model, model_state
 
-from .plan import Trial
+from .plan import Trial, make_trial
 from .spec import SweepSpec
 from .storage import Storage, trial_file
 
@@ -74,11 +74,33 @@ def summarise(trial: Trial, history: list[dict], noisy, wall_time: float) -> dic
     }
 
 
+def trial_from_config(spec: SweepSpec, config: dict) -> Trial:
+    """The trial a Tune config describes: planned ({"trial": ...}) or sampled by a searcher
+    ({"parent", "model", "loss", "tau"}: the key is computed from the sampled values)."""
+    if "trial" in config:
+        return Trial.from_dict(config["trial"])
+    parent = Trial.from_dict(config["parent"])
+    return make_trial(
+        spec,
+        config["model"],
+        parent,
+        loss=config["loss"],
+        tau=config["tau"],
+        alpha=spec.grid.alpha[0],
+        noise_rate=parent.noise_rate,
+        seed=parent.seed,
+    )
+
+
 def run_trial(config: dict) -> None:
-    """Tune entry point. ``config``: {"trial": Trial dict, "spec": SweepSpec dict}."""
+    """Tune entry point; ``config`` holds "spec" (a SweepSpec dict) and the trial (see above)."""
     spec = SweepSpec.model_validate(config["spec"])
-    trial = Trial.from_dict(config["trial"])
+    trial = trial_from_config(spec, config)
     storage = Storage(spec.storage)
+    stored = storage.read_json(trial_file(trial.key, "result.json"))
+    if stored is not None:  # e.g. a searcher sampled an mse config again: report, don't retrain
+        tune.report({k: v for k, v in stored.items() if isinstance(v, (int, float))})
+        return
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
 
     teacher = None

@@ -147,7 +147,7 @@ def test_end_to_end_distillation_on_digits():
     assert "logit_distance" not in t_hist[-1]
     for loss, tau in (("kl", 4.0), ("kl", math.inf), ("mse", 1.0)):
         cfg = TrainConfig(**base, loss=loss, tau=tau)
-        student = Trainer(init_model("cnn-small", data, 0), data, cfg, teacher=teacher.model)
+        student = Trainer(init_model("cnn-medium", data, 0), data, cfg, teacher=teacher.model)
         hist = [m.as_dict() for m in student.epochs()]
         last = hist[-1]
         assert len(hist) == 12 and [h["epoch"] for h in hist] == list(range(1, 13))

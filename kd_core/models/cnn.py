@@ -8,8 +8,8 @@ from .base import Classifier, init_weights
 
 # name -> (conv channels of the two stages, hidden width of the penultimate layer)
 CNN_SIZES = {
-    "cnn-large": ((64, 128), 256),
-    "cnn-medium": ((32, 64), 128),
+    "cnn-large": ((32, 64), 128),
+    "cnn-medium": ((16, 32), 64),
     "cnn-small": ((8, 16), 32),
 }
 

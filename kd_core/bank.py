@@ -1,0 +1,81 @@
+"""Teacher-logit bank: the frozen teacher's logits for every augmented view of every image.
+
+Random crop (padding p) + flip give exactly (2p+1)^2 * 2 views per image, and the trainer names
+the view it renders (data/augment.py), so a student can read ``logits[image, view]`` instead of
+running the teacher: the same numbers, up to the stored precision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .data import Augment, render_views
+
+
+@dataclass
+class TeacherBank:
+    logits: torch.Tensor  # (N, n_views, K), fp16 by default
+    test_logits: torch.Tensor  # (N_test, K), fp32
+    augment: Augment
+
+    def __call__(self, images, index: torch.Tensor, views: torch.Tensor | None) -> torch.Tensor:
+        v = torch.zeros_like(index) if views is None else views
+        return self.logits[index, v].float()
+
+    def to(self, device) -> TeacherBank:
+        return TeacherBank(self.logits.to(device), self.test_logits.to(device), self.augment)
+
+    def state_dict(self) -> dict:
+        return {
+            "logits": self.logits,
+            "test_logits": self.test_logits,
+            "padding": self.augment.padding,
+            "flip": self.augment.flip,
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> TeacherBank:
+        aug = Augment(int(state["padding"]), bool(state["flip"]))
+        return cls(state["logits"], state["test_logits"], aug)
+
+
+def bank_nbytes(n_images: int, augment: Augment, num_classes: int, dtype=torch.float16) -> int:
+    return n_images * augment.n_views * num_classes * torch.finfo(dtype).bits // 8
+
+
+@torch.no_grad()
+def build_bank(
+    teacher: nn.Module,
+    train_images: torch.Tensor,
+    test_images: torch.Tensor,
+    augment: Augment,
+    prepare: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    dtype=torch.float16,
+    batch_size: int = 1024,
+    autocast: bool = False,
+) -> TeacherBank:
+    """Run the teacher once over every view of every training image (and the test split)."""
+    teacher.eval()
+    device = train_images.device
+    n, v_total = len(train_images), augment.n_views
+
+    def logits_of(x):
+        with torch.autocast(device.type, torch.bfloat16, enabled=autocast):
+            return teacher(prepare(x)).float()
+
+    k = logits_of(train_images[:2]).shape[1]
+    out = torch.empty(n, v_total, k, dtype=dtype, device=device)
+    for v in range(v_total):
+        for s in range(0, n, batch_size):
+            x = train_images[s : s + batch_size]
+            views = torch.full((len(x),), v, device=device, dtype=torch.long)
+            out[s : s + batch_size, v] = logits_of(render_views(x, views, augment)).to(dtype)
+    test = torch.cat(
+        [logits_of(test_images[s : s + batch_size]) for s in range(0, len(test_images), batch_size)]
+    )
+    return TeacherBank(out, test, augment)

@@ -1,0 +1,64 @@
+import math
+from pathlib import Path
+
+from sweeps.plan import build_plan
+from sweeps.spec import load_spec, parse_spec
+
+CONFIGS = Path(__file__).resolve().parents[1] / "sweeps" / "configs"
+
+
+def test_digits_plan_counts_and_dedup():
+    plan = build_plan(load_spec(CONFIGS / "digits.yaml"))
+    # 2 noise x 2 seeds = 4 contexts; students: kl x 4 tau + mse = 5 settings.
+    # gen 0: cnn-large teacher (shared by both chains) + 2 baselines = 3 per context.
+    assert [len(s) for s in plan.stages] == [12, 40, 20]
+    keys = [t.key for t in plan.trials]
+    assert len(keys) == len(set(keys))
+    teachers = [t for t in plan.stages[0] if t.model == "cnn-large"]
+    assert len(teachers) == 4
+    for t in plan.stages[1] + plan.stages[2]:
+        assert t.loss in ("kl", "mse") and (t.tau is None) == (t.loss == "mse")
+    # every student's teacher is in the previous stage with the same noise and seed
+    by_key = {t.key: t for t in plan.trials}
+    for t in plan.trials:
+        if t.teacher_key:
+            parent = by_key[t.teacher_key]
+            assert parent.generation == t.generation - 1
+            assert (parent.noise_rate, parent.seed) == (t.noise_rate, t.seed)
+            if parent.generation > 0:
+                assert (parent.loss, parent.tau) == (t.loss, t.tau)
+
+
+def test_paper_plan_counts():
+    plan = build_plan(load_spec(CONFIGS / "cifar100-paper.yaml"))
+    # 4 noise x 3 seeds = 12 contexts; 6 student settings (5 kl taus + mse)
+    assert [len(s) for s in plan.stages] == [36, 144, 72]
+    assert sum(t.model == "wrn-28-4" for t in plan.stages[0]) == 12
+
+
+SMALL = {
+    "name": "p", "dataset": {"name": "digits"}, "chains": [["cnn-large", "cnn-small"]],
+    "train": {"epochs": 2}, "grid": {"loss": ["kl"], "tau": [1, 4], "baselines": False},
+}
+
+
+def test_keys_are_content_addressed():
+    a = build_plan(parse_spec(SMALL))
+    b = build_plan(parse_spec({**SMALL, "name": "renamed", "cluster": "elsewhere"}))
+    assert [t.key for t in a.trials] == [t.key for t in b.trials]  # name/cluster: no effect
+    c = build_plan(parse_spec({**SMALL, "train": {"epochs": 3}}))
+    assert not {t.key for t in a.trials} & {t.key for t in c.trials}  # recipe: new trials
+    extended = build_plan(parse_spec({**SMALL, "grid": {**SMALL["grid"], "tau": [1, 4, 10]}}))
+    old, new = {t.key for t in a.trials}, {t.key for t in extended.trials}
+    assert old < new and len(new - old) == 1
+    (added,) = [t for t in extended.trials if t.key in new - old]
+    assert added.tau == 10 and not math.isinf(added.tau)
+
+
+def test_student_key_covers_its_lineage():
+    chains = [["cnn-large", "cnn-small"], ["cnn-medium", "cnn-small"]]
+    spec = parse_spec({**SMALL, "chains": chains})
+    plan = build_plan(spec)
+    small = [t for t in plan.stages[1] if t.tau == 1]
+    assert len(small) == 2 and small[0].key != small[1].key
+    assert {t.chain for t in small} == {"cnn-large>cnn-small", "cnn-medium>cnn-small"}
