@@ -42,6 +42,9 @@ SCHEMA = pa.schema(
         ("realised_noise_rate", pa.float64()),
         ("labels_hash", pa.string()),
         ("wall_time", pa.float64()),
+        ("preemptions", pa.int64()),
+        ("errors", pa.int64()),
+        ("teacher_path", pa.string()),
         ("finished_at", pa.float64()),
         ("mlflow_run_id", pa.string()),
     ]

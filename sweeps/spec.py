@@ -176,7 +176,8 @@ class SweepSpec(_Strict):
     storage: str = "./kdsweep-results"
     tracking_uri: str = "sqlite:///mlflow.db"
     cluster: str = "local"
-    max_failures: int = Field(2, ge=0)  # retries of a trial that raises (preemptions are free)
+    max_failures: int = Field(2, ge=0)  # retries of a trial that raises an error
+    max_preemptions: int = Field(20, ge=0)  # restarts of a trial whose node or worker was lost
 
     @field_validator("chains")
     @classmethod

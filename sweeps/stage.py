@@ -47,12 +47,18 @@ class StageEvents(tune.Callback):
         rel = trial_file(key, "result.json")
         result = self.storage.read_json(rel)
         if result is None:
-            if not self.early_stopping:
+            failed = self.storage.read_json(trial_file(key, "failed.json"))
+            if failed is not None or not self.early_stopping:
                 msg = (
-                    f"trial {key} ended without publishing {self.storage.uri_of(rel)}; "
-                    "on a cluster, storage must be shared by every node (NFS or s3://)"
+                    failed["error"]
+                    if failed
+                    else (
+                        f"trial {key} ended without publishing {self.storage.uri_of(rel)}; "
+                        "on a cluster, storage must be shared by every node (NFS or s3://)"
+                    )
                 )
-                self.storage.write_json(trial_file(key, "failed.json"), {"error": msg})
+                if failed is None:
+                    self.storage.write_json(trial_file(key, "failed.json"), {"error": msg})
                 self.tracker.fail(key, msg)
                 self.progress.set(key, "failed")
                 return
@@ -117,8 +123,11 @@ def _fit(
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage.uri_of(f"sweeps/{spec.name}/tune"),
-            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            # Tune retries both a lost node and a raising trial; the trial itself gives up after
+            # spec.max_failures errors (trial.py), so the rest of the budget is for preemptions.
+            failure_config=tune.FailureConfig(
+                max_failures=spec.max_failures + spec.max_preemptions
+            ),
             callbacks=[events],
             verbose=0,
         ),

@@ -25,6 +25,8 @@ from .storage import Storage, trial_file
 
 PARENT_TAG = "mlflow.parentRunId"
 FINAL_KEYS = (
+    "preemptions",
+    "errors",
     "test_acc",
     "best_test_acc",
     "test_loss",
@@ -86,7 +88,7 @@ class Tracker:
             self.common_tags["kdsweep.ray_job_id"] = job
         self.parent_id = self._parent_run()
         self.runs: dict[str, str] = self._existing_children()  # trial key -> run id
-        self.last_step: dict[str, int] = {}
+        self.logged: dict[str, set[int]] = {}  # run id -> epochs logged
 
     # ---- runs ----------------------------------------------------------------------------
     def _parent_run(self) -> str:
@@ -153,34 +155,34 @@ class Tracker:
         return run_id
 
     # ---- metrics -------------------------------------------------------------------------
-    def _logged_up_to(self, run_id: str) -> int:
-        if run_id not in self.last_step:
-            hist = self.client.get_metric_history(
-                run_id, "test_acc"
-            ) + self.client.get_metric_history(run_id, "train_loss")
-            self.last_step[run_id] = max((m.step for m in hist), default=0)
-        return self.last_step[run_id]
+    def _logged(self, run_id: str) -> set[int]:
+        if run_id not in self.logged:  # train_loss is logged every epoch, test_* may not be
+            hist = self.client.get_metric_history(run_id, "train_loss")
+            self.logged[run_id] = {m.step for m in hist}
+        return self.logged[run_id]
 
     def log_epoch(self, key: str, metrics: dict) -> None:
-        """Per-epoch metrics at step = epoch; epochs logged before (a resumed trial) are skipped."""
+        """Per-epoch metrics at step = epoch; an epoch already logged (a resumed trial) is
+        skipped, so a run never holds a step twice."""
         run_id, step = self.runs[key], int(metrics["epoch"])
-        if step <= self._logged_up_to(run_id):
+        logged = self._logged(run_id)
+        if step in logged:
             return
         now = int(time.time() * 1000)
         batch = [Metric(k, v, now, step) for k, v in _finite(metrics) if k != "epoch"]
         self.client.log_batch(run_id, metrics=batch)
-        self.last_step[run_id] = step
+        logged.add(step)
 
     def finish(self, key: str, result: dict, reused: bool = False) -> None:
         """Final metrics and the model artifact; ``reused``: trained by an earlier sweep."""
         run_id = self.runs[key]
         if self.client.get_run(run_id).info.status == "FINISHED":
             return
-        if reused:  # found in storage: log whatever part of its history this run lacks
-            if self._logged_up_to(run_id) == 0:
-                self.client.set_tag(run_id, "kdsweep.reused", "true")
-            for h in result.get("history", []):
-                self.log_epoch(key, h)
+        if reused and not self._logged(run_id):
+            self.client.set_tag(run_id, "kdsweep.reused", "true")
+        # Epochs whose report died with a killed driver are filled in from the stored history.
+        for h in result.get("history", []):
+            self.log_epoch(key, h)
         finals = {f"final_{k}": result[k] for k in FINAL_KEYS if k in result}
         now = int(time.time() * 1000)
         self.client.log_batch(

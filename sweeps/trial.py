@@ -1,7 +1,7 @@
 """Trial: the Ray Tune function trainable that trains one planned model with kd_core.
 
-It reads its teacher from storage by content address, resumes from Tune's checkpoint when Tune
-restores it, reports every epoch, and publishes its model and then its result (the "done"
+It reads its teacher from storage by content address, resumes from its own latest checkpoint
+(resume.py), reports every epoch, and publishes its model and then its result (the "done"
 marker) to storage. It never talks to MLflow: the driver does (see tracking.py).
 """
 
@@ -9,22 +9,20 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import time
-from pathlib import Path
+import traceback
 
 import torch
 from ray import tune
 
-from kd_core.checkpoint import checkpoint_bytes, load_checkpoint, save_checkpoint
+from kd_core.checkpoint import checkpoint_bytes
 from kd_core.run import RunSpec, build_trainer
 from kd_core.train import load_model, model_state
 
 from .plan import Trial, make_trial
+from .resume import Attempts, TrialCheckpoints, flush_on_exit
 from .spec import SweepSpec
 from .storage import Storage, trial_file
-
-CKPT_NAME = "trainer.pt"
 
 
 def run_spec(spec: SweepSpec, trial: Trial) -> RunSpec:
@@ -102,44 +100,68 @@ def run_trial(config: dict) -> None:
         tune.report({k: v for k, v in stored.items() if isinstance(v, (int, float))})
         return
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
+    attempts = Attempts(storage, trial.key)
+    try:
+        _train(spec, trial, storage, attempts)
+    except Exception:
+        # A real error (not a lost node: that never reaches here). Tune retries it from the
+        # checkpoint until spec.max_failures; then the trial ends, its traceback in failed.json.
+        text = traceback.format_exc()
+        if attempts.error(text) > spec.max_failures:
+            storage.write_json(
+                trial_file(trial.key, "failed.json"),
+                {"error": text, "errors": attempts.data["errors"], "time": time.time()},
+            )
+            return
+        raise
 
+
+def _train(spec: SweepSpec, trial: Trial, storage: Storage, attempts: Attempts) -> None:
     teacher = None
     if trial.teacher_key is not None:
         rel = trial_file(trial.teacher_key, "model.pt")
         teacher = load_model(storage.read_bytes(rel), name=storage.uri_of(rel))
     trainer, noisy = build_trainer(run_spec(spec, trial), teacher)
 
-    restored = tune.get_checkpoint()
-    if restored is not None:
-        with restored.as_directory() as d:
-            trainer.load_state_dict(load_checkpoint(Path(d) / CKPT_NAME))
+    checkpoints = TrialCheckpoints(storage, trial.key)
+    state = checkpoints.load_latest()
+    if state is not None:
+        trainer.load_state_dict(state)
+    attempts.start(trainer.epoch)
+    forget = flush_on_exit(checkpoints)
 
     every = spec.train.checkpoint_every
+    progress = trial_file(trial.key, "progress.json")
     for m in trainer.epochs():
-        metrics = {**m.as_dict(), "realised_noise_rate": noisy.realised_rate}
         last = trainer.epoch == spec.train.epochs
         if last or trainer.epoch % every == 0:
-            with tempfile.TemporaryDirectory() as d:
-                save_checkpoint(Path(d) / CKPT_NAME, trainer.state_dict())
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+            checkpoints.save(trainer.state_dict())  # before reporting: a reported epoch is kept
         else:
-            tune.report(metrics)
+            checkpoints.remember(trainer.state_dict())
+        tune.report({**m.as_dict(), "realised_noise_rate": noisy.realised_rate})
         storage.write_json(
-            trial_file(trial.key, "progress.json"),
+            progress,
             {
                 "epoch": trainer.epoch,
                 "epochs": spec.train.epochs,
+                "pid": os.getpid(),
                 "node": os.uname().nodename,
                 "time": time.time(),
             },
         )
+    forget()
 
-    wall = sum(h["epoch_time"] for h in trainer.history)
+    result = summarise(trial, trainer.history, noisy, sum(h["epoch_time"] for h in trainer.history))
+    result.update(
+        teacher_path=trainer.teacher_path,
+        starts=attempts.data["starts"],
+        errors=attempts.data["errors"],
+        preemptions=attempts.preemptions,
+        resumed_from=attempts.data["resumed_from"],
+    )
     # Model first, result last: a result in storage always has its model beside it.
     storage.write_bytes(
         trial_file(trial.key, "model.pt"),
         checkpoint_bytes({**model_state(trainer.model), "trial": trial.to_dict()}),
     )
-    storage.write_json(
-        trial_file(trial.key, "result.json"), summarise(trial, trainer.history, noisy, wall)
-    )
+    storage.write_json(trial_file(trial.key, "result.json"), result)

@@ -1,0 +1,102 @@
+"""What lets a trial survive preemption: its own checkpoints in storage, attempt accounting,
+and a last checkpoint on SIGTERM.
+
+Why not Tune's checkpoints: Tune keeps them per experiment and per Tune trial, but our trials are
+content-addressed and outlive any one Tune experiment (a rerun after a driver kill, or a wider
+grid, runs a new experiment holding the same trial). A checkpoint under the trial's key in
+storage is found by whichever experiment, node or retry runs the trial next. Tune still does
+what it is good at: scheduling, and retrying a trial whose node died (FailureConfig).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+
+from kd_core.checkpoint import CheckpointError, checkpoint_bytes, load_checkpoint
+
+from .storage import Storage, trial_file
+
+log = logging.getLogger(__name__)
+SLOTS = ("checkpoint-a.pt", "checkpoint-b.pt")
+
+
+class TrialCheckpoints:
+    """Two alternating slots, each written atomically: a corrupt newest one falls back to the
+    previous good one."""
+
+    def __init__(self, storage: Storage, key: str):
+        self.storage, self.key = storage, key
+        self.saved_epoch = 0
+        self._next = 0  # the slot the next save overwrites: never the one holding the newest
+        self._pending: tuple[int, dict] | None = None
+        self._lock = threading.Lock()  # save() runs on the trial thread and at exit
+
+    def save(self, state: dict) -> None:
+        data = checkpoint_bytes(state)
+        with self._lock:
+            self.storage.write_bytes(trial_file(self.key, SLOTS[self._next]), data)
+            self._next = 1 - self._next
+            self.saved_epoch = int(state["epoch"])
+            self._pending = None
+
+    def remember(self, state: dict) -> None:
+        """Hold an epoch-boundary state that is not yet saved (checkpoint_every > 1)."""
+        self._pending = (int(state["epoch"]), state)
+
+    def flush(self) -> None:
+        """Save the newest epoch-boundary state if storage lacks it (SIGTERM / exit path)."""
+        pending = self._pending
+        if pending is not None and pending[0] > self.saved_epoch:
+            self.save(pending[1])
+            log.warning("trial %s: saved epoch %d on exit", self.key, pending[0])
+
+    def load_latest(self) -> dict | None:
+        """The newest checkpoint that loads; a corrupt one is skipped with a warning."""
+        found = []
+        for i, slot in enumerate(SLOTS):
+            rel = trial_file(self.key, slot)
+            if not self.storage.exists(rel):
+                continue
+            try:
+                state = load_checkpoint(self.storage.read_bytes(rel), self.storage.uri_of(rel))
+            except CheckpointError as e:
+                log.warning("%s; falling back to the previous checkpoint", e)
+                continue
+            found.append((int(state["epoch"]), i, state))
+        if not found:
+            return None
+        epoch, slot, state = max(found, key=lambda f: f[0])
+        self.saved_epoch, self._next = epoch, 1 - slot
+        return state
+
+
+class Attempts:
+    """Counts a trial's starts and its own errors, so preemptions (a start that follows neither
+    an error nor nothing) are told apart from real failures."""
+
+    def __init__(self, storage: Storage, key: str):
+        self.storage, self.rel = storage, trial_file(key, "attempts.json")
+        self.data = storage.read_json(self.rel) or {"starts": 0, "errors": 0, "resumed_from": []}
+
+    def start(self, resumed_from_epoch: int) -> None:
+        self.data["starts"] += 1
+        self.data["resumed_from"].append(resumed_from_epoch)
+        self.storage.write_json(self.rel, self.data)
+
+    def error(self, text: str) -> int:
+        self.data["errors"] += 1
+        self.data["last_error"] = text
+        self.storage.write_json(self.rel, self.data)
+        return self.data["errors"]
+
+    @property
+    def preemptions(self) -> int:
+        return max(0, self.data["starts"] - 1 - self.data["errors"])
+
+
+def flush_on_exit(checkpoints: TrialCheckpoints):
+    """Register a final flush; Ray turns SIGTERM into SystemExit, so exit handlers run."""
+    atexit.register(checkpoints.flush)
+    return lambda: atexit.unregister(checkpoints.flush)
