@@ -1,0 +1,183 @@
+"""Preemption safety on a real local Ray and MLflow: SIGKILLed drivers, SIGTERMed trials,
+corrupt checkpoints. Each test bounds its waits and kills what it started."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+
+from kd_core.checkpoint import checkpoint_bytes
+from sweeps.plan import build_plan
+from sweeps.resume import SLOTS, TrialCheckpoints
+from sweeps.spec import parse_spec
+from sweeps.storage import Storage, trial_file
+
+pytestmark = pytest.mark.slow
+EPOCHS = 10
+
+
+def write_spec(tmp: Path, **over) -> Path:
+    spec = {
+        "name": "resume",
+        "dataset": {"name": "digits"},
+        "chains": [["cnn-medium", "cnn-small", "cnn-small"]],
+        # small batches make epochs slow enough (~0.5 s) to be killed in the middle of one
+        "train": {"epochs": EPOCHS, "batch_size": 16, "lr": 0.02},
+        "grid": {"loss": ["kl", "mse"], "tau": [4], "seeds": [0], "baselines": False},
+        "storage": str(tmp / "store"),
+        "tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
+        **over,
+    }
+    path = tmp / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def ray_dir(tmp: Path) -> str:
+    # Ray's socket paths must stay under 108 bytes: a short folder per test, found via a link.
+    link = tmp / "ray"
+    if not link.exists():
+        link.symlink_to(tempfile.mkdtemp(prefix="kdr-", dir="/tmp"))
+    return os.readlink(link)
+
+
+def start_driver(spec_path: Path, tmp: Path) -> subprocess.Popen:
+    env = {**os.environ, "RAY_TMPDIR": ray_dir(tmp)}  # so leftovers can be found and killed
+    log = open(tmp / "driver.log", "ab")
+    return subprocess.Popen([sys.executable, "-m", "sweeps.cli", "run", str(spec_path)],
+                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp)
+
+
+def kill_leftovers(tmp: Path) -> None:
+    subprocess.run(["pkill", "-9", "-f", ray_dir(tmp)], check=False)
+
+
+def progress(storage: Storage, keys) -> dict[str, int]:
+    out = {}
+    for k in keys:
+        p = storage.read_json(trial_file(k, "progress.json"))
+        if p and not storage.exists(trial_file(k, "result.json")):
+            out[k] = p["epoch"]
+    return out
+
+
+def test_driver_sigkill_at_several_moments_then_rerun(tmp_path):
+    spec_path = write_spec(tmp_path)
+    spec = parse_spec(yaml.safe_load(spec_path.read_text()))
+    plan = build_plan(spec)
+    storage = Storage(spec.storage)
+    keys = {t.key: t for t in plan.trials}
+    seen_at_kill: list[dict[str, int]] = []
+    try:
+        for generation in (0, 1, 2):  # kill in the middle of a trial of each generation
+            driver = start_driver(spec_path, tmp_path)
+            deadline = time.time() + 120
+            while time.time() < deadline:
+                running = {k: e for k, e in progress(storage, keys).items()
+                           if keys[k].generation == generation and 2 <= e < EPOCHS}
+                if running:
+                    break
+                assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+                time.sleep(0.05)
+            else:
+                pytest.fail(f"no generation-{generation} trial got going")
+            driver.send_signal(signal.SIGKILL)
+            driver.wait(10)
+            seen_at_kill.append(progress(storage, keys))
+            time.sleep(1)
+            kill_leftovers(tmp_path)
+        final = start_driver(spec_path, tmp_path)
+        assert final.wait(300) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+    finally:
+        kill_leftovers(tmp_path)
+
+    # Every trial finished exactly once, with each epoch trained into its history once.
+    results = {k: storage.read_json(trial_file(k, "result.json")) for k in keys}
+    assert all(results.values())
+    for r in results.values():
+        assert [h["epoch"] for h in r["history"]] == list(range(1, EPOCHS + 1))
+    # Each kill cost at most the epoch in flight: a restart resumed from >= the last epoch seen.
+    lost = []
+    for snapshot in seen_at_kill:
+        for key, epoch in snapshot.items():
+            resumed = [e for e in results[key]["resumed_from"][1:] if e >= 0]
+            assert resumed, f"{key} was interrupted at epoch {epoch} but never restarted"
+            assert max(resumed) >= epoch
+            lost.append(epoch - max(resumed))
+    assert max(lost) <= 0
+    assert sum(r["preemptions"] for r in results.values()) >= 3
+    assert all(r["errors"] == 0 for r in results.values())
+
+    client = MlflowClient(spec.tracking_uri)
+    exp = client.get_experiment_by_name("resume")
+    children = client.search_runs([exp.experiment_id], "tags.`kdsweep.role` = 'trial'")
+    assert sorted(r.data.tags["kdsweep.key"] for r in children) == sorted(keys)
+    for r in children:
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "train_loss")]
+        assert sorted(steps) == list(range(1, EPOCHS + 1)), steps  # no step twice, none missing
+        assert r.info.status == "FINISHED"
+    parents = client.search_runs([exp.experiment_id], "tags.`kdsweep.role` = 'sweep'")
+    assert len(parents) == 1
+    df = pd.read_parquet(Path(spec.storage) / "sweeps" / "resume" / "results.parquet")
+    assert len(df) == len(keys) and df.key.is_unique and (df.status == "done").all()
+
+
+def test_sigterm_writes_a_checkpoint_before_exit(tmp_path):
+    """A spot-termination notice: the trial's worker gets SIGTERM between checkpoints."""
+    spec_path = write_spec(tmp_path, chains=[["cnn-medium"]],
+                           train={"epochs": 40, "batch_size": 16, "lr": 0.02,
+                                  "checkpoint_every": 1000})
+    spec = parse_spec(yaml.safe_load(spec_path.read_text()))
+    (trial,) = build_plan(spec).trials
+    storage = Storage(spec.storage)
+    driver = start_driver(spec_path, tmp_path)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            p = storage.read_json(trial_file(trial.key, "progress.json"))
+            if p and p["epoch"] >= 3:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("trial did not start")
+        assert not any(storage.exists(trial_file(trial.key, s)) for s in SLOTS)
+        os.kill(p["pid"], signal.SIGTERM)
+        deadline = time.time() + 30
+        while time.time() < deadline and not any(
+                storage.exists(trial_file(trial.key, s)) for s in SLOTS):
+            time.sleep(0.05)
+        state = TrialCheckpoints(storage, trial.key).load_latest()
+        assert state is not None and state["epoch"] >= p["epoch"]
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(10)
+    finally:
+        driver.kill()
+        kill_leftovers(tmp_path)
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
+    storage = Storage(str(tmp_path))
+    ckpts = TrialCheckpoints(storage, "k")
+    ckpts.save({"epoch": 1, "w": torch.ones(3)})
+    ckpts.save({"epoch": 2, "w": torch.full((3,), 2.0)})
+    newest = trial_file("k", SLOTS[1])
+    raw = storage.read_bytes(newest)
+    storage.write_bytes(newest, raw[: len(raw) // 3])  # torn by a broken filesystem
+    again = TrialCheckpoints(storage, "k")
+    state = again.load_latest()
+    assert state["epoch"] == 1 and torch.equal(state["w"], torch.ones(3))
+    assert "truncated or corrupt" in caplog.text and "checkpoint-b.pt" in caplog.text
+    again.save({"epoch": 2, "w": torch.zeros(3)})  # overwrites the corrupt slot, not the good one
+    assert TrialCheckpoints(storage, "k").load_latest()["epoch"] == 2
+    assert json.loads(json.dumps({"ok": True}))  # storage stays JSON-clean
+    assert checkpoint_bytes({"epoch": 0})
