@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from urllib.parse import parse_qs, urlparse
 from typing import Annotated, Literal
 
 import yaml
@@ -178,6 +179,17 @@ class SweepSpec(_Strict):
     cluster: str = "local"
     max_failures: int = Field(2, ge=0)  # retries of a trial that raises an error
     max_preemptions: int = Field(20, ge=0)  # restarts of a trial whose node or worker was lost
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, v):
+        query = parse_qs(urlparse(v).query) if "://" in v else {}
+        if {"access_key", "secret_key", "session_token"} & query.keys():
+            raise ValueError(
+                "credentials do not belong in the spec: use AWS_ACCESS_KEY_ID / "
+                "AWS_SECRET_ACCESS_KEY in the environment"
+            )
+        return v
 
     @field_validator("chains")
     @classmethod

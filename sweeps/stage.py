@@ -110,6 +110,7 @@ def _fit(
         )
     events.early_stopping = scheduler is not None
     events.trials.clear()
+    tune_path, tune_fs = storage.tune_location(f"sweeps/{spec.name}/tune")
     tuner = tune.Tuner(
         trainable,
         param_space={"spec": spec.model_dump(), **param_space},
@@ -122,7 +123,8 @@ def _fit(
         ),
         run_config=tune.RunConfig(
             name=name,
-            storage_path=storage.uri_of(f"sweeps/{spec.name}/tune"),
+            storage_path=tune_path,
+            storage_filesystem=tune_fs,
             # Tune retries both a lost node and a raising trial; the trial itself gives up after
             # spec.max_failures errors (trial.py), so the rest of the budget is for preemptions.
             failure_config=tune.FailureConfig(

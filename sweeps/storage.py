@@ -14,13 +14,49 @@ import json
 import os
 import uuid
 from pathlib import Path
+from urllib.parse import parse_qs, urlparse
 
 import pyarrow.fs as pafs
 
 
+CREDENTIAL_KEYS = {"access_key", "secret_key", "session_token"}
+
+
+def s3_filesystem(uri: str) -> tuple[pafs.S3FileSystem, str]:
+    """An S3 filesystem for ``s3://bucket/prefix[?endpoint_override=host:port&scheme=http]``.
+
+    The endpoint may also come from AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL (MinIO, moto, Ceph);
+    credentials only from the usual AWS environment, profile or instance role, never the spec.
+    """
+    parsed = urlparse(uri)
+    query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+    if CREDENTIAL_KEYS & query.keys():
+        raise ValueError(
+            f"storage {uri.split('?')[0]}: credentials do not belong in the spec; set "
+            "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment instead"
+        )
+    endpoint = query.get("endpoint_override") or os.environ.get(
+        "AWS_ENDPOINT_URL_S3", os.environ.get("AWS_ENDPOINT_URL")
+    )
+    kwargs = {
+        "region": query.get("region")
+        or os.environ.get("AWS_REGION")
+        or os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
+    }
+    if endpoint:
+        scheme = query.get("scheme")
+        if "://" in endpoint:
+            scheme, endpoint = endpoint.split("://", 1)
+        kwargs.update(endpoint_override=endpoint.rstrip("/"), scheme=scheme or "https")
+    return pafs.S3FileSystem(**kwargs), (parsed.netloc + parsed.path).rstrip("/")
+
+
 class Storage:
     def __init__(self, uri: str):
-        if "://" in uri and not uri.startswith("file://"):
+        if uri.startswith("s3://"):
+            self.fs, root = s3_filesystem(uri)
+            self.uri = f"s3://{root}"
+        elif "://" in uri and not uri.startswith("file://"):
             self.fs, root = pafs.FileSystem.from_uri(uri)
             self.uri = uri.rstrip("/")
         else:
@@ -38,6 +74,10 @@ class Storage:
 
     def uri_of(self, rel: str) -> str:
         return f"{self.uri}/{rel}"
+
+    def tune_location(self, rel: str) -> tuple[str, pafs.FileSystem | None]:
+        """(storage_path, storage_filesystem) for Ray Tune's RunConfig."""
+        return (self.path(rel), None) if self.is_local else (self.path(rel), self.fs)
 
     def exists(self, rel: str) -> bool:
         return self.fs.get_file_info(self.path(rel)).type == pafs.FileType.File

@@ -54,7 +54,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, out=sys.stdout) -> st
     storage = Storage(spec.storage)
     # Trials run in other processes and cwds (Tune moves them to their trial dirs): hand them
     # the absolute location.
-    spec = spec.model_copy(update={"storage": storage.uri})
+    spec = spec.model_copy(update={"storage": storage.uri if storage.is_local else spec.storage})
     plan = build_plan(spec)
     preflight(spec)
     print(plan.describe(stored_done(plan, storage)), file=out, flush=True)

@@ -4,9 +4,6 @@ corrupt checkpoints. Each test bounds its waits and kills what it started."""
 import json
 import os
 import signal
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,44 +19,9 @@ from sweeps.resume import SLOTS, TrialCheckpoints
 from sweeps.spec import parse_spec
 from sweeps.storage import Storage, trial_file
 
+from .drivers import EPOCHS, kill_leftovers, start_driver, write_spec
+
 pytestmark = pytest.mark.slow
-EPOCHS = 10
-
-
-def write_spec(tmp: Path, **over) -> Path:
-    spec = {
-        "name": "resume",
-        "dataset": {"name": "digits"},
-        "chains": [["cnn-medium", "cnn-small", "cnn-small"]],
-        # small batches make epochs slow enough (~0.5 s) to be killed in the middle of one
-        "train": {"epochs": EPOCHS, "batch_size": 16, "lr": 0.02},
-        "grid": {"loss": ["kl", "mse"], "tau": [4], "seeds": [0], "baselines": False},
-        "storage": str(tmp / "store"),
-        "tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
-        **over,
-    }
-    path = tmp / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
-
-
-def ray_dir(tmp: Path) -> str:
-    # Ray's socket paths must stay under 108 bytes: a short folder per test, found via a link.
-    link = tmp / "ray"
-    if not link.exists():
-        link.symlink_to(tempfile.mkdtemp(prefix="kdr-", dir="/tmp"))
-    return os.readlink(link)
-
-
-def start_driver(spec_path: Path, tmp: Path) -> subprocess.Popen:
-    env = {**os.environ, "RAY_TMPDIR": ray_dir(tmp)}  # so leftovers can be found and killed
-    log = open(tmp / "driver.log", "ab")
-    return subprocess.Popen([sys.executable, "-m", "sweeps.cli", "run", str(spec_path)],
-                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp)
-
-
-def kill_leftovers(tmp: Path) -> None:
-    subprocess.run(["pkill", "-9", "-f", ray_dir(tmp)], check=False)
 
 
 def progress(storage: Storage, keys) -> dict[str, int]:

@@ -59,6 +59,7 @@ def test_good_spec_parses_with_inf_tau_and_defaults():
         ("dataset", {"name": "cifar100"}, r"dataset: .*needs root"),
         ("search.type", "random", r"search.type: "),
         ("train.epochs", 0, r"train.epochs: "),
+        ("storage", "s3://b/p?access_key=A&secret_key=S", r"storage: credentials do not belong"),
     ],
 )
 def test_bad_specs_name_the_field(path, value, expect):

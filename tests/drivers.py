@@ -1,0 +1,72 @@
+"""Helpers for tests that run `kdsweep run` as a separate driver process."""
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+EPOCHS = 10
+
+
+def write_spec(tmp: Path, **over) -> Path:
+    spec = {
+        "name": "resume",
+        "dataset": {"name": "digits"},
+        "chains": [["cnn-medium", "cnn-small", "cnn-small"]],
+        # small batches make epochs slow enough (~0.5 s) to be killed in the middle of one
+        "train": {"epochs": EPOCHS, "batch_size": 16, "lr": 0.02},
+        "grid": {"loss": ["kl", "mse"], "tau": [4], "seeds": [0], "baselines": False},
+        "storage": str(tmp / "store"),
+        "tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
+        **over,
+    }
+    path = tmp / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def ray_dir(tmp: Path) -> str:
+    # Ray's socket paths must stay under 108 bytes: a short folder per test, found via a link.
+    link = tmp / "ray"
+    if not link.exists():
+        link.symlink_to(tempfile.mkdtemp(prefix="kdr-", dir="/tmp"))
+    return os.readlink(link)
+
+
+def start_driver(spec_path: Path, tmp: Path, env: dict | None = None) -> subprocess.Popen:
+    # RAY_TMPDIR: so that leftovers of a killed driver can be found and killed
+    env = {**os.environ, **(env or {}), "RAY_TMPDIR": ray_dir(tmp)}
+    with open(tmp / "driver.log", "ab") as log:  # Popen keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, "-m", "sweeps.cli", "run", str(spec_path)],
+                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp)
+
+
+def kill_leftovers(tmp: Path) -> None:
+    subprocess.run(["pkill", "-9", "-f", ray_dir(tmp)], check=False)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    import socket
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")

@@ -1,0 +1,99 @@
+"""Sweeps on S3 storage, against moto's S3-compatible server on 127.0.0.1 (started here)."""
+
+import io
+import signal
+import subprocess
+import sys
+import time
+
+import boto3
+import pandas as pd
+import pytest
+import yaml
+
+from sweeps.plan import build_plan
+from sweeps.resume import SLOTS
+from sweeps.spec import parse_spec
+from sweeps.storage import Storage, trial_file
+
+from .drivers import EPOCHS, free_port, kill_leftovers, start_driver, wait_for_port, write_spec
+
+pytestmark = pytest.mark.slow
+CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+         "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                             "-p", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, proc)
+        endpoint = f"http://127.0.0.1:{port}"
+        boto3.client("s3", endpoint_url=endpoint, **{
+            "aws_access_key_id": "testing", "aws_secret_access_key": "testing",
+            "region_name": "us-east-1"}).create_bucket(Bucket="kdsweep")
+        yield {**CREDS, "AWS_ENDPOINT_URL": endpoint}
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_sweep_on_s3_resumes_and_reuses_teachers(s3_server, tmp_path, monkeypatch):
+    for k, v in s3_server.items():
+        monkeypatch.setenv(k, v)
+    spec_path = write_spec(tmp_path, storage="s3://kdsweep/sweeps-test")
+    spec = parse_spec(yaml.safe_load(spec_path.read_text()))
+    storage = Storage(spec.storage)
+    assert not storage.is_local
+    plan = build_plan(spec)
+    keys = {t.key for t in plan.trials}
+    student = next(t for t in plan.trials if t.generation == 1)
+    try:
+        driver = start_driver(spec_path, tmp_path, s3_server)
+        deadline = time.time() + 150
+        while time.time() < deadline:  # kill the driver in the middle of a student
+            p = storage.read_json(trial_file(student.key, "progress.json"))
+            if p and 2 <= p["epoch"] < EPOCHS:
+                break
+            assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+            time.sleep(0.1)
+        else:
+            pytest.fail("the student never started")
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(10)
+        killed_at = p["epoch"]
+        kill_leftovers(tmp_path)
+        assert any(storage.exists(trial_file(student.key, s)) for s in SLOTS)  # on S3
+
+        rerun = start_driver(spec_path, tmp_path, s3_server)
+        assert rerun.wait(300) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+    finally:
+        kill_leftovers(tmp_path)
+
+    result = storage.read_json(trial_file(student.key, "result.json"))
+    assert result["resumed_from"][-1] >= killed_at and result["preemptions"] >= 1
+    assert [h["epoch"] for h in result["history"]] == list(range(1, EPOCHS + 1))
+    for k in keys:
+        assert storage.exists(trial_file(k, "model.pt"))  # teachers and students, on S3
+    df = pd.read_parquet(io.BytesIO(storage.read_bytes("sweeps/resume/results.parquet")))
+    assert set(df.key) == keys and (df.status == "done").all()
+
+    # A second sweep over the same storage reuses every trial, teachers included.
+    (tmp_path / "other").mkdir()
+    other = write_spec(tmp_path / "other", name="resume-again", storage="s3://kdsweep/sweeps-test")
+    before = {k: storage.read_json(trial_file(k, "result.json"))["finished_at"] for k in keys}
+    again = start_driver(other, tmp_path / "other", s3_server)
+    try:
+        assert again.wait(180) == 0
+    finally:
+        kill_leftovers(tmp_path / "other")
+    after = {k: storage.read_json(trial_file(k, "result.json"))["finished_at"] for k in keys}
+    assert after == before
+
+
+def test_credentials_in_the_spec_are_refused():
+    with pytest.raises(ValueError, match="credentials do not belong in the spec"):
+        Storage("s3://kd/x?access_key=AKIA&secret_key=shh")
