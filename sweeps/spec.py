@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
 from typing import Annotated, Literal
+from urllib.parse import parse_qs, urlparse
 
 import yaml
 from pydantic import (

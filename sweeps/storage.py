@@ -18,7 +18,6 @@ from urllib.parse import parse_qs, urlparse
 
 import pyarrow.fs as pafs
 
-
 CREDENTIAL_KEYS = {"access_key", "secret_key", "session_token"}
 
 
