@@ -40,8 +40,13 @@ def start_driver(spec_path: Path, tmp: Path, env: dict | None = None) -> subproc
     # RAY_TMPDIR: so that leftovers of a killed driver can be found and killed
     env = {**os.environ, **(env or {}), "RAY_TMPDIR": ray_dir(tmp)}
     with open(tmp / "driver.log", "ab") as log:  # Popen keeps its own copy of the descriptor
-        return subprocess.Popen([sys.executable, "-m", "sweeps.cli", "run", str(spec_path)],
-                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp)
+        return subprocess.Popen(
+            [sys.executable, "-m", "sweeps.cli", "run", str(spec_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=tmp,
+        )
 
 
 def kill_leftovers(tmp: Path) -> None:

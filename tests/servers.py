@@ -1,0 +1,121 @@
+"""Real servers for tests, on 127.0.0.1, started and stopped by the tests that need them."""
+
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from .drivers import free_port, wait_for_port
+
+
+def _as_postgres(cmd: list[str]) -> list[str]:
+    # PostgreSQL refuses to run as root; the machine image has a `postgres` user for this.
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+@contextlib.contextmanager
+def postgres(databases=("mlflow",)):
+    """A throwaway PostgreSQL cluster (initdb in a temp dir); yields its port."""
+    for tool in ("initdb", "pg_ctl", "psql"):
+        if shutil.which(tool) is None:
+            raise RuntimeError(f"{tool} is not installed (PostgreSQL server binaries)")
+    root = Path(tempfile.mkdtemp(prefix="kdpg-", dir="/tmp"))
+    data = root / "data"
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres", "postgres")
+    port = free_port()
+    subprocess.run(
+        _as_postgres(["initdb", "-D", str(data), "-A", "trust", "-U", "postgres"]),
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    opts = f"-c listen_addresses=127.0.0.1 -p {port} -k {root}"
+    subprocess.run(
+        _as_postgres(
+            [
+                "pg_ctl",
+                "-D",
+                str(data),
+                "-o",
+                opts,
+                "-l",
+                str(root / "log"),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ]
+        ),
+        check=True,
+        capture_output=True,
+        timeout=90,
+    )
+    try:
+        for db in databases:
+            subprocess.run(
+                _as_postgres(
+                    [
+                        "psql",
+                        "-h",
+                        "127.0.0.1",
+                        "-p",
+                        str(port),
+                        "-U",
+                        "postgres",
+                        "-c",
+                        f"CREATE DATABASE {db}",
+                    ]
+                ),
+                check=True,
+                capture_output=True,
+                timeout=30,
+            )
+        yield port
+    finally:
+        subprocess.run(
+            _as_postgres(["pg_ctl", "-D", str(data), "-m", "immediate", "stop"]),
+            capture_output=True,
+            timeout=60,
+        )
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def mlflow_server(pg_port: int, workdir: Path, password: str):
+    """cluster/mlflow/start-mlflow.sh, run as shipped, on the given PostgreSQL; yields its URL."""
+    script = Path(__file__).resolve().parents[1] / "cluster" / "mlflow" / "start-mlflow.sh"
+    port = free_port()
+    pg = f"postgresql+psycopg2://postgres@127.0.0.1:{pg_port}"
+    env = {
+        **os.environ,
+        "MLFLOW_BACKEND_STORE_URI": f"{pg}/mlflow",
+        "MLFLOW_AUTH_DATABASE_URI": f"{pg}/mlflow_auth",
+        "MLFLOW_ARTIFACTS_DESTINATION": str(workdir / "artifacts"),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": password,
+        "MLFLOW_HOST": "127.0.0.1",
+        "MLFLOW_PORT": str(port),
+        "MLFLOW_WORKERS": "1",
+        "MLFLOW_STATE_DIR": str(workdir / "state"),
+        "MLFLOW_BIN": str(Path(os.sys.executable).parent / "mlflow"),
+    }
+    with open(workdir / "mlflow.log", "wb") as log:
+        proc = subprocess.Popen(
+            ["bash", str(script)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for_port(port, proc, timeout=180)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 15)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
