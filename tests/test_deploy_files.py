@@ -1,0 +1,90 @@
+"""cluster/ and docker/ files, checked structurally (no cloud, Kubernetes or Docker engine here)."""
+
+import json
+import re
+from pathlib import Path
+
+import jsonschema
+import ray
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def constraint(name: str) -> str:
+    text = (ROOT / "constraints.txt").read_text()
+    return re.search(rf"^{name}==(\S+)$", text, re.MULTILINE | re.IGNORECASE)[1]
+
+
+def test_aws_launcher_config_matches_rays_schema():
+    schema = json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
+    config = yaml.safe_load((ROOT / "cluster" / "aws" / "cluster.yaml").read_text())
+    jsonschema.validate(config, schema)
+    nodes = config["available_node_types"]
+    head = nodes[config["head_node_type"]]
+    assert "InstanceMarketOptions" not in head["node_config"]  # on-demand head
+    spot = nodes["gpu_spot"]
+    assert spot["node_config"]["InstanceMarketOptions"]["MarketType"] == "spot"
+    assert 0 <= spot["min_workers"] < spot["max_workers"]
+    assert any("constraints.txt" in c for c in config["setup_commands"])
+    starts = config["head_start_ray_commands"] + config["worker_start_ray_commands"]
+    assert all("RAY_AUTH_MODE=token" in c for c in starts if "ray start" in c)
+    assert "/home/ubuntu/.ray/auth_token" in config["file_mounts"]
+
+
+def _containers(pod_template):
+    return pod_template["spec"]["containers"]
+
+
+def test_kuberay_manifests():
+    cluster = yaml.safe_load((ROOT / "cluster" / "kuberay" / "raycluster.yaml").read_text())
+    job = yaml.safe_load((ROOT / "cluster" / "kuberay" / "rayjob.yaml").read_text())
+    assert (cluster["apiVersion"], cluster["kind"]) == ("ray.io/v1", "RayCluster")
+    assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
+    assert job["spec"]["shutdownAfterJobFinishes"] is True
+    assert job["spec"]["entrypoint"].startswith("kdsweep run ")
+    assert "--address auto" in job["spec"]["entrypoint"]
+    assert yaml.safe_load(job["spec"]["runtimeEnvYAML"])["env_vars"]["RAY_AUTH_MODE"] == "token"
+    for spec in (cluster["spec"], job["spec"]["rayClusterSpec"]):
+        assert spec["rayVersion"] == ray.__version__
+        (gpu,) = [g for g in spec["workerGroupSpecs"] if g["groupName"] == "gpu"]
+        assert gpu["minReplicas"] <= gpu["replicas"] <= gpu["maxReplicas"]
+        templates = [spec["headGroupSpec"]["template"], gpu["template"]]
+        for c in [c for t in templates for c in _containers(t)]:
+            assert c["image"].startswith("ghcr.io/kdsweep/kdsweep:")
+            env = {e["name"]: e for e in c["env"]}
+            assert env["RAY_AUTH_MODE"]["value"] == "token"
+            assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "kdsweep-ray-token"
+        assert _containers(gpu["template"])[0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_dockerfile_installs_with_the_constraints_as_non_root():
+    text = (ROOT / "docker" / "Dockerfile").read_text()
+    base = re.search(r"^FROM (\S+)", text, re.MULTILINE)[1]
+    assert base.startswith(f"pytorch/pytorch:{constraint('torch')}-cuda")
+    assert "pip install -c constraints.txt" in text
+    user = re.findall(r"^USER (\S+)", text, re.MULTILINE)
+    assert user and user[-1] not in ("root", "0")
+    for src in re.findall(r"^COPY (?:--\S+ )*(.+) \S+$", text, re.MULTILINE):
+        for path in src.split():
+            assert (ROOT / path).exists(), path
+
+
+def test_compose_stack_has_every_service_port_and_volume():
+    compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
+    services = compose["services"]
+    assert {"ray-head", "ray-worker", "mlflow", "postgres", "minio"} <= services.keys()
+    ports = {s: [p.split(":")[-1] for p in svc.get("ports", [])] for s, svc in services.items()}
+    assert "8265" in ports["ray-head"] and "5000" in ports["mlflow"] and "9000" in ports["minio"]
+    assert all(p.startswith("127.0.0.1:") for svc in services.values() for p in svc.get("ports", []))
+    assert {"pgdata", "miniodata", "results"} <= compose["volumes"].keys()
+    assert "pgdata:/var/lib/postgresql/data" in services["postgres"]["volumes"]
+    mlflow = services["mlflow"]
+    assert "start-mlflow.sh" in " ".join(mlflow["command"])
+    assert mlflow["environment"]["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg2://")
+    assert mlflow["environment"]["MLFLOW_ARTIFACTS_DESTINATION"].startswith("s3://")
+    assert "--address=ray-head:6379" in services["ray-worker"]["command"]
+    for name in ("ray-head", "ray-worker", "mlflow"):
+        assert services[name]["image"] == "kdsweep:0.1.0"
+        assert services[name]["environment"]["RAY_AUTH_MODE"] == "token"
+    assert (ROOT / "docker" / "postgres-init.sql").exists()
