@@ -76,7 +76,9 @@ def test_compose_stack_has_every_service_port_and_volume():
     assert {"ray-head", "ray-worker", "mlflow", "postgres", "minio"} <= services.keys()
     ports = {s: [p.split(":")[-1] for p in svc.get("ports", [])] for s, svc in services.items()}
     assert "8265" in ports["ray-head"] and "5000" in ports["mlflow"] and "9000" in ports["minio"]
-    assert all(p.startswith("127.0.0.1:") for svc in services.values() for p in svc.get("ports", []))
+    assert all(
+        p.startswith("127.0.0.1:") for svc in services.values() for p in svc.get("ports", [])
+    )
     assert {"pgdata", "miniodata", "results"} <= compose["volumes"].keys()
     assert "pgdata:/var/lib/postgresql/data" in services["postgres"]["volumes"]
     mlflow = services["mlflow"]
