@@ -43,6 +43,31 @@ class TeacherBank:
         return cls(state["logits"], state["test_logits"], aug)
 
 
+def normalizer(data, device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """uint8 images -> the normalised float input the models see (as the trainer does)."""
+    shape = (1, -1, 1, 1)
+    mean = torch.tensor(data.mean, device=device).view(shape) * data.pixel_max
+    std = torch.tensor(data.std, device=device).view(shape) * data.pixel_max
+    return lambda x: (x.float() - mean) / std
+
+
+def bank_for(teacher: nn.Module, data, device, dtype=torch.float16) -> TeacherBank:
+    """The bank of ``teacher`` over ``data``'s training views, built on ``device``."""
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    fmt = torch.channels_last if cuda else torch.contiguous_format
+    norm = normalizer(data, device)
+    return build_bank(
+        teacher.to(device, memory_format=fmt),
+        data.train_images.to(device),
+        data.test_images.to(device),
+        data.augment,
+        lambda x: norm(x).contiguous(memory_format=fmt),
+        dtype=dtype,
+        autocast=cuda,
+    )
+
+
 def bank_nbytes(n_images: int, augment: Augment, num_classes: int, dtype=torch.float16) -> int:
     return n_images * augment.n_views * num_classes * torch.finfo(dtype).bits // 8
 

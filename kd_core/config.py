@@ -27,6 +27,7 @@ class TrainConfig:
     # teacher. "auto": when it fits bank_budget_gb and building it (one teacher pass per view)
     # is cheaper than running the teacher every epoch; "on": always (error if it does not fit).
     teacher_bank: str = "auto"
+    compile: bool = False  # torch.compile the student's training forward (worth it on GPUs)
     bank_dtype: str = "float16"
     bank_budget_gb: float = 4.0
 

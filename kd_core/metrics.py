@@ -17,6 +17,7 @@ class EpochMetrics:
     train_acc: float  # against the labels trained on (noisy when noise is on)
     train_acc_clean: float  # against the clean labels
     epoch_time: float  # seconds of wall time for the epoch, evaluation included
+    train_time: float = 0.0  # seconds of the training pass alone
     test_loss: float | None = None
     test_acc: float | None = None
     test_ece: float | None = None

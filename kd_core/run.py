@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from .bank import TeacherBank
 from .config import TrainConfig
 from .data import Augment, ImageData, NoisyLabels, load_dataset
 from .train import Trainer, init_model
@@ -32,9 +33,13 @@ def load_run_data(spec: RunSpec) -> tuple[ImageData, NoisyLabels]:
 
 
 def build_trainer(
-    spec: RunSpec, teacher: nn.Module | None = None, data: tuple | None = None
+    spec: RunSpec,
+    teacher: nn.Module | None = None,
+    data: tuple | None = None,
+    bank: TeacherBank | None = None,
 ) -> tuple[Trainer, NoisyLabels]:
-    """A Trainer for ``spec`` with a freshly seeded model; pass ``data`` to reuse a loaded split."""
+    """A Trainer for ``spec`` with a freshly seeded model; pass ``data`` to reuse a loaded split,
+    ``bank`` to read teacher logits from a prebuilt bank instead of ``teacher``."""
     data, noisy = data or load_run_data(spec)
     model = init_model(spec.model, data, spec.train.seed)
-    return Trainer(model, data, spec.train, teacher), noisy
+    return Trainer(model, data, spec.train, teacher, bank), noisy

@@ -80,6 +80,12 @@ class TrainSpec(_Strict):
     lr_gamma: float = Field(0.1, gt=0)
     eval_every: int = Field(1, ge=1)
     checkpoint_every: int = Field(1, ge=1)  # epochs between trial checkpoints
+    # Teacher logits: "auto" reads a bank of every augmented view when it fits bank_budget_gb
+    # and is cheaper than running the teacher (see kd_core.bank); "on" / "off" force it.
+    teacher_bank: Literal["auto", "on", "off"] = "auto"
+    bank_dtype: Literal["float16", "float32"] = "float16"
+    bank_budget_gb: float = Field(4.0, gt=0)
+    compile: bool = False  # torch.compile students (GPUs)
 
     def config(self, *, loss: str, tau: float, alpha: float, seed: int, device: str) -> TrainConfig:
         recipe = self.model_dump(exclude={"checkpoint_every"})

@@ -7,9 +7,10 @@ import logging
 import os
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
-from kd_core.data import load_dataset
+from kd_core.data import ImageData, load_dataset
 
 # Progress is ours (progress.py): silence Tune's own tables and the snapshot-frequency warning
 # that per-epoch checkpoints of short trials trigger.
@@ -22,13 +23,15 @@ from .results import write_results
 from .spec import SpecError, SweepSpec
 from .stage import StageEvents, run_search, run_stage
 from .storage import Storage, trial_file
+from .teacher_bank import ensure_banks, students_per_teacher
 from .tracking import Tracker
 
 
-def preflight(spec: SweepSpec) -> None:
+def preflight(spec: SweepSpec) -> ImageData:
     """Fail before any work when the dataset cannot be read here."""
     try:
-        load_dataset(spec.dataset.name, root=spec.dataset.root, download=spec.dataset.download)
+        d = spec.dataset
+        return load_dataset(d.name, root=d.root, download=d.download)
     except (FileNotFoundError, ValueError) as e:
         raise SpecError(f"dataset: {e}") from None
 
@@ -45,6 +48,11 @@ def connect(address: str | None) -> None:
         ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
 
 
+def report_banks(banks: dict[str, float], out) -> None:
+    for teacher, seconds in banks.items():
+        print(f"teacher bank for {teacher}: built in {seconds:.1f}s", file=out, flush=True)
+
+
 def stored_done(plan: Plan, storage: Storage) -> set[str]:
     return {t.key for t in plan.trials if storage.exists(trial_file(t.key, "result.json"))}
 
@@ -56,7 +64,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, out=sys.stdout) -> st
     # the absolute location.
     spec = spec.model_copy(update={"storage": storage.uri if storage.is_local else spec.storage})
     plan = build_plan(spec)
-    preflight(spec)
+    data = preflight(spec)
     print(plan.describe(stored_done(plan, storage)), file=out, flush=True)
     connect(address)
     tracker = Tracker(spec, storage)
@@ -68,11 +76,14 @@ def run_sweep(spec: SweepSpec, address: str | None = None, out=sys.stdout) -> st
     for g in range(depth):
         if g == len(plan.stages):  # optuna: generation 1 is sampled, later ones follow it
             if g == 1:
-                sampled = [
-                    run_search(spec, storage, teacher, model, events)
+                contexts = [
+                    (teacher, model)
                     for teacher, model in search_contexts(plan)
                     if storage.exists(trial_file(teacher.key, "model.pt"))
                 ]
+                wanted = Counter({t.key: spec.search.num_samples for t, _ in contexts})
+                report_banks(ensure_banks(spec, storage, data, wanted), out)
+                sampled = [run_search(spec, storage, t, m, events) for t, m in contexts]
                 plan.stages.append([t for batch in sampled for t in batch])
                 save_trial_list(plan, storage)
                 continue
@@ -97,6 +108,8 @@ def run_sweep(spec: SweepSpec, address: str | None = None, out=sys.stdout) -> st
                 storage.delete(trial_file(t.key, "failed.json"))  # a rerun retries failures
                 todo.append(t)
         if todo:
+            banks = ensure_banks(spec, storage, data, students_per_teacher(todo))
+            report_banks(banks, out)
             run_stage(spec, storage, g, todo, events)
     uri = write_results(plan, storage, tracker.runs)
     with tempfile.TemporaryDirectory() as d:

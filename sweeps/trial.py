@@ -23,6 +23,7 @@ from .plan import Trial, make_trial
 from .resume import Attempts, TrialCheckpoints, flush_on_exit
 from .spec import SweepSpec
 from .storage import Storage, trial_file
+from .teacher_bank import load_shared_bank
 
 
 def run_spec(spec: SweepSpec, trial: Trial) -> RunSpec:
@@ -117,11 +118,14 @@ def run_trial(config: dict) -> None:
 
 
 def _train(spec: SweepSpec, trial: Trial, storage: Storage, attempts: Attempts) -> None:
-    teacher = None
+    bank = teacher = None
     if trial.teacher_key is not None:
-        rel = trial_file(trial.teacher_key, "model.pt")
-        teacher = load_model(storage.read_bytes(rel), name=storage.uri_of(rel))
-    trainer, noisy = build_trainer(run_spec(spec, trial), teacher)
+        if spec.train.teacher_bank != "off":  # a bank shared by all students of the teacher
+            bank = load_shared_bank(storage, trial.teacher_key, spec.train.bank_dtype)
+        if bank is None:
+            rel = trial_file(trial.teacher_key, "model.pt")
+            teacher = load_model(storage.read_bytes(rel), name=storage.uri_of(rel))
+    trainer, noisy = build_trainer(run_spec(spec, trial), teacher, bank=bank)
 
     checkpoints = TrialCheckpoints(storage, trial.key)
     state = checkpoints.load_latest()

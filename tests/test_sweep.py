@@ -64,6 +64,12 @@ def test_every_trial_has_one_parquet_row_and_one_child_run(sweep):
     assert (df.status == "done").all() and (df.epochs == EPOCHS).all()
     assert df.test_acc.between(0, 1).all() and (df.cluster == "test-cluster").all()
     assert df[df.generation > 0].logit_distance.notna().all()
+    # Students read their teacher's logits from one shared bank in storage (digits: 1 view).
+    assert (df[df.generation > 0].teacher_path == "shared-bank").all()
+    storage = Storage(spec.storage)
+    for teacher in set(df[df.generation > 0].teacher_key):
+        assert storage.exists(trial_file(teacher, "bank-float16.pt"))
+    assert (df.preemptions == 0).all() and (df.errors == 0).all()
     noisy = df[df.noise_rate == 0.4]
     assert noisy.realised_noise_rate.between(0.3, 0.5).all()
     assert noisy.labels_hash.nunique() == 1  # the whole lineage trains on the same noisy labels

@@ -1,0 +1,101 @@
+"""The exact teacher-logit bank: the same logits, losses and gradients as the online teacher."""
+
+import pytest
+import torch
+
+from kd_core import TrainConfig
+from kd_core.bank import TeacherBank, bank_for
+from kd_core.data import draw_views, load_dataset, render_views
+from kd_core.losses import distillation_loss
+from kd_core.train import Trainer, init_model
+
+
+@pytest.fixture(scope="module")
+def setup():
+    data = load_dataset("synthetic", n_train=24, n_test=8, num_classes=10)  # crop 4 + flip
+    torch.manual_seed(0)
+    teacher = init_model("cnn-medium", data, seed=0).eval()
+    bank32 = bank_for(teacher, data, "cpu", torch.float32)
+    bank16 = bank_for(teacher, data, "cpu", torch.float16)
+    return data, teacher, bank32, bank16
+
+
+def _online(teacher, data, idx, views):
+    tr = Trainer(init_model("cnn-small", data, 0), data, TrainConfig(epochs=1))
+    x = tr._prepare(render_views(data.train_images[idx], views, data.augment))
+    with torch.no_grad():
+        return teacher(x), x
+
+
+def test_bank_holds_every_view(setup):
+    data, teacher, bank32, bank16 = setup
+    assert bank32.logits.shape == (24, 162, 10) and bank16.logits.dtype == torch.float16
+    g = torch.Generator().manual_seed(1)
+    idx = torch.randint(0, 24, (64,), generator=g)
+    views = draw_views(data.augment, 64, g, "cpu")
+    online, _ = _online(teacher, data, idx, views)
+    torch.testing.assert_close(bank32(None, idx, views), online, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(bank16(None, idx, views), online, rtol=1e-2, atol=1e-2)
+    all_views = torch.arange(162)
+    first, _ = _online(teacher, data, torch.zeros(162, dtype=torch.long), all_views)
+    torch.testing.assert_close(bank32.logits[0], first, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("loss, tau", [("kl", 4.0), ("kl", float("inf")), ("mse", 1.0)])
+def test_student_step_matches_online_teacher(setup, loss, tau):
+    data, teacher, bank32, bank16 = setup
+    g = torch.Generator().manual_seed(2)
+    idx = torch.randint(0, 24, (16,), generator=g)
+    views = draw_views(data.augment, 16, g, "cpu")
+    z_t, x = _online(teacher, data, idx, views)
+    student = init_model("cnn-small", data, 0)
+
+    def step(z):
+        student.zero_grad()
+        out = distillation_loss(student(x), z, None, loss=loss, tau=tau)
+        out.backward()
+        return out.detach(), [p.grad.clone() for p in student.parameters()]
+
+    ref_loss, ref_grads = step(z_t)
+    for bank, tol in ((bank32, 1e-5), (bank16, 2e-2)):
+        b_loss, b_grads = step(bank(None, idx, views))
+        torch.testing.assert_close(b_loss, ref_loss, rtol=tol, atol=tol)
+        for a, b in zip(b_grads, ref_grads, strict=True):
+            torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+def test_short_training_run_matches_online(setup):
+    data, teacher, bank32, _ = setup
+    cfg = TrainConfig(epochs=2, batch_size=8, lr=0.01, loss="kl", tau=4.0, teacher_bank="off")
+    online = Trainer(init_model("cnn-small", data, 0), data, cfg, teacher=teacher)
+    banked = Trainer(init_model("cnn-small", data, 0), data, cfg, bank=bank32)
+    assert (online.teacher_path, banked.teacher_path) == ("online", "shared-bank")
+    h_online, h_bank = list(online.epochs()), list(banked.epochs())
+    for a, b in zip(online.model.state_dict().values(), banked.model.state_dict().values(),
+                    strict=True):
+        torch.testing.assert_close(a.float(), b.float(), rtol=1e-4, atol=1e-5)
+    assert h_online[-1].train_loss == pytest.approx(h_bank[-1].train_loss, rel=1e-4)
+
+
+def test_bank_round_trips_through_a_tensor_only_state(setup):
+    _, _, bank32, _ = setup
+    again = TeacherBank.from_state_dict(bank32.state_dict())
+    assert torch.equal(again.logits, bank32.logits) and again.augment == bank32.augment
+
+
+def test_auto_picks_the_cheaper_path_and_on_respects_the_budget(setup):
+    data, teacher, _, _ = setup
+    digits = load_dataset("digits")
+    small = init_model("cnn-small", digits, 0)
+    t = init_model("cnn-medium", digits, 0)
+    kd = dict(loss="kl", tau=4.0, epochs=4)
+    # digits has one view per image: a bank is one teacher pass, always cheaper
+    assert Trainer(small, digits, TrainConfig(**kd), teacher=t).teacher_path == "bank"
+    # 162 views for 4 epochs: online is cheaper for a single student
+    s = init_model("cnn-small", data, 0)
+    assert Trainer(s, data, TrainConfig(**kd), teacher=teacher).teacher_path == "online"
+    assert Trainer(s, data, TrainConfig(**kd, teacher_bank="on"), teacher=teacher).teacher_path \
+        == "bank"
+    with pytest.raises(ValueError, match="bank_budget_gb"):
+        Trainer(s, data, TrainConfig(**kd, teacher_bank="on", bank_budget_gb=1e-6),
+                teacher=teacher)
