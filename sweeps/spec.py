@@ -22,7 +22,8 @@ from pydantic import (
 )
 
 from kd_core.config import TrainConfig
-from kd_core.data import DATASETS, NOISE_KINDS
+from kd_core.data import DATASETS, check_noise_params
+from kd_core.losses import check_loss_params
 from kd_core.models import check_model_name
 
 
@@ -96,20 +97,11 @@ class NoiseSpec(_Strict):
     kind: str = "symmetric"
     rate: Annotated[list[float], BeforeValidator(_as_list)] = [0.0]
 
-    @field_validator("kind")
-    @classmethod
-    def _kind(cls, v):
-        if v not in NOISE_KINDS:
-            raise ValueError(f"unknown noise kind {v!r}: expected one of {', '.join(NOISE_KINDS)}")
-        return v
-
-    @field_validator("rate")
-    @classmethod
-    def _rates(cls, v):
-        for r in v:
-            if not 0.0 <= r < 1.0:
-                raise ValueError(f"noise rate {r} is outside [0, 1)")
-        return v
+    @model_validator(mode="after")
+    def _valid(self):
+        for r in self.rate:  # kd_core's own rules, so the spec and the trainer never disagree
+            check_noise_params(self.kind, r)
+        return self
 
 
 class GridSpec(_Strict):
@@ -131,17 +123,15 @@ class GridSpec(_Strict):
     @field_validator("tau")
     @classmethod
     def _taus(cls, v):
-        for t in v:
-            if math.isnan(t) or t <= 0:
-                raise ValueError(f"tau {t} must be > 0 (or inf)")
+        for t in v:  # kd_core's own rules (tau > 0 or inf, alpha in [0, 1])
+            check_loss_params("kl", t, 1.0)
         return v
 
     @field_validator("alpha")
     @classmethod
     def _alphas(cls, v):
         for a in v:
-            if not 0.0 <= a <= 1.0:
-                raise ValueError(f"alpha {a} is outside [0, 1]")
+            check_loss_params("kl", 1.0, a)
         return v
 
 
