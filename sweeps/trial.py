@@ -142,7 +142,6 @@ def _train(spec: SweepSpec, trial: Trial, storage: Storage, attempts: Attempts) 
             checkpoints.save(trainer.state_dict())  # before reporting: a reported epoch is kept
         else:
             checkpoints.remember(trainer.state_dict())
-        tune.report({**m.as_dict(), "realised_noise_rate": noisy.realised_rate})
         storage.write_json(
             progress,
             {
@@ -153,8 +152,14 @@ def _train(spec: SweepSpec, trial: Trial, storage: Storage, attempts: Attempts) 
                 "time": time.time(),
             },
         )
-    forget()
+        if last:  # publish before the final report: a scheduler may end the trial right there
+            forget()
+            publish(storage, trial, trainer, noisy, attempts)
+        tune.report({**m.as_dict(), "realised_noise_rate": noisy.realised_rate})
 
+
+def publish(storage: Storage, trial: Trial, trainer, noisy, attempts: Attempts) -> None:
+    """The trained model, then the result: a result in storage always has its model beside it."""
     result = summarise(trial, trainer.history, noisy, sum(h["epoch_time"] for h in trainer.history))
     result.update(
         teacher_path=trainer.teacher_path,
@@ -163,7 +168,6 @@ def _train(spec: SweepSpec, trial: Trial, storage: Storage, attempts: Attempts) 
         preemptions=attempts.preemptions,
         resumed_from=attempts.data["resumed_from"],
     )
-    # Model first, result last: a result in storage always has its model beside it.
     storage.write_bytes(
         trial_file(trial.key, "model.pt"),
         checkpoint_bytes({**model_state(trainer.model), "trial": trial.to_dict()}),

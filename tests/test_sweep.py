@@ -170,3 +170,24 @@ def test_missing_dataset_fails_before_any_trial(tmp_path):
     with pytest.raises(SpecError, match="cifar-100-python"):
         run_sweep(spec, out=io.StringIO())
     assert not (tmp_path / "store").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_asha_stops_weak_students_and_skips_their_children(sweep, tmp_path):
+    """ASHA (optional early stopping) on the students: stopped trials keep their last metrics,
+    have no model, and their own students are skipped rather than started."""
+    spec = make_spec(tmp_path, taus=(0.5, 1.0, 2.0, 4.0, 8.0, 20.0), name="asha",
+                     search={"type": "grid", "asha": {"grace_period": 1,
+                                                      "reduction_factor": 3}})
+    spec = spec.model_copy(update={"grid": spec.grid.model_copy(
+        update={"loss": ["kl"], "noise": spec.grid.noise.model_copy(update={"rate": [0.0]}),
+                "baselines": False})})
+    run_sweep(spec, out=io.StringIO())
+    df = pd.read_parquet(Storage(spec.storage).uri_of("sweeps/asha/results.parquet"))
+    gen1 = df[df.generation == 1]
+    stopped = gen1[gen1.status == "stopped_early"]
+    assert len(gen1) == 6 and len(stopped) >= 1 and (stopped.epochs < EPOCHS).all()
+    storage = Storage(spec.storage)
+    for key in stopped.key:
+        assert not storage.exists(trial_file(key, "model.pt"))
+        child = df[df.teacher_key == key]
+        assert (child.status == "missing").all()  # never started: no teacher to learn from
