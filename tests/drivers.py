@@ -1,6 +1,8 @@
 """Helpers for tests that run `kdsweep run` as a separate driver process."""
 
+import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -49,8 +51,27 @@ def start_driver(spec_path: Path, tmp: Path, env: dict | None = None) -> subproc
         )
 
 
-def kill_leftovers(tmp: Path) -> None:
-    subprocess.run(["pkill", "-9", "-f", ray_dir(tmp)], check=False)
+def kill_matching(pattern: str) -> None:
+    """SIGKILL every process whose command line holds ``pattern``, and all their descendants
+    (Ray's agents retitle themselves, so only their parentage names them)."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if pattern in " ".join(p.info["cmdline"] or []) and p.pid != os.getpid():
+                found += [p, *p.children(recursive=True)]
+    for p in found:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(found, timeout=10)
+
+
+def kill_leftovers(tmp: Path, remove: bool = False) -> None:
+    """Kill what a (killed) driver's local Ray left running; ``remove`` its temp dir too."""
+    kill_matching(ray_dir(tmp))
+    if remove:
+        shutil.rmtree(ray_dir(tmp), ignore_errors=True)
 
 
 def free_port() -> int:

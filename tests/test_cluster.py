@@ -19,7 +19,7 @@ from sweeps.plan import build_plan
 from sweeps.spec import parse_spec
 from sweeps.storage import Storage, trial_file
 
-from .drivers import EPOCHS, free_port, write_spec
+from .drivers import EPOCHS, free_port, kill_matching, write_spec
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -81,11 +81,13 @@ class Cluster:
 
     def kill_node(self, name):
         """A spot node vanishing: SIGKILL every process of that node."""
-        subprocess.run(["pkill", "-9", "-f", str(self.root / name)], check=False)
+        kill_matching(str(self.root / name))
 
     def stop(self):
         for name in ("w1", "w2", "h"):
             self.kill_node(name)
+        # Helpers such as Ray's client server name the GCS address, not the temp dir.
+        kill_matching(f":{self.gcs_port}")
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -105,7 +107,7 @@ def test_job_submit_survives_losing_the_worker_node(tmp_path):
         t0 = time.time()
         cluster.start_head()
         cluster.start_worker("w1")
-        deadline = time.time() + 90
+        deadline = time.time() + 180
         while True:  # the job server may come up a little after `ray start` returns
             sub = cluster.ray(
                 "job",

@@ -39,7 +39,7 @@ def test_sweep_logs_to_mlflow_server_on_postgres_with_basic_auth(tmp_path, monke
         try:
             assert driver.wait(300) == 0, (tmp_path / "driver.log").read_text()[-3000:]
         finally:
-            kill_leftovers(tmp_path)
+            kill_leftovers(tmp_path, remove=True)
         print(f"sweep against the server: {time.time() - t0:.1f}s")
 
         for k, v in creds.items():

@@ -61,7 +61,7 @@ def test_driver_sigkill_at_several_moments_then_rerun(tmp_path):
         final = start_driver(spec_path, tmp_path)
         assert final.wait(300) == 0, (tmp_path / "driver.log").read_text()[-3000:]
     finally:
-        kill_leftovers(tmp_path)
+        kill_leftovers(tmp_path, remove=True)
 
     # Every trial finished exactly once, with each epoch trained into its history once.
     results = {k: storage.read_json(trial_file(k, "result.json")) for k in keys}
@@ -124,7 +124,7 @@ def test_sigterm_writes_a_checkpoint_before_exit(tmp_path):
         driver.wait(10)
     finally:
         driver.kill()
-        kill_leftovers(tmp_path)
+        kill_leftovers(tmp_path, remove=True)
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):

@@ -71,7 +71,7 @@ def test_sweep_on_s3_resumes_and_reuses_teachers(s3_server, tmp_path, monkeypatc
         rerun = start_driver(spec_path, tmp_path, s3_server)
         assert rerun.wait(300) == 0, (tmp_path / "driver.log").read_text()[-3000:]
     finally:
-        kill_leftovers(tmp_path)
+        kill_leftovers(tmp_path, remove=True)
 
     result = storage.read_json(trial_file(student.key, "result.json"))
     assert result["resumed_from"][-1] >= killed_at and result["preemptions"] >= 1
@@ -89,7 +89,7 @@ def test_sweep_on_s3_resumes_and_reuses_teachers(s3_server, tmp_path, monkeypatc
     try:
         assert again.wait(180) == 0
     finally:
-        kill_leftovers(tmp_path / "other")
+        kill_leftovers(tmp_path / "other", remove=True)
     after = {k: storage.read_json(trial_file(k, "result.json"))["finished_at"] for k in keys}
     assert after == before
 
