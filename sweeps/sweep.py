@@ -19,7 +19,7 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 
 from .plan import Plan, Trial, build_plan, children, search_contexts
 from .progress import Progress
-from .results import write_results
+from .results import results_path, write_results
 from .spec import SpecError, SweepSpec
 from .stage import StageEvents, run_search, run_stage
 from .storage import Storage, trial_file
@@ -113,9 +113,9 @@ def run_sweep(spec: SweepSpec, address: str | None = None, out=sys.stdout) -> st
             run_stage(spec, storage, g, todo, events)
     uri = write_results(plan, storage, tracker.runs)
     with tempfile.TemporaryDirectory() as d:
-        local = Path(d) / "results.parquet"
-        local.write_bytes(storage.read_bytes(f"sweeps/{spec.name}/results.parquet"))
-        tracker.log_parent_artifact(local)
+        tracker.log_parent_artifact(
+            storage.local_copy(results_path(spec.name), Path(d) / "results.parquet")
+        )
     ok = all(s == "done" for s in progress.state.values())
     tracker.close("FINISHED" if ok else "FAILED")
     print(progress.table(), file=out)
