@@ -43,20 +43,12 @@ class TeacherBank:
         return cls(state["logits"], state["test_logits"], aug)
 
 
-def normalizer(data, device) -> Callable[[torch.Tensor], torch.Tensor]:
-    """uint8 images -> the normalised float input the models see (as the trainer does)."""
-    shape = (1, -1, 1, 1)
-    mean = torch.tensor(data.mean, device=device).view(shape) * data.pixel_max
-    std = torch.tensor(data.std, device=device).view(shape) * data.pixel_max
-    return lambda x: (x.float() - mean) / std
-
-
 def bank_for(teacher: nn.Module, data, device, dtype=torch.float16) -> TeacherBank:
     """The bank of ``teacher`` over ``data``'s training views, built on ``device``."""
     device = torch.device(device)
     cuda = device.type == "cuda"
     fmt = torch.channels_last if cuda else torch.contiguous_format
-    norm = normalizer(data, device)
+    norm = data.normalizer(device)
     return build_bank(
         teacher.to(device, memory_format=fmt),
         data.train_images.to(device),

@@ -100,9 +100,7 @@ class Trainer:
         self.y_clean = data.clean_labels.to(dev)
         self.x_test = data.test_images.to(dev)
         self.y_test = data.test_labels.to(dev)
-        shape = (1, -1, 1, 1)
-        self._mean = torch.tensor(data.mean, device=dev).view(shape) * data.pixel_max
-        self._std = torch.tensor(data.std, device=dev).view(shape) * data.pixel_max
+        self._normalize = data.normalizer(dev)
 
         # Where teacher logits come from: None (CE), "online", "bank" (built here) or "shared".
         self.teacher = None
@@ -183,7 +181,7 @@ class Trainer:
 
     # ---- training ------------------------------------------------------------------------
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
-        x = (images.float() - self._mean) / self._std
+        x = self._normalize(images)
         return x.contiguous(memory_format=self.memory_format)
 
     def _train_epoch(self) -> torch.Tensor:

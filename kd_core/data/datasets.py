@@ -56,6 +56,13 @@ class ImageData:
             self, train_labels=noisy.labels, clean_train_labels=self.clean_labels
         ), noisy
 
+    def normalizer(self, device):
+        """uint8 images -> the normalised float input the models see."""
+        shape = (1, -1, 1, 1)
+        mean = torch.tensor(self.mean, device=device).view(shape) * self.pixel_max
+        std = torch.tensor(self.std, device=device).view(shape) * self.pixel_max
+        return lambda x: (x.float() - mean) / std
+
     def with_augment(self, augment: Augment) -> ImageData:
         return dataclasses.replace(self, augment=augment)
 
