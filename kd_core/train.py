@@ -184,7 +184,7 @@ class Trainer:
         x = self._normalize(images)
         return x.contiguous(memory_format=self.memory_format)
 
-    def _train_epoch(self) -> torch.Tensor:
+    def _train_epoch(self, max_steps: int | None = None) -> torch.Tensor:
         cfg, aug = self.config, self.data.augment
         n = len(self.y_train)
         perm = torch.randperm(n, generator=self.generator, device=self.device)
@@ -192,7 +192,8 @@ class Trainer:
         # Sums of: loss * batch, correct (trained labels), correct (clean), ||z_s - z_t||, count.
         sums = torch.zeros(5, device=self.device)
         self.model.train()
-        for start in range(0, n, cfg.batch_size):
+        stop = n if max_steps is None else min(n, max_steps * cfg.batch_size)
+        for start in range(0, stop, cfg.batch_size):
             idx = perm[start : start + cfg.batch_size]
             if len(idx) < 2:  # BatchNorm cannot train on a batch of one
                 continue
@@ -231,6 +232,19 @@ class Trainer:
     def _predict(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
             return predict(model, images, self._prepare, 1024)
+
+    def steps_per_epoch(self) -> int:
+        return -(-len(self.y_train) // self.config.batch_size)
+
+    def time_steps(self, steps: int, warmup: int = 2) -> tuple[float, float]:
+        """Seconds per training step (after ``warmup`` untimed steps) and per test-set
+        evaluation. Trains the weights but counts no epoch: for sizing a sweep, not for a run."""
+        self._train_epoch(warmup).tolist()
+        t0 = time.perf_counter()
+        self._train_epoch(steps).tolist()  # .tolist() waits for the device
+        t1 = time.perf_counter()
+        self._predict(self.model, self.x_test).sum().item()
+        return (t1 - t0) / steps, time.perf_counter() - t1
 
     def epochs(self) -> Iterator[EpochMetrics]:
         """Train the remaining epochs, yielding each one's metrics after it completes."""

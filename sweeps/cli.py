@@ -18,7 +18,23 @@ def _plan(args) -> int:
     plan = build_plan(spec)
     done = stored_done(plan, Storage(spec.storage)) if args.check_storage else set()
     print(plan.describe(done))
+    if args.measure:
+        _measure(spec, plan, args)
     return 0
+
+
+def _measure(spec, plan, args) -> None:
+    from .packing import measure, plan_shapes, render, suggest
+    from .sweep import check_fits, connect, preflight
+
+    counts = plan_shapes(spec, plan, preflight(spec))
+    connect(args.address)
+    if args.address is None:
+        check_fits(spec)
+    measured = measure(spec, list(counts), args.steps)
+    print(
+        render(spec, counts, measured, suggest(measured, max_per_gpu=args.max_per_gpu), args.steps)
+    )
 
 
 def _run(args) -> int:
@@ -53,6 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("plan", help="validate a sweep spec and print its stages and trial counts")
     p.add_argument("spec")
     p.add_argument("--check-storage", action="store_true", help="also count trials already done")
+    p.add_argument(
+        "--measure",
+        action="store_true",
+        help="run each kind of trial for a few steps; print peak memory, time, and a packing",
+    )
+    p.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
+    p.add_argument("--max-per-gpu", type=int, default=8, help="most trials packed on one GPU")
+    p.add_argument("--address", default=None, help="Ray cluster to measure on; default: local")
     p.set_defaults(func=_plan)
 
     p = sub.add_parser("run", help="run (or continue) a sweep on Ray")

@@ -157,9 +157,55 @@ class SearchSpec(_Strict):
         return v
 
 
+def _check_gpu(v: float | None) -> float | None:
+    # Ray schedules fractions of one GPU, or whole GPUs: 1.5 cannot be placed.
+    if v is not None and v > 1 and v != int(v):
+        raise ValueError(f"gpu above 1 must be a whole number of GPUs, got {v}")
+    return v
+
+
+class ModelResources(_Strict):
+    """Per-architecture overrides of the per-trial resources."""
+
+    cpu: float | None = Field(None, gt=0)
+    gpu: float | None = Field(None, ge=0)
+    memory_gb: float | None = Field(None, gt=0)
+
+    _gpu = field_validator("gpu")(classmethod(lambda cls, v: _check_gpu(v)))
+
+
 class ResourcesSpec(_Strict):
+    """What Ray reserves for one trial. GPU fractions pack several trials on one GPU (Ray does
+    not watch GPU memory: size them with `kdsweep plan --measure`); memory_gb reserves host
+    memory, so Ray packs a node only as full as its RAM allows."""
+
     cpu: float = Field(1.0, gt=0)
-    gpu: float = Field(0.0, ge=0)  # fractions pack several students on one GPU
+    gpu: float = Field(0.0, ge=0)
+    memory_gb: float | None = Field(None, gt=0)
+    models: dict[str, ModelResources] = {}  # keyed by architecture, e.g. {wrn-28-4: {gpu: 0.5}}
+
+    _gpu = field_validator("gpu")(classmethod(lambda cls, v: _check_gpu(v)))
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, v):
+        for name in v:
+            check_model_name(name)
+        return v
+
+    def for_model(self, model: str) -> dict[str, float]:
+        """The Ray resource request of one trial of ``model``."""
+        over = self.models.get(model, ModelResources())
+        gb = over.memory_gb or self.memory_gb
+        return {
+            "cpu": over.cpu or self.cpu,
+            "gpu": self.gpu if over.gpu is None else over.gpu,
+            **({"memory": int(gb * 2**30)} if gb else {}),
+        }
+
+    @property
+    def uses_gpu(self) -> bool:
+        return self.gpu > 0 or any(m.gpu for m in self.models.values())
 
 
 class SweepSpec(_Strict):
@@ -187,6 +233,15 @@ class SweepSpec(_Strict):
             )
         return v
 
+    @model_validator(mode="after")
+    def _resource_models(self):
+        used = {m for chain in self.chains for m in chain}
+        for name in self.resources.models:
+            if name not in used:
+                known = ", ".join(sorted(used))
+                raise ValueError(f"resources.models.{name}: not in any chain (chains use {known})")
+        return self
+
     @field_validator("chains")
     @classmethod
     def _chains(cls, v):
@@ -205,13 +260,13 @@ def _field_path(loc: tuple) -> str:
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
+    return out
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
+        if isinstance(part, int) or part not in model.model_fields:
+            continue  # a list index or a dict key: `model` is already the item's type
         ann = model.model_fields[part].annotation
         sub = [a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type)]
         model = next((a for a in sub if issubclass(a, BaseModel)), model)
@@ -228,7 +283,8 @@ def _explain(err: ValidationError) -> str:
         elif e["type"] == "missing":
             lines.append(f"{where}: required field is missing")
         else:
-            lines.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"{where}: {msg}" if where else msg)
     return "\n  ".join(lines)
 
 

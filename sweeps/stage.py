@@ -7,6 +7,8 @@ import time
 
 import optuna
 from ray import tune
+from ray.tune import PlacementGroupFactory
+from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
@@ -85,6 +87,16 @@ class StageEvents(tune.Callback):
         self.progress.set(key, "failed")
 
 
+def trial_resources(spec: SweepSpec):
+    """Tune asks per trial: resources follow the trial's architecture (spec.resources.models)."""
+
+    def request(config: dict) -> PlacementGroupFactory:
+        model = config["trial"]["model"] if "trial" in config else config["model"]
+        return resource_dict_to_pg_factory(spec.resources.for_model(model))
+
+    return request
+
+
 def _fit(
     spec: SweepSpec,
     storage: Storage,
@@ -95,9 +107,7 @@ def _fit(
     search_alg=None,
     num_samples: int = 1,
 ) -> None:
-    trainable = tune.with_resources(
-        run_trial, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
-    )
+    trainable = tune.with_resources(run_trial, trial_resources(spec))
     scheduler = None
     if spec.search.asha and generation > 0:
         scheduler = ASHAScheduler(

@@ -48,6 +48,25 @@ def connect(address: str | None) -> None:
         ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
 
 
+def check_fits(spec: SweepSpec) -> None:
+    """On a local Ray (fixed resources, no autoscaler), refuse trials that could never start:
+    Tune would otherwise wait for them forever."""
+    import ray
+
+    have = ray.cluster_resources()
+    for model in dict.fromkeys(m for chain in spec.chains for m in chain):
+        ask = spec.resources.for_model(model)
+        for name, field in (("cpu", "CPU"), ("gpu", "GPU"), ("memory", "memory")):
+            if ask.get(name, 0) > have.get(field, 0):
+                where = (
+                    f"resources.models.{model}" if model in spec.resources.models else "resources"
+                )
+                raise SpecError(
+                    f"{where}: a {model} trial asks for {name} {ask[name]:g}, more than this "
+                    f"machine's Ray has ({have.get(field, 0):g}); pass --address to use a cluster"
+                )
+
+
 def report_banks(banks: dict[str, float], out) -> None:
     for teacher, seconds in banks.items():
         print(f"teacher bank for {teacher}: built in {seconds:.1f}s", file=out, flush=True)
@@ -67,6 +86,8 @@ def run_sweep(spec: SweepSpec, address: str | None = None, out=sys.stdout) -> st
     data = preflight(spec)
     print(plan.describe(stored_done(plan, storage)), file=out, flush=True)
     connect(address)
+    if address is None:
+        check_fits(spec)
     tracker = Tracker(spec, storage)
     tracker.start()
     progress = Progress(plan, storage, out)

@@ -78,7 +78,10 @@ def ensure_banks(spec: SweepSpec, storage: Storage, data: ImageData, per_teacher
     ]
     if not wanted:
         return {}
-    build = ray.remote(_build).options(num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu)
+    # A whole GPU: builds run before their stage, while nothing else wants the GPUs, and a
+    # build holds the teacher, its batches of views and the bank at once.
+    gpus = 1 if spec.resources.uses_gpu else 0
+    build = ray.remote(_build).options(num_cpus=spec.resources.cpu, num_gpus=gpus)
     refs = {key: build.remote(spec.model_dump(), key) for key in wanted}
     return {k: ray.get(r) for k, r in refs.items()}
 

@@ -30,6 +30,8 @@ def make_spec(tmp: Path, taus=(4.0,), name="e2e", **over):
         "storage": str(tmp / "store"),
         "tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
         "cluster": "test-cluster",
+        # per-architecture requests go through Tune's resource callback (stage.trial_resources)
+        "resources": {"models": {"cnn-small": {"cpu": 1, "memory_gb": 0.5}}},
         **over,
     })
 
@@ -191,3 +193,32 @@ def test_asha_stops_weak_students_and_skips_their_children(sweep, tmp_path):
         assert not storage.exists(trial_file(key, "model.pt"))
         child = df[df.teacher_key == key]
         assert (child.status == "missing").all()  # never started: no teacher to learn from
+
+
+def test_trials_that_could_never_start_are_refused_before_any_work(sweep, tmp_path):
+    spec = make_spec(tmp_path, resources={"models": {"cnn-small": {"gpu": 0.5}}})
+    with pytest.raises(SpecError, match=r"resources.models.cnn-small: a cnn-small trial asks "
+                                        r"for gpu 0.5"):
+        run_sweep(spec, out=io.StringIO())
+    assert not (tmp_path / "store").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_optuna_samples_students_and_their_children_follow(sweep, tmp_path):
+    spec = make_spec(tmp_path, name="optuna",
+                     chains=[["cnn-medium", "cnn-small", "cnn-small"]],
+                     search={"type": "optuna", "num_samples": 3, "tau_range": [1.0, 8.0]})
+    spec = spec.model_copy(update={"grid": spec.grid.model_copy(
+        update={"noise": spec.grid.noise.model_copy(update={"rate": [0.0]}),
+                "baselines": False})})
+    log = io.StringIO()
+    uri = run_sweep(spec, out=log)
+    df = pd.read_parquet(uri)
+    assert (df.status == "done").all(), log.getvalue()
+    teacher = df[df.generation == 0]
+    gen1, gen2 = df[df.generation == 1], df[df.generation == 2]
+    assert len(teacher) == 1 and 1 <= len(gen1) <= 3 and len(gen2) == len(gen1)
+    assert (gen1.teacher_key == teacher.key.iloc[0]).all()
+    assert set(gen2.teacher_key) == set(gen1.key)  # each sample's student distils from it
+    kl = gen1[gen1.loss == "kl"]
+    assert kl.tau.between(1.0, 8.0).all()
+    assert (gen2.set_index("teacher_key").loss == gen1.set_index("key").loss).all()

@@ -1,0 +1,128 @@
+"""Peak memory and speed of a few training steps: what packing trials onto devices needs.
+
+Peak memory is reached within the first steps (the optimizer's buffers appear at step one), so a
+short run measures what a whole trial will hold. Measure in a fresh process: on the CPU the
+figure is the process's peak resident set, which only grows.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .bank import TeacherBank
+from .data import ImageData
+from .run import RunSpec, build_trainer, load_run_data
+from .train import init_model, resolve_device
+
+GiB = 2**30
+
+
+@dataclass(frozen=True)
+class MemoryProfile:
+    device: str  # "cpu" or the GPU's name
+    device_total: int  # bytes of memory on that device (host memory for the CPU)
+    peak: int  # CUDA: the caching allocator's peak reserved bytes; CPU: the process's peak RSS
+    context: int  # CUDA: what the process holds outside the allocator (context, kernels); CPU: 0
+    host_peak: int  # the process's peak RSS, either way
+    step_seconds: float
+    eval_seconds: float  # one pass over the test split
+    steps_per_epoch: int
+    teacher_path: str | None
+
+    @property
+    def footprint(self) -> int:
+        """What one trial needs on its device."""
+        return self.peak + self.context
+
+    @property
+    def epoch_seconds(self) -> float:
+        return self.steps_per_epoch * self.step_seconds + self.eval_seconds
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _peak_rss() -> int:
+    """This process's own peak resident set.
+
+    VmHWM, not ru_maxrss: Linux carries a forked parent's ru_maxrss into its exec'd child, so a
+    profile started from a big process (a pytest run, a Ray worker) would report the parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _host_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _stand_in_bank(data, device, dtype: torch.dtype) -> TeacherBank:
+    """A bank of the real shape and dtype; its values do not change what memory it takes.
+    Filled (not just allocated) so that the CPU's resident set counts its pages."""
+    n, views, k = len(data.train_labels), data.augment.n_views, data.num_classes
+    logits = torch.empty(n, views, k, dtype=dtype, device=device).normal_()
+    test = torch.zeros(len(data.test_labels), k, device=device)
+    return TeacherBank(logits, test, data.augment)
+
+
+def profile_run(
+    spec: RunSpec,
+    teacher_model: str | None = None,
+    teacher_path: str | None = None,
+    steps: int = 10,
+    data: ImageData | None = None,
+) -> MemoryProfile:
+    """Build the run's trainer and time ``steps`` steps, measuring peak memory.
+
+    Students pass their teacher's architecture and ``teacher_path``: "online" (the teacher runs
+    every step) or "bank" (its logits are read from a bank on the device). Weights are random:
+    neither memory nor speed depends on them. ``data`` replaces the spec's dataset.
+    """
+    if spec.train.loss != "ce" and teacher_path not in ("online", "bank"):
+        raise ValueError(f"a {spec.train.loss} student needs teacher_path online or bank")
+    device = resolve_device(spec.train.device)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.init()
+        torch.cuda.reset_peak_memory_stats(device)
+    run_data = load_run_data(spec) if data is None else (data, None)
+    data = run_data[0]
+    teacher = bank = None
+    if spec.train.loss != "ce":
+        if teacher_path == "bank":
+            bank = _stand_in_bank(data, device, getattr(torch, spec.train.bank_dtype))
+        else:
+            teacher = init_model(teacher_model, data, spec.train.seed)
+    trainer, _ = build_trainer(spec, teacher, run_data, bank)
+    step_s, eval_s = trainer.time_steps(steps)
+    if cuda:
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_reserved(device)
+        free, total = torch.cuda.mem_get_info(device)
+        # Everything in use on the GPU that the allocator does not hold: this process's CUDA
+        # context and kernels (and any other process's memory: measure on an idle GPU).
+        context = max(0, total - free - torch.cuda.memory_reserved(device))
+        name = torch.cuda.get_device_name(device)
+    else:
+        peak, context, total, name = _peak_rss(), 0, _host_memory(), "cpu"
+    return MemoryProfile(
+        device=name,
+        device_total=total,
+        peak=peak,
+        context=context,
+        host_peak=_peak_rss(),
+        step_seconds=step_s,
+        eval_seconds=eval_s,
+        steps_per_epoch=trainer.steps_per_epoch(),
+        teacher_path=trainer.teacher_path if spec.train.loss != "ce" else None,
+    )
