@@ -2,7 +2,7 @@
 
 Trains a digits teacher and students on CUDA (bf16 autocast, channels_last, fused SGD), with
 the bank and with the online teacher, and compares bank lookups with the online teacher on
-CIFAR-shaped data. Prints one line per check.
+CIFAR-shaped data, and measures one trial's GPU footprint. Prints one line per check.
     PYTHONPATH=. python3 benchmarks/gpu_check.py
 """
 
@@ -13,6 +13,8 @@ import torch
 from kd_core import TrainConfig
 from kd_core.bank import bank_for
 from kd_core.data import draw_views, load_dataset, render_views
+from kd_core.profile import GiB, profile_run
+from kd_core.run import RunSpec
 from kd_core.train import Trainer, init_model
 
 
@@ -45,6 +47,13 @@ def main():
     scale = online.abs().max().item()
     print(f"bank vs online teacher (bf16 both, 162 views): max abs diff {err:.2e} "
           f"of max |logit| {scale:.2f}")
+
+    # What `kdsweep plan --measure` reads on a GPU: allocator peak plus the CUDA context.
+    cfg = TrainConfig(epochs=1, loss="kl", tau=4.0, device="cuda")
+    p = profile_run(RunSpec("synthetic", "wrn-16-2", cfg), "wrn-28-4", "bank", 5, data)
+    assert p.peak > 0 and p.context > 0 and p.teacher_path == "shared-bank", p
+    print(f"profile wrn-16-2 from a wrn-28-4 bank: peak {p.peak / GiB:.2f} GiB, "
+          f"context {p.context / GiB:.2f} GiB, step {p.step_seconds * 1e3:.1f} ms on {p.device}")
 
 
 if __name__ == "__main__":
