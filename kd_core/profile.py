@@ -105,6 +105,7 @@ def profile_run(
             teacher = init_model(teacher_model, data, spec.train.seed)
     trainer, _ = build_trainer(spec, teacher, run_data, bank)
     step_s, eval_s = trainer.time_steps(steps)
+    host_peak = _peak_rss()
     if cuda:
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_reserved(device)
@@ -114,15 +115,15 @@ def profile_run(
         context = max(0, total - free - torch.cuda.memory_reserved(device))
         name = torch.cuda.get_device_name(device)
     else:
-        peak, context, total, name = _peak_rss(), 0, _host_memory(), "cpu"
+        peak, context, total, name = host_peak, 0, _host_memory(), "cpu"
     return MemoryProfile(
         device=name,
         device_total=total,
         peak=peak,
         context=context,
-        host_peak=_peak_rss(),
+        host_peak=host_peak,
         step_seconds=step_s,
         eval_seconds=eval_s,
         steps_per_epoch=trainer.steps_per_epoch(),
-        teacher_path=trainer.teacher_path if spec.train.loss != "ce" else None,
+        teacher_path=trainer.teacher_path,  # None for a model trained on labels
     )

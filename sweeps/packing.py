@@ -64,8 +64,9 @@ def plan_shapes(spec: SweepSpec, plan: Plan, data: ImageData) -> Counter:
 def _measure(spec_dict: dict, shape: Shape, steps: int) -> MemoryProfile:
     spec = SweepSpec.model_validate(spec_dict)
     torch.set_num_threads(max(1, int(spec.resources.for_model(shape.model)["cpu"])))
-    trial = make_trial(spec, shape.model, None, noise_rate=0.0, seed=0)
-    if shape.teacher is not None:
+    if shape.teacher is None:
+        trial = make_trial(spec, shape.model, None, noise_rate=0.0, seed=0)
+    else:
         parent = make_trial(spec, shape.teacher, None, noise_rate=0.0, seed=0)
         trial = make_trial(
             spec, shape.model, parent, loss="kl", tau=4.0, alpha=1.0, noise_rate=0.0, seed=0

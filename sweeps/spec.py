@@ -233,9 +233,14 @@ class SweepSpec(_Strict):
             )
         return v
 
+    @property
+    def architectures(self) -> list[str]:
+        """Every architecture in the chains, once each, in order of first appearance."""
+        return list(dict.fromkeys(m for chain in self.chains for m in chain))
+
     @model_validator(mode="after")
     def _resource_models(self):
-        used = {m for chain in self.chains for m in chain}
+        used = self.architectures
         for name in self.resources.models:
             if name not in used:
                 known = ", ".join(sorted(used))

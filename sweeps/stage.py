@@ -91,7 +91,7 @@ def trial_resources(spec: SweepSpec):
     """Tune asks per trial: resources follow the trial's architecture (spec.resources.models)."""
 
     def request(config: dict) -> PlacementGroupFactory:
-        model = config["trial"]["model"] if "trial" in config else config["model"]
+        model = trial_from_config(spec, config).model
         return resource_dict_to_pg_factory(spec.resources.for_model(model))
 
     return request

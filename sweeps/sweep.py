@@ -54,7 +54,7 @@ def check_fits(spec: SweepSpec) -> None:
     import ray
 
     have = ray.cluster_resources()
-    for model in dict.fromkeys(m for chain in spec.chains for m in chain):
+    for model in spec.architectures:
         ask = spec.resources.for_model(model)
         for name, field in (("cpu", "CPU"), ("gpu", "GPU"), ("memory", "memory")):
             if ask.get(name, 0) > have.get(field, 0):
