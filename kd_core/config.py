@@ -1,16 +1,25 @@
-"""The one typed config for a training run; defaults are the paper's CIFAR-100 recipe."""
+"""The one typed config for a training run; defaults are the paper's CIFAR-100 recipe.
+
+This is the single home of the recipe: each field's default and reason are here, the checks in
+``__post_init__`` are the only recipe rules, and the sweep spec's ``train`` section is derived
+from these fields (sweeps/spec.py), so ``kdsweep plan`` applies the same rules before any work.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from .losses import check_loss_params
+
+# Fields that describe one trial, not the recipe shared by a sweep (the spec's grid sets them).
+PER_RUN = ("loss", "tau", "alpha", "seed", "device")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 200
-    batch_size: int = 128
+    batch_size: int = 128  # >= 2: BatchNorm cannot train on a batch of one
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = True
@@ -33,18 +42,28 @@ class TrainConfig:
 
     def __post_init__(self):
         check_loss_params(self.loss, self.tau, self.alpha)
-        for name in ("epochs", "batch_size", "eval_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if any(not 0 < m <= 1 for m in self.lr_milestones):
-            raise ValueError(f"lr_milestones are fractions in (0, 1], got {self.lr_milestones}")
+        for name, low in (("epochs", 1), ("batch_size", 2), ("eval_every", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name}: must be a whole number >= {low}, got {value!r}")
+        for name in ("lr", "lr_gamma", "bank_budget_gb"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name}: must be a finite number > 0, got {value!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay: must be a finite number >= 0, got {self.weight_decay}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum: must be in [0, 1), got {self.momentum}")
+        ms = tuple(self.lr_milestones)
+        if any(not 0 < m <= 1 for m in ms) or list(ms) != sorted(set(ms)):
+            raise ValueError(
+                f"lr_milestones: increasing fractions of the epochs in (0, 1], got {list(ms)}"
+            )
         if self.teacher_bank not in ("auto", "on", "off"):
-            raise ValueError(f"teacher_bank must be auto, on or off, got {self.teacher_bank!r}")
+            raise ValueError(f"teacher_bank: must be auto, on or off, got {self.teacher_bank!r}")
         if self.bank_dtype not in ("float16", "float32"):
-            raise ValueError(f"bank_dtype must be float16 or float32, got {self.bank_dtype!r}")
-        object.__setattr__(self, "lr_milestones", tuple(self.lr_milestones))
+            raise ValueError(f"bank_dtype: must be float16 or float32, got {self.bank_dtype!r}")
+        object.__setattr__(self, "lr_milestones", ms)
 
     def milestone_epochs(self) -> list[int]:
         return sorted({max(1, round(m * self.epochs)) for m in self.lr_milestones})

@@ -127,3 +127,31 @@ def profile_run(
         steps_per_epoch=trainer.steps_per_epoch(),
         teacher_path=trainer.teacher_path,  # None for a model trained on labels
     )
+
+
+def forward_macs(name: str, num_classes: int, image_shape: tuple[int, ...]) -> int:
+    """Multiply-accumulates of one forward pass of model ``name`` on one image (convolutions and
+    linear layers), counted on the meta device: no weights are allocated, nothing is run."""
+    from torch import nn
+
+    from .models import build_model
+
+    with torch.device("meta"):
+        model = build_model(name, num_classes, image_shape[0]).eval()
+    total = 0
+
+    def count(m, _inputs, out):
+        nonlocal total
+        if isinstance(m, nn.Conv2d):
+            kh, kw = m.kernel_size
+            total += out.numel() * (m.in_channels // m.groups) * kh * kw
+        else:
+            total += m.in_features * m.out_features
+
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    handles = [m.register_forward_hook(count) for m in layers]
+    with torch.no_grad():
+        model(torch.empty(1, *image_shape, device="meta"))
+    for h in handles:
+        h.remove()
+    return total

@@ -1,1 +1,1 @@
-"""sweeps: the Ray Tune driver around kd_core (spec -> plan -> stage -> trial -> results)."""
+"""sweeps: the Ray Tune driver around kd_core (spec -> plan -> engine -> trial -> results)."""

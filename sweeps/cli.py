@@ -12,11 +12,12 @@ from .spec import SpecError, load_spec
 def _plan(args) -> int:
     from .plan import build_plan
     from .storage import Storage
+    from .store import TrialStore
     from .sweep import stored_done
 
     spec = load_spec(args.spec)
     plan = build_plan(spec)
-    done = stored_done(plan, Storage(spec.storage)) if args.check_storage else set()
+    done = stored_done(plan, TrialStore(Storage(spec.storage))) if args.check_storage else set()
     print(plan.describe(done))
     if args.measure:
         _measure(spec, plan, args)
@@ -66,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     train_cmd.add_parser(sub)
 
-    p = sub.add_parser("plan", help="validate a sweep spec and print its stages and trial counts")
+    p = sub.add_parser(
+        "plan", help="validate a sweep spec and print its trial counts per generation"
+    )
     p.add_argument("spec")
     p.add_argument("--check-storage", action="store_true", help="also count trials already done")
     p.add_argument(

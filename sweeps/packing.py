@@ -21,9 +21,9 @@ import yaml
 from kd_core.data import ImageData
 from kd_core.profile import GiB, MemoryProfile, profile_run
 
-from .plan import Plan, make_trial
+from .plan import Plan, make_trial, students_per_teacher
 from .spec import SweepSpec
-from .teacher_bank import students_per_teacher, wants_shared_bank
+from .teacher_bank import wants_shared_bank
 from .trial import run_spec
 
 

@@ -144,25 +144,34 @@ def student_settings(spec: SweepSpec) -> list[tuple[str, float | None, float]]:
 @dataclass
 class Plan:
     spec: SweepSpec
-    stages: list[list[Trial]]  # stages[g]: generation g, in a stable order
+    generations: list[list[Trial]]  # generations[g]: generation g, in a stable order
 
     @property
     def trials(self) -> list[Trial]:
-        return [t for stage in self.stages for t in stage]
+        return [t for gen in self.generations for t in gen]
+
+    def add(self, trial: Trial) -> bool:
+        """Add a trial found at run time (sampled); False if the plan holds it already."""
+        if any(t.key == trial.key for t in self.trials):
+            return False
+        while len(self.generations) <= trial.generation:
+            self.generations.append([])
+        self.generations[trial.generation].append(trial)
+        return True
 
     def describe(self, done: set[str] = frozenset()) -> str:
-        """Stage-by-stage trial counts, split by chain; ``done`` marks keys already in storage."""
+        """Trial counts per generation, split by chain; ``done`` marks keys already in storage."""
         s = self.spec
         lines = [
-            f"sweep {s.name}: {len(self.trials)} trials in {len(self.stages)} stages "
+            f"sweep {s.name}: {len(self.trials)} trials in {len(self.generations)} generations "
             f"(dataset {s.dataset.name}, {s.train.epochs} epochs, search {s.search.type})"
         ]
-        for g, stage in enumerate(self.stages):
-            by_chain = Counter(t.chain for t in stage)
+        for g, gen in enumerate(self.generations):
+            by_chain = Counter(t.chain for t in gen)
             parts = ", ".join(f"{c} {n}" for c, n in by_chain.items())
-            n_done = sum(t.key in done for t in stage)
-            tail = f"; {n_done} done, {len(stage) - n_done} to train" if done else ""
-            lines.append(f"  generation {g}: {len(stage)} trials ({parts}){tail}")
+            n_done = sum(t.key in done for t in gen)
+            tail = f"; {n_done} done, {len(gen) - n_done} to train" if done else ""
+            lines.append(f"  generation {g}: {len(gen)} trials ({parts}){tail}")
         if s.search.type == "optuna":
             lines.append(
                 f"  generation 1+: up to {s.search.num_samples} optuna samples per teacher "
@@ -179,12 +188,12 @@ def build_plan(spec: SweepSpec) -> Plan:
     """
     seen: dict[str, Trial] = {}
     depth = max(len(c) for c in spec.chains)
-    stages: list[list[Trial]] = [[] for _ in range(depth)]
+    generations: list[list[Trial]] = [[] for _ in range(depth)]
 
     def add(t: Trial) -> Trial:
         if t.key not in seen:
             seen[t.key] = t
-            stages[t.generation].append(t)
+            generations[t.generation].append(t)
         return seen[t.key]
 
     settings = student_settings(spec) if spec.search.type == "grid" else []
@@ -210,7 +219,7 @@ def build_plan(spec: SweepSpec) -> Plan:
                                 seed=seed,
                             )
                         )
-    return Plan(spec, [s for s in stages if s])
+    return Plan(spec, [g for g in generations if g])
 
 
 def children(spec: SweepSpec, parents: list[Trial]) -> list[Trial]:
@@ -241,8 +250,13 @@ def children(spec: SweepSpec, parents: list[Trial]) -> list[Trial]:
 def search_contexts(plan: Plan) -> list[tuple[Trial, str]]:
     """(teacher, student architecture) pairs whose generation-1 students optuna samples."""
     out = []
-    for t in plan.stages[0]:
+    for t in plan.generations[0]:
         for chain in plan.spec.chains:
             if len(chain) > 1 and chain[0] == t.model and (t, chain[1]) not in out:
                 out.append((t, chain[1]))
     return out
+
+
+def students_per_teacher(trials: list[Trial]) -> Counter:
+    """Teacher key -> how many of ``trials`` distil from it."""
+    return Counter(t.teacher_key for t in trials if t.teacher_key and t.loss != "ce")

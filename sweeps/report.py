@@ -18,9 +18,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .results import read_results, results_path  # noqa: E402
+from .results import read_results  # noqa: E402
 from .spec import load_spec  # noqa: E402
 from .storage import Storage  # noqa: E402
+from .store import TrialStore  # noqa: E402
 from .tracking import Tracker  # noqa: E402
 
 
@@ -47,7 +48,7 @@ def load(inputs: list[str]) -> tuple[pd.DataFrame, list]:
         if item.endswith((".yaml", ".yml")):
             spec = load_spec(item)
             specs.append(spec)
-            uris.append(Storage(spec.storage).uri_of(results_path(spec.name)))
+            uris.append(Storage(spec.storage).uri_of(TrialStore.results_file(spec.name)))
         else:
             uris.append(item)
     df = read_results(uris)

@@ -1,4 +1,4 @@
-"""Results: one Parquet row per trial (config, lineage, final metrics, timings, cluster)."""
+"""Results: one Parquet row per trial (its identity, the TrialResult's summary, cluster, run)."""
 
 from __future__ import annotations
 
@@ -10,54 +10,46 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .plan import Plan, Trial
-from .storage import Storage, trial_file
+from .record import FINAL_METRICS, TrialResult
+from .storage import Storage
+from .store import TrialStore
 
+IDENTITY = [
+    ("sweep", pa.string()),
+    ("cluster", pa.string()),
+    ("dataset", pa.string()),
+    ("key", pa.string()),
+    ("generation", pa.int32()),
+    ("chain", pa.string()),
+    ("model", pa.string()),
+    ("teacher_key", pa.string()),
+    ("loss", pa.string()),
+    ("tau", pa.float64()),
+    ("alpha", pa.float64()),
+    ("noise_kind", pa.string()),
+    ("noise_rate", pa.float64()),
+    ("seed", pa.int64()),
+    ("status", pa.string()),  # done | stopped_early | missing (never ended with a result)
+]
+_INTS = {"epochs", "preemptions", "errors"}
 SCHEMA = pa.schema(
-    [
-        ("sweep", pa.string()),
-        ("cluster", pa.string()),
-        ("dataset", pa.string()),
-        ("key", pa.string()),
-        ("generation", pa.int32()),
-        ("chain", pa.string()),
-        ("model", pa.string()),
-        ("teacher_key", pa.string()),
-        ("loss", pa.string()),
-        ("tau", pa.float64()),
-        ("alpha", pa.float64()),
-        ("noise_kind", pa.string()),
-        ("noise_rate", pa.float64()),
-        ("seed", pa.int64()),
-        ("status", pa.string()),
-        ("epochs", pa.int64()),
-        ("test_acc", pa.float64()),
-        ("best_test_acc", pa.float64()),
-        ("test_loss", pa.float64()),
-        ("test_ece", pa.float64()),
-        ("train_acc", pa.float64()),
-        ("train_acc_clean", pa.float64()),
-        ("logit_distance", pa.float64()),
-        ("test_logit_distance", pa.float64()),
-        ("test_agreement", pa.float64()),
-        ("realised_noise_rate", pa.float64()),
+    IDENTITY
+    + [(k, pa.int64() if k in _INTS else pa.float64()) for k in FINAL_METRICS]
+    + [
         ("labels_hash", pa.string()),
-        ("wall_time", pa.float64()),
-        ("preemptions", pa.int64()),
-        ("errors", pa.int64()),
         ("teacher_path", pa.string()),
+        ("started_at", pa.float64()),
         ("finished_at", pa.float64()),
         ("mlflow_run_id", pa.string()),
     ]
 )
 
 
-def results_path(sweep: str) -> str:
-    return f"sweeps/{sweep}/results.parquet"
-
-
-def row(plan: Plan, trial: Trial, result: dict | None, run_id: str | None) -> dict:
-    r = result or {}
-    out = {name: r.get(name) for name in SCHEMA.names}
+def row(plan: Plan, trial: Trial, result: TrialResult | None, run_id: str | None) -> dict:
+    out = {name: None for name in SCHEMA.names}
+    if result is not None:
+        r = result.to_dict()
+        out.update({k: r[k] for k in SCHEMA.names if k in r and k != "trial"})
     out.update(
         sweep=plan.spec.name,
         cluster=plan.spec.cluster,
@@ -73,24 +65,21 @@ def row(plan: Plan, trial: Trial, result: dict | None, run_id: str | None) -> di
         noise_kind=trial.noise_kind,
         noise_rate=trial.noise_rate,
         seed=trial.seed,
-        status=r.get("status", "done") if result else "missing",
+        status=result.status if result else "missing",
         mlflow_run_id=run_id,
     )
     return out
 
 
-def write_results(plan: Plan, storage: Storage, runs: dict[str, str]) -> str:
+def write_results(plan: Plan, store: TrialStore, runs: dict[str, str]) -> str:
     """Write every planned trial's stored result to the sweep's Parquet file; return its URI."""
-    rows = [
-        row(plan, t, storage.read_json(trial_file(t.key, "result.json")), runs.get(t.key))
-        for t in plan.trials
-    ]
+    rows = [row(plan, t, store.result(t.key), runs.get(t.key)) for t in plan.trials]
     table = pa.Table.from_pylist(rows, schema=SCHEMA)
     buf = io.BytesIO()
     pq.write_table(table, buf)
-    rel = results_path(plan.spec.name)
-    storage.write_bytes(rel, buf.getvalue())
-    return storage.uri_of(rel)
+    rel = store.results_file(plan.spec.name)
+    store.storage.write_bytes(rel, buf.getvalue())
+    return store.storage.uri_of(rel)
 
 
 def read_results(uris: list[str]) -> pd.DataFrame:

@@ -13,10 +13,12 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
+import time
 
 from kd_core.checkpoint import CheckpointError, checkpoint_bytes, load_checkpoint
 
-from .storage import Storage, trial_file
+from .storage import Storage
+from .store import trial_file
 
 log = logging.getLogger(__name__)
 SLOTS = ("checkpoint-a.pt", "checkpoint-b.pt")
@@ -81,6 +83,7 @@ class Attempts:
         self.data = storage.read_json(self.rel) or {"starts": 0, "errors": 0, "resumed_from": []}
 
     def start(self, resumed_from_epoch: int) -> None:
+        self.data.setdefault("first_start", time.time())
         self.data["starts"] += 1
         self.data["resumed_from"].append(resumed_from_epoch)
         self.storage.write_json(self.rel, self.data)

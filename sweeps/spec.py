@@ -5,9 +5,11 @@ Every error names the offending field (``grid.tau[1]``) and what is allowed, bef
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_type_hints
 from urllib.parse import parse_qs, urlparse
 
 import yaml
@@ -16,12 +18,14 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictInt,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
 
-from kd_core.config import TrainConfig
+from kd_core.config import PER_RUN, TrainConfig
 from kd_core.data import DATASETS, check_noise_params
 from kd_core.losses import check_loss_params
 from kd_core.models import check_model_name
@@ -68,29 +72,40 @@ class DatasetSpec(_Strict):
         return self
 
 
-class TrainSpec(_Strict):
-    """The training recipe shared by every trial; defaults are the paper's."""
+class _TrainBase(_Strict):
+    """Recipe rules are kd_core's: a spec's recipe is checked by building a TrainConfig."""
 
-    epochs: int = Field(200, ge=1)
-    batch_size: int = Field(128, ge=2)
-    lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = True
-    weight_decay: float = Field(5e-4, ge=0)
-    lr_milestones: tuple[float, ...] = (0.5, 0.75)
-    lr_gamma: float = Field(0.1, gt=0)
-    eval_every: int = Field(1, ge=1)
-    checkpoint_every: int = Field(1, ge=1)  # epochs between trial checkpoints
-    # Teacher logits: "auto" reads a bank of every augmented view when it fits bank_budget_gb
-    # and is cheaper than running the teacher (see kd_core.bank); "on" / "off" force it.
-    teacher_bank: Literal["auto", "on", "off"] = "auto"
-    bank_dtype: Literal["float16", "float32"] = "float16"
-    bank_budget_gb: float = Field(4.0, gt=0)
-    compile: bool = False  # torch.compile students (GPUs)
+    @model_validator(mode="after")
+    def _kd_core_rules(self):
+        self.config(loss="ce", tau=1.0, alpha=1.0, seed=0, device="auto")
+        return self
 
     def config(self, *, loss: str, tau: float, alpha: float, seed: int, device: str) -> TrainConfig:
         recipe = self.model_dump(exclude={"checkpoint_every"})
         return TrainConfig(**recipe, loss=loss, tau=tau, alpha=alpha, seed=seed, device=device)
+
+
+def _recipe_fields() -> dict:
+    """TrainConfig's recipe fields with their defaults: the spec's `train` section."""
+    hints = get_type_hints(TrainConfig)
+    out = {}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in PER_RUN:
+            continue
+        kind = hints[f.name]
+        # YAML `true` must not pass as epochs=1: whole-number fields take whole numbers only.
+        out[f.name] = (StrictInt if kind is int else kind, f.default)
+    return out
+
+
+TrainSpec = create_model(
+    "TrainSpec",
+    __base__=_TrainBase,
+    __doc__="The training recipe shared by every trial: kd_core's TrainConfig less per-trial "
+    "fields, plus how often a trial checkpoints.",
+    **_recipe_fields(),
+    checkpoint_every=(int, Field(1, ge=1)),  # epochs between trial checkpoints
+)
 
 
 class NoiseSpec(_Strict):
@@ -289,6 +304,9 @@ def _explain(err: ValidationError) -> str:
             lines.append(f"{where}: required field is missing")
         else:
             msg = e["msg"].removeprefix("Value error, ")
+            m = re.match(r"(\w+): (.*)", msg) if where == "train" else None
+            if m and m[1] in TrainSpec.model_fields:  # a kd_core recipe rule names its field
+                where, msg = f"train.{m[1]}", m[2]
             lines.append(f"{where}: {msg}" if where else msg)
     return "\n  ".join(lines)
 

@@ -1,11 +1,6 @@
 """Sweep storage on a local/NFS path or an S3-compatible URI, through pyarrow's filesystems.
 
-Layout under the root (trials are shared by every sweep that stores there):
-    trials/<key>/result.json    final metrics: written last, its presence means "done"
-    trials/<key>/model.pt       the trained model (a teacher for the next generation)
-    trials/<key>/progress.json  last finished epoch of a running trial
-    trials/<key>/failed.json    the error of a trial that failed for good
-    sweeps/<name>/results.parquet, sweeps/<name>/tune/ (Ray Tune's experiment state)
+What lives where under the root is TrialStore's business (store.py).
 """
 
 from __future__ import annotations
@@ -118,6 +113,3 @@ class Storage:
         dest.write_bytes(self.read_bytes(rel))
         return dest
 
-
-def trial_file(key: str, name: str) -> str:
-    return f"trials/{key}/{name}"

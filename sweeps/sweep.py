@@ -1,4 +1,8 @@
-"""Sweep: spec -> plan -> stages in generation order, then results to Parquet and MLflow."""
+"""Sweep: spec -> plan -> one dependency-driven Tune experiment -> results to Parquet and MLflow.
+
+``run_sweep`` reads as its phases: check (before Ray starts) -> connect -> record what storage
+already holds -> train the rest (engine.py) -> publish results.
+"""
 
 from __future__ import annotations
 
@@ -7,24 +11,26 @@ import logging
 import os
 import sys
 import tempfile
-from collections import Counter
 from pathlib import Path
 
 from kd_core.data import ImageData, load_dataset
 
-# Progress is ours (progress.py): silence Tune's own tables and the snapshot-frequency warning
-# that per-epoch checkpoints of short trials trigger.
+# Progress is ours (progress.py): Tune's own status tables would interleave with it.
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
-from .plan import Plan, Trial, build_plan, children, search_contexts
-from .progress import Progress
-from .results import results_path, write_results
-from .spec import SpecError, SweepSpec
-from .stage import StageEvents, run_search, run_stage
-from .storage import Storage, trial_file
-from .teacher_bank import ensure_banks, students_per_teacher
-from .tracking import Tracker
+import optuna  # noqa: E402
+
+from .engine import DependencySearcher, Sampler, run_experiment  # noqa: E402
+from .events import SweepEvents  # noqa: E402
+from .plan import Plan, Trial, build_plan, search_contexts  # noqa: E402
+from .progress import Progress  # noqa: E402
+from .results import write_results  # noqa: E402
+from .schedule import remaining_work, trial_costs  # noqa: E402
+from .spec import SpecError, SweepSpec  # noqa: E402
+from .storage import Storage  # noqa: E402
+from .store import TrialStore  # noqa: E402
+from .teacher_bank import wants_shared_bank  # noqa: E402
+from .tracking import Tracker  # noqa: E402
 
 
 def preflight(spec: SweepSpec) -> ImageData:
@@ -67,76 +73,87 @@ def check_fits(spec: SweepSpec) -> None:
                 )
 
 
-def report_banks(banks: dict[str, float], out) -> None:
-    for teacher, seconds in banks.items():
-        print(f"teacher bank for {teacher}: built in {seconds:.1f}s", file=out, flush=True)
+def stored_done(plan: Plan, store: TrialStore) -> set[str]:
+    return {t.key for t in plan.trials if store.is_done(t.key)}
 
 
-def stored_done(plan: Plan, storage: Storage) -> set[str]:
-    return {t.key for t in plan.trials if storage.exists(trial_file(t.key, "result.json"))}
+def record_stored(plan: Plan, store: TrialStore, events: SweepEvents) -> list[Trial]:
+    """Record every planned trial that storage already holds; return the rest (to train).
+    A rerun retries trials that failed before."""
+    todo = []
+    for t in plan.trials:
+        if store.is_done(t.key):
+            events.reused(t)
+        else:
+            store.clear_failure(t.key)
+            todo.append(t)
+    return todo
+
+
+def make_searcher(
+    spec: SweepSpec,
+    store: TrialStore,
+    plan: Plan,
+    todo: list[Trial],
+    data: ImageData,
+    events: SweepEvents,
+) -> DependencySearcher:
+    samplers = []
+    if spec.search.type == "optuna":  # generation 1 is sampled per teacher
+        for teacher, model in search_contexts(plan):
+            study = optuna.create_study(
+                direction="maximize", sampler=optuna.samplers.TPESampler(seed=teacher.seed)
+            )
+            samplers.append(Sampler(teacher, model, study, spec.search.num_samples))
+    cost = trial_costs(spec, data.num_classes, tuple(data.train_images.shape[1:]))
+    return DependencySearcher(
+        spec,
+        store,
+        plan.trials,
+        todo,
+        samplers,
+        events,
+        priority=remaining_work(spec, cost),
+        wants_bank=lambda n_students: wants_shared_bank(spec, data, n_students),
+    )
+
+
+def publish_results(plan: Plan, store: TrialStore, tracker: Tracker) -> str:
+    """The Parquet file in storage and on the parent run; returns its URI."""
+    uri = write_results(plan, store, tracker.runs)
+    with tempfile.TemporaryDirectory() as d:
+        rel = store.results_file(plan.spec.name)
+        tracker.log_parent_artifact(store.storage.local_copy(rel, Path(d) / "results.parquet"))
+    return uri
 
 
 def run_sweep(spec: SweepSpec, address: str | None = None, out=sys.stdout) -> str:
-    """Run every stage whose trials are not yet in storage; returns the results file's URI."""
+    """Train every trial of the sweep not yet in storage; returns the results file's URI."""
+    # check
     storage = Storage(spec.storage)
     # Trials run in other processes and cwds (Tune moves them to their trial dirs): hand them
     # the absolute location.
     spec = spec.model_copy(update={"storage": storage.uri if storage.is_local else spec.storage})
     plan = build_plan(spec)
     data = preflight(spec)
-    print(plan.describe(stored_done(plan, storage)), file=out, flush=True)
+    store = TrialStore(storage)
+    print(plan.describe(stored_done(plan, store)), file=out, flush=True)
+    # connect
     connect(address)
     if address is None:
         check_fits(spec)
     tracker = Tracker(spec, storage)
     tracker.start()
-    progress = Progress(plan, storage, out)
-    save_trial_list(plan, storage)
-    events = StageEvents(spec, tracker, progress, storage)
-    depth = max(len(c) for c in spec.chains)
-    for g in range(depth):
-        if g == len(plan.stages):  # optuna: generation 1 is sampled, later ones follow it
-            if g == 1:
-                contexts = [
-                    (teacher, model)
-                    for teacher, model in search_contexts(plan)
-                    if storage.exists(trial_file(teacher.key, "model.pt"))
-                ]
-                wanted = Counter({t.key: spec.search.num_samples for t, _ in contexts})
-                report_banks(ensure_banks(spec, storage, data, wanted), out)
-                sampled = [run_search(spec, storage, t, m, events) for t, m in contexts]
-                plan.stages.append([t for batch in sampled for t in batch])
-                save_trial_list(plan, storage)
-                continue
-            parents = [
-                t for t in plan.stages[g - 1] if storage.exists(trial_file(t.key, "model.pt"))
-            ]
-            plan.stages.append(children(spec, parents))
-            save_trial_list(plan, storage)
-        todo = []
-        for t in plan.stages[g]:
-            progress.add(t)
-            tracker.ensure_run(t)
-            result = storage.read_json(trial_file(t.key, "result.json"))
-            if result is not None:  # trained before (by this sweep or another): record only
-                tracker.finish(t.key, result, reused=True)
-                progress.set(t.key, "done")
-            elif t.teacher_key and not storage.exists(trial_file(t.teacher_key, "model.pt")):
-                msg = f"teacher {t.teacher_key} has no model (it failed or stopped early)"
-                tracker.fail(t.key, msg, status="KILLED")
-                progress.set(t.key, "failed")
-            else:
-                storage.delete(trial_file(t.key, "failed.json"))  # a rerun retries failures
-                todo.append(t)
-        if todo:
-            banks = ensure_banks(spec, storage, data, students_per_teacher(todo))
-            report_banks(banks, out)
-            run_stage(spec, storage, g, todo, events)
-    uri = write_results(plan, storage, tracker.runs)
-    with tempfile.TemporaryDirectory() as d:
-        tracker.log_parent_artifact(
-            storage.local_copy(results_path(spec.name), Path(d) / "results.parquet")
-        )
+    progress = Progress(plan, store, out)
+    store.save_trial_list(spec.name, [t.to_dict() for t in plan.trials])
+    events = SweepEvents(plan, store, tracker, progress)
+    # record what storage holds, train the rest
+    todo = record_stored(plan, store, events)
+    searcher = make_searcher(spec, store, plan, todo, data, events)
+    if todo or searcher.samplers:
+        run_experiment(spec, store, searcher, events)
+    # publish
+    uri = publish_results(plan, store, tracker)
     ok = all(s == "done" for s in progress.state.values())
     tracker.close("FINISHED" if ok else "FAILED")
     print(progress.table(), file=out)
@@ -144,33 +161,17 @@ def run_sweep(spec: SweepSpec, address: str | None = None, out=sys.stdout) -> st
     return uri
 
 
-def trial_list_path(name: str) -> str:
-    return f"sweeps/{name}/trials.json"
-
-
-def save_trial_list(plan: Plan, storage: Storage) -> None:
-    """Every trial known so far (sampled ones included), for `kdsweep status` and reports."""
-    storage.write_json(trial_list_path(plan.spec.name), [t.to_dict() for t in plan.trials])
-
-
-def load_plan(spec: SweepSpec, storage: Storage) -> Plan:
+def load_plan(spec: SweepSpec, store: TrialStore) -> Plan:
     """The plan as the last run recorded it (with sampled trials), else as the spec implies."""
     plan = build_plan(spec)
-    stored = storage.read_json(trial_list_path(spec.name))
-    if stored:
-        known = {t.key for t in plan.trials}
-        for d in stored:
-            t = Trial.from_dict(d)
-            if t.key not in known:
-                while len(plan.stages) <= t.generation:
-                    plan.stages.append([])
-                plan.stages[t.generation].append(t)
+    for d in store.trial_list(spec.name) or []:
+        plan.add(Trial.from_dict(d))
     return plan
 
 
 def sweep_status(spec: SweepSpec) -> str:
     """The progress table read from storage alone (works while another process runs the sweep)."""
-    storage = Storage(spec.storage)
-    plan = load_plan(spec, storage)
-    progress = Progress(plan, storage, io.StringIO())
+    store = TrialStore(Storage(spec.storage))
+    plan = load_plan(spec, store)
+    progress = Progress(plan, store, io.StringIO())
     return f"sweep {spec.name} ({spec.storage})\n{progress.table()}"

@@ -8,6 +8,7 @@ here a trial's run is found again by its content key, and epochs already logged 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -19,27 +20,18 @@ from pathlib import Path
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from kd_core.metrics import EpochMetrics
+
 from .plan import Trial
+from .record import TrialResult
 from .spec import SweepSpec
-from .storage import Storage, trial_file
+from .storage import Storage
+from .store import trial_file
 
 PARENT_TAG = "mlflow.parentRunId"
-FINAL_KEYS = (
-    "preemptions",
-    "errors",
-    "test_acc",
-    "best_test_acc",
-    "test_loss",
-    "test_ece",
-    "train_acc",
-    "train_acc_clean",
-    "logit_distance",
-    "test_logit_distance",
-    "test_agreement",
-    "realised_noise_rate",
-    "wall_time",
-    "epochs",
-)
+# A trial's own per-epoch metrics; Tune's bookkeeping in each result (pid, timestamp,
+# time_this_iter_s, ...) is not logged.
+EPOCH_METRICS = {f.name for f in dataclasses.fields(EpochMetrics)} - {"epoch"}
 
 
 def git_commit() -> str:
@@ -169,11 +161,12 @@ class Tracker:
         if step in logged:
             return
         now = int(time.time() * 1000)
-        batch = [Metric(k, v, now, step) for k, v in _finite(metrics) if k != "epoch"]
+        own = {k: v for k, v in metrics.items() if k in EPOCH_METRICS}
+        batch = [Metric(k, v, now, step) for k, v in _finite(own)]
         self.client.log_batch(run_id, metrics=batch)
         logged.add(step)
 
-    def finish(self, key: str, result: dict, reused: bool = False) -> None:
+    def finish(self, key: str, result: TrialResult, reused: bool = False) -> None:
         """Final metrics and the model artifact; ``reused``: trained by an earlier sweep."""
         run_id = self.runs[key]
         if self.client.get_run(run_id).info.status == "FINISHED":
@@ -181,14 +174,13 @@ class Tracker:
         if reused and not self._logged(run_id):
             self.client.set_tag(run_id, "kdsweep.reused", "true")
         # Epochs whose report died with a killed driver are filled in from the stored history.
-        for h in result.get("history", []):
+        for h in result.history:
             self.log_epoch(key, h)
-        finals = {f"final_{k}": result[k] for k in FINAL_KEYS if k in result}
         now = int(time.time() * 1000)
         self.client.log_batch(
             run_id,
-            metrics=[Metric(k, v, now, 0) for k, v in _finite(finals)],
-            tags=[RunTag("kdsweep.labels_hash", result.get("labels_hash", ""))],
+            metrics=[Metric(f"final_{k}", v, now, 0) for k, v in result.finals().items()],
+            tags=[RunTag("kdsweep.labels_hash", result.labels_hash or "")],
         )
         with tempfile.TemporaryDirectory() as d:
             model = self.storage.local_copy(trial_file(key, "model.pt"), Path(d) / "model.pt")

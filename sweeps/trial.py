@@ -1,16 +1,16 @@
-"""Trial: the Ray Tune function trainable that trains one planned model with kd_core.
+"""Worker side: the Ray Tune function trainable. A job trains one planned trial with kd_core, or
+builds one teacher's logit bank; nothing here talks to MLflow or decides what runs next.
 
-It reads its teacher from storage by content address, resumes from its own latest checkpoint
-(resume.py), reports every epoch, and publishes its model and then its result (the "done"
-marker) to storage. It never talks to MLflow: the driver does (see tracking.py).
+A training job reads its teacher from storage by content address, resumes from its own latest
+checkpoint (resume.py), reports every epoch, and publishes its model and then its result record
+(the "ended" marker) through the TrialStore.
 """
 
 from __future__ import annotations
 
-import math
-import os
 import time
 import traceback
+from dataclasses import dataclass
 
 import torch
 from ray import tune
@@ -19,11 +19,29 @@ from kd_core.checkpoint import checkpoint_bytes
 from kd_core.run import RunSpec, build_trainer
 from kd_core.train import load_model, model_state
 
-from .plan import Trial, make_trial
+from .plan import Trial
+from .record import TrialResult
 from .resume import Attempts, TrialCheckpoints, flush_on_exit
 from .spec import SweepSpec
-from .storage import Storage, trial_file
-from .teacher_bank import load_shared_bank
+from .storage import Storage
+from .store import TrialStore
+from .teacher_bank import build_shared_bank, load_shared_bank
+
+
+@dataclass(frozen=True)
+class Job:
+    """What one Tune trial does: "train" ``trial``, or build the "bank" of teacher ``trial``.
+    Its Tune config is this record and nothing more (the spec travels once, by reference)."""
+
+    kind: str
+    trial: Trial
+
+    def config(self) -> dict:
+        return {"job": self.kind, "trial": self.trial.to_dict()}
+
+    @classmethod
+    def from_config(cls, config: dict) -> Job:
+        return cls(config["job"], Trial.from_dict(config["trial"]))
 
 
 def run_spec(spec: SweepSpec, trial: Trial) -> RunSpec:
@@ -45,89 +63,42 @@ def run_spec(spec: SweepSpec, trial: Trial) -> RunSpec:
     )
 
 
-def summarise(trial: Trial, history: list[dict], noisy, wall_time: float) -> dict:
-    """The trial's result record: its config and the paper's final metrics."""
-    last = history[-1]
-    accs = [h["test_acc"] for h in history if "test_acc" in h]
-    finals = (
-        "test_acc",
-        "test_loss",
-        "test_ece",
-        "train_loss",
-        "train_acc",
-        "train_acc_clean",
-        "logit_distance",
-        "test_logit_distance",
-        "test_agreement",
-    )
-    return {
-        "trial": trial.to_dict(),
-        "epochs": last["epoch"],
-        **{k: last[k] for k in finals if k in last},
-        "best_test_acc": max(accs) if accs else math.nan,
-        "realised_noise_rate": noisy.realised_rate,
-        "labels_hash": noisy.labels_hash,
-        "wall_time": wall_time,
-        "finished_at": time.time(),
-        "history": history,
-    }
-
-
-def trial_from_config(spec: SweepSpec, config: dict) -> Trial:
-    """The trial a Tune config describes: planned ({"trial": ...}) or sampled by a searcher
-    ({"parent", "model", "loss", "tau"}: the key is computed from the sampled values)."""
-    if "trial" in config:
-        return Trial.from_dict(config["trial"])
-    parent = Trial.from_dict(config["parent"])
-    return make_trial(
-        spec,
-        config["model"],
-        parent,
-        loss=config["loss"],
-        tau=config["tau"],
-        alpha=spec.grid.alpha[0],
-        noise_rate=parent.noise_rate,
-        seed=parent.seed,
-    )
-
-
-def run_trial(config: dict) -> None:
-    """Tune entry point; ``config`` holds "spec" (a SweepSpec dict) and the trial (see above)."""
-    spec = SweepSpec.model_validate(config["spec"])
-    trial = trial_from_config(spec, config)
-    storage = Storage(spec.storage)
-    stored = storage.read_json(trial_file(trial.key, "result.json"))
-    if stored is not None:  # e.g. a searcher sampled an mse config again: report, don't retrain
-        tune.report({k: v for k, v in stored.items() if isinstance(v, (int, float))})
-        return
+def run_job(config: dict, spec: SweepSpec) -> None:
+    """Tune entry point (``spec`` is bound once with tune.with_parameters)."""
+    job = Job.from_config(config)
+    store = TrialStore(Storage(spec.storage))
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
-    attempts = Attempts(storage, trial.key)
+    if job.kind == "bank":
+        seconds = build_shared_bank(spec, store, job.trial.key)
+        tune.report({"bank_seconds": seconds})
+        return
+    trial = job.trial
+    if store.is_done(trial.key):  # e.g. another driver finished it meanwhile: don't retrain
+        return
+    attempts = Attempts(store.storage, trial.key)
     try:
-        _train(spec, trial, storage, attempts)
+        _train(spec, trial, store, attempts)
     except Exception:
         # A real error (not a lost node: that never reaches here). Tune retries it from the
         # checkpoint until spec.max_failures; then the trial ends, its traceback in failed.json.
         text = traceback.format_exc()
         if attempts.error(text) > spec.max_failures:
-            storage.write_json(
-                trial_file(trial.key, "failed.json"),
-                {"error": text, "errors": attempts.data["errors"], "time": time.time()},
-            )
+            store.mark_failed(trial.key, text, errors=attempts.data["errors"])
             return
         raise
 
 
-def _train(spec: SweepSpec, trial: Trial, storage: Storage, attempts: Attempts) -> None:
+def _train(spec: SweepSpec, trial: Trial, store: TrialStore, attempts: Attempts) -> None:
+    started = time.time()
     bank = teacher = None
     if trial.teacher_key is not None:
         if spec.train.teacher_bank != "off":  # a bank shared by all students of the teacher
-            bank = load_shared_bank(storage, trial.teacher_key, spec.train.bank_dtype)
+            bank = load_shared_bank(store, trial.teacher_key, spec.train.bank_dtype)
         if bank is None:
-            rel = trial_file(trial.teacher_key, "model.pt")
-            teacher = load_model(storage.read_bytes(rel), name=storage.uri_of(rel))
+            teacher = load_model(*store.model_bytes(trial.teacher_key))
     trainer, noisy = build_trainer(run_spec(spec, trial), teacher, bank=bank)
 
-    checkpoints = TrialCheckpoints(storage, trial.key)
+    checkpoints = TrialCheckpoints(store.storage, trial.key)
     state = checkpoints.load_latest()
     if state is not None:
         trainer.load_state_dict(state)
@@ -135,41 +106,27 @@ def _train(spec: SweepSpec, trial: Trial, storage: Storage, attempts: Attempts) 
     forget = flush_on_exit(checkpoints)
 
     every = spec.train.checkpoint_every
-    progress = trial_file(trial.key, "progress.json")
     for m in trainer.epochs():
         last = trainer.epoch == spec.train.epochs
         if last or trainer.epoch % every == 0:
             checkpoints.save(trainer.state_dict())  # before reporting: a reported epoch is kept
         else:
             checkpoints.remember(trainer.state_dict())
-        storage.write_json(
-            progress,
-            {
-                "epoch": trainer.epoch,
-                "epochs": spec.train.epochs,
-                "pid": os.getpid(),
-                "node": os.uname().nodename,
-                "time": time.time(),
-            },
-        )
+        store.write_progress(trial.key, trainer.epoch, spec.train.epochs)
         if last:  # publish before the final report: a scheduler may end the trial right there
             forget()
-            publish(storage, trial, trainer, noisy, attempts)
+            record = TrialResult.from_history(
+                trial.to_dict(),
+                trainer.history,
+                realised_noise_rate=noisy.realised_rate,
+                labels_hash=noisy.labels_hash,
+                started_at=attempts.data.get("first_start", started),
+                teacher_path=trainer.teacher_path,
+                starts=attempts.data["starts"],
+                errors=attempts.data["errors"],
+                preemptions=attempts.preemptions,
+                resumed_from=attempts.data["resumed_from"],
+            )
+            model = checkpoint_bytes({**model_state(trainer.model), "trial": trial.to_dict()})
+            store.publish(trial.key, model, record)
         tune.report({**m.as_dict(), "realised_noise_rate": noisy.realised_rate})
-
-
-def publish(storage: Storage, trial: Trial, trainer, noisy, attempts: Attempts) -> None:
-    """The trained model, then the result: a result in storage always has its model beside it."""
-    result = summarise(trial, trainer.history, noisy, sum(h["epoch_time"] for h in trainer.history))
-    result.update(
-        teacher_path=trainer.teacher_path,
-        starts=attempts.data["starts"],
-        errors=attempts.data["errors"],
-        preemptions=attempts.preemptions,
-        resumed_from=attempts.data["resumed_from"],
-    )
-    storage.write_bytes(
-        trial_file(trial.key, "model.pt"),
-        checkpoint_bytes({**model_state(trainer.model), "trial": trial.to_dict()}),
-    )
-    storage.write_json(trial_file(trial.key, "result.json"), result)

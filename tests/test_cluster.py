@@ -17,7 +17,8 @@ from mlflow.tracking import MlflowClient
 
 from sweeps.plan import build_plan
 from sweeps.spec import parse_spec
-from sweeps.storage import Storage, trial_file
+from sweeps.storage import Storage
+from sweeps.store import trial_file
 
 from .drivers import EPOCHS, free_port, kill_matching, write_spec
 

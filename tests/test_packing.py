@@ -10,10 +10,11 @@ import yaml
 
 from kd_core.data import load_dataset
 from kd_core.profile import GiB, MemoryProfile
+from sweeps.engine import job_resources
 from sweeps.packing import Shape, plan_shapes, suggest
 from sweeps.plan import build_plan
 from sweeps.spec import parse_spec
-from sweeps.stage import trial_resources
+from sweeps.trial import Job
 
 CHAINS = [["cnn-large", "cnn-small"], ["cnn-large", "cnn-medium", "cnn-small"]]
 
@@ -82,16 +83,17 @@ def test_suggested_fractions_fit_any_mix_in_one_gpu():
 def test_trial_resources_follow_the_architecture():
     spec = make_spec(resources={"cpu": 2, "gpu": 0.25, "memory_gb": 1,
                                 "models": {"cnn-small": {"gpu": 0.125, "memory_gb": 0.5}}})
-    request = trial_resources(spec)
+    request = job_resources(spec)
     plan = build_plan(spec)
     small = next(t for t in plan.trials if t.model == "cnn-small")
     large = next(t for t in plan.trials if t.model == "cnn-large")
-    assert request({"trial": small.to_dict()}).required_resources == {
+    assert request(Job("train", small).config()).required_resources == {
         "CPU": 2, "GPU": 0.125, "memory": 2**29}
-    assert request({"trial": large.to_dict()}).required_resources == {
+    assert request(Job("train", large).config()).required_resources == {
         "CPU": 2, "GPU": 0.25, "memory": 2**30}
-    sampled = {"parent": large.to_dict(), "model": "cnn-small", "loss": "kl", "tau": 3.0}
-    assert request(sampled).required_resources["GPU"] == 0.125  # optuna's configs too
+    # a bank build holds the teacher, its batches of views and the bank: a whole GPU
+    assert request(Job("bank", large).config()).required_resources == {
+        "CPU": 2, "GPU": 1, "memory": 2**30}
 
 
 @pytest.mark.slow

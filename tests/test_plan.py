@@ -11,12 +11,12 @@ def test_digits_plan_counts_and_dedup():
     plan = build_plan(load_spec(CONFIGS / "digits.yaml"))
     # 2 noise x 2 seeds = 4 contexts; students: kl x 4 tau + mse = 5 settings.
     # gen 0: cnn-large teacher (shared by both chains) + 2 baselines = 3 per context.
-    assert [len(s) for s in plan.stages] == [12, 40, 20]
+    assert [len(s) for s in plan.generations] == [12, 40, 20]
     keys = [t.key for t in plan.trials]
     assert len(keys) == len(set(keys))
-    teachers = [t for t in plan.stages[0] if t.model == "cnn-large"]
+    teachers = [t for t in plan.generations[0] if t.model == "cnn-large"]
     assert len(teachers) == 4
-    for t in plan.stages[1] + plan.stages[2]:
+    for t in plan.generations[1] + plan.generations[2]:
         assert t.loss in ("kl", "mse") and (t.tau is None) == (t.loss == "mse")
     # every student's teacher is in the previous stage with the same noise and seed
     by_key = {t.key: t for t in plan.trials}
@@ -32,8 +32,8 @@ def test_digits_plan_counts_and_dedup():
 def test_paper_plan_counts():
     plan = build_plan(load_spec(CONFIGS / "cifar100-paper.yaml"))
     # 4 noise x 3 seeds = 12 contexts; 6 student settings (5 kl taus + mse)
-    assert [len(s) for s in plan.stages] == [36, 144, 72]
-    assert sum(t.model == "wrn-28-4" for t in plan.stages[0]) == 12
+    assert [len(s) for s in plan.generations] == [36, 144, 72]
+    assert sum(t.model == "wrn-28-4" for t in plan.generations[0]) == 12
 
 
 SMALL = {
@@ -59,6 +59,6 @@ def test_student_key_covers_its_lineage():
     chains = [["cnn-large", "cnn-small"], ["cnn-medium", "cnn-small"]]
     spec = parse_spec({**SMALL, "chains": chains})
     plan = build_plan(spec)
-    small = [t for t in plan.stages[1] if t.tau == 1]
+    small = [t for t in plan.generations[1] if t.tau == 1]
     assert len(small) == 2 and small[0].key != small[1].key
     assert {t.chain for t in small} == {"cnn-large>cnn-small", "cnn-medium>cnn-small"}

@@ -17,7 +17,8 @@ from kd_core.checkpoint import checkpoint_bytes
 from sweeps.plan import build_plan
 from sweeps.resume import SLOTS, TrialCheckpoints
 from sweeps.spec import parse_spec
-from sweeps.storage import Storage, trial_file
+from sweeps.storage import Storage
+from sweeps.store import trial_file
 
 from .drivers import EPOCHS, kill_leftovers, start_driver, write_spec
 

@@ -14,7 +14,8 @@ import yaml
 from sweeps.plan import build_plan
 from sweeps.resume import SLOTS
 from sweeps.spec import parse_spec
-from sweeps.storage import Storage, trial_file
+from sweeps.storage import Storage
+from sweeps.store import trial_file
 
 from .drivers import EPOCHS, free_port, kill_leftovers, start_driver, wait_for_port, write_spec
 

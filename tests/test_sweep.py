@@ -12,7 +12,8 @@ from mlflow.tracking import MlflowClient
 from sweeps.plan import build_plan
 from sweeps.report import report
 from sweeps.spec import SpecError, parse_spec
-from sweeps.storage import Storage, trial_file
+from sweeps.storage import Storage
+from sweeps.store import trial_file
 from sweeps.sweep import run_sweep, sweep_status
 
 pytestmark = pytest.mark.slow
@@ -30,7 +31,7 @@ def make_spec(tmp: Path, taus=(4.0,), name="e2e", **over):
         "storage": str(tmp / "store"),
         "tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
         "cluster": "test-cluster",
-        # per-architecture requests go through Tune's resource callback (stage.trial_resources)
+        # per-architecture requests go through Tune's resource callback (engine.job_resources)
         "resources": {"models": {"cnn-small": {"cpu": 1, "memory_gb": 0.5}}},
         **over,
     })
@@ -60,7 +61,7 @@ def test_every_trial_has_one_parquet_row_and_one_child_run(sweep):
     tmp, spec, uri, log = sweep
     plan = build_plan(spec)
     # gen0: teacher + 1 baseline per noise; gen1: 2 settings x 2 noise; gen2: same
-    assert [len(s) for s in plan.stages] == [4, 4, 4]
+    assert [len(s) for s in plan.generations] == [4, 4, 4]
     df = pd.read_parquet(uri)
     assert len(df) == 12 and set(df.key) == {t.key for t in plan.trials}
     assert (df.status == "done").all() and (df.epochs == EPOCHS).all()
@@ -102,7 +103,7 @@ def test_every_trial_has_one_parquet_row_and_one_child_run(sweep):
         arts = [a.path for a in client.list_artifacts(r.info.run_id)]
         assert "model.pt" in arts
     assert "results.parquet" in [a.path for a in client.list_artifacts(parent.info.run_id)]
-    assert "stage 2: 4 done, 0 running, 0 pending, 0 failed / 4" in log
+    assert "generation 2: 4 done, 0 running, 0 pending, 0 failed / 4" in log
 
 
 def test_rerun_trains_nothing_and_extension_trains_only_new_cells(sweep):
@@ -147,7 +148,7 @@ def test_another_sweep_reuses_stored_trials(sweep):
 def test_status_and_report(sweep, tmp_path):
     tmp, spec, uri, _ = sweep
     status = sweep_status(spec)
-    assert "stage 1: 4 done" in status or "stage 1: 6 done" in status
+    assert "generation 1: 4 done" in status or "generation 1: 6 done" in status
     spec_file = tmp / "spec.yaml"
     spec_file.write_text(json.dumps(spec.model_dump()))  # JSON is YAML
     text, paths = report([str(spec_file)], tmp_path / "rep")

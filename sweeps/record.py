@@ -1,0 +1,100 @@
+"""The one typed result record of a trial: what the trial stores as its outcome, what MLflow's
+final metrics and the Parquet row are built from.
+
+A record is written once per trial (trained or stopped early) by TrialStore; `FINAL_METRICS`
+lists the summary numbers that MLflow and Parquet carry, so adding a metric here adds it to both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+
+# The epoch metrics kept as the trial's final values (kd_core.metrics.EpochMetrics names).
+EPOCH_FINALS = (
+    "test_acc",
+    "test_loss",
+    "test_ece",
+    "train_loss",
+    "train_acc",
+    "train_acc_clean",
+    "logit_distance",
+    "test_logit_distance",
+    "test_agreement",
+)
+
+
+@dataclass
+class TrialResult:
+    trial: dict  # the Trial it belongs to (Trial.to_dict)
+    status: str = "done"  # "done" (trained to its last epoch) or "stopped_early" (ASHA)
+    epochs: int = 0  # epochs trained
+    test_acc: float | None = None
+    test_loss: float | None = None
+    test_ece: float | None = None
+    train_loss: float | None = None
+    train_acc: float | None = None
+    train_acc_clean: float | None = None
+    logit_distance: float | None = None
+    test_logit_distance: float | None = None
+    test_agreement: float | None = None
+    best_test_acc: float | None = None
+    realised_noise_rate: float | None = None
+    labels_hash: str | None = None
+    wall_time: float = 0.0  # seconds of training and evaluation, summed over epochs
+    started_at: float | None = None  # first start of the trial (unix time)
+    finished_at: float = field(default_factory=time.time)
+    teacher_path: str | None = None  # None (labels), "online", "bank" or "shared-bank"
+    starts: int = 1
+    errors: int = 0
+    preemptions: int = 0
+    resumed_from: list = field(default_factory=list)
+    history: list = field(default_factory=list)  # one EpochMetrics dict per epoch
+
+    @classmethod
+    def from_history(cls, trial: dict, history: list[dict], status: str = "done", **extra):
+        """The record of a trial whose per-epoch metrics are ``history``."""
+        last = history[-1] if history else {}
+        accs = [h["test_acc"] for h in history if "test_acc" in h]
+        return cls(
+            trial=trial,
+            status=status,
+            epochs=int(last.get("epoch", 0)),
+            **{k: last.get(k) for k in EPOCH_FINALS},
+            best_test_acc=max(accs) if accs else None,
+            wall_time=sum(h.get("epoch_time", 0.0) for h in history),
+            history=list(history),
+            **extra,
+        )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrialResult:
+        """Read a stored record; a TypeError/KeyError means it is not one."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def finals(self) -> dict[str, float]:
+        """The summary numbers (finite ones) for MLflow."""
+        out = {}
+        for name in FINAL_METRICS:
+            v = getattr(self, name)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                out[name] = float(v)
+        return out
+
+
+# Numbers MLflow logs as final_* and Parquet stores as columns (with the trial's identity).
+FINAL_METRICS = (
+    "epochs",
+    *EPOCH_FINALS,
+    "best_test_acc",
+    "realised_noise_rate",
+    "wall_time",
+    "preemptions",
+    "errors",
+)

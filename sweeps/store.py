@@ -1,0 +1,126 @@
+"""TrialStore: the one owner of where a trial's files live in storage and what its outcome is.
+
+Layout under the storage root (trials are shared by every sweep that stores there):
+    trials/<key>/result.json       the TrialResult: written last, its presence means "ended"
+    trials/<key>/model.pt          the trained model (what the next generation distils from)
+    trials/<key>/bank-<dtype>.pt   the teacher-logit bank of a trained model (teacher_bank.py)
+    trials/<key>/failed.json       the error of a trial that failed for good
+    trials/<key>/progress.json     last finished epoch of a running trial
+    trials/<key>/attempts.json     starts and errors (resume.Attempts)
+    trials/<key>/checkpoint-{a,b}.pt  the trial's own checkpoints (resume.TrialCheckpoints)
+    sweeps/<name>/trials.json      every trial a sweep knows (sampled ones included)
+    sweeps/<name>/results.parquet  one row per trial
+    sweeps/<name>/tune/            Ray Tune's experiment state
+
+Outcomes, in order of precedence: done (a result with a model), stopped (a result without a
+model: ASHA ended it early), failed (failed.json), running (progress.json), pending.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from .record import TrialResult
+from .storage import Storage
+
+STATES = ("done", "running", "pending", "failed")
+
+
+def trial_file(key: str, name: str) -> str:
+    return f"trials/{key}/{name}"
+
+
+def sweep_file(sweep: str, name: str) -> str:
+    return f"sweeps/{sweep}/{name}"
+
+
+class TrialStore:
+    def __init__(self, storage: Storage):
+        self.storage = storage
+
+    # ---- reading outcomes ------------------------------------------------------------------
+    def result(self, key: str) -> TrialResult | None:
+        d = self.storage.read_json(trial_file(key, "result.json"))
+        return None if d is None else TrialResult.from_dict(d)
+
+    def is_done(self, key: str) -> bool:
+        """Ended with a result (trained, or stopped early): never trained again."""
+        return self.storage.exists(trial_file(key, "result.json"))
+
+    def has_model(self, key: str) -> bool:
+        return self.storage.exists(trial_file(key, "model.pt"))
+
+    def failure(self, key: str) -> dict | None:
+        return self.storage.read_json(trial_file(key, "failed.json"))
+
+    def progress(self, key: str) -> dict | None:
+        return self.storage.read_json(trial_file(key, "progress.json"))
+
+    def state(self, key: str) -> str:
+        """One of STATES, from storage alone (works while another process runs the sweep)."""
+        if self.is_done(key):
+            return "done"
+        if self.storage.exists(trial_file(key, "failed.json")):
+            return "failed"
+        if self.storage.exists(trial_file(key, "progress.json")):
+            return "running"  # started; an interrupted trial resumes from its checkpoint
+        return "pending"
+
+    # ---- writing outcomes ------------------------------------------------------------------
+    def publish(self, key: str, model: bytes | None, result: TrialResult) -> None:
+        """The model, then the result: a result in storage always has its model beside it
+        (``model`` None: stopped early, no model to distil from)."""
+        if model is not None:
+            self.storage.write_bytes(trial_file(key, "model.pt"), model)
+        self.storage.write_json(trial_file(key, "result.json"), result.to_dict())
+
+    def mark_failed(self, key: str, error: str, **extra) -> None:
+        self.storage.write_json(
+            trial_file(key, "failed.json"), {"error": error, "time": time.time(), **extra}
+        )
+
+    def clear_failure(self, key: str) -> None:
+        """A rerun retries a trial that failed before."""
+        self.storage.delete(trial_file(key, "failed.json"))
+
+    def write_progress(self, key: str, epoch: int, epochs: int) -> None:
+        self.storage.write_json(
+            trial_file(key, "progress.json"),
+            {
+                "epoch": epoch,
+                "epochs": epochs,
+                "pid": os.getpid(),
+                "node": os.uname().nodename,
+                "time": time.time(),
+            },
+        )
+
+    # ---- files other modules read and write through the store ------------------------------
+    def model_bytes(self, key: str) -> tuple[bytes, str]:
+        """The trained model's bytes and URI (for messages)."""
+        rel = trial_file(key, "model.pt")
+        return self.storage.read_bytes(rel), self.storage.uri_of(rel)
+
+    def model_uri(self, key: str) -> str:
+        return self.storage.uri_of(trial_file(key, "model.pt"))
+
+    def bank_file(self, key: str, dtype: str) -> str:
+        return trial_file(key, f"bank-{dtype}.pt")
+
+    def has_bank(self, key: str, dtype: str) -> bool:
+        return self.storage.exists(self.bank_file(key, dtype))
+
+    # ---- sweep-level files -----------------------------------------------------------------
+    def trial_list(self, sweep: str) -> list[dict] | None:
+        return self.storage.read_json(sweep_file(sweep, "trials.json"))
+
+    def save_trial_list(self, sweep: str, trials: list[dict]) -> None:
+        self.storage.write_json(sweep_file(sweep, "trials.json"), trials)
+
+    @staticmethod
+    def results_file(sweep: str) -> str:
+        return sweep_file(sweep, "results.parquet")
+
+    def tune_location(self, sweep: str):
+        return self.storage.tune_location(sweep_file(sweep, "tune"))
