@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+BIN = Path(sys.executable).parent
+
 EPOCHS = 10
 
 
@@ -96,3 +98,71 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> Non
         except OSError:
             time.sleep(0.2)
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+class Cluster:
+    """A Ray cluster on loopback with token auth: a head without CPUs, workers added by name."""
+
+    def __init__(self):
+        self.root = Path(tempfile.mkdtemp(prefix="kdc-", dir="/tmp"))  # short: socket paths
+        home = self.root / "home"
+        home.mkdir()
+        # A fresh token for this cluster; every ray command and process gets it.
+        subprocess.run(
+            [BIN / "ray", "get-auth-token", "--generate"],
+            check=True,
+            capture_output=True,
+            env={**os.environ, "HOME": str(home)},
+            timeout=60,
+        )
+        self.env = {
+            **os.environ,
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": str(home / ".ray" / "auth_token"),
+            "PATH": f"{BIN}:{os.environ['PATH']}",
+        }
+        self.gcs_port, self.dash_port = free_port(), free_port()
+
+    def ray(self, *args, timeout=120, check=True):
+        return subprocess.run(
+            [BIN / "ray", *map(str, args)],
+            env=self.env,
+            timeout=timeout,
+            capture_output=True,
+            text=True,
+            check=check,
+        )
+
+    def start_head(self):
+        self.ray(
+            "start",
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={self.gcs_port}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={self.dash_port}",
+            "--num-cpus=0",
+            f"--temp-dir={self.root / 'h'}",
+            "--disable-usage-stats",
+        )
+
+    def start_worker(self, name, cpus=1):
+        self.ray(
+            "start",
+            f"--address=127.0.0.1:{self.gcs_port}",
+            "--node-ip-address=127.0.0.1",
+            f"--num-cpus={cpus}",
+            f"--temp-dir={self.root / name}",
+            "--disable-usage-stats",
+        )
+
+    def kill_node(self, name):
+        """A spot node vanishing: SIGKILL every process of that node."""
+        kill_matching(str(self.root / name))
+
+    def stop(self):
+        for name in ("w1", "w2", "h"):
+            self.kill_node(name)
+        # Helpers such as Ray's client server name the GCS address, not the temp dir.
+        kill_matching(f":{self.gcs_port}")
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -1,15 +1,9 @@
 """A two-node Ray cluster on loopback with token auth: `ray job submit` of a sweep, the worker
 node lost mid-trial, a new node joins, and the sweep completes with the trial resumed."""
 
-import json
-import os
 import re
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 import yaml
@@ -20,76 +14,9 @@ from sweeps.spec import parse_spec
 from sweeps.storage import Storage
 from sweeps.store import trial_file
 
-from .drivers import EPOCHS, free_port, kill_matching, write_spec
+from .drivers import EPOCHS, Cluster, write_spec
 
 pytestmark = pytest.mark.slow
-BIN = Path(sys.executable).parent
-
-
-class Cluster:
-    def __init__(self):
-        self.root = Path(tempfile.mkdtemp(prefix="kdc-", dir="/tmp"))  # short: socket paths
-        home = self.root / "home"
-        home.mkdir()
-        # A fresh token for this cluster; every ray command and process gets it.
-        subprocess.run(
-            [BIN / "ray", "get-auth-token", "--generate"],
-            check=True,
-            capture_output=True,
-            env={**os.environ, "HOME": str(home)},
-            timeout=60,
-        )
-        self.env = {
-            **os.environ,
-            "RAY_AUTH_MODE": "token",
-            "RAY_AUTH_TOKEN_PATH": str(home / ".ray" / "auth_token"),
-            "PATH": f"{BIN}:{os.environ['PATH']}",
-        }
-        self.gcs_port, self.dash_port = free_port(), free_port()
-
-    def ray(self, *args, timeout=120, check=True):
-        return subprocess.run(
-            [BIN / "ray", *map(str, args)],
-            env=self.env,
-            timeout=timeout,
-            capture_output=True,
-            text=True,
-            check=check,
-        )
-
-    def start_head(self):
-        self.ray(
-            "start",
-            "--head",
-            "--node-ip-address=127.0.0.1",
-            f"--port={self.gcs_port}",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={self.dash_port}",
-            "--num-cpus=0",
-            f"--temp-dir={self.root / 'h'}",
-            "--disable-usage-stats",
-        )
-
-    def start_worker(self, name):
-        self.ray(
-            "start",
-            f"--address=127.0.0.1:{self.gcs_port}",
-            "--node-ip-address=127.0.0.1",
-            "--num-cpus=1",
-            f"--temp-dir={self.root / name}",
-            "--disable-usage-stats",
-        )
-
-    def kill_node(self, name):
-        """A spot node vanishing: SIGKILL every process of that node."""
-        kill_matching(str(self.root / name))
-
-    def stop(self):
-        for name in ("w1", "w2", "h"):
-            self.kill_node(name)
-        # Helpers such as Ray's client server name the GCS address, not the temp dir.
-        kill_matching(f":{self.gcs_port}")
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def test_job_submit_survives_losing_the_worker_node(tmp_path):
@@ -186,4 +113,3 @@ def test_job_submit_survives_losing_the_worker_node(tmp_path):
     run = next(r for r in runs if r.data.tags.get("kdsweep.key") == student.key)
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
     assert sorted(steps) == list(range(1, EPOCHS + 1))
-    assert json.loads(json.dumps(result["resumed_from"]))

@@ -1,7 +1,6 @@
 """Preemption safety on a real local Ray and MLflow: SIGKILLed drivers, SIGTERMed trials,
 corrupt checkpoints. Each test bounds its waits and kills what it started."""
 
-import json
 import os
 import signal
 import time
@@ -13,7 +12,6 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from kd_core.checkpoint import checkpoint_bytes
 from sweeps.plan import build_plan
 from sweeps.resume import SLOTS, TrialCheckpoints
 from sweeps.spec import parse_spec
@@ -141,6 +139,5 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
     assert state["epoch"] == 1 and torch.equal(state["w"], torch.ones(3))
     assert "truncated or corrupt" in caplog.text and "checkpoint-b.pt" in caplog.text
     again.save({"epoch": 2, "w": torch.zeros(3)})  # overwrites the corrupt slot, not the good one
-    assert TrialCheckpoints(storage, "k").load_latest()["epoch"] == 2
-    assert json.loads(json.dumps({"ok": True}))  # storage stays JSON-clean
-    assert checkpoint_bytes({"epoch": 0})
+    newest = TrialCheckpoints(storage, "k").load_latest()
+    assert newest["epoch"] == 2 and torch.equal(newest["w"], torch.zeros(3))

@@ -1,0 +1,242 @@
+"""Discrete-event simulation of a sweep's schedule on N GPUs: barrier vs dependency-driven.
+
+Models the plan of any spec (grid search) as jobs: every trial, and the bank build of every
+teacher whose students read a shared bank (the sweep's own policy, sweeps/teacher_bank.py).
+Durations: per-epoch seconds per trial shape, either measured (``--measured``: the CPU figures
+of benchmarks/trial_memory.py in RESULTS.md, scaled) or from forward MACs (default: a trial
+costs 3 forwards of its model per image, plus its teacher's forward when online; a bank build
+costs one teacher forward per view). Every job gets a straggler factor U(0.8, 1.2). Spot
+preemptions: a Poisson process per node of ``--gpus-per-node`` GPUs; a preempted job loses the
+work since its last checkpoint (one epoch; a bank build loses everything) and the node is back
+after ``--replace-hours``. Random draws are per job and per node, the same for both policies.
+
+Policies, one job per GPU:
+- barrier: the previous engine: generation g, then every bank its students need, then g+1.
+- plan order: dependency-driven, but ready jobs taken in plan order (no critical path).
+- dependency: the current engine: a job starts once its teacher (and bank) is done; among
+  ready jobs the one with the most work after it goes first (sweeps/schedule.py's
+  remaining_work on the engine's own cost estimate, not on the simulated durations).
+Lower bound: max(longest chain of jobs, total work / GPUs).
+
+    PYTHONPATH=. .venv/bin/python benchmarks/schedule_sim.py sweeps/configs/cifar100-paper.yaml \
+        --gpus 8 16 32 64 --measured
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import random
+from dataclasses import dataclass, field
+
+import torch
+
+from kd_core.bank import bank_nbytes
+from kd_core.data import Augment
+from kd_core.profile import forward_macs
+from sweeps.plan import build_plan, students_per_teacher
+from sweeps.schedule import remaining_work, trial_costs
+from sweeps.spec import load_spec
+
+# Epoch seconds per shape on the project's CPU (benchmarks/trial_memory.py, RESULTS.md).
+MEASURED_CPU = {
+    ("wrn-28-4", None, None): 1115,
+    ("wrn-16-4", None, None): 668,
+    ("wrn-16-2", None, None): 138,
+    ("wrn-16-2", "wrn-28-4", "bank"): 165,
+    ("wrn-16-4", "wrn-28-4", "bank"): 578,
+    ("wrn-16-2", "wrn-16-4", "bank"): 143,
+    ("wrn-16-2", "wrn-28-4", "online"): 460,
+}
+DATA = {  # (train images, classes, image shape, augmentation) per dataset
+    "cifar100": (50_000, 100, (3, 32, 32), Augment(4, True)),
+    "cifar10": (50_000, 10, (3, 32, 32), Augment(4, True)),
+    "digits": (1347, 10, (1, 8, 8), Augment(0, False)),
+}
+
+
+@dataclass
+class Job:
+    key: str
+    kind: str  # "trial" | "bank"
+    lineage: tuple[str, ...]
+    generation: int
+    work: float  # hours on one GPU, straggler included
+    deps: list[str] = field(default_factory=list)
+    epochs: int = 1  # checkpoints per run (a bank has none: 1 means all is lost)
+
+
+def build_jobs(spec, measured: bool, teacher_hours: float, seed: int) -> list[Job]:
+    n, k, shape, aug = DATA[spec.dataset.name]
+    epochs = spec.train.epochs
+    macs = {m: forward_macs(m, k, shape) for m in spec.architectures}
+    plan = build_plan(spec)
+    per_teacher = students_per_teacher(plan.trials)
+    fits = bank_nbytes(n, aug, k, getattr(torch, spec.train.bank_dtype)) <= (
+        spec.train.bank_budget_gb * 2**30
+    )
+    banked = {
+        t
+        for t, count in per_teacher.items()
+        if spec.train.teacher_bank != "off" and fits and aug.n_views <= count * epochs
+    }
+    by_key = {t.key: t for t in plan.trials}
+    first = plan.generations[0][0].model
+
+    def epoch_cost(model, teacher, path):  # relative units: MACs per image
+        if measured and (model, teacher, path) in MEASURED_CPU:  # scaled to the MACs units
+            return MEASURED_CPU[(model, teacher, path)] / MEASURED_CPU[(first, None, None)] * (
+                3 * macs[first]
+            )
+        return 3 * macs[model] + (macs[teacher] if path == "online" else 0)
+
+    unit = teacher_hours / (epochs * epoch_cost(first, None, None))
+    rng = random.Random(seed)
+    jobs = []
+    for t in plan.trials:
+        teacher = by_key.get(t.teacher_key)
+        path = None if teacher is None else ("bank" if t.teacher_key in banked else "online")
+        cost = epoch_cost(t.model, teacher and teacher.model, path) * epochs * unit
+        deps = [] if teacher is None else [t.teacher_key] + (
+            [f"bank:{t.teacher_key}"] if path == "bank" else []
+        )
+        jobs.append(
+            Job(t.key, "trial", t.lineage, t.generation, cost * rng.uniform(0.8, 1.2), deps, epochs)
+        )
+        if t.key in banked:
+            build = aug.n_views * macs[t.model] * unit  # one teacher forward per view
+            jobs.append(
+                Job(f"bank:{t.key}", "bank", t.lineage, t.generation, build * rng.uniform(0.8, 1.2),
+                    [t.key])
+            )
+    return jobs
+
+
+def lower_bound(jobs: list[Job], gpus: int) -> float:
+    by = {j.key: j for j in jobs}
+    finish: dict[str, float] = {}
+
+    def f(key):
+        if key not in finish:
+            j = by[key]
+            finish[key] = j.work + max((f(d) for d in j.deps), default=0.0)
+        return finish[key]
+
+    return max(max(f(j.key) for j in jobs), sum(j.work for j in jobs) / gpus)
+
+
+def simulate(jobs, gpus, per_node, policy, priority, rate, replace, seed):
+    """Makespan and busy GPU-hours (work done, lost work included)."""
+    by = {j.key: j for j in jobs}
+    left = {j.key: j.work for j in jobs}
+    order = {j.key: i for i, j in enumerate(jobs)}
+    stage = {j.key: 2 * j.generation + (j.kind == "bank") for j in jobs}
+    done: set[str] = set()
+    running: dict[int, tuple[str, float]] = {}  # gpu -> (job, start)
+    down_until = [0.0] * ((gpus + per_node - 1) // per_node)
+    rng = random.Random(seed)
+    events: list[tuple[float, int, str, int]] = []  # (time, seq, kind, gpu or node)
+    seq = 0
+
+    def push(t, kind, who):
+        nonlocal seq
+        heapq.heappush(events, (t, seq, kind, who))
+        seq += 1
+
+    for node in range(len(down_until)):
+        if rate > 0:
+            push(rng.expovariate(rate), "preempt", node)
+
+    def rank(key):
+        j = by[key]
+        p = priority(j.lineage) + (1e9 if j.kind == "bank" else 0.0)
+        if policy == "dependency":
+            return (-p, order[key])
+        return (stage[key], order[key])  # barrier, and "plan order" (dependency, no priority)
+
+    def ready():
+        waiting = [k for k in left if k not in done and all(r[0] != k for r in running.values())]
+        if policy == "barrier":  # only the lowest unfinished stage may run
+            low = min((stage[k] for k in waiting), default=None)
+            busy = {stage[k] for k, _ in running.values()}
+            if busy and low is not None and min(busy) < low:
+                return []
+            waiting = [k for k in waiting if stage[k] == low]
+        return sorted((k for k in waiting if all(d in done for d in by[k].deps)), key=rank)
+
+    now, busy_hours = 0.0, 0.0
+
+    def fill():
+        free = [g for g in range(gpus) if g not in running and down_until[g // per_node] <= now]
+        for g, key in zip(free, ready(), strict=False):
+            running[g] = (key, now)
+            push(now + left[key], "end", g)
+
+    fill()
+    while len(done) < len(jobs):
+        now, _, kind, who = heapq.heappop(events)
+        if kind == "end":
+            if who not in running:
+                continue
+            key, start = running[who]
+            if abs(start + left[key] - now) > 1e-9:
+                continue  # a stale end of a job that was preempted and restarted
+            busy_hours += now - start
+            del running[who]
+            done.add(key)
+        elif kind == "preempt":
+            node = who
+            for g in range(node * per_node, min(gpus, (node + 1) * per_node)):
+                if g in running:
+                    key, start = running.pop(g)
+                    ran = now - start
+                    interval = by[key].work / by[key].epochs
+                    kept = ran - (ran % interval) if by[key].epochs > 1 else 0.0
+                    busy_hours += ran
+                    left[key] -= kept
+            down_until[node] = now + replace
+            push(now + replace, "up", node)
+            push(now + rng.expovariate(rate), "preempt", node)
+        fill()
+    return now, busy_hours
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("spec")
+    p.add_argument("--gpus", type=int, nargs="+", default=[8, 16, 32, 64])
+    p.add_argument("--gpus-per-node", type=int, default=8)
+    p.add_argument("--teacher-hours", type=float, default=1.0, help="one teacher trial's hours")
+    p.add_argument("--measured", action="store_true", help="CPU-measured shape ratios")
+    p.add_argument("--preempt-per-node-hour", type=float, default=0.05)
+    p.add_argument("--replace-hours", type=float, default=0.1)
+    p.add_argument("--seeds", type=int, default=5, help="straggler/preemption draws averaged")
+    args = p.parse_args()
+    spec = load_spec(args.spec)
+    n, k, shape, _ = DATA[spec.dataset.name]
+    priority = remaining_work(spec, trial_costs(spec, k, shape))
+    print(f"{args.spec}: {len(build_plan(spec).trials)} trials, "
+          f"{'measured' if args.measured else 'MACs'} durations, teacher = "
+          f"{args.teacher_hours} h, preemptions {args.preempt_per_node_hour}/node-h, "
+          f"mean of {args.seeds} draws")
+    print("| GPUs | barrier h | dependency, plan order h | dependency, critical path h "
+          "| lower bound h | barrier / dependency | dependency / bound | GPU busy (dependency) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for gpus in args.gpus:
+        rows = []
+        for s in range(args.seeds):
+            jobs = build_jobs(spec, args.measured, args.teacher_hours, seed=s)
+            lb = lower_bound(jobs, gpus)
+            common = (gpus, args.gpus_per_node)
+            tail = (priority, args.preempt_per_node_hour, args.replace_hours, 1000 + s)
+            b, _ = simulate(jobs, *common, "barrier", *tail)
+            f, _ = simulate(jobs, *common, "plan order", *tail)
+            d, busy = simulate(jobs, *common, "dependency", *tail)
+            rows.append((b, f, d, lb, busy / (d * gpus)))
+        b, f, d, lb, util = (sum(r[i] for r in rows) / len(rows) for i in range(5))
+        print(f"| {gpus} | {b:.2f} | {f:.2f} | {d:.2f} | {lb:.2f} | {b / d:.2f} | {d / lb:.3f} "
+              f"| {util:.0%} |")
+
+
+if __name__ == "__main__":
+    main()
