@@ -10,8 +10,8 @@ one-CPU workers, token auth). Then reads every trial's stored result:
   epochs, training and evaluation; model/data set-up and teacher loading count as overhead);
 - span = first training start .. last training end; slot time = span x slots;
 - fill = sum of training time / slot time;
-- idle while waiting = slot time with a free slot while some trial had not started yet, over
-  slot time (the generation boundaries of a barrier engine show up here);
+- idle while waiting = slot time with a free slot (neither training nor building a bank)
+  while some trial had not started yet, over slot time (a barrier's generation changes);
 - per-trial fixed slot cost = the gap between a trial's start and the most recent end of
   another trial before it (each end used once): median and 90th percentile, after the first
   `slots` starts (warm-up).
@@ -20,6 +20,7 @@ one-CPU workers, token auth). Then reads every trial's stored result:
     .venv/bin/python benchmarks/engine_fill.py --engine-src /tmp/kd-barrier
     .venv/bin/python benchmarks/engine_fill.py --engine-src .
     .venv/bin/python benchmarks/engine_fill.py --engine-src . --two-node
+    .venv/bin/python benchmarks/engine_fill.py --engine-src . --spec sweeps/configs/digits.yaml
 """
 
 from __future__ import annotations
@@ -55,12 +56,24 @@ def intervals(store: Path) -> list[tuple[float, float, int]]:
     return sorted(out)
 
 
-def measure(iv: list[tuple[float, float, int]], slots: int) -> dict:
+def bank_intervals(store: Path) -> list[tuple[float, float]]:
+    """Bank builds: [file time - build seconds, file time]; busy, but not training."""
+    from kd_core.checkpoint import load_checkpoint
+
+    out = []
+    for f in store.glob("trials/*/bank-*.pt"):
+        end = f.stat().st_mtime
+        out.append((end - load_checkpoint(f)["build_seconds"], end))
+    return out
+
+
+def measure(iv: list[tuple[float, float, int]], banks: list, slots: int) -> dict:
     t0, t1 = min(s for s, _, _ in iv), max(e for _, e, _ in iv)
     span = t1 - t0
     train = sum(e - s for s, e, _ in iv)
     last_start = max(s for s, _, _ in iv)
-    events = sorted([(s, 1) for s, _, _ in iv] + [(e, -1) for _, e, _ in iv])
+    busy = [(s, e) for s, e, _ in iv] + banks
+    events = sorted([(s, 1) for s, _ in busy] + [(e, -1) for _, e in busy])
     idle_waiting, running, prev = 0.0, 0, t0
     for t, d in events:
         if prev < last_start:
@@ -89,10 +102,12 @@ def main():
     p.add_argument("--engine-src", default=str(ROOT), help="checkout whose engine to run")
     p.add_argument("--two-node", action="store_true", help="two one-CPU Ray nodes on loopback")
     p.add_argument("--slots", type=int, default=2)
+    p.add_argument("--spec", help="a spec file instead of the built-in mixed-speed sweep")
     args = p.parse_args()
     src = Path(args.engine_src).resolve()
     tmp = Path(tempfile.mkdtemp(prefix="kdfill-"))
-    spec = {**SPEC, "storage": str(tmp / "store"), "tracking_uri": f"sqlite:///{tmp / 'm.db'}"}
+    base = yaml.safe_load(Path(args.spec).read_text()) if args.spec else SPEC
+    spec = {**base, "storage": str(tmp / "store"), "tracking_uri": f"sqlite:///{tmp / 'm.db'}"}
     (tmp / "spec.yaml").write_text(yaml.safe_dump(spec))
     env = {**os.environ, "PYTHONPATH": str(src), "RAY_TMPDIR": tempfile.mkdtemp(dir="/tmp")}
     cmd = [sys.executable, "-m", "sweeps.cli", "run", str(tmp / "spec.yaml")]
@@ -116,7 +131,7 @@ def main():
     wall = time.time() - t0
     if run.returncode:
         sys.exit(run.stdout[-3000:] + run.stderr[-3000:])
-    m = measure(intervals(tmp / "store"), args.slots)
+    m = measure(intervals(tmp / "store"), bank_intervals(tmp / "store"), args.slots)
     where = "2-node loopback" if args.two_node else "local Ray"
     print(
         f"{src.name} on {where}, {args.slots} slots: {m['trials']} trials, driver wall "

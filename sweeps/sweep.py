@@ -17,6 +17,9 @@ from kd_core.data import ImageData, load_dataset
 
 # Progress is ours (progress.py): Tune's own status tables would interleave with it.
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# Each epoch already goes to MLflow and the trial's history in storage: Tune's per-trial JSON,
+# CSV and TensorBoard copies (~40 KB a trial in shared storage) would be a third and fourth.
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
 import optuna  # noqa: E402
 
