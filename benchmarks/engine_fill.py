@@ -117,10 +117,12 @@ def main():
         from tests.drivers import Cluster
 
         cluster = Cluster()
+        # Ray's workers import the engine under test, not the installed package.
+        cluster.env["PYTHONPATH"] = str(src)
         cluster.start_head()
         for i in range(args.slots):
             cluster.start_worker(f"w{i}")
-        env = {**cluster.env, "PYTHONPATH": str(src)}
+        env = cluster.env
         cmd += ["--address", f"127.0.0.1:{cluster.gcs_port}"]
     t0 = time.time()
     try:

@@ -85,8 +85,10 @@ def build_jobs(spec, measured: bool, teacher_hours: float, seed: int) -> list[Jo
 
     def epoch_cost(model, teacher, path):  # relative units: MACs per image
         if measured and (model, teacher, path) in MEASURED_CPU:  # scaled to the MACs units
-            return MEASURED_CPU[(model, teacher, path)] / MEASURED_CPU[(first, None, None)] * (
-                3 * macs[first]
+            return (
+                MEASURED_CPU[(model, teacher, path)]
+                / MEASURED_CPU[(first, None, None)]
+                * (3 * macs[first])
             )
         return 3 * macs[model] + (macs[teacher] if path == "online" else 0)
 
@@ -97,8 +99,10 @@ def build_jobs(spec, measured: bool, teacher_hours: float, seed: int) -> list[Jo
         teacher = by_key.get(t.teacher_key)
         path = None if teacher is None else ("bank" if t.teacher_key in banked else "online")
         cost = epoch_cost(t.model, teacher and teacher.model, path) * epochs * unit
-        deps = [] if teacher is None else [t.teacher_key] + (
-            [f"bank:{t.teacher_key}"] if path == "bank" else []
+        deps = (
+            []
+            if teacher is None
+            else [t.teacher_key] + ([f"bank:{t.teacher_key}"] if path == "bank" else [])
         )
         jobs.append(
             Job(t.key, "trial", t.lineage, t.generation, cost * rng.uniform(0.8, 1.2), deps, epochs)
@@ -106,8 +110,14 @@ def build_jobs(spec, measured: bool, teacher_hours: float, seed: int) -> list[Jo
         if t.key in banked:
             build = aug.n_views * macs[t.model] * unit  # one teacher forward per view
             jobs.append(
-                Job(f"bank:{t.key}", "bank", t.lineage, t.generation, build * rng.uniform(0.8, 1.2),
-                    [t.key])
+                Job(
+                    f"bank:{t.key}",
+                    "bank",
+                    t.lineage,
+                    t.generation,
+                    build * rng.uniform(0.8, 1.2),
+                    [t.key],
+                )
             )
     return jobs
 
@@ -215,12 +225,16 @@ def main():
     spec = load_spec(args.spec)
     n, k, shape, _ = DATA[spec.dataset.name]
     priority = remaining_work(spec, trial_costs(spec, k, shape))
-    print(f"{args.spec}: {len(build_plan(spec).trials)} trials, "
-          f"{'measured' if args.measured else 'MACs'} durations, teacher = "
-          f"{args.teacher_hours} h, preemptions {args.preempt_per_node_hour}/node-h, "
-          f"mean of {args.seeds} draws")
-    print("| GPUs | barrier h | dependency, plan order h | dependency, critical path h "
-          "| lower bound h | barrier / dependency | dependency / bound | GPU busy (dependency) |")
+    print(
+        f"{args.spec}: {len(build_plan(spec).trials)} trials, "
+        f"{'measured' if args.measured else 'MACs'} durations, teacher = "
+        f"{args.teacher_hours} h, preemptions {args.preempt_per_node_hour}/node-h, "
+        f"mean of {args.seeds} draws"
+    )
+    print(
+        "| GPUs | barrier h | dependency, plan order h | dependency, critical path h "
+        "| lower bound h | barrier / dependency | dependency / bound | GPU busy (dependency) |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for gpus in args.gpus:
         rows = []
@@ -234,8 +248,10 @@ def main():
             d, busy = simulate(jobs, *common, "dependency", *tail)
             rows.append((b, f, d, lb, busy / (d * gpus)))
         b, f, d, lb, util = (sum(r[i] for r in rows) / len(rows) for i in range(5))
-        print(f"| {gpus} | {b:.2f} | {f:.2f} | {d:.2f} | {lb:.2f} | {b / d:.2f} | {d / lb:.3f} "
-              f"| {util:.0%} |")
+        print(
+            f"| {gpus} | {b:.2f} | {f:.2f} | {d:.2f} | {lb:.2f} | {b / d:.2f} | {d / lb:.3f} "
+            f"| {util:.0%} |"
+        )
 
 
 if __name__ == "__main__":

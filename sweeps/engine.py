@@ -321,6 +321,11 @@ class SweepCallback(tune.Callback):
     def __init__(self, events, early_stopping: bool):
         self.events, self.early_stopping = events, early_stopping
 
+    def __getstate__(self) -> dict:
+        # Tuner pickles its run config for Tuner.restore, which kdsweep never uses (see
+        # DependencySearcher.__getstate__); the record keeper holds a writer thread and clients.
+        return {"early_stopping": self.early_stopping}
+
     def on_trial_start(self, iteration, trials, trial, **info):
         job = Job.from_config(trial.config)
         if job.kind == "train":

@@ -33,9 +33,7 @@ class Progress:
         c = self.counts(generation)
         total = sum(c.values())
         return (
-            f"generation {generation}: "
-            + ", ".join(f"{c[s]} {s}" for s in STATES)
-            + f" / {total}"
+            f"generation {generation}: " + ", ".join(f"{c[s]} {s}" for s in STATES) + f" / {total}"
         )
 
     def _print(self, text: str) -> None:

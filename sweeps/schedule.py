@@ -27,9 +27,7 @@ def trial_costs(spec: SweepSpec, num_classes: int, image_shape: tuple[int, ...])
 def next_models(spec: SweepSpec, lineage: tuple[str, ...]) -> list[str]:
     """Architectures distilled from a model of ``lineage`` (the chains that continue past it)."""
     g = len(lineage)
-    return list(
-        dict.fromkeys(c[g] for c in spec.chains if len(c) > g and tuple(c[:g]) == lineage)
-    )
+    return list(dict.fromkeys(c[g] for c in spec.chains if len(c) > g and tuple(c[:g]) == lineage))
 
 
 def remaining_work(

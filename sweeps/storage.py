@@ -112,4 +112,3 @@ class Storage:
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(self.read_bytes(rel))
         return dest
-

@@ -123,6 +123,7 @@ def make_searcher(
 
 def publish_results(plan: Plan, store: TrialStore, tracker: Tracker) -> str:
     """The Parquet file in storage and on the parent run; returns its URI."""
+    tracker.flush()  # every run created and known before the rows name them
     uri = write_results(plan, store, tracker.runs)
     with tempfile.TemporaryDirectory() as d:
         rel = store.results_file(plan.spec.name)
@@ -160,6 +161,12 @@ def run_sweep(spec: SweepSpec, address: str | None = None, out=sys.stdout) -> st
     ok = all(s == "done" for s in progress.state.values())
     tracker.close("FINISHED" if ok else "FAILED")
     print(progress.table(), file=out)
+    if tracker.failed_writes:
+        print(
+            f"MLflow: {tracker.failed_writes} writes failed (see the warnings); "
+            "rerun the same command to fill them in",
+            file=out,
+        )
     print(f"results: {uri}", file=out, flush=True)
     return uri
 

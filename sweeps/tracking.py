@@ -8,12 +8,16 @@ here a trial's run is found again by its content key, and epochs already logged 
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import json
+import logging
 import math
 import os
+import queue
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -28,6 +32,7 @@ from .spec import SweepSpec
 from .storage import Storage
 from .store import trial_file
 
+log = logging.getLogger(__name__)
 PARENT_TAG = "mlflow.parentRunId"
 # A trial's own per-epoch metrics; Tune's bookkeeping in each result (pid, timestamp,
 # time_this_iter_s, ...) is not logged.
@@ -69,7 +74,14 @@ def _finite(metrics: dict) -> list[tuple[str, float]]:
 
 
 class Tracker:
-    def __init__(self, spec: SweepSpec, storage: Storage):
+    """The sweep's MLflow runs. Writes go through one background writer thread and a bounded
+    FIFO queue: Tune's callback only enqueues, so no trial waits on MLflow inside tune.report
+    and Tune's loop never blocks on a database or server round trip. The writer sends the epoch
+    results it finds queued together as one log_batch per run; ``flush()`` waits until all that
+    is queued is written (end of sweep, exit). What a SIGKILL loses from the queue is written
+    on the next run: runs are found again by key, and missing epochs come from the history."""
+
+    def __init__(self, spec: SweepSpec, storage: Storage, queue_size: int = 10_000):
         self.spec = spec
         self.storage = storage
         self.client = MlflowClient(tracking_uri=spec.tracking_uri)
@@ -81,6 +93,79 @@ class Tracker:
         self.parent_id = self._parent_run()
         self.runs: dict[str, str] = self._existing_children()  # trial key -> run id
         self.logged: dict[str, set[int]] = {}  # run id -> epochs logged
+        self.failed_writes = 0
+        self._queue: queue.Queue = queue.Queue(queue_size)
+        threading.Thread(target=self._write_loop, name="mlflow-writer", daemon=True).start()
+        atexit.register(self.flush, 60.0)
+
+    # ---- what callers use: each call only enqueues ----------------------------------------
+    def ensure_run(self, trial: Trial) -> None:
+        """The trial's child run, created once (rerunning the sweep finds it by key)."""
+        self._queue.put(("call", self._ensure_run, (trial,)))
+
+    def log_epoch(self, key: str, metrics: dict) -> None:
+        """Per-epoch metrics at step = epoch; an epoch already logged (a resumed trial) is
+        skipped, so a run never holds a step twice."""
+        self._queue.put(("epoch", key, dict(metrics)))
+
+    def finish(self, key: str, result: TrialResult, reused: bool = False) -> None:
+        """Final metrics and the model artifact; ``reused``: trained by an earlier sweep."""
+        self._queue.put(("call", self._finish, (key, result, reused)))
+
+    def fail(self, key: str, error: str, status: str = "FAILED") -> None:
+        self._queue.put(("call", self._fail, (key, error, status)))
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything queued is written; False if ``timeout`` ran out first."""
+        q = self._queue
+        with q.all_tasks_done:
+            return q.all_tasks_done.wait_for(lambda: q.unfinished_tasks == 0, timeout)
+
+    # ---- the writer thread ----------------------------------------------------------------
+    def _write_loop(self) -> None:
+        while True:
+            items = [self._queue.get()]
+            while len(items) < 1000:  # everything already queued goes in this round
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            pending: dict[str, list[Metric]] = {}
+            for item in items:
+                self._guarded(self._write, item, pending)
+            self._guarded(self._send, pending)
+            for _ in items:
+                self._queue.task_done()
+
+    def _guarded(self, fn, *args) -> None:
+        try:
+            fn(*args)
+        except Exception as e:  # keep the sweep and the writer going; a rerun fills it in
+            self.failed_writes += 1
+            log.warning("MLflow write failed (a rerun of the sweep fills it in): %s", e)
+
+    def _write(self, item: tuple, pending: dict[str, list[Metric]]) -> None:
+        if item[0] == "epoch":
+            self._collect(pending, item[1], item[2])
+        else:  # anything else keeps its place in the order: send the epochs before it
+            self._send(pending)
+            item[1](*item[2])
+
+    def _collect(self, pending: dict[str, list[Metric]], key: str, metrics: dict) -> None:
+        run_id, step = self.runs[key], int(metrics["epoch"])
+        logged = self._logged(run_id)
+        if step in logged:
+            return
+        now = int(time.time() * 1000)
+        own = {k: v for k, v in metrics.items() if k in EPOCH_METRICS}
+        pending.setdefault(run_id, []).extend(Metric(k, v, now, step) for k, v in _finite(own))
+        logged.add(step)
+
+    def _send(self, pending: dict[str, list[Metric]]) -> None:
+        while pending:
+            run_id, metrics = pending.popitem()
+            for i in range(0, len(metrics), 1000):  # MLflow's per-request limit
+                self.client.log_batch(run_id, metrics=metrics[i : i + 1000])
 
     # ---- runs ----------------------------------------------------------------------------
     def _parent_run(self) -> str:
@@ -119,8 +204,7 @@ class Tracker:
             if not token:
                 return runs
 
-    def ensure_run(self, trial: Trial) -> str:
-        """The trial's child run, created once (rerunning the sweep finds it by key)."""
+    def _ensure_run(self, trial: Trial) -> str:
         if trial.key in self.runs:
             return self.runs[trial.key]
         tags = {
@@ -153,29 +237,17 @@ class Tracker:
             self.logged[run_id] = {m.step for m in hist}
         return self.logged[run_id]
 
-    def log_epoch(self, key: str, metrics: dict) -> None:
-        """Per-epoch metrics at step = epoch; an epoch already logged (a resumed trial) is
-        skipped, so a run never holds a step twice."""
-        run_id, step = self.runs[key], int(metrics["epoch"])
-        logged = self._logged(run_id)
-        if step in logged:
-            return
-        now = int(time.time() * 1000)
-        own = {k: v for k, v in metrics.items() if k in EPOCH_METRICS}
-        batch = [Metric(k, v, now, step) for k, v in _finite(own)]
-        self.client.log_batch(run_id, metrics=batch)
-        logged.add(step)
-
-    def finish(self, key: str, result: TrialResult, reused: bool = False) -> None:
-        """Final metrics and the model artifact; ``reused``: trained by an earlier sweep."""
+    def _finish(self, key: str, result: TrialResult, reused: bool) -> None:
         run_id = self.runs[key]
         if self.client.get_run(run_id).info.status == "FINISHED":
             return
         if reused and not self._logged(run_id):
             self.client.set_tag(run_id, "kdsweep.reused", "true")
         # Epochs whose report died with a killed driver are filled in from the stored history.
+        pending: dict[str, list[Metric]] = {}
         for h in result.history:
-            self.log_epoch(key, h)
+            self._collect(pending, key, h)
+        self._send(pending)
         now = int(time.time() * 1000)
         self.client.log_batch(
             run_id,
@@ -188,7 +260,7 @@ class Tracker:
                 self.client.log_artifact(run_id, str(model))
         self.client.set_terminated(run_id, "FINISHED")
 
-    def fail(self, key: str, error: str, status: str = "FAILED") -> None:
+    def _fail(self, key: str, error: str, status: str) -> None:
         run_id = self.runs[key]
         self.client.log_text(run_id, error, "error.txt")
         self.client.set_terminated(run_id, status)
@@ -200,4 +272,5 @@ class Tracker:
         self.client.log_artifact(self.parent_id, str(path), folder)
 
     def close(self, status: str = "FINISHED") -> None:
+        self.flush()
         self.client.set_terminated(self.parent_id, status)

@@ -1,0 +1,151 @@
+"""Epoch results per second the driver's MLflow Tracker sustains, into SQLite and into a real
+local `mlflow server`, and what one result costs the caller (Tune's callback thread).
+
+A synthetic stream: T trials report E epochs each, interleaved as concurrent trials would
+(epoch 1 of every trial, then epoch 2, ...), each with the trainer's ~13 metrics plus Tune's
+bookkeeping fields (which are not logged). Modes, each on a fresh store:
+- sync: each result written in the caller (what the Tune callback did before the writer);
+- writer: each result handed to Tracker.log_epoch (the background writer), timed until
+  Tracker.flush() returns.
+Counted: results / (seconds from the first result to the last one written); caller latency =
+time spent in the call, per result (p50/p95). Run creation happens before the clock starts.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/mlflow_rate.py --trials 64 --epochs 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from sweeps.plan import build_plan
+from sweeps.spec import parse_spec
+from sweeps.storage import Storage
+from sweeps.tracking import Tracker
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.drivers import free_port, wait_for_port  # noqa: E402
+
+
+@contextlib.contextmanager
+def mlflow_server(workdir: Path):
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{workdir / 'server.db'}",
+            "--artifacts-destination",
+            str(workdir / "artifacts"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_for_port(port, proc, timeout=180)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(30)
+
+
+def epoch_result(epoch: int) -> dict:
+    trainer = {
+        "epoch": epoch,
+        "lr": 0.1,
+        "train_loss": 1.0 / epoch,
+        "train_acc": 0.5,
+        "train_acc_clean": 0.5,
+        "epoch_time": 1.0,
+        "train_time": 0.9,
+        "test_loss": 1.1,
+        "test_acc": 0.5,
+        "test_ece": 0.05,
+        "logit_distance": 2.0,
+        "test_logit_distance": 2.1,
+        "test_agreement": 0.9,
+    }
+    tune = {
+        "timestamp": time.time(),
+        "pid": 1,
+        "time_this_iter_s": 1.0,
+        "training_iteration": epoch,
+        "time_total_s": epoch * 1.0,
+        "time_since_restore": 1.0,
+        "iterations_since_restore": 1,
+    }
+    return {**trainer, **tune, "realised_noise_rate": 0.0}
+
+
+def run(uri: str, tmp: Path, trials: int, epochs: int, mode: str) -> tuple[float, list[float]]:
+    spec = parse_spec(
+        {
+            "name": f"rate-{mode}-{time.time_ns()}",
+            "dataset": {"name": "digits"},
+            "chains": [["cnn-small", "cnn-small"]],
+            "grid": {"tau": [float(t) for t in range(1, trials + 1)], "loss": ["kl"]},
+            "storage": str(tmp / "store"),
+            "tracking_uri": uri,
+        }
+    )
+    tracker = Tracker(spec, Storage(spec.storage))
+    students = [t for t in build_plan(spec).trials if t.generation == 1][:trials]
+    for t in students:
+        tracker.ensure_run(t)
+    tracker.flush()
+    latencies = []
+    t0 = time.perf_counter()
+    for e in range(1, epochs + 1):
+        for t in students:
+            r = epoch_result(e)
+            c0 = time.perf_counter()
+            if mode == "sync":
+                pending = {}
+                tracker._collect(pending, t.key, r)
+                tracker._send(pending)
+            else:
+                tracker.log_epoch(t.key, r)
+            latencies.append(time.perf_counter() - c0)
+    tracker.flush()
+    seconds = time.perf_counter() - t0
+    assert tracker.failed_writes == 0
+    return trials * epochs / seconds, latencies
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--trials", type=int, default=64)
+    p.add_argument("--epochs", type=int, default=20)
+    args = p.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="kdrate-"))
+    print(f"{args.trials} trials x {args.epochs} epochs = {args.trials * args.epochs} results")
+    print("| store | mode | results/s | caller p50 ms | caller p95 ms |")
+    print("| --- | --- | --- | --- | --- |")
+    with mlflow_server(tmp) as server:
+        for name, uri in (("SQLite", f"sqlite:///{tmp / 'rate.db'}"), ("mlflow server", server)):
+            for mode in ("sync", "writer"):
+                rate, lat = run(uri, tmp, args.trials, args.epochs, mode)
+                q = statistics.quantiles(lat, n=20)
+                print(
+                    f"| {name} | {mode} | {rate:.0f} | {statistics.median(lat) * 1e3:.2f} "
+                    f"| {q[18] * 1e3:.2f} |"
+                )
+
+
+if __name__ == "__main__":
+    main()
