@@ -12,6 +12,8 @@ one-CPU workers, token auth). Then reads every trial's stored result:
 - fill = sum of training time / slot time;
 - idle while waiting = slot time with a free slot (neither training nor building a bank)
   while some trial had not started yet, over slot time (a barrier's generation changes);
+- stalled = time in which no slot trained or built a bank while some trial had not started,
+  over the span (the whole cluster waiting at a generation change);
 - per-trial fixed slot cost = the gap between a trial's start and the most recent end of
   another trial before it (each end used once): median and 90th percentile, after the first
   `slots` starts (warm-up).
@@ -74,10 +76,11 @@ def measure(iv: list[tuple[float, float, int]], banks: list, slots: int) -> dict
     last_start = max(s for s, _, _ in iv)
     busy = [(s, e) for s, e, _ in iv] + banks
     events = sorted([(s, 1) for s, _ in busy] + [(e, -1) for _, e in busy])
-    idle_waiting, running, prev = 0.0, 0, t0
+    idle_waiting, stalled, running, prev = 0.0, 0.0, 0, t0
     for t, d in events:
         if prev < last_start:
             idle_waiting += max(0, slots - running) * (min(t, last_start) - prev)
+            stalled += (running == 0) * (min(t, last_start) - prev)
         running += d
         prev = t
     gaps, ends = [], []
@@ -92,6 +95,7 @@ def measure(iv: list[tuple[float, float, int]], banks: list, slots: int) -> dict
         "span_s": span,
         "fill": train / (span * slots),
         "idle_waiting": idle_waiting / (span * slots),
+        "stalled": stalled / span,
         "gap_median_s": statistics.median(gaps),
         "gap_p90_s": sorted(gaps)[int(0.9 * (len(gaps) - 1))],
     }
@@ -103,7 +107,12 @@ def main():
     p.add_argument("--two-node", action="store_true", help="two one-CPU Ray nodes on loopback")
     p.add_argument("--slots", type=int, default=2)
     p.add_argument("--spec", help="a spec file instead of the built-in mixed-speed sweep")
+    p.add_argument("--measure-only", help="measure a finished run's storage folder again")
     args = p.parse_args()
+    if args.measure_only:
+        store = Path(args.measure_only)
+        print(measure(intervals(store), bank_intervals(store), args.slots))
+        return
     src = Path(args.engine_src).resolve()
     tmp = Path(tempfile.mkdtemp(prefix="kdfill-"))
     base = yaml.safe_load(Path(args.spec).read_text()) if args.spec else SPEC
@@ -138,8 +147,8 @@ def main():
     print(
         f"{src.name} on {where}, {args.slots} slots: {m['trials']} trials, driver wall "
         f"{wall:.1f}s, span {m['span_s']:.1f}s, fill {m['fill']:.1%}, idle while waiting "
-        f"{m['idle_waiting']:.1%}, fixed slot cost median {m['gap_median_s']:.2f}s "
-        f"p90 {m['gap_p90_s']:.2f}s"
+        f"{m['idle_waiting']:.1%}, stalled {m['stalled']:.1%}, fixed slot cost median "
+        f"{m['gap_median_s']:.2f}s p90 {m['gap_p90_s']:.2f}s"
     )
 
 

@@ -16,10 +16,7 @@ time spent in the call, per result (p50/p95). Run creation happens before the cl
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,37 +28,7 @@ from sweeps.storage import Storage
 from sweeps.tracking import Tracker
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.drivers import free_port, wait_for_port  # noqa: E402
-
-
-@contextlib.contextmanager
-def mlflow_server(workdir: Path):
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{workdir / 'server.db'}",
-            "--artifacts-destination",
-            str(workdir / "artifacts"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        wait_for_port(port, proc, timeout=180)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(30)
+from tests.servers import mlflow_sqlite_server  # noqa: E402
 
 
 def epoch_result(epoch: int) -> dict:
@@ -136,7 +103,7 @@ def main():
     print(f"{args.trials} trials x {args.epochs} epochs = {args.trials * args.epochs} results")
     print("| store | mode | results/s | caller p50 ms | caller p95 ms |")
     print("| --- | --- | --- | --- | --- |")
-    with mlflow_server(tmp) as server:
+    with mlflow_sqlite_server(tmp) as server:
         for name, uri in (("SQLite", f"sqlite:///{tmp / 'rate.db'}"), ("mlflow server", server)):
             for mode in ("sync", "writer"):
                 rate, lat = run(uri, tmp, args.trials, args.epochs, mode)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from . import train_cmd
@@ -42,6 +43,10 @@ def _run(args) -> int:
     spec = load_spec(args.spec)  # validated in full before Ray starts
     from .sweep import run_sweep
 
+    # `ray job stop` and schedulers send SIGTERM: exit through Python so that exit handlers
+    # (the MLflow writer's flush) run; everything else resumes on the next run.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
     run_sweep(spec, address=args.address)
     return 0
 
@@ -56,7 +61,9 @@ def _status(args) -> int:
 def _report(args) -> int:
     from .report import report
 
-    text, paths = report(args.inputs, args.out)
+    if not args.inputs and not args.experiment:
+        raise ValueError("give results (spec files or .parquet) or --experiment NAME")
+    text, paths = report(args.inputs, args.out, args.tracking_uri, args.experiment)
     print(text)
     print("plots: " + ", ".join(str(p) for p in paths))
     return 0
@@ -96,7 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_status)
 
     p = sub.add_parser("report", help="compare sweeps: tables and plots")
-    p.add_argument("inputs", nargs="+", help="sweep spec files or results .parquet paths/URIs")
+    p.add_argument(
+        "inputs", nargs="*", help="sweep spec files or results .parquet paths/URIs (clusters)"
+    )
+    p.add_argument("--experiment", help="also read this MLflow experiment's runs (every cluster)")
+    p.add_argument("--tracking-uri", default="sqlite:///mlflow.db", help="with --experiment")
     p.add_argument("--out", default="kdsweep-report", help="folder for the PNG plots")
     p.set_defaults(func=_report)
 

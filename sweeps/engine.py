@@ -369,7 +369,7 @@ def run_experiment(spec: SweepSpec, store: TrialStore, searcher: DependencySearc
     """Run every job the searcher hands out, in one Tune experiment."""
     trainable = tune.with_resources(tune.with_parameters(run_job, spec=spec), job_resources(spec))
     early = spec.search.asha is not None
-    tune_path, tune_fs = store.tune_location(spec.name)
+    tune_path, tune_fs = store.tune_location(spec)
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(

@@ -20,7 +20,7 @@ class SweepEvents:
     def added(self, trial: Trial) -> None:
         """A trial new to the sweep (sampled by optuna, or below a sampled one)."""
         if self.plan.add(trial):
-            self.store.save_trial_list(self.plan.spec.name, [t.to_dict() for t in self.plan.trials])
+            self.store.save_trial_list(self.plan.spec, [t.to_dict() for t in self.plan.trials])
         self.progress.add(trial)
 
     def reused(self, trial: Trial) -> None:

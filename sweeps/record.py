@@ -47,6 +47,7 @@ class TrialResult:
     started_at: float | None = None  # first start of the trial (unix time)
     finished_at: float = field(default_factory=time.time)
     teacher_path: str | None = None  # None (labels), "online", "bank" or "shared-bank"
+    cluster: str | None = None  # the cluster (spec `cluster`) that trained it
     starts: int = 1
     errors: int = 0
     preemptions: int = 0

@@ -17,7 +17,9 @@ matplotlib.use("Agg")  # files only; no display on cluster heads or CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
 
+from .record import FINAL_METRICS  # noqa: E402
 from .results import read_results  # noqa: E402
 from .spec import load_spec  # noqa: E402
 from .storage import Storage  # noqa: E402
@@ -41,17 +43,76 @@ def _setting_order(s: str) -> tuple:
     return (2 if s == "mse" else 0, 0.0, s)
 
 
-def load(inputs: list[str]) -> tuple[pd.DataFrame, list]:
-    """Inputs are spec files (their stored results are read) or Parquet paths/URIs."""
+def from_mlflow(tracking_uri: str, experiment: str) -> pd.DataFrame:
+    """The trial rows of an MLflow experiment (every cluster's runs), in the Parquet's columns,
+    for a researcher who has the MLflow server but not the clusters' storage."""
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise ValueError(f"--experiment {experiment!r}: no such experiment at {tracking_uri}")
+    rows, token = [], None
+    while True:
+        page = client.search_runs(
+            [exp.experiment_id],
+            "tags.`kdsweep.role` = 'trial'",
+            max_results=1000,
+            page_token=token,
+        )
+        for r in page:
+            p, t, m = r.data.params, r.data.tags, r.data.metrics
+            done = r.info.status == "FINISHED" and "final_test_acc" in m
+            row = {
+                "sweep": experiment,
+                "cluster": t.get("kdsweep.cluster"),
+                "key": t.get("kdsweep.key"),
+                "generation": int(t.get("kdsweep.generation", p.get("generation", 0))),
+                "chain": t.get("kdsweep.chain"),
+                "model": p.get("model"),
+                "teacher_key": t.get("kdsweep.teacher_key"),
+                "loss": p.get("loss"),
+                "tau": _number(p.get("tau")),
+                "alpha": _number(p.get("alpha")),
+                "noise_kind": p.get("noise_kind"),
+                "noise_rate": _number(p.get("noise_rate")),
+                "seed": int(p.get("seed", 0)),
+                "status": "done" if done else "missing",
+                "trained_on": t.get("kdsweep.trained_by", t.get("kdsweep.cluster")),
+                "mlflow_run_id": r.info.run_id,
+                "source": f"{tracking_uri}#{experiment}",
+            }
+            row.update({k: m.get(f"final_{k}") for k in FINAL_METRICS})
+            rows.append(row)
+        token = page.token
+        if not token:
+            return pd.DataFrame(rows)
+
+
+def _number(v: str | None) -> float:
+    try:
+        return float(v)  # "inf" included
+    except (TypeError, ValueError):
+        return math.nan  # "None": not applicable
+
+
+def load(
+    inputs: list[str], tracking_uri: str | None = None, experiment: str | None = None
+) -> tuple[pd.DataFrame, list]:
+    """Inputs are spec files (their stored results are read) or Parquet paths/URIs; and/or
+    an MLflow experiment."""
     uris, specs = [], []
     for item in inputs:
         if item.endswith((".yaml", ".yml")):
             spec = load_spec(item)
             specs.append(spec)
-            uris.append(Storage(spec.storage).uri_of(TrialStore.results_file(spec.name)))
+            uris.append(Storage(spec.storage).uri_of(TrialStore.results_file(spec)))
         else:
             uris.append(item)
-    df = read_results(uris)
+    frames = [read_results(uris)] if uris else []
+    if experiment:
+        frames.append(from_mlflow(tracking_uri or "sqlite:///mlflow.db", experiment))
+    df = pd.concat(frames, ignore_index=True)
+    if "trained_on" not in df:  # results written before the column existed
+        df["trained_on"] = df["cluster"]
     df = df[df["status"] == "done"].copy()
     df["setting"] = [setting(r) for r in df.itertuples()]
     df["origin"] = df["cluster"] + "/" + df["sweep"]
@@ -207,12 +268,67 @@ def plots(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     return paths
 
 
-def report(inputs: list[str], out_dir: str | Path) -> tuple[str, list[Path]]:
+def reproducibility(df: pd.DataFrame) -> str | None:
+    """The same trials (content keys) trained on different clusters, compared per setting:
+    accuracy on each cluster (mean over seeds), the mean and the worst difference over matched
+    seeds, flagged "!" where the mean difference exceeds the spread over seeds (the larger of
+    the clusters' standard deviations)."""
+    own = df[df.trained_on.fillna(df.cluster) == df.cluster]
+    acc = own.pivot_table(index="key", columns="cluster", values="test_acc", aggfunc="first")
+    acc = acc.dropna()
+    if acc.shape[1] < 2 or acc.empty:
+        return None
+    first, *others = list(acc.columns)
+    info = own.drop_duplicates("key").set_index("key").loc[acc.index]
+    info = info.assign(setting=[setting(r) for r in info.itertuples()])
+    lines = [
+        f"== reproducibility: {len(acc)} trials trained on more than one cluster, test "
+        f"accuracy % (mean over seeds), difference vs {first}; ! = beyond the seed spread"
+    ]
+    for other in others:
+        rows = []
+        for (chain, gen, s, noise), keys in info.groupby(
+            ["chain", "generation", "setting", "noise_rate"]
+        ).groups.items():
+            a, b = acc.loc[keys, first] * 100, acc.loc[keys, other] * 100
+            diff = b - a
+            spread = max(a.std(ddof=1), b.std(ddof=1)) if len(keys) > 1 else math.nan
+            flag = "!" if not math.isnan(spread) and abs(diff.mean()) > spread else ""
+            rows.append(
+                {
+                    "chain": chain,
+                    "gen": gen,
+                    "setting": s,
+                    "noise": noise,
+                    "seeds": len(keys),
+                    first: f"{a.mean():.2f}",
+                    other: f"{b.mean():.2f}",
+                    "mean diff": f"{diff.mean():+.2f}{flag}",
+                    "worst diff": f"{diff.abs().max():.2f}",
+                }
+            )
+        table = pd.DataFrame(rows).to_string(index=False)
+        d = (acc[other] - acc[first]) * 100
+        lines.append(
+            f"{table}\n  whole sweep, {other} - {first}: mean {d.mean():+.2f}, worst "
+            f"{d.abs().max():.2f} over {len(d)} trials"
+        )
+    return "\n".join(lines)
+
+
+def report(
+    inputs: list[str],
+    out_dir: str | Path,
+    tracking_uri: str | None = None,
+    experiment: str | None = None,
+) -> tuple[str, list[Path]]:
     """Print-ready tables and PNG plots; plots are logged to each input spec's parent run."""
-    df, specs = load(inputs)
+    df, specs = load(inputs, tracking_uri, experiment)
     if df.empty:
-        raise ValueError(f"no finished trials in {', '.join(inputs)}")
+        raise ValueError(f"no finished trials in {', '.join(inputs) or experiment}")
     text = tables(df)
+    if repro := reproducibility(df):
+        text += "\n\n" + repro
     paths = plots(df, Path(out_dir))
     for spec in specs:
         tracker = Tracker(spec, Storage(spec.storage))

@@ -38,6 +38,7 @@ SCHEMA = pa.schema(
     + [
         ("labels_hash", pa.string()),
         ("teacher_path", pa.string()),
+        ("trained_on", pa.string()),  # the cluster that trained it (this one, unless reused)
         ("started_at", pa.float64()),
         ("finished_at", pa.float64()),
         ("mlflow_run_id", pa.string()),
@@ -49,7 +50,8 @@ def row(plan: Plan, trial: Trial, result: TrialResult | None, run_id: str | None
     out = {name: None for name in SCHEMA.names}
     if result is not None:
         r = result.to_dict()
-        out.update({k: r[k] for k in SCHEMA.names if k in r and k != "trial"})
+        out.update({k: r[k] for k in SCHEMA.names if k in r and k not in ("trial", "cluster")})
+        out["trained_on"] = result.cluster
     out.update(
         sweep=plan.spec.name,
         cluster=plan.spec.cluster,
@@ -77,7 +79,7 @@ def write_results(plan: Plan, store: TrialStore, runs: dict[str, str]) -> str:
     table = pa.Table.from_pylist(rows, schema=SCHEMA)
     buf = io.BytesIO()
     pq.write_table(table, buf)
-    rel = store.results_file(plan.spec.name)
+    rel = store.results_file(plan.spec)
     store.storage.write_bytes(rel, buf.getvalue())
     return store.storage.uri_of(rel)
 

@@ -233,7 +233,8 @@ class SweepSpec(_Strict):
     search: SearchSpec = SearchSpec()
     storage: str = "./kdsweep-results"
     tracking_uri: str = "sqlite:///mlflow.db"
-    cluster: str = "local"
+    # Recorded on every run; with the storage it names the cluster (a parent run per cluster).
+    cluster: str = Field("local", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
     max_failures: int = Field(2, ge=0)  # retries of a trial that raises an error
     max_preemptions: int = Field(20, ge=0)  # restarts of a trial whose node or worker was lost
 

@@ -8,9 +8,10 @@ Layout under the storage root (trials are shared by every sweep that stores ther
     trials/<key>/progress.json     last finished epoch of a running trial
     trials/<key>/attempts.json     starts and errors (resume.Attempts)
     trials/<key>/checkpoint-{a,b}.pt  the trial's own checkpoints (resume.TrialCheckpoints)
-    sweeps/<name>/trials.json      every trial a sweep knows (sampled ones included)
-    sweeps/<name>/results.parquet  one row per trial
-    sweeps/<name>/tune/            Ray Tune's experiment state
+    sweeps/<name>/<cluster>/trials.json      every trial the sweep knows (sampled ones too)
+    sweeps/<name>/<cluster>/results.parquet  one row per trial
+    sweeps/<name>/<cluster>/tune/            Ray Tune's experiment state
+(Trials are shared by every cluster that stores here; a sweep's own files are per cluster.)
 
 Outcomes, in order of precedence: done (a result with a model), stopped (a result without a
 model: ASHA ended it early), failed (failed.json), running (progress.json), pending.
@@ -31,8 +32,9 @@ def trial_file(key: str, name: str) -> str:
     return f"trials/{key}/{name}"
 
 
-def sweep_file(sweep: str, name: str) -> str:
-    return f"sweeps/{sweep}/{name}"
+def sweep_file(spec, name: str) -> str:
+    """A file of the sweep ``spec`` as run by its cluster."""
+    return f"sweeps/{spec.name}/{spec.cluster}/{name}"
 
 
 class TrialStore:
@@ -112,15 +114,15 @@ class TrialStore:
         return self.storage.exists(self.bank_file(key, dtype))
 
     # ---- sweep-level files -----------------------------------------------------------------
-    def trial_list(self, sweep: str) -> list[dict] | None:
-        return self.storage.read_json(sweep_file(sweep, "trials.json"))
+    def trial_list(self, spec) -> list[dict] | None:
+        return self.storage.read_json(sweep_file(spec, "trials.json"))
 
-    def save_trial_list(self, sweep: str, trials: list[dict]) -> None:
-        self.storage.write_json(sweep_file(sweep, "trials.json"), trials)
+    def save_trial_list(self, spec, trials: list[dict]) -> None:
+        self.storage.write_json(sweep_file(spec, "trials.json"), trials)
 
     @staticmethod
-    def results_file(sweep: str) -> str:
-        return sweep_file(sweep, "results.parquet")
+    def results_file(spec) -> str:
+        return sweep_file(spec, "results.parquet")
 
-    def tune_location(self, sweep: str):
-        return self.storage.tune_location(sweep_file(sweep, "tune"))
+    def tune_location(self, spec):
+        return self.storage.tune_location(sweep_file(spec, "tune"))

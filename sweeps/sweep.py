@@ -126,7 +126,7 @@ def publish_results(plan: Plan, store: TrialStore, tracker: Tracker) -> str:
     tracker.flush()  # every run created and known before the rows name them
     uri = write_results(plan, store, tracker.runs)
     with tempfile.TemporaryDirectory() as d:
-        rel = store.results_file(plan.spec.name)
+        rel = store.results_file(plan.spec)
         tracker.log_parent_artifact(store.storage.local_copy(rel, Path(d) / "results.parquet"))
     return uri
 
@@ -149,7 +149,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, out=sys.stdout) -> st
     tracker = Tracker(spec, storage)
     tracker.start()
     progress = Progress(plan, store, out)
-    store.save_trial_list(spec.name, [t.to_dict() for t in plan.trials])
+    store.save_trial_list(spec, [t.to_dict() for t in plan.trials])
     events = SweepEvents(plan, store, tracker, progress)
     # record what storage holds, train the rest
     todo = record_stored(plan, store, events)
@@ -174,7 +174,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, out=sys.stdout) -> st
 def load_plan(spec: SweepSpec, store: TrialStore) -> Plan:
     """The plan as the last run recorded it (with sampled trials), else as the spec implies."""
     plan = build_plan(spec)
-    for d in store.trial_list(spec.name) or []:
+    for d in store.trial_list(spec) or []:
         plan.add(Trial.from_dict(d))
     return plan
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -65,6 +66,11 @@ def ray_job_id() -> str | None:
         return None
 
 
+def cluster_id(name: str, storage_uri: str) -> str:
+    """A cluster's identity: its name and where it stores (hashed to fit MLflow tag filters)."""
+    return f"{name}-{hashlib.sha256(storage_uri.encode()).hexdigest()[:10]}"
+
+
 def _finite(metrics: dict) -> list[tuple[str, float]]:
     return [
         (k, float(v))
@@ -87,7 +93,15 @@ class Tracker:
         self.client = MlflowClient(tracking_uri=spec.tracking_uri)
         exp = self.client.get_experiment_by_name(spec.name)
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(spec.name)
-        self.common_tags = {"kdsweep.cluster": spec.cluster, "kdsweep.git_commit": git_commit()}
+        # A cluster is its name plus its storage: two clusters of one name that store apart
+        # are two clusters, each with its own parent run (README, "Several clusters").
+        self.cluster_id = cluster_id(spec.cluster, storage.uri)
+        self.common_tags = {
+            "kdsweep.cluster": spec.cluster,
+            "kdsweep.cluster_id": self.cluster_id,
+            "kdsweep.storage": storage.uri,
+            "kdsweep.git_commit": git_commit(),
+        }
         if job := ray_job_id():
             self.common_tags["kdsweep.ray_job_id"] = job
         self.parent_id = self._parent_run()
@@ -171,7 +185,7 @@ class Tracker:
     def _parent_run(self) -> str:
         found = self.client.search_runs(
             [self.experiment_id],
-            "tags.`kdsweep.role` = 'sweep'",
+            f"tags.`kdsweep.role` = 'sweep' and tags.`kdsweep.cluster_id` = '{self.cluster_id}'",
             max_results=1,
             order_by=["attributes.start_time ASC"],
         )
@@ -180,7 +194,7 @@ class Tracker:
         else:
             run = self.client.create_run(
                 self.experiment_id,
-                run_name=self.spec.name,
+                run_name=f"{self.spec.name} on {self.spec.cluster}",
                 tags={"kdsweep.role": "sweep", **self.common_tags},
             )
             run_id = run.info.run_id
@@ -242,7 +256,7 @@ class Tracker:
         if self.client.get_run(run_id).info.status == "FINISHED":
             return
         if reused and not self._logged(run_id):
-            self.client.set_tag(run_id, "kdsweep.reused", "true")
+            self._tag_reused(run_id, key, result)
         # Epochs whose report died with a killed driver are filled in from the stored history.
         pending: dict[str, list[Metric]] = {}
         for h in result.history:
@@ -259,6 +273,20 @@ class Tracker:
             if model.exists():
                 self.client.log_artifact(run_id, str(model))
         self.client.set_terminated(run_id, "FINISHED")
+
+    def _tag_reused(self, run_id: str, key: str, result: TrialResult) -> None:
+        """A trial this cluster found trained in storage: say so, and by which cluster and run
+        (when that run is in this experiment)."""
+        tags = {"kdsweep.reused": "true", "kdsweep.trained_by": result.cluster or "unknown"}
+        for r in self.client.search_runs(
+            [self.experiment_id], f"tags.`kdsweep.key` = '{key}'", max_results=100
+        ):
+            t = r.data.tags  # the run that trained it stored to this same storage
+            trained = r.info.run_id != run_id and "kdsweep.reused" not in t
+            if trained and t.get("kdsweep.storage") == self.storage.uri:
+                tags["kdsweep.trained_by_run"] = r.info.run_id
+                break
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
     def _fail(self, key: str, error: str, status: str) -> None:
         run_id = self.runs[key]

@@ -122,6 +122,7 @@ def _train(spec: SweepSpec, trial: Trial, store: TrialStore, attempts: Attempts)
                 labels_hash=noisy.labels_hash,
                 started_at=attempts.data.get("first_start", started),
                 teacher_path=trainer.teacher_path,
+                cluster=spec.cluster,
                 starts=attempts.data["starts"],
                 errors=attempts.data["errors"],
                 preemptions=attempts.preemptions,

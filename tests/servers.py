@@ -119,3 +119,25 @@ def mlflow_server(pg_port: int, workdir: Path, password: str):
             proc.wait(20)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 9)
+
+
+@contextlib.contextmanager
+def mlflow_sqlite_server(workdir: Path):
+    """A plain `mlflow server` on a SQLite store in ``workdir``; yields its URL."""
+    port = free_port()
+    mlflow = Path(os.sys.executable).parent / "mlflow"
+    cmd = [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    cmd += ["--backend-store-uri", f"sqlite:///{workdir / 'server.db'}"]
+    cmd += ["--artifacts-destination", str(workdir / "artifacts")]
+    with open(workdir / "mlflow-server.log", "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_port(port, proc, timeout=180)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 15)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)

@@ -89,7 +89,7 @@ def test_driver_sigkill_at_several_moments_then_rerun(tmp_path):
         assert r.info.status == "FINISHED"
     parents = client.search_runs([exp.experiment_id], "tags.`kdsweep.role` = 'sweep'")
     assert len(parents) == 1
-    df = pd.read_parquet(Path(spec.storage) / "sweeps" / "resume" / "results.parquet")
+    df = pd.read_parquet(Path(spec.storage) / "sweeps" / "resume" / "local" / "results.parquet")
     assert len(df) == len(keys) and df.key.is_unique and (df.status == "done").all()
 
 

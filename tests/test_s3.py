@@ -79,7 +79,7 @@ def test_sweep_on_s3_resumes_and_reuses_teachers(s3_server, tmp_path, monkeypatc
     assert [h["epoch"] for h in result["history"]] == list(range(1, EPOCHS + 1))
     for k in keys:
         assert storage.exists(trial_file(k, "model.pt"))  # teachers and students, on S3
-    df = pd.read_parquet(io.BytesIO(storage.read_bytes("sweeps/resume/results.parquet")))
+    df = pd.read_parquet(io.BytesIO(storage.read_bytes("sweeps/resume/local/results.parquet")))
     assert set(df.key) == keys and (df.status == "done").all()
 
     # A second sweep over the same storage reuses every trial, teachers included.

@@ -185,7 +185,7 @@ def test_asha_stops_weak_students_and_skips_their_children(sweep, tmp_path):
         update={"loss": ["kl"], "noise": spec.grid.noise.model_copy(update={"rate": [0.0]}),
                 "baselines": False})})
     run_sweep(spec, out=io.StringIO())
-    df = pd.read_parquet(Storage(spec.storage).uri_of("sweeps/asha/results.parquet"))
+    df = pd.read_parquet(Storage(spec.storage).uri_of("sweeps/asha/test-cluster/results.parquet"))
     gen1 = df[df.generation == 1]
     stopped = gen1[gen1.status == "stopped_early"]
     assert len(gen1) == 6 and len(stopped) >= 1 and (stopped.epochs < EPOCHS).all()
