@@ -39,9 +39,20 @@ def _measure(spec, plan, args) -> None:
     )
 
 
+LARGE_GRID = 1000  # trials; a typo in a grid should not start a month of GPU time unasked
+
+
 def _run(args) -> int:
     spec = load_spec(args.spec)  # validated in full before Ray starts
+    from .plan import build_plan
     from .sweep import run_sweep
+
+    n = len(build_plan(spec).trials)
+    if n > LARGE_GRID and not args.large:
+        raise SpecError(
+            f"{args.spec}: the grid plans {n} trials (more than {LARGE_GRID}); check it with "
+            "`kdsweep plan`, then run it with --large"
+        )
 
     # `ray job stop` and schedulers send SIGTERM: exit through Python so that exit handlers
     # (the MLflow writer's flush) run; everything else resumes on the next run.
@@ -95,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         "--address",
         default=None,
         help="Ray cluster address ('auto' inside ray job submit); default: local Ray",
+    )
+    p.add_argument(
+        "--large", action="store_true", help=f"run a grid of more than {LARGE_GRID} trials"
     )
     p.set_defaults(func=_run)
 

@@ -114,6 +114,8 @@ class NoiseSpec(_Strict):
 
     @model_validator(mode="after")
     def _valid(self):
+        if not self.rate:
+            raise ValueError("rate must list at least one value (an empty list would plan nothing)")
         for r in self.rate:  # kd_core's own rules, so the spec and the trainer never disagree
             check_noise_params(self.kind, r)
         return self
@@ -126,6 +128,21 @@ class GridSpec(_Strict):
     noise: NoiseSpec = NoiseSpec()
     seeds: Annotated[list[int], BeforeValidator(_as_list)] = [0]
     baselines: bool = True  # also train every student architecture alone (CE), per noise and seed
+
+    @field_validator("loss", "tau", "alpha", "seeds")
+    @classmethod
+    def _not_empty(cls, v):
+        if not v:
+            raise ValueError("must list at least one value (an empty list would plan nothing)")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _seed_range(cls, v):
+        for seed in v:  # torch and numpy's generators take seeds in [0, 2^63)
+            if not 0 <= seed < 2**63:
+                raise ValueError(f"seeds must lie in [0, 2^63), got {seed}")
+        return v
 
     @field_validator("loss")
     @classmethod
@@ -224,7 +241,7 @@ class ResourcesSpec(_Strict):
 
 
 class SweepSpec(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)  # paths, tags
     dataset: DatasetSpec
     chains: list[list[str]] = Field(min_length=1)
     train: TrainSpec = TrainSpec()
@@ -237,6 +254,23 @@ class SweepSpec(_Strict):
     cluster: str = Field("local", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
     max_failures: int = Field(2, ge=0)  # retries of a trial that raises an error
     max_preemptions: int = Field(20, ge=0)  # restarts of a trial whose node or worker was lost
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _tracking_uri(cls, v):
+        parsed = urlparse(v)
+        if parsed.username or parsed.password:
+            raise ValueError(
+                "credentials do not belong in the spec (it is stored with every sweep): set "
+                "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD in the environment instead"
+            )
+        schemes = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "file", "databricks")
+        scheme = parsed.scheme.split("+")[0]
+        if scheme and scheme not in schemes:
+            raise ValueError(
+                f"unsupported scheme {parsed.scheme!r}: use one of {', '.join(schemes)}"
+            )
+        return v
 
     @field_validator("storage")
     @classmethod
@@ -322,6 +356,25 @@ def parse_spec(data: dict, source: str = "<spec>") -> SweepSpec:
         raise SpecError(f"{source}: invalid sweep spec:\n  {_explain(e)}") from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice (PyYAML would keep the last one silently)."""
+
+
+def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def load_spec(path: str | Path) -> SweepSpec:
     """Read and validate a YAML sweep spec file."""
     path = Path(path)
@@ -330,7 +383,7 @@ def load_spec(path: str | Path) -> SweepSpec:
     except OSError as e:
         raise SpecError(f"{path}: cannot read the sweep spec: {e.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as e:
         raise SpecError(f"{path}: not valid YAML: {e}") from None
     return parse_spec(data, str(path))

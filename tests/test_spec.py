@@ -61,6 +61,23 @@ def test_good_spec_parses_with_inf_tau_and_defaults():
         ("search.type", "random", r"search.type: "),
         ("train.epochs", 0, r"train.epochs: "),
         ("storage", "s3://b/p?access_key=A&secret_key=S", r"storage: credentials do not belong"),
+        ("tracking_uri", "http://user:PASSWORD@host:5000", r"tracking_uri: credentials do not "
+         r"belong in the spec .*MLFLOW_TRACKING_PASSWORD"),
+        ("tracking_uri", "garbage://x", r"tracking_uri: unsupported scheme 'garbage'"),
+        ("name", "x" * 300, r"name: String should have at most 100 characters"),
+        ("name", "../up", r"name: String should match pattern"),
+        ("cluster", "a/b", r"cluster: String should match pattern"),
+        ("grid.seeds", [], r"grid.seeds: must list at least one value"),
+        ("grid.seeds", [2**64], r"grid.seeds: seeds must lie in \[0, 2\^63\)"),
+        ("grid.loss", [], r"grid.loss: must list at least one value"),
+        ("grid.tau", [], r"grid.tau: must list at least one value"),
+        ("grid.noise.rate", [], r"grid.noise: rate must list at least one value"),
+        ("train.lr", float("inf"), r"train.lr: must be a finite number > 0, got inf"),
+        ("train.lr_milestones", [1.5], r"train.lr_milestones: increasing fractions"),
+        ("train.lr_milestones", [0.75, 0.5], r"train.lr_milestones: increasing fractions"),
+        ("train.lr_milestones", [-0.5], r"train.lr_milestones: increasing fractions"),
+        ("train.epochs", True, r"train.epochs: Input should be a valid integer"),
+        ("train.batch_size", 1, r"train.batch_size: must be a whole number >= 2"),
     ],
 )
 def test_bad_specs_name_the_field(path, value, expect):
@@ -72,6 +89,10 @@ def test_yaml_errors_name_the_file(tmp_path):
     p = tmp_path / "broken.yaml"
     p.write_text("name: [unclosed\n")
     with pytest.raises(SpecError, match="broken.yaml: not valid YAML"):
+        load_spec(p)
+    p.write_text("name: t\ndataset: {name: digits}\nchains: [[cnn-small]]\n"
+                 "train: {lr: 0.1, lr: 10}\n")
+    with pytest.raises(SpecError, match="broken.yaml: not valid YAML: .*duplicate key 'lr'"):
         load_spec(p)
     with pytest.raises(SpecError, match="missing.yaml: cannot read"):
         load_spec(tmp_path / "missing.yaml")
@@ -91,4 +112,14 @@ def test_cli_rejects_bad_spec_before_any_work(tmp_path):
     out = subprocess.run([sys.executable, "-m", "sweeps.cli", "run", str(p)],
                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert out.returncode == 2 and "grid.tau" in out.stderr and "bad.yaml" in out.stderr
+    assert not (tmp_path / "store").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_very_large_grid_needs_an_explicit_flag(tmp_path):
+    big = bad("grid.tau", list(range(1, 700))) | {"storage": str(tmp_path / "store")}
+    p = tmp_path / "big.yaml"
+    p.write_text(yaml.safe_dump(big))
+    out = subprocess.run([sys.executable, "-m", "sweeps.cli", "run", str(p)],
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 2 and "plans 1404 trials" in out.stderr and "--large" in out.stderr
     assert not (tmp_path / "store").exists() and not (tmp_path / "mlflow.db").exists()
