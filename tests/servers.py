@@ -84,6 +84,24 @@ def postgres(databases=("mlflow",)):
 
 
 @contextlib.contextmanager
+def _serve(cmd: list[str], port: int, log_path: Path, env: dict | None = None):
+    """Run a server in its own process group until the block ends; yields its URL."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        wait_for_port(port, proc, timeout=180)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 15)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+
+
 def mlflow_server(pg_port: int, workdir: Path, password: str):
     """cluster/mlflow/start-mlflow.sh, run as shipped, on the given PostgreSQL; yields its URL."""
     script = Path(__file__).resolve().parents[1] / "cluster" / "mlflow" / "start-mlflow.sh"
@@ -101,27 +119,9 @@ def mlflow_server(pg_port: int, workdir: Path, password: str):
         "MLFLOW_STATE_DIR": str(workdir / "state"),
         "MLFLOW_BIN": str(Path(os.sys.executable).parent / "mlflow"),
     }
-    with open(workdir / "mlflow.log", "wb") as log:
-        proc = subprocess.Popen(
-            ["bash", str(script)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        wait_for_port(port, proc, timeout=180)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, 15)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
+    return _serve(["bash", str(script)], port, workdir / "mlflow.log", env)
 
 
-@contextlib.contextmanager
 def mlflow_sqlite_server(workdir: Path):
     """A plain `mlflow server` on a SQLite store in ``workdir``; yields its URL."""
     port = free_port()
@@ -129,15 +129,4 @@ def mlflow_sqlite_server(workdir: Path):
     cmd = [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     cmd += ["--backend-store-uri", f"sqlite:///{workdir / 'server.db'}"]
     cmd += ["--artifacts-destination", str(workdir / "artifacts")]
-    with open(workdir / "mlflow-server.log", "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_for_port(port, proc, timeout=180)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, 15)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
+    return _serve(cmd, port, workdir / "mlflow-server.log")
