@@ -38,11 +38,12 @@ class Trial:
         return ">".join(self.lineage)
 
     @property
-    def label(self) -> str:
+    def run_name(self) -> str:
+        """What tells runs apart first (the MLflow UI truncates names); the chain is a tag."""
         what = f"kl tau={self.tau:g}" if self.loss == "kl" else self.loss
         if self.alpha not in (None, 1.0):
             what += f" alpha={self.alpha:g}"
-        return f"{self.chain} {what} noise={self.noise_rate:g} seed={self.seed}"
+        return f"g{self.generation} {self.model} {what} noise={self.noise_rate:g} s{self.seed}"
 
     def to_dict(self) -> dict:
         d = asdict(self)

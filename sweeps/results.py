@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import math
 
 import pandas as pd
 import pyarrow as pa
@@ -62,8 +61,8 @@ def row(plan: Plan, trial: Trial, result: TrialResult | None, run_id: str | None
         model=trial.model,
         teacher_key=trial.teacher_key,
         loss=trial.loss,
-        tau=math.nan if trial.tau is None else trial.tau,
-        alpha=math.nan if trial.alpha is None else trial.alpha,
+        tau=trial.tau,  # null where it does not apply (ce, mse); inf stays inf
+        alpha=trial.alpha,
         noise_kind=trial.noise_kind,
         noise_rate=trial.noise_rate,
         seed=trial.seed,

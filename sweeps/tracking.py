@@ -71,6 +71,13 @@ def cluster_id(name: str, storage_uri: str) -> str:
     return f"{name}-{hashlib.sha256(storage_uri.encode()).hexdigest()[:10]}"
 
 
+def _param(v) -> str:
+    """A param as a user types it in a filter: tau 4, 20, inf (not 4.0)."""
+    if isinstance(v, float):
+        return f"{v:g}"
+    return "inf" if v == "inf" else str(v)
+
+
 def _finite(metrics: dict) -> list[tuple[str, float]]:
     return [
         (k, float(v))
@@ -233,14 +240,17 @@ class Tracker:
             tags["kdsweep.teacher_key"] = trial.teacher_key
             if teacher_run := self.runs.get(trial.teacher_key):
                 tags["kdsweep.teacher_run_id"] = teacher_run
-        run = self.client.create_run(self.experiment_id, run_name=trial.label, tags=tags)
+        run = self.client.create_run(self.experiment_id, run_name=trial.run_name, tags=tags)
         run_id = run.info.run_id
         params = {
             **{k: v for k, v in trial.to_dict().items() if k not in ("key", "lineage")},
             "dataset": self.spec.dataset.name,
             **{f"train.{k}": v for k, v in self.spec.train.model_dump().items()},
         }
-        self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        self.client.log_batch(
+            run_id,
+            params=[Param(k, _param(v)) for k, v in params.items() if v is not None],
+        )
         self.runs[trial.key] = run_id
         return run_id
 

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import ray
 from mlflow.tracking import MlflowClient
@@ -103,6 +104,20 @@ def test_every_trial_has_one_parquet_row_and_one_child_run(sweep):
         arts = [a.path for a in client.list_artifacts(r.info.run_id)]
         assert "model.pt" in arts
     assert "results.parquet" in [a.path for a in client.list_artifacts(parent.info.run_id)]
+    # MLflow as researchers filter it: params as typed, none that do not apply, no Tune
+    # bookkeeping among the metrics, names that lead with what tells runs apart
+    kl4 = client.search_runs([exp.experiment_id], "params.tau = '4'")
+    assert {r.data.tags["kdsweep.key"] for r in kl4} == {t.key for t in plan.trials if t.tau == 4}
+    for r in children:
+        t = next(t for t in plan.trials if t.key == r.data.tags["kdsweep.key"])
+        assert ("tau" in r.data.params) == (t.loss == "kl")
+        assert not {"pid", "timestamp", "time_this_iter_s", "training_iteration"} & set(
+            r.data.metrics)
+        assert r.info.run_name.startswith(f"g{t.generation} {t.model} ")
+    # Parquet: null (not NaN) where tau or alpha does not apply
+    table = pq.read_table(uri)
+    assert table.column("tau").null_count == sum(t.loss != "kl" for t in plan.trials)
+    assert table.column("alpha").null_count == sum(t.generation == 0 for t in plan.trials)
     assert "generation 2: 4 done, 0 running, 0 pending, 0 failed / 4" in log
 
 
