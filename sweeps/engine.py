@@ -18,6 +18,7 @@ their chains. ASHA stops weak students within each generation; teachers always f
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -392,4 +393,7 @@ def run_experiment(spec: SweepSpec, store: TrialStore, searcher: DependencySearc
             verbose=0,
         ),
     )
+    # Results live in storage and MLflow, not in Tune's per-trial logger files (turned off in
+    # sweep.py): Tune's end-of-run analysis would warn once per trial that it found none.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     tuner.fit()
