@@ -5,9 +5,17 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from importlib.metadata import PackageNotFoundError, version
 
 from . import train_cmd
-from .spec import SpecError, load_spec
+
+# Each command imports what it needs when it runs: `kdsweep --help` loads neither torch nor Ray.
+
+
+def load_spec(path):
+    from .spec import load_spec
+
+    return load_spec(path)
 
 
 def _plan(args) -> int:
@@ -49,7 +57,7 @@ def _run(args) -> int:
 
     n = len(build_plan(spec).trials)
     if n > LARGE_GRID and not args.large:
-        raise SpecError(
+        raise ValueError(
             f"{args.spec}: the grid plans {n} trials (more than {LARGE_GRID}); check it with "
             "`kdsweep plan`, then run it with --large"
         )
@@ -81,14 +89,21 @@ def _report(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="kdsweep", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="kdsweep", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    try:
+        release = version("kdsweep")
+    except PackageNotFoundError:
+        release = "unknown"
+    parser.add_argument("--version", action="version", version=f"kdsweep {release}")
     sub = parser.add_subparsers(dest="command", required=True)
     train_cmd.add_parser(sub)
 
     p = sub.add_parser(
         "plan", help="validate a sweep spec and print its trial counts per generation"
     )
-    p.add_argument("spec")
+    p.add_argument("spec", help="sweep spec YAML, e.g. sweeps/configs/digits.yaml")
     p.add_argument("--check-storage", action="store_true", help="also count trials already done")
     p.add_argument(
         "--measure",
@@ -101,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_plan)
 
     p = sub.add_parser("run", help="run (or continue) a sweep on Ray")
-    p.add_argument("spec")
+    p.add_argument("spec", help="sweep spec YAML, e.g. sweeps/configs/digits.yaml")
     p.add_argument(
         "--address",
         default=None,
@@ -113,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_run)
 
     p = sub.add_parser("status", help="print a sweep's progress from storage")
-    p.add_argument("spec")
+    p.add_argument("spec", help="sweep spec YAML, e.g. sweeps/configs/digits.yaml")
     p.set_defaults(func=_status)
 
     p = sub.add_parser("report", help="compare sweeps: tables and plots")
@@ -128,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (SpecError, ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError) as e:  # SpecError is a ValueError
         print(f"kdsweep {args.command}: error: {e}", file=sys.stderr)
         return 2
 

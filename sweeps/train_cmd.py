@@ -6,14 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-from tqdm import tqdm
-
-from kd_core.checkpoint import save_checkpoint
-from kd_core.config import TrainConfig
-from kd_core.data import Augment
-from kd_core.run import RunSpec, build_trainer
-from kd_core.train import load_model
-
 
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train one teacher or student locally (no Ray)")
@@ -38,6 +30,15 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here, not at the top: `kdsweep --help` and light commands never load torch.
+    from tqdm import tqdm
+
+    from kd_core.checkpoint import CheckpointError, save_checkpoint
+    from kd_core.config import TrainConfig
+    from kd_core.data import Augment
+    from kd_core.run import RunSpec, build_trainer
+    from kd_core.train import load_model
+
     loss = args.loss or ("kl" if args.teacher else "ce")
     cfg = TrainConfig(
         epochs=args.epochs,
@@ -59,7 +60,12 @@ def run(args: argparse.Namespace) -> int:
         noise_rate=args.noise_rate,
         augment=Augment() if args.no_augment else None,
     )
-    teacher = load_model(args.teacher) if args.teacher else None
+    teacher = None
+    if args.teacher:
+        try:
+            teacher = load_model(args.teacher)
+        except CheckpointError as e:  # missing, truncated, not ours: one line, exit 2
+            raise ValueError(f"--teacher: {e}") from None
     trainer, noisy = build_trainer(spec, teacher)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -123,3 +123,17 @@ def test_a_very_large_grid_needs_an_explicit_flag(tmp_path):
                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert out.returncode == 2 and "plans 1404 trials" in out.stderr and "--large" in out.stderr
     assert not (tmp_path / "store").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_help_is_fast_and_user_errors_are_one_line(tmp_path):
+    code = ("import sys\nfrom sweeps import cli\ntry:\n    cli.main(['--help'])\n"
+            "except SystemExit:\n    pass\nprint('torch' in sys.modules, 'ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip().endswith("False False")  # --help loads neither torch nor Ray
+    out = subprocess.run([sys.executable, "-m", "sweeps.cli", "train", "--model", "cnn-small",
+                          "--teacher", str(tmp_path / "missing.pt"), "--loss", "kl",
+                          "--epochs", "1", "--out", str(tmp_path / "run")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().count("\n") == 0 and "--teacher" in out.stderr
+    assert "missing.pt" in out.stderr
