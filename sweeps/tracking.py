@@ -66,6 +66,23 @@ def ray_job_id() -> str | None:
         return None
 
 
+def prepare_store(tracking_uri: str) -> None:
+    """Create an embedded SQLite store crash-safely. MLflow's first migration takes seconds and
+    a kill in the middle leaves a database every later run fails on, so the store is built
+    under a temporary name and moved into place once migrated (a rename is atomic)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return
+    path = Path(tracking_uri.removeprefix("sqlite:///"))
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.creating-*"):  # left by a killed creation
+        stale.unlink(missing_ok=True)
+    tmp = path.with_name(f".{path.name}.creating-{os.getpid()}")
+    MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)
+    os.replace(tmp, path)
+
+
 def cluster_id(name: str, storage_uri: str) -> str:
     """A cluster's identity: its name and where it stores (hashed to fit MLflow tag filters)."""
     return f"{name}-{hashlib.sha256(storage_uri.encode()).hexdigest()[:10]}"
@@ -97,6 +114,7 @@ class Tracker:
     def __init__(self, spec: SweepSpec, storage: Storage, queue_size: int = 10_000):
         self.spec = spec
         self.storage = storage
+        prepare_store(spec.tracking_uri)
         self.client = MlflowClient(tracking_uri=spec.tracking_uri)
         exp = self.client.get_experiment_by_name(spec.name)
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(spec.name)

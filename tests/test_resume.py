@@ -3,6 +3,8 @@ corrupt checkpoints. Each test bounds its waits and kills what it started."""
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from sweeps.resume import SLOTS, TrialCheckpoints
 from sweeps.spec import parse_spec
 from sweeps.storage import Storage
 from sweeps.store import trial_file
+from sweeps.tracking import prepare_store
 
 from .drivers import EPOCHS, kill_leftovers, start_driver, write_spec
 
@@ -141,3 +144,23 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
     again.save({"epoch": 2, "w": torch.zeros(3)})  # overwrites the corrupt slot, not the good one
     newest = TrialCheckpoints(storage, "k").load_latest()
     assert newest["epoch"] == 2 and torch.equal(newest["w"], torch.zeros(3))
+
+
+def test_a_kill_while_the_mlflow_store_is_created_leaves_nothing_broken(tmp_path):
+    """MLflow's first migration takes seconds; a SIGKILL in the middle of it must not leave a
+    half-migrated mlflow.db that every later run would fail on."""
+    db = tmp_path / "mlflow.db"
+    code = f"from sweeps.tracking import prepare_store; prepare_store('sqlite:///{db}')"
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(tmp_path.glob(".mlflow.db.creating-*")):
+        assert proc.poll() is None
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)  # in the middle of the migration
+    proc.wait(10)
+    assert not db.exists()
+    prepare_store(f"sqlite:///{db}")  # the next run builds it whole
+    assert db.exists() and not list(tmp_path.glob(".mlflow.db.creating-*"))
+    client = MlflowClient(f"sqlite:///{db}")
+    client.create_experiment("after-the-kill")
+    assert client.get_experiment_by_name("after-the-kill") is not None
