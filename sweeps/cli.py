@@ -66,7 +66,7 @@ def _run(args) -> int:
     # (the MLflow writer's flush) run; everything else resumes on the next run.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
-    run_sweep(spec, address=args.address)
+    run_sweep(spec, address=args.address, retry_failed=args.retry_failed)
     return 0
 
 
@@ -124,6 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--large", action="store_true", help=f"run a grid of more than {LARGE_GRID} trials"
+    )
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="train diverged trials again from their first epoch (failed ones always retry)",
     )
     p.set_defaults(func=_run)
 

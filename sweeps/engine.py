@@ -176,7 +176,8 @@ class DependencySearcher(Searcher):
                 k = t.teacher_key
                 if k and not self._in_flight(k) and not self._has_model(k):
                     del self.waiting[t.key]
-                    self.events.skipped(t, f"teacher {k} has no model (it failed or stopped early)")
+                    why = "it failed, diverged or stopped early"
+                    self.events.skipped(t, f"teacher {k} has no model ({why})")
                     changed = True
         for s in self.samplers:
             self._has_model(s.teacher.key)

@@ -26,8 +26,9 @@ class SweepEvents:
     def reused(self, trial: Trial) -> None:
         """Trained before (by this sweep or another): recorded, not trained."""
         self.tracker.ensure_run(trial)
-        self.tracker.finish(trial.key, self.store.result(trial.key), reused=True)
-        self.progress.set(trial.key, "done")
+        record = self.store.result(trial.key)
+        self.tracker.finish(trial.key, record, reused=True)
+        self.progress.set(trial.key, "diverged" if record.status == "diverged" else "done")
 
     def started(self, trial: Trial) -> None:
         self.tracker.ensure_run(trial)  # the run starts with the trial, not when queued
@@ -55,7 +56,7 @@ class SweepEvents:
             record = TrialResult.from_history(trial.to_dict(), [last], status="stopped_early")
             self.store.publish(trial.key, None, record)
         self.tracker.finish(trial.key, record)
-        self.progress.set(trial.key, "done")
+        self.progress.set(trial.key, "diverged" if record.status == "diverged" else "done")
 
     def failed(self, trial: Trial, error: str) -> None:
         """Tune gave up on the trial (retries spent), or it ended without a result."""

@@ -32,8 +32,9 @@ class Progress:
     def line(self, generation: int) -> str:
         c = self.counts(generation)
         total = sum(c.values())
+        shown = [s for s in STATES if s != "diverged" or c[s]]  # diverged: only when any
         return (
-            f"generation {generation}: " + ", ".join(f"{c[s]} {s}" for s in STATES) + f" / {total}"
+            f"generation {generation}: " + ", ".join(f"{c[s]} {s}" for s in shown) + f" / {total}"
         )
 
     def _print(self, text: str) -> None:

@@ -29,7 +29,10 @@ EPOCH_FINALS = (
 @dataclass
 class TrialResult:
     trial: dict  # the Trial it belongs to (Trial.to_dict)
-    status: str = "done"  # "done" (trained to its last epoch) or "stopped_early" (ASHA)
+    # "done" (trained to its last epoch), "stopped_early" (ASHA) or "diverged" (a non-finite
+    # loss or metric: no model is kept, and a plain rerun does not train it again)
+    status: str = "done"
+    reason: str | None = None  # why it did not end "done"
     epochs: int = 0  # epochs trained
     test_acc: float | None = None
     test_loss: float | None = None

@@ -9,6 +9,7 @@ Several inputs (e.g. two clusters' results) are shown side by side.
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -113,6 +114,10 @@ def load(
     df = pd.concat(frames, ignore_index=True)
     if "trained_on" not in df:  # results written before the column existed
         df["trained_on"] = df["cluster"]
+    left_out = df[df["status"] != "done"].status.value_counts()
+    if not left_out.empty:  # counted, never silently dropped
+        counts = ", ".join(f"{n} {s}" for s, n in left_out.items())
+        print(f"not in the tables: {counts} (of {len(df)} trials)", file=sys.stderr)
     df = df[df["status"] == "done"].copy()
     df["setting"] = [setting(r) for r in df.itertuples()]
     df["origin"] = df["cluster"] + "/" + df["sweep"]

@@ -13,8 +13,9 @@ Layout under the storage root (trials are shared by every sweep that stores ther
     sweeps/<name>/<cluster>/tune/            Ray Tune's experiment state
 (Trials are shared by every cluster that stores here; a sweep's own files are per cluster.)
 
-Outcomes, in order of precedence: done (a result with a model), stopped (a result without a
-model: ASHA ended it early), failed (failed.json), running (progress.json), pending.
+Outcomes, in order of precedence: done (a result: with a model when trained to the end; without
+one when ASHA stopped it early), diverged (a result without a model: a non-finite loss or
+metric), failed (failed.json), running (progress.json), pending.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import time
 from .record import TrialResult
 from .storage import Storage
 
-STATES = ("done", "running", "pending", "failed")
+STATES = ("done", "running", "pending", "failed", "diverged")
 
 
 def trial_file(key: str, name: str) -> str:
@@ -62,7 +63,8 @@ class TrialStore:
     def state(self, key: str) -> str:
         """One of STATES, from storage alone (works while another process runs the sweep)."""
         if self.is_done(key):
-            return "done"
+            result = self.result(key)
+            return "diverged" if result.status == "diverged" else "done"
         if self.storage.exists(trial_file(key, "failed.json")):
             return "failed"
         if self.storage.exists(trial_file(key, "progress.json")):
@@ -85,6 +87,14 @@ class TrialStore:
     def clear_failure(self, key: str) -> None:
         """A rerun retries a trial that failed before."""
         self.storage.delete(trial_file(key, "failed.json"))
+
+    def reset(self, key: str) -> None:
+        """Forget a trial's result and progress so that it trains again from its first epoch
+        (its checkpoints would only lead it to the same end: resume is exact)."""
+        for name in ("result.json", "model.pt", "progress.json", "attempts.json", "failed.json"):
+            self.storage.delete(trial_file(key, name))
+        for slot in ("checkpoint-a.pt", "checkpoint-b.pt"):
+            self.storage.delete(trial_file(key, slot))
 
     def write_progress(self, key: str, epoch: int, epochs: int) -> None:
         self.storage.write_json(

@@ -80,16 +80,28 @@ def stored_done(plan: Plan, store: TrialStore) -> set[str]:
     return {t.key for t in plan.trials if store.is_done(t.key)}
 
 
-def record_stored(plan: Plan, store: TrialStore, events: SweepEvents) -> list[Trial]:
+def record_stored(
+    plan: Plan, store: TrialStore, events: SweepEvents, retry_failed: bool = False, out=None
+) -> list[Trial]:
     """Record every planned trial that storage already holds; return the rest (to train).
-    A rerun retries trials that failed before."""
-    todo = []
+    A rerun retries trials that failed before; diverged ones only with ``retry_failed``."""
+    todo, diverged = [], 0
     for t in plan.trials:
+        if retry_failed and store.state(t.key) == "diverged":
+            store.reset(t.key)
         if store.is_done(t.key):
+            diverged += store.state(t.key) == "diverged"
             events.reused(t)
         else:
             store.clear_failure(t.key)
             todo.append(t)
+    if diverged:
+        print(
+            f"{diverged} trial(s) diverged in an earlier run and are not trained again "
+            "(their students are skipped); `kdsweep run SPEC --retry-failed` retrains them",
+            file=out,
+            flush=True,
+        )
     return todo
 
 
@@ -131,7 +143,9 @@ def publish_results(plan: Plan, store: TrialStore, tracker: Tracker) -> str:
     return uri
 
 
-def run_sweep(spec: SweepSpec, address: str | None = None, out=sys.stdout) -> str:
+def run_sweep(
+    spec: SweepSpec, address: str | None = None, out=sys.stdout, retry_failed: bool = False
+) -> str:
     """Train every trial of the sweep not yet in storage; returns the results file's URI."""
     # check
     storage = Storage(spec.storage)
@@ -152,13 +166,13 @@ def run_sweep(spec: SweepSpec, address: str | None = None, out=sys.stdout) -> st
     store.save_trial_list(spec, [t.to_dict() for t in plan.trials])
     events = SweepEvents(plan, store, tracker, progress)
     # record what storage holds, train the rest
-    todo = record_stored(plan, store, events)
+    todo = record_stored(plan, store, events, retry_failed, out)
     searcher = make_searcher(spec, store, plan, todo, data, events)
     if todo or searcher.samplers:
         run_experiment(spec, store, searcher, events)
     # publish
     uri = publish_results(plan, store, tracker)
-    ok = all(s == "done" for s in progress.state.values())
+    ok = all(s == "done" for s in progress.state.values())  # diverged or failed: FAILED
     tracker.close("FINISHED" if ok else "FAILED")
     print(progress.table(), file=out)
     if tracker.failed_writes:

@@ -281,7 +281,9 @@ class Tracker:
 
     def _finish(self, key: str, result: TrialResult, reused: bool) -> None:
         run_id = self.runs[key]
-        if self.client.get_run(run_id).info.status == "FINISHED":
+        # A diverged trial's run ends FAILED, with the reason; any other result's FINISHED.
+        end = "FAILED" if result.status == "diverged" else "FINISHED"
+        if self.client.get_run(run_id).info.status == end:
             return
         if reused and not self._logged(run_id):
             self._tag_reused(run_id, key, result)
@@ -300,7 +302,10 @@ class Tracker:
             model = self.storage.local_copy(trial_file(key, "model.pt"), Path(d) / "model.pt")
             if model.exists():
                 self.client.log_artifact(run_id, str(model))
-        self.client.set_terminated(run_id, "FINISHED")
+        if result.reason:
+            self.client.set_tag(run_id, "kdsweep.reason", result.reason)
+            self.client.log_text(run_id, f"{result.status}: {result.reason}", "error.txt")
+        self.client.set_terminated(run_id, end)
 
     def _tag_reused(self, run_id: str, key: str, result: TrialResult) -> None:
         """A trial this cluster found trained in storage: say so, and by which cluster and run

@@ -8,6 +8,7 @@ checkpoint (resume.py), reports every epoch, and publishes its model and then it
 
 from __future__ import annotations
 
+import math
 import time
 import traceback
 from dataclasses import dataclass
@@ -105,6 +106,29 @@ def _train(spec: SweepSpec, trial: Trial, store: TrialStore, attempts: Attempts)
     attempts.start(trainer.epoch)
     forget = flush_on_exit(checkpoints)
 
+    def publish(status: str = "done", reason: str | None = None) -> None:
+        forget()
+        record = TrialResult.from_history(
+            trial.to_dict(),
+            trainer.history,
+            status=status,
+            reason=reason,
+            realised_noise_rate=noisy.realised_rate,
+            labels_hash=noisy.labels_hash,
+            started_at=attempts.data.get("first_start", started),
+            teacher_path=trainer.teacher_path,
+            cluster=spec.cluster,
+            starts=attempts.data["starts"],
+            errors=attempts.data["errors"],
+            preemptions=attempts.preemptions,
+            resumed_from=attempts.data["resumed_from"],
+        )
+        # A diverged model teaches nothing: no model, so no student ever distils from it.
+        model = None
+        if status == "done":
+            model = checkpoint_bytes({**model_state(trainer.model), "trial": trial.to_dict()})
+        store.publish(trial.key, model, record)
+
     every = spec.train.checkpoint_every
     for m in trainer.epochs():
         last = trainer.epoch == spec.train.epochs
@@ -113,21 +137,20 @@ def _train(spec: SweepSpec, trial: Trial, store: TrialStore, attempts: Attempts)
         else:
             checkpoints.remember(trainer.state_dict())
         store.write_progress(trial.key, trainer.epoch, spec.train.epochs)
+        if reason := diverged(m.as_dict()):
+            publish("diverged", f"epoch {trainer.epoch}: {reason}")
+            tune.report({**m.as_dict(), "realised_noise_rate": noisy.realised_rate})
+            return
         if last:  # publish before the final report: a scheduler may end the trial right there
-            forget()
-            record = TrialResult.from_history(
-                trial.to_dict(),
-                trainer.history,
-                realised_noise_rate=noisy.realised_rate,
-                labels_hash=noisy.labels_hash,
-                started_at=attempts.data.get("first_start", started),
-                teacher_path=trainer.teacher_path,
-                cluster=spec.cluster,
-                starts=attempts.data["starts"],
-                errors=attempts.data["errors"],
-                preemptions=attempts.preemptions,
-                resumed_from=attempts.data["resumed_from"],
-            )
-            model = checkpoint_bytes({**model_state(trainer.model), "trial": trial.to_dict()})
-            store.publish(trial.key, model, record)
+            publish()
         tune.report({**m.as_dict(), "realised_noise_rate": noisy.realised_rate})
+    if not store.is_done(trial.key):
+        # Every epoch is in the checkpoint but the result is not in storage (a kill between the
+        # last checkpoint and publishing, or a deleted result): publish it, train nothing.
+        publish()
+
+
+def diverged(metrics: dict) -> str | None:
+    """Why an epoch's metrics show divergence (a non-finite loss or metric), or None."""
+    bad = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
+    return f"non-finite {', '.join(bad)}" if bad else None

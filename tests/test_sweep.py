@@ -14,7 +14,7 @@ from sweeps.plan import build_plan
 from sweeps.report import report
 from sweeps.spec import SpecError, parse_spec
 from sweeps.storage import Storage
-from sweeps.store import trial_file
+from sweeps.store import TrialStore, trial_file
 from sweeps.sweep import run_sweep, sweep_status
 
 pytestmark = pytest.mark.slow
@@ -238,3 +238,58 @@ def test_optuna_samples_students_and_their_children_follow(sweep, tmp_path):
     kl = gen1[gen1.loss == "kl"]
     assert kl.tau.between(1.0, 8.0).all()
     assert (gen2.set_index("teacher_key").loss == gen1.set_index("key").loss).all()
+
+
+def small_spec(tmp_path, name, **train):
+    return parse_spec({
+        "name": name, "dataset": {"name": "digits"}, "chains": [["cnn-small", "cnn-small"]],
+        "train": {"epochs": EPOCHS, "batch_size": 128, "lr": 0.05, **train},
+        "grid": {"loss": ["kl"], "tau": [4], "seeds": [0], "baselines": False},
+        "storage": str(tmp_path / "store"), "tracking_uri": f"sqlite:///{tmp_path / 'm.db'}",
+    })
+
+
+def test_a_diverged_trial_is_recorded_never_teaches_and_is_not_retried(sweep, tmp_path):
+    spec = small_spec(tmp_path, "diverge", lr=1e6)  # NaN loss in the first epoch
+    teacher, student = build_plan(spec).trials
+    store = TrialStore(Storage(spec.storage))
+    uri = run_sweep(spec, out=io.StringIO())
+    df = pd.read_parquet(uri).set_index("key")
+    assert df.loc[teacher.key, "status"] == "diverged"
+    assert df.loc[student.key, "status"] == "missing"  # never distilled from a diverged model
+    record = store.result(teacher.key)
+    assert record.status == "diverged" and "non-finite" in record.reason
+    assert not store.has_model(teacher.key)
+    client = MlflowClient(spec.tracking_uri)
+    runs = {r.data.tags["kdsweep.key"]: r for r in client.search_runs(
+        [client.get_experiment_by_name("diverge").experiment_id], "tags.`kdsweep.role` = 'trial'")}
+    assert runs[teacher.key].info.status == "FAILED"
+    assert "non-finite" in runs[teacher.key].data.tags["kdsweep.reason"]
+    assert runs[student.key].info.status == "KILLED"
+    assert "generation 0: 0 done, 0 running, 0 pending, 0 failed, 1 diverged" in sweep_status(spec)
+
+    log = io.StringIO()
+    run_sweep(spec, out=log)  # a plain rerun does not train it again, and says so
+    assert store.result(teacher.key).finished_at == record.finished_at
+    assert "1 trial(s) diverged in an earlier run" in log.getvalue()
+    assert "--retry-failed" in log.getvalue()
+    run_sweep(spec, out=io.StringIO(), retry_failed=True)  # asked: trained again from epoch 0
+    again = store.result(teacher.key)
+    assert again.finished_at > record.finished_at and again.resumed_from == [0]
+
+
+def test_a_complete_but_unpublished_trial_publishes_on_its_next_start(sweep, tmp_path):
+    """A kill between the last checkpoint and publishing (or a deleted result): the rerun
+    publishes from the stored state and trains no epoch."""
+    spec = small_spec(tmp_path, "publish")
+    run_sweep(spec, out=io.StringIO())
+    store = TrialStore(Storage(spec.storage))
+    teacher, student = build_plan(spec).trials
+    before = store.result(student.key)
+    store.storage.delete(trial_file(student.key, "result.json"))
+    store.storage.delete(trial_file(student.key, "model.pt"))
+    run_sweep(spec, out=io.StringIO())
+    after = store.result(student.key)
+    assert store.has_model(student.key) and after.finished_at > before.finished_at
+    assert after.history == before.history  # the same epochs, none trained again
+    assert after.resumed_from[-1] == EPOCHS
