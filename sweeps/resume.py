@@ -18,7 +18,7 @@ import time
 from kd_core.checkpoint import CheckpointError, checkpoint_bytes, load_checkpoint
 
 from .storage import Storage
-from .store import trial_file
+from .store import read_json_checked, trial_file
 
 log = logging.getLogger(__name__)
 SLOTS = ("checkpoint-a.pt", "checkpoint-b.pt")
@@ -80,7 +80,10 @@ class Attempts:
 
     def __init__(self, storage: Storage, key: str):
         self.storage, self.rel = storage, trial_file(key, "attempts.json")
-        self.data = storage.read_json(self.rel) or {"starts": 0, "errors": 0, "resumed_from": []}
+        fresh = {"starts": 0, "errors": 0, "resumed_from": []}
+        self.data = read_json_checked(storage, self.rel) or fresh
+        if not fresh.keys() <= self.data.keys():  # valid JSON, not ours: count afresh
+            self.data = fresh
 
     def start(self, resumed_from_epoch: int) -> None:
         self.data.setdefault("first_start", time.time())

@@ -20,17 +20,42 @@ metric), failed (failed.json), running (progress.json), pending.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
 from .record import TrialResult
 from .storage import Storage
 
+log = logging.getLogger(__name__)
 STATES = ("done", "running", "pending", "failed", "diverged")
 
 
 def trial_file(key: str, name: str) -> str:
     return f"trials/{key}/{name}"
+
+
+def quarantine(storage: Storage, rel: str, why: str) -> None:
+    """Move a corrupt file aside (kept for a post-mortem) so that what it held is derived again."""
+    dest = f"{rel}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
+    log.warning("%s: %s; moved aside to %s", storage.uri_of(rel), why, dest)
+    try:
+        storage.write_bytes(dest, storage.read_bytes(rel))
+    finally:
+        storage.delete(rel)
+
+
+def read_json_checked(storage: Storage, rel: str) -> dict | None:
+    """A JSON file from storage, or None when it is missing or corrupt (then quarantined)."""
+    try:
+        data = storage.read_json(rel)
+    except (ValueError, UnicodeDecodeError) as e:
+        quarantine(storage, rel, f"not valid JSON ({e})")
+        return None
+    if data is not None and not isinstance(data, dict):
+        quarantine(storage, rel, "not a JSON object")
+        return None
+    return data
 
 
 def sweep_file(spec, name: str) -> str:
@@ -44,12 +69,21 @@ class TrialStore:
 
     # ---- reading outcomes ------------------------------------------------------------------
     def result(self, key: str) -> TrialResult | None:
-        d = self.storage.read_json(trial_file(key, "result.json"))
-        return None if d is None else TrialResult.from_dict(d)
+        """The trial's result record; a corrupt one is quarantined (the trial then publishes
+        again from its checkpoints, or retrains what they lack)."""
+        rel = trial_file(key, "result.json")
+        d = read_json_checked(self.storage, rel)
+        if d is None:
+            return None
+        try:
+            return TrialResult.from_dict(d)
+        except TypeError as e:
+            quarantine(self.storage, rel, f"not a result record ({e})")
+            return None
 
     def is_done(self, key: str) -> bool:
-        """Ended with a result (trained, or stopped early): never trained again."""
-        return self.storage.exists(trial_file(key, "result.json"))
+        """Ended with a valid result (trained, stopped early, diverged): never trained again."""
+        return self.result(key) is not None
 
     def has_model(self, key: str) -> bool:
         return self.storage.exists(trial_file(key, "model.pt"))
@@ -62,8 +96,7 @@ class TrialStore:
 
     def state(self, key: str) -> str:
         """One of STATES, from storage alone (works while another process runs the sweep)."""
-        if self.is_done(key):
-            result = self.result(key)
+        if (result := self.result(key)) is not None:
             return "diverged" if result.status == "diverged" else "done"
         if self.storage.exists(trial_file(key, "failed.json")):
             return "failed"

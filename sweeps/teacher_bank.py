@@ -8,6 +8,7 @@ soon as its teacher has finished (engine.py), when wants_shared_bank says it pay
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import uuid
@@ -16,12 +17,14 @@ from pathlib import Path
 import torch
 
 from kd_core.bank import TeacherBank, bank_for, bank_nbytes
-from kd_core.checkpoint import checkpoint_bytes, load_checkpoint
+from kd_core.checkpoint import CheckpointError, checkpoint_bytes, load_checkpoint
 from kd_core.data import ImageData, load_dataset
 from kd_core.train import load_model, resolve_device
 
 from .spec import SweepSpec
-from .store import TrialStore
+from .store import TrialStore, quarantine
+
+log = logging.getLogger(__name__)
 
 
 def wants_shared_bank(spec: SweepSpec, data: ImageData, n_students: int) -> bool:
@@ -60,15 +63,26 @@ def cache_dir() -> Path:
 
 
 def load_shared_bank(store: TrialStore, teacher_key: str, dtype: str) -> TeacherBank | None:
-    """The teacher's bank from this node's disk cache, fetched from storage on first use."""
+    """The teacher's bank from this node's disk cache, fetched from storage on first use.
+    None when there is none or it is corrupt: the student then runs its teacher online. A
+    corrupt cache copy is fetched again; a corrupt stored bank is quarantined (and rebuilt by
+    the next run that wants it)."""
     rel = store.bank_file(teacher_key, dtype)
     local = cache_dir() / f"{teacher_key}-{dtype}.pt"
-    if not local.exists():
-        if not store.storage.exists(rel):
-            return None
-        local.parent.mkdir(parents=True, exist_ok=True)
-        tmp = local.with_name(f".{local.name}.{uuid.uuid4().hex[:8]}")
-        tmp.write_bytes(store.storage.read_bytes(rel))
-        os.replace(tmp, local)  # concurrent fetchers on one node: last complete copy wins
-    state = load_checkpoint(local)
-    return TeacherBank.from_state_dict(state["bank"])
+    for fetched in (False, True):
+        if fetched or not local.exists():
+            if not store.storage.exists(rel):
+                return None
+            local.parent.mkdir(parents=True, exist_ok=True)
+            tmp = local.with_name(f".{local.name}.{uuid.uuid4().hex[:8]}")
+            tmp.write_bytes(store.storage.read_bytes(rel))
+            os.replace(tmp, local)  # concurrent fetchers on one node: last complete copy wins
+        try:
+            return TeacherBank.from_state_dict(load_checkpoint(local)["bank"])
+        except (CheckpointError, KeyError) as e:
+            local.unlink(missing_ok=True)
+            if fetched:  # the stored bank itself is bad
+                quarantine(store.storage, rel, str(e))
+            else:
+                log.warning("%s: corrupt node-cache copy (%s); fetching it again", local, e)
+    return None

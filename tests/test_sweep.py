@@ -16,6 +16,7 @@ from sweeps.spec import SpecError, parse_spec
 from sweeps.storage import Storage
 from sweeps.store import TrialStore, trial_file
 from sweeps.sweep import run_sweep, sweep_status
+from sweeps.teacher_bank import cache_dir
 
 pytestmark = pytest.mark.slow
 EPOCHS = 3
@@ -293,3 +294,32 @@ def test_a_complete_but_unpublished_trial_publishes_on_its_next_start(sweep, tmp
     assert store.has_model(student.key) and after.finished_at > before.finished_at
     assert after.history == before.history  # the same epochs, none trained again
     assert after.resumed_from[-1] == EPOCHS
+
+
+def test_corrupt_files_are_quarantined_and_derived_again(sweep, tmp_path):
+    """A truncated result, garbage attempts, a torn bank in storage and in the node cache:
+    the rerun warns, moves each aside, and ends with every trial done; nothing is retrained
+    that its checkpoints already hold."""
+    spec = small_spec(tmp_path, "corrupt")
+    run_sweep(spec, out=io.StringIO())
+    store = TrialStore(Storage(spec.storage))
+    teacher, student = build_plan(spec).trials
+    history = store.result(teacher.key).history
+    bank = store.bank_file(teacher.key, "float16")
+    assert store.storage.exists(bank)
+    for rel, cut in ((trial_file(teacher.key, "result.json"), 40), (bank, 200)):
+        store.storage.write_bytes(rel, store.storage.read_bytes(rel)[:cut])
+    store.storage.write_bytes(trial_file(student.key, "attempts.json"), b"\x00garbage")
+    cached = cache_dir() / f"{teacher.key}-float16.pt"
+    cached.write_bytes(cached.read_bytes()[:100])
+    store.storage.delete(trial_file(student.key, "result.json"))  # the student must read the bank
+
+    uri = run_sweep(spec, out=io.StringIO())
+    df = pd.read_parquet(uri).set_index("key")
+    assert (df.status == "done").all()
+    assert store.result(teacher.key).history == history  # published again from its checkpoint
+    # the shared bank was bad: the student built its own from the teacher instead
+    assert df.loc[student.key, "teacher_path"] in ("bank", "online")
+    root = Path(spec.storage)
+    moved = {p.name.split(".corrupt-")[0] for p in root.rglob("*.corrupt-*")}
+    assert moved == {"result.json", "bank-float16.pt", "attempts.json"}
