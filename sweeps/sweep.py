@@ -25,6 +25,7 @@ import optuna  # noqa: E402
 
 from .engine import DependencySearcher, Sampler, run_experiment  # noqa: E402
 from .events import SweepEvents  # noqa: E402
+from .lease import DriverLease  # noqa: E402
 from .plan import Plan, Trial, build_plan, search_contexts  # noqa: E402
 from .progress import Progress  # noqa: E402
 from .results import write_results  # noqa: E402
@@ -156,11 +157,28 @@ def run_sweep(
     data = preflight(spec)
     store = TrialStore(storage)
     print(plan.describe(stored_done(plan, store)), file=out, flush=True)
+    lease = DriverLease(storage, spec)  # one driver per sweep and cluster
+    lease.acquire()
+    try:
+        return _train_and_publish(spec, plan, data, store, address, out, retry_failed)
+    finally:
+        lease.release()
+
+
+def _train_and_publish(
+    spec: SweepSpec,
+    plan: Plan,
+    data: ImageData,
+    store: TrialStore,
+    address: str | None,
+    out,
+    retry_failed: bool,
+) -> str:
     # connect
     connect(address)
     if address is None:
         check_fits(spec)
-    tracker = Tracker(spec, storage)
+    tracker = Tracker(spec, store.storage)
     tracker.start()
     progress = Progress(plan, store, out)
     store.save_trial_list(spec, [t.to_dict() for t in plan.trials])

@@ -164,3 +164,33 @@ def test_a_kill_while_the_mlflow_store_is_created_leaves_nothing_broken(tmp_path
     client = MlflowClient(f"sqlite:///{db}")
     client.create_experiment("after-the-kill")
     assert client.get_experiment_by_name("after-the-kill") is not None
+
+
+def test_one_driver_per_sweep_and_a_dead_drivers_lease_expires(tmp_path):
+    spec_path = write_spec(tmp_path, chains=[["cnn-small"]])
+    spec = parse_spec(yaml.safe_load(spec_path.read_text()))
+    lease = Path(spec.storage) / "sweeps" / "resume" / "local" / "driver.lease"
+    env = {"KDSWEEP_LEASE_TTL": "6"}
+    first = start_driver(spec_path, tmp_path, env)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not lease.exists():
+            assert first.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+            time.sleep(0.05)
+        time.sleep(2)  # past the first driver's own check
+        second = subprocess.run([sys.executable, "-m", "sweeps.cli", "run", str(spec_path)],
+                                capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                                env={**os.environ, **env})
+        assert second.returncode == 2, second.stderr
+        assert "another driver runs this sweep" in second.stderr
+        assert f"pid {first.pid}" in second.stderr
+        first.send_signal(signal.SIGKILL)  # a dead driver: no release, no heartbeat
+        first.wait(10)
+        kill_leftovers(tmp_path)
+        time.sleep(6.5)  # the lease expires TTL after its last heartbeat
+        rerun = start_driver(spec_path, tmp_path, env)
+        assert rerun.wait(300) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+        assert not lease.exists()  # released at the end
+    finally:
+        first.kill()
+        kill_leftovers(tmp_path, remove=True)
