@@ -40,22 +40,45 @@ class DriverLease:
     def _write(self) -> None:
         self.storage.write_json(self.rel, {**self.me, "renewed": time.time()})
 
-    def acquire(self) -> None:
-        held = self._read()
-        if held and held.get("token") != self.me["token"]:
+    def acquire(self, out=None) -> None:
+        """Take the lease; a live holder makes this raise SpecError naming it. A holder that
+        is dead (its pid gone on this host) is replaced at once; one that has missed two
+        heartbeats (a lost node) is waited out until its lease expires, at most TTL."""
+        while (held := self._read()) and held.get("token") != self.me["token"]:
             age = time.time() - held.get("renewed", 0)
-            if age < TTL:
+            if age >= TTL or self._dead_here(held):
+                break
+            if age < TTL / 2:  # heartbeats arrive every TTL/4: the holder is alive
                 since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(held["since"]))
                 raise SpecError(
                     f"{self.storage.uri_of(self.rel)}: another driver runs this sweep (host "
                     f"{held['host']}, pid {held['pid']}, since {since}); if it is dead, its "
                     f"lease expires {TTL - age:.0f} s from now"
                 )
+            print(
+                f"waiting {TTL - age:.0f} s for the lease of a driver that stopped renewing it "
+                f"(host {held['host']}, pid {held['pid']})",
+                file=out,
+                flush=True,
+            )
+            time.sleep(min(TTL - age, 5.0))
         self._write()
         time.sleep(min(1.0, TTL / 10))  # a driver that wrote at the same moment: one wins
         if (self._read() or {}).get("token") != self.me["token"]:
             raise SpecError(f"{self.storage.uri_of(self.rel)}: another driver took this sweep")
         threading.Thread(target=self._heartbeat, name="lease", daemon=True).start()
+
+    @staticmethod
+    def _dead_here(held: dict) -> bool:
+        if held.get("host") != socket.gethostname():
+            return False
+        try:
+            os.kill(int(held["pid"]), 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, ValueError, KeyError):
+            return False
+        return False
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(TTL / 4):

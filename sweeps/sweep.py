@@ -157,10 +157,14 @@ def run_sweep(
     data = preflight(spec)
     store = TrialStore(storage)
     print(plan.describe(stored_done(plan, store)), file=out, flush=True)
+    # connect
+    connect(address)
+    if address is None:
+        check_fits(spec)
     lease = DriverLease(storage, spec)  # one driver per sweep and cluster
-    lease.acquire()
+    lease.acquire(out)
     try:
-        return _train_and_publish(spec, plan, data, store, address, out, retry_failed)
+        return _train_and_publish(spec, plan, data, store, out, retry_failed)
     finally:
         lease.release()
 
@@ -170,14 +174,9 @@ def _train_and_publish(
     plan: Plan,
     data: ImageData,
     store: TrialStore,
-    address: str | None,
     out,
     retry_failed: bool,
 ) -> str:
-    # connect
-    connect(address)
-    if address is None:
-        check_fits(spec)
     tracker = Tracker(spec, store.storage)
     tracker.start()
     progress = Progress(plan, store, out)

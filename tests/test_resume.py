@@ -14,9 +14,11 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
+from sweeps import lease as lease_module
+from sweeps.lease import DriverLease
 from sweeps.plan import build_plan
 from sweeps.resume import SLOTS, TrialCheckpoints
-from sweeps.spec import parse_spec
+from sweeps.spec import SpecError, parse_spec
 from sweeps.storage import Storage
 from sweeps.store import trial_file
 from sweeps.tracking import prepare_store
@@ -166,31 +168,49 @@ def test_a_kill_while_the_mlflow_store_is_created_leaves_nothing_broken(tmp_path
     assert client.get_experiment_by_name("after-the-kill") is not None
 
 
-def test_one_driver_per_sweep_and_a_dead_drivers_lease_expires(tmp_path):
+def test_one_driver_per_sweep_and_a_killed_driver_never_blocks_the_rerun(tmp_path):
     spec_path = write_spec(tmp_path, chains=[["cnn-small"]])
     spec = parse_spec(yaml.safe_load(spec_path.read_text()))
     lease = Path(spec.storage) / "sweeps" / "resume" / "local" / "driver.lease"
-    env = {"KDSWEEP_LEASE_TTL": "6"}
-    first = start_driver(spec_path, tmp_path, env)
+    first = start_driver(spec_path, tmp_path)
     try:
-        deadline = time.time() + 60
+        deadline = time.time() + 90
         while time.time() < deadline and not lease.exists():
             assert first.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
             time.sleep(0.05)
         time.sleep(2)  # past the first driver's own check
         second = subprocess.run([sys.executable, "-m", "sweeps.cli", "run", str(spec_path)],
-                                capture_output=True, text=True, timeout=60, cwd=tmp_path,
-                                env={**os.environ, **env})
+                                capture_output=True, text=True, timeout=120, cwd=tmp_path)
         assert second.returncode == 2, second.stderr
         assert "another driver runs this sweep" in second.stderr
         assert f"pid {first.pid}" in second.stderr
-        first.send_signal(signal.SIGKILL)  # a dead driver: no release, no heartbeat
+        first.send_signal(signal.SIGKILL)  # no release, no heartbeat: its pid is gone
         first.wait(10)
         kill_leftovers(tmp_path)
-        time.sleep(6.5)  # the lease expires TTL after its last heartbeat
-        rerun = start_driver(spec_path, tmp_path, env)
+        rerun = start_driver(spec_path, tmp_path)  # takes the dead driver's lease at once
         assert rerun.wait(300) == 0, (tmp_path / "driver.log").read_text()[-3000:]
         assert not lease.exists()  # released at the end
     finally:
         first.kill()
         kill_leftovers(tmp_path, remove=True)
+
+
+def test_a_lease_that_stopped_renewing_is_waited_out(tmp_path, monkeypatch):
+    """A driver on a lost node (another host): its lease is taken once it expires; a fresh
+    one is refused at once."""
+    monkeypatch.setattr(lease_module, "TTL", 4.0)
+    spec = parse_spec(yaml.safe_load(write_spec(tmp_path).read_text()))
+    storage = Storage(spec.storage)
+    rel = "sweeps/resume/local/driver.lease"
+    held = {"host": "lost-node", "pid": 1, "since": time.time() - 60, "token": "x"}
+    storage.write_json(rel, {**held, "renewed": time.time()})
+    with pytest.raises(SpecError, match="host lost-node, pid 1"):
+        DriverLease(storage, spec).acquire()
+    storage.write_json(rel, {**held, "renewed": time.time() - 3.0})  # missed its heartbeats
+    t0 = time.time()
+    mine = DriverLease(storage, spec)
+    mine.acquire()
+    assert 0.5 < time.time() - t0 < 4.0  # waited for the expiry, no longer
+    assert storage.read_json(rel)["token"] == mine.me["token"]
+    mine.release()
+    assert not storage.exists(rel)
