@@ -23,12 +23,13 @@ class SweepEvents:
             self.store.save_trial_list(self.plan.spec, [t.to_dict() for t in self.plan.trials])
         self.progress.add(trial)
 
-    def reused(self, trial: Trial) -> None:
-        """Trained before (by this sweep or another): recorded, not trained."""
+    def reused(self, trial: Trial, record: TrialResult | None = None) -> None:
+        """Trained before (by this sweep or another): recorded, not trained. ``record``: its
+        stored result, when the caller has read it already."""
         self.tracker.ensure_run(trial)
-        record = self.store.result(trial.key)
+        record = record or self.store.result(trial.key)
         self.tracker.finish(trial.key, record, reused=True)
-        self.progress.set(trial.key, "diverged" if record.status == "diverged" else "done")
+        self.progress.set(trial.key, record.state)
 
     def started(self, trial: Trial) -> None:
         self.tracker.ensure_run(trial)  # the run starts with the trial, not when queued
@@ -56,7 +57,7 @@ class SweepEvents:
             record = TrialResult.from_history(trial.to_dict(), [last], status="stopped_early")
             self.store.publish(trial.key, None, record)
         self.tracker.finish(trial.key, record)
-        self.progress.set(trial.key, "diverged" if record.status == "diverged" else "done")
+        self.progress.set(trial.key, record.state)
 
     def failed(self, trial: Trial, error: str) -> None:
         """Tune gave up on the trial (retries spent), or it ended without a result."""

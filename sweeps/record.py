@@ -73,6 +73,11 @@ class TrialResult:
             **extra,
         )
 
+    @property
+    def state(self) -> str:
+        """The trial's state once it has this result (store.STATES)."""
+        return "diverged" if self.status == "diverged" else "done"
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

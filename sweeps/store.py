@@ -97,7 +97,7 @@ class TrialStore:
     def state(self, key: str) -> str:
         """One of STATES, from storage alone (works while another process runs the sweep)."""
         if (result := self.result(key)) is not None:
-            return "diverged" if result.status == "diverged" else "done"
+            return result.state
         if self.storage.exists(trial_file(key, "failed.json")):
             return "failed"
         if self.storage.exists(trial_file(key, "progress.json")):

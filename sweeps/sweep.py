@@ -88,14 +88,16 @@ def record_stored(
     A rerun retries trials that failed before; diverged ones only with ``retry_failed``."""
     todo, diverged = [], 0
     for t in plan.trials:
-        if retry_failed and store.state(t.key) == "diverged":
+        result = store.result(t.key)  # read once per trial
+        if retry_failed and result is not None and result.state == "diverged":
             store.reset(t.key)
-        if store.is_done(t.key):
-            diverged += store.state(t.key) == "diverged"
-            events.reused(t)
-        else:
+            result = None
+        if result is None:
             store.clear_failure(t.key)
             todo.append(t)
+        else:
+            diverged += result.state == "diverged"
+            events.reused(t, result)
     if diverged:
         print(
             f"{diverged} trial(s) diverged in an earlier run and are not trained again "
