@@ -20,12 +20,16 @@ def load_spec(path):
 
 def _plan(args) -> int:
     from .plan import build_plan
+    from .preflight import check_storage, check_tracking
     from .storage import Storage
     from .store import TrialStore
     from .sweep import stored_done
 
     spec = load_spec(args.spec)
     plan = build_plan(spec)
+    if not args.offline:
+        check_storage(spec)
+        check_tracking(spec)
     done = stored_done(plan, TrialStore(Storage(spec.storage))) if args.check_storage else set()
     print(plan.describe(done))
     if args.measure:
@@ -34,13 +38,18 @@ def _plan(args) -> int:
 
 
 def _measure(spec, plan, args) -> None:
-    from .packing import measure, plan_shapes, render, suggest
-    from .sweep import check_fits, connect, preflight
+    import ray
 
-    counts = plan_shapes(spec, plan, preflight(spec))
+    from .packing import measure, plan_shapes, render, suggest
+    from .preflight import check_dataset, check_fits, local_resources
+    from .sweep import connect
+
+    if args.address is None:
+        check_fits(spec, local_resources())
+    counts = plan_shapes(spec, plan, check_dataset(spec))
     connect(args.address)
     if args.address is None:
-        check_fits(spec)
+        check_fits(spec, ray.cluster_resources())
     measured = measure(spec, list(counts), args.steps)
     print(
         render(spec, counts, measured, suggest(measured, max_per_gpu=args.max_per_gpu), args.steps)
@@ -105,6 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("spec", help="sweep spec YAML, e.g. sweeps/configs/digits.yaml")
     p.add_argument("--check-storage", action="store_true", help="also count trials already done")
+    p.add_argument(
+        "--offline",
+        action="store_true",
+        help="check the spec alone, not that its storage and tracking server answer from here",
+    )
     p.add_argument(
         "--measure",
         action="store_true",

@@ -367,9 +367,14 @@ def job_resources(spec: SweepSpec):
     return request
 
 
-def run_experiment(spec: SweepSpec, store: TrialStore, searcher: DependencySearcher, events):
-    """Run every job the searcher hands out, in one Tune experiment."""
-    trainable = tune.with_resources(tune.with_parameters(run_job, spec=spec), job_resources(spec))
+def run_experiment(
+    spec: SweepSpec, store: TrialStore, searcher: DependencySearcher, events, driver: str
+):
+    """Run every job the searcher hands out, in one Tune experiment (``driver``: the token of
+    this driver's lease, which its workers' trial claims carry)."""
+    trainable = tune.with_resources(
+        tune.with_parameters(run_job, spec=spec, driver=driver), job_resources(spec)
+    )
     early = spec.search.asha is not None
     tune_path, tune_fs = store.tune_location(spec)
     tuner = tune.Tuner(

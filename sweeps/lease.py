@@ -1,12 +1,23 @@
-"""One driver per sweep and cluster: a lease file in the sweep's storage, renewed by a heartbeat.
+"""Leases in storage, renewed by a heartbeat: one driver per sweep, one trainer per trial.
 
-A second `kdsweep run` of the same sweep exits at once naming the holder. A driver that dies
-(SIGKILL, a lost head node) stops renewing, and its lease expires after TTL seconds, so the
-rerun after a preemption is never blocked for longer than that.
+A lease is a small JSON file naming its holder (host, pid, since, token). It is taken by
+writing it and reading it back after a settle delay (the last writer wins on local/NFS
+storage and on S3, whose reads after a write are consistent). A holder that dies (SIGKILL, a
+lost node) stops renewing, and its lease expires after TTL seconds; a dead holder on this
+host is replaced at once.
+
+- DriverLease: a second `kdsweep run` of the same sweep and cluster exits at once naming the
+  holder; the rerun after a preemption is never blocked for longer than TTL.
+- TrialClaim: trials are shared by every sweep on the storage. A worker claims its trial before
+  training; a claim held by another driver (another sweep or cluster) is waited out, and the
+  worker returns without training if that driver finished the trial meanwhile. A claim held by
+  this driver's own earlier worker (Tune retrying it after a lost node) is taken over at once:
+  one driver never runs a trial twice at once.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -15,23 +26,25 @@ import uuid
 
 from .spec import SpecError
 from .storage import Storage
-from .store import sweep_file
+from .store import sweep_file, trial_file
 
+log = logging.getLogger(__name__)
 TTL = float(os.environ.get("KDSWEEP_LEASE_TTL", "120"))  # seconds without a heartbeat
 
 
-class DriverLease:
-    def __init__(self, storage: Storage, spec):
-        self.storage, self.rel = storage, sweep_file(spec, "driver.lease")
+class Lease:
+    def __init__(self, storage: Storage, rel: str, settle: float, **tags):
+        self.storage, self.rel, self.settle = storage, rel, settle
         self.me = {
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "since": time.time(),
             "token": uuid.uuid4().hex,
+            **tags,
         }
         self._stop = threading.Event()
 
-    def _read(self) -> dict | None:
+    def read(self) -> dict | None:
         try:
             return self.storage.read_json(self.rel)
         except ValueError:
@@ -40,14 +53,57 @@ class DriverLease:
     def _write(self) -> None:
         self.storage.write_json(self.rel, {**self.me, "renewed": time.time()})
 
+    @staticmethod
+    def age(held: dict) -> float:
+        return time.time() - held.get("renewed", 0)
+
+    @staticmethod
+    def lapsed(held: dict) -> bool:
+        """Expired, or its holder's process is gone from this host."""
+        if Lease.age(held) >= TTL:
+            return True
+        if held.get("host") != socket.gethostname():
+            return False
+        try:
+            os.kill(int(held["pid"]), 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, ValueError, KeyError):
+            return False
+        return False
+
+    def take(self) -> bool:
+        """Write the lease and keep it renewed if, after the settle delay, it is still ours."""
+        self._write()
+        time.sleep(self.settle)  # a holder that wrote at the same moment: the last writer wins
+        if (self.read() or {}).get("token") != self.me["token"]:
+            return False
+        threading.Thread(target=self._heartbeat, name="lease", daemon=True).start()
+        return True
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(TTL / 4):
+            self._write()
+
+    def release(self) -> None:
+        self._stop.set()
+        if (self.read() or {}).get("token") == self.me["token"]:
+            self.storage.delete(self.rel)
+
+
+class DriverLease(Lease):
+    def __init__(self, storage: Storage, spec):
+        super().__init__(storage, sweep_file(spec, "driver.lease"), settle=min(1.0, TTL / 10))
+
+    @property
+    def token(self) -> str:
+        return self.me["token"]
+
     def acquire(self, out=None) -> None:
         """Take the lease; a live holder makes this raise SpecError naming it. A holder that
-        is dead (its pid gone on this host) is replaced at once; one that has missed two
-        heartbeats (a lost node) is waited out until its lease expires, at most TTL."""
-        while (held := self._read()) and held.get("token") != self.me["token"]:
-            age = time.time() - held.get("renewed", 0)
-            if age >= TTL or self._dead_here(held):
-                break
+        has missed two heartbeats (a lost node) is waited out until its lease expires."""
+        while (held := self.read()) and not self.lapsed(held):
+            age = self.age(held)
             if age < TTL / 2:  # heartbeats arrive every TTL/4: the holder is alive
                 since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(held["since"]))
                 raise SpecError(
@@ -62,29 +118,33 @@ class DriverLease:
                 flush=True,
             )
             time.sleep(min(TTL - age, 5.0))
-        self._write()
-        time.sleep(min(1.0, TTL / 10))  # a driver that wrote at the same moment: one wins
-        if (self._read() or {}).get("token") != self.me["token"]:
+        if not self.take():
             raise SpecError(f"{self.storage.uri_of(self.rel)}: another driver took this sweep")
-        threading.Thread(target=self._heartbeat, name="lease", daemon=True).start()
 
-    @staticmethod
-    def _dead_here(held: dict) -> bool:
-        if held.get("host") != socket.gethostname():
-            return False
-        try:
-            os.kill(int(held["pid"]), 0)
-        except ProcessLookupError:
-            return True
-        except (PermissionError, ValueError, KeyError):
-            return False
-        return False
 
-    def _heartbeat(self) -> None:
-        while not self._stop.wait(TTL / 4):
-            self._write()
+class TrialClaim(Lease):
+    def __init__(self, storage: Storage, key: str, driver: str):
+        super().__init__(storage, trial_file(key, "claim.lease"), settle=0.1, driver=driver)
 
-    def release(self) -> None:
-        self._stop.set()
-        if (self._read() or {}).get("token") == self.me["token"]:
-            self.storage.delete(self.rel)
+    def acquire(self, finished, poll: float = 2.0) -> bool:
+        """Claim the trial; False (and no claim) when ``finished()``: another driver finished
+        it while we waited, or just before we took it."""
+        said = False
+        while True:
+            held = self.read()
+            if held is None or self.lapsed(held) or held.get("driver") == self.me["driver"]:
+                if not self.take():
+                    continue  # another driver's worker took it at the same moment
+                if finished():
+                    self.release()
+                    return False
+                return True
+            if finished():
+                return False
+            if not said:
+                log.warning(
+                    "%s: trained by another sweep's driver (host %s, pid %s); waiting for it",
+                    self.storage.uri_of(self.rel), held.get("host"), held.get("pid"),
+                )
+                said = True
+            time.sleep(poll)

@@ -18,7 +18,7 @@ import time
 from kd_core.checkpoint import CheckpointError, checkpoint_bytes, load_checkpoint
 
 from .storage import Storage
-from .store import read_json_checked, trial_file
+from .store import quarantine, read_json_checked, trial_file
 
 log = logging.getLogger(__name__)
 SLOTS = ("checkpoint-a.pt", "checkpoint-b.pt")
@@ -63,8 +63,8 @@ class TrialCheckpoints:
                 continue
             try:
                 state = load_checkpoint(self.storage.read_bytes(rel), self.storage.uri_of(rel))
-            except CheckpointError as e:
-                log.warning("%s; falling back to the previous checkpoint", e)
+            except CheckpointError as e:  # the other slot, or epoch 0, is the last good state
+                quarantine(self.storage, rel, str(e))
                 continue
             found.append((int(state["epoch"]), i, state))
         if not found:

@@ -121,6 +121,11 @@ class TrialStore:
         """A rerun retries a trial that failed before."""
         self.storage.delete(trial_file(key, "failed.json"))
 
+    def forget_result(self, key: str) -> None:
+        """The trial publishes again on its next start: from its checkpoints when they hold
+        every epoch (nothing retrained), else it trains what they lack."""
+        self.storage.delete(trial_file(key, "result.json"))
+
     def reset(self, key: str) -> None:
         """Forget a trial's result and progress so that it trains again from its first epoch
         (its checkpoints would only lead it to the same end: resume is exact)."""
@@ -147,6 +152,23 @@ class TrialStore:
         rel = trial_file(key, "model.pt")
         return self.storage.read_bytes(rel), self.storage.uri_of(rel)
 
+    def teacher_model(self, key: str):
+        """The trained model of trial ``key``, loaded without executing code. A corrupt one is
+        quarantined and the trial forgets its result, so the next run publishes it again (from
+        its checkpoints); the caller fails with the reason."""
+        from kd_core.checkpoint import CheckpointError  # torch: not for `kdsweep status`
+        from kd_core.train import load_model
+
+        data, uri = self.model_bytes(key)
+        try:
+            return load_model(data, uri)
+        except CheckpointError as e:
+            quarantine(self.storage, trial_file(key, "model.pt"), str(e))
+            self.forget_result(key)
+            raise CheckpointError(
+                f"{e}: moved aside; the next run publishes it again from its trial's checkpoints"
+            ) from None
+
     def model_uri(self, key: str) -> str:
         return self.storage.uri_of(trial_file(key, "model.pt"))
 
@@ -158,10 +180,15 @@ class TrialStore:
 
     # ---- sweep-level files -----------------------------------------------------------------
     def trial_list(self, spec) -> list[dict] | None:
-        return self.storage.read_json(sweep_file(spec, "trials.json"))
+        """Every trial the sweep's last run knew (sampled ones too); None when missing or
+        corrupt (quarantined: the plan and the stored results give it again)."""
+        trials = (read_json_checked(self.storage, sweep_file(spec, "trials.json")) or {}).get(
+            "trials"
+        )
+        return trials if isinstance(trials, list) else None
 
     def save_trial_list(self, spec, trials: list[dict]) -> None:
-        self.storage.write_json(sweep_file(spec, "trials.json"), trials)
+        self.storage.write_json(sweep_file(spec, "trials.json"), {"trials": trials})
 
     @staticmethod
     def results_file(spec) -> str:

@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from kd_core.data import ImageData, load_dataset
+from kd_core.data import ImageData
 
 # Progress is ours (progress.py): Tune's own status tables would interleave with it.
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -27,54 +27,38 @@ from .engine import DependencySearcher, Sampler, run_experiment  # noqa: E402
 from .events import SweepEvents  # noqa: E402
 from .lease import DriverLease  # noqa: E402
 from .plan import Plan, Trial, build_plan, search_contexts  # noqa: E402
+from .preflight import check_all, check_fits  # noqa: E402
 from .progress import Progress  # noqa: E402
 from .results import write_results  # noqa: E402
 from .schedule import remaining_work, trial_costs  # noqa: E402
-from .spec import SpecError, SweepSpec  # noqa: E402
+from .spec import SweepSpec  # noqa: E402
 from .storage import Storage  # noqa: E402
 from .store import TrialStore  # noqa: E402
 from .teacher_bank import wants_shared_bank  # noqa: E402
 from .tracking import Tracker  # noqa: E402
 
-
-def preflight(spec: SweepSpec) -> ImageData:
-    """Fail before any work when the dataset cannot be read here."""
-    try:
-        d = spec.dataset
-        return load_dataset(d.name, root=d.root, download=d.download)
-    except (FileNotFoundError, ValueError) as e:
-        raise SpecError(f"dataset: {e}") from None
+log = logging.getLogger(__name__)
 
 
 def connect(address: str | None) -> None:
-    """Join the cluster at ``address`` ('auto' inside ray job submit), or start a local Ray."""
+    """Join the cluster at ``address`` ('auto' inside ray job submit), or start a Ray of our
+    own: never one that `ray start` left on this machine (Ray's address discovery would join
+    it), and listening on 127.0.0.1 only."""
     import ray
 
     if ray.is_initialized():
         return
+    quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
     if address:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-    else:
-        ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        ray.init(address=address, **quiet)
+        return
+    # Going around Ray: ray.init turns a node address of 127.0.0.1 into the machine's external
+    # IP unless Ray believes clusters are off (as on macOS); its processes then bind loopback.
+    from ray._private import ray_constants
 
-
-def check_fits(spec: SweepSpec) -> None:
-    """On a local Ray (fixed resources, no autoscaler), refuse trials that could never start:
-    Tune would otherwise wait for them forever."""
-    import ray
-
-    have = ray.cluster_resources()
-    for model in spec.architectures:
-        ask = spec.resources.for_model(model)
-        for name, field in (("cpu", "CPU"), ("gpu", "GPU"), ("memory", "memory")):
-            if ask.get(name, 0) > have.get(field, 0):
-                where = (
-                    f"resources.models.{model}" if model in spec.resources.models else "resources"
-                )
-                raise SpecError(
-                    f"{where}: a {model} trial asks for {name} {ask[name]:g}, more than this "
-                    f"machine's Ray has ({have.get(field, 0):g}); pass --address to use a cluster"
-                )
+    ray_constants.ENABLE_RAY_CLUSTER = False  # this process
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # the Ray processes it starts
+    ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, **quiet)
 
 
 def stored_done(plan: Plan, store: TrialStore) -> set[str]:
@@ -85,14 +69,25 @@ def record_stored(
     plan: Plan, store: TrialStore, events: SweepEvents, retry_failed: bool = False, out=None
 ) -> list[Trial]:
     """Record every planned trial that storage already holds; return the rest (to train).
-    A rerun retries trials that failed before; diverged ones only with ``retry_failed``."""
+    A rerun retries trials that failed before; diverged ones only with ``retry_failed``. A
+    finished teacher whose model is gone publishes again (from its checkpoints, else retrained)
+    when a student still needs it."""
+    results = {t.key: store.result(t.key) for t in plan.trials}  # read once per trial
+    for t in plan.trials:
+        if retry_failed and results[t.key] is not None and results[t.key].state == "diverged":
+            store.reset(t.key)
+            results[t.key] = None
+    needed = {t.teacher_key for t in plan.trials if results[t.key] is None and t.teacher_key}
+    for key in needed:
+        r = results.get(key)
+        if r is not None and r.status == "done" and not store.has_model(key):
+            log.warning("%s: gone; its trial publishes it again for its students",
+                        store.model_uri(key))
+            store.forget_result(key)
+            results[key] = None
     todo, diverged = [], 0
     for t in plan.trials:
-        result = store.result(t.key)  # read once per trial
-        if retry_failed and result is not None and result.state == "diverged":
-            store.reset(t.key)
-            result = None
-        if result is None:
+        if (result := results[t.key]) is None:
             store.clear_failure(t.key)
             todo.append(t)
         else:
@@ -150,23 +145,25 @@ def run_sweep(
     spec: SweepSpec, address: str | None = None, out=sys.stdout, retry_failed: bool = False
 ) -> str:
     """Train every trial of the sweep not yet in storage; returns the results file's URI."""
+    import ray
+
     # check
     storage = Storage(spec.storage)
     # Trials run in other processes and cwds (Tune moves them to their trial dirs): hand them
     # the absolute location.
     spec = spec.model_copy(update={"storage": storage.uri if storage.is_local else spec.storage})
     plan = build_plan(spec)
-    data = preflight(spec)
+    data = check_all(spec, local=address is None)
     store = TrialStore(storage)
     print(plan.describe(stored_done(plan, store)), file=out, flush=True)
     # connect
     connect(address)
     if address is None:
-        check_fits(spec)
+        check_fits(spec, ray.cluster_resources())  # memory: as much as Ray granted itself
     lease = DriverLease(storage, spec)  # one driver per sweep and cluster
     lease.acquire(out)
     try:
-        return _train_and_publish(spec, plan, data, store, out, retry_failed)
+        return _train_and_publish(spec, plan, data, store, out, retry_failed, lease.token)
     finally:
         lease.release()
 
@@ -178,6 +175,7 @@ def _train_and_publish(
     store: TrialStore,
     out,
     retry_failed: bool,
+    driver: str,
 ) -> str:
     tracker = Tracker(spec, store.storage)
     tracker.start()
@@ -188,7 +186,7 @@ def _train_and_publish(
     todo = record_stored(plan, store, events, retry_failed, out)
     searcher = make_searcher(spec, store, plan, todo, data, events)
     if todo or searcher.samplers:
-        run_experiment(spec, store, searcher, events)
+        run_experiment(spec, store, searcher, events, driver)
     # publish
     uri = publish_results(plan, store, tracker)
     ok = all(s == "done" for s in progress.state.values())  # diverged or failed: FAILED

@@ -18,8 +18,9 @@ from ray import tune
 
 from kd_core.checkpoint import checkpoint_bytes
 from kd_core.run import RunSpec, build_trainer
-from kd_core.train import load_model, model_state
+from kd_core.train import model_state
 
+from .lease import TrialClaim
 from .plan import Trial
 from .record import TrialResult
 from .resume import Attempts, TrialCheckpoints, flush_on_exit
@@ -64,8 +65,9 @@ def run_spec(spec: SweepSpec, trial: Trial) -> RunSpec:
     )
 
 
-def run_job(config: dict, spec: SweepSpec) -> None:
-    """Tune entry point (``spec`` is bound once with tune.with_parameters)."""
+def run_job(config: dict, spec: SweepSpec, driver: str) -> None:
+    """Tune entry point (``spec`` and the driver's lease token are bound once with
+    tune.with_parameters)."""
     job = Job.from_config(config)
     store = TrialStore(Storage(spec.storage))
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
@@ -74,19 +76,25 @@ def run_job(config: dict, spec: SweepSpec) -> None:
         tune.report({"bank_seconds": seconds})
         return
     trial = job.trial
-    if store.is_done(trial.key):  # e.g. another driver finished it meanwhile: don't retrain
+    # Another sweep on this storage may be training the same trial: wait for it, never train
+    # it twice at once; its result is then ours too.
+    claim = TrialClaim(store.storage, trial.key, driver)
+    if not claim.acquire(finished=lambda: store.is_done(trial.key)):
         return
-    attempts = Attempts(store.storage, trial.key)
     try:
-        _train(spec, trial, store, attempts)
-    except Exception:
-        # A real error (not a lost node: that never reaches here). Tune retries it from the
-        # checkpoint until spec.max_failures; then the trial ends, its traceback in failed.json.
-        text = traceback.format_exc()
-        if attempts.error(text) > spec.max_failures:
-            store.mark_failed(trial.key, text, errors=attempts.data["errors"])
-            return
-        raise
+        attempts = Attempts(store.storage, trial.key)
+        try:
+            _train(spec, trial, store, attempts)
+        except Exception:
+            # A real error (not a lost node: that never reaches here). Tune retries it from the
+            # checkpoint until spec.max_failures; then it ends, its traceback in failed.json.
+            text = traceback.format_exc()
+            if attempts.error(text) > spec.max_failures:
+                store.mark_failed(trial.key, text, errors=attempts.data["errors"])
+                return
+            raise
+    finally:
+        claim.release()
 
 
 def _train(spec: SweepSpec, trial: Trial, store: TrialStore, attempts: Attempts) -> None:
@@ -96,7 +104,7 @@ def _train(spec: SweepSpec, trial: Trial, store: TrialStore, attempts: Attempts)
         if spec.train.teacher_bank != "off":  # a bank shared by all students of the teacher
             bank = load_shared_bank(store, trial.teacher_key, spec.train.bank_dtype)
         if bank is None:
-            teacher = load_model(*store.model_bytes(trial.teacher_key))
+            teacher = store.teacher_model(trial.teacher_key)
     trainer, noisy = build_trainer(run_spec(spec, trial), teacher, bank=bank)
 
     checkpoints = TrialCheckpoints(store.storage, trial.key)

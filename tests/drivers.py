@@ -50,6 +50,7 @@ def start_driver(spec_path: Path, tmp: Path, env: dict | None = None) -> subproc
             stderr=subprocess.STDOUT,
             env=env,
             cwd=tmp,
+            start_new_session=True,  # its own process group: killed whole, as a preemption does
         )
 
 

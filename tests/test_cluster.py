@@ -2,6 +2,7 @@
 node lost mid-trial, a new node joins, and the sweep completes with the trial resumed."""
 
 import re
+import subprocess
 import sys
 import time
 
@@ -17,6 +18,18 @@ from sweeps.store import trial_file
 from .drivers import EPOCHS, Cluster, write_spec
 
 pytestmark = pytest.mark.slow
+
+
+LOCAL_RAY_PROBE = """
+import os, psutil, ray
+from sweeps.sweep import connect
+connect(None)
+print(ray.get_runtime_context().gcs_address)
+ours = {os.getpid(), *(p.pid for p in psutil.Process().children(recursive=True))}
+print(*{c.laddr.ip for c in psutil.net_connections("inet")
+        if c.status == "LISTEN" and c.pid in ours})
+ray.shutdown()
+"""
 
 
 def test_job_submit_survives_losing_the_worker_node(tmp_path):
@@ -95,6 +108,17 @@ def test_job_submit_survives_losing_the_worker_node(tmp_path):
         ).stdout
         assert re.search("succeeded", status, re.IGNORECASE), logs[-4000:]
         print(f"two-node job with a lost worker: {time.time() - t0:.1f}s, lost at epoch {lost_at}")
+
+        # Without --address a sweep starts a Ray of its own on loopback: never this cluster
+        # (which Ray's address discovery would find), never on all interfaces.
+        probe = subprocess.run(
+            [sys.executable, "-c", LOCAL_RAY_PROBE], env=cluster.env, capture_output=True,
+            text=True, timeout=120,
+        )
+        assert probe.returncode == 0, probe.stderr[-2000:]
+        gcs, *listening = probe.stdout.split()
+        assert gcs.startswith("127.0.0.1:") and gcs != f"127.0.0.1:{cluster.gcs_port}"
+        assert listening and all(ip in ("127.0.0.1", "::ffff:127.0.0.1") for ip in listening)
     finally:
         cluster.stop()
 

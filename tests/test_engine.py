@@ -10,12 +10,13 @@ from pathlib import Path
 
 from sweeps.events import SweepEvents
 from sweeps.plan import build_plan
+from sweeps.preflight import check_dataset
 from sweeps.progress import Progress
 from sweeps.record import TrialResult
 from sweeps.spec import parse_spec
 from sweeps.storage import Storage
 from sweeps.store import TrialStore
-from sweeps.sweep import make_searcher, preflight, record_stored
+from sweeps.sweep import make_searcher, record_stored
 from sweeps.tracking import Tracker
 from sweeps.trial import Job
 
@@ -39,7 +40,7 @@ def setup(tmp: Path, bank: str):
     progress = Progress(plan, store, out)
     events = SweepEvents(plan, store, Tracker(spec, store.storage), progress)
     todo = record_stored(plan, store, events)
-    searcher = make_searcher(spec, store, plan, todo, preflight(spec), events)
+    searcher = make_searcher(spec, store, plan, todo, check_dataset(spec), events)
     return spec, plan, store, searcher, progress
 
 

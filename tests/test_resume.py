@@ -1,10 +1,13 @@
 """Preemption safety on a real local Ray and MLflow: SIGKILLed drivers, SIGTERMed trials,
 corrupt checkpoints. Each test bounds its waits and kills what it started."""
 
+import contextlib
 import os
+import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,7 +18,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from sweeps import lease as lease_module
-from sweeps.lease import DriverLease
+from sweeps.lease import DriverLease, TrialClaim
 from sweeps.plan import build_plan
 from sweeps.resume import SLOTS, TrialCheckpoints
 from sweeps.spec import SpecError, parse_spec
@@ -37,35 +40,54 @@ def progress(storage: Storage, keys) -> dict[str, int]:
     return out
 
 
-def test_driver_sigkill_at_several_moments_then_rerun(tmp_path):
+KILL_SEED = 20261130
+
+
+def test_driver_killed_at_random_moments_then_rerun(tmp_path):
+    """SIGKILLs of the driver's process group at seeded random moments: during start-up (Ray,
+    the MLflow store's creation, the first trials) and in the middle of each generation; then
+    a plain rerun ends with every trial once, every epoch once, no step logged twice."""
+    rng = random.Random(KILL_SEED)
     spec_path = write_spec(tmp_path)
     spec = parse_spec(yaml.safe_load(spec_path.read_text()))
     plan = build_plan(spec)
     storage = Storage(spec.storage)
     keys = {t.key: t for t in plan.trials}
     seen_at_kill: list[dict[str, int]] = []
+    t0 = time.time()
+
+    def kill(driver):
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(10)
+        seen_at_kill.append(progress(storage, keys))
+        kill_leftovers(tmp_path)
+
     try:
-        for generation in (0, 1, 2):  # kill in the middle of a trial of each generation
+        for _ in range(6):  # anywhere in the first seconds: imports, Ray, store, first epochs
+            driver = start_driver(spec_path, tmp_path)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                driver.wait(rng.uniform(0.5, 12.0))
+            assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+            kill(driver)
+        for generation in (0, 1, 2):  # at a random moment in a trial of each generation
             driver = start_driver(spec_path, tmp_path)
             deadline = time.time() + 120
             while time.time() < deadline:
                 running = {k: e for k, e in progress(storage, keys).items()
-                           if keys[k].generation == generation and 2 <= e < EPOCHS}
+                           if keys[k].generation == generation and 1 <= e < EPOCHS - 1}
                 if running:
                     break
                 assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
                 time.sleep(0.05)
             else:
                 pytest.fail(f"no generation-{generation} trial got going")
-            driver.send_signal(signal.SIGKILL)
-            driver.wait(10)
-            seen_at_kill.append(progress(storage, keys))
-            time.sleep(1)
-            kill_leftovers(tmp_path)
+            time.sleep(rng.uniform(0.0, 0.8))
+            kill(driver)
         final = start_driver(spec_path, tmp_path)
         assert final.wait(300) == 0, (tmp_path / "driver.log").read_text()[-3000:]
     finally:
         kill_leftovers(tmp_path, remove=True)
+    print(f"{len(seen_at_kill)} kills and the rerun in {time.time() - t0:.0f} s")
 
     # Every trial finished exactly once, with each epoch trained into its history once.
     results = {k: storage.read_json(trial_file(k, "result.json")) for k in keys}
@@ -143,6 +165,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
     state = again.load_latest()
     assert state["epoch"] == 1 and torch.equal(state["w"], torch.ones(3))
     assert "truncated or corrupt" in caplog.text and "checkpoint-b.pt" in caplog.text
+    assert list(tmp_path.glob("trials/k/checkpoint-b.pt.corrupt-*"))  # kept for a post-mortem
     again.save({"epoch": 2, "w": torch.zeros(3)})  # overwrites the corrupt slot, not the good one
     newest = TrialCheckpoints(storage, "k").load_latest()
     assert newest["epoch"] == 2 and torch.equal(newest["w"], torch.zeros(3))
@@ -214,3 +237,43 @@ def test_a_lease_that_stopped_renewing_is_waited_out(tmp_path, monkeypatch):
     assert storage.read_json(rel)["token"] == mine.me["token"]
     mine.release()
     assert not storage.exists(rel)
+
+
+def test_a_trial_another_sweep_trains_is_waited_for_never_trained_twice(tmp_path):
+    """Two sweeps on one storage share trials: a worker waits while another driver's worker
+    holds the trial's claim, and trains nothing if that one published the result; a claim left
+    by its own driver's earlier worker (Tune's retry after a lost node) is taken at once."""
+    storage = Storage(str(tmp_path))
+    result = trial_file("k", "result.json")
+    other = TrialClaim(storage, "k", driver="sweep-a")
+    assert other.acquire(finished=lambda: False)
+    waited: dict = {}
+
+    def wait_for_it():
+        t0 = time.time()
+        waited["trains"] = TrialClaim(storage, "k", driver="sweep-b").acquire(
+            finished=lambda: storage.exists(result), poll=0.05)
+        waited["seconds"] = time.time() - t0
+
+    t = threading.Thread(target=wait_for_it)
+    t.start()
+    time.sleep(1.0)
+    assert t.is_alive()  # waiting, not training
+    storage.write_json(result, {"status": "done"})  # sweep A publishes, then lets go
+    other.release()
+    t.join(10)
+    assert waited["trains"] is False and waited["seconds"] >= 1.0
+
+    # Sweep A's worker takes it again and dies on a lost node (its claim stays, renewed by
+    # nobody); A's driver retries the trial on another worker: taken over at once.
+    storage.delete(result)
+    lost = TrialClaim(storage, "k", driver="sweep-a")
+    assert lost.acquire(finished=lambda: False)
+    lost._stop.set()  # the heartbeat of a process that is gone
+    t0 = time.time()
+    retry = TrialClaim(storage, "k", driver="sweep-a")
+    assert retry.acquire(finished=lambda: False) and time.time() - t0 < 1.0
+    assert storage.read_json(trial_file("k", "claim.lease"))["token"] == retry.me["token"]
+    # ... while sweep B, once A lets go without a result (it failed), trains it itself
+    retry.release()
+    assert TrialClaim(storage, "k", driver="sweep-b").acquire(finished=lambda: False)

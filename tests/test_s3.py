@@ -1,6 +1,7 @@
 """Sweeps on S3 storage, against moto's S3-compatible server on 127.0.0.1 (started here)."""
 
 import io
+import os
 import signal
 import subprocess
 import sys
@@ -98,3 +99,15 @@ def test_sweep_on_s3_resumes_and_reuses_teachers(s3_server, tmp_path, monkeypatc
 def test_credentials_in_the_spec_are_refused():
     with pytest.raises(ValueError, match="credentials do not belong in the spec"):
         Storage("s3://kd/x?access_key=AKIA&secret_key=shh")
+
+
+def test_a_missing_bucket_is_named_before_ray(s3_server, tmp_path):
+    spec = write_spec(tmp_path, storage="s3://no-such-bucket/x")
+    out = subprocess.run([sys.executable, "-m", "sweeps.cli", "run", str(spec)],
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                         env={**os.environ, **s3_server, "RAY_TMPDIR": str(tmp_path)})
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        "kdsweep run: error: storage: bucket 'no-such-bucket' does not exist at "
+        "s3://no-such-bucket/x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]  # no store, no Ray

@@ -10,11 +10,13 @@ import pytest
 import ray
 from mlflow.tracking import MlflowClient
 
+from kd_core.checkpoint import load_checkpoint
 from sweeps.plan import build_plan
 from sweeps.report import report
+from sweeps.resume import SLOTS
 from sweeps.spec import SpecError, parse_spec
 from sweeps.storage import Storage
-from sweeps.store import TrialStore, trial_file
+from sweeps.store import TrialStore, sweep_file, trial_file
 from sweeps.sweep import run_sweep, sweep_status
 from sweeps.teacher_bank import cache_dir
 
@@ -297,29 +299,44 @@ def test_a_complete_but_unpublished_trial_publishes_on_its_next_start(sweep, tmp
 
 
 def test_corrupt_files_are_quarantined_and_derived_again(sweep, tmp_path):
-    """A truncated result, garbage attempts, a torn bank in storage and in the node cache:
-    the rerun warns, moves each aside, and ends with every trial done; nothing is retrained
-    that its checkpoints already hold."""
+    """A truncated result, checkpoint slot, trial list and bank (in storage and in the node
+    cache), garbage attempts, a finished teacher's model deleted: the rerun warns, moves each
+    corrupt file aside, derives what it held again and ends with every trial done; nothing is
+    retrained that the checkpoints already hold."""
     spec = small_spec(tmp_path, "corrupt")
     run_sweep(spec, out=io.StringIO())
     store = TrialStore(Storage(spec.storage))
     teacher, student = build_plan(spec).trials
-    history = store.result(teacher.key).history
+    teacher_history = store.result(teacher.key).history
+    student_history = store.result(student.key).history
     bank = store.bank_file(teacher.key, "float16")
     assert store.storage.exists(bank)
-    for rel, cut in ((trial_file(teacher.key, "result.json"), 40), (bank, 200)):
+    def slot_epoch(slot):
+        return load_checkpoint(store.storage.read_bytes(trial_file(student.key, slot)))["epoch"]
+
+    newest = max(SLOTS, key=slot_epoch)
+    for rel, cut in (
+        (trial_file(student.key, "result.json"), 40),  # the student must run and read the bank
+        (trial_file(student.key, newest), 300),
+        (sweep_file(spec, "trials.json"), 10),
+        (bank, 200),
+    ):
         store.storage.write_bytes(rel, store.storage.read_bytes(rel)[:cut])
     store.storage.write_bytes(trial_file(student.key, "attempts.json"), b"\x00garbage")
     cached = cache_dir() / f"{teacher.key}-float16.pt"
     cached.write_bytes(cached.read_bytes()[:100])
-    store.storage.delete(trial_file(student.key, "result.json"))  # the student must read the bank
+    store.storage.delete(trial_file(teacher.key, "model.pt"))
 
     uri = run_sweep(spec, out=io.StringIO())
     df = pd.read_parquet(uri).set_index("key")
     assert (df.status == "done").all()
-    assert store.result(teacher.key).history == history  # published again from its checkpoint
+    assert store.has_model(teacher.key)  # published again from its checkpoint ...
+    assert store.result(teacher.key).history == teacher_history  # ... with no epoch retrained
+    assert store.result(student.key).history == student_history  # its last epoch redone exactly
+    assert store.result(student.key).resumed_from[-1] == EPOCHS - 1  # from the previous slot
     # the shared bank was bad: the student built its own from the teacher instead
     assert df.loc[student.key, "teacher_path"] in ("bank", "online")
+    assert len(store.trial_list(spec)) == 2  # written again
     root = Path(spec.storage)
     moved = {p.name.split(".corrupt-")[0] for p in root.rglob("*.corrupt-*")}
-    assert moved == {"result.json", "bank-float16.pt", "attempts.json"}
+    assert moved == {"result.json", newest, "trials.json", "bank-float16.pt", "attempts.json"}

@@ -1,0 +1,95 @@
+"""Checks before Ray starts: each bad setting ends `kdsweep run` (and `kdsweep plan`) within
+seconds, with one line naming the field, exit code 2, no Ray started and nothing written.
+(That the CLI's errors are one line without a traceback in a real process: test_spec.py.)"""
+
+import re
+import socket
+import sqlite3
+import time
+
+import pytest
+import yaml
+
+from sweeps import cli, preflight
+from sweeps.tracking import prepare_store
+
+from .drivers import free_port
+
+
+def spec_file(tmp, **over):
+    spec = {
+        "name": "checks",
+        "dataset": {"name": "digits"},
+        "chains": [["cnn-small", "cnn-small"]],
+        "train": {"epochs": 1},
+        "storage": str(tmp / "store"),
+        "tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
+        **over,
+    }
+    path = tmp / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def kdsweep(tmp, capsys, *args):
+    """The CLI in this process (each case would spend seconds importing it anew)."""
+    t0 = time.time()
+    code = cli.main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err, time.time() - t0
+
+
+@pytest.fixture
+def silent_server():
+    """A port that accepts connections and never answers (a firewall, a hung server)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(16)
+        yield s.getsockname()[1]
+
+
+def old_schema_store(tmp):
+    db = tmp / "old.db"
+    prepare_store(f"sqlite:///{db}")
+    with sqlite3.connect(db) as c:
+        c.execute("UPDATE alembic_version SET version_num = '0584bdc529eb'")  # an MLflow 2.x one
+    return db
+
+
+@pytest.mark.parametrize(
+    "setting, expect",
+    [
+        (lambda tmp, port: {"tracking_uri": f"http://127.0.0.1:{free_port()}"},
+         "tracking_uri: no MLflow server answers at http://127.0.0.1:"),
+        (lambda tmp, port: {"tracking_uri": f"http://127.0.0.1:{port}"},
+         "tracking_uri: http://127.0.0.1:.*: no answer within 2 s"),
+        (lambda tmp, port: {"tracking_uri": f"sqlite:///{old_schema_store(tmp)}"},
+         r"tracking_uri: .*old.db holds an MLflow store of an older schema .*mlflow db upgrade"),
+        (lambda tmp, port: {"tracking_uri": f"sqlite:///{tmp / 'junk.db'}"},
+         "tracking_uri: .*junk.db is not an MLflow SQLite store"),
+        (lambda tmp, port: {"storage": str(tmp / "a-file")},
+         "storage: .*a-file is a file, not a directory"),
+        (lambda tmp, port: {"resources": {"gpu": 1}},
+         "resources: a cnn-small trial asks for gpu 1, more than this machine has"),
+    ],
+    ids=["refused", "silent", "old-schema", "not-sqlite", "storage-file", "gpu"],
+)
+def test_bad_settings_stop_run_before_ray(tmp_path, capsys, monkeypatch, silent_server,
+                                          setting, expect):
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))  # a Ray started here would show up
+    monkeypatch.setattr(preflight, "TIMEOUT", 2.0)
+    (tmp_path / "junk.db").write_bytes(b"not a database at all" * 10)
+    (tmp_path / "a-file").write_text("x")
+    path = spec_file(tmp_path, **setting(tmp_path, silent_server))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    capsys.readouterr()  # what making the test's own files printed
+    commands = [("run", str(path))]
+    if "gpu" not in expect:  # a GPU is checked where the sweep will run: `run`, `plan --measure`
+        commands.append(("plan", str(path)))
+    for args in commands:
+        code, out, err, seconds = kdsweep(tmp_path, capsys, *args)
+        assert code == 2, out + err
+        [line] = err.splitlines()  # one line, no traceback
+        assert re.search(expect, line), line
+        assert seconds < 10
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no store, no Ray session
