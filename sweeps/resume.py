@@ -16,9 +16,10 @@ import threading
 import time
 
 from kd_core.checkpoint import CheckpointError, checkpoint_bytes, load_checkpoint
+from kd_core.train import load_model
 
 from .storage import Storage
-from .store import quarantine, read_json_checked, trial_file
+from .store import TrialStore, quarantine, read_json_checked, trial_file
 
 log = logging.getLogger(__name__)
 SLOTS = ("checkpoint-a.pt", "checkpoint-b.pt")
@@ -72,6 +73,31 @@ class TrialCheckpoints:
         epoch, slot, state = max(found, key=lambda f: f[0])
         self.saved_epoch, self._next = epoch, 1 - slot
         return state
+
+
+def trained_model(store: TrialStore, key: str):
+    """The model of finished trial ``key`` (a teacher), loaded without executing code. A model
+    file that is missing or corrupt (quarantined) is published again from the trial's final
+    checkpoint, which holds the same weights; when the checkpoints lack the final epoch the
+    trial forgets its result, so the next run trains it again, and CheckpointError says so."""
+    rel = trial_file(key, "model.pt")
+    if store.storage.exists(rel):
+        try:
+            return load_model(*store.model_bytes(key))
+        except CheckpointError as e:
+            quarantine(store.storage, rel, str(e))
+    state = TrialCheckpoints(store.storage, key).load_latest()
+    result = store.result(key)
+    if state is None or result is None or int(state["epoch"]) != result.epochs:
+        store.forget_result(key)
+        raise CheckpointError(
+            f"{store.model_uri(key)}: missing or corrupt, and the trial's checkpoints lack its "
+            "final epoch; the next run trains the trial again"
+        )
+    log.warning("%s: published again from the trial's final checkpoint", store.model_uri(key))
+    model = {"model_spec": state["model_spec"], "model": state["model"], "trial": result.trial}
+    store.storage.write_bytes(rel, checkpoint_bytes(model))
+    return load_model(*store.model_bytes(key))
 
 
 class Attempts:

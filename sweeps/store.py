@@ -152,23 +152,6 @@ class TrialStore:
         rel = trial_file(key, "model.pt")
         return self.storage.read_bytes(rel), self.storage.uri_of(rel)
 
-    def teacher_model(self, key: str):
-        """The trained model of trial ``key``, loaded without executing code. A corrupt one is
-        quarantined and the trial forgets its result, so the next run publishes it again (from
-        its checkpoints); the caller fails with the reason."""
-        from kd_core.checkpoint import CheckpointError  # torch: not for `kdsweep status`
-        from kd_core.train import load_model
-
-        data, uri = self.model_bytes(key)
-        try:
-            return load_model(data, uri)
-        except CheckpointError as e:
-            quarantine(self.storage, trial_file(key, "model.pt"), str(e))
-            self.forget_result(key)
-            raise CheckpointError(
-                f"{e}: moved aside; the next run publishes it again from its trial's checkpoints"
-            ) from None
-
     def model_uri(self, key: str) -> str:
         return self.storage.uri_of(trial_file(key, "model.pt"))
 

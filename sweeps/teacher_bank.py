@@ -21,6 +21,7 @@ from kd_core.checkpoint import CheckpointError, checkpoint_bytes, load_checkpoin
 from kd_core.data import ImageData, load_dataset
 from kd_core.train import resolve_device
 
+from .resume import trained_model
 from .spec import SweepSpec
 from .store import TrialStore, quarantine
 
@@ -46,7 +47,7 @@ def build_shared_bank(spec: SweepSpec, store: TrialStore, teacher_key: str) -> f
     # Labels (and so label noise) play no part in a bank: the plain dataset will do.
     d = spec.dataset
     data = load_dataset(d.name, root=d.root, download=d.download)
-    model = store.teacher_model(teacher_key)
+    model = trained_model(store, teacher_key)
     t0 = time.perf_counter()
     bank = bank_for(model, data, resolve_device("auto"), getattr(torch, spec.train.bank_dtype))
     seconds = time.perf_counter() - t0

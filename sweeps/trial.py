@@ -23,7 +23,7 @@ from kd_core.train import model_state
 from .lease import TrialClaim
 from .plan import Trial
 from .record import TrialResult
-from .resume import Attempts, TrialCheckpoints, flush_on_exit
+from .resume import Attempts, TrialCheckpoints, flush_on_exit, trained_model
 from .spec import SweepSpec
 from .storage import Storage
 from .store import TrialStore
@@ -104,7 +104,7 @@ def _train(spec: SweepSpec, trial: Trial, store: TrialStore, attempts: Attempts)
         if spec.train.teacher_bank != "off":  # a bank shared by all students of the teacher
             bank = load_shared_bank(store, trial.teacher_key, spec.train.bank_dtype)
         if bank is None:
-            teacher = store.teacher_model(trial.teacher_key)
+            teacher = trained_model(store, trial.teacher_key)
     trainer, noisy = build_trainer(run_spec(spec, trial), teacher, bank=bank)
 
     checkpoints = TrialCheckpoints(store.storage, trial.key)

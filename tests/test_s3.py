@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import boto3
 import pandas as pd
@@ -21,8 +22,25 @@ from sweeps.store import trial_file
 from .drivers import EPOCHS, free_port, kill_leftovers, start_driver, wait_for_port, write_spec
 
 pytestmark = pytest.mark.slow
-CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-         "AWS_DEFAULT_REGION": "us-east-1"}
+# Planted secrets: the drivers get them in their environment, and no file they or Ray write
+# (S3 objects, the MLflow store and artifacts, logs) nor their output may contain them.
+SECRETS = {"AWS_SECRET_ACCESS_KEY": "kd-planted-s3-secret-7Qx2",
+           "MLFLOW_TRACKING_PASSWORD": "kd-planted-mlflow-secret-9Wv4"}
+CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_DEFAULT_REGION": "us-east-1", **SECRETS}
+
+
+def files_holding(root, needles):
+    """Every file under ``root`` (links followed) whose bytes contain one of ``needles``."""
+    hits = []
+    for folder, _, names in os.walk(root, followlinks=True):
+        for name in names:
+            path = os.path.join(folder, name)
+            try:
+                data = Path(path).read_bytes()
+            except OSError:
+                continue  # sockets, vanished files
+            hits += [path for n in needles if n.encode() in data]
+    return hits
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +90,19 @@ def test_sweep_on_s3_resumes_and_reuses_teachers(s3_server, tmp_path, monkeypatc
 
         rerun = start_driver(spec_path, tmp_path, s3_server)
         assert rerun.wait(300) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+        kill_leftovers(tmp_path)
+        # No secret in what the drivers printed, the MLflow store and artifacts, Ray's logs
+        # (tmp_path holds them all, Ray's temp dir through a link) or any object in storage.
+        secrets = list(SECRETS.values())
+        assert files_holding(tmp_path, secrets) == []
+        s3 = boto3.client("s3", endpoint_url=s3_server["AWS_ENDPOINT_URL"],
+                          aws_access_key_id="testing", aws_secret_access_key="testing",
+                          region_name="us-east-1")
+        objects = s3.list_objects_v2(Bucket="kdsweep")["Contents"]
+        assert len(objects) > 20
+        for o in objects:
+            body = s3.get_object(Bucket="kdsweep", Key=o["Key"])["Body"].read()
+            assert not any(x.encode() in body for x in secrets), o["Key"]
     finally:
         kill_leftovers(tmp_path, remove=True)
 
