@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .analysis import analyse, outputs
 from .bank import TeacherBank, bank_nbytes, build_bank
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
@@ -232,6 +233,24 @@ class Trainer:
     def _predict(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
             return predict(model, images, self._prepare, 1024)
+
+    def analyse(self, teacher: nn.Module | None) -> tuple[dict[str, float], dict]:
+        """The paper's analyses (analysis.py) of the model as it stands, against ``teacher``
+        (None: trained on labels), on the unaugmented training set (clean labels) and the test
+        set: scalars named ``<split>_<measure>``, and distributions by split."""
+        if teacher is not None:
+            teacher = teacher.to(self.device, memory_format=self.memory_format)
+        weight = self.model.head.weight.detach().float()
+        scalars, dists = {}, {}
+        splits = (("train", self.x_train, self.y_clean), ("test", self.x_test, self.y_test))
+        for split, x, y in splits:
+            with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
+                mine = outputs(self.model, x, self._prepare, 1024)
+                theirs = None if teacher is None else outputs(teacher, x, self._prepare, 1024)
+            s, d = analyse(mine, theirs, y, weight)
+            scalars.update({f"{split}_{k}": v for k, v in s.items()})
+            dists[split] = d
+        return scalars, dists
 
     def steps_per_epoch(self) -> int:
         return -(-len(self.y_train) // self.config.batch_size)

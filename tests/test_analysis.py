@@ -1,0 +1,74 @@
+"""The paper's analyses on hand-made logits and features whose answers are known."""
+
+import math
+
+import pytest
+import torch
+
+from kd_core.analysis import (
+    MEASURES,
+    analyse,
+    describe,
+    entropy,
+    logit_distance,
+    outputs,
+    project,
+    top_label_distance,
+)
+from kd_core.models import build_model
+
+
+def test_logit_distance_and_its_quartiles():
+    zs = torch.tensor([[0.0, 0.0], [3.0, 4.0], [6.0, 8.0], [0.0, 1.0]])
+    zt = torch.zeros(4, 2)
+    d = logit_distance(zs, zt)
+    assert d.tolist() == [0.0, 5.0, 10.0, 1.0]
+    s = describe(d)
+    assert s["mean"] == 4.0 and s["median"] == 3.0 and s["q25"] == 0.75 and s["q75"] == 6.25
+
+
+def test_entropy_of_uniform_and_certain_predictions():
+    z = torch.tensor([[0.0, 0.0, 0.0, 0.0], [100.0, 0.0, 0.0, 0.0]])
+    h = entropy(z)
+    assert h[0].item() == pytest.approx(math.log(4)) and h[1].item() == pytest.approx(0, abs=1e-6)
+
+
+def test_top_label_distance_right_and_wrong():
+    z = torch.tensor([[5.0, 2.0, 1.0],  # right: 5 - runner-up 2
+                      [1.0, 4.0, 3.0]])  # wrong (true 0): 1 - top1 4
+    assert top_label_distance(z, torch.tensor([0, 0])).tolist() == [3.0, -3.0]
+
+
+def test_projection_puts_templates_and_features_on_their_plane():
+    # templates of classes 0, 1, 2 in 3-D; class 3's is off the plane and unused
+    w = torch.tensor([[0.0, 0.0, 0.0], [2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 9.0]])
+    feats = torch.tensor([[1.0, 0.0, 5.0], [0.0, 1.0, -5.0], [2.0, 2.0, 0.0]])
+    labels = torch.tensor([0, 1, 2])
+    p = project(feats, labels, w)
+    assert p["templates"] == [[0.0, 0.0], [2.0, 0.0], [0.0, 2.0]]
+    # the off-plane component (z) drops out; in-plane coordinates are kept
+    assert p["points"] == {"0": [[1.0, 0.0]], "1": [[0.0, 1.0]], "2": [[2.0, 2.0]]}
+
+
+def test_analyse_a_real_model_in_eval_mode():
+    torch.manual_seed(0)
+    model = build_model("cnn-small", 10, 1)
+    images = torch.rand(30, 1, 8, 8)
+    labels = torch.arange(30) % 10
+    model.train()
+    student = outputs(model, images, lambda x: x, batch_size=7)
+    assert model.training  # restored
+    z, r = student
+    assert z.shape == (30, 10) and r.shape[0] == 30
+    assert torch.allclose(z, model.eval()(images), atol=1e-5)  # eval mode, batch-independent
+    scalars, dists = analyse(student, (z + 1.0, r), labels, model.head.weight.detach())
+    # a teacher that is the student plus 1 everywhere: distance sqrt(10) for every sample
+    assert scalars["logit_distance_mean"] == pytest.approx(math.sqrt(10), rel=1e-5)
+    assert scalars["logit_distance_median"] == pytest.approx(math.sqrt(10), rel=1e-5)
+    assert scalars["teacher_entropy"] == pytest.approx(scalars["entropy"], rel=1e-5)
+    assert scalars["feature_norm"] == pytest.approx(float(r.norm(dim=1).mean()))
+    assert sum(dists["logit_distance"]["counts"]) == 30
+    assert set(dists["projection"]["points"]) == {"0", "1", "2"}
+    assert set(scalars) == set(MEASURES)
+    alone, _ = analyse(student, None, labels, model.head.weight.detach())
+    assert "logit_distance_mean" not in alone and "teacher_entropy" not in alone
