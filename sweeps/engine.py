@@ -26,12 +26,14 @@ from dataclasses import dataclass, field
 
 import optuna
 from ray import tune
+from ray.tune.execution import class_cache
 from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 
 from .plan import Trial, children, make_trial
 from .spec import SweepSpec
+from .storage import AWS_CREDENTIALS
 from .store import TrialStore
 from .trial import Job, run_job
 
@@ -372,6 +374,10 @@ def run_experiment(
 ):
     """Run every job the searcher hands out, in one Tune experiment (``driver``: the token of
     this driver's lease, which its workers' trial claims carry)."""
+    # Tune copies the driver's AWS credentials into every trainable's runtime_env, and Ray's
+    # runtime-env agent logs that env verbatim in its session logs: a secret on disk. Workers
+    # take credentials from their node (its environment or instance role), as the driver does.
+    class_cache.ENV_VARS_TO_PROPAGATE = class_cache.ENV_VARS_TO_PROPAGATE - AWS_CREDENTIALS
     trainable = tune.with_resources(
         tune.with_parameters(run_job, spec=spec, driver=driver), job_resources(spec)
     )

@@ -13,7 +13,12 @@ from urllib.parse import parse_qs, urlparse
 
 import pyarrow.fs as pafs
 
-CREDENTIAL_KEYS = {"access_key", "secret_key", "session_token"}
+CREDENTIAL_KEYS = {"access_key", "secret_key", "session_token"}  # refused in a storage URI
+# Where S3 credentials come from instead: the environment of each process (or a profile or
+# instance role); never copied anywhere by kdsweep.
+AWS_CREDENTIALS = frozenset(
+    {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"}
+)
 
 
 def s3_filesystem(uri: str) -> tuple[pafs.S3FileSystem, str]:

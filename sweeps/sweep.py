@@ -156,13 +156,13 @@ def run_sweep(
     data = check_all(spec, local=address is None)
     store = TrialStore(storage)
     print(plan.describe(stored_done(plan, store)), file=out, flush=True)
-    # connect
-    connect(address)
-    if address is None:
-        check_fits(spec, ray.cluster_resources())  # memory: as much as Ray granted itself
-    lease = DriverLease(storage, spec)  # one driver per sweep and cluster
+    lease = DriverLease(storage, spec)  # one driver per sweep and cluster, before Ray starts
     lease.acquire(out)
     try:
+        # connect
+        connect(address)
+        if address is None:
+            check_fits(spec, ray.cluster_resources())  # memory: as much as Ray granted itself
         return _train_and_publish(spec, plan, data, store, out, retry_failed, lease.token)
     finally:
         lease.release()
