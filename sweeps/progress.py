@@ -1,5 +1,5 @@
-"""Sweep progress per generation (done / running / pending / failed), live or read back from
-storage."""
+"""Sweep progress per generation (done / running / pending / failed, a bar), live with the
+elapsed time and an ETA, or read back from storage."""
 
 from __future__ import annotations
 
@@ -10,6 +10,22 @@ from collections import Counter
 from .plan import Plan, Trial
 from .store import STATES, TrialStore
 
+ENDED = ("done", "failed", "diverged")
+
+
+def bar(fraction: float, width: int = 20) -> str:
+    n = round(fraction * width)
+    return "[" + "#" * n + "." * (width - n) + "]"
+
+
+def duration(seconds: float) -> str:
+    """1h02m, 3m05s or 12.3s."""
+    if seconds >= 3600:
+        return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+    if seconds >= 60:
+        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    return f"{seconds:.1f}s"
+
 
 class Progress:
     """Trial states by key; prints one line per generation whenever a state changes."""
@@ -19,6 +35,7 @@ class Progress:
         self.t0 = time.monotonic()
         self.state = {t.key: store.state(t.key) for t in plan.trials}
         self.generation = {t.key: t.generation for t in plan.trials}
+        self.ended_before = {k for k, s in self.state.items() if s in ENDED}
 
     def add(self, trial: Trial) -> None:
         """Track a trial created at run time (sampled by a searcher, or below a sampled one)."""
@@ -34,12 +51,22 @@ class Progress:
         total = sum(c.values())
         shown = [s for s in STATES if s != "diverged" or c[s]]  # diverged: only when any
         return (
-            f"generation {generation}: " + ", ".join(f"{c[s]} {s}" for s in shown) + f" / {total}"
+            f"generation {generation}: "
+            + ", ".join(f"{c[s]} {s}" for s in shown)
+            + f" / {total} {bar(sum(c[s] for s in ENDED) / max(total, 1))}"
         )
+
+    def eta(self, elapsed: float) -> str:
+        """The sweep's remaining time at the rate trials ended so far in this run."""
+        ended = sum(1 for k, s in self.state.items() if s in ENDED and k not in self.ended_before)
+        left = sum(1 for s in self.state.values() if s not in ENDED)
+        if not ended or not left:
+            return ""
+        return f", sweep ETA {duration(elapsed / ended * left)}"
 
     def _print(self, text: str) -> None:
         elapsed = time.monotonic() - self.t0
-        print(f"[{elapsed:7.1f}s] {text}", file=self.out, flush=True)
+        print(f"[{duration(elapsed):>8}] {text}{self.eta(elapsed)}", file=self.out, flush=True)
 
     def set(self, key: str, state: str) -> None:
         if self.state.get(key) != state:

@@ -8,7 +8,6 @@ lists the summary numbers that MLflow and Parquet carry, so adding a metric here
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -56,6 +55,8 @@ class TrialResult:
     preemptions: int = 0
     resumed_from: list = field(default_factory=list)
     history: list = field(default_factory=list)  # one EpochMetrics dict per epoch
+    # The paper's analyses of the final model (kd_core.analysis.SCALARS), eval mode
+    analysis: dict = field(default_factory=dict)
 
     @classmethod
     def from_history(cls, trial: dict, history: list[dict], status: str = "done", **extra):
@@ -87,17 +88,8 @@ class TrialResult:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
-    def finals(self) -> dict[str, float]:
-        """The summary numbers (finite ones) for MLflow."""
-        out = {}
-        for name in FINAL_METRICS:
-            v = getattr(self, name)
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-                out[name] = float(v)
-        return out
 
-
-# Numbers MLflow logs as final_* and Parquet stores as columns (with the trial's identity).
+# The summary numbers Parquet stores as columns (with the trial's identity and the analyses).
 FINAL_METRICS = (
     "epochs",
     *EPOCH_FINALS,

@@ -20,6 +20,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from kd_core.analysis import SCALARS  # noqa: E402
+
 from .record import FINAL_METRICS  # noqa: E402
 from .results import read_results  # noqa: E402
 from .spec import load_spec  # noqa: E402
@@ -61,7 +63,7 @@ def from_mlflow(tracking_uri: str, experiment: str) -> pd.DataFrame:
         )
         for r in page:
             p, t, m = r.data.params, r.data.tags, r.data.metrics
-            done = r.info.status == "FINISHED" and "final_test_acc" in m
+            done = r.info.status == "FINISHED" and "test_acc" in m
             row = {
                 "sweep": experiment,
                 "cluster": t.get("kdsweep.cluster"),
@@ -81,7 +83,8 @@ def from_mlflow(tracking_uri: str, experiment: str) -> pd.DataFrame:
                 "mlflow_run_id": r.info.run_id,
                 "source": f"{tracking_uri}#{experiment}",
             }
-            row.update({k: m.get(f"final_{k}") for k in FINAL_METRICS})
+            # a metric's latest value is its last epoch's; the analyses are logged by name
+            row.update({k: m.get(k) for k in (*FINAL_METRICS, *SCALARS)})
             rows.append(row)
         token = page.token
         if not token:
@@ -101,7 +104,7 @@ def load(
     """Inputs are spec files (their stored results are read) or Parquet paths/URIs; and/or
     an MLflow experiment."""
     uris, specs = [], []
-    for item in inputs:
+    for item in dict.fromkeys(inputs):  # the same input given twice counts once
         if item.endswith((".yaml", ".yml")):
             spec = load_spec(item)
             specs.append(spec)
@@ -114,6 +117,7 @@ def load(
     df = pd.concat(frames, ignore_index=True)
     if "trained_on" not in df:  # results written before the column existed
         df["trained_on"] = df["cluster"]
+    df = _once(df)
     left_out = df[df["status"] != "done"].status.value_counts()
     if not left_out.empty:  # counted, never silently dropped
         counts = ", ".join(f"{n} {s}" for s, n in left_out.items())
@@ -122,6 +126,26 @@ def load(
     df["setting"] = [setting(r) for r in df.itertuples()]
     df["origin"] = df["cluster"] + "/" + df["sweep"]
     return df, specs
+
+
+def _once(df: pd.DataFrame) -> pd.DataFrame:
+    """Each trial of each cluster's sweep once: inputs that overlap (the same results file by
+    two names, or a Parquet file and the MLflow experiment it was logged to) are counted once,
+    with a warning. The same trial on two clusters stays twice (the reproducibility table)."""
+    dup = df.duplicated(["cluster", "sweep", "key"])
+    if dup.any():
+        sources = ", ".join(sorted(set(df[dup].source)))
+        print(f"warning: {int(dup.sum())} trial rows given more than once (in {sources}) are "
+              "counted once", file=sys.stderr)
+    return df[~dup].reset_index(drop=True)
+
+
+def distance_column(df: pd.DataFrame) -> tuple[str, str]:
+    """The paper's logit-distance measure when the results have it (the median over the
+    unaugmented training set, final models in eval mode), else the per-epoch running mean."""
+    if "train_logit_distance_median" in df and df.train_logit_distance_median.notna().any():
+        return "train_logit_distance_median", "median ||z_s - z_t|| (train set, final models)"
+    return "logit_distance", "mean ||z_s - z_t|| (last epoch's training views)"
 
 
 def _fmt(values: pd.Series) -> str:
@@ -159,11 +183,12 @@ def tables(df: pd.DataFrame) -> str:
             f"{n_seeds} seed(s)\n{table.to_string()}"
         )
     if len(students) > 2:
-        lines = ["== logit distance (train, ||z_s - z_t||) vs test accuracy, Pearson r"]
+        col, what = distance_column(students)
+        lines = [f"== logit distance ({what}) vs test accuracy, Pearson r"]
         for keys, part in students.groupby(cols):
             keys = keys if isinstance(keys, tuple) else (keys,)
-            if len(part) > 2 and part.logit_distance.std() > 0:
-                r = np.corrcoef(part.logit_distance, part.test_acc)[0, 1]
+            if len(part) > 2 and part[col].std() > 0:
+                r = np.corrcoef(part[col], part.test_acc)[0, 1]
                 lines.append(
                     f"  {' '.join(map(str, keys))}: r = {r:+.3f} over {len(part)} students"
                 )
@@ -261,10 +286,11 @@ def plots(df: pd.DataFrame, out_dir: Path) -> list[Path]:
 
     if not students.empty:
         fig, ax = plt.subplots(figsize=(6, 4))
+        col, what = distance_column(students)
         for s, part in students.groupby("setting"):
-            ax.scatter(part.logit_distance, part.test_acc * 100, s=14, label=s)
+            ax.scatter(part[col], part.test_acc * 100, s=14, label=s)
         ax.set(
-            xlabel="mean ||z_s - z_t|| (training views)",
+            xlabel=what,
             ylabel="test accuracy %",
             title="logit distance vs accuracy",
         )

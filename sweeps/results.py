@@ -8,6 +8,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from kd_core.analysis import SCALARS
+
 from .plan import Plan, Trial
 from .record import FINAL_METRICS, TrialResult
 from .storage import Storage
@@ -34,6 +36,7 @@ _INTS = {"epochs", "preemptions", "errors"}
 SCHEMA = pa.schema(
     IDENTITY
     + [(k, pa.int64() if k in _INTS else pa.float64()) for k in FINAL_METRICS]
+    + [(k, pa.float64()) for k in SCALARS]  # the paper's analyses of the final model
     + [
         ("labels_hash", pa.string()),
         ("teacher_path", pa.string()),
@@ -51,6 +54,7 @@ def row(plan: Plan, trial: Trial, result: TrialResult | None, run_id: str | None
         r = result.to_dict()
         out.update({k: r[k] for k in SCHEMA.names if k in r and k not in ("trial", "cluster")})
         out["trained_on"] = result.cluster
+        out.update({k: result.analysis.get(k) for k in SCALARS})
     out.update(
         sweep=plan.spec.name,
         cluster=plan.spec.cluster,

@@ -3,6 +3,7 @@
 Layout under the storage root (trials are shared by every sweep that stores there):
     trials/<key>/result.json       the TrialResult: written last, its presence means "ended"
     trials/<key>/model.pt          the trained model (what the next generation distils from)
+    trials/<key>/analysis.json     distributions of the paper's analyses of the final model
     trials/<key>/bank-<dtype>.pt   the teacher-logit bank of a trained model (teacher_bank.py)
     trials/<key>/failed.json       the error of a trial that failed for good
     trials/<key>/progress.json     last finished epoch of a running trial
@@ -105,12 +106,20 @@ class TrialStore:
         return "pending"
 
     # ---- writing outcomes ------------------------------------------------------------------
-    def publish(self, key: str, model: bytes | None, result: TrialResult) -> None:
-        """The model, then the result: a result in storage always has its model beside it
-        (``model`` None: stopped early, no model to distil from)."""
+    def publish(
+        self, key: str, model: bytes | None, result: TrialResult, analysis: dict | None = None
+    ) -> None:
+        """The model and analyses, then the result: a result in storage always has its model
+        beside it (``model`` None: stopped early or diverged, no model to distil from)."""
         if model is not None:
             self.storage.write_bytes(trial_file(key, "model.pt"), model)
+        if analysis is not None:
+            self.storage.write_json(trial_file(key, "analysis.json"), analysis)
         self.storage.write_json(trial_file(key, "result.json"), result.to_dict())
+
+    def analysis(self, key: str) -> dict | None:
+        """The distributions of the trial's analyses (kd_core.analysis), None if absent."""
+        return read_json_checked(self.storage, trial_file(key, "analysis.json"))
 
     def mark_failed(self, key: str, error: str, **extra) -> None:
         self.storage.write_json(

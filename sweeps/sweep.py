@@ -22,6 +22,7 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
 import optuna  # noqa: E402
+import pandas as pd  # noqa: E402
 
 from .engine import DependencySearcher, Sampler, run_experiment  # noqa: E402
 from .events import SweepEvents  # noqa: E402
@@ -137,7 +138,12 @@ def publish_results(plan: Plan, store: TrialStore, tracker: Tracker) -> str:
     uri = write_results(plan, store, tracker.runs)
     with tempfile.TemporaryDirectory() as d:
         rel = store.results_file(plan.spec)
-        tracker.log_parent_artifact(store.storage.local_copy(rel, Path(d) / "results.parquet"))
+        parquet = store.storage.local_copy(rel, Path(d) / "results.parquet")
+        rows = pd.read_parquet(parquet)
+        rows.to_csv(Path(d) / "results.csv", index=False)  # for a spreadsheet, from the UI
+        tracker.log_parent_artifact(parquet)
+        tracker.log_parent_artifact(Path(d) / "results.csv")
+    tracker.log_summary(rows)
     return uri
 
 
@@ -179,6 +185,7 @@ def _train_and_publish(
 ) -> str:
     tracker = Tracker(spec, store.storage)
     tracker.start()
+    print("\n".join(tracker.links()), file=out, flush=True)
     progress = Progress(plan, store, out)
     store.save_trial_list(spec, [t.to_dict() for t in plan.trials])
     events = SweepEvents(plan, store, tracker, progress)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import getpass
 import hashlib
 import json
 import logging
@@ -22,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from kd_core.metrics import EpochMetrics
@@ -35,6 +36,7 @@ from .store import trial_file
 
 log = logging.getLogger(__name__)
 PARENT_TAG = "mlflow.parentRunId"
+KIND = "custom_model_development"
 # A trial's own per-epoch metrics; Tune's bookkeeping in each result (pid, timestamp,
 # time_this_iter_s, ...) is not logged.
 EPOCH_METRICS = {f.name for f in dataclasses.fields(EpochMetrics)} - {"epoch"}
@@ -118,6 +120,9 @@ class Tracker:
         self.client = MlflowClient(tracking_uri=spec.tracking_uri)
         exp = self.client.get_experiment_by_name(spec.name)
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(spec.name)
+        # MLflow 3 opens an experiment of no declared kind on its GenAI overview: ours are
+        # model training, so the UI opens on the runs table.
+        self.client.set_experiment_tag(self.experiment_id, "mlflow.experimentKind", KIND)
         # A cluster is its name plus its storage: two clusters of one name that store apart
         # are two clusters, each with its own parent run (README, "Several clusters").
         self.cluster_id = cluster_id(spec.cluster, storage.uri)
@@ -125,7 +130,11 @@ class Tracker:
             "kdsweep.cluster": spec.cluster,
             "kdsweep.cluster_id": self.cluster_id,
             "kdsweep.storage": storage.uri,
-            "kdsweep.git_commit": git_commit(),
+            # MLflow's own columns (Source, Version, User); the client API leaves them empty
+            "mlflow.source.name": "kdsweep run",
+            "mlflow.source.type": "JOB",
+            "mlflow.source.git.commit": git_commit(),
+            "mlflow.user": getpass.getuser(),
         }
         if job := ray_job_id():
             self.common_tags["kdsweep.ray_job_id"] = job
@@ -224,9 +233,51 @@ class Tracker:
             )
             run_id = run.info.run_id
             self.client.log_text(run_id, self.spec.model_dump_json(indent=1), "spec.json")
-        for k, v in self.common_tags.items():
-            self.client.set_tag(run_id, k, v)
+            # Params are immutable in MLflow: the sweep's identity, set once; the grid (which a
+            # rerun may widen) goes in the description, rewritten every run.
+            params = {"dataset": self.spec.dataset.name, "cluster": self.spec.cluster,
+                      "chains": " | ".join(" > ".join(c) for c in self.spec.chains),
+                      "epochs": self.spec.train.epochs}
+            self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        tags = {**self.common_tags, "mlflow.note.content": self.description}
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         return run_id
+
+    @property
+    def description(self) -> str:
+        """The parent run's description (Markdown): what the sweep is."""
+        s, g = self.spec, self.spec.grid
+        return (
+            f"**kdsweep** sweep `{s.name}` on cluster `{s.cluster}`: {s.dataset.name}, chains "
+            + ", ".join(" → ".join(c) for c in s.chains)
+            + f"; losses {', '.join(g.loss)}, tau {', '.join(_param(t) for t in g.tau)}, "
+            f"noise {g.noise.kind} {', '.join(f'{r:g}' for r in g.noise.rate)}, "
+            f"{len(g.seeds)} seed(s); {s.train.epochs} epochs. Storage `{self.storage.uri}`."
+        )
+
+    def links(self) -> list[str]:
+        """Where to look: the experiment's runs table and the parent run, in the MLflow UI."""
+        uri = self.spec.tracking_uri
+        base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else None
+        path = f"#/experiments/{self.experiment_id}/runs"
+        if base is None:
+            return [
+                f"MLflow: .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000, then "
+                f"http://127.0.0.1:5000/{path}/{self.parent_id}"
+            ]
+        return [f"MLflow runs: {base}/{path}", f"MLflow sweep run: {base}/{path}/{self.parent_id}"]
+
+    def log_summary(self, rows) -> None:
+        """Headline metrics on the parent run: trials done and failed, and per generation the
+        mean test accuracy of its finished trials (``rows``: the results table)."""
+        done = rows[rows.status == "done"]
+        metrics = {"trials_done": len(done), "trials_not_done": len(rows) - len(done)}
+        for g, acc in done.groupby("generation").test_acc.mean().items():
+            metrics[f"g{g}_mean_test_acc"] = acc
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            self.parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in _finite(metrics)]
+        )
 
     def _existing_children(self) -> dict[str, str]:
         runs, token = {}, None
@@ -292,20 +343,38 @@ class Tracker:
         for h in result.history:
             self._collect(pending, key, h)
         self._send(pending)
+        # The analyses of the final model at the last epoch's step (the per-epoch metrics are
+        # not repeated: the trial's summary is its Parquet row).
         now = int(time.time() * 1000)
         self.client.log_batch(
             run_id,
-            metrics=[Metric(f"final_{k}", v, now, 0) for k, v in result.finals().items()],
+            metrics=[Metric(k, v, now, result.epochs) for k, v in _finite(result.analysis)],
             tags=[RunTag("kdsweep.labels_hash", result.labels_hash or "")],
         )
+        self._log_input(run_id, result)
         with tempfile.TemporaryDirectory() as d:
-            model = self.storage.local_copy(trial_file(key, "model.pt"), Path(d) / "model.pt")
-            if model.exists():
-                self.client.log_artifact(run_id, str(model))
+            for name in ("model.pt", "analysis.json"):
+                path = self.storage.local_copy(trial_file(key, name), Path(d) / name)
+                if path.exists():
+                    self.client.log_artifact(run_id, str(path))
         if result.reason:
             self.client.set_tag(run_id, "kdsweep.reason", result.reason)
             self.client.log_text(run_id, f"{result.status}: {result.reason}", "error.txt")
         self.client.set_terminated(run_id, end)
+
+    def _log_input(self, run_id: str, result: TrialResult) -> None:
+        """The training data as MLflow's Dataset (the UI's Dataset column): the digest is the
+        hash of the labels trained on, so runs on the same noisy labels share it."""
+        d, t = self.spec.dataset, result.trial
+        noise = f" noise={t['noise_kind']}:{t['noise_rate']:g}" if t["noise_rate"] else ""
+        dataset = Dataset(
+            name=f"{d.name}{noise}",
+            digest=(result.labels_hash or "unknown")[:36],
+            source_type="kdsweep",
+            source=d.root or d.name,
+        )
+        context = InputTag(key="mlflow.data.context", value="train")
+        self.client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[context])])
 
     def _tag_reused(self, run_id: str, key: str, result: TrialResult) -> None:
         """A trial this cluster found trained in storage: say so, and by which cluster and run

@@ -132,10 +132,16 @@ def _train(spec: SweepSpec, trial: Trial, store: TrialStore, attempts: Attempts)
             resumed_from=attempts.data["resumed_from"],
         )
         # A diverged model teaches nothing: no model, so no student ever distils from it.
-        model = None
+        model = dists = None
         if status == "done":
             model = checkpoint_bytes({**model_state(trainer.model), "trial": trial.to_dict()})
-        store.publish(trial.key, model, record)
+            record.analysis, dists = trainer.analyse(analysed_teacher())
+        store.publish(trial.key, model, record, dists)
+
+    def analysed_teacher():
+        if trial.teacher_key is None or teacher is not None:
+            return teacher  # labels only, or the online teacher already loaded
+        return trained_model(store, trial.teacher_key)  # students of a bank: once, at the end
 
     every = spec.train.checkpoint_every
     for m in trainer.epochs():

@@ -31,8 +31,12 @@ def test_digits_plan_counts_and_dedup():
 
 def test_paper_plan_counts():
     plan = build_plan(load_spec(CONFIGS / "cifar100-paper.yaml"))
-    # 4 noise x 3 seeds = 12 contexts; 6 student settings (5 kl taus + mse)
-    assert [len(s) for s in plan.generations] == [36, 144, 72]
+    # 4 noise x 3 seeds = 12 contexts; 9 student settings (8 kl taus + mse); generation 2
+    # continues each chain's setting (one wrn-16-2 below each wrn-16-4)
+    assert [len(s) for s in plan.generations] == [36, 216, 108]
+    noisy = [t for t in plan.generations[1] if t.noise_rate > 0 and t.loss == "kl"]
+    for rate in (0.2, 0.4, 0.6):  # tau < 1 at every noise rate
+        assert {0.1, 0.25, 0.5} <= {t.tau for t in noisy if t.noise_rate == rate}
     assert sum(t.model == "wrn-28-4" for t in plan.generations[0]) == 12
 
 

@@ -12,6 +12,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from kd_core.checkpoint import load_checkpoint
+from kd_core.data import load_dataset
 from sweeps.plan import build_plan
 from sweeps.report import report
 from sweeps.resume import SLOTS
@@ -97,17 +98,40 @@ def test_every_trial_has_one_parquet_row_and_one_child_run(sweep):
         tags = r.data.tags
         assert tags["mlflow.parentRunId"] == parent.info.run_id
         assert tags["kdsweep.generation"] == str(t.generation) and tags["kdsweep.chain"] == t.chain
-        assert tags["kdsweep.cluster"] == "test-cluster" and tags["kdsweep.git_commit"]
+        assert tags["kdsweep.cluster"] == "test-cluster" and tags["mlflow.source.git.commit"]
+        assert tags["mlflow.user"] and tags["mlflow.source.name"] == "kdsweep run"
         if t.teacher_key:
             assert tags["kdsweep.teacher_run_id"] == by_key[t.teacher_key].info.run_id
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "test_acc")]
         assert sorted(steps) == list(range(1, EPOCHS + 1))
-        assert r.data.metrics["final_test_acc"] == pytest.approx(
-            df.set_index("key").loc[t.key, "test_acc"])
+        row = df.set_index("key").loc[t.key]
+        assert r.data.metrics["test_acc"] == pytest.approx(row.test_acc)  # the last epoch's
+        assert not any(k.startswith("final_") for k in r.data.metrics)  # no step-0 copies
+        # the analyses of the final model, at the last epoch's step
+        assert r.data.metrics["test_feature_norm"] == pytest.approx(row.test_feature_norm)
+        assert ("train_logit_distance_median" in r.data.metrics) == (t.generation > 0)
         assert r.data.params["loss"] == t.loss and r.info.status == "FINISHED"
         arts = [a.path for a in client.list_artifacts(r.info.run_id)]
-        assert "model.pt" in arts
-    assert "results.parquet" in [a.path for a in client.list_artifacts(parent.info.run_id)]
+        assert "model.pt" in arts and "analysis.json" in arts
+        [dataset] = client.get_run(r.info.run_id).inputs.dataset_inputs  # the Dataset column
+        assert dataset.dataset.digest == row.labels_hash[:36]
+    parent_arts = [a.path for a in client.list_artifacts(parent.info.run_id)]
+    assert {"results.parquet", "results.csv", "spec.json"} <= set(parent_arts)
+    assert "cnn-medium → cnn-small" in parent.data.tags["mlflow.note.content"]
+    assert parent.data.params["dataset"] == "digits"
+    assert parent.data.metrics["trials_done"] == 12 and "g2_mean_test_acc" in parent.data.metrics
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert f"#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}" in log
+    # the paper's analyses in Parquet: students' logit distances on the unaugmented train set
+    students = df[df.generation > 0]
+    assert (students.train_logit_distance_q25 <= students.train_logit_distance_median).all()
+    assert (students.train_logit_distance_median <= students.train_logit_distance_q75).all()
+    assert df[df.generation == 0].train_logit_distance_median.isna().all()
+    assert (df.test_feature_norm > 0).all() and (df.train_entropy >= 0).all()
+    analysis = Storage(spec.storage).read_json(trial_file(students.key.iloc[0], "analysis.json"))
+    n_train = len(load_dataset("digits").train_labels)  # every unaugmented training image
+    assert sum(analysis["train"]["logit_distance"]["counts"]) == n_train
+    assert set(analysis["test"]["projection"]["points"]) == {"0", "1", "2"}
     # MLflow as researchers filter it: params as typed, none that do not apply, no Tune
     # bookkeeping among the metrics, names that lead with what tells runs apart
     kl4 = client.search_runs([exp.experiment_id], "params.tau = '4'")
@@ -122,7 +146,8 @@ def test_every_trial_has_one_parquet_row_and_one_child_run(sweep):
     table = pq.read_table(uri)
     assert table.column("tau").null_count == sum(t.loss != "kl" for t in plan.trials)
     assert table.column("alpha").null_count == sum(t.generation == 0 for t in plan.trials)
-    assert "generation 2: 4 done, 0 running, 0 pending, 0 failed / 4" in log
+    assert "generation 2: 4 done, 0 running, 0 pending, 0 failed / 4 [####################]" in log
+    assert "sweep ETA" in log
 
 
 def test_rerun_trains_nothing_and_extension_trains_only_new_cells(sweep):
