@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from .losses import check_loss_params
+from .names import check_loss_params
 
 # Fields that describe one trial, not the recipe shared by a sweep (the spec's grid sets them).
 PER_RUN = ("loss", "tau", "alpha", "seed", "device")

@@ -15,17 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-LOSSES = ("ce", "kl", "mse")
-
-
-def check_loss_params(loss: str, tau: float, alpha: float) -> None:
-    """Raise ValueError naming the bad argument; shared by the trainer config and the sweep spec."""
-    if loss not in LOSSES:
-        raise ValueError(f"unknown loss {loss!r}: expected one of {', '.join(LOSSES)}")
-    if not isinstance(tau, (int, float)) or math.isnan(tau) or tau <= 0:
-        raise ValueError(f"tau must be a positive number or inf, got {tau!r}")
-    if not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must lie in [0, 1], got {alpha!r}")
+from .names import LOSSES, check_loss_params  # noqa: F401 (kd_core.losses' API)
 
 
 def kl_limit_inf(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:

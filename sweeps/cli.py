@@ -80,7 +80,7 @@ def _run(args) -> int:
 
 
 def _status(args) -> int:
-    from .sweep import sweep_status
+    from .progress import sweep_status
 
     print(sweep_status(load_spec(args.spec)))
     return 0

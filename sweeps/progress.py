@@ -3,11 +3,14 @@ elapsed time and an ETA, or read back from storage."""
 
 from __future__ import annotations
 
+import io
 import sys
 import time
 from collections import Counter
 
-from .plan import Plan, Trial
+from .plan import Plan, Trial, build_plan
+from .spec import SweepSpec
+from .storage import Storage
 from .store import STATES, TrialStore
 
 ENDED = ("done", "failed", "diverged")
@@ -82,3 +85,19 @@ class Progress:
 
     def table(self) -> str:
         return "\n".join(self.line(g) for g in sorted(set(self.generation.values())))
+
+
+def load_plan(spec: SweepSpec, store: TrialStore) -> Plan:
+    """The plan as the last run recorded it (with sampled trials), else as the spec implies."""
+    plan = build_plan(spec)
+    for d in store.trial_list(spec) or []:
+        plan.add(Trial.from_dict(d))
+    return plan
+
+
+def sweep_status(spec: SweepSpec) -> str:
+    """The progress table read from storage alone (works while another process runs the sweep)."""
+    store = TrialStore(Storage(spec.storage))
+    plan = load_plan(spec, store)
+    progress = Progress(plan, store, io.StringIO())
+    return f"sweep {spec.name} ({spec.storage})\n{progress.table()}"

@@ -26,9 +26,7 @@ from pydantic import (
 )
 
 from kd_core.config import PER_RUN, TrainConfig
-from kd_core.data import DATASETS, check_noise_params
-from kd_core.losses import check_loss_params
-from kd_core.models import check_model_name
+from kd_core.names import DATASETS, check_loss_params, check_model_name, check_noise_params
 
 
 class SpecError(ValueError):

@@ -6,7 +6,6 @@ already holds -> train the rest (engine.py) -> publish results.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import sys
@@ -207,19 +206,3 @@ def _train_and_publish(
         )
     print(f"results: {uri}", file=out, flush=True)
     return uri
-
-
-def load_plan(spec: SweepSpec, store: TrialStore) -> Plan:
-    """The plan as the last run recorded it (with sampled trials), else as the spec implies."""
-    plan = build_plan(spec)
-    for d in store.trial_list(spec) or []:
-        plan.add(Trial.from_dict(d))
-    return plan
-
-
-def sweep_status(spec: SweepSpec) -> str:
-    """The progress table read from storage alone (works while another process runs the sweep)."""
-    store = TrialStore(Storage(spec.storage))
-    plan = load_plan(spec, store)
-    progress = Progress(plan, store, io.StringIO())
-    return f"sweep {spec.name} ({spec.storage})\n{progress.table()}"

@@ -130,6 +130,14 @@ def test_help_is_fast_and_user_errors_are_one_line(tmp_path):
             "except SystemExit:\n    pass\nprint('torch' in sys.modules, 'ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip().endswith("False False")  # --help loads neither torch nor Ray
+    spec = tmp_path / "s.yaml"
+    spec.write_text((CONFIGS / "digits.yaml").read_text().replace(
+        "./kdsweep-results", str(tmp_path / "store")))
+    code = (f"import sys\nfrom sweeps import cli\ncli.main(['status', {str(spec)!r}])\n"
+            "print('torch' in sys.modules, 'ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "generation 2: 0 done" in out.stdout, out.stderr
+    assert out.stdout.strip().endswith("False False")  # nor does `status`
     out = subprocess.run([sys.executable, "-m", "sweeps.cli", "train", "--model", "cnn-small",
                           "--teacher", str(tmp_path / "missing.pt"), "--loss", "kl",
                           "--epochs", "1", "--out", str(tmp_path / "run")],

@@ -14,12 +14,13 @@ from mlflow.tracking import MlflowClient
 from kd_core.checkpoint import load_checkpoint
 from kd_core.data import load_dataset
 from sweeps.plan import build_plan
+from sweeps.progress import sweep_status
 from sweeps.report import report
 from sweeps.resume import SLOTS
 from sweeps.spec import SpecError, parse_spec
 from sweeps.storage import Storage
 from sweeps.store import TrialStore, sweep_file, trial_file
-from sweeps.sweep import run_sweep, sweep_status
+from sweeps.sweep import run_sweep
 from sweeps.teacher_bank import cache_dir
 
 pytestmark = pytest.mark.slow

@@ -13,10 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..names import DATASETS
 from .augment import Augment
 from .noise import CIFAR10_ASYMMETRIC_MAP, NoisyLabels, apply_label_noise
-
-DATASETS = ("digits", "cifar10", "cifar100", "synthetic")
 
 
 @dataclass(frozen=True)

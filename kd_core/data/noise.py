@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-NOISE_KINDS = ("symmetric", "asymmetric")
+from ..names import NOISE_KINDS, check_noise_params  # noqa: F401 (kd_core.data's API)
 
 # The standard CIFAR-10 asymmetric map: truck->automobile, bird->airplane, deer->horse, cat<->dog.
 CIFAR10_ASYMMETRIC_MAP: Mapping[int, int] = {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}
@@ -30,13 +30,6 @@ class NoisyLabels:
 def labels_hash(labels: torch.Tensor) -> str:
     data = labels.detach().cpu().to(torch.int64).numpy().astype("<i8").tobytes()
     return hashlib.sha256(data).hexdigest()[:16]
-
-
-def check_noise_params(kind: str, rate: float) -> None:
-    if kind not in NOISE_KINDS:
-        raise ValueError(f"unknown noise kind {kind!r}: expected one of {', '.join(NOISE_KINDS)}")
-    if not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
-        raise ValueError(f"noise rate must lie in [0, 1), got {rate!r}")
 
 
 def apply_label_noise(

@@ -6,13 +6,6 @@ from torch import nn
 
 from .base import Classifier, init_weights
 
-# name -> (conv channels of the two stages, hidden width of the penultimate layer)
-CNN_SIZES = {
-    "cnn-large": ((32, 64), 128),
-    "cnn-medium": ((16, 32), 64),
-    "cnn-small": ((8, 16), 32),
-}
-
 
 class SmallCNN(Classifier):
     def __init__(

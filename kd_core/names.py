@@ -1,0 +1,61 @@
+"""What kd_core accepts by name (datasets, losses, label-noise kinds, models) and the checks of
+each, without importing torch: a sweep spec is validated, and `kdsweep status` runs, in a
+fraction of a second.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+DATASETS = ("digits", "cifar10", "cifar100", "synthetic")
+LOSSES = ("ce", "kl", "mse")
+NOISE_KINDS = ("symmetric", "asymmetric")
+
+# name -> (conv channels of the two stages, hidden width of the penultimate layer)
+CNN_SIZES = {
+    "cnn-large": ((32, 64), 128),
+    "cnn-medium": ((16, 32), 64),
+    "cnn-small": ((8, 16), 32),
+}
+MODEL_NAMES = ("wrn-D-W", "resnet-D", *CNN_SIZES)
+WRN = re.compile(r"wrn-(\d+)-(\d+)")
+RESNET = re.compile(r"resnet-(\d+)")
+
+
+def check_loss_params(loss: str, tau: float, alpha: float) -> None:
+    """Raise ValueError naming the bad argument; shared by the trainer config and the sweep spec."""
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}: expected one of {', '.join(LOSSES)}")
+    if not isinstance(tau, (int, float)) or math.isnan(tau) or tau <= 0:
+        raise ValueError(f"tau must be a positive number or inf, got {tau!r}")
+    if not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha!r}")
+
+
+def check_noise_params(kind: str, rate: float) -> None:
+    if kind not in NOISE_KINDS:
+        raise ValueError(f"unknown noise kind {kind!r}: expected one of {', '.join(NOISE_KINDS)}")
+    if not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
+        raise ValueError(f"noise rate must lie in [0, 1), got {rate!r}")
+
+
+def unknown_model(name: str) -> ValueError:
+    return ValueError(
+        f"unknown model {name!r}: known models are wrn-D-W (D = 6n+4, e.g. wrn-28-4), "
+        f"resnet-D (D = 6n+2, e.g. resnet-20), {', '.join(CNN_SIZES)}"
+    )
+
+
+def check_model_name(name: str) -> None:
+    """Validate a name (depth rules included) without allocating the model's weights."""
+    if m := WRN.fullmatch(name):
+        depth = int(m[1])
+        if (depth - 4) % 6 or depth < 10 or int(m[2]) < 1:
+            raise ValueError(f"bad WideResNet {name!r}: depth must be 6n+4 and width >= 1")
+    elif m := RESNET.fullmatch(name):
+        depth = int(m[1])
+        if (depth - 2) % 6 or depth < 8:
+            raise ValueError(f"bad CIFAR ResNet {name!r}: depth must be 6n+2")
+    elif name not in CNN_SIZES:
+        raise unknown_model(name)
