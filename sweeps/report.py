@@ -1,15 +1,22 @@
 """`kdsweep report`: the paper-style comparison of one or more sweeps' results.
 
-Tables: test accuracy (mean +- std over seeds) per loss and tau, per noise rate, per chain and
-generation; the correlation between logit distance and accuracy. Plots (PNG): accuracy vs tau
-with the MSE level, accuracy vs noise rate, accuracy vs generation, logit distance vs accuracy.
-Several inputs (e.g. two clusters' results) are shown side by side.
+Tables, one per chain and noise rate: test accuracy by setting and generation (teacher,
+generation 1, 2, ...) with each generation's architecture trained alone, as the mean and 95%
+t-interval over seeds; paired t-tests over matched seeds (each setting against the
+architecture alone and against the best setting); the trials not done; the correlation of
+logit distance and accuracy; the same trials across clusters. Figures (seaborn, bootstrapped 95%
+intervals over seeds): accuracy vs generation, vs tau (MSE as a reference line), vs noise per
+architecture; logit distance vs accuracy per noise rate; the distributions of logit distance
+and the penultimate projections (from the trials' analysis.json). A self-contained
+report.html holds it all. Several inputs (e.g. two clusters' results) are shown side by side.
 """
 
 from __future__ import annotations
 
+import base64
 import math
 import sys
+from html import escape
 from pathlib import Path
 
 import matplotlib
@@ -18,7 +25,9 @@ matplotlib.use("Agg")  # files only; no display on cluster heads or CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
+from scipy import stats  # noqa: E402
 
 from kd_core.analysis import SCALARS  # noqa: E402
 
@@ -118,13 +127,12 @@ def load(
     if "trained_on" not in df:  # results written before the column existed
         df["trained_on"] = df["cluster"]
     df = _once(df)
-    left_out = df[df["status"] != "done"].status.value_counts()
-    if not left_out.empty:  # counted, never silently dropped
-        counts = ", ".join(f"{n} {s}" for s, n in left_out.items())
-        print(f"not in the tables: {counts} (of {len(df)} trials)", file=sys.stderr)
-    df = df[df["status"] == "done"].copy()
     df["setting"] = [setting(r) for r in df.itertuples()]
     df["origin"] = df["cluster"] + "/" + df["sweep"]
+    left_out = df[df["status"] != "done"].status.value_counts()
+    if not left_out.empty:  # counted (and listed in the report), never silently dropped
+        counts = ", ".join(f"{n} {s}" for s, n in left_out.items())
+        print(f"not in the tables: {counts} (of {len(df)} trials)", file=sys.stderr)
     return df, specs
 
 
@@ -148,155 +156,311 @@ def distance_column(df: pd.DataFrame) -> tuple[str, str]:
     return "logit_distance", "mean ||z_s - z_t|| (last epoch's training views)"
 
 
-def _fmt(values: pd.Series) -> str:
-    v = values.dropna() * 100
-    if v.empty:
+# ---- statistics over seeds -------------------------------------------------------------------
+def t_interval(values) -> tuple[float, float, int]:
+    """Mean, half-width of the 95% t-interval, and n, over seeds (half-width nan for n < 2)."""
+    v = np.asarray(pd.Series(values).dropna(), dtype=float)
+    n = len(v)
+    if n == 0:
+        return math.nan, math.nan, 0
+    if n == 1:
+        return float(v[0]), math.nan, 1
+    half = stats.t.ppf(0.975, n - 1) * v.std(ddof=1) / math.sqrt(n)
+    return float(v.mean()), float(half), n
+
+
+def cell(values) -> str:
+    """Accuracy % as "mean ± half-width (n)" of its 95% t-interval over seeds."""
+    mean, half, n = t_interval(pd.Series(values) * 100)
+    if n == 0:
         return "-"
-    return f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" if len(v) > 1 else f"{v.mean():.2f}"
+    return f"{mean:.2f} (n=1)" if n == 1 else f"{mean:.2f} ± {half:.2f} (n={n})"
 
 
-def tables(df: pd.DataFrame) -> str:
+def paired(a: pd.Series, b: pd.Series) -> tuple[float, float, int]:
+    """Mean of a - b over matched seeds (indexes), the paired t-test's two-sided p, and n."""
+    both = pd.concat([a, b], axis=1, keys=["a", "b"]).dropna()
+    n = len(both)
+    if n == 0:
+        return math.nan, math.nan, 0
+    d = both.a - both.b
+    if n < 2:
+        return float(d.mean()), math.nan, n
+    if d.std(ddof=1) == 0:
+        return float(d.mean()), (1.0 if d.mean() == 0 else 0.0), n
+    return float(d.mean()), float(stats.ttest_rel(both.a, both.b).pvalue), n
+
+
+# ---- the chains a report is organised by -----------------------------------------------------
+def full_chains(df: pd.DataFrame) -> list[str]:
+    """The spec's chains as the results show them: students' lineages that no deeper student
+    continues (a chain's shorter prefixes are its earlier generations)."""
+    lineages = sorted(set(df[df.generation > 0].chain))
+    return [c for c in lineages if not any(o.startswith(c + ">") for o in lineages)]
+
+
+def chain_frame(df: pd.DataFrame, chain: str) -> pd.DataFrame:
+    """The trials of one chain A>B>C, one row each, with a `column` per generation: the teacher
+    (and every architecture trained alone) at its generation's column, the students of each
+    generation under their setting; a generation-g student's lineage is chain[:g+1]."""
+    models = chain.split(">")
+    parts = []
+    for g, model in enumerate(models):
+        alone = df[(df.generation == 0) & (df.model == model)].assign(row="alone (ce)")
+        parts.append(alone.assign(g=g))
+        if g:
+            lineage = ">".join(models[: g + 1])
+            mine = df[(df.generation == g) & (df.chain == lineage)]
+            parts.append(mine.assign(row=mine.setting, g=g))
+    out = pd.concat(parts, ignore_index=True)
+    out["column"] = [f"g{g} {models[g]}" for g in out.g]
+    return out
+
+
+def _setting_rows(index) -> list[str]:
+    return sorted(index, key=_setting_order)
+
+
+def tables(df: pd.DataFrame, all_rows: pd.DataFrame) -> str:
+    """Per chain and noise rate: accuracy by setting (rows) and generation (columns), with the
+    architecture of each generation trained alone as a row; then paired comparisons over
+    matched seeds; then trials not done; then logit distance vs accuracy."""
     out = []
-    several = df["origin"].nunique() > 1
-    cols = ["origin", "noise_rate"] if several else ["noise_rate"]
-    students = df[df.generation > 0]
-    for (chain, gen), part in students.groupby(["chain", "generation"], sort=True):
-        # The models trained alone that this chain is compared against: its student and teacher.
-        models = chain.split(">")
-        alone = df[(df.generation == 0) & df.model.isin([models[0], models[-1]])].copy()
-        alone["setting"] = np.where(
-            alone.model == models[0], f"teacher {models[0]}", f"alone {models[-1]}"
-        )
-        frame = pd.concat([part, alone[alone.noise_rate.isin(part.noise_rate)]])
-        n_seeds = part.groupby(["setting"] + cols)["seed"].nunique().max()
-        table = frame.pivot_table(index="setting", columns=cols, values="test_acc", aggfunc=_fmt)
-        table = table.reindex(sorted(table.index, key=_setting_order))
-        table.columns = [
-            " ".join(
-                f"noise={c}" if isinstance(c, float) else str(c)
-                for c in (col if isinstance(col, tuple) else (col,))
-            )
-            for col in table.columns
-        ]
-        out.append(
-            f"== {chain} (generation {gen}): test accuracy %, mean ± std over "
-            f"{n_seeds} seed(s)\n{table.to_string()}"
-        )
-    if len(students) > 2:
-        col, what = distance_column(students)
-        lines = [f"== logit distance ({what}) vs test accuracy, Pearson r"]
-        for keys, part in students.groupby(cols):
+    several = df.origin.nunique() > 1
+    for chain in full_chains(df):
+        frame = chain_frame(df, chain)
+        for keys, part in frame.groupby(["origin", "noise_rate"] if several else ["noise_rate"]):
             keys = keys if isinstance(keys, tuple) else (keys,)
-            if len(part) > 2 and part[col].std() > 0:
-                r = np.corrcoef(part[col], part.test_acc)[0, 1]
-                lines.append(
-                    f"  {' '.join(map(str, keys))}: r = {r:+.3f} over {len(part)} students"
-                )
-        out.append("\n".join(lines))
-    return "\n\n".join(out)
+            where = f"noise={keys[-1]:g}" + (f", {keys[0]}" if several else "")
+            table = part.pivot_table(
+                index="row", columns="column", values="test_acc", aggfunc=cell
+            )
+            table = table.reindex(_setting_rows(table.index))
+            table = table[sorted(table.columns, key=lambda c: int(c.split()[0][1:]))]
+            table.columns.name, table.index.name = None, "setting"
+            out.append(
+                f"== {chain} ({where}): test accuracy %, mean ± 95% t-interval over seeds "
+                f"(n seeds)\n{table.fillna('-').to_string()}\n{comparisons(part)}"
+            )
+    not_done = all_rows[all_rows.status != "done"]
+    if not not_done.empty:
+        counts = not_done.groupby(["generation", "chain", "status"]).size()
+        lines = [f"  generation {g} {c}: {n} {s}" for (g, c, s), n in counts.items()]
+        out.append(f"== trials not in the tables ({len(not_done)} of {len(all_rows)})\n"
+                   + "\n".join(lines))
+    out.append(correlations(df, several))
+    return "\n\n".join(o for o in out if o)
 
 
-def _tau_axis(taus: pd.Series) -> tuple[dict, list, list]:
-    finite = sorted(t for t in taus.unique() if not math.isinf(t))
+def comparisons(part: pd.DataFrame) -> str:
+    """Per generation >= 1: each setting against the architecture alone and against the best
+    setting, as mean differences over matched seeds with the paired t-test's p."""
+    lines = ["   paired t-test over matched seeds, difference in accuracy points (p):"]
+    for column, gen in part[part.g > 0].groupby("column"):
+        acc = gen.pivot_table(index="seed", columns="row", values="test_acc") * 100
+        kd = [s for s in acc.columns if s != "alone (ce)"]
+        if not kd:
+            continue
+        best = max(kd, key=lambda s: acc[s].mean())
+        cells = []
+        for s in _setting_rows(kd):
+            text = s
+            if "alone (ce)" in acc:
+                d, p, n = paired(acc[s], acc["alone (ce)"])
+                text += f" vs alone {_diff(d, p, n)}"
+            if s != best:
+                d, p, n = paired(acc[s], acc[best])
+                text += f", vs best ({best}) {_diff(d, p, n)}"
+            cells.append(text)
+        lines.append(f"   {column}: " + "; ".join(cells))
+    return "\n".join(lines) if len(lines) > 1 else ""
+
+
+def _diff(d: float, p: float, n: int) -> str:
+    if n == 0:
+        return "n/a"
+    return f"{d:+.2f} (n={n})" if math.isnan(p) else f"{d:+.2f} (p={p:.3f}, n={n})"
+
+
+def correlations(df: pd.DataFrame, several: bool) -> str:
+    students = df[df.generation > 0]
+    if len(students) < 3:
+        return ""
+    col, what = distance_column(students)
+    lines = [f"== logit distance ({what}) vs test accuracy, Pearson r"]
+    for keys, part in students.groupby(["origin", "noise_rate"] if several else ["noise_rate"]):
+        keys = keys if isinstance(keys, tuple) else (keys,)
+        if len(part) > 2 and part[col].std() > 0:
+            r = np.corrcoef(part[col], part.test_acc)[0, 1]
+            where = " ".join([f"noise={keys[-1]:g}", *map(str, keys[:-1])])
+            lines.append(f"  {where}: r = {r:+.3f} over {len(part)} students")
+    return "\n".join(lines)
+
+
+# ---- plots -----------------------------------------------------------------------------------
+def _tau_position(taus: pd.Series) -> tuple[dict, list]:
+    """Equal spacing for the grid's taus (inf last): a log axis cannot show inf."""
+    finite = sorted(t for t in taus.dropna().unique() if not math.isinf(t))
     pos = {t: i for i, t in enumerate(finite)}
     labels = [f"{t:g}" for t in finite]
-    if any(math.isinf(t) for t in taus):
+    if any(math.isinf(t) for t in taus.dropna()):
         pos[math.inf] = len(finite)
         labels.append("inf")
-    return pos, list(range(len(labels))), labels
+    return pos, labels
 
 
-def plots(df: pd.DataFrame, out_dir: Path) -> list[Path]:
+def plots(df: pd.DataFrame, out_dir: Path, analyses: dict[str, dict]) -> list[Path]:
+    """PNG figures (seaborn; intervals are 95% over seeds); ``analyses``: key -> analysis.json
+    contents where the trials' storage is at hand (distributions and projections)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    sns.set_theme(style="whitegrid", font_scale=0.8)
+    df = df.assign(accuracy=df.test_acc * 100, noise=df.noise_rate.map(lambda r: f"{r:g}"))
     paths = []
-    students = df[df.generation > 0]
-    kl, mse = students[students.loss == "kl"], students[students.loss == "mse"]
 
     def save(fig, name):
-        fig.tight_layout()
-        path = out_dir / name
-        fig.savefig(path, dpi=110)
+        fig.savefig(out_dir / name, dpi=110, bbox_inches="tight")
         plt.close(fig)
-        paths.append(path)
+        paths.append(out_dir / name)
 
-    if not kl.empty:
-        pos, ticks, labels = _tau_axis(kl.tau)
-        noises = sorted(students.noise_rate.unique())
-        fig, axes = plt.subplots(1, len(noises), figsize=(5 * len(noises), 4), squeeze=False)
-        for ax, noise in zip(axes[0], noises, strict=True):
-            for (origin, chain), part in kl[kl.noise_rate == noise].groupby(["origin", "chain"]):
-                g = part.groupby("tau").test_acc.agg(["mean", "std"]).reset_index()
-                x = [pos[t] for t in g.tau]
-                line = ax.errorbar(
-                    x,
-                    g["mean"] * 100,
-                    yerr=g["std"].fillna(0) * 100,
-                    marker="o",
-                    capsize=3,
-                    label=f"{chain} kl ({origin})",
-                )
-                m = mse[(mse.noise_rate == noise) & (mse.chain == chain) & (mse.origin == origin)]
-                if not m.empty:
-                    ax.axhline(
-                        m.test_acc.mean() * 100,
-                        ls="--",
-                        color=line[0].get_color(),
-                        label=f"{chain} mse",
-                    )
-            ax.set(
-                xticks=ticks,
-                xticklabels=labels,
-                xlabel="tau",
-                ylabel="test accuracy %",
-                title=f"noise {noise:g}",
-            )
-            ax.legend(fontsize=7)
-        save(fig, "accuracy_vs_tau.png")
-
-    if students.noise_rate.nunique() > 1:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        direct = df[df.generation <= 1]
-        for (origin, s), part in direct.groupby(["origin", "setting"]):
-            if s == "alone (ce)":
-                part = part[part.model.isin(students.model)]
-            g = part.groupby("noise_rate").test_acc.mean()
-            ax.plot(g.index, g.values * 100, marker="o", label=f"{s} ({origin})")
-        ax.set(
-            xlabel="label noise rate",
-            ylabel="test accuracy %",
-            title="generation <= 1 students vs noise",
-        )
-        ax.legend(fontsize=7)
-        save(fig, "accuracy_vs_noise.png")
-
-    if students.generation.max() > 1:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        deep = students[students.chain.str.count(">") >= 2]
-        for (origin, s, noise), part in deep.groupby(["origin", "setting", "noise_rate"]):
-            g = part.groupby("generation").test_acc.mean()
-            ax.plot(g.index, g.values * 100, marker="o", label=f"{s} noise={noise:g} ({origin})")
-        ax.set(
-            xlabel="generation",
-            ylabel="test accuracy %",
-            xticks=sorted(deep.generation.unique()),
-            title="sequential distillation",
-        )
-        ax.legend(fontsize=6)
+    chains = full_chains(df)
+    noises = sorted(df.noise.unique(), key=float)
+    students = df[df.generation > 0]
+    if chains:  # generations 0..G as lines, one row of panels per chain
+        fig, axes = plt.subplots(len(chains), len(noises), squeeze=False,
+                                 figsize=(4.5 * len(noises), 3.4 * len(chains)))
+        for row, chain in zip(axes, chains, strict=True):
+            frame = chain_frame(df, chain)
+            models = chain.split(">")
+            teacher = frame[(frame.g == 0)]
+            lines = []
+            for s in _setting_rows(set(frame.row) - {"alone (ce)"}):
+                lines.append(pd.concat([teacher.assign(row=s), frame[frame.row == s]]))
+            alone = frame[frame.row == "alone (ce)"]
+            for ax, noise in zip(row, noises, strict=True):
+                data = pd.concat(lines + [alone])
+                data = data[data.noise == noise]
+                if data.empty:
+                    ax.set_visible(False)
+                    continue
+                sns.lineplot(data=data, x="g", y="accuracy", hue="row", style="row",
+                             markers=True, dashes=False, errorbar=("ci", 95), ax=ax)
+                ax.set_xticks(range(len(models)), [f"g{g}\n{m}" for g, m in enumerate(models)])
+                ax.set(xlabel="", ylabel="test accuracy %", title=f"{chain}, noise {noise}")
+                ax.legend(fontsize=6, title=None)
         save(fig, "accuracy_vs_generation.png")
 
-    if not students.empty:
-        fig, ax = plt.subplots(figsize=(6, 4))
+    kl = students[students.loss == "kl"]
+    if not kl.empty:  # KL students over tau; MSE as a reference line of the same colour
+        pos, labels = _tau_position(kl.tau)
+        kl = kl.assign(x=kl.tau.map(pos), student=[f"g{g} {c}" for g, c in
+                                                   zip(kl.generation, kl.chain, strict=True)])
+        fig, axes = plt.subplots(1, len(noises), squeeze=False, figsize=(4.5 * len(noises), 3.4))
+        for ax, noise in zip(axes[0], noises, strict=True):
+            part = kl[kl.noise == noise]
+            if part.empty:
+                ax.set_visible(False)
+                continue
+            sns.lineplot(data=part, x="x", y="accuracy", hue="student", marker="o",
+                         errorbar=("ci", 95), ax=ax)
+            handles, names = ax.get_legend_handles_labels()
+            colors = {n: h.get_color() for h, n in zip(handles, names, strict=True)}
+            mse = students[(students.loss == "mse") & (students.noise == noise)]
+            for (g, c), m in mse.groupby(["generation", "chain"]):
+                ax.axhline(m.accuracy.mean(), ls="--", lw=1, color=colors.get(f"g{g} {c}"),
+                           label=f"g{g} {c} mse")
+            ax.set_xticks(range(len(labels)), labels)
+            ax.set(xlabel="tau (kl)", ylabel="test accuracy %", title=f"noise {noise}")
+            ax.legend(fontsize=6)
+        save(fig, "accuracy_vs_tau.png")
+
+    if df.noise_rate.nunique() > 1:  # one panel per architecture
+        data = df.assign(what=[s if g else "alone (ce)" for s, g in
+                               zip(df.setting, df.generation, strict=True)])
+        grid = sns.relplot(data=data, x="noise_rate", y="accuracy", hue="what", col="model",
+                           kind="line", marker="o", errorbar=("ci", 95), height=3.2,
+                           facet_kws={"sharey": False})
+        grid.set_axis_labels("label noise rate", "test accuracy %")
+        save(grid.figure, "accuracy_vs_noise.png")
+
+    if not students.empty:  # logit distance vs accuracy, a panel per noise rate
         col, what = distance_column(students)
-        for s, part in students.groupby("setting"):
-            ax.scatter(part[col], part.test_acc * 100, s=14, label=s)
-        ax.set(
-            xlabel=what,
-            ylabel="test accuracy %",
-            title="logit distance vs accuracy",
-        )
-        ax.legend(fontsize=7)
-        save(fig, "logit_distance_vs_accuracy.png")
+        grid = sns.relplot(data=students, x=col, y="accuracy", hue="setting", col="noise",
+                           col_order=[n for n in noises if n in set(students.noise)],
+                           kind="scatter", height=3.2)
+        for ax in grid.axes.flat:
+            if (students[col] > 0).all():
+                ax.set_xscale("log")
+        grid.set_axis_labels(what, "test accuracy %")
+        save(grid.figure, "logit_distance_vs_accuracy.png")
+
+    if analyses:
+        analysis_plots(df, analyses, save)
     return paths
+
+
+def _representatives(df: pd.DataFrame) -> pd.DataFrame:
+    """One generation-1 student per setting of the first chain, at the lowest noise rate and
+    seed: the runs whose distributions are drawn."""
+    g1 = df[df.generation == 1]
+    if g1.empty:
+        return g1
+    first = sorted(g1.chain)[0]
+    g1 = g1[(g1.chain == first) & (g1.noise_rate == g1.noise_rate.min())]
+    return g1[g1.seed == g1.seed.min()]
+
+
+def analysis_plots(df: pd.DataFrame, analyses: dict[str, dict], save) -> None:
+    reps = _representatives(df)
+    reps = reps[reps.key.isin(analyses.keys())]
+    if reps.empty:
+        return
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))  # logit-distance distributions per setting
+    for r in sorted(reps.itertuples(), key=lambda r: _setting_order(r.setting)):
+        h = analyses[r.key]["train"].get("logit_distance")
+        if h:
+            ax.stairs(h["counts"], h["edges"], label=r.setting)
+    ax.set(xlabel="||z_s - z_t||_2 per training image (final models)", ylabel="images",
+           title=f"logit distance, {reps.chain.iloc[0]}, noise {reps.noise_rate.iloc[0]:g}")
+    ax.legend(fontsize=6)
+    save(fig, "logit_distance_distributions.png")
+
+    # Penultimate features of three classes on their templates' plane: the teacher, the
+    # smallest- and largest-tau KL students, the MSE student.
+    kl = reps[reps.loss == "kl"].sort_values("tau")
+    picks = [("teacher", reps.teacher_key.iloc[0])]
+    if not kl.empty:
+        picks.append((kl.setting.iloc[0], kl.key.iloc[0]))
+        if len(kl) > 1:
+            picks.append((kl.setting.iloc[-1], kl.key.iloc[-1]))
+    picks += [("mse", k) for k in reps[reps.loss == "mse"].key[:1]]
+    picks = [(name, k) for name, k in picks if k in analyses]
+    fig, axes = plt.subplots(1, len(picks), figsize=(3.2 * len(picks), 3.2), squeeze=False)
+    for ax, (name, key) in zip(axes[0], picks, strict=True):
+        proj = analyses[key]["train"]["projection"]
+        for c, pts in proj["points"].items():
+            pts = np.asarray(pts).reshape(-1, 2)
+            ax.scatter(pts[:, 0], pts[:, 1], s=3, alpha=0.5, label=f"class {c}")
+        t = np.asarray(proj["templates"])
+        ax.plot(*np.vstack([t, t[:1]]).T, "k--", lw=0.8)
+        ax.set_title(name)
+        ax.set_aspect("equal", "datalim")
+    axes[0][0].legend(fontsize=6, markerscale=3)
+    save(fig, "penultimate_projection.png")
+
+
+def html(text: str, paths: list[Path], title: str) -> str:
+    """A self-contained HTML report: the tables, then every figure inline."""
+    figures = "\n".join(
+        f'<h3>{p.stem.replace("_", " ")}</h3><img alt="{p.stem}" '
+        f'src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
+        for p in paths
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
+        "<style>body{font-family:sans-serif;margin:2em}pre{font-size:12px}"
+        "img{max-width:100%}</style></head><body>"
+        f"<h1>{escape(title)}</h1><pre>{escape(text)}</pre>{figures}</body></html>"
+    )
 
 
 def reproducibility(df: pd.DataFrame) -> str | None:
@@ -347,23 +511,42 @@ def reproducibility(df: pd.DataFrame) -> str | None:
     return "\n".join(lines)
 
 
+def load_analyses(df: pd.DataFrame, specs: list) -> dict[str, dict]:
+    """analysis.json of the drawn trials (and their teachers), where their storage is known."""
+    reps = _representatives(df[df.status == "done"])
+    keys = set(reps.key) | set(reps.teacher_key.dropna())
+    out = {}
+    for spec in specs:
+        store = TrialStore(Storage(spec.storage))
+        for key in keys - out.keys():
+            if (a := store.analysis(key)) is not None:
+                out[key] = a
+    return out
+
+
 def report(
     inputs: list[str],
     out_dir: str | Path,
     tracking_uri: str | None = None,
     experiment: str | None = None,
 ) -> tuple[str, list[Path]]:
-    """Print-ready tables and PNG plots; plots are logged to each input spec's parent run."""
-    df, specs = load(inputs, tracking_uri, experiment)
+    """Tables (text), PNG figures and report.html in ``out_dir``; all of them are logged to
+    each input spec's parent run under report/."""
+    all_rows, specs = load(inputs, tracking_uri, experiment)
+    df = all_rows[all_rows.status == "done"]
     if df.empty:
         raise ValueError(f"no finished trials in {', '.join(inputs) or experiment}")
-    text = tables(df)
+    text = tables(df, all_rows)
     if repro := reproducibility(df):
         text += "\n\n" + repro
-    paths = plots(df, Path(out_dir))
+    out_dir = Path(out_dir)
+    paths = plots(df, out_dir, load_analyses(all_rows, specs))
+    title = "kdsweep report: " + ", ".join(sorted(set(df.origin)))
+    page = out_dir / "report.html"
+    page.write_text(html(text, paths, title))
     for spec in specs:
         tracker = Tracker(spec, Storage(spec.storage))
-        for p in paths:
+        for p in [*paths, page]:
             tracker.log_parent_artifact(p, "report")
         tracker.client.log_text(tracker.parent_id, text, "report/report.txt")
-    return text, paths
+    return text, [*paths, page]

@@ -197,17 +197,21 @@ def test_status_and_report(sweep, tmp_path):
     spec_file = tmp / "spec.yaml"
     spec_file.write_text(json.dumps(spec.model_dump()))  # JSON is YAML
     text, paths = report([str(spec_file)], tmp_path / "rep")
-    assert "cnn-medium>cnn-small (generation 1)" in text and "kl tau=4" in text and "mse" in text
-    assert "noise=0.4" in text and "Pearson r" in text
+    # one table per spec chain and noise rate, a column per generation
+    assert "== cnn-medium>cnn-small>cnn-small (noise=0.4)" in text
+    assert "g0 cnn-medium" in text and "g2 cnn-small" in text
+    assert "kl tau=4" in text and "mse" in text and "paired t-test" in text
+    assert "Pearson r" in text
     names = {p.name for p in paths}
     assert {"accuracy_vs_tau.png", "accuracy_vs_noise.png", "accuracy_vs_generation.png",
-            "logit_distance_vs_accuracy.png"} <= names
+            "logit_distance_vs_accuracy.png", "logit_distance_distributions.png",
+            "penultimate_projection.png", "report.html"} == names
     assert all(p.stat().st_size > 5000 for p in paths)
     client = MlflowClient(spec.tracking_uri)
     parent = client.search_runs([client.get_experiment_by_name("e2e").experiment_id],
                                 "tags.`kdsweep.role` = 'sweep'")[0]
     arts = [a.path for a in client.list_artifacts(parent.info.run_id, "report")]
-    assert "report/accuracy_vs_tau.png" in arts
+    assert {"report/accuracy_vs_tau.png", "report/report.html"} <= set(arts)
     # two results files side by side
     text2, _ = report([uri, uri.replace("e2e", "e2e-copy")], tmp_path / "rep2")
     assert "test-cluster/e2e" in text2 and "test-cluster/e2e-copy" in text2
