@@ -147,6 +147,9 @@ def test_every_trial_has_one_parquet_row_and_one_child_run(sweep):
     table = pq.read_table(uri)
     assert table.column("tau").null_count == sum(t.loss != "kl" for t in plan.trials)
     assert table.column("alpha").null_count == sum(t.generation == 0 for t in plan.trials)
+    typed = pd.read_parquet(uri, dtype_backend="pyarrow")  # pandas keeps them null, not 0 or NaN
+    assert typed.tau.isna().sum() == table.column("tau").null_count
+    assert len(typed.groupby("tau", dropna=False)) == 2  # tau 4 and "does not apply"
     assert "generation 2: 4 done, 0 running, 0 pending, 0 failed / 4 [####################]" in log
     assert "sweep ETA" in log
 
