@@ -27,33 +27,72 @@ SLOTS = ("checkpoint-a.pt", "checkpoint-b.pt")
 
 class TrialCheckpoints:
     """Two alternating slots, each written atomically: a corrupt newest one falls back to the
-    previous good one."""
+    previous good one. A save may upload in the background, one upload at a time, so the next
+    epoch trains while the last one uploads (a kill then loses at most the epoch in flight and
+    the one uploading); ``on_saved(epoch)`` runs once that epoch is in storage."""
 
-    def __init__(self, storage: Storage, key: str):
+    def __init__(self, storage: Storage, key: str, on_saved=None):
         self.storage, self.key = storage, key
+        self.on_saved = on_saved or (lambda epoch: None)
         self.saved_epoch = 0
         self._next = 0  # the slot the next save overwrites: never the one holding the newest
-        self._pending: tuple[int, dict] | None = None
-        self._lock = threading.Lock()  # save() runs on the trial thread and at exit
+        self._pending: tuple[int, bytes] | None = None
+        self._lock = threading.Lock()  # writes come from the uploader and the exit path
+        self._upload: threading.Thread | None = None
+        self._error: BaseException | None = None
 
-    def save(self, state: dict) -> None:
-        data = checkpoint_bytes(state)
+    def save(self, state: dict, background: bool = False) -> None:
+        # Serialised here, on the trial's thread: a snapshot that training can move on from.
+        self._put(int(state["epoch"]), checkpoint_bytes(state), background)
+
+    def remember(self, state: dict) -> None:
+        """Hold an epoch-boundary state that is not yet saved (checkpoint_every > 1), as bytes:
+        a state dict's tensors are the live weights, which the next epoch changes."""
+        self._pending = (int(state["epoch"]), checkpoint_bytes(state))
+
+    def wait(self) -> None:
+        """Until the upload in flight is in storage; an upload's error is raised here."""
+        if self._upload is not None:
+            self._upload.join()
+            self._upload = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def flush(self) -> int | None:
+        """Make storage hold the newest epoch-boundary state (before publishing, SIGTERM, exit);
+        returns the epoch written here, if any."""
+        self.wait()
+        pending = self._pending
+        if pending is not None and pending[0] > self.saved_epoch:
+            self._put(*pending, background=False)
+            return pending[0]
+        return None
+
+    def _put(self, epoch: int, data: bytes, background: bool) -> None:
+        self.wait()  # one upload at a time, in epoch order
+        if not background:
+            self._write(epoch, data)
+            return
+        self._upload = threading.Thread(
+            target=self._write_catching, args=(epoch, data), name="checkpoint", daemon=True
+        )
+        self._upload.start()
+
+    def _write_catching(self, epoch: int, data: bytes) -> None:
+        try:
+            self._write(epoch, data)
+        except BaseException as e:  # handed to the trial's thread at its next wait()
+            self._error = e
+
+    def _write(self, epoch: int, data: bytes) -> None:
         with self._lock:
             self.storage.write_bytes(trial_file(self.key, SLOTS[self._next]), data)
             self._next = 1 - self._next
-            self.saved_epoch = int(state["epoch"])
-            self._pending = None
-
-    def remember(self, state: dict) -> None:
-        """Hold an epoch-boundary state that is not yet saved (checkpoint_every > 1)."""
-        self._pending = (int(state["epoch"]), state)
-
-    def flush(self) -> None:
-        """Save the newest epoch-boundary state if storage lacks it (SIGTERM / exit path)."""
-        pending = self._pending
-        if pending is not None and pending[0] > self.saved_epoch:
-            self.save(pending[1])
-            log.warning("trial %s: saved epoch %d on exit", self.key, pending[0])
+            self.saved_epoch = epoch
+            if self._pending is not None and self._pending[0] <= epoch:
+                self._pending = None
+        self.on_saved(epoch)
 
     def load_latest(self) -> dict | None:
         """The newest checkpoint that loads; a corrupt one is skipped with a warning."""
@@ -130,5 +169,10 @@ class Attempts:
 
 def flush_on_exit(checkpoints: TrialCheckpoints):
     """Register a final flush; Ray turns SIGTERM into SystemExit, so exit handlers run."""
-    atexit.register(checkpoints.flush)
-    return lambda: atexit.unregister(checkpoints.flush)
+
+    def flush():
+        if (epoch := checkpoints.flush()) is not None:
+            log.warning("trial %s: saved epoch %d on exit", checkpoints.key, epoch)
+
+    atexit.register(flush)
+    return lambda: atexit.unregister(flush)

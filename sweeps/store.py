@@ -6,7 +6,7 @@ Layout under the storage root (trials are shared by every sweep that stores ther
     trials/<key>/analysis.json     distributions of the paper's analyses of the final model
     trials/<key>/bank-<dtype>.pt   the teacher-logit bank of a trained model (teacher_bank.py)
     trials/<key>/failed.json       the error of a trial that failed for good
-    trials/<key>/progress.json     last finished epoch of a running trial
+    trials/<key>/progress.json     the last epoch of a running trial that is in storage
     trials/<key>/attempts.json     starts and errors (resume.Attempts)
     trials/<key>/checkpoint-{a,b}.pt  the trial's own checkpoints (resume.TrialCheckpoints)
     sweeps/<name>/<cluster>/trials.json      every trial the sweep knows (sampled ones too)

@@ -107,14 +107,20 @@ def _train(spec: SweepSpec, trial: Trial, store: TrialStore, attempts: Attempts)
             teacher = trained_model(store, trial.teacher_key)
     trainer, noisy = build_trainer(run_spec(spec, trial), teacher, bank=bank)
 
-    checkpoints = TrialCheckpoints(store.storage, trial.key)
+    checkpoints = TrialCheckpoints(
+        store.storage,
+        trial.key,
+        on_saved=lambda epoch: store.write_progress(trial.key, epoch, spec.train.epochs),
+    )
     state = checkpoints.load_latest()
     if state is not None:
         trainer.load_state_dict(state)
     attempts.start(trainer.epoch)
+    store.write_progress(trial.key, trainer.epoch, spec.train.epochs)  # running, from here
     forget = flush_on_exit(checkpoints)
 
     def publish(status: str = "done", reason: str | None = None) -> None:
+        checkpoints.flush()  # every epoch of the record is in storage first
         forget()
         record = TrialResult.from_history(
             trial.to_dict(),
@@ -146,11 +152,13 @@ def _train(spec: SweepSpec, trial: Trial, store: TrialStore, attempts: Attempts)
     every = spec.train.checkpoint_every
     for m in trainer.epochs():
         last = trainer.epoch == spec.train.epochs
+        # Uploads in the background while the next epoch trains. An epoch reported and then
+        # lost with its upload is trained again on resume, bit-exactly, and MLflow skips the
+        # step it already holds: no step twice, no value that differs.
         if last or trainer.epoch % every == 0:
-            checkpoints.save(trainer.state_dict())  # before reporting: a reported epoch is kept
+            checkpoints.save(trainer.state_dict(), background=not last)
         else:
             checkpoints.remember(trainer.state_dict())
-        store.write_progress(trial.key, trainer.epoch, spec.train.epochs)
         if reason := diverged(m.as_dict()):
             publish("diverged", f"epoch {trainer.epoch}: {reason}")
             tune.report({**m.as_dict(), "realised_noise_rate": noisy.realised_rate})

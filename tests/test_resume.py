@@ -171,6 +171,36 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
     assert newest["epoch"] == 2 and torch.equal(newest["w"], torch.zeros(3))
 
 
+def test_checkpoints_upload_in_the_background_one_at_a_time(tmp_path):
+    """The next epoch trains while the last checkpoint uploads; progress names an epoch only
+    once it is in storage; a failed upload fails the trial at its next save."""
+    storage = Storage(str(tmp_path))
+    saved = []
+    ckpts = TrialCheckpoints(storage, "k", on_saved=saved.append)
+    state = {"epoch": 1, "w": torch.zeros(1000, 1000)}  # 4 MB
+    ckpts.save(state, background=True)
+    state["w"] += 1.0  # training moves on: the upload holds the epoch-1 snapshot
+    state["epoch"] = 2
+    ckpts.save(state, background=True)  # waits for epoch 1's upload first: one at a time
+    assert saved[0] == 1
+    ckpts.wait()
+    assert saved == [1, 2] and ckpts.saved_epoch == 2
+    latest = TrialCheckpoints(storage, "k").load_latest()
+    assert latest["epoch"] == 2 and torch.equal(latest["w"], torch.ones(1000, 1000))
+    # remember() snapshots too: a later change to the live tensors is not what flush() saves
+    state["epoch"] = 3
+    ckpts.remember(state)
+    state["w"] += 1.0
+    assert ckpts.flush() == 3 and saved[-1] == 3
+    assert torch.equal(TrialCheckpoints(storage, "k").load_latest()["w"], torch.ones(1000, 1000))
+
+    (tmp_path / "trials" / "bad").write_text("a file where the trial's folder should be")
+    broken = TrialCheckpoints(storage, "bad")
+    broken.save({"epoch": 1}, background=True)
+    with pytest.raises(OSError):
+        broken.save({"epoch": 2}, background=True)
+
+
 def test_a_kill_while_the_mlflow_store_is_created_leaves_nothing_broken(tmp_path):
     """MLflow's first migration takes seconds; a SIGKILL in the middle of it must not leave a
     half-migrated mlflow.db that every later run would fail on."""
