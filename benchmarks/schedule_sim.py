@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from kd_core.bank import bank_nbytes
+from kd_core.bank import bank_nbytes, teacher_path
 from kd_core.data import Augment
+from kd_core.names import DATASET_FACTS
 from kd_core.profile import forward_macs
 from sweeps.plan import build_plan, students_per_teacher
 from sweeps.schedule import remaining_work, trial_costs
@@ -48,11 +49,9 @@ MEASURED_CPU = {
     ("wrn-16-2", "wrn-16-4", "bank"): 143,
     ("wrn-16-2", "wrn-28-4", "online"): 460,
 }
-DATA = {  # (train images, classes, image shape, augmentation) per dataset
-    "cifar100": (50_000, 100, (3, 32, 32), Augment(4, True)),
-    "cifar10": (50_000, 10, (3, 32, 32), Augment(4, True)),
-    "digits": (1347, 10, (1, 8, 8), Augment(0, False)),
-}
+def data_facts(name: str):
+    f = DATASET_FACTS[name]
+    return f["train"], f["classes"], f["shape"], Augment(f["padding"], f["flip"])
 
 
 @dataclass
@@ -67,19 +66,18 @@ class Job:
 
 
 def build_jobs(spec, measured: bool, teacher_hours: float, seed: int) -> list[Job]:
-    n, k, shape, aug = DATA[spec.dataset.name]
+    n, k, shape, aug = data_facts(spec.dataset.name)
     epochs = spec.train.epochs
     macs = {m: forward_macs(m, k, shape) for m in spec.architectures}
     plan = build_plan(spec)
     per_teacher = students_per_teacher(plan.trials)
-    fits = bank_nbytes(n, aug, k, getattr(torch, spec.train.bank_dtype)) <= (
-        spec.train.bank_budget_gb * 2**30
-    )
-    banked = {
-        t
+    nbytes = bank_nbytes(n, aug, k, getattr(torch, spec.train.bank_dtype))
+    paths = {  # the sweep's own policy (kd_core.bank.teacher_path)
+        t: teacher_path(count, epochs, aug.n_views, nbytes, spec.train.bank_budget_gb * 2**30,
+                        spec.train.teacher_bank)[0]
         for t, count in per_teacher.items()
-        if spec.train.teacher_bank != "off" and fits and aug.n_views <= count * epochs
     }
+    banked = {t for t, path in paths.items() if path == "shared"}
     by_key = {t.key: t for t in plan.trials}
     first = plan.generations[0][0].model
 
@@ -97,12 +95,17 @@ def build_jobs(spec, measured: bool, teacher_hours: float, seed: int) -> list[Jo
     jobs = []
     for t in plan.trials:
         teacher = by_key.get(t.teacher_key)
-        path = None if teacher is None else ("bank" if t.teacher_key in banked else "online")
-        cost = epoch_cost(t.model, teacher and teacher.model, path) * epochs * unit
+        path = None if teacher is None else paths[t.teacher_key]
+        if path == "private":  # the bank built inside the trial: its epochs run as with a bank
+            path = "bank"
+            build = aug.n_views * macs[teacher.model] * unit
+        else:
+            build = 0.0
+        cost = epoch_cost(t.model, teacher and teacher.model, path) * epochs * unit + build
         deps = (
             []
             if teacher is None
-            else [t.teacher_key] + ([f"bank:{t.teacher_key}"] if path == "bank" else [])
+            else [t.teacher_key] + ([f"bank:{t.teacher_key}"] if t.teacher_key in banked else [])
         )
         jobs.append(
             Job(t.key, "trial", t.lineage, t.generation, cost * rng.uniform(0.8, 1.2), deps, epochs)
@@ -223,7 +226,7 @@ def main():
     p.add_argument("--seeds", type=int, default=5, help="straggler/preemption draws averaged")
     args = p.parse_args()
     spec = load_spec(args.spec)
-    n, k, shape, _ = DATA[spec.dataset.name]
+    n, k, shape, _ = data_facts(spec.dataset.name)
     priority = remaining_work(spec, trial_costs(spec, k, shape))
     print(
         f"{args.spec}: {len(build_plan(spec).trials)} trials, "

@@ -64,6 +64,41 @@ def bank_nbytes(n_images: int, augment: Augment, num_classes: int, dtype=torch.f
     return n_images * augment.n_views * num_classes * torch.finfo(dtype).bits // 8
 
 
+# How much a bank must save, in teacher passes over the training set, before it is built.
+# A shared bank is built by its own job, which its students wait for, and travels through
+# storage (one upload, a download per node): it must save half its build again. A private bank
+# is built inside the one trial that reads it and held in that trial's memory for the whole run
+# (on the GPU too): it must save twice its build.
+SHARED_MARGIN = 1.5
+PRIVATE_MARGIN = 2.0
+
+
+def teacher_path(
+    students: int, epochs: int, n_views: int, bank_bytes: int, budget_bytes: float, mode="auto"
+) -> tuple[str, str]:
+    """How ``students`` students of one teacher get its logits, and why: "shared" (one bank,
+    built once and read by all of them), "private" (a bank built inside a student's own
+    trial), or "online" (the teacher runs in every step). Costs in teacher passes over the
+    training set: online, students x epochs; a bank, one per view (n_views), once per bank.
+    ``mode`` is TrainConfig.teacher_bank; the trainer asks with students=1, a sweep with the
+    plan's count. The one policy of the trainer, the sweep and `kdsweep plan`."""
+    if mode == "off" or students == 0:
+        return "online", "teacher_bank: off" if mode == "off" else "no students"
+    if bank_bytes > budget_bytes:
+        why = f"a bank needs {bank_bytes / 2**30:.2f} GiB > bank_budget_gb {budget_bytes / 2**30:g}"
+        if mode == "on":
+            raise ValueError(f"teacher_bank: on, but {why}")
+        return "online", why
+    if mode == "on":
+        return ("shared" if students > 1 else "private"), "teacher_bank: on"
+    work = f"{students} student(s) x {epochs} epochs"
+    if students > 1 and n_views * SHARED_MARGIN <= students * epochs:
+        return "shared", f"{work} >= {SHARED_MARGIN} x {n_views} views"
+    if n_views * PRIVATE_MARGIN <= epochs:
+        return "private", f"{epochs} epochs >= {PRIVATE_MARGIN} x {n_views} views"
+    return "online", f"{work}: a bank of {n_views} views does not pay"
+
+
 @torch.no_grad()
 def build_bank(
     teacher: nn.Module,

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .analysis import analyse, outputs
-from .bank import TeacherBank, bank_nbytes, build_bank
+from .bank import TeacherBank, bank_nbytes, build_bank, teacher_path
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import ImageData, draw_views, render_views
@@ -135,18 +135,13 @@ class Trainer:
 
     # ---- teacher -------------------------------------------------------------------------
     def _use_bank(self) -> bool:
+        """Build a bank for this run alone (bank.teacher_path, as one student)?"""
         cfg, aug = self.config, self.data.augment
-        dtype = getattr(torch, cfg.bank_dtype)
-        nbytes = bank_nbytes(len(self.y_train), aug, self.data.num_classes, dtype)
-        fits = nbytes <= cfg.bank_budget_gb * 2**30
-        if cfg.teacher_bank == "on" and not fits:
-            raise ValueError(
-                f"teacher bank needs {nbytes / 2**30:.2f} GiB > bank_budget_gb {cfg.bank_budget_gb}"
-            )
-        if cfg.teacher_bank != "auto":
-            return cfg.teacher_bank == "on"
-        # Building costs one teacher pass per view; running online costs one per epoch.
-        return fits and aug.n_views * 2 <= cfg.epochs
+        nbytes = bank_nbytes(len(self.y_train), aug, self.data.num_classes,
+                             getattr(torch, cfg.bank_dtype))
+        path, _ = teacher_path(1, cfg.epochs, aug.n_views, nbytes, cfg.bank_budget_gb * 2**30,
+                               cfg.teacher_bank)
+        return path != "online"
 
     def build_bank(self, teacher: nn.Module) -> TeacherBank:
         """The teacher's logits for every view of this run's data, on the training device."""

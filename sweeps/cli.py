@@ -32,6 +32,10 @@ def _plan(args) -> int:
         check_tracking(spec)
     done = stored_done(plan, TrialStore(Storage(spec.storage))) if args.check_storage else set()
     print(plan.describe(done))
+    from .teacher_bank import bank_summary
+
+    if summary := bank_summary(spec, plan):
+        print(summary)
     if args.measure:
         _measure(spec, plan, args)
     return 0

@@ -23,7 +23,7 @@ from kd_core.profile import GiB, MemoryProfile, profile_run
 
 from .plan import Plan, make_trial, students_per_teacher
 from .spec import SweepSpec
-from .teacher_bank import wants_shared_bank
+from .teacher_bank import teacher_path_of
 from .trial import run_spec
 
 
@@ -39,7 +39,8 @@ class Shape:
 
 
 def _student(spec: SweepSpec, data: ImageData, model: str, teacher: str, siblings: int) -> Shape:
-    path = "bank" if wants_shared_bank(spec, data, siblings) else "online"
+    # a shared bank or a private one: the trial holds a bank either way
+    path = "online" if teacher_path_of(spec, data, siblings)[0] == "online" else "bank"
     return Shape(model, teacher, path)
 
 

@@ -12,15 +12,18 @@ import logging
 import os
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import torch
 
-from kd_core.bank import TeacherBank, bank_for, bank_nbytes
+from kd_core.bank import TeacherBank, bank_for, bank_nbytes, teacher_path
 from kd_core.checkpoint import CheckpointError, checkpoint_bytes, load_checkpoint
-from kd_core.data import ImageData, load_dataset
+from kd_core.data import Augment, ImageData, load_dataset
+from kd_core.names import DATASET_FACTS
 from kd_core.train import resolve_device
 
+from .plan import students_per_teacher
 from .resume import trained_model
 from .spec import SweepSpec
 from .store import TrialStore, quarantine
@@ -28,18 +31,46 @@ from .store import TrialStore, quarantine
 log = logging.getLogger(__name__)
 
 
-def wants_shared_bank(spec: SweepSpec, data: ImageData, n_students: int) -> bool:
-    """Whether one bank beats running the teacher online in each of ``n_students`` trials."""
+def teacher_path_of(spec: SweepSpec, data: ImageData, n_students: int) -> tuple[str, str]:
+    """kd_core.bank.teacher_path for the students of one of this sweep's teachers."""
     t = spec.train
-    if t.teacher_bank == "off" or n_students == 0:
-        return False
     nbytes = bank_nbytes(
         len(data.train_labels), data.augment, data.num_classes, getattr(torch, t.bank_dtype)
     )
-    if nbytes > t.bank_budget_gb * 2**30:
-        return False
-    # Building costs one teacher pass per view; online costs one per epoch per student.
-    return t.teacher_bank == "on" or data.augment.n_views <= n_students * t.epochs
+    return teacher_path(
+        n_students, t.epochs, data.augment.n_views, nbytes, t.bank_budget_gb * 2**30,
+        t.teacher_bank,
+    )
+
+
+def bank_summary(spec: SweepSpec, plan) -> str:
+    """How each generation's teachers hand their logits to their students, per the policy
+    (`kdsweep plan`); from the dataset's known sizes, without reading it."""
+    facts = DATASET_FACTS.get(spec.dataset.name)
+    if facts is None:
+        return ""
+    t = spec.train
+    aug = Augment(facts["padding"], facts["flip"])
+    nbytes = bank_nbytes(facts["train"], aug, facts["classes"], getattr(torch, t.bank_dtype))
+    generation = {x.key: x.generation for x in plan.trials}
+    choices: Counter = Counter()
+    for key, n in students_per_teacher(plan.trials).items():
+        path, why = teacher_path(
+            n, t.epochs, aug.n_views, nbytes, t.bank_budget_gb * 2**30, t.teacher_bank
+        )
+        choices[(generation[key], path, n, why)] += 1
+    lines = [f"teachers' logits ({aug.n_views} views, a bank is {nbytes / 2**30:.2f} GiB):"]
+    for (g, path, n, why), count in sorted(choices.items()):
+        what = {"shared": "one shared bank each", "private": "a private bank per student",
+                "online": "the teacher online"}[path]
+        lines.append(f"  generation {g} teachers: {count} with {n} student(s): {what} ({why})")
+    return "\n".join(lines)
+
+
+def wants_shared_bank(spec: SweepSpec, data: ImageData, n_students: int) -> bool:
+    """Whether the teacher of ``n_students`` students gets one bank in storage (else each
+    student builds its own or runs the teacher online, as its trainer decides)."""
+    return teacher_path_of(spec, data, n_students)[0] == "shared"
 
 
 def build_shared_bank(spec: SweepSpec, store: TrialStore, teacher_key: str) -> float:

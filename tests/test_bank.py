@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from kd_core import TrainConfig
-from kd_core.bank import TeacherBank, bank_for
+from kd_core.bank import TeacherBank, bank_for, teacher_path
 from kd_core.data import draw_views, load_dataset, render_views
 from kd_core.losses import distillation_loss
 from kd_core.train import Trainer, init_model
@@ -99,3 +99,23 @@ def test_auto_picks_the_cheaper_path_and_on_respects_the_budget(setup):
     with pytest.raises(ValueError, match="bank_budget_gb"):
         Trainer(s, data, TrainConfig(**kd, teacher_bank="on", bank_budget_gb=1e-6),
                 teacher=teacher)
+
+
+def test_teacher_path_counts_students_epochs_views_and_memory():
+    gib = 2**30
+    cifar = dict(n_views=162, bank_bytes=int(1.51 * gib), budget_bytes=4 * gib)
+    # the paper's generation-0 teacher: 18 students x 200 epochs dwarf 162 views: one bank
+    assert teacher_path(18, 200, **cifar)[0] == "shared"
+    # a generation-1 teacher with one student: 200 epochs < 2 x 162 views: online, no bank
+    path, why = teacher_path(1, 200, **cifar)
+    assert path == "online" and "does not pay" in why
+    # one student that trains long enough builds a bank of its own (never published)
+    assert teacher_path(1, 400, **cifar)[0] == "private"
+    # two students, 100 epochs each: 200 < 1.5 x 162, and each alone is short: online
+    assert teacher_path(2, 100, **cifar)[0] == "online"
+    # memory: a bank over the budget is never built; "on" then refuses
+    assert teacher_path(18, 200, 162, 5 * gib, 4 * gib)[0] == "online"
+    with pytest.raises(ValueError, match="bank_budget_gb"):
+        teacher_path(18, 200, 162, 5 * gib, 4 * gib, mode="on")
+    assert teacher_path(18, 200, **cifar, mode="off")[0] == "online"
+    assert teacher_path(1, 10, **cifar, mode="on")[0] == "private"

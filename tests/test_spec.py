@@ -104,6 +104,9 @@ def test_shipped_configs_validate_via_cli():
                               str(CONFIGS / name)], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         assert "generation 2:" in out.stdout
+        if name == "cifar100-paper.yaml":  # the bank policy's choices, per generation
+            assert "generation 0 teachers: 12 with 18 student(s): one shared bank" in out.stdout
+            assert "generation 1 teachers: 108 with 1 student(s): the teacher online" in out.stdout
 
 
 def test_cli_rejects_bad_spec_before_any_work(tmp_path):
