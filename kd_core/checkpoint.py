@@ -22,6 +22,11 @@ def checkpoint_bytes(state: dict) -> bytes:
     return buf.getvalue()
 
 
+def write_checkpoint(path: str | Path, state: dict) -> None:
+    """torch.save ``state`` straight to ``path`` (no copy of it in memory as bytes)."""
+    torch.save({"format": FORMAT, **state}, path)
+
+
 def save_checkpoint(path: str | Path, state: dict) -> None:
     """Write ``state`` so that ``path`` is either the old file or the complete new one."""
     path = Path(path)
@@ -34,13 +39,17 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(source: str | Path | bytes | BinaryIO, name: str | None = None) -> dict:
-    """Load a checkpoint without executing code; CheckpointError names the file when it is bad."""
+def load_checkpoint(
+    source: str | Path | bytes | BinaryIO, name: str | None = None, mmap: bool = False
+) -> dict:
+    """Load a checkpoint without executing code; CheckpointError names the file when it is bad.
+    ``mmap`` (a file path only): tensors map the file's pages instead of copying them, so every
+    process that loads the same file shares one copy in the page cache."""
     label = name or (str(source) if isinstance(source, (str, Path)) else "<checkpoint bytes>")
     if isinstance(source, bytes):
         source = io.BytesIO(source)
     try:
-        state = torch.load(source, map_location="cpu", weights_only=True)
+        state = torch.load(source, map_location="cpu", weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {label} does not exist") from None
     except Exception as e:  # torch raises several types for truncated/corrupt zip archives

@@ -110,6 +110,25 @@ class Storage:
         if self.exists(rel):
             self.fs.delete_file(self.path(rel))
 
+    def upload(self, rel: str, local: Path) -> None:
+        """Stream a local file into storage (no copy of it in memory); readers see the old
+        object or the whole new one."""
+        final = self.path(rel)
+        self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
+        tmp = final if not self.is_local else f"{final}.tmp-{uuid.uuid4().hex[:8]}"
+        # an S3 (multipart) upload appears only once complete: written in place
+        pafs.copy_files(str(local), tmp, pafs.LocalFileSystem(), self.fs, use_threads=False)
+        if self.is_local:
+            os.replace(tmp, final)
+
+    def download(self, rel: str, dest: Path) -> None:
+        """Stream the object into the local file ``dest``, which appears only when complete."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}")
+        pafs.copy_files(self.path(rel), str(tmp), self.fs, pafs.LocalFileSystem(),
+                        use_threads=False)
+        os.replace(tmp, dest)
+
     def local_copy(self, rel: str, dest: Path) -> Path:
         """A local file with the object's bytes (the object itself for local storage)."""
         if self.is_local:

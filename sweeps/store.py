@@ -5,6 +5,7 @@ Layout under the storage root (trials are shared by every sweep that stores ther
     trials/<key>/model.pt          the trained model (what the next generation distils from)
     trials/<key>/analysis.json     distributions of the paper's analyses of the final model
     trials/<key>/bank-<dtype>.pt   the teacher-logit bank of a trained model (teacher_bank.py)
+    trials/<key>/bank-<dtype>.json its size and SHA-256 (a node's fetched copy is checked)
     trials/<key>/failed.json       the error of a trial that failed for good
     trials/<key>/progress.json     the last epoch of a running trial that is in storage
     trials/<key>/attempts.json     starts and errors (resume.Attempts)

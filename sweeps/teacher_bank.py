@@ -1,13 +1,18 @@
 """Shared teacher-logit banks: built once per teacher, read by all its students.
 
-A bank lives in storage beside its teacher's model (TrialStore.bank_file), so every student of
-that teacher, in this sweep or a later one, on any node, reads it instead of running the
-teacher; each node keeps a copy on local disk. The engine builds a bank as a job of its own, as
-soon as its teacher has finished (engine.py), when wants_shared_bank says it pays.
+A bank lives in storage beside its teacher's model (TrialStore.bank_file), with its size and
+SHA-256 beside it, so every student of that teacher, in this sweep or a later one, on any
+node, reads it instead of running the teacher. Each node fetches it once (a file lock), into a
+disk cache capped by size (least recently used go first), and every trial memory-maps that one
+file. The engine builds a bank as a job of its own, as soon as its teacher has finished
+(engine.py), when the policy (kd_core.bank.teacher_path) says a shared bank pays.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import logging
 import os
 import time
@@ -18,7 +23,7 @@ from pathlib import Path
 import torch
 
 from kd_core.bank import TeacherBank, bank_for, bank_nbytes, teacher_path
-from kd_core.checkpoint import CheckpointError, checkpoint_bytes, load_checkpoint
+from kd_core.checkpoint import CheckpointError, load_checkpoint, write_checkpoint
 from kd_core.data import Augment, ImageData, load_dataset
 from kd_core.names import DATASET_FACTS
 from kd_core.train import resolve_device
@@ -26,7 +31,7 @@ from kd_core.train import resolve_device
 from .plan import students_per_teacher
 from .resume import trained_model
 from .spec import SweepSpec
-from .store import TrialStore, quarantine
+from .store import TrialStore, quarantine, read_json_checked
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +79,9 @@ def wants_shared_bank(spec: SweepSpec, data: ImageData, n_students: int) -> bool
 
 
 def build_shared_bank(spec: SweepSpec, store: TrialStore, teacher_key: str) -> float:
-    """Build and store the bank of the finished teacher ``teacher_key``; returns its seconds."""
+    """Build and store the bank of the finished teacher ``teacher_key``; returns its seconds.
+    Host memory peaks near one bank: it is written to this node's cache file by torch.save
+    (no copy as bytes), streamed to storage from there, and stays cached for this node."""
     # Labels (and so label noise) play no part in a bank: the plain dataset will do.
     d = spec.dataset
     data = load_dataset(d.name, root=d.root, download=d.download)
@@ -83,38 +90,116 @@ def build_shared_bank(spec: SweepSpec, store: TrialStore, teacher_key: str) -> f
     bank = bank_for(model, data, resolve_device("auto"), getattr(torch, spec.train.bank_dtype))
     seconds = time.perf_counter() - t0
     state = {k: v.cpu() if torch.is_tensor(v) else v for k, v in bank.state_dict().items()}
-    store.storage.write_bytes(
-        store.bank_file(teacher_key, spec.train.bank_dtype),
-        checkpoint_bytes({"bank": state, "build_seconds": seconds}),
-    )
+    del bank  # on a GPU: the device copy goes before the file is written
+    rel = store.bank_file(teacher_key, spec.train.bank_dtype)
+    local = cached(rel)
+    tmp = local.with_name(f".{local.name}.{uuid.uuid4().hex[:8]}")
+    local.parent.mkdir(parents=True, exist_ok=True)
+    write_checkpoint(tmp, {"bank": state, "build_seconds": seconds})
+    del state
+    with node_lock(local):
+        store.storage.upload(rel, tmp)
+        store.storage.write_json(digest_file(rel), {"size": tmp.stat().st_size,
+                                                    "sha256": sha256(tmp)})
+        os.replace(tmp, local)
+    evict(keep=local)
     return seconds
 
 
+# ---- the node cache ---------------------------------------------------------------------------
 def cache_dir() -> Path:
     return Path(os.environ.get("KDSWEEP_CACHE", Path.home() / ".cache" / "kdsweep")) / "banks"
 
 
-def load_shared_bank(store: TrialStore, teacher_key: str, dtype: str) -> TeacherBank | None:
-    """The teacher's bank from this node's disk cache, fetched from storage on first use.
-    None when there is none or it is corrupt: the student then runs its teacher online. A
-    corrupt cache copy is fetched again; a corrupt stored bank is quarantined (and rebuilt by
-    the next run that wants it)."""
-    rel = store.bank_file(teacher_key, dtype)
-    local = cache_dir() / f"{teacher_key}-{dtype}.pt"
-    for fetched in (False, True):
-        if fetched or not local.exists():
-            if not store.storage.exists(rel):
-                return None
-            local.parent.mkdir(parents=True, exist_ok=True)
-            tmp = local.with_name(f".{local.name}.{uuid.uuid4().hex[:8]}")
-            tmp.write_bytes(store.storage.read_bytes(rel))
-            os.replace(tmp, local)  # concurrent fetchers on one node: last complete copy wins
+def cache_limit() -> float:
+    """Bytes of banks a node keeps (KDSWEEP_CACHE_GB, default 100); least recently used go."""
+    return float(os.environ.get("KDSWEEP_CACHE_GB", "100")) * 2**30
+
+
+def cached(rel: str) -> Path:
+    """The node-cache file of a stored bank (trials/KEY/bank-DTYPE.pt -> KEY-DTYPE.pt)."""
+    key, name = rel.split("/")[-2:]
+    return cache_dir() / f"{key}-{name.removeprefix('bank-')}"
+
+
+def digest_file(rel: str) -> str:
+    """Beside each stored bank: its size and SHA-256, to verify a fetched copy against."""
+    return rel.removesuffix(".pt") + ".json"
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def node_lock(local: Path):
+    """One fetch of a bank per node: trials of one teacher starting together wait for it."""
+    local.parent.mkdir(parents=True, exist_ok=True)
+    with open(local.with_name(f".{local.name}.lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            return TeacherBank.from_state_dict(load_checkpoint(local)["bank"])
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def evict(keep: Path) -> None:
+    """Drop the least recently used banks until the cache fits cache_limit() (a trial that
+    maps one keeps reading it: its pages live until it unmaps them)."""
+    files = sorted(cache_dir().glob("*.pt"), key=lambda p: p.stat().st_mtime)
+    total = sum(p.stat().st_size for p in files)
+    for p in files:
+        if total <= cache_limit():
+            break
+        if p != keep:
+            total -= p.stat().st_size
+            p.unlink(missing_ok=True)
+
+
+def _fetch(store: TrialStore, rel: str, local: Path) -> str | None:
+    """Fetch the stored bank into the node cache and verify it; the reason it is bad, if so."""
+    store.storage.download(rel, local)
+    digest = read_json_checked(store.storage, digest_file(rel))
+    if digest is not None and (
+        local.stat().st_size != digest.get("size") or sha256(local) != digest.get("sha256")
+    ):
+        return f"size or SHA-256 differ from {digest_file(rel)}"
+    evict(keep=local)
+    return None
+
+
+def load_shared_bank(store: TrialStore, teacher_key: str, dtype: str) -> TeacherBank | None:
+    """The teacher's bank, memory-mapped from this node's disk cache (every trial of that
+    teacher on the node shares one copy in the page cache), fetched from storage once per node
+    and verified against its digest. None when there is none or it is corrupt: the student then
+    builds its own or runs its teacher online. A corrupt cache copy is fetched again; a corrupt
+    stored bank is quarantined (and rebuilt by the next run that wants it)."""
+    rel = store.bank_file(teacher_key, dtype)
+    local = cached(rel)
+    for fetched in (False, True):
+        with node_lock(local):
+            if fetched or not local.exists():
+                if not store.storage.exists(rel):
+                    return None
+                if bad := _fetch(store, rel, local):
+                    local.unlink(missing_ok=True)
+                    quarantine(store.storage, rel, bad)
+                    store.storage.delete(digest_file(rel))
+                    return None
+        try:
+            bank = TeacherBank.from_state_dict(load_checkpoint(local, mmap=True)["bank"])
         except (CheckpointError, KeyError) as e:
             local.unlink(missing_ok=True)
             if fetched:  # the stored bank itself is bad
                 quarantine(store.storage, rel, str(e))
+                store.storage.delete(digest_file(rel))
             else:
                 log.warning("%s: corrupt node-cache copy (%s); fetching it again", local, e)
+            continue
+        os.utime(local)  # recently used: the last the cache evicts
+        return bank
     return None
