@@ -1,0 +1,61 @@
+"""The node cache of shared banks: fetched once, verified against the stored digest, evicted
+least recently used first when over its size cap."""
+
+import os
+import threading
+
+import torch
+
+from kd_core.bank import TeacherBank
+from kd_core.checkpoint import write_checkpoint
+from kd_core.data import Augment
+from sweeps.storage import Storage
+from sweeps.store import TrialStore
+from sweeps.teacher_bank import cached, digest_file, load_shared_bank, sha256
+
+
+def store_bank(store: TrialStore, key: str, tmp, fill: float) -> None:
+    bank = TeacherBank(torch.full((50, 2, 10), fill, dtype=torch.float16), torch.zeros(5, 10),
+                       Augment(0, True))
+    local = tmp / f"{key}.pt"
+    write_checkpoint(local, {"bank": bank.state_dict(), "build_seconds": 0.0})
+    rel = store.bank_file(key, "float16")
+    store.storage.upload(rel, local)
+    store.storage.write_json(digest_file(rel), {"size": local.stat().st_size,
+                                                "sha256": sha256(local)})
+
+
+def test_fetch_once_verify_and_evict(tmp_path, monkeypatch):
+    monkeypatch.setenv("KDSWEEP_CACHE", str(tmp_path / "cache"))
+    store = TrialStore(Storage(str(tmp_path / "store")))
+    store_bank(store, "a", tmp_path, 1.0)
+    # trials of one teacher starting together on a node: all get the bank, one cached file
+    banks = []
+    threads = [threading.Thread(target=lambda: banks.append(load_shared_bank(store, "a",
+                                                                              "float16")))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(banks) == 4 and all(torch.equal(b.logits, banks[0].logits) for b in banks)
+    assert float(banks[0].logits[3, 1, 2]) == 1.0
+    local = cached(store.bank_file("a", "float16"))
+    assert local.exists() and [p.name for p in local.parent.glob("*.pt")] == [local.name]
+
+    # a stored bank that does not match its digest (a torn upload, bit rot): quarantined
+    good = store.storage.read_json(digest_file(store.bank_file("a", "float16")))
+    store_bank(store, "b", tmp_path, 2.0)
+    store.storage.write_json(digest_file(store.bank_file("b", "float16")), good)
+    assert load_shared_bank(store, "b", "float16") is None
+    assert not store.has_bank("b", "float16")
+    assert list((tmp_path / "store" / "trials" / "b").glob("bank-float16.pt.corrupt-*"))
+
+    # over the cap: the least recently used bank goes, never the one just fetched
+    store_bank(store, "c", tmp_path, 3.0)
+    monkeypatch.setenv("KDSWEEP_CACHE_GB", str(1.5 * local.stat().st_size / 2**30))
+    os.utime(local, (1, 1))  # used long ago
+    bank = load_shared_bank(store, "c", "float16")
+    assert float(bank.logits[0, 0, 0]) == 3.0
+    assert sorted(p.name for p in local.parent.glob("*.pt")) == ["c-float16.pt"]
+    assert float(banks[0].logits[3, 1, 2]) == 1.0  # a mapped bank still reads after eviction
