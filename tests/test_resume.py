@@ -222,9 +222,9 @@ def test_a_kill_while_the_mlflow_store_is_created_leaves_nothing_broken(tmp_path
 
 
 def test_one_driver_per_sweep_and_a_killed_driver_never_blocks_the_rerun(tmp_path):
-    # long enough (~30 s of training) to be running still when the second driver checks
+    # long enough (~20 s of training) to be running still when the second driver checks
     spec_path = write_spec(tmp_path, chains=[["cnn-small"]],
-                           train={"epochs": 60, "batch_size": 16, "lr": 0.02})
+                           train={"epochs": 40, "batch_size": 16, "lr": 0.02})
     spec = parse_spec(yaml.safe_load(spec_path.read_text()))
     lease = Path(spec.storage) / "sweeps" / "resume" / "local" / "driver.lease"
     first = start_driver(spec_path, tmp_path)
