@@ -63,8 +63,8 @@ def main():
         )
         import boto3
 
-        boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}").create_bucket(Bucket="b")
-        storage = Storage("s3://b/ckpt")
+        boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}").create_bucket(Bucket="kd-bench")
+        storage = Storage("s3://kd-bench/ckpt")
 
         model = build_model("wrn-28-4", 100, 3)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
