@@ -5,9 +5,11 @@ server is bounded in time (a few seconds), so a typo never costs minutes of retr
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -19,6 +21,7 @@ from kd_core.data import ImageData, load_dataset
 from .spec import SpecError, SweepSpec
 from .storage import Storage
 
+log = logging.getLogger(__name__)
 TIMEOUT = float(os.environ.get("KDSWEEP_CHECK_TIMEOUT", "8"))  # seconds per server check
 
 
@@ -108,21 +111,35 @@ def _health(uri: str) -> None:
 
 
 def _check_sqlite_schema(uri: str, path: Path) -> None:
+    """The store has this MLflow's schema; one left half-made by a crash (before kdsweep built
+    stores under a temporary name) and holding no run is moved aside, to be made anew; one
+    holding runs at an older schema is refused with how to upgrade it."""
     from alembic.script import ScriptDirectory
     from mlflow.store.db.utils import _get_alembic_config
 
     try:
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=TIMEOUT) as db:
-            found = db.execute("SELECT version_num FROM alembic_version").fetchone()
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+            found = None
+            if "alembic_version" in tables:
+                found = db.execute("SELECT version_num FROM alembic_version").fetchone()
+            runs = db.execute("SELECT count(*) FROM runs").fetchone()[0] if "runs" in tables else 0
     except sqlite3.DatabaseError as e:
         raise SpecError(f"tracking_uri: {path} is not an MLflow SQLite store ({e})") from None
     head = ScriptDirectory.from_config(_get_alembic_config(uri)).get_current_head()
-    if found is None or found[0] != head:
-        raise SpecError(
-            f"tracking_uri: {path} holds an MLflow store of an older schema "
-            f"({found[0] if found else 'none'}; this MLflow writes {head}): back it up, then "
-            f"run `mlflow db upgrade {uri}`"
-        )
+    if found is not None and found[0] == head:
+        return
+    if runs == 0:
+        aside = path.with_name(f"{path.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(path, aside)
+        log.warning("%s: a half-made MLflow store with no run; moved aside to %s and made anew",
+                    path, aside.name)
+        return
+    raise SpecError(
+        f"tracking_uri: {path} holds an MLflow store of an older schema "
+        f"({found[0] if found else 'none'}; this MLflow writes {head}): back it up, then "
+        f"run `mlflow db upgrade {uri}`"
+    )
 
 
 def local_resources() -> dict[str, float]:
