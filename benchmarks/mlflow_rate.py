@@ -11,6 +11,7 @@ Counted: results / (seconds from the first result to the last one written); call
 time spent in the call, per result (p50/p95). Run creation happens before the clock starts.
 
     PYTHONPATH=. .venv/bin/python benchmarks/mlflow_rate.py --trials 64 --epochs 20
+    PYTHONPATH=. .venv/bin/python benchmarks/mlflow_rate.py --trials 64 --epochs 20 --postgres
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from sweeps import tracking
 from sweeps.plan import build_plan
 from sweeps.spec import parse_spec
 from sweeps.storage import Storage
 from sweeps.tracking import Tracker
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.servers import mlflow_sqlite_server  # noqa: E402
+from tests.servers import mlflow_sqlite_server, postgres  # noqa: E402
 
 
 def epoch_result(epoch: int) -> dict:
@@ -98,11 +100,25 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--trials", type=int, default=64)
     p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--postgres", action="store_true", help="a server on PostgreSQL instead")
+    p.add_argument("--workers", type=int, default=4, help="the PostgreSQL server's workers")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="kdrate-"))
     print(f"{args.trials} trials x {args.epochs} epochs = {args.trials * args.epochs} results")
     print("| store | mode | results/s | caller p50 ms | caller p95 ms |")
     print("| --- | --- | --- | --- | --- |")
+    if args.postgres:  # a server as the cluster runs it: PostgreSQL, several workers
+        with postgres() as pg, mlflow_sqlite_server(
+            tmp, f"postgresql+psycopg2://postgres@127.0.0.1:{pg}/mlflow", args.workers
+        ) as server:
+            name = f"mlflow server, PostgreSQL, {args.workers} workers"
+            for senders in (1, 4):
+                tracking.SENDERS = senders
+                rate, lat = run(server, tmp, args.trials, args.epochs, "writer")
+                q = statistics.quantiles(lat, n=20)
+                print(f"| {name} | writer, {senders} sender(s) | {rate:.0f} | "
+                      f"{statistics.median(lat) * 1e3:.2f} | {q[18] * 1e3:.2f} |")
+        return
     with mlflow_sqlite_server(tmp) as server:
         for name, uri in (("SQLite", f"sqlite:///{tmp / 'rate.db'}"), ("mlflow server", server)):
             for mode in ("sync", "writer"):

@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
@@ -38,6 +39,9 @@ from .store import trial_file
 log = logging.getLogger(__name__)
 PARENT_TAG = "mlflow.parentRunId"
 KIND = "custom_model_development"
+# Concurrent log_batch requests to a tracking server (one run each): a server's workers and its
+# database take them in parallel; an embedded SQLite store has one writer and gets one.
+SENDERS = int(os.environ.get("KDSWEEP_MLFLOW_SENDERS", "4"))
 # A trial's own per-epoch metrics; Tune's bookkeeping in each result (pid, timestamp,
 # time_this_iter_s, ...) is not logged.
 EPOCH_METRICS = {f.name for f in dataclasses.fields(EpochMetrics)} - {"epoch"}
@@ -144,6 +148,8 @@ class Tracker:
         self.logged: dict[str, set[int]] = {}  # run id -> epochs logged
         self.failed_writes = 0
         self._queue: queue.Queue = queue.Queue(queue_size)
+        senders = SENDERS if not spec.tracking_uri.startswith(("sqlite:", "file:")) else 1
+        self._senders = ThreadPoolExecutor(senders, "mlflow-send") if senders > 1 else None
         threading.Thread(target=self._write_loop, name="mlflow-writer", daemon=True).start()
         atexit.register(self.flush, 60.0)
 
@@ -211,10 +217,22 @@ class Tracker:
         logged.add(step)
 
     def _send(self, pending: dict[str, list[Metric]]) -> None:
-        while pending:
-            run_id, metrics = pending.popitem()
-            for i in range(0, len(metrics), 1000):  # MLflow's per-request limit
-                self.client.log_batch(run_id, metrics=metrics[i : i + 1000])
+        """One log_batch per run; runs in parallel against a server (its workers take them
+        at once), one at a time into an embedded SQLite store (a single writer)."""
+        batches = [
+            (run_id, metrics[i : i + 1000])  # MLflow's per-request limit
+            for run_id, metrics in pending.items()
+            for i in range(0, len(metrics), 1000)
+        ]
+        pending.clear()
+        if len(batches) < 2 or self._senders is None:
+            for run_id, metrics in batches:
+                self.client.log_batch(run_id, metrics=metrics)
+            return
+        done = [self._senders.submit(self.client.log_batch, r, metrics=m) for r, m in batches]
+        errors = [e for f in done if (e := f.exception()) is not None]
+        if errors:
+            raise errors[0]
 
     # ---- runs ----------------------------------------------------------------------------
     def _parent_run(self) -> str:

@@ -122,11 +122,13 @@ def mlflow_server(pg_port: int, workdir: Path, password: str):
     return _serve(["bash", str(script)], port, workdir / "mlflow.log", env)
 
 
-def mlflow_sqlite_server(workdir: Path):
-    """A plain `mlflow server` on a SQLite store in ``workdir``; yields its URL."""
+def mlflow_sqlite_server(workdir: Path, backend: str | None = None, workers: int = 1):
+    """A plain `mlflow server` on a SQLite store in ``workdir`` (or on ``backend``, e.g. a
+    PostgreSQL URI); yields its URL."""
     port = free_port()
     mlflow = Path(os.sys.executable).parent / "mlflow"
-    cmd = [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    cmd += ["--backend-store-uri", f"sqlite:///{workdir / 'server.db'}"]
+    cmd = [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--workers", str(workers)]
+    cmd += ["--backend-store-uri", backend or f"sqlite:///{workdir / 'server.db'}"]
     cmd += ["--artifacts-destination", str(workdir / "artifacts")]
     return _serve(cmd, port, workdir / "mlflow-server.log")
