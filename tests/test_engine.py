@@ -23,14 +23,14 @@ from sweeps.trial import Job
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def setup(tmp: Path, bank: str):
+def setup(tmp: Path, bank: str, taus=(4,)):
     spec = parse_spec({
         "name": "engine",
         "dataset": {"name": "digits"},
         # a slow, long chain and a fast, short one
         "chains": [["cnn-large", "cnn-medium", "cnn-small"], ["cnn-small", "cnn-medium"]],
         "train": {"epochs": 2, "teacher_bank": bank},
-        "grid": {"loss": ["kl"], "tau": [4], "seeds": [0], "baselines": False},
+        "grid": {"loss": ["kl"], "tau": list(taus), "seeds": [0], "baselines": False},
         "storage": str(tmp / "store"),
         "tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
     })
@@ -75,7 +75,8 @@ def test_students_start_when_their_own_teacher_is_stored_critical_path_first(tmp
 
 
 def test_a_bank_is_built_as_soon_as_its_teacher_ends_and_gates_its_students(tmp_path):
-    spec, plan, store, searcher, _ = setup(tmp_path, bank="on")
+    # two students: a shared bank (one student would get a private one, built in its trial)
+    spec, plan, store, searcher, _ = setup(tmp_path, bank="on", taus=(4, 20))
     slow = searcher.suggest("a")
     searcher.suggest("b")
     finish(store, slow)
