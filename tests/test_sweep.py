@@ -74,11 +74,14 @@ def test_every_trial_has_one_parquet_row_and_one_child_run(sweep):
     assert (df.status == "done").all() and (df.epochs == EPOCHS).all()
     assert df.test_acc.between(0, 1).all() and (df.cluster == "test-cluster").all()
     assert df[df.generation > 0].logit_distance.notna().all()
-    # Students read their teacher's logits from one shared bank in storage (digits: 1 view).
-    assert (df[df.generation > 0].teacher_path == "shared-bank").all()
+    # The bank policy: a teacher of two students (kl, mse) shares one bank in storage; a
+    # teacher of one student (generation 2's) does not, its student builds its own.
+    assert (df[df.generation == 1].teacher_path == "shared-bank").all()
+    assert (df[df.generation == 2].teacher_path == "bank").all()
     storage = Storage(spec.storage)
-    for teacher in set(df[df.generation > 0].teacher_key):
-        assert storage.exists(trial_file(teacher, "bank-float16.pt"))
+    for generation, part in df[df.generation > 0].groupby("generation"):
+        for teacher in set(part.teacher_key):
+            assert storage.exists(trial_file(teacher, "bank-float16.pt")) == (generation == 1)
     assert (df.preemptions == 0).all() and (df.errors == 0).all()
     noisy = df[df.noise_rate == 0.4]
     assert noisy.realised_noise_rate.between(0.3, 0.5).all()
