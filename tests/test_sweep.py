@@ -280,11 +280,11 @@ def test_optuna_samples_students_and_their_children_follow(sweep, tmp_path):
     assert (gen2.set_index("teacher_key").loss == gen1.set_index("key").loss).all()
 
 
-def small_spec(tmp_path, name, **train):
+def small_spec(tmp_path, name, taus=(4,), **train):
     return parse_spec({
         "name": name, "dataset": {"name": "digits"}, "chains": [["cnn-small", "cnn-small"]],
         "train": {"epochs": EPOCHS, "batch_size": 128, "lr": 0.05, **train},
-        "grid": {"loss": ["kl"], "tau": [4], "seeds": [0], "baselines": False},
+        "grid": {"loss": ["kl"], "tau": list(taus), "seeds": [0], "baselines": False},
         "storage": str(tmp_path / "store"), "tracking_uri": f"sqlite:///{tmp_path / 'm.db'}",
     })
 
@@ -344,10 +344,10 @@ def test_corrupt_files_are_quarantined_and_derived_again(sweep, tmp_path):
     cache), garbage attempts, a finished teacher's model deleted: the rerun warns, moves each
     corrupt file aside, derives what it held again and ends with every trial done; nothing is
     retrained that the checkpoints already hold."""
-    spec = small_spec(tmp_path, "corrupt")
+    spec = small_spec(tmp_path, "corrupt", taus=(4, 20))  # two students: a shared bank
     run_sweep(spec, out=io.StringIO())
     store = TrialStore(Storage(spec.storage))
-    teacher, student = build_plan(spec).trials
+    teacher, student, _ = build_plan(spec).trials
     teacher_history = store.result(teacher.key).history
     student_history = store.result(student.key).history
     bank = store.bank_file(teacher.key, "float16")
@@ -378,7 +378,7 @@ def test_corrupt_files_are_quarantined_and_derived_again(sweep, tmp_path):
     assert store.result(student.key).resumed_from[-1] == EPOCHS - 1  # from the previous slot
     # the shared bank was bad: the student built its own from the teacher instead
     assert df.loc[student.key, "teacher_path"] in ("bank", "online")
-    assert len(store.trial_list(spec)) == 2  # written again
+    assert len(store.trial_list(spec)) == 3  # written again
     root = Path(spec.storage)
     moved = {p.name.split(".corrupt-")[0] for p in root.rglob("*.corrupt-*")}
     assert moved == {"result.json", newest, "trials.json", "bank-float16.pt", "attempts.json"}
