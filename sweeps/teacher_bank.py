@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import time
@@ -97,11 +98,12 @@ def build_shared_bank(spec: SweepSpec, store: TrialStore, teacher_key: str) -> f
     local.parent.mkdir(parents=True, exist_ok=True)
     write_checkpoint(tmp, {"bank": state, "build_seconds": seconds})
     del state
+    digest = {"size": tmp.stat().st_size, "sha256": sha256(tmp)}
     with node_lock(local):
         store.storage.upload(rel, tmp)
-        store.storage.write_json(digest_file(rel), {"size": tmp.stat().st_size,
-                                                    "sha256": sha256(tmp)})
+        store.storage.write_json(digest_file(rel), digest)
         os.replace(tmp, local)
+        local.with_suffix(".json").write_text(json.dumps(digest))
     evict(keep=local)
     return seconds
 
@@ -158,38 +160,50 @@ def evict(keep: Path) -> None:
         if p != keep:
             total -= p.stat().st_size
             p.unlink(missing_ok=True)
+            p.with_suffix(".json").unlink(missing_ok=True)
 
 
-def _fetch(store: TrialStore, rel: str, local: Path) -> str | None:
+def _fetch(store: TrialStore, rel: str, local: Path, digest: dict | None) -> str | None:
     """Fetch the stored bank into the node cache and verify it; the reason it is bad, if so."""
     store.storage.download(rel, local)
-    digest = read_json_checked(store.storage, digest_file(rel))
     if digest is not None and (
         local.stat().st_size != digest.get("size") or sha256(local) != digest.get("sha256")
     ):
         return f"size or SHA-256 differ from {digest_file(rel)}"
+    local.with_suffix(".json").write_text(json.dumps(digest))
     evict(keep=local)
     return None
+
+
+def _cache_holds(local: Path, digest: dict | None) -> bool:
+    """The node's copy is the stored bank's (its recorded digest is the stored one): a copy of
+    a bank since quarantined or rebuilt from a retrained teacher is never used."""
+    try:
+        return digest is not None and json.loads(local.with_suffix(".json").read_text()) == digest
+    except (OSError, ValueError):
+        return False
 
 
 def load_shared_bank(store: TrialStore, teacher_key: str, dtype: str) -> TeacherBank | None:
     """The teacher's bank, memory-mapped from this node's disk cache (every trial of that
     teacher on the node shares one copy in the page cache), fetched from storage once per node
-    and verified against its digest. None when there is none or it is corrupt: the student then
-    builds its own or runs its teacher online. A corrupt cache copy is fetched again; a corrupt
-    stored bank is quarantined (and rebuilt by the next run that wants it)."""
+    and verified against its digest. None when storage has none or it is corrupt: the student
+    then builds its own or runs its teacher online. A corrupt cache copy is fetched again; a
+    corrupt stored bank is quarantined (and rebuilt by the next run that wants it)."""
     rel = store.bank_file(teacher_key, dtype)
     local = cached(rel)
     for fetched in (False, True):
         with node_lock(local):
-            if fetched or not local.exists():
-                if not store.storage.exists(rel):
-                    return None
-                if bad := _fetch(store, rel, local):
+            if not store.storage.exists(rel):
+                return None
+            digest = read_json_checked(store.storage, digest_file(rel))
+            if fetched or not (local.exists() and _cache_holds(local, digest)):
+                if bad := _fetch(store, rel, local, digest):
                     local.unlink(missing_ok=True)
                     quarantine(store.storage, rel, bad)
                     store.storage.delete(digest_file(rel))
                     return None
+                fetched = True
         try:
             bank = TeacherBank.from_state_dict(load_checkpoint(local, mmap=True)["bank"])
         except (CheckpointError, KeyError) as e:
@@ -197,8 +211,8 @@ def load_shared_bank(store: TrialStore, teacher_key: str, dtype: str) -> Teacher
             if fetched:  # the stored bank itself is bad
                 quarantine(store.storage, rel, str(e))
                 store.storage.delete(digest_file(rel))
-            else:
-                log.warning("%s: corrupt node-cache copy (%s); fetching it again", local, e)
+                return None
+            log.warning("%s: corrupt node-cache copy (%s); fetching it again", local, e)
             continue
         os.utime(local)  # recently used: the last the cache evicts
         return bank

@@ -1,4 +1,6 @@
+import os
 import pickle
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -6,6 +8,9 @@ import pytest
 import torch
 
 torch.set_num_threads(2)
+# The node cache of banks outlives a run by design: one of its own for each test session (the
+# drivers and Ray workers the tests start inherit it), so no test sees another run's banks.
+os.environ["KDSWEEP_CACHE"] = tempfile.mkdtemp(prefix="kdcache-")
 
 
 def write_cifar(root: Path, name: str, n_train: int = 20, n_test: int = 10, seed: int = 0) -> Path:

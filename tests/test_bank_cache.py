@@ -59,3 +59,16 @@ def test_fetch_once_verify_and_evict(tmp_path, monkeypatch):
     assert float(bank.logits[0, 0, 0]) == 3.0
     assert sorted(p.name for p in local.parent.glob("*.pt")) == ["c-float16.pt"]
     assert float(banks[0].logits[3, 1, 2]) == 1.0  # a mapped bank still reads after eviction
+
+
+def test_a_cached_copy_is_used_only_while_storage_holds_that_bank(tmp_path, monkeypatch):
+    """A teacher retrained (its bank rebuilt: another digest) or its bank gone from storage:
+    the node's old copy is never read."""
+    monkeypatch.setenv("KDSWEEP_CACHE", str(tmp_path / "cache"))
+    store = TrialStore(Storage(str(tmp_path / "store")))
+    store_bank(store, "t", tmp_path, 1.0)
+    assert float(load_shared_bank(store, "t", "float16").logits[0, 0, 0]) == 1.0
+    store_bank(store, "t", tmp_path, 5.0)  # rebuilt from a retrained teacher
+    assert float(load_shared_bank(store, "t", "float16").logits[0, 0, 0]) == 5.0
+    store.storage.delete(store.bank_file("t", "float16"))
+    assert load_shared_bank(store, "t", "float16") is None
