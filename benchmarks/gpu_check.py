@@ -1,8 +1,9 @@
 """GPU correctness smoke check for kd_core (run on a CUDA machine; CI has none).
 
 Trains a digits teacher and students on CUDA (bf16 autocast, channels_last, fused SGD), with
-the bank and with the online teacher, and compares bank lookups with the online teacher on
-CIFAR-shaped data, and measures one trial's GPU footprint. Prints one line per check.
+the bank and with the online teacher, compares bank lookups with the online teacher on
+CIFAR-shaped data, checks that a student of a bank holds no copy of it on the GPU, and
+measures one trial's GPU footprint. Prints one line per check.
     PYTHONPATH=. python3 benchmarks/gpu_check.py
 """
 
@@ -11,7 +12,7 @@ import math
 import torch
 
 from kd_core import TrainConfig
-from kd_core.bank import bank_for
+from kd_core.bank import TeacherBank, bank_for
 from kd_core.data import draw_views, load_dataset, render_views
 from kd_core.profile import GiB, profile_run
 from kd_core.run import RunSpec
@@ -43,10 +44,24 @@ def main():
     x = tr._prepare(render_views(tr.x_train[idx], views, data.augment))
     with torch.no_grad(), torch.autocast("cuda", torch.bfloat16):
         online = t(x).float()
-    err = (bank(None, idx, views) - online).abs().max().item()
+    err = (bank.epoch(idx, views, "cuda").float() - online).abs().max().item()
     scale = online.abs().max().item()
     print(f"bank vs online teacher (bf16 both, 162 views): max abs diff {err:.2e} "
           f"of max |logit| {scale:.2f}")
+
+    # A bank stays in host memory: a student's GPU holds one epoch's rows, not the bank.
+    assert bank.logits.device.type == "cpu"
+    big = TeacherBank(torch.zeros(20_000, 162, 100, dtype=torch.float16), bank.test_logits,
+                      data.augment)  # 0.6 GiB
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_allocated()
+    cfg = TrainConfig(epochs=1, loss="kl", tau=4.0, device="cuda", batch_size=128)
+    s = Trainer(init_model("wrn-16-2", data, 0), data, cfg, bank=big)
+    s._train_epoch(2).tolist()
+    held = torch.cuda.memory_allocated() - before
+    assert held < big.logits.numel() * 2 / 4, held
+    print(f"student of a {big.logits.numel() * 2 / GiB:.2f} GiB bank holds {held / GiB:.3f} "
+          "GiB on the GPU (no bank copy)")
 
     # What `kdsweep plan --measure` reads on a GPU: allocator peak plus the CUDA context.
     cfg = TrainConfig(epochs=1, loss="kl", tau=4.0, device="cuda")

@@ -18,16 +18,22 @@ from .data import Augment, render_views
 
 @dataclass
 class TeacherBank:
+    """A bank lives in host memory, never on a GPU: a shared one is the memory-mapped
+    node-cache file (one page-cache copy for every trial of its teacher on the node), a private
+    one is built into host memory. Each epoch gathers its N rows from it (``epoch``)."""
+
     logits: torch.Tensor  # (N, n_views, K), fp16 by default
     test_logits: torch.Tensor  # (N_test, K), fp32
     augment: Augment
 
-    def __call__(self, images, index: torch.Tensor, views: torch.Tensor | None) -> torch.Tensor:
-        v = torch.zeros_like(index) if views is None else views
-        return self.logits[index, v].float()
-
-    def to(self, device) -> TeacherBank:
-        return TeacherBank(self.logits.to(device), self.test_logits.to(device), self.augment)
+    def epoch(self, order: torch.Tensor, views: torch.Tensor | None, device) -> torch.Tensor:
+        """The logits of one epoch's views in training order, (N, K), on ``device``. Gathered
+        where the bank lives and moved once per epoch: a GPU holds one view per image of the
+        bank (N x K), never the bank (N x n_views x K), and the host copy stays shared."""
+        home = self.logits.device
+        v = torch.zeros_like(order) if views is None else views
+        rows = self.logits[order.to(home), v.to(home)]  # the epoch's one host sync on a GPU
+        return rows.to(device, non_blocking=True)
 
     def state_dict(self) -> dict:
         return {
@@ -121,13 +127,15 @@ def build_bank(
             return teacher(prepare(x)).float()
 
     k = logits_of(train_images[:2]).shape[1]
-    out = torch.empty(n, v_total, k, dtype=dtype, device=device)
+    out = torch.empty(n, v_total, k, dtype=dtype)  # in host memory (TeacherBank)
+    view = torch.empty(n, k, dtype=dtype, device=device)
     for v in range(v_total):
         for s in range(0, n, batch_size):
             x = train_images[s : s + batch_size]
             views = torch.full((len(x),), v, device=device, dtype=torch.long)
-            out[s : s + batch_size, v] = logits_of(render_views(x, views, augment)).to(dtype)
+            view[s : s + batch_size] = logits_of(render_views(x, views, augment)).to(dtype)
+        out[:, v] = view  # one copy to the host per view
     test = torch.cat(
         [logits_of(test_images[s : s + batch_size]) for s in range(0, len(test_images), batch_size)]
     )
-    return TeacherBank(out, test, augment)
+    return TeacherBank(out, test.cpu(), augment)

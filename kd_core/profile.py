@@ -66,12 +66,13 @@ def _host_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def _stand_in_bank(data, device, dtype: torch.dtype) -> TeacherBank:
-    """A bank of the real shape and dtype; its values do not change what memory it takes.
-    Filled (not just allocated) so that the CPU's resident set counts its pages."""
+def _stand_in_bank(data, dtype: torch.dtype) -> TeacherBank:
+    """A bank of the real shape and dtype, in host memory as a real one; its values do not
+    change what memory it takes. Filled (not just allocated) so that the resident set counts
+    its pages."""
     n, views, k = len(data.train_labels), data.augment.n_views, data.num_classes
-    logits = torch.empty(n, views, k, dtype=dtype, device=device).normal_()
-    test = torch.zeros(len(data.test_labels), k, device=device)
+    logits = torch.empty(n, views, k, dtype=dtype).normal_()
+    test = torch.zeros(len(data.test_labels), k)
     return TeacherBank(logits, test, data.augment)
 
 
@@ -85,8 +86,8 @@ def profile_run(
     """Build the run's trainer and time ``steps`` steps, measuring peak memory.
 
     Students pass their teacher's architecture and ``teacher_path``: "online" (the teacher runs
-    every step) or "bank" (its logits are read from a bank on the device). Weights are random:
-    neither memory nor speed depends on them. ``data`` replaces the spec's dataset.
+    every step) or "bank" (its logits are gathered from a bank in host memory). Weights are
+    random: neither memory nor speed depends on them. ``data`` replaces the spec's dataset.
     """
     if spec.train.loss != "ce" and teacher_path not in ("online", "bank"):
         raise ValueError(f"a {spec.train.loss} student needs teacher_path online or bank")
@@ -100,7 +101,7 @@ def profile_run(
     teacher = bank = None
     if spec.train.loss != "ce":
         if teacher_path == "bank":
-            bank = _stand_in_bank(data, device, getattr(torch, spec.train.bank_dtype))
+            bank = _stand_in_bank(data, getattr(torch, spec.train.bank_dtype))
         else:
             teacher = init_model(teacher_model, data, spec.train.seed)
     trainer, _ = build_trainer(spec, teacher, run_data, bank)

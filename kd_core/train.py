@@ -68,7 +68,7 @@ class OnlineTeacher:
             p.requires_grad_(False)
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor, index: torch.Tensor, views: torch.Tensor | None):
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
 
 
@@ -109,7 +109,8 @@ class Trainer:
         self._teacher_test_logits: torch.Tensor | None = None
         if config.loss != "ce":
             if bank is not None:
-                self.teacher, self.teacher_path = bank.to(dev), "shared-bank"
+                # stays where it was mapped (host): epochs gather from it (TeacherBank.epoch)
+                self.teacher, self.teacher_path = bank, "shared-bank"
             elif self._use_bank():
                 self.teacher = self.build_bank(teacher.to(dev, memory_format=self.memory_format))
                 self.teacher_path = "bank"
@@ -117,7 +118,7 @@ class Trainer:
                 teacher = teacher.to(dev, memory_format=self.memory_format)
                 self.teacher, self.teacher_path = OnlineTeacher(teacher), "online"
             if isinstance(self.teacher, TeacherBank):
-                self._teacher_test_logits = self.teacher.test_logits
+                self._teacher_test_logits = self.teacher.test_logits.to(dev)
 
         self.optimizer = torch.optim.SGD(
             _param_groups(self.model, config.weight_decay),
@@ -185,6 +186,8 @@ class Trainer:
         n = len(self.y_train)
         perm = torch.randperm(n, generator=self.generator, device=self.device)
         views = draw_views(aug, n, self.generator, self.device) if aug.enabled else None
+        banked = isinstance(self.teacher, TeacherBank)
+        z_epoch = self.teacher.epoch(perm, views, self.device) if banked else None
         # Sums of: loss * batch, correct (trained labels), correct (clean), ||z_s - z_t||, count.
         sums = torch.zeros(5, device=self.device)
         self.model.train()
@@ -198,7 +201,10 @@ class Trainer:
             x = self._prepare(x if v is None else render_views(x, v, aug))
             y = self.y_train[idx]
             with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
-                z_t = None if self.teacher is None else self.teacher(x, idx, v)
+                if banked:
+                    z_t = z_epoch[start : start + cfg.batch_size].float()
+                else:
+                    z_t = None if self.teacher is None else self.teacher(x)
                 z_s = self.forward(x)
             loss = distillation_loss(z_s, z_t, y, loss=cfg.loss, tau=cfg.tau, alpha=cfg.alpha)
             self.optimizer.zero_grad(set_to_none=True)

@@ -34,8 +34,9 @@ def test_bank_holds_every_view(setup):
     idx = torch.randint(0, 24, (64,), generator=g)
     views = draw_views(data.augment, 64, g, "cpu")
     online, _ = _online(teacher, data, idx, views)
-    torch.testing.assert_close(bank32(None, idx, views), online, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(bank16(None, idx, views), online, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(bank32.epoch(idx, views, "cpu"), online, rtol=1e-5, atol=1e-5)
+    half = bank16.epoch(idx, views, "cpu").float()
+    torch.testing.assert_close(half, online, rtol=1e-2, atol=1e-2)
     all_views = torch.arange(162)
     first, _ = _online(teacher, data, torch.zeros(162, dtype=torch.long), all_views)
     torch.testing.assert_close(bank32.logits[0], first, rtol=1e-5, atol=1e-5)
@@ -58,7 +59,7 @@ def test_student_step_matches_online_teacher(setup, loss, tau):
 
     ref_loss, ref_grads = step(z_t)
     for bank, tol in ((bank32, 1e-5), (bank16, 2e-2)):
-        b_loss, b_grads = step(bank(None, idx, views))
+        b_loss, b_grads = step(bank.epoch(idx, views, "cpu").float())
         torch.testing.assert_close(b_loss, ref_loss, rtol=tol, atol=tol)
         for a, b in zip(b_grads, ref_grads, strict=True):
             torch.testing.assert_close(a, b, rtol=tol, atol=tol)
@@ -70,6 +71,8 @@ def test_short_training_run_matches_online(setup):
     online = Trainer(init_model("cnn-small", data, 0), data, cfg, teacher=teacher)
     banked = Trainer(init_model("cnn-small", data, 0), data, cfg, bank=bank32)
     assert (online.teacher_path, banked.teacher_path) == ("online", "shared-bank")
+    # the trainer reads the bank where it lies (a mapped file, shared): no copy of it is made
+    assert banked.teacher.logits.data_ptr() == bank32.logits.data_ptr()
     h_online, h_bank = list(online.epochs()), list(banked.epochs())
     for a, b in zip(online.model.state_dict().values(), banked.model.state_dict().values(),
                     strict=True):
