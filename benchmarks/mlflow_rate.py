@@ -9,6 +9,10 @@ bookkeeping fields (which are not logged). Modes, each on a fresh store:
   Tracker.flush() returns.
 Counted: results / (seconds from the first result to the last one written); caller latency =
 time spent in the call, per result (p50/p95). Run creation happens before the clock starts.
+CPU per result, over the same interval: the driver (this process: the writer, the MLflow
+client), the server (its process group: every worker) and PostgreSQL (its processes). On a
+machine where all three share a few cores, the rate is CPU-bound; these costs say what each
+side sustains on cores of its own (RESULTS.md, "MLflow").
 
     PYTHONPATH=. .venv/bin/python benchmarks/mlflow_rate.py --trials 64 --epochs 20
     PYTHONPATH=. .venv/bin/python benchmarks/mlflow_rate.py --trials 64 --epochs 20 --postgres
@@ -17,11 +21,14 @@ time spent in the call, per result (p50/p95). Run creation happens before the cl
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import psutil
 
 from sweeps import tracking
 from sweeps.plan import build_plan
@@ -61,7 +68,36 @@ def epoch_result(epoch: int) -> dict:
     return {**trainer, **tune, "realised_noise_rate": 0.0}
 
 
-def run(uri: str, tmp: Path, trials: int, epochs: int, mode: str) -> tuple[float, list[float]]:
+def cpu_by_side(server: str | None) -> dict[str, dict[int, float]]:
+    """CPU seconds so far, by pid, of the driver (this process), the server's process group
+    (found by its listening port) and PostgreSQL's processes."""
+    groups: dict[str, dict[int, float]] = {"driver": {}, "server": {}, "postgres": {}}
+    pgid = None
+    if server is not None:
+        port = int(server.rsplit(":", 1)[1])
+        pid = next(c.pid for c in psutil.net_connections("tcp")
+                   if c.status == "LISTEN" and c.laddr.port == port)
+        pgid = os.getpgid(pid)
+    for p in psutil.process_iter(["username"]):
+        try:
+            t = p.cpu_times()
+            side = ("driver" if p.pid == os.getpid() else
+                    "postgres" if p.info["username"] == "postgres" else
+                    "server" if pgid is not None and os.getpgid(p.pid) == pgid else None)
+            if side:
+                groups[side][p.pid] = t.user + t.system
+        except (psutil.Error, ProcessLookupError):
+            continue
+    return groups
+
+
+def cpu_ms_per_result(before: dict, after: dict, results: int) -> dict[str, float]:
+    return {side: 1e3 * sum(t - before[side].get(pid, 0.0) for pid, t in now.items()) / results
+            for side, now in after.items()}
+
+
+def run(uri: str, tmp: Path, trials: int, epochs: int, mode: str, server: str | None = None
+        ) -> tuple[float, list[float], dict[str, float]]:
     spec = parse_spec(
         {
             "name": f"rate-{mode}-{time.time_ns()}",
@@ -78,6 +114,7 @@ def run(uri: str, tmp: Path, trials: int, epochs: int, mode: str) -> tuple[float
         tracker.ensure_run(t)
     tracker.flush()
     latencies = []
+    cpu0 = cpu_by_side(server)
     t0 = time.perf_counter()
     for e in range(1, epochs + 1):
         for t in students:
@@ -92,8 +129,16 @@ def run(uri: str, tmp: Path, trials: int, epochs: int, mode: str) -> tuple[float
             latencies.append(time.perf_counter() - c0)
     tracker.flush()
     seconds = time.perf_counter() - t0
+    cpu = cpu_ms_per_result(cpu0, cpu_by_side(server), trials * epochs)
     assert tracker.failed_writes == 0
-    return trials * epochs / seconds, latencies
+    return trials * epochs / seconds, latencies, cpu
+
+
+def row(name: str, mode: str, rate: float, lat: list[float], cpu: dict[str, float]) -> str:
+    q = statistics.quantiles(lat, n=20)
+    return (f"| {name} | {mode} | {rate:.0f} | {statistics.median(lat) * 1e3:.2f} | "
+            f"{q[18] * 1e3:.2f} | {cpu['driver']:.2f} | {cpu['server']:.2f} | "
+            f"{cpu['postgres']:.2f} |")
 
 
 def main():
@@ -104,9 +149,11 @@ def main():
     p.add_argument("--workers", type=int, default=4, help="the PostgreSQL server's workers")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="kdrate-"))
-    print(f"{args.trials} trials x {args.epochs} epochs = {args.trials * args.epochs} results")
-    print("| store | mode | results/s | caller p50 ms | caller p95 ms |")
-    print("| --- | --- | --- | --- | --- |")
+    print(f"{args.trials} trials x {args.epochs} epochs = {args.trials * args.epochs} results; "
+          "CPU in ms per result")
+    print("| store | mode | results/s | caller p50 ms | caller p95 ms | CPU driver | CPU server "
+          "| CPU PostgreSQL |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     if args.postgres:  # a server as the cluster runs it: PostgreSQL, several workers
         with postgres() as pg, mlflow_sqlite_server(
             tmp, f"postgresql+psycopg2://postgres@127.0.0.1:{pg}/mlflow", args.workers
@@ -114,20 +161,15 @@ def main():
             name = f"mlflow server, PostgreSQL, {args.workers} workers"
             for senders in (1, 4):
                 tracking.SENDERS = senders
-                rate, lat = run(server, tmp, args.trials, args.epochs, "writer")
-                q = statistics.quantiles(lat, n=20)
-                print(f"| {name} | writer, {senders} sender(s) | {rate:.0f} | "
-                      f"{statistics.median(lat) * 1e3:.2f} | {q[18] * 1e3:.2f} |")
+                rate, lat, cpu = run(server, tmp, args.trials, args.epochs, "writer", server)
+                print(row(name, f"writer, {senders} sender(s)", rate, lat, cpu))
         return
     with mlflow_sqlite_server(tmp) as server:
         for name, uri in (("SQLite", f"sqlite:///{tmp / 'rate.db'}"), ("mlflow server", server)):
             for mode in ("sync", "writer"):
-                rate, lat = run(uri, tmp, args.trials, args.epochs, mode)
-                q = statistics.quantiles(lat, n=20)
-                print(
-                    f"| {name} | {mode} | {rate:.0f} | {statistics.median(lat) * 1e3:.2f} "
-                    f"| {q[18] * 1e3:.2f} |"
-                )
+                where = server if uri == server else None
+                rate, lat, cpu = run(uri, tmp, args.trials, args.epochs, mode, where)
+                print(row(name, mode, rate, lat, cpu))
 
 
 if __name__ == "__main__":

@@ -55,6 +55,14 @@ def _bounded(what: str, fn):
     return box.get("value")
 
 
+def _unwritable(path: Path) -> Path | None:
+    """Where creating ``path`` (a directory, with its parents) would fail: its nearest
+    existing ancestor (or itself) when that is not a writable directory; None when it would
+    not."""
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    return None if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK) else existing
+
+
 def check_storage(spec: SweepSpec) -> None:
     """The storage is a writable directory (local/NFS) or a reachable bucket (S3)."""
     try:
@@ -65,8 +73,7 @@ def check_storage(spec: SweepSpec) -> None:
         path = Path(storage.root)
         if path.exists() and not path.is_dir():
             raise SpecError(f"storage: {path} is a file, not a directory")
-        existing = next(p for p in (path, *path.parents) if p.exists())
-        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        if (existing := _unwritable(path)) is not None:
             raise SpecError(f"storage: {existing} is not a writable directory")
         return
     bucket = storage.root.split("/", 1)[0]
@@ -95,8 +102,7 @@ def check_tracking(spec: SweepSpec) -> None:
     if uri.startswith("sqlite:///"):
         path = Path(uri.removeprefix("sqlite:///"))
         if not path.exists():  # created (crash-safely) by the Tracker
-            existing = next(p for p in path.parents if p.exists())
-            if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            if (existing := _unwritable(path.parent)) is not None:
                 raise SpecError(f"tracking_uri: cannot create {path}: {existing} is not writable")
             return
         if path.is_dir():

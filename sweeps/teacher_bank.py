@@ -37,16 +37,17 @@ from .store import TrialStore, quarantine, read_json_checked
 log = logging.getLogger(__name__)
 
 
+def _policy(spec: SweepSpec, images: int, aug: Augment, classes: int, n_students: int):
+    """kd_core.bank.teacher_path under the spec's settings: ((path, why), the bank's bytes)."""
+    t = spec.train
+    nbytes = bank_nbytes(images, aug, classes, getattr(torch, t.bank_dtype))
+    return teacher_path(n_students, t.epochs, aug.n_views, nbytes, t.bank_budget_gb * 2**30,
+                        t.teacher_bank), nbytes
+
+
 def teacher_path_of(spec: SweepSpec, data: ImageData, n_students: int) -> tuple[str, str]:
     """kd_core.bank.teacher_path for the students of one of this sweep's teachers."""
-    t = spec.train
-    nbytes = bank_nbytes(
-        len(data.train_labels), data.augment, data.num_classes, getattr(torch, t.bank_dtype)
-    )
-    return teacher_path(
-        n_students, t.epochs, data.augment.n_views, nbytes, t.bank_budget_gb * 2**30,
-        t.teacher_bank,
-    )
+    return _policy(spec, len(data.train_labels), data.augment, data.num_classes, n_students)[0]
 
 
 def bank_summary(spec: SweepSpec, plan) -> str:
@@ -55,15 +56,12 @@ def bank_summary(spec: SweepSpec, plan) -> str:
     facts = DATASET_FACTS.get(spec.dataset.name)
     if facts is None:
         return ""
-    t = spec.train
     aug = Augment(facts["padding"], facts["flip"])
-    nbytes = bank_nbytes(facts["train"], aug, facts["classes"], getattr(torch, t.bank_dtype))
     generation = {x.key: x.generation for x in plan.trials}
     choices: Counter = Counter()
+    nbytes = 0
     for key, n in students_per_teacher(plan.trials).items():
-        path, why = teacher_path(
-            n, t.epochs, aug.n_views, nbytes, t.bank_budget_gb * 2**30, t.teacher_bank
-        )
+        (path, why), nbytes = _policy(spec, facts["train"], aug, facts["classes"], n)
         choices[(generation[key], path, n, why)] += 1
     lines = [f"teachers' logits ({aug.n_views} views, a bank is {nbytes / 2**30:.2f} GiB):"]
     for (g, path, n, why), count in sorted(choices.items()):
@@ -90,8 +88,8 @@ def build_shared_bank(spec: SweepSpec, store: TrialStore, teacher_key: str) -> f
     t0 = time.perf_counter()
     bank = bank_for(model, data, resolve_device("auto"), getattr(torch, spec.train.bank_dtype))
     seconds = time.perf_counter() - t0
-    state = {k: v.cpu() if torch.is_tensor(v) else v for k, v in bank.state_dict().items()}
-    del bank  # on a GPU: the device copy goes before the file is written
+    state = bank.state_dict()  # host tensors (kd_core builds banks into host memory)
+    del bank
     rel = store.bank_file(teacher_key, spec.train.bank_dtype)
     local = cached(rel)
     tmp = local.with_name(f".{local.name}.{uuid.uuid4().hex[:8]}")
@@ -192,28 +190,32 @@ def load_shared_bank(store: TrialStore, teacher_key: str, dtype: str) -> Teacher
     corrupt stored bank is quarantined (and rebuilt by the next run that wants it)."""
     rel = store.bank_file(teacher_key, dtype)
     local = cached(rel)
-    for fetched in (False, True):
+    for attempt in range(2):  # a corrupt node-cache copy is fetched once more
+        fetched = False
         with node_lock(local):
             if not store.storage.exists(rel):
                 return None
             digest = read_json_checked(store.storage, digest_file(rel))
-            if fetched or not (local.exists() and _cache_holds(local, digest)):
+            if attempt or not (local.exists() and _cache_holds(local, digest)):
                 if bad := _fetch(store, rel, local, digest):
-                    local.unlink(missing_ok=True)
-                    quarantine(store.storage, rel, bad)
-                    store.storage.delete(digest_file(rel))
-                    return None
+                    return _drop_stored(store, rel, local, bad)
                 fetched = True
         try:
             bank = TeacherBank.from_state_dict(load_checkpoint(local, mmap=True)["bank"])
         except (CheckpointError, KeyError) as e:
-            local.unlink(missing_ok=True)
             if fetched:  # the stored bank itself is bad
-                quarantine(store.storage, rel, str(e))
-                store.storage.delete(digest_file(rel))
-                return None
+                return _drop_stored(store, rel, local, str(e))
+            local.unlink(missing_ok=True)
             log.warning("%s: corrupt node-cache copy (%s); fetching it again", local, e)
             continue
         os.utime(local)  # recently used: the last the cache evicts
         return bank
     return None
+
+
+def _drop_stored(store: TrialStore, rel: str, local: Path, why: str) -> None:
+    """A stored bank found bad: its node copy deleted, it quarantined with its digest gone
+    (the next run that wants it builds it again). None: the student goes without."""
+    local.unlink(missing_ok=True)
+    quarantine(store.storage, rel, why)
+    store.storage.delete(digest_file(rel))

@@ -18,7 +18,6 @@ import math
 import os
 import queue
 import subprocess
-import tempfile
 import threading
 import time
 import uuid
@@ -34,7 +33,7 @@ from .plan import Trial
 from .record import TrialResult
 from .spec import SweepSpec
 from .storage import Storage
-from .store import trial_file
+from .store import read_json_checked, trial_file
 
 log = logging.getLogger(__name__)
 PARENT_TAG = "mlflow.parentRunId"
@@ -371,15 +370,23 @@ class Tracker:
             tags=[RunTag("kdsweep.labels_hash", result.labels_hash or "")],
         )
         self._log_input(run_id, result)
-        with tempfile.TemporaryDirectory() as d:
-            for name in ("model.pt", "analysis.json"):
-                path = self.storage.local_copy(trial_file(key, name), Path(d) / name)
-                if path.exists():
-                    self.client.log_artifact(run_id, str(path))
+        self._log_outputs(run_id, key)
         if result.reason:
             self.client.set_tag(run_id, "kdsweep.reason", result.reason)
             self.client.log_text(run_id, f"{result.status}: {result.reason}", "error.txt")
         self.client.set_terminated(run_id, end)
+
+    def _log_outputs(self, run_id: str, key: str) -> None:
+        """The trial's analyses (analysis.json) as an artifact, and its model: where storage is
+        on the driver's machine, the file (MLflow copies it); where storage is remote (S3), by
+        reference only, the run's `kdsweep.model_uri` tag: the driver never downloads a model
+        to upload it again (45 MiB per WideResNet, the whole grid's models twice over)."""
+        model = trial_file(key, "model.pt")
+        self.client.set_tag(run_id, "kdsweep.model_uri", self.storage.uri_of(model))
+        if self.storage.is_local and self.storage.exists(model):
+            self.client.log_artifact(run_id, self.storage.path(model))
+        if (analysis := read_json_checked(self.storage, trial_file(key, "analysis.json"))):
+            self.client.log_dict(run_id, analysis, "analysis.json")
 
     def _log_input(self, run_id: str, result: TrialResult) -> None:
         """The training data as MLflow's Dataset (the UI's Dataset column): the digest is the

@@ -12,6 +12,7 @@ import boto3
 import pandas as pd
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 
 from sweeps.plan import build_plan
 from sweeps.resume import SLOTS
@@ -113,6 +114,15 @@ def test_sweep_on_s3_resumes_and_reuses_teachers(s3_server, tmp_path, monkeypatc
         assert storage.exists(trial_file(k, "model.pt"))  # teachers and students, on S3
     df = pd.read_parquet(io.BytesIO(storage.read_bytes("sweeps/resume/local/results.parquet")))
     assert set(df.key) == keys and (df.status == "done").all()
+    # MLflow holds each model by reference to storage: the driver never copied one over.
+    client = MlflowClient(spec.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name(spec.name).experiment_id],
+                              "tags.`kdsweep.role` = 'trial'")
+    assert {r.data.tags["kdsweep.key"] for r in runs} == keys
+    for r in runs:
+        key = r.data.tags["kdsweep.key"]
+        assert r.data.tags["kdsweep.model_uri"] == storage.uri_of(trial_file(key, "model.pt"))
+        assert [a.path for a in client.list_artifacts(r.info.run_id)] == ["analysis.json"]
 
     # A second sweep over the same storage reuses every trial, teachers included.
     (tmp_path / "other").mkdir()

@@ -117,6 +117,7 @@ def test_every_trial_has_one_parquet_row_and_one_child_run(sweep):
         assert r.data.params["loss"] == t.loss and r.info.status == "FINISHED"
         arts = [a.path for a in client.list_artifacts(r.info.run_id)]
         assert "model.pt" in arts and "analysis.json" in arts
+        assert tags["kdsweep.model_uri"] == storage.uri_of(trial_file(t.key, "model.pt"))
         [dataset] = client.get_run(r.info.run_id).inputs.dataset_inputs  # the Dataset column
         assert dataset.dataset.digest == row.labels_hash[:36]
     parent_arts = [a.path for a in client.list_artifacts(parent.info.run_id)]
