@@ -225,13 +225,22 @@ class Tracker:
         ]
         pending.clear()
         if len(batches) < 2 or self._senders is None:
-            for run_id, metrics in batches:
-                self.client.log_batch(run_id, metrics=metrics)
-            return
-        done = [self._senders.submit(self.client.log_batch, r, metrics=m) for r, m in batches]
-        errors = [e for f in done if (e := f.exception()) is not None]
-        if errors:
+            errors = [self._send_one(r, m) for r, m in batches]
+        else:
+            errors = list(self._senders.map(lambda b: self._send_one(*b), batches))
+        if errors := [e for e in errors if e is not None]:
             raise errors[0]
+
+    def _send_one(self, run_id: str, metrics: list[Metric]) -> Exception | None:
+        """One log_batch (MLflow's client retries it for minutes: a server restart is waited
+        out). Steps it could not write are no longer counted as logged, so the trial's finish
+        sends them again from its stored history (and a rerun, if that fails too)."""
+        try:
+            self.client.log_batch(run_id, metrics=metrics)
+            return None
+        except Exception as e:
+            self.logged.get(run_id, set()).difference_update(m.step for m in metrics)
+            return e
 
     # ---- runs ----------------------------------------------------------------------------
     def _parent_run(self) -> str:

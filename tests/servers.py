@@ -122,10 +122,11 @@ def mlflow_server(pg_port: int, workdir: Path, password: str):
     return _serve(["bash", str(script)], port, workdir / "mlflow.log", env)
 
 
-def mlflow_sqlite_server(workdir: Path, backend: str | None = None, workers: int = 1):
+def mlflow_sqlite_server(workdir: Path, backend: str | None = None, workers: int = 1,
+                         port: int | None = None):
     """A plain `mlflow server` on a SQLite store in ``workdir`` (or on ``backend``, e.g. a
-    PostgreSQL URI); yields its URL."""
-    port = free_port()
+    PostgreSQL URI), on ``port`` (default: a free one); yields its URL."""
+    port = port or free_port()
     mlflow = Path(os.sys.executable).parent / "mlflow"
     cmd = [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--workers", str(workers)]

@@ -11,10 +11,13 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from sweeps.plan import build_plan
+from sweeps.record import TrialResult
 from sweeps.spec import parse_spec
+from sweeps.storage import Storage
+from sweeps.tracking import Tracker
 
-from .drivers import kill_leftovers, start_driver, write_spec
-from .servers import mlflow_server, postgres
+from .drivers import free_port, kill_leftovers, start_driver, write_spec
+from .servers import mlflow_server, mlflow_sqlite_server, postgres
 
 pytestmark = pytest.mark.slow
 PASSWORD = "kd-test-password-1"
@@ -59,3 +62,48 @@ def test_sweep_logs_to_mlflow_server_on_postgres_with_basic_auth(tmp_path, monke
             cur.execute("SELECT count(*) FROM runs WHERE experiment_id = %s",
                         (int(exp.experiment_id),))
             assert cur.fetchone()[0] == len(keys) + 1  # trials + the sweep's parent run
+
+
+def _epoch(e: int) -> dict:
+    return {"epoch": e, "lr": 0.1, "train_loss": 1.0 / e, "train_acc": 0.5, "epoch_time": 1.0}
+
+
+def test_the_writer_outlasts_a_server_restart_and_refills_what_an_outage_lost(
+    tmp_path, monkeypatch
+):
+    """The driver's MLflow writer against a real server that goes away mid-sweep. A restart
+    within the client's retries loses nothing; a longer outage loses nothing either once the
+    trial's finish resends, from its stored history, the steps the server never took."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")  # retries 1, 2, 4, 8 s...
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    spec = parse_spec({"name": "restart", "dataset": {"name": "digits"},
+                       "chains": [["cnn-small"]], "storage": str(tmp_path / "store"),
+                       "tracking_uri": url})
+    trial = build_plan(spec).trials[0]
+    with mlflow_sqlite_server(tmp_path, port=port):
+        tracker = Tracker(spec, Storage(spec.storage))
+        tracker.ensure_run(trial)
+        for e in (1, 2, 3):
+            tracker.log_epoch(trial.key, _epoch(e))
+        assert tracker.flush(60)
+    for e in (4, 5, 6):  # the server is down: the writer retries until it is back
+        tracker.log_epoch(trial.key, _epoch(e))
+    with mlflow_sqlite_server(tmp_path, port=port):
+        assert tracker.flush(180) and tracker.failed_writes == 0
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # an outage past the retries
+    for e in (7, 8):
+        tracker.log_epoch(trial.key, _epoch(e))
+    assert tracker.flush(60) and tracker.failed_writes >= 1
+    failed = tracker.failed_writes
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    with mlflow_sqlite_server(tmp_path, port=port):
+        history = [_epoch(e) for e in range(1, 9)]
+        tracker.finish(trial.key, TrialResult.from_history(trial.to_dict(), history))
+        assert tracker.flush(120) and tracker.failed_writes == failed
+        client = MlflowClient(url)
+        run_id = tracker.runs[trial.key]
+        steps = [m.step for m in client.get_metric_history(run_id, "train_loss")]
+        assert sorted(steps) == list(range(1, 9))  # every epoch, each once
+        assert client.get_run(run_id).info.status == "FINISHED"
