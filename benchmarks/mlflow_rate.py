@@ -68,16 +68,19 @@ def epoch_result(epoch: int) -> dict:
     return {**trainer, **tune, "realised_noise_rate": 0.0}
 
 
+def server_group(server: str) -> int:
+    """The process group of the server listening at URL ``server`` (all its workers)."""
+    port = int(server.rsplit(":", 1)[1])
+    pid = next(c.pid for c in psutil.net_connections("tcp")
+               if c.status == "LISTEN" and c.laddr.port == port)
+    return os.getpgid(pid)
+
+
 def cpu_by_side(server: str | None) -> dict[str, dict[int, float]]:
     """CPU seconds so far, by pid, of the driver (this process), the server's process group
     (found by its listening port) and PostgreSQL's processes."""
     groups: dict[str, dict[int, float]] = {"driver": {}, "server": {}, "postgres": {}}
-    pgid = None
-    if server is not None:
-        port = int(server.rsplit(":", 1)[1])
-        pid = next(c.pid for c in psutil.net_connections("tcp")
-                   if c.status == "LISTEN" and c.laddr.port == port)
-        pgid = os.getpgid(pid)
+    pgid = None if server is None else server_group(server)
     for p in psutil.process_iter(["username"]):
         try:
             t = p.cpu_times()
