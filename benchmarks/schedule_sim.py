@@ -82,9 +82,10 @@ def build_jobs(spec, measured: bool, teacher_hours: float, seed: int) -> list[Jo
     first = plan.generations[0][0].model
 
     def epoch_cost(model, teacher, path):  # relative units: MACs per image
-        if measured and (model, teacher, path) in MEASURED_CPU:  # scaled to the MACs units
+        shape = (model, teacher, "bank" if path == "shared" else path)  # a bank is a bank
+        if measured and shape in MEASURED_CPU:  # scaled to the MACs units
             return (
-                MEASURED_CPU[(model, teacher, path)]
+                MEASURED_CPU[shape]
                 / MEASURED_CPU[(first, None, None)]
                 * (3 * macs[first])
             )

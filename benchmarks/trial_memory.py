@@ -27,9 +27,9 @@ SHAPES = [
     Shape("wrn-28-4"),
     Shape("wrn-16-4"),
     Shape("wrn-16-2"),
-    Shape("wrn-16-2", "wrn-28-4", "bank"),
-    Shape("wrn-16-4", "wrn-28-4", "bank"),
-    Shape("wrn-16-2", "wrn-16-4", "bank"),
+    Shape("wrn-16-2", "wrn-28-4", "shared"),
+    Shape("wrn-16-4", "wrn-28-4", "shared"),
+    Shape("wrn-16-2", "wrn-16-4", "private"),
     Shape("wrn-16-2", "wrn-28-4", "online"),
 ]
 

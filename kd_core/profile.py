@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import resource
+import tempfile
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -66,14 +68,33 @@ def _host_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def _stand_in_bank(data, dtype: torch.dtype) -> TeacherBank:
+def _stand_in_bank(data, dtype: torch.dtype, file: Path | None = None) -> TeacherBank:
     """A bank of the real shape and dtype, in host memory as a real one; its values do not
     change what memory it takes. Filled (not just allocated) so that the resident set counts
-    its pages."""
+    its pages; with ``file``, mapped from that file instead, as a shared bank is (the node
+    cache), so that its pages are told apart (_mapped_rss)."""
     n, views, k = len(data.train_labels), data.augment.n_views, data.num_classes
-    logits = torch.empty(n, views, k, dtype=dtype).normal_()
+    if file is None:
+        logits = torch.empty(n, views, k, dtype=dtype).normal_()
+    else:
+        with open(file, "wb") as f:
+            f.truncate(n * views * k * dtype.itemsize)
+        logits = torch.from_file(str(file), shared=True, size=n * views * k, dtype=dtype)
+        logits = logits.view(n, views, k)
     test = torch.zeros(len(data.test_labels), k)
     return TeacherBank(logits, test, data.augment)
+
+
+def _mapped_rss(path: Path) -> int:
+    """Bytes of this process's mappings of ``path`` that are resident (/proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            if line[0] in "0123456789abcdef":  # a mapping's header: address range, ..., path
+                inside = line.rstrip().endswith(str(path))
+            elif inside and line.startswith("Rss:"):
+                total += int(line.split()[1]) * 1024  # kB
+    return total
 
 
 def profile_run(
@@ -85,12 +106,17 @@ def profile_run(
 ) -> MemoryProfile:
     """Build the run's trainer and time ``steps`` steps, measuring peak memory.
 
-    Students pass their teacher's architecture and ``teacher_path``: "online" (the teacher runs
-    every step) or "bank" (its logits are gathered from a bank in host memory). Weights are
-    random: neither memory nor speed depends on them. ``data`` replaces the spec's dataset.
+    Students pass their teacher's architecture and ``teacher_path`` (kd_core.bank.teacher_path's
+    names): "online" (the teacher runs every step), "private" (its logits are gathered from a
+    bank in the trial's own host memory) or "shared" (from a bank mapped from a file, whose
+    pages a node's trials share: they are left out of the host peak, since the node holds them
+    once, in its page cache). Weights are random: neither memory nor speed depends on them.
+    ``data`` replaces the spec's dataset.
     """
-    if spec.train.loss != "ce" and teacher_path not in ("online", "bank"):
-        raise ValueError(f"a {spec.train.loss} student needs teacher_path online or bank")
+    if spec.train.loss != "ce" and teacher_path not in ("online", "private", "shared"):
+        raise ValueError(
+            f"a {spec.train.loss} student needs teacher_path online, private or shared"
+        )
     device = resolve_device(spec.train.device)
     cuda = device.type == "cuda"
     if cuda:
@@ -98,15 +124,18 @@ def profile_run(
         torch.cuda.reset_peak_memory_stats(device)
     run_data = load_run_data(spec) if data is None else (data, None)
     data = run_data[0]
-    teacher = bank = None
-    if spec.train.loss != "ce":
-        if teacher_path == "bank":
-            bank = _stand_in_bank(data, getattr(torch, spec.train.bank_dtype))
-        else:
+    teacher = bank = mapped = None
+    dtype = getattr(torch, spec.train.bank_dtype)
+    with tempfile.TemporaryDirectory(prefix="kdprofile-") as tmp:
+        if teacher_path == "shared":
+            mapped = Path(tmp) / "bank"
+        if teacher_path in ("private", "shared"):
+            bank = _stand_in_bank(data, dtype, mapped)
+        elif teacher_path == "online":
             teacher = init_model(teacher_model, data, spec.train.seed)
-    trainer, _ = build_trainer(spec, teacher, run_data, bank)
-    step_s, eval_s = trainer.time_steps(steps)
-    host_peak = _peak_rss()
+        trainer, _ = build_trainer(spec, teacher, run_data, bank)
+        step_s, eval_s = trainer.time_steps(steps)
+        host_peak = _peak_rss() - (_mapped_rss(mapped) if mapped else 0)
     if cuda:
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_reserved(device)

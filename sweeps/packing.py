@@ -31,7 +31,7 @@ from .trial import run_spec
 class Shape:
     model: str
     teacher: str | None = None  # the teacher's architecture; None: trained on labels
-    path: str | None = None  # how a student gets teacher logits: "bank" or "online"
+    path: str | None = None  # how a student gets teacher logits: kd_core.bank.teacher_path
 
     @property
     def label(self) -> str:
@@ -39,9 +39,8 @@ class Shape:
 
 
 def _student(spec: SweepSpec, data: ImageData, model: str, teacher: str, siblings: int) -> Shape:
-    # a shared bank or a private one: the trial holds a bank either way
-    path = "online" if teacher_path_of(spec, data, siblings)[0] == "online" else "bank"
-    return Shape(model, teacher, path)
+    # "shared", "private" or "online": a shared bank's pages are the node's, not the trial's
+    return Shape(model, teacher, teacher_path_of(spec, data, siblings)[0])
 
 
 def plan_shapes(spec: SweepSpec, plan: Plan, data: ImageData) -> Counter:
@@ -144,14 +143,14 @@ def render(
     where = f"{first.device} ({first.device_total / GiB:.0f} GiB)"
     lines = [
         f"measured on {where}: {steps} steps of batch {spec.train.batch_size} per shape",
-        f"{'model':<12} {'trained':<22} {'trials':>6} {'device GiB':>10} {'host GiB':>9} "
+        f"{'model':<12} {'trained':<26} {'trials':>6} {'device GiB':>10} {'host GiB':>9} "
         f"{'step ms':>8} {'epoch s':>8}",
     ]
     hours = 0.0
     for shape, p in measured.items():
         hours += counts[shape] * spec.train.epochs * p.epoch_seconds / 3600
         lines.append(
-            f"{shape.model:<12} {shape.label:<22} {counts[shape]:>6} {p.footprint / GiB:>10.2f} "
+            f"{shape.model:<12} {shape.label:<26} {counts[shape]:>6} {p.footprint / GiB:>10.2f} "
             f"{p.host_peak / GiB:>9.2f} {p.step_seconds * 1e3:>8.1f} {p.epoch_seconds:>8.2f}"
         )
     lines.append(

@@ -36,19 +36,21 @@ def test_plan_shapes_cover_every_trial_with_its_teacher_path():
     spec = make_spec()
     counts = plan_shapes(spec, build_plan(spec), data)
     assert sum(counts.values()) == len(build_plan(spec).trials) == 48
-    # digits has one view per image: every teacher's students share a bank
+    # digits has one view per image: a bank always pays; the generation-0 teachers' students
+    # share one, each generation-1 teacher's single student builds its own
     assert counts == Counter({
         Shape("cnn-large"): 4, Shape("cnn-small"): 4, Shape("cnn-medium"): 4,
-        Shape("cnn-small", "cnn-large", "bank"): 12, Shape("cnn-medium", "cnn-large", "bank"): 12,
-        Shape("cnn-small", "cnn-medium", "bank"): 12,
+        Shape("cnn-small", "cnn-large", "shared"): 12,
+        Shape("cnn-medium", "cnn-large", "shared"): 12,
+        Shape("cnn-small", "cnn-medium", "private"): 12,
     })
     off = make_spec(train={"epochs": 30, "teacher_bank": "off"})
     assert {s.path for s in plan_shapes(off, build_plan(off), data) if s.teacher} == {"online"}
     opt = make_spec(search={"type": "optuna", "num_samples": 5})
     counts = plan_shapes(opt, build_plan(opt), data)
     # up to 5 samples per teacher (2 noise rates x 2 seeds) on each teacher -> student edge
-    assert counts[Shape("cnn-medium", "cnn-large", "bank")] == 20
-    assert counts[Shape("cnn-small", "cnn-medium", "bank")] == 20
+    assert counts[Shape("cnn-medium", "cnn-large", "shared")] == 20
+    assert counts[Shape("cnn-small", "cnn-medium", "shared")] == 20
 
 
 def _gpu(footprint_gib: float, total_gib: float = 80.0, host_gib: float = 3.0) -> MemoryProfile:
@@ -60,7 +62,7 @@ def _gpu(footprint_gib: float, total_gib: float = 80.0, host_gib: float = 3.0) -
 def test_suggested_fractions_fit_any_mix_in_one_gpu():
     measured = {
         Shape("wrn-16-2"): _gpu(2.0),
-        Shape("wrn-16-2", "wrn-28-4", "bank"): _gpu(10.0),  # the largest shape of a model counts
+        Shape("wrn-16-2", "wrn-28-4", "shared"): _gpu(10.0),  # the largest shape of a model counts
         Shape("wrn-28-4"): _gpu(20.0, host_gib=5.0),
         Shape("wrn-16-4", "wrn-28-4", "online"): _gpu(3.0),
         Shape("wrn-28-10"): _gpu(90.0),
@@ -109,10 +111,10 @@ def test_plan_measure_prints_a_packing_that_the_spec_accepts(tmp_path):
         capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     text = out.stdout
-    rows = {line.split("  ")[0].strip() + " " + line[13:35].strip()
+    rows = {line.split("  ")[0].strip() + " " + line[13:39].strip()
             for line in text.splitlines() if line.startswith("cnn-")}
     assert rows == {"cnn-medium on labels", "cnn-small on labels",
-                    "cnn-small from cnn-medium (bank)"}
+                    "cnn-small from cnn-medium (private)"}
     assert "estimated compute:" in text and "no GPU here" in text
     suggested = yaml.safe_load(text.split("suggested resources (paste into the spec):\n")[1])
     models = suggested["resources"]["models"]

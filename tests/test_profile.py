@@ -32,20 +32,24 @@ def _profile_in_fresh_process(path: str) -> dict:
     return json.loads(out.stdout.splitlines()[-1])
 
 
-def test_bank_memory_shows_in_the_measured_peak():
+def test_a_private_bank_counts_in_the_peak_and_a_shared_one_does_not():
     data = load_dataset("synthetic", n_train=4096, n_test=64)
     nbytes = bank_nbytes(len(data.train_labels), data.augment, data.num_classes, torch.float32)
     assert nbytes > 250 * 2**20  # 4096 images x 162 views x 100 classes x fp32
     # A big parent: ru_maxrss would hand its peak to both children and hide the difference.
     ballast = torch.ones(2**28)  # 1 GiB, resident
     online = _profile_in_fresh_process("online")
-    bank = _profile_in_fresh_process("bank")
+    private = _profile_in_fresh_process("private")
+    shared = _profile_in_fresh_process("shared")
     del ballast
-    assert online["teacher_path"] == "online" and bank["teacher_path"] == "shared-bank"
+    assert online["teacher_path"] == "online" and private["teacher_path"] == "shared-bank"
     assert online["device"] == "cpu" and online["context"] == 0
-    # The bank is resident on the training device for the whole run: its bytes are in the peak.
-    assert bank["peak"] - online["peak"] > 0.7 * nbytes
-    for p in (online, bank):
+    # A private bank is the trial's own memory for the whole run: its bytes are in the peak.
+    assert private["peak"] - online["peak"] > 0.7 * nbytes
+    # A shared bank's pages are mapped from the node's cache file, held once by the node for
+    # all the trials of its teacher: the trial's peak leaves them out.
+    assert shared["peak"] - online["peak"] < 0.3 * nbytes
+    for p in (online, private, shared):
         assert p["step_seconds"] > 0 and p["eval_seconds"] > 0
         assert p["steps_per_epoch"] == 4096 // 64 and p["peak"] < p["device_total"]
 
@@ -59,5 +63,5 @@ def test_profile_counts_no_epoch_and_checks_its_arguments():
     assert p.teacher_path is None and p.epoch_seconds == pytest.approx(
         p.steps_per_epoch * p.step_seconds + p.eval_seconds)
     student = RunSpec("digits", "cnn-small", TrainConfig(epochs=5, loss="mse"))
-    with pytest.raises(ValueError, match="teacher_path online or bank"):
+    with pytest.raises(ValueError, match="teacher_path online, private or shared"):
         profile_run(student, "cnn-large", None)
