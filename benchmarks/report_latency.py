@@ -7,10 +7,12 @@ T function trainables report E epoch results each as fast as they can (no traini
 with the trainer's 12 metrics; a driver callback forwards each result to MLflow as
 kdsweep's SweepCallback does. Counted per result inside the trainable: the seconds
 `tune.report` took (p50/p95), which includes Tune's own round trip to the driver and the
-driver's callbacks; and the results/s through Tune over the run (Tune's loop, not MLflow,
-bounds this one). Ray and the server start before the clock; the writer is flushed inside it.
-On a machine of few cores the server takes CPU from the driver's loop that on a cluster it
-does not (it runs on a VM of its own): --nice-server gives it the lowest priority.
+driver's callbacks; the results/s through Tune over the run (Tune's loop, not MLflow, bounds
+this one); and the driver process's CPU per result (Tune's loop, Ray's core worker, the
+callback, the writer: what a driver core must sustain on a cluster). Ray and the server
+start before the clock; the writer is flushed inside it. On a machine of few cores the
+server takes CPU from the driver's loop that on a cluster it does not (it runs on a VM of
+its own): --nice-server gives it the lowest priority.
 
     PYTHONPATH=. .venv/bin/python benchmarks/report_latency.py --trials 4 --epochs 150 \
         --modes none,sync,writer,none,writer,none,writer [--nice-server]
@@ -36,7 +38,7 @@ from sweeps.sweep import connect
 from sweeps.tracking import Tracker
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.mlflow_rate import epoch_result, server_group  # noqa: E402
+from benchmarks.mlflow_rate import cpu_by_side, epoch_result, server_group  # noqa: E402
 from tests.servers import mlflow_sqlite_server  # noqa: E402
 
 
@@ -68,7 +70,8 @@ class ToMLflow(tune.Callback):
             self.tracker._send(pending)
 
 
-def run(uri: str, tmp: Path, trials: int, epochs: int, mode: str) -> tuple[float, list[float]]:
+def run(uri: str, tmp: Path, trials: int, epochs: int, mode: str
+        ) -> tuple[float, list[float], float]:
     spec = parse_spec({
         "name": f"latency-{mode}-{time.time_ns()}",
         "dataset": {"name": "digits"},
@@ -93,13 +96,15 @@ def run(uri: str, tmp: Path, trials: int, epochs: int, mode: str) -> tuple[float
             callbacks=[ToMLflow(tracker, [t.key for t in students], mode)],
         ),
     )
+    cpu0 = cpu_by_side(None)["driver"][os.getpid()]
     t0 = time.perf_counter()
     tuner.fit()
     tracker.flush()
     seconds = time.perf_counter() - t0
+    cpu = cpu_by_side(None)["driver"][os.getpid()] - cpu0
     assert tracker.failed_writes == 0
     waits = [w for i in range(trials) for w in json.loads((out / f"{i}.json").read_text())]
-    return trials * epochs / seconds, waits
+    return trials * epochs / seconds, waits, cpu / (trials * epochs)
 
 
 def main():
@@ -114,16 +119,17 @@ def main():
     tmp = Path(tempfile.mkdtemp(prefix="kdlat-"))
     connect(None)
     print(f"{args.trials} trials x {args.epochs} results through Tune into an mlflow server")
-    print("| driver callback | results/s | tune.report p50 ms | tune.report p95 ms |")
-    print("| --- | --- | --- | --- |")
+    print("| driver callback | results/s | tune.report p50 ms | tune.report p95 ms "
+          "| driver CPU ms/result |")
+    print("| --- | --- | --- | --- | --- |")
     with mlflow_sqlite_server(tmp) as server:
         if args.nice_server:  # what a server on a host of its own does not take from the driver
             os.setpriority(os.PRIO_PGRP, server_group(server), 19)
         for mode in args.modes.split(","):
-            rate, waits = run(server, tmp, args.trials, args.epochs, mode)
+            rate, waits, cpu = run(server, tmp, args.trials, args.epochs, mode)
             q = statistics.quantiles(waits, n=20)
             print(f"| {mode} | {rate:.0f} | {statistics.median(waits) * 1e3:.1f} | "
-                  f"{q[18] * 1e3:.1f} |", flush=True)
+                  f"{q[18] * 1e3:.1f} | {cpu * 1e3:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
