@@ -386,14 +386,16 @@ class Tracker:
         self.client.set_terminated(run_id, end)
 
     def _log_outputs(self, run_id: str, key: str) -> None:
-        """The trial's analyses (analysis.json) as an artifact, and its model: where storage is
-        on the driver's machine, the file (MLflow copies it); where storage is remote (S3), by
-        reference only, the run's `kdsweep.model_uri` tag: the driver never downloads a model
-        to upload it again (45 MiB per WideResNet, the whole grid's models twice over)."""
+        """The trial's analyses (analysis.json) as an artifact, and its model when it kept one
+        (a diverged trial does not): named by the run's `kdsweep.model_uri` tag, and where
+        storage is on the driver's machine also copied in as the file. Where storage is remote
+        (S3) the reference is all: the driver never downloads a model to upload it again
+        (45 MiB per WideResNet, the whole grid's models twice over)."""
         model = trial_file(key, "model.pt")
-        self.client.set_tag(run_id, "kdsweep.model_uri", self.storage.uri_of(model))
-        if self.storage.is_local and self.storage.exists(model):
-            self.client.log_artifact(run_id, self.storage.path(model))
+        if self.storage.exists(model):
+            self.client.set_tag(run_id, "kdsweep.model_uri", self.storage.uri_of(model))
+            if self.storage.is_local:
+                self.client.log_artifact(run_id, self.storage.path(model))
         if (analysis := read_json_checked(self.storage, trial_file(key, "analysis.json"))):
             self.client.log_dict(run_id, analysis, "analysis.json")
 

@@ -306,6 +306,7 @@ def test_a_diverged_trial_is_recorded_never_teaches_and_is_not_retried(sweep, tm
         [client.get_experiment_by_name("diverge").experiment_id], "tags.`kdsweep.role` = 'trial'")}
     assert runs[teacher.key].info.status == "FAILED"
     assert "non-finite" in runs[teacher.key].data.tags["kdsweep.reason"]
+    assert "kdsweep.model_uri" not in runs[teacher.key].data.tags  # it kept no model
     assert runs[student.key].info.status == "KILLED"
     assert "generation 0: 0 done, 0 running, 0 pending, 0 failed, 1 diverged" in sweep_status(spec)
 
