@@ -33,4 +33,4 @@ constraints: venv
 	 $(BIN)/pip freeze --exclude-editable | grep -vi '^kdsweep') > constraints.txt
 
 clean:
-	rm -rf kdsweep-results kdsweep-report mlflow.db .pytest_cache .ruff_cache
+	rm -rf kdsweep-results kdsweep-report mlflow.db mlruns .pytest_cache .ruff_cache
