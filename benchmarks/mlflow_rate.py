@@ -99,11 +99,12 @@ def cpu_ms_per_result(before: dict, after: dict, results: int) -> dict[str, floa
             for side, now in after.items()}
 
 
-def run(uri: str, tmp: Path, trials: int, epochs: int, mode: str, server: str | None = None
-        ) -> tuple[float, list[float], dict[str, float]]:
+def tracker_with_runs(uri: str, tmp: Path, trials: int, name: str) -> tuple[Tracker, list]:
+    """A Tracker on a fresh experiment ``name-<ns>`` with the child runs of ``trials``
+    students already created (run creation stays out of any timing)."""
     spec = parse_spec(
         {
-            "name": f"rate-{mode}-{time.time_ns()}",
+            "name": f"{name}-{time.time_ns()}",
             "dataset": {"name": "digits"},
             "chains": [["cnn-small", "cnn-small"]],
             "grid": {"tau": [float(t) for t in range(1, trials + 1)], "loss": ["kl"]},
@@ -116,6 +117,12 @@ def run(uri: str, tmp: Path, trials: int, epochs: int, mode: str, server: str | 
     for t in students:
         tracker.ensure_run(t)
     tracker.flush()
+    return tracker, students
+
+
+def run(uri: str, tmp: Path, trials: int, epochs: int, mode: str, server: str | None = None
+        ) -> tuple[float, list[float], dict[str, float]]:
+    tracker, students = tracker_with_runs(uri, tmp, trials, f"rate-{mode}")
     latencies = []
     cpu0 = cpu_by_side(server)
     t0 = time.perf_counter()

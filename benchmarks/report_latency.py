@@ -31,14 +31,16 @@ from pathlib import Path
 
 from ray import tune
 
-from sweeps.plan import build_plan
-from sweeps.spec import parse_spec
-from sweeps.storage import Storage
 from sweeps.sweep import connect
 from sweeps.tracking import Tracker
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.mlflow_rate import cpu_by_side, epoch_result, server_group  # noqa: E402
+from benchmarks.mlflow_rate import (  # noqa: E402
+    cpu_by_side,
+    epoch_result,
+    server_group,
+    tracker_with_runs,
+)
 from tests.servers import mlflow_sqlite_server  # noqa: E402
 
 
@@ -72,19 +74,7 @@ class ToMLflow(tune.Callback):
 
 def run(uri: str, tmp: Path, trials: int, epochs: int, mode: str
         ) -> tuple[float, list[float], float]:
-    spec = parse_spec({
-        "name": f"latency-{mode}-{time.time_ns()}",
-        "dataset": {"name": "digits"},
-        "chains": [["cnn-small", "cnn-small"]],
-        "grid": {"tau": [float(t) for t in range(1, trials + 1)], "loss": ["kl"]},
-        "storage": str(tmp / "store"),
-        "tracking_uri": uri,
-    })
-    tracker = Tracker(spec, Storage(spec.storage))
-    students = [t for t in build_plan(spec).trials if t.generation == 1][:trials]
-    for t in students:
-        tracker.ensure_run(t)
-    tracker.flush()
+    tracker, students = tracker_with_runs(uri, tmp, trials, f"latency-{mode}")
     out = tmp / f"{mode}-{time.time_ns()}"
     out.mkdir()
     tuner = tune.Tuner(
