@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from kd_core.bank import TeacherBank
+from kd_core.bank import TeacherBank, bank_nbytes
 from kd_core.data import Augment, draw_views
 
 
@@ -53,7 +53,7 @@ def main():
     g = torch.Generator(device=dev).manual_seed(0)
     order = torch.randperm(args.images, generator=g, device=dev)
     views = draw_views(aug, args.images, g, dev)
-    gib = logits.numel() * 2 / 2**30
+    gib = bank_nbytes(args.images, aug, args.classes) / 2**30
     print(f"bank {tuple(logits.shape)} fp16 = {gib:.2f} GiB in host memory; device {dev}")
 
     host = timed(lambda: bank.epoch(order, views, dev), args.reps, sync)
