@@ -16,6 +16,12 @@ from .names import check_loss_params
 PER_RUN = ("loss", "tau", "alpha", "seed", "device")
 
 
+# (field, lowest, highest) of the whole-number fields: BatchNorm cannot train on a batch of
+# one; the upper bounds are far past any real recipe (the paper: 200 epochs, batch 128) and
+# catch a typo before it allocates a batch or plans years of epochs.
+LIMITS = (("epochs", 1, 100_000), ("batch_size", 2, 65_536), ("eval_every", 1, 100_000))
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 200
@@ -42,10 +48,12 @@ class TrainConfig:
 
     def __post_init__(self):
         check_loss_params(self.loss, self.tau, self.alpha)
-        for name, low in (("epochs", 1), ("batch_size", 2), ("eval_every", 1)):
+        for name, low, high in LIMITS:
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name}: must be a whole number >= {low}, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(
+                    f"{name}: must be a whole number from {low} to {high}, got {value!r}"
+                )
         for name in ("lr", "lr_gamma", "bank_budget_gb"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):

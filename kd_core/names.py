@@ -30,12 +30,19 @@ WRN = re.compile(r"wrn-(\d+)-(\d+)")
 RESNET = re.compile(r"resnet-(\d+)")
 
 
+# The smallest tau: z/tau overflows fp16/bf16 logits (max ~65504) well before 1e-320, and the
+# paper's smallest studied tau is 0.1; 0.01 leaves room below it.
+MIN_TAU = 0.01
+
+
 def check_loss_params(loss: str, tau: float, alpha: float) -> None:
     """Raise ValueError naming the bad argument; shared by the trainer config and the sweep spec."""
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}: expected one of {', '.join(LOSSES)}")
-    if not isinstance(tau, (int, float)) or math.isnan(tau) or tau <= 0:
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or math.isnan(tau) or tau <= 0:
         raise ValueError(f"tau must be a positive number or inf, got {tau!r}")
+    if tau < MIN_TAU:
+        raise ValueError(f"tau must be at least {MIN_TAU} (or inf), got {tau!r}")
     if not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha!r}")
 

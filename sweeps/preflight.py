@@ -5,20 +5,21 @@ server is bounded in time (a few seconds), so a typo never costs minutes of retr
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
-import sqlite3
 import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
 from kd_core.data import ImageData, load_dataset
 
 from .spec import SpecError, SweepSpec
+from .sqlite_store import check_sqlite_store
 from .storage import Storage
 
 log = logging.getLogger(__name__)
@@ -90,14 +91,16 @@ def check_storage(spec: SweepSpec) -> None:
 
 
 def check_tracking(spec: SweepSpec) -> None:
-    """The MLflow store answers and has the schema this MLflow writes."""
+    """The MLflow store answers, accepts this process's credentials and has the schema this
+    MLflow writes. Reads only: a file that is not such a store is refused, never moved."""
     uri = spec.tracking_uri
     if uri.startswith(("http://", "https://")):
-        try:
-            _bounded(f"tracking_uri: {uri}", lambda: _health(uri))
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            raise SpecError(f"tracking_uri: no MLflow server answers at {uri} ({reason})") from None
+        _bounded(f"tracking_uri: {uri}", lambda: _probe_server(uri))
+        return
+    if uri.startswith("file:"):
+        path = Path(urlparse(uri).path)
+        if (existing := _unwritable(path)) is not None:
+            raise SpecError(f"tracking_uri: cannot write {path}: {existing} is not writable")
         return
     if uri.startswith("sqlite:///"):
         path = Path(uri.removeprefix("sqlite:///"))
@@ -107,45 +110,36 @@ def check_tracking(spec: SweepSpec) -> None:
             return
         if path.is_dir():
             raise SpecError(f"tracking_uri: {path} is a directory, not an SQLite file")
-        _check_sqlite_schema(uri, path)
+        check_sqlite_store(uri, path, TIMEOUT)
 
 
-def _health(uri: str) -> None:
-    # /health answers without credentials: reachability only; MLflow reports auth errors itself
-    with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=TIMEOUT) as r:
-        r.read()
-
-
-def _check_sqlite_schema(uri: str, path: Path) -> None:
-    """The store has this MLflow's schema; one left half-made by a crash (before kdsweep built
-    stores under a temporary name) and holding no run is moved aside, to be made anew; one
-    holding runs at an older schema is refused with how to upgrade it."""
-    from alembic.script import ScriptDirectory
-    from mlflow.store.db.utils import _get_alembic_config
-
+def _probe_server(uri: str) -> None:
+    """One call that needs the credentials MLflow's client will send (MLFLOW_TRACKING_USERNAME
+    and _PASSWORD, or _TOKEN): /health answers anyone, so it would pass a wrong password."""
+    url = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1"
+    request = urllib.request.Request(url)
+    user, password = (os.environ.get(f"MLFLOW_TRACKING_{k}") for k in ("USERNAME", "PASSWORD"))
+    if user and password:
+        pair = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {pair}")
+    elif token := os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=TIMEOUT) as db:
-            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
-            found = None
-            if "alembic_version" in tables:
-                found = db.execute("SELECT version_num FROM alembic_version").fetchone()
-            runs = db.execute("SELECT count(*) FROM runs").fetchone()[0] if "runs" in tables else 0
-    except sqlite3.DatabaseError as e:
-        raise SpecError(f"tracking_uri: {path} is not an MLflow SQLite store ({e})") from None
-    head = ScriptDirectory.from_config(_get_alembic_config(uri)).get_current_head()
-    if found is not None and found[0] == head:
-        return
-    if runs == 0:
-        aside = path.with_name(f"{path.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
-        os.replace(path, aside)
-        log.warning("%s: a half-made MLflow store with no run; moved aside to %s and made anew",
-                    path, aside.name)
-        return
-    raise SpecError(
-        f"tracking_uri: {path} holds an MLflow store of an older schema "
-        f"({found[0] if found else 'none'}; this MLflow writes {head}): back it up, then "
-        f"run `mlflow db upgrade {uri}`"
-    )
+        with urllib.request.urlopen(request, timeout=TIMEOUT) as r:
+            r.read()
+    except urllib.error.HTTPError as e:
+        if e.code in (401, 403):
+            given = "were refused" if user or os.environ.get("MLFLOW_TRACKING_TOKEN") else (
+                "are missing")
+            raise SpecError(
+                f"tracking_uri: the MLflow server at {uri} answered {e.code}: its credentials "
+                f"{given} (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD in this "
+                "environment)"
+            ) from None
+        raise SpecError(f"tracking_uri: {uri} is not an MLflow server (HTTP {e.code})") from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise SpecError(f"tracking_uri: no MLflow server answers at {uri} ({reason})") from None
 
 
 def local_resources() -> dict[str, float]:

@@ -33,8 +33,30 @@ class SpecError(ValueError):
     """A sweep spec that cannot run; the message names the file and the field."""
 
 
+# What a trial reports that a search can maximize (Optuna's direction and ASHA's mode are "max").
+SEARCH_METRICS = ("test_acc", "test_agreement", "train_acc", "train_acc_clean")
+# Upper bounds no user means: each catches a typo (10^20 epochs) before it allocates or schedules.
+MAX_CPUS, MAX_GPUS, MAX_MEMORY_GB = 1024, 64, 65536
+MAX_FAILURES, MAX_PREEMPTIONS, MAX_SAMPLES = 100, 10_000, 100_000
+
+
 def _as_list(v):
     return v if isinstance(v, list) else [v]
+
+
+def _as_tuple(v):
+    # Strict mode takes a tuple only as a tuple; YAML has lists.
+    return tuple(v) if isinstance(v, list) else v
+
+
+def _no_userinfo(value: str, env: str) -> str:
+    """Refuse a URI carrying user:password@ (the spec is stored with every sweep); the message
+    never repeats the value."""
+    if "://" in value and "@" in urlparse(value).netloc:
+        raise ValueError(f"credentials do not belong in the spec (it is stored with every "
+                         f"sweep): remove the user:password@ part and set {env} in the "
+                         "environment instead")
+    return value
 
 
 def _tau(v):
@@ -48,13 +70,19 @@ Tau = Annotated[float, BeforeValidator(_tau)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: YAML `true` is not 1, "3" is not 3 (an int still passes as a float)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class DatasetSpec(_Strict):
     name: str
     root: str | None = None  # folder holding the CIFAR archives (on every node)
     download: bool = False
+
+    @field_validator("root")
+    @classmethod
+    def _root_secret(cls, v):
+        return v and _no_userinfo(v, "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
 
     @field_validator("name")
     @classmethod
@@ -92,6 +120,8 @@ def _recipe_fields() -> dict:
             continue
         kind = hints[f.name]
         # YAML `true` must not pass as epochs=1: whole-number fields take whole numbers only.
+        if kind == tuple[float, ...]:
+            kind = Annotated[kind, BeforeValidator(_as_tuple)]
         out[f.name] = (StrictInt if kind is int else kind, f.default)
     return out
 
@@ -166,15 +196,15 @@ class GridSpec(_Strict):
 
 
 class AshaSpec(_Strict):
-    grace_period: int = Field(5, ge=1)
-    reduction_factor: float = Field(3.0, gt=1)
+    grace_period: int = Field(5, ge=1, le=10_000)
+    reduction_factor: float = Field(3.0, gt=1, le=100)
 
 
 class SearchSpec(_Strict):
     type: Literal["grid", "optuna"] = "grid"
     # optuna only: a trial budget for generation 1 over loss x a continuous tau range.
-    num_samples: int = Field(8, ge=1)
-    tau_range: tuple[Tau, Tau] = (0.5, 50.0)
+    num_samples: int = Field(8, ge=1, le=MAX_SAMPLES)
+    tau_range: Annotated[tuple[Tau, Tau], BeforeValidator(_as_tuple)] = (0.5, 50.0)
     metric: str = "test_acc"
     asha: AshaSpec | None = None  # early stopping of students on `metric`
 
@@ -184,11 +214,22 @@ class SearchSpec(_Strict):
         lo, hi = v
         if not 0 < lo < hi or math.isinf(hi):
             raise ValueError(f"tau_range must be 0 < low < high < inf, got {list(v)}")
+        check_loss_params("kl", lo, 1.0)  # kd_core's smallest tau
+        return v
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, v):
+        if v not in SEARCH_METRICS:
+            raise ValueError(f"unknown metric {v!r}: a search maximizes one the trainer "
+                             f"reports: {', '.join(SEARCH_METRICS)}")
         return v
 
 
 def _check_gpu(v: float | None) -> float | None:
     # Ray schedules fractions of one GPU, or whole GPUs: 1.5 cannot be placed.
+    if v is not None and 0 < v < 0.01:
+        raise ValueError(f"gpu must be 0 or at least 0.01 (a hundredth of a GPU), got {v}")
     if v is not None and v > 1 and v != int(v):
         raise ValueError(f"gpu above 1 must be a whole number of GPUs, got {v}")
     return v
@@ -197,9 +238,9 @@ def _check_gpu(v: float | None) -> float | None:
 class ModelResources(_Strict):
     """Per-architecture overrides of the per-trial resources."""
 
-    cpu: float | None = Field(None, gt=0)
-    gpu: float | None = Field(None, ge=0)
-    memory_gb: float | None = Field(None, gt=0)
+    cpu: float | None = Field(None, ge=0.01, le=MAX_CPUS)
+    gpu: float | None = Field(None, ge=0, le=MAX_GPUS)
+    memory_gb: float | None = Field(None, ge=0.01, le=MAX_MEMORY_GB)
 
     _gpu = field_validator("gpu")(classmethod(lambda cls, v: _check_gpu(v)))
 
@@ -209,9 +250,11 @@ class ResourcesSpec(_Strict):
     not watch GPU memory: size them with `kdsweep plan --measure`); memory_gb reserves host
     memory, so Ray packs a node only as full as its RAM allows."""
 
-    cpu: float = Field(1.0, gt=0)
-    gpu: float = Field(0.0, ge=0)
-    memory_gb: float | None = Field(None, gt=0)
+    # Ray counts resources in steps of 1/10000: a hundredth of a CPU or a GPU is the finest
+    # share a trial can use.
+    cpu: float = Field(1.0, ge=0.01, le=MAX_CPUS)
+    gpu: float = Field(0.0, ge=0, le=MAX_GPUS)
+    memory_gb: float | None = Field(None, ge=0.01, le=MAX_MEMORY_GB)
     models: dict[str, ModelResources] = {}  # keyed by architecture, e.g. {wrn-28-4: {gpu: 0.5}}
 
     _gpu = field_validator("gpu")(classmethod(lambda cls, v: _check_gpu(v)))
@@ -238,6 +281,9 @@ class ResourcesSpec(_Strict):
         return self.gpu > 0 or any(m.gpu for m in self.models.values())
 
 
+DATABASES = ("postgresql", "mysql", "mssql", "oracle")
+
+
 class SweepSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)  # paths, tags
     dataset: DatasetSpec
@@ -250,29 +296,37 @@ class SweepSpec(_Strict):
     tracking_uri: str = "sqlite:///mlflow.db"
     # Recorded on every run; with the storage it names the cluster (a parent run per cluster).
     cluster: str = Field("local", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-    max_failures: int = Field(2, ge=0)  # retries of a trial that raises an error
-    max_preemptions: int = Field(20, ge=0)  # restarts of a trial whose node or worker was lost
+    # retries of a trial that raises an error
+    max_failures: int = Field(2, ge=0, le=MAX_FAILURES)
+    # restarts of a trial whose node or worker was lost
+    max_preemptions: int = Field(20, ge=0, le=MAX_PREEMPTIONS)
 
     @field_validator("tracking_uri")
     @classmethod
     def _tracking_uri(cls, v):
-        parsed = urlparse(v)
-        if parsed.username or parsed.password:
+        if not v.strip():
+            raise ValueError("empty: give sqlite:///FILE, file:///DIR or a server's http(s) URL")
+        _no_userinfo(v, "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD")
+        scheme = urlparse(v).scheme.split("+")[0]
+        if scheme in DATABASES:
+            # A database straight from the driver skips the server's authentication and its
+            # artifact proxy (models would land on the driver's disk), and needs a database
+            # driver on every submitting machine: a cluster's store is behind `mlflow server`.
             raise ValueError(
-                "credentials do not belong in the spec (it is stored with every sweep): set "
-                "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD in the environment instead"
+                f"a {scheme} database is used through an MLflow server: start one on it "
+                "(cluster/mlflow/start-mlflow.sh) and give its http(s) URL"
             )
-        schemes = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "file", "databricks")
-        scheme = parsed.scheme.split("+")[0]
+        schemes = ("sqlite", "http", "https", "file")
         if scheme and scheme not in schemes:
-            raise ValueError(
-                f"unsupported scheme {parsed.scheme!r}: use one of {', '.join(schemes)}"
-            )
+            raise ValueError(f"unsupported scheme {scheme!r}: use one of {', '.join(schemes)}")
         return v
 
     @field_validator("storage")
     @classmethod
     def _storage(cls, v):
+        if not v.strip():
+            raise ValueError("empty: give a directory or an s3:// URI")
+        _no_userinfo(v, "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
         query = parse_qs(urlparse(v).query) if "://" in v else {}
         if {"access_key", "secret_key", "session_token"} & query.keys():
             raise ValueError(
@@ -337,6 +391,8 @@ def _explain(err: ValidationError) -> str:
             lines.append(f"{where}: required field is missing")
         else:
             msg = e["msg"].removeprefix("Value error, ")
+            if e["type"] in ("int_type", "float_type") and isinstance(e["input"], (bool, float)):
+                msg += f", got {e['input']!r}"  # numbers only: a string field may hold a secret
             m = re.match(r"(\w+): (.*)", msg) if where == "train" else None
             if m and m[1] in TrainSpec.model_fields:  # a kd_core recipe rule names its field
                 where, msg = f"train.{m[1]}", m[2]
@@ -377,9 +433,14 @@ def load_spec(path: str | Path) -> SweepSpec:
     """Read and validate a YAML sweep spec file."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except OSError as e:
         raise SpecError(f"{path}: cannot read the sweep spec: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise SpecError(
+            f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}): "
+            "save the spec as UTF-8"
+        ) from None
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as e:

@@ -17,10 +17,11 @@ import logging
 import math
 import os
 import queue
+import shlex
 import subprocess
+import sys
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from kd_core.metrics import EpochMetrics
 from .plan import Trial
 from .record import TrialResult
 from .spec import SweepSpec
+from .sqlite_store import prepare_store
 from .storage import Storage
 from .store import read_json_checked, trial_file
 
@@ -72,21 +74,11 @@ def ray_job_id() -> str | None:
         return None
 
 
-def prepare_store(tracking_uri: str) -> None:
-    """Create an embedded SQLite store crash-safely. MLflow's first migration takes seconds and
-    a kill in the middle leaves a database every later run fails on, so the store is built
-    under a temporary name and moved into place once migrated (a rename is atomic)."""
-    if not tracking_uri.startswith("sqlite:///"):
-        return
-    path = Path(tracking_uri.removeprefix("sqlite:///"))
-    if path.exists():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.creating-*"):  # left by a killed creation
-        stale.unlink(missing_ok=True)
-    tmp = path.with_name(f".{path.name}.creating-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)
-    os.replace(tmp, path)
+def ui_command(tracking_uri: str) -> str:
+    """The command that serves a local store's UI, quoted for a shell (paths with spaces)."""
+    mlflow = Path(sys.executable).with_name("mlflow")
+    exe = shlex.quote(str(mlflow)) if mlflow.exists() else "mlflow"
+    return f"{exe} ui --backend-store-uri {shlex.quote(tracking_uri)} --port 5000"
 
 
 def cluster_id(name: str, storage_uri: str) -> str:
@@ -288,10 +280,7 @@ class Tracker:
         base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else None
         path = f"#/experiments/{self.experiment_id}/runs"
         if base is None:
-            return [
-                f"MLflow: .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000, then "
-                f"http://127.0.0.1:5000/{path}/{self.parent_id}"
-            ]
+            return [f"MLflow: {ui_command(uri)}, then http://127.0.0.1:5000/{path}/{self.parent_id}"]
         return [f"MLflow runs: {base}/{path}", f"MLflow sweep run: {base}/{path}/{self.parent_id}"]
 
     def log_summary(self, rows) -> None:

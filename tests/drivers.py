@@ -6,11 +6,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import yaml
 
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
 
 EPOCHS = 10
 
@@ -124,9 +126,10 @@ class Cluster:
         }
         self.gcs_port, self.dash_port = free_port(), free_port()
 
-    def ray(self, *args, timeout=120, check=True):
+    def ray(self, *args, timeout=120, check=True, wrap=()):
+        """`ray ARGS` with the cluster's token; ``wrap``: a command that execs it (a script)."""
         return subprocess.run(
-            [BIN / "ray", *map(str, args)],
+            [*map(str, wrap), BIN / "ray", *map(str, args)],
             env=self.env,
             timeout=timeout,
             capture_output=True,
@@ -134,7 +137,7 @@ class Cluster:
             check=check,
         )
 
-    def start_head(self):
+    def start_head(self, cpus=0, wrap=()):
         self.ray(
             "start",
             "--head",
@@ -142,10 +145,22 @@ class Cluster:
             f"--port={self.gcs_port}",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={self.dash_port}",
-            "--num-cpus=0",
+            f"--num-cpus={cpus}",
             f"--temp-dir={self.root / 'h'}",
             "--disable-usage-stats",
+            wrap=wrap,
         )
+
+    def submit(self, *entrypoint, wait=False, deadline_s=180):
+        """`ray job submit` (retried while the job server comes up); returns the result."""
+        deadline = time.time() + deadline_s
+        while True:
+            sub = self.ray("job", "submit", f"--address=http://127.0.0.1:{self.dash_port}",
+                           *(() if wait else ("--no-wait",)), "--", *entrypoint, check=False,
+                           timeout=deadline_s)
+            if sub.returncode == 0 or time.time() > deadline:
+                return sub
+            time.sleep(2)
 
     def start_worker(self, name, cpus=1):
         self.ray(

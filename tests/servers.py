@@ -103,7 +103,8 @@ def _serve(cmd: list[str], port: int, log_path: Path, env: dict | None = None):
 
 
 def mlflow_server(pg_port: int, workdir: Path, password: str):
-    """cluster/mlflow/start-mlflow.sh, run as shipped, on the given PostgreSQL; yields its URL."""
+    """cluster/mlflow/start-mlflow.sh, run as shipped (its own worker count), on the given
+    PostgreSQL; yields its URL."""
     script = Path(__file__).resolve().parents[1] / "cluster" / "mlflow" / "start-mlflow.sh"
     port = free_port()
     pg = f"postgresql+psycopg2://postgres@127.0.0.1:{pg_port}"
@@ -115,7 +116,6 @@ def mlflow_server(pg_port: int, workdir: Path, password: str):
         "MLFLOW_AUTH_ADMIN_PASSWORD": password,
         "MLFLOW_HOST": "127.0.0.1",
         "MLFLOW_PORT": str(port),
-        "MLFLOW_WORKERS": "1",
         "MLFLOW_STATE_DIR": str(workdir / "state"),
         "MLFLOW_BIN": str(Path(os.sys.executable).parent / "mlflow"),
     }

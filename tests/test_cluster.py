@@ -1,6 +1,8 @@
 """A two-node Ray cluster on loopback with token auth: `ray job submit` of a sweep, the worker
 node lost mid-trial, a new node joins, and the sweep completes with the trial resumed."""
 
+import hashlib
+import os
 import re
 import subprocess
 import sys
@@ -15,7 +17,7 @@ from sweeps.spec import parse_spec
 from sweeps.storage import Storage
 from sweeps.store import trial_file
 
-from .drivers import EPOCHS, Cluster, write_spec
+from .drivers import EPOCHS, REPO, Cluster, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -48,26 +50,8 @@ def test_job_submit_survives_losing_the_worker_node(tmp_path):
         t0 = time.time()
         cluster.start_head()
         cluster.start_worker("w1")
-        deadline = time.time() + 180
-        while True:  # the job server may come up a little after `ray start` returns
-            sub = cluster.ray(
-                "job",
-                "submit",
-                f"--address=http://127.0.0.1:{cluster.dash_port}",
-                "--no-wait",
-                "--",
-                sys.executable,
-                "-m",
-                "sweeps.cli",
-                "run",
-                spec_path,
-                "--address",
-                "auto",
-                check=False,
-            )
-            if sub.returncode == 0 or time.time() > deadline:
-                break
-            time.sleep(2)
+        sub = cluster.submit(sys.executable, "-m", "sweeps.cli", "run", spec_path,
+                             "--address", "auto")
         assert sub.returncode == 0, sub.stdout[-2000:] + sub.stderr[-2000:]
         job_id = re.search(r"raysubmit_\w+", sub.stdout + sub.stderr)[0]
 
@@ -137,3 +121,40 @@ def test_job_submit_survives_losing_the_worker_node(tmp_path):
     run = next(r for r in runs if r.data.tags.get("kdsweep.key") == student.key)
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
     assert sorted(steps) == list(range(1, EPOCHS + 1))
+
+
+CREDENTIAL_PROBE = """
+import hashlib, os, ray
+def seen():  # a hash: the job's own log must not hold the secret either
+    return hashlib.sha256(os.environ.get("MLFLOW_TRACKING_PASSWORD", "").encode()).hexdigest()
+ray.init(address="auto")
+print("driver", seen(), "worker", ray.get(ray.remote(seen).remote()))
+"""
+
+
+def test_credentials_reach_jobs_from_the_nodes_file_and_no_ray_file(tmp_path):
+    """The runbook's way (cluster/README.md, "Credentials"): a 0600 file on each node, read by
+    cluster/with-credentials.sh around `ray start`. The job's driver and its workers see the
+    password; no file of Ray's session, `ray job list` or the job's log holds it."""
+    secret = "planted-" + os.urandom(8).hex()
+    creds = tmp_path / "credentials.env"
+    creds.write_text(f"MLFLOW_TRACKING_USERNAME=admin\nMLFLOW_TRACKING_PASSWORD={secret}\n")
+    wrap = [REPO / "cluster" / "with-credentials.sh"]
+    cluster = Cluster()
+    cluster.env["KDSWEEP_CREDENTIALS"] = str(creds)
+    try:
+        creds.chmod(0o644)  # readable by others: refused, nothing started
+        refused = cluster.ray("start", "--head", wrap=wrap, check=False)
+        assert refused.returncode == 2 and "chmod 600" in refused.stderr
+        creds.chmod(0o600)
+        cluster.start_head(cpus=1, wrap=wrap)
+        sub = cluster.submit(sys.executable, "-c", CREDENTIAL_PROBE, wait=True)
+        want = hashlib.sha256(secret.encode()).hexdigest()
+        assert f"driver {want} worker {want}" in sub.stdout, sub.stdout[-2000:] + sub.stderr
+        listing = cluster.ray("job", "list", f"--address=http://127.0.0.1:{cluster.dash_port}")
+        assert secret not in sub.stdout + sub.stderr + listing.stdout + listing.stderr
+        leaks = [p for p in (cluster.root / "h").rglob("*")
+                 if p.is_file() and not p.is_socket() and secret.encode() in p.read_bytes()]
+        assert leaks == []
+    finally:
+        cluster.stop()

@@ -30,6 +30,18 @@ def test_aws_launcher_config_matches_rays_schema():
     starts = config["head_start_ray_commands"] + config["worker_start_ray_commands"]
     assert all("RAY_AUTH_MODE=token" in c for c in starts if "ray start" in c)
     assert "/home/ubuntu/.ray/auth_token" in config["file_mounts"]
+    # credentials: a node file read around `ray start`, never a runtime env (README)
+    assert "/home/ubuntu/.kdsweep/credentials.env" in config["file_mounts"]
+    assert all("with-credentials.sh" in c for c in starts if "ray start" in c)
+
+
+def test_no_runbook_puts_a_secret_in_a_runtime_env():
+    """Ray logs a runtime env in clear (runtime_env_agent.log) and lists it in `ray job list`."""
+    cluster = ROOT / "cluster"
+    docs = [ROOT / "README.md", *cluster.rglob("*.md"), *cluster.rglob("*.y*ml")]
+    for doc in docs:
+        for env in re.findall(r"--runtime-env-json\s+'([^']*)'", doc.read_text()):
+            assert not re.search(r"MLFLOW_TRACKING|PASSWORD|SECRET|AWS_", env), (doc, env)
 
 
 def _containers(pod_template):

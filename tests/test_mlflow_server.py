@@ -1,15 +1,21 @@
 """A sweep logging over HTTP, with basic auth, to the MLflow server of cluster/mlflow, backed
 by a real PostgreSQL that this test starts."""
 
+import os
+import socket
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import psycopg2
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from sweeps import cli
 from sweeps.plan import build_plan
 from sweeps.record import TrialResult
 from sweeps.spec import parse_spec
@@ -23,7 +29,7 @@ pytestmark = pytest.mark.slow
 PASSWORD = "kd-test-password-1"
 
 
-def test_sweep_logs_to_mlflow_server_on_postgres_with_basic_auth(tmp_path, monkeypatch):
+def test_sweep_logs_to_mlflow_server_on_postgres_with_basic_auth(tmp_path, monkeypatch, capsys):
     with postgres(("mlflow", "mlflow_auth")) as pg_port, \
             mlflow_server(pg_port, tmp_path, PASSWORD) as url:
         # Without credentials the server refuses.
@@ -31,6 +37,25 @@ def test_sweep_logs_to_mlflow_server_on_postgres_with_basic_auth(tmp_path, monke
             urllib.request.urlopen(f"{url}/api/2.0/mlflow/experiments/search?max_results=1",
                                    timeout=10)
         assert err.value.code == 401
+
+        # The check before Ray authenticates: a wrong or missing password is one line, exit 2,
+        # before anything starts (/health alone would have passed both).
+        (tmp_path / "bad").mkdir()
+        bad_spec = write_spec(tmp_path / "bad", name="pg-bad", tracking_uri=url)
+        for env, said in (({"MLFLOW_TRACKING_PASSWORD": "wrong"}, "were refused"),
+                          ({}, "are missing")):
+            monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+            monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+            for k, v in env.items():
+                monkeypatch.setenv(k, v)
+            capsys.readouterr()
+            t0 = time.time()
+            assert cli.main(["plan", str(bad_spec)]) == 2
+            [line] = capsys.readouterr().err.splitlines()
+            assert f"tracking_uri: the MLflow server at {url} answered 401" in line, line
+            assert said in line and "wrong" not in line and time.time() - t0 < 10
+        assert not (tmp_path / "bad" / "store").exists()
+        monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
 
         creds = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": PASSWORD}
         spec_path = write_spec(tmp_path, name="pg-sweep", tracking_uri=url,
@@ -107,3 +132,23 @@ def test_the_writer_outlasts_a_server_restart_and_refills_what_an_outage_lost(
         steps = [m.step for m in client.get_metric_history(run_id, "train_loss")]
         assert sorted(steps) == list(range(1, 9))  # every epoch, each once
         assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_the_start_script_says_why_a_server_does_not_come_up(tmp_path):
+    """cluster/mlflow/start-mlflow.sh waits for /health: a server that cannot start (its port
+    taken) ends the script with one clear line and exit 1, not a port that never answers."""
+    script = Path(__file__).resolve().parents[1] / "cluster" / "mlflow" / "start-mlflow.sh"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))  # bound, not listening: the server's bind fails
+        env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path / 'b.db'}",
+               "MLFLOW_AUTH_DATABASE_URI": f"sqlite:///{tmp_path / 'auth.db'}",
+               "MLFLOW_ARTIFACTS_DESTINATION": str(tmp_path / "artifacts"),
+               "MLFLOW_AUTH_ADMIN_PASSWORD": PASSWORD, "MLFLOW_HOST": "127.0.0.1",
+               "MLFLOW_PORT": str(taken.getsockname()[1]),
+               "MLFLOW_STATE_DIR": str(tmp_path / "state"),
+               "MLFLOW_BIN": str(Path(sys.executable).parent / "mlflow")}
+        out = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True,
+                             timeout=240)
+    assert out.returncode == 1
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("start-mlflow: the server exited before answering on port"), last

@@ -13,8 +13,8 @@ from mlflow.tracking import MlflowClient
 
 from sweeps import cli, preflight
 from sweeps.preflight import check_tracking
-from sweeps.spec import parse_spec
-from sweeps.tracking import prepare_store
+from sweeps.spec import SpecError, parse_spec
+from sweeps.sqlite_store import prepare_store
 
 from .drivers import free_port
 
@@ -62,18 +62,29 @@ def old_schema_store(tmp):
     return db
 
 
-def test_a_half_made_store_without_runs_is_made_anew(tmp_path, capsys, caplog):
-    """What an older kdsweep left when killed during the store's first migration."""
+def users_database(tmp):
+    """A user's own SQLite database, named by mistake as the tracking store."""
+    db = tmp / "important.db"
+    with sqlite3.connect(db) as c:
+        c.execute("CREATE TABLE customers (name TEXT)")
+        c.execute("INSERT INTO customers VALUES ('ada')")
+    return db
+
+
+def test_a_half_made_store_is_refused_and_left_as_it_is(tmp_path):
+    """What an older kdsweep left when killed during the store's first migration: refused with
+    one line, never moved or remade by a check (it may hold what the user wants back)."""
     db = tmp_path / "mlflow.db"
     prepare_store(f"sqlite:///{db}")
     with sqlite3.connect(db) as c:  # the migration stopped part way
         c.execute("DROP TABLE alembic_version")
+    before = db.read_bytes()
     spec = parse_spec(yaml.safe_load(spec_file(tmp_path).read_text()))
-    check_tracking(spec)
-    assert "moved aside" in caplog.text and not db.exists()
-    assert len(list(tmp_path.glob("mlflow.db.broken-*"))) == 1
-    prepare_store(spec.tracking_uri)  # the run makes it anew
-    assert MlflowClient(spec.tracking_uri).search_experiments()
+    with pytest.raises(SpecError, match=r"mlflow.db is not an MLflow SQLite store \(a store "
+                       r"kdsweep began; left as it is\)"):
+        check_tracking(spec)
+    assert db.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [
+        "mlflow.db", "spec.yaml"]
 
 
 @pytest.mark.parametrize(
@@ -87,12 +98,19 @@ def test_a_half_made_store_without_runs_is_made_anew(tmp_path, capsys, caplog):
          r"tracking_uri: .*old.db holds an MLflow store of an older schema .*mlflow db upgrade"),
         (lambda tmp, port: {"tracking_uri": f"sqlite:///{tmp / 'junk.db'}"},
          "tracking_uri: .*junk.db is not an MLflow SQLite store"),
+        (lambda tmp, port: {"tracking_uri": f"sqlite:///{users_database(tmp)}"},
+         r"tracking_uri: .*important.db is not an MLflow SQLite store \(no MLflow tables"),
+        (lambda tmp, port: {"tracking_uri": f"sqlite:///{tmp / 'empty.txt'}"},
+         r"tracking_uri: .*empty.txt is not an MLflow SQLite store \(no MLflow tables"),
+        (lambda tmp, port: {"tracking_uri": f"file://{tmp / 'a-file' / 'mlruns'}"},
+         r"tracking_uri: cannot write .*a-file/mlruns: .*a-file is not writable"),
         (lambda tmp, port: {"storage": str(tmp / "a-file")},
          "storage: .*a-file is a file, not a directory"),
         (lambda tmp, port: {"resources": {"gpu": 1}},
          "resources: a cnn-small trial asks for gpu 1, more than this machine has"),
     ],
-    ids=["refused", "silent", "old-schema", "not-sqlite", "storage-file", "gpu"],
+    ids=["refused", "silent", "old-schema", "not-sqlite", "users-db", "empty-file", "file-ro",
+         "storage-file", "gpu"],
 )
 def test_bad_settings_stop_run_before_ray(tmp_path, capsys, monkeypatch, silent_server,
                                           setting, expect):
@@ -100,8 +118,9 @@ def test_bad_settings_stop_run_before_ray(tmp_path, capsys, monkeypatch, silent_
     monkeypatch.setattr(preflight, "TIMEOUT", 2.0)
     (tmp_path / "junk.db").write_bytes(b"not a database at all" * 10)
     (tmp_path / "a-file").write_text("x")
+    (tmp_path / "empty.txt").write_text("")
     path = spec_file(tmp_path, **setting(tmp_path, silent_server))
-    before = sorted(p.name for p in tmp_path.iterdir())
+    before = {p.name: p.is_file() and p.read_bytes() for p in tmp_path.iterdir()}
     capsys.readouterr()  # what making the test's own files printed
     commands = [("run", str(path))]
     if "gpu" not in expect:  # a GPU is checked where the sweep will run: `run`, `plan --measure`
@@ -112,4 +131,23 @@ def test_bad_settings_stop_run_before_ray(tmp_path, capsys, monkeypatch, silent_
         [line] = err.splitlines()  # one line, no traceback
         assert re.search(expect, line), line
         assert seconds < 30  # the check gives up after 2 s; the rest is importing, under load
-    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no store, no Ray session
+    # no store, no Ray session, and every file there before untouched, byte for byte
+    assert {p.name: p.is_file() and p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_printed_commands_paste_into_a_shell(tmp_path):
+    """A store under a folder with a space and a quote: the printed `mlflow ui` and `mlflow db
+    upgrade` commands split back into exactly the URI."""
+    import shlex
+
+    from sweeps.tracking import ui_command
+
+    uri = f"sqlite:///{tmp_path}/my runs/o'brien.db"
+    words = shlex.split(ui_command(uri))
+    assert words[1:4] == ["ui", "--backend-store-uri", uri]
+    old = old_schema_store(tmp_path)
+    with pytest.raises(SpecError) as e:
+        check_tracking(parse_spec(yaml.safe_load(spec_file(
+            tmp_path, tracking_uri=f"sqlite:///{old}").read_text())))
+    pasted = re.search(r"`(mlflow db upgrade .*)`", str(e.value))[1]
+    assert shlex.split(pasted) == ["mlflow", "db", "upgrade", f"sqlite:///{old}"]

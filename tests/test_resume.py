@@ -22,9 +22,9 @@ from sweeps.lease import DriverLease, TrialClaim
 from sweeps.plan import build_plan
 from sweeps.resume import SLOTS, TrialCheckpoints
 from sweeps.spec import SpecError, parse_spec
+from sweeps.sqlite_store import prepare_store
 from sweeps.storage import Storage
 from sweeps.store import trial_file
-from sweeps.tracking import prepare_store
 
 from .drivers import EPOCHS, kill_leftovers, start_driver, write_spec
 
@@ -221,7 +221,7 @@ def test_a_kill_while_the_mlflow_store_is_created_leaves_nothing_broken(tmp_path
     """MLflow's first migration takes seconds; a SIGKILL in the middle of it must not leave a
     half-migrated mlflow.db that every later run would fail on."""
     db = tmp_path / "mlflow.db"
-    code = f"from sweeps.tracking import prepare_store; prepare_store('sqlite:///{db}')"
+    code = f"from sweeps.sqlite_store import prepare_store; prepare_store('sqlite:///{db}')"
     proc = subprocess.Popen([sys.executable, "-c", code])
     deadline = time.time() + 120
     while time.time() < deadline and not list(tmp_path.glob(".mlflow.db.creating-*")):

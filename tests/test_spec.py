@@ -60,8 +60,9 @@ def test_good_spec_parses_with_inf_tau_and_defaults():
         ("dataset", {"name": "cifar100"}, r"dataset: .*needs root"),
         ("search.type", "random", r"search.type: "),
         ("train.epochs", 0, r"train.epochs: "),
-        ("storage", "s3://b/p?access_key=A&secret_key=S", r"storage: credentials do not belong"),
-        ("tracking_uri", "http://user:PASSWORD@host:5000", r"tracking_uri: credentials do not "
+        ("storage", "s3://b/p?access_key=A&secret_key=s3cr3t",
+         r"storage: credentials do not belong"),
+        ("tracking_uri", "http://user:s3cr3t@host:5000", r"tracking_uri: credentials do not "
          r"belong in the spec .*MLFLOW_TRACKING_PASSWORD"),
         ("tracking_uri", "garbage://x", r"tracking_uri: unsupported scheme 'garbage'"),
         ("name", "x" * 300, r"name: String should have at most 100 characters"),
@@ -77,12 +78,49 @@ def test_good_spec_parses_with_inf_tau_and_defaults():
         ("train.lr_milestones", [0.75, 0.5], r"train.lr_milestones: increasing fractions"),
         ("train.lr_milestones", [-0.5], r"train.lr_milestones: increasing fractions"),
         ("train.epochs", True, r"train.epochs: Input should be a valid integer"),
-        ("train.batch_size", 1, r"train.batch_size: must be a whole number >= 2"),
+        ("train.batch_size", 1, r"train.batch_size: must be a whole number from 2 to 65536"),
+        # values no user means (issue 21): each named, with its bound
+        ("grid.seeds", [True], r"grid.seeds\[0\]: Input should be a valid integer, got True"),
+        ("grid.alpha", [True], r"grid.alpha\[0\]: Input should be a valid number, got True"),
+        ("train.epochs", 10**20, r"train.epochs: must be a whole number from 1 to 100000"),
+        ("train.batch_size", 10**12, r"train.batch_size: must be a whole number from 2 to 65536"),
+        ("train.lr", "0.1", r"train.lr: Input should be a valid number"),
+        ("resources.cpu", 1e-05, r"resources.cpu: Input should be greater than or equal to 0.01"),
+        ("resources.gpu", 0.001, r"resources.gpu: gpu must be 0 or at least 0.01"),
+        ("resources.memory_gb", 1e300, r"resources.memory_gb: Input should be less than or equal"),
+        ("max_failures", 1e23, r"max_failures: Input should be a valid integer, got 1e\+23"),
+        ("max_failures", 10**23, r"max_failures: Input should be less than or equal to 100"),
+        ("grid.tau", [1e-320], r"grid.tau: tau must be at least 0.01"),
+        ("search.tau_range", [0.001, 1], r"search.tau_range: tau must be at least 0.01"),
+        ("search.metric", "nonsense", r"search.metric: unknown metric 'nonsense': .*test_acc"),
+        ("tracking_uri", "", r"tracking_uri: empty"),
+        ("tracking_uri", "postgresql://h:5432/db", r"tracking_uri: a postgresql database is "
+         r"used through an MLflow server"),
+        ("storage", "s3://KEY:s3cr3t@bucket/x", r"storage: credentials do not belong"),
+        ("dataset.root", "s3://KEY:s3cr3t@bucket/x", r"dataset.root: credentials do not belong"),
     ],
 )
 def test_bad_specs_name_the_field(path, value, expect):
-    with pytest.raises(SpecError, match=expect):
+    with pytest.raises(SpecError, match=expect) as e:
         parse_spec(bad(path, value), "spec.yaml")
+    assert "s3cr3t" not in str(e.value)  # no message echoes a secret
+    assert len(str(e.value).splitlines()) == 2  # the file, then the one field
+
+
+def test_search_metrics_are_ones_the_trainer_reports():
+    from kd_core.metrics import EpochMetrics
+    from sweeps.record import TrialResult
+    from sweeps.spec import SEARCH_METRICS
+
+    for name in SEARCH_METRICS:  # reported every epoch, and kept in the stored result
+        assert name in EpochMetrics.__dataclass_fields__ and hasattr(TrialResult, name)
+
+
+def test_a_spec_that_is_not_utf8_is_named(tmp_path):
+    p = tmp_path / "latin1.yaml"
+    p.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(SpecError, match=r"latin1.yaml: not UTF-8 text \(byte 0xe9 at offset 9\)"):
+        load_spec(p)
 
 
 def test_yaml_errors_name_the_file(tmp_path):
