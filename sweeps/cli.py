@@ -164,9 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_report)
 
     args = parser.parse_args(argv)
+    from .storage import StorageFull
+
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:  # SpecError is a ValueError
+    except (ValueError, FileNotFoundError, StorageFull) as e:  # SpecError is a ValueError
         print(f"kdsweep {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import optuna
 from ray import tune
+from ray.tune.error import TuneError
 from ray.tune.execution import class_cache
 from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -33,7 +34,7 @@ from ray.tune.search import Searcher
 
 from .plan import Trial, children, make_trial
 from .spec import SweepSpec
-from .storage import AWS_CREDENTIALS
+from .storage import AWS_CREDENTIALS, STORAGE_FULL, StorageFull
 from .store import TrialStore
 from .trial import Job, run_job
 
@@ -336,6 +337,8 @@ class SweepCallback(tune.Callback):
             self.events.started(job.trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if STORAGE_FULL in result:  # raised here, it ends the experiment: nothing can be stored
+            raise StorageFull(result[STORAGE_FULL])
         if "epoch" in result:
             self.events.epoch(trial.config["trial"]["key"], result)
 
@@ -348,7 +351,7 @@ class SweepCallback(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         job = Job.from_config(trial.config)
-        text = str(trial.get_error() or trial.error_msg or "unknown error")  # Tune's traceback
+        text = str(trial.get_error() or "unknown error")  # Tune's traceback
         if job.kind == "train":
             self.events.failed(job.trial, text)
         else:
@@ -408,4 +411,20 @@ def run_experiment(
     # Results live in storage and MLflow, not in Tune's per-trial logger files (turned off in
     # sweep.py): Tune's end-of-run analysis would warn once per trial that it found none.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    tuner.fit()
+    try:
+        tuner.fit()
+    except TuneError as e:  # Tune wraps what a callback raised: a full storage ends the run
+        if (full := _storage_full(e)) is not None:
+            raise full from None
+        raise
+
+
+def _storage_full(error: BaseException | None) -> StorageFull | None:
+    """The StorageFull among an exception's causes and contexts, if any."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, StorageFull):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None

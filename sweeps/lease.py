@@ -25,7 +25,7 @@ import time
 import uuid
 
 from .spec import SpecError
-from .storage import Storage
+from .storage import Storage, StorageFull
 from .store import sweep_file, trial_file
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,12 @@ class Lease:
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(TTL / 4):
-            self._write()
+            try:
+                self._write()
+            except StorageFull:
+                # The next beat tries again; the holder's own writes fail on the same full
+                # storage and end its run with the message that names it.
+                log.debug("%s: not renewed, storage full", self.rel)
 
     def release(self) -> None:
         self._stop.set()

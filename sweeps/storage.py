@@ -5,6 +5,8 @@ What lives where under the root is TrialStore's business (store.py).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import uuid
@@ -50,6 +52,29 @@ def s3_filesystem(uri: str) -> tuple[pafs.S3FileSystem, str]:
     return pafs.S3FileSystem(**kwargs), (parsed.netloc + parsed.path).rstrip("/")
 
 
+# The key of the one result a trial reports when storage can take no more writes: the driver
+# then ends the run (a full disk is not the trial's failure, and retrying it cannot help).
+STORAGE_FULL = "storage_full"
+
+
+class StorageFull(OSError):
+    """Storage refuses writes for lack of space (or quota); the message names the storage and
+    the file. Freeing space and rerunning the same command continues where the run stopped."""
+
+    def __init__(self, message: str):
+        super().__init__(errno.ENOSPC, message)
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def _is_full(e: BaseException) -> bool:
+    # pyarrow's filesystems raise a plain OSError whose text carries the errno
+    return isinstance(e, OSError) and (
+        e.errno in (errno.ENOSPC, errno.EDQUOT) or "[errno 28]" in str(e).lower()
+    )
+
+
 class Storage:
     def __init__(self, uri: str):
         if uri.startswith("s3://"):
@@ -85,20 +110,39 @@ class Storage:
         with self.fs.open_input_stream(self.path(rel)) as f:
             return f.read()
 
+    @contextlib.contextmanager
+    def _writing(self, rel: str):
+        """Yield (final path, temporary path) for a write of ``rel``. A write that fails leaves
+        no temporary file behind, and one that fails for lack of space raises StorageFull."""
+        final = self.path(rel)
+        # an S3 object appears only once complete: written in place
+        tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}" if self.is_local else final
+        try:
+            self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
+            yield final, tmp
+        except BaseException as e:
+            if self.is_local:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            if _is_full(e):
+                raise StorageFull(
+                    f"storage {self.uri}: no space left writing {rel}; free space, then run "
+                    "the same command again (what is stored is kept)"
+                ) from None
+            raise
+
     def write_bytes(self, rel: str, data: bytes) -> None:
         """Write so that readers see the old object or the whole new one, never a part."""
-        final = self.path(rel)
-        self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
-        if not self.is_local:  # an S3 PUT is atomic by itself
-            with self.fs.open_output_stream(final) as f:
+        with self._writing(rel) as (final, tmp):
+            if not self.is_local:  # an S3 PUT is atomic by itself
+                with self.fs.open_output_stream(final) as f:
+                    f.write(data)
+                return
+            with open(tmp, "wb") as f:
                 f.write(data)
-            return
-        tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
 
     def read_json(self, rel: str) -> dict | None:
         return json.loads(self.read_bytes(rel)) if self.exists(rel) else None
@@ -113,13 +157,10 @@ class Storage:
     def upload(self, rel: str, local: Path) -> None:
         """Stream a local file into storage (no copy of it in memory); readers see the old
         object or the whole new one."""
-        final = self.path(rel)
-        self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
-        tmp = final if not self.is_local else f"{final}.tmp-{uuid.uuid4().hex[:8]}"
-        # an S3 (multipart) upload appears only once complete: written in place
-        pafs.copy_files(str(local), tmp, pafs.LocalFileSystem(), self.fs, use_threads=False)
-        if self.is_local:
-            os.replace(tmp, final)
+        with self._writing(rel) as (final, tmp):
+            pafs.copy_files(str(local), tmp, pafs.LocalFileSystem(), self.fs, use_threads=False)
+            if self.is_local:
+                os.replace(tmp, final)
 
     def download(self, rel: str, dest: Path) -> None:
         """Stream the object into the local file ``dest``, which appears only when complete."""

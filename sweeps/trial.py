@@ -25,7 +25,7 @@ from .plan import Trial
 from .record import TrialResult
 from .resume import Attempts, TrialCheckpoints, flush_on_exit, trained_model
 from .spec import SweepSpec
-from .storage import Storage
+from .storage import STORAGE_FULL, Storage, StorageFull
 from .store import TrialStore
 from .teacher_bank import build_shared_bank, load_shared_bank
 
@@ -68,7 +68,14 @@ def run_spec(spec: SweepSpec, trial: Trial) -> RunSpec:
 def run_job(config: dict, spec: SweepSpec, driver: str) -> None:
     """Tune entry point (``spec`` and the driver's lease token are bound once with
     tune.with_parameters)."""
-    job = Job.from_config(config)
+    try:
+        _run_job(Job.from_config(config), spec, driver)
+    except StorageFull as e:
+        # Not this trial's failure, and no retry can help: say so, and the driver ends the run.
+        tune.report({STORAGE_FULL: str(e)})
+
+
+def _run_job(job: Job, spec: SweepSpec, driver: str) -> None:
     store = TrialStore(Storage(spec.storage))
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     if job.kind == "bank":
@@ -85,6 +92,8 @@ def run_job(config: dict, spec: SweepSpec, driver: str) -> None:
         attempts = Attempts(store.storage, trial.key)
         try:
             _train(spec, trial, store, attempts)
+        except StorageFull:
+            raise
         except Exception:
             # A real error (not a lost node: that never reaches here). Tune retries it from the
             # checkpoint until spec.max_failures; then it ends, its traceback in failed.json.

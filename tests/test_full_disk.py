@@ -1,0 +1,68 @@
+"""Storage on a full disk (a small tmpfs): the run ends with one line naming the storage and
+the file, exit 2, no traceback and no temporary file left; once space is freed, the same
+command finishes the sweep with nothing lost."""
+
+import json
+import subprocess
+
+import pandas as pd
+import pytest
+
+from sweeps.spec import load_spec
+from sweeps.store import trial_file
+
+from .drivers import kill_leftovers, start_driver, write_spec
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB tmpfs: a teacher and a student of 2 epochs need about 380 KiB."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {made.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def run(spec_path, tmp):
+    driver = start_driver(spec_path, tmp)
+    try:
+        code = driver.wait(300)
+    finally:
+        kill_leftovers(tmp)
+    log = (tmp / "driver.log").read_text()
+    (tmp / "driver.log").unlink()
+    return code, log
+
+
+def test_a_full_disk_stops_the_run_cleanly_and_a_rerun_finishes_it(tmp_path, small_disk):
+    spec_path = write_spec(tmp_path, name="full-disk", storage=str(small_disk / "store"),
+                           chains=[["cnn-small", "cnn-small"]],
+                           train={"epochs": 2, "batch_size": 64, "lr": 0.05},
+                           grid={"loss": ["kl"], "tau": [4], "seeds": [0], "baselines": False})
+    code, log = run(spec_path, tmp_path)
+    assert code == 2, log[-3000:]
+    last = log.strip().splitlines()[-1]
+    assert last.startswith(f"kdsweep run: error: storage {small_disk / 'store'}: no space left "
+                           "writing "), last
+    assert "free space, then run the same command again" in last
+    assert "Traceback" not in log
+    assert list(small_disk.rglob("*.tmp-*")) == []  # a failed write leaves no temporary file
+
+    subprocess.run(["mount", "-o", "remount,size=32m", str(small_disk)], check=True)
+    code, log = run(spec_path, tmp_path)
+    assert code == 0, log[-3000:]
+    spec = load_spec(spec_path)
+    rows = pd.read_parquet(small_disk / "store" / "sweeps" / "full-disk" / "local" /
+                           "results.parquet")
+    assert sorted(rows.status) == ["done", "done"]
+    for key in rows.key:  # every epoch of every trial, once
+        result = json.loads((small_disk / "store" / trial_file(key, "result.json")).read_text())
+        assert [h["epoch"] for h in result["history"]] == list(range(1, spec.train.epochs + 1))
