@@ -9,8 +9,17 @@ run on one machine:
   (c) kd_core's Trainer reading a teacher-logit bank (its build time reported apart).
 It also times a CE epoch of the teacher, for the GPU-hours estimate of the paper's study.
 
-    python benchmarks/kd_throughput.py --device cpu --n-train 256 --n-test 256 --epochs 3
-    python benchmarks/kd_throughput.py --device cuda --n-train 50000 --n-test 10000 --epochs 4
+The three run interleaved (harness.py): each round runs a, b and c once each, for --epochs
+epochs (the first one of each untimed: warm-up), in an order rotated every round; ratios are
+paired within a round; figures are min / median over --rounds. Bound: per training step, (b)
+runs the student forward and backward (~3 student forwards) plus one teacher forward, (c) the
+student alone, so c/b cannot exceed (3 S + T) / (3 S) with S, T the two models' forward FLOPs
+(counted here); c/a neither, unless (a)'s data pipeline, not its arithmetic, is what limits it.
+
+    PYTHONPATH=. python benchmarks/kd_throughput.py --device cpu --n-train 256 --n-test 256 \
+        --epochs 2 --rounds 3
+    PYTHONPATH=. python benchmarks/kd_throughput.py --device cuda --n-train 50000 \
+        --n-test 10000 --epochs 3 --rounds 3 --workers 16
 """
 
 from __future__ import annotations
@@ -19,13 +28,19 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import bound, fmt, interleaved, min_med, paired  # noqa: E402
 
 from kd_core import TrainConfig
 from kd_core.bank import bank_for
@@ -115,12 +130,22 @@ def kd_core_run(data, args, device, teacher=None, bank=None, loss="kl", model="w
                      len(data.train_labels))
 
 
+def forward_flops(model, data) -> float:
+    """FLOPs of one forward pass of one image."""
+    x = torch.zeros(1, *data.train_images.shape[1:])
+    model = model.eval()
+    with FlopCounterMode(display=False) as count, torch.no_grad():
+        model(x)
+    return float(count.get_total_flops())
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--n-train", type=int, default=256)
     p.add_argument("--n-test", type=int, default=256)
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=2, help="per variant per round; first untimed")
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     p.add_argument("--compile", action="store_true", help="torch.compile kd_core's student")
@@ -132,16 +157,16 @@ def main():
         torch.set_num_threads(os.cpu_count() or 1)
     data = load_dataset("synthetic", n_train=args.n_train, n_test=args.n_test, num_classes=100)
     teacher = init_model("wrn-28-4", data, 1)
+    flops_s = forward_flops(init_model("wrn-16-2", data, 0), data)
+    flops_t = forward_flops(teacher, data)
+    limit = (3 * flops_s + flops_t) / (3 * flops_s)
     out = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
            "cpus": os.cpu_count(), "torch": torch.__version__, "n_train": args.n_train,
            "n_test": args.n_test, "batch_size": args.batch_size, "workers": args.workers,
-           "compile": args.compile}
+           "compile": args.compile, "rounds": args.rounds, "compute_bound": limit}
+    print(f"forward GFLOP/image: student {flops_s / 1e9:.3f}, teacher {flops_t / 1e9:.3f}; "
+          f"compute bound on c/b per step: {limit:.2f}", flush=True)
 
-    if not args.skip_reference:
-        out["a_reference"] = reference(data, teacher, args, device)
-        print("a reference:", out["a_reference"], flush=True)
-    out["b_online"] = kd_core_run(data, args, device, teacher=teacher)
-    print("b kd_core online:", out["b_online"], flush=True)
     sync(device)
     t0 = time.perf_counter()
     bank = bank_for(teacher, data, device)
@@ -149,27 +174,47 @@ def main():
     out["bank_build_s"] = time.perf_counter() - t0
     out["bank_gb"] = bank.logits.numel() * bank.logits.element_size() / 2**30
     print(f"bank: built in {out['bank_build_s']:.1f}s, {out['bank_gb']:.3f} GiB", flush=True)
-    out["c_bank"] = kd_core_run(data, args, device, bank=bank)
-    print("c kd_core bank:", out["c_bank"], flush=True)
-    del bank
+
+    variants = {"b_online": lambda: kd_core_run(data, args, device, teacher=teacher),
+                "c_bank": lambda: kd_core_run(data, args, device, bank=bank)}
+    if not args.skip_reference:
+        variants = {"a_reference": lambda: reference(data, teacher, args, device), **variants}
+    runs = interleaved(variants, args.rounds)
+    for name, rs in runs.items():
+        out[name] = {k: [r[k] for r in rs] for k in ("train_images_per_s", "train_s", "epoch_s")}
+        print(f"{name}: train s/epoch {fmt(out[name]['train_s'])}, epoch s "
+              f"{fmt(out[name]['epoch_s'])}", flush=True)
+    variants = bank = None  # the bank freed before the teacher is timed
     out["teacher_ce"] = kd_core_run(data, args, device, loss="ce", model="wrn-28-4")
     print("teacher CE epoch:", out["teacher_ce"], flush=True)
 
+    ratios = {"c/b": ("c_bank", "b_online")}
     if "a_reference" in out:
-        a = out["a_reference"]
-        for k in ("b_online", "c_bank"):
-            out[f"{k[0]}/a_train"] = out[k]["train_images_per_s"] / a["train_images_per_s"]
-            out[f"{k[0]}/a_epoch"] = a["epoch_s"] / out[k]["epoch_s"]
+        ratios |= {"c/a": ("c_bank", "a_reference"), "b/a": ("b_online", "a_reference")}
+    for label, (num, den) in ratios.items():
+        train = paired(out[den]["train_s"], out[num]["train_s"])  # speed-up: time ratio
+        epoch = paired(out[den]["epoch_s"], out[num]["epoch_s"])
+        out[label] = {"train": train, "epoch": epoch}
+        print(f"{label}: training step {fmt(train, 2)}, epoch {fmt(epoch, 2)}")
+        if label == "c/b" and (crossed := bound("c/b (training step)", train, limit)):
+            print(crossed)
+            out[label]["bound_crossed"] = True
+        if label == "c/a" and max(train) > limit:  # (a) is slower than its arithmetic
+            print(f"c/a is above the compute bound {limit:.2f}: (a) loses time outside its "
+                  "arithmetic (its data pipeline; see b/a), so c/a is not the bank's gain; "
+                  "c/b is")
     # The paper's main study: 3 teachers (one per seed) + 18 students (6 settings x 3 seeds),
     # 200 epochs each, scaled to 50k training images; banks built once per teacher.
     scale = 50000 / args.n_train
+    bank_epoch = min_med(out["c_bank"]["epoch_s"])[1]
     hours = (3 * (200 * out["teacher_ce"]["epoch_s"] + out["bank_build_s"])
-             + 18 * 200 * out["c_bank"]["epoch_s"]) * scale / 3600
+             + 18 * 200 * bank_epoch) * scale / 3600
     out["paper_study_device_hours"] = hours
-    print(json.dumps({k: v for k, v in out.items() if not isinstance(v, dict)}, indent=1))
+    out["bank_epoch_s_at_50k"] = bank_epoch * scale
+    print(f"KD epoch with the bank, scaled to 50k images: {bank_epoch * scale:.2f} s; "
+          f"paper study: {hours:.1f} device-hours")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+        Path(args.json).write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

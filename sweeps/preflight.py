@@ -129,8 +129,8 @@ def _probe_server(uri: str) -> None:
             r.read()
     except urllib.error.HTTPError as e:
         if e.code in (401, 403):
-            given = "were refused" if user or os.environ.get("MLFLOW_TRACKING_TOKEN") else (
-                "are missing")
+            sent = request.has_header("Authorization")
+            given = "were refused" if sent else "are missing"
             raise SpecError(
                 f"tracking_uri: the MLflow server at {uri} answered {e.code}: its credentials "
                 f"{given} (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD in this "

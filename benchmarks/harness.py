@@ -1,0 +1,55 @@
+"""How every benchmark here measures: variants interleaved, min and median, physical bounds.
+
+A shared, noisy machine drifts (another job starts, a core is throttled): a variant timed
+once, before or after another, measures the drift as much as the variant. So each round runs
+every variant once, in an order rotated by one each round, and a figure is reported as the min
+(the least disturbed run) and the median over rounds. A ratio is formed within each round
+(paired), then summarised. Where physics bounds a figure (a compute ratio, one copy of a file),
+``bound`` says so when a figure crosses it: that is a measuring error, not a result.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+
+
+def rotations(names: list[str], rounds: int) -> list[list[str]]:
+    """The order of each round: ``names`` rotated by one more each round."""
+    return [names[r % len(names):] + names[: r % len(names)] for r in range(rounds)]
+
+
+def interleaved(variants: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+    """Call each variant once per round, in rotated order; each call returns its figure.
+    Returns the figures per variant, in round order (so ratios can be paired by round)."""
+    out: dict[str, list[float]] = {name: [None] * rounds for name in variants}
+    for r, order in enumerate(rotations(list(variants), rounds)):
+        for name in order:
+            out[name][r] = variants[name]()
+    return out
+
+
+def min_med(values: list[float]) -> tuple[float, float]:
+    return min(values), statistics.median(values)
+
+
+def paired(num: list[float], den: list[float]) -> list[float]:
+    """Per-round ratios num/den."""
+    return [a / b for a, b in zip(num, den, strict=True)]
+
+
+def fmt(values: list[float], digits: int = 3) -> str:
+    """'min / median (n)'."""
+    lo, med = min_med(values)
+    return f"{lo:.{digits}f} / {med:.{digits}f} (n={len(values)})"
+
+
+def bound(label: str, values: list[float], limit: float, above: bool = True) -> str:
+    """An empty string when every value respects ``limit`` (an upper bound when ``above``,
+    else a lower one); otherwise a line saying the figure crossed its bound."""
+    crossed = [v for v in values if (v > limit if above else v < limit)]
+    if not crossed:
+        return ""
+    side = "above its upper" if above else "below its lower"
+    return (f"BOUND CROSSED: {label} {', '.join(f'{v:.3f}' for v in crossed)} is {side} "
+            f"bound {limit:.3f}: a measuring error (noise, a different baseline), not a result")
