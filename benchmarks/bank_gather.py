@@ -7,7 +7,8 @@ indexed every step, costs N x n_views x K of device memory per trial. This times
 getting one epoch's teacher logits:
 - host gather + one copy to the device (what kd_core does),
 - device-resident bank, indexed in per-step batches (only with --device cuda).
-Counted: wall time per epoch, after one untimed epoch (pages faulted in), median of --reps.
+Counted: wall time per epoch, after one untimed epoch (pages faulted in); the two ways run
+interleaved, rotated every round (harness.py), min / median over --rounds.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bank_gather.py
     PYTHONPATH=. python3 benchmarks/bank_gather.py --device cuda
@@ -16,25 +17,25 @@ Counted: wall time per epoch, after one untimed epoch (pages faulted in), median
 from __future__ import annotations
 
 import argparse
-import statistics
+import json
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import fmt, interleaved, min_med  # noqa: E402
 
 from kd_core.bank import TeacherBank, bank_nbytes
 from kd_core.data import Augment, draw_views
 
 
-def timed(fn, reps: int, sync) -> float:
+def timed(fn, sync) -> float:
+    t0 = time.perf_counter()
     fn()
     sync()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return time.perf_counter() - t0
 
 
 def main():
@@ -43,7 +44,8 @@ def main():
     p.add_argument("--images", type=int, default=50_000)
     p.add_argument("--classes", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--json", default=None)
     args = p.parse_args()
     dev = torch.device(args.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
@@ -56,9 +58,7 @@ def main():
     gib = bank_nbytes(args.images, aug, args.classes) / 2**30
     print(f"bank {tuple(logits.shape)} fp16 = {gib:.2f} GiB in host memory; device {dev}")
 
-    host = timed(lambda: bank.epoch(order, views, dev), args.reps, sync)
-    print(f"host gather + copy to {dev}: {host * 1e3:.1f} ms per epoch, "
-          f"{args.images * args.classes * 2 / 2**20:.1f} MiB on the device")
+    variants = {"host": lambda: timed(lambda: bank.epoch(order, views, dev), sync)}
     if dev.type == "cuda":
         on_dev = logits.to(dev)
         bs = args.batch_size
@@ -67,9 +67,21 @@ def main():
             for s in range(0, args.images, bs):
                 on_dev[order[s : s + bs], views[s : s + bs]].float()
 
-        resident = timed(per_step, args.reps, sync)
-        print(f"device-resident bank, per-step index: {resident * 1e3:.1f} ms per epoch, "
-              f"{gib:.2f} GiB on the device per trial")
+        variants["resident"] = lambda: timed(per_step, sync)
+    for fn in variants.values():  # untimed: pages faulted in, kernels loaded
+        fn()
+    runs = interleaved(variants, args.rounds)
+    epoch_mib = args.images * args.classes * 2 / 2**20
+    print(f"host gather + copy to {dev}: {fmt([t * 1e3 for t in runs['host']], 1)} ms per "
+          f"epoch, {epoch_mib:.1f} MiB on the device")
+    if "resident" in runs:
+        print(f"device-resident bank, per-step index: "
+              f"{fmt([t * 1e3 for t in runs['resident']], 1)} ms per epoch, {gib:.2f} GiB on "
+              "the device per trial")
+    if args.json:
+        out = {k: {"min_ms": min_med(v)[0] * 1e3, "median_ms": min_med(v)[1] * 1e3}
+               for k, v in runs.items()}
+        Path(args.json).write_text(json.dumps({"bank_gib": gib, **out}, indent=1))
 
 
 if __name__ == "__main__":

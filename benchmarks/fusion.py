@@ -258,7 +258,8 @@ def probe(args, k: int, device) -> dict:
         return k * args.steps / t
 
     variants = {"separate": sep, "fused": fus}
-    if args.packed:
+    packed_ks = args.ks if args.packed_ks is None else args.packed_ks
+    if args.packed and str(k) in packed_ks.split(","):
         variants["packed"] = lambda: k * args.steps / run_packed(args, k, device)
     # Each round, every mode once in rotated order; the separate and fused students take the
     # same steps, so their parameters stay comparable.
@@ -287,6 +288,7 @@ def main():
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
     p.add_argument("--packed", action="store_true", help="also K processes on one device")
+    p.add_argument("--packed-ks", default=None, help="K values to pack (default: all of --ks)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     args.batch = args.batch or (64 if args.model.startswith("cnn") else 128)
@@ -297,12 +299,12 @@ def main():
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{os.cpu_count()}"
     print(f"{args.model}, batch {args.batch}, {name}, torch {torch.__version__}; "
           f"student-steps/s min / median over {args.rounds} rounds of {args.steps} steps")
-    modes = [m for m in ("separate", "fused", "packed") if m in rows[0]]
+    modes = [m for m in ("separate", "fused", "packed") if any(m in r for r in rows)]
     print("| K | " + " | ".join(modes) + " | fused / separate (median) | max param diff |")
     print("| --- " * (len(modes) + 3) + "|")
     for r in rows:
         speed = min_med(r["fused"])[1] / min_med(r["separate"])[1]
-        print(f"| {r['k']} | " + " | ".join(fmt(r[m], 1) for m in modes) +
+        print(f"| {r['k']} | " + " | ".join(fmt(r[m], 1) if m in r else "-" for m in modes) +
               f" | {speed:.2f}x | {r['max_param_diff']:.1e} (params up to "
               f"{r['max_param']:.1f}, {r['steps_compared']} steps) |")
         # Bound: K students fused do K students' arithmetic; a fused step can save launches

@@ -30,6 +30,9 @@ from pathlib import Path
 
 import psutil
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import fmt, interleaved  # noqa: E402
+
 from sweeps import tracking
 from sweeps.plan import build_plan
 from sweeps.spec import parse_spec
@@ -68,24 +71,32 @@ def epoch_result(epoch: int) -> dict:
     return {**trainer, **tune, "realised_noise_rate": 0.0}
 
 
+def listener(port: int) -> int:
+    """The pid listening on 127.0.0.1:``port``."""
+    return next(c.pid for c in psutil.net_connections("tcp")
+                if c.status == "LISTEN" and c.laddr.port == port)
+
+
 def server_group(server: str) -> int:
     """The process group of the server listening at URL ``server`` (all its workers)."""
-    port = int(server.rsplit(":", 1)[1])
-    pid = next(c.pid for c in psutil.net_connections("tcp")
-               if c.status == "LISTEN" and c.laddr.port == port)
-    return os.getpgid(pid)
+    return os.getpgid(listener(int(server.rsplit(":", 1)[1])))
 
 
-def cpu_by_side(server: str | None) -> dict[str, dict[int, float]]:
+def cpu_by_side(server: str | None, pg_port: int | None = None) -> dict[str, dict[int, float]]:
     """CPU seconds so far, by pid, of the driver (this process), the server's process group
-    (found by its listening port) and PostgreSQL's processes."""
+    (found by its listening port) and the PostgreSQL this benchmark started (its postmaster,
+    found by its port, and that one's children: never another PostgreSQL on the machine)."""
     groups: dict[str, dict[int, float]] = {"driver": {}, "server": {}, "postgres": {}}
     pgid = None if server is None else server_group(server)
-    for p in psutil.process_iter(["username"]):
+    pg = set()
+    if pg_port is not None:
+        master = psutil.Process(listener(pg_port))
+        pg = {master.pid, *(c.pid for c in master.children(recursive=True))}
+    for p in psutil.process_iter():
         try:
             t = p.cpu_times()
             side = ("driver" if p.pid == os.getpid() else
-                    "postgres" if p.info["username"] == "postgres" else
+                    "postgres" if p.pid in pg else
                     "server" if pgid is not None and os.getpgid(p.pid) == pgid else None)
             if side:
                 groups[side][p.pid] = t.user + t.system
@@ -120,11 +131,11 @@ def tracker_with_runs(uri: str, tmp: Path, trials: int, name: str) -> tuple[Trac
     return tracker, students
 
 
-def run(uri: str, tmp: Path, trials: int, epochs: int, mode: str, server: str | None = None
-        ) -> tuple[float, list[float], dict[str, float]]:
+def run(uri: str, tmp: Path, trials: int, epochs: int, mode: str, server: str | None = None,
+        pg_port: int | None = None) -> tuple[float, list[float], dict[str, float]]:
     tracker, students = tracker_with_runs(uri, tmp, trials, f"rate-{mode}")
     latencies = []
-    cpu0 = cpu_by_side(server)
+    cpu0 = cpu_by_side(server, pg_port)
     t0 = time.perf_counter()
     for e in range(1, epochs + 1):
         for t in students:
@@ -139,47 +150,64 @@ def run(uri: str, tmp: Path, trials: int, epochs: int, mode: str, server: str | 
             latencies.append(time.perf_counter() - c0)
     tracker.flush()
     seconds = time.perf_counter() - t0
-    cpu = cpu_ms_per_result(cpu0, cpu_by_side(server), trials * epochs)
+    cpu = cpu_ms_per_result(cpu0, cpu_by_side(server, pg_port), trials * epochs)
     assert tracker.failed_writes == 0
     return trials * epochs / seconds, latencies, cpu
 
 
-def row(name: str, mode: str, rate: float, lat: list[float], cpu: dict[str, float]) -> str:
-    q = statistics.quantiles(lat, n=20)
-    return (f"| {name} | {mode} | {rate:.0f} | {statistics.median(lat) * 1e3:.2f} | "
-            f"{q[18] * 1e3:.2f} | {cpu['driver']:.2f} | {cpu['server']:.2f} | "
-            f"{cpu['postgres']:.2f} |")
+def row(name: str, runs: list[tuple[float, list[float], dict[str, float]]]) -> str:
+    """One table row over the rounds: results/s min / median; the rest medians."""
+    med = statistics.median
+    p50 = med(med(lat) for _, lat, _ in runs) * 1e3
+    p95 = med(statistics.quantiles(lat, n=20)[18] for _, lat, _ in runs) * 1e3
+    cpu = {side: med(c[side] for _, _, c in runs) for side in runs[0][2]}
+    return (f"| {name} | {fmt([r for r, _, _ in runs], 0)} | {p50:.2f} | {p95:.2f} | "
+            f"{cpu['driver']:.2f} | {cpu['server']:.2f} | {cpu['postgres']:.2f} |")
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--trials", type=int, default=64)
     p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--postgres", action="store_true", help="a server on PostgreSQL instead")
     p.add_argument("--workers", type=int, default=4, help="the PostgreSQL server's workers")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="kdrate-"))
     print(f"{args.trials} trials x {args.epochs} epochs = {args.trials * args.epochs} results; "
-          "CPU in ms per result")
-    print("| store | mode | results/s | caller p50 ms | caller p95 ms | CPU driver | CPU server "
-          "| CPU PostgreSQL |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+          f"variants interleaved over {args.rounds} rounds; CPU in ms per result (medians)")
+    print("| store, mode | results/s min / median | caller p50 ms | caller p95 ms | CPU driver "
+          "| CPU server | CPU PostgreSQL |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    n, e = args.trials, args.epochs
+
+    def with_senders(k, fn):
+        def call():
+            tracking.SENDERS = k
+            return fn()
+        return call
+
     if args.postgres:  # a server as the cluster runs it: PostgreSQL, several workers
         with postgres() as pg, mlflow_sqlite_server(
             tmp, f"postgresql+psycopg2://postgres@127.0.0.1:{pg}/mlflow", args.workers
         ) as server:
-            name = f"mlflow server, PostgreSQL, {args.workers} workers"
-            for senders in (1, 4):
-                tracking.SENDERS = senders
-                rate, lat, cpu = run(server, tmp, args.trials, args.epochs, "writer", server)
-                print(row(name, f"writer, {senders} sender(s)", rate, lat, cpu))
+            name = f"mlflow server, PostgreSQL, {args.workers} workers, writer"
+            runs = interleaved({
+                f"{name}, {k} sender(s)": with_senders(
+                    k, lambda: run(server, tmp, n, e, "writer", server, pg))
+                for k in (1, 4)}, args.rounds)
+            for label, rs in runs.items():
+                print(row(label, rs))
         return
     with mlflow_sqlite_server(tmp) as server:
+        variants = {}
         for name, uri in (("SQLite", f"sqlite:///{tmp / 'rate.db'}"), ("mlflow server", server)):
             for mode in ("sync", "writer"):
                 where = server if uri == server else None
-                rate, lat, cpu = run(uri, tmp, args.trials, args.epochs, mode, where)
-                print(row(name, mode, rate, lat, cpu))
+                variants[f"{name}, {mode}"] = (
+                    lambda uri=uri, mode=mode, where=where: run(uri, tmp, n, e, mode, where))
+        for label, rs in interleaved(variants, args.rounds).items():
+            print(row(label, rs))
 
 
 if __name__ == "__main__":

@@ -12,8 +12,10 @@ figures are GPU memory and the suggestion holds GPU fractions; on the CPU, host 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import yaml
 
@@ -48,6 +50,7 @@ def main():
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--n-train", type=int, default=50000)
     p.add_argument("--n-test", type=int, default=10000)
+    p.add_argument("--json", default=None)
     args = p.parse_args()
     measured = {}
     for shape in SHAPES:  # one fresh process each: a peak belongs to one run
@@ -62,6 +65,12 @@ def main():
     print(yaml.safe_dump({"resources": {"models": s.models}}, default_flow_style=None), end="")
     for w in s.warnings:
         print("warning:", w)
+    if args.json:
+        rows = {f"{sh.model} {sh.label}": {"footprint_gib": m.footprint / GiB,
+                                           "step_ms": m.step_seconds * 1e3,
+                                           "epoch_s": m.epoch_seconds}
+                for sh, m in measured.items()}
+        Path(args.json).write_text(json.dumps({"shapes": rows, "models": s.models}, indent=1))
 
 
 if __name__ == "__main__":

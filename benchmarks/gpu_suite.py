@@ -1,0 +1,156 @@
+"""Every GPU check in one call, within 8 minutes on one H100-class GPU: one table of figure vs
+target, and exit 1 when a check fails to run (a figure that misses its target is reported, not
+an error: it is the finding).
+
+    PYTHONPATH=. python3 benchmarks/gpu_suite.py --out "$OUT"        # on the GPU machine
+    PYTHONPATH=. .venv/bin/python benchmarks/gpu_suite.py --smoke    # plumbing, on a CPU
+
+Each check runs in a process of its own (a CUDA context and allocator peak belong to one
+check), under its own time limit and the suite's deadline; its log and JSON figures go to
+--out. ``--smoke`` runs the same scripts at toy sizes on the CPU, to prove the suite runs
+end to end where no GPU is; its figures mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DEADLINE_S = 480  # the whole suite
+
+
+@dataclass
+class Check:
+    name: str
+    script: str
+    cuda: list[str]  # arguments on the GPU
+    smoke: list[str]  # arguments for a CPU smoke run
+    limit_s: int
+    gpu_only: bool = False  # a check that needs CUDA itself (skipped by --smoke)
+
+
+CHECKS = [
+    Check("correctness and a trial's GPU memory", "gpu_check.py", [], [], 90, gpu_only=True),
+    Check("KD epoch: reference, online, bank", "kd_throughput.py",
+          ["--device", "cuda", "--n-train", "5000", "--n-test", "2000", "--epochs", "2",
+           "--rounds", "3", "--workers", "16"],
+          ["--device", "cpu", "--n-train", "16", "--n-test", "16", "--epochs", "2",
+           "--rounds", "2", "--batch-size", "8", "--workers", "0"], 200),
+    Check("bank gather: host vs device-resident", "bank_gather.py",
+          ["--device", "cuda", "--rounds", "5"], ["--images", "500", "--rounds", "2"], 60),
+    Check("trial packing (plan --measure's figures)", "trial_memory.py",
+          ["--device", "cuda", "--steps", "20", "--n-train", "10000", "--n-test", "2000"],
+          ["--device", "cpu", "--steps", "2", "--n-train", "64", "--n-test", "32"], 120),
+    Check("fused siblings vs separate vs packed", "fusion.py",
+          ["--device", "cuda", "--model", "wrn-16-2", "--ks", "1,2,4,8,9", "--steps", "10",
+           "--rounds", "3", "--packed", "--packed-ks", "4,9"],
+          ["--device", "cpu", "--model", "cnn-small", "--ks", "1,2", "--steps", "2",
+           "--rounds", "2", "--packed"], 150),
+]
+
+
+def run_check(check: Check, args, out: Path, left_s: float) -> dict:
+    figures = out / f"{Path(check.script).stem}.json"
+    cmd = [sys.executable, str(HERE / check.script),
+           *(check.smoke if args.smoke else check.cuda), "--json", str(figures)]
+    limit = min(check.limit_s, left_s)
+    t0 = time.perf_counter()
+    with open(out / f"{Path(check.script).stem}.log", "w") as log:
+        try:
+            code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=limit,
+                                  env={**os.environ, "PYTHONPATH": str(HERE.parent)}).returncode
+        except subprocess.TimeoutExpired:
+            code = f"timed out after {limit:.0f} s"
+    seconds = time.perf_counter() - t0
+    data = json.loads(figures.read_text()) if figures.exists() else {}
+    return {"code": code, "seconds": seconds, "figures": data}
+
+
+def rows_of(name: str, figures: dict) -> list[tuple[str, str, str]]:
+    """(figure, value, target) rows of one check's JSON."""
+    f, rows = figures, []
+    if name == "gpu_check":
+        rows += [("bank vs online teacher, max |diff| / max |logit|",
+                  f"{f['bank_vs_online_rel']:.1e}", "< 2e-2 (bf16 both)"),
+                 ("a bank student's GPU memory", f"{f['bank_student_gpu_gib']:.3f} GiB",
+                  "< 0.15 GiB (no bank copy)"),
+                 ("one wrn-16-2 trial's GPU footprint", f"{f['trial_gpu_gib']:.2f} GiB", "-")]
+    elif name == "kd_throughput":
+        rows += [("KD epoch with the bank, scaled to 50k images",
+                  f"{f['bank_epoch_s_at_50k']:.2f} s", "<= 0.5 s")]
+        for r in ("c/b", "c/a"):
+            if r in f:
+                med = sorted(f[r]["train"])[len(f[r]["train"]) // 2]
+                rows.append((f"{r}, training step (median)", f"{med:.2f}",
+                             f"<= {f['compute_bound']:.2f} (FLOP bound)" if r == "c/b"
+                             else ">= 20"))
+        rows.append(("paper study, device-hours", f"{f['paper_study_device_hours']:.1f}", "-"))
+    elif name == "bank_gather":
+        rows += [("host gather + copy, per epoch", f"{f['host']['median_ms']:.1f} ms",
+                  "<< epoch time")]
+        if "resident" in f:
+            rows.append(("device-resident bank, per epoch",
+                         f"{f['resident']['median_ms']:.1f} ms", f"{f['bank_gib']:.2f} GiB/trial"))
+    elif name == "trial_memory":
+        rows += [(f"footprint {shape}", f"{v['footprint_gib']:.2f} GiB", "-")
+                 for shape, v in f["shapes"].items()]
+    elif name == "fusion":
+        for r in f["rows"]:
+            med = {m: sorted(r[m])[len(r[m]) // 2] for m in ("separate", "fused", "packed")
+                   if m in r}
+            text = f"fused {med['fused'] / med['separate']:.2f}x separate"
+            if "packed" in med:
+                text += f", packed {med['packed'] / med['separate']:.2f}x"
+            rows.append((f"K = {r['k']} student-steps/s", text, "> 1 decides for fusion"))
+    return rows
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default=os.environ.get("OUT", "gpu-suite"))
+    p.add_argument("--smoke", action="store_true", help="toy sizes on the CPU")
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.smoke:
+        import torch
+
+        if not torch.cuda.is_available():
+            sys.exit("gpu_suite: no CUDA device here (use --smoke for a CPU plumbing run)")
+    start, failed, table = time.perf_counter(), [], []
+    for check in CHECKS:
+        if args.smoke and check.gpu_only:
+            table.append((check.name, "skipped (needs CUDA)", "", ""))
+            continue
+        left = DEADLINE_S - (time.perf_counter() - start)
+        r = run_check(check, args, out, left) if left > 5 else {"code": "no time left"}
+        stem = Path(check.script).stem
+        if r["code"] != 0:
+            failed.append(check.name)
+            table.append((check.name, f"FAILED ({r['code']}; see {stem}.log)", "", ""))
+            continue
+        table.append((check.name, f"ran in {r['seconds']:.0f} s", "", ""))
+        try:
+            table += [("", *row) for row in rows_of(stem, r["figures"])]
+        except (KeyError, TypeError, IndexError) as e:
+            failed.append(check.name)
+            table.append(("", f"FAILED: its figures lack {e}", "", ""))
+    lines = ["| check | figure | value | target |", "| --- | --- | --- | --- |"]
+    lines += [f"| {' | '.join(row)} |" for row in table]
+    lines.append(f"\ntotal {time.perf_counter() - start:.0f} s (deadline {DEADLINE_S} s)")
+    text = "\n".join(lines)
+    print(text)
+    (out / "gpu_suite.md").write_text(text + "\n")
+    if failed:
+        sys.exit(f"gpu_suite: {len(failed)} check(s) failed to run: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()
