@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test lint constraints clean
+.PHONY: venv demo test check lint constraints clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ lint: venv
 
 test: venv lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The per-change tier (~1.5 minutes): every test not marked slow, plus one end-to-end sweep.
+check: venv lint
+	$(BIN)/python -m pytest -q -m "not slow or check" $(PYTEST_ARGS)
 
 # Re-pin the tested set after changing pyproject's dependencies.
 constraints: venv

@@ -64,6 +64,7 @@ def sweep(tmp_path_factory):
     ray.shutdown()
 
 
+@pytest.mark.check  # the end-to-end sweep of the per-change tier (make check)
 def test_every_trial_has_one_parquet_row_and_one_child_run(sweep):
     tmp, spec, uri, log = sweep
     plan = build_plan(spec)
