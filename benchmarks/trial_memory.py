@@ -21,9 +21,8 @@ import yaml
 
 from kd_core import TrainConfig
 from kd_core.data import load_dataset
-from kd_core.profile import GiB, MemoryProfile, profile_run
+from kd_core.profile import GiB, MemoryProfile, Shape, profile_run
 from kd_core.run import RunSpec
-from sweeps.packing import Shape, suggest
 
 SHAPES = [
     Shape("wrn-28-4"),
@@ -61,16 +60,23 @@ def main():
               f"(context {m.context / GiB:.2f}), host {m.host_peak / GiB:5.2f} GiB, "
               f"step {m.step_seconds * 1e3:7.1f} ms, eval {m.eval_seconds:6.2f} s, "
               f"epoch {m.epoch_seconds:7.1f} s  on {m.device}", flush=True)
-    s = suggest(measured)
-    print(yaml.safe_dump({"resources": {"models": s.models}}, default_flow_style=None), end="")
-    for w in s.warnings:
-        print("warning:", w)
+    try:  # the suggestion is sweeps' packing policy (Ray and pydantic); a bare GPU image may
+        from sweeps.packing import suggest  # hold only torch: the figures above still stand
+
+        s = suggest(measured)
+        models = s.models
+        print(yaml.safe_dump({"resources": {"models": models}}, default_flow_style=None), end="")
+        for w in s.warnings:
+            print("warning:", w)
+    except ImportError as e:
+        models = None
+        print(f"no packing suggestion: {e} (install the project to get it)")
     if args.json:
         rows = {f"{sh.model} {sh.label}": {"footprint_gib": m.footprint / GiB,
                                            "step_ms": m.step_seconds * 1e3,
                                            "epoch_s": m.epoch_seconds}
                 for sh, m in measured.items()}
-        Path(args.json).write_text(json.dumps({"shapes": rows, "models": s.models}, indent=1))
+        Path(args.json).write_text(json.dumps({"shapes": rows, "models": models}, indent=1))
 
 
 if __name__ == "__main__":

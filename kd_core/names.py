@@ -9,12 +9,15 @@ import math
 import re
 
 DATASETS = ("digits", "cifar10", "cifar100", "synthetic")
-# What a plan needs to know of a dataset without reading it: training images, classes, image
-# shape, and the augmentation's crop padding and flip (so its number of views).
+# What a plan (and a report) needs to know of a dataset without reading it: training and test
+# images, classes, image shape, and the augmentation's crop padding and flip (so its views).
 DATASET_FACTS = {
-    "cifar100": {"train": 50_000, "classes": 100, "shape": (3, 32, 32), "padding": 4, "flip": True},
-    "cifar10": {"train": 50_000, "classes": 10, "shape": (3, 32, 32), "padding": 4, "flip": True},
-    "digits": {"train": 1347, "classes": 10, "shape": (1, 8, 8), "padding": 0, "flip": False},
+    "cifar100": {"train": 50_000, "test": 10_000, "classes": 100, "shape": (3, 32, 32),
+                 "padding": 4, "flip": True},
+    "cifar10": {"train": 50_000, "test": 10_000, "classes": 10, "shape": (3, 32, 32),
+                "padding": 4, "flip": True},
+    "digits": {"train": 1347, "test": 450, "classes": 10, "shape": (1, 8, 8), "padding": 0,
+               "flip": False},
 }
 LOSSES = ("ce", "kl", "mse")
 NOISE_KINDS = ("symmetric", "asymmetric")

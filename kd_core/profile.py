@@ -24,6 +24,19 @@ GiB = 2**30
 
 
 @dataclass(frozen=True)
+class Shape:
+    """A kind of trial to profile: an architecture, and how it gets teacher logits."""
+
+    model: str
+    teacher: str | None = None  # the teacher's architecture; None: trained on labels
+    path: str | None = None  # how a student gets teacher logits: kd_core.bank.teacher_path
+
+    @property
+    def label(self) -> str:
+        return "on labels" if self.teacher is None else f"from {self.teacher} ({self.path})"
+
+
+@dataclass(frozen=True)
 class MemoryProfile:
     device: str  # "cpu" or the GPU's name
     device_total: int  # bytes of memory on that device (host memory for the CPU)

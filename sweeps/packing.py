@@ -19,23 +19,12 @@ import torch
 import yaml
 
 from kd_core.data import ImageData
-from kd_core.profile import GiB, MemoryProfile, profile_run
+from kd_core.profile import GiB, MemoryProfile, Shape, profile_run
 
 from .plan import Plan, make_trial, students_per_teacher
 from .spec import SweepSpec
 from .teacher_bank import teacher_path_of
 from .trial import run_spec
-
-
-@dataclass(frozen=True)
-class Shape:
-    model: str
-    teacher: str | None = None  # the teacher's architecture; None: trained on labels
-    path: str | None = None  # how a student gets teacher logits: kd_core.bank.teacher_path
-
-    @property
-    def label(self) -> str:
-        return "on labels" if self.teacher is None else f"from {self.teacher} ({self.path})"
 
 
 def _student(spec: SweepSpec, data: ImageData, model: str, teacher: str, siblings: int) -> Shape:

@@ -2,8 +2,10 @@
 
 Tables, one per chain and noise rate: test accuracy by setting and generation (teacher,
 generation 1, 2, ...) with each generation's architecture trained alone, as the mean and 95%
-t-interval over seeds; paired t-tests over matched seeds (each setting against the
-architecture alone and against the best setting); the trials not done; the correlation of
+t-interval over seeds (below three seeds: each seed's value, no interval), printed to the
+resolution of the test set (one image's worth of points); paired t-tests over matched seeds of
+each setting against the architecture alone, Holm-adjusted (none below three seeds); the
+trials not done; the correlation of
 logit distance and accuracy; the same trials across clusters. Figures (seaborn, bootstrapped 95%
 intervals over seeds): accuracy vs generation, vs tau (MSE as a reference line), vs noise per
 architecture; logit distance vs accuracy per noise rate; the distributions of logit distance
@@ -30,6 +32,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from kd_core.analysis import SCALARS  # noqa: E402
+from kd_core.names import DATASET_FACTS  # noqa: E402
 
 from .record import FINAL_METRICS  # noqa: E402
 from .results import read_results  # noqa: E402
@@ -157,38 +160,69 @@ def distance_column(df: pd.DataFrame) -> tuple[str, str]:
 
 
 # ---- statistics over seeds -------------------------------------------------------------------
+# No interval and no p-value from fewer seeds: a t-interval on one degree of freedom runs past
+# 100%, and two seeds give no test worth the name. Below it the report shows each seed's value.
+MIN_SEEDS = 3
+
+
+def resolution(df: pd.DataFrame) -> tuple[float | None, int]:
+    """What one test image is worth in accuracy points, and the decimals that supports (0.22
+    points: one decimal); (None, 2) when the test set's size is not known."""
+    sizes = {DATASET_FACTS.get(d, {}).get("test") for d in df.dataset.unique()}
+    if len(sizes) != 1 or None in sizes:
+        return None, 2
+    step = 100 / sizes.pop()
+    return step, max(0, math.ceil(-math.log10(step) - 1e-9))
+
+
 def t_interval(values) -> tuple[float, float, int]:
-    """Mean, half-width of the 95% t-interval, and n, over seeds (half-width nan for n < 2)."""
+    """Mean, half-width of the 95% t-interval, and n, over seeds (half-width nan below
+    MIN_SEEDS)."""
     v = np.asarray(pd.Series(values).dropna(), dtype=float)
     n = len(v)
     if n == 0:
         return math.nan, math.nan, 0
-    if n == 1:
-        return float(v[0]), math.nan, 1
+    if n < MIN_SEEDS:
+        return float(v.mean()), math.nan, n
     half = stats.t.ppf(0.975, n - 1) * v.std(ddof=1) / math.sqrt(n)
     return float(v.mean()), float(half), n
 
 
-def cell(values) -> str:
-    """Accuracy % as "mean ± half-width (n)" of its 95% t-interval over seeds."""
-    mean, half, n = t_interval(pd.Series(values) * 100)
+def cell(values, decimals: int = 2) -> str:
+    """Accuracy % as "mean ± half-width (n)" of its 95% t-interval over seeds; below MIN_SEEDS
+    each seed's value (so their range), no interval."""
+    v = pd.Series(values).dropna() * 100
+    mean, half, n = t_interval(v)
     if n == 0:
         return "-"
-    return f"{mean:.2f} (n=1)" if n == 1 else f"{mean:.2f} ± {half:.2f} (n={n})"
+    if n < MIN_SEEDS:
+        return ", ".join(f"{x:.{decimals}f}" for x in sorted(v)) + f" (n={n})"
+    return f"{mean:.{decimals}f} ± {half:.{decimals}f} (n={n})"
 
 
 def paired(a: pd.Series, b: pd.Series) -> tuple[float, float, int]:
-    """Mean of a - b over matched seeds (indexes), the paired t-test's two-sided p, and n."""
+    """Mean of a - b over matched seeds (indexes), the paired t-test's two-sided p, and n. The
+    p is nan where there is no test: below MIN_SEEDS, or when every seed's difference is the
+    same (zero variance: the t statistic is undefined, never p = 0)."""
     both = pd.concat([a, b], axis=1, keys=["a", "b"]).dropna()
     n = len(both)
     if n == 0:
         return math.nan, math.nan, 0
     d = both.a - both.b
-    if n < 2:
+    if n < MIN_SEEDS or d.std(ddof=1) == 0:
         return float(d.mean()), math.nan, n
-    if d.std(ddof=1) == 0:
-        return float(d.mean()), (1.0 if d.mean() == 0 else 0.0), n
     return float(d.mean()), float(stats.ttest_rel(both.a, both.b).pvalue), n
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (nan: no test, left out of the
+    family), in the order given."""
+    tested = sorted((p, i) for i, p in enumerate(pvalues) if not math.isnan(p))
+    out, running = [math.nan] * len(pvalues), 0.0
+    for rank, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - rank) * p))
+        out[i] = running
+    return out
 
 
 # ---- the chains a report is organised by -----------------------------------------------------
@@ -227,20 +261,24 @@ def tables(df: pd.DataFrame, all_rows: pd.DataFrame) -> str:
     matched seeds; then trials not done; then logit distance vs accuracy."""
     out = []
     several = df.origin.nunique() > 1
+    step, decimals = resolution(df)
+    grain = "" if step is None else f"; one test image = {step:.2f} points"
     for chain in full_chains(df):
         frame = chain_frame(df, chain)
         for keys, part in frame.groupby(["origin", "noise_rate"] if several else ["noise_rate"]):
             keys = keys if isinstance(keys, tuple) else (keys,)
             where = f"noise={keys[-1]:g}" + (f", {keys[0]}" if several else "")
             table = part.pivot_table(
-                index="row", columns="column", values="test_acc", aggfunc=cell
+                index="row", columns="column", values="test_acc",
+                aggfunc=lambda v: cell(v, decimals),
             )
             table = table.reindex(_setting_rows(table.index))
             table = table[sorted(table.columns, key=lambda c: int(c.split()[0][1:]))]
             table.columns.name, table.index.name = None, "setting"
             out.append(
                 f"== {chain} ({where}): test accuracy %, mean ± 95% t-interval over seeds "
-                f"(n seeds)\n{table.fillna('-').to_string()}\n{comparisons(part)}"
+                f"(n seeds; below {MIN_SEEDS} seeds each seed's value){grain}\n"
+                f"{table.fillna('-').to_string()}\n{comparisons(part, decimals)}"
             )
     not_done = all_rows[all_rows.status != "done"]
     if not not_done.empty:
@@ -252,34 +290,42 @@ def tables(df: pd.DataFrame, all_rows: pd.DataFrame) -> str:
     return "\n\n".join(o for o in out if o)
 
 
-def comparisons(part: pd.DataFrame) -> str:
-    """Per generation >= 1: each setting against the architecture alone and against the best
-    setting, as mean differences over matched seeds with the paired t-test's p."""
-    lines = ["   paired t-test over matched seeds, difference in accuracy points (p):"]
+def comparisons(part: pd.DataFrame, decimals: int = 2) -> str:
+    """Per generation >= 1: each setting against the architecture alone, as the mean difference
+    over matched seeds with the paired t-test's p, Holm-adjusted over the table's tests. No
+    setting is tested against "the best": picking the best on the test set and then testing
+    it would test what the pick already chose."""
+    tests = []  # (column, setting, d, p, n, zero variance)
     for column, gen in part[part.g > 0].groupby("column"):
         acc = gen.pivot_table(index="seed", columns="row", values="test_acc") * 100
-        kd = [s for s in acc.columns if s != "alone (ce)"]
-        if not kd:
+        if "alone (ce)" not in acc:
             continue
-        best = max(kd, key=lambda s: acc[s].mean())
-        cells = []
-        for s in _setting_rows(kd):
-            text = s
-            if "alone (ce)" in acc:
-                d, p, n = paired(acc[s], acc["alone (ce)"])
-                text += f" vs alone {_diff(d, p, n)}"
-            if s != best:
-                d, p, n = paired(acc[s], acc[best])
-                text += f", vs best ({best}) {_diff(d, p, n)}"
-            cells.append(text)
+        for s in _setting_rows(c for c in acc.columns if c != "alone (ce)"):
+            d, p, n = paired(acc[s], acc["alone (ce)"])
+            diffs = (acc[s] - acc["alone (ce)"]).dropna()
+            tests.append((column, s, d, p, n, n >= MIN_SEEDS and diffs.std(ddof=1) == 0))
+    if not tests:
+        return ""
+    adjusted = holm([t[3] for t in tests])
+    family = sum(not math.isnan(t[3]) for t in tests)
+    lines = [f"   vs the architecture alone, difference in accuracy points over matched seeds "
+             f"(paired t-test, p Holm-adjusted over this table's {family} tests):"]
+    for column in dict.fromkeys(t[0] for t in tests):
+        cells = [f"{s} {_diff(d, q, n, flat, decimals)}"
+                 for (c, s, d, _, n, flat), q in zip(tests, adjusted, strict=True) if c == column]
         lines.append(f"   {column}: " + "; ".join(cells))
-    return "\n".join(lines) if len(lines) > 1 else ""
+    return "\n".join(lines)
 
 
-def _diff(d: float, p: float, n: int) -> str:
+def _diff(d: float, p: float, n: int, flat: bool = False, decimals: int = 2) -> str:
     if n == 0:
         return "n/a"
-    return f"{d:+.2f} (n={n})" if math.isnan(p) else f"{d:+.2f} (p={p:.3f}, n={n})"
+    text = f"{d:+.{decimals}f}"
+    if flat:
+        return f"{text} (every seed differs by the same: no test, n={n})"
+    if n < MIN_SEEDS:
+        return f"{text} (n={n}: no test below {MIN_SEEDS} seeds)"
+    return f"{text} (p_Holm={p:.3f}, n={n})"
 
 
 def correlations(df: pd.DataFrame, several: bool) -> str:
@@ -309,15 +355,30 @@ def _tau_position(taus: pd.Series) -> tuple[dict, list]:
     return pos, labels
 
 
+def seeds_per_point(df: pd.DataFrame) -> int:
+    """The fewest seeds behind any plotted mean (a setting of a chain, generation and noise)."""
+    groups = df.groupby(["chain", "generation", "setting", "noise_rate"], dropna=False)
+    return int(groups.seed.nunique().min()) if len(df) else 0
+
+
 def plots(df: pd.DataFrame, out_dir: Path, analyses: dict[str, dict]) -> list[Path]:
-    """PNG figures (seaborn; intervals are 95% over seeds); ``analyses``: key -> analysis.json
-    contents where the trials' storage is at hand (distributions and projections)."""
+    """PNG figures (seaborn); lines are means over seeds, with a bootstrap 95% band only where
+    every point has MIN_SEEDS seeds, each figure saying which; ``analyses``: key ->
+    analysis.json contents where the trials' storage is at hand (distributions and
+    projections)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    n = seeds_per_point(df)
+    band = ("ci", 95) if n >= MIN_SEEDS else None
+    note = (f"lines: means over seeds (at least {n} per point); " +
+            ("bands: bootstrap 95% CI over seeds" if band else
+             f"no bands: fewer than {MIN_SEEDS} seeds per point"))
     sns.set_theme(style="whitegrid", font_scale=0.8)
     df = df.assign(accuracy=df.test_acc * 100, noise=df.noise_rate.map(lambda r: f"{r:g}"))
     paths = []
 
-    def save(fig, name):
+    def save(fig, name, banded=False):
+        if banded:
+            fig.text(0.01, 0.0, note, fontsize=7, ha="left", va="top")
         fig.savefig(out_dir / name, dpi=110, bbox_inches="tight")
         plt.close(fig)
         paths.append(out_dir / name)
@@ -343,11 +404,11 @@ def plots(df: pd.DataFrame, out_dir: Path, analyses: dict[str, dict]) -> list[Pa
                     ax.set_visible(False)
                     continue
                 sns.lineplot(data=data, x="g", y="accuracy", hue="row", style="row",
-                             markers=True, dashes=False, errorbar=("ci", 95), ax=ax)
+                             markers=True, dashes=False, errorbar=band, ax=ax)
                 ax.set_xticks(range(len(models)), [f"g{g}\n{m}" for g, m in enumerate(models)])
                 ax.set(xlabel="", ylabel="test accuracy %", title=f"{chain}, noise {noise}")
                 ax.legend(fontsize=6, title=None)
-        save(fig, "accuracy_vs_generation.png")
+        save(fig, "accuracy_vs_generation.png", banded=True)
 
     kl = students[students.loss == "kl"]
     if not kl.empty:  # KL students over tau; MSE as a reference line of the same colour
@@ -361,7 +422,7 @@ def plots(df: pd.DataFrame, out_dir: Path, analyses: dict[str, dict]) -> list[Pa
                 ax.set_visible(False)
                 continue
             sns.lineplot(data=part, x="x", y="accuracy", hue="student", marker="o",
-                         errorbar=("ci", 95), ax=ax)
+                         errorbar=band, ax=ax)
             handles, names = ax.get_legend_handles_labels()
             colors = {n: h.get_color() for h, n in zip(handles, names, strict=True)}
             mse = students[(students.loss == "mse") & (students.noise == noise)]
@@ -371,16 +432,16 @@ def plots(df: pd.DataFrame, out_dir: Path, analyses: dict[str, dict]) -> list[Pa
             ax.set_xticks(range(len(labels)), labels)
             ax.set(xlabel="tau (kl)", ylabel="test accuracy %", title=f"noise {noise}")
             ax.legend(fontsize=6)
-        save(fig, "accuracy_vs_tau.png")
+        save(fig, "accuracy_vs_tau.png", banded=True)
 
     if df.noise_rate.nunique() > 1:  # one panel per architecture
         data = df.assign(what=[s if g else "alone (ce)" for s, g in
                                zip(df.setting, df.generation, strict=True)])
         grid = sns.relplot(data=data, x="noise_rate", y="accuracy", hue="what", col="model",
-                           kind="line", marker="o", errorbar=("ci", 95), height=3.2,
+                           kind="line", marker="o", errorbar=band, height=3.2,
                            facet_kws={"sharey": False})
         grid.set_axis_labels("label noise rate", "test accuracy %")
-        save(grid.figure, "accuracy_vs_noise.png")
+        save(grid.figure, "accuracy_vs_noise.png", banded=True)
 
     if not students.empty:  # logit distance vs accuracy, a panel per noise rate
         col, what = distance_column(students)

@@ -11,6 +11,7 @@ from kd_core.data import (
     load_dataset,
     render_views,
 )
+from kd_core.names import DATASET_FACTS
 
 
 def test_symmetric_noise_is_seeded_uniform_and_always_changes_the_class():
@@ -79,6 +80,8 @@ def test_digits_split_is_fixed_and_noise_never_touches_test_labels():
         a.train_images.shape[1:] == (1, 8, 8) and len(a.train_labels) + len(a.test_labels) == 1797
     )
     assert torch.bincount(a.test_labels).min() >= 40  # stratified
+    facts = DATASET_FACTS["digits"]  # what plans and reports take the split to be
+    assert (len(a.train_labels), len(a.test_labels)) == (facts["train"], facts["test"])
     noisy, info = a.with_label_noise("symmetric", 0.4, seed=0)
     assert torch.equal(noisy.test_labels, a.test_labels)
     assert torch.equal(noisy.clean_labels, a.train_labels)
