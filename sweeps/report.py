@@ -308,8 +308,10 @@ def comparisons(part: pd.DataFrame, decimals: int = 2) -> str:
         return ""
     adjusted = holm([t[3] for t in tests])
     family = sum(not math.isnan(t[3]) for t in tests)
+    how = (f"paired t-test, p Holm-adjusted over this table's {family} tests" if family else
+           f"no test: fewer than {MIN_SEEDS} seeds, or no spread")
     lines = [f"   vs the architecture alone, difference in accuracy points over matched seeds "
-             f"(paired t-test, p Holm-adjusted over this table's {family} tests):"]
+             f"({how}):"]
     for column in dict.fromkeys(t[0] for t in tests):
         cells = [f"{s} {_diff(d, q, n, flat, decimals)}"
                  for (c, s, d, _, n, flat), q in zip(tests, adjusted, strict=True) if c == column]
@@ -378,7 +380,7 @@ def plots(df: pd.DataFrame, out_dir: Path, analyses: dict[str, dict]) -> list[Pa
 
     def save(fig, name, banded=False):
         if banded:
-            fig.text(0.01, 0.0, note, fontsize=7, ha="left", va="top")
+            fig.text(0.01, -0.03, note, fontsize=7, ha="left", va="top")  # below the ticks
         fig.savefig(out_dir / name, dpi=110, bbox_inches="tight")
         plt.close(fig)
         paths.append(out_dir / name)
