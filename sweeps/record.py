@@ -42,7 +42,6 @@ class TrialResult:
     logit_distance: float | None = None
     test_logit_distance: float | None = None
     test_agreement: float | None = None
-    best_test_acc: float | None = None
     realised_noise_rate: float | None = None
     labels_hash: str | None = None
     wall_time: float = 0.0  # seconds of training and evaluation, summed over epochs
@@ -62,13 +61,11 @@ class TrialResult:
     def from_history(cls, trial: dict, history: list[dict], status: str = "done", **extra):
         """The record of a trial whose per-epoch metrics are ``history``."""
         last = history[-1] if history else {}
-        accs = [h["test_acc"] for h in history if "test_acc" in h]
         return cls(
             trial=trial,
             status=status,
             epochs=int(last.get("epoch", 0)),
             **{k: last.get(k) for k in EPOCH_FINALS},
-            best_test_acc=max(accs) if accs else None,
             wall_time=sum(h.get("epoch_time", 0.0) for h in history),
             history=list(history),
             **extra,
@@ -84,7 +81,8 @@ class TrialResult:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrialResult:
-        """Read a stored record; a TypeError/KeyError means it is not one."""
+        """Read a stored record; a TypeError/KeyError means it is not one. Fields a record no
+        longer has (best_test_acc: it chose an epoch on the test set) are ignored."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
@@ -93,7 +91,6 @@ class TrialResult:
 FINAL_METRICS = (
     "epochs",
     *EPOCH_FINALS,
-    "best_test_acc",
     "realised_noise_rate",
     "wall_time",
     "preemptions",
