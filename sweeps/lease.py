@@ -1,10 +1,16 @@
 """Leases in storage, renewed by a heartbeat: one driver per sweep, one trainer per trial.
 
-A lease is a small JSON file naming its holder (host, pid, since, token). It is taken by
-writing it and reading it back after a settle delay (the last writer wins on local/NFS
-storage and on S3, whose reads after a write are consistent). A holder that dies (SIGKILL, a
-lost node) stops renewing, and its lease expires after TTL seconds; a dead holder on this
-host is replaced at once.
+A lease is a small JSON file naming its holder (host, pid, since, token) and its fence: a
+number that grows with every new holder. It is taken by writing it and reading it back after a
+settle delay (the last writer wins on local/NFS storage and on S3, whose reads after a write
+are consistent). A holder that dies (SIGKILL, a lost node) stops renewing, and its lease
+expires after TTL seconds; a dead holder on this host is replaced at once.
+
+Fencing: a holder renews only the lease it still holds (read, compare the token, write, read
+back: a compare-and-swap by re-read, as atomic as the storage allows; S3 offers no
+conditional write through pyarrow, so there the window is one read-write round trip). A
+holder that finds another's token (it was paused past TTL, and a new holder took over) has
+lost: it is told at once (``on_lost``) and never writes the lease again.
 
 - DriverLease: a second `kdsweep run` of the same sweep and cluster exits at once naming the
   holder; the rerun after a preemption is never blocked for longer than TTL.
@@ -43,6 +49,9 @@ class Lease:
             **tags,
         }
         self._stop = threading.Event()
+        self.on_lost = lambda held: None  # called once, with the new holder, when superseded
+        self._lost_lock = threading.Lock()
+        self.lost: dict | None = None
 
     def read(self) -> dict | None:
         try:
@@ -74,6 +83,8 @@ class Lease:
 
     def take(self) -> bool:
         """Write the lease and keep it renewed if, after the settle delay, it is still ours."""
+        before = self.read() or {}
+        self.me["fence"] = int(before.get("fence", 0)) + 1  # grows with every new holder
         self._write()
         time.sleep(self.settle)  # a holder that wrote at the same moment: the last writer wins
         if (self.read() or {}).get("token") != self.me["token"]:
@@ -81,10 +92,34 @@ class Lease:
         threading.Thread(target=self._heartbeat, name="lease", daemon=True).start()
         return True
 
+    def holds(self) -> bool:
+        """Whether the lease in storage is still this holder's; tells ``on_lost`` if not."""
+        held = self.read() or {}
+        if held.get("token") == self.me["token"]:
+            return True
+        self._lose(held)
+        return False
+
+    def _lose(self, held: dict) -> None:
+        with self._lost_lock:
+            if self.lost is not None:
+                return
+            self.lost = held
+            self._stop.set()
+        self.on_lost(held)
+
+    def renew(self) -> bool:
+        """Compare-and-swap: renew only the lease this holder still holds, and read it back."""
+        if not self.holds():
+            return False
+        self._write()
+        return self.holds()
+
     def _heartbeat(self) -> None:
         while not self._stop.wait(TTL / 4):
             try:
-                self._write()
+                if not self.renew():
+                    return
             except StorageFull:
                 # The next beat tries again; the holder's own writes fail on the same full
                 # storage and end its run with the message that names it.
@@ -103,6 +138,11 @@ class DriverLease(Lease):
     @property
     def token(self) -> str:
         return self.me["token"]
+
+    def check(self) -> None:
+        """Before a write to the sweep's shared state (the trial list, results, MLflow runs):
+        still the holder, or ``on_lost`` now."""
+        self.holds()
 
     def acquire(self, out=None) -> None:
         """Take the lease; a live holder makes this raise SpecError naming it. A holder that

@@ -162,15 +162,29 @@ def run_sweep(
     store = TrialStore(storage)
     print(plan.describe(stored_done(plan, store)), file=out, flush=True)
     lease = DriverLease(storage, spec)  # one driver per sweep and cluster, before Ray starts
+    lease.on_lost = lambda held: _superseded(lease, held)
     lease.acquire(out)
     try:
         # connect
         connect(address)
         if address is None:
             check_fits(spec, ray.cluster_resources())  # memory: as much as Ray granted itself
-        return _train_and_publish(spec, plan, data, store, out, retry_failed, lease.token)
+        return _train_and_publish(spec, plan, data, store, out, retry_failed, lease)
     finally:
         lease.release()
+
+
+def _superseded(lease: DriverLease, held: dict) -> None:
+    """This driver was paused past its lease's TTL and another took the sweep over: stop now,
+    from whichever thread saw it, writing nothing more (its writes so far are each atomic)."""
+    print(
+        f"kdsweep run: error: {lease.storage.uri_of(lease.rel)}: another driver took this "
+        f"sweep over (host {held.get('host')}, pid {held.get('pid')}, lease {held.get('fence')}) "
+        "while this one was not renewing its lease; this driver stops",
+        file=sys.stderr,
+        flush=True,
+    )
+    os._exit(3)  # not sys.exit: no exit handler may write (the MLflow flush) after losing
 
 
 def _train_and_publish(
@@ -180,20 +194,23 @@ def _train_and_publish(
     store: TrialStore,
     out,
     retry_failed: bool,
-    driver: str,
+    lease: DriverLease,
 ) -> str:
     tracker = Tracker(spec, store.storage)
+    tracker.fence = lease.check
     tracker.start()
     print("\n".join(tracker.links()), file=out, flush=True)
     progress = Progress(plan, store, out)
+    lease.check()
     store.save_trial_list(spec, [t.to_dict() for t in plan.trials])
     events = SweepEvents(plan, store, tracker, progress)
     # record what storage holds, train the rest
     todo = record_stored(plan, store, events, retry_failed, out)
     searcher = make_searcher(spec, store, plan, todo, data, events)
     if todo or searcher.samplers:
-        run_experiment(spec, store, searcher, events, driver)
+        run_experiment(spec, store, searcher, events, lease.token)
     # publish
+    lease.check()
     uri = publish_results(plan, store, tracker)
     ok = all(s == "done" for s in progress.state.values())  # diverged or failed: FAILED
     tracker.close("FINISHED" if ok else "FAILED")

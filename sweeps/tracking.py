@@ -138,6 +138,9 @@ class Tracker:
         self.runs: dict[str, str] = self._existing_children()  # trial key -> run id
         self.logged: dict[str, set[int]] = {}  # run id -> epochs logged
         self.failed_writes = 0
+        # Called before each run is created: the driver's lease check, so a driver that lost
+        # its lease (paused past its TTL) never adds a second run for a trial.
+        self.fence = lambda: None
         self._queue: queue.Queue = queue.Queue(queue_size)
         senders = SENDERS if not spec.tracking_uri.startswith(("sqlite:", "file:")) else 1
         self._senders = ThreadPoolExecutor(senders, "mlflow-send") if senders > 1 else None
@@ -325,6 +328,7 @@ class Tracker:
             tags["kdsweep.teacher_key"] = trial.teacher_key
             if teacher_run := self.runs.get(trial.teacher_key):
                 tags["kdsweep.teacher_run_id"] = teacher_run
+        self.fence()
         run = self.client.create_run(self.experiment_id, run_name=trial.run_name, tags=tags)
         run_id = run.info.run_id
         params = {

@@ -325,3 +325,56 @@ def test_a_trial_another_sweep_trains_is_waited_for_never_trained_twice(tmp_path
     # ... while sweep B, once A lets go without a result (it failed), trains it itself
     retry.release()
     assert TrialClaim(storage, "k", driver="sweep-b").acquire(finished=lambda: False)
+
+
+def test_a_paused_driver_that_lost_its_lease_stops_and_mlflow_keeps_one_run_per_trial(
+        tmp_path):
+    """Split brain: driver A is paused (SIGSTOP) past its lease's TTL, driver B takes the sweep
+    over, then A resumes. A stops at once with one line naming B, writing nothing more; B
+    finishes; MLflow holds exactly one run per trial."""
+    ttl = 6.0
+    env = {"KDSWEEP_LEASE_TTL": str(ttl)}
+    spec_path = write_spec(tmp_path, name="split")
+    spec = parse_spec(yaml.safe_load(spec_path.read_text()))
+    storage = Storage(spec.storage)
+    rel = "sweeps/split/local/driver.lease"
+    teacher = build_plan(spec).trials[0]
+    first = start_driver(spec_path, tmp_path, env)
+    second = None
+    try:
+        deadline = time.time() + 120  # A has started training the teacher
+        while not storage.exists(trial_file(teacher.key, "progress.json")):
+            assert first.poll() is None and time.time() < deadline, (
+                (tmp_path / "driver.log").read_text()[-3000:])
+            time.sleep(0.05)
+        first.send_signal(signal.SIGSTOP)
+        held = storage.read_json(rel)
+        while time.time() - held["renewed"] < ttl + 0.5:  # A's lease expires while it sleeps
+            time.sleep(0.1)
+        (tmp_path / "b").mkdir()
+        second = start_driver(spec_path, tmp_path / "b", env)
+        deadline = time.time() + 60
+        while (storage.read_json(rel) or {}).get("pid") != second.pid:
+            assert second.poll() is None and time.time() < deadline, (
+                (tmp_path / "b" / "driver.log").read_text()[-3000:])
+            time.sleep(0.05)
+        first.send_signal(signal.SIGCONT)
+        assert first.wait(60) == 3
+        log = (tmp_path / "driver.log").read_text()
+        [line] = [ln for ln in log.splitlines() if "another driver took this sweep over" in ln]
+        assert f"pid {second.pid}" in line and "Traceback" not in log
+        assert second.wait(300) == 0, (tmp_path / "b" / "driver.log").read_text()[-3000:]
+    finally:
+        for p in (first, second):
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGCONT)
+                p.kill()
+        kill_leftovers(tmp_path, remove=True)
+        kill_leftovers(tmp_path / "b", remove=True)
+    client = MlflowClient(spec.tracking_uri)
+    exp = client.get_experiment_by_name("split")
+    runs = client.search_runs([exp.experiment_id], "tags.`kdsweep.role` = 'trial'")
+    keys = [r.data.tags["kdsweep.key"] for r in runs]
+    assert sorted(keys) == sorted(t.key for t in build_plan(spec).trials)  # one run each
+    parents = client.search_runs([exp.experiment_id], "tags.`kdsweep.role` = 'sweep'")
+    assert len(parents) == 1

@@ -1,0 +1,61 @@
+"""Lease fencing, stepped by hand: a holder renews only the lease it still holds."""
+
+import time
+
+import yaml
+
+from sweeps import lease as lease_module
+from sweeps.lease import DriverLease
+from sweeps.spec import parse_spec
+from sweeps.storage import Storage
+
+from .drivers import write_spec
+
+
+def test_a_holder_that_lost_its_lease_is_told_and_never_writes_it_again(tmp_path, monkeypatch):
+    monkeypatch.setattr(lease_module, "TTL", 60.0)  # no heartbeat during the test
+    spec = parse_spec(yaml.safe_load(write_spec(tmp_path).read_text()))
+    storage = Storage(spec.storage)
+    first = DriverLease(storage, spec)
+    lost = []
+    first.on_lost = lost.append
+    first.acquire()
+    assert storage.read_json(first.rel)["fence"] == 1
+    assert first.renew() and not lost
+
+    # `first` pauses past its TTL; a second driver takes the sweep over (its fence grows)
+    record = storage.read_json(first.rel)
+    storage.write_json(first.rel, {**record, "renewed": time.time() - 61})
+    second = DriverLease(storage, spec)
+    second.acquire()
+    taken = storage.read_json(first.rel)
+    assert taken["token"] == second.token and taken["fence"] == 2
+
+    # `first` resumes: its renewal is a compare-and-swap that fails, and it is told once
+    assert first.renew() is False
+    first.check()
+    assert [h["token"] for h in lost] == [second.token]
+    assert storage.read_json(first.rel) == taken  # not written back
+    first.release()  # releasing a lease it lost deletes nothing
+    assert storage.read_json(first.rel)["token"] == second.token
+    second.release()
+    assert not storage.exists(second.rel)
+
+
+def test_the_heartbeat_stops_once_the_lease_is_lost(tmp_path, monkeypatch):
+    monkeypatch.setattr(lease_module, "TTL", 0.4)  # a heartbeat every 0.1 s
+    spec = parse_spec(yaml.safe_load(write_spec(tmp_path).read_text()))
+    storage = Storage(spec.storage)
+    mine = DriverLease(storage, spec)
+    told = []
+    mine.on_lost = told.append
+    mine.acquire()
+    other = {**storage.read_json(mine.rel), "token": "someone-else", "fence": 7}
+    storage.write_json(mine.rel, other)
+    deadline = time.time() + 10
+    while not told and time.time() < deadline:
+        time.sleep(0.02)
+    assert told and told[0]["fence"] == 7
+    time.sleep(0.3)  # several heartbeats' worth: none writes the lease back
+    assert storage.read_json(mine.rel)["token"] == "someone-else"
+
