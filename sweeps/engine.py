@@ -36,7 +36,7 @@ from .plan import Trial, children, make_trial
 from .spec import SweepSpec
 from .storage import AWS_CREDENTIALS, STORAGE_FULL, StorageFull
 from .store import TrialStore
-from .trial import Job, run_job
+from .trial import WARNINGS, Job, run_job
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -337,6 +337,8 @@ class SweepCallback(tune.Callback):
             self.events.started(job.trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if WARNINGS in result:
+            self.events.warned(trial.config["trial"]["key"], result[WARNINGS])
         if STORAGE_FULL in result:  # raised here, it ends the experiment: nothing can be stored
             raise StorageFull(result[STORAGE_FULL])
         if "epoch" in result:

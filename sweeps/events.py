@@ -38,6 +38,13 @@ class SweepEvents:
     def epoch(self, key: str, metrics: dict) -> None:
         self.tracker.log_epoch(key, metrics)
 
+    def warned(self, key: str, messages: list[str]) -> None:
+        """Warnings a trial's worker raised about storage: on the driver's output and in the
+        trial's MLflow run (warnings.txt)."""
+        for message in messages:
+            self.progress.warn(key, message)
+        self.tracker.warn(key, messages)
+
     def ended(self, trial: Trial, last: dict, early_stopping: bool) -> None:
         """A trial's function returned: it published a result, failed for good, or (ASHA)
         was stopped before its last epoch."""

@@ -67,6 +67,10 @@ class Progress:
             return ""
         return f", sweep ETA {duration(elapsed / ended * left)}"
 
+    def warn(self, key: str, message: str) -> None:
+        """A warning a trial's worker raised (its own log stays on its node)."""
+        self._print(f"warning from trial {key[:12]}: {message}")
+
     def _print(self, text: str) -> None:
         elapsed = time.monotonic() - self.t0
         print(f"[{duration(elapsed):>8}] {text}{self.eta(elapsed)}", file=self.out, flush=True)

@@ -137,6 +137,7 @@ class Tracker:
         self.parent_id = self._parent_run()
         self.runs: dict[str, str] = self._existing_children()  # trial key -> run id
         self.logged: dict[str, set[int]] = {}  # run id -> epochs logged
+        self.warnings: dict[str, list[str]] = {}  # run id -> its workers' warnings so far
         self.failed_writes = 0
         # Called before each run is created: the driver's lease check, so a driver that lost
         # its lease (paused past its TTL) never adds a second run for a trial.
@@ -163,6 +164,10 @@ class Tracker:
 
     def fail(self, key: str, error: str, status: str = "FAILED") -> None:
         self._queue.put(("call", self._fail, (key, error, status)))
+
+    def warn(self, key: str, messages: list[str]) -> None:
+        """Warnings a trial's worker raised, kept in its run as warnings.txt."""
+        self._queue.put(("call", self._warn, (key, list(messages))))
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything queued is written; False if ``timeout`` ran out first."""
@@ -419,6 +424,12 @@ class Tracker:
                 tags["kdsweep.trained_by_run"] = r.info.run_id
                 break
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+    def _warn(self, key: str, messages: list[str]) -> None:
+        if (run_id := self.runs.get(key)) is None:
+            return  # no run yet: the driver's output has them
+        self.warnings.setdefault(run_id, []).extend(messages)
+        self.client.log_text(run_id, "\n".join(self.warnings[run_id]) + "\n", "warnings.txt")
 
     def _fail(self, key: str, error: str, status: str) -> None:
         run_id = self.runs[key]

@@ -8,6 +8,7 @@ checkpoint (resume.py), reports every epoch, and publishes its model and then it
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import traceback
@@ -65,22 +66,51 @@ def run_spec(spec: SweepSpec, trial: Trial) -> RunSpec:
     )
 
 
+# The key of a report's warnings: the driver prints them and files them on the trial's run.
+WARNINGS = "warnings"
+
+
+class Warnings(logging.Handler):
+    """The warnings kdsweep logs in this worker (a file quarantined, a model republished, a
+    bank fetched again), held until the trial's next report carries them to the driver: a
+    worker's own log never reaches the driver's console."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.held: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.held.append(record.getMessage())
+
+    def take(self) -> dict:
+        """``{WARNINGS: [...]}`` to merge into a report (empty when there is none)."""
+        held, self.held = self.held, []
+        return {WARNINGS: held} if held else {}
+
+
 def run_job(config: dict, spec: SweepSpec, driver: str) -> None:
     """Tune entry point (``spec`` and the driver's lease token are bound once with
     tune.with_parameters)."""
+    warnings = Warnings()
+    package = logging.getLogger("sweeps")
+    package.addHandler(warnings)
     try:
-        _run_job(Job.from_config(config), spec, driver)
+        _run_job(Job.from_config(config), spec, driver, warnings)
     except StorageFull as e:
         # Not this trial's failure, and no retry can help: say so, and the driver ends the run.
-        tune.report({STORAGE_FULL: str(e)})
+        tune.report({STORAGE_FULL: str(e), **warnings.take()})
+    finally:
+        package.removeHandler(warnings)
+    if late := warnings.take():  # after the trial's last report (publishing, its claim)
+        tune.report(late)
 
 
-def _run_job(job: Job, spec: SweepSpec, driver: str) -> None:
+def _run_job(job: Job, spec: SweepSpec, driver: str, warnings: Warnings) -> None:
     store = TrialStore(Storage(spec.storage))
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     if job.kind == "bank":
         seconds = build_shared_bank(spec, store, job.trial.key)
-        tune.report({"bank_seconds": seconds})
+        tune.report({"bank_seconds": seconds, **warnings.take()})
         return
     trial = job.trial
     # Another sweep on this storage may be training the same trial: wait for it, never train
@@ -91,7 +121,7 @@ def _run_job(job: Job, spec: SweepSpec, driver: str) -> None:
     try:
         attempts = Attempts(store.storage, trial.key)
         try:
-            _train(spec, trial, store, attempts)
+            _train(spec, trial, store, attempts, warnings)
         except StorageFull:
             raise
         except Exception:
@@ -106,7 +136,8 @@ def _run_job(job: Job, spec: SweepSpec, driver: str) -> None:
         claim.release()
 
 
-def _train(spec: SweepSpec, trial: Trial, store: TrialStore, attempts: Attempts) -> None:
+def _train(spec: SweepSpec, trial: Trial, store: TrialStore, attempts: Attempts,
+           warnings: Warnings) -> None:
     started = time.time()
     bank = teacher = None
     if trial.teacher_key is not None:
@@ -170,11 +201,13 @@ def _train(spec: SweepSpec, trial: Trial, store: TrialStore, attempts: Attempts)
             checkpoints.remember(trainer.state_dict())
         if reason := diverged(m.as_dict()):
             publish("diverged", f"epoch {trainer.epoch}: {reason}")
-            tune.report({**m.as_dict(), "realised_noise_rate": noisy.realised_rate})
+            tune.report({**m.as_dict(), "realised_noise_rate": noisy.realised_rate,
+                         **warnings.take()})
             return
         if last:  # publish before the final report: a scheduler may end the trial right there
             publish()
-        tune.report({**m.as_dict(), "realised_noise_rate": noisy.realised_rate})
+        tune.report({**m.as_dict(), "realised_noise_rate": noisy.realised_rate,
+                     **warnings.take()})
     if not store.is_done(trial.key):
         # Every epoch is in the checkpoint but the result is not in storage (a kill between the
         # last checkpoint and publishing, or a deleted result): publish it, train nothing.

@@ -2,6 +2,7 @@
 
 import io
 import json
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -372,9 +373,21 @@ def test_corrupt_files_are_quarantined_and_derived_again(sweep, tmp_path):
     store.storage.delete(trial_file(teacher.key, "model.pt"))
     assert "pending" in sweep_status(spec)  # reads the trial list: moved aside, plan used
 
-    uri = run_sweep(spec, out=io.StringIO())
+    out = io.StringIO()
+    uri = run_sweep(spec, out=out)
     df = pd.read_parquet(uri).set_index("key")
     assert (df.status == "done").all()
+    # What the student's worker quarantined reaches the driver's output, naming the file
+    lines = [ln for ln in out.getvalue().splitlines()
+             if f"warning from trial {student.key[:12]}" in ln]
+    assert any("attempts.json" in ln and "moved aside" in ln for ln in lines), out.getvalue()
+    assert any(newest in ln and "moved aside" in ln for ln in lines), out.getvalue()
+    client = MlflowClient(spec.tracking_uri)  # ... and the student's run, as warnings.txt
+    [run] = client.search_runs([client.get_experiment_by_name(spec.name).experiment_id],
+                               f"tags.`kdsweep.key` = '{student.key}'")
+    with tempfile.TemporaryDirectory() as d:
+        text = Path(client.download_artifacts(run.info.run_id, "warnings.txt", d)).read_text()
+    assert "attempts.json" in text and newest in text
     assert store.has_model(teacher.key)  # published again from its checkpoint ...
     assert store.result(teacher.key).history == teacher_history  # ... with no epoch retrained
     assert untimed(store.result(student.key).history) == untimed(student_history)  # redone exactly
