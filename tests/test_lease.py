@@ -12,14 +12,20 @@ from sweeps.storage import Storage
 from .drivers import write_spec
 
 
-def test_a_holder_that_lost_its_lease_is_told_and_never_writes_it_again(tmp_path, monkeypatch):
-    monkeypatch.setattr(lease_module, "TTL", 60.0)  # no heartbeat during the test
+def held_lease(tmp_path, monkeypatch, ttl: float) -> tuple[Storage, DriverLease, list, object]:
+    """A driver's lease taken under ``ttl``; returns (storage, lease, what on_lost was told,
+    the spec)."""
+    monkeypatch.setattr(lease_module, "TTL", ttl)
     spec = parse_spec(yaml.safe_load(write_spec(tmp_path).read_text()))
     storage = Storage(spec.storage)
-    first = DriverLease(storage, spec)
-    lost = []
-    first.on_lost = lost.append
-    first.acquire()
+    lease, told = DriverLease(storage, spec), []
+    lease.on_lost = told.append
+    lease.acquire()
+    return storage, lease, told, spec
+
+
+def test_a_holder_that_lost_its_lease_is_told_and_never_writes_it_again(tmp_path, monkeypatch):
+    storage, first, lost, spec = held_lease(tmp_path, monkeypatch, 60.0)  # no heartbeat here
     assert storage.read_json(first.rel)["fence"] == 1
     assert first.renew() and not lost
 
@@ -43,13 +49,7 @@ def test_a_holder_that_lost_its_lease_is_told_and_never_writes_it_again(tmp_path
 
 
 def test_the_heartbeat_stops_once_the_lease_is_lost(tmp_path, monkeypatch):
-    monkeypatch.setattr(lease_module, "TTL", 0.4)  # a heartbeat every 0.1 s
-    spec = parse_spec(yaml.safe_load(write_spec(tmp_path).read_text()))
-    storage = Storage(spec.storage)
-    mine = DriverLease(storage, spec)
-    told = []
-    mine.on_lost = told.append
-    mine.acquire()
+    storage, mine, told, _ = held_lease(tmp_path, monkeypatch, 0.4)  # a beat every 0.1 s
     other = {**storage.read_json(mine.rel), "token": "someone-else", "fence": 7}
     storage.write_json(mine.rel, other)
     deadline = time.time() + 10
