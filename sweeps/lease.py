@@ -102,7 +102,8 @@ class Lease:
 
     def _lose(self, held: dict) -> None:
         with self._lost_lock:
-            if self.lost is not None:
+            # released (the lease deleted on purpose) or told already: nothing was lost
+            if self.lost is not None or self._stop.is_set():
                 return
             self.lost = held
             self._stop.set()

@@ -79,6 +79,7 @@ def from_mlflow(tracking_uri: str, experiment: str) -> pd.DataFrame:
             row = {
                 "sweep": experiment,
                 "cluster": t.get("kdsweep.cluster"),
+                "dataset": p.get("dataset"),
                 "key": t.get("kdsweep.key"),
                 "generation": int(t.get("kdsweep.generation", p.get("generation", 0))),
                 "chain": t.get("kdsweep.chain"),
@@ -168,6 +169,8 @@ MIN_SEEDS = 3
 def resolution(df: pd.DataFrame) -> tuple[float | None, int]:
     """What one test image is worth in accuracy points, and the decimals that supports (0.22
     points: one decimal); (None, 2) when the test set's size is not known."""
+    if "dataset" not in df:
+        return None, 2
     sizes = {DATASET_FACTS.get(d, {}).get("test") for d in df.dataset.unique()}
     if len(sizes) != 1 or None in sizes:
         return None, 2

@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 import tempfile
 from pathlib import Path
 
@@ -209,7 +210,10 @@ def test_status_and_report(sweep, tmp_path):
     # one table per spec chain and noise rate, a column per generation
     assert "== cnn-medium>cnn-small>cnn-small (noise=0.4)" in text
     assert "g0 cnn-medium" in text and "g2 cnn-small" in text
-    assert "kl tau=4" in text and "mse" in text and "paired t-test" in text
+    assert "kl tau=4" in text and "mse" in text
+    # one seed: each seed's value, and no test (issue 20: no inference below three seeds)
+    assert "(n=1)" in text and not re.search(r"\d ± \d", text)
+    assert "no test: fewer than 3 seeds" in text and "p_Holm" not in text
     assert "Pearson r" in text
     names = {p.name for p in paths}
     assert {"accuracy_vs_tau.png", "accuracy_vs_noise.png", "accuracy_vs_generation.png",
