@@ -311,7 +311,8 @@ def comparisons(part: pd.DataFrame, decimals: int = 2) -> str:
         return ""
     adjusted = holm([t[3] for t in tests])
     family = sum(not math.isnan(t[3]) for t in tests)
-    how = (f"paired t-test, p Holm-adjusted over this table's {family} tests" if family else
+    how = (f"paired t-test, p Holm-adjusted over this table's {family} tests; none where "
+           f"fewer than {MIN_SEEDS} seeds" if family else
            f"no test: fewer than {MIN_SEEDS} seeds, or no spread")
     lines = [f"   vs the architecture alone, difference in accuracy points over matched seeds "
              f"({how}):"]
@@ -328,8 +329,8 @@ def _diff(d: float, p: float, n: int, flat: bool = False, decimals: int = 2) -> 
     text = f"{d:+.{decimals}f}"
     if flat:
         return f"{text} (every seed differs by the same: no test, n={n})"
-    if n < MIN_SEEDS:
-        return f"{text} (n={n}: no test below {MIN_SEEDS} seeds)"
+    if n < MIN_SEEDS:  # the table's header says there is no test, once
+        return f"{text} (n={n})"
     return f"{text} (p_Holm={p:.3f}, n={n})"
 
 
