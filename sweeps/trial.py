@@ -82,10 +82,10 @@ class Warnings(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         self.held.append(record.getMessage())
 
-    def take(self) -> dict:
-        """``{WARNINGS: [...]}`` to merge into a report (empty when there is none)."""
+    def report(self, metrics: dict) -> None:
+        """tune.report, carrying the warnings held since the last report."""
         held, self.held = self.held, []
-        return {WARNINGS: held} if held else {}
+        tune.report({**metrics, WARNINGS: held} if held else metrics)
 
 
 def run_job(config: dict, spec: SweepSpec, driver: str) -> None:
@@ -95,22 +95,23 @@ def run_job(config: dict, spec: SweepSpec, driver: str) -> None:
     package = logging.getLogger("sweeps")
     package.addHandler(warnings)
     try:
-        _run_job(Job.from_config(config), spec, driver, warnings)
+        _run_job(Job.from_config(config), spec, driver, warnings.report)
     except StorageFull as e:
         # Not this trial's failure, and no retry can help: say so, and the driver ends the run.
-        tune.report({STORAGE_FULL: str(e), **warnings.take()})
+        warnings.report({STORAGE_FULL: str(e)})
     finally:
         package.removeHandler(warnings)
-    if late := warnings.take():  # after the trial's last report (publishing, its claim)
-        tune.report(late)
+    if warnings.held:  # raised after the trial's last report (publishing, its claim)
+        warnings.report({})
 
 
-def _run_job(job: Job, spec: SweepSpec, driver: str, warnings: Warnings) -> None:
+def _run_job(job: Job, spec: SweepSpec, driver: str, report) -> None:
+    """One job; ``report`` is tune.report carrying the worker's warnings."""
     store = TrialStore(Storage(spec.storage))
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     if job.kind == "bank":
         seconds = build_shared_bank(spec, store, job.trial.key)
-        tune.report({"bank_seconds": seconds, **warnings.take()})
+        report({"bank_seconds": seconds})
         return
     trial = job.trial
     # Another sweep on this storage may be training the same trial: wait for it, never train
@@ -121,7 +122,7 @@ def _run_job(job: Job, spec: SweepSpec, driver: str, warnings: Warnings) -> None
     try:
         attempts = Attempts(store.storage, trial.key)
         try:
-            _train(spec, trial, store, attempts, warnings)
+            _train(spec, trial, store, attempts, report)
         except StorageFull:
             raise
         except Exception:
@@ -137,7 +138,7 @@ def _run_job(job: Job, spec: SweepSpec, driver: str, warnings: Warnings) -> None
 
 
 def _train(spec: SweepSpec, trial: Trial, store: TrialStore, attempts: Attempts,
-           warnings: Warnings) -> None:
+           report) -> None:
     started = time.time()
     bank = teacher = None
     if trial.teacher_key is not None:
@@ -201,13 +202,11 @@ def _train(spec: SweepSpec, trial: Trial, store: TrialStore, attempts: Attempts,
             checkpoints.remember(trainer.state_dict())
         if reason := diverged(m.as_dict()):
             publish("diverged", f"epoch {trainer.epoch}: {reason}")
-            tune.report({**m.as_dict(), "realised_noise_rate": noisy.realised_rate,
-                         **warnings.take()})
+            report({**m.as_dict(), "realised_noise_rate": noisy.realised_rate})
             return
         if last:  # publish before the final report: a scheduler may end the trial right there
             publish()
-        tune.report({**m.as_dict(), "realised_noise_rate": noisy.realised_rate,
-                     **warnings.take()})
+        report({**m.as_dict(), "realised_noise_rate": noisy.realised_rate})
     if not store.is_done(trial.key):
         # Every epoch is in the checkpoint but the result is not in storage (a kill between the
         # last checkpoint and publishing, or a deleted result): publish it, train nothing.
