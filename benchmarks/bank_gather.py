@@ -19,23 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import fmt, interleaved, min_med  # noqa: E402
+from harness import fmt, interleaved, min_med, timed  # noqa: E402
 
 from kd_core.bank import TeacherBank, bank_nbytes
 from kd_core.data import Augment, draw_views
-
-
-def timed(fn, sync) -> float:
-    t0 = time.perf_counter()
-    fn()
-    sync()
-    return time.perf_counter() - t0
 
 
 def main():

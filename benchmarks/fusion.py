@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import fmt, min_med, rotations  # noqa: E402
+from harness import fmt, min_med, rotations, timed  # noqa: E402
 
 from kd_core.losses import distillation_loss  # noqa: E402
 from kd_core.models import build_model  # noqa: E402
@@ -196,14 +196,6 @@ def run_fused(fused, opt, batches, steps, start, device, settings):
         opt.zero_grad(set_to_none=True)
 
 
-def timed(fn, device) -> float:
-    sync(device)
-    t0 = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - t0
-
-
 WORKER = r"""
 import sys, time, os, torch
 sys.path.insert(0, sys.argv[1])
@@ -265,12 +257,12 @@ def probe(args, k: int, device) -> dict:
 
     def sep():
         t = timed(lambda: run_separate(separate, opts, batches, args.steps, step["start"],
-                                       device, settings), device)
+                                       device, settings), lambda: sync(device))
         return k * args.steps / t
 
     def fus():
         t = timed(lambda: run_fused(fused, fopt, batches, args.steps, step["start"], device,
-                                    settings), device)
+                                    settings), lambda: sync(device))
         return k * args.steps / t
 
     variants = {"separate": sep, "fused": fus}

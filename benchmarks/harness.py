@@ -11,7 +11,18 @@ every variant once, in an order rotated by one each round, and a figure is repor
 from __future__ import annotations
 
 import statistics
+import time
 from collections.abc import Callable
+
+
+def timed(fn: Callable[[], object], sync: Callable[[], object] = lambda: None) -> float:
+    """Seconds for fn(), with ``sync`` (e.g. torch.cuda.synchronize) before and after, so that
+    queued device work is neither charged to it nor left out."""
+    sync()
+    t0 = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - t0
 
 
 def rotations(names: list[str], rounds: int) -> list[list[str]]:
