@@ -7,7 +7,10 @@ on the final models in eval mode:
 - the penultimate feature norm ||r||_2, and a 2-D projection of three classes' penultimate
   features onto the plane through those classes' templates (rows of the final linear layer);
 - the teacher's predictive entropy, and the top-label distance: z_true - z_runner_up when the
-  prediction is right, z_true - z_top1 when it is wrong.
+  prediction is right, z_true - z_top1 when it is wrong;
+- the similarity of the student's penultimate features to the teacher's as one number, linear
+  CKA (Kornblith et al. 2019): the projections' "keeps the teacher's shape" made measurable
+  (1 = the same up to rotation and scale; it compares features of different widths).
 
 Pure tensors in, plain numbers and lists out (JSON-ready).
 """
@@ -30,6 +33,7 @@ MEASURES = (
     "top_label_distance",
     "teacher_entropy",
     "teacher_top_label_distance",
+    "feature_cka",
 )
 SCALARS = tuple(f"{split}_{m}" for split in ("train", "test") for m in MEASURES)
 HIST_BINS = 40
@@ -69,6 +73,17 @@ def top_label_distance(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
     right = top2.indices[:, 0] == labels
     other = torch.where(right, top2.values[:, 1], top2.values[:, 0])
     return z_true - other
+
+
+def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Linear CKA of two feature matrices over the same n samples (n x d1, n x d2), in float64:
+    ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F) with columns centred. The d x d form
+    costs n * d1 * d2, never n^2 (50k CIFAR images)."""
+    x, y = x.double(), y.double()
+    x, y = x - x.mean(0), y - y.mean(0)
+    cross = (y.T @ x).square().sum()
+    norm = (x.T @ x).square().sum().sqrt() * (y.T @ y).square().sum().sqrt()
+    return float(cross / norm) if norm > 0 else float("nan")
 
 
 def describe(x: torch.Tensor) -> dict[str, float]:
@@ -129,8 +144,9 @@ def analyse(
         "projection": project(r, labels, head_weight),
     }
     if teacher is not None:
-        zt, _ = teacher
+        zt, rt = teacher
         d = logit_distance(z, zt)
+        scalars["feature_cka"] = linear_cka(r, rt)
         scalars.update({f"logit_distance_{k}": v for k, v in describe(d).items()})
         scalars["teacher_entropy"] = float(entropy(zt).mean())
         scalars["teacher_top_label_distance"] = float(top_label_distance(zt, labels).mean())

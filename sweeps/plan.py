@@ -38,12 +38,19 @@ class Trial:
         return ">".join(self.lineage)
 
     @property
+    def setting(self) -> str:
+        return setting_name(self.generation, self.loss, self.tau, self.alpha)
+
+    @property
+    def student(self) -> str:
+        return student_name(self.generation, self.chain)
+
+    @property
     def run_name(self) -> str:
-        """What tells runs apart first (the MLflow UI truncates names); the chain is a tag."""
-        what = f"kl tau={self.tau:g}" if self.loss == "kl" else self.loss
-        if self.alpha not in (None, 1.0):
-            what += f" alpha={self.alpha:g}"
-        return f"g{self.generation} {self.model} {what} noise={self.noise_rate:g} s{self.seed}"
+        """What varies first (the MLflow UI cuts names): setting, noise, seed, then the model;
+        the lineage is in the `student` param."""
+        what = f"{self.setting} noise={self.noise_rate:g} s{self.seed}"
+        return f"{what} g{self.generation} {self.model}"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -57,6 +64,31 @@ class Trial:
         return cls(
             **{**d, "lineage": tuple(d["lineage"]), "tau": None if tau is None else float(tau)}
         )
+
+
+def setting_name(generation: int, loss: str, tau: float | None, alpha: float | None) -> str:
+    """What a student was trained with, one word for report rows, MLflow's `setting` param and
+    run names: "alone (ce)" (generation 0), "mse", "kl tau=4", "kl tau=inf a=0.5"."""
+    if generation == 0:
+        return "alone (ce)"
+    what = "mse" if loss == "mse" else f"kl tau={'inf' if math.isinf(tau) else f'{tau:g}'}"
+    if alpha is not None and not math.isnan(alpha) and alpha != 1.0:
+        what += f" a={alpha:g}"
+    return what
+
+
+def setting_order(name: str) -> tuple:
+    """alone first, then kl by tau (inf last), then mse."""
+    if name.startswith("kl tau="):
+        t = name.split("=")[1].split()[0]
+        return (1, math.inf if t == "inf" else float(t), name)
+    return (2 if name == "mse" else 0, 0.0, name)
+
+
+def student_name(generation: int, chain: str) -> str:
+    """A model and where it learnt from: "g2 cnn-large>cnn-medium>cnn-small"; with the setting,
+    what a comparison groups by (a direct and a sequential student are never pooled)."""
+    return f"g{generation} {chain}"
 
 
 def _json_float(x: float | None):

@@ -44,6 +44,9 @@ SCHEMA = pa.schema(
         ("started_at", pa.float64()),
         ("finished_at", pa.float64()),
         ("mlflow_run_id", pa.string()),
+        # test accuracy per epoch (null where an epoch was not evaluated): learning curves and
+        # the report's convergence flag without MLflow
+        ("test_acc_curve", pa.list_(pa.float64())),
     ]
 )
 
@@ -55,6 +58,7 @@ def row(plan: Plan, trial: Trial, result: TrialResult | None, run_id: str | None
         out.update({k: r[k] for k in SCHEMA.names if k in r and k not in ("trial", "cluster")})
         out["trained_on"] = result.cluster
         out.update({k: result.analysis.get(k) for k in SCALARS})
+        out["test_acc_curve"] = [h.get("test_acc") for h in result.history]
     out.update(
         sweep=plan.spec.name,
         cluster=plan.spec.cluster,

@@ -1,5 +1,11 @@
 """The embedded MLflow store (``sqlite:///FILE``): made crash-safely and marked as kdsweep's,
-and checked without a single write, since the file a spec names may be a user's own database."""
+checked without a single write (the file a spec names may be a user's own database), and kept
+working when moved.
+
+A store is its database and, beside it, its artifacts (``mlruns/`` next to the file). MLflow
+records artifact locations as absolute paths, so a store moved or copied elsewhere would lose
+its artifacts: the mark records the folder the store was made in, and opening the store from
+another folder rewrites the recorded locations under the old folder to the new one."""
 
 from __future__ import annotations
 
@@ -11,8 +17,19 @@ from pathlib import Path
 
 from .spec import SpecError
 
-# A table kdsweep adds to each store it makes, so a check can tell its own stores from others.
+# A table kdsweep adds to each store it makes, so a check can tell its own stores from others;
+# it also records the folder the store's locations are written under.
 STORE_MARK = "kdsweep_store"
+ARTIFACTS = "mlruns"  # the artifacts' folder, beside the database file
+# The columns in which MLflow records where a run's (or an experiment's) artifacts are.
+LOCATIONS = ("artifact_location", "artifact_uri")
+
+
+def artifact_root(tracking_uri: str) -> str | None:
+    """Where an embedded store keeps its artifacts (beside its file); None for other stores."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return str(Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent / ARTIFACTS)
 
 
 def prepare_store(tracking_uri: str) -> None:
@@ -25,6 +42,7 @@ def prepare_store(tracking_uri: str) -> None:
         return
     path = Path(tracking_uri.removeprefix("sqlite:///"))
     if path.exists():
+        relocate(path)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{path.name}.creating-*"):  # left by a killed creation
@@ -32,9 +50,42 @@ def prepare_store(tracking_uri: str) -> None:
     tmp = path.with_name(f".{path.name}.creating-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)
     with sqlite3.connect(tmp) as db:
-        db.execute(f"CREATE TABLE {STORE_MARK} (created_by TEXT)")
-        db.execute(f"INSERT INTO {STORE_MARK} VALUES ('kdsweep')")
+        db.execute(f"CREATE TABLE {STORE_MARK} (created_by TEXT, folder TEXT)")
+        db.execute(f"INSERT INTO {STORE_MARK} VALUES ('kdsweep', ?)",
+                   (str(path.resolve().parent),))
     os.replace(tmp, path)
+
+
+def relocate(path: Path) -> int:
+    """Point a moved store's artifact locations at its new folder; returns the rows changed.
+    Only kdsweep's stores, and only locations under the folder the store was made in (another
+    location, e.g. s3://, is the user's and stays)."""
+    here = str(path.resolve().parent)
+    with sqlite3.connect(path, timeout=30) as db:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if STORE_MARK not in tables:
+            return 0  # not ours
+        columns = {r[1] for r in db.execute(f"PRAGMA table_info({STORE_MARK})")}
+        if "folder" not in columns:  # a store marked before folders were recorded: from now
+            db.execute(f"ALTER TABLE {STORE_MARK} ADD COLUMN folder TEXT")
+            db.execute(f"UPDATE {STORE_MARK} SET folder = ?", (here,))
+            return 0
+        (old,) = db.execute(f"SELECT folder FROM {STORE_MARK}").fetchone()
+        if old == here:
+            return 0
+        changed = 0
+        for table in sorted(tables):
+            for (_, column, *_rest) in db.execute(f"PRAGMA table_info({table})").fetchall():
+                if column not in LOCATIONS:
+                    continue
+                for prefix in (f"file://{old}/", f"{old}/"):
+                    new = prefix.replace(old, here, 1)
+                    changed += db.execute(
+                        f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                        f"WHERE substr({column}, 1, ?) = ?",
+                        (new, len(prefix) + 1, len(prefix), prefix)).rowcount
+        db.execute(f"UPDATE {STORE_MARK} SET folder = ?", (here,))
+        return changed
 
 
 def check_sqlite_store(uri: str, path: Path, timeout: float) -> None:

@@ -17,11 +17,13 @@ import logging
 import math
 import os
 import queue
+import re
 import shlex
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -30,10 +32,10 @@ from mlflow.tracking import MlflowClient
 
 from kd_core.metrics import EpochMetrics
 
-from .plan import Trial
+from .plan import Trial, setting_name, student_name
 from .record import TrialResult
 from .spec import SweepSpec
-from .sqlite_store import prepare_store
+from .sqlite_store import artifact_root, prepare_store
 from .storage import Storage
 from .store import read_json_checked, trial_file
 
@@ -45,6 +47,9 @@ KIND = "custom_model_development"
 SENDERS = int(os.environ.get("KDSWEEP_MLFLOW_SENDERS", "4"))
 # A trial's own per-epoch metrics; Tune's bookkeeping in each result (pid, timestamp,
 # time_this_iter_s, ...) is not logged.
+# The final model's analyses go under their own prefix: the MLflow UI shows them in a section
+# of their own, apart from the per-epoch charts.
+ANALYSIS_PREFIX = "analysis/"
 EPOCH_METRICS = {f.name for f in dataclasses.fields(EpochMetrics)} - {"epoch"}
 
 
@@ -101,6 +106,13 @@ def _finite(metrics: dict) -> list[tuple[str, float]]:
     ]
 
 
+def _metric_name(text: str) -> str:
+    """``text`` in the characters MLflow allows in a metric's name ("kl tau=4" -> "kl tau 4",
+    "a>b" -> "a_b", "alone (ce)" -> "alone ce")."""
+    text = text.replace(">", "_").replace("=", " ")
+    return re.sub(r"[^\w.\- /]", "", text)
+
+
 class Tracker:
     """The sweep's MLflow runs. Writes go through one background writer thread and a bounded
     FIFO queue: Tune's callback only enqueues, so no trial waits on MLflow inside tune.report
@@ -115,7 +127,7 @@ class Tracker:
         prepare_store(spec.tracking_uri)
         self.client = MlflowClient(tracking_uri=spec.tracking_uri)
         exp = self.client.get_experiment_by_name(spec.name)
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(spec.name)
+        self.experiment_id = exp.experiment_id if exp else self._create_experiment()
         # MLflow 3 opens an experiment of no declared kind on its GenAI overview: ours are
         # model training, so the UI opens on the runs table.
         self.client.set_experiment_tag(self.experiment_id, "mlflow.experimentKind", KIND)
@@ -243,6 +255,13 @@ class Tracker:
             return e
 
     # ---- runs ----------------------------------------------------------------------------
+    def _create_experiment(self) -> str:
+        """An embedded store's experiment keeps its artifacts beside the store's file (MLflow's
+        default is the working directory's mlruns/), so store and artifacts move together."""
+        root = artifact_root(self.spec.tracking_uri)
+        where = None if root is None else f"{root}/{uuid.uuid4().hex[:12]}"
+        return self.client.create_experiment(self.spec.name, artifact_location=where)
+
     def _parent_run(self) -> str:
         found = self.client.search_runs(
             [self.experiment_id],
@@ -292,12 +311,19 @@ class Tracker:
         return [f"MLflow runs: {base}/{path}", f"MLflow sweep run: {base}/{path}/{self.parent_id}"]
 
     def log_summary(self, rows) -> None:
-        """Headline metrics on the parent run: trials done and failed, and per generation the
-        mean test accuracy of its finished trials (``rows``: the results table)."""
+        """Headline metrics on the parent run: trials done and not, and each cell's mean test
+        accuracy over seeds, named `cell/<student>/<setting>/noise <rate>` (a cell is what the
+        report compares; a mean over students, settings or noise rates would mean nothing)."""
         done = rows[rows.status == "done"]
         metrics = {"trials_done": len(done), "trials_not_done": len(rows) - len(done)}
-        for g, acc in done.groupby("generation").test_acc.mean().items():
-            metrics[f"g{g}_mean_test_acc"] = acc
+        cells = done.assign(
+            student=[_metric_name(student_name(g, c)) for g, c in zip(
+                done.generation, done.chain, strict=True)],
+            setting=[_metric_name(setting_name(r.generation, r.loss, r.tau, r.alpha))
+                     for r in done.itertuples()])
+        for (student, s, noise), acc in cells.groupby(
+                ["student", "setting", "noise_rate"]).test_acc.mean().items():
+            metrics[f"cell/{student}/{s}/noise {noise:g}"] = acc
         now = int(time.time() * 1000)
         self.client.log_batch(
             self.parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in _finite(metrics)]
@@ -338,12 +364,19 @@ class Tracker:
         run_id = run.info.run_id
         params = {
             **{k: v for k, v in trial.to_dict().items() if k not in ("key", "lineage")},
+            "setting": trial.setting,  # what to group by: with `student`, one cell of a table
+            "student": trial.student,
             "dataset": self.spec.dataset.name,
             **{f"train.{k}": v for k, v in self.spec.train.model_dump().items()},
         }
+        # Params are strings (the UI orders tau 1, 20, 4, inf): tau as a number for charts and
+        # range filters, 1/tau so that inf is 0.
+        now = int(time.time() * 1000)
+        numeric = [] if trial.tau is None else [Metric("inv_tau", 1 / trial.tau, now, 0)]
         self.client.log_batch(
             run_id,
             params=[Param(k, _param(v)) for k, v in params.items() if v is not None],
+            metrics=numeric,
         )
         self.runs[trial.key] = run_id
         return run_id
@@ -373,7 +406,8 @@ class Tracker:
         now = int(time.time() * 1000)
         self.client.log_batch(
             run_id,
-            metrics=[Metric(k, v, now, result.epochs) for k, v in _finite(result.analysis)],
+            metrics=[Metric(ANALYSIS_PREFIX + k, v, now, result.epochs)
+                     for k, v in _finite(result.analysis)],
             tags=[RunTag("kdsweep.labels_hash", result.labels_hash or "")],
         )
         self._log_input(run_id, result)

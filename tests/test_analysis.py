@@ -10,6 +10,7 @@ from kd_core.analysis import (
     analyse,
     describe,
     entropy,
+    linear_cka,
     logit_distance,
     outputs,
     project,
@@ -72,3 +73,15 @@ def test_analyse_a_real_model_in_eval_mode():
     assert set(scalars) == set(MEASURES)
     alone, _ = analyse(student, None, labels, model.head.weight.detach())
     assert "logit_distance_mean" not in alone and "teacher_entropy" not in alone
+
+
+def test_linear_cka_ignores_rotation_and_scale_and_compares_widths():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 16, generator=g)
+    q, _ = torch.linalg.qr(torch.randn(16, 16, generator=g))
+    assert linear_cka(x, 3.0 * x @ q + 1.0) == pytest.approx(1.0)  # rotated, scaled, shifted
+    # a different width: the first 8 features carry almost all of x's variance
+    wide = torch.cat([x[:, :8] * 10, x[:, 8:] * 0.01], dim=1)
+    assert linear_cka(wide, x[:, :8]) == pytest.approx(1.0, abs=1e-3)
+    # independent features of 500 samples: near 0 (its expectation is about d/n)
+    assert linear_cka(x, torch.randn(500, 16, generator=g)) < 0.1

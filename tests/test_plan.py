@@ -9,13 +9,14 @@ CONFIGS = Path(__file__).resolve().parents[1] / "sweeps" / "configs"
 
 def test_digits_plan_counts_and_dedup():
     plan = build_plan(load_spec(CONFIGS / "digits.yaml"))
-    # 2 noise x 2 seeds = 4 contexts; students: kl x 4 tau + mse = 5 settings.
-    # gen 0: cnn-large teacher (shared by both chains) + 2 baselines = 3 per context.
-    assert [len(s) for s in plan.generations] == [12, 40, 20]
+    # 2 noise x 3 seeds = 6 contexts; students: kl x 4 tau + mse = 5 settings.
+    # gen 0: cnn-large teacher (shared by two chains) + 2 baselines = 3 per context; the third
+    # chain's teacher is the cnn-medium baseline itself. gen 1: 3 students per setting.
+    assert [len(s) for s in plan.generations] == [18, 90, 30]
     keys = [t.key for t in plan.trials]
     assert len(keys) == len(set(keys))
     teachers = [t for t in plan.generations[0] if t.model == "cnn-large"]
-    assert len(teachers) == 4
+    assert len(teachers) == 6
     for t in plan.generations[1] + plan.generations[2]:
         assert t.loss in ("kl", "mse") and (t.tau is None) == (t.loss == "mse")
     # every student's teacher is in the previous stage with the same noise and seed
@@ -31,9 +32,10 @@ def test_digits_plan_counts_and_dedup():
 
 def test_paper_plan_counts():
     plan = build_plan(load_spec(CONFIGS / "cifar100-paper.yaml"))
-    # 4 noise x 3 seeds = 12 contexts; 9 student settings (8 kl taus + mse); generation 2
-    # continues each chain's setting (one wrn-16-2 below each wrn-16-4)
-    assert [len(s) for s in plan.generations] == [36, 216, 108]
+    # 4 noise x 3 seeds = 12 contexts; 9 student settings (8 kl taus + mse); generation 1: three
+    # students each (wrn-16-2 and wrn-16-4 from wrn-28-4, wrn-16-2 from wrn-16-4 trained alone:
+    # the baseline's own trial, not a second one); generation 2 continues each chain's setting
+    assert [len(s) for s in plan.generations] == [36, 324, 108]
     noisy = [t for t in plan.generations[1] if t.noise_rate > 0 and t.loss == "kl"]
     for rate in (0.2, 0.4, 0.6):  # tau < 1 at every noise rate
         assert {0.1, 0.25, 0.5} <= {t.tau for t in noisy if t.noise_rate == rate}

@@ -7,6 +7,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from sweeps.report import cell, holm, paired, report, resolution, t_interval
+from sweeps.report.claims import c1, c2, c3, c5, c6
+from sweeps.report.load import load
+from sweeps.report.stats import late_rise
 from sweeps.results import SCHEMA
 
 # chain A>B>C, one noise rate, three seeds; accuracies chosen for round statistics
@@ -109,10 +112,119 @@ def test_report_tables_figures_and_html(tmp_path, capsys):
     assert "kl tau=4 +5.0 (p_Holm=0.052, n=3); mse +3.0 (p_Holm=0.188, n=3)" in g2
     # the failed trial is counted, not dropped
     assert "trials not in the tables (1 of 22)" in text
-    assert "generation 2 A>B>C: 1 failed" in text
+    assert "2           A>B>C  failed       1" in text
     assert "Pearson r" in text and "train set, final models" in text
     names = {p.name for p in paths}
     assert {"accuracy_vs_generation.png", "accuracy_vs_tau.png",
             "logit_distance_vs_accuracy.png", "report.html"} <= names
     page = (tmp_path / "rep" / "report.html").read_text()
-    assert page.count("<img") == len(paths) - 1 and "72.0 ± 5.0 (n=3)" in page
+    # a page: real tables, a caption per figure, the header a reader needs
+    assert page.count("<img") == page.count("<figcaption>") == len(paths) - 1
+    assert "<td>72.0 ± 5.0 (n=3)</td>" in page and "<pre>" not in page
+    assert "<dt>dataset</dt><dd>digits (1347 train / 450 test images)</dd>" in page
+
+
+# ---- the claims, on data whose verdicts are worked out by hand ---------------------------------
+TAUS = {"kl0.5": 0.5, "kl4": 4.0, "klinf": math.inf, "mse": None}
+
+
+def claim_rows(values: dict, seeds=(0, 1, 2)) -> list[dict]:
+    """Students of A>B (and A>M>B, M>B) per setting, noise and seed: ``values`` maps
+    (chain, noise, setting) -> (accuracies, distances) per seed; teachers A and M alone."""
+    out = []
+    for seed in seeds:
+        for model in ("A", "M", "B"):
+            for noise in {k[1] for k in values}:
+                out.append({**BASE, "key": f"{model}-{noise}-{seed}", "generation": 0,
+                            "chain": model, "model": model, "loss": "ce", "alpha": None,
+                            "noise_rate": noise, "seed": seed, "test_acc": 0.9})
+        for (chain, noise, name), (acc, dist) in values.items():
+            if seed >= len(acc):
+                continue
+            teacher = chain.rsplit(">", 1)[0]
+            out.append({**BASE, "key": f"{chain}-{noise}-{name}-{seed}", "chain": chain,
+                        "generation": chain.count(">"), "model": chain[-1],
+                        "teacher_key": f"{teacher}-{noise}-{seed}" if ">" not in teacher
+                        else f"{teacher}-{noise}-{name}-{seed}",
+                        "loss": "mse" if name == "mse" else "kl", "tau": TAUS[name],
+                        "alpha": 1.0, "noise_rate": noise, "seed": seed,
+                        "test_acc": acc[seed] / 100, "train_logit_distance_median": dist[seed],
+                        "test_acc_curve": [0.5, acc[seed] / 100]})
+    return out
+
+
+BASE = {"sweep": "s", "cluster": "c", "dataset": "digits", "noise_kind": "symmetric",
+        "status": "done", "teacher_key": None, "tau": None}
+
+
+def frame(tmp_path, values, seeds=(0, 1, 2)):
+    path = tmp_path / f"claims{len(seeds)}.parquet"
+    pq.write_table(pa.Table.from_pylist(claim_rows(values, seeds), schema=SCHEMA), path)
+    df, _ = load([str(path)])
+    return df[df.generation > 0], df
+
+
+def test_c1_verdicts_follow_the_data_and_never_come_from_two_seeds(tmp_path):
+    falling = {("A>B", 0.0, "kl0.5"): ([70, 71, 72], [3.0, 3.2, 3.1]),
+               ("A>B", 0.0, "kl4"): ([72, 73, 74], [2.0, 2.3, 2.1]),
+               ("A>B", 0.0, "klinf"): ([73, 74, 75], [1.5, 1.7, 1.6]),
+               ("A>B", 0.0, "mse"): ([74, 74, 76], [1.0, 1.1, 1.3])}
+    students, df = frame(tmp_path, falling)
+    # Spearman over the 9 KL runs: every tau-0.5 distance above every tau-4 above every inf:
+    # ranks x = 2,2,2,5,5,5,8,8,8 (tied taus), y = 7,9,8,4,6,5,1,3,2: rho = -54 / sqrt(54 * 60)
+    # = -0.949; p < 0.001 printed as such, never 0. mse - kl per seed all negative, with spread
+    section = c1(students, df)
+    assert section.verdict == "consistent (1 of 1 rows consistent, 0 inconsistent)"
+    assert "rho=-0.95 over 9, p_Holm=<0.001" in section.table.loc["g1 A>B", "tests"]
+    students2, df2 = frame(tmp_path, falling, seeds=(0, 1))
+    section2 = c1(students2, df2)
+    assert section2.table.verdict.iloc[0] == "inconclusive at this n (2 seeds)"
+    assert "p_Holm" not in section2.text() and section2.verdict.startswith("inconclusive (0 of 1")
+    # a rising distance is inconsistent
+    rising = {("A>B", 0.0, "kl0.5"): ([70, 71, 72], [1.0, 1.2, 1.1]),
+              ("A>B", 0.0, "kl4"): ([72, 73, 74], [2.0, 2.3, 2.1]),
+              ("A>B", 0.0, "klinf"): ([73, 74, 75], [3.5, 3.7, 3.6])}
+    students3, df3 = frame(tmp_path, rising)
+    assert c1(students3, df3).verdict.startswith("inconsistent (0 of 1 rows consistent, 1")
+
+
+def test_c2_mse_similar_is_a_non_inferiority_margin_and_c3_is_within_each_pair(tmp_path):
+    values = {("A>B", 0.0, "kl0.5"): ([70, 71, 72], [3.0, 3.2, 3.1]),
+              ("A>B", 0.0, "kl4"): ([72, 73, 75], [2.0, 2.3, 2.1]),
+              ("A>B", 0.0, "klinf"): ([74, 75, 75], [1.5, 1.7, 1.6]),
+              ("A>B", 0.0, "mse"): ([66, 67, 69], [1.0, 1.1, 1.3])}  # 6-8 points worse
+    students, df = frame(tmp_path, values)
+    section = c2(students, df)
+    assert section.verdict.startswith("inconsistent"), section.text()  # a KL tau beats MSE
+    row = section.table.loc["g1 A>B"]
+    assert row["mse"] == "67.3 ± 3.8 (n=3)"  # 66, 67, 69: sd 1.53, t 4.303: one decimal
+    c = c3(students, df).table.loc["g1 A>B"]
+    # the 12 runs of the pair (all settings): r = +0.26, rho = +0.29 (p = 0.36): no verdict
+    assert (c["runs"], c["seeds"], c["Pearson r"], c["Spearman rho"]) == (12, 3, "+0.26", "+0.29")
+    assert c["verdict"] == "inconclusive"
+
+
+def test_c5_small_tau_against_large_and_mse_and_c6_per_seed_differences(tmp_path):
+    values = {("A>B", 0.4, "kl0.5"): ([60, 62, 61], [3.0, 3.2, 3.1]),
+              ("A>B", 0.4, "klinf"): ([50, 53, 51], [1.5, 1.7, 1.6]),
+              ("A>B", 0.4, "mse"): ([52, 52, 55], [1.0, 1.1, 1.3]),
+              ("A>M>B", 0.4, "kl0.5"): ([61, 63, 63], [3.0, 3.2, 3.1]),
+              ("M>B", 0.4, "kl0.5"): ([62, 65, 63], [3.0, 3.2, 3.1])}
+    students, df = frame(tmp_path, values)
+    section = c5(students, df)
+    # A>B: tau 0.5 - inf = 10, 9, 10 and - mse = 8, 10, 6: both significant after Holm
+    row = section.table.loc["g1 A>B"]
+    assert row.verdict == "consistent", section.text()
+    assert "kl tau=0.5 - kl tau=inf +9.7" in row.tests and row["teacher"] == "90.0 ± 0.0 (n=3)"
+    six = c6(students, df).table.iloc[0]
+    # per seed: sequential - direct = 1, 1, 2; sequential - intermediate alone = -1, -2, 0
+    assert six["sequential - direct"] == "1.3 ± 1.4 (n=3)"
+    assert six["sequential - intermediate alone"] == "-1.0 ± 2.5 (n=3)"
+    assert six["verdict"] == "inconclusive"
+
+
+def test_a_curve_still_rising_over_its_last_fifth():
+    # 15 epochs: the last fifth is 3 epochs, 0.92 -> 0.94
+    assert late_rise([0.5] * 10 + [0.90, 0.91, 0.92, 0.93, 0.94]) == pytest.approx(0.02)
+    assert late_rise([0.5, 0.9, 0.9, 0.9, 0.9]) == pytest.approx(0.0)
+    assert math.isnan(late_rise([0.9, 0.91]))

@@ -115,8 +115,11 @@ def test_every_trial_has_one_parquet_row_and_one_child_run(sweep):
         assert r.data.metrics["test_acc"] == pytest.approx(row.test_acc)  # the last epoch's
         assert not any(k.startswith("final_") for k in r.data.metrics)  # no step-0 copies
         # the analyses of the final model, at the last epoch's step
-        assert r.data.metrics["test_feature_norm"] == pytest.approx(row.test_feature_norm)
-        assert ("train_logit_distance_median" in r.data.metrics) == (t.generation > 0)
+        m = r.data.metrics  # under their own prefix: their own section in the UI
+        assert m["analysis/test_feature_norm"] == pytest.approx(row.test_feature_norm)
+        assert ("analysis/train_logit_distance_median" in m) == (t.generation > 0)
+        assert ("analysis/train_feature_cka" in m) == (t.generation > 0)
+        assert row.test_acc_curve[-1] == pytest.approx(row.test_acc)  # the learning curve
         assert r.data.params["loss"] == t.loss and r.info.status == "FINISHED"
         arts = [a.path for a in client.list_artifacts(r.info.run_id)]
         assert "model.pt" in arts and "analysis.json" in arts
@@ -127,7 +130,11 @@ def test_every_trial_has_one_parquet_row_and_one_child_run(sweep):
     assert {"results.parquet", "results.csv", "spec.json"} <= set(parent_arts)
     assert "cnn-medium → cnn-small" in parent.data.tags["mlflow.note.content"]
     assert parent.data.params["dataset"] == "digits"
-    assert parent.data.metrics["trials_done"] == 12 and "g2_mean_test_acc" in parent.data.metrics
+    # per cell (student, setting, noise), never pooled over them
+    cells = {k for k in parent.data.metrics if k.startswith("cell/")}
+    assert parent.data.metrics["trials_done"] == 12 and not any("mean" in k for k in cells)
+    assert len(cells) == df.groupby(["generation", "chain", "loss", "tau", "noise_rate"],
+                                    dropna=False).ngroups
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     assert f"#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}" in log
     # the paper's analyses in Parquet: students' logit distances on the unaugmented train set
@@ -149,7 +156,11 @@ def test_every_trial_has_one_parquet_row_and_one_child_run(sweep):
         assert ("tau" in r.data.params) == (t.loss == "kl")
         assert not {"pid", "timestamp", "time_this_iter_s", "training_iteration"} & set(
             r.data.metrics)
-        assert r.info.run_name.startswith(f"g{t.generation} {t.model} ")
+        assert r.info.run_name.startswith(f"{t.setting} noise=")  # what varies, first
+        assert (r.data.params["setting"], r.data.params["student"]) == (t.setting, t.student)
+        # a numeric tau for charts and range filters (1/tau: inf is 0); the analyses apart
+        assert r.data.metrics.get("inv_tau") == (1 / t.tau if t.loss == "kl" else None)
+        assert "train_feature_norm" not in r.data.metrics
     # Parquet: null (not NaN) where tau or alpha does not apply
     table = pq.read_table(uri)
     assert table.column("tau").null_count == sum(t.loss != "kl" for t in plan.trials)
@@ -215,10 +226,19 @@ def test_status_and_report(sweep, tmp_path):
     assert "(n=1)" in text and not re.search(r"\d ± \d", text)
     assert "no test: fewer than 3 seeds" in text and "p_Holm" not in text
     assert "Pearson r" in text
+    # each claim with a verdict, and with one seed never more than "inconclusive at this n"
+    for claim in ("C1", "C2", "C3", "C4", "C5"):
+        assert f"== {claim} " in text
+    assert not re.search(r"\bconsistent\b", text) and "inconclusive at this n (1 seed)" in text
     names = {p.name for p in paths}
     assert {"accuracy_vs_tau.png", "accuracy_vs_noise.png", "accuracy_vs_generation.png",
-            "logit_distance_vs_accuracy.png", "logit_distance_distributions.png",
-            "penultimate_projection.png", "report.html"} == names
+            "learning_curves.png", "logit_distance_vs_accuracy.png",
+            "logit_distance_distributions.png", "penultimate_projection.png",
+            "report.html"} == names
+    # table cells link to the MLflow runs behind them
+    page = (tmp_path / "rep" / "report.html").read_text()
+    some_run = pq.read_table(uri).column("mlflow_run_id")[0].as_py()
+    assert f"/runs/{some_run}\"" in page or f"%27{some_run}%27" in page
     assert all(p.stat().st_size > 5000 for p in paths)
     client = MlflowClient(spec.tracking_uri)
     parent = client.search_runs([client.get_experiment_by_name("e2e").experiment_id],

@@ -1,0 +1,131 @@
+"""`kdsweep report`: one or more sweeps' results as a paper-style report a reviewer can read.
+
+Phases: load the trial rows (load.py) -> the paper's claims with verdicts (claims.py) -> the
+accuracy tables, convergence, trials not done, the same trials across clusters (tables.py) ->
+figures with captions (figures.py) -> report.html (page.py) -> logged to each spec's MLflow
+parent run under report/. The statistics and their rules (no inference below three seeds, Holm,
+values to the test set's resolution) are in stats.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from kd_core.names import DATASET_FACTS
+
+from ..storage import Storage
+from ..store import TrialStore
+from ..tracking import Tracker, git_commit, ui_command
+from .claims import claims
+from .figures import Figures, analysis_figures, representatives
+from .load import load
+from .page import RunLinks, page, summary
+from .stats import MIN_SEEDS, cell, holm, paired, resolution, t_interval
+from .tables import accuracy, convergence, not_done, reproducibility
+
+__all__ = ["MIN_SEEDS", "cell", "holm", "paired", "report", "resolution", "t_interval"]
+
+
+def report(
+    inputs: list[str],
+    out_dir: str | Path,
+    tracking_uri: str | None = None,
+    experiment: str | None = None,
+) -> tuple[str, list[Path]]:
+    """Tables (returned as text), PNG figures and report.html in ``out_dir``; all of them are
+    logged to each input spec's parent run under report/."""
+    all_rows, specs = load(inputs, tracking_uri, experiment)
+    df = all_rows[all_rows.status == "done"]
+    if df.empty:
+        raise ValueError(f"no finished trials in {', '.join(inputs) or experiment}")
+    verdicts = claims(df)
+    sections = [*verdicts, *accuracy(df), *convergence(df), *not_done(all_rows),
+                *reproducibility(df)]
+    text = "\n\n".join(s.text() for s in [summary(verdicts), *sections] if s.text())
+
+    out_dir = Path(out_dir)
+    figures = draw(df, out_dir, load_analyses(all_rows, specs))
+    title = "kdsweep report: " + ", ".join(sorted(set(df.origin)))
+    html_file = out_dir / "report.html"
+    html_file.write_text(page(title, header(all_rows, specs), [summary(verdicts), *sections],
+                              figures, links(specs, tracking_uri, experiment)))
+    paths = [p for p, _ in figures] + [html_file]
+    for spec in specs:
+        tracker = Tracker(spec, Storage(spec.storage))
+        for p in paths:
+            tracker.log_parent_artifact(p, "report")
+        tracker.client.log_text(tracker.parent_id, text, "report/report.txt")
+    return text, paths
+
+
+def draw(df: pd.DataFrame, out_dir: Path, analyses: dict[str, dict]) -> list[tuple[Path, str]]:
+    figs = Figures(df, out_dir)
+    figs.accuracy_vs_generation()
+    figs.accuracy_vs_tau()
+    figs.accuracy_vs_noise()
+    figs.learning_curves()
+    figs.distance_vs_accuracy()
+    if analyses:
+        analysis_figures(figs, analyses)
+    return figs.made
+
+
+def load_analyses(df: pd.DataFrame, specs: list) -> dict[str, dict]:
+    """analysis.json of the drawn trials (and their teachers), where their storage is known."""
+    reps = representatives(df[df.status == "done"])
+    keys = set(reps.key) | set(reps.teacher_key.dropna())
+    out = {}
+    for spec in specs:
+        store = TrialStore(Storage(spec.storage))
+        for key in keys - out.keys():
+            if (a := store.analysis(key)) is not None:
+                out[key] = a
+    return out
+
+
+def header(rows: pd.DataFrame, specs: list) -> dict[str, str]:
+    """What a reader needs to know before the numbers: what ran, on what, how long."""
+    done = rows[rows.status == "done"]
+    data = []
+    for name in sorted(set(rows.dataset.dropna())):
+        facts = DATASET_FACTS.get(name, {})
+        data.append(f"{name} ({facts.get('train', '?')} train / {facts.get('test', '?')} test "
+                    "images)" if facts else name)
+    step, _ = resolution(done)
+    epochs = sorted(set(done.epochs.dropna().astype(int)))
+    out = {
+        "report's commit": git_commit(),
+        "specs": ", ".join(f"{s.name} ({s.storage})" for s in specs) or "results files only",
+        "sources": ", ".join(sorted(set(rows.source))),
+        "dataset": ", ".join(data),
+        "epochs": ", ".join(map(str, epochs)),
+        "clusters": ", ".join(sorted(set(rows.cluster.dropna()))),
+        "trials": f"{len(done)} done of {len(rows)}; seeds {sorted(set(done.seed))}",
+        "statistics": f"95% t-intervals and paired t-tests over seeds, none below {MIN_SEEDS} "
+                      "seeds; Holm-adjusted families"
+                      + (f"; one test image = {step:.2f} points" if step else ""),
+    }
+    for spec in specs:
+        out[f"MLflow ({spec.name})"] = (spec.tracking_uri if spec.tracking_uri.startswith("http")
+                                        else ui_command(spec.tracking_uri))
+    if specs:
+        out["links"] = ("the accuracy tables' cells open the MLflow runs behind them (a local "
+                        "store: start the UI with the command above first)")
+    return out
+
+
+def links(specs: list, tracking_uri: str | None, experiment: str | None) -> RunLinks:
+    """Cell links into the MLflow UI of the first spec's (or the given) experiment."""
+    uri, name = ((specs[0].tracking_uri, specs[0].name) if specs else (tracking_uri, experiment))
+    if not uri or not name:
+        return RunLinks(None, None)
+    try:
+        exp = MlflowClient(uri).get_experiment_by_name(name)
+    except Exception:  # the report never fails for want of links
+        return RunLinks(None, None)
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return RunLinks(base, exp.experiment_id if exp else None)
+
