@@ -24,12 +24,16 @@ demo: venv
 lint: venv
 	$(BIN)/ruff check .
 
+# Both tiers run on every core (-n auto: two on the CI machine) in a new random order each
+# time (pytest-randomly prints the seed; -p randomly -p "randomly_seed=N" repeats one).
+XDIST ?= -n auto --dist loadfile
+
 test: venv lint
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(XDIST) --durations=15 $(PYTEST_ARGS)
 
 # The per-change tier (~1.5 minutes): every test not marked slow, plus one end-to-end sweep.
 check: venv lint
-	$(BIN)/python -m pytest -q -m "not slow or check" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(XDIST) -m "not slow or check" $(PYTEST_ARGS)
 
 # Re-pin the tested set after changing pyproject's dependencies.
 constraints: venv

@@ -15,6 +15,7 @@ import sqlite3
 import uuid
 from pathlib import Path
 
+from . import faults
 from .spec import SpecError
 
 # A table kdsweep adds to each store it makes, so a check can tell its own stores from others;
@@ -49,6 +50,7 @@ def prepare_store(tracking_uri: str) -> None:
         stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.creating-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)
+    faults.reached("store-creating")
     with sqlite3.connect(tmp) as db:
         db.execute(f"CREATE TABLE {STORE_MARK} (created_by TEXT, folder TEXT)")
         db.execute(f"INSERT INTO {STORE_MARK} VALUES ('kdsweep', ?)",

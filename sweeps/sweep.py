@@ -23,6 +23,7 @@ os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from . import faults  # noqa: E402
 from .engine import DependencySearcher, Sampler, run_experiment  # noqa: E402
 from .events import SweepEvents  # noqa: E402
 from .lease import DriverLease  # noqa: E402
@@ -135,6 +136,7 @@ def publish_results(plan: Plan, store: TrialStore, tracker: Tracker) -> str:
     """The Parquet file in storage and on the parent run; returns its URI."""
     tracker.flush()  # every run created and known before the rows name them
     uri = write_results(plan, store, tracker.runs)
+    faults.reached("mid-publish")
     with tempfile.TemporaryDirectory() as d:
         rel = store.results_file(plan.spec)
         parquet = store.storage.local_copy(rel, Path(d) / "results.parquet")
@@ -160,16 +162,20 @@ def run_sweep(
     plan = build_plan(spec)
     data = check_all(spec, local=address is None)
     store = TrialStore(storage)
-    print(plan.describe(stored_done(plan, store)), file=out, flush=True)
+    done = stored_done(plan, store)
+    print(plan.describe(done), file=out, flush=True)
+    faults.arm()
     lease = DriverLease(storage, spec)  # one driver per sweep and cluster, before Ray starts
     lease.on_lost = lambda held: _superseded(lease, held)
     lease.acquire(out)
+    faults.reached("after-lease")
     try:
-        # connect
-        connect(address)
-        if address is None:
-            check_fits(spec, ray.cluster_resources())  # memory: as much as Ray granted itself
-        return _train_and_publish(spec, plan, data, store, out, retry_failed, lease)
+        # connect, unless every trial is in storage: then a rerun only publishes (seconds)
+        if len(done) < len(plan.trials) or retry_failed or spec.search.type == "optuna":
+            connect(address)
+            if address is None:
+                check_fits(spec, ray.cluster_resources())  # memory: as much as Ray granted
+        return _train_and_publish(spec, plan, data, store, out, retry_failed, lease, address)
     finally:
         lease.release()
 
@@ -195,6 +201,7 @@ def _train_and_publish(
     out,
     retry_failed: bool,
     lease: DriverLease,
+    address: str | None,
 ) -> str:
     tracker = Tracker(spec, store.storage)
     tracker.fence = lease.check
@@ -208,6 +215,7 @@ def _train_and_publish(
     todo = record_stored(plan, store, events, retry_failed, out)
     searcher = make_searcher(spec, store, plan, todo, data, events)
     if todo or searcher.samplers:
+        connect(address)  # already, unless storage changed since the count above
         run_experiment(spec, store, searcher, events, lease.token)
     # publish
     lease.check()

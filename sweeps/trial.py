@@ -21,6 +21,7 @@ from kd_core.checkpoint import checkpoint_bytes
 from kd_core.run import RunSpec, build_trainer
 from kd_core.train import model_state
 
+from . import faults
 from .lease import TrialClaim
 from .plan import Trial
 from .record import TrialResult
@@ -162,6 +163,7 @@ def _train(spec: SweepSpec, trial: Trial, store: TrialStore, attempts: Attempts,
 
     def publish(status: str = "done", reason: str | None = None) -> None:
         checkpoints.flush()  # every epoch of the record is in storage first
+        faults.reached("before-publish")
         forget()
         record = TrialResult.from_history(
             trial.to_dict(),
@@ -200,6 +202,7 @@ def _train(spec: SweepSpec, trial: Trial, store: TrialStore, attempts: Attempts,
             checkpoints.save(trainer.state_dict(), background=not last)
         else:
             checkpoints.remember(trainer.state_dict())
+        faults.reached("epoch", f"{trial.generation}.{trainer.epoch}")
         if reason := diverged(m.as_dict()):
             publish("diverged", f"epoch {trainer.epoch}: {reason}")
             report({**m.as_dict(), "realised_noise_rate": noisy.realised_rate})

@@ -44,9 +44,11 @@ KILL_SEED = 20261130
 
 
 def test_driver_killed_at_random_moments_then_rerun(tmp_path):
-    """SIGKILLs of the driver's process group at seeded random moments: during start-up (Ray,
-    the MLflow store's creation, the first trials) and in the middle of each generation; then
-    a plain rerun ends with every trial once, every epoch once, no step logged twice."""
+    """The run's process group SIGKILLed at each named fault point (sweeps/faults.py: after
+    the lease, while the MLflow store is created, mid-epoch in each generation, between a
+    trial's checkpoint and its publish, mid-publish) and at seeded real-time moments during
+    start-up; then a plain rerun ends with every trial once, every epoch once, no step logged
+    twice."""
     rng = random.Random(KILL_SEED)
     spec_path = write_spec(tmp_path)
     spec = parse_spec(yaml.safe_load(spec_path.read_text()))
@@ -55,34 +57,28 @@ def test_driver_killed_at_random_moments_then_rerun(tmp_path):
     keys = {t.key: t for t in plan.trials}
     seen_at_kill: list[dict[str, int]] = []
     t0 = time.time()
-
-    def kill(driver):
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait(10)
-        seen_at_kill.append(progress(storage, keys))
-        kill_leftovers(tmp_path)
-
+    # In the order a run reaches them; the real-time kills land in start-up (imports, Ray, the
+    # store, the first epochs), the epochs are drawn per generation.
+    kills = ["after-lease", "store-creating", rng.uniform(0.5, 12.0), rng.uniform(0.5, 12.0),
+             f"epoch=0.{rng.randint(1, EPOCHS - 2)}", "before-publish",
+             f"epoch=1.{rng.randint(1, EPOCHS - 2)}", f"epoch=2.{rng.randint(1, EPOCHS - 2)}",
+             "mid-publish"]
     try:
-        for _ in range(6):  # anywhere in the first seconds: imports, Ray, store, first epochs
-            driver = start_driver(spec_path, tmp_path)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                driver.wait(rng.uniform(0.5, 12.0))
-            assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
-            kill(driver)
-        for generation in (0, 1, 2):  # at a random moment in a trial of each generation
-            driver = start_driver(spec_path, tmp_path)
-            deadline = time.time() + 120
-            while time.time() < deadline:
-                running = {k: e for k, e in progress(storage, keys).items()
-                           if keys[k].generation == generation and 1 <= e < EPOCHS - 1}
-                if running:
-                    break
+        for kill in kills:
+            if isinstance(kill, float):
+                driver = start_driver(spec_path, tmp_path)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    driver.wait(kill)
                 assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
-                time.sleep(0.05)
+                os.killpg(driver.pid, signal.SIGKILL)
             else:
-                pytest.fail(f"no generation-{generation} trial got going")
-            time.sleep(rng.uniform(0.0, 0.8))
-            kill(driver)
+                driver = start_driver(spec_path, tmp_path, env={"KDSWEEP_FAULT": kill})
+            # a named point kills the run itself: it must have been reached
+            assert driver.wait(180) == -signal.SIGKILL, (
+                kill, (tmp_path / "driver.log").read_text()[-3000:])
+            seen_at_kill.append(progress(storage, keys))
+            kill_leftovers(tmp_path)
+            print(f"kill {kill} at {time.time() - t0:.1f} s")
         final = start_driver(spec_path, tmp_path)
         assert final.wait(300) == 0, (tmp_path / "driver.log").read_text()[-3000:]
     finally:
