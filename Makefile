@@ -24,9 +24,10 @@ demo: venv
 lint: venv
 	$(BIN)/ruff check .
 
-# Both tiers run on every core (-n auto: two on the CI machine) in a new random order each
-# time (pytest-randomly prints the seed; -p randomly -p "randomly_seed=N" repeats one).
-XDIST ?= -n auto --dist loadfile
+# Both tiers run a file per worker on two workers (the CI machine's cores; a third starved Ray's
+# job agent) in a new random order each
+# time (pytest-randomly prints the seed; PYTEST_ARGS=--randomly-seed=N repeats an order).
+XDIST ?= -n 2 --dist loadfile
 
 test: venv lint
 	$(BIN)/python -m pytest -q $(XDIST) --durations=15 $(PYTEST_ARGS)

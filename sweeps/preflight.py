@@ -139,6 +139,8 @@ def _probe_server(uri: str) -> None:
         raise SpecError(f"tracking_uri: {uri} is not an MLflow server (HTTP {e.code})") from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
+        if isinstance(reason, TimeoutError):  # the socket's timeout beat _bounded's: one message
+            raise SpecError(f"tracking_uri: {uri}: no answer within {TIMEOUT:g} s") from None
         raise SpecError(f"tracking_uri: no MLflow server answers at {uri} ({reason})") from None
 
 

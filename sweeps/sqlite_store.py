@@ -9,14 +9,17 @@ another folder rewrites the recorded locations under the old folder to the new o
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
+import shutil
 import sqlite3
 import uuid
 from pathlib import Path
 
 from . import faults
 from .spec import SpecError
+from .storage import node_cache
 
 # A table kdsweep adds to each store it makes, so a check can tell its own stores from others;
 # it also records the folder the store's locations are written under.
@@ -36,9 +39,8 @@ def artifact_root(tracking_uri: str) -> str | None:
 def prepare_store(tracking_uri: str) -> None:
     """Create an embedded SQLite store crash-safely. MLflow's first migration takes seconds and
     a kill in the middle leaves a database every later run fails on, so the store is built
-    under a temporary name and moved into place once migrated (a rename is atomic)."""
-    from mlflow.tracking import MlflowClient
-
+    under a temporary name and moved into place once migrated (a rename is atomic). An
+    existing store is relocated if it was moved."""
     if not tracking_uri.startswith("sqlite:///"):
         return
     path = Path(tracking_uri.removeprefix("sqlite:///"))
@@ -49,13 +51,37 @@ def prepare_store(tracking_uri: str) -> None:
     for stale in path.parent.glob(f".{path.name}.creating-*"):  # left by a killed creation
         stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.creating-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)
+    _migrated(tmp)
     faults.reached("store-creating")
+    folder = str(path.resolve().parent)
     with sqlite3.connect(tmp) as db:
         db.execute(f"CREATE TABLE {STORE_MARK} (created_by TEXT, folder TEXT)")
-        db.execute(f"INSERT INTO {STORE_MARK} VALUES ('kdsweep', ?)",
-                   (str(path.resolve().parent),))
+        db.execute(f"INSERT INTO {STORE_MARK} VALUES ('kdsweep', ?)", (folder,))
+        # MLflow's Default experiment keeps its artifacts beside the store too (not in the
+        # working directory of whoever made it)
+        db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                   (f"{folder}/{ARTIFACTS}/0",))
     os.replace(tmp, path)
+
+
+def _migrated(tmp: Path) -> None:
+    """An empty store at this MLflow's schema in ``tmp``: a copy of one migrated before, kept
+    per MLflow version in the user's cache (migrating takes seconds, a copy milliseconds), or
+    migrated now and kept for the next store (storage.node_cache)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    cache = node_cache()
+    template = cache / f"mlflow-{mlflow.__version__}-empty.db"
+    if template.is_file():
+        shutil.copyfile(template, tmp)
+        return
+    MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)
+    with contextlib.suppress(OSError):  # no cache (a read-only home): migrate every time
+        cache.mkdir(parents=True, exist_ok=True)
+        partial = cache / f".{template.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        shutil.copyfile(tmp, partial)
+        os.replace(partial, template)
 
 
 def relocate(path: Path) -> int:

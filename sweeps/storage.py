@@ -23,6 +23,12 @@ AWS_CREDENTIALS = frozenset(
 )
 
 
+def node_cache() -> Path:
+    """This machine's own cache (never shared storage): teachers' banks, the migrated empty
+    MLflow store. KDSWEEP_CACHE, else ~/.cache/kdsweep."""
+    return Path(os.environ.get("KDSWEEP_CACHE") or Path.home() / ".cache" / "kdsweep")
+
+
 def s3_filesystem(uri: str) -> tuple[pafs.S3FileSystem, str]:
     """An S3 filesystem for ``s3://bucket/prefix[?endpoint_override=host:port&scheme=http]``.
 

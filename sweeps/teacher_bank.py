@@ -32,6 +32,7 @@ from kd_core.train import resolve_device
 from .plan import students_per_teacher
 from .resume import trained_model
 from .spec import SweepSpec
+from .storage import node_cache
 from .store import TrialStore, quarantine, read_json_checked
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ def build_shared_bank(spec: SweepSpec, store: TrialStore, teacher_key: str) -> f
 
 # ---- the node cache ---------------------------------------------------------------------------
 def cache_dir() -> Path:
-    return Path(os.environ.get("KDSWEEP_CACHE", Path.home() / ".cache" / "kdsweep")) / "banks"
+    return node_cache() / "banks"
 
 
 def cache_limit() -> float:

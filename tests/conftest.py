@@ -3,13 +3,18 @@ import pickle
 import tempfile
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
+# Every test sees a machine without a GPU, whatever it runs on (the drivers and Ray workers
+# the tests start inherit it): resources are what a test asks for, never what the host has.
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 torch.set_num_threads(2)
-# The node cache of banks outlives a run by design: one of its own for each test session (the
-# drivers and Ray workers the tests start inherit it), so no test sees another run's banks.
+# The node cache (banks, the migrated MLflow store template) outlives a run by design: one of
+# its own for each test session (the drivers and Ray workers the tests start inherit it), so no
+# test sees another run's banks.
 os.environ["KDSWEEP_CACHE"] = tempfile.mkdtemp(prefix="kdcache-")
 
 

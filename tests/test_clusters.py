@@ -3,7 +3,6 @@ its own parent and child runs, a cluster that finds trials trained in shared sto
 them as reused, and the report compares the same trials across clusters."""
 
 import signal
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -30,6 +29,7 @@ def cluster_spec(tmp: Path, cluster: str, storage: Path, server: str) -> Path:
     return write_spec(
         folder, name=NAME, cluster=cluster, storage=str(storage), tracking_uri=server,
         chains=[["cnn-medium", "cnn-small"]],
+        train={"epochs": EPOCHS, "batch_size": 64, "lr": 0.02},
         grid={"loss": ["kl"], "tau": [4], "seeds": [0, 1], "baselines": False},
     )
 
@@ -69,20 +69,13 @@ def test_clusters_keep_their_own_runs_and_are_compared(tmp_path):
         exp_id = client.get_experiment_by_name(NAME).experiment_id
         before = snapshot(client, runs_of(client, exp_id, "alpha"))
 
-        # beta: killed in the middle of a trial, then rerun: its runs continue, alpha's stay
-        store_b = TrialStore(Storage(str(tmp_path / "store-b")))
-        driver = start_driver(beta, beta.parent)
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            if any((p := store_b.progress(k)) and 2 <= p["epoch"] < EPOCHS for k in keys):
-                break
-            assert driver.poll() is None, (beta.parent / "driver.log").read_text()[-3000:]
-            time.sleep(0.05)
-        else:
-            pytest.fail("no beta trial got going")
-        driver.send_signal(signal.SIGKILL)
-        driver.wait(10)
+        # beta: killed in the middle of a student (the fault point at its epoch 2), then rerun:
+        # its runs continue, alpha's stay
+        driver = start_driver(beta, beta.parent, env={"KDSWEEP_FAULT": "epoch=1.2"})
+        assert driver.wait(180) == -signal.SIGKILL, (beta.parent / "driver.log").read_text()[-3000:]
         kill_leftovers(beta.parent)
+        store_b = TrialStore(Storage(str(tmp_path / "store-b")))
+        assert not all(store_b.is_done(k) for k in keys)
         run_to_end(beta)
 
         parents = client.search_runs([exp_id], "tags.`kdsweep.role` = 'sweep'")

@@ -50,7 +50,8 @@ def test_driver_killed_at_random_moments_then_rerun(tmp_path):
     start-up; then a plain rerun ends with every trial once, every epoch once, no step logged
     twice."""
     rng = random.Random(KILL_SEED)
-    spec_path = write_spec(tmp_path)
+    # the kills land where they are named, so epochs need not be slow
+    spec_path = write_spec(tmp_path, train={"epochs": EPOCHS, "batch_size": 64, "lr": 0.02})
     spec = parse_spec(yaml.safe_load(spec_path.read_text()))
     plan = build_plan(spec)
     storage = Storage(spec.storage)
@@ -78,7 +79,6 @@ def test_driver_killed_at_random_moments_then_rerun(tmp_path):
                 kill, (tmp_path / "driver.log").read_text()[-3000:])
             seen_at_kill.append(progress(storage, keys))
             kill_leftovers(tmp_path)
-            print(f"kill {kill} at {time.time() - t0:.1f} s")
         final = start_driver(spec_path, tmp_path)
         assert final.wait(300) == 0, (tmp_path / "driver.log").read_text()[-3000:]
     finally:
@@ -214,17 +214,15 @@ def test_checkpoints_upload_in_the_background_one_at_a_time(tmp_path):
 
 
 def test_a_kill_while_the_mlflow_store_is_created_leaves_nothing_broken(tmp_path):
-    """MLflow's first migration takes seconds; a SIGKILL in the middle of it must not leave a
-    half-migrated mlflow.db that every later run would fail on."""
+    """A SIGKILL after MLflow's migration and before the store is moved into place (the fault
+    point "store-creating"; with no cached template, so the migration itself runs) must not
+    leave a half-made mlflow.db that every later run would fail on."""
     db = tmp_path / "mlflow.db"
     code = f"from sweeps.sqlite_store import prepare_store; prepare_store('sqlite:///{db}')"
-    proc = subprocess.Popen([sys.executable, "-c", code])
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(tmp_path.glob(".mlflow.db.creating-*")):
-        assert proc.poll() is None
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)  # in the middle of the migration
-    proc.wait(10)
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True, env={
+        **os.environ, "KDSWEEP_FAULT": "store-creating", "KDSWEEP_CACHE": str(tmp_path / "cache")})
+    assert proc.wait(120) == -signal.SIGKILL
+    assert list(tmp_path.glob(".mlflow.db.creating-*"))  # killed half-way, as intended
     assert not db.exists()
     prepare_store(f"sqlite:///{db}")  # the next run builds it whole
     assert db.exists() and not list(tmp_path.glob(".mlflow.db.creating-*"))

@@ -42,3 +42,17 @@ def test_a_moved_store_keeps_its_artifacts(tmp_path):
     assert client.get_experiment_by_name("moving").artifact_location.startswith(str(b))
     prepare_store(uri)  # idempotent: nothing more to rewrite
     assert client.get_run(run).info.artifact_uri.startswith(str(b))
+
+
+def test_new_stores_are_copies_of_one_migrated_template(tmp_path, monkeypatch):
+    monkeypatch.setenv("KDSWEEP_CACHE", str(tmp_path / "cache"))
+    first, second = tmp_path / "one" / "mlflow.db", tmp_path / "two" / "mlflow.db"
+    prepare_store(f"sqlite:///{first}")  # migrates, and keeps the empty store as the template
+    [template] = (tmp_path / "cache").glob("mlflow-*-empty.db")
+    prepare_store(f"sqlite:///{second}")  # a copy of it
+    client = MlflowClient(f"sqlite:///{second}")
+    assert client.get_experiment("0").artifact_location == str(second.parent / ARTIFACTS / "0")
+    client.create_experiment("works")
+    assert client.get_experiment_by_name("works") is not None
+    assert template.read_bytes() != second.read_bytes()  # the copy is the store; the template stays
+    assert "kdsweep_store" not in template.read_bytes().decode("latin-1")  # no mark in it

@@ -26,7 +26,8 @@ from sweeps.store import TrialStore, sweep_file, trial_file
 from sweeps.sweep import run_sweep
 from sweeps.teacher_bank import cache_dir
 
-pytestmark = pytest.mark.slow
+# one worker runs the whole module: its tests share the `sweep` fixture (one sweep, one Ray)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("sweep")]
 EPOCHS = 3
 
 
