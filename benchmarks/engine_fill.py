@@ -123,7 +123,7 @@ def main():
     cluster = None
     if args.two_node:
         sys.path.insert(0, str(ROOT))
-        from tests.drivers import Cluster
+        from testkit.drivers import Cluster
 
         cluster = Cluster()
         # Ray's workers import the engine under test, not the installed package.

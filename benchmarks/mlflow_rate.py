@@ -40,7 +40,7 @@ from sweeps.storage import Storage
 from sweeps.tracking import Tracker
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.servers import mlflow_sqlite_server, postgres  # noqa: E402
+from testkit.servers import mlflow_sqlite_server, postgres  # noqa: E402
 
 
 def epoch_result(epoch: int) -> dict:

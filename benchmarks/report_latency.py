@@ -41,7 +41,7 @@ from benchmarks.mlflow_rate import (  # noqa: E402
     server_group,
     tracker_with_runs,
 )
-from tests.servers import mlflow_sqlite_server  # noqa: E402
+from testkit.servers import mlflow_sqlite_server  # noqa: E402
 
 
 def reporter(config):

@@ -215,6 +215,25 @@ def simulate(jobs, gpus, per_node, policy, priority, rate, replace, seed):
     return now, busy_hours
 
 
+def compare(spec, gpus: int, *, per_node: int = 8, teacher_hours: float = 1.0,
+            measured: bool = False, rate: float = 0.05, replace: float = 0.1,
+            seeds: int = 5) -> dict[str, float]:
+    """Hours to finish ``spec`` on ``gpus`` GPUs under each policy, and the lower bound and the
+    dependency policy's GPU busy fraction, each the mean over ``seeds`` draws."""
+    _, k, shape, _ = data_facts(spec.dataset.name)
+    priority = remaining_work(spec, trial_costs(spec, k, shape))
+    rows = []
+    for s in range(seeds):
+        jobs = build_jobs(spec, measured, teacher_hours, seed=s)
+        common, tail = (gpus, per_node), (priority, rate, replace, 1000 + s)
+        b, _ = simulate(jobs, *common, "barrier", *tail)
+        f, _ = simulate(jobs, *common, "plan order", *tail)
+        d, busy = simulate(jobs, *common, "dependency", *tail)
+        rows.append((b, f, d, lower_bound(jobs, gpus), busy / (d * gpus)))
+    names = ("barrier", "plan order", "dependency", "bound", "busy")
+    return {n: sum(r[i] for r in rows) / len(rows) for i, n in enumerate(names)}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("spec")
@@ -227,8 +246,6 @@ def main():
     p.add_argument("--seeds", type=int, default=5, help="straggler/preemption draws averaged")
     args = p.parse_args()
     spec = load_spec(args.spec)
-    n, k, shape, _ = data_facts(spec.dataset.name)
-    priority = remaining_work(spec, trial_costs(spec, k, shape))
     print(
         f"{args.spec}: {len(build_plan(spec).trials)} trials, "
         f"{'measured' if args.measured else 'MACs'} durations, teacher = "
@@ -241,20 +258,13 @@ def main():
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for gpus in args.gpus:
-        rows = []
-        for s in range(args.seeds):
-            jobs = build_jobs(spec, args.measured, args.teacher_hours, seed=s)
-            lb = lower_bound(jobs, gpus)
-            common = (gpus, args.gpus_per_node)
-            tail = (priority, args.preempt_per_node_hour, args.replace_hours, 1000 + s)
-            b, _ = simulate(jobs, *common, "barrier", *tail)
-            f, _ = simulate(jobs, *common, "plan order", *tail)
-            d, busy = simulate(jobs, *common, "dependency", *tail)
-            rows.append((b, f, d, lb, busy / (d * gpus)))
-        b, f, d, lb, util = (sum(r[i] for r in rows) / len(rows) for i in range(5))
+        c = compare(spec, gpus, per_node=args.gpus_per_node, teacher_hours=args.teacher_hours,
+                    measured=args.measured, rate=args.preempt_per_node_hour,
+                    replace=args.replace_hours, seeds=args.seeds)
+        b, f, d, lb = c["barrier"], c["plan order"], c["dependency"], c["bound"]
         print(
             f"| {gpus} | {b:.2f} | {f:.2f} | {d:.2f} | {lb:.2f} | {b / d:.2f} | {d / lb:.3f} "
-            f"| {util:.0%} |"
+            f"| {c['busy']:.0%} |"
         )
 
 

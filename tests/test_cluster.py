@@ -16,8 +16,7 @@ from sweeps.plan import build_plan
 from sweeps.spec import parse_spec
 from sweeps.storage import Storage
 from sweeps.store import trial_file
-
-from .drivers import EPOCHS, REPO, Cluster, write_spec
+from testkit.drivers import EPOCHS, REPO, Cluster, write_spec
 
 pytestmark = pytest.mark.slow
 

@@ -15,9 +15,8 @@ from sweeps.report import report
 from sweeps.spec import parse_spec
 from sweeps.storage import Storage
 from sweeps.store import TrialStore
-
-from .drivers import EPOCHS, kill_leftovers, start_driver, write_spec
-from .servers import mlflow_sqlite_server
+from testkit.drivers import EPOCHS, kill_leftovers, start_driver, write_spec
+from testkit.servers import mlflow_sqlite_server
 
 pytestmark = pytest.mark.slow
 NAME = "multi"

@@ -10,8 +10,7 @@ import pytest
 
 from sweeps.spec import load_spec
 from sweeps.store import trial_file
-
-from .drivers import kill_leftovers, start_driver, write_spec
+from testkit.drivers import kill_leftovers, start_driver, write_spec
 
 pytestmark = pytest.mark.slow
 

@@ -8,8 +8,7 @@ from sweeps import lease as lease_module
 from sweeps.lease import DriverLease
 from sweeps.spec import parse_spec
 from sweeps.storage import Storage
-
-from .drivers import write_spec
+from testkit.drivers import write_spec
 
 
 def held_lease(tmp_path, monkeypatch, ttl: float) -> tuple[Storage, DriverLease, list, object]:

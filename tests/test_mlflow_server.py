@@ -21,9 +21,8 @@ from sweeps.record import TrialResult
 from sweeps.spec import parse_spec
 from sweeps.storage import Storage
 from sweeps.tracking import Tracker
-
-from .drivers import free_port, kill_leftovers, start_driver, write_spec
-from .servers import mlflow_server, mlflow_sqlite_server, postgres
+from testkit.drivers import free_port, kill_leftovers, start_driver, write_spec
+from testkit.servers import mlflow_server, mlflow_sqlite_server, postgres
 
 pytestmark = pytest.mark.slow
 PASSWORD = "kd-test-password-1"

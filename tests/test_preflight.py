@@ -15,8 +15,7 @@ from sweeps import cli, preflight
 from sweeps.preflight import check_tracking
 from sweeps.spec import SpecError, parse_spec
 from sweeps.sqlite_store import prepare_store
-
-from .drivers import free_port
+from testkit.drivers import free_port
 
 
 def spec_file(tmp, **over):

@@ -25,8 +25,7 @@ from sweeps.spec import SpecError, parse_spec
 from sweeps.sqlite_store import prepare_store
 from sweeps.storage import Storage
 from sweeps.store import trial_file
-
-from .drivers import EPOCHS, kill_leftovers, start_driver, write_spec
+from testkit.drivers import EPOCHS, kill_leftovers, start_driver, write_spec
 
 pytestmark = pytest.mark.slow
 

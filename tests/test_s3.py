@@ -19,8 +19,14 @@ from sweeps.resume import SLOTS
 from sweeps.spec import parse_spec
 from sweeps.storage import Storage
 from sweeps.store import trial_file
-
-from .drivers import EPOCHS, free_port, kill_leftovers, start_driver, wait_for_port, write_spec
+from testkit.drivers import (
+    EPOCHS,
+    free_port,
+    kill_leftovers,
+    start_driver,
+    wait_for_port,
+    write_spec,
+)
 
 pytestmark = pytest.mark.slow
 # Planted secrets: the drivers get them in their environment, and no file they or Ray write
