@@ -127,15 +127,19 @@ class Cluster:
         self.gcs_port, self.dash_port = free_port(), free_port()
 
     def ray(self, *args, timeout=120, check=True, wrap=()):
-        """`ray ARGS` with the cluster's token; ``wrap``: a command that execs it (a script)."""
-        return subprocess.run(
+        """`ray ARGS` with the cluster's token; ``wrap``: a command that execs it (a script).
+        ``check``: a failure raises with what Ray printed."""
+        out = subprocess.run(
             [*map(str, wrap), BIN / "ray", *map(str, args)],
             env=self.env,
             timeout=timeout,
             capture_output=True,
             text=True,
-            check=check,
         )
+        if check and out.returncode != 0:
+            raise RuntimeError(f"ray {' '.join(map(str, args[:2]))} exited {out.returncode}:\n"
+                               f"{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
+        return out
 
     def start_head(self, cpus=0, wrap=()):
         self.ray(
@@ -162,15 +166,23 @@ class Cluster:
                 return sub
             time.sleep(2)
 
-    def start_worker(self, name, cpus=1):
-        self.ray(
-            "start",
-            f"--address=127.0.0.1:{self.gcs_port}",
-            "--node-ip-address=127.0.0.1",
-            f"--num-cpus={cpus}",
-            f"--temp-dir={self.root / name}",
-            "--disable-usage-stats",
-        )
+    def start_worker(self, name, cpus=1, attempts=3):
+        """Join a worker node; retried, as a node agent would, while a loaded head's GCS is
+        slow to take it."""
+        for attempt in range(attempts):
+            out = self.ray(
+                "start",
+                f"--address=127.0.0.1:{self.gcs_port}",
+                "--node-ip-address=127.0.0.1",
+                f"--num-cpus={cpus}",
+                f"--temp-dir={self.root / name}",
+                "--disable-usage-stats",
+                check=attempt == attempts - 1,
+            )
+            if out.returncode == 0:
+                return
+            self.kill_node(name)  # whatever the failed start left, before the next
+            time.sleep(2)
 
     def kill_node(self, name):
         """A spot node vanishing: SIGKILL every process of that node."""
