@@ -61,7 +61,9 @@ class SweepEvents:
                 )
                 return self.failed(trial, msg)
             # Stopped by ASHA: its last metrics are its result; no model, so no students.
-            record = TrialResult.from_history(trial.to_dict(), [last], status="stopped_early")
+            spec = self.plan.spec
+            record = TrialResult.from_history(trial.to_dict(), [last], status="stopped_early",
+                                              cluster=spec.cluster, sweep=spec.name)
             self.store.publish(trial.key, None, record)
         self.tracker.finish(trial.key, record)
         self.progress.set(trial.key, record.state)

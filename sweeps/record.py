@@ -49,6 +49,7 @@ class TrialResult:
     finished_at: float = field(default_factory=time.time)
     teacher_path: str | None = None  # None (labels), "online", "bank" or "shared-bank"
     cluster: str | None = None  # the cluster (spec `cluster`) that trained it
+    sweep: str | None = None  # and the sweep (spec `name`): lineage, never inferred from MLflow
     starts: int = 1
     errors: int = 0
     preemptions: int = 0
@@ -70,6 +71,13 @@ class TrialResult:
             history=list(history),
             **extra,
         )
+
+    def trained_elsewhere(self, cluster: str, sweep: str) -> bool | None:
+        """Whether another cluster or sweep trained it; None for a record from before records
+        named their sweep."""
+        if self.sweep is None:
+            return None
+        return (self.cluster, self.sweep) != (cluster, sweep)
 
     @property
     def state(self) -> str:

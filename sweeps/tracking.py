@@ -394,7 +394,7 @@ class Tracker:
         end = "FAILED" if result.status == "diverged" else "FINISHED"
         if self.client.get_run(run_id).info.status == end:
             return
-        if reused and not self._logged(run_id):
+        if reused and self._reused(run_id, result):
             self._tag_reused(run_id, key, result)
         # Epochs whose report died with a killed driver are filled in from the stored history.
         pending: dict[str, list[Metric]] = {}
@@ -444,6 +444,13 @@ class Tracker:
         )
         context = InputTag(key="mlflow.data.context", value="train")
         self.client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[context])])
+
+    def _reused(self, run_id: str, result: TrialResult) -> bool:
+        """Trained by another cluster or sweep, as the trial's record says: a run of this
+        sweep whose epochs an MLflow outage kept away is still this sweep's own. Records from
+        before records named their sweep: a run with no epochs logged."""
+        elsewhere = result.trained_elsewhere(self.spec.cluster, self.spec.name)
+        return not self._logged(run_id) if elsewhere is None else elsewhere
 
     def _tag_reused(self, run_id: str, key: str, result: TrialResult) -> None:
         """A trial this cluster found trained in storage: say so, and by which cluster and run

@@ -1,0 +1,51 @@
+"""Lineage comes from the trial's record, never from gaps in MLflow (issue 18): a trial this
+cluster's sweep trained, whose epochs an MLflow outage kept from its run, is found again on the
+rerun as its own (not reused) and its epochs are filled in from the stored history; a trial
+another cluster trained is tagged reused, naming that cluster."""
+
+from mlflow.tracking import MlflowClient
+
+from sweeps.plan import build_plan
+from sweeps.record import TrialResult
+from sweeps.spec import parse_spec
+from sweeps.storage import Storage
+from sweeps.tracking import Tracker
+
+HISTORY = [{"epoch": e, "train_loss": 1.0 / e, "test_acc": 0.5 + e / 10} for e in (1, 2, 3)]
+
+
+def setup(tmp_path):
+    spec = parse_spec({
+        "name": "lineage", "cluster": "here", "dataset": {"name": "digits"},
+        "chains": [["cnn-small", "cnn-small"]], "grid": {"seeds": [0, 1, 2]},
+        "storage": str(tmp_path / "store"), "tracking_uri": f"sqlite:///{tmp_path / 'm.db'}",
+    })
+    return spec, Tracker(spec, Storage(spec.storage)), build_plan(spec).generations[0]
+
+
+def finish_found_in_storage(tracker, trial, **record) -> dict:
+    """What the rerun's driver does with a trial it finds done in storage (events.reused)."""
+    tracker.ensure_run(trial)
+    result = TrialResult.from_history(trial.to_dict(), HISTORY, **record)
+    tracker.finish(trial.key, result, reused=True)
+    assert tracker.flush(30)
+    run = tracker.client.get_run(tracker.runs[trial.key])
+    steps = [m.step for m in tracker.client.get_metric_history(run.info.run_id, "train_loss")]
+    return {"tags": run.data.tags, "steps": sorted(steps), "status": run.info.status}
+
+
+def test_lineage_is_the_records_not_inferred_from_what_mlflow_lacks(tmp_path):
+    spec, tracker, (own, other, old) = setup(tmp_path)
+    # trained by this cluster's own sweep; the outage left its run without epochs
+    mine = finish_found_in_storage(tracker, own, cluster="here", sweep="lineage")
+    assert "kdsweep.reused" not in mine["tags"] and "kdsweep.trained_by" not in mine["tags"]
+    assert mine["steps"] == [1, 2, 3] and mine["status"] == "FINISHED"  # from its history
+    # trained by another cluster sharing the storage
+    theirs = finish_found_in_storage(tracker, other, cluster="there", sweep="lineage")
+    assert theirs["tags"]["kdsweep.reused"] == "true"
+    assert theirs["tags"]["kdsweep.trained_by"] == "there"
+    # a record from before records named their sweep: as before, a run without epochs
+    before = finish_found_in_storage(tracker, old, cluster="here")
+    assert before["tags"]["kdsweep.reused"] == "true"
+    tracker.close()
+    assert MlflowClient(spec.tracking_uri).get_run(tracker.parent_id).info.status == "FINISHED"
