@@ -58,8 +58,18 @@ def connect(address: str | None) -> None:
     from ray._private import ray_constants
 
     ray_constants.ENABLE_RAY_CLUSTER = False  # this process
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # the Ray processes it starts
-    ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, **quiet)
+    # ... and the Ray processes it starts (they inherit the variable), but not what this
+    # process runs later (a `ray start` it spawns would refuse to join a cluster)
+    key = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+    before = os.environ.get(key)
+    os.environ[key] = "0"
+    try:
+        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, **quiet)
+    finally:
+        if before is None:
+            os.environ.pop(key)
+        else:
+            os.environ[key] = before
 
 
 def stored_done(plan: Plan, store: TrialStore) -> set[str]:
@@ -203,31 +213,34 @@ def _train_and_publish(
     lease: DriverLease,
     address: str | None,
 ) -> str:
-    tracker = Tracker(spec, store.storage)
-    tracker.fence = lease.check
-    tracker.start()
-    print("\n".join(tracker.links()), file=out, flush=True)
-    progress = Progress(plan, store, out)
-    lease.check()
-    store.save_trial_list(spec, [t.to_dict() for t in plan.trials])
-    events = SweepEvents(plan, store, tracker, progress)
-    # record what storage holds, train the rest
-    todo = record_stored(plan, store, events, retry_failed, out)
-    searcher = make_searcher(spec, store, plan, todo, data, events)
-    if todo or searcher.samplers:
-        connect(address)  # already, unless storage changed since the count above
-        run_experiment(spec, store, searcher, events, lease.token)
-    # publish
-    lease.check()
-    uri = publish_results(plan, store, tracker)
-    ok = all(s == "done" for s in progress.state.values())  # diverged or failed: FAILED
-    tracker.close("FINISHED" if ok else "FAILED")
-    print(progress.table(), file=out)
-    if tracker.failed_writes:
-        print(
-            f"MLflow: {tracker.failed_writes} writes failed (see the warnings); "
-            "rerun the same command to fill them in",
-            file=out,
-        )
-    print(f"results: {uri}", file=out, flush=True)
-    return uri
+    # On the way out (SIGTERM from `ray job stop`, which the CLI turns into SystemExit; Ctrl-C;
+    # an error) the tracker sends what is queued while its sender pool still takes work:
+    # Python shuts such pools before exit handlers run.
+    with Tracker(spec, store.storage) as tracker:
+        tracker.fence = lease.check
+        tracker.start()
+        print("\n".join(tracker.links()), file=out, flush=True)
+        progress = Progress(plan, store, out)
+        lease.check()
+        store.save_trial_list(spec, [t.to_dict() for t in plan.trials])
+        events = SweepEvents(plan, store, tracker, progress)
+        # record what storage holds, train the rest
+        todo = record_stored(plan, store, events, retry_failed, out)
+        searcher = make_searcher(spec, store, plan, todo, data, events)
+        if todo or searcher.samplers:
+            connect(address)  # already, unless storage changed since the count above
+            run_experiment(spec, store, searcher, events, lease.token)
+        # publish
+        lease.check()
+        uri = publish_results(plan, store, tracker)
+        ok = all(s == "done" for s in progress.state.values())  # diverged or failed: FAILED
+        tracker.close("FINISHED" if ok else "FAILED")
+        print(progress.table(), file=out)
+        if tracker.failed_writes:
+            print(
+                f"MLflow: {tracker.failed_writes} writes failed (see the warnings); "
+                "rerun the same command to fill them in",
+                file=out,
+            )
+        print(f"results: {uri}", file=out, flush=True)
+        return uri

@@ -157,8 +157,10 @@ class Tracker:
         self._queue: queue.Queue = queue.Queue(queue_size)
         senders = SENDERS if not spec.tracking_uri.startswith(("sqlite:", "file:")) else 1
         self._senders = ThreadPoolExecutor(senders, "mlflow-send") if senders > 1 else None
-        threading.Thread(target=self._write_loop, name="mlflow-writer", daemon=True).start()
-        atexit.register(self.flush, 60.0)
+        self._writer = threading.Thread(target=self._write_loop, name="mlflow-writer",
+                                        daemon=True)
+        self._writer.start()
+        atexit.register(self.flush, 60.0)  # a last resort: the driver flushes on its way out
 
     # ---- what callers use: each call only enqueues ----------------------------------------
     def ensure_run(self, trial: Trial) -> None:
@@ -187,6 +189,24 @@ class Tracker:
         with q.all_tasks_done:
             return q.all_tasks_done.wait_for(lambda: q.unfinished_tasks == 0, timeout)
 
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+    def shutdown(self, timeout: float = 60.0) -> None:
+        """Write what is queued, then stop the writer thread and the sender pool and drop the
+        exit handler: nothing of a sweep's tracker outlives it. Idempotent."""
+        if not self._writer.is_alive():
+            return
+        self.flush(timeout)
+        self._queue.put(("stop",))
+        self._writer.join(timeout)
+        if self._senders is not None:
+            self._senders.shutdown()
+        atexit.unregister(self.flush)
+
     # ---- the writer thread ----------------------------------------------------------------
     def _write_loop(self) -> None:
         while True:
@@ -198,10 +218,13 @@ class Tracker:
                     break
             pending: dict[str, list[Metric]] = {}
             for item in items:
-                self._guarded(self._write, item, pending)
+                if item[0] != "stop":
+                    self._guarded(self._write, item, pending)
             self._guarded(self._send, pending)
             for _ in items:
                 self._queue.task_done()
+            if items[-1][0] == "stop":  # shutdown() puts it last, after a flush
+                return
 
     def _guarded(self, fn, *args) -> None:
         try:
@@ -486,3 +509,4 @@ class Tracker:
     def close(self, status: str = "FINISHED") -> None:
         self.flush()
         self.client.set_terminated(self.parent_id, status)
+        self.shutdown()

@@ -124,6 +124,8 @@ class Cluster:
             "RAY_AUTH_TOKEN_PATH": str(home / ".ray" / "auth_token"),
             "PATH": f"{BIN}:{os.environ['PATH']}",
         }
+        # a local Ray started in this process (sweeps.sweep.connect) must not leak into these
+        self.env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
         self.gcs_port, self.dash_port = free_port(), free_port()
 
     def ray(self, *args, timeout=120, check=True, wrap=()):

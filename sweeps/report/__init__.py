@@ -58,6 +58,7 @@ def report(
         for p in paths:
             tracker.log_parent_artifact(p, "report")
         tracker.client.log_text(tracker.parent_id, text, "report/report.txt")
+        tracker.shutdown()
     return text, paths
 
 
