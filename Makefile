@@ -25,16 +25,18 @@ lint: venv
 	$(BIN)/ruff check .
 
 # Both tiers run a file per worker on two workers (the CI machine's cores; a third starved Ray's
-# job agent) in a new random order each
-# time (pytest-randomly prints the seed; PYTEST_ARGS=--randomly-seed=N repeats an order).
+# job agent) in a new random order each time: SEED=N repeats an order (pytest-randomly).
 XDIST ?= -n 2 --dist loadfile
+SEED ?= $(shell od -An -N3 -tu4 /dev/urandom | tr -d ' ')
 
 test: venv lint
-	$(BIN)/python -m pytest -q $(XDIST) --durations=15 $(PYTEST_ARGS)
+	@echo "test order: SEED=$(SEED)"
+	$(BIN)/python -m pytest -q $(XDIST) --randomly-seed=$(SEED) --durations=15 $(PYTEST_ARGS)
 
 # The per-change tier (~1.5 minutes): every test not marked slow, plus one end-to-end sweep.
 check: venv lint
-	$(BIN)/python -m pytest -q $(XDIST) -m "not slow or check" $(PYTEST_ARGS)
+	@echo "test order: SEED=$(SEED)"
+	$(BIN)/python -m pytest -q $(XDIST) --randomly-seed=$(SEED) -m "not slow or check" $(PYTEST_ARGS)
 
 # Re-pin the tested set after changing pyproject's dependencies.
 constraints: venv

@@ -118,14 +118,15 @@ class Cluster:
             env={**os.environ, "HOME": str(home)},
             timeout=60,
         )
+        # A node starts clean, as on its own machine: nothing of a Ray or Tune this test
+        # process ran before (its RAY_* and TUNE_* settings stay in os.environ) reaches it.
+        own = ("RAY_", "TUNE_", "PYTHONBREAKPOINT", "_MLFLOW")
         self.env = {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if not k.startswith(own)},
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN_PATH": str(home / ".ray" / "auth_token"),
             "PATH": f"{BIN}:{os.environ['PATH']}",
         }
-        # a local Ray started in this process (sweeps.sweep.connect) must not leak into these
-        self.env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
         self.gcs_port, self.dash_port = free_port(), free_port()
 
     def ray(self, *args, timeout=120, check=True, wrap=()):
