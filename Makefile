@@ -27,7 +27,10 @@ lint: venv
 # Both tiers run a file per worker on two workers (the CI machine's cores; a third starved Ray's
 # job agent) in a new random order each time: SEED=N repeats an order (pytest-randomly).
 XDIST ?= -n 2 --dist loadfile
-SEED ?= $(shell od -An -N3 -tu4 /dev/urandom | tr -d ' ')
+# drawn once (:=), so the seed echoed is the seed used
+ifndef SEED
+SEED := $(shell od -An -N3 -tu4 /dev/urandom | tr -d ' ')
+endif
 
 test: venv lint
 	@echo "test order: SEED=$(SEED)"
