@@ -144,6 +144,16 @@ class Cluster:
                                f"{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
         return out
 
+    @staticmethod
+    def own_ports() -> list[str]:
+        """A node's agent ports, free ones: Ray's fixed default (52365) is taken by any other
+        Ray on the machine (a test's local Ray on the other xdist worker), and a node whose
+        agent cannot bind takes no job ("No available agent to submit job")."""
+        return [f"--dashboard-agent-listen-port={free_port()}",
+                f"--dashboard-agent-grpc-port={free_port()}",
+                f"--runtime-env-agent-port={free_port()}",
+                f"--metrics-export-port={free_port()}"]
+
     def start_head(self, cpus=0, wrap=()):
         self.ray(
             "start",
@@ -154,6 +164,8 @@ class Cluster:
             f"--dashboard-port={self.dash_port}",
             f"--num-cpus={cpus}",
             f"--temp-dir={self.root / 'h'}",
+            *self.own_ports(),
+            f"--ray-client-server-port={free_port()}",
             "--disable-usage-stats",
             wrap=wrap,
         )
@@ -179,6 +191,7 @@ class Cluster:
                 "--node-ip-address=127.0.0.1",
                 f"--num-cpus={cpus}",
                 f"--temp-dir={self.root / name}",
+                *self.own_ports(),
                 "--disable-usage-stats",
                 check=attempt == attempts - 1,
             )
