@@ -81,8 +81,8 @@ def test_sweep_on_s3_resumes_and_reuses_teachers(s3_server, tmp_path, monkeypatc
         # killed in the middle of a student: the fault point at its epoch 2
         driver = start_driver(spec_path, tmp_path, {**s3_server, "KDSWEEP_FAULT": "epoch=1.2"})
         assert driver.wait(150) == -signal.SIGKILL, (tmp_path / "driver.log").read_text()[-3000:]
+        kill_leftovers(tmp_path)  # Ray's workers too, before storage is read
         killed_at = storage.read_json(trial_file(student.key, "progress.json"))["epoch"]
-        kill_leftovers(tmp_path)
         assert any(storage.exists(trial_file(student.key, s)) for s in SLOTS)  # on S3
 
         rerun = start_driver(spec_path, tmp_path, s3_server)
