@@ -45,11 +45,11 @@ KIND = "custom_model_development"
 # Concurrent log_batch requests to a tracking server (one run each): a server's workers and its
 # database take them in parallel; an embedded SQLite store has one writer and gets one.
 SENDERS = int(os.environ.get("KDSWEEP_MLFLOW_SENDERS", "4"))
-# A trial's own per-epoch metrics; Tune's bookkeeping in each result (pid, timestamp,
-# time_this_iter_s, ...) is not logged.
 # The final model's analyses go under their own prefix: the MLflow UI shows them in a section
 # of their own, apart from the per-epoch charts.
 ANALYSIS_PREFIX = "analysis/"
+# A trial's own per-epoch metrics; Tune's bookkeeping in each result (pid, timestamp,
+# time_this_iter_s, ...) is not logged.
 EPOCH_METRICS = {f.name for f in dataclasses.fields(EpochMetrics)} - {"epoch"}
 
 

@@ -228,3 +228,12 @@ def test_a_curve_still_rising_over_its_last_fifth():
     assert late_rise([0.5] * 10 + [0.90, 0.91, 0.92, 0.93, 0.94]) == pytest.approx(0.02)
     assert late_rise([0.5, 0.9, 0.9, 0.9, 0.9]) == pytest.approx(0.0)
     assert math.isnan(late_rise([0.9, 0.91]))
+
+
+def test_c5_counts_the_runs_that_did_not_learn(tmp_path):
+    # B alone is at 90% on digits (chance 10%): a student at 20% is below halfway, 50%
+    values = {("A>B", 0.4, "kl0.5"): ([60, 20, 61], [3.0, 3.2, 3.1]),
+              ("A>B", 0.4, "klinf"): ([50, 53, 51], [1.5, 1.7, 1.6])}
+    students, df = frame(tmp_path, values)
+    assert c5(students, df).table.loc["g1 A>B", "did not learn"] == "1 of 6"
+    assert students.stuck.sum() == 1 and not df[df.generation == 0].stuck.any()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..plan import setting_order
+from ..plan import setting_name, setting_order
 from .load import distance_column
 from .stats import (
     ALPHA,
@@ -36,7 +36,7 @@ from .stats import (
     resolution,
     verdict,
 )
-from .tables import Section, flags
+from .tables import Section
 
 
 @dataclass
@@ -87,7 +87,7 @@ def _kl_taus(part: pd.DataFrame) -> list[float]:
 
 
 def _kl(tau: float) -> str:
-    return f"kl tau={'inf' if math.isinf(tau) else f'{tau:g}'}"
+    return setting_name(1, "kl", tau, None)
 
 
 def _tau_rank(tau: pd.Series) -> pd.Series:
@@ -166,7 +166,7 @@ def c1(students: pd.DataFrame, _df) -> Section:
 def c2(students: pd.DataFrame, _df) -> Section:
     """C2: accuracy rises with tau (alpha = 1, clean labels); MSE similar to or better than
     the best KL: MSE - KL's 95% interval above -SIMILAR_MARGIN for every tau."""
-    step, decimals = resolution(students)
+    _, decimals = resolution(students)
     clean = students[students.noise_rate == 0]
     rows, tests, own = [], [], {}
     for row, part in _groups(clean):
@@ -252,14 +252,13 @@ def c4(students: pd.DataFrame, _df) -> Section:
 def c5(students: pd.DataFrame, _df) -> Section:
     """C5: with noisy labels (teacher trained on them), a small tau (<= 1, the grid's nearest to
     0.5) beats the largest tau and MSE."""
-    step, decimals = resolution(students)
+    _, decimals = resolution(students)
     noisy = students[students.noise_rate > 0]
     rows, tests, notes = [], [], []
     for row, part in _groups(noisy):
         taus = _kl_taus(part)
         small = min((t for t in taus if t <= 1), key=lambda t: abs(math.log(t / 0.5)),
                     default=None)
-        marked = flags(part, step)
         # a generation-1 student's teacher is the noise-trained generation 0, one per seed; a
         # later generation's teachers differ by setting (the accuracy tables show them)
         teacher = (cell(part.drop_duplicates("teacher_key").teacher_acc, decimals)
@@ -268,8 +267,8 @@ def c5(students: pd.DataFrame, _df) -> Section:
                      **_wide(part, "test_acc", decimals, 100), "teacher": teacher,
                      **{f"agreement {s}": v for s, v in
                         _wide(part, "test_agreement", decimals, 100).items()},
-                     "still rising": f"{int(marked.rising.sum())} of {len(part)}",
-                     "did not learn": f"{int(marked.stuck.sum())} of {len(part)}", "_row": row})
+                     "still rising": f"{int(part.rising.sum())} of {len(part)}",
+                     "did not learn": f"{int(part.stuck.sum())} of {len(part)}", "_row": row})
         if small is None:
             continue
         acc = _by_seed(part, _kl(small), "test_acc", 100)
@@ -292,7 +291,7 @@ def c5(students: pd.DataFrame, _df) -> Section:
 def c6(students: pd.DataFrame, df: pd.DataFrame) -> Section:
     """C6: teacher -> intermediate -> student beats teacher -> student directly, and loses to an
     intermediate trained alone -> student (paper: 74.52 vs 74.24 and 74.84)."""
-    step, decimals = resolution(students)
+    _, decimals = resolution(students)
     rows, tests = [], []
     for chain in sorted(set(students[students.generation == 2].chain)):
         t, m, s = chain.split(">")

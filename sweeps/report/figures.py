@@ -143,7 +143,7 @@ class Figures:
                              ax=ax)
                 means = k.groupby("x").accuracy.mean()
                 ax.scatter(means.index, means.values, zorder=5,
-                           c=[self.colours[_kl(t)] for t in sorted(k.tau.unique())])
+                           c=[self.colours[s] for s in k.groupby("x").setting.first()])
                 self._references(ax, part, noise)
                 ax.set_xticks(range(len(labels)), labels)
                 ax.set(xlabel="tau (kl)", ylabel="test accuracy %",
@@ -248,10 +248,6 @@ class Figures:
                   "Test accuracy per epoch, per student (rows) and noise rate, one line per "
                   f"setting; the y-axis shows the last 25 points below the top. {self.spread}. "
                   "The convergence table flags runs still rising over their last fifth.")
-
-
-def _kl(tau: float) -> str:
-    return f"kl tau={'inf' if math.isinf(tau) else f'{tau:g}'}"
 
 
 def representatives(df: pd.DataFrame) -> pd.DataFrame:

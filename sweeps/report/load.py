@@ -1,6 +1,6 @@
 """The report's input: trial rows from results files (Parquet, local or s3://), spec files (their
 stored results) or an MLflow experiment, each trial once, with the names the tables group by
-(setting, student) and its teacher's numbers joined in."""
+(setting, student), its teacher's numbers joined in and its convergence flags."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from kd_core.analysis import SCALARS
+from kd_core.names import DATASET_FACTS
 
 from ..plan import setting_name, student_name
 from ..record import FINAL_METRICS
@@ -19,6 +20,7 @@ from ..spec import load_spec
 from ..storage import Storage
 from ..store import TrialStore
 from ..tracking import ANALYSIS_PREFIX
+from .stats import late_rise, resolution, still_rising
 
 
 def load(
@@ -46,6 +48,7 @@ def load(
     df["student"] = [student_name(r.generation, r.chain) for r in df.itertuples()]
     df["origin"] = df["cluster"] + "/" + df["sweep"]
     df = _with_teacher(df)
+    df = _with_flags(df)
     left_out = df[df["status"] != "done"].status.value_counts()
     if not left_out.empty:  # counted (and listed in the report), never silently dropped
         counts = ", ".join(f"{n} {s}" for s, n in left_out.items())
@@ -134,6 +137,22 @@ def _with_teacher(df: pd.DataFrame) -> pd.DataFrame:
                          ("teacher_feature_norm", "train_feature_norm")):
         df[mine] = teacher[theirs].reindex(index).to_numpy() if len(teacher) else math.nan
     return df
+
+
+def _with_flags(df: pd.DataFrame) -> pd.DataFrame:
+    """Per run, once: `rise` (points its test accuracy climbed over the last fifth of its
+    epochs), `rising` (still rising, stats.still_rising) and `stuck` (did not learn: below
+    halfway from chance to the mean of its architecture trained alone at its noise rate)."""
+    step = resolution(df)[0] or 0.1
+    chance = df.dataset.map(lambda d: 1 / DATASET_FACTS.get(d, {}).get("classes", 1e9))
+    done = df[(df.generation == 0) & (df.status == "done")]
+    alone = done.groupby(["model", "noise_rate"]).test_acc.mean()
+    reference = pd.Series(list(zip(df.model, df.noise_rate, strict=True)), index=df.index).map(
+        lambda k: alone.get(k, math.nan))
+    return df.assign(
+        rise=[late_rise(c) * 100 for c in df.test_acc_curve],
+        rising=[still_rising(c, step / 100) for c in df.test_acc_curve],
+        stuck=df.test_acc < (chance + reference) / 2)
 
 
 def distance_column(df: pd.DataFrame) -> tuple[str, str]:

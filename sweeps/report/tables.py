@@ -9,8 +9,6 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from kd_core.names import DATASET_FACTS
-
 from ..plan import setting_order
 from .load import chain_frame, full_chains
 from .stats import (
@@ -19,10 +17,8 @@ from .stats import (
     cell,
     compare,
     holm,
-    late_rise,
     p_text,
     resolution,
-    still_rising,
 )
 
 
@@ -134,9 +130,8 @@ def convergence(df: pd.DataFrame) -> list[Section]:
     teacher on the test set."""
     if df.test_acc_curve.isna().all():
         return []
-    step, decimals = resolution(df)
-    df = flags(df, step)
-    rows = []
+    _, decimals = resolution(df)
+    rows = []  # the per-run flags: load.with_flags
     for (student, noise, s), part in df.groupby(["student", "noise_rate", "setting"]):
         rows.append({"student": student, "noise": f"{noise:g}", "setting": s,
                      "still rising": f"{int(part.rising.sum())} of {len(part)}",
@@ -159,20 +154,6 @@ def convergence(df: pd.DataFrame) -> list[Section]:
     return [Section(
         f"convergence: {int(df.rising.sum())} runs still rising at the end, {len(stuck)} did "
         f"not learn (of {len(df)})", table, notes)]
-
-
-def flags(df: pd.DataFrame, step: float | None) -> pd.DataFrame:
-    """Per run: `rise` (points over the last fifth), `rising` (still rising) and `stuck` (did
-    not learn: below halfway from chance to its architecture alone)."""
-    step = step if step is not None else 0.1
-    chance = df.dataset.map(lambda d: 1 / DATASET_FACTS.get(d, {}).get("classes", 1e9))
-    alone = df[df.generation == 0].groupby(["model", "noise_rate"]).test_acc.mean()
-    reference = pd.Series(list(zip(df.model, df.noise_rate, strict=True)), index=df.index).map(
-        lambda k: alone.get(k, math.nan))
-    return df.assign(
-        rise=[late_rise(c) * 100 for c in df.test_acc_curve],
-        rising=[still_rising(c, step / 100) for c in df.test_acc_curve],
-        stuck=df.test_acc < (chance + reference) / 2)
 
 
 def reproducibility(df: pd.DataFrame) -> list[Section]:
