@@ -6,7 +6,10 @@ A synthetic stream: T trials report E epochs each, interleaved as concurrent tri
 bookkeeping fields (which are not logged). Modes, each on a fresh store:
 - sync: each result written in the caller (what the Tune callback did before the writer);
 - writer: each result handed to Tracker.log_epoch (the background writer), timed until
-  Tracker.flush() returns.
+  Tracker.flush() returns;
+- async: MLflow's own async logging, each result one ``log_batch(..., synchronous=False)``
+  from the caller (the same metrics, deduplicated the same way), timed until every returned
+  RunOperations has been waited on (issue 18: used instead of the writer only if as fast).
 Counted: results / (seconds from the first result to the last one written); caller latency =
 time spent in the call, per result (p50/p95). Run creation happens before the clock starts.
 CPU per result, over the same interval: the driver (this process: the writer, the MLflow
@@ -33,11 +36,10 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import fmt, interleaved  # noqa: E402
 
-from sweeps import tracking
 from sweeps.plan import build_plan
 from sweeps.spec import parse_spec
 from sweeps.storage import Storage
-from sweeps.tracking import Tracker
+from sweeps.tracking import Tracker, writer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from testkit.servers import mlflow_sqlite_server, postgres  # noqa: E402
@@ -134,7 +136,7 @@ def tracker_with_runs(uri: str, tmp: Path, trials: int, name: str) -> tuple[Trac
 def run(uri: str, tmp: Path, trials: int, epochs: int, mode: str, server: str | None = None,
         pg_port: int | None = None) -> tuple[float, list[float], dict[str, float]]:
     tracker, students = tracker_with_runs(uri, tmp, trials, f"rate-{mode}")
-    latencies = []
+    latencies, ops = [], []
     cpu0 = cpu_by_side(server, pg_port)
     t0 = time.perf_counter()
     for e in range(1, epochs + 1):
@@ -142,16 +144,21 @@ def run(uri: str, tmp: Path, trials: int, epochs: int, mode: str, server: str | 
             r = epoch_result(e)
             c0 = time.perf_counter()
             if mode == "sync":
-                pending = {}
-                tracker._collect(pending, t.key, r)
-                tracker._send(pending)
+                tracker.writer.send(tracker._epochs(t.key, [r]))
+            elif mode == "async":
+                for run_id, metrics in tracker._epochs(t.key, [r]).items():
+                    ops.append(tracker.client.log_batch(run_id, metrics=metrics,
+                                                        synchronous=False))
             else:
                 tracker.log_epoch(t.key, r)
             latencies.append(time.perf_counter() - c0)
     tracker.flush()
+    for op in ops:
+        op.wait()  # raises what the request raised
     seconds = time.perf_counter() - t0
     cpu = cpu_ms_per_result(cpu0, cpu_by_side(server, pg_port), trials * epochs)
     assert tracker.failed_writes == 0
+    tracker.shutdown()
     return trials * epochs / seconds, latencies, cpu
 
 
@@ -183,7 +190,7 @@ def main():
 
     def with_senders(k, fn):
         def call():
-            tracking.SENDERS = k
+            writer.SENDERS = k
             return fn()
         return call
 
@@ -202,7 +209,7 @@ def main():
     with mlflow_sqlite_server(tmp) as server:
         variants = {}
         for name, uri in (("SQLite", f"sqlite:///{tmp / 'rate.db'}"), ("mlflow server", server)):
-            for mode in ("sync", "writer"):
+            for mode in ("sync", "writer", "async"):
                 where = server if uri == server else None
                 variants[f"{name}, {mode}"] = (
                     lambda uri=uri, mode=mode, where=where: run(uri, tmp, n, e, mode, where))

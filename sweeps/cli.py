@@ -19,18 +19,20 @@ def load_spec(path):
 
 
 def _plan(args) -> int:
+    from .ledger import Ledger
     from .plan import build_plan
     from .preflight import check_storage, check_tracking
     from .storage import Storage
-    from .store import TrialStore
-    from .sweep import stored_done
 
     spec = load_spec(args.spec)
     plan = build_plan(spec)
     if not args.offline:
         check_storage(spec)
         check_tracking(spec)
-    done = stored_done(plan, TrialStore(Storage(spec.storage))) if args.check_storage else set()
+    done = set()
+    if args.check_storage:  # read only: a plan changes nothing
+        ledger = Ledger(Storage(spec.storage), repair=False)
+        done = ledger.snapshot(t.key for t in plan.trials).ended()
     print(plan.describe(done))
     from .teacher_bank import bank_summary
 

@@ -1,39 +1,51 @@
-"""The driver's record keeper: what happens to each trial goes to MLflow (tracking.py), the
-progress display (progress.py) and, for outcomes only the driver sees, storage (store.py).
+"""The driver's record keeper: what happens to each trial goes to the run's ledger snapshot,
+MLflow (tracking.py) and the progress display (progress.py); the outcomes only the driver sees
+(ASHA stopped a trial, Tune gave up on one) go to storage, under the driver's lease.
 
-The engine's searcher and Tune callback call these hooks; each hook is one event.
+The scheduler and the Tune callback call these hooks; each hook is one event.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from .ledger import Snapshot, TrialState
 from .plan import Plan, Trial
 from .progress import Progress
 from .record import TrialResult
-from .store import TrialStore
 from .tracking import Tracker
 
 
 class SweepEvents:
-    def __init__(self, plan: Plan, store: TrialStore, tracker: Tracker, progress: Progress):
-        self.plan, self.store, self.tracker, self.progress = plan, store, tracker, progress
+    """Args:
+    plan: the sweep's trials (sampled ones are added as they come).
+    snapshot: the driver's view of trial states, updated here.
+    tracker: MLflow.
+    progress: the console.
+    fence: raises once this driver no longer holds the sweep's lease (lease.DriverLease.check).
+    """
+
+    def __init__(self, plan: Plan, snapshot: Snapshot, tracker: Tracker, progress: Progress,
+                 fence: Callable[[], None] = lambda: None):
+        self.plan, self.snapshot, self.ledger = plan, snapshot, snapshot.ledger
+        self.tracker, self.progress, self.fence = tracker, progress, fence
 
     def added(self, trial: Trial) -> None:
         """A trial new to the sweep (sampled by optuna, or below a sampled one)."""
         if self.plan.add(trial):
-            self.store.save_trial_list(self.plan.spec, [t.to_dict() for t in self.plan.trials])
+            self.fence()
+            self.ledger.save_trial_list(self.plan.spec, [t.to_dict() for t in self.plan.trials])
         self.progress.add(trial)
 
-    def reused(self, trial: Trial, record: TrialResult | None = None) -> None:
-        """Trained before (by this sweep or another): recorded, not trained. ``record``: its
-        stored result, when the caller has read it already."""
+    def reused(self, trial: Trial, record: TrialResult) -> None:
+        """Ended before this run (trained by this sweep or another): recorded, not trained."""
         self.tracker.ensure_run(trial)
-        record = record or self.store.result(trial.key)
         self.tracker.finish(trial.key, record, reused=True)
-        self.progress.set(trial.key, record.state)
+        self.progress.set(trial.key, TrialState(record.status))
 
     def started(self, trial: Trial) -> None:
         self.tracker.ensure_run(trial)  # the run starts with the trial, not when queued
-        self.progress.set(trial.key, "running")
+        self.progress.set(trial.key, TrialState.RUNNING)
 
     def epoch(self, key: str, metrics: dict) -> None:
         self.tracker.log_epoch(key, metrics)
@@ -48,41 +60,49 @@ class SweepEvents:
     def ended(self, trial: Trial, last: dict, early_stopping: bool) -> None:
         """A trial's function returned: it published a result, failed for good, or (ASHA)
         was stopped before its last epoch."""
-        record = self.store.result(trial.key)
+        record = self.ledger.result(trial.key)  # its one read in this run: its worker wrote it
         if record is None:
-            failure = self.store.failure(trial.key)
+            failure = self.ledger.failure(trial.key)
             if failure is not None:
                 return self._failed(trial, failure["error"])
             if not (early_stopping and last.get("epoch", 0) < self.plan.spec.train.epochs):
                 msg = (
                     f"trial {trial.key} ended without publishing its result to "
-                    f"{self.store.storage.uri}; on a cluster, storage must be shared by every "
+                    f"{self.ledger.storage.uri}; on a cluster, storage must be shared by every "
                     "node (NFS or s3://)"
                 )
                 return self.failed(trial, msg)
             # Stopped by ASHA: its last metrics are its result; no model, so no students.
             spec = self.plan.spec
-            record = TrialResult.from_history(trial.to_dict(), [last], status="stopped_early",
+            record = TrialResult.from_history(trial.to_dict(), [last],
+                                              status=TrialState.STOPPED_EARLY,
                                               cluster=spec.cluster, sweep=spec.name)
-            self.store.publish(trial.key, None, record)
-        self.tracker.finish(trial.key, record)
-        self.progress.set(trial.key, record.state)
+            self.fence()
+            self.ledger.publish(trial.key, None, record)
+        self.snapshot.set(trial.key, TrialState(record.status), record)
+        spec = self.plan.spec
+        self.tracker.finish(trial.key, record,
+                            reused=bool(record.trained_elsewhere(spec.cluster, spec.name)))
+        self.progress.set(trial.key, TrialState(record.status))
 
     def failed(self, trial: Trial, error: str) -> None:
         """Tune gave up on the trial (retries spent), or it ended without a result."""
-        if self.store.failure(trial.key) is None:
-            self.store.mark_failed(trial.key, error)
+        if self.ledger.failure(trial.key) is None:
+            self.fence()
+            self.ledger.mark_failed(trial.key, error)
         self._failed(trial, error)
 
     def _failed(self, trial: Trial, error: str) -> None:
-        self.tracker.ensure_run(trial)
-        self.tracker.fail(trial.key, error)
-        self.progress.set(trial.key, "failed")
+        self._end(trial, TrialState.FAILED, error)
 
     def skipped(self, trial: Trial, reason: str) -> None:
+        self._end(trial, TrialState.SKIPPED, reason)
+
+    def _end(self, trial: Trial, state: TrialState, why: str) -> None:
+        self.snapshot.set(trial.key, state)
         self.tracker.ensure_run(trial)
-        self.tracker.fail(trial.key, reason, status="KILLED")
-        self.progress.set(trial.key, "failed")
+        self.tracker.fail(trial.key, why, state)
+        self.progress.set(trial.key, state)
 
     def bank_built(self, teacher: Trial, seconds: float | None, error: str | None = None) -> None:
         self.progress.bank(teacher, seconds, error)

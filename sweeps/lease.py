@@ -30,9 +30,9 @@ import threading
 import time
 import uuid
 
+from .ledger import sweep_file, trial_file
 from .spec import SpecError
 from .storage import Storage, StorageFull
-from .store import sweep_file, trial_file
 
 log = logging.getLogger(__name__)
 TTL = float(os.environ.get("KDSWEEP_LEASE_TTL", "120"))  # seconds without a heartbeat

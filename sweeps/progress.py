@@ -7,13 +7,17 @@ import io
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 
+from .ledger import Ledger, TrialState
 from .plan import Plan, Trial, build_plan
 from .spec import SweepSpec
 from .storage import Storage
-from .store import STATES, TrialStore
 
-ENDED = ("done", "failed", "diverged")
+# The order of a progress line; the first four always shown, the rest when any trial is in them.
+SHOWN = (TrialState.DONE, TrialState.RUNNING, TrialState.PENDING, TrialState.FAILED)
+ORDER = (*SHOWN, TrialState.CLAIMED, TrialState.STOPPED_EARLY, TrialState.DIVERGED,
+         TrialState.SKIPPED)
 
 
 def bar(fraction: float, width: int = 20) -> str:
@@ -33,17 +37,18 @@ def duration(seconds: float) -> str:
 class Progress:
     """Trial states by key; prints one line per generation whenever a state changes."""
 
-    def __init__(self, plan: Plan, store: TrialStore, out=sys.stdout):
+    def __init__(self, plan: Plan, state: Callable[[str], TrialState], out=sys.stdout):
+        """``state``: a planned trial's state as this run starts (Snapshot.state)."""
         self.out = out
         self.t0 = time.monotonic()
-        self.state = {t.key: store.state(t.key) for t in plan.trials}
+        self.state = {t.key: state(t.key) for t in plan.trials}
         self.generation = {t.key: t.generation for t in plan.trials}
-        self.ended_before = {k for k, s in self.state.items() if s in ENDED}
+        self.ended_before = {k for k, s in self.state.items() if s.ended}
 
     def add(self, trial: Trial) -> None:
         """Track a trial created at run time (sampled by a searcher, or below a sampled one)."""
         if trial.key not in self.state:
-            self.state[trial.key] = "pending"
+            self.state[trial.key] = TrialState.PENDING
             self.generation[trial.key] = trial.generation
 
     def counts(self, generation: int) -> Counter:
@@ -52,17 +57,17 @@ class Progress:
     def line(self, generation: int) -> str:
         c = self.counts(generation)
         total = sum(c.values())
-        shown = [s for s in STATES if s != "diverged" or c[s]]  # diverged: only when any
+        shown = [s for s in ORDER if s in SHOWN or c[s]]
         return (
             f"generation {generation}: "
             + ", ".join(f"{c[s]} {s}" for s in shown)
-            + f" / {total} {bar(sum(c[s] for s in ENDED) / max(total, 1))}"
+            + f" / {total} {bar(sum(c[s] for s in TrialState if s.ended) / max(total, 1))}"
         )
 
     def eta(self, elapsed: float) -> str:
         """The sweep's remaining time at the rate trials ended so far in this run."""
-        ended = sum(1 for k, s in self.state.items() if s in ENDED and k not in self.ended_before)
-        left = sum(1 for s in self.state.values() if s not in ENDED)
+        ended = sum(1 for k, s in self.state.items() if s.ended and k not in self.ended_before)
+        left = sum(1 for s in self.state.values() if not s.ended)
         if not ended or not left:
             return ""
         return f", sweep ETA {duration(elapsed / ended * left)}"
@@ -75,7 +80,7 @@ class Progress:
         elapsed = time.monotonic() - self.t0
         print(f"[{duration(elapsed):>8}] {text}{self.eta(elapsed)}", file=self.out, flush=True)
 
-    def set(self, key: str, state: str) -> None:
+    def set(self, key: str, state: TrialState) -> None:
         if self.state.get(key) != state:
             self.state[key] = state
             self._print(self.line(self.generation[key]))
@@ -91,17 +96,18 @@ class Progress:
         return "\n".join(self.line(g) for g in sorted(set(self.generation.values())))
 
 
-def load_plan(spec: SweepSpec, store: TrialStore) -> Plan:
+def load_plan(spec: SweepSpec, ledger: Ledger) -> Plan:
     """The plan as the last run recorded it (with sampled trials), else as the spec implies."""
     plan = build_plan(spec)
-    for d in store.trial_list(spec) or []:
+    for d in ledger.trial_list(spec) or []:
         plan.add(Trial.from_dict(d))
     return plan
 
 
 def sweep_status(spec: SweepSpec) -> str:
-    """The progress table read from storage alone (works while another process runs the sweep)."""
-    store = TrialStore(Storage(spec.storage))
-    plan = load_plan(spec, store)
-    progress = Progress(plan, store, io.StringIO())
+    """The progress table read from storage alone, which it never changes (works while another
+    process runs the sweep)."""
+    ledger = Ledger(Storage(spec.storage), repair=False)
+    plan = load_plan(spec, ledger)
+    progress = Progress(plan, ledger.snapshot(t.key for t in plan.trials).state, io.StringIO())
     return f"sweep {spec.name} ({spec.storage})\n{progress.table()}"

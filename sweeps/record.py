@@ -1,7 +1,7 @@
 """The one typed result record of a trial: what the trial stores as its outcome, what MLflow's
 final metrics and the Parquet row are built from.
 
-A record is written once per trial (trained or stopped early) by TrialStore; `FINAL_METRICS`
+A record is written once per trial (trained or stopped early) through the ledger; `FINAL_METRICS`
 lists the summary numbers that MLflow and Parquet carry, so adding a metric here adds it to both.
 """
 
@@ -28,8 +28,9 @@ EPOCH_FINALS = (
 @dataclass
 class TrialResult:
     trial: dict  # the Trial it belongs to (Trial.to_dict)
-    # "done" (trained to its last epoch), "stopped_early" (ASHA) or "diverged" (a non-finite
-    # loss or metric: no model is kept, and a plain rerun does not train it again)
+    # its ledger.TrialState once ended: "done" (trained to its last epoch), "stopped_early"
+    # (ASHA) or "diverged" (a non-finite loss or metric: no model is kept, and a plain rerun
+    # does not train it again)
     status: str = "done"
     reason: str | None = None  # why it did not end "done"
     epochs: int = 0  # epochs trained
@@ -78,11 +79,6 @@ class TrialResult:
         if self.sweep is None:
             return None
         return (self.cluster, self.sweep) != (cluster, sweep)
-
-    @property
-    def state(self) -> str:
-        """The trial's state once it has this result (store.STATES)."""
-        return "diverged" if self.status == "diverged" else "done"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 
 from kd_core.analysis import SCALARS
 
+from .ledger import Snapshot, TrialState
 from .plan import Plan, Trial
 from .record import FINAL_METRICS, TrialResult
 from .storage import Storage
-from .store import TrialStore
 
 IDENTITY = [
     ("sweep", pa.string()),
@@ -30,7 +30,7 @@ IDENTITY = [
     ("noise_kind", pa.string()),
     ("noise_rate", pa.float64()),
     ("seed", pa.int64()),
-    ("status", pa.string()),  # done | stopped_early | missing (never ended with a result)
+    ("status", pa.string()),  # its ledger.TrialState when the run ended
 ]
 _INTS = {"epochs", "preemptions", "errors"}
 SCHEMA = pa.schema(
@@ -51,7 +51,8 @@ SCHEMA = pa.schema(
 )
 
 
-def row(plan: Plan, trial: Trial, result: TrialResult | None, run_id: str | None) -> dict:
+def row(plan: Plan, trial: Trial, state: TrialState, result: TrialResult | None,
+        run_id: str | None) -> dict:
     out = {name: None for name in SCHEMA.names}
     if result is not None:
         r = result.to_dict()
@@ -74,21 +75,23 @@ def row(plan: Plan, trial: Trial, result: TrialResult | None, run_id: str | None
         noise_kind=trial.noise_kind,
         noise_rate=trial.noise_rate,
         seed=trial.seed,
-        status=result.status if result else "missing",
+        status=str(state),
         mlflow_run_id=run_id,
     )
     return out
 
 
-def write_results(plan: Plan, store: TrialStore, runs: dict[str, str]) -> str:
-    """Write every planned trial's stored result to the sweep's Parquet file; return its URI."""
-    rows = [row(plan, t, store.result(t.key), runs.get(t.key)) for t in plan.trials]
+def write_results(plan: Plan, snapshot: Snapshot, runs: dict[str, str]) -> str:
+    """Write every planned trial's state and result to the sweep's Parquet file; return its
+    URI."""
+    rows = [row(plan, t, snapshot.state(t.key), snapshot.result(t.key), runs.get(t.key))
+            for t in plan.trials]
     table = pa.Table.from_pylist(rows, schema=SCHEMA)
     buf = io.BytesIO()
     pq.write_table(table, buf)
-    rel = store.results_file(plan.spec)
-    store.storage.write_bytes(rel, buf.getvalue())
-    return store.storage.uri_of(rel)
+    rel = snapshot.ledger.results_file(plan.spec)
+    snapshot.ledger.storage.write_bytes(rel, buf.getvalue())
+    return snapshot.ledger.storage.uri_of(rel)
 
 
 def read_results(uris: list[str]) -> pd.DataFrame:

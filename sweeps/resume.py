@@ -18,8 +18,8 @@ import time
 from kd_core.checkpoint import CheckpointError, checkpoint_bytes, load_checkpoint
 from kd_core.train import load_model
 
+from .ledger import Ledger, quarantine, read_json_checked, trial_file
 from .storage import Storage
-from .store import TrialStore, quarantine, read_json_checked, trial_file
 
 log = logging.getLogger(__name__)
 SLOTS = ("checkpoint-a.pt", "checkpoint-b.pt")
@@ -114,7 +114,7 @@ class TrialCheckpoints:
         return state
 
 
-def trained_model(store: TrialStore, key: str):
+def trained_model(store: Ledger, key: str):
     """The model of finished trial ``key`` (a teacher), loaded without executing code. A model
     file that is missing or corrupt (quarantined) is published again from the trial's final
     checkpoint, which holds the same weights; when the checkpoints lack the final epoch the

@@ -1,6 +1,6 @@
 """Sweep storage on a local/NFS path or an S3-compatible URI, through pyarrow's filesystems.
 
-What lives where under the root is TrialStore's business (store.py).
+What lives where under the root is Ledger's business (ledger.py).
 """
 
 from __future__ import annotations

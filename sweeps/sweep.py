@@ -20,21 +20,22 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 # CSV and TensorBoard copies (~40 KB a trial in shared storage) would be a third and fourth.
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
-import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from . import faults  # noqa: E402
-from .engine import DependencySearcher, Sampler, run_experiment  # noqa: E402
+from .engine import DependencySearcher, run_experiment  # noqa: E402
 from .events import SweepEvents  # noqa: E402
 from .lease import DriverLease  # noqa: E402
-from .plan import Plan, Trial, build_plan, search_contexts  # noqa: E402
+from .ledger import Ledger, Snapshot, TrialState, reconcile  # noqa: E402
+from .plan import Plan, Trial, build_plan  # noqa: E402
 from .preflight import check_all, check_fits  # noqa: E402
 from .progress import Progress  # noqa: E402
 from .results import write_results  # noqa: E402
+from .sampling import Sampler, samplers  # noqa: E402
 from .schedule import remaining_work, trial_costs  # noqa: E402
+from .scheduler import Scheduler  # noqa: E402
 from .spec import SweepSpec  # noqa: E402
 from .storage import Storage  # noqa: E402
-from .store import TrialStore  # noqa: E402
 from .teacher_bank import wants_shared_bank  # noqa: E402
 from .tracking import Tracker  # noqa: E402
 
@@ -72,37 +73,21 @@ def connect(address: str | None) -> None:
             os.environ[key] = before
 
 
-def stored_done(plan: Plan, store: TrialStore) -> set[str]:
-    return {t.key for t in plan.trials if store.is_done(t.key)}
-
-
 def record_stored(
-    plan: Plan, store: TrialStore, events: SweepEvents, retry_failed: bool = False, out=None
+    plan: Plan, snapshot: Snapshot, events: SweepEvents, sources: list[Sampler],
+    retry_failed: bool = False, out=None, fence=lambda: None,
 ) -> list[Trial]:
-    """Record every planned trial that storage already holds; return the rest (to train).
-    A rerun retries trials that failed before; diverged ones only with ``retry_failed``. A
-    finished teacher whose model is gone publishes again (from its checkpoints, else retrained)
-    when a student still needs it."""
-    results = {t.key: store.result(t.key) for t in plan.trials}  # read once per trial
-    for t in plan.trials:
-        if retry_failed and results[t.key] is not None and results[t.key].state == "diverged":
-            store.reset(t.key)
-            results[t.key] = None
-    needed = {t.teacher_key for t in plan.trials if results[t.key] is None and t.teacher_key}
-    for key in needed:
-        r = results.get(key)
-        if r is not None and r.status == "done" and not store.has_model(key):
-            log.warning("%s: gone; its trial publishes it again for its students",
-                        store.model_uri(key))
-            store.forget_result(key)
-            results[key] = None
+    """Repair what storage holds (ledger.reconcile), record every planned trial that ended
+    before; return the rest (to train). Diverged trials train again only with
+    ``retry_failed``."""
+    reconcile(snapshot, plan.trials, retry_failed, fence,
+              teachers=[s.teacher.key for s in sources])
     todo, diverged = [], 0
     for t in plan.trials:
-        if (result := results[t.key]) is None:
-            store.clear_failure(t.key)
+        if (result := snapshot.result(t.key)) is None:
             todo.append(t)
         else:
-            diverged += result.state == "diverged"
+            diverged += result.status == TrialState.DIVERGED
             events.reused(t, result)
     if diverged:
         print(
@@ -114,47 +99,49 @@ def record_stored(
     return todo
 
 
-def make_searcher(
+def make_scheduler(
     spec: SweepSpec,
-    store: TrialStore,
     plan: Plan,
+    snapshot: Snapshot,
     todo: list[Trial],
+    sources: list[Sampler],
     data: ImageData,
     events: SweepEvents,
-) -> DependencySearcher:
-    samplers = []
-    if spec.search.type == "optuna":  # generation 1 is sampled per teacher
-        for teacher, model in search_contexts(plan):
-            study = optuna.create_study(
-                direction="maximize", sampler=optuna.samplers.TPESampler(seed=teacher.seed)
-            )
-            samplers.append(Sampler(teacher, model, study, spec.search.num_samples))
+) -> Scheduler:
+    """The scheduler, told what the snapshot holds: models, stored banks, search metrics."""
     cost = trial_costs(spec, data.num_classes, tuple(data.train_images.shape[1:]))
-    return DependencySearcher(
+    models = {k for k in snapshot.ended() if snapshot.has_model(k)}
+    teachers = {t.teacher_key for t in plan.trials} | {s.teacher.key for s in sources}
+    dtype = spec.train.bank_dtype
+    return Scheduler(
         spec,
-        store,
         plan.trials,
         todo,
-        samplers,
-        events,
+        models=models,
+        # one look per teacher that is trained, before Tune's loop starts
+        banks={k for k in models & teachers if snapshot.ledger.has_bank(k, dtype)},
+        values={k: getattr(r, spec.search.metric, None)
+                for k, r in snapshot.results.items() if r is not None},
         priority=remaining_work(spec, cost),
         wants_bank=lambda n_students: wants_shared_bank(spec, data, n_students),
+        listener=events,
+        sources=sources,
     )
 
 
-def publish_results(plan: Plan, store: TrialStore, tracker: Tracker) -> str:
+def publish_results(plan: Plan, snapshot: Snapshot, tracker: Tracker) -> str:
     """The Parquet file in storage and on the parent run; returns its URI."""
     tracker.flush()  # every run created and known before the rows name them
-    uri = write_results(plan, store, tracker.runs)
+    uri = write_results(plan, snapshot, tracker.runs)
     faults.reached("mid-publish")
     with tempfile.TemporaryDirectory() as d:
-        rel = store.results_file(plan.spec)
-        parquet = store.storage.local_copy(rel, Path(d) / "results.parquet")
+        rel = snapshot.ledger.results_file(plan.spec)
+        parquet = snapshot.ledger.storage.local_copy(rel, Path(d) / "results.parquet")
         rows = pd.read_parquet(parquet)
         rows.to_csv(Path(d) / "results.csv", index=False)  # for a spreadsheet, from the UI
-        tracker.log_parent_artifact(parquet)
-        tracker.log_parent_artifact(Path(d) / "results.csv")
-    tracker.log_summary(rows)
+        tracker.sweep.log_artifact(parquet)
+        tracker.sweep.log_artifact(Path(d) / "results.csv")
+    tracker.sweep.log_summary(rows)
     return uri
 
 
@@ -171,8 +158,10 @@ def run_sweep(
     spec = spec.model_copy(update={"storage": storage.uri if storage.is_local else spec.storage})
     plan = build_plan(spec)
     data = check_all(spec, local=address is None)
-    store = TrialStore(storage)
-    done = stored_done(plan, store)
+    # each stored result read once in this run (a trial that ends from here on, trained by an
+    # orphaned worker of a dead driver, is found by its worker's claim and recorded then)
+    snapshot = Ledger(storage).snapshot(t.key for t in plan.trials)
+    done = snapshot.ended()
     print(plan.describe(done), file=out, flush=True)
     faults.arm()
     lease = DriverLease(storage, spec)  # one driver per sweep and cluster, before Ray starts
@@ -185,7 +174,7 @@ def run_sweep(
             connect(address)
             if address is None:
                 check_fits(spec, ray.cluster_resources())  # memory: as much as Ray granted
-        return _train_and_publish(spec, plan, data, store, out, retry_failed, lease, address)
+        return _train_and_publish(spec, plan, data, snapshot, out, retry_failed, lease, address)
     finally:
         lease.release()
 
@@ -207,7 +196,7 @@ def _train_and_publish(
     spec: SweepSpec,
     plan: Plan,
     data: ImageData,
-    store: TrialStore,
+    snapshot: Snapshot,
     out,
     retry_failed: bool,
     lease: DriverLease,
@@ -216,24 +205,28 @@ def _train_and_publish(
     # On the way out (SIGTERM from `ray job stop`, which the CLI turns into SystemExit; Ctrl-C;
     # an error) the tracker sends what is queued while its sender pool still takes work:
     # Python shuts such pools before exit handlers run.
-    with Tracker(spec, store.storage) as tracker:
+    ledger = snapshot.ledger
+    with Tracker(spec, ledger.storage) as tracker:
         tracker.fence = lease.check
-        tracker.start()
-        print("\n".join(tracker.links()), file=out, flush=True)
-        progress = Progress(plan, store, out)
+        tracker.sweep.start()
+        print("\n".join(tracker.sweep.links()), file=out, flush=True)
         lease.check()
-        store.save_trial_list(spec, [t.to_dict() for t in plan.trials])
-        events = SweepEvents(plan, store, tracker, progress)
-        # record what storage holds, train the rest
-        todo = record_stored(plan, store, events, retry_failed, out)
-        searcher = make_searcher(spec, store, plan, todo, data, events)
-        if todo or searcher.samplers:
+        ledger.save_trial_list(spec, [t.to_dict() for t in plan.trials])
+        # reconcile and record what storage holds, train the rest
+        sources = samplers(spec, plan)
+        progress = Progress(plan, snapshot.state, out)
+        events = SweepEvents(plan, snapshot, tracker, progress, lease.check)
+        todo = record_stored(plan, snapshot, events, sources, retry_failed, out, lease.check)
+        scheduler = make_scheduler(spec, plan, snapshot, todo, sources, data, events)
+        if todo or sources:
             connect(address)  # already, unless storage changed since the count above
-            run_experiment(spec, store, searcher, events, lease.token)
+            searcher = DependencySearcher(scheduler, spec.search.metric)
+            run_experiment(spec, ledger, searcher, events, lease.token)
         # publish
         lease.check()
-        uri = publish_results(plan, store, tracker)
-        ok = all(s == "done" for s in progress.state.values())  # diverged or failed: FAILED
+        uri = publish_results(plan, snapshot, tracker)
+        ok = all(s in (TrialState.DONE, TrialState.STOPPED_EARLY)
+                 for s in progress.state.values())  # diverged, failed or skipped: FAILED
         tracker.close("FINISHED" if ok else "FAILED")
         print(progress.table(), file=out)
         if tracker.failed_writes:

@@ -1,6 +1,6 @@
 """Shared teacher-logit banks: built once per teacher, read by all its students.
 
-A bank lives in storage beside its teacher's model (TrialStore.bank_file), with its size and
+A bank lives in storage beside its teacher's model (Ledger.bank_file), with its size and
 SHA-256 beside it, so every student of that teacher, in this sweep or a later one, on any
 node, reads it instead of running the teacher. Each node fetches it once (a file lock), into a
 disk cache capped by size (least recently used go first), and every trial memory-maps that one
@@ -29,11 +29,11 @@ from kd_core.data import Augment, ImageData, load_dataset
 from kd_core.names import DATASET_FACTS
 from kd_core.train import resolve_device
 
+from .ledger import Ledger, quarantine, read_json_checked
 from .plan import students_per_teacher
 from .resume import trained_model
 from .spec import SweepSpec
 from .storage import node_cache
-from .store import TrialStore, quarantine, read_json_checked
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def wants_shared_bank(spec: SweepSpec, data: ImageData, n_students: int) -> bool
     return teacher_path_of(spec, data, n_students)[0] == "shared"
 
 
-def build_shared_bank(spec: SweepSpec, store: TrialStore, teacher_key: str) -> float:
+def build_shared_bank(spec: SweepSpec, store: Ledger, teacher_key: str) -> float:
     """Build and store the bank of the finished teacher ``teacher_key``; returns its seconds.
     Host memory peaks near one bank: it is written to this node's cache file by torch.save
     (no copy as bytes), streamed to storage from there, and stays cached for this node."""
@@ -162,7 +162,7 @@ def evict(keep: Path) -> None:
             p.with_suffix(".json").unlink(missing_ok=True)
 
 
-def _fetch(store: TrialStore, rel: str, local: Path, digest: dict | None) -> str | None:
+def _fetch(store: Ledger, rel: str, local: Path, digest: dict | None) -> str | None:
     """Fetch the stored bank into the node cache and verify it; the reason it is bad, if so."""
     store.storage.download(rel, local)
     if digest is not None and (
@@ -183,7 +183,7 @@ def _cache_holds(local: Path, digest: dict | None) -> bool:
         return False
 
 
-def load_shared_bank(store: TrialStore, teacher_key: str, dtype: str) -> TeacherBank | None:
+def load_shared_bank(store: Ledger, teacher_key: str, dtype: str) -> TeacherBank | None:
     """The teacher's bank, memory-mapped from this node's disk cache (every trial of that
     teacher on the node shares one copy in the page cache), fetched from storage once per node
     and verified against its digest. None when storage has none or it is corrupt: the student
@@ -214,7 +214,7 @@ def load_shared_bank(store: TrialStore, teacher_key: str, dtype: str) -> Teacher
     return None
 
 
-def _drop_stored(store: TrialStore, rel: str, local: Path, why: str) -> None:
+def _drop_stored(store: Ledger, rel: str, local: Path, why: str) -> None:
     """A stored bank found bad: its node copy deleted, it quarantined with its digest gone
     (the next run that wants it builds it again). None: the student goes without."""
     local.unlink(missing_ok=True)

@@ -3,7 +3,7 @@ builds one teacher's logit bank; nothing here talks to MLflow or decides what ru
 
 A training job reads its teacher from storage by content address, resumes from its own latest
 checkpoint (resume.py), reports every epoch, and publishes its model and then its result record
-(the "ended" marker) through the TrialStore.
+(the "ended" marker) through the Ledger.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import logging
 import math
 import time
 import traceback
-from dataclasses import dataclass
 
 import torch
 from ray import tune
@@ -23,29 +22,14 @@ from kd_core.train import model_state
 
 from . import faults
 from .lease import TrialClaim
+from .ledger import Ledger
 from .plan import Trial
-from .record import TrialResult
+from .record import EPOCH_FINALS, TrialResult
 from .resume import Attempts, TrialCheckpoints, flush_on_exit, trained_model
+from .scheduler import Job
 from .spec import SweepSpec
 from .storage import STORAGE_FULL, Storage, StorageFull
-from .store import TrialStore
 from .teacher_bank import build_shared_bank, load_shared_bank
-
-
-@dataclass(frozen=True)
-class Job:
-    """What one Tune trial does: "train" ``trial``, or build the "bank" of teacher ``trial``.
-    Its Tune config is this record and nothing more (the spec travels once, by reference)."""
-
-    kind: str
-    trial: Trial
-
-    def config(self) -> dict:
-        return {"job": self.kind, "trial": self.trial.to_dict()}
-
-    @classmethod
-    def from_config(cls, config: dict) -> Job:
-        return cls(config["job"], Trial.from_dict(config["trial"]))
 
 
 def run_spec(spec: SweepSpec, trial: Trial) -> RunSpec:
@@ -69,6 +53,10 @@ def run_spec(spec: SweepSpec, trial: Trial) -> RunSpec:
 
 # The key of a report's warnings: the driver prints them and files them on the trial's run.
 WARNINGS = "warnings"
+# The key of a trial's last report once its result is in storage: the state it ended in
+# (ledger.TrialState), so the driver's scheduler learns whether a model is there without
+# reading storage.
+OUTCOME = "outcome"
 
 
 class Warnings(logging.Handler):
@@ -79,6 +67,7 @@ class Warnings(logging.Handler):
     def __init__(self):
         super().__init__(logging.WARNING)
         self.held: list[str] = []
+        self.outcome: dict = {}  # the trial's outcome, once reported: every later report too
 
     def emit(self, record: logging.LogRecord) -> None:
         self.held.append(record.getMessage())
@@ -86,6 +75,9 @@ class Warnings(logging.Handler):
     def report(self, metrics: dict) -> None:
         """tune.report, carrying the warnings held since the last report."""
         held, self.held = self.held, []
+        if OUTCOME in metrics:
+            self.outcome = {OUTCOME: metrics[OUTCOME]}
+        metrics = {**metrics, **self.outcome}
         tune.report({**metrics, WARNINGS: held} if held else metrics)
 
 
@@ -108,7 +100,7 @@ def run_job(config: dict, spec: SweepSpec, driver: str) -> None:
 
 def _run_job(job: Job, spec: SweepSpec, driver: str, report) -> None:
     """One job; ``report`` is tune.report carrying the worker's warnings."""
-    store = TrialStore(Storage(spec.storage))
+    store = Ledger(Storage(spec.storage))
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     if job.kind == "bank":
         seconds = build_shared_bank(spec, store, job.trial.key)
@@ -119,6 +111,9 @@ def _run_job(job: Job, spec: SweepSpec, driver: str, report) -> None:
     # it twice at once; its result is then ours too.
     claim = TrialClaim(store.storage, trial.key, driver)
     if not claim.acquire(finished=lambda: store.is_done(trial.key)):
+        # another sweep's driver trained it meanwhile
+        if (record := store.result(trial.key)) is not None:
+            report({**finals(record.to_dict()), OUTCOME: record.status})
         return
     try:
         attempts = Attempts(store.storage, trial.key)
@@ -138,7 +133,7 @@ def _run_job(job: Job, spec: SweepSpec, driver: str, report) -> None:
         claim.release()
 
 
-def _train(spec: SweepSpec, trial: Trial, store: TrialStore, attempts: Attempts,
+def _train(spec: SweepSpec, trial: Trial, store: Ledger, attempts: Attempts,
            report) -> None:
     started = time.time()
     bank = teacher = None
@@ -161,7 +156,8 @@ def _train(spec: SweepSpec, trial: Trial, store: TrialStore, attempts: Attempts,
     store.write_progress(trial.key, trainer.epoch, spec.train.epochs)  # running, from here
     forget = flush_on_exit(checkpoints)
 
-    def publish(status: str = "done", reason: str | None = None) -> None:
+    def publish(status: str = "done", reason: str | None = None) -> dict:
+        """Publish the trial's outcome; returns what its next report adds (OUTCOME)."""
         checkpoints.flush()  # every epoch of the record is in storage first
         faults.reached("before-publish")
         forget()
@@ -187,6 +183,7 @@ def _train(spec: SweepSpec, trial: Trial, store: TrialStore, attempts: Attempts,
             model = checkpoint_bytes({**model_state(trainer.model), "trial": trial.to_dict()})
             record.analysis, dists = trainer.analyse(analysed_teacher())
         store.publish(trial.key, model, record, dists)
+        return {OUTCOME: status}
 
     def analysed_teacher():
         if trial.teacher_key is None or teacher is not None:
@@ -204,17 +201,21 @@ def _train(spec: SweepSpec, trial: Trial, store: TrialStore, attempts: Attempts,
         else:
             checkpoints.remember(trainer.state_dict())
         faults.reached("epoch", f"{trial.generation}.{trainer.epoch}")
+        metrics = {**m.as_dict(), "realised_noise_rate": noisy.realised_rate}
         if reason := diverged(m.as_dict()):
-            publish("diverged", f"epoch {trainer.epoch}: {reason}")
-            report({**m.as_dict(), "realised_noise_rate": noisy.realised_rate})
+            report({**metrics, **publish("diverged", f"epoch {trainer.epoch}: {reason}")})
             return
-        if last:  # publish before the final report: a scheduler may end the trial right there
-            publish()
-        report({**m.as_dict(), "realised_noise_rate": noisy.realised_rate})
-    if not store.is_done(trial.key):
+        # publish before the final report: a scheduler may end the trial right there
+        report({**metrics, **(publish() if last else {})})
+    if store.result(trial.key) is None:
         # Every epoch is in the checkpoint but the result is not in storage (a kill between the
         # last checkpoint and publishing, or a deleted result): publish it, train nothing.
-        publish()
+        report({**finals(trainer.history[-1] if trainer.history else {}), **publish()})
+
+
+def finals(metrics: dict) -> dict:
+    """The final metrics (a search metric among them) of a trial reported without an epoch."""
+    return {k: metrics[k] for k in EPOCH_FINALS if metrics.get(k) is not None}
 
 
 def diverged(metrics: dict) -> str | None:

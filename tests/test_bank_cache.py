@@ -9,12 +9,12 @@ import torch
 from kd_core.bank import TeacherBank
 from kd_core.checkpoint import write_checkpoint
 from kd_core.data import Augment
+from sweeps.ledger import Ledger
 from sweeps.storage import Storage
-from sweeps.store import TrialStore
 from sweeps.teacher_bank import cached, digest_file, load_shared_bank, sha256
 
 
-def store_bank(store: TrialStore, key: str, tmp, fill: float) -> None:
+def store_bank(store: Ledger, key: str, tmp, fill: float) -> None:
     bank = TeacherBank(torch.full((50, 2, 10), fill, dtype=torch.float16), torch.zeros(5, 10),
                        Augment(0, True))
     local = tmp / f"{key}.pt"
@@ -27,7 +27,7 @@ def store_bank(store: TrialStore, key: str, tmp, fill: float) -> None:
 
 def test_fetch_once_verify_and_evict(tmp_path, monkeypatch):
     monkeypatch.setenv("KDSWEEP_CACHE", str(tmp_path / "cache"))
-    store = TrialStore(Storage(str(tmp_path / "store")))
+    store = Ledger(Storage(str(tmp_path / "store")))
     store_bank(store, "a", tmp_path, 1.0)
     # trials of one teacher starting together on a node: all get the bank, one cached file
     banks = []
@@ -65,7 +65,7 @@ def test_a_cached_copy_is_used_only_while_storage_holds_that_bank(tmp_path, monk
     """A teacher retrained (its bank rebuilt: another digest) or its bank gone from storage:
     the node's old copy is never read."""
     monkeypatch.setenv("KDSWEEP_CACHE", str(tmp_path / "cache"))
-    store = TrialStore(Storage(str(tmp_path / "store")))
+    store = Ledger(Storage(str(tmp_path / "store")))
     store_bank(store, "t", tmp_path, 1.0)
     assert float(load_shared_bank(store, "t", "float16").logits[0, 0, 0]) == 1.0
     store_bank(store, "t", tmp_path, 5.0)  # rebuilt from a retrained teacher

@@ -12,10 +12,10 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from sweeps.ledger import trial_file
 from sweeps.plan import build_plan
 from sweeps.spec import parse_spec
 from sweeps.storage import Storage
-from sweeps.store import trial_file
 from testkit.drivers import EPOCHS, REPO, Cluster, write_spec
 
 pytestmark = pytest.mark.slow

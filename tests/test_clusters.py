@@ -10,11 +10,11 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from sweeps.ledger import Ledger
 from sweeps.plan import build_plan
 from sweeps.report import report
 from sweeps.spec import parse_spec
 from sweeps.storage import Storage
-from sweeps.store import TrialStore
 from testkit.drivers import EPOCHS, kill_leftovers, start_driver, write_spec
 from testkit.servers import mlflow_sqlite_server
 
@@ -73,7 +73,7 @@ def test_clusters_keep_their_own_runs_and_are_compared(tmp_path):
         driver = start_driver(beta, beta.parent, env={"KDSWEEP_FAULT": "epoch=1.2"})
         assert driver.wait(180) == -signal.SIGKILL, (beta.parent / "driver.log").read_text()[-3000:]
         kill_leftovers(beta.parent)
-        store_b = TrialStore(Storage(str(tmp_path / "store-b")))
+        store_b = Ledger(Storage(str(tmp_path / "store-b")))
         assert not all(store_b.is_done(k) for k in keys)
         run_to_end(beta)
 
@@ -93,7 +93,7 @@ def test_clusters_keep_their_own_runs_and_are_compared(tmp_path):
         assert snapshot(client, runs_of(client, exp_id, "alpha")) == before  # untouched
 
         # gamma shares alpha's storage: it trains nothing, and lists every trial as reused
-        store_a = TrialStore(Storage(str(tmp_path / "store-a")))
+        store_a = Ledger(Storage(str(tmp_path / "store-a")))
         finished = {k: store_a.result(k).finished_at for k in keys}
         run_to_end(gamma)
         assert {k: store_a.result(k).finished_at for k in keys} == finished

@@ -49,4 +49,4 @@ def test_lineage_is_the_records_not_inferred_from_what_mlflow_lacks(tmp_path):
     assert before["tags"]["kdsweep.reused"] == "true"
     tracker.close()
     assert MlflowClient(spec.tracking_uri).get_run(tracker.parent_id).info.status == "FINISHED"
-    assert not tracker._writer.is_alive()  # nothing of the tracker outlives its sweep
+    assert not tracker.writer._thread.is_alive()  # nothing of the tracker outlives its sweep

@@ -13,8 +13,8 @@ from kd_core.profile import GiB, MemoryProfile
 from sweeps.engine import job_resources
 from sweeps.packing import Shape, plan_shapes, suggest
 from sweeps.plan import build_plan
+from sweeps.scheduler import Job
 from sweeps.spec import parse_spec
-from sweeps.trial import Job
 
 CHAINS = [["cnn-large", "cnn-small"], ["cnn-large", "cnn-medium", "cnn-small"]]
 

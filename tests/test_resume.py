@@ -19,12 +19,12 @@ from mlflow.tracking import MlflowClient
 
 from sweeps import lease as lease_module
 from sweeps.lease import DriverLease, TrialClaim
+from sweeps.ledger import trial_file
 from sweeps.plan import build_plan
 from sweeps.resume import SLOTS, TrialCheckpoints
 from sweeps.spec import SpecError, parse_spec
 from sweeps.sqlite_store import prepare_store
 from sweeps.storage import Storage
-from sweeps.store import trial_file
 from testkit.drivers import EPOCHS, kill_leftovers, start_driver, write_spec
 
 pytestmark = pytest.mark.slow

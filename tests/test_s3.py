@@ -13,11 +13,11 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from sweeps.ledger import trial_file
 from sweeps.plan import build_plan
 from sweeps.resume import SLOTS
 from sweeps.spec import parse_spec
 from sweeps.storage import Storage
-from sweeps.store import trial_file
 from testkit.drivers import (
     EPOCHS,
     free_port,

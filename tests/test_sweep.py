@@ -5,6 +5,7 @@ import json
 import re
 import shutil
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -16,13 +17,13 @@ from mlflow.tracking import MlflowClient
 
 from kd_core.checkpoint import load_checkpoint
 from kd_core.data import load_dataset
+from sweeps.ledger import Ledger, sweep_file, trial_file
 from sweeps.plan import build_plan
 from sweeps.progress import sweep_status
 from sweeps.report import report
 from sweeps.resume import SLOTS
 from sweeps.spec import SpecError, parse_spec
 from sweeps.storage import Storage
-from sweeps.store import TrialStore, sweep_file, trial_file
 from sweeps.sweep import run_sweep
 from sweeps.teacher_bank import cache_dir
 
@@ -180,20 +181,42 @@ def copy_of(sweep, dst: Path):
     tmp, *_ = sweep
     shutil.copytree(tmp, dst, symlinks=True)
     spec = make_spec(dst)
-    return dst, spec, Storage(spec.storage).uri_of(TrialStore.results_file(spec))
+    return dst, spec, Storage(spec.storage).uri_of(Ledger.results_file(spec))
 
 
-def test_rerun_trains_nothing_and_extension_trains_only_new_cells(sweep, tmp_path):
+@pytest.fixture
+def result_reads(monkeypatch):
+    """How often this process reads each trial's result.json (a driver run's reads; workers
+    are other processes)."""
+    reads = Counter()
+    read_bytes = Storage.read_bytes
+
+    def counted(self, rel):
+        if rel.endswith("/result.json"):
+            reads[rel] += 1
+        return read_bytes(self, rel)
+
+    monkeypatch.setattr(Storage, "read_bytes", counted)
+    return reads
+
+
+def test_rerun_trains_nothing_and_extension_trains_only_new_cells(sweep, tmp_path,
+                                                                 result_reads):
     tmp, spec, uri = copy_of(sweep, tmp_path / "copy")
     before = finished_at(spec)
+    result_reads.clear()
     log = io.StringIO()
     run_sweep(spec, out=log)
+    assert len(result_reads) == 12 and set(result_reads.values()) == {1}  # each read once
     assert finished_at(spec) == before
     assert "0 to train" in log.getvalue() and "4 to train" not in log.getvalue()
 
     wider = make_spec(tmp, taus=(4.0, 20.0))
     log = io.StringIO()
+    result_reads.clear()
     run_sweep(wider, out=log)
+    # the 12 stored at the start and the 4 new ones as their workers end: each once
+    assert len(result_reads) == 16 and set(result_reads.values()) == {1}
     after = finished_at(wider)
     new = set(after) - set(before)
     # tau=20 adds one kl student per noise rate in gen 1 (x2 chains share? no: 1 chain-position
@@ -266,6 +289,18 @@ def test_status_and_report(sweep, tmp_path):
     assert "test-cluster/e2e" in text2 and "test-cluster/e2e-copy" in text2
 
 
+def test_status_reads_storage_and_changes_nothing(sweep, tmp_path):
+    tmp, spec, _ = copy_of(sweep, tmp_path / "copy")
+    student = next(t for t in build_plan(spec).trials if t.generation == 2)
+    result = Path(spec.storage) / trial_file(student.key, "result.json")
+    result.write_text("{not json")
+    files = sorted(p for p in Path(spec.storage).rglob("*"))
+    status = sweep_status(spec)
+    assert sorted(p for p in Path(spec.storage).rglob("*")) == files  # nothing moved aside
+    assert result.read_text() == "{not json"
+    assert "generation 2: 3 done" in status and "generation 1: 4 done" in status
+
+
 def test_missing_dataset_fails_before_any_trial(tmp_path):
     spec = make_spec(tmp_path, dataset={"name": "cifar100", "root": str(tmp_path / "nodata")})
     with pytest.raises(SpecError, match="cifar-100-python"):
@@ -291,7 +326,7 @@ def test_asha_stops_weak_students_and_skips_their_children(sweep, tmp_path):
     for key in stopped.key:
         assert not storage.exists(trial_file(key, "model.pt"))
         child = df[df.teacher_key == key]
-        assert (child.status == "missing").all()  # never started: no teacher to learn from
+        assert (child.status == "skipped").all()  # never started: no teacher to learn from
 
 
 def test_trials_that_could_never_start_are_refused_before_any_work(sweep, tmp_path):
@@ -335,11 +370,11 @@ def small_spec(tmp_path, name, taus=(4,), **train):
 def test_a_diverged_trial_is_recorded_never_teaches_and_is_not_retried(sweep, tmp_path):
     spec = small_spec(tmp_path, "diverge", lr=1e6)  # NaN loss in the first epoch
     teacher, student = build_plan(spec).trials
-    store = TrialStore(Storage(spec.storage))
+    store = Ledger(Storage(spec.storage))
     uri = run_sweep(spec, out=io.StringIO())
     df = pd.read_parquet(uri).set_index("key")
     assert df.loc[teacher.key, "status"] == "diverged"
-    assert df.loc[student.key, "status"] == "missing"  # never distilled from a diverged model
+    assert df.loc[student.key, "status"] == "skipped"  # never distilled from a diverged model
     record = store.result(teacher.key)
     assert record.status == "diverged" and "non-finite" in record.reason
     assert not store.has_model(teacher.key)
@@ -362,17 +397,21 @@ def test_a_diverged_trial_is_recorded_never_teaches_and_is_not_retried(sweep, tm
     assert again.finished_at > record.finished_at and again.resumed_from == [0]
 
 
-def test_a_complete_but_unpublished_trial_publishes_on_its_next_start(sweep, tmp_path):
+def test_a_complete_but_unpublished_trial_publishes_on_its_next_start(sweep, tmp_path,
+                                                                     result_reads):
     """A kill between the last checkpoint and publishing (or a deleted result): the rerun
     publishes from the stored state and trains no epoch."""
     spec = small_spec(tmp_path, "publish")
     run_sweep(spec, out=io.StringIO())
-    store = TrialStore(Storage(spec.storage))
+    store = Ledger(Storage(spec.storage))
     teacher, student = build_plan(spec).trials
     before = store.result(student.key)
     store.storage.delete(trial_file(student.key, "result.json"))
     store.storage.delete(trial_file(student.key, "model.pt"))
+    result_reads.clear()
     run_sweep(spec, out=io.StringIO())
+    # the teacher's result read at the start, the student's once its worker published it
+    assert set(result_reads.values()) == {1} and len(result_reads) == 2
     after = store.result(student.key)
     assert store.has_model(student.key) and after.finished_at > before.finished_at
     assert after.history == before.history  # the same epochs, none trained again
@@ -390,7 +429,7 @@ def test_corrupt_files_are_quarantined_and_derived_again(sweep, tmp_path):
     retrained that the checkpoints already hold."""
     spec = small_spec(tmp_path, "corrupt", taus=(4, 20))  # two students: a shared bank
     run_sweep(spec, out=io.StringIO())
-    store = TrialStore(Storage(spec.storage))
+    store = Ledger(Storage(spec.storage))
     teacher, student, _ = build_plan(spec).trials
     teacher_history = store.result(teacher.key).history
     student_history = store.result(student.key).history
@@ -411,7 +450,10 @@ def test_corrupt_files_are_quarantined_and_derived_again(sweep, tmp_path):
     cached = cache_dir() / f"{teacher.key}-float16.pt"
     cached.write_bytes(cached.read_bytes()[:100])
     store.storage.delete(trial_file(teacher.key, "model.pt"))
-    assert "pending" in sweep_status(spec)  # reads the trial list: moved aside, plan used
+    # status reads the corrupt trial list, uses the plan and changes nothing: the run writes
+    # the list again (the driver's own file, derived from the plan)
+    assert "pending" in sweep_status(spec)
+    assert len(store.storage.read_bytes(sweep_file(spec, "trials.json"))) == 10
 
     out = io.StringIO()
     uri = run_sweep(spec, out=out)
@@ -437,7 +479,7 @@ def test_corrupt_files_are_quarantined_and_derived_again(sweep, tmp_path):
     assert len(store.trial_list(spec)) == 3  # written again
     root = Path(spec.storage)
     moved = {p.name.split(".corrupt-")[0] for p in root.rglob("*.corrupt-*")}
-    assert moved == {"result.json", newest, "trials.json", "bank-float16.pt", "attempts.json"}
+    assert moved == {"result.json", newest, "bank-float16.pt", "attempts.json"}
 
     # A corrupt model of a finished teacher: published again from the teacher's final
     # checkpoint by the first job that needs it, in the same run.

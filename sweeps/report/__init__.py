@@ -16,9 +16,10 @@ from mlflow.tracking import MlflowClient
 
 from kd_core.names import DATASET_FACTS
 
+from ..ledger import Ledger
+from ..sqlite_store import prepare_store
 from ..storage import Storage
-from ..store import TrialStore
-from ..tracking import Tracker, git_commit, ui_command
+from ..tracking.sweep_run import SweepRun, git_commit, ui_command
 from .claims import claims
 from .figures import Figures, analysis_figures, representatives
 from .load import load
@@ -53,12 +54,13 @@ def report(
     html_file.write_text(page(title, header(all_rows, specs), [summary(verdicts), *sections],
                               figures, links(specs, tracking_uri, experiment)))
     paths = [p for p, _ in figures] + [html_file]
-    for spec in specs:
-        tracker = Tracker(spec, Storage(spec.storage))
+    for spec in specs:  # on each sweep's parent run
+        prepare_store(spec.tracking_uri)
+        client = MlflowClient(spec.tracking_uri)
+        run = SweepRun(client, spec, Storage(spec.storage))
         for p in paths:
-            tracker.log_parent_artifact(p, "report")
-        tracker.client.log_text(tracker.parent_id, text, "report/report.txt")
-        tracker.shutdown()
+            run.log_artifact(p, "report")
+        client.log_text(run.run_id, text, "report/report.txt")
     return text, paths
 
 
@@ -80,9 +82,9 @@ def load_analyses(df: pd.DataFrame, specs: list) -> dict[str, dict]:
     keys = set(reps.key) | set(reps.teacher_key.dropna())
     out = {}
     for spec in specs:
-        store = TrialStore(Storage(spec.storage))
+        ledger = Ledger(Storage(spec.storage), repair=False)
         for key in keys - out.keys():
-            if (a := store.analysis(key)) is not None:
+            if (a := ledger.analysis(key)) is not None:
                 out[key] = a
     return out
 

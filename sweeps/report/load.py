@@ -13,13 +13,13 @@ from mlflow.tracking import MlflowClient
 from kd_core.analysis import SCALARS
 from kd_core.names import DATASET_FACTS
 
+from ..ledger import Ledger
 from ..plan import setting_name, student_name
 from ..record import FINAL_METRICS
 from ..results import read_results
 from ..spec import load_spec
 from ..storage import Storage
-from ..store import TrialStore
-from ..tracking import ANALYSIS_PREFIX
+from ..tracking import ANALYSIS_PREFIX, STATE_TAG
 from .stats import late_rise, resolution, still_rising
 
 
@@ -33,7 +33,7 @@ def load(
         if item.endswith((".yaml", ".yml")):
             spec = load_spec(item)
             specs.append(spec)
-            uris.append(Storage(spec.storage).uri_of(TrialStore.results_file(spec)))
+            uris.append(Storage(spec.storage).uri_of(Ledger.results_file(spec)))
         else:
             uris.append(item)
     frames = [read_results(uris)] if uris else []
@@ -93,7 +93,8 @@ def _mlflow_row(client: MlflowClient, r, source: str, experiment: str) -> dict:
         "noise_kind": p.get("noise_kind"),
         "noise_rate": _number(p.get("noise_rate")),
         "seed": int(p.get("seed", 0)),
-        "status": "done" if done else "missing",
+        "status": t.get(STATE_TAG) or ("done" if done else "running" if r.info.status == "RUNNING"
+                                       else "failed"),
         "trained_on": t.get("kdsweep.trained_by", t.get("kdsweep.cluster")),
         "mlflow_run_id": r.info.run_id,
         "source": source,

@@ -1,0 +1,299 @@
+"""The ledger: the one owner of a trial's state and of where its files live in storage.
+
+Layout under the storage root (trials are shared by every sweep that stores there):
+    trials/<key>/result.json       the TrialResult: written last, its presence means "ended"
+    trials/<key>/model.pt          the trained model (what the next generation distils from)
+    trials/<key>/analysis.json     distributions of the paper's analyses of the final model
+    trials/<key>/bank-<dtype>.pt   the teacher-logit bank of a trained model (teacher_bank.py)
+    trials/<key>/bank-<dtype>.json its size and SHA-256 (a node's fetched copy is checked)
+    trials/<key>/failed.json       the error of a trial that failed for good
+    trials/<key>/claim.lease       the claim of the worker training it (lease.TrialClaim)
+    trials/<key>/progress.json     the last epoch of a running trial that is in storage
+    trials/<key>/attempts.json     starts and errors (resume.Attempts)
+    trials/<key>/checkpoint-{a,b}.pt  the trial's own checkpoints (resume.TrialCheckpoints)
+    sweeps/<name>/<cluster>/trials.json      every trial the sweep knows (sampled ones too)
+    sweeps/<name>/<cluster>/results.parquet  one row per trial
+    sweeps/<name>/<cluster>/driver.lease     the driver's fenced lease (lease.DriverLease)
+    sweeps/<name>/<cluster>/tune/            Ray Tune's experiment state
+(Trials are shared by every cluster that stores here; a sweep's own files are per cluster.)
+
+A trial's state (TrialState) follows from its files, in order of precedence: its result's
+status (done, stopped_early, diverged), failed (failed.json), running (progress.json), claimed
+(a claim and nothing trained yet), pending. `skipped` (its teacher has no model) exists only in
+a driver's run and its Parquet rows: nothing is stored for a trial that never started.
+
+Who writes: a trial's own worker writes its own trial's files. The driver writes the sweep's
+files, the result of a trial ASHA stopped (its worker was stopped before it could), and
+repairs trials' files only in ``reconcile``, at the start of its run, under its lease. The
+driver reads each stored result once per run (``Snapshot``); `kdsweep status` reads with
+``repair=False`` and changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from enum import StrEnum
+
+from .record import TrialResult
+from .storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+class TrialState(StrEnum):
+    """One trial's state: the one word for it in storage, Parquet, MLflow, status, report."""
+
+    PENDING = "pending"
+    CLAIMED = "claimed"
+    RUNNING = "running"
+    DONE = "done"  # trained to its last epoch; its model is in storage
+    STOPPED_EARLY = "stopped_early"  # ASHA stopped it: a result, no model
+    DIVERGED = "diverged"  # a non-finite loss or metric: a result, no model
+    FAILED = "failed"  # its own error, retries spent (failed.json)
+    SKIPPED = "skipped"  # its teacher has no model (a driver's run only)
+
+    @property
+    def ended(self) -> bool:
+        return self not in (TrialState.PENDING, TrialState.CLAIMED, TrialState.RUNNING)
+
+
+def trial_file(key: str, name: str) -> str:
+    return f"trials/{key}/{name}"
+
+
+def sweep_file(spec, name: str) -> str:
+    """A file of the sweep ``spec`` as run by its cluster."""
+    return f"sweeps/{spec.name}/{spec.cluster}/{name}"
+
+
+def quarantine(storage: Storage, rel: str, why: str) -> None:
+    """Move a corrupt file aside (kept for a post-mortem) so that what it held is derived again."""
+    dest = f"{rel}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
+    log.warning("%s: %s; moved aside to %s", storage.uri_of(rel), why, dest)
+    try:
+        storage.write_bytes(dest, storage.read_bytes(rel))
+    finally:
+        storage.delete(rel)
+
+
+def read_json_checked(storage: Storage, rel: str, repair: bool = True) -> dict | None:
+    """A JSON file from storage, or None when it is missing or corrupt (then quarantined, or
+    with ``repair`` False only logged)."""
+
+    def corrupt(why: str) -> None:
+        if repair:
+            quarantine(storage, rel, why)
+        else:
+            log.warning("%s: %s", storage.uri_of(rel), why)
+
+    try:
+        data = storage.read_json(rel)
+    except (ValueError, UnicodeDecodeError) as e:
+        return corrupt(f"not valid JSON ({e})")
+    if data is not None and not isinstance(data, dict):
+        return corrupt("not a JSON object")
+    return data
+
+
+class Ledger:
+    """Trials' files in one storage. ``repair``: quarantine corrupt files found on reading (a
+    driver, a trial's own worker); False for readers that must change nothing."""
+
+    def __init__(self, storage: Storage, repair: bool = True):
+        self.storage, self.repair = storage, repair
+
+    # ---- reading ---------------------------------------------------------------------------
+    def result(self, key: str) -> TrialResult | None:
+        """The trial's result record; a corrupt one is quarantined (the trial then publishes
+        again from its checkpoints, or retrains what they lack)."""
+        rel = trial_file(key, "result.json")
+        d = read_json_checked(self.storage, rel, self.repair)
+        if d is None:
+            return None
+        try:
+            return TrialResult.from_dict(d)
+        except TypeError as e:
+            if self.repair:
+                quarantine(self.storage, rel, f"not a result record ({e})")
+            return None
+
+    def is_done(self, key: str) -> bool:
+        """Ended with a valid result (trained, stopped early, diverged): never trained again."""
+        return self.result(key) is not None
+
+    def state(self, key: str, result: TrialResult | None = None) -> TrialState:
+        """The trial's state from storage alone (``result``: its record, when read already)."""
+        if result is not None:
+            return TrialState(result.status)
+        for name, state in (("failed.json", TrialState.FAILED),
+                            ("progress.json", TrialState.RUNNING),
+                            ("claim.lease", TrialState.CLAIMED)):
+            if self.storage.exists(trial_file(key, name)):
+                return state
+        return TrialState.PENDING
+
+    def snapshot(self, keys: Iterable[str]) -> Snapshot:
+        """The state of ``keys`` now, each result read once."""
+        snap = Snapshot(self)
+        for key in keys:
+            snap.result(key)
+        return snap
+
+    def has_model(self, key: str) -> bool:
+        return self.storage.exists(trial_file(key, "model.pt"))
+
+    def failure(self, key: str) -> dict | None:
+        return self.storage.read_json(trial_file(key, "failed.json"))
+
+    def analysis(self, key: str) -> dict | None:
+        """The distributions of the trial's analyses (kd_core.analysis), None if absent."""
+        return read_json_checked(self.storage, trial_file(key, "analysis.json"), self.repair)
+
+    # ---- a trial's worker writes its own trial's outcome ------------------------------------
+    def publish(
+        self, key: str, model: bytes | None, result: TrialResult, analysis: dict | None = None
+    ) -> None:
+        """The model and analyses, then the result: a result in storage always has its model
+        beside it (``model`` None: stopped early or diverged, no model to distil from)."""
+        if model is not None:
+            self.storage.write_bytes(trial_file(key, "model.pt"), model)
+        if analysis is not None:
+            self.storage.write_json(trial_file(key, "analysis.json"), analysis)
+        self.storage.write_json(trial_file(key, "result.json"), result.to_dict())
+
+    def mark_failed(self, key: str, error: str, **extra) -> None:
+        self.storage.write_json(
+            trial_file(key, "failed.json"), {"error": error, "time": time.time(), **extra}
+        )
+
+    def write_progress(self, key: str, epoch: int, epochs: int) -> None:
+        self.storage.write_json(
+            trial_file(key, "progress.json"),
+            {
+                "epoch": epoch,
+                "epochs": epochs,
+                "pid": os.getpid(),
+                "node": os.uname().nodename,
+                "time": time.time(),
+            },
+        )
+
+    # ---- the driver's repairs (reconcile) --------------------------------------------------
+    def clear_failure(self, key: str) -> None:
+        """A rerun retries a trial that failed before."""
+        self.storage.delete(trial_file(key, "failed.json"))
+
+    def forget_result(self, key: str) -> None:
+        """The trial publishes again on its next start: from its checkpoints when they hold
+        every epoch (nothing retrained), else it trains what they lack."""
+        self.storage.delete(trial_file(key, "result.json"))
+
+    def reset(self, key: str) -> None:
+        """Forget a trial's result and progress so that it trains again from its first epoch
+        (its checkpoints would only lead it to the same end: resume is exact)."""
+        for name in ("result.json", "model.pt", "progress.json", "attempts.json", "failed.json"):
+            self.storage.delete(trial_file(key, name))
+        for slot in ("checkpoint-a.pt", "checkpoint-b.pt"):
+            self.storage.delete(trial_file(key, slot))
+
+    # ---- files other modules read and write through the ledger -----------------------------
+    def model_bytes(self, key: str) -> tuple[bytes, str]:
+        """The trained model's bytes and URI (for messages)."""
+        rel = trial_file(key, "model.pt")
+        return self.storage.read_bytes(rel), self.storage.uri_of(rel)
+
+    def model_uri(self, key: str) -> str:
+        return self.storage.uri_of(trial_file(key, "model.pt"))
+
+    def bank_file(self, key: str, dtype: str) -> str:
+        return trial_file(key, f"bank-{dtype}.pt")
+
+    def has_bank(self, key: str, dtype: str) -> bool:
+        return self.storage.exists(self.bank_file(key, dtype))
+
+    # ---- sweep-level files -----------------------------------------------------------------
+    def trial_list(self, spec) -> list[dict] | None:
+        """Every trial the sweep's last run knew (sampled ones too); None when missing or
+        corrupt (quarantined: the plan and the stored results give it again)."""
+        rel = sweep_file(spec, "trials.json")
+        trials = (read_json_checked(self.storage, rel, self.repair) or {}).get("trials")
+        return trials if isinstance(trials, list) else None
+
+    def save_trial_list(self, spec, trials: list[dict]) -> None:
+        self.storage.write_json(sweep_file(spec, "trials.json"), {"trials": trials})
+
+    @staticmethod
+    def results_file(spec) -> str:
+        return sweep_file(spec, "results.parquet")
+
+    def tune_location(self, spec):
+        return self.storage.tune_location(sweep_file(spec, "tune"))
+
+
+class Snapshot:
+    """A driver's view of its trials: each stored result read once per run (on first use),
+    then kept current by the run's own events, in memory."""
+
+    def __init__(self, ledger: Ledger):
+        self.ledger = ledger
+        self.results: dict[str, TrialResult | None] = {}
+        self.states: dict[str, TrialState] = {}
+
+    def result(self, key: str) -> TrialResult | None:
+        if key not in self.results:
+            self.results[key] = r = self.ledger.result(key)
+            self.states[key] = self.ledger.state(key, r)
+        return self.results[key]
+
+    def state(self, key: str) -> TrialState:
+        self.result(key)
+        return self.states[key]
+
+    def has_model(self, key: str) -> bool:
+        """Done means a model beside the result (publish writes it first; reconcile forgets
+        the result of a teacher whose model is gone)."""
+        return self.state(key) is TrialState.DONE
+
+    def set(self, key: str, state: TrialState, result: TrialResult | None = None) -> None:
+        """An event of this run: the trial is now in ``state`` (with its record once ended)."""
+        self.states[key], self.results[key] = state, result
+
+    def ended(self) -> set[str]:
+        """Keys known to hold a result."""
+        return {k for k, r in self.results.items() if r is not None}
+
+
+def reconcile(
+    snapshot: Snapshot,
+    trials: Iterable,
+    retry_failed: bool,
+    fence: Callable[[], None],
+    teachers: Iterable[str] = (),
+) -> None:
+    """The driver's repairs before it trains, each under its lease (``fence`` raises once
+    another driver holds it). Of ``trials`` (plan.Trial): a diverged one is reset when
+    ``retry_failed``; a finished teacher of one still to train (or of ``teachers``: optuna's)
+    whose model is gone forgets its result (it publishes again from its checkpoints, else
+    retrains); one that failed before is retried."""
+    ledger, trials = snapshot.ledger, list(trials)
+
+    def repair(key: str, how: Callable[[str], None]) -> None:
+        fence()
+        how(key)
+        snapshot.set(key, TrialState.PENDING)
+
+    for t in trials:
+        if retry_failed and snapshot.state(t.key) is TrialState.DIVERGED:
+            repair(t.key, ledger.reset)
+    needed = {t.teacher_key for t in trials if t.teacher_key and snapshot.result(t.key) is None}
+    for key in sorted(needed | set(teachers)):
+        if snapshot.state(key) is TrialState.DONE and not ledger.has_model(key):
+            log.warning("%s: gone; its trial publishes it again for its students",
+                        ledger.model_uri(key))
+            repair(key, ledger.forget_result)
+    for t in trials:
+        if snapshot.state(t.key) is TrialState.FAILED:
+            repair(t.key, ledger.clear_failure)

@@ -1,0 +1,255 @@
+"""MLflow lineage: one experiment per sweep, a parent run per cluster, one child run per trial.
+
+Only the driver writes to MLflow (trials report to Tune; a Tune callback forwards here), so an
+embedded SQLite store never sees concurrent writers. Ray's MLflowLoggerCallback is not used: it
+cannot nest runs under a sweep parent, and it opens a new run whenever Tune restores a trial;
+here a trial's run is found again by its content key, and epochs already logged are skipped.
+The parent run is sweep_run.py; the transport, a queue and one writer thread, is writer.py.
+"""
+
+from __future__ import annotations
+
+import time
+
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from ..ledger import TrialState, read_json_checked, trial_file
+from ..plan import Trial
+from ..record import TrialResult
+from ..spec import SweepSpec
+from ..sqlite_store import prepare_store
+from ..storage import Storage
+from .names import ANALYSIS_PREFIX, finite, param, unlogged
+from .sweep_run import SweepRun, git_commit, ui_command
+from .writer import Writer
+
+__all__ = ["ANALYSIS_PREFIX", "STATE_TAG", "Tracker", "git_commit", "ui_command"]
+PARENT_TAG = "mlflow.parentRunId"
+STATE_TAG = "kdsweep.state"  # the trial's ledger.TrialState once it ended
+
+
+class Tracker:
+    """The sweep's MLflow runs. Every write goes through the Writer's queue (callers only
+    enqueue; ``flush()`` waits until all is written: end of sweep, exit). What a SIGKILL loses
+    from the queue is written on the next run: runs are found again by key, and missing epochs
+    come from the trial's stored history. ``reused`` and ``trained_by`` come from the trial's
+    record (which cluster and sweep trained it), never from gaps in MLflow."""
+
+    def __init__(self, spec: SweepSpec, storage: Storage, queue_size: int = 10_000):
+        self.spec, self.storage = spec, storage
+        prepare_store(spec.tracking_uri)
+        self.client = MlflowClient(tracking_uri=spec.tracking_uri)
+        self.sweep = SweepRun(self.client, spec, storage)
+        self.experiment_id, self.parent_id = self.sweep.experiment_id, self.sweep.run_id
+        self.runs: dict[str, str] = self._existing_children()  # trial key -> run id
+        self.logged: dict[str, set[int]] = {}  # run id -> epochs logged
+        self.warnings: dict[str, list[str]] = {}  # run id -> its workers' warnings so far
+        # Called before each run is created: the driver's lease check, so a driver that lost
+        # its lease (paused past its TTL) never adds a second run for a trial.
+        self.fence = lambda: None
+        local = spec.tracking_uri.startswith(("sqlite:", "file:"))
+        self.writer = Writer(self.client, local, self._unsent, queue_size)
+
+    # ---- what callers use: each call only enqueues ----------------------------------------
+    def ensure_run(self, trial: Trial) -> None:
+        """The trial's child run, created once (rerunning the sweep finds it by key)."""
+        self.writer.call(self._ensure_run, trial)
+
+    def log_epoch(self, key: str, metrics: dict) -> None:
+        """Per-epoch metrics at step = epoch; an epoch already logged (a resumed trial) is
+        skipped, so a run never holds a step twice."""
+        self.writer.metrics(self._epochs, key, [dict(metrics)])
+
+    def finish(self, key: str, result: TrialResult, reused: bool = False) -> None:
+        """Final metrics and the model artifact; ``reused``: trained by an earlier sweep."""
+        self.writer.call(self._finish, key, result, reused)
+
+    def fail(self, key: str, error: str, state: TrialState = TrialState.FAILED) -> None:
+        """The trial failed, or was skipped (its run ends KILLED: it never started)."""
+        self.writer.call(self._fail, key, error, state)
+
+    def warn(self, key: str, messages: list[str]) -> None:
+        """Warnings a trial's worker raised, kept in its run as warnings.txt."""
+        self.writer.call(self._warn, key, list(messages))
+
+    def flush(self, timeout: float | None = None) -> bool:
+        return self.writer.flush(timeout)
+
+    @property
+    def failed_writes(self) -> int:
+        return self.writer.failed_writes
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+    def shutdown(self, timeout: float = 60.0) -> None:
+        """Write what is queued, then stop the writer: nothing outlives the sweep."""
+        self.writer.shutdown(timeout)
+
+    def close(self, status: str = "FINISHED") -> None:
+        """Flush, end the parent run with ``status``, stop the writer."""
+        self.flush()
+        self.sweep.end(status)
+        self.shutdown()
+
+    # ---- in the writer thread --------------------------------------------------------------
+    def _existing_children(self) -> dict[str, str]:
+        runs, token = {}, None
+        while True:
+            page = self.client.search_runs(
+                [self.experiment_id],
+                f"tags.`{PARENT_TAG}` = '{self.parent_id}'",
+                max_results=1000,
+                page_token=token,
+            )
+            for r in page:
+                runs.setdefault(r.data.tags.get("kdsweep.key"), r.info.run_id)
+            token = page.token
+            if not token:
+                return runs
+
+    def _ensure_run(self, trial: Trial) -> str:
+        if trial.key in self.runs:
+            return self.runs[trial.key]
+        tags = {
+            PARENT_TAG: self.parent_id,
+            "kdsweep.key": trial.key,
+            "kdsweep.generation": str(trial.generation),
+            "kdsweep.chain": trial.chain,
+            "kdsweep.role": "trial",
+            **self.sweep.common_tags,
+        }
+        if trial.teacher_key:
+            tags["kdsweep.teacher_key"] = trial.teacher_key
+            if teacher_run := self.runs.get(trial.teacher_key):
+                tags["kdsweep.teacher_run_id"] = teacher_run
+        self.fence()
+        run = self.client.create_run(self.experiment_id, run_name=trial.run_name, tags=tags)
+        run_id = run.info.run_id
+        params = {
+            **{k: v for k, v in trial.to_dict().items() if k not in ("key", "lineage")},
+            "setting": trial.setting,  # what to group by: with `student`, one cell of a table
+            "student": trial.student,
+            "dataset": self.spec.dataset.name,
+            **{f"train.{k}": v for k, v in self.spec.train.model_dump().items()},
+        }
+        # Params are strings (the UI orders tau 1, 20, 4, inf): tau as a number for charts and
+        # range filters, 1/tau so that inf is 0.
+        now = int(time.time() * 1000)
+        numeric = [] if trial.tau is None else [Metric("inv_tau", 1 / trial.tau, now, 0)]
+        self.client.log_batch(
+            run_id,
+            params=[Param(k, param(v)) for k, v in params.items() if v is not None],
+            metrics=numeric,
+        )
+        self.runs[trial.key] = run_id
+        return run_id
+
+    def _logged(self, run_id: str) -> set[int]:
+        if run_id not in self.logged:  # train_loss is logged every epoch, test_* may not be
+            hist = self.client.get_metric_history(run_id, "train_loss")
+            self.logged[run_id] = {m.step for m in hist}
+        return self.logged[run_id]
+
+    def _unsent(self, run_id: str, steps: set[int]) -> None:
+        """Steps a request failed to write are no longer counted as logged, so the trial's
+        finish sends them again from its stored history (and a rerun, if that fails too)."""
+        self.logged.get(run_id, set()).difference_update(steps)
+
+    def _epochs(self, key: str, epochs: list[dict]) -> dict[str, list[Metric]]:
+        run_id = self.runs[key]
+        return {run_id: unlogged(epochs, self._logged(run_id))}
+
+    def _finish(self, key: str, result: TrialResult, reused: bool) -> None:
+        run_id = self.runs[key]
+        # A diverged trial's run ends FAILED, with the reason; any other result's FINISHED.
+        end = "FAILED" if result.status == "diverged" else "FINISHED"
+        if self.client.get_run(run_id).info.status == end:
+            return
+        if reused and self._reused(run_id, result):
+            self._tag_reused(run_id, key, result)
+        # Epochs whose report died with a killed driver are filled in from the stored history.
+        self.writer.send(self._epochs(key, result.history))
+        # The analyses of the final model at the last epoch's step (the per-epoch metrics are
+        # not repeated: the trial's summary is its Parquet row).
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            run_id,
+            metrics=[Metric(ANALYSIS_PREFIX + k, v, now, result.epochs)
+                     for k, v in finite(result.analysis)],
+            tags=[RunTag("kdsweep.labels_hash", result.labels_hash or ""),
+                  RunTag(STATE_TAG, result.status)],
+        )
+        log_input(self.client, self.spec, run_id, result)
+        log_outputs(self.client, self.storage, run_id, key)
+        if result.reason:
+            self.client.set_tag(run_id, "kdsweep.reason", result.reason)
+            self.client.log_text(run_id, f"{result.status}: {result.reason}", "error.txt")
+        self.client.set_terminated(run_id, end)
+
+    def _reused(self, run_id: str, result: TrialResult) -> bool:
+        """Trained by another cluster or sweep, as the trial's record says: a run of this
+        sweep whose epochs an MLflow outage kept away is still this sweep's own. Records from
+        before records named their sweep: a run with no epochs logged."""
+        elsewhere = result.trained_elsewhere(self.spec.cluster, self.spec.name)
+        return not self._logged(run_id) if elsewhere is None else elsewhere
+
+    def _tag_reused(self, run_id: str, key: str, result: TrialResult) -> None:
+        """A trial this cluster found trained in storage: say so, and by which cluster and run
+        (when that run is in this experiment)."""
+        tags = {"kdsweep.reused": "true", "kdsweep.trained_by": result.cluster or "unknown"}
+        for r in self.client.search_runs(
+            [self.experiment_id], f"tags.`kdsweep.key` = '{key}'", max_results=100
+        ):
+            t = r.data.tags  # the run that trained it stored to this same storage
+            trained = r.info.run_id != run_id and "kdsweep.reused" not in t
+            if trained and t.get("kdsweep.storage") == self.storage.uri:
+                tags["kdsweep.trained_by_run"] = r.info.run_id
+                break
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+    def _warn(self, key: str, messages: list[str]) -> None:
+        if (run_id := self.runs.get(key)) is None:
+            return  # no run yet: the driver's output has them
+        self.warnings.setdefault(run_id, []).extend(messages)
+        self.client.log_text(run_id, "\n".join(self.warnings[run_id]) + "\n", "warnings.txt")
+
+    def _fail(self, key: str, error: str, state: TrialState) -> None:
+        run_id = self.runs[key]
+        self.client.set_tag(run_id, STATE_TAG, state)
+        self.client.log_text(run_id, error, "error.txt")
+        self.client.set_terminated(run_id, "KILLED" if state is TrialState.SKIPPED else "FAILED")
+
+
+def log_outputs(client: MlflowClient, storage: Storage, run_id: str, key: str) -> None:
+    """The trial's analyses (analysis.json) as an artifact, and its model when it kept one
+    (a diverged trial does not): named by the run's `kdsweep.model_uri` tag, and where
+    storage is on the driver's machine also copied in as the file. Where storage is remote
+    (S3) the reference is all: the driver never downloads a model to upload it again
+    (45 MiB per WideResNet, the whole grid's models twice over)."""
+    model = trial_file(key, "model.pt")
+    if storage.exists(model):
+        client.set_tag(run_id, "kdsweep.model_uri", storage.uri_of(model))
+        if storage.is_local:
+            client.log_artifact(run_id, storage.path(model))
+    if (analysis := read_json_checked(storage, trial_file(key, "analysis.json"))):
+        client.log_dict(run_id, analysis, "analysis.json")
+
+
+def log_input(client: MlflowClient, spec: SweepSpec, run_id: str, result: TrialResult) -> None:
+    """The training data as MLflow's Dataset (the UI's Dataset column): the digest is the
+    hash of the labels trained on, so runs on the same noisy labels share it."""
+    d, t = spec.dataset, result.trial
+    noise = f" noise={t['noise_kind']}:{t['noise_rate']:g}" if t["noise_rate"] else ""
+    dataset = Dataset(
+        name=f"{d.name}{noise}",
+        digest=(result.labels_hash or "unknown")[:36],
+        source_type="kdsweep",
+        source=d.root or d.name,
+    )
+    context = InputTag(key="mlflow.data.context", value="train")
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[context])])

@@ -1,0 +1,58 @@
+"""What MLflow is given, in its terms: metric names, param strings, finite values, and which
+epochs a run still lacks (deduplication and backfill, a pure function of the stored history
+and the steps MLflow holds)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import time
+
+from mlflow.entities import Metric
+
+from kd_core.metrics import EpochMetrics
+
+# The final model's analyses go under their own prefix: the MLflow UI shows them in a section
+# of their own, apart from the per-epoch charts.
+ANALYSIS_PREFIX = "analysis/"
+# A trial's own per-epoch metrics; Tune's bookkeeping in each result (pid, timestamp,
+# time_this_iter_s, ...) is not logged.
+EPOCH_METRICS = {f.name for f in dataclasses.fields(EpochMetrics)} - {"epoch"}
+
+
+def param(v) -> str:
+    """A param as a user types it in a filter: tau 4, 20, inf (not 4.0)."""
+    if isinstance(v, float):
+        return f"{v:g}"
+    return "inf" if v == "inf" else str(v)
+
+
+def finite(metrics: dict) -> list[tuple[str, float]]:
+    return [
+        (k, float(v))
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    ]
+
+
+def metric_name(text: str) -> str:
+    """``text`` in the characters MLflow allows in a metric's name ("kl tau=4" -> "kl tau 4",
+    "a>b" -> "a_b", "alone (ce)" -> "alone ce")."""
+    text = text.replace(">", "_").replace("=", " ")
+    return re.sub(r"[^\w.\- /]", "", text)
+
+
+def unlogged(epochs: list[dict], logged: set[int]) -> list[Metric]:
+    """The metrics of the epochs (EpochMetrics dicts) whose step is not in ``logged``, which
+    then holds them: no step is sent twice, and one missing is sent whatever the order."""
+    now = int(time.time() * 1000)
+    out = []
+    for metrics in epochs:
+        step = int(metrics["epoch"])
+        if step in logged:
+            continue
+        own = {k: v for k, v in metrics.items() if k in EPOCH_METRICS}
+        out += [Metric(k, v, now, step) for k, v in finite(own)]
+        logged.add(step)
+    return out

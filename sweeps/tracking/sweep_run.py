@@ -1,0 +1,176 @@
+"""The sweep's experiment and its parent run: one per (sweep name, cluster), found again by tag.
+
+A cluster is its name plus its storage: two clusters of one name that store apart are two
+clusters, each with its own parent run (README, "Several clusters").
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from ..plan import setting_name, student_name
+from ..spec import SweepSpec
+from ..sqlite_store import artifact_root
+from ..storage import Storage
+from .names import finite, metric_name, param
+
+KIND = "custom_model_development"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def ray_job_id() -> str | None:
+    """The submission id when this driver runs inside `ray job submit`, else None."""
+    # Ray's job supervisor hands the driver its job config (with the submission id) this way.
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return None
+    try:
+        return json.loads(raw).get("metadata", {}).get("job_submission_id")
+    except (ValueError, AttributeError):
+        return None
+
+
+def ui_command(tracking_uri: str) -> str:
+    """The command that serves a local store's UI, quoted for a shell (paths with spaces)."""
+    mlflow = Path(sys.executable).with_name("mlflow")
+    exe = shlex.quote(str(mlflow)) if mlflow.exists() else "mlflow"
+    return f"{exe} ui --backend-store-uri {shlex.quote(tracking_uri)} --port 5000"
+
+
+def cluster_id(name: str, storage_uri: str) -> str:
+    """A cluster's identity: its name and where it stores (hashed to fit MLflow tag filters)."""
+    return f"{name}-{hashlib.sha256(storage_uri.encode()).hexdigest()[:10]}"
+
+
+class SweepRun:
+    """The experiment (created once, its kind set) and this cluster's parent run."""
+
+    def __init__(self, client: MlflowClient, spec: SweepSpec, storage: Storage):
+        self.client, self.spec, self.storage = client, spec, storage
+        exp = client.get_experiment_by_name(spec.name)
+        self.experiment_id = exp.experiment_id if exp else self._create_experiment()
+        # MLflow 3 opens an experiment of no declared kind on its GenAI overview: ours are
+        # model training, so the UI opens on the runs table.
+        client.set_experiment_tag(self.experiment_id, "mlflow.experimentKind", KIND)
+        self.cluster_id = cluster_id(spec.cluster, storage.uri)
+        self.common_tags = {  # on the parent and every trial's run
+            "kdsweep.cluster": spec.cluster,
+            "kdsweep.cluster_id": self.cluster_id,
+            "kdsweep.storage": storage.uri,
+            # MLflow's own columns (Source, Version, User); the client API leaves them empty
+            "mlflow.source.name": "kdsweep run",
+            "mlflow.source.type": "JOB",
+            "mlflow.source.git.commit": git_commit(),
+            "mlflow.user": getpass.getuser(),
+        }
+        if job := ray_job_id():
+            self.common_tags["kdsweep.ray_job_id"] = job
+        self.run_id = self._parent_run()
+
+    def _create_experiment(self) -> str:
+        """An embedded store's experiment keeps its artifacts beside the store's file (MLflow's
+        default is the working directory's mlruns/), so store and artifacts move together."""
+        root = artifact_root(self.spec.tracking_uri)
+        where = None if root is None else f"{root}/{uuid.uuid4().hex[:12]}"
+        return self.client.create_experiment(self.spec.name, artifact_location=where)
+
+    def _parent_run(self) -> str:
+        found = self.client.search_runs(
+            [self.experiment_id],
+            f"tags.`kdsweep.role` = 'sweep' and tags.`kdsweep.cluster_id` = '{self.cluster_id}'",
+            max_results=1,
+            order_by=["attributes.start_time ASC"],
+        )
+        if found:
+            run_id = found[0].info.run_id
+        else:
+            run = self.client.create_run(
+                self.experiment_id,
+                run_name=f"{self.spec.name} on {self.spec.cluster}",
+                tags={"kdsweep.role": "sweep", **self.common_tags},
+            )
+            run_id = run.info.run_id
+            self.client.log_text(run_id, self.spec.model_dump_json(indent=1), "spec.json")
+            # Params are immutable in MLflow: the sweep's identity, set once; the grid (which a
+            # rerun may widen) goes in the description, rewritten every run.
+            params = {"dataset": self.spec.dataset.name, "cluster": self.spec.cluster,
+                      "chains": " | ".join(" > ".join(c) for c in self.spec.chains),
+                      "epochs": self.spec.train.epochs}
+            self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        tags = {**self.common_tags, "mlflow.note.content": self.description}
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        return run_id
+
+    @property
+    def description(self) -> str:
+        """The parent run's description (Markdown): what the sweep is."""
+        s, g = self.spec, self.spec.grid
+        return (
+            f"**kdsweep** sweep `{s.name}` on cluster `{s.cluster}`: {s.dataset.name}, chains "
+            + ", ".join(" → ".join(c) for c in s.chains)
+            + f"; losses {', '.join(g.loss)}, tau {', '.join(param(t) for t in g.tau)}, "
+            f"noise {g.noise.kind} {', '.join(f'{r:g}' for r in g.noise.rate)}, "
+            f"{len(g.seeds)} seed(s); {s.train.epochs} epochs. Storage `{self.storage.uri}`."
+        )
+
+    def links(self) -> list[str]:
+        """Where to look: the experiment's runs table and the parent run, in the MLflow UI."""
+        uri = self.spec.tracking_uri
+        base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else None
+        path = f"#/experiments/{self.experiment_id}/runs"
+        if base is None:
+            return [f"MLflow: {ui_command(uri)}, then http://127.0.0.1:5000/{path}/{self.run_id}"]
+        return [f"MLflow runs: {base}/{path}", f"MLflow sweep run: {base}/{path}/{self.run_id}"]
+
+    def log_summary(self, rows) -> None:
+        """Headline metrics: trials done and not, and each cell's mean test accuracy over
+        seeds, named `cell/<student>/<setting>/noise <rate>` (a cell is what the report
+        compares; a mean over students, settings or noise rates would mean nothing)."""
+        done = rows[rows.status == "done"]
+        metrics = {"trials_done": len(done), "trials_not_done": len(rows) - len(done)}
+        cells = done.assign(
+            student=[metric_name(student_name(g, c)) for g, c in zip(
+                done.generation, done.chain, strict=True)],
+            setting=[metric_name(setting_name(r.generation, r.loss, r.tau, r.alpha))
+                     for r in done.itertuples()])
+        for (student, s, noise), acc in cells.groupby(
+                ["student", "setting", "noise_rate"]).test_acc.mean().items():
+            metrics[f"cell/{student}/{s}/noise {noise:g}"] = acc
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            self.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in finite(metrics)]
+        )
+
+    def start(self) -> None:
+        self.client.update_run(self.run_id, status="RUNNING")
+
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), folder)
+
+    def end(self, status: str) -> None:
+        self.client.set_terminated(self.run_id, status)
