@@ -221,7 +221,7 @@ def compare(spec, gpus: int, *, per_node: int = 8, teacher_hours: float = 1.0,
     """Hours to finish ``spec`` on ``gpus`` GPUs under each policy, and the lower bound and the
     dependency policy's GPU busy fraction, each the mean over ``seeds`` draws."""
     _, k, shape, _ = data_facts(spec.dataset.name)
-    priority = remaining_work(spec, trial_costs(spec, k, shape))
+    priority = remaining_work(spec.chains, trial_costs(spec.architectures, k, shape))
     rows = []
     for s in range(seeds):
         jobs = build_jobs(spec, measured, teacher_hours, seed=s)

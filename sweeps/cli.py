@@ -27,8 +27,8 @@ def _plan(args) -> int:
     spec = load_spec(args.spec)
     plan = build_plan(spec)
     if not args.offline:
-        check_storage(spec)
-        check_tracking(spec)
+        check_storage(spec.storage)
+        check_tracking(spec.tracking_uri)
     done = set()
     if args.check_storage:  # read only: a plan changes nothing
         ledger = Ledger(Storage(spec.storage), repair=False)
@@ -51,11 +51,11 @@ def _measure(spec, plan, args) -> None:
     from .sweep import connect
 
     if args.address is None:
-        check_fits(spec, local_resources())
-    counts = plan_shapes(spec, plan, check_dataset(spec))
+        check_fits(spec.resources, spec.architectures, local_resources())
+    counts = plan_shapes(spec, plan, check_dataset(spec.dataset))
     connect(args.address)
     if args.address is None:
-        check_fits(spec, ray.cluster_resources())
+        check_fits(spec.resources, spec.architectures, ray.cluster_resources())
     measured = measure(spec, list(counts), args.steps)
     print(
         render(spec, counts, measured, suggest(measured, max_per_gpu=args.max_per_gpu), args.steps)

@@ -27,7 +27,7 @@ from ray.tune.search import Searcher
 
 from .ledger import Ledger
 from .scheduler import Job, Scheduler
-from .spec import SweepSpec
+from .spec import ResourcesSpec, SearchSpec, SweepSpec
 from .storage import AWS_CREDENTIALS, STORAGE_FULL, StorageFull
 from .trial import OUTCOME, WARNINGS, run_job
 
@@ -72,9 +72,9 @@ class StudentASHA(FIFOScheduler):
     """ASHA among the students of each generation (one ASHA per generation, so students are
     ranked against their own generation); teachers and bank builds always run to the end."""
 
-    def __init__(self, spec: SweepSpec):
+    def __init__(self, search: SearchSpec, epochs: int):
         super().__init__()
-        self.spec = spec
+        self.search, self.epochs = search, epochs
         self.by_generation: dict[int, ASHAScheduler] = {}
 
     def _asha(self, trial) -> ASHAScheduler | None:
@@ -83,12 +83,12 @@ class StudentASHA(FIFOScheduler):
         if job.kind != "train" or g == 0:
             return None
         if g not in self.by_generation:
-            a = self.spec.search.asha
+            a = self.search.asha
             self.by_generation[g] = ASHAScheduler(
                 time_attr="epoch",
-                metric=self.spec.search.metric,
+                metric=self.search.metric,
                 mode="max",
-                max_t=self.spec.train.epochs,
+                max_t=self.epochs,
                 grace_period=a.grace_period,
                 reduction_factor=a.reduction_factor,
             )
@@ -155,14 +155,14 @@ class SweepCallback(tune.Callback):
             self.events.bank_built(job.trial, None, text)
 
 
-def job_resources(spec: SweepSpec):
+def job_resources(resources: ResourcesSpec):
     """Tune asks per trial: a trial gets its architecture's resources; a bank build its
     teacher's, with a whole GPU (it holds the teacher, batches of views and the bank at once)."""
 
     def request(config: dict):
         job = Job.from_config(config)
-        ask = spec.resources.for_model(job.trial.model)
-        if job.kind == "bank" and spec.resources.uses_gpu:
+        ask = resources.for_model(job.trial.model)
+        if job.kind == "bank" and resources.uses_gpu:
             ask = {**ask, "gpu": 1}
         return resource_dict_to_pg_factory(ask)
 
@@ -179,7 +179,7 @@ def run_experiment(
     # take credentials from their node (its environment or instance role), as the driver does.
     class_cache.ENV_VARS_TO_PROPAGATE = class_cache.ENV_VARS_TO_PROPAGATE - AWS_CREDENTIALS
     trainable = tune.with_resources(
-        tune.with_parameters(run_job, spec=spec, driver=driver), job_resources(spec)
+        tune.with_parameters(run_job, spec=spec, driver=driver), job_resources(spec.resources)
     )
     early = spec.search.asha is not None
     tune_path, tune_fs = ledger.tune_location(spec)
@@ -187,7 +187,7 @@ def run_experiment(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
-            scheduler=StudentASHA(spec) if early else None,
+            scheduler=StudentASHA(spec.search, spec.train.epochs) if early else None,
             num_samples=-1,  # the searcher says when it is done
             trial_dirname_creator=lambda t: f"{t.config['job']}-{t.config['trial']['key'][:12]}",
             reuse_actors=True,  # warm workers across generations: no torch import per trial

@@ -30,7 +30,7 @@ import threading
 import time
 import uuid
 
-from .ledger import sweep_file, trial_file
+from .ledger import trial_file
 from .spec import SpecError
 from .storage import Storage, StorageFull
 
@@ -133,8 +133,9 @@ class Lease:
 
 
 class DriverLease(Lease):
-    def __init__(self, storage: Storage, spec):
-        super().__init__(storage, sweep_file(spec, "driver.lease"), settle=min(1.0, TTL / 10))
+    def __init__(self, storage: Storage, rel: str):
+        """``rel``: the sweep's lease file (ledger.sweep_file(spec, "driver.lease"))."""
+        super().__init__(storage, rel, settle=min(1.0, TTL / 10))
 
     @property
     def token(self) -> str:

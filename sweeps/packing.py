@@ -29,7 +29,7 @@ from .trial import run_spec
 
 def _student(spec: SweepSpec, data: ImageData, model: str, teacher: str, siblings: int) -> Shape:
     # "shared", "private" or "online": a shared bank's pages are the node's, not the trial's
-    return Shape(model, teacher, teacher_path_of(spec, data, siblings)[0])
+    return Shape(model, teacher, teacher_path_of(spec.train, data, siblings)[0])
 
 
 def plan_shapes(spec: SweepSpec, plan: Plan, data: ImageData) -> Counter:

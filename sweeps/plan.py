@@ -14,7 +14,7 @@ import math
 from collections import Counter
 from dataclasses import asdict, dataclass
 
-from .spec import SweepSpec
+from .spec import GridSpec, SweepSpec
 
 KEY_VERSION = 2  # bump when the trainer or a model changes what a given config produces
 
@@ -164,12 +164,12 @@ def make_trial(
     )
 
 
-def student_settings(spec: SweepSpec) -> list[tuple[str, float | None, float]]:
+def student_settings(grid: GridSpec) -> list[tuple[str, float | None, float]]:
     """(loss, tau, alpha) combinations of the grid; mse gets no duplicate per tau."""
     out = []
-    for loss in spec.grid.loss:
-        for alpha in spec.grid.alpha:
-            taus = spec.grid.tau if loss == "kl" else [None]
+    for loss in grid.loss:
+        for alpha in grid.alpha:
+            taus = grid.tau if loss == "kl" else [None]
             out += [(loss, tau, alpha) for tau in taus]
     return out
 
@@ -229,7 +229,7 @@ def build_plan(spec: SweepSpec) -> Plan:
             generations[t.generation].append(t)
         return seen[t.key]
 
-    settings = student_settings(spec) if spec.search.type == "grid" else []
+    settings = student_settings(spec.grid) if spec.search.type == "grid" else []
     for rate in spec.grid.noise.rate:
         for seed in spec.grid.seeds:
             for chain in spec.chains:

@@ -18,7 +18,7 @@ import pyarrow.fs as pafs
 
 from kd_core.data import ImageData, load_dataset
 
-from .spec import SpecError, SweepSpec
+from .spec import DatasetSpec, ResourcesSpec, SpecError, SweepSpec
 from .sqlite_store import check_sqlite_store
 from .storage import Storage
 
@@ -26,10 +26,9 @@ log = logging.getLogger(__name__)
 TIMEOUT = float(os.environ.get("KDSWEEP_CHECK_TIMEOUT", "8"))  # seconds per server check
 
 
-def check_dataset(spec: SweepSpec) -> ImageData:
+def check_dataset(d: DatasetSpec) -> ImageData:
     """Fail before any work when the dataset cannot be read here."""
     try:
-        d = spec.dataset
         return load_dataset(d.name, root=d.root, download=d.download)
     except (FileNotFoundError, ValueError) as e:
         raise SpecError(f"dataset: {e}") from None
@@ -64,10 +63,10 @@ def _unwritable(path: Path) -> Path | None:
     return None if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK) else existing
 
 
-def check_storage(spec: SweepSpec) -> None:
+def check_storage(uri: str) -> None:
     """The storage is a writable directory (local/NFS) or a reachable bucket (S3)."""
     try:
-        storage = Storage(spec.storage)
+        storage = Storage(uri)
     except (ValueError, OSError) as e:
         raise SpecError(f"storage: {e}") from None
     if storage.is_local:
@@ -90,10 +89,10 @@ def check_storage(spec: SweepSpec) -> None:
         raise SpecError(f"storage: bucket {bucket!r} does not exist at {storage.uri}")
 
 
-def check_tracking(spec: SweepSpec) -> None:
-    """The MLflow store answers, accepts this process's credentials and has the schema this
-    MLflow writes. Reads only: a file that is not such a store is refused, never moved."""
-    uri = spec.tracking_uri
+def check_tracking(uri: str) -> None:
+    """The MLflow store at ``uri`` answers, accepts this process's credentials and has the
+    schema this MLflow writes. Reads only: a file that is not such a store is refused, never
+    moved."""
     if uri.startswith(("http://", "https://")):
         _bounded(f"tracking_uri: {uri}", lambda: _probe_server(uri))
         return
@@ -151,15 +150,15 @@ def local_resources() -> dict[str, float]:
     return {"CPU": os.cpu_count() or 1, "GPU": torch.cuda.device_count()}
 
 
-def check_fits(spec: SweepSpec, have: dict[str, float]) -> None:
-    """Refuse trials that could never start on a machine with ``have`` (Ray resource names):
-    Tune would otherwise wait for them forever."""
-    for model in spec.architectures:
-        ask = spec.resources.for_model(model)
+def check_fits(resources: ResourcesSpec, models: list[str], have: dict[str, float]) -> None:
+    """Refuse trials of ``models`` that could never start on a machine with ``have`` (Ray
+    resource names): Tune would otherwise wait for them forever."""
+    for model in models:
+        ask = resources.for_model(model)
         for name, field in (("cpu", "CPU"), ("gpu", "GPU"), ("memory", "memory")):
             if field in have and ask.get(name, 0) > have[field]:
                 where = (
-                    f"resources.models.{model}" if model in spec.resources.models else "resources"
+                    f"resources.models.{model}" if model in resources.models else "resources"
                 )
                 raise SpecError(
                     f"{where}: a {model} trial asks for {name} {ask[name]:g}, more than this "
@@ -169,8 +168,8 @@ def check_fits(spec: SweepSpec, have: dict[str, float]) -> None:
 
 def check_all(spec: SweepSpec, local: bool) -> ImageData:
     """Every check that needs no Ray; ``local``: the sweep will start its own Ray here."""
-    check_storage(spec)
-    check_tracking(spec)
+    check_storage(spec.storage)
+    check_tracking(spec.tracking_uri)
     if local:
-        check_fits(spec, local_resources())
-    return check_dataset(spec)
+        check_fits(spec.resources, spec.architectures, local_resources())
+    return check_dataset(spec.dataset)

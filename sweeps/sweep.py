@@ -26,7 +26,7 @@ from . import faults  # noqa: E402
 from .engine import DependencySearcher, run_experiment  # noqa: E402
 from .events import SweepEvents  # noqa: E402
 from .lease import DriverLease  # noqa: E402
-from .ledger import Ledger, Snapshot, TrialState, reconcile  # noqa: E402
+from .ledger import Ledger, Snapshot, TrialState, reconcile, sweep_file  # noqa: E402
 from .plan import Plan, Trial, build_plan  # noqa: E402
 from .preflight import check_all, check_fits  # noqa: E402
 from .progress import Progress  # noqa: E402
@@ -109,7 +109,7 @@ def make_scheduler(
     events: SweepEvents,
 ) -> Scheduler:
     """The scheduler, told what the snapshot holds: models, stored banks, search metrics."""
-    cost = trial_costs(spec, data.num_classes, tuple(data.train_images.shape[1:]))
+    cost = trial_costs(spec.architectures, data.num_classes, tuple(data.train_images.shape[1:]))
     models = {k for k in snapshot.ended() if snapshot.has_model(k)}
     teachers = {t.teacher_key for t in plan.trials} | {s.teacher.key for s in sources}
     dtype = spec.train.bank_dtype
@@ -122,8 +122,8 @@ def make_scheduler(
         banks={k for k in models & teachers if snapshot.ledger.has_bank(k, dtype)},
         values={k: getattr(r, spec.search.metric, None)
                 for k, r in snapshot.results.items() if r is not None},
-        priority=remaining_work(spec, cost),
-        wants_bank=lambda n_students: wants_shared_bank(spec, data, n_students),
+        priority=remaining_work(spec.chains, cost),
+        wants_bank=lambda n_students: wants_shared_bank(spec.train, data, n_students),
         listener=events,
         sources=sources,
     )
@@ -164,7 +164,8 @@ def run_sweep(
     done = snapshot.ended()
     print(plan.describe(done), file=out, flush=True)
     faults.arm()
-    lease = DriverLease(storage, spec)  # one driver per sweep and cluster, before Ray starts
+    # one driver per sweep and cluster, before Ray starts
+    lease = DriverLease(storage, sweep_file(spec, "driver.lease"))
     lease.on_lost = lambda held: _superseded(lease, held)
     lease.acquire(out)
     faults.reached("after-lease")
@@ -173,7 +174,8 @@ def run_sweep(
         if len(done) < len(plan.trials) or retry_failed or spec.search.type == "optuna":
             connect(address)
             if address is None:
-                check_fits(spec, ray.cluster_resources())  # memory: as much as Ray granted
+                # memory: as much as Ray granted
+                check_fits(spec.resources, spec.architectures, ray.cluster_resources())
         return _train_and_publish(spec, plan, data, snapshot, out, retry_failed, lease, address)
     finally:
         lease.release()

@@ -32,23 +32,23 @@ from kd_core.train import resolve_device
 from .ledger import Ledger, quarantine, read_json_checked
 from .plan import students_per_teacher
 from .resume import trained_model
-from .spec import SweepSpec
+from .spec import SweepSpec, TrainSpec
 from .storage import node_cache
 
 log = logging.getLogger(__name__)
 
 
-def _policy(spec: SweepSpec, images: int, aug: Augment, classes: int, n_students: int):
-    """kd_core.bank.teacher_path under the spec's settings: ((path, why), the bank's bytes)."""
-    t = spec.train
+def _policy(t: TrainSpec, images: int, aug: Augment, classes: int, n_students: int):
+    """kd_core.bank.teacher_path under the spec's train settings: ((path, why), the bank's
+    bytes)."""
     nbytes = bank_nbytes(images, aug, classes, getattr(torch, t.bank_dtype))
     return teacher_path(n_students, t.epochs, aug.n_views, nbytes, t.bank_budget_gb * 2**30,
                         t.teacher_bank), nbytes
 
 
-def teacher_path_of(spec: SweepSpec, data: ImageData, n_students: int) -> tuple[str, str]:
+def teacher_path_of(train: TrainSpec, data: ImageData, n_students: int) -> tuple[str, str]:
     """kd_core.bank.teacher_path for the students of one of this sweep's teachers."""
-    return _policy(spec, len(data.train_labels), data.augment, data.num_classes, n_students)[0]
+    return _policy(train, len(data.train_labels), data.augment, data.num_classes, n_students)[0]
 
 
 def bank_summary(spec: SweepSpec, plan) -> str:
@@ -62,7 +62,7 @@ def bank_summary(spec: SweepSpec, plan) -> str:
     choices: Counter = Counter()
     nbytes = 0
     for key, n in students_per_teacher(plan.trials).items():
-        (path, why), nbytes = _policy(spec, facts["train"], aug, facts["classes"], n)
+        (path, why), nbytes = _policy(spec.train, facts["train"], aug, facts["classes"], n)
         choices[(generation[key], path, n, why)] += 1
     lines = [f"teachers' logits ({aug.n_views} views, a bank is {nbytes / 2**30:.2f} GiB):"]
     for (g, path, n, why), count in sorted(choices.items()):
@@ -72,10 +72,10 @@ def bank_summary(spec: SweepSpec, plan) -> str:
     return "\n".join(lines)
 
 
-def wants_shared_bank(spec: SweepSpec, data: ImageData, n_students: int) -> bool:
+def wants_shared_bank(train: TrainSpec, data: ImageData, n_students: int) -> bool:
     """Whether the teacher of ``n_students`` students gets one bank in storage (else each
     student builds its own or runs the teacher online, as its trainer decides)."""
-    return teacher_path_of(spec, data, n_students)[0] == "shared"
+    return teacher_path_of(train, data, n_students)[0] == "shared"
 
 
 def build_shared_bank(spec: SweepSpec, store: Ledger, teacher_key: str) -> float:

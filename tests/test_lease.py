@@ -6,6 +6,7 @@ import yaml
 
 from sweeps import lease as lease_module
 from sweeps.lease import DriverLease
+from sweeps.ledger import sweep_file
 from sweeps.spec import parse_spec
 from sweeps.storage import Storage
 from testkit.drivers import write_spec
@@ -17,7 +18,7 @@ def held_lease(tmp_path, monkeypatch, ttl: float) -> tuple[Storage, DriverLease,
     monkeypatch.setattr(lease_module, "TTL", ttl)
     spec = parse_spec(yaml.safe_load(write_spec(tmp_path).read_text()))
     storage = Storage(spec.storage)
-    lease, told = DriverLease(storage, spec), []
+    lease, told = DriverLease(storage, sweep_file(spec, "driver.lease")), []
     lease.on_lost = told.append
     lease.acquire()
     return storage, lease, told, spec
@@ -31,7 +32,7 @@ def test_a_holder_that_lost_its_lease_is_told_and_never_writes_it_again(tmp_path
     # `first` pauses past its TTL; a second driver takes the sweep over (its fence grows)
     record = storage.read_json(first.rel)
     storage.write_json(first.rel, {**record, "renewed": time.time() - 61})
-    second = DriverLease(storage, spec)
+    second = DriverLease(storage, sweep_file(spec, "driver.lease"))
     second.acquire()
     taken = storage.read_json(first.rel)
     assert taken["token"] == second.token and taken["fence"] == 2

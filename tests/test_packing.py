@@ -85,7 +85,7 @@ def test_suggested_fractions_fit_any_mix_in_one_gpu():
 def test_trial_resources_follow_the_architecture():
     spec = make_spec(resources={"cpu": 2, "gpu": 0.25, "memory_gb": 1,
                                 "models": {"cnn-small": {"gpu": 0.125, "memory_gb": 0.5}}})
-    request = job_resources(spec)
+    request = job_resources(spec.resources)
     plan = build_plan(spec)
     small = next(t for t in plan.trials if t.model == "cnn-small")
     large = next(t for t in plan.trials if t.model == "cnn-large")

@@ -81,7 +81,7 @@ def test_a_half_made_store_is_refused_and_left_as_it_is(tmp_path):
     spec = parse_spec(yaml.safe_load(spec_file(tmp_path).read_text()))
     with pytest.raises(SpecError, match=r"mlflow.db is not an MLflow SQLite store \(a store "
                        r"kdsweep began; left as it is\)"):
-        check_tracking(spec)
+        check_tracking(spec.tracking_uri)
     assert db.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [
         "mlflow.db", "spec.yaml"]
 
@@ -147,6 +147,6 @@ def test_printed_commands_paste_into_a_shell(tmp_path):
     old = old_schema_store(tmp_path)
     with pytest.raises(SpecError) as e:
         check_tracking(parse_spec(yaml.safe_load(spec_file(
-            tmp_path, tracking_uri=f"sqlite:///{old}").read_text())))
+            tmp_path, tracking_uri=f"sqlite:///{old}").read_text())).tracking_uri)
     pasted = re.search(r"`(mlflow db upgrade .*)`", str(e.value))[1]
     assert shlex.split(pasted) == ["mlflow", "db", "upgrade", f"sqlite:///{old}"]

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from sweeps import lease as lease_module
 from sweeps.lease import DriverLease, TrialClaim
-from sweeps.ledger import trial_file
+from sweeps.ledger import sweep_file, trial_file
 from sweeps.plan import build_plan
 from sweeps.resume import SLOTS, TrialCheckpoints
 from sweeps.spec import SpecError, parse_spec
@@ -271,10 +271,10 @@ def test_a_lease_that_stopped_renewing_is_waited_out(tmp_path, monkeypatch):
     held = {"host": "lost-node", "pid": 1, "since": time.time() - 60, "token": "x"}
     storage.write_json(rel, {**held, "renewed": time.time()})
     with pytest.raises(SpecError, match="host lost-node, pid 1"):
-        DriverLease(storage, spec).acquire()
+        DriverLease(storage, sweep_file(spec, "driver.lease")).acquire()
     storage.write_json(rel, {**held, "renewed": time.time() - 3.0})  # missed its heartbeats
     t0 = time.time()
-    mine = DriverLease(storage, spec)
+    mine = DriverLease(storage, sweep_file(spec, "driver.lease"))
     mine.acquire()
     assert 0.5 < time.time() - t0 < 4.0  # waited for the expiry, no longer
     assert storage.read_json(rel)["token"] == mine.me["token"]

@@ -45,7 +45,7 @@ def work(spec):
     """Remaining work per lineage, from fixed costs (schedule.remaining_work's shape)."""
     from sweeps.schedule import remaining_work
 
-    return remaining_work(spec, COST)
+    return remaining_work(spec.chains, COST)
 
 
 def scheduler(spec, done=(), banks=(), wants_bank=lambda n: n > 1):
