@@ -22,6 +22,7 @@ def _plan(args) -> int:
     from .ledger import Ledger
     from .plan import build_plan
     from .preflight import check_storage, check_tracking
+    from .snapshot import Snapshot
     from .storage import Storage
 
     spec = load_spec(args.spec)
@@ -32,7 +33,7 @@ def _plan(args) -> int:
     done = set()
     if args.check_storage:  # read only: a plan changes nothing
         ledger = Ledger(Storage(spec.storage), repair=False)
-        done = ledger.snapshot(t.key for t in plan.trials).ended()
+        done = Snapshot.load(ledger, (t.key for t in plan.trials)).ended()
     print(plan.describe(done))
     from .teacher_bank import bank_summary
 

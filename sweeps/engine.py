@@ -29,7 +29,7 @@ from .ledger import Ledger
 from .scheduler import Job, Scheduler
 from .spec import ResourcesSpec, SearchSpec, SweepSpec
 from .storage import AWS_CREDENTIALS, STORAGE_FULL, StorageFull
-from .trial import OUTCOME, WARNINGS, run_job
+from .trial import CORRUPT_FILES, OUTCOME, WARNINGS, run_job
 
 
 class DependencySearcher(Searcher):
@@ -134,6 +134,8 @@ class SweepCallback(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if WARNINGS in result:
             self.events.warned(trial.config["trial"]["key"], result[WARNINGS])
+        if CORRUPT_FILES in result:
+            self.events.corrupt(result[CORRUPT_FILES])
         if STORAGE_FULL in result:  # raised here, it ends the experiment: nothing can be stored
             raise StorageFull(result[STORAGE_FULL])
         if "epoch" in result:

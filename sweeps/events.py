@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .ledger import Snapshot, TrialState
+from .ledger import TrialState
 from .plan import Plan, Trial
 from .progress import Progress
 from .record import TrialResult
+from .snapshot import Snapshot
 from .tracking import Tracker
 
 
@@ -56,6 +57,13 @@ class SweepEvents:
         for message in messages:
             self.progress.warn(key, message)
         self.tracker.warn(key, messages)
+
+    def corrupt(self, files: list[list[str]]) -> None:
+        """Files of other trials (a teacher's model or bank) that a worker found corrupt: moved
+        aside under the lease (the worker only reads them; the next run derives them again)."""
+        for rel, why in files:
+            self.fence()
+            self.ledger.move_aside(rel, why)
 
     def ended(self, trial: Trial, last: dict, early_stopping: bool) -> None:
         """A trial's function returned: it published a result, failed for good, or (ASHA)

@@ -25,7 +25,7 @@ a driver's run and its Parquet rows: nothing is stored for a trial that never st
 Who writes: a trial's own worker writes its own trial's files. The driver writes the sweep's
 files, the result of a trial ASHA stopped (its worker was stopped before it could), and
 repairs trials' files only in ``reconcile``, at the start of its run, under its lease. The
-driver reads each stored result once per run (``Snapshot``); `kdsweep status` reads with
+driver reads each stored result once per run (snapshot.py); `kdsweep status` reads with
 ``repair=False`` and changes nothing.
 """
 
@@ -34,7 +34,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
 from enum import StrEnum
 
 from .record import TrialResult
@@ -69,6 +68,21 @@ def sweep_file(spec, name: str) -> str:
     return f"sweeps/{spec.name}/{spec.cluster}/{name}"
 
 
+def digest_file(rel: str) -> str:
+    """Beside each stored bank (``rel``): its size and SHA-256, to verify a fetched copy."""
+    return rel.removesuffix(".pt") + ".json"
+
+
+# The `extra` key of a warning that names a corrupt file of another trial (a student reading
+# its teacher's model or bank): the worker only reads; its driver moves the file aside.
+CORRUPT = "kdsweep_corrupt"
+
+
+def flag_corrupt(storage: Storage, rel: str, why: str) -> None:
+    """Say that ``rel`` is corrupt, for whoever may repair it (Ledger.move_aside, in the driver)."""
+    log.warning("%s: %s", storage.uri_of(rel), why, extra={CORRUPT: rel})
+
+
 def quarantine(storage: Storage, rel: str, why: str) -> None:
     """Move a corrupt file aside (kept for a post-mortem) so that what it held is derived again."""
     dest = f"{rel}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -81,13 +95,10 @@ def quarantine(storage: Storage, rel: str, why: str) -> None:
 
 def read_json_checked(storage: Storage, rel: str, repair: bool = True) -> dict | None:
     """A JSON file from storage, or None when it is missing or corrupt (then quarantined, or
-    with ``repair`` False only logged)."""
+    with ``repair`` False only flagged)."""
 
     def corrupt(why: str) -> None:
-        if repair:
-            quarantine(storage, rel, why)
-        else:
-            log.warning("%s: %s", storage.uri_of(rel), why)
+        (quarantine if repair else flag_corrupt)(storage, rel, why)
 
     try:
         data = storage.read_json(rel)
@@ -135,13 +146,6 @@ class Ledger:
                 return state
         return TrialState.PENDING
 
-    def snapshot(self, keys: Iterable[str]) -> Snapshot:
-        """The state of ``keys`` now, each result read once."""
-        snap = Snapshot(self)
-        for key in keys:
-            snap.result(key)
-        return snap
-
     def has_model(self, key: str) -> bool:
         return self.storage.exists(trial_file(key, "model.pt"))
 
@@ -181,7 +185,17 @@ class Ledger:
             },
         )
 
-    # ---- the driver's repairs (reconcile) --------------------------------------------------
+    # ---- the driver's repairs (reconcile, and files its workers flagged) --------------------
+    def move_aside(self, rel: str, why: str) -> bool:
+        """Move aside a trial's file that a worker of another trial flagged corrupt (a
+        teacher's model or bank; a bank's digest goes with it). False when it is gone."""
+        if not rel.startswith("trials/") or not self.storage.exists(rel):
+            return False
+        quarantine(self.storage, rel, why)
+        if "/bank-" in rel:
+            self.storage.delete(digest_file(rel))
+        return True
+
     def clear_failure(self, key: str) -> None:
         """A rerun retries a trial that failed before."""
         self.storage.delete(trial_file(key, "failed.json"))
@@ -231,69 +245,3 @@ class Ledger:
 
     def tune_location(self, spec):
         return self.storage.tune_location(sweep_file(spec, "tune"))
-
-
-class Snapshot:
-    """A driver's view of its trials: each stored result read once per run (on first use),
-    then kept current by the run's own events, in memory."""
-
-    def __init__(self, ledger: Ledger):
-        self.ledger = ledger
-        self.results: dict[str, TrialResult | None] = {}
-        self.states: dict[str, TrialState] = {}
-
-    def result(self, key: str) -> TrialResult | None:
-        if key not in self.results:
-            self.results[key] = r = self.ledger.result(key)
-            self.states[key] = self.ledger.state(key, r)
-        return self.results[key]
-
-    def state(self, key: str) -> TrialState:
-        self.result(key)
-        return self.states[key]
-
-    def has_model(self, key: str) -> bool:
-        """Done means a model beside the result (publish writes it first; reconcile forgets
-        the result of a teacher whose model is gone)."""
-        return self.state(key) is TrialState.DONE
-
-    def set(self, key: str, state: TrialState, result: TrialResult | None = None) -> None:
-        """An event of this run: the trial is now in ``state`` (with its record once ended)."""
-        self.states[key], self.results[key] = state, result
-
-    def ended(self) -> set[str]:
-        """Keys known to hold a result."""
-        return {k for k, r in self.results.items() if r is not None}
-
-
-def reconcile(
-    snapshot: Snapshot,
-    trials: Iterable,
-    retry_failed: bool,
-    fence: Callable[[], None],
-    teachers: Iterable[str] = (),
-) -> None:
-    """The driver's repairs before it trains, each under its lease (``fence`` raises once
-    another driver holds it). Of ``trials`` (plan.Trial): a diverged one is reset when
-    ``retry_failed``; a finished teacher of one still to train (or of ``teachers``: optuna's)
-    whose model is gone forgets its result (it publishes again from its checkpoints, else
-    retrains); one that failed before is retried."""
-    ledger, trials = snapshot.ledger, list(trials)
-
-    def repair(key: str, how: Callable[[str], None]) -> None:
-        fence()
-        how(key)
-        snapshot.set(key, TrialState.PENDING)
-
-    for t in trials:
-        if retry_failed and snapshot.state(t.key) is TrialState.DIVERGED:
-            repair(t.key, ledger.reset)
-    needed = {t.teacher_key for t in trials if t.teacher_key and snapshot.result(t.key) is None}
-    for key in sorted(needed | set(teachers)):
-        if snapshot.state(key) is TrialState.DONE and not ledger.has_model(key):
-            log.warning("%s: gone; its trial publishes it again for its students",
-                        ledger.model_uri(key))
-            repair(key, ledger.forget_result)
-    for t in trials:
-        if snapshot.state(t.key) is TrialState.FAILED:
-            repair(t.key, ledger.clear_failure)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from .ledger import Ledger, TrialState
 from .plan import Plan, Trial, build_plan
+from .snapshot import Snapshot
 from .spec import SweepSpec
 from .storage import Storage
 
@@ -109,5 +110,6 @@ def sweep_status(spec: SweepSpec) -> str:
     process runs the sweep)."""
     ledger = Ledger(Storage(spec.storage), repair=False)
     plan = load_plan(spec, ledger)
-    progress = Progress(plan, ledger.snapshot(t.key for t in plan.trials).state, io.StringIO())
+    snapshot = Snapshot.load(ledger, (t.key for t in plan.trials))
+    progress = Progress(plan, snapshot.state, io.StringIO())
     return f"sweep {spec.name} ({spec.storage})\n{progress.table()}"

@@ -10,9 +10,10 @@ import pyarrow.parquet as pq
 
 from kd_core.analysis import SCALARS
 
-from .ledger import Snapshot, TrialState
+from .ledger import TrialState
 from .plan import Plan, Trial
 from .record import FINAL_METRICS, TrialResult
+from .snapshot import Snapshot
 from .storage import Storage
 
 IDENTITY = [

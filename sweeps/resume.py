@@ -18,7 +18,7 @@ import time
 from kd_core.checkpoint import CheckpointError, checkpoint_bytes, load_checkpoint
 from kd_core.train import load_model
 
-from .ledger import Ledger, quarantine, read_json_checked, trial_file
+from .ledger import Ledger, flag_corrupt, quarantine, read_json_checked, trial_file
 from .storage import Storage
 
 log = logging.getLogger(__name__)
@@ -29,10 +29,11 @@ class TrialCheckpoints:
     """Two alternating slots, each written atomically: a corrupt newest one falls back to the
     previous good one. A save may upload in the background, one upload at a time, so the next
     epoch trains while the last one uploads (a kill then loses at most the epoch in flight and
-    the one uploading); ``on_saved(epoch)`` runs once that epoch is in storage."""
+    the one uploading); ``on_saved(epoch)`` runs once that epoch is in storage. ``repair``:
+    a corrupt slot is quarantined (the trial's own worker), else only flagged (a reader)."""
 
-    def __init__(self, storage: Storage, key: str, on_saved=None):
-        self.storage, self.key = storage, key
+    def __init__(self, storage: Storage, key: str, on_saved=None, repair: bool = True):
+        self.storage, self.key, self.repair = storage, key, repair
         self.on_saved = on_saved or (lambda epoch: None)
         self.saved_epoch = 0
         self._next = 0  # the slot the next save overwrites: never the one holding the newest
@@ -104,7 +105,7 @@ class TrialCheckpoints:
             try:
                 state = load_checkpoint(self.storage.read_bytes(rel), self.storage.uri_of(rel))
             except CheckpointError as e:  # the other slot, or epoch 0, is the last good state
-                quarantine(self.storage, rel, str(e))
+                (quarantine if self.repair else flag_corrupt)(self.storage, rel, str(e))
                 continue
             found.append((int(state["epoch"]), i, state))
         if not found:
@@ -114,29 +115,31 @@ class TrialCheckpoints:
         return state
 
 
-def trained_model(store: Ledger, key: str):
-    """The model of finished trial ``key`` (a teacher), loaded without executing code. A model
-    file that is missing or corrupt (quarantined) is published again from the trial's final
-    checkpoint, which holds the same weights; when the checkpoints lack the final epoch the
-    trial forgets its result, so the next run trains it again, and CheckpointError says so."""
+def trained_model(storage: Storage, key: str):
+    """The model of finished trial ``key`` (a teacher), loaded without executing code, reading
+    only (the caller is another trial's worker). A model file that is missing or corrupt is
+    read from the trial's final checkpoint, which holds the same weights; a corrupt one is
+    flagged, for the driver to move aside, and the next run's reconcile (snapshot.py) has the
+    trial publish it again. CheckpointError when the checkpoints lack the final epoch too (the
+    next run trains the rest of the trial)."""
+    reader = Ledger(storage, repair=False)
     rel = trial_file(key, "model.pt")
-    if store.storage.exists(rel):
+    if storage.exists(rel):
         try:
-            return load_model(*store.model_bytes(key))
+            return load_model(*reader.model_bytes(key))
         except CheckpointError as e:
-            quarantine(store.storage, rel, str(e))
-    state = TrialCheckpoints(store.storage, key).load_latest()
-    result = store.result(key)
+            flag_corrupt(storage, rel, str(e))
+    state = TrialCheckpoints(storage, key, repair=False).load_latest()
+    result = reader.result(key)
     if state is None or result is None or int(state["epoch"]) != result.epochs:
-        store.forget_result(key)
         raise CheckpointError(
-            f"{store.model_uri(key)}: missing or corrupt, and the trial's checkpoints lack its "
+            f"{reader.model_uri(key)}: missing or corrupt, and the trial's checkpoints lack its "
             "final epoch; the next run trains the trial again"
         )
-    log.warning("%s: published again from the trial's final checkpoint", store.model_uri(key))
+    log.warning("%s: missing or corrupt; read from the trial's final checkpoint (the next run "
+                "publishes it again)", reader.model_uri(key))
     model = {"model_spec": state["model_spec"], "model": state["model"], "trial": result.trial}
-    store.storage.write_bytes(rel, checkpoint_bytes(model))
-    return load_model(*store.model_bytes(key))
+    return load_model(checkpoint_bytes(model), reader.model_uri(key))
 
 
 class Attempts:

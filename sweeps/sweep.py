@@ -26,7 +26,7 @@ from . import faults  # noqa: E402
 from .engine import DependencySearcher, run_experiment  # noqa: E402
 from .events import SweepEvents  # noqa: E402
 from .lease import DriverLease  # noqa: E402
-from .ledger import Ledger, Snapshot, TrialState, reconcile, sweep_file  # noqa: E402
+from .ledger import Ledger, TrialState, sweep_file  # noqa: E402
 from .plan import Plan, Trial, build_plan  # noqa: E402
 from .preflight import check_all, check_fits  # noqa: E402
 from .progress import Progress  # noqa: E402
@@ -34,6 +34,7 @@ from .results import write_results  # noqa: E402
 from .sampling import Sampler, samplers  # noqa: E402
 from .schedule import remaining_work, trial_costs  # noqa: E402
 from .scheduler import Scheduler  # noqa: E402
+from .snapshot import Snapshot, reconcile  # noqa: E402
 from .spec import SweepSpec  # noqa: E402
 from .storage import Storage  # noqa: E402
 from .teacher_bank import wants_shared_bank  # noqa: E402
@@ -77,7 +78,7 @@ def record_stored(
     plan: Plan, snapshot: Snapshot, events: SweepEvents, sources: list[Sampler],
     retry_failed: bool = False, out=None, fence=lambda: None,
 ) -> list[Trial]:
-    """Repair what storage holds (ledger.reconcile), record every planned trial that ended
+    """Repair what storage holds (snapshot.reconcile), record every planned trial that ended
     before; return the rest (to train). Diverged trials train again only with
     ``retry_failed``."""
     reconcile(snapshot, plan.trials, retry_failed, fence,
@@ -160,7 +161,7 @@ def run_sweep(
     data = check_all(spec, local=address is None)
     # each stored result read once in this run (a trial that ends from here on, trained by an
     # orphaned worker of a dead driver, is found by its worker's claim and recorded then)
-    snapshot = Ledger(storage).snapshot(t.key for t in plan.trials)
+    snapshot = Snapshot.load(Ledger(storage), (t.key for t in plan.trials))
     done = snapshot.ended()
     print(plan.describe(done), file=out, flush=True)
     faults.arm()

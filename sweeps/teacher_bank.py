@@ -29,7 +29,7 @@ from kd_core.data import Augment, ImageData, load_dataset
 from kd_core.names import DATASET_FACTS
 from kd_core.train import resolve_device
 
-from .ledger import Ledger, quarantine, read_json_checked
+from .ledger import Ledger, digest_file, flag_corrupt, read_json_checked
 from .plan import students_per_teacher
 from .resume import trained_model
 from .spec import SweepSpec, TrainSpec
@@ -85,7 +85,7 @@ def build_shared_bank(spec: SweepSpec, store: Ledger, teacher_key: str) -> float
     # Labels (and so label noise) play no part in a bank: the plain dataset will do.
     d = spec.dataset
     data = load_dataset(d.name, root=d.root, download=d.download)
-    model = trained_model(store, teacher_key)
+    model = trained_model(store.storage, teacher_key)
     t0 = time.perf_counter()
     bank = bank_for(model, data, resolve_device("auto"), getattr(torch, spec.train.bank_dtype))
     seconds = time.perf_counter() - t0
@@ -121,11 +121,6 @@ def cached(rel: str) -> Path:
     """The node-cache file of a stored bank (trials/KEY/bank-DTYPE.pt -> KEY-DTYPE.pt)."""
     key, name = rel.split("/")[-2:]
     return cache_dir() / f"{key}-{name.removeprefix('bank-')}"
-
-
-def digest_file(rel: str) -> str:
-    """Beside each stored bank: its size and SHA-256, to verify a fetched copy against."""
-    return rel.removesuffix(".pt") + ".json"
 
 
 def sha256(path: Path) -> str:
@@ -188,7 +183,8 @@ def load_shared_bank(store: Ledger, teacher_key: str, dtype: str) -> TeacherBank
     teacher on the node shares one copy in the page cache), fetched from storage once per node
     and verified against its digest. None when storage has none or it is corrupt: the student
     then builds its own or runs its teacher online. A corrupt cache copy is fetched again; a
-    corrupt stored bank is quarantined (and rebuilt by the next run that wants it)."""
+    corrupt stored bank is flagged (its driver moves it aside; the next run that wants it
+    builds it again)."""
     rel = store.bank_file(teacher_key, dtype)
     local = cached(rel)
     for attempt in range(2):  # a corrupt node-cache copy is fetched once more
@@ -196,7 +192,7 @@ def load_shared_bank(store: Ledger, teacher_key: str, dtype: str) -> TeacherBank
         with node_lock(local):
             if not store.storage.exists(rel):
                 return None
-            digest = read_json_checked(store.storage, digest_file(rel))
+            digest = read_json_checked(store.storage, digest_file(rel), repair=False)
             if attempt or not (local.exists() and _cache_holds(local, digest)):
                 if bad := _fetch(store, rel, local, digest):
                     return _drop_stored(store, rel, local, bad)
@@ -215,8 +211,8 @@ def load_shared_bank(store: Ledger, teacher_key: str, dtype: str) -> TeacherBank
 
 
 def _drop_stored(store: Ledger, rel: str, local: Path, why: str) -> None:
-    """A stored bank found bad: its node copy deleted, it quarantined with its digest gone
-    (the next run that wants it builds it again). None: the student goes without."""
+    """A stored bank found bad: its node copy deleted, it flagged for the driver (which moves
+    it aside with its digest; the next run that wants it builds it again). None: the student
+    goes without."""
     local.unlink(missing_ok=True)
-    quarantine(store.storage, rel, why)
-    store.storage.delete(digest_file(rel))
+    flag_corrupt(store.storage, rel, why)

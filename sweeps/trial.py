@@ -22,7 +22,7 @@ from kd_core.train import model_state
 
 from . import faults
 from .lease import TrialClaim
-from .ledger import Ledger
+from .ledger import CORRUPT, Ledger
 from .plan import Trial
 from .record import EPOCH_FINALS, TrialResult
 from .resume import Attempts, TrialCheckpoints, flush_on_exit, trained_model
@@ -57,28 +57,37 @@ WARNINGS = "warnings"
 # (ledger.TrialState), so the driver's scheduler learns whether a model is there without
 # reading storage.
 OUTCOME = "outcome"
+# The key of a report's [file, why] pairs: files of other trials (a teacher's model or bank)
+# this worker found corrupt; it only reads them, and the driver moves them aside.
+CORRUPT_FILES = "corrupt_files"
 
 
 class Warnings(logging.Handler):
-    """The warnings kdsweep logs in this worker (a file quarantined, a model republished, a
-    bank fetched again), held until the trial's next report carries them to the driver: a
-    worker's own log never reaches the driver's console."""
+    """The warnings kdsweep logs in this worker (a file quarantined, a teacher's model read
+    from its checkpoint, a bank fetched again) and the other trials' files it flagged corrupt,
+    held until the trial's next report carries them to the driver: a worker's own log never
+    reaches the driver's console."""
 
     def __init__(self):
         super().__init__(logging.WARNING)
         self.held: list[str] = []
+        self.corrupt: list[list[str]] = []
         self.outcome: dict = {}  # the trial's outcome, once reported: every later report too
 
     def emit(self, record: logging.LogRecord) -> None:
         self.held.append(record.getMessage())
+        if rel := getattr(record, CORRUPT, None):
+            self.corrupt.append([rel, record.getMessage()])
 
     def report(self, metrics: dict) -> None:
         """tune.report, carrying the warnings held since the last report."""
         held, self.held = self.held, []
+        corrupt, self.corrupt = self.corrupt, []
         if OUTCOME in metrics:
             self.outcome = {OUTCOME: metrics[OUTCOME]}
         metrics = {**metrics, **self.outcome}
-        tune.report({**metrics, WARNINGS: held} if held else metrics)
+        metrics |= {WARNINGS: held} if held else {}
+        tune.report(metrics | ({CORRUPT_FILES: corrupt} if corrupt else {}))
 
 
 def run_job(config: dict, spec: SweepSpec, driver: str) -> None:
@@ -94,8 +103,8 @@ def run_job(config: dict, spec: SweepSpec, driver: str) -> None:
         warnings.report({STORAGE_FULL: str(e)})
     finally:
         package.removeHandler(warnings)
-    if warnings.held:  # raised after the trial's last report (publishing, its claim)
-        warnings.report({})
+        if warnings.held:  # raised after the trial's last report, or before its error
+            warnings.report({})
 
 
 def _run_job(job: Job, spec: SweepSpec, driver: str, report) -> None:
@@ -141,7 +150,7 @@ def _train(spec: SweepSpec, trial: Trial, store: Ledger, attempts: Attempts,
         if spec.train.teacher_bank != "off":  # a bank shared by all students of the teacher
             bank = load_shared_bank(store, trial.teacher_key, spec.train.bank_dtype)
         if bank is None:
-            teacher = trained_model(store, trial.teacher_key)
+            teacher = trained_model(store.storage, trial.teacher_key)
     trainer, noisy = build_trainer(run_spec(spec, trial), teacher, bank=bank)
 
     checkpoints = TrialCheckpoints(
@@ -188,7 +197,7 @@ def _train(spec: SweepSpec, trial: Trial, store: Ledger, attempts: Attempts,
     def analysed_teacher():
         if trial.teacher_key is None or teacher is not None:
             return teacher  # labels only, or the online teacher already loaded
-        return trained_model(store, trial.teacher_key)  # students of a bank: once, at the end
+        return trained_model(store.storage, trial.teacher_key)  # students of a bank: at the end
 
     every = spec.train.checkpoint_every
     for m in trainer.epochs():

@@ -1,6 +1,7 @@
 """The node cache of shared banks: fetched once, verified against the stored digest, evicted
 least recently used first when over its size cap."""
 
+import logging
 import os
 import threading
 
@@ -9,9 +10,9 @@ import torch
 from kd_core.bank import TeacherBank
 from kd_core.checkpoint import write_checkpoint
 from kd_core.data import Augment
-from sweeps.ledger import Ledger
+from sweeps.ledger import CORRUPT, Ledger, digest_file
 from sweeps.storage import Storage
-from sweeps.teacher_bank import cached, digest_file, load_shared_bank, sha256
+from sweeps.teacher_bank import cached, load_shared_bank, sha256
 
 
 def store_bank(store: Ledger, key: str, tmp, fill: float) -> None:
@@ -25,7 +26,7 @@ def store_bank(store: Ledger, key: str, tmp, fill: float) -> None:
                                                 "sha256": sha256(local)})
 
 
-def test_fetch_once_verify_and_evict(tmp_path, monkeypatch):
+def test_fetch_once_verify_and_evict(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("KDSWEEP_CACHE", str(tmp_path / "cache"))
     store = Ledger(Storage(str(tmp_path / "store")))
     store_bank(store, "a", tmp_path, 1.0)
@@ -43,12 +44,19 @@ def test_fetch_once_verify_and_evict(tmp_path, monkeypatch):
     local = cached(store.bank_file("a", "float16"))
     assert local.exists() and [p.name for p in local.parent.glob("*.pt")] == [local.name]
 
-    # a stored bank that does not match its digest (a torn upload, bit rot): quarantined
+    # a stored bank that does not match its digest (a torn upload, bit rot): the student's
+    # worker goes without it and flags it, writing nothing of its teacher's; the driver moves
+    # it aside with its digest
     good = store.storage.read_json(digest_file(store.bank_file("a", "float16")))
     store_bank(store, "b", tmp_path, 2.0)
-    store.storage.write_json(digest_file(store.bank_file("b", "float16")), good)
-    assert load_shared_bank(store, "b", "float16") is None
-    assert not store.has_bank("b", "float16")
+    rel = store.bank_file("b", "float16")
+    store.storage.write_json(digest_file(rel), good)
+    with caplog.at_level(logging.WARNING):
+        assert load_shared_bank(store, "b", "float16") is None
+    flagged = [r for r in caplog.records if getattr(r, CORRUPT, None)]
+    assert [getattr(r, CORRUPT) for r in flagged] == [rel] and store.has_bank("b", "float16")
+    assert store.move_aside(rel, flagged[0].getMessage())
+    assert not store.has_bank("b", "float16") and not store.storage.exists(digest_file(rel))
     assert list((tmp_path / "store" / "trials" / "b").glob("bank-float16.pt.corrupt-*"))
 
     # over the cap: the least recently used bank goes, never the one just fetched

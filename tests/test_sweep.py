@@ -481,14 +481,21 @@ def test_corrupt_files_are_quarantined_and_derived_again(sweep, tmp_path):
     moved = {p.name.split(".corrupt-")[0] for p in root.rglob("*.corrupt-*")}
     assert moved == {"result.json", newest, "bank-float16.pt", "attempts.json"}
 
-    # A corrupt model of a finished teacher: published again from the teacher's final
-    # checkpoint by the first job that needs it, in the same run.
+    # A corrupt model of a finished teacher: the student's worker reads the same weights from
+    # the teacher's final checkpoint and flags the file, writing nothing of its teacher's; the
+    # driver moves it aside, and the next run has the teacher publish it again.
     model = trial_file(teacher.key, "model.pt")
     weights = load_checkpoint(store.storage.read_bytes(model))["model"]
     store.storage.write_bytes(model, store.storage.read_bytes(model)[:500])
     store.storage.delete(trial_file(student.key, "result.json"))
-    uri = run_sweep(spec, out=io.StringIO())
+    out = io.StringIO()
+    uri = run_sweep(spec, out=out)
     assert (pd.read_parquet(uri).status == "done").all()
+    assert untimed(store.result(student.key).history) == untimed(student_history)
+    assert list(root.glob(f"trials/{teacher.key}/model.pt.corrupt-*"))
+    assert not store.has_model(teacher.key)
+    assert f"{model}: " in out.getvalue() and "final checkpoint" in out.getvalue()
+    run_sweep(spec, out=io.StringIO())
     again = load_checkpoint(store.storage.read_bytes(model))["model"]
     assert all(torch.equal(weights[k], again[k]) for k in weights)
-    assert list(root.glob(f"trials/{teacher.key}/model.pt.corrupt-*"))
+    assert store.result(teacher.key).history == teacher_history

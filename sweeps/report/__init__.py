@@ -20,8 +20,9 @@ from ..ledger import Ledger
 from ..sqlite_store import prepare_store
 from ..storage import Storage
 from ..tracking.sweep_run import SweepRun, git_commit, ui_command
+from .analysis_figures import analysis_figures, representatives
 from .claims import claims
-from .figures import Figures, analysis_figures, representatives
+from .figures import Figures
 from .load import load
 from .page import RunLinks, page, summary
 from .stats import MIN_SEEDS, cell, holm, paired, resolution, t_interval

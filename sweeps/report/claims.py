@@ -12,15 +12,25 @@ where any row's is.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from ..plan import setting_name, setting_order
+from .evidence import (
+    Test,
+    by_seed,
+    fmt,
+    groups,
+    kl,
+    kl_taus,
+    paired_test,
+    section,
+    seeds_of,
+    tau_rank,
+    wide,
+)
 from .load import distance_column
 from .stats import (
-    ALPHA,
     CONSISTENT,
     INCONCLUSIVE,
     INCONSISTENT,
@@ -31,36 +41,9 @@ from .stats import (
     combine,
     compare,
     correlation,
-    holm,
-    p_text,
     resolution,
-    verdict,
 )
 from .tables import Section
-
-
-@dataclass
-class Test:
-    """One test of a claim: the observed effect's sign against the one the claim predicts."""
-
-    row: tuple
-    name: str
-    effect: float  # a difference or a correlation: its sign is what the claim predicts
-    p: float  # raw two-sided p (nan: no test)
-    expected: int  # +1 or -1
-    seeds: int
-    shown: str  # the effect as printed
-    p_holm: float = math.nan
-
-    def verdict(self) -> str:
-        return verdict(self.effect, self.p_holm, self.expected, self.seeds)
-
-    def text(self) -> str:
-        if self.seeds < MIN_SEEDS:
-            return f"{self.shown}, no test (n={self.seeds} seeds)"
-        if math.isnan(self.p_holm):
-            return f"{self.shown}, no test (no spread)"
-        return f"{self.shown}, p_Holm={p_text(self.p_holm)}"
 
 
 def claims(df: pd.DataFrame) -> list[Section]:
@@ -71,95 +54,24 @@ def claims(df: pd.DataFrame) -> list[Section]:
     return [c(students, df) for c in (c1, c2, c3, c4, c5, c6)]
 
 
-# ---- shared pieces ---------------------------------------------------------------------------
-def _seeds(part: pd.DataFrame) -> int:
-    """The fewest seeds behind any setting of the group: what its tests rest on."""
-    return int(part.groupby("setting").seed.nunique().min()) if len(part) else 0
-
-
-def _by_seed(part: pd.DataFrame, setting: str, column: str, scale: float = 1) -> pd.Series:
-    one = part[part.setting == setting]
-    return one.groupby("seed")[column].mean() * scale
-
-
-def _kl_taus(part: pd.DataFrame) -> list[float]:
-    return sorted(part[part.loss == "kl"].tau.dropna().unique())
-
-
-def _kl(tau: float) -> str:
-    return setting_name(1, "kl", tau, None)
-
-
-def _tau_rank(tau: pd.Series) -> pd.Series:
-    return tau.replace(math.inf, 1e12)  # inf after every finite tau; Spearman uses ranks
-
-
-def _paired_test(row, name, a: pd.Series, b: pd.Series, expected: int, decimals=1) -> Test:
-    c: Paired = compare(a, b)
-    return Test(row, name, c.d, c.p, expected, c.n, f"{name} {_fmt(c.d, decimals, '+')}")
-
-
-def _fmt(x: float, decimals: int, sign: str = "") -> str:
-    return "n/a" if x is None or math.isnan(x) else f"{x:{sign}.{decimals}f}"
-
-
-def _wide(part: pd.DataFrame, column: str, decimals: int, scale: float) -> dict:
-    cells = {s: cell(g[column], decimals, scale) for s, g in part.groupby("setting")}
-    return {s: cells[s] for s in sorted(cells, key=setting_order)}
-
-
-def _groups(students: pd.DataFrame):
-    for (student, noise), part in students.groupby(["student", "noise_rate"]):
-        yield (student, f"{noise:g}"), part
-
-
-def _section(title: str, rows: list[dict], tests: list[Test], notes: list[str],
-             verdicts: dict | None = None) -> Section:
-    """The claim's table with each row's verdict from its tests (after Holm over the family),
-    each row's tests printed beside it, and the claim's verdict. ``verdicts``: row -> a
-    verdict of its own (a claim whose rule is not one test's sign)."""
-    for t, q in zip(tests, holm([t.p for t in tests]), strict=True):
-        t.p_holm = q
-    for r in rows:
-        mine = [t for t in tests if t.row == r["_row"]]
-        own = (verdicts or {}).get(r["_row"])
-        r["tests"] = "; ".join(t.text() for t in mine) or "no test: an arm is missing"
-        r["verdict"] = own(mine) if own else combine([t.verdict() for t in mine])
-        seeds = min((t.seeds for t in mine), default=0)
-        if r["verdict"] == INCONCLUSIVE and seeds < MIN_SEEDS:
-            r["verdict"] = f"{INCONCLUSIVE} at this n ({seeds} seed{'s' * (seeds != 1)})"
-    words = [r["verdict"].split()[0] for r in rows]
-    overall = combine(words)
-    if rows:  # how the rows add up to it
-        overall += (f" ({words.count(CONSISTENT)} of {len(rows)} rows consistent, "
-                    f"{words.count(INCONSISTENT)} inconsistent)")
-    table = pd.DataFrame([{k: v for k, v in r.items() if k != "_row"} for r in rows])
-    if not table.empty:
-        table = table.set_index(table.columns[0])
-    family = sum(not math.isnan(t.p) for t in tests)
-    notes = notes + [f"verdicts at {ALPHA:g} after Holm over this claim's {family} tests; none "
-                     f"from fewer than {MIN_SEEDS} seeds"]
-    return Section(title, table, notes, verdict=overall)
-
-
 # ---- the claims ------------------------------------------------------------------------------
 def c1(students: pd.DataFrame, _df) -> Section:
     """C1: logit distance falls as tau grows; MSE gives the smallest."""
     col, what = distance_column(students)
     rows, tests = [], []
-    for row, part in _groups(students):
-        taus = _kl_taus(part)
+    for row, part in groups(students):
+        taus = kl_taus(part)
         kl = part[part.loss == "kl"]
-        rows.append({"student": row[0], "noise": row[1], **_wide(part, col, 2, 1), "_row": row})
+        rows.append({"student": row[0], "noise": row[1], **wide(part, col, 2, 1), "_row": row})
         if len(taus) > 1:
-            c = correlation(_tau_rank(kl.tau), kl[col], _seeds(kl))
-            tests.append(Test(row, "Spearman(tau, distance)", c.spearman, c.p, -1, _seeds(kl),
-                              f"rho={_fmt(c.spearman, 2, '+')} over {c.n}"))
+            c = correlation(tau_rank(kl.tau), kl[col], seeds_of(kl))
+            tests.append(Test(row, "Spearman(tau, distance)", c.spearman, c.p, -1, seeds_of(kl),
+                              f"rho={fmt(c.spearman, 2, '+')} over {c.n}"))
         if (part.loss == "mse").any():
-            mse = _by_seed(part, "mse", col)
-            tests += [_paired_test(row, f"mse - {_kl(t)}", mse, _by_seed(part, _kl(t), col), -1,
+            mse = by_seed(part, "mse", col)
+            tests += [paired_test(row, f"mse - {kl(t)}", mse, by_seed(part, kl(t), col), -1,
                                    2) for t in taus]
-    return _section(f"C1 logit distance ({what}) falls as tau grows; MSE gives the smallest",
+    return section(f"C1 logit distance ({what}) falls as tau grows; MSE gives the smallest",
                     rows, tests, ["cells: the distance, mean ± 95% t-interval over seeds"])
 
 
@@ -169,22 +81,22 @@ def c2(students: pd.DataFrame, _df) -> Section:
     _, decimals = resolution(students)
     clean = students[students.noise_rate == 0]
     rows, tests, own = [], [], {}
-    for row, part in _groups(clean):
-        taus, kl = _kl_taus(part), part[part.loss == "kl"]
+    for row, part in groups(clean):
+        taus, kl = kl_taus(part), part[part.loss == "kl"]
         rows.append({"student": row[0], "noise": row[1],
-                     **_wide(part, "test_acc", decimals, 100), "_row": row})
+                     **wide(part, "test_acc", decimals, 100), "_row": row})
         if len(taus) > 1:
-            c = correlation(_tau_rank(kl.tau), kl.test_acc, _seeds(kl))
-            tests.append(Test(row, "Spearman(tau, accuracy)", c.spearman, c.p, +1, _seeds(kl),
-                              f"rho={_fmt(c.spearman, 2, '+')} over {c.n}"))
+            c = correlation(tau_rank(kl.tau), kl.test_acc, seeds_of(kl))
+            tests.append(Test(row, "Spearman(tau, accuracy)", c.spearman, c.p, +1, seeds_of(kl),
+                              f"rho={fmt(c.spearman, 2, '+')} over {c.n}"))
         if (part.loss == "mse").any():
-            mse = _by_seed(part, "mse", "test_acc", 100)
-            similar = [compare(mse, _by_seed(part, _kl(t), "test_acc", 100)) for t in taus]
-            tests += [Test(row, f"mse - {_kl(t)}", c.d, c.p, +1, c.n,
-                           f"mse - {_kl(t)} {_fmt(c.d, decimals, '+')}")
+            mse = by_seed(part, "mse", "test_acc", 100)
+            similar = [compare(mse, by_seed(part, kl(t), "test_acc", 100)) for t in taus]
+            tests += [Test(row, f"mse - {kl(t)}", c.d, c.p, +1, c.n,
+                           f"mse - {kl(t)} {fmt(c.d, decimals, '+')}")
                       for t, c in zip(taus, similar, strict=True)]
             own[row] = _similar_rule(similar)
-    return _section(
+    return section(
         "C2 accuracy rises with tau; MSE is similar to or better than the best KL (noise 0)",
         rows, tests,
         ["cells: test accuracy %, mean ± 95% t-interval over seeds",
@@ -209,14 +121,14 @@ def c3(students: pd.DataFrame, _df) -> Section:
     """C3: across runs of one teacher-student pair, smaller distance goes with higher accuracy."""
     col, what = distance_column(students)
     rows, tests = [], []
-    for row, part in _groups(students):
+    for row, part in groups(students):
         c = correlation(part[col], part.test_acc, part.seed.nunique())
-        rows.append({"student": row[0], "noise": row[1], "Pearson r": _fmt(c.pearson, 2, "+"),
-                     "Spearman rho": _fmt(c.spearman, 2, "+"), "runs": c.n,
+        rows.append({"student": row[0], "noise": row[1], "Pearson r": fmt(c.pearson, 2, "+"),
+                     "Spearman rho": fmt(c.spearman, 2, "+"), "runs": c.n,
                      "seeds": part.seed.nunique(), "_row": row})
         tests.append(Test(row, "Spearman", c.spearman, c.p, -1, int(part.seed.nunique()),
-                          f"rho={_fmt(c.spearman, 2, '+')}"))
-    return _section(f"C3 smaller logit distance ({what}) goes with higher accuracy, within each "
+                          f"rho={fmt(c.spearman, 2, '+')}"))
+    return section(f"C3 smaller logit distance ({what}) goes with higher accuracy, within each "
                     "teacher-student pair", rows, tests,
                     ["over every student run of the pair (all settings); runs of one seed share "
                      "a teacher, so the p-value is optimistic"])
@@ -227,25 +139,25 @@ def c4(students: pd.DataFrame, _df) -> Section:
     shrunk (feature norm below the teacher's)."""
     have = students.dropna(subset=["train_feature_cka"])
     rows, tests = [], []
-    for row, part in _groups(have):
+    for row, part in groups(have):
         part = part.assign(norm_ratio=part.train_feature_norm / part.teacher_feature_norm)
         rows.append({"student": row[0], "noise": row[1],
-                     **{f"CKA {s}": v for s, v in _wide(part, "train_feature_cka", 2, 1).items()},
+                     **{f"CKA {s}": v for s, v in wide(part, "train_feature_cka", 2, 1).items()},
                      "mse ||r_s||/||r_t||": cell(part[part.loss == "mse"].norm_ratio, 2, 1),
                      "_row": row})
-        taus = _kl_taus(part)
+        taus = kl_taus(part)
         if taus and (part.loss == "mse").any():
-            mse = _by_seed(part, "mse", "train_feature_cka")
-            tests.append(_paired_test(row, f"CKA mse - {_kl(taus[0])}", mse,
-                                      _by_seed(part, _kl(taus[0]), "train_feature_cka"), +1, 3))
-            ratio = np.log(_by_seed(part, "mse", "norm_ratio"))
-            tests.append(_paired_test(row, "log norm ratio mse", ratio, ratio * 0, -1, 2))
+            mse = by_seed(part, "mse", "train_feature_cka")
+            tests.append(paired_test(row, f"CKA mse - {kl(taus[0])}", mse,
+                                      by_seed(part, kl(taus[0]), "train_feature_cka"), +1, 3))
+            ratio = np.log(by_seed(part, "mse", "norm_ratio"))
+            tests.append(paired_test(row, "log norm ratio mse", ratio, ratio * 0, -1, 2))
     notes = ["CKA: linear CKA of the student's and the teacher's penultimate features on the "
              "training set (1 = the same shape up to rotation and scale); the projections "
              "figure shows the same runs"]
     if have.empty:
         notes.append("no CKA in these results (trained before it was measured): not testable")
-    return _section("C4 MSE keeps the teacher's penultimate shape (CKA above KL's at the "
+    return section("C4 MSE keeps the teacher's penultimate shape (CKA above KL's at the "
                     "smallest tau), shrunk (norm ratio below 1)", rows, tests, notes)
 
 
@@ -255,8 +167,8 @@ def c5(students: pd.DataFrame, _df) -> Section:
     _, decimals = resolution(students)
     noisy = students[students.noise_rate > 0]
     rows, tests, notes = [], [], []
-    for row, part in _groups(noisy):
-        taus = _kl_taus(part)
+    for row, part in groups(noisy):
+        taus = kl_taus(part)
         small = min((t for t in taus if t <= 1), key=lambda t: abs(math.log(t / 0.5)),
                     default=None)
         # a generation-1 student's teacher is the noise-trained generation 0, one per seed; a
@@ -264,24 +176,24 @@ def c5(students: pd.DataFrame, _df) -> Section:
         teacher = (cell(part.drop_duplicates("teacher_key").teacher_acc, decimals)
                    if (part.generation == 1).all() else "per setting")
         rows.append({"student": row[0], "noise": row[1],
-                     **_wide(part, "test_acc", decimals, 100), "teacher": teacher,
+                     **wide(part, "test_acc", decimals, 100), "teacher": teacher,
                      **{f"agreement {s}": v for s, v in
-                        _wide(part, "test_agreement", decimals, 100).items()},
+                        wide(part, "test_agreement", decimals, 100).items()},
                      "still rising": f"{int(part.rising.sum())} of {len(part)}",
                      "did not learn": f"{int(part.stuck.sum())} of {len(part)}", "_row": row})
         if small is None:
             continue
-        acc = _by_seed(part, _kl(small), "test_acc", 100)
+        acc = by_seed(part, kl(small), "test_acc", 100)
         if len(taus) > 1 and taus[-1] > 1:
-            tests.append(_paired_test(row, f"{_kl(small)} - {_kl(taus[-1])}", acc,
-                                      _by_seed(part, _kl(taus[-1]), "test_acc", 100), +1,
+            tests.append(paired_test(row, f"{kl(small)} - {kl(taus[-1])}", acc,
+                                      by_seed(part, kl(taus[-1]), "test_acc", 100), +1,
                                       decimals))
         if (part.loss == "mse").any():
-            tests.append(_paired_test(row, f"{_kl(small)} - mse", acc,
-                                      _by_seed(part, "mse", "test_acc", 100), +1, decimals))
-    if not noisy.empty and not any(t <= 1 for t in _kl_taus(noisy)):
+            tests.append(paired_test(row, f"{kl(small)} - mse", acc,
+                                      by_seed(part, "mse", "test_acc", 100), +1, decimals))
+    if not noisy.empty and not any(t <= 1 for t in kl_taus(noisy)):
         notes.append("not testable: the grid has no kl tau <= 1 at noise > 0")
-    return _section(
+    return section(
         "C5 with noisy labels, a small tau (<= 1) beats a large tau and MSE", rows, tests,
         notes + ["cells: test accuracy % (the teacher's own too) and top-1 agreement with the "
                  "teacher on the test set, mean ± 95% t-interval over seeds; 'still rising' "
@@ -298,7 +210,7 @@ def c6(students: pd.DataFrame, df: pd.DataFrame) -> Section:
         arms = {"sequential": (2, chain), "direct": (1, f"{t}>{s}"),
                 "intermediate alone": (1, f"{m}>{s}")}
         for (setting, noise), part in students.groupby(["setting", "noise_rate"]):
-            acc = {a: _by_seed(part[(part.generation == g) & (part.chain == c)], setting,
+            acc = {a: by_seed(part[(part.generation == g) & (part.chain == c)], setting,
                                "test_acc", 100) for a, (g, c) in arms.items()}
             if acc["sequential"].empty:
                 continue
@@ -307,7 +219,7 @@ def c6(students: pd.DataFrame, df: pd.DataFrame) -> Section:
             for other, expected in (("direct", +1), ("intermediate alone", -1)):
                 if acc[other].empty:
                     continue
-                test = _paired_test(row, f"sequential - {other}", acc["sequential"],
+                test = paired_test(row, f"sequential - {other}", acc["sequential"],
                                     acc[other], expected, decimals)
                 tests.append(test)
                 d = (acc["sequential"] - acc[other]).dropna()
@@ -315,7 +227,7 @@ def c6(students: pd.DataFrame, df: pd.DataFrame) -> Section:
             rows.append({"sequential chain": chain, "setting": setting, "noise": row[2],
                          **{a: cell(v, decimals, 1) for a, v in acc.items() if not v.empty},
                          **diffs, "_row": row})
-    return _section(
+    return section(
         "C6 sequential distillation beats direct, and loses to an intermediate trained alone",
         rows, tests,
         ["cells: test accuracy % of the final student per arm, and the per-seed differences "

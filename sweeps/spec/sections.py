@@ -1,25 +1,19 @@
-"""The sweep spec: YAML in, typed and fully validated objects out; the one place that parses it.
-
-Every error names the offending field (``grid.tau[1]``) and what is allowed, before any work starts.
-"""
+"""The spec's sections (dataset, train, grid, search, resources): each field with its default,
+bounds and the rule that checks it. The whole spec and its reading are in __init__.py."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import re
-from pathlib import Path
 from typing import Annotated, Literal, get_type_hints
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import urlparse
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     StrictInt,
-    ValidationError,
     create_model,
     field_validator,
     model_validator,
@@ -27,11 +21,6 @@ from pydantic import (
 
 from kd_core.config import PER_RUN, TrainConfig
 from kd_core.names import DATASETS, check_loss_params, check_model_name, check_noise_params
-
-
-class SpecError(ValueError):
-    """A sweep spec that cannot run; the message names the file and the field."""
-
 
 # What a trial reports that a search can maximize (Optuna's direction and ASHA's mode are "max").
 SEARCH_METRICS = ("test_acc", "test_agreement", "train_acc", "train_acc_clean")
@@ -281,168 +270,3 @@ class ResourcesSpec(_Strict):
         return self.gpu > 0 or any(m.gpu for m in self.models.values())
 
 
-DATABASES = ("postgresql", "mysql", "mssql", "oracle")
-
-
-class SweepSpec(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)  # paths, tags
-    dataset: DatasetSpec
-    chains: list[list[str]] = Field(min_length=1)
-    train: TrainSpec = TrainSpec()
-    grid: GridSpec = GridSpec()
-    resources: ResourcesSpec = ResourcesSpec()
-    search: SearchSpec = SearchSpec()
-    storage: str = "./kdsweep-results"
-    tracking_uri: str = "sqlite:///mlflow.db"
-    # Recorded on every run; with the storage it names the cluster (a parent run per cluster).
-    cluster: str = Field("local", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-    # retries of a trial that raises an error
-    max_failures: int = Field(2, ge=0, le=MAX_FAILURES)
-    # restarts of a trial whose node or worker was lost
-    max_preemptions: int = Field(20, ge=0, le=MAX_PREEMPTIONS)
-
-    @field_validator("tracking_uri")
-    @classmethod
-    def _tracking_uri(cls, v):
-        if not v.strip():
-            raise ValueError("empty: give sqlite:///FILE, file:///DIR or a server's http(s) URL")
-        _no_userinfo(v, "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD")
-        scheme = urlparse(v).scheme.split("+")[0]
-        if scheme in DATABASES:
-            # A database straight from the driver skips the server's authentication and its
-            # artifact proxy (models would land on the driver's disk), and needs a database
-            # driver on every submitting machine: a cluster's store is behind `mlflow server`.
-            raise ValueError(
-                f"a {scheme} database is used through an MLflow server: start one on it "
-                "(cluster/mlflow/start-mlflow.sh) and give its http(s) URL"
-            )
-        schemes = ("sqlite", "http", "https", "file")
-        if scheme and scheme not in schemes:
-            raise ValueError(f"unsupported scheme {scheme!r}: use one of {', '.join(schemes)}")
-        return v
-
-    @field_validator("storage")
-    @classmethod
-    def _storage(cls, v):
-        if not v.strip():
-            raise ValueError("empty: give a directory or an s3:// URI")
-        _no_userinfo(v, "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
-        query = parse_qs(urlparse(v).query) if "://" in v else {}
-        if {"access_key", "secret_key", "session_token"} & query.keys():
-            raise ValueError(
-                "credentials do not belong in the spec: use AWS_ACCESS_KEY_ID / "
-                "AWS_SECRET_ACCESS_KEY in the environment"
-            )
-        return v
-
-    @property
-    def architectures(self) -> list[str]:
-        """Every architecture in the chains, once each, in order of first appearance."""
-        return list(dict.fromkeys(m for chain in self.chains for m in chain))
-
-    @model_validator(mode="after")
-    def _resource_models(self):
-        used = self.architectures
-        for name in self.resources.models:
-            if name not in used:
-                known = ", ".join(sorted(used))
-                raise ValueError(f"resources.models.{name}: not in any chain (chains use {known})")
-        return self
-
-    @field_validator("chains")
-    @classmethod
-    def _chains(cls, v):
-        for i, chain in enumerate(v):
-            if len(chain) == 0:
-                raise ValueError(f"chain {i} is empty: list a teacher then its students")
-            for name in chain:
-                try:
-                    check_model_name(name)
-                except ValueError as e:
-                    raise ValueError(f"chain {i}: {e}") from None
-        return v
-
-
-def _field_path(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
-    for part in loc[:-1]:
-        if isinstance(part, int) or part not in model.model_fields:
-            continue  # a list index or a dict key: `model` is already the item's type
-        ann = model.model_fields[part].annotation
-        sub = [a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type)]
-        model = next((a for a in sub if issubclass(a, BaseModel)), model)
-    return list(model.model_fields)
-
-
-def _explain(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        where = _field_path(e["loc"])
-        if e["type"] == "extra_forbidden":
-            allowed = ", ".join(_allowed_keys(SweepSpec, e["loc"]))
-            lines.append(f"{where}: unknown key (allowed here: {allowed})")
-        elif e["type"] == "missing":
-            lines.append(f"{where}: required field is missing")
-        else:
-            msg = e["msg"].removeprefix("Value error, ")
-            if e["type"] in ("int_type", "float_type") and isinstance(e["input"], (bool, float)):
-                msg += f", got {e['input']!r}"  # numbers only: a string field may hold a secret
-            m = re.match(r"(\w+): (.*)", msg) if where == "train" else None
-            if m and m[1] in TrainSpec.model_fields:  # a kd_core recipe rule names its field
-                where, msg = f"train.{m[1]}", m[2]
-            lines.append(f"{where}: {msg}" if where else msg)
-    return "\n  ".join(lines)
-
-
-def parse_spec(data: dict, source: str = "<spec>") -> SweepSpec:
-    """Validate a spec mapping; SpecError lists every bad field."""
-    if not isinstance(data, dict):
-        raise SpecError(f"{source}: a sweep spec is a YAML mapping, got {type(data).__name__}")
-    try:
-        return SweepSpec.model_validate(data)
-    except ValidationError as e:
-        raise SpecError(f"{source}: invalid sweep spec:\n  {_explain(e)}") from None
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML that refuses a key given twice (PyYAML would keep the last one silently)."""
-
-
-def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False):
-    seen = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        seen.add(key)
-    return loader.construct_mapping(node, deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
-
-
-def load_spec(path: str | Path) -> SweepSpec:
-    """Read and validate a YAML sweep spec file."""
-    path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except OSError as e:
-        raise SpecError(f"{path}: cannot read the sweep spec: {e.strerror}") from None
-    except UnicodeDecodeError as e:
-        raise SpecError(
-            f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}): "
-            "save the spec as UTF-8"
-        ) from None
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
-    except yaml.YAMLError as e:
-        raise SpecError(f"{path}: not valid YAML: {e}") from None
-    return parse_spec(data, str(path))

@@ -1,0 +1,86 @@
+"""A driver's run-long view of the ledger (ledger.py): each stored result read once, then kept
+current by the run's own events; and ``reconcile``, the driver's repairs before it trains."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+
+from .ledger import Ledger, TrialState
+from .record import TrialResult
+
+log = logging.getLogger(__name__)
+
+
+class Snapshot:
+    """A driver's view of its trials: each stored result read once per run (on first use),
+    then kept current by the run's own events, in memory."""
+
+    def __init__(self, ledger: Ledger):
+        self.ledger = ledger
+        self.results: dict[str, TrialResult | None] = {}
+        self.states: dict[str, TrialState] = {}
+
+    @classmethod
+    def load(cls, ledger: Ledger, keys: Iterable[str]) -> Snapshot:
+        """The state of ``keys`` now, each result read once."""
+        snap = cls(ledger)
+        for key in keys:
+            snap.result(key)
+        return snap
+
+    def result(self, key: str) -> TrialResult | None:
+        if key not in self.results:
+            self.results[key] = r = self.ledger.result(key)
+            self.states[key] = self.ledger.state(key, r)
+        return self.results[key]
+
+    def state(self, key: str) -> TrialState:
+        self.result(key)
+        return self.states[key]
+
+    def has_model(self, key: str) -> bool:
+        """Done means a model beside the result (publish writes it first; reconcile forgets
+        the result of a teacher whose model is gone)."""
+        return self.state(key) is TrialState.DONE
+
+    def set(self, key: str, state: TrialState, result: TrialResult | None = None) -> None:
+        """An event of this run: the trial is now in ``state`` (with its record once ended)."""
+        self.states[key], self.results[key] = state, result
+
+    def ended(self) -> set[str]:
+        """Keys known to hold a result."""
+        return {k for k, r in self.results.items() if r is not None}
+
+
+def reconcile(
+    snapshot: Snapshot,
+    trials: Iterable,
+    retry_failed: bool,
+    fence: Callable[[], None],
+    teachers: Iterable[str] = (),
+) -> None:
+    """The driver's repairs before it trains, each under its lease (``fence`` raises once
+    another driver holds it). Of ``trials`` (plan.Trial): a diverged one is reset when
+    ``retry_failed``; a finished teacher (of ``trials``, or of ``teachers``: optuna's) whose
+    model is gone (deleted, or moved aside corrupt) forgets its result, so it publishes again
+    from its checkpoints, else retrains; one that failed before is retried."""
+    ledger, trials = snapshot.ledger, list(trials)
+
+    def repair(key: str, how: Callable[[str], None]) -> None:
+        fence()
+        how(key)
+        snapshot.set(key, TrialState.PENDING)
+
+    for t in trials:
+        if retry_failed and snapshot.state(t.key) is TrialState.DIVERGED:
+            repair(t.key, ledger.reset)
+    needed = {t.teacher_key for t in trials if t.teacher_key}
+    for key in sorted(needed | set(teachers)):
+        if snapshot.state(key) is TrialState.DONE and not ledger.has_model(key):
+            log.warning("%s: gone; its trial publishes it again for its students",
+                        ledger.model_uri(key))
+            repair(key, ledger.forget_result)
+    for t in trials:
+        if snapshot.state(t.key) is TrialState.FAILED:
+            repair(t.key, ledger.clear_failure)
