@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from .analysis import analyse, outputs
 from .bank import TeacherBank, bank_nbytes, build_bank, teacher_path
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint
 from .config import TrainConfig
 from .data import ImageData, draw_views, render_views
 from .losses import distillation_loss
@@ -293,27 +292,3 @@ class Trainer:
             m.epoch_time = time.perf_counter() - t0
             self.history.append(m.as_dict())
             yield m
-
-
-def train(
-    model: Classifier,
-    data: ImageData,
-    config: TrainConfig,
-    *,
-    teacher: nn.Module | None = None,
-    checkpoint_path: str | Path | None = None,
-    checkpoint_every: int = 1,
-) -> Iterator[EpochMetrics]:
-    """Train ``model`` (resuming from ``checkpoint_path`` when it exists), yielding epoch metrics.
-
-    The checkpoint is written atomically every ``checkpoint_every`` epochs and after the last,
-    *before* the epoch's metrics are yielded, so a consumer never reports an epoch it could lose.
-    """
-    trainer = Trainer(model, data, config, teacher)
-    if checkpoint_path is not None and Path(checkpoint_path).exists():
-        trainer.load_state_dict(load_checkpoint(checkpoint_path))
-    for metrics in trainer.epochs():
-        last = trainer.epoch == config.epochs
-        if checkpoint_path is not None and (last or trainer.epoch % checkpoint_every == 0):
-            save_checkpoint(checkpoint_path, trainer.state_dict())
-        yield metrics

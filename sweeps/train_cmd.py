@@ -1,4 +1,5 @@
-"""`kdsweep train`: one trial on this machine, no Ray, no MLflow."""
+"""`kdsweep train`: one trial on this machine, no Ray, no MLflow; the sweep's epoch loop
+(kd_core.runner.fit), so a rerun of the same command resumes from --out's checkpoint."""
 
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-augment", action="store_true", help="turn off crop/flip")
-    p.add_argument("--out", required=True, help="output folder: checkpoint.pt, metrics.json")
+    p.add_argument("--out", required=True,
+                   help="output folder: checkpoint.pt (the same command resumes from it), "
+                        "metrics.json")
     p.set_defaults(func=run)
 
 
@@ -33,10 +36,11 @@ def run(args: argparse.Namespace) -> int:
     # Imported here, not at the top: `kdsweep --help` and light commands never load torch.
     from tqdm import tqdm
 
-    from kd_core.checkpoint import CheckpointError, save_checkpoint
+    from kd_core.checkpoint import CheckpointError, load_checkpoint
     from kd_core.config import TrainConfig
     from kd_core.data import Augment
     from kd_core.run import RunSpec, build_trainer
+    from kd_core.runner import CheckpointFile, fit
     from kd_core.train import load_model
 
     loss = args.loss or ("kl" if args.teacher else "ce")
@@ -69,30 +73,48 @@ def run(args: argparse.Namespace) -> int:
     trainer, noisy = build_trainer(spec, teacher)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(trainer.epochs(), total=cfg.epochs, desc=f"{args.model} {loss}", unit="epoch")
-    for m in bar:
+    checkpoint = out / "checkpoint.pt"
+    if checkpoint.exists():  # the same command again continues where it stopped
+        try:
+            trainer.load_state_dict(load_checkpoint(checkpoint))
+        except CheckpointError as e:
+            raise ValueError(f"--out: {e}; delete it to start again") from None
+
+    def publish(outcome) -> dict:
+        summary = {
+            "model": args.model,
+            "loss": loss,
+            "tau": args.tau,
+            "alpha": args.alpha,
+            "noise_kind": args.noise_kind,
+            "noise_rate": args.noise_rate,
+            "realised_noise_rate": noisy.realised_rate,
+            "labels_hash": noisy.labels_hash,
+            "status": outcome.status,
+            "reason": outcome.reason,
+            "epochs": trainer.history,
+        }
+        (out / "metrics.json").write_text(json.dumps(summary, indent=1))
+        return {"status": outcome.status, "reason": outcome.reason}
+
+    left = cfg.epochs - trainer.epoch
+    bar = tqdm(fit(trainer, CheckpointFile(checkpoint), publish=publish), total=left,
+               desc=f"{args.model} {loss}", unit="epoch")
+    outcome = {"status": "done", "reason": None}
+    for m, published in bar:
         bar.set_postfix(loss=f"{m.train_loss:.3f}", test_acc=f"{m.test_acc:.4f}")
-    save_checkpoint(out / "checkpoint.pt", trainer.state_dict())
-    summary = {
-        "model": args.model,
-        "loss": loss,
-        "tau": args.tau,
-        "alpha": args.alpha,
-        "noise_kind": args.noise_kind,
-        "noise_rate": args.noise_rate,
-        "realised_noise_rate": noisy.realised_rate,
-        "labels_hash": noisy.labels_hash,
-        "epochs": trainer.history,
-    }
-    (out / "metrics.json").write_text(json.dumps(summary, indent=1))
+        outcome |= published
+    if not trainer.history:
+        raise ValueError(f"--out: {checkpoint} holds no epoch")
     last = trainer.history[-1]
     extra = (
         f" logit_dist={last['test_logit_distance']:.3f}" if "test_logit_distance" in last else ""
     )
     what = f"{loss} tau={args.tau:g}" if loss == "kl" else loss
+    ended = "" if outcome["status"] == "done" else f" DIVERGED ({outcome['reason']})"
     print(
         f"{args.model} {what} noise={args.noise_rate:g}: "
         f"test_acc={last['test_acc']:.4f} train_acc_clean={last['train_acc_clean']:.4f}{extra} "
-        f"-> {out / 'checkpoint.pt'}"
+        f"-> {checkpoint}{ended}"
     )
-    return 0
+    return 0 if outcome["status"] == "done" else 1

@@ -9,7 +9,6 @@ checkpoint (resume.py), reports every epoch, and publishes its model and then it
 from __future__ import annotations
 
 import logging
-import math
 import time
 import traceback
 
@@ -18,6 +17,7 @@ from ray import tune
 
 from kd_core.checkpoint import checkpoint_bytes
 from kd_core.run import RunSpec, build_trainer
+from kd_core.runner import DONE, Outcome, fit
 from kd_core.train import model_state
 
 from . import faults
@@ -165,8 +165,9 @@ def _train(spec: SweepSpec, trial: Trial, store: Ledger, attempts: Attempts,
     store.write_progress(trial.key, trainer.epoch, spec.train.epochs)  # running, from here
     forget = flush_on_exit(checkpoints)
 
-    def publish(status: str = "done", reason: str | None = None) -> dict:
+    def publish(outcome: Outcome = DONE) -> dict:
         """Publish the trial's outcome; returns what its next report adds (OUTCOME)."""
+        status, reason = outcome.status, outcome.reason
         checkpoints.flush()  # every epoch of the record is in storage first
         faults.reached("before-publish")
         forget()
@@ -199,23 +200,15 @@ def _train(spec: SweepSpec, trial: Trial, store: Ledger, attempts: Attempts,
             return teacher  # labels only, or the online teacher already loaded
         return trained_model(store.storage, trial.teacher_key)  # students of a bank: at the end
 
-    every = spec.train.checkpoint_every
-    for m in trainer.epochs():
-        last = trainer.epoch == spec.train.epochs
-        # Uploads in the background while the next epoch trains. An epoch reported and then
-        # lost with its upload is trained again on resume, bit-exactly, and MLflow skips the
-        # step it already holds: no step twice, no value that differs.
-        if last or trainer.epoch % every == 0:
-            checkpoints.save(trainer.state_dict(), background=not last)
-        else:
-            checkpoints.remember(trainer.state_dict())
-        faults.reached("epoch", f"{trial.generation}.{trainer.epoch}")
-        metrics = {**m.as_dict(), "realised_noise_rate": noisy.realised_rate}
-        if reason := diverged(m.as_dict()):
-            report({**metrics, **publish("diverged", f"epoch {trainer.epoch}: {reason}")})
+    # Checkpoints upload in the background while the next epoch trains. An epoch reported and
+    # then lost with its upload is trained again on resume, bit-exactly, and MLflow skips the
+    # step it already holds: no step twice, no value that differs. The outcome is published
+    # before the final report: a scheduler may end the trial right there.
+    for m, published in fit(trainer, checkpoints, spec.train.checkpoint_every, publish,
+                            lambda epoch: faults.reached("epoch", f"{trial.generation}.{epoch}")):
+        report({**m.as_dict(), "realised_noise_rate": noisy.realised_rate, **published})
+        if published.get(OUTCOME) == "diverged":
             return
-        # publish before the final report: a scheduler may end the trial right there
-        report({**metrics, **(publish() if last else {})})
     if store.result(trial.key) is None:
         # Every epoch is in the checkpoint but the result is not in storage (a kill between the
         # last checkpoint and publishing, or a deleted result): publish it, train nothing.
@@ -226,8 +219,3 @@ def finals(metrics: dict) -> dict:
     """The final metrics (a search metric among them) of a trial reported without an epoch."""
     return {k: metrics[k] for k in EPOCH_FINALS if metrics.get(k) is not None}
 
-
-def diverged(metrics: dict) -> str | None:
-    """Why an epoch's metrics show divergence (a non-finite loss or metric), or None."""
-    bad = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
-    return f"non-finite {', '.join(bad)}" if bad else None

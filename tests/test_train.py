@@ -9,7 +9,8 @@ import torch
 from kd_core import CheckpointError, TrainConfig, load_checkpoint, save_checkpoint
 from kd_core.data import Augment, load_dataset
 from kd_core.run import RunSpec, build_trainer, load_run_data
-from kd_core.train import Trainer, init_model, load_model, train
+from kd_core.runner import train
+from kd_core.train import Trainer, init_model, load_model
 
 
 def _digits_teacher(epochs=4):
@@ -182,6 +183,15 @@ def test_cli_train_writes_checkpoint_and_metrics(tmp_path):
     )
     assert t.returncode == 0, t.stderr
     assert "test_acc=" in t.stdout
+    # the same command again resumes from its checkpoint: nothing left, the same result
+    again = subprocess.run(
+        [*kdsweep, "train", "--model", "cnn-medium", "--epochs", "2", "--out", str(tmp_path / "t")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.split("test_acc=")[1] == t.stdout.split("test_acc=")[1]
     s = subprocess.run(
         [
             *kdsweep,
