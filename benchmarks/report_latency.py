@@ -31,7 +31,7 @@ from pathlib import Path
 
 from ray import tune
 
-from sweeps.sweep import connect
+from sweeps.engine import connect
 from sweeps.tracking import Tracker
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

@@ -168,7 +168,8 @@ def profile_run(
         step_seconds=step_s,
         eval_seconds=eval_s,
         steps_per_epoch=trainer.steps_per_epoch(),
-        teacher_path=trainer.teacher_path,  # None for a model trained on labels
+        # as asked (a private bank is handed to the trainer like a shared one); None on labels
+        teacher_path=teacher_path if trainer.teacher_path else None,
     )
 
 

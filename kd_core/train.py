@@ -102,17 +102,18 @@ class Trainer:
         self.y_test = data.test_labels.to(dev)
         self._normalize = data.normalizer(dev)
 
-        # Where teacher logits come from: None (CE), "online", "bank" (built here) or "shared".
+        # Where teacher logits come from, in bank.teacher_path's words: None (CE), "shared" (a
+        # bank handed in), "private" (a bank built here for this run) or "online".
         self.teacher = None
         self.teacher_path: str | None = None
         self._teacher_test_logits: torch.Tensor | None = None
         if config.loss != "ce":
             if bank is not None:
                 # stays where it was mapped (host): epochs gather from it (TeacherBank.epoch)
-                self.teacher, self.teacher_path = bank, "shared-bank"
+                self.teacher, self.teacher_path = bank, "shared"
             elif self._use_bank():
                 self.teacher = self.build_bank(teacher.to(dev, memory_format=self.memory_format))
-                self.teacher_path = "bank"
+                self.teacher_path = "private"
             else:
                 teacher = teacher.to(dev, memory_format=self.memory_format)
                 self.teacher, self.teacher_path = OnlineTeacher(teacher), "online"

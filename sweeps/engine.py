@@ -7,15 +7,17 @@ everything left waits on running jobs, and FINISHED once nothing is left. One ex
 Tune's workers warm across generations (reuse_actors) and never waits for a whole generation
 to end. ASHA stops weak students within each generation; teachers always finish.
 
-Ray internals touched here, each for its reason: ``class_cache.ENV_VARS_TO_PROPAGATE`` (no
-credentials copied into runtime_envs, run_experiment) and ``resource_dict_to_pg_factory`` (a
-resource request per job, job_resources); sweep.connect touches one more.
+Ray internals are touched here only, each for its reason: ``ray_constants.ENABLE_RAY_CLUSTER``
+(a local Ray on loopback, connect), ``class_cache.ENV_VARS_TO_PROPAGATE`` (no credentials
+copied into runtime_envs, run_experiment) and ``resource_dict_to_pg_factory`` (a resource
+request per job, job_resources).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 
 from ray import tune
@@ -30,6 +32,37 @@ from .scheduler import Job, Scheduler
 from .spec import ResourcesSpec, SearchSpec, SweepSpec
 from .storage import AWS_CREDENTIALS, STORAGE_FULL, StorageFull
 from .trial import CORRUPT_FILES, OUTCOME, WARNINGS, run_job
+
+
+def connect(address: str | None) -> None:
+    """Join the cluster at ``address`` ('auto' inside ray job submit), or start a Ray of our
+    own: never one that `ray start` left on this machine (Ray's address discovery would join
+    it), and listening on 127.0.0.1 only."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
+    if address:
+        ray.init(address=address, **quiet)
+        return
+    # Going around Ray: ray.init turns a node address of 127.0.0.1 into the machine's external
+    # IP unless Ray believes clusters are off (as on macOS); its processes then bind loopback.
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False  # this process
+    # ... and the Ray processes it starts (they inherit the variable), but not what this
+    # process runs later (a `ray start` it spawns would refuse to join a cluster)
+    key = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+    before = os.environ.get(key)
+    os.environ[key] = "0"
+    try:
+        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, **quiet)
+    finally:
+        if before is None:
+            os.environ.pop(key)
+        else:
+            os.environ[key] = before
 
 
 class DependencySearcher(Searcher):

@@ -20,7 +20,7 @@ POINTS = {
     "epoch": "trial worker: a generation-G trial's epoch E trained, its checkpoint handed to the "
     "uploader (epoch=G.E)",
     "before-publish": "trial worker: every epoch in its checkpoint, the result not yet stored",
-    "mid-publish": "driver: results.parquet written, MLflow's copy and summary not yet",
+    "mid-export": "driver: results.parquet written, MLflow's copy and summary not yet",
 }
 ENV, GROUP = "KDSWEEP_FAULT", "KDSWEEP_FAULT_GROUP"
 

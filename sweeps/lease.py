@@ -169,9 +169,25 @@ class DriverLease(Lease):
             raise SpecError(f"{self.storage.uri_of(self.rel)}: another driver took this sweep")
 
 
+class ClaimLost(RuntimeError):
+    """Another driver's worker took this trial's claim over (this worker paused past its TTL):
+    this one stops before writing anything more of the trial."""
+
+
 class TrialClaim(Lease):
     def __init__(self, storage: Storage, key: str, driver: str):
         super().__init__(storage, trial_file(key, "claim.lease"), settle=0.1, driver=driver)
+
+    def check(self, read: bool = False) -> None:
+        """Raise ClaimLost once the claim is another's: as the heartbeat found it, or with
+        ``read``, as storage holds it now (before a write that must be this worker's)."""
+        if self.lost is None and read:
+            self.holds()
+        if self.lost is not None:
+            raise ClaimLost(
+                f"{self.storage.uri_of(self.rel)}: taken over by another driver's worker (host "
+                f"{self.lost.get('host')}, pid {self.lost.get('pid')}); this one stops"
+            )
 
     def acquire(self, finished, poll: float = 2.0) -> bool:
         """Claim the trial; False (and no claim) when ``finished()``: another driver finished

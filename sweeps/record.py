@@ -48,7 +48,7 @@ class TrialResult:
     wall_time: float = 0.0  # seconds of training and evaluation, summed over epochs
     started_at: float | None = None  # first start of the trial (unix time)
     finished_at: float = field(default_factory=time.time)
-    teacher_path: str | None = None  # None (labels), "online", "bank" or "shared-bank"
+    teacher_path: str | None = None  # None (labels), "shared", "private" or "online"
     cluster: str | None = None  # the cluster (spec `cluster`) that trained it
     sweep: str | None = None  # and the sweep (spec `name`): lineage, never inferred from MLflow
     starts: int = 1

@@ -1,7 +1,8 @@
 """Sweep: spec -> plan -> one dependency-driven Tune experiment -> results to Parquet and MLflow.
 
-``run_sweep`` reads as its phases: check (before Ray starts) -> connect -> record what storage
-already holds -> train the rest (engine.py) -> publish results.
+``run_sweep`` reads as its phases: check (before Ray starts) -> snapshot storage -> lease ->
+connect -> reconcile and record what storage holds -> train the rest (engine.py) -> export the
+results (Parquet, MLflow).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 import pandas as pd  # noqa: E402
 
 from . import faults  # noqa: E402
-from .engine import DependencySearcher, run_experiment  # noqa: E402
+from .engine import DependencySearcher, connect, run_experiment  # noqa: E402
 from .events import SweepEvents  # noqa: E402
 from .lease import DriverLease  # noqa: E402
 from .ledger import Ledger, TrialState, sweep_file  # noqa: E402
@@ -41,37 +42,6 @@ from .teacher_bank import wants_shared_bank  # noqa: E402
 from .tracking import Tracker  # noqa: E402
 
 log = logging.getLogger(__name__)
-
-
-def connect(address: str | None) -> None:
-    """Join the cluster at ``address`` ('auto' inside ray job submit), or start a Ray of our
-    own: never one that `ray start` left on this machine (Ray's address discovery would join
-    it), and listening on 127.0.0.1 only."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
-    if address:
-        ray.init(address=address, **quiet)
-        return
-    # Going around Ray: ray.init turns a node address of 127.0.0.1 into the machine's external
-    # IP unless Ray believes clusters are off (as on macOS); its processes then bind loopback.
-    from ray._private import ray_constants
-
-    ray_constants.ENABLE_RAY_CLUSTER = False  # this process
-    # ... and the Ray processes it starts (they inherit the variable), but not what this
-    # process runs later (a `ray start` it spawns would refuse to join a cluster)
-    key = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-    before = os.environ.get(key)
-    os.environ[key] = "0"
-    try:
-        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, **quiet)
-    finally:
-        if before is None:
-            os.environ.pop(key)
-        else:
-            os.environ[key] = before
 
 
 def record_stored(
@@ -130,11 +100,11 @@ def make_scheduler(
     )
 
 
-def publish_results(plan: Plan, snapshot: Snapshot, tracker: Tracker) -> str:
+def export_results(plan: Plan, snapshot: Snapshot, tracker: Tracker) -> str:
     """The Parquet file in storage and on the parent run; returns its URI."""
     tracker.flush()  # every run created and known before the rows name them
     uri = write_results(plan, snapshot, tracker.runs)
-    faults.reached("mid-publish")
+    faults.reached("mid-export")
     with tempfile.TemporaryDirectory() as d:
         rel = snapshot.ledger.results_file(plan.spec)
         parquet = snapshot.ledger.storage.local_copy(rel, Path(d) / "results.parquet")
@@ -171,13 +141,13 @@ def run_sweep(
     lease.acquire(out)
     faults.reached("after-lease")
     try:
-        # connect, unless every trial is in storage: then a rerun only publishes (seconds)
+        # connect, unless every trial is in storage: then a rerun only exports (seconds)
         if len(done) < len(plan.trials) or retry_failed or spec.search.type == "optuna":
             connect(address)
             if address is None:
                 # memory: as much as Ray granted
                 check_fits(spec.resources, spec.architectures, ray.cluster_resources())
-        return _train_and_publish(spec, plan, data, snapshot, out, retry_failed, lease, address)
+        return _train_and_export(spec, plan, data, snapshot, out, retry_failed, lease, address)
     finally:
         lease.release()
 
@@ -195,7 +165,7 @@ def _superseded(lease: DriverLease, held: dict) -> None:
     os._exit(3)  # not sys.exit: no exit handler may write (the MLflow flush) after losing
 
 
-def _train_and_publish(
+def _train_and_export(
     spec: SweepSpec,
     plan: Plan,
     data: ImageData,
@@ -225,9 +195,9 @@ def _train_and_publish(
             connect(address)  # already, unless storage changed since the count above
             searcher = DependencySearcher(scheduler, spec.search.metric)
             run_experiment(spec, ledger, searcher, events, lease.token)
-        # publish
+        # export
         lease.check()
-        uri = publish_results(plan, snapshot, tracker)
+        uri = export_results(plan, snapshot, tracker)
         ok = all(s in (TrialState.DONE, TrialState.STOPPED_EARLY)
                  for s in progress.state.values())  # diverged, failed or skipped: FAILED
         tracker.close("FINISHED" if ok else "FAILED")

@@ -78,20 +78,20 @@ def wants_shared_bank(train: TrainSpec, data: ImageData, n_students: int) -> boo
     return teacher_path_of(train, data, n_students)[0] == "shared"
 
 
-def build_shared_bank(spec: SweepSpec, store: Ledger, teacher_key: str) -> float:
+def build_shared_bank(spec: SweepSpec, ledger: Ledger, teacher_key: str) -> float:
     """Build and store the bank of the finished teacher ``teacher_key``; returns its seconds.
     Host memory peaks near one bank: it is written to this node's cache file by torch.save
     (no copy as bytes), streamed to storage from there, and stays cached for this node."""
     # Labels (and so label noise) play no part in a bank: the plain dataset will do.
     d = spec.dataset
     data = load_dataset(d.name, root=d.root, download=d.download)
-    model = trained_model(store.storage, teacher_key)
+    model = trained_model(ledger.storage, teacher_key)
     t0 = time.perf_counter()
     bank = bank_for(model, data, resolve_device("auto"), getattr(torch, spec.train.bank_dtype))
     seconds = time.perf_counter() - t0
     state = bank.state_dict()  # host tensors (kd_core builds banks into host memory)
     del bank
-    rel = store.bank_file(teacher_key, spec.train.bank_dtype)
+    rel = ledger.bank_file(teacher_key, spec.train.bank_dtype)
     local = cached(rel)
     tmp = local.with_name(f".{local.name}.{uuid.uuid4().hex[:8]}")
     local.parent.mkdir(parents=True, exist_ok=True)
@@ -99,8 +99,8 @@ def build_shared_bank(spec: SweepSpec, store: Ledger, teacher_key: str) -> float
     del state
     digest = {"size": tmp.stat().st_size, "sha256": sha256(tmp)}
     with node_lock(local):
-        store.storage.upload(rel, tmp)
-        store.storage.write_json(digest_file(rel), digest)
+        ledger.storage.upload(rel, tmp)
+        ledger.storage.write_json(digest_file(rel), digest)
         os.replace(tmp, local)
         local.with_suffix(".json").write_text(json.dumps(digest))
     evict(keep=local)
@@ -157,9 +157,9 @@ def evict(keep: Path) -> None:
             p.with_suffix(".json").unlink(missing_ok=True)
 
 
-def _fetch(store: Ledger, rel: str, local: Path, digest: dict | None) -> str | None:
+def _fetch(ledger: Ledger, rel: str, local: Path, digest: dict | None) -> str | None:
     """Fetch the stored bank into the node cache and verify it; the reason it is bad, if so."""
-    store.storage.download(rel, local)
+    ledger.storage.download(rel, local)
     if digest is not None and (
         local.stat().st_size != digest.get("size") or sha256(local) != digest.get("sha256")
     ):
@@ -178,30 +178,30 @@ def _cache_holds(local: Path, digest: dict | None) -> bool:
         return False
 
 
-def load_shared_bank(store: Ledger, teacher_key: str, dtype: str) -> TeacherBank | None:
+def load_shared_bank(ledger: Ledger, teacher_key: str, dtype: str) -> TeacherBank | None:
     """The teacher's bank, memory-mapped from this node's disk cache (every trial of that
     teacher on the node shares one copy in the page cache), fetched from storage once per node
     and verified against its digest. None when storage has none or it is corrupt: the student
     then builds its own or runs its teacher online. A corrupt cache copy is fetched again; a
     corrupt stored bank is flagged (its driver moves it aside; the next run that wants it
     builds it again)."""
-    rel = store.bank_file(teacher_key, dtype)
+    rel = ledger.bank_file(teacher_key, dtype)
     local = cached(rel)
     for attempt in range(2):  # a corrupt node-cache copy is fetched once more
         fetched = False
         with node_lock(local):
-            if not store.storage.exists(rel):
+            if not ledger.storage.exists(rel):
                 return None
-            digest = read_json_checked(store.storage, digest_file(rel), repair=False)
+            digest = read_json_checked(ledger.storage, digest_file(rel), repair=False)
             if attempt or not (local.exists() and _cache_holds(local, digest)):
-                if bad := _fetch(store, rel, local, digest):
-                    return _drop_stored(store, rel, local, bad)
+                if bad := _fetch(ledger, rel, local, digest):
+                    return _drop_stored(ledger, rel, local, bad)
                 fetched = True
         try:
             bank = TeacherBank.from_state_dict(load_checkpoint(local, mmap=True)["bank"])
         except (CheckpointError, KeyError) as e:
             if fetched:  # the stored bank itself is bad
-                return _drop_stored(store, rel, local, str(e))
+                return _drop_stored(ledger, rel, local, str(e))
             local.unlink(missing_ok=True)
             log.warning("%s: corrupt node-cache copy (%s); fetching it again", local, e)
             continue
@@ -210,9 +210,9 @@ def load_shared_bank(store: Ledger, teacher_key: str, dtype: str) -> TeacherBank
     return None
 
 
-def _drop_stored(store: Ledger, rel: str, local: Path, why: str) -> None:
+def _drop_stored(ledger: Ledger, rel: str, local: Path, why: str) -> None:
     """A stored bank found bad: its node copy deleted, it flagged for the driver (which moves
     it aside with its digest; the next run that wants it builds it again). None: the student
     goes without."""
     local.unlink(missing_ok=True)
-    flag_corrupt(store.storage, rel, why)
+    flag_corrupt(ledger.storage, rel, why)

@@ -21,7 +21,7 @@ from kd_core.runner import DONE, Outcome, fit
 from kd_core.train import model_state
 
 from . import faults
-from .lease import TrialClaim
+from .lease import ClaimLost, TrialClaim
 from .ledger import CORRUPT, Ledger
 from .plan import Trial
 from .record import EPOCH_FINALS, TrialResult
@@ -51,6 +51,7 @@ def run_spec(spec: SweepSpec, trial: Trial) -> RunSpec:
     )
 
 
+log = logging.getLogger(__name__)
 # The key of a report's warnings: the driver prints them and files them on the trial's run.
 WARNINGS = "warnings"
 # The key of a trial's last report once its result is in storage: the state it ended in
@@ -109,65 +110,76 @@ def run_job(config: dict, spec: SweepSpec, driver: str) -> None:
 
 def _run_job(job: Job, spec: SweepSpec, driver: str, report) -> None:
     """One job; ``report`` is tune.report carrying the worker's warnings."""
-    store = Ledger(Storage(spec.storage))
+    ledger = Ledger(Storage(spec.storage))
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     if job.kind == "bank":
-        seconds = build_shared_bank(spec, store, job.trial.key)
+        seconds = build_shared_bank(spec, ledger, job.trial.key)
         report({"bank_seconds": seconds})
         return
     trial = job.trial
     # Another sweep on this storage may be training the same trial: wait for it, never train
-    # it twice at once; its result is then ours too.
-    claim = TrialClaim(store.storage, trial.key, driver)
-    if not claim.acquire(finished=lambda: store.is_done(trial.key)):
-        # another sweep's driver trained it meanwhile
-        if (record := store.result(trial.key)) is not None:
-            report({**finals(record.to_dict()), OUTCOME: record.status})
-        return
-    try:
-        attempts = Attempts(store.storage, trial.key)
+    # it twice at once; its result is then ours too. A claim lost while training (this worker
+    # paused past its TTL) is waited for the same way.
+    while True:
+        claim = TrialClaim(ledger.storage, trial.key, driver)
+        if not claim.acquire(finished=lambda: ledger.is_done(trial.key)):
+            # another sweep's driver trained it meanwhile
+            if (record := ledger.result(trial.key)) is not None:
+                report({**finals(record.to_dict()), OUTCOME: record.status})
+            return
         try:
-            _train(spec, trial, store, attempts, report)
-        except StorageFull:
-            raise
-        except Exception:
-            # A real error (not a lost node: that never reaches here). Tune retries it from the
-            # checkpoint until spec.max_failures; then it ends, its traceback in failed.json.
-            text = traceback.format_exc()
-            if attempts.error(text) > spec.max_failures:
-                store.mark_failed(trial.key, text, errors=attempts.data["errors"])
-                return
-            raise
-    finally:
-        claim.release()
+            return _claimed(spec, trial, ledger, claim, report)
+        except ClaimLost as e:
+            log.warning("%s", e)
+        finally:
+            claim.release()
 
 
-def _train(spec: SweepSpec, trial: Trial, store: Ledger, attempts: Attempts,
-           report) -> None:
+def _claimed(spec: SweepSpec, trial: Trial, ledger: Ledger, claim: TrialClaim, report) -> None:
+    attempts = Attempts(ledger.storage, trial.key)
+    try:
+        _train(spec, trial, ledger, attempts, report, claim)
+    except (StorageFull, ClaimLost):
+        raise
+    except Exception:
+        # A real error (not a lost node: that never reaches here). Tune retries it from the
+        # checkpoint until spec.max_failures; then it ends, its traceback in failed.json.
+        text = traceback.format_exc()
+        if attempts.error(text) > spec.max_failures:
+            ledger.mark_failed(trial.key, text, errors=attempts.data["errors"])
+            return
+        raise
+
+
+def _train(spec: SweepSpec, trial: Trial, ledger: Ledger, attempts: Attempts, report,
+           claim: TrialClaim) -> None:
+    """Train ``trial`` from its latest checkpoint and publish it, while ``claim`` is held: each
+    epoch checks it, and publishing reads it first."""
     started = time.time()
     bank = teacher = None
     if trial.teacher_key is not None:
         if spec.train.teacher_bank != "off":  # a bank shared by all students of the teacher
-            bank = load_shared_bank(store, trial.teacher_key, spec.train.bank_dtype)
+            bank = load_shared_bank(ledger, trial.teacher_key, spec.train.bank_dtype)
         if bank is None:
-            teacher = trained_model(store.storage, trial.teacher_key)
+            teacher = trained_model(ledger.storage, trial.teacher_key)
     trainer, noisy = build_trainer(run_spec(spec, trial), teacher, bank=bank)
 
     checkpoints = TrialCheckpoints(
-        store.storage,
+        ledger.storage,
         trial.key,
-        on_saved=lambda epoch: store.write_progress(trial.key, epoch, spec.train.epochs),
+        on_saved=lambda epoch: ledger.write_progress(trial.key, epoch, spec.train.epochs),
     )
     state = checkpoints.load_latest()
     if state is not None:
         trainer.load_state_dict(state)
     attempts.start(trainer.epoch)
-    store.write_progress(trial.key, trainer.epoch, spec.train.epochs)  # running, from here
+    ledger.write_progress(trial.key, trainer.epoch, spec.train.epochs)  # running, from here
     forget = flush_on_exit(checkpoints)
 
     def publish(outcome: Outcome = DONE) -> dict:
         """Publish the trial's outcome; returns what its next report adds (OUTCOME)."""
         status, reason = outcome.status, outcome.reason
+        claim.check(read=True)
         checkpoints.flush()  # every epoch of the record is in storage first
         faults.reached("before-publish")
         forget()
@@ -192,24 +204,32 @@ def _train(spec: SweepSpec, trial: Trial, store: Ledger, attempts: Attempts,
         if status == "done":
             model = checkpoint_bytes({**model_state(trainer.model), "trial": trial.to_dict()})
             record.analysis, dists = trainer.analyse(analysed_teacher())
-        store.publish(trial.key, model, record, dists)
+        ledger.publish(trial.key, model, record, dists)
         return {OUTCOME: status}
 
     def analysed_teacher():
         if trial.teacher_key is None or teacher is not None:
             return teacher  # labels only, or the online teacher already loaded
-        return trained_model(store.storage, trial.teacher_key)  # students of a bank: at the end
+        return trained_model(ledger.storage, trial.teacher_key)  # students of a bank: at the end
 
     # Checkpoints upload in the background while the next epoch trains. An epoch reported and
     # then lost with its upload is trained again on resume, bit-exactly, and MLflow skips the
     # step it already holds: no step twice, no value that differs. The outcome is published
     # before the final report: a scheduler may end the trial right there.
-    for m, published in fit(trainer, checkpoints, spec.train.checkpoint_every, publish,
-                            lambda epoch: faults.reached("epoch", f"{trial.generation}.{epoch}")):
-        report({**m.as_dict(), "realised_noise_rate": noisy.realised_rate, **published})
-        if published.get(OUTCOME) == "diverged":
-            return
-    if store.result(trial.key) is None:
+    def after_epoch(epoch: int) -> None:
+        faults.reached("epoch", f"{trial.generation}.{epoch}")
+        claim.check()
+
+    try:
+        for m, published in fit(trainer, checkpoints, spec.train.checkpoint_every, publish,
+                                after_epoch):
+            report({**m.as_dict(), "realised_noise_rate": noisy.realised_rate, **published})
+            if published.get(OUTCOME) == "diverged":
+                return
+    except ClaimLost:
+        forget()  # the trial is another's now: no checkpoint of ours on exit
+        raise
+    if ledger.result(trial.key) is None:
         # Every epoch is in the checkpoint but the result is not in storage (a kill between the
         # last checkpoint and publishing, or a deleted result): publish it, train nothing.
         report({**finals(trainer.history[-1] if trainer.history else {}), **publish()})

@@ -70,7 +70,7 @@ def test_short_training_run_matches_online(setup):
     cfg = TrainConfig(epochs=2, batch_size=8, lr=0.01, loss="kl", tau=4.0, teacher_bank="off")
     online = Trainer(init_model("cnn-small", data, 0), data, cfg, teacher=teacher)
     banked = Trainer(init_model("cnn-small", data, 0), data, cfg, bank=bank32)
-    assert (online.teacher_path, banked.teacher_path) == ("online", "shared-bank")
+    assert (online.teacher_path, banked.teacher_path) == ("online", "shared")
     # the trainer reads the bank where it lies (a mapped file, shared): no copy of it is made
     assert banked.teacher.logits.data_ptr() == bank32.logits.data_ptr()
     h_online, h_bank = list(online.epochs()), list(banked.epochs())
@@ -93,12 +93,12 @@ def test_auto_picks_the_cheaper_path_and_on_respects_the_budget(setup):
     t = init_model("cnn-medium", digits, 0)
     kd = dict(loss="kl", tau=4.0, epochs=4)
     # digits has one view per image: a bank is one teacher pass, always cheaper
-    assert Trainer(small, digits, TrainConfig(**kd), teacher=t).teacher_path == "bank"
+    assert Trainer(small, digits, TrainConfig(**kd), teacher=t).teacher_path == "private"
     # 162 views for 4 epochs: online is cheaper for a single student
     s = init_model("cnn-small", data, 0)
     assert Trainer(s, data, TrainConfig(**kd), teacher=teacher).teacher_path == "online"
     assert Trainer(s, data, TrainConfig(**kd, teacher_bank="on"), teacher=teacher).teacher_path \
-        == "bank"
+        == "private"
     with pytest.raises(ValueError, match="bank_budget_gb"):
         Trainer(s, data, TrainConfig(**kd, teacher_bank="on", bank_budget_gb=1e-6),
                 teacher=teacher)

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 LOCAL_RAY_PROBE = """
 import os, psutil, ray
-from sweeps.sweep import connect
+from sweeps.engine import connect
 connect(None)
 print(ray.get_runtime_context().gcs_address)
 ours = {os.getpid(), *(p.pid for p in psutil.Process().children(recursive=True))}

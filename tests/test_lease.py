@@ -2,6 +2,7 @@
 
 import time
 
+import pytest
 import yaml
 
 from sweeps import lease as lease_module
@@ -59,3 +60,35 @@ def test_the_heartbeat_stops_once_the_lease_is_lost(tmp_path, monkeypatch):
     time.sleep(0.3)  # several heartbeats' worth: none writes the lease back
     assert storage.read_json(mine.rel)["token"] == "someone-else"
 
+
+
+def test_a_worker_that_lost_its_trial_claim_stops_before_publishing(tmp_path, monkeypatch):
+    """A worker paused past its claim's TTL while another driver's worker took the trial
+    over: its next epoch stops it (ClaimLost), and it publishes nothing of the trial."""
+    from sweeps.lease import ClaimLost, TrialClaim
+    from sweeps.ledger import Ledger
+    from sweeps.plan import build_plan
+    from sweeps.resume import Attempts
+    from sweeps.trial import _train
+
+    monkeypatch.setattr(lease_module, "TTL", 60.0)  # no heartbeat beats during the test
+    spec = parse_spec(yaml.safe_load(write_spec(
+        tmp_path, train={"epochs": 2, "batch_size": 128, "lr": 0.02}).read_text()))
+    ledger = Ledger(Storage(spec.storage))
+    teacher = build_plan(spec).trials[0]
+    claim = TrialClaim(ledger.storage, teacher.key, "driver-a")
+    assert claim.acquire(finished=lambda: False)
+    reports = []
+
+    def report(metrics):  # after epoch 1: another driver's worker takes the claim over
+        reports.append(metrics)
+        taken = {**ledger.storage.read_json(claim.rel), "token": "other", "driver": "driver-b"}
+        ledger.storage.write_json(claim.rel, taken)
+        claim.holds()  # what the heartbeat does every TTL/4
+
+    with pytest.raises(ClaimLost, match="taken over by another driver's worker"):
+        _train(spec, teacher, ledger, Attempts(ledger.storage, teacher.key), report, claim)
+    assert [r["epoch"] for r in reports] == [1]
+    assert ledger.result(teacher.key) is None and not ledger.has_model(teacher.key)
+    claim.release()
+    assert ledger.storage.read_json(claim.rel)["token"] == "other"  # its claim, untouched

@@ -50,3 +50,16 @@ def test_lineage_is_the_records_not_inferred_from_what_mlflow_lacks(tmp_path):
     tracker.close()
     assert MlflowClient(spec.tracking_uri).get_run(tracker.parent_id).info.status == "FINISHED"
     assert not tracker.writer._thread.is_alive()  # nothing of the tracker outlives its sweep
+
+
+def test_backfill_is_a_function_of_the_history_and_the_steps_mlflow_holds():
+    from sweeps.tracking.names import unlogged
+
+    history = [{"epoch": 1, "train_loss": 2.0, "test_acc": 0.5, "pid": 7},
+               {"epoch": 2, "train_loss": float("nan"), "test_acc": 0.6},
+               {"epoch": 3, "train_loss": 1.0}]
+    logged = {1}
+    sent = unlogged(history, logged)
+    assert sorted((m.step, m.key, m.value) for m in sent) == [
+        (2, "test_acc", 0.6), (3, "train_loss", 1.0)]  # no step twice, nothing non-finite
+    assert logged == {1, 2, 3} and unlogged(history, logged) == []

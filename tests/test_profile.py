@@ -42,7 +42,7 @@ def test_a_private_bank_counts_in_the_peak_and_a_shared_one_does_not():
     private = _profile_in_fresh_process("private")
     shared = _profile_in_fresh_process("shared")
     del ballast
-    assert online["teacher_path"] == "online" and private["teacher_path"] == "shared-bank"
+    assert online["teacher_path"] == "online" and private["teacher_path"] == "private"
     assert online["device"] == "cpu" and online["context"] == 0
     # A private bank is the trial's own memory for the whole run: its bytes are in the peak.
     assert private["peak"] - online["peak"] > 0.7 * nbytes

@@ -45,9 +45,9 @@ KILL_SEED = 20261130
 def test_driver_killed_at_random_moments_then_rerun(tmp_path):
     """The run's process group SIGKILLed at each named fault point (sweeps/faults.py: after
     the lease, while the MLflow store is created, mid-epoch in each generation, between a
-    trial's checkpoint and its publish, mid-publish) and at seeded real-time moments during
-    start-up; then a plain rerun ends with every trial once, every epoch once, no step logged
-    twice."""
+    trial's checkpoint and its publish, mid-export of the results) and at seeded real-time
+    moments during start-up; then a plain rerun ends with every trial once, every epoch once,
+    no step logged twice."""
     rng = random.Random(KILL_SEED)
     # the kills land where they are named, so epochs need not be slow
     spec_path = write_spec(tmp_path, train={"epochs": EPOCHS, "batch_size": 64, "lr": 0.02})
@@ -62,7 +62,7 @@ def test_driver_killed_at_random_moments_then_rerun(tmp_path):
     kills = ["after-lease", "store-creating", rng.uniform(0.5, 12.0), rng.uniform(0.5, 12.0),
              f"epoch=0.{rng.randint(1, EPOCHS - 2)}", "before-publish",
              f"epoch=1.{rng.randint(1, EPOCHS - 2)}", f"epoch=2.{rng.randint(1, EPOCHS - 2)}",
-             "mid-publish"]
+             "mid-export"]
     try:
         for kill in kills:
             if isinstance(kill, float):

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from ..plan import setting_order
-from .figures import Figures
+from .figures import Figures, legend
 from .load import full_chains
 
 
@@ -44,7 +44,7 @@ def analysis_figures(figs: Figures, analyses: dict[str, dict]) -> None:
                 ax.stairs(density, edges, color=figs.colours[r.setting], lw=1.2)
         ax.set(xlabel="||z_s - z_t||_2 per training image", ylabel="density",
                title=f"{chain}, noise {noise}, seed {seed}")
-    figs.legend(fig, axes, set(reps.setting))
+    legend(fig, axes, figs.colours, set(reps.setting))
     figs.save(fig, "logit_distance_distributions.png",
               "Density of the logit distance over the (unaugmented) training set, final models "
               f"in eval mode: one run per setting ({chain}, seed {seed}) per noise rate; "

@@ -21,7 +21,7 @@ from .evidence import (
     by_seed,
     fmt,
     groups,
-    kl,
+    kl_setting,
     kl_taus,
     paired_test,
     section,
@@ -69,8 +69,8 @@ def c1(students: pd.DataFrame, _df) -> Section:
                               f"rho={fmt(c.spearman, 2, '+')} over {c.n}"))
         if (part.loss == "mse").any():
             mse = by_seed(part, "mse", col)
-            tests += [paired_test(row, f"mse - {kl(t)}", mse, by_seed(part, kl(t), col), -1,
-                                   2) for t in taus]
+            tests += [paired_test(row, f"mse - {kl_setting(t)}", mse,
+                                  by_seed(part, kl_setting(t), col), -1, 2) for t in taus]
     return section(f"C1 logit distance ({what}) falls as tau grows; MSE gives the smallest",
                     rows, tests, ["cells: the distance, mean ± 95% t-interval over seeds"])
 
@@ -91,9 +91,9 @@ def c2(students: pd.DataFrame, _df) -> Section:
                               f"rho={fmt(c.spearman, 2, '+')} over {c.n}"))
         if (part.loss == "mse").any():
             mse = by_seed(part, "mse", "test_acc", 100)
-            similar = [compare(mse, by_seed(part, kl(t), "test_acc", 100)) for t in taus]
-            tests += [Test(row, f"mse - {kl(t)}", c.d, c.p, +1, c.n,
-                           f"mse - {kl(t)} {fmt(c.d, decimals, '+')}")
+            similar = [compare(mse, by_seed(part, kl_setting(t), "test_acc", 100)) for t in taus]
+            tests += [Test(row, f"mse - {kl_setting(t)}", c.d, c.p, +1, c.n,
+                           f"mse - {kl_setting(t)} {fmt(c.d, decimals, '+')}")
                       for t, c in zip(taus, similar, strict=True)]
             own[row] = _similar_rule(similar)
     return section(
@@ -148,8 +148,9 @@ def c4(students: pd.DataFrame, _df) -> Section:
         taus = kl_taus(part)
         if taus and (part.loss == "mse").any():
             mse = by_seed(part, "mse", "train_feature_cka")
-            tests.append(paired_test(row, f"CKA mse - {kl(taus[0])}", mse,
-                                      by_seed(part, kl(taus[0]), "train_feature_cka"), +1, 3))
+            smallest = by_seed(part, kl_setting(taus[0]), "train_feature_cka")
+            tests.append(paired_test(row, f"CKA mse - {kl_setting(taus[0])}", mse, smallest,
+                                     +1, 3))
             ratio = np.log(by_seed(part, "mse", "norm_ratio"))
             tests.append(paired_test(row, "log norm ratio mse", ratio, ratio * 0, -1, 2))
     notes = ["CKA: linear CKA of the student's and the teacher's penultimate features on the "
@@ -183,13 +184,13 @@ def c5(students: pd.DataFrame, _df) -> Section:
                      "did not learn": f"{int(part.stuck.sum())} of {len(part)}", "_row": row})
         if small is None:
             continue
-        acc = by_seed(part, kl(small), "test_acc", 100)
+        acc = by_seed(part, kl_setting(small), "test_acc", 100)
         if len(taus) > 1 and taus[-1] > 1:
-            tests.append(paired_test(row, f"{kl(small)} - {kl(taus[-1])}", acc,
-                                      by_seed(part, kl(taus[-1]), "test_acc", 100), +1,
+            tests.append(paired_test(row, f"{kl_setting(small)} - {kl_setting(taus[-1])}", acc,
+                                      by_seed(part, kl_setting(taus[-1]), "test_acc", 100), +1,
                                       decimals))
         if (part.loss == "mse").any():
-            tests.append(paired_test(row, f"{kl(small)} - mse", acc,
+            tests.append(paired_test(row, f"{kl_setting(small)} - mse", acc,
                                       by_seed(part, "mse", "test_acc", 100), +1, decimals))
     if not noisy.empty and not any(t <= 1 for t in kl_taus(noisy)):
         notes.append("not testable: the grid has no kl tau <= 1 at noise > 0")

@@ -65,7 +65,7 @@ def kl_taus(part: pd.DataFrame) -> list[float]:
     return sorted(part[part.loss == "kl"].tau.dropna().unique())
 
 
-def kl(tau: float) -> str:
+def kl_setting(tau: float) -> str:
     return setting_name(1, "kl", tau, None)
 
 

@@ -41,6 +41,23 @@ def seeds_per_point(df: pd.DataFrame) -> int:
     return int(groups.seed.nunique().min()) if len(df) else 0
 
 
+def legend(fig, axes, colours: dict, settings) -> None:
+    """One legend for the figure, outside the panels: nothing overprints a curve."""
+    handles = [plt.Line2D([], [], color=colours[s], marker="o", lw=1.5, label=s)
+               for s in sorted(settings, key=setting_order)]
+    extra = [h for ax in axes.flat for h in ax.get_legend_handles_labels()[0]
+             if h.get_label().startswith(("teacher", "alone"))]
+    seen = {}
+    for h in extra:
+        if h.get_label() not in settings:
+            seen.setdefault(h.get_label(), h)
+    fig.legend(handles=handles + list(seen.values()), loc="outside right upper",
+               fontsize=7, frameon=False)
+    for ax in axes.flat:
+        if ax.get_legend():
+            ax.get_legend().remove()
+
+
 class Figures:
     """Draws into ``out_dir``; ``made`` collects (path, caption) in drawing order."""
 
@@ -73,22 +90,6 @@ class Figures:
         return plt.subplots(rows, cols, squeeze=False, layout="constrained",
                             figsize=(PANEL[0] * cols, PANEL[1] * rows), **kw)
 
-    def legend(self, fig, axes, settings) -> None:
-        """One legend for the figure, outside the panels: nothing overprints a curve."""
-        handles = [plt.Line2D([], [], color=self.colours[s], marker="o", lw=1.5, label=s)
-                   for s in sorted(settings, key=setting_order)]
-        extra = [h for ax in axes.flat for h in ax.get_legend_handles_labels()[0]
-                 if h.get_label().startswith(("teacher", "alone"))]
-        seen = {}
-        for h in extra:
-            if h.get_label() not in settings:
-                seen.setdefault(h.get_label(), h)
-        fig.legend(handles=handles + list(seen.values()), loc="outside right upper",
-                   fontsize=7, frameon=False)
-        for ax in axes.flat:
-            if ax.get_legend():
-                ax.get_legend().remove()
-
     # ---- the figures -------------------------------------------------------------------
     def accuracy_vs_generation(self) -> None:
         """Per chain (row) and noise (column): each setting's line from the teacher through the
@@ -112,7 +113,7 @@ class Figures:
                            label="alone (ce), per generation")
                 ax.set_xticks(range(len(models)), [f"g{g}\n{m}" for g, m in enumerate(models)])
                 ax.set(xlabel="", ylabel="test accuracy %", title=f"{chain}\nnoise {noise}")
-        self.legend(fig, axes, set(self.df.setting) - {ALONE})
+        legend(fig, axes, self.colours, set(self.df.setting) - {ALONE})
         self.save(fig, "accuracy_vs_generation.png",
                   "Test accuracy along each chain (rows) per noise rate (columns): lines join a "
                   "setting's students to their teacher (g0); crosses are each generation's "
@@ -147,7 +148,7 @@ class Figures:
                 ax.set_xticks(range(len(labels)), labels)
                 ax.set(xlabel="tau (kl)", ylabel="test accuracy %",
                        title=f"{student}\nnoise {noise}")
-        self.legend(fig, axes, set(students.setting))
+        legend(fig, axes, self.colours, set(students.setting))
         self.save(fig, "accuracy_vs_tau.png",
                   "Test accuracy of KL students over tau (grey line, dots in each tau's "
                   "colour), per student (rows: architecture and lineage) and noise rate; MSE "
@@ -188,7 +189,7 @@ class Figures:
             ax.plot(*zip(*sorted(teachers.groupby("noise_rate").teacher_acc.mean().mul(100)
                                  .items()), strict=True), ls=":", color="0.6", label="teacher")
             ax.set(xlabel="label noise rate", ylabel="test accuracy %", title=student)
-        self.legend(fig, axes, set(students.setting))
+        legend(fig, axes, self.colours, set(students.setting))
         self.save(fig, "accuracy_vs_noise.png",
                   "Test accuracy over the label noise rate (teacher trained on the noisy "
                   "labels), one panel per student; the architecture alone black dotted, the "
@@ -213,7 +214,7 @@ class Figures:
                 if (part[col] > 0).all() and part[col].max() / part[col].min() > 20:
                     ax.set_xscale("log")
                 ax.set(xlabel=what, ylabel="test accuracy %", title=f"{student}\nnoise {noise}")
-        self.legend(fig, axes, set(students.setting))
+        legend(fig, axes, self.colours, set(students.setting))
         self.save(fig, "logit_distance_vs_accuracy.png",
                   f"Each student run's logit distance ({what}) against its test accuracy, per "
                   "teacher-student pair (rows) and noise rate; one dot per run (setting, seed). "
@@ -242,7 +243,7 @@ class Figures:
                 top = part.groupby("epoch").accuracy.max().iloc[-1]
                 ax.set_ylim(max(0, top - 25), min(100, top + 3))  # the end, where it matters
                 ax.set(ylabel="test accuracy %", title=f"{student}\nnoise {noise}")
-        self.legend(fig, axes, set(long.setting))
+        legend(fig, axes, self.colours, set(long.setting))
         self.save(fig, "learning_curves.png",
                   "Test accuracy per epoch, per student (rows) and noise rate, one line per "
                   f"setting; the y-axis shows the last 25 points below the top. {self.spread}. "
