@@ -111,7 +111,7 @@ def _mapped_rss(path: Path) -> int:
 
 
 def profile_run(
-    spec: RunSpec,
+    run: RunSpec,
     teacher_model: str | None = None,
     teacher_path: str | None = None,
     steps: int = 10,
@@ -124,29 +124,29 @@ def profile_run(
     bank in the trial's own host memory) or "shared" (from a bank mapped from a file, whose
     pages a node's trials share: they are left out of the host peak, since the node holds them
     once, in its page cache). Weights are random: neither memory nor speed depends on them.
-    ``data`` replaces the spec's dataset.
+    ``data`` replaces the run's dataset.
     """
-    if spec.train.loss != "ce" and teacher_path not in ("online", "private", "shared"):
+    if run.train.loss != "ce" and teacher_path not in ("online", "private", "shared"):
         raise ValueError(
-            f"a {spec.train.loss} student needs teacher_path online, private or shared"
+            f"a {run.train.loss} student needs teacher_path online, private or shared"
         )
-    device = resolve_device(spec.train.device)
+    device = resolve_device(run.train.device)
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.init()
         torch.cuda.reset_peak_memory_stats(device)
-    run_data = load_run_data(spec) if data is None else (data, None)
+    run_data = load_run_data(run) if data is None else (data, None)
     data = run_data[0]
     teacher = bank = mapped = None
-    dtype = getattr(torch, spec.train.bank_dtype)
+    dtype = getattr(torch, run.train.bank_dtype)
     with tempfile.TemporaryDirectory(prefix="kdprofile-") as tmp:
         if teacher_path == "shared":
             mapped = Path(tmp) / "bank"
         if teacher_path in ("private", "shared"):
             bank = _stand_in_bank(data, dtype, mapped)
         elif teacher_path == "online":
-            teacher = init_model(teacher_model, data, spec.train.seed)
-        trainer, _ = build_trainer(spec, teacher, run_data, bank)
+            teacher = init_model(teacher_model, data, run.train.seed)
+        trainer, _ = build_trainer(run, teacher, run_data, bank)
         step_s, eval_s = trainer.time_steps(steps)
         host_peak = _peak_rss() - (_mapped_rss(mapped) if mapped else 0)
     if cuda:

@@ -24,22 +24,22 @@ class RunSpec:
     augment: Augment | None = None  # None: the dataset's default (crop+flip for CIFAR)
 
 
-def load_run_data(spec: RunSpec) -> tuple[ImageData, NoisyLabels]:
+def load_run_data(run: RunSpec) -> tuple[ImageData, NoisyLabels]:
     """The dataset with this run's label noise (and augmentation override) applied."""
-    data = load_dataset(spec.dataset, root=spec.data_root, download=spec.download)
-    if spec.augment is not None:
-        data = data.with_augment(spec.augment)
-    return data.with_label_noise(spec.noise_kind, spec.noise_rate, spec.train.seed)
+    data = load_dataset(run.dataset, root=run.data_root, download=run.download)
+    if run.augment is not None:
+        data = data.with_augment(run.augment)
+    return data.with_label_noise(run.noise_kind, run.noise_rate, run.train.seed)
 
 
 def build_trainer(
-    spec: RunSpec,
+    run: RunSpec,
     teacher: nn.Module | None = None,
     data: tuple | None = None,
     bank: TeacherBank | None = None,
 ) -> tuple[Trainer, NoisyLabels]:
-    """A Trainer for ``spec`` with a freshly seeded model; pass ``data`` to reuse a loaded split,
+    """A Trainer for ``run`` with a freshly seeded model; pass ``data`` to reuse a loaded split,
     ``bank`` to read teacher logits from a prebuilt bank instead of ``teacher``."""
-    data, noisy = data or load_run_data(spec)
-    model = init_model(spec.model, data, spec.train.seed)
-    return Trainer(model, data, spec.train, teacher, bank), noisy
+    data, noisy = data or load_run_data(run)
+    model = init_model(run.model, data, run.train.seed)
+    return Trainer(model, data, run.train, teacher, bank), noisy

@@ -179,6 +179,7 @@ def _train_and_export(
     # an error) the tracker sends what is queued while its sender pool still takes work:
     # Python shuts such pools before exit handlers run.
     ledger = snapshot.ledger
+    lease.check()  # the sweep's MLflow parent run is created under the lease
     with Tracker(spec, ledger.storage) as tracker:
         tracker.fence = lease.check
         tracker.sweep.start()

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
     )
-    spec = RunSpec(
+    run = RunSpec(
         dataset=args.dataset,
         model=args.model,
         train=cfg,
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
             teacher = load_model(args.teacher)
         except CheckpointError as e:  # missing, truncated, not ours: one line, exit 2
             raise ValueError(f"--teacher: {e}") from None
-    trainer, noisy = build_trainer(spec, teacher)
+    trainer, noisy = build_trainer(run, teacher)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = out / "checkpoint.pt"
