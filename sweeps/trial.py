@@ -8,6 +8,7 @@ checkpoint (resume.py), reports every epoch, and publishes its model and then it
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import traceback
@@ -105,7 +106,10 @@ def run_job(config: dict, spec: SweepSpec, driver: str) -> None:
     finally:
         package.removeHandler(warnings)
         if warnings.held:  # raised after the trial's last report, or before its error
-            warnings.report({})
+            # best effort: a report that fails here (the trial being stopped) must not hide
+            # the error on its way out
+            with contextlib.suppress(Exception):
+                warnings.report({})
 
 
 def _run_job(job: Job, spec: SweepSpec, driver: str, report) -> None:

@@ -175,21 +175,13 @@ def test_end_to_end_distillation_on_digits():
 
 def test_cli_train_writes_checkpoint_and_metrics(tmp_path):
     kdsweep = [sys.executable, "-m", "sweeps.cli"]
-    t = subprocess.run(
-        [*kdsweep, "train", "--model", "cnn-medium", "--epochs", "2", "--out", str(tmp_path / "t")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    teacher = [*kdsweep, "train", "--model", "cnn-medium", "--epochs", "2",
+               "--out", str(tmp_path / "t")]
+    t = subprocess.run(teacher, capture_output=True, text=True, timeout=120)
     assert t.returncode == 0, t.stderr
     assert "test_acc=" in t.stdout
     # the same command again resumes from its checkpoint: nothing left, the same result
-    again = subprocess.run(
-        [*kdsweep, "train", "--model", "cnn-medium", "--epochs", "2", "--out", str(tmp_path / "t")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    again = subprocess.run(teacher, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
     assert again.stdout.split("test_acc=")[1] == t.stdout.split("test_acc=")[1]
     s = subprocess.run(
