@@ -63,26 +63,19 @@ def _measure(spec, plan, args) -> None:
     )
 
 
-LARGE_GRID = 1000  # trials; a typo in a grid should not start a month of GPU time unasked
-
-
 def _run(args) -> int:
     spec = load_spec(args.spec)  # validated in full before Ray starts
-    from .plan import build_plan
-    from .sweep import run_sweep
-
-    n = len(build_plan(spec).trials)
-    if n > LARGE_GRID and not args.large:
-        raise ValueError(
-            f"{args.spec}: the grid plans {n} trials (more than {LARGE_GRID}); check it with "
-            "`kdsweep plan`, then run it with --large"
-        )
+    from .sweep import LARGE_GRID, GridTooLarge, run_sweep
 
     # `ray job stop` and schedulers send SIGTERM: exit through Python so that exit handlers
     # (the MLflow writer's flush) run; everything else resumes on the next run.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
-    run_sweep(spec, address=args.address, retry_failed=args.retry_failed)
+    try:
+        run_sweep(spec, address=args.address, retry_failed=args.retry_failed,
+                  max_trials=None if args.large else LARGE_GRID)
+    except GridTooLarge as e:
+        raise GridTooLarge(f"{args.spec}: {e}") from None
     return 0
 
 
@@ -144,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         help="Ray cluster address ('auto' inside ray job submit); default: local Ray",
     )
     p.add_argument(
-        "--large", action="store_true", help=f"run a grid of more than {LARGE_GRID} trials"
+        "--large", action="store_true", help="run a grid of more than 1000 trials"
     )
     p.add_argument(
         "--retry-failed",

@@ -36,12 +36,17 @@ from .sampling import Sampler, samplers  # noqa: E402
 from .schedule import remaining_work, trial_costs  # noqa: E402
 from .scheduler import Scheduler  # noqa: E402
 from .snapshot import Snapshot, reconcile  # noqa: E402
-from .spec import SweepSpec  # noqa: E402
+from .spec import SpecError, SweepSpec  # noqa: E402
 from .storage import Storage  # noqa: E402
 from .teacher_bank import wants_shared_bank  # noqa: E402
 from .tracking import Tracker  # noqa: E402
 
 log = logging.getLogger(__name__)
+LARGE_GRID = 1000  # trials; a typo in a grid should not start a month of GPU time unasked
+
+
+class GridTooLarge(SpecError):
+    """The grid plans more trials than the run allows (``max_trials``)."""
 
 
 def record_stored(
@@ -117,9 +122,14 @@ def export_results(plan: Plan, snapshot: Snapshot, tracker: Tracker) -> str:
 
 
 def run_sweep(
-    spec: SweepSpec, address: str | None = None, out=sys.stdout, retry_failed: bool = False
+    spec: SweepSpec,
+    address: str | None = None,
+    out=sys.stdout,
+    retry_failed: bool = False,
+    max_trials: int | None = None,
 ) -> str:
-    """Train every trial of the sweep not yet in storage; returns the results file's URI."""
+    """Train every trial of the sweep not yet in storage; returns the results file's URI.
+    ``max_trials``: refuse a grid that plans more (GridTooLarge), before any work."""
     import ray
 
     # check
@@ -128,6 +138,9 @@ def run_sweep(
     # the absolute location.
     spec = spec.model_copy(update={"storage": storage.uri if storage.is_local else spec.storage})
     plan = build_plan(spec)
+    if max_trials is not None and len(plan.trials) > max_trials:
+        raise GridTooLarge(f"the grid plans {len(plan.trials)} trials (more than {max_trials}); "
+                        "check it with `kdsweep plan`, then run it with --large")
     data = check_all(spec, local=address is None)
     # each stored result read once in this run (a trial that ends from here on, trained by an
     # orphaned worker of a dead driver, is found by its worker's claim and recorded then)

@@ -32,7 +32,7 @@ from kd_core.train import resolve_device
 from .ledger import Ledger, digest_file, flag_corrupt, read_json_checked
 from .plan import students_per_teacher
 from .resume import trained_model
-from .spec import SweepSpec, TrainSpec
+from .spec import DatasetSpec, SweepSpec, TrainSpec
 from .storage import node_cache
 
 log = logging.getLogger(__name__)
@@ -78,20 +78,20 @@ def wants_shared_bank(train: TrainSpec, data: ImageData, n_students: int) -> boo
     return teacher_path_of(train, data, n_students)[0] == "shared"
 
 
-def build_shared_bank(spec: SweepSpec, ledger: Ledger, teacher_key: str) -> float:
-    """Build and store the bank of the finished teacher ``teacher_key``; returns its seconds.
-    Host memory peaks near one bank: it is written to this node's cache file by torch.save
-    (no copy as bytes), streamed to storage from there, and stays cached for this node."""
+def build_shared_bank(d: DatasetSpec, dtype: str, ledger: Ledger, teacher_key: str) -> float:
+    """Build and store the ``dtype`` bank of the finished teacher ``teacher_key`` on dataset
+    ``d``; returns its seconds. Host memory peaks near one bank: it is written to this node's
+    cache file by torch.save (no copy as bytes), streamed to storage from there, and stays
+    cached for this node."""
     # Labels (and so label noise) play no part in a bank: the plain dataset will do.
-    d = spec.dataset
     data = load_dataset(d.name, root=d.root, download=d.download)
     model = trained_model(ledger.storage, teacher_key)
     t0 = time.perf_counter()
-    bank = bank_for(model, data, resolve_device("auto"), getattr(torch, spec.train.bank_dtype))
+    bank = bank_for(model, data, resolve_device("auto"), getattr(torch, dtype))
     seconds = time.perf_counter() - t0
     state = bank.state_dict()  # host tensors (kd_core builds banks into host memory)
     del bank
-    rel = ledger.bank_file(teacher_key, spec.train.bank_dtype)
+    rel = ledger.bank_file(teacher_key, dtype)
     local = cached(rel)
     tmp = local.with_name(f".{local.name}.{uuid.uuid4().hex[:8]}")
     local.parent.mkdir(parents=True, exist_ok=True)

@@ -117,7 +117,7 @@ def _run_job(job: Job, spec: SweepSpec, driver: str, report) -> None:
     ledger = Ledger(Storage(spec.storage))
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     if job.kind == "bank":
-        seconds = build_shared_bank(spec, ledger, job.trial.key)
+        seconds = build_shared_bank(spec.dataset, spec.train.bank_dtype, ledger, job.trial.key)
         report({"bank_seconds": seconds})
         return
     trial = job.trial
