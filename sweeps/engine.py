@@ -27,7 +27,7 @@ from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 
-from .ledger import Ledger
+from .ledger import Ledger, TrialState
 from .scheduler import Job, Scheduler
 from .spec import ResourcesSpec, SearchSpec, SweepSpec
 from .storage import AWS_CREDENTIALS, STORAGE_FULL, StorageFull
@@ -81,7 +81,7 @@ class DependencySearcher(Searcher):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         last = {} if error else result or {}
-        self.scheduler.complete(trial_id, model=last.get(OUTCOME) == "done",
+        self.scheduler.complete(trial_id, model=last.get(OUTCOME) == TrialState.DONE,
                                 value=last.get(self.search_metric))
 
     def save(self, checkpoint_path: str) -> None:

@@ -68,12 +68,13 @@ class SweepEvents:
     def ended(self, trial: Trial, last: dict, early_stopping: bool) -> None:
         """A trial's function returned: it published a result, failed for good, or (ASHA)
         was stopped before its last epoch."""
+        spec = self.plan.spec
         record = self.ledger.result(trial.key)  # its one read in this run: its worker wrote it
         if record is None:
             failure = self.ledger.failure(trial.key)
             if failure is not None:
                 return self._failed(trial, failure["error"])
-            if not (early_stopping and last.get("epoch", 0) < self.plan.spec.train.epochs):
+            if not (early_stopping and last.get("epoch", 0) < spec.train.epochs):
                 msg = (
                     f"trial {trial.key} ended without publishing its result to "
                     f"{self.ledger.storage.uri}; on a cluster, storage must be shared by every "
@@ -81,14 +82,12 @@ class SweepEvents:
                 )
                 return self.failed(trial, msg)
             # Stopped by ASHA: its last metrics are its result; no model, so no students.
-            spec = self.plan.spec
             record = TrialResult.from_history(trial.to_dict(), [last],
                                               status=TrialState.STOPPED_EARLY,
                                               cluster=spec.cluster, sweep=spec.name)
             self.fence()
             self.ledger.publish(trial.key, None, record)
         self.snapshot.set(trial.key, TrialState(record.status), record)
-        spec = self.plan.spec
         self.tracker.finish(trial.key, record,
                             reused=bool(record.trained_elsewhere(spec.cluster, spec.name)))
         self.progress.set(trial.key, TrialState(record.status))

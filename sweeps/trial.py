@@ -224,18 +224,19 @@ def _train(spec: SweepSpec, trial: Trial, ledger: Ledger, attempts: Attempts, re
         faults.reached("epoch", f"{trial.generation}.{epoch}")
         claim.check()
 
+    outcome: dict = {}
     try:
         for m, published in fit(trainer, checkpoints, spec.train.checkpoint_every, publish,
                                 after_epoch):
             report({**m.as_dict(), "realised_noise_rate": noisy.realised_rate, **published})
-            if published.get(OUTCOME) == "diverged":
-                return
+            outcome |= published
     except ClaimLost:
         forget()  # the trial is another's now: no checkpoint of ours on exit
         raise
-    if ledger.result(trial.key) is None:
-        # Every epoch is in the checkpoint but the result is not in storage (a kill between the
-        # last checkpoint and publishing, or a deleted result): publish it, train nothing.
+    if not outcome:
+        # Every epoch is in the checkpoint but the result is not in storage (its claim found
+        # none: a kill between the last checkpoint and publishing, or a deleted result):
+        # publish it, train nothing.
         report({**finals(trainer.history[-1] if trainer.history else {}), **publish()})
 
 
