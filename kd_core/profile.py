@@ -7,6 +7,7 @@ figure is the process's peak resident set, which only grows.
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import tempfile
@@ -175,27 +176,31 @@ def profile_run(
 
 def forward_macs(name: str, num_classes: int, image_shape: tuple[int, ...]) -> int:
     """Multiply-accumulates of one forward pass of model ``name`` on one image (convolutions and
-    linear layers), counted on the meta device: no weights are allocated, nothing is run."""
+    linear layers): the model built on the meta device and given uninitialised CPU storage, run
+    on a batch of no images (nothing is computed; the layers' output shapes give the count).
+    Not run on the meta device itself: torch decomposes ops there through torch._dynamo, whose
+    import costs a second of every driver's start."""
     from torch import nn
 
     from .models import build_model
 
     with torch.device("meta"):
         model = build_model(name, num_classes, image_shape[0]).eval()
+    model.to_empty(device="cpu")
     total = 0
 
     def count(m, _inputs, out):
         nonlocal total
         if isinstance(m, nn.Conv2d):
             kh, kw = m.kernel_size
-            total += out.numel() * (m.in_channels // m.groups) * kh * kw
+            total += math.prod(out.shape[1:]) * (m.in_channels // m.groups) * kh * kw
         else:
             total += m.in_features * m.out_features
 
     layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     handles = [m.register_forward_hook(count) for m in layers]
     with torch.no_grad():
-        model(torch.empty(1, *image_shape, device="meta"))
+        model(torch.empty(0, *image_shape))
     for h in handles:
         h.remove()
     return total

@@ -4,7 +4,6 @@ elapsed time and an ETA, or read back from storage."""
 from __future__ import annotations
 
 import io
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -38,7 +37,7 @@ def duration(seconds: float) -> str:
 class Progress:
     """Trial states by key; prints one line per generation whenever a state changes."""
 
-    def __init__(self, plan: Plan, state: Callable[[str], TrialState], out=sys.stdout):
+    def __init__(self, plan: Plan, state: Callable[[str], TrialState], out):
         """``state``: a planned trial's state as this run starts (Snapshot.state)."""
         self.out = out
         self.t0 = time.monotonic()

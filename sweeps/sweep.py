@@ -124,13 +124,16 @@ def export_results(plan: Plan, snapshot: Snapshot, tracker: Tracker) -> str:
 def run_sweep(
     spec: SweepSpec,
     address: str | None = None,
-    out=sys.stdout,
+    out=None,
     retry_failed: bool = False,
     max_trials: int | None = None,
 ) -> str:
     """Train every trial of the sweep not yet in storage; returns the results file's URI.
-    ``max_trials``: refuse a grid that plans more (GridTooLarge), before any work."""
+    ``out``: where progress goes (the standard output at the time of the call); ``max_trials``:
+    refuse a grid that plans more (GridTooLarge), before any work."""
     import ray
+
+    out = out or sys.stdout
 
     # check
     storage = Storage(spec.storage)

@@ -53,3 +53,16 @@ def cifar_root(tmp_path):
     write_cifar(tmp_path, "cifar10")
     write_cifar(tmp_path, "cifar100")
     return tmp_path
+
+
+@pytest.fixture
+def run_here():
+    """`kdsweep run SPEC` in this process, for a test whose subject is not the driver's own
+    process: no interpreter, imports or Ray of its own (the first run starts a local Ray that
+    the test's later runs share); that Ray is shut down when the test ends."""
+    from sweeps import cli
+
+    yield lambda spec_path: cli.main(["run", str(spec_path)])
+    import ray
+
+    ray.shutdown()

@@ -40,6 +40,8 @@ def test_job_submit_survives_losing_the_worker_node(tmp_path):
         chains=[["cnn-medium", "cnn-small"]],
         grid={"loss": ["kl"], "tau": [4], "seeds": [0], "baselines": False},
         cluster="loopback-2node",
+        # the node is lost in real time, mid-student: small batches make epochs slow (~0.5 s)
+        train={"epochs": EPOCHS, "batch_size": 16, "lr": 0.02},
     )
     spec = parse_spec(yaml.safe_load(spec_path.read_text()))
     storage = Storage(spec.storage)

@@ -15,11 +15,12 @@ from sweeps.plan import build_plan
 from sweeps.report import report
 from sweeps.spec import parse_spec
 from sweeps.storage import Storage
-from testkit.drivers import EPOCHS, kill_leftovers, start_driver, write_spec
+from testkit.drivers import kill_leftovers, start_driver, write_spec
 from testkit.servers import mlflow_sqlite_server
 
 pytestmark = pytest.mark.slow
 NAME = "multi"
+EPOCHS = 4  # the kill lands at a student's epoch 2, mid-way
 
 
 def cluster_spec(tmp: Path, cluster: str, storage: Path, server: str) -> Path:
@@ -31,14 +32,6 @@ def cluster_spec(tmp: Path, cluster: str, storage: Path, server: str) -> Path:
         train={"epochs": EPOCHS, "batch_size": 64, "lr": 0.02},
         grid={"loss": ["kl"], "tau": [4], "seeds": [0, 1], "baselines": False},
     )
-
-
-def run_to_end(spec_path: Path, timeout: float = 240) -> None:
-    driver = start_driver(spec_path, spec_path.parent)
-    try:
-        assert driver.wait(timeout) == 0, (spec_path.parent / "driver.log").read_text()[-3000:]
-    finally:
-        kill_leftovers(spec_path.parent, remove=True)
 
 
 def runs_of(client: MlflowClient, exp_id: str, cluster: str) -> list:
@@ -55,7 +48,7 @@ def snapshot(client: MlflowClient, runs) -> dict:
     }
 
 
-def test_clusters_keep_their_own_runs_and_are_compared(tmp_path):
+def test_clusters_keep_their_own_runs_and_are_compared(tmp_path, run_here):
     with mlflow_sqlite_server(tmp_path) as server:
         alpha = cluster_spec(tmp_path, "alpha", tmp_path / "store-a", server)
         beta = cluster_spec(tmp_path, "beta", tmp_path / "store-b", server)
@@ -64,18 +57,21 @@ def test_clusters_keep_their_own_runs_and_are_compared(tmp_path):
         keys = {t.key for t in build_plan(spec_a).trials}
         client = MlflowClient(server)
 
-        run_to_end(alpha)
+        assert run_here(alpha) == 0
         exp_id = client.get_experiment_by_name(NAME).experiment_id
         before = snapshot(client, runs_of(client, exp_id, "alpha"))
 
         # beta: killed in the middle of a student (the fault point at its epoch 2), then rerun:
         # its runs continue, alpha's stay
         driver = start_driver(beta, beta.parent, env={"KDSWEEP_FAULT": "epoch=1.2"})
-        assert driver.wait(180) == -signal.SIGKILL, (beta.parent / "driver.log").read_text()[-3000:]
-        kill_leftovers(beta.parent)
+        try:
+            assert driver.wait(180) == -signal.SIGKILL, (
+                (beta.parent / "driver.log").read_text()[-3000:])
+        finally:
+            kill_leftovers(beta.parent, remove=True)
         store_b = Ledger(Storage(str(tmp_path / "store-b")))
         assert not all(store_b.is_done(k) for k in keys)
-        run_to_end(beta)
+        assert run_here(beta) == 0
 
         parents = client.search_runs([exp_id], "tags.`kdsweep.role` = 'sweep'")
         assert sorted(p.data.tags["kdsweep.cluster"] for p in parents) == ["alpha", "beta"]
@@ -95,7 +91,7 @@ def test_clusters_keep_their_own_runs_and_are_compared(tmp_path):
         # gamma shares alpha's storage: it trains nothing, and lists every trial as reused
         store_a = Ledger(Storage(str(tmp_path / "store-a")))
         finished = {k: store_a.result(k).finished_at for k in keys}
-        run_to_end(gamma)
+        assert run_here(gamma) == 0
         assert {k: store_a.result(k).finished_at for k in keys} == finished
         (parent,) = client.search_runs(
             [exp_id], "tags.`kdsweep.role` = 'sweep' and tags.`kdsweep.cluster` = 'gamma'")

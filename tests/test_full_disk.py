@@ -41,7 +41,8 @@ def run(spec_path, tmp):
     return code, log
 
 
-def test_a_full_disk_stops_the_run_cleanly_and_a_rerun_finishes_it(tmp_path, small_disk):
+def test_a_full_disk_stops_the_run_cleanly_and_a_rerun_finishes_it(tmp_path, small_disk,
+                                                                   run_here):
     spec_path = write_spec(tmp_path, name="full-disk", storage=str(small_disk / "store"),
                            chains=[["cnn-small", "cnn-small"]],
                            train={"epochs": 2, "batch_size": 64, "lr": 0.05},
@@ -56,8 +57,7 @@ def test_a_full_disk_stops_the_run_cleanly_and_a_rerun_finishes_it(tmp_path, sma
     assert list(small_disk.rglob("*.tmp-*")) == []  # a failed write leaves no temporary file
 
     subprocess.run(["mount", "-o", "remount,size=32m", str(small_disk)], check=True)
-    code, log = run(spec_path, tmp_path)
-    assert code == 0, log[-3000:]
+    assert run_here(spec_path) == 0  # the same command, in this process
     spec = load_spec(spec_path)
     rows = pd.read_parquet(small_disk / "store" / "sweeps" / "full-disk" / "local" /
                            "results.parquet")

@@ -44,3 +44,12 @@ def test_unknown_or_malformed_names_list_known_ones(name):
         check_model_name(name)
     with pytest.raises(ValueError):
         build_model(name, 10)
+
+
+def test_forward_macs_match_the_published_counts():
+    """The schedule's cost model (profile.forward_macs, counted without computing anything):
+    WRN-28-10 ~5.25 G and ResNet-20 ~41 M multiply-accumulates per CIFAR image."""
+    from kd_core.profile import forward_macs
+
+    assert forward_macs("wrn-28-10", 100, (3, 32, 32)) == pytest.approx(5.25e9, rel=0.01)
+    assert forward_macs("resnet-20", 10, (3, 32, 32)) == pytest.approx(41e6, rel=0.02)

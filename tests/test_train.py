@@ -1,7 +1,5 @@
 import math
 import pickle
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -11,6 +9,7 @@ from kd_core.data import Augment, load_dataset
 from kd_core.run import RunSpec, build_trainer, load_run_data
 from kd_core.runner import train
 from kd_core.train import Trainer, init_model, load_model
+from sweeps import cli
 
 
 def _digits_teacher(epochs=4):
@@ -173,59 +172,29 @@ def test_end_to_end_distillation_on_digits():
         assert hist[-1]["test_logit_distance"] < hist[0]["test_logit_distance"]
 
 
-def test_cli_train_writes_checkpoint_and_metrics(tmp_path):
-    kdsweep = [sys.executable, "-m", "sweeps.cli"]
-    teacher = [*kdsweep, "train", "--model", "cnn-medium", "--epochs", "2",
-               "--out", str(tmp_path / "t")]
-    t = subprocess.run(teacher, capture_output=True, text=True, timeout=120)
-    assert t.returncode == 0, t.stderr
-    assert "test_acc=" in t.stdout
+def test_cli_train_writes_checkpoint_and_metrics(tmp_path, capsys):
+    def kdsweep(*args):  # in this process: the command's behaviour, not its interpreter
+        code = cli.main(["train", *map(str, args)])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    teacher = ["--model", "cnn-medium", "--epochs", "2", "--out", tmp_path / "t"]
+    code, out, err = kdsweep(*teacher)
+    assert code == 0, err
+    assert "test_acc=" in out
     # the same command again resumes from its checkpoint: nothing left, the same result
-    again = subprocess.run(teacher, capture_output=True, text=True, timeout=120)
-    assert again.returncode == 0, again.stderr
-    assert again.stdout.split("test_acc=")[1] == t.stdout.split("test_acc=")[1]
-    s = subprocess.run(
-        [
-            *kdsweep,
-            "train",
-            "--model",
-            "cnn-small",
-            "--teacher",
-            str(tmp_path / "t" / "checkpoint.pt"),
-            "--loss",
-            "mse",
-            "--noise-rate",
-            "0.4",
-            "--epochs",
-            "2",
-            "--out",
-            str(tmp_path / "s"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert s.returncode == 0, s.stderr
+    code, again, err = kdsweep(*teacher)
+    assert code == 0, err
+    assert again.split("test_acc=")[1] == out.split("test_acc=")[1]
+    code, out, err = kdsweep("--model", "cnn-small", "--teacher", tmp_path / "t" / "checkpoint.pt",
+                             "--loss", "mse", "--noise-rate", "0.4", "--epochs", "2",
+                             "--out", tmp_path / "s")
+    assert code == 0, err
     import json
 
     metrics = json.loads((tmp_path / "s" / "metrics.json").read_text())
     assert len(metrics["epochs"]) == 2 and 0.3 < metrics["realised_noise_rate"] < 0.5
     assert load_checkpoint(tmp_path / "s" / "checkpoint.pt")["epoch"] == 2
-    bad = subprocess.run(
-        [
-            *kdsweep,
-            "train",
-            "--model",
-            "cnn-small",
-            "--loss",
-            "kl",
-            "--tau",
-            "-1",
-            "--out",
-            str(tmp_path / "x"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert bad.returncode == 2 and "tau" in bad.stderr
+    code, _, err = kdsweep("--model", "cnn-small", "--loss", "kl", "--tau", "-1",
+                           "--out", tmp_path / "x")
+    assert code == 2 and "tau" in err

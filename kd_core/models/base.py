@@ -28,6 +28,8 @@ class Classifier(nn.Module):
 
 def init_weights(model: nn.Module) -> None:
     """He init for convs, unit BatchNorm, zero biases: the WRN reference initialisation."""
+    if any(p.is_meta for p in model.parameters()):
+        return  # shapes only (profile.forward_macs): meta init would import torch._dynamo (1 s)
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
