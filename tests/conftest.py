@@ -55,14 +55,23 @@ def cifar_root(tmp_path):
     return tmp_path
 
 
-@pytest.fixture
-def run_here():
-    """`kdsweep run SPEC` in this process, for a test whose subject is not the driver's own
-    process: no interpreter, imports or Ray of its own (the first run starts a local Ray that
-    the test's later runs share); that Ray is shut down when the test ends."""
-    from sweeps import cli
-
-    yield lambda spec_path: cli.main(["run", str(spec_path)])
+@pytest.fixture(scope="session")
+def local_ray():
+    """The local Ray of the sweeps this test process runs itself (a start and a shutdown cost
+    ~5 s): started by the first test that asks, shut down when the session ends."""
     import ray
 
+    from sweeps.engine import connect
+
+    connect(None)
+    yield
     ray.shutdown()
+
+
+@pytest.fixture
+def run_here(local_ray):
+    """`kdsweep run SPEC` in this process, for a test whose subject is not the driver's own
+    process: no interpreter, imports or Ray of its own (the process's local Ray)."""
+    from sweeps import cli
+
+    return lambda spec_path: cli.main(["run", str(spec_path)])

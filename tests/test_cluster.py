@@ -16,9 +16,10 @@ from sweeps.ledger import trial_file
 from sweeps.plan import build_plan
 from sweeps.spec import parse_spec
 from sweeps.storage import Storage
-from testkit.drivers import EPOCHS, REPO, Cluster, write_spec
+from testkit.drivers import REPO, Cluster, write_spec
 
 pytestmark = pytest.mark.slow
+EPOCHS = 5
 
 
 LOCAL_RAY_PROBE = """

@@ -41,15 +41,23 @@ def progress(storage: Storage, keys) -> dict[str, int]:
 
 
 KILL_SEED = 20261130
+# The named fault points (sweeps/faults.py) and a seeded real-time moment, in the order a run
+# reaches them, as two sequences (two tests the suite's workers can run side by side): start-up
+# (after the lease, while the MLflow store is created, a real-time kill among the imports, Ray
+# and the first epochs) and training (mid-epoch in each generation, between a trial's
+# checkpoint and its publish, mid-export of the results). The epochs are drawn per generation.
+_rng = random.Random(KILL_SEED)
+START_KILLS = ["after-lease", "store-creating", _rng.uniform(0.5, 12.0)]
+TRAINING_KILLS = [f"epoch=0.{_rng.randint(1, EPOCHS - 2)}", "before-publish",
+                  f"epoch=1.{_rng.randint(1, EPOCHS - 2)}",
+                  f"epoch=2.{_rng.randint(1, EPOCHS - 2)}", "mid-export"]
 
 
-def test_driver_killed_at_random_moments_then_rerun(tmp_path):
-    """The run's process group SIGKILLed at each named fault point (sweeps/faults.py: after
-    the lease, while the MLflow store is created, mid-epoch in each generation, between a
-    trial's checkpoint and its publish, mid-export of the results) and at a seeded real-time
-    moment during start-up; then a plain rerun ends with every trial once, every epoch once,
-    no step logged twice."""
-    rng = random.Random(KILL_SEED)
+@pytest.mark.parametrize("kills", [START_KILLS, TRAINING_KILLS], ids=["start-up", "training"])
+def test_driver_killed_at_random_moments_then_rerun(tmp_path, kills):
+    """The run's process group SIGKILLed at each of ``kills`` in turn (what losing the machine
+    does), then a plain rerun ends with every trial once, every epoch once, no step logged
+    twice, and each kill cost at most the epoch in flight."""
     spec_path = write_spec(tmp_path)
     spec = parse_spec(yaml.safe_load(spec_path.read_text()))
     plan = build_plan(spec)
@@ -57,12 +65,6 @@ def test_driver_killed_at_random_moments_then_rerun(tmp_path):
     keys = {t.key: t for t in plan.trials}
     seen_at_kill: list[dict[str, int]] = []
     t0 = time.time()
-    # In the order a run reaches them; the real-time kill lands in start-up (imports, Ray, the
-    # store, the first epochs), the epochs are drawn per generation.
-    kills = ["after-lease", "store-creating", rng.uniform(0.5, 12.0),
-             f"epoch=0.{rng.randint(1, EPOCHS - 2)}", "before-publish",
-             f"epoch=1.{rng.randint(1, EPOCHS - 2)}", f"epoch=2.{rng.randint(1, EPOCHS - 2)}",
-             "mid-export"]
     try:
         for kill in kills:
             if isinstance(kill, float):
@@ -99,8 +101,9 @@ def test_driver_killed_at_random_moments_then_rerun(tmp_path):
             assert resumed, f"{key} was interrupted at epoch {epoch} but never restarted"
             assert max(resumed) >= epoch
             lost.append(epoch - max(resumed))
-    assert max(lost) <= 0
-    assert sum(r["preemptions"] for r in results.values()) >= 3
+    assert max(lost, default=0) <= 0
+    if kills is TRAINING_KILLS:  # one per generation, and the one before its publish
+        assert sum(r["preemptions"] for r in results.values()) >= 3
     assert all(r["errors"] == 0 for r in results.values())
 
     client = MlflowClient(spec.tracking_uri)

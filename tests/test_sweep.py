@@ -11,7 +11,6 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-import ray
 import torch
 from mlflow.tracking import MlflowClient
 
@@ -27,8 +26,7 @@ from sweeps.storage import Storage
 from sweeps.sweep import run_sweep
 from sweeps.teacher_bank import cache_dir
 
-# one worker runs the whole module: its tests share the `sweep` fixture (one sweep, one Ray)
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("sweep")]
+pytestmark = pytest.mark.slow
 EPOCHS = 3
 
 
@@ -59,14 +57,25 @@ def finished_at(spec) -> dict[str, float]:
     return out
 
 
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("sweep")
+@pytest.fixture(scope="session")
+def sweep(tmp_path_factory, worker_id, request):
+    """One sweep of 12 trials for the tests that read it, trained once per test run: the first
+    test process to ask trains it in its local Ray, the other (xdist) reuses it, under a file
+    lock (xdist's how-to for a session fixture executed once). The tests that change it work
+    on a copy (copy_of)."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    root = base if worker_id == "master" else base.parent  # the run's own, shared by workers
+    tmp, log = root / "sweep", root / "sweep.log"
     spec = make_spec(tmp)
-    log = io.StringIO()
-    uri = run_sweep(spec, out=log)
-    yield tmp, spec, uri, log.getvalue()
-    ray.shutdown()
+    with FileLock(str(root / "sweep.lock")):
+        if not log.exists():  # written once the sweep has run to its end
+            request.getfixturevalue("local_ray")
+            out = io.StringIO()
+            run_sweep(spec, out=out)
+            log.write_text(out.getvalue())
+    return tmp, spec, Storage(spec.storage).uri_of(Ledger.results_file(spec)), log.read_text()
 
 
 @pytest.mark.check  # the end-to-end sweep of the per-change tier (make check)
@@ -200,7 +209,7 @@ def result_reads(monkeypatch):
     return reads
 
 
-def test_rerun_trains_nothing_and_extension_trains_only_new_cells(sweep, tmp_path,
+def test_rerun_trains_nothing_and_extension_trains_only_new_cells(sweep, local_ray, tmp_path,
                                                                  result_reads):
     tmp, spec, uri = copy_of(sweep, tmp_path / "copy")
     before = finished_at(spec)
@@ -232,7 +241,7 @@ def test_rerun_trains_nothing_and_extension_trains_only_new_cells(sweep, tmp_pat
     assert len(pd.read_parquet(uri)) == 16
 
 
-def test_another_sweep_reuses_stored_trials(sweep, tmp_path):
+def test_another_sweep_reuses_stored_trials(sweep, local_ray, tmp_path):
     tmp, spec, _ = copy_of(sweep, tmp_path / "copy")
     other = make_spec(tmp, name="e2e-copy")
     before = finished_at(other)
@@ -308,7 +317,7 @@ def test_missing_dataset_fails_before_any_trial(tmp_path):
     assert not (tmp_path / "store").exists() and not (tmp_path / "mlflow.db").exists()
 
 
-def test_asha_stops_weak_students_and_skips_their_children(sweep, tmp_path):
+def test_asha_stops_weak_students_and_skips_their_children(local_ray, tmp_path):
     """ASHA (optional early stopping) on the students: stopped trials keep their last metrics,
     have no model, and their own students are skipped rather than started."""
     spec = make_spec(tmp_path, taus=(0.5, 1.0, 2.0, 4.0, 8.0, 20.0), name="asha",
@@ -329,7 +338,7 @@ def test_asha_stops_weak_students_and_skips_their_children(sweep, tmp_path):
         assert (child.status == "skipped").all()  # never started: no teacher to learn from
 
 
-def test_trials_that_could_never_start_are_refused_before_any_work(sweep, tmp_path):
+def test_trials_that_could_never_start_are_refused_before_any_work(local_ray, tmp_path):
     spec = make_spec(tmp_path, resources={"models": {"cnn-small": {"gpu": 0.5}}})
     with pytest.raises(SpecError, match=r"resources.models.cnn-small: a cnn-small trial asks "
                                         r"for gpu 0.5"):
@@ -337,7 +346,7 @@ def test_trials_that_could_never_start_are_refused_before_any_work(sweep, tmp_pa
     assert not (tmp_path / "store").exists() and not (tmp_path / "mlflow.db").exists()
 
 
-def test_optuna_samples_students_and_their_children_follow(sweep, tmp_path):
+def test_optuna_samples_students_and_their_children_follow(local_ray, tmp_path):
     spec = make_spec(tmp_path, name="optuna",
                      chains=[["cnn-medium", "cnn-small", "cnn-small"]],
                      search={"type": "optuna", "num_samples": 3, "tau_range": [1.0, 8.0]})
@@ -367,7 +376,7 @@ def small_spec(tmp_path, name, taus=(4,), **train):
     })
 
 
-def test_a_diverged_trial_is_recorded_never_teaches_and_is_not_retried(sweep, tmp_path):
+def test_a_diverged_trial_is_recorded_never_teaches_and_is_not_retried(local_ray, tmp_path):
     spec = small_spec(tmp_path, "diverge", lr=1e6)  # NaN loss in the first epoch
     teacher, student = build_plan(spec).trials
     store = Ledger(Storage(spec.storage))
@@ -397,7 +406,7 @@ def test_a_diverged_trial_is_recorded_never_teaches_and_is_not_retried(sweep, tm
     assert again.finished_at > record.finished_at and again.resumed_from == [0]
 
 
-def test_a_complete_but_unpublished_trial_publishes_on_its_next_start(sweep, tmp_path,
+def test_a_complete_but_unpublished_trial_publishes_on_its_next_start(local_ray, tmp_path,
                                                                      result_reads):
     """A kill between the last checkpoint and publishing (or a deleted result): the rerun
     publishes from the stored state and trains no epoch."""
@@ -422,7 +431,7 @@ def untimed(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in h.items() if not k.endswith("_time")} for h in history]
 
 
-def test_corrupt_files_are_quarantined_and_derived_again(sweep, tmp_path):
+def test_corrupt_files_are_quarantined_and_derived_again(local_ray, tmp_path):
     """A truncated result, checkpoint slot, trial list and bank (in storage and in the node
     cache), garbage attempts, a finished teacher's model deleted: the rerun warns, moves each
     corrupt file aside, derives what it held again and ends with every trial done; nothing is
