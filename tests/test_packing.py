@@ -1,8 +1,6 @@
 """Trial packing: shapes of a plan, the fractions suggested from measured peaks, and the
 `kdsweep plan --measure` command on a real local Ray."""
 
-import subprocess
-import sys
 from collections import Counter
 
 import pytest
@@ -10,6 +8,7 @@ import yaml
 
 from kd_core.data import load_dataset
 from kd_core.profile import GiB, MemoryProfile
+from sweeps import cli
 from sweeps.engine import job_resources
 from sweeps.packing import Shape, plan_shapes, suggest
 from sweeps.plan import build_plan
@@ -99,18 +98,18 @@ def test_trial_resources_follow_the_architecture():
 
 
 @pytest.mark.slow
-def test_plan_measure_prints_a_packing_that_the_spec_accepts(tmp_path):
+def test_plan_measure_prints_a_packing_that_the_spec_accepts(tmp_path, local_ray, capsys):
     raw = {"name": "measure", "dataset": {"name": "digits"},
            "chains": [["cnn-medium", "cnn-small"]], "train": {"epochs": 5},
            "grid": {"loss": ["kl"], "tau": [4], "seeds": [0]},
            "storage": str(tmp_path / "store")}
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(raw))
-    out = subprocess.run(
-        [sys.executable, "-m", "sweeps.cli", "plan", str(path), "--measure", "--steps", "2"],
-        capture_output=True, text=True, timeout=180, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-    text = out.stdout
+    # in this process, on its local Ray: the measurements run in Ray's worker processes
+    code = cli.main(["plan", str(path), "--measure", "--steps", "2"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    text = out.out
     rows = {line.split("  ")[0].strip() + " " + line[13:39].strip()
             for line in text.splitlines() if line.startswith("cnn-")}
     assert rows == {"cnn-medium on labels", "cnn-small on labels",
