@@ -181,13 +181,15 @@ def _exit(code: int) -> NoReturn:
     done first, as the interpreter does it (threading._shutdown: executors drained, threads
     joined; then the exit handlers: Ray's shutdown, logging's flush), then the streams."""
     import atexit
+    import contextlib
     import os
     import threading
 
     threading._shutdown()  # private, but it is the interpreter's own first step of exiting
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
-        stream.flush()
+        with contextlib.suppress(OSError, ValueError):  # a reader gone (`| head`), a closed stream
+            stream.flush()
     os._exit(code)
 
 
