@@ -69,6 +69,21 @@ def local_ray():
 
 
 @pytest.fixture
+def kdsweep_here(capsys):
+    """The `kdsweep` command in this process (each call would spend seconds importing it
+    anew): ``kdsweep_here(*args)`` -> (exit code, its stdout, its stderr)."""
+    from sweeps import cli
+
+    def run(*args):
+        capsys.readouterr()  # what the test printed before
+        code = cli.main([str(a) for a in args])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
+
+
+@pytest.fixture
 def run_here(local_ray):
     """`kdsweep run SPEC` in this process, for a test whose subject is not the driver's own
     process: no interpreter, imports or Ray of its own (the process's local Ray)."""

@@ -15,7 +15,6 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from sweeps import cli
 from sweeps.plan import build_plan
 from sweeps.record import TrialResult
 from sweeps.spec import parse_spec
@@ -28,8 +27,8 @@ pytestmark = pytest.mark.slow
 PASSWORD = "kd-test-password-1"
 
 
-def test_sweep_logs_to_mlflow_server_on_postgres_with_basic_auth(tmp_path, monkeypatch, capsys,
-                                                                run_here):
+def test_sweep_logs_to_mlflow_server_on_postgres_with_basic_auth(tmp_path, monkeypatch,
+                                                                kdsweep_here, run_here):
     with postgres(("mlflow", "mlflow_auth")) as pg_port, \
             mlflow_server(pg_port, tmp_path, PASSWORD) as url:
         # Without credentials the server refuses.
@@ -48,10 +47,10 @@ def test_sweep_logs_to_mlflow_server_on_postgres_with_basic_auth(tmp_path, monke
             monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
             for k, v in env.items():
                 monkeypatch.setenv(k, v)
-            capsys.readouterr()
             t0 = time.time()
-            assert cli.main(["plan", str(bad_spec)]) == 2
-            [line] = capsys.readouterr().err.splitlines()
+            code, _, err = kdsweep_here("plan", bad_spec)
+            assert code == 2
+            [line] = err.splitlines()
             assert f"tracking_uri: the MLflow server at {url} answered 401" in line, line
             assert said in line and "wrong" not in line and time.time() - t0 < 10
         assert not (tmp_path / "bad" / "store").exists()

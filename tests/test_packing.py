@@ -8,7 +8,6 @@ import yaml
 
 from kd_core.data import load_dataset
 from kd_core.profile import GiB, MemoryProfile
-from sweeps import cli
 from sweeps.engine import job_resources
 from sweeps.packing import Shape, plan_shapes, suggest
 from sweeps.plan import build_plan
@@ -98,7 +97,8 @@ def test_trial_resources_follow_the_architecture():
 
 
 @pytest.mark.slow
-def test_plan_measure_prints_a_packing_that_the_spec_accepts(tmp_path, local_ray, capsys):
+def test_plan_measure_prints_a_packing_that_the_spec_accepts(tmp_path, local_ray,
+                                                             kdsweep_here):
     raw = {"name": "measure", "dataset": {"name": "digits"},
            "chains": [["cnn-medium", "cnn-small"]], "train": {"epochs": 5},
            "grid": {"loss": ["kl"], "tau": [4], "seeds": [0]},
@@ -106,10 +106,8 @@ def test_plan_measure_prints_a_packing_that_the_spec_accepts(tmp_path, local_ray
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(raw))
     # in this process, on its local Ray: the measurements run in Ray's worker processes
-    code = cli.main(["plan", str(path), "--measure", "--steps", "2"])
-    out = capsys.readouterr()
-    assert code == 0, out.err
-    text = out.out
+    code, text, err = kdsweep_here("plan", path, "--measure", "--steps", "2")
+    assert code == 0, err
     rows = {line.split("  ")[0].strip() + " " + line[13:39].strip()
             for line in text.splitlines() if line.startswith("cnn-")}
     assert rows == {"cnn-medium on labels", "cnn-small on labels",

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from sweeps import cli, preflight
+from sweeps import preflight
 from sweeps.preflight import check_tracking
 from sweeps.spec import SpecError, parse_spec
 from sweeps.sqlite_store import prepare_store
@@ -31,14 +31,6 @@ def spec_file(tmp, **over):
     path = tmp / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
-
-
-def kdsweep(tmp, capsys, *args):
-    """The CLI in this process (each case would spend seconds importing it anew)."""
-    t0 = time.time()
-    code = cli.main(list(args))
-    out = capsys.readouterr()
-    return code, out.out, out.err, time.time() - t0
 
 
 @pytest.fixture
@@ -111,7 +103,7 @@ def test_a_half_made_store_is_refused_and_left_as_it_is(tmp_path):
     ids=["refused", "silent", "old-schema", "not-sqlite", "users-db", "empty-file", "file-ro",
          "storage-file", "gpu"],
 )
-def test_bad_settings_stop_run_before_ray(tmp_path, capsys, monkeypatch, silent_server,
+def test_bad_settings_stop_run_before_ray(tmp_path, kdsweep_here, monkeypatch, silent_server,
                                           setting, expect):
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))  # a Ray started here would show up
     monkeypatch.setattr(preflight, "TIMEOUT", 2.0)
@@ -120,12 +112,13 @@ def test_bad_settings_stop_run_before_ray(tmp_path, capsys, monkeypatch, silent_
     (tmp_path / "empty.txt").write_text("")
     path = spec_file(tmp_path, **setting(tmp_path, silent_server))
     before = {p.name: p.is_file() and p.read_bytes() for p in tmp_path.iterdir()}
-    capsys.readouterr()  # what making the test's own files printed
     commands = [("run", str(path))]
     if "gpu" not in expect:  # a GPU is checked where the sweep will run: `run`, `plan --measure`
         commands.append(("plan", str(path)))
     for args in commands:
-        code, out, err, seconds = kdsweep(tmp_path, capsys, *args)
+        t0 = time.time()
+        code, out, err = kdsweep_here(*args)
+        seconds = time.time() - t0
         assert code == 2, out + err
         [line] = err.splitlines()  # one line, no traceback
         assert re.search(expect, line), line

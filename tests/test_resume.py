@@ -17,7 +17,6 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from sweeps import cli
 from sweeps import lease as lease_module
 from sweeps.lease import DriverLease, TrialClaim
 from sweeps.ledger import sweep_file, trial_file
@@ -235,7 +234,8 @@ def test_a_kill_while_the_mlflow_store_is_created_leaves_nothing_broken(tmp_path
     assert client.get_experiment_by_name("after-the-kill") is not None
 
 
-def test_one_driver_per_sweep_and_a_killed_driver_never_blocks_the_rerun(tmp_path, capsys):
+def test_one_driver_per_sweep_and_a_killed_driver_never_blocks_the_rerun(tmp_path,
+                                                                         kdsweep_here):
     spec_path = write_spec(tmp_path, chains=[["cnn-small"]],
                            train={"epochs": 2, "batch_size": 64, "lr": 0.02})
     spec = parse_spec(yaml.safe_load(spec_path.read_text()))
@@ -248,8 +248,9 @@ def test_one_driver_per_sweep_and_a_killed_driver_never_blocks_the_rerun(tmp_pat
             time.sleep(0.05)
         # held where it stands (alive, its lease fresh) while the second driver checks
         first.send_signal(signal.SIGSTOP)
-        assert cli.main(["run", str(spec_path)]) == 2  # in this process: it stops before Ray
-        [line] = capsys.readouterr().err.splitlines()
+        code, _, err = kdsweep_here("run", spec_path)  # in this process: it stops before Ray
+        assert code == 2
+        [line] = err.splitlines()
         assert "another driver runs this sweep" in line and f"pid {first.pid}" in line
         first.send_signal(signal.SIGKILL)  # no release, no heartbeat: its pid is gone
         first.wait(10)

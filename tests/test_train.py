@@ -9,7 +9,6 @@ from kd_core.data import Augment, load_dataset
 from kd_core.run import RunSpec, build_trainer, load_run_data
 from kd_core.runner import train
 from kd_core.train import Trainer, init_model, load_model
-from sweeps import cli
 
 
 def _digits_teacher(epochs=4):
@@ -172,11 +171,9 @@ def test_end_to_end_distillation_on_digits():
         assert hist[-1]["test_logit_distance"] < hist[0]["test_logit_distance"]
 
 
-def test_cli_train_writes_checkpoint_and_metrics(tmp_path, capsys):
+def test_cli_train_writes_checkpoint_and_metrics(tmp_path, kdsweep_here):
     def kdsweep(*args):  # in this process: the command's behaviour, not its interpreter
-        code = cli.main(["train", *map(str, args)])
-        out = capsys.readouterr()
-        return code, out.out, out.err
+        return kdsweep_here("train", *args)
 
     teacher = ["--model", "cnn-medium", "--epochs", "2", "--out", tmp_path / "t"]
     code, out, err = kdsweep(*teacher)
