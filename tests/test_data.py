@@ -11,6 +11,7 @@ from kd_core.data import (
     load_dataset,
     render_views,
 )
+from kd_core.data.datasets import stratified_split
 from kd_core.names import DATASET_FACTS
 
 
@@ -86,6 +87,31 @@ def test_digits_split_is_fixed_and_noise_never_touches_test_labels():
     assert torch.equal(noisy.test_labels, a.test_labels)
     assert torch.equal(noisy.clean_labels, a.train_labels)
     assert info.realised_rate == pytest.approx(0.4, abs=0.05)
+
+
+def test_digits_are_scikit_learns_own_data_and_split():
+    """kd_core reads digits and draws its split without importing scikit-learn: the same
+    images, labels and indices as load_digits + train_test_split(stratify=y, random_state)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    x, y = bunch.images.astype(np.uint8)[:, None], bunch.target.astype(np.int64)
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.25, stratify=y, random_state=0)
+    ours = load_dataset("digits")
+    assert np.array_equal(ours.train_images.numpy(), x_tr)
+    assert np.array_equal(ours.test_images.numpy(), x_te)
+    assert np.array_equal(ours.train_labels.numpy(), y_tr)
+    assert np.array_equal(ours.test_labels.numpy(), y_te)
+    # ... and on label sets whose remainders tie (rng-broken ties), other seeds and sizes
+    rng = np.random.default_rng(0)
+    for n, k, test, seed in ((101, 7, 30, 3), (60, 3, 13, 11), (997, 10, 250, 42)):
+        labels = rng.integers(0, k, n)
+        idx = np.arange(n)
+        want_tr, want_te = train_test_split(idx, test_size=test, stratify=labels,
+                                            random_state=seed)
+        got_tr, got_te = stratified_split(labels, test, seed)
+        assert np.array_equal(got_tr, want_tr) and np.array_equal(got_te, want_te)
 
 
 def test_views_render_exactly_the_padded_crop_and_flip():

@@ -15,7 +15,8 @@
 #   MLFLOW_STATE_DIR (where the auth config is written; default ~/.kdsweep-mlflow),
 #   AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_ENDPOINT_URL for the artifact bucket,
 #   MLFLOW_BIN (the mlflow executable; default: mlflow on PATH),
-#   MLFLOW_FLASK_SERVER_SECRET_KEY (CSRF secret; set the same on every replica).
+#   MLFLOW_FLASK_SERVER_SECRET_KEY (CSRF secret; set the same on every replica),
+#   MLFLOW_SERVER_ENABLE_JOB_EXECUTION (default here: false; see below).
 # Clients authenticate with MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD.
 set -euo pipefail
 
@@ -45,6 +46,12 @@ if [ -z "${MLFLOW_FLASK_SERVER_SECRET_KEY:-}" ]; then
   MLFLOW_FLASK_SERVER_SECRET_KEY=$(cat "$state/flask_secret")
   export MLFLOW_FLASK_SERVER_SECRET_KEY
 fi
+
+# MLflow's job runner (its GenAI jobs: prompt optimisation, scorers, trace roll-ups) starts five
+# more Python processes beside the server (a runner and four huey consumers, each importing
+# MLflow: ~10 s of CPU and ~1 GB at every start); kdsweep logs runs, metrics and artifacts
+# only, so it is off unless asked for.
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}"
 
 cores=$(nproc 2>/dev/null || echo 2)
 workers=$(( cores / 2 )); (( workers < 1 )) && workers=1; (( workers > 4 )) && workers=4

@@ -80,15 +80,10 @@ def load_dataset(
 
 
 def _digits(test_fraction: float = 0.25, split_seed: int = 0) -> ImageData:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    bunch = load_digits()
-    x = bunch.images.astype(np.uint8)[:, None]  # (1797, 1, 8, 8), values 0..16
-    y = bunch.target.astype(np.int64)
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        x, y, test_size=test_fraction, stratify=y, random_state=split_seed
-    )
+    x, y = _digits_arrays()
+    n_test = int(np.ceil(test_fraction * len(y)))
+    train, test = stratified_split(y, n_test, split_seed)
+    x_tr, x_te, y_tr, y_te = x[train], x[test], y[train], y[test]
     scaled = x_tr.astype(np.float64) / 16.0
     return ImageData(
         name="digits",
@@ -101,6 +96,56 @@ def _digits(test_fraction: float = 0.25, split_seed: int = 0) -> ImageData:
         mean=(float(scaled.mean()),),
         std=(float(scaled.std()),),
     )
+
+
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled digits (what ``load_digits`` reads), read without importing
+    scikit-learn: its import costs ~0.7 s of CPU in every process that loads digits (each
+    driver and trial worker), longer than an epoch."""
+    import gzip
+    from importlib.util import find_spec
+
+    (package,) = find_spec("sklearn").submodule_search_locations  # finds, does not import
+    with gzip.open(Path(package) / "datasets" / "data" / "digits.csv.gz", "rt") as f:
+        data = np.loadtxt(f, delimiter=",")
+    x = data[:, :-1].astype(np.uint8).reshape(-1, 1, 8, 8)  # (1797, 1, 8, 8), values 0..16
+    return x, data[:, -1].astype(np.int64)
+
+
+def stratified_split(y: np.ndarray, n_test: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train and test indices exactly as scikit-learn's ``train_test_split(stratify=y,
+    random_state=seed)`` draws them (StratifiedShuffleSplit; test_data checks the two agree):
+    the split every digits result so far was trained on, without the import."""
+    rng = np.random.RandomState(seed)
+    _, y_idx = np.unique(y, return_inverse=True)
+    counts = np.bincount(y_idx)
+    by_class = np.split(np.argsort(y_idx, kind="mergesort"), np.cumsum(counts)[:-1])
+    n_train = _approximate_mode(counts, len(y) - n_test, rng)
+    n_held = _approximate_mode(counts - n_train, n_test, rng)
+    train, test = [], []
+    for idx, count, a, b in zip(by_class, counts, n_train, n_held, strict=True):
+        drawn = idx.take(rng.permutation(count), mode="clip")
+        train.extend(drawn[:a])
+        test.extend(drawn[a:a + b])
+    return rng.permutation(train), rng.permutation(test)
+
+
+def _approximate_mode(counts: np.ndarray, n_draws: int, rng: np.random.RandomState):
+    """scikit-learn's ``utils.extmath._approximate_mode``: per-class draws proportional to
+    ``counts``, the remainder given by largest fraction, ties broken by ``rng``."""
+    continuous = counts / counts.sum() * n_draws
+    floored = np.floor(continuous)
+    need = int(n_draws - floored.sum())
+    if need > 0:
+        remainder = continuous - floored
+        for value in np.sort(np.unique(remainder))[::-1]:
+            (inds,) = np.where(remainder == value)
+            add = min(len(inds), need)
+            floored[rng.choice(inds, size=add, replace=False)] += 1
+            need -= add
+            if need == 0:
+                break
+    return floored.astype(int)
 
 
 CIFAR_STATS = {
