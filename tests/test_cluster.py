@@ -76,22 +76,18 @@ def test_job_submit_survives_losing_the_worker_node(tmp_path):
         cluster.kill_node("w1")
         cluster.start_worker("w2")
 
-        status = ""
+        # Until the job ends: its log followed (one process, idle while it waits, where a
+        # `ray job status` every 2 s spent a CPU-second each on importing Ray), then its status.
+        address = f"--address=http://127.0.0.1:{cluster.dash_port}"
         deadline = time.time() + 300
-        while time.time() < deadline:
-            status = cluster.ray(
-                "job",
-                "status",
-                f"--address=http://127.0.0.1:{cluster.dash_port}",
-                job_id,
-                check=False,
-            ).stdout
-            if re.search(r"succeeded|failed|stopped", status, re.IGNORECASE):
+        while True:
+            logs = cluster.ray("job", "logs", "--follow", address, job_id, check=False,
+                               timeout=300).stdout
+            status = cluster.ray("job", "status", address, job_id, check=False).stdout
+            if re.search(r"succeeded|failed|stopped", status, re.IGNORECASE) or (
+                    time.time() > deadline):
                 break
-            time.sleep(2)
-        logs = cluster.ray(
-            "job", "logs", f"--address=http://127.0.0.1:{cluster.dash_port}", job_id, check=False
-        ).stdout
+            time.sleep(2)  # the log's stream broke off early: follow it again
         assert re.search("succeeded", status, re.IGNORECASE), logs[-4000:]
         print(f"two-node job with a lost worker: {time.time() - t0:.1f}s, lost at epoch {lost_at}")
 
