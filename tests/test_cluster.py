@@ -48,6 +48,7 @@ def test_job_submit_survives_losing_the_worker_node(tmp_path):
     storage = Storage(spec.storage)
     teacher, student = build_plan(spec).trials
     cluster = Cluster()
+    probe = None
     try:
         t0 = time.time()
         cluster.start_head()
@@ -74,6 +75,11 @@ def test_job_submit_survives_losing_the_worker_node(tmp_path):
             pytest.fail(f"student never started:\n{logs.stdout[-3000:]}")
         lost_at = p["epoch"]
         cluster.kill_node("w1")
+        # Without --address a sweep starts a Ray of its own on loopback: never this cluster
+        # (which Ray's address discovery would find), never on all interfaces. Probed while
+        # the cluster recovers (most of that is waiting on Ray's health checks).
+        probe = subprocess.Popen([sys.executable, "-c", LOCAL_RAY_PROBE], env=cluster.env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         cluster.start_worker("w2")
 
         # Until the job ends: its log followed (one process, idle while it waits, where a
@@ -91,17 +97,14 @@ def test_job_submit_survives_losing_the_worker_node(tmp_path):
         assert re.search("succeeded", status, re.IGNORECASE), logs[-4000:]
         print(f"two-node job with a lost worker: {time.time() - t0:.1f}s, lost at epoch {lost_at}")
 
-        # Without --address a sweep starts a Ray of its own on loopback: never this cluster
-        # (which Ray's address discovery would find), never on all interfaces.
-        probe = subprocess.run(
-            [sys.executable, "-c", LOCAL_RAY_PROBE], env=cluster.env, capture_output=True,
-            text=True, timeout=120,
-        )
-        assert probe.returncode == 0, probe.stderr[-2000:]
-        gcs, *listening = probe.stdout.split()
+        out, err = probe.communicate(timeout=120)
+        assert probe.returncode == 0, err[-2000:]
+        gcs, *listening = out.split()
         assert gcs.startswith("127.0.0.1:") and gcs != f"127.0.0.1:{cluster.gcs_port}"
         assert listening and all(ip in ("127.0.0.1", "::ffff:127.0.0.1") for ip in listening)
     finally:
+        if probe is not None and probe.poll() is None:
+            probe.kill()
         cluster.stop()
 
     result = storage.read_json(trial_file(student.key, "result.json"))
