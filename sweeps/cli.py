@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from importlib.metadata import PackageNotFoundError, version
@@ -172,7 +173,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def console() -> NoReturn:
     """The `kdsweep` command (and `python -m sweeps.cli`): main, then a quick exit."""
-    _exit(main())
+    try:
+        code = main()
+    except BrokenPipeError:
+        # The reader went away (`kdsweep plan SPEC | head`): it has what it wanted. Exit as a
+        # command killed by SIGPIPE would (Python ignores the signal, so it arrives as this
+        # error), with standard output pointed at /dev/null so no later flush raises again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 128 + signal.SIGPIPE
+    _exit(code)
 
 
 def _exit(code: int) -> NoReturn:
@@ -182,7 +191,6 @@ def _exit(code: int) -> NoReturn:
     joined; then the exit handlers: Ray's shutdown, logging's flush), then the streams."""
     import atexit
     import contextlib
-    import os
     import threading
 
     threading._shutdown()  # private, but it is the interpreter's own first step of exiting

@@ -1,4 +1,6 @@
 import copy
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -145,6 +147,21 @@ def test_shipped_configs_validate_via_cli():
         if name == "cifar100-paper.yaml":  # the bank policy's choices, per generation
             assert "generation 0 teachers: 12 with 18 student(s): one shared bank" in out.stdout
             assert "generation 1 teachers: 108 with 1 student(s): the teacher online" in out.stdout
+
+
+def test_a_reader_that_has_gone_ends_the_command_quietly():
+    """`kdsweep plan SPEC | head`: the reader closes the pipe; the command ends as one killed by
+    SIGPIPE would (128 + 13), with no traceback. The read end is closed before the command
+    writes, so its first write meets the closed pipe every time."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        out = subprocess.run([sys.executable, "-m", "sweeps.cli", "plan", "--offline",
+                              str(CONFIGS / "digits.yaml")], stdout=write,
+                             stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write)
+    assert out.returncode == 128 + signal.SIGPIPE and out.stderr == "", out.stderr[-2000:]
 
 
 def test_cli_rejects_bad_spec_before_any_work(tmp_path):
