@@ -175,6 +175,7 @@ def console() -> NoReturn:
     """The `kdsweep` command (and `python -m sweeps.cli`): main, then a quick exit."""
     try:
         code = main()
+        sys.stdout.flush()  # a reader gone shows here too, not only mid-command
     except BrokenPipeError:
         # The reader went away (`kdsweep plan SPEC | head`): it has what it wanted. Exit as a
         # command killed by SIGPIPE would (Python ignores the signal, so it arrives as this
