@@ -26,10 +26,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "benchmarks"), str(REPO)]
 from harness import bound, fmt, interleaved, paired  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+from testkit.drivers import free_port  # noqa: E402
 
 DIGITS = """
 import time, torch, ray.tune
@@ -76,9 +77,6 @@ def tree_cpu(pid: int) -> float:
 
 def server_once(jobs: str) -> tuple[float, float]:
     """(seconds to /health, CPU seconds of the process tree then) for one fresh server."""
-    sys.path.insert(0, str(REPO))
-    from testkit.drivers import free_port
-
     with tempfile.TemporaryDirectory(prefix="kdsrv-", dir="/tmp") as d:
         port = free_port()
         env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{d}/b.db",
