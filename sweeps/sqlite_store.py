@@ -14,6 +14,7 @@ import os
 import shlex
 import shutil
 import sqlite3
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -122,6 +123,7 @@ def check_sqlite_store(uri: str, path: Path, timeout: float) -> None:
     from alembic.script import ScriptDirectory
     from mlflow.store.db.utils import _get_alembic_config
 
+    _roll_back_a_crash(path, timeout)
     try:
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout) as db:
             tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
@@ -142,3 +144,29 @@ def check_sqlite_store(uri: str, path: Path, timeout: float) -> None:
             f"tracking_uri: {path} holds an MLflow store of an older schema ({found[0]}; this "
             f"MLflow writes {head}): back it up, then run `mlflow db upgrade {shlex.quote(uri)}`"
         )
+
+
+def _roll_back_a_crash(path: Path, timeout: float) -> None:
+    """A store kdsweep made whose writer was killed inside a transaction keeps a hot journal
+    (``-journal``) or a WAL beside it, which a read-only open cannot roll back ("attempt to write
+    a readonly database"). SQLite rolls it back on any normal open: do that once, for a store
+    that carries kdsweep's mark. The file as it stands may be half-written (pages of the killed
+    transaction), so the mark is read from a rolled-back copy: anyone else's database is still
+    never opened for writing."""
+    sidecars = [path.with_name(f"{path.name}-{end}") for end in ("journal", "wal")]
+    if not any(f.is_file() and f.stat().st_size > 0 for f in sidecars):
+        return
+    try:
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.recover-") as d:
+            copy = Path(d) / path.name
+            for f in (path, *sidecars):
+                if f.is_file():
+                    shutil.copyfile(f, copy.with_name(f.name))
+            with contextlib.closing(sqlite3.connect(copy, timeout=timeout)) as db:
+                ours = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                                  "name = ?", (STORE_MARK,)).fetchone()
+    except (sqlite3.DatabaseError, OSError):
+        return  # the check that follows names what is wrong
+    if ours:
+        with contextlib.closing(sqlite3.connect(path, timeout=timeout)) as db:
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # rolls it back

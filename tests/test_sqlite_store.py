@@ -56,3 +56,62 @@ def test_new_stores_are_copies_of_one_migrated_template(tmp_path, monkeypatch):
     assert client.get_experiment_by_name("works") is not None
     assert template.read_bytes() != second.read_bytes()  # the copy is the store; the template stays
     assert "kdsweep_store" not in template.read_bytes().decode("latin-1")  # no mark in it
+
+
+KILLED_WRITER = """
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("PRAGMA cache_size = 1")  # the transaction spills pages into the file itself
+db.execute("BEGIN IMMEDIATE")
+db.execute("UPDATE experiments SET name = name || '-half-written'")
+db.execute("CREATE TABLE half_written (x BLOB)")
+db.executemany("INSERT INTO half_written VALUES (?)", [(b"x" * 4096,) for _ in range(500)])
+print("inside", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_store_whose_writer_was_killed_mid_transaction_is_rolled_back_and_used(tmp_path):
+    """SIGKILL inside an MLflow write leaves a hot journal; the next command's read-only check
+    must not refuse the store (it did: "not an MLflow SQLite store"), and the half-written
+    transaction is gone."""
+    import signal
+    import subprocess
+    import sys
+
+    from sweeps.spec import SpecError
+    from sweeps.sqlite_store import check_sqlite_store
+
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    prepare_store(uri)
+    MlflowClient(uri).create_experiment("before-the-kill")
+    writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(db)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "inside"
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(10)
+    journal = tmp_path / "mlflow.db-journal"
+    assert journal.stat().st_size > 0  # hot
+    check_sqlite_store(uri, db, timeout=10)
+    assert not journal.exists() or journal.stat().st_size == 0
+    client = MlflowClient(uri)
+    assert client.get_experiment_by_name("before-the-kill") is not None  # rolled back
+    client.create_experiment("after-the-kill")
+
+    # someone else's database with a hot journal is refused, and left exactly as it is
+    other = tmp_path / "theirs.db"
+    writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER.replace(
+        "UPDATE experiments SET name = name || '-half-written'",
+        "CREATE TABLE experiments (name TEXT)"), str(other)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "inside"
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(10)
+    before = (other.read_bytes(), (tmp_path / "theirs.db-journal").read_bytes())
+    with pytest.raises(SpecError, match="theirs.db"):
+        check_sqlite_store(f"sqlite:///{other}", other, timeout=10)
+    assert (other.read_bytes(), (tmp_path / "theirs.db-journal").read_bytes()) == before
