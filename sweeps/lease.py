@@ -1,29 +1,38 @@
 """Leases in storage, renewed by a heartbeat: one driver per sweep, one trainer per trial.
 
-A lease is a small JSON file naming its holder (host, pid, since, token) and its fence: a
-number that grows with every new holder. It is taken by writing it and reading it back after a
-settle delay (the last writer wins on local/NFS storage and on S3, whose reads after a write
-are consistent). A holder that dies (SIGKILL, a lost node) stops renewing, and its lease
-expires after TTL seconds; a dead holder on this host is replaced at once.
+A lease is a small JSON object naming its holder (host, pid, since, token) and its fence: a
+number that grows with every new holder. Every change of a lease is a conditional write that
+the storage itself checks (``Storage.write_if``: S3's If-None-Match / If-Match, a file system's
+compare-and-rename under a lock): a holder takes a lease only at the version it read, and
+renews only the version it wrote last. A holder that was paused while another took over finds
+its next write refused by the storage, is told at once (``on_lost``) and never writes again.
 
-Fencing: a holder renews only the lease it still holds (read, compare the token, write, read
-back: a compare-and-swap by re-read, as atomic as the storage allows; S3 offers no
-conditional write through pyarrow, so there the window is one read-write round trip). A
-holder that finds another's token (it was paused past TTL, and a new holder took over) has
-lost: it is told at once (``on_lost``) and never writes the lease again.
+Expiry is judged on the observer's own clock (``Watch``): a lease lapses when its version has
+not changed for TTL seconds of the observer's monotonic time. No two hosts' wall clocks are
+compared anywhere; the ``renewed`` stamp in the object is for people. A holder whose process is
+gone from the observer's own host is replaced at once (the observer's own kernel says so).
 
-- DriverLease: a second `kdsweep run` of the same sweep and cluster exits at once naming the
-  holder; the rerun after a preemption is never blocked for longer than TTL.
+A holder trusts its lease for TTL/2 of its own monotonic time after its last confirmed write
+(``holds``), and renews it conditionally before trusting it longer: a successor takes over only
+after watching the version unchanged for TTL, so a write made while the holder trusts its lease
+comes before any successor's (for clocks whose rates differ by less than 2x).
+
+- DriverLease: a second `kdsweep run` of the same sweep and cluster exits once it sees the
+  holder renew (within one heartbeat, BEAT seconds), naming it; the rerun after a preemption is
+  never blocked for longer than TTL.
 - TrialClaim: trials are shared by every sweep on the storage. A worker claims its trial before
   training; a claim held by another driver (another sweep or cluster) is waited out, and the
   worker returns without training if that driver finished the trial meanwhile. A claim held by
-  this driver's own earlier worker (Tune retrying it after a lost node) is taken over at once:
-  one driver never runs a trial twice at once.
+  this driver's own earlier worker (Tune retrying it after a lost node) is taken over at once.
+  A claim is tied to its driver's lease: a worker whose driver lost the sweep's lease gives its
+  claim up at its next heartbeat, so the successor's worker takes the trial.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -32,15 +41,37 @@ import uuid
 
 from .ledger import trial_file
 from .spec import SpecError
-from .storage import Storage, StorageFull
+from .storage import Storage, StorageFull, WriteConflict
 
 log = logging.getLogger(__name__)
-TTL = float(os.environ.get("KDSWEEP_LEASE_TTL", "120"))  # seconds without a heartbeat
+TTL = float(os.environ.get("KDSWEEP_LEASE_TTL", "120"))  # seconds without a renewal
+
+
+def beat() -> float:
+    """Seconds between renewals: often enough that a watcher sees a live holder within a few
+    seconds, and that four renewals fit in a TTL."""
+    return min(TTL / 4, 5.0)
+
+
+class Watch:
+    """How long a lease's version has stood unchanged, on this process's monotonic clock."""
+
+    def __init__(self):
+        self.version: str | None = None
+        self.since: float | None = None
+        self.changes = 0  # times the version changed while watched: its holder is alive
+
+    def see(self, version: str | None) -> float:
+        now = time.monotonic()
+        if self.since is None or version != self.version:
+            self.changes += self.since is not None
+            self.version, self.since = version, now
+        return now - self.since
 
 
 class Lease:
-    def __init__(self, storage: Storage, rel: str, settle: float, **tags):
-        self.storage, self.rel, self.settle = storage, rel, settle
+    def __init__(self, storage: Storage, rel: str, **tags):
+        self.storage, self.rel = storage, rel
         self.me = {
             "host": socket.gethostname(),
             "pid": os.getpid(),
@@ -48,57 +79,79 @@ class Lease:
             "token": uuid.uuid4().hex,
             **tags,
         }
+        self.version: str | None = None  # the version this holder wrote last
+        self.confirmed = -math.inf  # monotonic time of that write
         self._stop = threading.Event()
+        self._writing = threading.Lock()  # the heartbeat and the holder's own checks
         self.on_lost = lambda held: None  # called once, with the new holder, when superseded
         self._lost_lock = threading.Lock()
         self.lost: dict | None = None
 
-    def read(self) -> dict | None:
+    def read(self) -> tuple[dict, str | None]:
+        """The lease as stored and its version ({} and None when there is none; {} and a version
+        for an object that is not a lease: it is watched like any other)."""
+        data, version = self.storage.read_versioned(self.rel)
         try:
-            return self.storage.read_json(self.rel)
+            held = json.loads(data) if data is not None else {}
         except ValueError:
-            return None  # torn by a crash mid-write: nobody holds it
+            held = {}
+        return (held if isinstance(held, dict) else {}), version
 
-    def _write(self) -> None:
-        self.storage.write_json(self.rel, {**self.me, "renewed": time.time()})
+    def _write(self, expect: str | None) -> bool:
+        """Write this holder's lease if storage still holds version ``expect``."""
+        body = json.dumps({**self.me, "renewed": time.time()}, indent=1).encode()
+        try:
+            self.version = self.storage.write_if(self.rel, body, expect)
+        except WriteConflict:
+            return False
+        self.confirmed = time.monotonic()
+        return True
 
     @staticmethod
-    def age(held: dict) -> float:
-        return time.time() - held.get("renewed", 0)
-
-    @staticmethod
-    def lapsed(held: dict) -> bool:
-        """Expired, or its holder's process is gone from this host."""
-        if Lease.age(held) >= TTL:
-            return True
+    def gone(held: dict) -> bool:
+        """Its holder's process is gone from this host (no clock involved)."""
         if held.get("host") != socket.gethostname():
             return False
         try:
             os.kill(int(held["pid"]), 0)
         except ProcessLookupError:
             return True
-        except (PermissionError, ValueError, KeyError):
+        except (PermissionError, ValueError, KeyError, TypeError):
             return False
         return False
 
-    def take(self) -> bool:
-        """Write the lease and keep it renewed if, after the settle delay, it is still ours."""
-        before = self.read() or {}
-        self.me["fence"] = int(before.get("fence", 0)) + 1  # grows with every new holder
-        self._write()
-        time.sleep(self.settle)  # a holder that wrote at the same moment: the last writer wins
-        if (self.read() or {}).get("token") != self.me["token"]:
-            return False
+    def take(self, held: dict, version: str | None) -> bool:
+        """Take the lease as it stands at ``version`` and keep it renewed; False when another
+        writer changed it first."""
+        try:
+            fence = int(held.get("fence", 0))
+        except (TypeError, ValueError):
+            fence = 0
+        self.me["fence"] = fence + 1  # grows with every new holder
+        with self._writing:
+            if not self._write(version):
+                return False
         threading.Thread(target=self._heartbeat, name="lease", daemon=True).start()
         return True
 
-    def holds(self) -> bool:
-        """Whether the lease in storage is still this holder's; tells ``on_lost`` if not."""
-        held = self.read() or {}
-        if held.get("token") == self.me["token"]:
-            return True
-        self._lose(held)
+    def renew(self) -> bool:
+        """Renew the version this holder wrote last; the storage refuses it once another holder
+        has written, and then ``on_lost`` is told."""
+        with self._writing:
+            if self.lost is not None or self._stop.is_set():
+                return False
+            if self._write(self.version):
+                return True
+        self._lose(self.read()[0])
         return False
+
+    def holds(self) -> bool:
+        """Still the holder: trusted for TTL/2 after the last confirmed write, else renewed now."""
+        if self.lost is not None:
+            return False
+        if time.monotonic() - self.confirmed < TTL / 2:
+            return True
+        return self.renew()
 
     def _lose(self, held: dict) -> None:
         with self._lost_lock:
@@ -109,37 +162,50 @@ class Lease:
             self._stop.set()
         self.on_lost(held)
 
-    def renew(self) -> bool:
-        """Compare-and-swap: renew only the lease this holder still holds, and read it back."""
-        if not self.holds():
-            return False
-        self._write()
-        return self.holds()
+    def _beat(self) -> bool:
+        """One heartbeat; False ends them."""
+        return self.renew()
 
     def _heartbeat(self) -> None:
-        while not self._stop.wait(TTL / 4):
+        while not self._stop.wait(beat()):
             try:
-                if not self.renew():
+                if not self._beat():
                     return
             except StorageFull:
                 # The next beat tries again; the holder's own writes fail on the same full
                 # storage and end its run with the message that names it.
                 log.debug("%s: not renewed, storage full", self.rel)
+            except Exception as e:  # storage unreachable for a moment: the next beat tries
+                log.warning("%s: not renewed (%s)", self.storage.uri_of(self.rel), e)
 
     def release(self) -> None:
+        """Stop renewing and delete the lease, if it is still the version this holder wrote."""
         self._stop.set()
-        if (self.read() or {}).get("token") == self.me["token"]:
-            self.storage.delete(self.rel)
+        with self._writing:
+            if self.lost is None and self.version is not None:
+                self.storage.delete_if(self.rel, self.version)
+
+
+def holder(held: dict) -> str:
+    """Who holds a lease, for a message: its host, pid and fence, as far as they are known."""
+    if not held.get("host"):
+        return "since released, or not a lease" if not held else "its holder unnamed"
+    fence = f", lease {held['fence']}" if held.get("fence") is not None else ""
+    return f"host {held['host']}, pid {held.get('pid')}{fence}"
 
 
 class DriverLease(Lease):
     def __init__(self, storage: Storage, rel: str):
         """``rel``: the sweep's lease file (ledger.sweep_file(spec, "driver.lease"))."""
-        super().__init__(storage, rel, settle=min(1.0, TTL / 10))
+        super().__init__(storage, rel)
 
     @property
     def token(self) -> str:
         return self.me["token"]
+
+    @property
+    def fence(self) -> int:
+        return int(self.me.get("fence", 0))
 
     def check(self) -> None:
         """Before a write to the sweep's shared state (the trial list, results, MLflow runs):
@@ -147,57 +213,91 @@ class DriverLease(Lease):
         self.holds()
 
     def acquire(self, out=None) -> None:
-        """Take the lease; a live holder makes this raise SpecError naming it. A holder that
-        has missed two heartbeats (a lost node) is waited out until its lease expires."""
-        while (held := self.read()) and not self.lapsed(held):
-            age = self.age(held)
-            if age < TTL / 2:  # heartbeats arrive every TTL/4: the holder is alive
-                since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(held["since"]))
-                raise SpecError(
-                    f"{self.storage.uri_of(self.rel)}: another driver runs this sweep (host "
-                    f"{held['host']}, pid {held['pid']}, since {since}); if it is dead, its "
-                    f"lease expires {TTL - age:.0f} s from now"
-                )
-            print(
-                f"waiting {TTL - age:.0f} s for the lease of a driver that stopped renewing it "
-                f"(host {held['host']}, pid {held['pid']})",
-                file=out,
-                flush=True,
-            )
-            time.sleep(min(TTL - age, 5.0))
-        if not self.take():
-            raise SpecError(f"{self.storage.uri_of(self.rel)}: another driver took this sweep")
+        """Take the lease. A holder seen renewing it makes this raise SpecError naming it; one
+        that does not renew (a lost node, a paused driver) is waited out, TTL at most."""
+        watch, said = Watch(), False
+        while True:
+            held, version = self.read()
+            if version is not None and not self.gone(held):
+                unchanged = watch.see(version)
+                if watch.changes:
+                    since = held.get("since")
+                    since = (time.strftime(" since %Y-%m-%d %H:%M:%S", time.localtime(since))
+                             if isinstance(since, (int, float)) else "")
+                    raise SpecError(
+                        f"{self.storage.uri_of(self.rel)}: another driver runs this sweep "
+                        f"({holder(held)}{since}; it renews its lease): stop it first, or "
+                        "let it finish"
+                    )
+                if unchanged < TTL:
+                    if not said:
+                        print(f"{self.storage.uri_of(self.rel)}: held by {holder(held)}; "
+                              f"watching it for a renewal (a live driver renews every "
+                              f"{beat():.0f} s), taking it over if none comes in {TTL:.0f} s",
+                              file=out, flush=True)
+                        said = True
+                    time.sleep(min(1.0, beat() / 2, TTL - unchanged))
+                    continue
+            if self.take(held, version):
+                return
+            # another driver wrote it at this moment: the next read sees it changed
 
 
 class ClaimLost(RuntimeError):
-    """Another driver's worker took this trial's claim over (this worker paused past its TTL):
-    this one stops before writing anything more of the trial."""
+    """This worker no longer holds its trial's claim (another driver's worker took it over, or
+    this worker's own driver lost the sweep's lease): it stops before writing anything more of
+    the trial."""
+
+    def __init__(self, message: str, superseded: bool = False):
+        super().__init__(message)
+        self.superseded = superseded
 
 
 class TrialClaim(Lease):
-    def __init__(self, storage: Storage, key: str, driver: str):
-        super().__init__(storage, trial_file(key, "claim.lease"), settle=0.1, driver=driver)
+    def __init__(self, storage: Storage, key: str, driver: str, sweep: str | None = None):
+        """``driver``: the token of the driver's lease; ``sweep``: that lease's file, which
+        each heartbeat reads (a worker gives its claim up once its driver is superseded)."""
+        super().__init__(storage, trial_file(key, "claim.lease"), driver=driver, sweep=sweep)
+        self.superseded: dict | None = None
 
-    def check(self, read: bool = False) -> None:
-        """Raise ClaimLost once the claim is another's: as the heartbeat found it, or with
-        ``read``, as storage holds it now (before a write that must be this worker's)."""
-        if self.lost is None and read:
-            self.holds()
+    def _beat(self) -> bool:
+        if self.me["sweep"] is not None:
+            held, version = Lease(self.storage, self.me["sweep"]).read()
+            if version is not None and held.get("token") != self.me["driver"]:
+                self.superseded = held
+                self.release()
+                self.lost = held
+                return False
+        return self.renew()
+
+    def check(self, confirm: bool = False) -> None:
+        """Raise ClaimLost once the claim is not this worker's: as the heartbeat found it, or
+        with ``confirm``, as a conditional renewal finds it now (before a write that must be
+        this worker's)."""
+        if self.lost is None and confirm:
+            self.renew()
+        if self.superseded is not None:
+            raise ClaimLost(
+                f"{self.storage.uri_of(self.rel)}: this worker's driver lost the sweep's lease "
+                f"to another driver ({holder(self.superseded)}); its claim is given up",
+                superseded=True,
+            )
         if self.lost is not None:
             raise ClaimLost(
-                f"{self.storage.uri_of(self.rel)}: taken over by another driver's worker (host "
-                f"{self.lost.get('host')}, pid {self.lost.get('pid')}); this one stops"
+                f"{self.storage.uri_of(self.rel)}: taken over by another driver's worker "
+                f"({holder(self.lost)}); this one stops"
             )
 
     def acquire(self, finished, poll: float = 2.0) -> bool:
         """Claim the trial; False (and no claim) when ``finished()``: another driver finished
         it while we waited, or just before we took it."""
-        said = False
+        watch, said = Watch(), False
         while True:
-            held = self.read()
-            if held is None or self.lapsed(held) or held.get("driver") == self.me["driver"]:
-                if not self.take():
-                    continue  # another driver's worker took it at the same moment
+            held, version = self.read()
+            if (version is None or held.get("driver") == self.me["driver"] or self.gone(held)
+                    or watch.see(version) >= TTL):
+                if not self.take(held, version):
+                    continue  # another worker wrote it at the same moment
                 if finished():
                     self.release()
                     return False
@@ -205,9 +305,10 @@ class TrialClaim(Lease):
             if finished():
                 return False
             if not said:
-                log.warning(
-                    "%s: trained by another sweep's driver (host %s, pid %s); waiting for it",
-                    self.storage.uri_of(self.rel), held.get("host"), held.get("pid"),
-                )
+                same = self.me["sweep"] is not None and held.get("sweep") == self.me["sweep"]
+                who = ("a worker of this sweep's previous driver" if same
+                       else "another sweep's driver")
+                log.warning("%s: held by %s (%s); waiting until it is given up or expires",
+                            self.storage.uri_of(self.rel), who, holder(held))
                 said = True
             time.sleep(poll)

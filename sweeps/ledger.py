@@ -86,19 +86,22 @@ def flag_corrupt(storage: Storage, rel: str, why: str) -> None:
 def quarantine(storage: Storage, rel: str, why: str) -> None:
     """Move a corrupt file aside (kept for a post-mortem) so that what it held is derived again."""
     dest = f"{rel}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
-    log.warning("%s: %s; moved aside to %s", storage.uri_of(rel), why, dest)
     try:
         storage.write_bytes(dest, storage.read_bytes(rel))
     finally:
         storage.delete(rel)
+    log.warning("%s: %s; moved aside to %s", storage.uri_of(rel), why, dest)
 
 
-def read_json_checked(storage: Storage, rel: str, repair: bool = True) -> dict | None:
+def read_json_checked(storage: Storage, rel: str, repair: bool = True,
+                      found: dict | None = None) -> dict | None:
     """A JSON file from storage, or None when it is missing or corrupt (then quarantined, or
-    with ``repair`` False only flagged)."""
+    with ``repair`` False only flagged, and noted in ``found``: rel -> why)."""
 
     def corrupt(why: str) -> None:
         (quarantine if repair else flag_corrupt)(storage, rel, why)
+        if not repair and found is not None:
+            found[rel] = why
 
     try:
         data = storage.read_json(rel)
@@ -111,17 +114,20 @@ def read_json_checked(storage: Storage, rel: str, repair: bool = True) -> dict |
 
 class Ledger:
     """Trials' files in one storage. ``repair``: quarantine corrupt files found on reading (a
-    driver, a trial's own worker); False for readers that must change nothing."""
+    driver under its lease, a trial's own worker); False for readers that must change nothing
+    (`kdsweep status`, a driver before it holds its lease), which note what they found in
+    ``found`` (rel -> why) for the driver's reconcile."""
 
     def __init__(self, storage: Storage, repair: bool = True):
         self.storage, self.repair = storage, repair
+        self.found: dict[str, str] = {}
 
     # ---- reading ---------------------------------------------------------------------------
     def result(self, key: str) -> TrialResult | None:
         """The trial's result record; a corrupt one is quarantined (the trial then publishes
         again from its checkpoints, or retrains what they lack)."""
         rel = trial_file(key, "result.json")
-        d = read_json_checked(self.storage, rel, self.repair)
+        d = read_json_checked(self.storage, rel, self.repair, self.found)
         if d is None:
             return None
         try:
@@ -129,6 +135,8 @@ class Ledger:
         except TypeError as e:
             if self.repair:
                 quarantine(self.storage, rel, f"not a result record ({e})")
+            else:
+                self.found[rel] = f"not a result record ({e})"
             return None
 
     def is_done(self, key: str) -> bool:
@@ -154,7 +162,8 @@ class Ledger:
 
     def analysis(self, key: str) -> dict | None:
         """The distributions of the trial's analyses (kd_core.analysis), None if absent."""
-        return read_json_checked(self.storage, trial_file(key, "analysis.json"), self.repair)
+        return read_json_checked(self.storage, trial_file(key, "analysis.json"), self.repair,
+                                 self.found)
 
     # ---- a trial's worker writes its own trial's outcome ------------------------------------
     def publish(
@@ -233,7 +242,8 @@ class Ledger:
         """Every trial the sweep's last run knew (sampled ones too); None when missing or
         corrupt (quarantined: the plan and the stored results give it again)."""
         rel = sweep_file(spec, "trials.json")
-        trials = (read_json_checked(self.storage, rel, self.repair) or {}).get("trials")
+        trials = (read_json_checked(self.storage, rel, self.repair, self.found) or {}).get(
+            "trials")
         return trials if isinstance(trials, list) else None
 
     def save_trial_list(self, spec, trials: list[dict]) -> None:

@@ -29,12 +29,16 @@ class TrialCheckpoints:
     """Two alternating slots, each written atomically: a corrupt newest one falls back to the
     previous good one. A save may upload in the background, one upload at a time, so the next
     epoch trains while the last one uploads (a kill then loses at most the epoch in flight and
-    the one uploading); ``on_saved(epoch)`` runs once that epoch is in storage. ``repair``:
-    a corrupt slot is quarantined (the trial's own worker), else only flagged (a reader)."""
+    the one uploading); ``on_saved(epoch)`` runs once that epoch is in storage; ``guard()``
+    runs before each write and raises once the trial is no longer this worker's (its claim).
+    ``repair``: a corrupt slot is quarantined (the trial's own worker), else only flagged (a
+    reader)."""
 
-    def __init__(self, storage: Storage, key: str, on_saved=None, repair: bool = True):
+    def __init__(self, storage: Storage, key: str, on_saved=None, repair: bool = True,
+                 guard=None):
         self.storage, self.key, self.repair = storage, key, repair
         self.on_saved = on_saved or (lambda epoch: None)
+        self.guard = guard or (lambda: None)
         self.saved_epoch = 0
         self._next = 0  # the slot the next save overwrites: never the one holding the newest
         self._pending: tuple[int, bytes] | None = None
@@ -88,6 +92,7 @@ class TrialCheckpoints:
 
     def _write(self, epoch: int, data: bytes) -> None:
         with self._lock:
+            self.guard()
             self.storage.write_bytes(trial_file(self.key, SLOTS[self._next]), data)
             self._next = 1 - self._next
             self.saved_epoch = epoch

@@ -35,6 +35,10 @@ class Snapshot:
             self.states[key] = self.ledger.state(key, r)
         return self.results[key]
 
+    def reread(self, key: str) -> TrialResult | None:
+        self.results.pop(key, None)
+        return self.result(key)
+
     def state(self, key: str) -> TrialState:
         self.result(key)
         return self.states[key]
@@ -61,11 +65,20 @@ def reconcile(
     teachers: Iterable[str] = (),
 ) -> None:
     """The driver's repairs before it trains, each under its lease (``fence`` raises once
-    another driver holds it). Of ``trials`` (plan.Trial): a diverged one is reset when
+    another driver holds it): from here on the snapshot's ledger repairs what it reads. Of
+    ``trials`` (plan.Trial): a diverged one is reset when
     ``retry_failed``; a finished teacher (of ``trials``, or of ``teachers``: optuna's) whose
     model is gone (deleted, or moved aside corrupt) forgets its result, so it publishes again
     from its checkpoints, else retrains; one that failed before is retried."""
     ledger, trials = snapshot.ledger, list(trials)
+    # What the snapshot found corrupt before the lease was held (read without repairing): read
+    # again, now repairing (a file rewritten whole meanwhile is kept).
+    ledger.repair = True
+    for rel in sorted(ledger.found):
+        fence()
+        if rel.endswith("/result.json"):
+            snapshot.reread(rel.split("/")[1])
+    ledger.found.clear()
 
     def repair(key: str, how: Callable[[str], None]) -> None:
         fence()

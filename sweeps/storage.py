@@ -1,15 +1,21 @@
 """Sweep storage on a local/NFS path or an S3-compatible URI, through pyarrow's filesystems.
 
-What lives where under the root is Ledger's business (ledger.py).
+What lives where under the root is Ledger's business (ledger.py). Leases (lease.py) need one
+thing pyarrow does not offer: a write that the storage itself refuses when the object is not the
+version the writer last saw (``write_if``). S3 has it (PutObject with If-None-Match / If-Match,
+through boto3); a local or NFS file system has it as compare-and-rename under an advisory lock
+(filelock; NFS v4 carries those locks). Storage that offers neither is refused by the spec.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import uuid
+from functools import cached_property
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
@@ -30,7 +36,13 @@ def node_cache() -> Path:
 
 
 def s3_filesystem(uri: str) -> tuple[pafs.S3FileSystem, str]:
-    """An S3 filesystem for ``s3://bucket/prefix[?endpoint_override=host:port&scheme=http]``.
+    settings, root = s3_settings(uri)
+    return pafs.S3FileSystem(**settings), root
+
+
+def s3_settings(uri: str) -> tuple[dict, str]:
+    """pyarrow S3FileSystem's settings and the bucket/prefix, for
+    ``s3://bucket/prefix[?endpoint_override=host:port&scheme=http]``.
 
     The endpoint may also come from AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL (MinIO, moto, Ceph);
     credentials only from the usual AWS environment, profile or instance role, never the spec.
@@ -55,7 +67,26 @@ def s3_filesystem(uri: str) -> tuple[pafs.S3FileSystem, str]:
         if "://" in endpoint:
             scheme, endpoint = endpoint.split("://", 1)
         kwargs.update(endpoint_override=endpoint.rstrip("/"), scheme=scheme or "https")
-    return pafs.S3FileSystem(**kwargs), (parsed.netloc + parsed.path).rstrip("/")
+    return kwargs, (parsed.netloc + parsed.path).rstrip("/")
+
+
+def s3_client(uri: str):
+    """A boto3 S3 client for the same endpoint and region as ``s3_filesystem(uri)`` (for the
+    conditional writes pyarrow lacks); credentials from the same environment."""
+    import boto3
+    from botocore.config import Config
+
+    settings, _ = s3_settings(uri)
+    endpoint = None
+    if "endpoint_override" in settings:
+        endpoint = f"{settings['scheme']}://{settings['endpoint_override']}"
+    return boto3.client("s3", region_name=settings["region"], endpoint_url=endpoint,
+                        config=Config(retries={"max_attempts": 3, "mode": "standard"}))
+
+
+class WriteConflict(Exception):
+    """A conditional write refused by the storage itself: the object is no longer the version
+    the writer last saw (another writer created, replaced or deleted it)."""
 
 
 # The key of the one result a trial reports when storage can take no more writes: the driver
@@ -87,8 +118,8 @@ class Storage:
             self.fs, root = s3_filesystem(uri)
             self.uri = f"s3://{root}"
         elif "://" in uri and not uri.startswith("file://"):
-            self.fs, root = pafs.FileSystem.from_uri(uri)
-            self.uri = uri.rstrip("/")
+            raise ValueError(f"{uri.split('://')[0]}:// is not supported: give a directory "
+                             "(local or NFS) or s3://bucket/prefix")
         else:
             root = os.path.abspath(os.path.expanduser(uri.removeprefix("file://")))
             self.fs = pafs.LocalFileSystem()
@@ -183,3 +214,90 @@ class Storage:
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(self.read_bytes(rel))
         return dest
+
+    # ---- conditional writes (leases) ----------------------------------------------------------
+    # A version names one state of an object: its SHA-256 on a file system, its ETag on S3.
+
+    @cached_property
+    def _s3(self):
+        return s3_client(self.uri)
+
+    def _bucket_key(self, rel: str) -> tuple[str, str]:
+        bucket, _, key = self.path(rel).partition("/")
+        return bucket, key
+
+    def _lock(self, rel: str):
+        """The advisory lock every conditional writer of ``rel`` on a file system holds."""
+        from filelock import FileLock
+
+        folder, name = self.path(rel).rsplit("/", 1)
+        os.makedirs(folder, exist_ok=True)
+        return FileLock(f"{folder}/.{name}.lock", timeout=60)
+
+    def read_versioned(self, rel: str) -> tuple[bytes | None, str | None]:
+        """The object's bytes and version; (None, None) when there is none."""
+        if self.is_local:
+            try:
+                with open(self.path(rel), "rb") as f:
+                    data = f.read()
+            except FileNotFoundError:
+                return None, None
+            return data, hashlib.sha256(data).hexdigest()
+        from botocore.exceptions import ClientError
+
+        bucket, key = self._bucket_key(rel)
+        try:
+            r = self._s3.get_object(Bucket=bucket, Key=key)
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None, None
+            raise
+        return r["Body"].read(), r["ETag"]
+
+    def write_if(self, rel: str, data: bytes, version: str | None) -> str:
+        """Write ``data`` only if the object is at ``version`` (None: only if there is none);
+        returns the new version. The storage decides, atomically: WriteConflict otherwise."""
+        if self.is_local:
+            with self._lock(rel):
+                if self.read_versioned(rel)[1] != version:
+                    raise WriteConflict(self.uri_of(rel))
+                self.write_bytes(rel, data)
+            return hashlib.sha256(data).hexdigest()
+        condition = {"IfNoneMatch": "*"} if version is None else {"IfMatch": version}
+        bucket, key = self._bucket_key(rel)
+        try:
+            return self._s3.put_object(Bucket=bucket, Key=key, Body=data, **condition)["ETag"]
+        except Exception as e:
+            if _refused(e):
+                raise WriteConflict(self.uri_of(rel)) from None
+            raise
+
+    def delete_if(self, rel: str, version: str) -> bool:
+        """Delete the object only if it is at ``version``; False when it is not (or gone)."""
+        if self.is_local:
+            with self._lock(rel):
+                if self.read_versioned(rel)[1] != version:
+                    return False
+                os.unlink(self.path(rel))
+            return True
+        bucket, key = self._bucket_key(rel)
+        try:
+            self._s3.delete_object(Bucket=bucket, Key=key, IfMatch=version)
+        except Exception as e:
+            if _refused(e):
+                return False
+            raise
+        return True
+
+
+def _refused(e: Exception) -> bool:
+    """An S3 error that says a condition did not hold (412; 409 for a concurrent conditional
+    write; 404 for If-Match on an object that is gone)."""
+    from botocore.exceptions import ClientError
+
+    if not isinstance(e, ClientError):
+        return False
+    code = e.response.get("Error", {}).get("Code")
+    status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey") or (
+        status in (404, 409, 412))

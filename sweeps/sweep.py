@@ -26,7 +26,7 @@ import pandas as pd  # noqa: E402
 from . import faults  # noqa: E402
 from .engine import DependencySearcher, connect, run_experiment  # noqa: E402
 from .events import SweepEvents  # noqa: E402
-from .lease import DriverLease  # noqa: E402
+from .lease import DriverLease, holder  # noqa: E402
 from .ledger import Ledger, TrialState, sweep_file  # noqa: E402
 from .plan import Plan, Trial, build_plan  # noqa: E402
 from .preflight import check_all, check_fits  # noqa: E402
@@ -146,8 +146,9 @@ def run_sweep(
                            "check it with `kdsweep plan`, then run it with --large")
     data = check_all(spec, local=address is None)
     # each stored result read once in this run (a trial that ends from here on, trained by an
-    # orphaned worker of a dead driver, is found by its worker's claim and recorded then)
-    snapshot = Snapshot.load(Ledger(storage), (t.key for t in plan.trials))
+    # orphaned worker of a dead driver, is found by its worker's claim and recorded then);
+    # read only: what is corrupt is repaired in reconcile, under the lease
+    snapshot = Snapshot.load(Ledger(storage, repair=False), (t.key for t in plan.trials))
     done = snapshot.ended()
     print(plan.describe(done), file=out, flush=True)
     faults.arm()
@@ -173,8 +174,8 @@ def _superseded(lease: DriverLease, held: dict) -> None:
     from whichever thread saw it, writing nothing more (its writes so far are each atomic)."""
     print(
         f"kdsweep run: error: {lease.storage.uri_of(lease.rel)}: another driver took this "
-        f"sweep over (host {held.get('host')}, pid {held.get('pid')}, lease {held.get('fence')}) "
-        "while this one was not renewing its lease; this driver stops",
+        f"sweep over ({holder(held)}) while this one was not renewing its lease; this driver "
+        "stops",
         file=sys.stderr,
         flush=True,
     )

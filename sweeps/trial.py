@@ -23,7 +23,7 @@ from kd_core.train import model_state
 
 from . import faults
 from .lease import ClaimLost, TrialClaim
-from .ledger import CORRUPT, Ledger
+from .ledger import CORRUPT, Ledger, sweep_file
 from .plan import Trial
 from .record import EPOCH_FINALS, TrialResult
 from .resume import Attempts, TrialCheckpoints, flush_on_exit, trained_model
@@ -125,7 +125,7 @@ def _run_job(job: Job, spec: SweepSpec, driver: str, report) -> None:
     # it twice at once; its result is then ours too. A claim lost while training (this worker
     # paused past its TTL) is waited for the same way.
     while True:
-        claim = TrialClaim(ledger.storage, trial.key, driver)
+        claim = TrialClaim(ledger.storage, trial.key, driver, sweep_file(spec, "driver.lease"))
         if not claim.acquire(finished=lambda: ledger.is_done(trial.key)):
             # another sweep's driver trained it meanwhile
             if (record := ledger.result(trial.key)) is not None:
@@ -135,6 +135,8 @@ def _run_job(job: Job, spec: SweepSpec, driver: str, report) -> None:
             return _claimed(spec, trial, ledger, claim, report)
         except ClaimLost as e:
             log.warning("%s", e)
+            if e.superseded:  # its driver is no longer the sweep's: the successor trains it
+                raise
         finally:
             claim.release()
 
@@ -172,6 +174,7 @@ def _train(spec: SweepSpec, trial: Trial, ledger: Ledger, attempts: Attempts, re
         ledger.storage,
         trial.key,
         on_saved=lambda epoch: ledger.write_progress(trial.key, epoch, spec.train.epochs),
+        guard=claim.check,
     )
     state = checkpoints.load_latest()
     if state is not None:
@@ -183,7 +186,7 @@ def _train(spec: SweepSpec, trial: Trial, ledger: Ledger, attempts: Attempts, re
     def publish(outcome: Outcome = DONE) -> dict:
         """Publish the trial's outcome; returns what its next report adds (OUTCOME)."""
         status, reason = outcome.status, outcome.reason
-        claim.check(read=True)
+        claim.check(confirm=True)
         checkpoints.flush()  # every epoch of the record is in storage first
         faults.reached("before-publish")
         forget()

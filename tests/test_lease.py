@@ -1,77 +1,189 @@
-"""Lease fencing, stepped by hand: a holder renews only the lease it still holds."""
+"""Leases stepped by hand on a real file system: the storage itself refuses a stale write,
+expiry is judged on the observer's own clock, a claim follows its driver's lease."""
 
+import json
+import threading
 import time
 
 import pytest
 import yaml
 
 from sweeps import lease as lease_module
-from sweeps.lease import DriverLease
-from sweeps.ledger import sweep_file
-from sweeps.spec import parse_spec
-from sweeps.storage import Storage
+from sweeps.lease import ClaimLost, DriverLease, TrialClaim, Watch
+from sweeps.ledger import sweep_file, trial_file
+from sweeps.spec import SpecError, parse_spec
+from sweeps.storage import Storage, WriteConflict
 from testkit.drivers import write_spec
 
 
-def held_lease(tmp_path, monkeypatch, ttl: float) -> tuple[Storage, DriverLease, list, object]:
-    """A driver's lease taken under ``ttl``; returns (storage, lease, what on_lost was told,
-    the spec)."""
+@pytest.fixture
+def paused(monkeypatch):
+    """Heartbeats that never come within a test: every holder behaves as a paused one unless
+    the test renews it by hand."""
+    monkeypatch.setattr(lease_module, "beat", lambda: 3600.0)
+
+
+def sweep_lease(tmp_path, monkeypatch, ttl: float):
     monkeypatch.setattr(lease_module, "TTL", ttl)
     spec = parse_spec(yaml.safe_load(write_spec(tmp_path).read_text()))
     storage = Storage(spec.storage)
-    lease, told = DriverLease(storage, sweep_file(spec, "driver.lease")), []
-    lease.on_lost = told.append
-    lease.acquire()
-    return storage, lease, told, spec
+    return storage, spec, lambda: DriverLease(storage, sweep_file(spec, "driver.lease"))
 
 
-def test_a_holder_that_lost_its_lease_is_told_and_never_writes_it_again(tmp_path, monkeypatch):
-    storage, first, lost, spec = held_lease(tmp_path, monkeypatch, 60.0)  # no heartbeat here
-    assert storage.read_json(first.rel)["fence"] == 1
-    assert first.renew() and not lost
+def test_write_if_is_decided_by_the_storage_one_winner_among_racing_writers(tmp_path):
+    storage = Storage(str(tmp_path))
+    v1 = storage.write_if("x/lease", b"one", None)
+    with pytest.raises(WriteConflict):
+        storage.write_if("x/lease", b"two", None)  # it exists
+    v2 = storage.write_if("x/lease", b"two", v1)
+    with pytest.raises(WriteConflict):
+        storage.write_if("x/lease", b"stale", v1)  # a writer that saw v1: refused
+    assert storage.read_versioned("x/lease") == (b"two", v2)
+    # eight writers that all read v2, released at once: exactly one write lands
+    start, won = threading.Barrier(8), []
 
-    # `first` pauses past its TTL; a second driver takes the sweep over (its fence grows)
-    record = storage.read_json(first.rel)
-    storage.write_json(first.rel, {**record, "renewed": time.time() - 61})
-    second = DriverLease(storage, sweep_file(spec, "driver.lease"))
-    second.acquire()
-    taken = storage.read_json(first.rel)
-    assert taken["token"] == second.token and taken["fence"] == 2
+    def race(i):
+        start.wait()
+        try:
+            storage.write_if("x/lease", f"w{i}".encode(), v2)
+            won.append(i)
+        except WriteConflict:
+            pass
 
-    # `first` resumes: its renewal is a compare-and-swap that fails, and it is told once
-    assert first.renew() is False
-    first.check()
-    assert [h["token"] for h in lost] == [second.token]
-    assert storage.read_json(first.rel) == taken  # not written back
-    first.release()  # releasing a lease it lost deletes nothing
-    assert storage.read_json(first.rel)["token"] == second.token
-    second.release()
-    assert not storage.exists(second.rel)
-
-
-def test_the_heartbeat_stops_once_the_lease_is_lost(tmp_path, monkeypatch):
-    storage, mine, told, _ = held_lease(tmp_path, monkeypatch, 0.4)  # a beat every 0.1 s
-    other = {**storage.read_json(mine.rel), "token": "someone-else", "fence": 7}
-    storage.write_json(mine.rel, other)
-    deadline = time.time() + 10
-    while not told and time.time() < deadline:
-        time.sleep(0.02)
-    assert told and told[0]["fence"] == 7
-    time.sleep(0.3)  # several heartbeats' worth: none writes the lease back
-    assert storage.read_json(mine.rel)["token"] == "someone-else"
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(won) == 1 and storage.read_versioned("x/lease")[0] == f"w{won[0]}".encode()
+    assert not storage.delete_if("x/lease", v2) and storage.exists("x/lease")
 
 
+def test_a_paused_holders_renewal_after_a_takeover_is_refused_by_the_storage(
+        tmp_path, monkeypatch, paused):
+    """Defect 2: A paused past the TTL, B took the lease over (fence 2), A resumed and wrote
+    it back (fence 1). A's renewal is now a write conditional on the version A wrote last."""
+    storage, _, lease = sweep_lease(tmp_path, monkeypatch, ttl=0.5)
+    a, told = lease(), []
+    a.on_lost = told.append
+    a.acquire()
+    assert storage.read_json(a.rel)["fence"] == 1 and a.renew()
+    b = lease()
+    t0 = time.monotonic()
+    b.acquire()  # A renews no more: B watches the version unchanged for the TTL, then takes it
+    assert time.monotonic() - t0 >= 0.5
+    taken = storage.read_json(a.rel)
+    assert taken["token"] == b.token and taken["fence"] == 2
+    assert a.renew() is False  # refused: B's write changed the version
+    assert [h["token"] for h in told] == [b.token]
+    assert storage.read_json(a.rel) == taken
+    a.release()  # a lease it lost: deletes nothing
+    assert storage.read_json(a.rel)["token"] == b.token
+    b.release()
+    assert not storage.exists(b.rel)
 
-def test_a_worker_that_lost_its_trial_claim_stops_before_publishing(tmp_path, monkeypatch):
+
+def test_a_holder_trusts_its_lease_for_half_the_ttl_then_confirms_it(
+        tmp_path, monkeypatch, paused):
+    storage, _, lease = sweep_lease(tmp_path, monkeypatch, ttl=0.4)
+    a, told = lease(), []
+    a.on_lost = told.append
+    a.acquire()
+    version = a.version
+    a.check()
+    assert a.version == version  # within TTL/2: no write
+    time.sleep(0.25)
+    a.check()
+    assert a.version != version and not told  # past TTL/2: a conditional renewal
+    storage.write_json(a.rel, {"token": "someone-else", "fence": 9})
+    time.sleep(0.25)
+    a.check()
+    assert told == [{"token": "someone-else", "fence": 9}]
+
+
+def test_a_live_holder_is_refused_and_a_silent_one_waited_out_on_the_observers_clock(
+        tmp_path, monkeypatch):
+    """Defect 3: expiry compared the reader's wall clock with the writer's stamp. Now a lease
+    whose stamps lie (an hour ahead, an hour behind) is judged by whether its version changes
+    while the observer watches."""
+    storage, spec, lease = sweep_lease(tmp_path, monkeypatch, ttl=1.2)
+    rel = sweep_file(spec, "driver.lease")
+    stop = threading.Event()
+
+    def holder_an_hour_behind():  # a live driver on another host whose clock is 1 h behind
+        version = None
+        while not stop.wait(0.1):
+            stamp = {"host": "other-host", "pid": 7, "token": "t", "fence": 3,
+                     "since": time.time() - 3600, "renewed": time.time() - 3600}
+            version = storage.write_if(rel, json.dumps(stamp).encode(), version)
+
+    alive = threading.Thread(target=holder_an_hour_behind)
+    alive.start()
+    try:
+        while not storage.exists(rel):
+            time.sleep(0.01)
+        t0 = time.monotonic()
+        with pytest.raises(SpecError, match=r"another driver runs this sweep \(host other-host, "
+                                            r"pid 7, lease 3 since"):
+            lease().acquire()
+        assert time.monotonic() - t0 < 1.2  # told at its first renewal, before any expiry
+    finally:
+        stop.set()
+        alive.join(10)
+
+    # a dead node's lease stamped an hour in the future: waited out for the TTL, no longer
+    dead = {"host": "lost-node", "pid": 1, "since": time.time(), "token": "x", "fence": 4}
+    storage.write_json(rel, {**dead, "renewed": time.time() + 3600})
+    t0 = time.monotonic()
+    mine = lease()
+    mine.acquire()
+    assert 1.2 <= time.monotonic() - t0 < 3.0
+    assert storage.read_json(rel)["fence"] == 5
+    mine.release()
+
+
+def test_watch_counts_changes_on_its_own_clock():
+    w = Watch()
+    assert w.see("a") == 0 and w.changes == 0
+    time.sleep(0.05)
+    assert w.see("a") >= 0.05 and w.changes == 0
+    assert w.see("b") == 0 and w.changes == 1
+
+
+def test_a_worker_whose_driver_lost_the_lease_gives_its_claim_up(tmp_path, monkeypatch):
+    """Defect 4: a superseded driver's workers kept renewing their claims, and the successor
+    waited on them ("trained by another sweep's driver"). A claim's heartbeat reads its
+    driver's lease: once another driver holds it, the claim is released."""
+    storage, spec, lease = sweep_lease(tmp_path, monkeypatch, ttl=0.8)
+    rel = sweep_file(spec, "driver.lease")
+    a = lease()
+    a.acquire()
+    claim = TrialClaim(storage, "k", a.token, rel)
+    assert claim.acquire(finished=lambda: False)
+    a._stop.set()  # A is paused: its heartbeat stops, its worker's claim heartbeat goes on
+    b = lease()
+    b.acquire()  # after the TTL
+    successor = TrialClaim(storage, "k", b.token, rel)
+    t0 = time.monotonic()
+    assert successor.acquire(finished=lambda: False, poll=0.05)
+    assert time.monotonic() - t0 < 0.8  # given up at the old worker's next beat, not expired
+    with pytest.raises(ClaimLost, match="driver lost the sweep's lease") as e:
+        claim.check()
+    assert e.value.superseded
+    assert storage.read_json(trial_file("k", "claim.lease"))["driver"] == b.token
+    successor.release()
+    b.release()
+
+
+def test_a_worker_that_lost_its_trial_claim_stops_before_publishing(tmp_path, monkeypatch,
+                                                                    paused):
     """A worker paused past its claim's TTL while another driver's worker took the trial
     over: its next epoch stops it (ClaimLost), and it publishes nothing of the trial."""
-    from sweeps.lease import ClaimLost, TrialClaim
     from sweeps.ledger import Ledger
     from sweeps.plan import build_plan
     from sweeps.resume import Attempts
     from sweeps.trial import _train
 
-    monkeypatch.setattr(lease_module, "TTL", 60.0)  # no heartbeat beats during the test
     spec = parse_spec(yaml.safe_load(write_spec(
         tmp_path, train={"epochs": 2, "batch_size": 128, "lr": 0.02}).read_text()))
     ledger = Ledger(Storage(spec.storage))
@@ -84,11 +196,30 @@ def test_a_worker_that_lost_its_trial_claim_stops_before_publishing(tmp_path, mo
         reports.append(metrics)
         taken = {**ledger.storage.read_json(claim.rel), "token": "other", "driver": "driver-b"}
         ledger.storage.write_json(claim.rel, taken)
-        claim.holds()  # what the heartbeat does every TTL/4
+        claim.renew()  # what the heartbeat does every beat: refused by the storage
 
     with pytest.raises(ClaimLost, match="taken over by another driver's worker"):
         _train(spec, teacher, ledger, Attempts(ledger.storage, teacher.key), report, claim)
     assert [r["epoch"] for r in reports] == [1]
     assert ledger.result(teacher.key) is None and not ledger.has_model(teacher.key)
     claim.release()
-    assert ledger.storage.read_json(claim.rel)["token"] == "other"  # its claim, untouched
+    assert json.loads(ledger.storage.read_bytes(claim.rel))["token"] == "other"  # untouched
+
+
+def test_a_driver_refused_the_lease_repairs_nothing(tmp_path, monkeypatch, kdsweep_here):
+    """Defect 5: a second `kdsweep run` moved a corrupt result.json aside before it was refused
+    the lease. It reads without repairing until it holds the lease."""
+    from sweeps.plan import build_plan
+
+    storage, spec, lease = sweep_lease(tmp_path, monkeypatch, ttl=1.0)
+    holder = lease()
+    holder.acquire()  # a live driver, renewing every 0.25 s
+    corrupt = trial_file(build_plan(spec).trials[0].key, "result.json")
+    storage.write_bytes(corrupt, b"{ torn")
+    try:
+        code, _, err = kdsweep_here("run", tmp_path / "spec.yaml")
+    finally:
+        holder.release()
+    assert code == 2 and "another driver runs this sweep" in err.splitlines()[-1]
+    assert storage.read_bytes(corrupt) == b"{ torn"  # flagged, left where it was
+    assert not list((tmp_path / "store" / "trials").glob("*/result.json.corrupt-*"))

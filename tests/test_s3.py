@@ -144,3 +144,36 @@ def test_a_missing_bucket_is_named_before_ray(s3_server, tmp_path):
         "kdsweep run: error: storage: bucket 'no-such-bucket' does not exist at "
         "s3://no-such-bucket/x")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]  # no store, no Ray
+
+
+def test_leases_on_s3_are_conditional_writes_checked_by_the_server(s3_server, monkeypatch):
+    """The storage refuses a stale lease write (If-Match on an ETag that changed; If-None-Match
+    on a lease that exists), so a paused driver's renewal cannot overwrite its successor's."""
+    from sweeps import lease as lease_module
+    from sweeps.lease import DriverLease
+    from sweeps.storage import WriteConflict
+
+    for k, v in s3_server.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(lease_module, "TTL", 0.5)
+    monkeypatch.setattr(lease_module, "beat", lambda: 3600.0)  # renewals only by hand
+    storage = Storage("s3://kdsweep/lease-test")
+    v1 = storage.write_if("l", b"one", None)
+    with pytest.raises(WriteConflict):
+        storage.write_if("l", b"again", None)
+    v2 = storage.write_if("l", b"two", v1)
+    with pytest.raises(WriteConflict):
+        storage.write_if("l", b"stale", v1)
+    assert storage.read_versioned("l") == (b"two", v2)
+    assert not storage.delete_if("l", v1) and storage.delete_if("l", v2)
+    assert storage.read_versioned("l") == (None, None)
+
+    a, told = DriverLease(storage, "driver.lease"), []
+    a.on_lost = told.append
+    a.acquire()
+    b = DriverLease(storage, "driver.lease")
+    b.acquire()  # a is silent for the TTL (paused): b takes it over
+    assert a.renew() is False and [h["token"] for h in told] == [b.token]
+    assert storage.read_json("driver.lease")["fence"] == 2
+    b.release()
+    assert not storage.exists("driver.lease")

@@ -88,6 +88,12 @@ class SweepSpec(_Strict):
         if not v.strip():
             raise ValueError("empty: give a directory or an s3:// URI")
         _no_userinfo(v, "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
+        scheme = v.split("://", 1)[0] if "://" in v else "file"
+        if scheme not in ("file", "s3"):
+            # leases need a write the storage itself refuses when stale (storage.write_if)
+            raise ValueError(f"{scheme}:// is not supported: give a directory (local or NFS) "
+                             "or s3://bucket/prefix, whose conditional writes kdsweep's "
+                             "leases need")
         query = parse_qs(urlparse(v).query) if "://" in v else {}
         if {"access_key", "secret_key", "session_token"} & query.keys():
             raise ValueError(

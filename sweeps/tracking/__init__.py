@@ -236,7 +236,7 @@ def log_outputs(client: MlflowClient, storage: Storage, run_id: str, key: str) -
         client.set_tag(run_id, "kdsweep.model_uri", storage.uri_of(model))
         if storage.is_local:
             client.log_artifact(run_id, storage.path(model))
-    if (analysis := read_json_checked(storage, trial_file(key, "analysis.json"))):
+    if (analysis := read_json_checked(storage, trial_file(key, "analysis.json"), repair=False)):
         client.log_dict(run_id, analysis, "analysis.json")
 
 
