@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test check lint constraints clean
+.PHONY: venv tools demo test check lint constraints clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# System tools that tests drive: libfaketime (a driver under a skewed clock), Debian's package.
+tools:
+	@command -v faketime >/dev/null || (apt-get update -qq && apt-get install -y -qq faketime)
 
 # The main job on the embedded default: a local Ray, a local SQLite MLflow store (mlflow.db),
 # results under kdsweep-results/, plots under kdsweep-report/. Rerunning continues, never redoes.
@@ -33,12 +37,12 @@ ifndef SEED
 SEED := $(shell od -An -N3 -tu4 /dev/urandom | tr -d ' ')
 endif
 
-test: venv lint
+test: venv lint tools
 	@echo "test order: SEED=$(SEED)"
 	$(BIN)/python -m pytest -q $(XDIST) --randomly-seed=$(SEED) --durations=15 $(PYTEST_ARGS)
 
 # The per-change tier (~1.5 minutes): every test not marked slow, plus one end-to-end sweep.
-check: venv lint
+check: venv lint tools
 	@echo "test order: SEED=$(SEED)"
 	$(BIN)/python -m pytest -q $(XDIST) --randomly-seed=$(SEED) -m "not slow or check" $(PYTEST_ARGS)
 

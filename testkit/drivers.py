@@ -42,12 +42,15 @@ def ray_dir(tmp: Path) -> str:
     return os.readlink(link)
 
 
-def start_driver(spec_path: Path, tmp: Path, env: dict | None = None) -> subprocess.Popen:
+def start_driver(spec_path: Path, tmp: Path, env: dict | None = None,
+                 prefix: tuple[str, ...] = ()) -> subprocess.Popen:
+    """`kdsweep run SPEC` in a process group of its own, logging to tmp/driver.log; ``prefix``:
+    a command that runs it (faketime, unshare)."""
     # RAY_TMPDIR: so that leftovers of a killed driver can be found and killed
     env = {**os.environ, **(env or {}), "RAY_TMPDIR": ray_dir(tmp)}
     with open(tmp / "driver.log", "ab") as log:  # Popen keeps its own copy of the descriptor
         return subprocess.Popen(
-            [sys.executable, "-m", "sweeps.cli", "run", str(spec_path)],
+            [*prefix, sys.executable, "-m", "sweeps.cli", "run", str(spec_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,

@@ -4,6 +4,7 @@ corrupt checkpoints. Each test bounds its waits and kills what it started."""
 import contextlib
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -376,3 +377,71 @@ def test_a_paused_driver_that_lost_its_lease_stops_and_mlflow_keeps_one_run_per_
         assert [h["epoch"] for h in history["history"]] == list(range(1, EPOCHS + 1))
     parents = client.search_runs([exp.experiment_id], "tags.`kdsweep.role` = 'sweep'")
     assert len(parents) == 1
+
+
+def faked_clock(offset: str) -> tuple[str, ...]:
+    """Run under a clock ``offset`` from the machine's (libfaketime; its monotonic clock is
+    offset too, which changes no interval: with FAKETIME_DONT_FAKE_MONOTONIC, libfaketime
+    breaks Python's time.sleep, EINVAL from clock_nanosleep)."""
+    if shutil.which("faketime") is None:
+        pytest.fail("faketime is not installed (testkit/install-test-tools.sh installs it)")
+    return ("faketime", "-f", offset)
+
+
+def test_clock_skew_neither_steals_nor_blocks_the_lease(tmp_path):
+    """Defect 3: a driver whose wall clock was 1 h ahead took a live driver's lease; one 1 h
+    behind was told to wait 3413 s for a dead node's lease. Expiry is now judged on the
+    observer's own clock: +1 h is refused while the holder renews; -1 h takes a dead node's
+    lease after the TTL of its own time; the sweep ends with one run per trial, every epoch
+    once."""
+    ttl = 6.0
+    env = {"KDSWEEP_LEASE_TTL": str(ttl)}
+    spec_path = write_spec(tmp_path, name="skew")
+    spec = parse_spec(yaml.safe_load(spec_path.read_text()))
+    storage = Storage(spec.storage)
+    rel = "sweeps/skew/local/driver.lease"
+    # A, on a node of another name (its pid means nothing to the others)
+    other_node = ("unshare", "-u", "sh", "-c", 'hostname other-node && exec "$@"', "sh")
+    first = start_driver(spec_path, tmp_path, env, prefix=other_node)
+    try:
+        deadline = time.time() + 90
+        while not storage.exists(rel):
+            assert first.poll() is None and time.time() < deadline, (
+                (tmp_path / "driver.log").read_text()[-3000:])
+            time.sleep(0.05)
+        dead = storage.read_json(rel)
+        assert dead["host"] == "other-node"
+        (tmp_path / "ahead").mkdir()
+        ahead = start_driver(spec_path, tmp_path / "ahead", env, prefix=faked_clock("+1h"))
+        assert ahead.wait(60) == 2, (tmp_path / "ahead" / "driver.log").read_text()[-3000:]
+        said = (tmp_path / "ahead" / "driver.log").read_text()
+        assert "another driver runs this sweep (host other-node" in said
+        assert first.poll() is None and storage.read_json(rel)["host"] == "other-node"
+        os.killpg(first.pid, signal.SIGKILL)  # the other node is lost
+        first.wait(10)
+        kill_leftovers(tmp_path)
+        (tmp_path / "behind").mkdir()
+        t0 = time.monotonic()
+        behind = start_driver(spec_path, tmp_path / "behind", env, prefix=faked_clock("-1h"))
+        while (storage.read_json(rel) or {}).get("token") == dead["token"]:  # until taken
+            assert behind.poll() is None and time.monotonic() - t0 < 60, (
+                (tmp_path / "behind" / "driver.log").read_text()[-3000:])
+            time.sleep(0.05)
+        waited = time.monotonic() - t0
+        assert ttl <= waited < ttl + 20  # the TTL on its own clock (plus its start-up)
+        assert behind.wait(300) == 0, (tmp_path / "behind" / "driver.log").read_text()[-3000:]
+    finally:
+        for p in (first,):
+            if p.poll() is None:
+                p.kill()
+        for d in (tmp_path, tmp_path / "ahead", tmp_path / "behind"):
+            if d.exists():
+                kill_leftovers(d, remove=True)
+    client = MlflowClient(spec.tracking_uri)
+    exp = client.get_experiment_by_name("skew")
+    runs = client.search_runs([exp.experiment_id], "tags.`kdsweep.role` = 'trial'")
+    assert sorted(r.data.tags["kdsweep.key"] for r in runs) == sorted(
+        t.key for t in build_plan(spec).trials)
+    for r in runs:
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "train_loss")]
+        assert sorted(steps) == list(range(1, EPOCHS + 1)), steps
