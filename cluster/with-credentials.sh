@@ -8,18 +8,36 @@
 # The file (default ~/.kdsweep/credentials.env, or $KDSWEEP_CREDENTIALS) holds KEY=VALUE lines:
 # MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN),
 # AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (none needed with an instance role). It must be
-# readable by its owner only, as an ssh key is. No file: the command runs as it is.
+# readable by its owner only, as an ssh key is (a link is judged by the file it points at).
+# No file: the command runs as it is.
+#
+# Lines are data, never shell code: a value is taken as written ($, spaces, backticks and all;
+# one pair of quotes around the whole value is removed). Blank lines and lines starting with #
+# are skipped, `export ` before a key is allowed. A bad line is named by its number only, and no
+# value is ever printed.
 set -euo pipefail
 file="${KDSWEEP_CREDENTIALS:-$HOME/.kdsweep/credentials.env}"
 if [ -e "$file" ]; then
-  mode=$(stat -c %a "$file")
+  mode=$(stat -L -c %a -- "$file")
   if [ "${mode: -2}" != "00" ]; then
     echo "with-credentials: $file is readable by others (mode $mode): chmod 600 it" >&2
     exit 2
   fi
-  set -a
-  # shellcheck disable=SC1090
-  . "$file"
-  set +a
+  n=0
+  while IFS= read -r line || [ -n "$line" ]; do
+    n=$((n + 1))
+    line="${line%$'\r'}"
+    [[ "$line" =~ ^[[:space:]]*(#.*)?$ ]] && continue
+    if [[ ! "$line" =~ ^[[:space:]]*(export[[:space:]]+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$ ]]; then
+      echo "with-credentials: $file, line $n: not KEY=VALUE (the line is not shown)" >&2
+      exit 2
+    fi
+    key="${BASH_REMATCH[2]}"
+    value="${BASH_REMATCH[3]}"
+    if [[ "$value" =~ ^\"(.*)\"$ || "$value" =~ ^\'(.*)\'$ ]]; then
+      value="${BASH_REMATCH[1]}"
+    fi
+    export "$key=$value"
+  done < "$file"
 fi
 exec "$@"

@@ -1,4 +1,6 @@
-"""Atomic, code-free checkpoints: torch.save on write, torch.load(weights_only=True) on read."""
+"""Atomic, code-free checkpoints that prove their bytes: torch.save on write, sealed with the
+SHA-256 of what it wrote (seal.py); on read the seal is checked, then
+torch.load(weights_only=True)."""
 
 from __future__ import annotations
 
@@ -9,21 +11,23 @@ from typing import BinaryIO
 
 import torch
 
+from .seal import CheckpointError, seal, unseal
+
+__all__ = ["CheckpointError", "checkpoint_bytes", "load_checkpoint", "save_checkpoint",
+           "unseal", "write_checkpoint"]
 FORMAT = "kdsweep-checkpoint-v1"
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, truncated, corrupt or not ours; the message names the file."""
-
-
 def checkpoint_bytes(state: dict) -> bytes:
+    """``state`` as a sealed checkpoint file's bytes."""
     buf = io.BytesIO()
     torch.save({"format": FORMAT, **state}, buf)
-    return buf.getvalue()
+    return seal(buf.getvalue())
 
 
 def write_checkpoint(path: str | Path, state: dict) -> None:
-    """torch.save ``state`` straight to ``path`` (no copy of it in memory as bytes)."""
+    """torch.save ``state`` straight to ``path`` (no copy of it in memory as bytes), unsealed:
+    for a file whose digest is kept beside it (a teacher's bank, teacher_bank.py)."""
     torch.save({"format": FORMAT, **state}, path)
 
 
@@ -42,12 +46,20 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
 def load_checkpoint(
     source: str | Path | bytes | BinaryIO, name: str | None = None, mmap: bool = False
 ) -> dict:
-    """Load a checkpoint without executing code; CheckpointError names the file when it is bad.
-    ``mmap`` (a file path only): tensors map the file's pages instead of copying them, so every
-    process that loads the same file shares one copy in the page cache."""
+    """Load a checkpoint without executing code, its bytes proven first (``unseal``);
+    CheckpointError names the file when it is bad. ``mmap`` (a file path only): tensors map the
+    file's pages instead of copying them, so every process that loads the same file shares one
+    copy in the page cache; the caller proves such a file (a bank's digest beside it)."""
     label = name or (str(source) if isinstance(source, (str, Path)) else "<checkpoint bytes>")
-    if isinstance(source, bytes):
-        source = io.BytesIO(source)
+    if not mmap:
+        try:
+            if isinstance(source, (str, Path)):
+                source = Path(source).read_bytes()
+            elif not isinstance(source, bytes):
+                source = source.read()
+        except FileNotFoundError:
+            raise CheckpointError(f"checkpoint {label} does not exist") from None
+        source = io.BytesIO(unseal(source, label))
     try:
         state = torch.load(source, map_location="cpu", weights_only=True, mmap=mmap)
     except FileNotFoundError:

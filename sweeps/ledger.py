@@ -2,7 +2,8 @@
 
 Layout under the storage root (trials are shared by every sweep that stores there):
     trials/<key>/result.json       the TrialResult: written last, its presence means "ended"
-    trials/<key>/model.pt          the trained model (what the next generation distils from)
+    trials/<key>/model.pt          the trained model (what the next generation distils from),
+                                   sealed with its SHA-256 like every checkpoint (kd_core/seal.py)
     trials/<key>/analysis.json     distributions of the paper's analyses of the final model
     trials/<key>/bank-<dtype>.pt   the teacher-logit bank of a trained model (teacher_bank.py)
     trials/<key>/bank-<dtype>.json its size and SHA-256 (a node's fetched copy is checked)
@@ -35,6 +36,8 @@ import logging
 import os
 import time
 from enum import StrEnum
+
+from kd_core.seal import CheckpointError, unseal
 
 from .record import TrialResult
 from .storage import Storage
@@ -156,6 +159,22 @@ class Ledger:
 
     def has_model(self, key: str) -> bool:
         return self.storage.exists(trial_file(key, "model.pt"))
+
+    def model_fault(self, key: str) -> str | None:
+        """What is wrong with a trained model in storage: "gone", or the file fails its
+        SHA-256 (kd_core.checkpoint.unseal); None when its bytes are proven."""
+        rel = trial_file(key, "model.pt")
+        try:
+            data = self.storage.read_bytes(rel)
+        except OSError:
+            if not self.storage.exists(rel):
+                return "gone"
+            raise
+        try:
+            unseal(data, self.storage.uri_of(rel))
+        except CheckpointError as e:
+            return str(e)
+        return None
 
     def failure(self, key: str) -> dict | None:
         return self.storage.read_json(trial_file(key, "failed.json"))

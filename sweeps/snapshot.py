@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 
-from .ledger import Ledger, TrialState
+from .ledger import Ledger, TrialState, trial_file
 from .record import TrialResult
 
 log = logging.getLogger(__name__)
@@ -66,10 +67,10 @@ def reconcile(
 ) -> None:
     """The driver's repairs before it trains, each under its lease (``fence`` raises once
     another driver holds it): from here on the snapshot's ledger repairs what it reads. Of
-    ``trials`` (plan.Trial): a diverged one is reset when
-    ``retry_failed``; a finished teacher (of ``trials``, or of ``teachers``: optuna's) whose
-    model is gone (deleted, or moved aside corrupt) forgets its result, so it publishes again
-    from its checkpoints, else retrains; one that failed before is retried."""
+    ``trials`` (plan.Trial): a diverged one is reset when ``retry_failed``; a finished one (of
+    ``trials``, or of ``teachers``: optuna's) whose model is gone or fails its SHA-256 forgets
+    its result, so it publishes again from its checkpoints, else retrains; one that failed
+    before is retried."""
     ledger, trials = snapshot.ledger, list(trials)
     # What the snapshot found corrupt before the lease was held (read without repairing): read
     # again, now repairing (a file rewritten whole meanwhile is kept).
@@ -88,12 +89,22 @@ def reconcile(
     for t in trials:
         if retry_failed and snapshot.state(t.key) is TrialState.DIVERGED:
             repair(t.key, ledger.reset)
-    needed = {t.teacher_key for t in trials if t.teacher_key}
-    for key in sorted(needed | set(teachers)):
-        if snapshot.state(key) is TrialState.DONE and not ledger.has_model(key):
-            log.warning("%s: gone; its trial publishes it again for its students",
-                        ledger.model_uri(key))
-            repair(key, ledger.forget_result)
+    # Every trained model proves its bytes (read concurrently): one that is gone or fails its
+    # SHA-256 is moved aside and its trial forgets its result, so it publishes again from its
+    # checkpoints, else trains what they lack (a teacher before its students).
+    done = sorted(k for k in {t.key for t in trials} | set(teachers)
+                  if snapshot.state(k) is TrialState.DONE)
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        faults = dict(zip(done, pool.map(ledger.model_fault, done), strict=True))
+    for key, fault in faults.items():
+        if fault is None:
+            continue
+        if fault == "gone":
+            log.warning("%s: gone; its trial publishes it again", ledger.model_uri(key))
+        else:
+            fence()
+            ledger.move_aside(trial_file(key, "model.pt"), fault)
+        repair(key, ledger.forget_result)
     for t in trials:
         if snapshot.state(t.key) is TrialState.FAILED:
             repair(t.key, ledger.clear_failure)

@@ -102,3 +102,54 @@ def test_compose_stack_has_every_service_port_and_volume():
         assert services[name]["image"] == "kdsweep:0.1.0"
         assert services[name]["environment"]["RAY_AUTH_MODE"] == "token"
     assert (ROOT / "docker" / "postgres-init.sql").exists()
+
+
+def with_credentials(tmp_path, text: str, mode: int = 0o600, link: bool = False):
+    """cluster/with-credentials.sh around `env -0`: (exit code, the environment it ran, stderr)."""
+    import os
+    import subprocess
+
+    file = tmp_path / "credentials.env"
+    file.write_text(text)
+    file.chmod(mode)
+    if link:
+        (tmp_path / "link.env").symlink_to(file)
+        file = tmp_path / "link.env"
+    out = subprocess.run([str(ROOT / "cluster" / "with-credentials.sh"), "env", "-0"],
+                         capture_output=True, timeout=30, cwd=tmp_path,
+                         env={"PATH": os.environ["PATH"], "KDSWEEP_CREDENTIALS": str(file)})
+    env = dict(kv.split("=", 1) for kv in out.stdout.decode().split("\0") if "=" in kv)
+    return out.returncode, env, out.stderr.decode()
+
+
+def test_the_credentials_file_is_read_as_data_never_run(tmp_path):
+    """Defect 9: the file was sourced as shell code: `pa$sw0rd` aborted naming part of the
+    secret, a second word ran as a command, backticks executed."""
+    text = ("# the node's credentials\n\n"
+            "MLFLOW_TRACKING_PASSWORD=pa$sw0rd\n"
+            "SPACED=first second\n"
+            "TICKS=`touch pwned`$(touch pwned2)\n"
+            "export AWS_ACCESS_KEY_ID='quoted value'\n"
+            'QUOTE="a\'b"\r\n')
+    code, env, err = with_credentials(tmp_path, text)
+    assert code == 0, err
+    assert env["MLFLOW_TRACKING_PASSWORD"] == "pa$sw0rd"
+    assert env["SPACED"] == "first second"
+    assert env["TICKS"] == "`touch pwned`$(touch pwned2)"
+    assert env["AWS_ACCESS_KEY_ID"] == "quoted value" and env["QUOTE"] == "a'b"
+    assert not list(tmp_path.glob("pwned*")) and err == ""
+
+
+def test_a_bad_credentials_line_is_named_by_number_only(tmp_path):
+    code, env, err = with_credentials(tmp_path, "GOOD=1\nthis is s3cr3t\n")
+    assert code == 2 and "SECRET" not in env
+    assert err.strip().endswith("credentials.env, line 2: not KEY=VALUE (the line is not shown)")
+    assert "s3cr3t" not in err
+
+
+def test_a_link_is_judged_by_the_file_it_points_at(tmp_path):
+    code, env, err = with_credentials(tmp_path, "K=v\n", mode=0o600, link=True)
+    assert code == 0 and env["K"] == "v", err  # a link's own mode (777) is not the file's
+    (tmp_path / "open").mkdir()
+    code, env, err = with_credentials(tmp_path / "open", "K=v\n", mode=0o644, link=True)
+    assert code == 2 and "K" not in env and "readable by others (mode 644)" in err

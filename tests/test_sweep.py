@@ -2,6 +2,7 @@
 
 import io
 import json
+import logging
 import re
 import shutil
 import tempfile
@@ -16,11 +17,11 @@ from mlflow.tracking import MlflowClient
 
 from kd_core.checkpoint import load_checkpoint
 from kd_core.data import load_dataset
-from sweeps.ledger import Ledger, sweep_file, trial_file
+from sweeps.ledger import CORRUPT, Ledger, sweep_file, trial_file
 from sweeps.plan import build_plan
 from sweeps.progress import sweep_status
 from sweeps.report import report
-from sweeps.resume import SLOTS
+from sweeps.resume import SLOTS, trained_model
 from sweeps.spec import SpecError, parse_spec
 from sweeps.storage import Storage
 from sweeps.sweep import run_sweep
@@ -431,7 +432,7 @@ def untimed(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in h.items() if not k.endswith("_time")} for h in history]
 
 
-def test_corrupt_files_are_quarantined_and_derived_again(local_ray, tmp_path):
+def test_corrupt_files_are_quarantined_and_derived_again(local_ray, tmp_path, caplog):
     """A truncated result, checkpoint slot, trial list and bank (in storage and in the node
     cache), garbage attempts, a finished teacher's model deleted: the rerun warns, moves each
     corrupt file aside, derives what it held again and ends with every trial done; nothing is
@@ -490,21 +491,34 @@ def test_corrupt_files_are_quarantined_and_derived_again(local_ray, tmp_path):
     moved = {p.name.split(".corrupt-")[0] for p in root.rglob("*.corrupt-*")}
     assert moved == {"result.json", newest, "bank-float16.pt", "attempts.json"}
 
-    # A corrupt model of a finished teacher: the student's worker reads the same weights from
-    # the teacher's final checkpoint and flags the file, writing nothing of its teacher's; the
-    # driver moves it aside, and the next run has the teacher publish it again.
-    model = trial_file(teacher.key, "model.pt")
+    # Models that fail their SHA-256 (8 bytes changed inside the teacher's, garbage in the
+    # student's): the next run's reconcile proves every model, moves these aside, and each
+    # trial publishes again from its final checkpoint: nothing retrained, the same weights.
+    model, student_model = trial_file(teacher.key, "model.pt"), trial_file(student.key, "model.pt")
     weights = load_checkpoint(store.storage.read_bytes(model))["model"]
-    store.storage.write_bytes(model, store.storage.read_bytes(model)[:500])
-    store.storage.delete(trial_file(student.key, "result.json"))
+    data = store.storage.read_bytes(model)
+    middle = len(data) // 2
+    store.storage.write_bytes(model, data[:middle] + bytes(8) + data[middle + 8:])
+    store.storage.write_bytes(student_model, b"garbage" * 100)
     out = io.StringIO()
     uri = run_sweep(spec, out=out)
     assert (pd.read_parquet(uri).status == "done").all()
-    assert untimed(store.result(student.key).history) == untimed(student_history)
-    assert list(root.glob(f"trials/{teacher.key}/model.pt.corrupt-*"))
-    assert not store.has_model(teacher.key)
-    assert f"{model}: " in out.getvalue() and "final checkpoint" in out.getvalue()
-    run_sweep(spec, out=io.StringIO())
+    for key in (teacher.key, student.key):
+        assert list(root.glob(f"trials/{key}/model.pt.corrupt-*"))
+        assert store.model_fault(key) is None
     again = load_checkpoint(store.storage.read_bytes(model))["model"]
     assert all(torch.equal(weights[k], again[k]) for k in weights)
     assert store.result(teacher.key).history == teacher_history
+    assert untimed(store.result(student.key).history) == untimed(student_history)
+
+    # A teacher's model corrupted while a run is under way: the student's worker reads the
+    # same weights from the teacher's final checkpoint and flags the file (writing nothing of
+    # its teacher's), for its driver to move aside.
+    data = store.storage.read_bytes(model)
+    store.storage.write_bytes(model, data[:middle] + bytes(8) + data[middle + 8:])
+    with caplog.at_level(logging.WARNING, logger="sweeps"):
+        read = trained_model(store.storage, teacher.key)
+    assert all(torch.equal(weights[k], read.state_dict()[k]) for k in weights)
+    flagged = [r for r in caplog.records if getattr(r, CORRUPT, None) == model]
+    assert flagged and "fails its SHA-256" in flagged[0].getMessage()
+    assert any("final checkpoint" in r.getMessage() for r in caplog.records)

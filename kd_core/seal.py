@@ -1,0 +1,42 @@
+"""A checkpoint file's seal: the SHA-256 of torch's zip archive, as a trailer after it (``SEAL``
+and 64 hex digits), written in the same atomic write as the archive, so that a file and its
+digest never disagree by a crash; torch's reader ignores bytes after the archive. torch.load
+itself checks no CRC (8 changed bytes inside a tensor loaded silently). A file from before seals
+is checked against its zip's CRC-32s instead. No torch here: storage code proves files with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zipfile
+
+SEAL = b"\n#kdsweep-sha256:"
+_SEALED = len(SEAL) + 64
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, truncated, corrupt or not ours; the message names the file."""
+
+
+def seal(archive: bytes) -> bytes:
+    return archive + SEAL + hashlib.sha256(archive).hexdigest().encode()
+
+
+def unseal(data: bytes, label: str) -> bytes:
+    """The archive inside a checkpoint file's bytes, proven: its SHA-256 against the seal, or
+    for a file from before seals, each member against its zip CRC-32. CheckpointError names
+    the file otherwise."""
+    if len(data) >= _SEALED and data[-_SEALED:-64] == SEAL:
+        archive = data[:-_SEALED]
+        if hashlib.sha256(archive).hexdigest().encode() != data[-64:]:
+            raise CheckpointError(f"checkpoint {label} fails its SHA-256: its bytes changed "
+                                  "after it was written")
+        return archive
+    try:
+        bad = zipfile.ZipFile(io.BytesIO(data)).testzip()
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError) as e:
+        raise CheckpointError(f"checkpoint {label} is truncated or corrupt: {e}") from None
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {label} is corrupt: {bad} fails its CRC-32")
+    return data
