@@ -23,15 +23,15 @@ def load_spec(path):
 def _plan(args) -> int:
     from .ledger import Ledger
     from .plan import build_plan
-    from .preflight import check_storage, check_tracking
+    from .preflight import check_all
     from .snapshot import Snapshot
     from .storage import Storage
 
     spec = load_spec(args.spec)
     plan = build_plan(spec)
-    if not args.offline:
-        check_storage(spec.storage)
-        check_tracking(spec.tracking_uri)
+    data = None
+    if not args.offline:  # every check `run` makes before Ray (this machine's resources too,
+        data = check_all(spec, local=args.address is None)  # unless a cluster is named)
     done = set()
     if args.check_storage:  # read only: a plan changes nothing
         ledger = Ledger(Storage(spec.storage), repair=False)
@@ -42,11 +42,11 @@ def _plan(args) -> int:
     if summary := bank_summary(spec, plan):
         print(summary)
     if args.measure:
-        _measure(spec, plan, args)
+        _measure(spec, plan, args, data)
     return 0
 
 
-def _measure(spec, plan, args) -> None:
+def _measure(spec, plan, args, data) -> None:
     import ray
 
     from .packing import measure, plan_shapes, render, suggest
@@ -55,7 +55,7 @@ def _measure(spec, plan, args) -> None:
 
     if args.address is None:
         check_fits(spec.resources, spec.architectures, local_resources())
-    counts = plan_shapes(spec, plan, check_dataset(spec.dataset))
+    counts = plan_shapes(spec, plan, data if data is not None else check_dataset(spec.dataset))
     connect(args.address)
     if args.address is None:
         check_fits(spec.resources, spec.architectures, ray.cluster_resources())
@@ -82,9 +82,16 @@ def _run(args) -> int:
 
 
 def _status(args) -> int:
+    from .preflight import check_storage
     from .progress import sweep_status
+    from .spec import SpecError
 
-    print(sweep_status(load_spec(args.spec)))
+    spec = load_spec(args.spec)
+    check_storage(spec.storage, reading=True)
+    try:
+        print(sweep_status(spec))
+    except OSError as e:  # the storage stopped answering part way
+        raise SpecError(f"storage: {spec.storage}: {str(e).splitlines()[0]}") from None
     return 0
 
 

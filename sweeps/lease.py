@@ -40,11 +40,12 @@ import time
 import uuid
 
 from .ledger import trial_file
+from .settings import env_number
 from .spec import SpecError
 from .storage import Storage, StorageFull, WriteConflict
 
 log = logging.getLogger(__name__)
-TTL = float(os.environ.get("KDSWEEP_LEASE_TTL", "120"))  # seconds without a renewal
+TTL = env_number("KDSWEEP_LEASE_TTL", 120.0)  # seconds without a renewal
 
 
 def beat() -> float:

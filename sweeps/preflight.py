@@ -12,18 +12,18 @@ import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
 from kd_core.data import ImageData, load_dataset
 
+from .settings import env_number
 from .spec import DatasetSpec, ResourcesSpec, SpecError, SweepSpec
 from .sqlite_store import check_sqlite_store
 from .storage import Storage
 
 log = logging.getLogger(__name__)
-TIMEOUT = float(os.environ.get("KDSWEEP_CHECK_TIMEOUT", "8"))  # seconds per server check
+TIMEOUT = env_number("KDSWEEP_CHECK_TIMEOUT", 8.0)  # seconds per server check
 
 
 def check_dataset(d: DatasetSpec) -> ImageData:
@@ -63,8 +63,9 @@ def _unwritable(path: Path) -> Path | None:
     return None if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK) else existing
 
 
-def check_storage(uri: str) -> None:
-    """The storage is a writable directory (local/NFS) or a reachable bucket (S3)."""
+def check_storage(uri: str, reading: bool = False) -> None:
+    """The storage is a writable directory (local/NFS) or a reachable bucket (S3); ``reading``:
+    one that exists already (for a command that only reads: nothing there is a typo)."""
     try:
         storage = Storage(uri)
     except (ValueError, OSError) as e:
@@ -73,7 +74,10 @@ def check_storage(uri: str) -> None:
         path = Path(storage.root)
         if path.exists() and not path.is_dir():
             raise SpecError(f"storage: {path} is a file, not a directory")
-        if (existing := _unwritable(path)) is not None:
+        if reading and not path.exists():
+            raise SpecError(f"storage: {path} does not exist: nothing was stored there (check "
+                            "the path)")
+        if not reading and (existing := _unwritable(path)) is not None:
             raise SpecError(f"storage: {existing} is not a writable directory")
         return
     bucket = storage.root.split("/", 1)[0]
@@ -95,11 +99,6 @@ def check_tracking(uri: str) -> None:
     moved."""
     if uri.startswith(("http://", "https://")):
         _bounded(f"tracking_uri: {uri}", lambda: _probe_server(uri))
-        return
-    if uri.startswith("file:"):
-        path = Path(urlparse(uri).path)
-        if (existing := _unwritable(path)) is not None:
-            raise SpecError(f"tracking_uri: cannot write {path}: {existing} is not writable")
         return
     if uri.startswith("sqlite:///"):
         path = Path(uri.removeprefix("sqlite:///"))

@@ -32,6 +32,7 @@ from kd_core.train import resolve_device
 from .ledger import Ledger, digest_file, flag_corrupt, read_json_checked
 from .plan import students_per_teacher
 from .resume import trained_model
+from .settings import env_number
 from .spec import DatasetSpec, SweepSpec, TrainSpec
 from .storage import node_cache
 
@@ -114,7 +115,7 @@ def cache_dir() -> Path:
 
 def cache_limit() -> float:
     """Bytes of banks a node keeps (KDSWEEP_CACHE_GB, default 100); least recently used go."""
-    return float(os.environ.get("KDSWEEP_CACHE_GB", "100")) * 2**30
+    return env_number("KDSWEEP_CACHE_GB", 100.0) * 2**30
 
 
 def cached(rel: str) -> Path:

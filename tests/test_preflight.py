@@ -93,15 +93,25 @@ def test_a_half_made_store_is_refused_and_left_as_it_is(tmp_path):
          r"tracking_uri: .*important.db is not an MLflow SQLite store \(no MLflow tables"),
         (lambda tmp, port: {"tracking_uri": f"sqlite:///{tmp / 'empty.txt'}"},
          r"tracking_uri: .*empty.txt is not an MLflow SQLite store \(no MLflow tables"),
-        (lambda tmp, port: {"tracking_uri": f"file://{tmp / 'a-file' / 'mlruns'}"},
-         r"tracking_uri: cannot write .*a-file/mlruns: .*a-file is not writable"),
+        (lambda tmp, port: {"tracking_uri": f"file://{tmp / 'mlruns'}"},
+         r"tracking_uri: file://.*mlruns is MLflow's file store, which takes no new runs"),
+        (lambda tmp, port: {"tracking_uri": "mlflow.db"},
+         r"tracking_uri: mlflow.db is MLflow's file store, which takes no new runs"),
+        (lambda tmp, port: {"storage": "mock://bucket/x"},
+         r"storage: mock:// is not supported: give a directory \(local or NFS\) or s3://"),
+        (lambda tmp, port: {"storage": "gs://bucket/x"},
+         r"storage: gs:// is not supported"),
+        (lambda tmp, port: {"dataset": {"name": "cifar100", "root": str(tmp / "no-cifar")}},
+         r"dataset: .*no-cifar"),
+        (lambda tmp, port: {"resources": {"cpu": 64}},
+         "resources: a cnn-small trial asks for cpu 64, more than this machine has"),
         (lambda tmp, port: {"storage": str(tmp / "a-file")},
          "storage: .*a-file is a file, not a directory"),
         (lambda tmp, port: {"resources": {"gpu": 1}},
          "resources: a cnn-small trial asks for gpu 1, more than this machine has"),
     ],
-    ids=["refused", "silent", "old-schema", "not-sqlite", "users-db", "empty-file", "file-ro",
-         "storage-file", "gpu"],
+    ids=["refused", "silent", "old-schema", "not-sqlite", "users-db", "empty-file", "file-store",
+         "no-scheme", "mock-storage", "gs-storage", "no-cifar", "cpu", "storage-file", "gpu"],
 )
 def test_bad_settings_stop_run_before_ray(tmp_path, kdsweep_here, monkeypatch, silent_server,
                                           setting, expect):
@@ -112,16 +122,15 @@ def test_bad_settings_stop_run_before_ray(tmp_path, kdsweep_here, monkeypatch, s
     (tmp_path / "empty.txt").write_text("")
     path = spec_file(tmp_path, **setting(tmp_path, silent_server))
     before = {p.name: p.is_file() and p.read_bytes() for p in tmp_path.iterdir()}
-    commands = [("run", str(path))]
-    if "gpu" not in expect:  # a GPU is checked where the sweep will run: `run`, `plan --measure`
-        commands.append(("plan", str(path)))
-    for args in commands:
+    for args in (("run", str(path)), ("plan", str(path))):  # plan runs every check run runs
         t0 = time.time()
         code, out, err = kdsweep_here(*args)
         seconds = time.time() - t0
         assert code == 2, out + err
-        [line] = err.splitlines()  # one line, no traceback
-        assert re.search(expect, line), line
+        # one line, no traceback (a spec's own fields: the file, then the field)
+        lines = err.splitlines()
+        assert len(lines) == (2 if lines[0].endswith("invalid sweep spec:") else 1), err
+        assert re.search(expect, lines[-1]), err
         assert seconds < 30  # the check gives up after 2 s; the rest is importing, under load
     # no store, no Ray session, and every file there before untouched, byte for byte
     assert {p.name: p.is_file() and p.read_bytes() for p in tmp_path.iterdir()} == before
@@ -143,3 +152,45 @@ def test_printed_commands_paste_into_a_shell(tmp_path):
             tmp_path, tracking_uri=f"sqlite:///{old}").read_text())).tracking_uri)
     pasted = re.search(r"`(mlflow db upgrade .*)`", str(e.value))[1]
     assert shlex.split(pasted) == ["mlflow", "db", "upgrade", f"sqlite:///{old}"]
+
+
+def test_status_names_storage_it_cannot_read(tmp_path, kdsweep_here, monkeypatch):
+    """`status` on a path with a typo said "1 pending" (exit 0); with the S3 endpoint down it
+    printed an OSError traceback. Both: one line naming the storage, exit 2, nothing made."""
+    monkeypatch.setattr(preflight, "TIMEOUT", 2.0)
+    typo = spec_file(tmp_path, storage=str(tmp_path / "no-such-store"))
+    code, out, err = kdsweep_here("status", typo)
+    assert code == 2 and out == ""
+    assert err.strip() == (f"kdsweep status: error: storage: {tmp_path / 'no-such-store'} does "
+                           "not exist: nothing was stored there (check the path)")
+    assert not (tmp_path / "no-such-store").exists()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nobody there
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    down = spec_file(tmp_path, storage="s3://bucket/x")
+    code, out, err = kdsweep_here("status", down)
+    [line] = err.splitlines()
+    assert code == 2 and line.startswith("kdsweep status: error: storage: s3://bucket/x"), err
+
+
+def test_bad_environment_settings_name_the_variable(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    # a process of its own: the setting is read when its module is first imported
+    out = subprocess.run([sys.executable, "-m", "sweeps.cli", "run", str(spec_file(tmp_path))],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                         env={**os.environ, "KDSWEEP_LEASE_TTL": "two minutes"})
+    assert out.returncode == 2
+    assert out.stderr.strip() == ("kdsweep run: error: KDSWEEP_LEASE_TTL: not a number (got "
+                                  "'two minutes')")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
+
+
+def test_a_spec_nested_too_deeply_is_one_error(tmp_path, kdsweep_here):
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("a: " + "[" * 20000 + "]" * 20000 + "\n")
+    code, _, err = kdsweep_here("plan", deep)
+    assert code == 2 and err.strip() == (
+        f"kdsweep plan: error: {deep}: nested too deeply to be a sweep spec")

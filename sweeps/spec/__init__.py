@@ -66,7 +66,7 @@ class SweepSpec(_Strict):
     @classmethod
     def _tracking_uri(cls, v):
         if not v.strip():
-            raise ValueError("empty: give sqlite:///FILE, file:///DIR or a server's http(s) URL")
+            raise ValueError("empty: give sqlite:///FILE or a server's http(s) URL")
         _no_userinfo(v, "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD")
         scheme = urlparse(v).scheme.split("+")[0]
         if scheme in DATABASES:
@@ -77,8 +77,14 @@ class SweepSpec(_Strict):
                 f"a {scheme} database is used through an MLflow server: start one on it "
                 "(cluster/mlflow/start-mlflow.sh) and give its http(s) URL"
             )
-        schemes = ("sqlite", "http", "https", "file")
-        if scheme and scheme not in schemes:
+        if scheme in ("", "file"):
+            # MLflow 3 keeps its file store for reading old runs only: it refuses new ones
+            raise ValueError(
+                f"{v} is MLflow's file store, which takes no new runs in this MLflow: give "
+                "sqlite:///FILE (a local store) or a server's http(s) URL"
+            )
+        schemes = ("sqlite", "http", "https")
+        if scheme not in schemes:
             raise ValueError(f"unsupported scheme {scheme!r}: use one of {', '.join(schemes)}")
         return v
 
@@ -210,6 +216,8 @@ def load_spec(path: str | Path) -> SweepSpec:
         ) from None
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+        return parse_spec(data, str(path))
     except yaml.YAMLError as e:
         raise SpecError(f"{path}: not valid YAML: {e}") from None
-    return parse_spec(data, str(path))
+    except RecursionError:
+        raise SpecError(f"{path}: nested too deeply to be a sweep spec") from None

@@ -48,7 +48,7 @@ class Tracker:
         # Called before each run is created: the driver's lease check, so a driver that lost
         # its lease (paused past its TTL) never adds a second run for a trial.
         self.fence = lambda: None
-        local = spec.tracking_uri.startswith(("sqlite:", "file:"))
+        local = spec.tracking_uri.startswith("sqlite:")
         self.writer = Writer(self.client, local, self._unsent, queue_size)
 
     # ---- what callers use: each call only enqueues ----------------------------------------

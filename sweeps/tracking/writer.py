@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
 import queue
 import threading
 from collections.abc import Callable
@@ -25,10 +24,12 @@ from concurrent.futures import ThreadPoolExecutor
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
+from ..settings import env_number
+
 log = logging.getLogger(__name__)
 # Concurrent log_batch requests to a tracking server (one run each): a server's workers and its
 # database take them in parallel; an embedded SQLite store has one writer and gets one.
-SENDERS = int(os.environ.get("KDSWEEP_MLFLOW_SENDERS", "4"))
+SENDERS = env_number("KDSWEEP_MLFLOW_SENDERS", 4, integer=True)
 BATCH = 1000  # MLflow's limit of metrics per log_batch request
 
 Pending = dict[str, list[Metric]]  # run id -> metrics to send
