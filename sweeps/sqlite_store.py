@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import faults
 from .spec import SpecError
-from .storage import node_cache
+from .storage import StorageFull, is_full, node_cache
 
 # A table kdsweep adds to each store it makes, so a check can tell its own stores from others;
 # it also records the folder the store's locations are written under.
@@ -52,17 +52,25 @@ def prepare_store(tracking_uri: str) -> None:
     for stale in path.parent.glob(f".{path.name}.creating-*"):  # left by a killed creation
         stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.creating-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    _migrated(tmp)
-    faults.reached("store-creating")
-    folder = str(path.resolve().parent)
-    with sqlite3.connect(tmp) as db:
-        db.execute(f"CREATE TABLE {STORE_MARK} (created_by TEXT, folder TEXT)")
-        db.execute(f"INSERT INTO {STORE_MARK} VALUES ('kdsweep', ?)", (folder,))
-        # MLflow's Default experiment keeps its artifacts beside the store too (not in the
-        # working directory of whoever made it)
-        db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
-                   (f"{folder}/{ARTIFACTS}/0",))
-    os.replace(tmp, path)
+    try:
+        _migrated(tmp)
+        faults.reached("store-creating")
+        folder = str(path.resolve().parent)
+        with contextlib.closing(sqlite3.connect(tmp)) as db, db:
+            db.execute(f"CREATE TABLE {STORE_MARK} (created_by TEXT, folder TEXT)")
+            db.execute(f"INSERT INTO {STORE_MARK} VALUES ('kdsweep', ?)", (folder,))
+            # MLflow's Default experiment keeps its artifacts beside the store too (not in the
+            # working directory of whoever made it)
+            db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                       (f"{folder}/{ARTIFACTS}/0",))
+        os.replace(tmp, path)
+    except BaseException as e:
+        for f in tmp.parent.glob(f"{tmp.name}*"):  # the copy and any journal of it
+            f.unlink(missing_ok=True)
+        if is_full(e):
+            raise StorageFull(f"tracking_uri {tracking_uri}: no space left creating the MLflow "
+                              "store; free space, then run the same command again") from None
+        raise
 
 
 def _migrated(tmp: Path) -> None:

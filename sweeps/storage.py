@@ -105,11 +105,14 @@ class StorageFull(OSError):
         return self.strerror
 
 
-def _is_full(e: BaseException) -> bool:
-    # pyarrow's filesystems raise a plain OSError whose text carries the errno
-    return isinstance(e, OSError) and (
-        e.errno in (errno.ENOSPC, errno.EDQUOT) or "[errno 28]" in str(e).lower()
-    )
+def is_full(e: BaseException) -> bool:
+    """Storage (or a database on it) refused a write for lack of space or quota."""
+    # pyarrow's filesystems raise a plain OSError whose text carries the errno; SQLite says
+    # "database or disk is full" (through MLflow and SQLAlchemy, in the message's text)
+    text = str(e).lower()
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return "[errno 28]" in text or "database or disk is full" in text
 
 
 class Storage:
@@ -161,7 +164,7 @@ class Storage:
             if self.is_local:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
-            if _is_full(e):
+            if is_full(e):
                 raise StorageFull(
                     f"storage {self.uri}: no space left writing {rel}; free space, then run "
                     "the same command again (what is stored is kept)"

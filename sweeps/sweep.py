@@ -109,6 +109,7 @@ def export_results(plan: Plan, snapshot: Snapshot, tracker: Tracker) -> str:
     """The Parquet file in storage and on the parent run; returns its URI."""
     tracker.flush()  # every run created and known before the rows name them
     uri = write_results(plan, snapshot, tracker.runs)
+    tracker.raise_if_full()  # the results are in storage; MLflow's copies wait for space
     faults.reached("mid-export")
     with tempfile.TemporaryDirectory() as d:
         rel = snapshot.ledger.results_file(plan.spec)

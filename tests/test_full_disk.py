@@ -65,3 +65,54 @@ def test_a_full_disk_stops_the_run_cleanly_and_a_rerun_finishes_it(tmp_path, sma
     for key in rows.key:  # every epoch of every trial, once
         result = json.loads((small_disk / "store" / trial_file(key, "result.json")).read_text())
         assert [h["epoch"] for h in result["history"]] == list(range(1, spec.train.epochs + 1))
+
+
+def tmpfs(path, size: str):
+    path.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {made.stderr.strip()}")
+    return path
+
+
+def test_an_mlflow_store_on_a_full_disk_is_one_line_and_a_rerun_fills_it_in(tmp_path,
+                                                                           run_here):
+    """Defect 7: creating the store on a full disk printed an ENOSPC traceback and left a
+    300 KB `.mlflow.db.creating-*`; a store filling mid-run printed ~107 SQLAlchemy tracebacks,
+    then exit 1. Now: one line naming tracking_uri, exit 2, nothing left; freed, the same
+    command fills MLflow in, every epoch once."""
+    from mlflow.tracking import MlflowClient
+
+    disk = tmpfs(tmp_path / "disk", "512k")  # the empty store is ~950 KB
+    spec_path = write_spec(tmp_path, name="full-store", chains=[["cnn-small", "cnn-small"]],
+                           train={"epochs": 3, "batch_size": 64, "lr": 0.05},
+                           grid={"loss": ["kl", "mse"], "tau": [4], "seeds": [0, 1],
+                                 "baselines": False},
+                           tracking_uri=f"sqlite:///{disk / 'mlflow.db'}")
+    try:
+        code, log = run(spec_path, tmp_path)
+        assert code == 2 and "Traceback" not in log, log[-3000:]
+        assert log.strip().splitlines()[-1] == (
+            f"kdsweep run: error: tracking_uri sqlite:///{disk / 'mlflow.db'}: no space left "
+            "creating the MLflow store; free space, then run the same command again")
+        assert list(disk.iterdir()) == []
+        # room for the store and a little: it fills up while the sweep runs
+        subprocess.run(["mount", "-o", "remount,size=1100k", str(disk)], check=True)
+        code, log = run(spec_path, tmp_path)
+        assert code == 2 and "Traceback" not in log, log[-3000:]
+        assert log.strip().splitlines()[-1].startswith(
+            f"kdsweep run: error: tracking_uri sqlite:///{disk / 'mlflow.db'}: no space left "
+            "for MLflow's writes; free space, then run the same command again")
+        assert log.count("no space left") == 2  # the writer's one warning, and the error
+        subprocess.run(["mount", "-o", "remount,size=32m", str(disk)], check=True)
+        assert run_here(spec_path) == 0  # the same command, in this process
+        client = MlflowClient(f"sqlite:///{disk / 'mlflow.db'}")
+        exp = client.get_experiment_by_name("full-store")
+        runs = client.search_runs([exp.experiment_id], "tags.`kdsweep.role` = 'trial'")
+        assert len(runs) == 6 and {r.info.status for r in runs} == {"FINISHED"}
+        for r in runs:
+            steps = [m.step for m in client.get_metric_history(r.info.run_id, "train_loss")]
+            assert sorted(steps) == [1, 2, 3]
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

@@ -9,6 +9,7 @@ The parent run is sweep_run.py; the transport, a queue and one writer thread, is
 
 from __future__ import annotations
 
+import logging
 import time
 
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
@@ -19,7 +20,7 @@ from ..plan import Trial
 from ..record import TrialResult
 from ..spec import SweepSpec
 from ..sqlite_store import prepare_store
-from ..storage import Storage
+from ..storage import Storage, StorageFull
 from .names import ANALYSIS_PREFIX, finite, param, unlogged
 from .sweep_run import SweepRun, git_commit, ui_command
 from .writer import Writer
@@ -27,6 +28,12 @@ from .writer import Writer
 __all__ = ["ANALYSIS_PREFIX", "STATE_TAG", "Tracker", "git_commit", "ui_command"]
 PARENT_TAG = "mlflow.parentRunId"
 STATE_TAG = "kdsweep.state"  # the trial's ledger.TrialState once it ended
+
+
+def _raised_to_the_caller(record: logging.LogRecord) -> bool:
+    """MLflow's SQL store logs every database error with its traceback, then raises it: the
+    writer reports each (one line; once for a full store), so MLflow's own copy is dropped."""
+    return not record.getMessage().startswith("SQLAlchemy database error")
 
 
 class Tracker:
@@ -39,6 +46,7 @@ class Tracker:
     def __init__(self, spec: SweepSpec, storage: Storage, queue_size: int = 10_000):
         self.spec, self.storage = spec, storage
         prepare_store(spec.tracking_uri)
+        logging.getLogger("mlflow.store.db.utils").addFilter(_raised_to_the_caller)
         self.client = MlflowClient(tracking_uri=spec.tracking_uri)
         self.sweep = SweepRun(self.client, spec, storage)
         self.experiment_id, self.parent_id = self.sweep.experiment_id, self.sweep.run_id
@@ -79,6 +87,13 @@ class Tracker:
     @property
     def failed_writes(self) -> int:
         return self.writer.failed_writes
+
+    def raise_if_full(self) -> None:
+        """StorageFull when the store refused writes for lack of space (the writer stopped)."""
+        if self.writer.full is not None:
+            raise StorageFull(f"tracking_uri {self.spec.tracking_uri}: no space left for MLflow's "
+                              "writes; free space, then run the same command again (it fills "
+                              "MLflow in from storage)")
 
     def __enter__(self) -> Tracker:
         return self

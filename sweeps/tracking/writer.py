@@ -5,7 +5,8 @@ inside tune.report and Tune's loop never blocks on a database or server round tr
 takes everything queued at once: metric items are gathered into one log_batch per run (sent in
 parallel to a server, whose workers take them at once; one at a time into an embedded SQLite
 store, a single writer); any other call keeps its place in the order, after the metrics queued
-before it. Errors never stop the writer: they are counted and logged (a rerun fills them in).
+before it. Errors never stop the writer: they are counted and logged (a rerun fills them in);
+once the store says it is full, the rest is dropped uncounted by the store (``full``).
 
 MLflow's own async logging (``log_batch(..., synchronous=False)``) was measured side by side
 and is slower on both stores (benchmarks/RESULTS.md, "MLflow's async logging"): it sends one
@@ -25,6 +26,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from ..settings import env_number
+from ..storage import is_full
 
 log = logging.getLogger(__name__)
 # Concurrent log_batch requests to a tracking server (one run each): a server's workers and its
@@ -46,6 +48,7 @@ class Writer:
                  on_unsent: Callable[[str, set[int]], None], queue_size: int = 10_000):
         self.client, self.on_unsent = client, on_unsent
         self.failed_writes = 0
+        self.full: Exception | None = None  # the error that said the store is full
         self._queue: queue.Queue = queue.Queue(queue_size)
         senders = 1 if local else SENDERS
         self._senders = ThreadPoolExecutor(senders, "mlflow-send") if senders > 1 else None
@@ -101,11 +104,20 @@ class Writer:
                 return
 
     def _guarded(self, fn, *args) -> None:
+        if self.full is not None:  # nothing more fits: what is left is dropped, not tried
+            self.failed_writes += 1
+            return
         try:
             fn(*args)
         except Exception as e:  # keep the sweep and the writer going; a rerun fills it in
             self.failed_writes += 1
-            log.warning("MLflow write failed (a rerun of the sweep fills it in): %s", e)
+            if is_full(e):
+                self.full = e
+                log.warning("MLflow: the store has no space left; no more writes are tried "
+                            "(free space and rerun the sweep: it fills them in)")
+                return
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            log.warning("MLflow write failed (a rerun of the sweep fills it in): %s", first)
 
     def _one(self, item: tuple, pending: Pending) -> None:
         kind, fn, args = item
