@@ -95,12 +95,39 @@ def write_results(plan: Plan, snapshot: Snapshot, runs: dict[str, str]) -> str:
     return snapshot.ledger.storage.uri_of(rel)
 
 
+# Columns a results file must have (identity and outcome); later ones default when absent
+# (files written before they existed: report/load.py fills them in).
+REQUIRED = [name for name, _ in IDENTITY] + ["test_acc"]
+
+
 def read_results(uris: list[str]) -> pd.DataFrame:
-    """Load one or more results files (local or s3://) into one frame, tagged by source."""
+    """Load one or more results files (local or s3://) into one frame, tagged by source. A
+    file that is missing, not Parquet, or not kdsweep's (a column missing or of another type)
+    is a ValueError naming it and what is wrong."""
     frames = []
     for uri in uris:
         storage = Storage(uri.rsplit("/", 1)[0]) if "/" in uri else Storage(".")
-        table = pq.read_table(io.BytesIO(storage.read_bytes(uri.rsplit("/", 1)[-1])))
+        try:
+            data = storage.read_bytes(uri.rsplit("/", 1)[-1])
+        except FileNotFoundError:
+            raise ValueError(f"{uri}: no such results file") from None
+        try:
+            table = pq.read_table(io.BytesIO(data))
+        except (pa.ArrowException, OSError) as e:
+            raise ValueError(f"{uri}: not a Parquet file ({str(e).splitlines()[0]})") from None
+        if missing := [c for c in REQUIRED if c not in table.column_names]:
+            raise ValueError(f"{uri}: not a kdsweep results file (no column "
+                             f"{', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''})")
+        known = [f for f in SCHEMA if f.name in table.column_names]
+        for field in known:
+            have = table.schema.field(field.name).type
+            if have != field.type and not pa.types.is_null(have):
+                try:
+                    table = table.set_column(table.column_names.index(field.name), field,
+                                             table[field.name].cast(field.type))
+                except (pa.ArrowException, ValueError):
+                    raise ValueError(f"{uri}: column {field.name} holds {have}, not "
+                                     f"{field.type}: not a kdsweep results file") from None
         df = table.to_pandas()
         df["source"] = uri
         frames.append(df)

@@ -1,6 +1,7 @@
 """`kdsweep report` on a small results table whose numbers are worked out by hand."""
 
 import math
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -237,3 +238,36 @@ def test_c5_counts_the_runs_that_did_not_learn(tmp_path):
     students, df = frame(tmp_path, values)
     assert c5(students, df).table.loc["g1 A>B", "did not learn"] == "1 of 6"
     assert students.stuck.sum() == 1 and not df[df.generation == 0].stuck.any()
+
+
+def test_results_that_are_not_kdsweeps_are_one_line(tmp_path, kdsweep_here, monkeypatch):
+    """Defect 7: a foreign, empty, column-missing or mistyped Parquet raised KeyError or
+    TypeError, a corrupt one was named '<Buffer>', and `report --experiment X` created
+    ./mlflow.db. Each is now one line naming the file, exit 2, nothing written."""
+    monkeypatch.chdir(tmp_path)
+    good = pa.Table.from_pylist(rows(), schema=SCHEMA)
+    files = {
+        "foreign": pa.table({"a": [1, 2], "b": ["x", "y"]}),
+        "empty": good.slice(0, 0),
+        "missing": good.drop_columns(["seed"]),
+        "mistyped": good.set_column(good.column_names.index("generation"), "generation",
+                                    pa.array(["first"] * len(good))),
+    }
+    expect = {
+        "foreign": r"foreign.parquet: not a kdsweep results file \(no column sweep, cluster",
+        "empty": r"no finished trials in .*empty.parquet",
+        "missing": r"missing.parquet: not a kdsweep results file \(no column seed\)",
+        "mistyped": r"mistyped.parquet: column generation holds string, not int32",
+        "corrupt": r"corrupt.parquet: not a Parquet file",
+    }
+    for name, table in files.items():
+        pq.write_table(table, tmp_path / f"{name}.parquet")
+    (tmp_path / "corrupt.parquet").write_bytes(b"PAR1" + bytes(100))
+    for name, pattern in expect.items():
+        code, out, err = kdsweep_here("report", tmp_path / f"{name}.parquet", "--out", "rep")
+        [line] = err.splitlines()
+        assert code == 2 and re.search(pattern, line), (name, err)
+    code, _, err = kdsweep_here("report", "--experiment", "X", "--out", "rep")
+    assert code == 2 and "no MLflow store at mlflow.db" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"{n}.parquet" for n in expect)  # no mlflow.db, no report folder

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import sys
+from pathlib import Path
 
 import pandas as pd
 from mlflow.tracking import MlflowClient
@@ -44,6 +45,8 @@ def load(
         if column not in df:  # results written before the column existed
             df[column] = df["cluster"] if column == "trained_on" else None
     df = _once(df)
+    if df.empty:  # nothing to derive from: the caller says there is nothing to report
+        return df, specs
     df["setting"] = [setting_name(r.generation, r.loss, r.tau, r.alpha) for r in df.itertuples()]
     df["student"] = [student_name(r.generation, r.chain) for r in df.itertuples()]
     df["origin"] = df["cluster"] + "/" + df["sweep"]
@@ -59,6 +62,10 @@ def load(
 def from_mlflow(tracking_uri: str, experiment: str) -> pd.DataFrame:
     """The trial rows of an MLflow experiment (every cluster's runs), in the Parquet's columns,
     for a researcher who has the MLflow server but not the clusters' storage."""
+    if tracking_uri.startswith("sqlite:///"):  # read only: never made by reading it
+        path = Path(tracking_uri.removeprefix("sqlite:///"))
+        if not path.is_file():
+            raise ValueError(f"--tracking-uri {tracking_uri}: no MLflow store at {path}")
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
