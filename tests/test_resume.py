@@ -445,3 +445,59 @@ def test_clock_skew_neither_steals_nor_blocks_the_lease(tmp_path):
     for r in runs:
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "train_loss")]
         assert sorted(steps) == list(range(1, EPOCHS + 1)), steps
+
+
+MLFLOW_KILL_SEED = 20261204
+
+
+def test_twenty_real_time_kills_inside_mlflow_writes_then_rerun(tmp_path):
+    """A sweep whose trials are all stored and whose SQLite store has none of their runs: each
+    start writes run after run (the writer's busiest phase, every write an SQLite transaction).
+    SIGKILLed 20 times at seeded moments inside that phase, each time followed by the same
+    command: every rerun starts (a hot journal left by a kill is rolled back, not refused), and
+    the last one ends with one run per trial, every epoch once."""
+    from testkit.fabricate import fabricate
+
+    spec_path = write_spec(tmp_path, name="kills", chains=[["cnn-small", "cnn-small"]],
+                           train={"epochs": 3, "batch_size": 64, "lr": 0.05},
+                           grid={"loss": ["kl", "mse"], "tau": [1, 2, 4, 8, 16],
+                                 "seeds": list(range(30)), "baselines": False})
+    spec = parse_spec(yaml.safe_load(spec_path.read_text()))
+    keys = {t.key for t in fabricate(spec)}
+    db = tmp_path / "mlflow.db"
+    rng = random.Random(MLFLOW_KILL_SEED)
+    log = tmp_path / "driver.log"
+    hot = 0
+    try:
+        for i in range(20):
+            start = len(log.read_bytes()) if log.exists() else 0
+            driver = start_driver(spec_path, tmp_path)
+            deadline = time.time() + 120
+            while b"mlflow ui --backend-store-uri" not in log.read_bytes()[start:]:
+                assert driver.poll() is None and time.time() < deadline, (
+                    i, log.read_text()[-3000:])
+                time.sleep(0.02)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                driver.wait(rng.uniform(0.05, 0.6))  # the parent run is there: the trials next
+            assert driver.poll() is None, (i, "ended before its kill", log.read_text()[-2000:])
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait(10)
+            journal = tmp_path / "mlflow.db-journal"
+            hot += journal.exists() and journal.stat().st_size > 0
+        print(f"20 kills, {hot} of them inside an SQLite transaction (a hot journal left)")
+        assert hot >= 1  # the window is the subject: some kills must land inside a write
+        final = start_driver(spec_path, tmp_path)
+        assert final.wait(300) == 0, log.read_text()[-3000:]
+        assert "Traceback" not in log.read_text()
+    finally:
+        kill_leftovers(tmp_path, remove=True)
+    client = MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name("kills")
+    runs = client.search_runs([exp.experiment_id], "tags.`kdsweep.role` = 'trial'",
+                              max_results=1000)
+    assert sorted(r.data.tags["kdsweep.key"] for r in runs) == sorted(keys)  # one run each
+    for r in runs:
+        assert r.info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "train_loss")]
+        assert sorted(steps) == [1, 2, 3], steps
+    assert len(client.search_runs([exp.experiment_id], "tags.`kdsweep.role` = 'sweep'")) == 1
