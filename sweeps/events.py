@@ -27,15 +27,15 @@ class SweepEvents:
     """
 
     def __init__(self, plan: Plan, snapshot: Snapshot, tracker: Tracker, progress: Progress,
-                 fence: Callable[[], None] = lambda: None):
+                 fence: Callable[[], int | None] = lambda: None):
         self.plan, self.snapshot, self.ledger = plan, snapshot, snapshot.ledger
         self.tracker, self.progress, self.fence = tracker, progress, fence
 
     def added(self, trial: Trial) -> None:
         """A trial new to the sweep (sampled by optuna, or below a sampled one)."""
         if self.plan.add(trial):
-            self.fence()
-            self.ledger.save_trial_list(self.plan.spec, [t.to_dict() for t in self.plan.trials])
+            self.ledger.save_trial_list(self.plan.spec, [t.to_dict() for t in self.plan.trials],
+                                        self.fence())
         self.progress.add(trial)
 
     def reused(self, trial: Trial, record: TrialResult) -> None:

@@ -208,10 +208,11 @@ class DriverLease(Lease):
     def fence(self) -> int:
         return int(self.me.get("fence", 0))
 
-    def check(self) -> None:
+    def check(self) -> int:
         """Before a write to the sweep's shared state (the trial list, results, MLflow runs):
-        still the holder, or ``on_lost`` now."""
+        still the holder, or ``on_lost`` now. Returns the fence, which such a write carries."""
         self.holds()
+        return self.fence
 
     def acquire(self, out=None) -> None:
         """Take the lease. A holder seen renewing it makes this raise SpecError naming it; one

@@ -265,8 +265,11 @@ class Ledger:
             "trials")
         return trials if isinstance(trials, list) else None
 
-    def save_trial_list(self, spec, trials: list[dict]) -> None:
-        self.storage.write_json(sweep_file(spec, "trials.json"), {"trials": trials})
+    def save_trial_list(self, spec, trials: list[dict], fence: int | None = None) -> None:
+        """``fence``: the number of the driver lease it is written under (carried, to tell
+        which driver wrote it)."""
+        self.storage.write_json(sweep_file(spec, "trials.json"),
+                                {"fence": fence, "trials": trials})
 
     @staticmethod
     def results_file(spec) -> str:

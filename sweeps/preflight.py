@@ -12,15 +12,17 @@ import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow.fs as pafs
-
-from kd_core.data import ImageData, load_dataset
 
 from .settings import env_number
 from .spec import DatasetSpec, ResourcesSpec, SpecError, SweepSpec
 from .sqlite_store import check_sqlite_store
 from .storage import Storage
+
+if TYPE_CHECKING:
+    from kd_core.data import ImageData
 
 log = logging.getLogger(__name__)
 TIMEOUT = env_number("KDSWEEP_CHECK_TIMEOUT", 8.0)  # seconds per server check
@@ -29,6 +31,8 @@ TIMEOUT = env_number("KDSWEEP_CHECK_TIMEOUT", 8.0)  # seconds per server check
 def check_dataset(d: DatasetSpec) -> ImageData:
     """Fail before any work when the dataset cannot be read here."""
     try:
+        from kd_core.data import load_dataset  # torch: not for `kdsweep status`
+
         return load_dataset(d.name, root=d.root, download=d.download)
     except (FileNotFoundError, ValueError) as e:
         raise SpecError(f"dataset: {e}") from None

@@ -82,12 +82,14 @@ def row(plan: Plan, trial: Trial, state: TrialState, result: TrialResult | None,
     return out
 
 
-def write_results(plan: Plan, snapshot: Snapshot, runs: dict[str, str]) -> str:
+def write_results(plan: Plan, snapshot: Snapshot, runs: dict[str, str],
+                  fence: int | None = None) -> str:
     """Write every planned trial's state and result to the sweep's Parquet file; return its
-    URI."""
+    URI. ``fence``: the driver lease's number it is written under (in the file's metadata)."""
     rows = [row(plan, t, snapshot.state(t.key), snapshot.result(t.key), runs.get(t.key))
             for t in plan.trials]
-    table = pa.Table.from_pylist(rows, schema=SCHEMA)
+    table = pa.Table.from_pylist(rows, schema=SCHEMA.with_metadata(
+        {"kdsweep.fence": str(fence)}))
     buf = io.BytesIO()
     pq.write_table(table, buf)
     rel = snapshot.ledger.results_file(plan.spec)

@@ -105,10 +105,11 @@ def make_scheduler(
     )
 
 
-def export_results(plan: Plan, snapshot: Snapshot, tracker: Tracker) -> str:
-    """The Parquet file in storage and on the parent run; returns its URI."""
+def export_results(plan: Plan, snapshot: Snapshot, tracker: Tracker, fence: int) -> str:
+    """The Parquet file in storage (carrying the driver lease's ``fence``) and on the parent
+    run; returns its URI."""
     tracker.flush()  # every run created and known before the rows name them
-    uri = write_results(plan, snapshot, tracker.runs)
+    uri = write_results(plan, snapshot, tracker.runs, fence)
     tracker.raise_if_full()  # the results are in storage; MLflow's copies wait for space
     faults.reached("mid-export")
     with tempfile.TemporaryDirectory() as d:
@@ -202,8 +203,7 @@ def _train_and_export(
         tracker.fence = lease.check
         tracker.sweep.start()
         print("\n".join(tracker.sweep.links()), file=out, flush=True)
-        lease.check()
-        ledger.save_trial_list(spec, [t.to_dict() for t in plan.trials])
+        ledger.save_trial_list(spec, [t.to_dict() for t in plan.trials], lease.check())
         # reconcile and record what storage holds, train the rest
         sources = samplers(spec, plan)
         progress = Progress(plan, snapshot.state, out)
@@ -215,8 +215,7 @@ def _train_and_export(
             searcher = DependencySearcher(scheduler, spec.search.metric)
             run_experiment(spec, ledger, searcher, events, lease.token)
         # export
-        lease.check()
-        uri = export_results(plan, snapshot, tracker)
+        uri = export_results(plan, snapshot, tracker, lease.check())
         ok = all(s in (TrialState.DONE, TrialState.STOPPED_EARLY)
                  for s in progress.state.values())  # diverged, failed or skipped: FAILED
         tracker.close("FINISHED" if ok else "FAILED")

@@ -84,12 +84,16 @@ def test_an_mlflow_store_on_a_full_disk_is_one_line_and_a_rerun_fills_it_in(tmp_
     command fills MLflow in, every epoch once."""
     from mlflow.tracking import MlflowClient
 
+    from testkit.fabricate import fabricate
+
     disk = tmpfs(tmp_path / "disk", "512k")  # the empty store is ~950 KB
     spec_path = write_spec(tmp_path, name="full-store", chains=[["cnn-small", "cnn-small"]],
                            train={"epochs": 3, "batch_size": 64, "lr": 0.05},
-                           grid={"loss": ["kl", "mse"], "tau": [4], "seeds": [0, 1],
+                           grid={"loss": ["kl", "mse"], "tau": [1, 4], "seeds": list(range(10)),
                                  "baselines": False},
                            tracking_uri=f"sqlite:///{disk / 'mlflow.db'}")
+    # trials stored (no training): each run's MLflow writes are what fills the store
+    keys = {t.key for t in fabricate(load_spec(spec_path))}
     try:
         code, log = run(spec_path, tmp_path)
         assert code == 2 and "Traceback" not in log, log[-3000:]
@@ -109,8 +113,10 @@ def test_an_mlflow_store_on_a_full_disk_is_one_line_and_a_rerun_fills_it_in(tmp_
         assert run_here(spec_path) == 0  # the same command, in this process
         client = MlflowClient(f"sqlite:///{disk / 'mlflow.db'}")
         exp = client.get_experiment_by_name("full-store")
-        runs = client.search_runs([exp.experiment_id], "tags.`kdsweep.role` = 'trial'")
-        assert len(runs) == 6 and {r.info.status for r in runs} == {"FINISHED"}
+        runs = client.search_runs([exp.experiment_id], "tags.`kdsweep.role` = 'trial'",
+                                  max_results=1000)
+        assert sorted(r.data.tags["kdsweep.key"] for r in runs) == sorted(keys)
+        assert {r.info.status for r in runs} == {"FINISHED"}
         for r in runs:
             steps = [m.step for m in client.get_metric_history(r.info.run_id, "train_loss")]
             assert sorted(steps) == [1, 2, 3]

@@ -92,3 +92,35 @@ def test_model_fault_names_what_is_wrong(tmp_path):
     assert ledger.model_fault("k") is None
     ledger.storage.write_bytes(rel, flipped(data, tensor_offset(data) + 1))
     assert "fails its SHA-256" in ledger.model_fault("k")
+
+
+def test_moved_aside_is_said_once_the_file_has_moved(tmp_path):
+    """Defect 8: the "moved aside" warning was printed before the move."""
+    import logging
+
+    storage = Storage(str(tmp_path))
+    rel = trial_file("k", "result.json")
+    storage.write_bytes(rel, b"{ torn")
+    seen = []
+
+    class Look(logging.Handler):
+        def emit(self, record):
+            seen.append((record.getMessage(), storage.exists(rel)))
+
+    look = Look(logging.WARNING)
+    logging.getLogger("sweeps").addHandler(look)
+    try:
+        assert Ledger(storage).result("k") is None
+    finally:
+        logging.getLogger("sweeps").removeHandler(look)
+    [(message, still_there)] = seen
+    assert "moved aside to" in message and not still_there
+
+
+def test_a_lost_lease_names_its_holder_or_says_it_is_gone():
+    """Defect 8: a lost claim named "host None, pid None"."""
+    from sweeps.lease import holder
+
+    assert holder({"host": "n1", "pid": 7, "fence": 3}) == "host n1, pid 7, lease 3"
+    assert holder({}) == "since released, or not a lease"
+    assert "None" not in holder({"token": "x"})

@@ -191,6 +191,7 @@ def test_help_is_fast_and_user_errors_are_one_line(tmp_path):
     spec = tmp_path / "s.yaml"
     spec.write_text((CONFIGS / "digits.yaml").read_text().replace(
         "./kdsweep-results", str(tmp_path / "store")))
+    (tmp_path / "store").mkdir()  # nothing stored yet
     code = (f"import sys\nfrom sweeps import cli\ncli.main(['status', {str(spec)!r}])\n"
             "print('torch' in sys.modules, 'ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
