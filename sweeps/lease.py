@@ -167,8 +167,12 @@ class Lease:
         """One heartbeat; False ends them."""
         return self.renew()
 
+    def interval(self) -> float:
+        """Seconds between heartbeats."""
+        return beat()
+
     def _heartbeat(self) -> None:
-        while not self._stop.wait(beat()):
+        while not self._stop.wait(self.interval()):
             try:
                 if not self._beat():
                     return
@@ -261,6 +265,12 @@ class TrialClaim(Lease):
         each heartbeat reads (a worker gives its claim up once its driver is superseded)."""
         super().__init__(storage, trial_file(key, "claim.lease"), driver=driver, sweep=sweep)
         self.superseded: dict | None = None
+
+    def interval(self) -> float:
+        """Every TTL/4 (30 s by default): no one waits to see a claim renewed, and a trial's
+        two requests per beat (its driver's lease read, the claim's renewal) stay cheap on S3
+        with hundreds of trials running."""
+        return max(beat(), TTL / 4)
 
     def _beat(self) -> bool:
         if self.me["sweep"] is not None:

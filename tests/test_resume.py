@@ -28,7 +28,14 @@ from sweeps.resume import SLOTS, TrialCheckpoints
 from sweeps.spec import parse_spec
 from sweeps.sqlite_store import prepare_store
 from sweeps.storage import Storage
-from testkit.drivers import EPOCHS, kill_leftovers, start_driver, write_spec
+from testkit.drivers import (
+    EPOCHS,
+    DriverForks,
+    kill_leftovers,
+    ray_dir,
+    start_driver,
+    write_spec,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -481,28 +488,29 @@ def test_twenty_real_time_kills_inside_mlflow_writes_then_rerun(tmp_path):
     rng = random.Random(MLFLOW_KILL_SEED)
     log = tmp_path / "driver.log"
     hot = 0
+    # each driver forked from one that has imported its modules: the kills cost no imports
+    forks = DriverForks({"RAY_TMPDIR": ray_dir(tmp_path)})
     try:
         for i in range(20):
             start = len(log.read_bytes()) if log.exists() else 0
-            driver = start_driver(spec_path, tmp_path)
+            pid = forks.start(tmp_path, "run", spec_path)
             deadline = time.time() + 120
-            while b"mlflow ui --backend-store-uri" not in log.read_bytes()[start:]:
-                assert driver.poll() is None and time.time() < deadline, (
-                    i, log.read_text()[-3000:])
+            while not log.exists() or b"mlflow ui --backend" not in log.read_bytes()[start:]:
+                assert time.time() < deadline, (i, log.exists() and log.read_text()[-3000:])
                 time.sleep(0.02)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                driver.wait(rng.uniform(0.05, 0.6))  # the parent run is there: the trials next
-            assert driver.poll() is None, (i, "ended before its kill", log.read_text()[-2000:])
-            os.killpg(driver.pid, signal.SIGKILL)
-            driver.wait(10)
+            time.sleep(rng.uniform(0.05, 0.6))  # the parent run is there: the trials' next
+            os.killpg(pid, signal.SIGKILL)
+            assert forks.wait() == -signal.SIGKILL, (i, "ended before its kill",
+                                                     log.read_text()[-2000:])
             journal = tmp_path / "mlflow.db-journal"
             hot += journal.exists() and journal.stat().st_size > 0
         print(f"20 kills, {hot} of them inside an SQLite transaction (a hot journal left)")
         assert hot >= 1  # the window is the subject: some kills must land inside a write
-        final = start_driver(spec_path, tmp_path)
+        final = start_driver(spec_path, tmp_path)  # a plain process, as a user runs it
         assert final.wait(300) == 0, log.read_text()[-3000:]
         assert "Traceback" not in log.read_text()
     finally:
+        forks.close()
         kill_leftovers(tmp_path, remove=True)
     client = MlflowClient(f"sqlite:///{db}")
     exp = client.get_experiment_by_name("kills")
