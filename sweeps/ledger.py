@@ -32,15 +32,19 @@ driver reads each stored result once per run (snapshot.py); `kdsweep status` rea
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import time
 from enum import StrEnum
 
+import pyarrow.fs as pafs
+
 from kd_core.seal import CheckpointError, unseal
 
 from .record import TrialResult
-from .storage import Storage
+from .storage import Storage, node_cache
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +119,30 @@ def read_json_checked(storage: Storage, rel: str, repair: bool = True,
     return data
 
 
+class Proven(dict):
+    """Models this node has proven (uri -> [size, mtime_ns]), kept in its cache between runs
+    (storage.node_cache): a rerun reads a stored model again only when it changed. A file
+    damaged in place under the same size and time is still caught where it is read (a student
+    proves its teacher's model)."""
+
+    FILE = "proven-models.json"
+
+    @classmethod
+    def load(cls) -> Proven:
+        try:
+            return cls(json.loads((node_cache() / cls.FILE).read_text()))
+        except (OSError, ValueError, TypeError):
+            return cls()
+
+    def save(self) -> None:
+        path = node_cache() / self.FILE
+        with contextlib.suppress(OSError):  # a cache: a read-only home proves every time
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(self))
+            os.replace(tmp, path)
+
+
 class Ledger:
     """Trials' files in one storage. ``repair``: quarantine corrupt files found on reading (a
     driver under its lease, a trial's own worker); False for readers that must change nothing
@@ -160,20 +188,24 @@ class Ledger:
     def has_model(self, key: str) -> bool:
         return self.storage.exists(trial_file(key, "model.pt"))
 
-    def model_fault(self, key: str) -> str | None:
+    def model_fault(self, key: str, proven: Proven | None = None) -> str | None:
         """What is wrong with a trained model in storage: "gone", or the file fails its
-        SHA-256 (kd_core.checkpoint.unseal); None when its bytes are proven."""
+        SHA-256 (kd_core.checkpoint.unseal); None when its bytes are proven. ``proven``: files
+        this node proved before, read again only when their size or time changed."""
         rel = trial_file(key, "model.pt")
+        info = self.storage.fs.get_file_info(self.storage.path(rel))
+        if info.type != pafs.FileType.File:
+            return "gone"
+        stamp = [info.size, info.mtime_ns]
+        uri = self.storage.uri_of(rel)
+        if proven is not None and proven.get(uri) == stamp:
+            return None
         try:
-            data = self.storage.read_bytes(rel)
-        except OSError:
-            if not self.storage.exists(rel):
-                return "gone"
-            raise
-        try:
-            unseal(data, self.storage.uri_of(rel))
+            unseal(self.storage.read_bytes(rel), uri)
         except CheckpointError as e:
             return str(e)
+        if proven is not None:
+            proven[uri] = stamp
         return None
 
     def failure(self, key: str) -> dict | None:

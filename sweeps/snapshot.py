@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
-from .ledger import Ledger, TrialState, trial_file
+from .ledger import Ledger, Proven, TrialState, trial_file
 from .record import TrialResult
 
 log = logging.getLogger(__name__)
@@ -94,8 +94,11 @@ def reconcile(
     # checkpoints, else trains what they lack (a teacher before its students).
     done = sorted(k for k in {t.key for t in trials} | set(teachers)
                   if snapshot.state(k) is TrialState.DONE)
+    proven = Proven.load()
     with ThreadPoolExecutor(max_workers=16) as pool:
-        faults = dict(zip(done, pool.map(ledger.model_fault, done), strict=True))
+        faults = dict(zip(done, pool.map(lambda k: ledger.model_fault(k, proven), done),
+                          strict=True))
+    proven.save()
     for key, fault in faults.items():
         if fault is None:
             continue

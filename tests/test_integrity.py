@@ -124,3 +124,20 @@ def test_a_lost_lease_names_its_holder_or_says_it_is_gone():
     assert holder({"host": "n1", "pid": 7, "fence": 3}) == "host n1, pid 7, lease 3"
     assert holder({}) == "since released, or not a lease"
     assert "None" not in holder({"token": "x"})
+
+
+def test_a_model_changed_after_this_node_proved_it_is_proven_again(tmp_path, monkeypatch):
+    from sweeps.ledger import Proven
+
+    monkeypatch.setenv("KDSWEEP_CACHE", str(tmp_path / "cache"))
+    ledger = Ledger(Storage(str(tmp_path / "store")))
+    rel = trial_file("k", "model.pt")
+    data = checkpoint_bytes(state(4))
+    ledger.storage.write_bytes(rel, data)
+    proven = Proven.load()
+    assert ledger.model_fault("k", proven) is None and len(proven) == 1
+    proven.save()
+    again = Proven.load()
+    assert again == proven  # kept between runs, in the node's cache
+    ledger.storage.write_bytes(rel, flipped(data, tensor_offset(data) + 3))  # same size
+    assert "fails its SHA-256" in ledger.model_fault("k", again)
