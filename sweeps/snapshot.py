@@ -75,10 +75,9 @@ def reconcile(
     # What the snapshot found corrupt before the lease was held (read without repairing): read
     # again, now repairing (a file rewritten whole meanwhile is kept).
     ledger.repair = True
-    for rel in sorted(ledger.found):
+    for rel in sorted(r for r in ledger.found if r.endswith("/result.json")):
         fence()
-        if rel.endswith("/result.json"):
-            snapshot.reread(rel.split("/")[1])
+        snapshot.reread(rel.split("/")[1])
     ledger.found.clear()
 
     def repair(key: str, how: Callable[[str], None]) -> None:
