@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from .spec import GridSpec, SweepSpec
 
@@ -178,6 +178,10 @@ def student_settings(grid: GridSpec) -> list[tuple[str, float | None, float]]:
 class Plan:
     spec: SweepSpec
     generations: list[list[Trial]]  # generations[g]: generation g, in a stable order
+    keys: set[str] = field(init=False)  # every trial's key: a lookup, not a scan
+
+    def __post_init__(self):
+        self.keys = {t.key for gen in self.generations for t in gen}
 
     @property
     def trials(self) -> list[Trial]:
@@ -185,8 +189,9 @@ class Plan:
 
     def add(self, trial: Trial) -> bool:
         """Add a trial found at run time (sampled); False if the plan holds it already."""
-        if any(t.key == trial.key for t in self.trials):
+        if trial.key in self.keys:
             return False
+        self.keys.add(trial.key)
         while len(self.generations) <= trial.generation:
             self.generations.append([])
         self.generations[trial.generation].append(trial)

@@ -4,8 +4,9 @@ elapsed time and an ETA, or read back from storage."""
 from __future__ import annotations
 
 import io
+import math
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
 
 from .ledger import Ledger, TrialState
@@ -35,24 +36,36 @@ def duration(seconds: float) -> str:
 
 
 class Progress:
-    """Trial states by key; prints one line per generation whenever a state changes."""
+    """Trial states by key, with counts per generation kept per event (O(1) each); prints a
+    generation's line when its counts change, at most one round of lines per ``every``
+    seconds (a rerun that records 100,000 stored trials prints a few lines, not 100,000)."""
 
-    def __init__(self, plan: Plan, state: Callable[[str], TrialState], out):
+    def __init__(self, plan: Plan, state: Callable[[str], TrialState], out,
+                 every: float = 1.0):
         """``state``: a planned trial's state as this run starts (Snapshot.state)."""
-        self.out = out
+        self.out, self.every = out, every
         self.t0 = time.monotonic()
         self.state = {t.key: state(t.key) for t in plan.trials}
         self.generation = {t.key: t.generation for t in plan.trials}
         self.ended_before = {k for k, s in self.state.items() if s.ended}
+        self.by_generation: dict[int, Counter] = defaultdict(Counter)
+        for k, s in self.state.items():
+            self.by_generation[self.generation[k]][s] += 1
+        self.ended_now = 0  # trials that ended in this run (the ETA's rate)
+        self.left = sum(not s.ended for s in self.state.values())
+        self.changed: set[int] = set()  # generations whose line is not printed yet
+        self.printed = -math.inf  # when the last round of lines was printed
 
     def add(self, trial: Trial) -> None:
         """Track a trial created at run time (sampled by a searcher, or below a sampled one)."""
         if trial.key not in self.state:
             self.state[trial.key] = TrialState.PENDING
             self.generation[trial.key] = trial.generation
+            self.by_generation[trial.generation][TrialState.PENDING] += 1
+            self.left += 1
 
     def counts(self, generation: int) -> Counter:
-        return Counter(s for k, s in self.state.items() if self.generation[k] == generation)
+        return self.by_generation[generation]
 
     def line(self, generation: int) -> str:
         c = self.counts(generation)
@@ -66,11 +79,9 @@ class Progress:
 
     def eta(self, elapsed: float) -> str:
         """The sweep's remaining time at the rate trials ended so far in this run."""
-        ended = sum(1 for k, s in self.state.items() if s.ended and k not in self.ended_before)
-        left = sum(1 for s in self.state.values() if not s.ended)
-        if not ended or not left:
+        if not self.ended_now or not self.left:
             return ""
-        return f", sweep ETA {duration(elapsed / ended * left)}"
+        return f", sweep ETA {duration(elapsed / self.ended_now * self.left)}"
 
     def warn(self, key: str, message: str) -> None:
         """A warning a trial's worker raised (its own log stays on its node)."""
@@ -81,9 +92,27 @@ class Progress:
         print(f"[{duration(elapsed):>8}] {text}{self.eta(elapsed)}", file=self.out, flush=True)
 
     def set(self, key: str, state: TrialState) -> None:
-        if self.state.get(key) != state:
-            self.state[key] = state
-            self._print(self.line(self.generation[key]))
+        old = self.state.get(key)
+        if old == state:
+            return
+        self.state[key] = state
+        g = self.generation[key]
+        self.by_generation[g][old] -= 1
+        self.by_generation[g][state] += 1
+        was_ended = old is not None and old.ended
+        self.left += was_ended - state.ended
+        if key not in self.ended_before:
+            self.ended_now += state.ended - was_ended
+        self.changed.add(g)
+        if time.monotonic() - self.printed >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        """Print the line of each generation whose counts changed since the last round."""
+        for g in sorted(self.changed):
+            self._print(self.line(g))
+        self.changed.clear()
+        self.printed = time.monotonic()
 
     def bank(self, teacher: Trial, seconds: float | None, error: str | None) -> None:
         what = f"bank of {teacher.chain} (noise {teacher.noise_rate:g}, seed {teacher.seed})"
