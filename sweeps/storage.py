@@ -120,6 +120,7 @@ class Storage:
         if uri.startswith("s3://"):
             self.fs, root = s3_filesystem(uri)
             self.uri = f"s3://{root}"
+            self._settings_uri = uri  # with its query (an endpoint), for the boto3 client
         elif "://" in uri and not uri.startswith("file://"):
             raise ValueError(f"{uri.split('://')[0]}:// is not supported: give a directory "
                              "(local or NFS) or s3://bucket/prefix")
@@ -223,7 +224,7 @@ class Storage:
 
     @cached_property
     def _s3(self):
-        return s3_client(self.uri)
+        return s3_client(self._settings_uri)
 
     def _bucket_key(self, rel: str) -> tuple[str, str]:
         bucket, _, key = self.path(rel).partition("/")
