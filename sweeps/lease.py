@@ -70,6 +70,17 @@ class Watch:
         return now - self.since
 
 
+def read_lease(storage: Storage, rel: str) -> tuple[dict, str | None]:
+    """A lease as stored and its version ({} and None when there is none; {} and a version for
+    an object that is not a lease: it is watched like any other)."""
+    data, version = storage.read_versioned(rel)
+    try:
+        held = json.loads(data) if data is not None else {}
+    except ValueError:
+        held = {}
+    return (held if isinstance(held, dict) else {}), version
+
+
 class Lease:
     def __init__(self, storage: Storage, rel: str, **tags):
         self.storage, self.rel = storage, rel
@@ -89,14 +100,7 @@ class Lease:
         self.lost: dict | None = None
 
     def read(self) -> tuple[dict, str | None]:
-        """The lease as stored and its version ({} and None when there is none; {} and a version
-        for an object that is not a lease: it is watched like any other)."""
-        data, version = self.storage.read_versioned(self.rel)
-        try:
-            held = json.loads(data) if data is not None else {}
-        except ValueError:
-            held = {}
-        return (held if isinstance(held, dict) else {}), version
+        return read_lease(self.storage, self.rel)
 
     def _write(self, expect: str | None) -> bool:
         """Write this holder's lease if storage still holds version ``expect``."""
@@ -274,7 +278,7 @@ class TrialClaim(Lease):
 
     def _beat(self) -> bool:
         if self.me["sweep"] is not None:
-            held, version = Lease(self.storage, self.me["sweep"]).read()
+            held, version = read_lease(self.storage, self.me["sweep"])
             if version is not None and held.get("token") != self.me["driver"]:
                 self.superseded = held
                 self.release()
