@@ -31,7 +31,7 @@ def _plan(args) -> int:
     plan = build_plan(spec)
     data = None
     if not args.offline:  # every check `run` makes before Ray (this machine's resources too,
-        data = check_all(spec, local=args.address is None)  # unless a cluster is named)
+        data = check_all(spec, args.address)  # unless a cluster is named)
     done = set()
     if args.check_storage:  # read only: a plan changes nothing
         ledger = Ledger(Storage(spec.storage), repair=False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import socket
 import threading
 import urllib.error
 import urllib.request
@@ -169,10 +170,35 @@ def check_fits(resources: ResourcesSpec, models: list[str], have: dict[str, floa
                 )
 
 
-def check_all(spec: SweepSpec, local: bool) -> ImageData:
-    """Every check that needs no Ray; ``local``: the sweep will start its own Ray here."""
+def check_cluster(address: str) -> None:
+    """Something answers at the Ray cluster's address (a TCP connect to its head, bounded): a
+    typo or a stopped head is one line here, before anything is written, instead of minutes of
+    Ray's own retries. ``auto`` is checked where it names an address (RAY_ADDRESS, as inside
+    `ray job submit`); otherwise Ray finds the cluster itself."""
+    target = os.environ.get("RAY_ADDRESS", "") if address == "auto" else address
+    target = target.split("://", 1)[-1].rstrip("/")
+    if not target or target in ("auto", "local"):
+        return
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise SpecError(f"--address {address}: not HOST:PORT (the head's GCS address, as "
+                        "`ray start --head` prints it), nor auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=TIMEOUT).close()
+    except OSError as e:
+        raise SpecError(
+            f"--address {address}: no Ray cluster answers at {host}:{port} "
+            f"({e.strerror or e}); start its head (`ray start --head`), or leave --address out "
+            "to run on a Ray of this sweep's own") from None
+
+
+def check_all(spec: SweepSpec, address: str | None) -> ImageData:
+    """Every check that needs no Ray: the sweep will join the cluster at ``address``, or start
+    its own Ray here (None: it must fit this machine)."""
+    if address is not None:
+        check_cluster(address)
     check_storage(spec.storage)
     check_tracking(spec.tracking_uri)
-    if local:
+    if address is None:
         check_fits(spec.resources, spec.architectures, local_resources())
     return check_dataset(spec.dataset)

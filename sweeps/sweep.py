@@ -146,7 +146,7 @@ def run_sweep(
     if max_trials is not None and len(plan.trials) > max_trials:
         raise GridTooLarge(f"the grid plans {len(plan.trials)} trials (more than {max_trials}); "
                            "check it with `kdsweep plan`, then run it with --large")
-    data = check_all(spec, local=address is None)
+    data = check_all(spec, address)
     # each stored result read once in this run (a trial that ends from here on, trained by an
     # orphaned worker of a dead driver, is found by its worker's claim and recorded then);
     # read only: what is corrupt is repaired in reconcile, under the lease

@@ -194,3 +194,30 @@ def test_a_spec_nested_too_deeply_is_one_error(tmp_path, kdsweep_here):
     code, _, err = kdsweep_here("plan", deep)
     assert code == 2 and err.strip() == (
         f"kdsweep plan: error: {deep}: nested too deeply to be a sweep spec")
+
+
+def test_a_cluster_that_does_not_answer_is_one_line_before_anything_is_written(
+        tmp_path, kdsweep_here, monkeypatch):
+    """Issue 29, item 7: `--address` with nothing listening left the driver in Ray's retries
+    for minutes, its lease and store already written."""
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    monkeypatch.setattr(preflight, "TIMEOUT", 2.0)
+    path = spec_file(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    port = free_port()
+    for args in (("run", path, "--address", f"127.0.0.1:{port}"),
+                 ("plan", path, "--address", f"127.0.0.1:{port}")):
+        t0 = time.time()
+        code, _, err = kdsweep_here(*args)
+        [line] = err.splitlines()
+        assert code == 2 and time.time() - t0 < 30
+        assert line == (f"kdsweep {args[0]}: error: --address 127.0.0.1:{port}: no Ray cluster "
+                        f"answers at 127.0.0.1:{port} (Connection refused); start its head "
+                        "(`ray start --head`), or leave --address out to run on a Ray of this "
+                        "sweep's own")
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")  # what `ray job submit` sets
+    code, _, err = kdsweep_here("run", path, "--address", "auto")
+    assert code == 2 and "--address auto: no Ray cluster answers" in err
+    code, _, err = kdsweep_here("run", path, "--address", "head-without-port")
+    assert code == 2 and "--address head-without-port: not HOST:PORT" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no store, no lease, no Ray
