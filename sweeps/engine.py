@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
+import tempfile
 import time
 
 from ray import tune
@@ -29,7 +31,7 @@ from ray.tune.search import Searcher
 
 from .ledger import Ledger, TrialState
 from .scheduler import Job, Scheduler
-from .spec import ResourcesSpec, SearchSpec, SweepSpec
+from .spec import ResourcesSpec, SearchSpec, SpecError, SweepSpec
 from .storage import AWS_CREDENTIALS, STORAGE_FULL, StorageFull
 from .trial import CORRUPT_FILES, OUTCOME, WARNINGS, run_job
 
@@ -44,7 +46,7 @@ def connect(address: str | None) -> None:
         return
     quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
     if address:
-        ray.init(address=address, **quiet)
+        _join(address, quiet)
         return
     # Going around Ray: ray.init turns a node address of 127.0.0.1 into the machine's external
     # IP unless Ray believes clusters are off (as on macOS); its processes then bind loopback.
@@ -63,6 +65,45 @@ def connect(address: str | None) -> None:
             os.environ.pop(key)
         else:
             os.environ[key] = before
+
+
+def _join(address: str, quiet: dict) -> None:
+    """ray.init(address) with Ray's own retry lines held back (its core logs each failed try to
+    the process's stderr: twenty lines for a refused token): shown as they were when it joins,
+    replaced by one line naming the address and what to do when it cannot (SpecError)."""
+    import ray
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            ray.init(address=address, **quiet)
+            error = None
+        except (ConnectionError, RuntimeError, ray.exceptions.RayError) as e:
+            error = e
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        held.seek(0)
+        said = held.read()
+    if error is None:
+        sys.stderr.buffer.write(said)
+        sys.stderr.flush()
+        return
+    chain, e = [], error
+    while e is not None:
+        chain.append(f"{type(e).__name__}: {e}")
+        e = e.__cause__ or e.__context__
+    text = "\n".join(chain) + said.decode(errors="replace")
+    if "InvalidAuthToken" in text or "AuthenticationError" in text:
+        raise SpecError(
+            f"--address {address}: the cluster refused this driver's token (InvalidAuthToken): "
+            "set RAY_AUTH_MODE=token and the cluster's token (`ray get-auth-token`, or "
+            "RAY_AUTH_TOKEN_PATH) in this environment") from None
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    raise SpecError(f"--address {address}: could not join the Ray cluster ({first})") from None
 
 
 class DependencySearcher(Searcher):

@@ -154,6 +154,8 @@ def run_sweep(
     done = snapshot.ended()
     print(plan.describe(done), file=out, flush=True)
     faults.arm()
+    if address is not None:  # a cluster is joined (or refused, in one line) before the lease
+        connect(address)
     # one driver per sweep and cluster, before Ray starts
     lease = DriverLease(storage, sweep_file(spec, "driver.lease"))
     lease.on_lost = lambda held: _superseded(lease, held)

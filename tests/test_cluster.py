@@ -159,3 +159,39 @@ def test_credentials_reach_jobs_from_the_nodes_file_and_no_ray_file(tmp_path):
         assert leaks == []
     finally:
         cluster.stop()
+
+
+def test_a_cluster_that_refuses_the_token_is_one_line_before_anything_is_written(tmp_path):
+    """Issue 29, item 7: a driver without the cluster's token (or with another one) printed
+    Ray's twenty InvalidAuthToken lines and a traceback, exit 1, its store already made."""
+    cluster = Cluster()
+    other = tmp_path / "other-home"
+    other.mkdir()
+    subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "get-auth-token", "--generate"],
+                   check=True, capture_output=True, timeout=60, env={**cluster.env,
+                                                                    "HOME": str(other)})
+    try:
+        cluster.start_head()
+        address = f"127.0.0.1:{cluster.gcs_port}"
+        drivers = {}
+        for name, env in {
+            "no-token": {k: v for k, v in cluster.env.items() if not k.startswith("RAY_AUTH")},
+            "wrong-token": {**cluster.env,
+                            "RAY_AUTH_TOKEN_PATH": str(other / ".ray" / "auth_token")},
+        }.items():
+            folder = tmp_path / name
+            folder.mkdir()
+            spec = write_spec(folder)
+            drivers[name] = (folder, subprocess.Popen(  # both at once: Ray retries for ~20 s
+                [sys.executable, "-m", "sweeps.cli", "run", str(spec), "--address", address],
+                cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        for name, (folder, driver) in drivers.items():
+            out, err = driver.communicate(timeout=180)
+            assert driver.returncode == 2, (name, err[-3000:])
+            assert err.strip() == (
+                f"kdsweep run: error: --address {address}: the cluster refused this driver's "
+                "token (InvalidAuthToken): set RAY_AUTH_MODE=token and the cluster's token "
+                "(`ray get-auth-token`, or RAY_AUTH_TOKEN_PATH) in this environment"), name
+            assert sorted(p.name for p in folder.iterdir()) == ["spec.yaml"]  # nothing written
+    finally:
+        cluster.stop()
