@@ -1,5 +1,6 @@
-"""The paper's claims (shared/paper.md, C1-C6) as tables, each row a group the claim speaks of
-(a student, i.e. architecture and lineage, at one noise rate) and each with the verdict its data
+"""The paper's claims (C1-C6: docs/claims.md states them, with the paper's numbers and sources)
+as tables, each row a group the claim speaks of (a student, i.e. architecture and lineage, at
+one noise rate) and each with the verdict its data
 supports: consistent, inconsistent, or inconclusive at this n.
 
 Every verdict rests on named tests, Holm-adjusted over the claim's family (every test of every
