@@ -204,9 +204,7 @@ def holder(held: dict) -> str:
 
 
 class DriverLease(Lease):
-    def __init__(self, storage: Storage, rel: str):
-        """``rel``: the sweep's lease file (ledger.sweep_file(spec, "driver.lease"))."""
-        super().__init__(storage, rel)
+    """The sweep's lease (``rel``: ledger.sweep_file(spec, "driver.lease"))."""
 
     @property
     def token(self) -> str:

@@ -39,8 +39,6 @@ import os
 import time
 from enum import StrEnum
 
-import pyarrow.fs as pafs
-
 from kd_core.seal import CheckpointError, unseal
 
 from .record import TrialResult
@@ -193,10 +191,8 @@ class Ledger:
         SHA-256 (kd_core.checkpoint.unseal); None when its bytes are proven. ``proven``: files
         this node proved before, read again only when their size or time changed."""
         rel = trial_file(key, "model.pt")
-        info = self.storage.fs.get_file_info(self.storage.path(rel))
-        if info.type != pafs.FileType.File:
+        if (stamp := self.storage.stamp(rel)) is None:
             return "gone"
-        stamp = [info.size, info.mtime_ns]
         uri = self.storage.uri_of(rel)
         if proven is not None and proven.get(uri) == stamp:
             return None

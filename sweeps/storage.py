@@ -144,8 +144,13 @@ class Storage:
         """(storage_path, storage_filesystem) for Ray Tune's RunConfig."""
         return (self.path(rel), None) if self.is_local else (self.path(rel), self.fs)
 
+    def stamp(self, rel: str) -> list[int] | None:
+        """The object's [size, mtime_ns] (what tells a changed file), None when there is none."""
+        info = self.fs.get_file_info(self.path(rel))
+        return [info.size, info.mtime_ns] if info.type == pafs.FileType.File else None
+
     def exists(self, rel: str) -> bool:
-        return self.fs.get_file_info(self.path(rel)).type == pafs.FileType.File
+        return self.stamp(rel) is not None
 
     def read_bytes(self, rel: str) -> bytes:
         with self.fs.open_input_stream(self.path(rel)) as f:
