@@ -73,7 +73,7 @@ def main():
     # What `kdsweep plan --measure` reads on a GPU: allocator peak plus the CUDA context.
     cfg = TrainConfig(epochs=1, loss="kl", tau=4.0, device="cuda")
     p = profile_run(RunSpec("synthetic", "wrn-16-2", cfg), "wrn-28-4", "shared", 5, data)
-    assert p.peak > 0 and p.context > 0 and p.teacher_path == "shared-bank", p
+    assert p.peak > 0 and p.context > 0 and p.teacher_path == "shared", p
     print(f"profile wrn-16-2 from a wrn-28-4 bank: peak {p.peak / GiB:.2f} GiB, "
           f"context {p.context / GiB:.2f} GiB, step {p.step_seconds * 1e3:.1f} ms on {p.device}")
     figures["trial_gpu_gib"] = (p.peak + p.context) / GiB
