@@ -2,9 +2,10 @@
 memory (no storage, no Ray): each phase's cost per operation at each N and its growth exponent
 between the smallest and the largest N (0: flat; 1: each operation scans the sweep).
 
-Phases so far: ``plan.add`` (a trial found at run time joins the plan: a key lookup) and
+Phases so far: ``plan.add`` (a trial found at run time joins the plan: a key lookup),
 ``progress.set`` (one trial's state changes: the generation's counts and the ETA kept per
-event). The sizes run interleaved, rotated each round (harness.py); figures are microseconds
+event) and ``scheduler`` (the pure scheduler stepped through a whole run with 64 slots, every
+teacher's bank built first, jobs ending in the order they started: cost per job handed out). The sizes run interleaved, rotated each round (harness.py); figures are microseconds
 per operation, min / median over rounds.
 
     PYTHONPATH=. .venv/bin/python benchmarks/scale.py --sizes 1000,10000,100000 --rounds 3
@@ -24,6 +25,8 @@ from benchmarks.harness import interleaved, min_med, timed  # noqa: E402
 from sweeps.ledger import TrialState  # noqa: E402
 from sweeps.plan import Plan, build_plan  # noqa: E402
 from sweeps.progress import Progress  # noqa: E402
+from sweeps.schedule import remaining_work  # noqa: E402
+from sweeps.scheduler import Scheduler  # noqa: E402
 from sweeps.spec import parse_spec  # noqa: E402
 
 TAUS = [1, 2, 4, 8, 16]  # a teacher and 6 students per seed: 7 trials
@@ -59,7 +62,40 @@ def progress_set(plan: Plan) -> float:
     return timed(events) / (2 * len(keys))
 
 
-PHASES = {"plan.add": plan_add, "progress.set": progress_set}
+class Quiet:
+    """A listener that keeps nothing (the driver's events are timed on their own)."""
+
+    def added(self, trial):
+        pass
+
+    def skipped(self, trial, reason):
+        pass
+
+
+def scheduler_run(plan: Plan, slots: int = 64) -> float:
+    """Seconds per job for a whole run: fill every slot, end the oldest job, repeat."""
+
+    def run():
+        s = Scheduler(plan.spec, plan.trials, plan.trials, models=(), banks=(), values={},
+                      priority=remaining_work(plan.spec.chains, {"cnn-small": 1.0}),
+                      wants_bank=lambda students: students > 1, listener=Quiet())
+        running, jobs = {}, 0
+        while not s.finished():
+            while len(running) < slots and (job := s.next_job()) is not None:
+                s.start(str(jobs), job)
+                running[str(jobs)] = job
+                jobs += 1
+            oldest = next(iter(running))
+            del running[oldest]
+            s.complete(oldest, model=True, value=0.5)
+        return jobs
+
+    jobs = []
+    seconds = timed(lambda: jobs.append(run()))
+    return seconds / jobs[-1]
+
+
+PHASES = {"plan.add": plan_add, "progress.set": progress_set, "scheduler": scheduler_run}
 
 
 def main() -> None:

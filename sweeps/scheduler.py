@@ -12,11 +12,17 @@ not planned ahead). Samplers (sampling.py) offer one more job while their budget
 What it knows comes from the driver's ledger snapshot at the start (which trials have models,
 which banks are stored, the search metric of stored results) and from each job's outcome as the
 run goes; it never asks storage.
+
+Every operation is O(log N) amortised in the sweep's N trials (a 100,000-trial sweep is stepped
+through in seconds: benchmarks/scale.py): ready jobs sit in a heap keyed by rank, trials whose
+teacher is not ready yet are indexed by that teacher and moved to the heap by its outcome, and
+an entry a job has left behind (started, skipped) is dropped when it reaches the top.
 """
 
 from __future__ import annotations
 
-import math
+import heapq
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -59,6 +65,12 @@ class Source(Protocol):
     def tell(self, key: str, value: float | None) -> None: ...
 
 
+# A heap entry: (-priority, class, n, ref). Among equal priority a bank goes first, then
+# trials in plan order (n), then a sampler's next sample (sources in their order); ref is a
+# trial key or a source index.
+BANK, TRAIN, SAMPLE = 0, 1, 2
+
+
 class Scheduler:
     """Args:
     spec: the sweep.
@@ -95,17 +107,42 @@ class Scheduler:
         # every trial of the sweep so far, by key
         self.trials = {t.key: t for t in [*trials, *(s.teacher for s in self.sources)]}
         self.running: dict[str, Job] = {}  # job id -> job
+        self.running_keys: set[str] = set()  # trials being trained
         self.banks: dict[str, str] = {}  # teacher key -> "build" | "building" | "go"
+        self.blocked: defaultdict[str, list[Trial]] = defaultdict(list)  # teacher not ready
+        self.heap: list[tuple[float, int, int, str | int]] = []  # ready jobs, best first
+        self.pushed = 0  # entries so far (ties among banks and samples: first pushed first)
+        self.sources_of: defaultdict[str, list[int]] = defaultdict(list)
+        for i, s in enumerate(self.sources):
+            self.sources_of[s.teacher.key].append(i)
         for t in todo:
-            self._wait(t)
-        self._settle()
+            self._register(t)
+        students = Counter(t.teacher_key for t in self.waiting.values() if t.loss != "ce")
+        for key in sorted(self.models):
+            self._decide_bank(key, students[key])
+        for t in list(self.waiting.values()):
+            k = t.teacher_key
+            if t.key not in self.waiting:
+                continue  # skipped below a skipped teacher
+            if k and k not in self.models and k not in self.waiting:
+                self._skip(t)
+            else:
+                self._place(t)
 
     # ---- the adapter's interface -----------------------------------------------------------
     def next_job(self) -> Job | None:
         """The ready job with the most work after it (None: nothing is ready now)."""
-        while (job := self._best()) is not None:
-            if (job := job()) is not None:  # a sample already trained or in flight: none
-                return job
+        while self.heap:
+            _, kind, _, ref = self.heap[0]
+            if kind == BANK and self.banks.get(ref) == "build":
+                return Job("bank", self.trials[ref])
+            if kind == TRAIN and ref in self.waiting:
+                return Job("train", self.waiting[ref])
+            if kind == SAMPLE and self.sources[ref].left() > 0:
+                if (job := self._sample(self.sources[ref])) is not None:
+                    return job
+                continue  # a sample already trained or in flight takes no slot: ask again
+            heapq.heappop(self.heap)  # started, skipped or spent since it was pushed
         return None
 
     def start(self, job_id: str, job: Job) -> None:
@@ -115,6 +152,7 @@ class Scheduler:
             self.banks[job.trial.key] = "building"
         else:
             del self.waiting[job.trial.key]
+            self.running_keys.add(job.trial.key)
 
     def complete(self, job_id: str, model: bool, value: float | None = None) -> None:
         """Job ``job_id`` ended; ``model``: it left a model in storage; ``value``: the search
@@ -123,19 +161,32 @@ class Scheduler:
         if job is None:
             return
         if job.kind == "bank":  # built or not, its students may go: without it they run online
-            self.banks[job.trial.key] = "go"
+            self._go(job.trial.key)
         else:
+            self.running_keys.discard(job.trial.key)
             self._ended(job.trial, model, value)
-        self._settle()
 
     def finished(self) -> bool:
         return not self.waiting and not self.running and not self._samples_left()
 
     # ---- dependencies ----------------------------------------------------------------------
-    def _wait(self, t: Trial) -> None:
+    def _register(self, t: Trial) -> None:
         self.trials[t.key] = t
         self.waiting[t.key] = t
         self.order[t.key] = len(self.order)
+
+    def _place(self, t: Trial) -> None:
+        """Into the ready heap, or under its teacher until the teacher is ready."""
+        k = t.teacher_key
+        if k is None or (k in self.models and self.banks.get(k) == "go"):
+            self._push(t.lineage, TRAIN, self.order[t.key], t.key)
+        else:
+            self.blocked[k].append(t)
+
+    def _push(self, lineage: tuple[str, ...], kind: int, n: int | None, ref: str | int) -> None:
+        self.pushed += 1
+        entry = (-self.priority(lineage), kind, self.pushed if n is None else n, ref)
+        heapq.heappush(self.heap, entry)
 
     def _release(self, t: Trial) -> bool:
         """A trial new to the sweep (sampled, or below a sampled one); False if known. One an
@@ -143,11 +194,12 @@ class Scheduler:
         if t.key in self.trials:
             return False
         self.listener.added(t)
-        self._wait(t)
+        self._register(t)
+        self._place(t)
         return True
 
     def _in_flight(self, key: str) -> bool:
-        return key in self.waiting or any(j.trial.key == key for j in self.running.values())
+        return key in self.waiting or key in self.running_keys
 
     def _ended(self, t: Trial, model: bool, value: float | None) -> None:
         self.values[t.key] = value
@@ -157,59 +209,47 @@ class Scheduler:
             # planned already; optuna's are not). A teacher's students are the grid or samples.
             for child in children(self.spec, [t]) if t.generation > 0 else []:
                 self._release(child)
+            students = sum(c.loss != "ce" for c in self.blocked.get(t.key, ()))
+            self._decide_bank(t.key, students)
+        else:
+            for student in self.blocked.pop(t.key, []):
+                self._skip(student)
         for s in self.sources:
             s.tell(t.key, value)
 
-    def _settle(self) -> None:
-        """Skip trials whose teacher will never have a model; decide banks of new teachers."""
-        changed = True
-        while changed:
-            changed = False
-            for t in list(self.waiting.values()):
-                k = t.teacher_key
-                if k and k not in self.models and not self._in_flight(k):
-                    del self.waiting[t.key]
-                    why = "it failed, diverged, stopped early or was skipped"
-                    self.listener.skipped(t, f"teacher {k} has no model ({why})")
-                    changed = True
-        for key in sorted(self.models - self.banks.keys()):
-            students = sum(
-                t.teacher_key == key and t.loss != "ce" for t in self.waiting.values()
-            ) + sum(s.left() for s in self.sources if s.teacher.key == key)
-            build = self.wants_bank(students) and key not in self.stored_banks
-            self.banks[key] = "build" if build else "go"
+    def _decide_bank(self, key: str, students: int) -> None:
+        """A teacher has its model: build its bank first, or let its students go now."""
+        students += sum(self.sources[i].left() for i in self.sources_of.get(key, ()))
+        if self.wants_bank(students) and key not in self.stored_banks:
+            self.banks[key] = "build"
+            self._push(self.trials[key].lineage, BANK, None, key)
+        else:
+            self._go(key)
 
-    def _ready(self, teacher_key: str | None) -> bool:
-        return teacher_key is None or (
-            teacher_key in self.models and self.banks.get(teacher_key) == "go"
-        )
+    def _go(self, key: str) -> None:
+        """Teacher ``key``'s students may start (its bank is stored, built, failed or unwanted)."""
+        self.banks[key] = "go"
+        for t in self.blocked.pop(key, []):
+            self._place(t)
+        for i in self.sources_of.get(key, ()):
+            s = self.sources[i]
+            self._push((*s.teacher.lineage, s.model), SAMPLE, i, i)
+
+    def _skip(self, t: Trial) -> None:
+        """``t`` never runs: its teacher ended without a model; nor does anything below it."""
+        stack = [(t, t.teacher_key)]
+        why = "it failed, diverged, stopped early or was skipped"
+        while stack:
+            t, k = stack.pop()
+            if self.waiting.pop(t.key, None) is None:
+                continue
+            self.listener.skipped(t, f"teacher {k} has no model ({why})")
+            stack += [(c, t.key) for c in self.blocked.pop(t.key, [])]
 
     def _samples_left(self) -> bool:
         return any(s.left() > 0 and s.teacher.key in self.models for s in self.sources)
 
     # ---- choosing --------------------------------------------------------------------------
-    def _best(self) -> Callable[[], Job | None] | None:
-        """How to make the ready job ranked first, or None when nothing is ready."""
-        best, best_rank = None, None
-
-        def offer(rank, make):
-            nonlocal best, best_rank
-            if best_rank is None or rank > best_rank:
-                best, best_rank = make, rank
-
-        for key, state in self.banks.items():
-            if state == "build":
-                teacher = self.trials[key]
-                offer((self.priority(teacher.lineage), math.inf), lambda t=teacher: Job("bank", t))
-        for t in self.waiting.values():
-            if self._ready(t.teacher_key):
-                offer((self.priority(t.lineage), -self.order[t.key]), lambda t=t: Job("train", t))
-        for s in self.sources:
-            if s.left() > 0 and self._ready(s.teacher.key):
-                rank = (self.priority((*s.teacher.lineage, s.model)), -math.inf)
-                offer(rank, lambda s=s: self._sample(s))
-        return best
-
     def _sample(self, s: Source) -> Job | None:
         """One sample of ``s``; a sample already trained or in flight is told its value when
         there is one, and takes no slot."""

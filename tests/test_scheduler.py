@@ -191,3 +191,88 @@ def test_schedule_simulation_runs_and_beats_the_barrier():
     c = compare(load_spec(ROOT / "sweeps" / "configs" / "digits.yaml"), gpus=4, seeds=1)
     assert c["bound"] <= c["dependency"] <= c["barrier"]
     assert 0 < c["busy"] <= 1
+
+
+class RandomSource:
+    """A sampler below ``teacher`` that asks for random taus (repeats included: a sample
+    already in flight or trained) from its own seeded stream."""
+
+    def __init__(self, spec, teacher, model, budget, seed):
+        import random
+
+        from sweeps.plan import make_trial
+
+        self.teacher, self.model, self.budget = teacher, model, budget
+        self.rng, self.told = random.Random(seed), []
+        self.make = lambda tau: make_trial(spec, model, teacher, loss="kl", tau=tau, alpha=1.0,
+                                           noise_rate=teacher.noise_rate, seed=teacher.seed)
+
+    def left(self):
+        return self.budget
+
+    def ask(self):
+        self.budget -= 1
+        return self.make(self.rng.choice([1.0, 2.0, 4.0]))
+
+    def tell(self, key, value):
+        self.told.append((key, value))
+
+
+def step_through(cls, spec, plan, done, stored_banks, wants, sampled, seed):
+    """A whole run of ``cls`` with random slots, random outcomes and random completion order;
+    returns every decision it made, in order."""
+    import random
+
+    rng = random.Random(seed)
+    events = Events()
+    teachers = [t for t in plan.trials if t.generation == 0]
+    sources = [RandomSource(spec, t, spec.chains[0][1], 4, seed + i)
+               for i, t in enumerate(teachers)] if sampled else []
+    trials = teachers if sampled else plan.trials
+    todo = [t for t in trials if t.key not in done]
+    s = cls(spec, trials, todo, models=done, banks=stored_banks,
+            values={k: 0.5 for k in done}, priority=work(spec),
+            wants_bank=lambda n: n >= wants, listener=events, sources=sources)
+    decisions, running, n = [], [], 0
+    while not s.finished():
+        for _ in range(rng.randint(1, 4)):
+            if (job := s.next_job()) is None:
+                break
+            s.start(str(n), job)
+            running.append(str(n))
+            decisions.append(("start", job.kind, job.trial.key))
+            n += 1
+        if not running:
+            decisions.append(("stuck",))
+            break
+        job_id = running.pop(rng.randrange(len(running)))
+        model = rng.random() > 0.2
+        s.complete(job_id, model=model, value=rng.random() if model else None)
+        decisions.append(("end", job_id, model))
+    told = [src.told for src in sources]
+    return decisions, [t.key for t in events.new], sorted(events.gone), told
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_the_indexed_scheduler_decides_as_the_scan_by_definition_does(seed):
+    """Random sweeps (three generations, banks wanted or not, some trials and banks stored,
+    a fifth of jobs failing, optuna samples in every third): the heap-and-index scheduler
+    hands out the same jobs in the same order as the scan of every trial (scheduler_oracle.py),
+    skips the same trials and tells samplers the same values."""
+    import random
+
+    from tests.scheduler_oracle import Oracle
+
+    rng = random.Random(seed)
+    spec = spec_of(bank="on", taus=(1, 4, 20), chains=[
+        ["cnn-large", "cnn-medium", "cnn-small"], ["cnn-large", "cnn-small"],
+        ["cnn-small", "cnn-medium"]])
+    spec = spec.model_copy(update={"grid": spec.grid.model_copy(update={"seeds": [0, 1]})})
+    plan = build_plan(spec)
+    done = {t.key for t in plan.trials if t.generation == 0 and rng.random() < 0.3}
+    stored = {k for k in done if rng.random() < 0.5}
+    args = (spec, plan, done, stored, rng.choice([1, 2, 99]), seed % 3 == 0, seed)
+    ours, theirs = step_through(Scheduler, *args), step_through(Oracle, *args)
+    assert ours == theirs
+    assert ("stuck",) not in ours[0]
+    assert sum(d[0] == "start" for d in ours[0]) > 5
