@@ -5,8 +5,9 @@ between the smallest and the largest N (0: flat; 1: each operation scans the swe
 Phases so far: ``plan.add`` (a trial found at run time joins the plan: a key lookup),
 ``progress.set`` (one trial's state changes: the generation's counts and the ETA kept per
 event) and ``scheduler`` (the pure scheduler stepped through a whole run with 64 slots, every
-teacher's bank built first, jobs ending in the order they started: cost per job handed out). The sizes run interleaved, rotated each round (harness.py); figures are microseconds
-per operation, min / median over rounds.
+teacher's bank built first, jobs ending in the order they started: cost per job handed out).
+The sizes run interleaved, rotated each round (harness.py); figures are microseconds per
+operation, min / median over rounds.
 
     PYTHONPATH=. .venv/bin/python benchmarks/scale.py --sizes 1000,10000,100000 --rounds 3
 """

@@ -27,7 +27,8 @@ Who writes: a trial's own worker writes its own trial's files. The driver writes
 files, the result of a trial ASHA stopped (its worker was stopped before it could), and
 repairs trials' files only in ``reconcile``, at the start of its run, under its lease. The
 driver reads each stored result once per run (snapshot.py); `kdsweep status` reads with
-``repair=False`` and changes nothing.
+``repair=False`` and changes nothing. What a driver knows of many trials at once comes from one
+listing of ``trials/`` (``Ledger.listing``), then a read of each result it lists.
 """
 
 from __future__ import annotations
@@ -117,6 +118,28 @@ def read_json_checked(storage: Storage, rel: str, repair: bool = True,
     return data
 
 
+class Listing:
+    """Which files each trial has in storage, from one listing of ``trials/``: key -> file
+    name -> [size, mtime_ns]. A file it does not hold was not there when it was taken."""
+
+    def __init__(self, files: dict[str, list[int]]):
+        self.trials: dict[str, dict[str, list[int]]] = {}
+        for rel, stamp in files.items():
+            _, key, name = rel.split("/", 2)
+            self.trials.setdefault(key, {})[name] = stamp
+
+    def names(self, key: str) -> dict[str, list[int]]:
+        return self.trials.get(key, {})
+
+    def stamp(self, key: str, name: str) -> list[int] | None:
+        return self.names(key).get(name)
+
+
+# The files that tell a trial's state without a result, in order of precedence
+STATE_FILES = (("failed.json", TrialState.FAILED), ("progress.json", TrialState.RUNNING),
+               ("claim.lease", TrialState.CLAIMED))
+
+
 class Proven(dict):
     """Models this node has proven (uri -> [size, mtime_ns]), kept in its cache between runs
     (storage.node_cache): a rerun reads a stored model again only when it changed. A file
@@ -172,26 +195,35 @@ class Ledger:
         """Ended with a valid result (trained, stopped early, diverged): never trained again."""
         return self.result(key) is not None
 
-    def state(self, key: str, result: TrialResult | None = None) -> TrialState:
-        """The trial's state from storage alone (``result``: its record, when read already)."""
+    def state(self, key: str, result: TrialResult | None = None,
+              names: dict | None = None) -> TrialState:
+        """The trial's state from storage alone (``result``: its record, when read already;
+        ``names``: its files, from a listing, when listed already)."""
         if result is not None:
             return TrialState(result.status)
-        for name, state in (("failed.json", TrialState.FAILED),
-                            ("progress.json", TrialState.RUNNING),
-                            ("claim.lease", TrialState.CLAIMED)):
-            if self.storage.exists(trial_file(key, name)):
+        for name, state in STATE_FILES:
+            listed = names is not None and name in names
+            if listed or (names is None and self.storage.exists(trial_file(key, name))):
                 return state
         return TrialState.PENDING
+
+    def listing(self) -> Listing:
+        """Every trial's files, from one listing of ``trials/`` (sharded by the keys' first hex
+        digit once it outgrows a page)."""
+        return Listing(self.storage.list_files("trials", shards="0123456789abcdef"))
 
     def has_model(self, key: str) -> bool:
         return self.storage.exists(trial_file(key, "model.pt"))
 
-    def model_fault(self, key: str, proven: Proven | None = None) -> str | None:
+    def model_fault(self, key: str, proven: Proven | None = None,
+                    listing: Listing | None = None) -> str | None:
         """What is wrong with a trained model in storage: "gone", or the file fails its
         SHA-256 (kd_core.checkpoint.unseal); None when its bytes are proven. ``proven``: files
-        this node proved before, read again only when their size or time changed."""
+        this node proved before, read again only when their size or time changed; ``listing``:
+        the model's stamp, when listed already."""
         rel = trial_file(key, "model.pt")
-        if (stamp := self.storage.stamp(rel)) is None:
+        stamp = listing.stamp(key, "model.pt") if listing else self.storage.stamp(rel)
+        if stamp is None:
             return "gone"
         uri = self.storage.uri_of(rel)
         if proven is not None and proven.get(uri) == stamp:

@@ -7,27 +7,36 @@ import logging
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
-from .ledger import Ledger, Proven, TrialState, trial_file
+from .ledger import Ledger, Listing, Proven, TrialState, trial_file
 from .record import TrialResult
+from .storage import IN_FLIGHT
 
 log = logging.getLogger(__name__)
 
 
 class Snapshot:
-    """A driver's view of its trials: each stored result read once per run (on first use),
-    then kept current by the run's own events, in memory."""
+    """A driver's view of its trials: each stored result read once per run, then kept current
+    by the run's own events, in memory. ``listing``: the trials' files when it was loaded."""
 
-    def __init__(self, ledger: Ledger):
-        self.ledger = ledger
+    def __init__(self, ledger: Ledger, listing: Listing | None = None):
+        self.ledger, self.listing = ledger, listing
         self.results: dict[str, TrialResult | None] = {}
         self.states: dict[str, TrialState] = {}
 
     @classmethod
     def load(cls, ledger: Ledger, keys: Iterable[str]) -> Snapshot:
-        """The state of ``keys`` now, each result read once."""
-        snap = cls(ledger)
+        """The state of ``keys`` now: one listing of the trials' files, then each result it
+        lists read once, ``IN_FLIGHT`` at a time (a trial with no result is a listing fact)."""
+        listing = ledger.listing()
+        snap = cls(ledger, listing)
+        keys = list(dict.fromkeys(keys))
+        stored = [k for k in keys if "result.json" in listing.names(k)]
+        with ThreadPoolExecutor(max_workers=IN_FLIGHT) as pool:
+            results = dict(zip(stored, pool.map(ledger.result, stored), strict=True))
         for key in keys:
-            snap.result(key)
+            r = results.get(key)
+            snap.results[key] = r
+            snap.states[key] = ledger.state(key, r, listing.names(key))
         return snap
 
     def result(self, key: str) -> TrialResult | None:
@@ -56,6 +65,12 @@ class Snapshot:
     def ended(self) -> set[str]:
         """Keys known to hold a result."""
         return {k for k, r in self.results.items() if r is not None}
+
+    def has_bank(self, key: str, dtype: str) -> bool:
+        """Whether trained teacher ``key``'s bank was stored when the snapshot was taken."""
+        if self.listing is None:
+            return self.ledger.has_bank(key, dtype)
+        return self.ledger.bank_file(key, dtype).rsplit("/", 1)[1] in self.listing.names(key)
 
 
 def reconcile(
@@ -94,9 +109,9 @@ def reconcile(
     done = sorted(k for k in {t.key for t in trials} | set(teachers)
                   if snapshot.state(k) is TrialState.DONE)
     proven = Proven.load()
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        faults = dict(zip(done, pool.map(lambda k: ledger.model_fault(k, proven), done),
-                          strict=True))
+    with ThreadPoolExecutor(max_workers=IN_FLIGHT) as pool:
+        faults = dict(zip(done, pool.map(
+            lambda k: ledger.model_fault(k, proven, snapshot.listing), done), strict=True))
     proven.save()
     for key, fault in faults.items():
         if fault is None:

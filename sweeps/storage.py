@@ -1,5 +1,12 @@
 """Sweep storage on a local/NFS path or an S3-compatible URI, through pyarrow's filesystems.
 
+On S3 the small, frequent requests go through boto3 instead: one GET per read, one PUT per
+write, one HEAD per look, where pyarrow's filesystem spends two to four (a HEAD before each
+read, a LIST after a 404 to look for a directory, directory markers before a write). Large
+files (models, banks, checkpoints) stream through pyarrow. ``list_files`` reads a whole tree in
+one paged listing (1,000 objects a request), its shards listed concurrently: what a driver
+knows of thousands of trials comes from listings, never from a probe per planned file.
+
 What lives where under the root is Ledger's business (ledger.py). Leases (lease.py) need one
 thing pyarrow does not offer: a write that the storage itself refuses when the object is not the
 version the writer last saw (``write_if``). S3 has it (PutObject with If-None-Match / If-Match,
@@ -14,7 +21,9 @@ import errno
 import hashlib
 import json
 import os
+import stat
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -81,7 +90,13 @@ def s3_client(uri: str):
     if "endpoint_override" in settings:
         endpoint = f"{settings['scheme']}://{settings['endpoint_override']}"
     return boto3.client("s3", region_name=settings["region"], endpoint_url=endpoint,
-                        config=Config(retries={"max_attempts": 3, "mode": "standard"}))
+                        config=Config(retries={"max_attempts": 3, "mode": "standard"},
+                                      max_pool_connections=IN_FLIGHT))
+
+
+# Requests in flight at once where a driver reads many objects (listing shards, stored results):
+# enough to hide a 20-50 ms round trip, few enough for an S3 prefix's request rate.
+IN_FLIGHT = 32
 
 
 class WriteConflict(Exception):
@@ -146,15 +161,94 @@ class Storage:
 
     def stamp(self, rel: str) -> list[int] | None:
         """The object's [size, mtime_ns] (what tells a changed file), None when there is none."""
-        info = self.fs.get_file_info(self.path(rel))
-        return [info.size, info.mtime_ns] if info.type == pafs.FileType.File else None
+        if self.is_local:
+            try:
+                st = os.stat(self.path(rel))
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            return [st.st_size, st.st_mtime_ns] if stat.S_ISREG(st.st_mode) else None
+        bucket, key = self._bucket_key(rel)
+        try:
+            r = self._s3.head_object(Bucket=bucket, Key=key)
+        except Exception as e:
+            if _missing(e):
+                return None
+            raise
+        return [r["ContentLength"], _ns(r["LastModified"])]
 
     def exists(self, rel: str) -> bool:
         return self.stamp(rel) is not None
 
     def read_bytes(self, rel: str) -> bytes:
-        with self.fs.open_input_stream(self.path(rel)) as f:
-            return f.read()
+        """The object's bytes; FileNotFoundError when there is none."""
+        if self.is_local:
+            with open(self.path(rel), "rb") as f:
+                return f.read()
+        bucket, key = self._bucket_key(rel)
+        try:
+            return self._s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except Exception as e:
+            if _missing(e):
+                raise FileNotFoundError(self.uri_of(rel)) from None
+            raise
+
+    def list_files(self, prefix: str, shards: str = "") -> dict[str, list[int]]:
+        """Every file under the folder ``prefix`` (path relative to the root -> [size,
+        mtime_ns]), in one paged listing. ``shards``: the characters every name right under
+        ``prefix`` starts with (hex digits for trial keys): a listing that does not fit one
+        page is then read as one listing per character, concurrently."""
+        prefix = prefix.rstrip("/") + "/"
+        if self.is_local:
+            return self._walk(prefix)
+        files, more = self._list(prefix, pages=1)
+        if more and shards:
+            with ThreadPoolExecutor(max_workers=min(len(shards), IN_FLIGHT)) as pool:
+                files = {}
+                for part in pool.map(lambda c: self._list(prefix + c)[0], shards):
+                    files.update(part)
+        elif more:
+            files = self._list(prefix)[0]
+        return files
+
+    def _list(self, prefix: str, pages: int | None = None) -> tuple[dict[str, list[int]], bool]:
+        """S3's ListObjectsV2 under ``prefix`` (at most ``pages`` pages); whether more is left."""
+        bucket, key = self._bucket_key(prefix)
+        files, start = {}, len(self.root) - len(bucket)
+        paginator = self._s3.get_paginator("list_objects_v2")
+        for n, page in enumerate(paginator.paginate(Bucket=bucket, Prefix=key), start=1):
+            for o in page.get("Contents", ()):
+                files[o["Key"][start:]] = [o["Size"], _ns(o["LastModified"])]
+            if pages is not None and n >= pages:
+                return files, bool(page.get("IsTruncated"))
+        return files, False
+
+    def _walk(self, prefix: str) -> dict[str, list[int]]:
+        """The local listing: the folders right under ``prefix`` scanned concurrently (a
+        network file system answers each in a round trip)."""
+        top = self.path(prefix)
+
+        def scan(folder: str) -> tuple[dict[str, list[int]], list[str]]:
+            files, folders = {}, []
+            try:
+                with os.scandir(folder) as entries:
+                    for e in entries:
+                        if e.is_dir(follow_symlinks=False):
+                            folders.append(e.path)
+                        elif e.is_file(follow_symlinks=False):
+                            st = e.stat(follow_symlinks=False)
+                            files[e.path[len(self.root) + 1:]] = [st.st_size, st.st_mtime_ns]
+            except (FileNotFoundError, NotADirectoryError):
+                pass
+            return files, folders
+
+        files, pending = {}, [top]
+        with ThreadPoolExecutor(max_workers=IN_FLIGHT) as pool:
+            while pending:
+                found = list(pool.map(scan, pending))
+                pending = [d for _, folders in found for d in folders]
+                for part, _ in found:
+                    files.update(part)
+        return files
 
     @contextlib.contextmanager
     def _writing(self, rel: str):
@@ -164,7 +258,8 @@ class Storage:
         # an S3 object appears only once complete: written in place
         tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}" if self.is_local else final
         try:
-            self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
+            if self.is_local:  # S3 has no folders
+                os.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
             yield final, tmp
         except BaseException as e:
             if self.is_local:
@@ -179,11 +274,16 @@ class Storage:
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         """Write so that readers see the old object or the whole new one, never a part."""
+        if not self.is_local:  # an S3 PUT is atomic by itself, and needs no folders
+            bucket, key = self._bucket_key(rel)
+            try:
+                self._s3.put_object(Bucket=bucket, Key=key, Body=data)
+            except Exception as e:
+                if is_full(e):
+                    raise StorageFull(f"storage {self.uri}: no space left writing {rel}") from None
+                raise
+            return
         with self._writing(rel) as (final, tmp):
-            if not self.is_local:  # an S3 PUT is atomic by itself
-                with self.fs.open_output_stream(final) as f:
-                    f.write(data)
-                return
             with open(tmp, "wb") as f:
                 f.write(data)
                 f.flush()
@@ -191,14 +291,23 @@ class Storage:
             os.replace(tmp, final)
 
     def read_json(self, rel: str) -> dict | None:
-        return json.loads(self.read_bytes(rel)) if self.exists(rel) else None
+        """The object as JSON; None when there is none (one request: no look before)."""
+        try:
+            return json.loads(self.read_bytes(rel))
+        except FileNotFoundError:
+            return None
 
     def write_json(self, rel: str, obj) -> None:
         self.write_bytes(rel, json.dumps(obj, indent=1, allow_nan=True).encode())
 
     def delete(self, rel: str) -> None:
-        if self.exists(rel):
-            self.fs.delete_file(self.path(rel))
+        """Delete the object if there is one."""
+        if not self.is_local:  # an S3 DELETE of nothing succeeds
+            bucket, key = self._bucket_key(rel)
+            self._s3.delete_object(Bucket=bucket, Key=key)
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path(rel))
 
     def upload(self, rel: str, local: Path) -> None:
         """Stream a local file into storage (no copy of it in memory); readers see the old
@@ -258,7 +367,7 @@ class Storage:
         try:
             r = self._s3.get_object(Bucket=bucket, Key=key)
         except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            if _missing(e):
                 return None, None
             raise
         return r["Body"].read(), r["ETag"]
@@ -297,6 +406,22 @@ class Storage:
                 return False
             raise
         return True
+
+
+def _ns(when) -> int:
+    """An S3 time (datetime) in ns, to the second: a listing gives milliseconds, a HEAD whole
+    seconds, and the same object must stamp the same either way."""
+    return int(when.timestamp()) * 10**9
+
+
+def _missing(e: Exception) -> bool:
+    """An S3 error that says there is no such object."""
+    from botocore.exceptions import ClientError
+
+    if not isinstance(e, ClientError):
+        return False
+    code = e.response.get("Error", {}).get("Code")
+    return code in ("NoSuchKey", "404", "NotFound")
 
 
 def _refused(e: Exception) -> bool:

@@ -94,8 +94,8 @@ def make_scheduler(
         plan.trials,
         todo,
         models=models,
-        # one look per teacher that is trained, before Tune's loop starts
-        banks={k for k in models & teachers if snapshot.ledger.has_bank(k, dtype)},
+        # from the snapshot's listing, before Tune's loop starts
+        banks={k for k in models & teachers if snapshot.has_bank(k, dtype)},
         values={k: getattr(r, spec.search.metric, None)
                 for k, r in snapshot.results.items() if r is not None},
         priority=remaining_work(spec.chains, cost),
