@@ -140,3 +140,22 @@ def mlflow_sqlite_server(workdir: Path, backend: str | None = None, workers: int
     # as start-mlflow.sh runs it: without MLflow's job runner (five more Python processes)
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     return _serve(cmd, port, workdir / "mlflow-server.log", env)
+
+
+# moto's server checks no credentials; these only satisfy the AWS clients
+S3_TEST_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@contextlib.contextmanager
+def s3_server(workdir: Path, bucket: str = "kdsweep"):
+    """moto's S3-compatible server with ``bucket`` created; yields its endpoint URL."""
+    import boto3
+
+    port = free_port()
+    cmd = [os.sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    with _serve(cmd, port, workdir / "moto.log") as endpoint:
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **{
+            "aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+        ).create_bucket(Bucket=bucket)
+        yield endpoint

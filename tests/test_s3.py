@@ -13,17 +13,16 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from sweeps.ledger import trial_file
+from sweeps.ledger import Ledger, TrialState, trial_file
 from sweeps.plan import build_plan
 from sweeps.resume import SLOTS
 from sweeps.spec import parse_spec
 from sweeps.storage import Storage
+from testkit import servers
 from testkit.drivers import (
     EPOCHS,
-    free_port,
     kill_leftovers,
     start_driver,
-    wait_for_port,
     write_spec,
 )
 
@@ -50,21 +49,9 @@ def files_holding(root, needles):
 
 
 @pytest.fixture(scope="module")
-def s3_server():
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
-                             "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        wait_for_port(port, proc)
-        endpoint = f"http://127.0.0.1:{port}"
-        boto3.client("s3", endpoint_url=endpoint, **{
-            "aws_access_key_id": "testing", "aws_secret_access_key": "testing",
-            "region_name": "us-east-1"}).create_bucket(Bucket="kdsweep")
+def s3_server(tmp_path_factory):
+    with servers.s3_server(tmp_path_factory.mktemp("moto")) as endpoint:
         yield {**CREDS, "AWS_ENDPOINT_URL": endpoint}
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_sweep_on_s3_resumes_and_reuses_teachers(s3_server, tmp_path, monkeypatch, run_here):
@@ -180,3 +167,40 @@ def test_leases_on_s3_are_conditional_writes_checked_by_the_server(s3_server, mo
     assert storage.read_json("driver.lease")["fence"] == 2
     b.release()
     assert not storage.exists("driver.lease")
+
+
+def test_state_is_one_listing_then_one_get_per_stored_result(s3_server, monkeypatch, tmp_path):
+    """A snapshot of 8 stored and 2,000 planned trials costs one LIST and 8 GETs, whatever the
+    number planned; past a page, the listing is read in 16 shards at once, each file once."""
+    from sweeps.snapshot import Snapshot
+    from testkit.fabricate import fabricate
+    from testkit.latency import LatencyProxy
+
+    for k, v in s3_server.items():
+        monkeypatch.setenv(k, v)
+    port = int(s3_server["AWS_ENDPOINT_URL"].rsplit(":", 1)[1])
+    with LatencyProxy(port, delay=0.0) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        spec = parse_spec(yaml.safe_load(write_spec(tmp_path,
+                                                    storage="s3://kdsweep/listed").read_text()))
+        stored = fabricate(spec)
+        ledger = Ledger(Storage(spec.storage), repair=False)
+        planned = [f"{i:020x}" for i in range(2000)]
+        proxy.requests.clear()
+        snap = Snapshot.load(ledger, [t.key for t in stored] + planned)
+        assert dict(proxy.requests) == {"GET": 1 + len(stored)}  # the LIST is a GET
+        assert snap.ended() == {t.key for t in stored}
+        assert all(snap.state(k) is TrialState.PENDING for k in planned)
+
+        # 1,100 more files: past a page of 1,000, so read as 16 concurrent shard listings
+        s3 = boto3.client("s3")
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda k: s3.put_object(Bucket="kdsweep",
+                                                  Key=f"listed/trials/{k}/progress.json",
+                                                  Body=b"{}"), planned[:1100]))
+        proxy.requests.clear()
+        listed = ledger.storage.list_files("trials", shards="0123456789abcdef")
+        assert len(listed) == 1100 + 2 * len(stored)  # a result and a model each
+        assert 1 + 16 <= proxy.total() <= 1 + 16 + 2  # the first page, then a page per shard

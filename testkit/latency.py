@@ -1,0 +1,83 @@
+"""A TCP proxy on 127.0.0.1 that holds each HTTP request back ``delay`` seconds before passing
+it on: an S3-compatible server on this machine answering like one a region away (20-50 ms a
+round trip). It counts the requests it passes, by method. For benchmarks/scale.py and tests.
+
+Requests are told apart by their first line (``GET /bucket?list-type=2 HTTP/1.1``) at the start
+of what the client sends; each connection is delayed on its own, so concurrent requests overlap
+their delays as they would over a network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+from collections import Counter
+
+REQUEST = re.compile(rb"^(GET|PUT|HEAD|POST|DELETE) ")
+
+
+class LatencyProxy:
+    def __init__(self, target_port: int, delay: float = 0.05):
+        self.target_port, self.delay = target_port, delay
+        self.requests: Counter = Counter()
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> LatencyProxy:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the latency proxy did not start")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def total(self) -> int:
+        return sum(self.requests.values())
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        server = self._loop.run_until_complete(
+            asyncio.start_server(self._connection, "127.0.0.1", 0))
+        self.port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        self._loop.run_forever()
+        server.close()
+
+    async def _connection(self, reader, writer) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+
+        async def upstream():
+            while data := await reader.read(1 << 16):
+                if m := REQUEST.match(data):
+                    self.requests[m.group(1).decode()] += 1
+                    await asyncio.sleep(self.delay)
+                up_writer.write(data)
+                await up_writer.drain()
+            up_writer.close()
+
+        async def downstream():
+            while data := await up_reader.read(1 << 16):
+                writer.write(data)
+                await writer.drain()
+            writer.close()
+
+        try:
+            await asyncio.gather(upstream(), downstream())
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+            up_writer.close()
