@@ -9,15 +9,31 @@ teacher's bank built first, jobs ending in the order they started: cost per job 
 The sizes run interleaved, rotated each round (harness.py); figures are microseconds per
 operation, min / median over rounds.
 
+With ``--storage local|s3`` it times what a driver does with a sweep whose every trial is
+stored (fabricated through the ledger's own writer, testkit/fabricate.py; not timed), per
+trial: ``status`` (`kdsweep status`: the plan, one listing, every listed result read),
+``reconcile`` (a rerun's snapshot and its proof of every stored model, on a node that proved
+none before) and ``export`` (the Parquet file of every trial, written to storage). On s3 the
+server is moto's on this machine behind testkit/latency.py's proxy, which holds each request
+``--latency`` seconds (a region away) and counts them: requests per trial are printed beside
+the times. Local storage is a tmpfs folder (the writes' fsyncs are not the subject).
+
     PYTHONPATH=. .venv/bin/python benchmarks/scale.py --sizes 1000,10000,100000 --rounds 3
+    PYTHONPATH=. .venv/bin/python benchmarks/scale.py --storage local --rounds 2
+    PYTHONPATH=. .venv/bin/python benchmarks/scale.py --storage s3 --sizes 1000,10000,20000 \
+        --latency 0.05 --rounds 2
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import math
+import os
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -33,11 +49,13 @@ from sweeps.spec import parse_spec  # noqa: E402
 TAUS = [1, 2, 4, 8, 16]  # a teacher and 6 students per seed: 7 trials
 
 
-def plan_of(n: int) -> Plan:
+def plan_of(n: int, storage: str = "/nonexistent") -> Plan:
     spec = parse_spec({
-        "name": "scale", "dataset": {"name": "digits"}, "chains": [["cnn-small", "cnn-small"]],
+        "name": f"scale-{n}", "dataset": {"name": "digits"},
+        "chains": [["cnn-small", "cnn-small"]], "train": {"epochs": 2},
         "grid": {"loss": ["kl", "mse"], "tau": TAUS, "seeds": list(range(math.ceil(n / 7))),
                  "baselines": False},
+        "storage": storage,
     })
     return build_plan(spec)
 
@@ -99,11 +117,114 @@ def scheduler_run(plan: Plan, slots: int = 64) -> float:
 PHASES = {"plan.add": plan_add, "progress.set": progress_set, "scheduler": scheduler_run}
 
 
+# ---- a stored sweep ------------------------------------------------------------------------
+def status(plan: Plan) -> float:
+    from sweeps.progress import sweep_status
+
+    return timed(lambda: sweep_status(plan.spec)) / len(plan.trials)
+
+
+def reconcile_rerun(plan: Plan) -> float:
+    from sweeps.ledger import Ledger
+    from sweeps.snapshot import Snapshot, reconcile
+    from sweeps.storage import Storage
+
+    def rerun():
+        with tempfile.TemporaryDirectory() as cache:  # a node that proved no model before
+            os.environ["KDSWEEP_CACHE"] = cache
+            snapshot = Snapshot.load(Ledger(Storage(plan.spec.storage), repair=False),
+                                     (t.key for t in plan.trials))
+            reconcile(snapshot, plan.trials, retry_failed=False, fence=lambda: None)
+
+    return timed(rerun) / len(plan.trials)
+
+
+def export(plan: Plan) -> float:
+    from sweeps.ledger import Ledger
+    from sweeps.results import write_results
+    from sweeps.snapshot import Snapshot
+    from sweeps.storage import Storage
+
+    snapshot = Snapshot.load(Ledger(Storage(plan.spec.storage)), (t.key for t in plan.trials))
+    return timed(lambda: write_results(plan, snapshot, {}, fence=1)) / len(plan.trials)
+
+
+STORED = {"status": status, "reconcile": reconcile_rerun, "export": export}
+
+
+@contextlib.contextmanager
+def storage_root(kind: str, latency: float, work: Path):
+    """(storage URI prefix, the proxy or None) for ``kind``: a tmpfs folder, or moto's S3
+    server behind the latency proxy."""
+    if kind == "local":
+        yield str(work / "store"), None
+        return
+    from testkit.latency import LatencyProxy
+    from testkit.servers import S3_TEST_CREDENTIALS, s3_server
+
+    os.environ.update(S3_TEST_CREDENTIALS)
+    with s3_server(work) as endpoint, LatencyProxy(int(endpoint.rsplit(":", 1)[1]),
+                                                   latency) as proxy:
+        os.environ["AWS_ENDPOINT_URL"] = proxy.endpoint
+        yield "s3://kdsweep/scale", proxy
+
+
+def stored_sweeps(args) -> None:
+    from testkit.fabricate import fabricate
+
+    sizes = [int(s) for s in args.sizes.split(",")]
+    shm = "/dev/shm" if args.storage == "local" and os.path.isdir("/dev/shm") else None
+    with tempfile.TemporaryDirectory(dir=shm) as work, \
+            storage_root(args.storage, args.latency, Path(work)) as (root, proxy):
+        plans = {}
+        for n in sizes:
+            plans[n] = plan_of(n, f"{root}/{n}")  # a storage of its own: a listing is of all
+            t0 = time.perf_counter()
+            delay = proxy.delay if proxy else 0.0
+            if proxy:
+                proxy.delay = 0.0  # fabricating is not the subject
+            fabricate(plans[n].spec)
+            if proxy:
+                proxy.delay = delay
+            print(f"fabricated {len(plans[n].trials):,} stored trials in "
+                  f"{time.perf_counter() - t0:.0f} s", flush=True)
+        print(f"storage: {args.storage}" + (f", {args.latency * 1e3:.0f} ms per request"
+                                            if proxy else ""))
+        print("| phase | " + " | ".join(f"{n:,} (us/trial, min / median)" for n in sizes)
+              + " | growth exponent |" + (" requests per trial |" if proxy else ""))
+        print("| --- " * (len(sizes) + 2 + bool(proxy)) + "|")
+        for name, phase in STORED.items():
+            counts = {}
+
+            def run(n, phase=phase, counts=counts):
+                before = proxy.total() if proxy else 0
+                seconds = phase(plans[n])
+                if proxy:
+                    counts[n] = (proxy.total() - before) / len(plans[n].trials)
+                return seconds
+
+            figures = interleaved({n: (lambda n=n: run(n)) for n in sizes}, args.rounds)
+            print_row(name, sizes, figures,
+                      " | ".join(f"{counts[n]:.3f}" for n in sizes) if proxy else None)
+
+
+def print_row(name, sizes, figures, extra=None) -> None:
+    cells = [min_med([f * 1e6 for f in figures[n]]) for n in sizes]
+    lo, hi = min(sizes), max(sizes)
+    exponent = math.log(min(figures[hi]) / min(figures[lo])) / math.log(hi / lo)
+    print(f"| {name} | " + " | ".join(f"{a:.2f} / {b:.2f}" for a, b in cells)
+          + f" | {exponent:+.2f} |" + (f" {extra} |" if extra else ""), flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="1000,10000,100000")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--storage", choices=["local", "s3"], help="time a stored sweep's phases")
+    p.add_argument("--latency", type=float, default=0.05, help="seconds per S3 request")
     args = p.parse_args()
+    if args.storage:
+        return stored_sweeps(args)
     sizes = [int(s) for s in args.sizes.split(",")]
     plans = {n: plan_of(n) for n in sizes}
     print(f"trials: {', '.join(str(len(plans[n].trials)) for n in sizes)}")
@@ -113,11 +234,7 @@ def main() -> None:
     for name, phase in PHASES.items():
         figures = interleaved({n: (lambda n=n, phase=phase: phase(plans[n])) for n in sizes},
                               args.rounds)
-        cells = [min_med([f * 1e6 for f in figures[n]]) for n in sizes]
-        lo, hi = min(sizes), max(sizes)
-        exponent = math.log(min(figures[hi]) / min(figures[lo])) / math.log(hi / lo)
-        print(f"| {name} | " + " | ".join(f"{a:.2f} / {b:.2f}" for a, b in cells)
-              + f" | {exponent:+.2f} |")
+        print_row(name, sizes, figures)
 
 
 if __name__ == "__main__":

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 
 from .ledger import Ledger, Listing, Proven, TrialState, trial_file
 from .record import TrialResult
-from .storage import IN_FLIGHT
+from .storage import concurrently
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +25,14 @@ class Snapshot:
     @classmethod
     def load(cls, ledger: Ledger, keys: Iterable[str]) -> Snapshot:
         """The state of ``keys`` now: one listing of the trials' files, then each result it
-        lists read once, ``IN_FLIGHT`` at a time (a trial with no result is a listing fact)."""
+        lists read once, concurrently where storage is remote (a trial with no result is a
+        listing fact)."""
         listing = ledger.listing()
         snap = cls(ledger, listing)
         keys = list(dict.fromkeys(keys))
         stored = [k for k in keys if "result.json" in listing.names(k)]
-        with ThreadPoolExecutor(max_workers=IN_FLIGHT) as pool:
-            results = dict(zip(stored, pool.map(ledger.result, stored), strict=True))
+        results = dict(zip(stored, concurrently(ledger.result, stored, ledger.storage.width),
+                           strict=True))
         for key in keys:
             r = results.get(key)
             snap.results[key] = r
@@ -109,9 +109,9 @@ def reconcile(
     done = sorted(k for k in {t.key for t in trials} | set(teachers)
                   if snapshot.state(k) is TrialState.DONE)
     proven = Proven.load()
-    with ThreadPoolExecutor(max_workers=IN_FLIGHT) as pool:
-        faults = dict(zip(done, pool.map(
-            lambda k: ledger.model_fault(k, proven, snapshot.listing), done), strict=True))
+    faults = dict(zip(done, concurrently(
+        lambda k: ledger.model_fault(k, proven, snapshot.listing), done, ledger.storage.width),
+        strict=True))
     proven.save()
     for key, fault in faults.items():
         if fault is None:

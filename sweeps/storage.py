@@ -99,6 +99,21 @@ def s3_client(uri: str):
 IN_FLIGHT = 32
 
 
+def concurrently(fn, items: list, width: int = IN_FLIGHT) -> list:
+    """``[fn(x) for x in items]``, ``width`` at a time: each thread takes every width-th item
+    in turn (one task per thread, not per item: handing out 100,000 items one by one costs
+    more than reading them from a local disk)."""
+    if len(items) <= 1 or width <= 1:
+        return [fn(x) for x in items]
+    n = min(width, len(items))
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        parts = list(pool.map(lambda i: [fn(x) for x in items[i::n]], range(n)))
+    out = [None] * len(items)
+    for i, part in enumerate(parts):
+        out[i::n] = part
+    return out
+
+
 class WriteConflict(Exception):
     """A conditional write refused by the storage itself: the object is no longer the version
     the writer last saw (another writer created, replaced or deleted it)."""
@@ -148,6 +163,14 @@ class Storage:
     @property
     def is_local(self) -> bool:
         return isinstance(self.fs, pafs.LocalFileSystem)
+
+    @cached_property
+    def width(self) -> int:
+        """How many reads to keep in flight: IN_FLIGHT on S3 or a network file system, where
+        each waits a round trip; one on a local disk, where threads only contend for the GIL
+        (10,000 results read in 0.36 s one by one, 1.2 s by 32 threads, on the project's
+        2-core machine)."""
+        return IN_FLIGHT if not self.is_local or _network_mount(self.root) else 1
 
     def path(self, rel: str) -> str:
         return f"{self.root}/{rel}"
@@ -202,10 +225,10 @@ class Storage:
             return self._walk(prefix)
         files, more = self._list(prefix, pages=1)
         if more and shards:
-            with ThreadPoolExecutor(max_workers=min(len(shards), IN_FLIGHT)) as pool:
-                files = {}
-                for part in pool.map(lambda c: self._list(prefix + c)[0], shards):
-                    files.update(part)
+            files = {}
+            for part in concurrently(lambda c: self._list(prefix + c)[0], list(shards),
+                                     self.width):
+                files.update(part)
         elif more:
             files = self._list(prefix)[0]
         return files
@@ -242,12 +265,11 @@ class Storage:
             return files, folders
 
         files, pending = {}, [top]
-        with ThreadPoolExecutor(max_workers=IN_FLIGHT) as pool:
-            while pending:
-                found = list(pool.map(scan, pending))
-                pending = [d for _, folders in found for d in folders]
-                for part, _ in found:
-                    files.update(part)
+        while pending:
+            found = concurrently(scan, pending, self.width)
+            pending = [d for _, folders in found for d in folders]
+            for part, _ in found:
+                files.update(part)
         return files
 
     @contextlib.contextmanager
@@ -406,6 +428,22 @@ class Storage:
                 return False
             raise
         return True
+
+
+NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "lustre", "gpfs", "ceph", "glusterfs", "9p")
+
+
+def _network_mount(path: str) -> bool:
+    """Whether ``path`` lies on a network file system (the longest mount point above it in
+    /proc/mounts; a FUSE mount such as s3fs or gcsfuse counts)."""
+    best, kind = "", ""
+    with contextlib.suppress(OSError), open("/proc/mounts") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) > 2 and (path + "/").startswith(parts[1].rstrip("/") + "/") \
+                        and len(parts[1]) >= len(best):
+                best, kind = parts[1], parts[2]
+    return kind in NETWORK_FS or kind.startswith("fuse.")
 
 
 def _ns(when) -> int:
