@@ -15,6 +15,7 @@ request per job, job_resources).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from ray.tune.search import Searcher
 
 from .ledger import Ledger, TrialState
 from .scheduler import Job, Scheduler
+from .settings import env_number
 from .spec import ResourcesSpec, SearchSpec, SpecError, SweepSpec
 from .storage import AWS_CREDENTIALS, STORAGE_FULL, StorageFull
 from .trial import CORRUPT_FILES, OUTCOME, WARNINGS, run_job
@@ -285,11 +287,37 @@ def run_experiment(
     # sweep.py): Tune's end-of-run analysis would warn once per trial that it found none.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     try:
-        tuner.fit()
+        with pending_window():
+            tuner.fit()
     except TuneError as e:  # Tune wraps what a callback raised: a full storage ends the run
         if (full := _storage_full(e)) is not None:
             raise full from None
         raise
+
+
+PENDING_KEY = "TUNE_MAX_PENDING_TRIALS_PG"  # Ray's setting; "auto" (or unset): pending_window's
+PENDING = (None if os.environ.get(PENDING_KEY, "auto").strip() in ("", "auto")
+           else int(env_number(PENDING_KEY, 1, integer=True)))
+
+
+@contextlib.contextmanager
+def pending_window():
+    """Let Tune keep every ready job pending at once (each a placement group the autoscaler
+    sees), up to Ray's own bound for its searchers: max(200, 1.1 x the cluster's CPUs). Tune
+    asks a custom Searcher for one pending trial at a time unless told otherwise (its
+    ``_get_max_pending_trials``), so an autoscaling cluster would grow by one trial's nodes per
+    round. ``TUNE_MAX_PENDING_TRIALS_PG``, Ray's setting, overrides the bound."""
+    import ray
+
+    if PENDING is not None:
+        yield PENDING
+        return
+    window = max(200, int(1.1 * ray.cluster_resources().get("CPU", 1.0)))
+    os.environ[PENDING_KEY] = str(window)  # read once, when Tune's controller starts
+    try:
+        yield window
+    finally:
+        os.environ.pop(PENDING_KEY, None)
 
 
 def _storage_full(error: BaseException | None) -> StorageFull | None:

@@ -161,7 +161,7 @@ class Cluster:
                 f"--runtime-env-agent-port={free_port()}",
                 f"--metrics-export-port={free_port()}"]
 
-    def start_head(self, cpus=0, wrap=()):
+    def start_head(self, cpus=0, wrap=(), extra=()):
         self.ray(
             "start",
             "--head",
@@ -174,6 +174,7 @@ class Cluster:
             *self.own_ports(),
             f"--ray-client-server-port={free_port()}",
             "--disable-usage-stats",
+            *extra,
             wrap=wrap,
         )
 

@@ -2,6 +2,7 @@
 node lost mid-trial, a new node joins, and the sweep completes with the trial resumed."""
 
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -193,5 +194,65 @@ def test_a_cluster_that_refuses_the_token_is_one_line_before_anything_is_written
                 "token (InvalidAuthToken): set RAY_AUTH_MODE=token and the cluster's token "
                 "(`ray get-auth-token`, or RAY_AUTH_TOKEN_PATH) in this environment"), name
             assert sorted(p.name for p in folder.iterdir()) == ["spec.yaml"]  # nothing written
+    finally:
+        cluster.stop()
+
+
+def fake_autoscaler_config(gcs_port: int, worker_cpus: int, max_workers: int) -> dict:
+    """Ray's fake multi-node autoscaler (nodes are raylets on this machine, launched by the
+    head's monitor) with the growth settings of cluster/aws/cluster.yaml."""
+    aws = yaml.safe_load((REPO / "cluster" / "aws" / "cluster.yaml").read_text())
+    empty = ("initialization_commands", "setup_commands", "head_setup_commands",
+             "worker_setup_commands", "head_start_ray_commands", "worker_start_ray_commands",
+             "cluster_synced_files", "rsync_exclude", "rsync_filter")
+    return {
+        "cluster_name": "fake", "max_workers": max_workers,
+        "upscaling_speed": aws["upscaling_speed"], "idle_timeout_minutes": 5,
+        "provider": {"type": "fake_multinode", "use_node_id_as_ip": True,
+                     "disable_node_updaters": True, "disable_launch_config_check": True,
+                     "gcs_address": f"127.0.0.1:{gcs_port}"},
+        "head_node_type": "ray.head.default",
+        "available_node_types": {
+            "ray.head.default": {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0},
+            "worker": {"resources": {"CPU": worker_cpus}, "node_config": {},
+                       "min_workers": 0, "max_workers": max_workers}},
+        "auth": {}, "docker": {}, "file_mounts": {}, "file_mounts_sync_continuously": False,
+        **{k: [] for k in empty},
+    }
+
+
+def test_an_autoscaling_cluster_is_shown_every_ready_trial_and_grows_in_one_round(tmp_path):
+    """Issue 29, item 3: with no room on the cluster and 12 teachers ready, Tune asked a custom
+    searcher for one trial at a time, so the autoscaler saw one pending placement group and grew
+    by one node per round. Now all 12 are pending at once and the first round launches the 6
+    two-CPU nodes they need."""
+    spec_path = write_spec(
+        tmp_path, name="autoscale", chains=[["cnn-small", "cnn-small"]],
+        grid={"loss": ["kl"], "tau": [4], "seeds": list(range(12)), "baselines": False})
+    cluster = Cluster()
+    config = cluster.root / "autoscaling.json"
+    config.write_text(json.dumps(fake_autoscaler_config(cluster.gcs_port, 2, 8)))
+    cluster.env.update({"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"})
+    monitor = cluster.root / "h" / "session_latest" / "logs" / "monitor.log"
+    try:
+        cluster.start_head(cpus=0, extra=[f"--autoscaling-config={config}"])
+        sub = cluster.submit(sys.executable, "-m", "sweeps.cli", "run", spec_path,
+                             "--address", "auto")
+        assert sub.returncode == 0, sub.stdout[-2000:] + sub.stderr[-2000:]
+        # Each autoscaler round logs the demand it sees, then the nodes it queues for it.
+        seen = r"\(PACK\): 12\+ pending placement groups"
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            log = monitor.read_text() if monitor.exists() else ""
+            if (m := re.search(seen, log)) and re.search(r"Queue \d+ new nodes", log[m.end():]):
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"the autoscaler never saw the 12 trials at once:\n{log[-3000:]}")
+        # the round that saw all 12 queued what the 12 one-CPU trials need on two-CPU nodes
+        # (with any node an earlier round queued for a part of them)
+        first = re.search(r"Queue (\d+) new nodes", log[m.end():]).end() + m.end()
+        queued = sum(map(int, re.findall(r"Queue (\d+) new nodes", log[:first])))
+        assert queued == 6, log[-3000:]
     finally:
         cluster.stop()
