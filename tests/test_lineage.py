@@ -49,7 +49,7 @@ def test_lineage_is_the_records_not_inferred_from_what_mlflow_lacks(tmp_path):
     assert before["tags"]["kdsweep.reused"] == "true"
     tracker.close()
     assert MlflowClient(spec.tracking_uri).get_run(tracker.parent_id).info.status == "FINISHED"
-    assert not tracker.writer._thread.is_alive()  # nothing of the tracker outlives its sweep
+    assert not tracker.writer.alive()  # nothing of the tracker outlives its sweep
 
 
 def test_backfill_is_a_function_of_the_history_and_the_steps_mlflow_holds():

@@ -23,7 +23,7 @@ from ..sqlite_store import prepare_store
 from ..storage import Storage, StorageFull
 from .names import ANALYSIS_PREFIX, finite, param, unlogged
 from .sweep_run import SweepRun, git_commit, ui_command
-from .writer import Writer
+from .writer import EPOCH, Pending, Record, Writer
 
 __all__ = ["ANALYSIS_PREFIX", "STATE_TAG", "Tracker", "git_commit", "ui_command"]
 PARENT_TAG = "mlflow.parentRunId"
@@ -57,29 +57,38 @@ class Tracker:
         # its lease (paused past its TTL) never adds a second run for a trial.
         self.fence = lambda: None
         local = spec.tracking_uri.startswith("sqlite:")
-        self.writer = Writer(self.client, local, self._unsent, queue_size)
+        # A trial's records share a lane with its lineage's (its teacher's run exists before
+        # its own names it); lineages go in parallel.
+        self.lineage: dict[str, str] = {}  # trial key -> its generation-0 ancestor's key
+        self.trained_runs: dict[str, list[str]] | None = None  # key -> runs that trained it
+        self.writer = Writer(self.client, local, self.handle, self._unsent, queue_size)
 
     # ---- what callers use: each call only enqueues ----------------------------------------
     def ensure_run(self, trial: Trial) -> None:
         """The trial's child run, created once (rerunning the sweep finds it by key)."""
-        self.writer.call(self._ensure_run, trial)
+        root = self.lineage.get(trial.teacher_key, trial.teacher_key) or trial.key
+        self.lineage[trial.key] = root
+        self.writer.put(root, "ensure", trial.key, trial)
 
     def log_epoch(self, key: str, metrics: dict) -> None:
         """Per-epoch metrics at step = epoch; an epoch already logged (a resumed trial) is
         skipped, so a run never holds a step twice."""
-        self.writer.metrics(self._epochs, key, [dict(metrics)])
+        self._put(EPOCH, key, [dict(metrics)])
 
     def finish(self, key: str, result: TrialResult, reused: bool = False) -> None:
         """Final metrics and the model artifact; ``reused``: trained by an earlier sweep."""
-        self.writer.call(self._finish, key, result, reused)
+        self._put("finish", key, result, reused)
 
     def fail(self, key: str, error: str, state: TrialState = TrialState.FAILED) -> None:
         """The trial failed, or was skipped (its run ends KILLED: it never started)."""
-        self.writer.call(self._fail, key, error, state)
+        self._put("fail", key, error, state)
 
     def warn(self, key: str, messages: list[str]) -> None:
         """Warnings a trial's worker raised, kept in its run as warnings.txt."""
-        self.writer.call(self._warn, key, list(messages))
+        self._put("warn", key, list(messages))
+
+    def _put(self, kind: str, key: str, *payload) -> None:
+        self.writer.put(self.lineage.get(key, key), kind, key, *payload)
 
     def flush(self, timeout: float | None = None) -> bool:
         return self.writer.flush(timeout)
@@ -111,7 +120,17 @@ class Tracker:
         self.sweep.end(status)
         self.shutdown()
 
-    # ---- in the writer thread --------------------------------------------------------------
+    # ---- in the writer's lanes -------------------------------------------------------------
+    def handle(self, record: Record) -> Pending | None:
+        """One record from the writer's queue, as MLflow calls (epochs: the metrics to send)."""
+        kind, key, payload = record
+        if kind == EPOCH:
+            return self._epochs(key, *payload)
+        handler = {"ensure": self._ensure_run, "finish": self._finish, "fail": self._fail,
+                   "warn": self._warn}[kind]
+        handler(key, *payload)
+        return None
+
     def _existing_children(self) -> dict[str, str]:
         runs, token = {}, None
         while True:
@@ -127,7 +146,7 @@ class Tracker:
             if not token:
                 return runs
 
-    def _ensure_run(self, trial: Trial) -> str:
+    def _ensure_run(self, key: str, trial: Trial) -> str:
         if trial.key in self.runs:
             return self.runs[trial.key]
         tags = {
@@ -217,15 +236,30 @@ class Tracker:
         """A trial this cluster found trained in storage: say so, and by which cluster and run
         (when that run is in this experiment)."""
         tags = {"kdsweep.reused": "true", "kdsweep.trained_by": result.cluster or "unknown"}
-        for r in self.client.search_runs(
-            [self.experiment_id], f"tags.`kdsweep.key` = '{key}'", max_results=100
-        ):
-            t = r.data.tags  # the run that trained it stored to this same storage
-            trained = r.info.run_id != run_id and "kdsweep.reused" not in t
-            if trained and t.get("kdsweep.storage") == self.storage.uri:
-                tags["kdsweep.trained_by_run"] = r.info.run_id
+        for trained in self._trained_runs().get(key, ()):
+            if trained != run_id:  # this sweep's own run of the trial is not yet tagged
+                tags["kdsweep.trained_by_run"] = trained
                 break
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+    def _trained_runs(self) -> dict[str, list[str]]:
+        """Trial key -> the runs of this experiment that trained it into this same storage (no
+        reuse), from one paged search when the first reused trial asks (not a search per
+        trial: that grew with the experiment's runs)."""
+        if self.trained_runs is None:
+            found, token = {}, None
+            while True:
+                page = self.client.search_runs(
+                    [self.experiment_id], "tags.`kdsweep.role` = 'trial'", max_results=1000,
+                    page_token=token)
+                for r in page:
+                    t = r.data.tags
+                    if "kdsweep.reused" not in t and t.get("kdsweep.storage") == self.storage.uri:
+                        found.setdefault(t.get("kdsweep.key"), []).append(r.info.run_id)
+                if not (token := page.token):
+                    break
+            self.trained_runs = found
+        return self.trained_runs
 
     def _warn(self, key: str, messages: list[str]) -> None:
         if (run_id := self.runs.get(key)) is None:
