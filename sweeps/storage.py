@@ -246,8 +246,8 @@ class Storage:
         return files, False
 
     def _walk(self, prefix: str) -> dict[str, list[int]]:
-        """The local listing: the folders right under ``prefix`` scanned concurrently (a
-        network file system answers each in a round trip)."""
+        """The local listing, folder by folder: concurrently on a network mount (each folder a
+        round trip), one by one on a local disk (``width``)."""
         top = self.path(prefix)
 
         def scan(folder: str) -> tuple[dict[str, list[int]], list[str]]:
@@ -272,6 +272,10 @@ class Storage:
                 files.update(part)
         return files
 
+    def _full(self, rel: str) -> StorageFull:
+        return StorageFull(f"storage {self.uri}: no space left writing {rel}; free space, then "
+                           "run the same command again (what is stored is kept)")
+
     @contextlib.contextmanager
     def _writing(self, rel: str):
         """Yield (final path, temporary path) for a write of ``rel``. A write that fails leaves
@@ -288,10 +292,7 @@ class Storage:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
             if is_full(e):
-                raise StorageFull(
-                    f"storage {self.uri}: no space left writing {rel}; free space, then run "
-                    "the same command again (what is stored is kept)"
-                ) from None
+                raise self._full(rel) from None
             raise
 
     def write_bytes(self, rel: str, data: bytes) -> None:
@@ -302,7 +303,7 @@ class Storage:
                 self._s3.put_object(Bucket=bucket, Key=key, Body=data)
             except Exception as e:
                 if is_full(e):
-                    raise StorageFull(f"storage {self.uri}: no space left writing {rel}") from None
+                    raise self._full(rel) from None
                 raise
             return
         with self._writing(rel) as (final, tmp):

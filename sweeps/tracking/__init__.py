@@ -10,6 +10,7 @@ The parent run is sweep_run.py; the transport, a queue and one writer thread, is
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
@@ -61,6 +62,7 @@ class Tracker:
         # its own names it); lineages go in parallel.
         self.lineage: dict[str, str] = {}  # trial key -> its generation-0 ancestor's key
         self.trained_runs: dict[str, list[str]] | None = None  # key -> runs that trained it
+        self.trained_lock = threading.Lock()
         self.writer = Writer(self.client, local, self.handle, self._unsent, queue_size)
 
     # ---- what callers use: each call only enqueues ----------------------------------------
@@ -131,20 +133,21 @@ class Tracker:
         handler(key, *payload)
         return None
 
-    def _existing_children(self) -> dict[str, str]:
-        runs, token = {}, None
+    def _runs_where(self, where: str):
+        """Every run of the experiment matching the search filter ``where``, page by page."""
+        token = None
         while True:
-            page = self.client.search_runs(
-                [self.experiment_id],
-                f"tags.`{PARENT_TAG}` = '{self.parent_id}'",
-                max_results=1000,
-                page_token=token,
-            )
-            for r in page:
-                runs.setdefault(r.data.tags.get("kdsweep.key"), r.info.run_id)
-            token = page.token
-            if not token:
-                return runs
+            page = self.client.search_runs([self.experiment_id], where, max_results=1000,
+                                           page_token=token)
+            yield from page
+            if not (token := page.token):
+                return
+
+    def _existing_children(self) -> dict[str, str]:
+        runs = {}
+        for r in self._runs_where(f"tags.`{PARENT_TAG}` = '{self.parent_id}'"):
+            runs.setdefault(r.data.tags.get("kdsweep.key"), r.info.run_id)
+        return runs
 
     def _ensure_run(self, key: str, trial: Trial) -> str:
         if trial.key in self.runs:
@@ -246,19 +249,14 @@ class Tracker:
         """Trial key -> the runs of this experiment that trained it into this same storage (no
         reuse), from one paged search when the first reused trial asks (not a search per
         trial: that grew with the experiment's runs)."""
-        if self.trained_runs is None:
-            found, token = {}, None
-            while True:
-                page = self.client.search_runs(
-                    [self.experiment_id], "tags.`kdsweep.role` = 'trial'", max_results=1000,
-                    page_token=token)
-                for r in page:
+        with self.trained_lock:  # lanes ask at once: one search
+            if self.trained_runs is None:
+                found: dict[str, list[str]] = {}
+                for r in self._runs_where("tags.`kdsweep.role` = 'trial'"):
                     t = r.data.tags
                     if "kdsweep.reused" not in t and t.get("kdsweep.storage") == self.storage.uri:
                         found.setdefault(t.get("kdsweep.key"), []).append(r.info.run_id)
-                if not (token := page.token):
-                    break
-            self.trained_runs = found
+                self.trained_runs = found
         return self.trained_runs
 
     def _warn(self, key: str, messages: list[str]) -> None:

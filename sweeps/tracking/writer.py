@@ -25,6 +25,7 @@ import atexit
 import logging
 import queue
 import threading
+import time
 import zlib
 from collections.abc import Callable
 
@@ -77,8 +78,6 @@ class Writer:
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything queued is written; False if ``timeout`` ran out first."""
-        import time
-
         deadline = None if timeout is None else time.monotonic() + timeout
         for q in self._queues:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
