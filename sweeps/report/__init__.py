@@ -25,7 +25,8 @@ from .claims import claims
 from .figures import Figures
 from .load import load
 from .page import RunLinks, page, summary
-from .stats import MIN_SEEDS, cell, holm, paired, resolution, t_interval
+from .pooled import POWER
+from .stats import MIN_SEEDS, SIMILAR_MARGIN, cell, holm, paired, resolution, t_interval
 from .tables import accuracy, convergence, not_done, reproducibility
 
 __all__ = ["MIN_SEEDS", "cell", "holm", "paired", "report", "resolution", "t_interval"]
@@ -43,7 +44,7 @@ def report(
     df = all_rows[all_rows.status == "done"]
     if df.empty:
         raise ValueError(f"no finished trials in {', '.join(inputs) or experiment}")
-    verdicts = claims(df)
+    verdicts = claims(df, margin(specs))
     sections = [*verdicts, *accuracy(df), *convergence(df), *not_done(all_rows),
                 *reproducibility(df)]
     text = "\n\n".join(s.text() for s in [summary(verdicts), *sections] if s.text())
@@ -63,6 +64,12 @@ def report(
             run.log_artifact(p, "report")
         client.log_text(run.run_id, text, "report/report.txt")
     return text, paths
+
+
+def margin(specs: list) -> float:
+    """C2's non-inferiority margin: the specs' report.similar_margin (the strictest, where
+    several differ), else the default."""
+    return min((s.report.similar_margin for s in specs), default=SIMILAR_MARGIN)
 
 
 def draw(df: pd.DataFrame, out_dir: Path, analyses: dict[str, dict]) -> list[tuple[Path, str]]:
@@ -108,8 +115,11 @@ def header(rows: pd.DataFrame, specs: list) -> dict[str, str]:
         "epochs": ", ".join(map(str, epochs)),
         "clusters": ", ".join(sorted(set(rows.cluster.dropna()))),
         "trials": f"{len(done)} done of {len(rows)}; seeds {sorted(set(done.seed))}",
-        "statistics": f"95% t-intervals and paired t-tests over seeds, none below {MIN_SEEDS} "
-                      "seeds; Holm-adjusted families"
+        "statistics": f"each claim's verdict from its effects pooled over its rows (stratified "
+                      f"sign-flip tests; detectable effects at {POWER:.0%} power); 95% "
+                      f"intervals over seeds (accuracy: plus the test set's binomial variance), "
+                      f"none below {MIN_SEEDS} seeds; row tests Holm-adjusted; C2's margin "
+                      f"{margin(specs):g} points; rules: docs/claims.md"
                       + (f"; one test image = {step:.2f} points" if step else ""),
     }
     for spec in specs:

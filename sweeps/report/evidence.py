@@ -1,5 +1,7 @@
-"""What a claim's table is made of: its tests (each an effect's sign against the one the claim
-predicts, Holm-adjusted over the claim's family) and the rows and verdicts built from them."""
+"""What a claim's section is made of. Primary: its parts, each an effect pooled over the claim's
+rows (pooled.py), and the claim's one verdict from them. Secondary: the row table, its tests
+(each an effect's sign against the one the claim predicts, Holm-adjusted over the claim's
+family) and each row's verdict."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from ..plan import setting_name, setting_order
+from .pooled import MAX_SEEDS, POWER, Pooled
 from .stats import (
     ALPHA,
     CONSISTENT,
@@ -65,8 +68,12 @@ def kl_taus(part: pd.DataFrame) -> list[float]:
     return sorted(part[part.loss == "kl"].tau.dropna().unique())
 
 
-def kl_setting(tau: float) -> str:
-    return setting_name(1, "kl", tau, None)
+def kl_setting(tau: float, alpha: float = 1.0) -> str:
+    return setting_name(1, "kl", tau, alpha)
+
+
+def mse_setting(alpha: float = 1.0) -> str:
+    return setting_name(1, "mse", None, alpha)
 
 
 def tau_rank(tau: pd.Series) -> pd.Series:
@@ -82,21 +89,168 @@ def fmt(x: float, decimals: int, sign: str = "") -> str:
     return "n/a" if x is None or math.isnan(x) else f"{x:{sign}.{decimals}f}"
 
 
-def wide(part: pd.DataFrame, column: str, decimals: int, scale: float) -> dict:
-    cells = {s: cell(g[column], decimals, scale) for s, g in part.groupby("setting")}
+def wide(part: pd.DataFrame, column: str, decimals: int, scale: float,
+         test_step: float | None = None) -> dict:
+    """Each setting's cell; ``test_step`` (accuracy: one test image, in points) adds the test
+    set's binomial variance to the interval."""
+    cells = {s: cell(g[column], decimals, scale, test_step) for s, g in part.groupby("setting")}
     return {s: cells[s] for s in sorted(cells, key=setting_order)}
 
 
 def groups(students: pd.DataFrame):
-    for (student, noise), part in students.groupby(["student", "noise_rate"]):
-        yield (student, f"{noise:g}"), part
+    """The claim's rows: (student, noise, alpha) and its runs. alpha is never mixed: a grid of
+    several gives one row per alpha."""
+    for (student, noise, alpha), part in students.groupby(["student", "noise_rate", "alpha"],
+                                                          dropna=False):
+        yield (student, f"{noise:g}", f"{alpha:g}"), part
+
+
+def row_cells(row: tuple) -> dict:
+    return {"student": row[0], "noise": row[1], "alpha": row[2], "_row": row}
+
+
+def primary(students: pd.DataFrame) -> pd.DataFrame:
+    """The runs a claim's pooled estimate rests on: the paper states its claims at alpha = 1
+    (rows at other alphas stay in the row table)."""
+    return students[students.alpha.fillna(1.0) == 1.0]
+
+
+def units(rows: dict[str, pd.Series]) -> pd.DataFrame:
+    """Per-seed values (index seed) per row label -> the long frame pooled.pool takes."""
+    frames = [pd.DataFrame({"row": label, "seed": v.index, "value": v.to_numpy(float)})
+              for label, v in rows.items() if len(v)]
+    if not frames:
+        return pd.DataFrame(columns=["row", "seed", "value"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def label(row: tuple) -> str:
+    """A row as a pooled effect's notes name it: "g1 cnn-large>cnn-small noise=0.4"."""
+    alpha = "" if row[2] in ("1", "nan") else f" a={row[2]}"
+    return f"{row[0]} noise={row[1]}{alpha}"
+
+
+def row_labels(runs: pd.DataFrame) -> list[str]:
+    """Each run's row, labelled (the rows ``groups`` yields)."""
+    return [label((s, f"{n:g}", f"{a:g}"))
+            for s, n, a in zip(runs.student, runs.noise_rate, runs.alpha, strict=True)]
+
+
+@dataclass
+class Part:
+    """One part of a claim: one pooled effect, or several (one per comparator) where the claim
+    says "every" (an intersection: it holds only where each does). ``margin``: a
+    non-inferiority part (no worse than by margin) instead of a sign."""
+
+    name: str
+    effects: list[Pooled]
+    margin: float | None = None
+
+    def verdicts(self, adjusted: dict[int, float]) -> list[str]:
+        if self.margin is not None:
+            return [e.noninferior(self.margin) for e in self.effects]
+        # consistent at ALPHA each (intersection-union: no adjustment); a contrary finding
+        # only after Holm over the claim's parts
+        out = []
+        for e in self.effects:
+            v = e.verdict()
+            if v == INCONSISTENT and e.verdict(adjusted[id(e)]) != INCONSISTENT:
+                v = INCONCLUSIVE
+            out.append(v)
+        return out
+
+
+def decide(parts: list[Part]) -> tuple[str, list[list[str]]]:
+    """The claim's verdict from its parts: consistent when every effect of every part is
+    (each at ALPHA: an intersection-union test needs no adjustment); inconsistent when any
+    goes against the claim at ALPHA after Holm over the claim's effects; else inconclusive."""
+    effects = [e for part in parts if part.margin is None for e in part.effects]
+    adjusted = dict(zip(map(id, effects), holm([e.p for e in effects]), strict=True))
+    per_part = [part.verdicts(adjusted) for part in parts]
+    flat = [v for vs in per_part for v in vs]
+    if not flat:
+        return INCONCLUSIVE, per_part
+    if INCONSISTENT in flat:
+        return INCONSISTENT, per_part
+    return (CONSISTENT if all(v == CONSISTENT for v in flat) else INCONCLUSIVE), per_part
+
+
+def lead(parts: list[Part], verdicts: list[list[str]], decimals: int) -> pd.DataFrame:
+    """The primary table: one line per pooled effect, with its power."""
+    out = []
+    for part, vs in zip(parts, verdicts, strict=True):
+        for e, v in zip(part.effects, vs, strict=True):
+            out.append({
+                "effect": e.name,
+                "pooled (95% interval)": (f"{fmt(e.estimate, decimals, '+')} "
+                                          f"[{fmt(e.low, decimals, '+')}, "
+                                          f"{fmt(e.high, decimals, '+')}]"
+                                          if e.tested else fmt(e.estimate, decimals, "+")),
+                "units": f"{e.rows} rows x {e.seeds} seeds",
+                "p sign-flip": p_text(e.p) if e.tested else "no test",
+                "p seed as unit": p_text(e.p_seed) if not math.isnan(e.p_seed) else "no test",
+                f"detectable ({POWER:.0%} power)": fmt(e.detectable(), decimals)
+                if e.tested else "-",
+                "paper's effect": "-" if e.paper is None else fmt(e.paper, decimals, "+"),
+                "seeds for the paper's": _seeds_text(e),
+                "verdict": v if e.tested or v != INCONCLUSIVE else
+                f"{INCONCLUSIVE} at this n ({e.seeds} seed{'s' * (e.seeds != 1)})",
+            })
+    table = pd.DataFrame(out)
+    return table.set_index("effect") if not table.empty else table
+
+
+def _seeds_text(e: Pooled) -> str:
+    if e.paper is None or not e.tested:
+        return "-"
+    n = e.seeds_for(e.paper)
+    return f"> {MAX_SEEDS}" if n is None else str(n)
+
+
+def patterns(parts: list[Part]) -> dict[str, str]:
+    """Row label -> the effects every seed of it contradicts (a difference against the claim's
+    sign, or a trend in the same non-monotone order)."""
+    out: dict[str, list[str]] = {}
+    for e in (e for part in parts for e in part.effects):
+        for row in e.contrary:
+            out.setdefault(row, []).append(e.name)
+        for row, value in e.steady:
+            if e.name.startswith("rho(tau") and abs(value) < 1 and row not in e.contrary:
+                out.setdefault(row, []).append(f"{e.name} {value:+.2f}, non-monotone")
+    return {row: "; ".join(names) for row, names in out.items()}
+
+
+def flags(parts: list[Part]) -> list[str]:
+    """What the pooled estimate alone would hide: rows every seed contradicts, rows left out,
+    and the two tests disagreeing."""
+    notes = []
+    for e in (e for part in parts for e in part.effects):
+        if e.contrary:
+            notes.append(f"{e.name}: every seed goes against the claim in "
+                         + "; ".join(e.contrary))
+        trend = e.name.startswith("rho(tau")
+        for row, value in e.steady:
+            what = ("reproducibly non-monotone: every seed orders the taus alike"
+                    if trend and abs(value) < 1 else "every seed gives the same value")
+            notes.append(f"{e.name} = {value:+.2f} in {row}: {what}")
+        if e.left_out:
+            notes.append(f"{e.name}: left out (fewer than {MIN_SEEDS} seeds): "
+                         + "; ".join(e.left_out))
+        if e.tested and not math.isnan(e.p_seed) and (e.p < ALPHA) != (e.p_seed < ALPHA):
+            notes.append(f"{e.name}: the sign-flip test (units independent given their row) "
+                         f"and the test with the seed as the unit disagree at {ALPHA:g} "
+                         f"(p {p_text(e.p)} vs {p_text(e.p_seed)}): rows of one seed share its "
+                         "noisy labels and teacher")
+    return notes
 
 
 def section(title: str, rows: list[dict], tests: list[Test], notes: list[str],
-             verdicts: dict | None = None) -> Section:
-    """The claim's table with each row's verdict from its tests (after Holm over the family),
-    each row's tests printed beside it, and the claim's verdict. ``verdicts``: row -> a
-    verdict of its own (a claim whose rule is not one test's sign)."""
+            verdicts: dict | None = None, parts: list[Part] | None = None,
+            decimals: int = 2) -> Section:
+    """The claim's section: its verdict from ``parts`` (pooled effects, printed first), then
+    the row table with each row's verdict from its tests (after Holm over the family), each
+    row's tests printed beside it. ``verdicts``: row -> a verdict rule of its own (a row whose
+    rule is not one test's sign)."""
     for t, q in zip(tests, holm([t.p for t in tests]), strict=True):
         t.p_holm = q
     for r in rows:
@@ -107,15 +261,24 @@ def section(title: str, rows: list[dict], tests: list[Test], notes: list[str],
         seeds = min((t.seeds for t in mine), default=0)
         if r["verdict"] == INCONCLUSIVE and seeds < MIN_SEEDS:
             r["verdict"] = f"{INCONCLUSIVE} at this n ({seeds} seed{'s' * (seeds != 1)})"
+    parts = [p for p in parts or [] if p.effects]
+    reproducible = patterns(parts)
+    for r in rows:  # a row every seed contradicts is flagged as such, not "inconclusive"
+        found = reproducible.get(r.pop("_label", None) or label(r["_row"]))
+        if found and r["verdict"].split()[0] != INCONSISTENT:
+            r["verdict"] = f"contrary in every seed: {found}"
     words = [r["verdict"].split()[0] for r in rows]
-    overall = combine(words)
+    overall, per_part = decide(parts)
     if rows:  # how the rows add up to it
-        overall += (f" ({words.count(CONSISTENT)} of {len(rows)} rows consistent, "
-                    f"{words.count(INCONSISTENT)} inconsistent)")
+        overall += (f" (rows: {words.count(CONSISTENT)} of {len(rows)} consistent, "
+                    f"{words.count(INCONSISTENT)} inconsistent, {words.count('contrary')} "
+                    "contrary in every seed)")
     table = pd.DataFrame([{k: v for k, v in r.items() if k != "_row"} for r in rows])
     if not table.empty:
         table = table.set_index(table.columns[0])
     family = sum(not math.isnan(t.p) for t in tests)
-    notes = notes + [f"verdicts at {ALPHA:g} after Holm over this claim's {family} tests; none "
-                     f"from fewer than {MIN_SEEDS} seeds"]
-    return Section(title, table, notes, verdict=overall)
+    notes = flags(parts) + notes + [
+        "verdict: from the pooled effects above (docs/claims.md, 'the verdict rule'); the row "
+        f"table is secondary evidence, its verdicts at {ALPHA:g} after Holm over this claim's "
+        f"{family} row tests; none from fewer than {MIN_SEEDS} seeds"]
+    return Section(title, table, notes, verdict=overall, lead=lead(parts, per_part, decimals))

@@ -23,11 +23,13 @@ th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
 td.text{text-align:left;white-space:normal}
 td.tests{text-align:left;white-space:normal;font-size:11.5px;min-width:24em;max-width:38em}
 a{color:#1a5fb4;text-decoration:none}a:hover{text-decoration:underline}
-.consistent{background:#e3f4e1}.inconsistent{background:#fbe3e1}.inconclusive{background:#fff6d8}
+.consistent{background:#e3f4e1}.contrary{background:#f6d5f0}.inconsistent{background:#fbe3e1}.inconclusive{background:#fff6d8}
 .notes{font-size:12px;color:#444;margin:.2em 0 1em 0}.notes li{margin:.15em 0}
 dl{display:grid;grid-template-columns:max-content auto;gap:.2em 1em;font-size:13px}
 dt{font-weight:600}figure{margin:1.5em 0}figcaption{font-size:12.5px;max-width:70em;color:#333}
 img{max-width:100%}
+p.lead{font-size:12.5px;font-weight:600;margin:.6em 0 .1em 0}
+table.pooled{font-size:13px}table.pooled td{background:#fafcff}
 """
 
 
@@ -48,9 +50,9 @@ class RunLinks:
         return f"{runs}?searchFilter={quote(where)}"
 
 
-def table_html(section: Section, links: RunLinks) -> str:
-    t = section.table
-    if t.empty:
+def table_html(t: pd.DataFrame | None, links: RunLinks, runs: dict | None = None,
+               cls: str = "") -> str:
+    if t is None or t.empty:
         return ""
     head = "".join(f"<th>{escape(str(c))}</th>" for c in [t.index.name or "", *t.columns])
     rows = []
@@ -58,7 +60,7 @@ def table_html(section: Section, links: RunLinks) -> str:
         cells = [f"<td>{escape(str(label))}</td>"]
         for column, value in values.items():
             text = escape(str(value))
-            href = links.href(section.runs.get((label, column), []))
+            href = links.href((runs or {}).get((label, column), []))
             cls = ""
             if column == "verdict":
                 cls = f' class="{escape(str(value).split()[0])}"'
@@ -67,7 +69,9 @@ def table_html(section: Section, links: RunLinks) -> str:
             cells.append(f'<td{cls}><a href="{escape(href)}">{text}</a></td>' if href
                          else f"<td{cls}>{text}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    attrs = f' class="{cls}"' if cls else ""
+    return (f"<table{attrs}><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody>"
+            "</table>")
 
 
 def section_html(section: Section, links: RunLinks) -> str:
@@ -76,7 +80,13 @@ def section_html(section: Section, links: RunLinks) -> str:
         v = escape(section.verdict)
         verdict = f' <span class="{v.split()[0]}">&nbsp;{v}&nbsp;</span>'
     notes = "".join(f"<li>{escape(n)}</li>" for n in section.notes)
-    return (f"<h2>{escape(section.title)}{verdict}</h2>{table_html(section, links)}"
+    pooled = ""
+    if section.lead is not None and not section.lead.empty:
+        pooled = ("<p class=lead>the claim's verdict: each effect pooled over its rows</p>"
+                  + table_html(section.lead, links, cls="pooled")
+                  + "<p class=lead>row by row (secondary)</p>")
+    return (f"<h2>{escape(section.title)}{verdict}</h2>{pooled}"
+            f"{table_html(section.table, links, section.runs)}"
             + (f'<ul class="notes">{notes}</ul>' if notes else ""))
 
 

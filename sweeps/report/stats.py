@@ -17,14 +17,17 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
 
 from kd_core.names import DATASET_FACTS
 
+from ..spec import ReportSpec
+
 MIN_SEEDS = 3
 ALPHA = 0.05  # the level a verdict is drawn at, after Holm's adjustment
-# "Similar" accuracy (claim C2: MSE similar to or better than the best KL) as a non-inferiority
-# margin: MSE - KL's 95% interval lies above -1 point. The paper's tau effects are 1-3 points.
-SIMILAR_MARGIN = 1.0
+# "Similar" accuracy (claim C2) as a non-inferiority margin: the spec's report.similar_margin,
+# whose default (and why) is in spec/sections.py; a results file alone gets the default.
+SIMILAR_MARGIN = ReportSpec().similar_margin
 # A learning curve "still rising": a least-squares line over the last fifth of the epochs climbs
 # by more than two test images (one image is within a run's evaluation noise), and its slope is
 # positive beyond chance (p < ALPHA): epoch-to-epoch noise alone does not flag a run.
@@ -58,15 +61,24 @@ def t_interval(values) -> tuple[float, float, int]:
     return float(v.mean()), float(half), n
 
 
-def cell(values, decimals: int = 2, scale: float = 100) -> str:
-    """Values (accuracy, x100 into %) as "mean ± half-width (n)" of their 95% t-interval over
-    seeds; below MIN_SEEDS each seed's value, sorted (so their range), no interval."""
+def cell(values, decimals: int = 2, scale: float = 100, test_step: float | None = None) -> str:
+    """Values (accuracy, x100 into %) as "mean ± half-width (n)" of their 95% interval over
+    seeds; below MIN_SEEDS each seed's value, sorted (so their range), no interval.
+    ``test_step``: for an accuracy, one test image in points: the interval then adds the test
+    set's binomial variance, p(1 - p) / test images, to the seeds' (every seed is scored on the
+    same images, so the seeds' spread cannot show it, and tied seeds never print "± 0")."""
     v = pd.Series(values).dropna() * scale
     mean, half, n = t_interval(v)
     if n == 0:
         return "-"
     if n < MIN_SEEDS:
         return ", ".join(f"{x:.{decimals}f}" for x in sorted(v)) + f" (n={n})"
+    if test_step:  # Welch-Satterthwaite df: the binomial part is known (infinite df)
+        p = min(max(mean / scale, 0.0), 1.0)
+        binomial = scale * p * (1 - p) * test_step  # scale^2 p(1-p) / images, in points^2
+        seeds = v.var(ddof=1) / n
+        df = (seeds + binomial) ** 2 / (seeds ** 2 / (n - 1)) if seeds > 0 else math.inf
+        half = stats.t.ppf(0.975, df) * math.sqrt(seeds + binomial)
     return f"{mean:.{decimals}f} ± {half:.{decimals}f} (n={n})"
 
 
@@ -113,13 +125,14 @@ def p_text(p: float) -> str:
 
 
 def holm(pvalues: list[float]) -> list[float]:
-    """Holm's step-down adjustment of a family of p-values (nan: no test, left out of the
-    family), in the order given."""
-    tested = sorted((p, i) for i, p in enumerate(pvalues) if not math.isnan(p))
-    out, running = [math.nan] * len(pvalues), 0.0
-    for rank, (p, i) in enumerate(tested):
-        running = max(running, min(1.0, (len(tested) - rank) * p))
-        out[i] = running
+    """Holm's step-down adjustment of a family of p-values (statsmodels' multipletests; nan: no
+    test, left out of the family), in the order given."""
+    tested = [i for i, p in enumerate(pvalues) if not math.isnan(p)]
+    out = [math.nan] * len(pvalues)
+    if tested:
+        adjusted = multipletests([pvalues[i] for i in tested], method="holm")[1]
+        for i, q in zip(tested, adjusted, strict=True):
+            out[i] = float(q)
     return out
 
 

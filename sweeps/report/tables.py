@@ -29,9 +29,12 @@ class Section:
     notes: list[str] = field(default_factory=list)
     runs: dict = field(default_factory=dict)  # (row, column) -> MLflow run ids behind the cell
     verdict: str | None = None  # a claim's, where the section is one
+    lead: pd.DataFrame | None = None  # a claim's pooled effects, above its row table
 
     def text(self) -> str:
         lines = [f"== {self.title}" + (f": {self.verdict.upper()}" if self.verdict else "")]
+        if self.lead is not None and not self.lead.empty:
+            lines.append(self.lead.to_string())
         if not self.table.empty:
             lines.append(self.table.fillna("-").to_string())
         return "\n".join(lines + [f"   {n}" for n in self.notes])
@@ -62,12 +65,13 @@ def accuracy(df: pd.DataFrame) -> list[Section]:
             keys = keys if isinstance(keys, tuple) else (keys,)
             where = f"noise={keys[-1]:g}" + (f", {keys[0]}" if several else "")
             table = part.pivot_table(index="row", columns="column", values="test_acc",
-                                     aggfunc=lambda v: cell(v, decimals))
+                                     aggfunc=lambda v: cell(v, decimals, test_step=step))
             table = table.reindex(_settings(table.index))
             table = table[sorted(table.columns, key=lambda c: int(c.split()[0][1:]))]
             table.columns.name, table.index.name = None, "setting"
             out.append(Section(
-                f"{chain} ({where}): test accuracy %, mean ± 95% t-interval over seeds (n "
+                f"{chain} ({where}): test accuracy %, mean ± 95% interval (seeds and the test "
+                f"set's binomial variance; n "
                 f"seeds; below {MIN_SEEDS} seeds each seed's value){grain}",
                 table, comparisons(part, decimals), _runs(part, "row", "column")))
     return out

@@ -24,6 +24,7 @@ from .sections import (
     GridSpec,
     ModelResources,
     NoiseSpec,
+    ReportSpec,
     ResourcesSpec,
     SearchSpec,
     TrainSpec,
@@ -33,8 +34,8 @@ from .sections import (
 
 __all__ = [
     "SEARCH_METRICS", "AshaSpec", "DatasetSpec", "GridSpec", "ModelResources", "NoiseSpec",
-    "ResourcesSpec", "SearchSpec", "SpecError", "SweepSpec", "TrainSpec", "load_spec",
-    "parse_spec",
+    "ReportSpec", "ResourcesSpec", "SearchSpec", "SpecError", "SweepSpec", "TrainSpec",
+    "load_spec", "parse_spec",
 ]
 
 
@@ -53,6 +54,7 @@ class SweepSpec(_Strict):
     grid: GridSpec = GridSpec()
     resources: ResourcesSpec = ResourcesSpec()
     search: SearchSpec = SearchSpec()
+    report: ReportSpec = ReportSpec()
     storage: str = "./kdsweep-results"
     tracking_uri: str = "sqlite:///mlflow.db"
     # Recorded on every run; with the storage it names the cluster (a parent run per cluster).

@@ -215,6 +215,16 @@ class SearchSpec(_Strict):
         return v
 
 
+class ReportSpec(_Strict):
+    """How `kdsweep report` judges this sweep's claims (no trial depends on it)."""
+
+    # C2's "MSE similar to the best KL" as a non-inferiority margin, in accuracy points: for
+    # every tau, MSE - KL's 95% interval lies above -similar_margin. 1 point by default: below
+    # the paper's tau effects (1-3 points on CIFAR-100), above one test image on CIFAR (0.01)
+    # and digits (0.22). A dataset with other effect sizes sets its own, before it sees results.
+    similar_margin: float = Field(1.0, gt=0, le=50)
+
+
 def _check_gpu(v: float | None) -> float | None:
     # Ray schedules fractions of one GPU, or whole GPUs: 1.5 cannot be placed.
     if v is not None and 0 < v < 0.01:
