@@ -43,6 +43,10 @@ def _plan(args) -> int:
         print(summary)
     if args.measure:
         _measure(spec, plan, args, data)
+    if args.power:
+        from .report.power import power_table
+
+        print(power_table(args.power, len(spec.grid.seeds), spec.report.similar_margin))
     return 0
 
 
@@ -132,6 +136,13 @@ def main(argv: list[str] | None = None) -> int:
         "--measure",
         action="store_true",
         help="run each kind of trial for a few steps; print peak memory, time, and a packing",
+    )
+    p.add_argument(
+        "--power",
+        nargs="+",
+        metavar="PILOT",
+        help="a pilot's results (.parquet or spec files): per claim, the effect this spec's "
+        "seeds detect and the seeds the paper's effect needs",
     )
     p.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
     p.add_argument("--max-per-gpu", type=int, default=8, help="most trials packed on one GPU")

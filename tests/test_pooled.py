@@ -84,3 +84,38 @@ def test_trends_are_rho_within_each_seed_never_across_seeds():
     units = within_seed_rho(pd.DataFrame(rows), "x", "y")
     assert list(units.value) == [-1.0, -1.0, -1.0]
     assert stats.spearmanr([r["x"] for r in rows], [r["y"] for r in rows]).statistic > 0.5
+
+
+def test_plan_power_projects_a_pilot_to_the_specs_seeds(tmp_path, kdsweep_here):
+    """`kdsweep plan SPEC --power PILOT`: per claim, what the spec's seeds detect and the seeds
+    the paper's effect needs, from the pilot's variance; a pilot with nothing in it is one
+    line."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import yaml
+
+    from sweeps.results import SCHEMA
+    from tests.test_report import claim_rows
+
+    values = {}
+    for noise in (0.0, 0.4):  # C6's arms: sequential 1, 1, 2 above direct in each row
+        values |= {("A>B", noise, "kl0.5"): ([60, 62, 61], [3.0, 3.2, 3.1]),
+                   ("A>M>B", noise, "kl0.5"): ([61, 63, 63], [3.0, 3.2, 3.1]),
+                   ("M>B", noise, "kl0.5"): ([62, 65, 63], [3.0, 3.2, 3.1])}
+    pilot = tmp_path / "pilot.parquet"
+    pq.write_table(pa.Table.from_pylist(claim_rows(values), schema=SCHEMA), pilot)
+    spec = yaml.safe_load(open("sweeps/configs/digits.yaml"))
+    spec["grid"]["seeds"] = list(range(10))
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    code, out, _ = kdsweep_here("plan", tmp_path / "spec.yaml", "--offline", "--power", pilot)
+    assert code == 0, out
+    line = next(ln for ln in out.splitlines() if "sequential - direct" in ln)
+    # sequential - direct = 1, 1, 2 per row: per-row variance 1/3; pooled over 2 rows at 10
+    # seeds: se = sqrt(2/3 / 10) / 2, df 18
+    effect = pool(frame({"a": [1.0, 1.0, 2.0], "b": [1.0, 1.0, 2.0]}), "d", +1)
+    assert "detectable at 10 seeds" in out and f"{effect.detectable(10):.3g}" in line
+    assert f"{effect.seeds_for(0.28)}" in line.split()  # the paper's +0.28
+    pq.write_table(pa.Table.from_pylist([], schema=SCHEMA), tmp_path / "empty.parquet")
+    code, out, err = kdsweep_here("plan", tmp_path / "spec.yaml", "--offline", "--power",
+                                  tmp_path / "empty.parquet")
+    assert code != 0 and len(err.strip().splitlines()) == 1 and "empty.parquet" in err, err

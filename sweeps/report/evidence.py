@@ -281,4 +281,5 @@ def section(title: str, rows: list[dict], tests: list[Test], notes: list[str],
         "verdict: from the pooled effects above (docs/claims.md, 'the verdict rule'); the row "
         f"table is secondary evidence, its verdicts at {ALPHA:g} after Holm over this claim's "
         f"{family} row tests; none from fewer than {MIN_SEEDS} seeds"]
-    return Section(title, table, notes, verdict=overall, lead=lead(parts, per_part, decimals))
+    return Section(title, table, notes, verdict=overall, lead=lead(parts, per_part, decimals),
+                   effects=[e for part in parts for e in part.effects])

@@ -21,6 +21,7 @@ th,td{border:1px solid #ccc;padding:3px 7px;text-align:right;vertical-align:top;
 white-space:nowrap}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
 td.text{text-align:left;white-space:normal}
+td.verdict{text-align:left;white-space:normal;min-width:9em;max-width:20em}
 td.tests{text-align:left;white-space:normal;font-size:11.5px;min-width:24em;max-width:38em}
 a{color:#1a5fb4;text-decoration:none}a:hover{text-decoration:underline}
 .consistent{background:#e3f4e1}.contrary{background:#f6d5f0}.inconsistent{background:#fbe3e1}.inconclusive{background:#fff6d8}
@@ -63,7 +64,7 @@ def table_html(t: pd.DataFrame | None, links: RunLinks, runs: dict | None = None
             href = links.href((runs or {}).get((label, column), []))
             cls = ""
             if column == "verdict":
-                cls = f' class="{escape(str(value).split()[0])}"'
+                cls = f' class="verdict {escape(str(value).split()[0])}"'
             elif column in ("tests", "statement"):
                 cls = f' class="{"tests" if column == "tests" else "text"}"'
             cells.append(f'<td{cls}><a href="{escape(href)}">{text}</a></td>' if href

@@ -30,6 +30,7 @@ class Section:
     runs: dict = field(default_factory=dict)  # (row, column) -> MLflow run ids behind the cell
     verdict: str | None = None  # a claim's, where the section is one
     lead: pd.DataFrame | None = None  # a claim's pooled effects, above its row table
+    effects: list = field(default_factory=list)  # those effects (pooled.Pooled)
 
     def text(self) -> str:
         lines = [f"== {self.title}" + (f": {self.verdict.upper()}" if self.verdict else "")]
