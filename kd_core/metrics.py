@@ -21,6 +21,10 @@ class EpochMetrics:
     test_loss: float | None = None
     test_acc: float | None = None
     test_ece: float | None = None
+    # On the validation set held out of the training split (a run with one), its labels as
+    # trained: what a search may select on; the test set never is.
+    val_loss: float | None = None
+    val_acc: float | None = None
     # Students only: distance to / agreement with the teacher.
     logit_distance: float | None = None  # mean ||z_s - z_t||_2 over this epoch's training views
     test_logit_distance: float | None = None
@@ -51,6 +55,11 @@ def predict(model: torch.nn.Module, images: torch.Tensor, prepare: Callable, bat
     ]
     model.train(was_training)
     return torch.cat(out)
+
+
+def val_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    return {"val_loss": float(F.cross_entropy(logits, labels)),
+            "val_acc": float((logits.argmax(1) == labels).float().mean())}
 
 
 def test_metrics(

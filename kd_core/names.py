@@ -76,3 +76,10 @@ def check_model_name(name: str) -> None:
             raise ValueError(f"bad CIFAR ResNet {name!r}: depth must be 6n+2")
     elif name not in CNN_SIZES:
         raise unknown_model(name)
+
+
+def check_validation(fraction: float) -> None:
+    """The share of the training split a run may hold out for validation: [0, 0.5)."""
+    if not (isinstance(fraction, (int, float)) and 0 <= fraction < 0.5):
+        raise ValueError(f"validation: a fraction of the training split in [0, 0.5), got "
+                         f"{fraction!r}")

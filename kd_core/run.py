@@ -22,14 +22,19 @@ class RunSpec:
     noise_kind: str = "symmetric"
     noise_rate: float = 0.0  # the noise seed is train.seed: a lineage shares one set of labels
     augment: Augment | None = None  # None: the dataset's default (crop+flip for CIFAR)
+    # the share of the training split held out for validation, drawn with train.seed (0: none,
+    # the paper's protocol: the whole training split, final-epoch test accuracy)
+    validation: float = 0.0
 
 
 def load_run_data(run: RunSpec) -> tuple[ImageData, NoisyLabels]:
-    """The dataset with this run's label noise (and augmentation override) applied."""
+    """The dataset with this run's label noise (over the whole training split, as without a
+    validation set), its validation split and augmentation override applied."""
     data = load_dataset(run.dataset, root=run.data_root, download=run.download)
     if run.augment is not None:
         data = data.with_augment(run.augment)
-    return data.with_label_noise(run.noise_kind, run.noise_rate, run.train.seed)
+    data, noisy = data.with_label_noise(run.noise_kind, run.noise_rate, run.train.seed)
+    return data.with_validation(run.validation, run.train.seed), noisy
 
 
 def build_trainer(

@@ -21,7 +21,7 @@ from .checkpoint import load_checkpoint
 from .config import TrainConfig
 from .data import ImageData, draw_views, render_views
 from .losses import distillation_loss
-from .metrics import EpochMetrics, predict, test_metrics
+from .metrics import EpochMetrics, predict, test_metrics, val_metrics
 from .models import Classifier, build_model
 
 
@@ -100,6 +100,8 @@ class Trainer:
         self.y_clean = data.clean_labels.to(dev)
         self.x_test = data.test_images.to(dev)
         self.y_test = data.test_labels.to(dev)
+        self.x_val = None if data.val_images is None else data.val_images.to(dev)
+        self.y_val = None if data.val_labels is None else data.val_labels.to(dev)
         self._normalize = data.normalizer(dev)
 
         # Where teacher logits come from, in bank.teacher_path's words: None (CE), "shared" (a
@@ -290,6 +292,10 @@ class Trainer:
                 logits = self._predict(self.model, self.x_test)
                 for k, v in test_metrics(logits, self.y_test, self._teacher_test()).items():
                     setattr(m, k, v)
+                if self.x_val is not None:
+                    logits = self._predict(self.model, self.x_val)
+                    for k, v in val_metrics(logits, self.y_val).items():
+                        setattr(m, k, v)
             m.epoch_time = time.perf_counter() - t0
             self.history.append(m.as_dict())
             yield m

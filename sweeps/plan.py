@@ -118,6 +118,8 @@ def trial_key(
         "seed": seed,
         "teacher": teacher_key,
     }
+    if spec.dataset.validation:  # trained on less: another trial (absent: the keys from before)
+        identity["validation"] = spec.dataset.validation
     blob = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 

@@ -22,6 +22,8 @@ EPOCH_FINALS = (
     "logit_distance",
     "test_logit_distance",
     "test_agreement",
+    "val_loss",
+    "val_acc",
 )
 
 
@@ -43,6 +45,8 @@ class TrialResult:
     logit_distance: float | None = None
     test_logit_distance: float | None = None
     test_agreement: float | None = None
+    val_loss: float | None = None  # on the validation split, where the spec holds one out
+    val_acc: float | None = None
     realised_noise_rate: float | None = None
     labels_hash: str | None = None
     wall_time: float = 0.0  # seconds of training and evaluation, summed over epochs

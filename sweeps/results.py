@@ -48,6 +48,10 @@ SCHEMA = pa.schema(
         # test accuracy per epoch (null where an epoch was not evaluated): learning curves and
         # the report's convergence flag without MLflow
         ("test_acc_curve", pa.list_(pa.float64())),
+        # the metric a search chose or stopped this student on (Optuna, ASHA); null: nothing
+        # was selected (a grid, a teacher). A test_ metric: selected on the test set.
+        ("selected_on", pa.string()),
+        ("validation", pa.float64()),  # the share of the training split held out (0: none)
     ]
 )
 
@@ -78,6 +82,9 @@ def row(plan: Plan, trial: Trial, state: TrialState, result: TrialResult | None,
         seed=trial.seed,
         status=str(state),
         mlflow_run_id=run_id,
+        selected_on=plan.spec.search.metric
+        if plan.spec.search.selects and trial.generation > 0 else None,
+        validation=plan.spec.dataset.validation,
     )
     return out
 

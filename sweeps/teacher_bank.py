@@ -79,13 +79,16 @@ def wants_shared_bank(train: TrainSpec, data: ImageData, n_students: int) -> boo
     return teacher_path_of(train, data, n_students)[0] == "shared"
 
 
-def build_shared_bank(d: DatasetSpec, dtype: str, ledger: Ledger, teacher_key: str) -> float:
-    """Build and store the ``dtype`` bank of the finished teacher ``teacher_key`` on dataset
-    ``d``; returns its seconds. Host memory peaks near one bank: it is written to this node's
-    cache file by torch.save (no copy as bytes), streamed to storage from there, and stays
-    cached for this node."""
-    # Labels (and so label noise) play no part in a bank: the plain dataset will do.
-    data = load_dataset(d.name, root=d.root, download=d.download)
+def build_shared_bank(d: DatasetSpec, dtype: str, ledger: Ledger, teacher_key: str,
+                      seed: int) -> float:
+    """Build and store the ``dtype`` bank of the finished teacher ``teacher_key`` (of ``seed``)
+    on dataset ``d``; returns its seconds. Host memory peaks near one bank: it is written to
+    this node's cache file by torch.save (no copy as bytes), streamed to storage from there,
+    and stays cached for this node."""
+    # Labels (and so label noise) play no part in a bank: the plain dataset will do, less the
+    # validation images its students hold out (drawn with the lineage's seed).
+    data = load_dataset(d.name, root=d.root, download=d.download).with_validation(d.validation,
+                                                                                  seed)
     model = trained_model(ledger.storage, teacher_key)
     t0 = time.perf_counter()
     bank = bank_for(model, data, resolve_device("auto"), getattr(torch, dtype))

@@ -49,6 +49,7 @@ def run_spec(spec: SweepSpec, trial: Trial) -> RunSpec:
         download=spec.dataset.download,
         noise_kind=trial.noise_kind,
         noise_rate=trial.noise_rate,
+        validation=spec.dataset.validation,
     )
 
 
@@ -117,7 +118,8 @@ def _run_job(job: Job, spec: SweepSpec, driver: str, report) -> None:
     ledger = Ledger(Storage(spec.storage))
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     if job.kind == "bank":
-        seconds = build_shared_bank(spec.dataset, spec.train.bank_dtype, ledger, job.trial.key)
+        seconds = build_shared_bank(spec.dataset, spec.train.bank_dtype, ledger, job.trial.key,
+                                    job.trial.seed)
         report({"bank_seconds": seconds})
         return
     trial = job.trial

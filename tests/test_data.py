@@ -89,6 +89,30 @@ def test_digits_split_is_fixed_and_noise_never_touches_test_labels():
     assert info.realised_rate == pytest.approx(0.4, abs=0.05)
 
 
+def test_validation_is_held_out_of_training_stratified_and_shared_by_a_lineage():
+    data = load_dataset("digits")
+    noisy, _ = data.with_label_noise("symmetric", 0.4, seed=5)
+    held = noisy.with_validation(0.2, seed=5)
+    n = len(data.train_labels)
+    assert len(held.val_labels) == round(0.2 * n) and len(held.train_labels) == n - len(
+        held.val_labels)
+    assert torch.equal(held.test_images, data.test_images)  # the test set untouched
+    # disjoint, and together the training split: each image once, each with its (noisy) label
+    rows = lambda x: {bytes(i.numpy().tobytes()) for i in x}  # noqa: E731
+    assert not rows(held.val_images) & rows(held.train_images)
+    assert len(rows(held.val_images) | rows(held.train_images)) == len(rows(data.train_images))
+    counts = torch.bincount(held.clean_labels, minlength=10) / torch.bincount(
+        data.train_labels, minlength=10)
+    assert counts.min() > 0.75 and counts.max() < 0.85  # stratified on the clean labels
+    # the teacher's bank is built on the plain dataset with the same seed: the same images
+    plain = data.with_validation(0.2, seed=5)
+    assert torch.equal(plain.train_images, held.train_images)
+    assert not torch.equal(data.with_validation(0.2, seed=6).val_images, held.val_images)
+    assert data.with_validation(0, seed=5) is data
+    with pytest.raises(ValueError, match="validation"):
+        data.with_validation(0.6, seed=0)
+
+
 def test_digits_are_scikit_learns_own_data_and_split():
     """kd_core reads digits and draws its split without importing scikit-learn: the same
     images, labels and indices as load_digits + train_test_split(stratify=y, random_state)."""

@@ -44,7 +44,8 @@ def test_plan_shapes_cover_every_trial_with_its_teacher_path():
     })
     off = make_spec(train={"epochs": 30, "teacher_bank": "off"})
     assert {s.path for s in plan_shapes(off, build_plan(off), data) if s.teacher} == {"online"}
-    opt = make_spec(search={"type": "optuna", "num_samples": 5})
+    opt = make_spec(search={"type": "optuna", "num_samples": 5},
+                    dataset={"name": "digits", "validation": 0.1})
     counts = plan_shapes(opt, build_plan(opt), data)
     # up to 5 samples per teacher (2 noise rates x 2 seeds) on each teacher -> student edge
     assert counts[Shape("cnn-medium", "cnn-large", "shared")] == 20

@@ -1,6 +1,8 @@
 import math
 from pathlib import Path
 
+import pytest
+
 from sweeps.plan import build_plan
 from sweeps.spec import load_spec, parse_spec
 
@@ -68,3 +70,27 @@ def test_student_key_covers_its_lineage():
     small = [t for t in plan.generations[1] if t.tau == 1]
     assert len(small) == 2 and small[0].key != small[1].key
     assert {t.chain for t in small} == {"cnn-large>cnn-small", "cnn-medium>cnn-small"}
+
+
+def test_a_validation_split_makes_new_keys_and_none_keeps_the_old():
+    spec = load_spec(CONFIGS / "digits.yaml")
+    keys = [t.key for t in build_plan(spec).trials]
+    same = spec.model_copy(update={"dataset": spec.dataset.model_copy(update={"validation": 0})})
+    assert [t.key for t in build_plan(same).trials] == keys  # the field's default: no new trial
+    held = spec.model_copy(update={"dataset": spec.dataset.model_copy(
+        update={"validation": 0.1})})
+    assert not set(keys) & {t.key for t in build_plan(held).trials}  # trained on less
+
+
+# Keys trials were stored under before a spec field existed (main at 61ff7c7): a new field
+# with its default must not change them, or a rerun of a stored sweep retrains everything.
+STORED_KEYS = {
+    "digits": {"2d0c90c74dd3d1f16261", "37c68989783092828ea3", "3b9198af20ca9f2cb4fe"},
+    "cifar100-paper": {"894495d55aec5ae1be57", "271cbc91d02879f6ac02", "430929ca5a44ce77848d"},
+}
+
+
+@pytest.mark.parametrize("config", sorted(STORED_KEYS))
+def test_the_shipped_grids_keep_their_stored_keys(config):
+    keys = {t.key for t in build_plan(load_spec(CONFIGS / f"{config}.yaml")).trials}
+    assert STORED_KEYS[config] <= keys

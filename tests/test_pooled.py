@@ -3,6 +3,7 @@ with scipy and statsmodels on small frames."""
 
 import itertools
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -104,7 +105,7 @@ def test_plan_power_projects_a_pilot_to_the_specs_seeds(tmp_path, kdsweep_here):
                    ("M>B", noise, "kl0.5"): ([62, 65, 63], [3.0, 3.2, 3.1])}
     pilot = tmp_path / "pilot.parquet"
     pq.write_table(pa.Table.from_pylist(claim_rows(values), schema=SCHEMA), pilot)
-    spec = yaml.safe_load(open("sweeps/configs/digits.yaml"))
+    spec = yaml.safe_load(Path("sweeps/configs/digits.yaml").read_text())
     spec["grid"]["seeds"] = list(range(10))
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
     code, out, _ = kdsweep_here("plan", tmp_path / "spec.yaml", "--offline", "--power", pilot)

@@ -126,6 +126,32 @@ def test_report_tables_figures_and_html(tmp_path, capsys):
     assert page.count("<img") == page.count("<figcaption>") == len(paths) - 1
     assert "<td>72.0 ± 4.9 (n=3)</td>" in page and "<pre>" not in page
     assert "<dt>dataset</dt><dd>digits (1347 train / 450 test images)</dd>" in page
+    assert "<dt>selection</dt>" not in page  # a grid: nothing was selected on anything
+
+
+def test_results_written_before_the_validation_columns_still_load(tmp_path):
+    new = {"val_loss", "val_acc", "selected_on", "validation"}
+    old = pa.schema([f for f in SCHEMA if f.name not in new])
+    path = tmp_path / "old.parquet"
+    pq.write_table(pa.Table.from_pylist([{k: r.get(k) for k in old.names} for r in rows()],
+                                        schema=old), path)
+    df, _ = load([str(path)])
+    assert len(df) == 22 and df.selected_on.isna().all()
+    text, _ = report([str(path)], tmp_path / "rep")
+    assert "72.0 ± 4.9 (n=3)" in text
+
+
+@pytest.mark.parametrize("metric, says", [
+    ("val_acc", "c/s: val_acc (12 searched students), the test set untouched"),
+    ("test_acc", "c/s: ON THE TEST SET (test_acc; search.allow_test_metric): its 12 searched"),
+])
+def test_the_report_says_what_a_search_selected_on(tmp_path, metric, says):
+    marked = [r | {"selected_on": metric if r["generation"] > 0 else None} for r in rows()]
+    path = tmp_path / "results.parquet"
+    pq.write_table(pa.Table.from_pylist(marked, schema=SCHEMA), path)
+    report([str(path)], tmp_path / "rep")
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert f"<dt>selection</dt><dd>{says}" in page
 
 
 # ---- the claims, on data whose verdicts are worked out by hand ---------------------------------

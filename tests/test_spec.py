@@ -100,6 +100,13 @@ def test_good_spec_parses_with_inf_tau_and_defaults():
          r"used through an MLflow server"),
         ("storage", "s3://KEY:s3cr3t@bucket/x", r"storage: credentials do not belong"),
         ("dataset.root", "s3://KEY:s3cr3t@bucket/x", r"dataset.root: credentials do not belong"),
+        ("dataset.validation", 0.5, r"dataset.validation: .*in \[0, 0.5\), got 0.5"),
+        # a search selects on a validation split, never silently on the test set (issue 31)
+        ("search", {"type": "optuna"}, r"search.metric: val_acc .*needs a validation split"),
+        ("search", {"asha": {}}, r"search.metric: val_acc .*set dataset.validation"),
+        ("search", {"type": "optuna", "metric": "test_acc"},
+         r"search.metric: test_acc selects trials on the test set"),
+        ("search", {"metric": "val_acc"}, r"search.metric: val_acc needs dataset.validation"),
     ],
 )
 def test_bad_specs_name_the_field(path, value, expect):
@@ -107,6 +114,17 @@ def test_bad_specs_name_the_field(path, value, expect):
         parse_spec(bad(path, value), "spec.yaml")
     assert "s3cr3t" not in str(e.value)  # no message echoes a secret
     assert len(str(e.value).splitlines()) == 2  # the file, then the one field
+
+
+def test_a_search_selects_on_validation_unless_told_to_use_the_test_set():
+    validated = bad("dataset.validation", 0.1)
+    assert parse_spec(validated).search.metric == "val_acc"  # a grid reports it, selects nothing
+    assert parse_spec(GOOD).search.metric == "test_acc"  # nothing held out, nothing selected
+    searched = bad("search", {"type": "optuna"}) | {"dataset": validated["dataset"]}
+    assert parse_spec(searched).search.metric == "val_acc"
+    allowed = bad("search", {"type": "optuna", "metric": "test_acc", "allow_test_metric": True})
+    spec = parse_spec(allowed)
+    assert spec.search.metric == "test_acc" and spec.search.selects
 
 
 def test_search_metrics_are_ones_the_trainer_reports():

@@ -275,7 +275,7 @@ def test_status_and_report(sweep, tmp_path):
     # each claim with a verdict, and with one seed never more than "inconclusive at this n"
     for claim in ("C1", "C2", "C3", "C4", "C5"):
         assert f"== {claim} " in text
-    assert set(re.findall(r"^== C\d .*: (\w+)", text, re.M)) == {"INCONCLUSIVE"}
+    assert set(re.findall(r"^== C\d .*: (\w+) \(ROWS", text, re.M)) == {"INCONCLUSIVE"}
     assert "inconclusive at this n (1 seed)" in text
     names = {p.name for p in paths}
     assert {"accuracy_vs_tau.png", "accuracy_vs_noise.png", "accuracy_vs_generation.png",
@@ -322,6 +322,7 @@ def test_asha_stops_weak_students_and_skips_their_children(local_ray, tmp_path):
     """ASHA (optional early stopping) on the students: stopped trials keep their last metrics,
     have no model, and their own students are skipped rather than started."""
     spec = make_spec(tmp_path, taus=(0.5, 1.0, 2.0, 4.0, 8.0, 20.0), name="asha",
+                     dataset={"name": "digits", "validation": 0.2},
                      search={"type": "grid", "asha": {"grace_period": 1,
                                                       "reduction_factor": 3}})
     spec = spec.model_copy(update={"grid": spec.grid.model_copy(
@@ -332,6 +333,7 @@ def test_asha_stops_weak_students_and_skips_their_children(local_ray, tmp_path):
     gen1 = df[df.generation == 1]
     stopped = gen1[gen1.status == "stopped_early"]
     assert len(gen1) == 6 and len(stopped) >= 1 and (stopped.epochs < EPOCHS).all()
+    assert (gen1.selected_on == "val_acc").all() and gen1.val_acc.notna().all()  # not test_acc
     storage = Storage(spec.storage)
     for key in stopped.key:
         assert not storage.exists(trial_file(key, "model.pt"))
@@ -348,7 +350,7 @@ def test_trials_that_could_never_start_are_refused_before_any_work(local_ray, tm
 
 
 def test_optuna_samples_students_and_their_children_follow(local_ray, tmp_path):
-    spec = make_spec(tmp_path, name="optuna",
+    spec = make_spec(tmp_path, name="optuna", dataset={"name": "digits", "validation": 0.2},
                      chains=[["cnn-medium", "cnn-small", "cnn-small"]],
                      search={"type": "optuna", "num_samples": 3, "tau_range": [1.0, 8.0]})
     spec = spec.model_copy(update={"grid": spec.grid.model_copy(
@@ -368,6 +370,16 @@ def test_optuna_samples_students_and_their_children_follow(local_ray, tmp_path):
     # each student of a sample keeps its teacher's loss (rows come in whatever order they ended)
     teacher_loss = gen1.set_index("key").loss
     assert (gen2.loss.to_numpy() == teacher_loss[gen2.teacher_key].to_numpy()).all()
+    # selected on the validation split held out of the training split, never on the test set
+    assert spec.search.metric == "val_acc" and (df.validation == 0.2).all()
+    assert df.val_acc.between(0, 1).all() and df.val_loss.notna().all()
+    assert (gen1.selected_on == "val_acc").all() and teacher.selected_on.isna().all()
+    client = MlflowClient(spec.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("optuna").experiment_id],
+                              "tags.`kdsweep.role` = 'trial'")
+    assert len(runs) == len(df)
+    for r in runs:
+        assert len(client.get_metric_history(r.info.run_id, "val_acc")) == EPOCHS
 
 
 def small_spec(tmp_path, name, taus=(4,), **train):

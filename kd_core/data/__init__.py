@@ -1,5 +1,6 @@
 """Datasets, seeded label noise and on-device augmentation."""
 
+from ..names import check_validation
 from .augment import Augment, draw_views, render_views
 from .datasets import DATASETS, ImageData, load_dataset, synthetic
 from .noise import (
@@ -17,6 +18,7 @@ __all__ = [
     "render_views",
     "DATASETS",
     "ImageData",
+    "check_validation",
     "load_dataset",
     "synthetic",
     "CIFAR10_ASYMMETRIC_MAP",

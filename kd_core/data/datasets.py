@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..names import DATASETS
+from ..names import DATASETS, check_validation
 from .augment import Augment
 from .noise import CIFAR10_ASYMMETRIC_MAP, NoisyLabels, apply_label_noise
 
@@ -32,6 +32,9 @@ class ImageData:
     augment: Augment = Augment()
     class_map: dict[int, int] | None = None  # asymmetric-noise map; None = next class
     clean_train_labels: torch.Tensor | None = field(default=None, repr=False)
+    # held out of the training split (with_validation): images, and the labels trained on
+    val_images: torch.Tensor | None = field(default=None, repr=False)
+    val_labels: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def in_channels(self) -> int:
@@ -54,6 +57,27 @@ class ImageData:
         return dataclasses.replace(
             self, train_labels=noisy.labels, clean_train_labels=self.clean_labels
         ), noisy
+
+    def with_validation(self, fraction: float, seed: int) -> ImageData:
+        """A copy holding out ``fraction`` of the training split as a validation set, stratified
+        by the clean labels and drawn with ``seed`` (a trial's seed: a lineage shares it, so a
+        teacher never trained on its students' validation images and a bank of the teacher's
+        training views fits its students). Held-out images keep the labels they would have been
+        trained on (noisy where noise is on: a researcher has no other). 0: the same data."""
+        check_validation(fraction)
+        if fraction == 0:
+            return self
+        clean = self.clean_labels.numpy()
+        train, val = (np.sort(i) for i in stratified_split(clean, round(fraction * len(clean)),
+                                                           seed))
+        return dataclasses.replace(
+            self,
+            train_images=self.train_images[train],
+            train_labels=self.train_labels[train],
+            clean_train_labels=self.clean_labels[train],
+            val_images=self.train_images[val],
+            val_labels=self.train_labels[val],
+        )
 
     def normalizer(self, device):
         """uint8 images -> the normalised float input the models see."""

@@ -119,9 +119,11 @@ def header(rows: pd.DataFrame, specs: list) -> dict[str, str]:
                       f"sign-flip tests; detectable effects at {POWER:.0%} power); 95% "
                       f"intervals over seeds (accuracy: plus the test set's binomial variance), "
                       f"none below {MIN_SEEDS} seeds; row tests Holm-adjusted; C2's margin "
-                      f"{margin(specs):g} points; rules: docs/claims.md"
+                      f"{margin(specs):g} accuracy points; rules: docs/claims.md"
                       + (f"; one test image = {step:.2f} points" if step else ""),
     }
+    if (selection := selected(done)) is not None:
+        out["selection"] = selection
     for spec in specs:
         out[f"MLflow ({spec.name})"] = (spec.tracking_uri if spec.tracking_uri.startswith("http")
                                         else ui_command(spec.tracking_uri))
@@ -129,6 +131,22 @@ def header(rows: pd.DataFrame, specs: list) -> dict[str, str]:
         out["links"] = ("the accuracy tables' cells open the MLflow runs behind them (a local "
                         "store: start the UI with the command above first)")
     return out
+
+
+def selected(done: pd.DataFrame) -> str | None:
+    """What a search selected students on, per sweep; a test-set metric said loudly."""
+    chosen = done.dropna(subset=["selected_on"])
+    if chosen.empty:
+        return None
+    parts = []
+    for (origin, metric), part in chosen.groupby(["origin", "selected_on"]):
+        if metric.startswith("test_"):
+            parts.append(f"{origin}: ON THE TEST SET ({metric}; search.allow_test_metric): its "
+                         f"{len(part)} searched students' test accuracies are optimistic")
+        else:
+            parts.append(f"{origin}: {metric} ({len(part)} searched students), the test set "
+                         "untouched")
+    return "; ".join(parts)
 
 
 def links(specs: list, tracking_uri: str | None, experiment: str | None) -> RunLinks:

@@ -41,7 +41,8 @@ def load(
     if experiment:
         frames.append(from_mlflow(tracking_uri or "sqlite:///mlflow.db", experiment))
     df = pd.concat(frames, ignore_index=True)
-    for column in ("trained_on", "test_acc_curve", "train_feature_cka"):
+    for column in ("trained_on", "test_acc_curve", "train_feature_cka", "selected_on",
+                   "validation"):
         if column not in df:  # results written before the column existed
             df[column] = df["cluster"] if column == "trained_on" else None
     df = _once(df)

@@ -19,6 +19,7 @@ from .sections import (
     MAX_FAILURES,
     MAX_PREEMPTIONS,
     SEARCH_METRICS,
+    TEST_METRICS,
     AshaSpec,
     DatasetSpec,
     GridSpec,
@@ -122,6 +123,25 @@ class SweepSpec(_Strict):
             if name not in used:
                 known = ", ".join(sorted(used))
                 raise ValueError(f"resources.models.{name}: not in any chain (chains use {known})")
+        return self
+
+    @model_validator(mode="after")
+    def _search_metric(self):
+        """A search selects on the validation split, never silently on the test set."""
+        search, validation = self.search, self.dataset.validation
+        metric = search.metric or ("val_acc" if validation or search.selects else "test_acc")
+        if search.selects and metric.startswith("val_") and not validation:
+            raise ValueError(
+                f"search.metric: {metric} (a search's default) needs a validation split: set "
+                "dataset.validation (e.g. 0.1); a test-set metric would select on the test set")
+        if search.selects and metric in TEST_METRICS and not search.allow_test_metric:
+            raise ValueError(
+                f"search.metric: {metric} selects trials on the test set: use val_acc with "
+                "dataset.validation (e.g. 0.1), or set search.allow_test_metric: true (the "
+                "report then marks the sweep)")
+        if metric.startswith("val_") and not validation:
+            raise ValueError(f"search.metric: {metric} needs dataset.validation (e.g. 0.1)")
+        object.__setattr__(self, "search", search.model_copy(update={"metric": metric}))
         return self
 
     @field_validator("chains")

@@ -20,10 +20,19 @@ from pydantic import (
 )
 
 from kd_core.config import PER_RUN, TrainConfig
-from kd_core.names import DATASETS, check_loss_params, check_model_name, check_noise_params
+from kd_core.names import (
+    DATASETS,
+    check_loss_params,
+    check_model_name,
+    check_noise_params,
+    check_validation,
+)
 
 # What a trial reports that a search can maximize (Optuna's direction and ASHA's mode are "max").
-SEARCH_METRICS = ("test_acc", "test_agreement", "train_acc", "train_acc_clean")
+# val_acc is a search's default; a test-set metric selects on the test set, and is refused
+# unless the spec says search.allow_test_metric (and the report then marks the sweep).
+SEARCH_METRICS = ("val_acc", "test_acc", "test_agreement", "train_acc", "train_acc_clean")
+TEST_METRICS = ("test_acc", "test_agreement")
 # Upper bounds no user means: each catches a typo (10^20 epochs) before it allocates or schedules.
 MAX_CPUS, MAX_GPUS, MAX_MEMORY_GB = 1024, 64, 65536
 MAX_FAILURES, MAX_PREEMPTIONS, MAX_SAMPLES = 100, 10_000, 100_000
@@ -67,6 +76,17 @@ class DatasetSpec(_Strict):
     name: str
     root: str | None = None  # folder holding the CIFAR archives (on every node)
     download: bool = False
+    # The share of the training split held out (stratified, drawn with each trial's seed) to
+    # select on: val_acc and val_loss per epoch. 0, the paper's protocol: the whole training
+    # split, and the trials' keys are those of a spec without the field. A search (optuna,
+    # asha) selects on val_acc and needs one.
+    validation: float = 0.0
+
+    @field_validator("validation")
+    @classmethod
+    def _validation(cls, v):
+        check_validation(v)  # kd_core's rule
+        return v
 
     @field_validator("root")
     @classmethod
@@ -194,8 +214,15 @@ class SearchSpec(_Strict):
     # optuna only: a trial budget for generation 1 over loss x a continuous tau range.
     num_samples: int = Field(8, ge=1, le=MAX_SAMPLES)
     tau_range: Annotated[tuple[Tau, Tau], BeforeValidator(_as_tuple)] = (0.5, 50.0)
-    metric: str = "test_acc"
+    # what Optuna and ASHA maximize: default val_acc (needs dataset.validation)
+    metric: str | None = None
     asha: AshaSpec | None = None  # early stopping of students on `metric`
+    allow_test_metric: bool = False  # select on a test-set metric anyway (the report says so)
+
+    @property
+    def selects(self) -> bool:
+        """Whether the sweep chooses or stops trials by a metric (an Optuna search, ASHA)."""
+        return self.type == "optuna" or self.asha is not None
 
     @field_validator("tau_range")
     @classmethod
@@ -209,7 +236,7 @@ class SearchSpec(_Strict):
     @field_validator("metric")
     @classmethod
     def _metric(cls, v):
-        if v not in SEARCH_METRICS:
+        if v is not None and v not in SEARCH_METRICS:
             raise ValueError(f"unknown metric {v!r}: a search maximizes one the trainer "
                              f"reports: {', '.join(SEARCH_METRICS)}")
         return v
