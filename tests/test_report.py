@@ -129,6 +129,47 @@ def test_report_tables_figures_and_html(tmp_path, capsys):
     assert "<dt>selection</dt>" not in page  # a grid: nothing was selected on anything
 
 
+def test_figure_bands_are_the_tables_intervals_and_ticks_no_finer_than_an_image(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from sweeps.report.figures import Figures, resolution_ticks
+
+    path = tmp_path / "results.parquet"
+    pq.write_table(pa.Table.from_pylist(rows(), schema=SCHEMA), path)
+    df, _ = load([str(path)])
+    figs = Figures(df, tmp_path / "figs")
+    low, high = figs.band([70.0, 72.0, 74.0])  # the "72.0 ± 4.9 (n=3)" cell of the table
+    assert (round(low, 1), round(high, 1)) == (67.1, 76.9)
+    low, high = figs.band([60.0, 60.0, 60.0])  # tied seeds: the binomial part, never ± 0
+    assert round(high - 60, 1) == 4.5
+    assert "the tables' own" in figs.spread and "bootstrap" not in figs.spread
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [71.0, 72.0])  # matplotlib's own ticks: 0.2 points apart
+    resolution_ticks([ax], figs.step)  # digits: one test image is 0.22 points
+    fig.canvas.draw()
+    assert min(ax.get_yticks()[1:] - ax.get_yticks()[:-1]) == pytest.approx(0.5)
+    plt.close(fig)
+
+
+def test_the_papers_numbers_stand_beside_ours_where_the_grid_matches(tmp_path):
+    names = {"A": "wrn-28-4", "B": "wrn-16-4", "C": "wrn-16-2"}
+    rename = lambda text: "".join(names.get(ch, ch) for ch in text)  # noqa: E731
+    cifar = [r | {"dataset": "cifar100", "chain": rename(r["chain"]), "model": names[r["model"]],
+                  "key": rename(r["key"]), "tau": 3.0 if r["tau"] else None,
+                  "teacher_key": r["teacher_key"] and rename(r["teacher_key"])} for r in rows()]
+    path = tmp_path / "results.parquet"
+    pq.write_table(pa.Table.from_pylist(cifar, schema=SCHEMA), path)
+    text, _ = report([str(path)], tmp_path / "rep")
+    table = text.split("== wrn-28-4>wrn-16-4>wrn-16-2 (noise=0)")[1].split("\n==")[0]
+    by_row = {ln.split("  ")[0].strip(): ln for ln in table.splitlines()}
+    # the teacher and each architecture alone (the baselines), the sequential student
+    assert by_row["alone (ce)"].count("[paper") == 3
+    assert "[paper 77.93]" in by_row["alone (ce)"] and "[paper 72.56]" in by_row["alone (ce)"]
+    assert by_row["kl tau=3"].count("[paper") == 1 and "[paper 74.52]" in by_row["kl tau=3"]
+    assert "[paper" not in by_row["mse"]  # the paper gives no number for it
+    assert "the paper's published accuracy" in table
+
+
 def test_results_written_before_the_validation_columns_still_load(tmp_path):
     new = {"val_loss", "val_acc", "selected_on", "validation"}
     old = pa.schema([f for f in SCHEMA if f.name not in new])

@@ -80,7 +80,7 @@ def sweep(tmp_path_factory, worker_id, request):
 
 
 @pytest.mark.check  # the end-to-end sweep of the per-change tier (make check)
-def test_every_trial_has_one_parquet_row_and_one_child_run(sweep):
+def test_every_trial_has_one_parquet_row_and_one_child_run(sweep, tmp_path):
     tmp, spec, uri, log = sweep
     plan = build_plan(spec)
     # gen0: teacher + 1 baseline per noise; gen1: 2 settings x 2 noise; gen2: same
@@ -144,10 +144,16 @@ def test_every_trial_has_one_parquet_row_and_one_child_run(sweep):
     assert "cnn-medium → cnn-small" in parent.data.tags["mlflow.note.content"]
     assert parent.data.params["dataset"] == "digits"
     # per cell (student, setting, noise), never pooled over them
-    cells = {k for k in parent.data.metrics if k.startswith("cell/")}
-    assert parent.data.metrics["trials_done"] == 12 and not any("mean" in k for k in cells)
+    assert set(parent.data.metrics) == {"trials_done", "trials_not_done"}  # charts: the trials'
+    assert parent.data.metrics["trials_done"] == 12
+    cells = pd.read_csv(client.download_artifacts(parent.info.run_id, "cells.csv", str(tmp_path)))
     assert len(cells) == df.groupby(["generation", "chain", "loss", "tau", "noise_rate"],
                                     dropna=False).ngroups
+    one = cells[(cells.student == "g2 cnn-medium>cnn-small>cnn-small") & (cells.setting == "mse")
+                & (cells.noise_rate == 0.4)]
+    mine = df[(df.generation == 2) & (df.loss == "mse") & (df.noise_rate == 0.4)]
+    assert one.test_acc_mean.item() == pytest.approx(mine.test_acc.mean())
+    assert one.seeds.item() == len(mine)
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     assert f"#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}" in log
     # the paper's analyses in Parquet: students' logit distances on the unaugmented train set

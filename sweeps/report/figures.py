@@ -2,7 +2,10 @@
 
 One colour per setting in every figure (kl by tau along viridis, mse red, alone black); a
 student (architecture and lineage) is a row of panels, never pooled with another; a band is
-drawn only where every point has MIN_SEEDS seeds, and the caption says what it is and its n.
+the tables' own 95% interval (stats.accuracy_interval: seeds plus the test set's binomial
+variance), drawn only where every point has MIN_SEEDS seeds, and the caption says so and its n;
+a panel holds at most two bands (the noise rates, solid and dashed), never one per setting;
+accuracy ticks are never finer than one test image.
 """
 
 from __future__ import annotations
@@ -14,12 +17,13 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on cluster heads or CI
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from ..plan import setting_order  # noqa: E402
 from .load import chain_frame, distance_column, full_chains  # noqa: E402
-from .stats import MIN_SEEDS  # noqa: E402
+from .stats import MIN_SEEDS, accuracy_interval, resolution  # noqa: E402
 
 ALONE = "alone (ce)"
 PANEL = (3.8, 3.0)  # inches per panel
@@ -39,6 +43,17 @@ def seeds_per_point(df: pd.DataFrame) -> int:
     """The fewest seeds behind any plotted mean (a setting of a student at a noise rate)."""
     groups = df.groupby(["student", "setting", "noise_rate"], dropna=False)
     return int(groups.seed.nunique().min()) if len(df) else 0
+
+
+def resolution_ticks(axes, step: float | None) -> None:
+    """Accuracy ticks no finer than one test image (digits: 0.22 points -> 0.5-point ticks)."""
+    if not step:
+        return
+    nice = next(b * 10 ** e for e in range(-2, 3) for b in (1, 2, 5) if b * 10 ** e >= step)
+    for ax in np.asarray(axes).flat:
+        ticks = ax.get_yticks()
+        if ax.get_visible() and len(ticks) > 1 and ticks[1] - ticks[0] < nice:
+            ax.yaxis.set_major_locator(matplotlib.ticker.MultipleLocator(nice))
 
 
 def legend(fig, axes, colours: dict, settings) -> None:
@@ -68,20 +83,28 @@ class Figures:
         self.colours = palette(df.setting)
         self.noises = sorted(self.df.noise.unique(), key=float)
         self.n = seeds_per_point(df)
-        self.band = ("ci", 95) if self.n >= MIN_SEEDS else None
+        self.step, _ = resolution(df)
+        self.band = self._interval if self.n >= MIN_SEEDS else None
         self.made: list[tuple[Path, str]] = []
         out_dir.mkdir(parents=True, exist_ok=True)
         sns.set_theme(style="whitegrid", font_scale=0.8)
 
+    def _interval(self, points) -> tuple[float, float]:
+        """seaborn's errorbar: a point's accuracies (in points) -> the tables' 95% interval."""
+        mean, half, _ = accuracy_interval(np.asarray(points) / 100, self.step)
+        return mean - half, mean + half
+
     @property
     def spread(self) -> str:
         if self.band:
-            return (f"lines: means over seeds (at least {self.n} per point); bands: bootstrap "
-                    "95% intervals of the mean over seeds")
+            return (f"lines: means over seeds (at least {self.n} per point); bands: 95% "
+                    "intervals of the mean, the tables' own (t over seeds plus the test set's "
+                    "binomial variance)")
         return f"lines: means over seeds ({self.n} per point); no bands below {MIN_SEEDS} seeds"
 
     def save(self, fig, name: str, caption: str) -> None:
         path = self.out_dir / name
+        resolution_ticks([a for a in fig.axes if "accuracy" in a.get_ylabel()], self.step)
         fig.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(fig)
         self.made.append((path, caption))
@@ -144,6 +167,9 @@ class Figures:
                 means = k.groupby("x").accuracy.mean()
                 ax.scatter(means.index, means.values, zorder=5,
                            c=[self.colours[s] for s in k.groupby("x").setting.first()])
+                teachers = k.drop_duplicates(["x", "teacher_key"]).groupby("x").teacher_acc.mean()
+                ax.plot(teachers.index, teachers.values * 100, ls=":", marker="v", ms=4,
+                        color="0.6", label="teacher (of these students)")
                 self._references(ax, part, noise)
                 ax.set_xticks(range(len(labels)), labels)
                 ax.set(xlabel="tau (kl)", ylabel="test accuracy %",
@@ -152,11 +178,13 @@ class Figures:
         self.save(fig, "accuracy_vs_tau.png",
                   "Test accuracy of KL students over tau (grey line, dots in each tau's "
                   "colour), per student (rows: architecture and lineage) and noise rate; MSE "
-                  "red dashed, the architecture alone black dotted, the teacher grey dotted. "
+                  "red dashed, the architecture alone black dotted; grey triangles: the mean "
+                  "accuracy of the teachers of each tau's students (in generation 2, each tau's "
+                  "own lineage). "
                   f"{self.spread}.")
 
     def _references(self, ax, part: pd.DataFrame, noise: str) -> None:
-        """MSE, the student's architecture alone, and its teacher's mean, as horizontal lines."""
+        """MSE and the student's architecture alone, as horizontal lines."""
         mse = part[part.loss == "mse"].accuracy
         if len(mse):
             ax.axhline(mse.mean(), ls="--", color=self.colours["mse"], lw=1.2, label="mse")
@@ -165,35 +193,41 @@ class Figures:
                         & (self.df.noise == noise)].accuracy
         if len(alone):
             ax.axhline(alone.mean(), ls=":", color="k", lw=1.2, label="alone (ce)")
-        teacher = part.drop_duplicates("teacher_key").teacher_acc.dropna() * 100
-        if len(teacher):
-            ax.axhline(teacher.mean(), ls=":", color="0.6", lw=1.2, label="teacher")
 
     def accuracy_vs_noise(self) -> None:
-        """One panel per student: each setting over the noise rate, alone and teacher as
-        dotted lines (direct and sequential students never pooled)."""
+        """Per student (row) and setting (column): accuracy over the noise rate, with the
+        architecture alone and the teachers of these students as dotted lines; one band per
+        panel (direct and sequential students never pooled)."""
         if self.df.noise_rate.nunique() < 2:
             return
         students = self.df[self.df.generation > 0]
         names = sorted(set(students.student))
-        fig, axes = self.grid(1, len(names))
-        for ax, student in zip(axes[0], names, strict=True):
-            part = students[students.student == student]
-            sns.lineplot(data=part, x="noise_rate", y="accuracy", hue="setting",
-                         palette=self.colours, marker="o", errorbar=self.band, ax=ax)
-            model = part.model.iloc[0]
-            alone = self.df[(self.df.generation == 0) & (self.df.model == model)]
-            sns.lineplot(data=alone, x="noise_rate", y="accuracy", color="k", ls=":",
-                         errorbar=None, ax=ax, label="alone (ce)")
-            teachers = part.drop_duplicates("teacher_key")
-            ax.plot(*zip(*sorted(teachers.groupby("noise_rate").teacher_acc.mean().mul(100)
-                                 .items()), strict=True), ls=":", color="0.6", label="teacher")
-            ax.set(xlabel="label noise rate", ylabel="test accuracy %", title=student)
+        settings = sorted(set(students.setting), key=setting_order)
+        fig, axes = self.grid(len(names), len(settings), sharey="row")
+        for row, student in zip(axes, names, strict=True):
+            for ax, setting in zip(row, settings, strict=True):
+                part = students[(students.student == student) & (students.setting == setting)]
+                if part.empty:
+                    ax.set_visible(False)
+                    continue
+                sns.lineplot(data=part, x="noise_rate", y="accuracy", marker="o",
+                             color=self.colours[setting], errorbar=self.band, ax=ax)
+                model = part.model.iloc[0]
+                alone = self.df[(self.df.generation == 0) & (self.df.model == model)]
+                sns.lineplot(data=alone, x="noise_rate", y="accuracy", color="k", ls=":",
+                             errorbar=None, ax=ax, label="alone (ce)")
+                teachers = part.drop_duplicates("teacher_key")
+                mean = teachers.groupby("noise_rate").teacher_acc.mean().mul(100)
+                ax.plot(mean.index, mean.values, ls=":", marker="v", ms=4, color="0.6",
+                        label="teacher (of these students)")
+                ax.set(xlabel="label noise rate", ylabel="test accuracy %",
+                       title=f"{student}\n{setting}")
         legend(fig, axes, self.colours, set(students.setting))
         self.save(fig, "accuracy_vs_noise.png",
-                  "Test accuracy over the label noise rate (teacher trained on the noisy "
-                  "labels), one panel per student; the architecture alone black dotted, the "
-                  f"teacher grey dotted. {self.spread}.")
+                  "Test accuracy over the label noise rate (teachers trained on the noisy "
+                  "labels), per student (rows) and setting (columns); the architecture alone "
+                  "black dotted, the mean of these students' own teachers grey dotted. "
+                  f"{self.spread}.")
 
     def distance_vs_accuracy(self) -> None:
         """Per student (row) and noise (column): each run's logit distance and accuracy."""
@@ -221,30 +255,45 @@ class Figures:
                   "Claim C3's correlations are computed within each panel.")
 
     def learning_curves(self) -> None:
-        """Test accuracy per epoch, per student (row) and noise (column), mean per setting."""
+        """Test accuracy per epoch, per student (row) and setting (column), a line per noise
+        rate, with the student's architecture trained alone (black, no band) beside it."""
         curves = self.df.dropna(subset=["test_acc_curve"])
         curves = curves[curves.test_acc_curve.map(len) > 0]
         if curves.empty:
             return
-        long = curves[["student", "noise", "setting", "seed", "test_acc_curve"]].explode(
-            "test_acc_curve")
+        long = curves[["student", "generation", "model", "noise", "setting", "seed",
+                       "test_acc_curve"]].explode("test_acc_curve")
         long["epoch"] = long.groupby(level=0).cumcount() + 1
         long["accuracy"] = long.test_acc_curve.astype(float) * 100
+        alone = long[long.generation == 0]
+        long = long[long.generation > 0]
+        if long.empty:
+            return
         names = sorted(set(long.student), key=lambda s: (int(s.split()[0][1:]), s))
-        fig, axes = self.grid(len(names), len(self.noises))
+        settings = sorted(set(long.setting), key=setting_order)
+        styles = dict(zip(self.noises, ["-", "--", ":", "-."] * len(self.noises), strict=False))
+        fig, axes = self.grid(len(names), len(settings), sharey="row")
         for row, student in zip(axes, names, strict=True):
-            for ax, noise in zip(row, self.noises, strict=True):
-                part = long[(long.student == student) & (long.noise == noise)]
+            for ax, setting in zip(row, settings, strict=True):
+                part = long[(long.student == student) & (long.setting == setting)]
                 if part.empty:
                     ax.set_visible(False)
                     continue
-                sns.lineplot(data=part, x="epoch", y="accuracy", hue="setting",
-                             palette=self.colours, errorbar=self.band, ax=ax, lw=1)
+                for noise, curve in part.groupby("noise"):
+                    sns.lineplot(data=curve, x="epoch", y="accuracy", ls=styles[noise],
+                                 color=self.colours[setting], errorbar=self.band, ax=ax, lw=1,
+                                 label=f"noise {noise}")
+                    ref = alone[(alone.model == part.model.iloc[0]) & (alone.noise == noise)]
+                    ax.plot(ref.groupby("epoch").accuracy.mean(), ls=styles[noise], lw=0.8,
+                            color="k", label=f"alone (ce), noise {noise}")
                 top = part.groupby("epoch").accuracy.max().iloc[-1]
                 ax.set_ylim(max(0, top - 25), min(100, top + 3))  # the end, where it matters
-                ax.set(ylabel="test accuracy %", title=f"{student}\nnoise {noise}")
-        legend(fig, axes, self.colours, set(long.setting))
+                ax.set(ylabel="test accuracy %", title=f"{student}\n{setting}")
+                ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        legend(fig, axes, self.colours, set(long.setting))  # its "alone" lines: the styles
         self.save(fig, "learning_curves.png",
-                  "Test accuracy per epoch, per student (rows) and noise rate, one line per "
-                  f"setting; the y-axis shows the last 25 points below the top. {self.spread}. "
+                  "Test accuracy per epoch, per student (rows) and setting (columns), the "
+                  "student's architecture trained alone in black (mean, no band); noise "
+                  f"rates by line style ({', '.join(f'{n}: {styles[n]}' for n in self.noises)})"
+                  f"; the y-axis shows the last 25 points below the top. {self.spread}. "
                   "The convergence table flags runs still rising over their last fifth.")

@@ -61,24 +61,35 @@ def t_interval(values) -> tuple[float, float, int]:
     return float(v.mean()), float(half), n
 
 
-def cell(values, decimals: int = 2, scale: float = 100, test_step: float | None = None) -> str:
-    """Values (accuracy, x100 into %) as "mean ± half-width (n)" of their 95% interval over
-    seeds; below MIN_SEEDS each seed's value, sorted (so their range), no interval.
-    ``test_step``: for an accuracy, one test image in points: the interval then adds the test
-    set's binomial variance, p(1 - p) / test images, to the seeds' (every seed is scored on the
-    same images, so the seeds' spread cannot show it, and tied seeds never print "± 0")."""
+def accuracy_interval(values, test_step: float | None, scale: float = 100
+                      ) -> tuple[float, float, int]:
+    """Mean, half-width of the 95% interval and n of accuracies (x ``scale`` into points) over
+    seeds, as the tables and the figures' bands show them: below MIN_SEEDS no half-width (nan).
+    ``test_step``: one test image in points: the interval then adds the test set's binomial
+    variance, p(1 - p) / test images, to the seeds' (every seed is scored on the same images,
+    so the seeds' spread cannot show it, and tied seeds never give "± 0"), with
+    Welch-Satterthwaite degrees of freedom (the binomial part is known: infinite df)."""
     v = pd.Series(values).dropna() * scale
     mean, half, n = t_interval(v)
-    if n == 0:
-        return "-"
-    if n < MIN_SEEDS:
-        return ", ".join(f"{x:.{decimals}f}" for x in sorted(v)) + f" (n={n})"
-    if test_step:  # Welch-Satterthwaite df: the binomial part is known (infinite df)
+    if n >= MIN_SEEDS and test_step:
         p = min(max(mean / scale, 0.0), 1.0)
         binomial = scale * p * (1 - p) * test_step  # scale^2 p(1-p) / images, in points^2
         seeds = v.var(ddof=1) / n
         df = (seeds + binomial) ** 2 / (seeds ** 2 / (n - 1)) if seeds > 0 else math.inf
-        half = stats.t.ppf(0.975, df) * math.sqrt(seeds + binomial)
+        half = float(stats.t.ppf(0.975, df) * math.sqrt(seeds + binomial))
+    return mean, half, n
+
+
+def cell(values, decimals: int = 2, scale: float = 100, test_step: float | None = None) -> str:
+    """Values (accuracy, x100 into %) as "mean ± half-width (n)" of their 95% interval over
+    seeds (accuracy_interval); below MIN_SEEDS each seed's value, sorted (so their range), no
+    interval."""
+    mean, half, n = accuracy_interval(values, test_step, scale)
+    if n == 0:
+        return "-"
+    if n < MIN_SEEDS:
+        v = pd.Series(values).dropna() * scale
+        return ", ".join(f"{x:.{decimals}f}" for x in sorted(v)) + f" (n={n})"
     return f"{mean:.{decimals}f} ± {half:.{decimals}f} (n={n})"
 
 

@@ -11,6 +11,7 @@ import pandas as pd
 
 from ..plan import setting_order
 from .load import chain_frame, full_chains
+from .paper import published
 from .stats import (
     MIN_SEEDS,
     RISING_IMAGES,
@@ -70,12 +71,29 @@ def accuracy(df: pd.DataFrame) -> list[Section]:
             table = table.reindex(_settings(table.index))
             table = table[sorted(table.columns, key=lambda c: int(c.split()[0][1:]))]
             table.columns.name, table.index.name = None, "setting"
+            quoted = _with_paper(table, chain, part.dataset.iloc[0], keys[-1])
             out.append(Section(
                 f"{chain} ({where}): test accuracy %, mean ± 95% interval (seeds and the test "
                 f"set's binomial variance; n "
-                f"seeds; below {MIN_SEEDS} seeds each seed's value){grain}",
+                f"seeds; below {MIN_SEEDS} seeds each seed's value){grain}"
+                + ("; [paper X]: the paper's published accuracy for the same dataset, pair, "
+                   "tau and alpha (docs/claims.md, its sources)" if quoted else ""),
                 table, comparisons(part, decimals), _runs(part, "row", "column")))
     return out
+
+
+def _with_paper(table: pd.DataFrame, chain: str, dataset: str, noise_rate: float) -> bool:
+    """Append "[paper X]" to each cell the paper reports (paper.published); whether any."""
+    models, quoted = chain.split(">"), False
+    for column in table.columns:
+        g = int(column.split()[0][1:])
+        for setting in table.index:
+            lineage = models[g] if setting == "alone (ce)" else ">".join(models[: g + 1])
+            value = published(dataset, lineage, setting, noise_rate)
+            if value is not None and isinstance(table.at[setting, column], str):
+                table.at[setting, column] += f" [paper {value:.2f}]"
+                quoted = True
+    return quoted
 
 
 def comparisons(part: pd.DataFrame, decimals: int = 2) -> list[str]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import time
 
 from mlflow.entities import Metric
@@ -34,13 +33,6 @@ def finite(metrics: dict) -> list[tuple[str, float]]:
         for k, v in metrics.items()
         if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
     ]
-
-
-def metric_name(text: str) -> str:
-    """``text`` in the characters MLflow allows in a metric's name ("kl tau=4" -> "kl tau 4",
-    "a>b" -> "a_b", "alone (ce)" -> "alone ce")."""
-    text = text.replace(">", "_").replace("=", " ")
-    return re.sub(r"[^\w.\- /]", "", text)
 
 
 def unlogged(epochs: list[dict], logged: set[int]) -> list[Metric]:

@@ -24,7 +24,7 @@ from ..plan import setting_name, student_name
 from ..spec import SweepSpec
 from ..sqlite_store import artifact_root
 from ..storage import Storage
-from .names import finite, metric_name, param
+from .names import finite, param
 
 KIND = "custom_model_development"
 
@@ -148,23 +148,25 @@ class SweepRun:
         return [f"MLflow runs: {base}/{path}", f"MLflow sweep run: {base}/{path}/{self.run_id}"]
 
     def log_summary(self, rows) -> None:
-        """Headline metrics: trials done and not, and each cell's mean test accuracy over
-        seeds, named `cell/<student>/<setting>/noise <rate>` (a cell is what the report
-        compares; a mean over students, settings or noise rates would mean nothing)."""
+        """Headline metrics (trials done and not), and each cell's mean test accuracy over
+        seeds as a table, `cells.csv` (a cell is what the report compares; a mean over
+        students, settings or noise rates would mean nothing): an artifact, not a metric per
+        cell, so the charts open on the trials' curves, and lineages keep their ">"."""
         done = rows[rows.status == "done"]
         metrics = {"trials_done": len(done), "trials_not_done": len(rows) - len(done)}
-        cells = done.assign(
-            student=[metric_name(student_name(g, c)) for g, c in zip(
-                done.generation, done.chain, strict=True)],
-            setting=[metric_name(setting_name(r.generation, r.loss, r.tau, r.alpha))
-                     for r in done.itertuples()])
-        for (student, s, noise), acc in cells.groupby(
-                ["student", "setting", "noise_rate"]).test_acc.mean().items():
-            metrics[f"cell/{student}/{s}/noise {noise:g}"] = acc
         now = int(time.time() * 1000)
         self.client.log_batch(
             self.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in finite(metrics)]
         )
+        cells = done.assign(
+            student=[student_name(g, c) for g, c in zip(done.generation, done.chain,
+                                                         strict=True)],
+            setting=[setting_name(r.generation, r.loss, r.tau, r.alpha)
+                     for r in done.itertuples()])
+        table = cells.groupby(["student", "setting", "noise_rate"]).test_acc.agg(
+            ["mean", "count"]).reset_index().rename(
+            columns={"mean": "test_acc_mean", "count": "seeds"})
+        self.client.log_text(self.run_id, table.to_csv(index=False), "cells.csv")
 
     def start(self) -> None:
         self.client.update_run(self.run_id, status="RUNNING")
