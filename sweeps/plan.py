@@ -167,13 +167,15 @@ def make_trial(
 
 
 def student_settings(grid: GridSpec) -> list[tuple[str, float | None, float]]:
-    """(loss, tau, alpha) combinations of the grid; mse gets no duplicate per tau."""
+    """(loss, tau, alpha) combinations of the grid, then its extra settings; mse gets no
+    duplicate per tau, and no setting comes twice."""
     out = []
     for loss in grid.loss:
         for alpha in grid.alpha:
             taus = grid.tau if loss == "kl" else [None]
             out += [(loss, tau, alpha) for tau in taus]
-    return out
+    out += [(e.loss, e.tau, e.alpha) for e in grid.extra]
+    return list(dict.fromkeys(out))
 
 
 @dataclass

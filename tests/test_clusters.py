@@ -77,7 +77,7 @@ def test_clusters_keep_their_own_runs_and_are_compared(tmp_path, run_here):
         assert sorted(p.data.tags["kdsweep.cluster"] for p in parents) == ["alpha", "beta"]
         for p in parents:
             children = client.search_runs(
-                [exp_id], f"tags.`mlflow.parentRunId` = '{p.info.run_id}'")
+                [exp_id], f"tags.`kdsweep.sweep_run` = '{p.info.run_id}'")
             assert {c.data.tags["kdsweep.key"] for c in children} == keys
             assert len(children) == len(keys)
             cluster = p.data.tags["kdsweep.cluster"]
@@ -96,7 +96,7 @@ def test_clusters_keep_their_own_runs_and_are_compared(tmp_path, run_here):
         (parent,) = client.search_runs(
             [exp_id], "tags.`kdsweep.role` = 'sweep' and tags.`kdsweep.cluster` = 'gamma'")
         children = client.search_runs(
-            [exp_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+            [exp_id], f"tags.`kdsweep.sweep_run` = '{parent.info.run_id}'")
         alpha_runs = {r.data.tags.get("kdsweep.key"): r.info.run_id
                       for r in runs_of(client, exp_id, "alpha")}
         assert len(children) == len(keys)

@@ -63,3 +63,19 @@ def test_backfill_is_a_function_of_the_history_and_the_steps_mlflow_holds():
     assert sorted((m.step, m.key, m.value) for m in sent) == [
         (2, "test_acc", 0.6), (3, "train_loss", 1.0)]  # no step twice, nothing non-finite
     assert logged == {1, 2, 3} and unlogged(history, logged) == []
+
+
+def test_trial_runs_are_rows_and_runs_made_under_mlflows_parent_tag_are_still_found(tmp_path):
+    spec, tracker, (new, old, _) = setup(tmp_path)
+    tracker.ensure_run(new)
+    assert tracker.flush(30)
+    tags = tracker.client.get_run(tracker.runs[new.key]).data.tags
+    assert tags["kdsweep.sweep_run"] == tracker.parent_id and "mlflow.parentRunId" not in tags
+    # a run an earlier version made, as a child under MLflow's parent tag
+    before = tracker.client.create_run(tracker.experiment_id, tags={
+        "mlflow.parentRunId": tracker.parent_id, "kdsweep.key": old.key,
+        "kdsweep.role": "trial"}).info.run_id
+    tracker.close()
+    again = Tracker(spec, Storage(spec.storage))  # the rerun's tracker
+    assert again.runs == {new.key: tracker.runs[new.key], old.key: before}  # no second run
+    again.close()

@@ -11,10 +11,12 @@ CONFIGS = Path(__file__).resolve().parents[1] / "sweeps" / "configs"
 
 def test_digits_plan_counts_and_dedup():
     plan = build_plan(load_spec(CONFIGS / "digits.yaml"))
-    # 2 noise x 3 seeds = 6 contexts; students: kl x 4 tau + mse = 5 settings.
-    # gen 0: cnn-large teacher (shared by two chains) + 2 baselines = 3 per context; the third
-    # chain's teacher is the cnn-medium baseline itself. gen 1: 3 students per setting.
-    assert [len(s) for s in plan.generations] == [18, 90, 30]
+    # 2 noise x 3 seeds = 6 contexts; students: kl x 4 tau + mse + 2 extra (kl a=0.1 at tau 4
+    # and 20) = 7 settings. gen 0: cnn-large teacher (shared by two chains) + 2 baselines = 3
+    # per context; the third chain's teacher is the cnn-medium baseline itself. gen 1: 3
+    # students per setting.
+    assert [len(s) for s in plan.generations] == [18, 126, 42]
+    assert {t.setting for t in plan.generations[1]} >= {"kl tau=4 a=0.1", "kl tau=20 a=0.1"}
     keys = [t.key for t in plan.trials]
     assert len(keys) == len(set(keys))
     teachers = [t for t in plan.generations[0] if t.model == "cnn-large"]
@@ -34,10 +36,19 @@ def test_digits_plan_counts_and_dedup():
 
 def test_paper_plan_counts():
     plan = build_plan(load_spec(CONFIGS / "cifar100-paper.yaml"))
-    # 4 noise x 3 seeds = 12 contexts; 9 student settings (8 kl taus + mse); generation 1: three
-    # students each (wrn-16-2 and wrn-16-4 from wrn-28-4, wrn-16-2 from wrn-16-4 trained alone:
-    # the baseline's own trial, not a second one); generation 2 continues each chain's setting
-    assert [len(s) for s in plan.generations] == [36, 324, 108]
+    # 4 noise x 3 seeds = 12 contexts; 10 student settings (8 kl taus + mse + standard KD, kl
+    # tau 4 a=0.1); generation 0: 5 architectures (the teacher, and wrn-16-2, which teaches two
+    # chains, alone among them); generation 1: seven students each (wrn-16-2, wrn-16-4,
+    # wrn-28-2, wrn-40-2 from wrn-28-4, wrn-16-2 from wrn-16-4 trained alone, wrn-16-2 and
+    # wrn-16-4 from wrn-16-2: each teacher the baseline's own trial, not a second one);
+    # generation 2 continues the sequential chain's setting
+    assert [len(s) for s in plan.generations] == [60, 840, 120]
+    alpha_tau = build_plan(load_spec(CONFIGS / "cifar100-alpha-tau.yaml"))
+    kl = [t for t in alpha_tau.generations[1] if t.loss == "kl"]
+    assert len({(t.alpha, t.tau) for t in kl}) == 50 and len(kl) == 150  # 10 alphas x 5 taus
+    # the map shares its teachers, baselines and alpha = 1 students with the paper grid's
+    shared = {t.key for t in alpha_tau.trials} & {t.key for t in plan.trials}
+    assert len(shared) == 3 + 3 + 3 * 5 + 3
     noisy = [t for t in plan.generations[1] if t.noise_rate > 0 and t.loss == "kl"]
     for rate in (0.2, 0.4, 0.6):  # tau < 1 at every noise rate
         assert {0.1, 0.25, 0.5} <= {t.tau for t in noisy if t.noise_rate == rate}

@@ -170,6 +170,30 @@ def test_the_papers_numbers_stand_beside_ours_where_the_grid_matches(tmp_path):
     assert "the paper's published accuracy" in table
 
 
+def test_an_alpha_by_tau_grid_gets_the_papers_maps_and_alphas_are_never_pooled(tmp_path):
+    from sweeps.report.figures import Figures
+
+    values = {("A>B", 0.0, name): ([70 + i, 71 + i, 72 + i], [1, 1, 1])
+              for i, name in enumerate(("kl0.5", "kl4", "klinf"))}
+    one = claim_rows(values)
+    half = [r | {"alpha": 0.5, "key": r["key"] + "-a", "test_acc": r["test_acc"] - 0.1}
+            for r in one if r["generation"] == 1]
+    path = tmp_path / "results.parquet"
+    pq.write_table(pa.Table.from_pylist(one + half, schema=SCHEMA), path)
+    df, _ = load([str(path)])
+    figs = Figures(df, tmp_path / "figs")
+    figs.alpha_tau_maps()
+    (made, caption), = figs.made
+    assert made.name == "alpha_tau_maps.png" and "at least 3 per cell" in caption
+    alone = Figures(df[df.alpha != 0.5], tmp_path / "one")  # one alpha: no map
+    alone.alpha_tau_maps()
+    assert alone.made == []
+    text, _ = report([str(path)], tmp_path / "rep")
+    table = text.split("== A>B (noise=0)")[1].split("\n==")[0]
+    rows_ = {ln.split("  ")[0].strip(): ln for ln in table.splitlines()}
+    assert "71.0" in rows_["kl tau=0.5"] and "61.0" in rows_["kl tau=0.5 a=0.5"]  # a row each
+
+
 def test_results_written_before_the_validation_columns_still_load(tmp_path):
     new = {"val_loss", "val_acc", "selected_on", "validation"}
     old = pa.schema([f for f in SCHEMA if f.name not in new])

@@ -104,7 +104,8 @@ def test_sweep_on_s3_resumes_and_reuses_teachers(s3_server, tmp_path, monkeypatc
     assert {r.data.tags["kdsweep.key"] for r in runs} == keys
     for r in runs:
         key = r.data.tags["kdsweep.key"]
-        assert r.data.tags["kdsweep.model_uri"] == storage.uri_of(trial_file(key, "model.pt"))
+        assert storage.uri_of(r.data.tags["kdsweep.model"]) == storage.uri_of(
+            trial_file(key, "model.pt"))
         assert [a.path for a in client.list_artifacts(r.info.run_id)] == ["analysis.json"]
 
     # A second sweep over the same storage reuses every trial, teachers included.

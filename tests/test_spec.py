@@ -101,6 +101,9 @@ def test_good_spec_parses_with_inf_tau_and_defaults():
         ("storage", "s3://KEY:s3cr3t@bucket/x", r"storage: credentials do not belong"),
         ("dataset.root", "s3://KEY:s3cr3t@bucket/x", r"dataset.root: credentials do not belong"),
         ("dataset.validation", 0.5, r"dataset.validation: .*in \[0, 0.5\), got 0.5"),
+        ("grid.extra", [{"loss": "kl", "alpha": 0.1}], r"grid.extra\[0\]: kl takes a tau"),
+        ("grid.extra", [{"loss": "kl", "tau": 4, "alpha": 2}],
+         r"grid.extra\[0\]: alpha must lie in \[0, 1\], got 2"),
         # a search selects on a validation split, never silently on the test set (issue 31)
         ("search", {"type": "optuna"}, r"search.metric: val_acc .*needs a validation split"),
         ("search", {"asha": {}}, r"search.metric: val_acc .*set dataset.validation"),
@@ -157,14 +160,14 @@ def test_yaml_errors_name_the_file(tmp_path):
 
 
 def test_shipped_configs_validate_via_cli():
-    for name in ("digits.yaml", "cifar100-paper.yaml"):  # the cluster's servers: not from here
+    for name in ("digits.yaml", "cifar100-paper.yaml", "cifar100-alpha-tau.yaml"):  # offline
         out = subprocess.run([sys.executable, "-m", "sweeps.cli", "plan", "--offline",
                               str(CONFIGS / name)], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
-        assert "generation 2:" in out.stdout
+        assert "generation 1:" in out.stdout
         if name == "cifar100-paper.yaml":  # the bank policy's choices, per generation
-            assert "generation 0 teachers: 12 with 18 student(s): one shared bank" in out.stdout
-            assert "generation 1 teachers: 108 with 1 student(s): the teacher online" in out.stdout
+            assert "generation 0 teachers: 12 with 40 student(s): one shared bank" in out.stdout
+            assert "generation 1 teachers: 120 with 1 student(s): the teacher online" in out.stdout
 
 
 def test_a_reader_that_has_gone_ends_the_command_quietly():

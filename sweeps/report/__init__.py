@@ -9,6 +9,7 @@ values to the test set's resolution) are in stats.py.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -20,7 +21,7 @@ from ..ledger import Ledger
 from ..sqlite_store import prepare_store
 from ..storage import Storage
 from ..tracking.sweep_run import SweepRun, git_commit, ui_command
-from .analysis_figures import analysis_figures, representatives
+from .analysis_figures import analysis_figures, distribution_runs, representatives
 from .claims import claims
 from .figures import Figures
 from .load import load
@@ -29,6 +30,7 @@ from .pooled import POWER
 from .stats import MIN_SEEDS, SIMILAR_MARGIN, cell, holm, paired, resolution, t_interval
 from .tables import accuracy, convergence, not_done, reproducibility
 
+READERS = 16  # analysis files read at once (object storage: latency, not bandwidth, bounds it)
 __all__ = ["MIN_SEEDS", "cell", "holm", "paired", "report", "resolution", "t_interval"]
 
 
@@ -76,6 +78,7 @@ def draw(df: pd.DataFrame, out_dir: Path, analyses: dict[str, dict]) -> list[tup
     figs = Figures(df, out_dir)
     figs.accuracy_vs_generation()
     figs.accuracy_vs_tau()
+    figs.alpha_tau_maps()
     figs.accuracy_vs_noise()
     figs.learning_curves()
     figs.distance_vs_accuracy()
@@ -85,15 +88,19 @@ def draw(df: pd.DataFrame, out_dir: Path, analyses: dict[str, dict]) -> list[tup
 
 
 def load_analyses(df: pd.DataFrame, specs: list) -> dict[str, dict]:
-    """analysis.json of the drawn trials (and their teachers), where their storage is known."""
-    reps = representatives(df[df.status == "done"])
-    keys = set(reps.key) | set(reps.teacher_key.dropna())
+    """analysis.json of the drawn trials (and the projected ones' teachers), where their
+    storage is known, read concurrently."""
+    done = df[df.status == "done"]
+    reps = representatives(done)
+    keys = set(reps.key) | set(reps.teacher_key.dropna()) | set(distribution_runs(done).key)
     out = {}
     for spec in specs:
         ledger = Ledger(Storage(spec.storage), repair=False)
-        for key in keys - out.keys():
-            if (a := ledger.analysis(key)) is not None:
-                out[key] = a
+        wanted = sorted(keys - out.keys())
+        with ThreadPoolExecutor(READERS) as pool:
+            for key, a in zip(wanted, pool.map(ledger.analysis, wanted), strict=True):
+                if a is not None:
+                    out[key] = a
     return out
 
 

@@ -24,31 +24,75 @@ def representatives(df: pd.DataFrame) -> pd.DataFrame:
     return g1[g1.seed == g1.seed.min()]
 
 
+# The seeds whose logit-distance distributions are drawn, per pair: enough to see the seed
+# spread, few enough that the report reads a bounded number of analysis files.
+DRAWN_SEEDS = 3
+SHARED_BINS = 60
+
+
+def distribution_runs(df: pd.DataFrame) -> pd.DataFrame:
+    """Every teacher-student pair's generation-1 students (alpha = 1 where the grid has it) at
+    every noise rate, for the lowest DRAWN_SEEDS seeds."""
+    g1 = df[df.generation == 1]
+    if g1.empty:
+        return g1
+    g1 = g1[g1.alpha == g1.alpha.max()]
+    return g1[g1.seed.isin(sorted(g1.seed.unique())[:DRAWN_SEEDS])]
+
+
+def rebinned(h: dict, edges: np.ndarray) -> np.ndarray:
+    """A run's histogram on the shared ``edges``, as a density: its cumulative counts,
+    interpolated at the shared edges (linear within each of its own bins)."""
+    own, counts = np.asarray(h["edges"], float), np.asarray(h["counts"], float)
+    cumulative = np.interp(edges, own, np.concatenate([[0.0], np.cumsum(counts)]))
+    return np.diff(cumulative) / max(counts.sum(), 1) / np.diff(edges)
+
+
+def distributions(figs: Figures, analyses: dict[str, dict]) -> None:
+    """Logit-distance densities on one set of bins for the whole figure: a row per pair, a
+    column per noise rate, a line per setting and seed."""
+    runs = distribution_runs(figs.df)
+    runs = runs[runs.key.map(lambda k: bool(analyses.get(k, {}).get("train", {})
+                                            .get("logit_distance")))]
+    if runs.empty:
+        return
+    hists = {k: analyses[k]["train"]["logit_distance"] for k in runs.key}
+    low = min(h["edges"][0] for h in hists.values())
+    high = max(h["edges"][-1] for h in hists.values())
+    edges = np.linspace(low, high, SHARED_BINS + 1)
+    pairs = sorted(set(runs.chain))
+    fig, axes = figs.grid(len(pairs), len(figs.noises), sharex=True)
+    for row, pair in zip(axes, pairs, strict=True):
+        for ax, noise in zip(row, figs.noises, strict=True):
+            here = runs[(runs.chain == pair) & (runs.noise == noise)]
+            if here.empty:
+                ax.set_visible(False)
+                continue
+            for r in sorted(here.itertuples(), key=lambda r: (setting_order(r.setting), r.seed)):
+                ax.stairs(rebinned(hists[r.key], edges), edges, color=figs.colours[r.setting],
+                          lw=0.8, alpha=0.8)
+            ax.set(xlabel="||z_s - z_t||_2 per training image", ylabel="density",
+                   title=f"{pair}, noise {noise}")
+    legend(fig, axes, figs.colours, set(runs.setting))
+    seeds = sorted(runs.seed.unique())
+    figs.save(fig, "logit_distance_distributions.png",
+              "Density of the logit distance over the (unaugmented) training set, final models "
+              f"in eval mode, per teacher-student pair (rows) and noise rate: a line per "
+              f"setting and seed (seeds {', '.join(map(str, seeds))}), all on the same "
+              f"{SHARED_BINS} bins (each run's histogram re-binned linearly within its own "
+              "bins).")
+
+
 def analysis_figures(figs: Figures, analyses: dict[str, dict]) -> None:
-    """Logit-distance densities (comparable across runs whatever their bins) and penultimate
-    projections on shared axes, for every noise rate's representatives."""
+    """Logit-distance densities on shared bins, and penultimate projections on shared axes
+    for every noise rate's representatives."""
+    distributions(figs, analyses)
     reps = representatives(figs.df)
     reps = reps[reps.key.isin(analyses.keys())]
     if reps.empty:
         return
     noises = sorted(reps.noise.unique(), key=float)
     chain, seed = reps.chain.iloc[0], reps.seed.iloc[0]
-    fig, axes = figs.grid(1, len(noises), sharex=True)
-    for ax, noise in zip(axes[0], noises, strict=True):
-        for r in sorted(reps[reps.noise == noise].itertuples(),
-                        key=lambda r: setting_order(r.setting)):
-            h = analyses[r.key]["train"].get("logit_distance")
-            if h:
-                edges, counts = np.asarray(h["edges"]), np.asarray(h["counts"], float)
-                density = counts / max(counts.sum(), 1) / np.diff(edges)
-                ax.stairs(density, edges, color=figs.colours[r.setting], lw=1.2)
-        ax.set(xlabel="||z_s - z_t||_2 per training image", ylabel="density",
-               title=f"{chain}, noise {noise}, seed {seed}")
-    legend(fig, axes, figs.colours, set(reps.setting))
-    figs.save(fig, "logit_distance_distributions.png",
-              "Density of the logit distance over the (unaugmented) training set, final models "
-              f"in eval mode: one run per setting ({chain}, seed {seed}) per noise rate; "
-              "densities, so runs with different bins compare.")
 
     picks = []  # (label, setting colour, key) per noise: teacher, smallest/largest kl, mse
     for noise in noises:

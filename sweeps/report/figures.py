@@ -162,12 +162,15 @@ class Figures:
                 if k.empty:
                     ax.set_visible(False)
                     continue
-                sns.lineplot(data=k, x="x", y="accuracy", color="0.5", errorbar=self.band,
-                             ax=ax)
-                means = k.groupby("x").accuracy.mean()
-                ax.scatter(means.index, means.values, zorder=5,
-                           c=[self.colours[s] for s in k.groupby("x").setting.first()])
-                teachers = k.drop_duplicates(["x", "teacher_key"]).groupby("x").teacher_acc.mean()
+                top = k.alpha.max()  # the paper's alpha = 1 where the grid has it
+                for alpha, line in k.groupby("alpha"):  # alphas never pooled: a line each
+                    sns.lineplot(data=line, x="x", y="accuracy", color="0.5",
+                                 ls="-" if alpha == top else "--", errorbar=self.band, ax=ax)
+                    means = line.groupby("x").accuracy.mean()
+                    ax.scatter(means.index, means.values, zorder=5,
+                               c=[self.colours[s] for s in line.groupby("x").setting.first()])
+                mine = k[k.alpha == top].drop_duplicates(["x", "teacher_key"])
+                teachers = mine.groupby("x").teacher_acc.mean()
                 ax.plot(teachers.index, teachers.values * 100, ls=":", marker="v", ms=4,
                         color="0.6", label="teacher (of these students)")
                 self._references(ax, part, noise)
@@ -176,11 +179,12 @@ class Figures:
                        title=f"{student}\nnoise {noise}")
         legend(fig, axes, self.colours, set(students.setting))
         self.save(fig, "accuracy_vs_tau.png",
-                  "Test accuracy of KL students over tau (grey line, dots in each tau's "
-                  "colour), per student (rows: architecture and lineage) and noise rate; MSE "
-                  "red dashed, the architecture alone black dotted; grey triangles: the mean "
-                  "accuracy of the teachers of each tau's students (in generation 2, each tau's "
-                  "own lineage). "
+                  "Test accuracy of KL students over tau (grey line, dots in each setting's "
+                  "colour; the largest alpha solid, each other alpha its own dashed line), per "
+                  "student (rows: architecture and lineage) and noise rate; MSE red dashed, "
+                  "the architecture alone black dotted; grey triangles: the mean accuracy of "
+                  "the teachers of each tau's students at the largest alpha (in generation 2, "
+                  "each tau's own lineage). "
                   f"{self.spread}.")
 
     def _references(self, ax, part: pd.DataFrame, noise: str) -> None:
@@ -228,6 +232,41 @@ class Figures:
                   "labels), per student (rows) and setting (columns); the architecture alone "
                   "black dotted, the mean of these students' own teachers grey dotted. "
                   f"{self.spread}.")
+
+    def alpha_tau_maps(self) -> None:
+        """The paper's maps: per student (row), noise rate and split (columns), mean train and
+        test accuracy over seeds for each alpha (rows) x tau (columns) of its KL students;
+        drawn where the grid has at least two of each."""
+        kl = self.df[(self.df.generation > 0) & (self.df.loss == "kl")]
+        if kl.alpha.nunique() < 2 or kl.tau.nunique() < 2:
+            return
+        kl = kl.assign(tau_label=kl.tau.map(lambda t: "inf" if math.isinf(t) else f"{t:g}"),
+                       train=kl.train_acc * 100)
+        taus = [("inf" if math.isinf(t) else f"{t:g}") for t in sorted(kl.tau.unique())]
+        alphas = sorted(kl.alpha.unique(), reverse=True)
+        names = sorted(set(kl.student))
+        panels = [(noise, split) for noise in self.noises for split in ("accuracy", "train")]
+        fig, axes = self.grid(len(names), len(panels))
+        for row, student in zip(axes, names, strict=True):
+            for ax, (noise, split) in zip(row, panels, strict=True):
+                part = kl[(kl.student == student) & (kl.noise == noise)]
+                grid = part.pivot_table(index="alpha", columns="tau_label", values=split,
+                                        aggfunc="mean").reindex(index=alphas, columns=taus)
+                if grid.isna().all().all():
+                    ax.set_visible(False)
+                    continue
+                sns.heatmap(grid, annot=True, fmt=".1f", cmap="viridis", cbar=False, ax=ax,
+                            annot_kws={"fontsize": 7}, yticklabels=[f"{a:g}" for a in alphas])
+                what = "test" if split == "accuracy" else "train"
+                ax.set(xlabel="tau", ylabel="alpha",
+                       title=f"{student}\nnoise {noise}, {what} accuracy %")
+        n = int(kl.groupby(["student", "noise", "alpha", "tau"]).seed.nunique().min())
+        self.save(fig, "alpha_tau_maps.png",
+                  "The paper's alpha x tau maps: mean accuracy over seeds (at least "
+                  f"{n} per cell) of each KL student, per student (rows), noise rate and split "
+                  "(test; train: the running accuracy over each final epoch's augmented "
+                  "batches, against the labels trained on). Blank: not in the grid. The "
+                  "tables give each cell's interval.")
 
     def distance_vs_accuracy(self) -> None:
         """Per student (row) and noise (column): each run's logit distance and accuracy."""

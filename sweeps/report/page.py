@@ -11,6 +11,7 @@ from urllib.parse import quote
 
 import pandas as pd
 
+from ..tracking.names import UI_MODE
 from .tables import Section
 
 STYLE = """
@@ -46,9 +47,9 @@ class RunLinks:
             return None
         runs = f"{self.base}/#/experiments/{self.experiment_id}/runs"
         if len(run_ids) == 1:
-            return f"{runs}/{run_ids[0]}"
+            return f"{runs}/{run_ids[0]}?{UI_MODE}"
         where = "attributes.run_id IN (" + ", ".join(f"'{r}'" for r in run_ids) + ")"
-        return f"{runs}?searchFilter={quote(where)}"
+        return f"{runs}?{UI_MODE}&searchFilter={quote(where)}"
 
 
 def table_html(t: pd.DataFrame | None, links: RunLinks, runs: dict | None = None,

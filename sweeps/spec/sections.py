@@ -158,6 +158,24 @@ class NoiseSpec(_Strict):
         return self
 
 
+class SettingSpec(_Strict):
+    """One student setting beside the grid's product: e.g. the field's standard KD (kl, tau 4,
+    alpha 0.1: CE plus KL), or MSE at one alpha while KL sweeps several."""
+
+    loss: str
+    tau: Tau | None = None  # kl only
+    alpha: float = 1.0
+
+    @model_validator(mode="after")
+    def _valid(self):
+        if self.loss not in ("kl", "mse"):
+            raise ValueError(f"unknown loss {self.loss!r}: students use kl or mse")
+        if (self.tau is None) == (self.loss == "kl"):
+            raise ValueError("kl takes a tau, mse none")
+        check_loss_params(self.loss, 1.0 if self.tau is None else self.tau, self.alpha)
+        return self
+
+
 class GridSpec(_Strict):
     loss: Annotated[list[str], BeforeValidator(_as_list)] = ["kl"]
     tau: Annotated[list[Tau], BeforeValidator(_as_list)] = [4.0]  # kl only
@@ -165,6 +183,8 @@ class GridSpec(_Strict):
     noise: NoiseSpec = NoiseSpec()
     seeds: Annotated[list[int], BeforeValidator(_as_list)] = [0]
     baselines: bool = True  # also train every student architecture alone (CE), per noise and seed
+    # settings added to loss x tau x alpha (each at every chain position, noise rate and seed)
+    extra: list[SettingSpec] = []
 
     @field_validator("loss", "tau", "alpha", "seeds")
     @classmethod

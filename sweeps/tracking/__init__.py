@@ -26,8 +26,13 @@ from .names import ANALYSIS_PREFIX, finite, param, unlogged
 from .sweep_run import SweepRun, git_commit, ui_command
 from .writer import EPOCH, Pending, Record, Writer
 
-__all__ = ["ANALYSIS_PREFIX", "STATE_TAG", "Tracker", "git_commit", "ui_command"]
-PARENT_TAG = "mlflow.parentRunId"
+__all__ = ["ANALYSIS_PREFIX", "STATE_TAG", "SWEEP_RUN_TAG", "Tracker", "git_commit",
+           "ui_command"]
+# A trial's run names its sweep's run in our own tag, not MLflow's parent tag: the UI folds a
+# parent's children under one collapsed row ("101 matching runs", "Load more"), and a sweep's
+# trials are what a reader compares. Runs created before carry the parent tag; both are read.
+SWEEP_RUN_TAG = "kdsweep.sweep_run"
+OLD_PARENT_TAG = "mlflow.parentRunId"
 STATE_TAG = "kdsweep.state"  # the trial's ledger.TrialState once it ended
 
 
@@ -145,15 +150,16 @@ class Tracker:
 
     def _existing_children(self) -> dict[str, str]:
         runs = {}
-        for r in self._runs_where(f"tags.`{PARENT_TAG}` = '{self.parent_id}'"):
-            runs.setdefault(r.data.tags.get("kdsweep.key"), r.info.run_id)
+        for tag in (SWEEP_RUN_TAG, OLD_PARENT_TAG):
+            for r in self._runs_where(f"tags.`{tag}` = '{self.parent_id}'"):
+                runs.setdefault(r.data.tags.get("kdsweep.key"), r.info.run_id)
         return runs
 
     def _ensure_run(self, key: str, trial: Trial) -> str:
         if trial.key in self.runs:
             return self.runs[trial.key]
         tags = {
-            PARENT_TAG: self.parent_id,
+            SWEEP_RUN_TAG: self.parent_id,
             "kdsweep.key": trial.key,
             "kdsweep.generation": str(trial.generation),
             "kdsweep.chain": trial.chain,
@@ -274,13 +280,14 @@ class Tracker:
 
 def log_outputs(client: MlflowClient, storage: Storage, run_id: str, key: str) -> None:
     """The trial's analyses (analysis.json) as an artifact, and its model when it kept one
-    (a diverged trial does not): named by the run's `kdsweep.model_uri` tag, and where
-    storage is on the driver's machine also copied in as the file. Where storage is remote
+    (a diverged trial does not): named by the run's `kdsweep.model` tag, its path relative to
+    the run's `kdsweep.storage` (so it stays right when a store moves), and where storage is
+    on the driver's machine also copied in as the file. Where storage is remote
     (S3) the reference is all: the driver never downloads a model to upload it again
     (45 MiB per WideResNet, the whole grid's models twice over)."""
     model = trial_file(key, "model.pt")
     if storage.exists(model):
-        client.set_tag(run_id, "kdsweep.model_uri", storage.uri_of(model))
+        client.set_tag(run_id, "kdsweep.model", model)
         if storage.is_local:
             client.log_artifact(run_id, storage.path(model))
     if (analysis := read_json_checked(storage, trial_file(key, "analysis.json"), repair=False)):

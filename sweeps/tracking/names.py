@@ -19,6 +19,11 @@ ANALYSIS_PREFIX = "analysis/"
 # time_this_iter_s, ...) is not logged.
 EPOCH_METRICS = {f.name for f in dataclasses.fields(EpochMetrics)} - {"epoch"}
 
+# MLflow 3's UI opens in its GenAI mode in a fresh browser: the GenAI / Model training switch is
+# kept in the browser's local storage (default GenAI) and the experiment's kind tag does not
+# override it. A link carries the switch's own URL parameter, so it opens on the runs table.
+UI_MODE = "workflowType=machine_learning"
+
 
 def param(v) -> str:
     """A param as a user types it in a filter: tau 4, 20, inf (not 4.0)."""

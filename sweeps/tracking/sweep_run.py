@@ -24,7 +24,7 @@ from ..plan import setting_name, student_name
 from ..spec import SweepSpec
 from ..sqlite_store import artifact_root
 from ..storage import Storage
-from .names import finite, param
+from .names import UI_MODE, finite, param
 
 KIND = "custom_model_development"
 
@@ -143,9 +143,10 @@ class SweepRun:
         uri = self.spec.tracking_uri
         base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else None
         path = f"#/experiments/{self.experiment_id}/runs"
+        run = f"{path}/{self.run_id}?{UI_MODE}"
         if base is None:
-            return [f"MLflow: {ui_command(uri)}, then http://127.0.0.1:5000/{path}/{self.run_id}"]
-        return [f"MLflow runs: {base}/{path}", f"MLflow sweep run: {base}/{path}/{self.run_id}"]
+            return [f"MLflow: {ui_command(uri)}, then http://127.0.0.1:5000/{run}"]
+        return [f"MLflow runs: {base}/{path}?{UI_MODE}", f"MLflow sweep run: {base}/{run}"]
 
     def log_summary(self, rows) -> None:
         """Headline metrics (trials done and not), and each cell's mean test accuracy over
