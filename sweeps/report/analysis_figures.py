@@ -120,6 +120,9 @@ def analysis_figures(figs: Figures, analyses: dict[str, dict]) -> None:
     axes[0][0].legend(fontsize=6, markerscale=3)
     figs.save(fig, "penultimate_projection.png",
               "Penultimate features of three classes (training set) projected on the plane "
-              "through their templates (dashed triangle), on shared axes: the teacher, the "
-              "smallest- and largest-tau KL students and the MSE student, one run each "
-              f"({chain}, seed {seed}) per noise rate (rows). Claim C4 gives the CKA over seeds.")
+              "through their templates (dashed triangle: each model's own final-layer rows for "
+              "the three classes, as the paper draws them; a teacher's and a student's "
+              "features live in different spaces, so there is no one plane for both), on "
+              "shared axes: the teacher, the smallest- and largest-tau KL students and the MSE "
+              f"student, one run each ({chain}, seed {seed}) per noise rate (rows). Claim C4 "
+              "compares the shapes over every seed (linear CKA against the teacher).")
