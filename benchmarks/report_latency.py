@@ -66,10 +66,9 @@ class ToMLflow(tune.Callback):
         key = self.keys[trial.config["i"]]
         if self.mode == "writer":
             self.tracker.log_epoch(key, result)
-        elif self.mode == "sync":
-            pending = {}
-            self.tracker._collect(pending, key, result)
-            self.tracker._send(pending)
+        elif self.mode == "sync":  # written before Tune's loop goes on: the writer, waited for
+            self.tracker.log_epoch(key, result)
+            self.tracker.flush()
 
 
 def run(uri: str, tmp: Path, trials: int, epochs: int, mode: str

@@ -39,7 +39,7 @@ import threading
 import time
 import uuid
 
-from .ledger import trial_file
+from .ledger import TrialFile, trial_file
 from .settings import env_number
 from .spec import SpecError
 from .storage import Storage, StorageFull, WriteConflict
@@ -204,7 +204,7 @@ def holder(held: dict) -> str:
 
 
 class DriverLease(Lease):
-    """The sweep's lease (``rel``: ledger.sweep_file(spec, "driver.lease"))."""
+    """The sweep's lease (``rel``: ledger.sweep_file(spec, SweepFile.LEASE))."""
 
     @property
     def token(self) -> str:
@@ -265,7 +265,7 @@ class TrialClaim(Lease):
     def __init__(self, storage: Storage, key: str, driver: str, sweep: str | None = None):
         """``driver``: the token of the driver's lease; ``sweep``: that lease's file, which
         each heartbeat reads (a worker gives its claim up once its driver is superseded)."""
-        super().__init__(storage, trial_file(key, "claim.lease"), driver=driver, sweep=sweep)
+        super().__init__(storage, trial_file(key, TrialFile.CLAIM), driver=driver, sweep=sweep)
         self.superseded: dict | None = None
 
     def interval(self) -> float:

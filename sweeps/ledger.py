@@ -42,30 +42,46 @@ from enum import StrEnum
 
 from kd_core.seal import CheckpointError, unseal
 
-from .record import TrialResult
+from .record import TrialResult, TrialState
 from .storage import Storage, node_cache
 
 log = logging.getLogger(__name__)
 
 
-class TrialState(StrEnum):
-    """One trial's state: the one word for it in storage, Parquet, MLflow, status, report."""
+class TrialFile(StrEnum):
+    """Every file of a trial, by name (the layout above): the one place they are spelled."""
 
-    PENDING = "pending"
-    CLAIMED = "claimed"
-    RUNNING = "running"
-    DONE = "done"  # trained to its last epoch; its model is in storage
-    STOPPED_EARLY = "stopped_early"  # ASHA stopped it: a result, no model
-    DIVERGED = "diverged"  # a non-finite loss or metric: a result, no model
-    FAILED = "failed"  # its own error, retries spent (failed.json)
-    SKIPPED = "skipped"  # its teacher has no model (a driver's run only)
-
-    @property
-    def ended(self) -> bool:
-        return self not in (TrialState.PENDING, TrialState.CLAIMED, TrialState.RUNNING)
+    RESULT = "result.json"
+    MODEL = "model.pt"
+    ANALYSIS = "analysis.json"
+    FAILED = "failed.json"
+    CLAIM = "claim.lease"
+    PROGRESS = "progress.json"
+    ATTEMPTS = "attempts.json"
+    CHECKPOINT_A = "checkpoint-a.pt"
+    CHECKPOINT_B = "checkpoint-b.pt"
 
 
-def trial_file(key: str, name: str) -> str:
+# the trial's two checkpoint slots, written in turn (resume.TrialCheckpoints)
+CHECKPOINTS = (TrialFile.CHECKPOINT_A, TrialFile.CHECKPOINT_B)
+
+
+class SweepFile(StrEnum):
+    """Every file of a sweep as run by one cluster (sweeps/<name>/<cluster>/...)."""
+
+    TRIALS = "trials.json"
+    RESULTS = "results.parquet"
+    LEASE = "driver.lease"
+    TUNE = "tune"
+
+
+def bank_name(dtype: str) -> str:
+    """The teacher-logit bank of a trained model, one per dtype."""
+    return f"bank-{dtype}.pt"
+
+
+def trial_file(key: str, name: TrialFile | str) -> str:
+    """A trial's file: a TrialFile, or its bank (bank_name)."""
     return f"trials/{key}/{name}"
 
 
@@ -178,7 +194,7 @@ class Ledger:
     def result(self, key: str) -> TrialResult | None:
         """The trial's result record; a corrupt one is quarantined (the trial then publishes
         again from its checkpoints, or retrains what they lack)."""
-        rel = trial_file(key, "result.json")
+        rel = trial_file(key, TrialFile.RESULT)
         d = read_json_checked(self.storage, rel, self.repair, self.found)
         if d is None:
             return None
@@ -213,7 +229,7 @@ class Ledger:
         return Listing(self.storage.list_files("trials", shards="0123456789abcdef"))
 
     def has_model(self, key: str) -> bool:
-        return self.storage.exists(trial_file(key, "model.pt"))
+        return self.storage.exists(trial_file(key, TrialFile.MODEL))
 
     def model_fault(self, key: str, proven: Proven | None = None,
                     listing: Listing | None = None) -> str | None:
@@ -221,7 +237,7 @@ class Ledger:
         SHA-256 (kd_core.checkpoint.unseal); None when its bytes are proven. ``proven``: files
         this node proved before, read again only when their size or time changed; ``listing``:
         the model's stamp, when listed already."""
-        rel = trial_file(key, "model.pt")
+        rel = trial_file(key, TrialFile.MODEL)
         stamp = listing.stamp(key, "model.pt") if listing else self.storage.stamp(rel)
         if stamp is None:
             return "gone"
@@ -237,11 +253,11 @@ class Ledger:
         return None
 
     def failure(self, key: str) -> dict | None:
-        return self.storage.read_json(trial_file(key, "failed.json"))
+        return self.storage.read_json(trial_file(key, TrialFile.FAILED))
 
     def analysis(self, key: str) -> dict | None:
         """The distributions of the trial's analyses (kd_core.analysis), None if absent."""
-        return read_json_checked(self.storage, trial_file(key, "analysis.json"), self.repair,
+        return read_json_checked(self.storage, trial_file(key, TrialFile.ANALYSIS), self.repair,
                                  self.found)
 
     # ---- a trial's worker writes its own trial's outcome ------------------------------------
@@ -251,19 +267,19 @@ class Ledger:
         """The model and analyses, then the result: a result in storage always has its model
         beside it (``model`` None: stopped early or diverged, no model to distil from)."""
         if model is not None:
-            self.storage.write_bytes(trial_file(key, "model.pt"), model)
+            self.storage.write_bytes(trial_file(key, TrialFile.MODEL), model)
         if analysis is not None:
-            self.storage.write_json(trial_file(key, "analysis.json"), analysis)
-        self.storage.write_json(trial_file(key, "result.json"), result.to_dict())
+            self.storage.write_json(trial_file(key, TrialFile.ANALYSIS), analysis)
+        self.storage.write_json(trial_file(key, TrialFile.RESULT), result.to_dict())
 
     def mark_failed(self, key: str, error: str, **extra) -> None:
         self.storage.write_json(
-            trial_file(key, "failed.json"), {"error": error, "time": time.time(), **extra}
+            trial_file(key, TrialFile.FAILED), {"error": error, "time": time.time(), **extra}
         )
 
     def write_progress(self, key: str, epoch: int, epochs: int) -> None:
         self.storage.write_json(
-            trial_file(key, "progress.json"),
+            trial_file(key, TrialFile.PROGRESS),
             {
                 "epoch": epoch,
                 "epochs": epochs,
@@ -286,32 +302,31 @@ class Ledger:
 
     def clear_failure(self, key: str) -> None:
         """A rerun retries a trial that failed before."""
-        self.storage.delete(trial_file(key, "failed.json"))
+        self.storage.delete(trial_file(key, TrialFile.FAILED))
 
     def forget_result(self, key: str) -> None:
         """The trial publishes again on its next start: from its checkpoints when they hold
         every epoch (nothing retrained), else it trains what they lack."""
-        self.storage.delete(trial_file(key, "result.json"))
+        self.storage.delete(trial_file(key, TrialFile.RESULT))
 
     def reset(self, key: str) -> None:
         """Forget a trial's result and progress so that it trains again from its first epoch
         (its checkpoints would only lead it to the same end: resume is exact)."""
-        for name in ("result.json", "model.pt", "progress.json", "attempts.json", "failed.json"):
+        for name in (TrialFile.RESULT, TrialFile.MODEL, TrialFile.PROGRESS, TrialFile.ATTEMPTS,
+                     TrialFile.FAILED, *CHECKPOINTS):
             self.storage.delete(trial_file(key, name))
-        for slot in ("checkpoint-a.pt", "checkpoint-b.pt"):
-            self.storage.delete(trial_file(key, slot))
 
     # ---- files other modules read and write through the ledger -----------------------------
     def model_bytes(self, key: str) -> tuple[bytes, str]:
         """The trained model's bytes and URI (for messages)."""
-        rel = trial_file(key, "model.pt")
+        rel = trial_file(key, TrialFile.MODEL)
         return self.storage.read_bytes(rel), self.storage.uri_of(rel)
 
     def model_uri(self, key: str) -> str:
-        return self.storage.uri_of(trial_file(key, "model.pt"))
+        return self.storage.uri_of(trial_file(key, TrialFile.MODEL))
 
     def bank_file(self, key: str, dtype: str) -> str:
-        return trial_file(key, f"bank-{dtype}.pt")
+        return trial_file(key, bank_name(dtype))
 
     def has_bank(self, key: str, dtype: str) -> bool:
         return self.storage.exists(self.bank_file(key, dtype))
@@ -320,7 +335,7 @@ class Ledger:
     def trial_list(self, spec) -> list[dict] | None:
         """Every trial the sweep's last run knew (sampled ones too); None when missing or
         corrupt (quarantined: the plan and the stored results give it again)."""
-        rel = sweep_file(spec, "trials.json")
+        rel = sweep_file(spec, SweepFile.TRIALS)
         trials = (read_json_checked(self.storage, rel, self.repair, self.found) or {}).get(
             "trials")
         return trials if isinstance(trials, list) else None
@@ -328,12 +343,12 @@ class Ledger:
     def save_trial_list(self, spec, trials: list[dict], fence: int | None = None) -> None:
         """``fence``: the number of the driver lease it is written under (carried, to tell
         which driver wrote it)."""
-        self.storage.write_json(sweep_file(spec, "trials.json"),
+        self.storage.write_json(sweep_file(spec, SweepFile.TRIALS),
                                 {"fence": fence, "trials": trials})
 
     @staticmethod
     def results_file(spec) -> str:
-        return sweep_file(spec, "results.parquet")
+        return sweep_file(spec, SweepFile.RESULTS)
 
     def tune_location(self, spec):
-        return self.storage.tune_location(sweep_file(spec, "tune"))
+        return self.storage.tune_location(sweep_file(spec, SweepFile.TUNE))

@@ -10,6 +10,25 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class TrialState(StrEnum):
+    """One trial's state: the one word for it in storage, Parquet, MLflow, status, report."""
+
+    PENDING = "pending"
+    CLAIMED = "claimed"
+    RUNNING = "running"
+    DONE = "done"  # trained to its last epoch; its model is in storage
+    STOPPED_EARLY = "stopped_early"  # ASHA stopped it: a result, no model
+    DIVERGED = "diverged"  # a non-finite loss or metric: a result, no model
+    FAILED = "failed"  # its own error, retries spent (failed.json)
+    SKIPPED = "skipped"  # its teacher has no model (a driver's run only)
+
+    @property
+    def ended(self) -> bool:
+        return self not in (TrialState.PENDING, TrialState.CLAIMED, TrialState.RUNNING)
+
 
 # The epoch metrics kept as the trial's final values (kd_core.metrics.EpochMetrics names).
 EPOCH_FINALS = (

@@ -18,11 +18,19 @@ import time
 from kd_core.checkpoint import CheckpointError, checkpoint_bytes, load_checkpoint
 from kd_core.train import load_model
 
-from .ledger import Ledger, flag_corrupt, quarantine, read_json_checked, trial_file
+from .ledger import (
+    CHECKPOINTS,
+    Ledger,
+    TrialFile,
+    flag_corrupt,
+    quarantine,
+    read_json_checked,
+    trial_file,
+)
 from .storage import Storage
 
 log = logging.getLogger(__name__)
-SLOTS = ("checkpoint-a.pt", "checkpoint-b.pt")
+SLOTS = CHECKPOINTS  # the ledger names them
 
 
 class TrialCheckpoints:
@@ -128,7 +136,7 @@ def trained_model(storage: Storage, key: str):
     trial publish it again. CheckpointError when the checkpoints lack the final epoch too (the
     next run trains the rest of the trial)."""
     reader = Ledger(storage, repair=False)
-    rel = trial_file(key, "model.pt")
+    rel = trial_file(key, TrialFile.MODEL)
     if storage.exists(rel):
         try:
             return load_model(*reader.model_bytes(key))
@@ -152,7 +160,7 @@ class Attempts:
     an error nor nothing) are told apart from real failures."""
 
     def __init__(self, storage: Storage, key: str):
-        self.storage, self.rel = storage, trial_file(key, "attempts.json")
+        self.storage, self.rel = storage, trial_file(key, TrialFile.ATTEMPTS)
         fresh = {"starts": 0, "errors": 0, "resumed_from": []}
         self.data = read_json_checked(storage, self.rel) or fresh
         if not fresh.keys() <= self.data.keys():  # valid JSON, not ours: count afresh

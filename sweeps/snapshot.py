@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 
-from .ledger import Ledger, Listing, Proven, TrialState, trial_file
+from .ledger import Ledger, Listing, Proven, TrialFile, TrialState, trial_file
 from .record import TrialResult
 from .storage import concurrently
 
@@ -30,7 +30,7 @@ class Snapshot:
         listing = ledger.listing()
         snap = cls(ledger, listing)
         keys = list(dict.fromkeys(keys))
-        stored = [k for k in keys if "result.json" in listing.names(k)]
+        stored = [k for k in keys if TrialFile.RESULT in listing.names(k)]
         results = dict(zip(stored, concurrently(ledger.result, stored, ledger.storage.width),
                            strict=True))
         for key in keys:
@@ -90,7 +90,7 @@ def reconcile(
     # What the snapshot found corrupt before the lease was held (read without repairing): read
     # again, now repairing (a file rewritten whole meanwhile is kept).
     ledger.repair = True
-    for rel in sorted(r for r in ledger.found if r.endswith("/result.json")):
+    for rel in sorted(r for r in ledger.found if r.endswith(f"/{TrialFile.RESULT}")):
         fence()
         snapshot.reread(rel.split("/")[1])
     ledger.found.clear()
@@ -120,7 +120,7 @@ def reconcile(
             log.warning("%s: gone; its trial publishes it again", ledger.model_uri(key))
         else:
             fence()
-            ledger.move_aside(trial_file(key, "model.pt"), fault)
+            ledger.move_aside(trial_file(key, TrialFile.MODEL), fault)
         repair(key, ledger.forget_result)
     for t in trials:
         if snapshot.state(t.key) is TrialState.FAILED:

@@ -27,7 +27,7 @@ from . import faults  # noqa: E402
 from .engine import DependencySearcher, connect, run_experiment  # noqa: E402
 from .events import SweepEvents  # noqa: E402
 from .lease import DriverLease, holder  # noqa: E402
-from .ledger import Ledger, TrialState, sweep_file  # noqa: E402
+from .ledger import Ledger, SweepFile, TrialState, sweep_file  # noqa: E402
 from .plan import Plan, Trial, build_plan  # noqa: E402
 from .preflight import check_all, check_fits  # noqa: E402
 from .progress import Progress  # noqa: E402
@@ -157,7 +157,7 @@ def run_sweep(
     if address is not None:  # a cluster is joined (or refused, in one line) before the lease
         connect(address)
     # one driver per sweep and cluster, before Ray starts
-    lease = DriverLease(storage, sweep_file(spec, "driver.lease"))
+    lease = DriverLease(storage, sweep_file(spec, SweepFile.LEASE))
     lease.on_lost = lambda held: _superseded(lease, held)
     lease.acquire(out)
     faults.reached("after-lease")

@@ -10,8 +10,6 @@ file. The engine builds a bank as a job of its own, as soon as its teacher has f
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -22,6 +20,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 
 from kd_core.bank import TeacherBank, bank_for, bank_nbytes, teacher_path
 from kd_core.checkpoint import CheckpointError, load_checkpoint, write_checkpoint
@@ -135,16 +134,10 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-@contextlib.contextmanager
-def node_lock(local: Path):
+def node_lock(local: Path) -> FileLock:
     """One fetch of a bank per node: trials of one teacher starting together wait for it."""
     local.parent.mkdir(parents=True, exist_ok=True)
-    with open(local.with_name(f".{local.name}.lock"), "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    return FileLock(local.with_name(f".{local.name}.lock"))
 
 
 def evict(keep: Path) -> None:

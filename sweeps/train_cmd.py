@@ -7,6 +7,8 @@ import argparse
 import json
 from pathlib import Path
 
+from .record import TrialState
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train one teacher or student locally (no Ray)")
@@ -111,10 +113,10 @@ def run(args: argparse.Namespace) -> int:
         f" logit_dist={last['test_logit_distance']:.3f}" if "test_logit_distance" in last else ""
     )
     what = f"{loss} tau={args.tau:g}" if loss == "kl" else loss
-    ended = "" if outcome["status"] == "done" else f" DIVERGED ({outcome['reason']})"
+    ended = "" if outcome["status"] == TrialState.DONE else f" DIVERGED ({outcome['reason']})"
     print(
         f"{args.model} {what} noise={args.noise_rate:g}: "
         f"test_acc={last['test_acc']:.4f} train_acc_clean={last['train_acc_clean']:.4f}{extra} "
         f"-> {checkpoint}{ended}"
     )
-    return 0 if outcome["status"] == "done" else 1
+    return 0 if outcome["status"] == TrialState.DONE else 1

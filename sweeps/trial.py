@@ -23,9 +23,9 @@ from kd_core.train import model_state
 
 from . import faults
 from .lease import ClaimLost, TrialClaim
-from .ledger import CORRUPT, Ledger, sweep_file
+from .ledger import CORRUPT, Ledger, SweepFile, sweep_file
 from .plan import Trial
-from .record import EPOCH_FINALS, TrialResult
+from .record import EPOCH_FINALS, TrialResult, TrialState
 from .resume import Attempts, TrialCheckpoints, flush_on_exit, trained_model
 from .scheduler import Job
 from .spec import SweepSpec
@@ -127,7 +127,7 @@ def _run_job(job: Job, spec: SweepSpec, driver: str, report) -> None:
     # it twice at once; its result is then ours too. A claim lost while training (this worker
     # paused past its TTL) is waited for the same way.
     while True:
-        claim = TrialClaim(ledger.storage, trial.key, driver, sweep_file(spec, "driver.lease"))
+        claim = TrialClaim(ledger.storage, trial.key, driver, sweep_file(spec, SweepFile.LEASE))
         if not claim.acquire(finished=lambda: ledger.is_done(trial.key)):
             # another sweep's driver trained it meanwhile
             if (record := ledger.result(trial.key)) is not None:
@@ -210,7 +210,7 @@ def _train(spec: SweepSpec, trial: Trial, ledger: Ledger, attempts: Attempts, re
         )
         # A diverged model teaches nothing: no model, so no student ever distils from it.
         model = dists = None
-        if status == "done":
+        if status == TrialState.DONE:
             model = checkpoint_bytes({**model_state(trainer.model), "trial": trial.to_dict()})
             record.analysis, dists = trainer.analyse(analysed_teacher())
         ledger.publish(trial.key, model, record, dists)

@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from kd_core.names import DATASET_FACTS
 
 from ..ledger import Ledger
+from ..record import TrialState
 from ..sqlite_store import prepare_store
 from ..storage import Storage
 from ..tracking.sweep_run import SweepRun, git_commit, ui_command
@@ -43,7 +44,7 @@ def report(
     """Tables (returned as text), PNG figures and report.html in ``out_dir``; all of them are
     logged to each input spec's parent run under report/."""
     all_rows, specs = load(inputs, tracking_uri, experiment)
-    df = all_rows[all_rows.status == "done"]
+    df = all_rows[all_rows.status == TrialState.DONE]
     if df.empty:
         raise ValueError(f"no finished trials in {', '.join(inputs) or experiment}")
     verdicts = claims(df, margin(specs))
@@ -90,7 +91,7 @@ def draw(df: pd.DataFrame, out_dir: Path, analyses: dict[str, dict]) -> list[tup
 def load_analyses(df: pd.DataFrame, specs: list) -> dict[str, dict]:
     """analysis.json of the drawn trials (and the projected ones' teachers), where their
     storage is known, read concurrently."""
-    done = df[df.status == "done"]
+    done = df[df.status == TrialState.DONE]
     reps = representatives(done)
     keys = set(reps.key) | set(reps.teacher_key.dropna()) | set(distribution_runs(done).key)
     out = {}
@@ -106,7 +107,7 @@ def load_analyses(df: pd.DataFrame, specs: list) -> dict[str, dict]:
 
 def header(rows: pd.DataFrame, specs: list) -> dict[str, str]:
     """What a reader needs to know before the numbers: what ran, on what, how long."""
-    done = rows[rows.status == "done"]
+    done = rows[rows.status == TrialState.DONE]
     data = []
     for name in sorted(set(rows.dataset.dropna())):
         facts = DATASET_FACTS.get(name, {})

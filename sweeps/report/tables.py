@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from ..plan import setting_order
+from ..record import TrialState
 from .load import chain_frame, full_chains
 from .paper import published
 from .stats import (
@@ -137,7 +138,7 @@ def diff(c, p_holm: float, decimals: int = 2) -> str:
 
 
 def not_done(all_rows: pd.DataFrame) -> list[Section]:
-    rest = all_rows[all_rows.status != "done"]
+    rest = all_rows[all_rows.status != TrialState.DONE]
     if rest.empty:
         return []
     counts = rest.groupby(["generation", "chain", "status"]).size()

@@ -16,7 +16,7 @@ import time
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from ..ledger import TrialState, read_json_checked, trial_file
+from ..ledger import TrialFile, TrialState, read_json_checked, trial_file
 from ..plan import Trial
 from ..record import TrialResult
 from ..spec import SweepSpec
@@ -210,7 +210,7 @@ class Tracker:
     def _finish(self, key: str, result: TrialResult, reused: bool) -> None:
         run_id = self.runs[key]
         # A diverged trial's run ends FAILED, with the reason; any other result's FINISHED.
-        end = "FAILED" if result.status == "diverged" else "FINISHED"
+        end = "FAILED" if result.status == TrialState.DIVERGED else "FINISHED"
         if self.client.get_run(run_id).info.status == end:
             return
         if reused and self._reused(run_id, result):
@@ -285,13 +285,13 @@ def log_outputs(client: MlflowClient, storage: Storage, run_id: str, key: str) -
     on the driver's machine also copied in as the file. Where storage is remote
     (S3) the reference is all: the driver never downloads a model to upload it again
     (45 MiB per WideResNet, the whole grid's models twice over)."""
-    model = trial_file(key, "model.pt")
+    model = trial_file(key, TrialFile.MODEL)
     if storage.exists(model):
         client.set_tag(run_id, "kdsweep.model", model)
         if storage.is_local:
             client.log_artifact(run_id, storage.path(model))
-    if (analysis := read_json_checked(storage, trial_file(key, "analysis.json"), repair=False)):
-        client.log_dict(run_id, analysis, "analysis.json")
+    if (analysis := read_json_checked(storage, trial_file(key, TrialFile.ANALYSIS), repair=False)):
+        client.log_dict(run_id, analysis, TrialFile.ANALYSIS)
 
 
 def log_input(client: MlflowClient, spec: SweepSpec, run_id: str, result: TrialResult) -> None:

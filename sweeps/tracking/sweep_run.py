@@ -21,6 +21,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from ..plan import setting_name, student_name
+from ..record import TrialState
 from ..spec import SweepSpec
 from ..sqlite_store import artifact_root
 from ..storage import Storage
@@ -153,7 +154,7 @@ class SweepRun:
         seeds as a table, `cells.csv` (a cell is what the report compares; a mean over
         students, settings or noise rates would mean nothing): an artifact, not a metric per
         cell, so the charts open on the trials' curves, and lineages keep their ">"."""
-        done = rows[rows.status == "done"]
+        done = rows[rows.status == TrialState.DONE]
         metrics = {"trials_done": len(done), "trials_not_done": len(rows) - len(done)}
         now = int(time.time() * 1000)
         self.client.log_batch(

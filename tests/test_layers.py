@@ -1,0 +1,105 @@
+"""The import contracts between the project's layers, read from the source (no import runs):
+a layer imports only the layers below it, and the pure ones import no framework.
+
+    kd_core      pure PyTorch; knows nothing of sweeps
+    domain       the spec, the plan, records and trial states, the scheduler: no Ray, MLflow,
+                 Arrow, pandas or torch
+    store        storage, the ledger, leases, checkpoints, snapshots, results: no Ray, no MLflow
+    tracking     MLflow (the writer, the sweep's runs, the SQLite store): no Ray
+    ray          Tune's searcher and controller glue, the worker, packing, banks: no MLflow
+    app          the driver (run_sweep, events, progress, preflight) and the CLI
+    report       reads results and MLflow; never the driver, the worker or Ray
+"""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+LAYERS = {
+    "domain": ["spec", "plan", "record", "scheduler", "sampling", "schedule", "settings",
+               "faults"],
+    "store": ["storage", "ledger", "lease", "resume", "snapshot", "results"],
+    "tracking": ["tracking", "sqlite_store"],
+    "ray": ["engine", "trial", "packing", "teacher_bank"],
+    "app": ["sweep", "events", "progress", "preflight", "train_cmd", "cli"],
+    "report": ["report"],
+}
+# what each layer may import of the others (itself always)
+BELOW = {
+    "domain": set(),
+    "store": {"domain"},
+    "tracking": {"domain", "store"},
+    "ray": {"domain", "store"},
+    "app": {"domain", "store", "tracking", "ray"},
+    "report": {"domain", "store", "tracking"},
+}
+TOP = {"sweeps.cli": {"report"}}  # the CLI runs every command, the report's among them
+FRAMEWORKS = {
+    "domain": {"ray", "mlflow", "pyarrow", "pandas", "torch"},
+    "store": {"ray", "mlflow"},
+    "tracking": {"ray"},
+    "ray": {"mlflow"},
+    "app": set(),
+    "report": {"ray"},
+}
+
+
+def layer_of(module: str) -> str | None:
+    first = module.removeprefix("sweeps.").split(".")[0]
+    return next((name for name, mods in LAYERS.items() if first in mods), None)
+
+
+def imports(path: Path, module: str) -> set[str]:
+    """The absolute names ``path`` imports (relative imports resolved), at any depth."""
+    package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                name = ".".join(base + ([node.module] if node.module else []))
+                out |= {f"{name}.{a.name}" if not node.module else name for a in node.names}
+            else:
+                out.add(node.module)
+    return out
+
+
+def modules(package: str):
+    for path in sorted((ROOT / package).rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        yield path, ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_every_sweeps_module_has_a_layer():
+    unplaced = [m for _, m in modules("sweeps") if m != "sweeps" and layer_of(m) is None]
+    assert unplaced == []
+
+
+@pytest.mark.parametrize("path, module", list(modules("sweeps")), ids=lambda x: str(x))
+def test_a_layer_imports_only_the_layers_below_it_and_no_forbidden_framework(path, module):
+    mine = layer_of(module)
+    if mine is None:
+        return  # the package's own __init__
+    allowed = BELOW[mine] | {mine} | TOP.get(module, set())
+    for name in imports(path, module):
+        if name.startswith("sweeps.") and (theirs := layer_of(name)) is not None:
+            assert theirs in allowed, f"{module} ({mine}) imports {name} ({theirs})"
+        assert name.split(".")[0] not in FRAMEWORKS[mine], f"{module} ({mine}) imports {name}"
+
+
+def test_kd_core_knows_nothing_of_sweeps():
+    for path, module in modules("kd_core"):
+        assert not any(n.split(".")[0] == "sweeps" for n in imports(path, module)), module
+
+
+def test_the_contract_sees_a_violation():
+    """The reader resolves relative imports: a store module importing the driver is caught."""
+    path = ROOT / "sweeps" / "ledger.py"
+    names = imports(path, "sweeps.ledger")
+    assert "sweeps.record" in names and "sweeps.storage" in names
+    assert layer_of("sweeps.sweep") == "app" and "app" not in BELOW["store"]
