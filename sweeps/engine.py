@@ -7,10 +7,11 @@ everything left waits on running jobs, and FINISHED once nothing is left. One ex
 Tune's workers warm across generations (reuse_actors) and never waits for a whole generation
 to end. ASHA stops weak students within each generation; teachers always finish.
 
-Ray internals are touched here only, each for its reason: ``ray_constants.ENABLE_RAY_CLUSTER``
-(a local Ray on loopback, connect), ``class_cache.ENV_VARS_TO_PROPAGATE`` (no credentials
-copied into runtime_envs, run_experiment) and ``resource_dict_to_pg_factory`` (a resource
-request per job, job_resources).
+Ray internals are touched here only, each for its reason, and tests/test_private_apis.py
+fails when Ray moves them: ``ray_constants.ENABLE_RAY_CLUSTER`` and ``ray.init``'s
+``_node_ip_address`` (a local Ray on loopback, connect) and
+``class_cache.ENV_VARS_TO_PROPAGATE`` (no credentials copied into runtime_envs,
+run_experiment). A job's resources go through Tune's public ``PlacementGroupFactory``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import time
 from ray import tune
 from ray.tune.error import TuneError
 from ray.tune.execution import class_cache
-from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 
@@ -242,7 +242,8 @@ def job_resources(resources: ResourcesSpec):
         ask = resources.for_model(job.trial.model)
         if job.kind == "bank" and resources.uses_gpu:
             ask = {**ask, "gpu": 1}
-        return resource_dict_to_pg_factory(ask)
+        return tune.PlacementGroupFactory([{"CPU": ask["cpu"], "GPU": ask["gpu"],
+                                            "memory": ask.get("memory", 0)}])
 
     return request
 
