@@ -13,10 +13,12 @@ With ``--storage local|s3`` it times what a driver does with a sweep whose every
 stored (fabricated through the ledger's own writer, testkit/fabricate.py; not timed), per
 trial: ``status`` (`kdsweep status`: the plan, one listing, every listed result read),
 ``reconcile`` (a rerun's snapshot and its proof of every stored model, on a node that proved
-none before) and ``export`` (the Parquet file of every trial, written to storage). On s3 the
-server is moto's on this machine behind testkit/latency.py's proxy, which holds each request
-``--latency`` seconds (a region away) and counts them: requests per trial are printed beside
-the times. Local storage is a tmpfs folder (the writes' fsyncs are not the subject).
+none before) and ``export`` (the Parquet file of every trial, written to storage); and ``fresh
+start-up`` (a sweep none of whose trials is stored: the plan, the snapshot, the lease and
+reconcile, all the driver does before Ray starts). On s3 the server is moto's on this machine
+behind testkit/latency.py's proxy, which holds each request ``--latency`` seconds (a region
+away) and counts them: requests per trial are printed beside the times. Local storage is a
+tmpfs folder (the writes' fsyncs are not the subject).
 
     PYTHONPATH=. .venv/bin/python benchmarks/scale.py --sizes 1000,10000,100000 --rounds 3
     PYTHONPATH=. .venv/bin/python benchmarks/scale.py --storage local --rounds 2
@@ -149,7 +151,35 @@ def export(plan: Plan) -> float:
     return timed(lambda: write_results(plan, snapshot, {}, fence=1)) / len(plan.trials)
 
 
-STORED = {"status": status, "reconcile": reconcile_rerun, "export": export}
+def fresh_start(plan: Plan) -> float:
+    """A fresh sweep's start-up, what the driver does before it starts Ray (sweep.run_sweep):
+    the plan, the snapshot of storage that holds none of its trials, the lease taken (and
+    given back), reconcile: on a storage root of its own, new each call."""
+    import io
+    import uuid
+
+    from sweeps.lease import DriverLease
+    from sweeps.ledger import Ledger, SweepFile, sweep_file
+    from sweeps.snapshot import Snapshot, reconcile
+    from sweeps.storage import Storage
+
+    spec = plan.spec.model_copy(update={"storage": f"{plan.spec.storage}-fresh-"
+                                                   f"{uuid.uuid4().hex[:8]}"})
+
+    def start():
+        trials = build_plan(spec).trials
+        storage = Storage(spec.storage)
+        snapshot = Snapshot.load(Ledger(storage, repair=False), (t.key for t in trials))
+        lease = DriverLease(storage, sweep_file(spec, SweepFile.LEASE))
+        lease.acquire(io.StringIO())
+        reconcile(snapshot, trials, retry_failed=False, fence=lambda: None)
+        lease.release()
+
+    return timed(start) / len(plan.trials)
+
+
+STORED = {"fresh start-up": fresh_start, "status": status, "reconcile": reconcile_rerun,
+          "export": export}
 
 
 @contextlib.contextmanager
@@ -176,9 +206,12 @@ def stored_sweeps(args) -> None:
     shm = "/dev/shm" if args.storage == "local" and os.path.isdir("/dev/shm") else None
     with tempfile.TemporaryDirectory(dir=shm) as work, \
             storage_root(args.storage, args.latency, Path(work)) as (root, proxy):
+        phases = {name: STORED[name] for name in args.phases.split(",")}
         plans = {}
         for n in sizes:
             plans[n] = plan_of(n, f"{root}/{n}")  # a storage of its own: a listing is of all
+            if set(phases) == {"fresh start-up"}:
+                continue  # nothing stored: nothing to fabricate
             t0 = time.perf_counter()
             delay = proxy.delay if proxy else 0.0
             if proxy:
@@ -193,7 +226,7 @@ def stored_sweeps(args) -> None:
         print("| phase | " + " | ".join(f"{n:,} (us/trial, min / median)" for n in sizes)
               + " | growth exponent |" + (" requests per trial |" if proxy else ""))
         print("| --- " * (len(sizes) + 2 + bool(proxy)) + "|")
-        for name, phase in STORED.items():
+        for name, phase in phases.items():
             counts = {}
 
             def run(n, phase=phase, counts=counts):
@@ -222,6 +255,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--storage", choices=["local", "s3"], help="time a stored sweep's phases")
     p.add_argument("--latency", type=float, default=0.05, help="seconds per S3 request")
+    p.add_argument("--phases", default=",".join(STORED),
+                   help="the stored sweep's phases, comma-separated (a fresh start-up alone "
+                        "fabricates nothing)")
     args = p.parse_args()
     if args.storage:
         return stored_sweeps(args)
