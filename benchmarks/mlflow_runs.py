@@ -35,6 +35,30 @@ from testkit.fabricate import fabricate  # noqa: E402
 from testkit.servers import mlflow_sqlite_server, postgres  # noqa: E402
 
 
+class Requests:
+    """HTTP requests the client sends, counted where every MLflow request goes through
+    (requests' adapter): REST calls and artifact uploads alike."""
+
+    def __init__(self):
+        import threading
+
+        import requests.adapters
+
+        self.count, self.lock = 0, threading.Lock()
+        send = requests.adapters.HTTPAdapter.send
+
+        def counted(adapter, *a, **kw):
+            with self.lock:
+                self.count += 1
+            return send(adapter, *a, **kw)
+
+        requests.adapters.HTTPAdapter.send = counted
+
+
+REQUESTS = Requests()
+PER_TRIAL: list[float] = []  # requests per trial in each timed window
+
+
 def run(server: str, store: str, trials: int, at: list[int], window: int, lanes: int,
         name: str) -> dict[int, float]:
     """Trials per second in each window (start -> rate)."""
@@ -55,9 +79,10 @@ def run(server: str, store: str, trials: int, at: list[int], window: int, lanes:
 
     for start in at:
         write(trials_[done:start])  # untimed: the experiment grows to ``start`` runs
-        t0 = time.perf_counter()
+        t0, sent = time.perf_counter(), REQUESTS.count
         write(trials_[start:start + window])
         rates[start] = window / (time.perf_counter() - t0)
+        PER_TRIAL.append((REQUESTS.count - sent) / window)
         done = start + window
     assert tracker.failed_writes == 0, tracker.failed_writes
     tracker.shutdown()
@@ -93,7 +118,8 @@ def main() -> None:
             n: (lambda n=n: run(server, store, args.trials, at, args.window, n,
                                 f"runs-{n}-{next(runs)}")) for n in lanes}, args.rounds)
     print(f"{where}; {args.window} trials per window; trial runs/s min / median over "
-          f"{args.rounds} round(s)")
+          f"{args.rounds} round(s); HTTP requests per trial {min(PER_TRIAL):.1f}-"
+          f"{max(PER_TRIAL):.1f}")
     print("| lanes | " + " | ".join(f"at {a:,}" for a in at) + f" | at {at[-1]:,} / at 0 |")
     print("| --- " * (len(at) + 2) + "|")
     for n in lanes:

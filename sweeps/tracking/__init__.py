@@ -56,6 +56,7 @@ class Tracker:
         self.client = MlflowClient(tracking_uri=spec.tracking_uri)
         self.sweep = SweepRun(self.client, spec, storage)
         self.experiment_id, self.parent_id = self.sweep.experiment_id, self.sweep.run_id
+        self.ended: dict[str, str] = {}  # run id -> its end status (FINISHED, FAILED, KILLED)
         self.runs: dict[str, str] = self._existing_children()  # trial key -> run id
         self.logged: dict[str, set[int]] = {}  # run id -> epochs logged
         self.warnings: dict[str, list[str]] = {}  # run id -> its workers' warnings so far
@@ -153,6 +154,8 @@ class Tracker:
         for tag in (SWEEP_RUN_TAG, OLD_PARENT_TAG):
             for r in self._runs_where(f"tags.`{tag}` = '{self.parent_id}'"):
                 runs.setdefault(r.data.tags.get("kdsweep.key"), r.info.run_id)
+                if r.info.status != "RUNNING":  # how an earlier run of the sweep left it
+                    self.ended[r.info.run_id] = r.info.status
         return runs
 
     def _ensure_run(self, key: str, trial: Trial) -> str:
@@ -190,6 +193,7 @@ class Tracker:
             metrics=numeric,
         )
         self.runs[trial.key] = run_id
+        self.logged[run_id] = set()  # new: nothing logged, no history to ask MLflow for
         return run_id
 
     def _logged(self, run_id: str) -> set[int]:
@@ -208,13 +212,21 @@ class Tracker:
         return {run_id: unlogged(epochs, self._logged(run_id))}
 
     def _finish(self, key: str, result: TrialResult, reused: bool) -> None:
+        """The run's last writes, in as few requests as MLflow allows (one batch of the
+        analyses and every tag, the Dataset, the artifacts, the end): its status known from
+        the sweep's one search at start, its logged epochs from that or from this run."""
         run_id = self.runs[key]
         # A diverged trial's run ends FAILED, with the reason; any other result's FINISHED.
         end = "FAILED" if result.status == TrialState.DIVERGED else "FINISHED"
-        if self.client.get_run(run_id).info.status == end:
+        if self.ended.get(run_id) == end:
             return
+        tags = {"kdsweep.labels_hash": result.labels_hash or "", STATE_TAG: result.status}
         if reused and self._reused(run_id, result):
-            self._tag_reused(run_id, key, result)
+            tags |= self._reused_tags(run_id, key, result)
+        if result.status == TrialState.DONE:  # published with its model, before its result
+            tags["kdsweep.model"] = trial_file(key, TrialFile.MODEL)
+        if result.reason:
+            tags["kdsweep.reason"] = result.reason
         # Epochs whose report died with a killed driver are filled in from the stored history.
         self.writer.send(self._epochs(key, result.history))
         # The analyses of the final model at the last epoch's step (the per-epoch metrics are
@@ -224,15 +236,14 @@ class Tracker:
             run_id,
             metrics=[Metric(ANALYSIS_PREFIX + k, v, now, result.epochs)
                      for k, v in finite(result.analysis)],
-            tags=[RunTag("kdsweep.labels_hash", result.labels_hash or ""),
-                  RunTag(STATE_TAG, result.status)],
+            tags=[RunTag(k, v) for k, v in tags.items()],
         )
         log_input(self.client, self.spec, run_id, result)
-        log_outputs(self.client, self.storage, run_id, key)
+        log_outputs(self.client, self.storage, run_id, key, result.status == TrialState.DONE)
         if result.reason:
-            self.client.set_tag(run_id, "kdsweep.reason", result.reason)
             self.client.log_text(run_id, f"{result.status}: {result.reason}", "error.txt")
         self.client.set_terminated(run_id, end)
+        self.ended[run_id] = end
 
     def _reused(self, run_id: str, result: TrialResult) -> bool:
         """Trained by another cluster or sweep, as the trial's record says: a run of this
@@ -241,7 +252,7 @@ class Tracker:
         elsewhere = result.trained_elsewhere(self.spec.cluster, self.spec.name)
         return not self._logged(run_id) if elsewhere is None else elsewhere
 
-    def _tag_reused(self, run_id: str, key: str, result: TrialResult) -> None:
+    def _reused_tags(self, run_id: str, key: str, result: TrialResult) -> dict[str, str]:
         """A trial this cluster found trained in storage: say so, and by which cluster and run
         (when that run is in this experiment)."""
         tags = {"kdsweep.reused": "true", "kdsweep.trained_by": result.cluster or "unknown"}
@@ -249,7 +260,7 @@ class Tracker:
             if trained != run_id:  # this sweep's own run of the trial is not yet tagged
                 tags["kdsweep.trained_by_run"] = trained
                 break
-        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        return tags
 
     def _trained_runs(self) -> dict[str, list[str]]:
         """Trial key -> the runs of this experiment that trained it into this same storage (no
@@ -275,10 +286,13 @@ class Tracker:
         run_id = self.runs[key]
         self.client.set_tag(run_id, STATE_TAG, state)
         self.client.log_text(run_id, error, "error.txt")
-        self.client.set_terminated(run_id, "KILLED" if state is TrialState.SKIPPED else "FAILED")
+        end = "KILLED" if state is TrialState.SKIPPED else "FAILED"
+        self.client.set_terminated(run_id, end)
+        self.ended[run_id] = end
 
 
-def log_outputs(client: MlflowClient, storage: Storage, run_id: str, key: str) -> None:
+def log_outputs(client: MlflowClient, storage: Storage, run_id: str, key: str,
+                has_model: bool) -> None:
     """The trial's analyses (analysis.json) as an artifact, and its model when it kept one
     (a diverged trial does not): named by the run's `kdsweep.model` tag, its path relative to
     the run's `kdsweep.storage` (so it stays right when a store moves), and where storage is
@@ -286,10 +300,8 @@ def log_outputs(client: MlflowClient, storage: Storage, run_id: str, key: str) -
     (S3) the reference is all: the driver never downloads a model to upload it again
     (45 MiB per WideResNet, the whole grid's models twice over)."""
     model = trial_file(key, TrialFile.MODEL)
-    if storage.exists(model):
-        client.set_tag(run_id, "kdsweep.model", model)
-        if storage.is_local:
-            client.log_artifact(run_id, storage.path(model))
+    if has_model and storage.is_local and storage.exists(model):  # the tag is in the batch
+        client.log_artifact(run_id, storage.path(model))
     if (analysis := read_json_checked(storage, trial_file(key, TrialFile.ANALYSIS), repair=False)):
         client.log_dict(run_id, analysis, TrialFile.ANALYSIS)
 
