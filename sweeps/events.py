@@ -34,8 +34,7 @@ class SweepEvents:
     def added(self, trial: Trial) -> None:
         """A trial new to the sweep (sampled by optuna, or below a sampled one)."""
         if self.plan.add(trial):
-            self.ledger.save_trial_list(self.plan.spec, [t.to_dict() for t in self.plan.trials],
-                                        self.fence())
+            self.ledger.save_added_trial(self.plan.spec, trial.to_dict(), self.fence())
         self.progress.add(trial)
 
     def reused(self, trial: Trial, record: TrialResult) -> None:

@@ -12,7 +12,9 @@ Layout under the storage root (trials are shared by every sweep that stores ther
     trials/<key>/progress.json     the last epoch of a running trial that is in storage
     trials/<key>/attempts.json     starts and errors (resume.Attempts)
     trials/<key>/checkpoint-{a,b}.pt  the trial's own checkpoints (resume.TrialCheckpoints)
-    sweeps/<name>/<cluster>/trials.json      every trial the sweep knows (sampled ones too)
+    sweeps/<name>/<cluster>/trials.json      every trial the sweep knew at its run's start
+    sweeps/<name>/<cluster>/added/<key>.json a trial found during a run (sampled by optuna, or
+                                             below a sampled one): one file each, not the list
     sweeps/<name>/<cluster>/results.parquet  one row per trial
     sweeps/<name>/<cluster>/driver.lease     the driver's fenced lease (lease.DriverLease)
     sweeps/<name>/<cluster>/tune/            Ray Tune's experiment state
@@ -43,7 +45,7 @@ from enum import StrEnum
 from kd_core.seal import CheckpointError, unseal
 
 from .record import TrialResult, TrialState
-from .storage import Storage, node_cache
+from .storage import Storage, concurrently, node_cache
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,7 @@ class SweepFile(StrEnum):
     """Every file of a sweep as run by one cluster (sweeps/<name>/<cluster>/...)."""
 
     TRIALS = "trials.json"
+    ADDED = "added"
     RESULTS = "results.parquet"
     LEASE = "driver.lease"
     TUNE = "tune"
@@ -333,12 +336,30 @@ class Ledger:
 
     # ---- sweep-level files -----------------------------------------------------------------
     def trial_list(self, spec) -> list[dict] | None:
-        """Every trial the sweep's last run knew (sampled ones too); None when missing or
-        corrupt (quarantined: the plan and the stored results give it again)."""
+        """Every trial the sweep's runs knew (sampled ones too): the list its last run began
+        with, and each trial added since (one listing, the files read concurrently); None when
+        neither is there (a corrupt one is quarantined: the plan and the stored results give
+        it again)."""
         rel = sweep_file(spec, SweepFile.TRIALS)
         trials = (read_json_checked(self.storage, rel, self.repair, self.found) or {}).get(
             "trials")
-        return trials if isinstance(trials, list) else None
+        trials = trials if isinstance(trials, list) else None
+        folder = sweep_file(spec, SweepFile.ADDED)
+        files = sorted(f for f in self.storage.list_files(folder) if f.endswith(".json"))
+        added = [d.get("trial") for d in concurrently(
+            lambda f: read_json_checked(self.storage, f, self.repair, self.found) or {}, files,
+            self.storage.width)]
+        added = [t for t in added if isinstance(t, dict)]
+        if trials is None and not added:
+            return None
+        known = {t.get("key") for t in trials or []}
+        return (trials or []) + [t for t in added if t.get("key") not in known]
+
+    def save_added_trial(self, spec, trial: dict, fence: int | None = None) -> None:
+        """A trial found during a run, in a file of its own (O(1) per trial, where rewriting
+        the list was O(trials)); ``fence`` as for the list."""
+        self.storage.write_json(f"{sweep_file(spec, SweepFile.ADDED)}/{trial['key']}.json",
+                                {"fence": fence, "trial": trial})
 
     def save_trial_list(self, spec, trials: list[dict], fence: int | None = None) -> None:
         """``fence``: the number of the driver lease it is written under (carried, to tell

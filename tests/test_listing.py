@@ -71,3 +71,22 @@ def test_a_listing_holds_every_file_with_its_stamp(tmp_path):
     listed = storage.list_files("trials", shards="0123456789abcdef")
     assert listed == {rel: storage.stamp(rel) for rel in rels}
     assert storage.list_files("nothing-here") == {}
+
+
+def test_trials_found_during_a_run_are_a_file_each_and_join_the_list(tmp_path):
+    spec = parse_spec({"name": "added", "dataset": {"name": "digits"},
+                       "chains": [["cnn-small", "cnn-small"]], "storage": str(tmp_path)})
+    ledger = Ledger(Storage(spec.storage))
+    assert ledger.trial_list(spec) is None  # nothing recorded yet
+    first, second = ({"key": k, "generation": 1} for k in ("aa", "bb"))
+    ledger.save_trial_list(spec, [first], fence=1)
+    ledger.save_added_trial(spec, second, fence=1)
+    ledger.save_added_trial(spec, first, fence=1)  # already listed: not twice
+    assert ledger.trial_list(spec) == [first, second]
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.rglob("*.json")}
+    ledger.save_added_trial(spec, {"key": "cc", "generation": 1}, fence=1)
+    after = {p.name: p.stat().st_mtime_ns for p in tmp_path.rglob("*.json")}
+    assert {k: after[k] for k in before} == before  # an addition rewrites nothing
+    (tmp_path / "sweeps/added/local/added/bb.json").write_text("{not json")
+    assert [t["key"] for t in ledger.trial_list(spec)] == ["aa", "cc"]  # corrupt: moved aside
+    assert list(tmp_path.rglob("bb.json.corrupt-*"))

@@ -384,6 +384,12 @@ def test_optuna_samples_students_and_their_children_follow(local_ray, tmp_path):
     assert spec.search.metric == "val_acc" and (df.validation == 0.2).all()
     assert df.val_acc.between(0, 1).all() and df.val_loss.notna().all()
     assert (gen1.selected_on == "val_acc").all() and teacher.selected_on.isna().all()
+    # every sampled trial recorded as it was found, each in a file of its own (no rewrite of
+    # the whole list per sample): `kdsweep status` lists them all
+    ledger = Ledger(Storage(spec.storage))
+    assert {t["key"] for t in ledger.trial_list(spec)} == set(df.key)
+    added = Storage(spec.storage).list_files(sweep_file(spec, "added"))
+    assert len(added) == len(gen1) + len(gen2)
     client = MlflowClient(spec.tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("optuna").experiment_id],
                               "tags.`kdsweep.role` = 'trial'")
