@@ -5,6 +5,7 @@ Layout under the storage root (trials are shared by every sweep that stores ther
     trials/<key>/model.pt          the trained model (what the next generation distils from),
                                    sealed with its SHA-256 like every checkpoint (kd_core/seal.py)
     trials/<key>/analysis.json     distributions of the paper's analyses of the final model
+    trials/<key>/curve.png         its learning curve, drawn by its worker (curve.py)
     trials/<key>/bank-<dtype>.pt   the teacher-logit bank of a trained model (teacher_bank.py)
     trials/<key>/bank-<dtype>.json its size and SHA-256 (a node's fetched copy is checked)
     trials/<key>/failed.json       the error of a trial that failed for good
@@ -56,6 +57,7 @@ class TrialFile(StrEnum):
     RESULT = "result.json"
     MODEL = "model.pt"
     ANALYSIS = "analysis.json"
+    CURVE = "curve.png"
     FAILED = "failed.json"
     CLAIM = "claim.lease"
     PROGRESS = "progress.json"
@@ -265,14 +267,18 @@ class Ledger:
 
     # ---- a trial's worker writes its own trial's outcome ------------------------------------
     def publish(
-        self, key: str, model: bytes | None, result: TrialResult, analysis: dict | None = None
+        self, key: str, model: bytes | None, result: TrialResult, analysis: dict | None = None,
+        curve: bytes | None = None,
     ) -> None:
-        """The model and analyses, then the result: a result in storage always has its model
-        beside it (``model`` None: stopped early or diverged, no model to distil from)."""
+        """The model, analyses and learning curve, then the result: a result in storage always
+        has its model beside it (``model`` None: stopped early or diverged, no model to distil
+        from)."""
         if model is not None:
             self.storage.write_bytes(trial_file(key, TrialFile.MODEL), model)
         if analysis is not None:
             self.storage.write_json(trial_file(key, TrialFile.ANALYSIS), analysis)
+        if curve is not None:
+            self.storage.write_bytes(trial_file(key, TrialFile.CURVE), curve)
         self.storage.write_json(trial_file(key, TrialFile.RESULT), result.to_dict())
 
     def mark_failed(self, key: str, error: str, **extra) -> None:

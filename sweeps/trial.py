@@ -22,6 +22,7 @@ from kd_core.runner import DONE, Outcome, fit
 from kd_core.train import model_state
 
 from . import faults
+from .curve import learning_curve_png
 from .lease import ClaimLost, TrialClaim
 from .ledger import CORRUPT, Ledger, SweepFile, sweep_file
 from .plan import Trial
@@ -213,7 +214,8 @@ def _train(spec: SweepSpec, trial: Trial, ledger: Ledger, attempts: Attempts, re
         if status == TrialState.DONE:
             model = checkpoint_bytes({**model_state(trainer.model), "trial": trial.to_dict()})
             record.analysis, dists = trainer.analyse(analysed_teacher())
-        ledger.publish(trial.key, model, record, dists)
+        curve = learning_curve_png(trainer.history, f"{trial.run_name}: {status}")
+        ledger.publish(trial.key, model, record, dists, curve)
         return {OUTCOME: status}
 
     def analysed_teacher():

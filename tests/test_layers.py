@@ -23,7 +23,7 @@ LAYERS = {
                "faults"],
     "store": ["storage", "ledger", "lease", "resume", "snapshot", "results"],
     "tracking": ["tracking", "sqlite_store"],
-    "ray": ["engine", "trial", "packing", "teacher_bank"],
+    "ray": ["engine", "trial", "packing", "teacher_bank", "curve"],
     "app": ["sweep", "events", "progress", "preflight", "train_cmd", "cli"],
     "report": ["report"],
 }

@@ -400,3 +400,16 @@ def test_results_that_are_not_kdsweeps_are_one_line(tmp_path, kdsweep_here, monk
     assert code == 2 and "no MLflow store at mlflow.db" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         f"{n}.parquet" for n in expect)  # no mlflow.db, no report folder
+
+
+def test_projections_name_their_classes():
+    import pandas as pd
+
+    from sweeps.report.analysis_figures import class_name
+
+    class Figs:
+        df = pd.DataFrame({"dataset": ["cifar100"]})
+
+    assert class_name(Figs, "0") == "0 (apple)" and class_name(Figs, 99) == "99 (worm)"
+    Figs.df = pd.DataFrame({"dataset": ["digits"]})  # a digit is its own name
+    assert class_name(Figs, "7") == "class 7"

@@ -137,6 +137,7 @@ def test_every_trial_has_one_parquet_row_and_one_child_run(sweep, tmp_path):
         assert r.data.params["loss"] == t.loss and r.info.status == "FINISHED"
         arts = [a.path for a in client.list_artifacts(r.info.run_id)]
         assert "model.pt" in arts and "analysis.json" in arts
+        assert "curve.png" in arts  # its learning curve, drawn by its worker
         assert tags["kdsweep.model"] == trial_file(t.key, "model.pt")  # relative to the store
         [dataset] = client.get_run(r.info.run_id).inputs.dataset_inputs  # the Dataset column
         assert dataset.dataset.digest == row.labels_hash[:36]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from kd_core.names import CLASS_NAMES
+
 from ..plan import setting_order
 from .figures import Figures, legend
 from .load import full_chains
@@ -83,6 +85,15 @@ def distributions(figs: Figures, analyses: dict[str, dict]) -> None:
               "bins).")
 
 
+def class_name(figs: Figures, label) -> str:
+    """"3 (cat)" where the dataset's class names are known, else "class 3"."""
+    names = CLASS_NAMES.get(figs.df.dataset.iloc[0], ()) if "dataset" in figs.df else ()
+    i = int(label)
+    if i < len(names) and names[i] != str(i):
+        return f"{i} ({names[i]})"
+    return f"class {i}"
+
+
 def analysis_figures(figs: Figures, analyses: dict[str, dict]) -> None:
     """Logit-distance densities on shared bins, and penultimate projections on shared axes
     for every noise rate's representatives."""
@@ -112,7 +123,7 @@ def analysis_figures(figs: Figures, analyses: dict[str, dict]) -> None:
             proj = analyses[key]["train"]["projection"]
             for c, pts in proj["points"].items():
                 pts = np.asarray(pts).reshape(-1, 2)
-                ax.scatter(pts[:, 0], pts[:, 1], s=3, alpha=0.5, label=f"class {c}")
+                ax.scatter(pts[:, 0], pts[:, 1], s=3, alpha=0.5, label=class_name(figs, c))
             t = np.asarray(proj["templates"])
             ax.plot(*np.vstack([t, t[:1]]).T, "k--", lw=0.8)
             ax.set(title=f"{name}\n{chain}, noise {noise}, seed {seed}",

@@ -9,9 +9,12 @@ The parent run is sweep_run.py; the transport, a queue and one writer thread, is
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
@@ -293,7 +296,8 @@ class Tracker:
 
 def log_outputs(client: MlflowClient, storage: Storage, run_id: str, key: str,
                 has_model: bool) -> None:
-    """The trial's analyses (analysis.json) as an artifact, and its model when it kept one
+    """The trial's analyses (analysis.json) and learning curve (curve.png, drawn by its
+    worker) as artifacts, and its model when it kept one
     (a diverged trial does not): named by the run's `kdsweep.model` tag, its path relative to
     the run's `kdsweep.storage` (so it stays right when a store moves), and where storage is
     on the driver's machine also copied in as the file. Where storage is remote
@@ -304,6 +308,13 @@ def log_outputs(client: MlflowClient, storage: Storage, run_id: str, key: str,
         client.log_artifact(run_id, storage.path(model))
     if (analysis := read_json_checked(storage, trial_file(key, TrialFile.ANALYSIS), repair=False)):
         client.log_dict(run_id, analysis, TrialFile.ANALYSIS)
+    curve = trial_file(key, TrialFile.CURVE)  # drawn by the trial's worker (curve.py)
+    if storage.is_local:
+        if storage.exists(curve):
+            client.log_artifact(run_id, storage.path(curve))
+        return
+    with contextlib.suppress(FileNotFoundError), tempfile.TemporaryDirectory() as d:
+        client.log_artifact(run_id, str(storage.local_copy(curve, Path(d) / TrialFile.CURVE)))
 
 
 def log_input(client: MlflowClient, spec: SweepSpec, run_id: str, result: TrialResult) -> None:
