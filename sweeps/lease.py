@@ -41,7 +41,6 @@ import uuid
 
 from .ledger import TrialFile, trial_file
 from .settings import env_number
-from .spec import SpecError
 from .storage import Storage, StorageFull, WriteConflict
 
 log = logging.getLogger(__name__)
@@ -52,6 +51,11 @@ def beat() -> float:
     """Seconds between renewals: often enough that a watcher sees a live holder within a few
     seconds, and that four renewals fit in a TTL."""
     return min(TTL / 4, 5.0)
+
+
+class LeaseHeld(ValueError):
+    """Another driver holds the sweep and renews its lease: this one is refused (one line, exit
+    2, like any user error: a ValueError to the CLI), never waits for it."""
 
 
 class Watch:
@@ -221,7 +225,7 @@ class DriverLease(Lease):
         return self.fence
 
     def acquire(self, out=None) -> None:
-        """Take the lease. A holder seen renewing it makes this raise SpecError naming it; one
+        """Take the lease. A holder seen renewing it makes this raise LeaseHeld naming it; one
         that does not renew (a lost node, a paused driver) is waited out, TTL at most."""
         watch, said = Watch(), False
         while True:
@@ -232,7 +236,7 @@ class DriverLease(Lease):
                     since = held.get("since")
                     since = (time.strftime(" since %Y-%m-%d %H:%M:%S", time.localtime(since))
                              if isinstance(since, (int, float)) else "")
-                    raise SpecError(
+                    raise LeaseHeld(
                         f"{self.storage.uri_of(self.rel)}: another driver runs this sweep "
                         f"({holder(held)}{since}; it renews its lease): stop it first, or "
                         "let it finish"

@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from sweeps import lease as lease_module
-from sweeps.lease import ClaimLost, DriverLease, TrialClaim, Watch
+from sweeps.lease import ClaimLost, DriverLease, LeaseHeld, TrialClaim, Watch
 from sweeps.ledger import sweep_file, trial_file
-from sweeps.spec import SpecError, parse_spec
+from sweeps.spec import parse_spec
 from sweeps.storage import Storage, WriteConflict
 from testkit.drivers import write_spec
 
@@ -123,7 +123,7 @@ def test_a_live_holder_is_refused_and_a_silent_one_waited_out_on_the_observers_c
         while not storage.exists(rel):
             time.sleep(0.01)
         t0 = time.monotonic()
-        with pytest.raises(SpecError, match=r"another driver runs this sweep \(host other-host, "
+        with pytest.raises(LeaseHeld, match=r"another driver runs this sweep \(host other-host, "
                                             r"pid 7, lease 3 since"):
             lease().acquire()
         assert time.monotonic() - t0 < 1.2  # told at its first renewal, before any expiry
