@@ -101,10 +101,13 @@ def _status(args) -> int:
 
 def _report(args) -> int:
     from .report import report
+    from .report.load import specs_in
+    from .tracking.sweep_run import publish_report
 
     if not args.inputs and not args.experiment:
         raise ValueError("give results (spec files or .parquet) or --experiment NAME")
     text, paths = report(args.inputs, args.out, args.tracking_uri, args.experiment)
+    publish_report(specs_in(args.inputs), text, paths)  # on each spec's sweep run in MLflow
     print(text)
     print("plots: " + ", ".join(str(p) for p in paths))
     return 0

@@ -21,11 +21,13 @@ from sweeps.ledger import CORRUPT, Ledger, sweep_file, trial_file
 from sweeps.plan import build_plan
 from sweeps.progress import sweep_status
 from sweeps.report import report
+from sweeps.report.load import specs_in
 from sweeps.resume import SLOTS, trained_model
 from sweeps.spec import SpecError, parse_spec
 from sweeps.storage import Storage
 from sweeps.sweep import run_sweep
 from sweeps.teacher_bank import cache_dir
+from sweeps.tracking.sweep_run import publish_report
 
 pytestmark = pytest.mark.slow
 EPOCHS = 3
@@ -268,12 +270,15 @@ def test_another_sweep_reuses_stored_trials(sweep, local_ray, tmp_path):
 
 
 def test_status_and_report(sweep, tmp_path):
-    tmp, spec, uri, _ = sweep
+    tmp, spec, uri = copy_of(sweep, tmp_path / "copy")  # publishing writes to its MLflow
     status = sweep_status(spec)
     assert "generation 1: 4 done, 0 running, 0 pending, 0 failed / 4" in status
     spec_file = tmp / "spec.yaml"
     spec_file.write_text(json.dumps(spec.model_dump()))  # JSON is YAML
     text, paths = report([str(spec_file)], tmp_path / "rep")
+    # the report only reads: logging it to the sweep's run is the explicit next step
+    assert not list(tmp.rglob("report.html"))
+    publish_report(specs_in([str(spec_file)]), text, paths)
     # one table per spec chain and noise rate, a column per generation
     assert "== cnn-medium>cnn-small>cnn-small (noise=0.4)" in text
     assert "g0 cnn-medium" in text and "g2 cnn-small" in text
@@ -298,11 +303,11 @@ def test_status_and_report(sweep, tmp_path):
     assert (f"/runs/{some_run}?workflowType=machine_learning\"" in page
             or f"%27{some_run}%27" in page)
     assert all(p.stat().st_size > 5000 for p in paths)
-    client = MlflowClient(spec.tracking_uri)
-    parent = client.search_runs([client.get_experiment_by_name("e2e").experiment_id],
-                                "tags.`kdsweep.role` = 'sweep'")[0]
-    arts = [a.path for a in client.list_artifacts(parent.info.run_id, "report")]
-    assert {"report/accuracy_vs_tau.png", "report/report.html"} <= set(arts)
+    # on the copy's sweep run (its store's files: this process's MLflow client caches where
+    # the original's runs keep their artifacts)
+    [published] = list(tmp.rglob("artifacts/report/report.html"))
+    assert (published.parent / "accuracy_vs_tau.png").exists()
+    assert (published.parent / "report.txt").read_text() == text
     # two results files side by side (the second: the same trials as another sweep's)
     second = tmp_path / "e2e-copy.parquet"
     pd.read_parquet(uri).assign(sweep="e2e-copy").to_parquet(second)

@@ -2,8 +2,10 @@
 
 Phases: load the trial rows (load.py) -> the paper's claims with verdicts (claims.py) -> the
 accuracy tables, convergence, trials not done, the same trials across clusters (tables.py) ->
-figures with captions (figures.py) -> report.html (page.py) -> logged to each spec's MLflow
-parent run under report/. The statistics and their rules (no inference below three seeds, Holm,
+figures with captions (figures.py) -> report.html (page.py). It only reads (results, MLflow,
+analysis files) and writes into its output folder: logging the report to each sweep's MLflow
+run is the caller's explicit next step (tracking.sweep_run.publish_report; `kdsweep report`
+takes it). The statistics and their rules (no inference below three seeds, Holm,
 values to the test set's resolution) are in stats.py.
 """
 
@@ -19,9 +21,8 @@ from kd_core.names import DATASET_FACTS
 
 from ..ledger import Ledger
 from ..record import TrialState
-from ..sqlite_store import prepare_store
 from ..storage import Storage
-from ..tracking.sweep_run import SweepRun, git_commit, ui_command
+from ..tracking.sweep_run import git_commit, ui_command
 from .analysis_figures import analysis_figures, distribution_runs, representatives
 from .claims import claims
 from .figures import Figures
@@ -41,8 +42,8 @@ def report(
     tracking_uri: str | None = None,
     experiment: str | None = None,
 ) -> tuple[str, list[Path]]:
-    """Tables (returned as text), PNG figures and report.html in ``out_dir``; all of them are
-    logged to each input spec's parent run under report/."""
+    """Tables (returned as text), PNG figures and report.html in ``out_dir``, and nothing
+    written anywhere else."""
     all_rows, specs = load(inputs, tracking_uri, experiment)
     df = all_rows[all_rows.status == TrialState.DONE]
     if df.empty:
@@ -58,15 +59,7 @@ def report(
     html_file = out_dir / "report.html"
     html_file.write_text(page(title, header(all_rows, specs), [summary(verdicts), *sections],
                               figures, links(specs, tracking_uri, experiment)))
-    paths = [p for p, _ in figures] + [html_file]
-    for spec in specs:  # on each sweep's parent run
-        prepare_store(spec.tracking_uri)
-        client = MlflowClient(spec.tracking_uri)
-        run = SweepRun(client, spec, Storage(spec.storage))
-        for p in paths:
-            run.log_artifact(p, "report")
-        client.log_text(run.run_id, text, "report/report.txt")
-    return text, paths
+    return text, [p for p, _ in figures] + [html_file]
 
 
 def margin(specs: list) -> float:

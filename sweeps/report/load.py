@@ -24,6 +24,11 @@ from ..tracking import ANALYSIS_PREFIX, STATE_TAG
 from .stats import late_rise, resolution, still_rising
 
 
+def specs_in(inputs: list[str]) -> list:
+    """The sweep specs among a report's inputs (spec files; the rest are results files)."""
+    return [load_spec(i) for i in dict.fromkeys(inputs) if i.endswith((".yaml", ".yml"))]
+
+
 def load(
     inputs: list[str], tracking_uri: str | None = None, experiment: str | None = None
 ) -> tuple[pd.DataFrame, list]:

@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from ..plan import setting_name, student_name
 from ..record import TrialState
 from ..spec import SweepSpec
-from ..sqlite_store import artifact_root
+from ..sqlite_store import artifact_root, prepare_store
 from ..storage import Storage
 from .names import UI_MODE, finite, param
 
@@ -178,3 +178,15 @@ class SweepRun:
 
     def end(self, status: str) -> None:
         self.client.set_terminated(self.run_id, status)
+
+
+def publish_report(specs: list, text: str, paths: list[Path]) -> None:
+    """A report's files and text on each sweep's run, under report/ (what `kdsweep report`
+    does after the report is made: the report itself only reads)."""
+    for spec in specs:
+        prepare_store(spec.tracking_uri)
+        client = MlflowClient(spec.tracking_uri)
+        run = SweepRun(client, spec, Storage(spec.storage))
+        for p in paths:
+            run.log_artifact(p, "report")
+        client.log_text(run.run_id, text, "report/report.txt")
