@@ -157,8 +157,8 @@ class Listing:
 
 
 # The files that tell a trial's state without a result, in order of precedence
-STATE_FILES = (("failed.json", TrialState.FAILED), ("progress.json", TrialState.RUNNING),
-               ("claim.lease", TrialState.CLAIMED))
+STATE_FILES = ((TrialFile.FAILED, TrialState.FAILED), (TrialFile.PROGRESS, TrialState.RUNNING),
+               (TrialFile.CLAIM, TrialState.CLAIMED))
 
 
 class Proven(dict):
@@ -243,7 +243,7 @@ class Ledger:
         this node proved before, read again only when their size or time changed; ``listing``:
         the model's stamp, when listed already."""
         rel = trial_file(key, TrialFile.MODEL)
-        stamp = listing.stamp(key, "model.pt") if listing else self.storage.stamp(rel)
+        stamp = listing.stamp(key, TrialFile.MODEL) if listing else self.storage.stamp(rel)
         if stamp is None:
             return "gone"
         uri = self.storage.uri_of(rel)

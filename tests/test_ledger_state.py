@@ -1,0 +1,77 @@
+"""The ledger's state rule and the driver's reconcile, stepped by hand on a real file system:
+each file a trial can leave, alone and together, and each repair reconcile makes."""
+
+import itertools
+
+import pytest
+import torch
+
+from kd_core.checkpoint import checkpoint_bytes
+from sweeps.ledger import CHECKPOINTS, Ledger, TrialFile, TrialState, trial_file
+from sweeps.record import TrialResult
+from sweeps.snapshot import Snapshot, reconcile
+from sweeps.storage import Storage
+
+HISTORY = [{"epoch": 1, "train_loss": 1.0, "test_acc": 0.5}]
+MARKERS = {TrialFile.FAILED: TrialState.FAILED, TrialFile.PROGRESS: TrialState.RUNNING,
+           TrialFile.CLAIM: TrialState.CLAIMED}
+
+
+class Key:
+    def __init__(self, key: str):
+        self.key = key
+
+
+def model() -> bytes:
+    return checkpoint_bytes({"model": {"w": torch.ones(4)}, "epoch": 1})
+
+
+def publish(ledger: Ledger, key: str, status: TrialState) -> None:
+    result = TrialResult.from_history({"key": key}, HISTORY, status=str(status))
+    ledger.publish(key, model() if status is TrialState.DONE else None, result)
+
+
+@pytest.mark.parametrize("present", [c for n in range(4)
+                                     for c in itertools.combinations(MARKERS, n)])
+def test_a_trials_state_is_its_files_in_order_of_precedence(tmp_path, present):
+    ledger = Ledger(Storage(str(tmp_path)))
+    for name in present:
+        ledger.storage.write_json(trial_file("k", name), {"epoch": 1})
+    expected = next((MARKERS[n] for n in MARKERS if n in present), TrialState.PENDING)
+    assert ledger.state("k") is expected
+    names = ledger.listing().names("k")  # the same from a listing as from probes
+    assert ledger.state("k", names=names) is expected
+    for status in (TrialState.DONE, TrialState.DIVERGED, TrialState.STOPPED_EARLY):
+        publish(ledger, "k", status)  # a result outranks every other file
+        assert ledger.state("k", ledger.result("k")) is status
+
+
+def test_reconcile_repairs_each_kind_of_trial_and_nothing_else(tmp_path):
+    ledger = Ledger(Storage(str(tmp_path)), repair=False)
+    for key in ("good", "gone", "corrupt", "diverged"):
+        publish(ledger, key, TrialState.DIVERGED if key == "diverged" else TrialState.DONE)
+    ledger.storage.write_bytes(trial_file("diverged", CHECKPOINTS[0]), model())
+    ledger.mark_failed("failed", "boom")
+    ledger.storage.delete(trial_file("gone", TrialFile.MODEL))
+    rel = trial_file("corrupt", TrialFile.MODEL)
+    ledger.storage.write_bytes(rel, ledger.storage.read_bytes(rel)[:-8] + b"\0" * 8)
+    keys = ["good", "gone", "corrupt", "diverged", "failed", "pending"]
+    snapshot = Snapshot.load(ledger, keys)
+    assert [snapshot.state(k) for k in keys] == [
+        TrialState.DONE, TrialState.DONE, TrialState.DONE, TrialState.DIVERGED,
+        TrialState.FAILED, TrialState.PENDING]
+    fenced = []
+    reconcile(snapshot, [Key(k) for k in keys], retry_failed=True,
+              fence=lambda: fenced.append(1))
+    # a model gone or failing its SHA-256: the result forgotten (publishes again from its
+    # checkpoints), the bad file moved aside; a diverged trial reset (retry_failed) down to its
+    # checkpoints; a failed one retried; the good one and the pending one untouched
+    assert [snapshot.state(k) for k in keys] == [
+        TrialState.DONE, TrialState.PENDING, TrialState.PENDING, TrialState.PENDING,
+        TrialState.PENDING, TrialState.PENDING]
+    assert ledger.result("good") and ledger.has_model("good")
+    assert ledger.result("gone") is None and ledger.result("corrupt") is None
+    assert list(tmp_path.rglob("model.pt.corrupt-*"))
+    assert not ledger.storage.exists(trial_file("diverged", CHECKPOINTS[0]))
+    assert ledger.failure("failed") is None
+    assert len(fenced) >= 4  # every repair under the driver's lease
