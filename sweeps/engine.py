@@ -108,18 +108,35 @@ def _join(address: str, quiet: dict) -> None:
     raise SpecError(f"--address {address}: could not join the Ray cluster ({first})") from None
 
 
+# Jobs per Tune experiment. Tune's controller costs more per trial as its experiment grows
+# (benchmarks/RESULTS.md: 9.5 ms of driver CPU per no-op trial at 1k trials, 19 ms at 10k), so
+# a sweep runs as successive experiments of at most this many jobs, the scheduler carried from
+# one to the next; each ends once its last jobs do (a drain of about one job's time per window).
+# kdsweep never restores Tune's state (the ledger is the sweep's state), so nothing is lost.
+def tune_window() -> int:
+    return int(env_number("KDSWEEP_TUNE_WINDOW", 5000, integer=True))
+
+
+tune_window()  # a bad value is one line when the engine loads, before any work
+
+
 class DependencySearcher(Searcher):
     """Tune's face of the scheduler (scheduler.py): hands out its next job and tells it how
-    each ended. It reads no storage: a job's outcome is in its last report (trial.OUTCOME)."""
+    each ended. It reads no storage: a job's outcome is in its last report (trial.OUTCOME).
+    ``budget``: the jobs this experiment hands out (a window) before it says FINISHED."""
 
-    def __init__(self, scheduler: Scheduler, metric: str):
+    def __init__(self, scheduler: Scheduler, metric: str, budget: int | None = None):
         super().__init__()
-        self.scheduler, self.search_metric = scheduler, metric
+        self.scheduler, self.search_metric, self.budget = scheduler, metric, budget
+        self.handed = 0
 
     def suggest(self, trial_id: str) -> dict | None:
+        if self.budget is not None and self.handed >= self.budget:
+            return Searcher.FINISHED  # this window's share handed out: the next takes the rest
         if (job := self.scheduler.next_job()) is None:
             return Searcher.FINISHED if self.scheduler.finished() else None
         self.scheduler.start(trial_id, job)
+        self.handed += 1
         return job.config()
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
@@ -248,11 +265,24 @@ def job_resources(resources: ResourcesSpec):
     return request
 
 
-def run_experiment(
-    spec: SweepSpec, ledger: Ledger, searcher: DependencySearcher, events, driver: str
-):
-    """Run every job the searcher hands out, in one Tune experiment (``driver``: the token of
-    this driver's lease, which its workers' trial claims carry)."""
+def run_experiment(spec: SweepSpec, ledger: Ledger, scheduler: Scheduler, events, driver: str
+                   ) -> int:
+    """Run every job the scheduler has, in Tune experiments of at most tune_window() jobs each
+    (``driver``: the token of this driver's lease, which its workers' trial claims carry);
+    returns how many experiments it took."""
+    windows, window = 0, tune_window()
+    while not scheduler.finished():
+        searcher = DependencySearcher(scheduler, spec.search.metric, window)
+        _run_window(spec, ledger, searcher, events, driver, windows)
+        windows += 1
+        if searcher.handed == 0:  # nothing could start: what is left waits on nothing
+            break
+    return windows
+
+
+def _run_window(spec: SweepSpec, ledger: Ledger, searcher: DependencySearcher, events,
+                driver: str, window: int) -> None:
+    """One Tune experiment: the jobs ``searcher`` hands out, until its budget or the end."""
     # Tune copies the driver's AWS credentials into every trainable's runtime_env, and Ray's
     # runtime-env agent logs that env verbatim in its session logs: a secret on disk. Workers
     # take credentials from their node (its environment or instance role), as the driver does.
@@ -272,7 +302,7 @@ def run_experiment(
             reuse_actors=True,  # warm workers across generations: no torch import per trial
         ),
         run_config=tune.RunConfig(
-            name=time.strftime("run-%Y%m%d-%H%M%S"),
+            name=time.strftime("run-%Y%m%d-%H%M%S") + (f"-w{window}" if window else ""),
             storage_path=tune_path,
             storage_filesystem=tune_fs,
             # Tune retries both a lost node and a raising trial; the trial itself gives up after

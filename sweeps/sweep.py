@@ -24,7 +24,7 @@ os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 import pandas as pd  # noqa: E402
 
 from . import faults  # noqa: E402
-from .engine import DependencySearcher, connect, run_experiment  # noqa: E402
+from .engine import connect, run_experiment  # noqa: E402
 from .events import SweepEvents  # noqa: E402
 from .lease import DriverLease, holder  # noqa: E402
 from .ledger import Ledger, SweepFile, TrialState, sweep_file  # noqa: E402
@@ -214,8 +214,7 @@ def _train_and_export(
         scheduler = make_scheduler(spec, plan, snapshot, todo, sources, data, events)
         if todo or sources:
             connect(address)  # already, unless storage changed since the count above
-            searcher = DependencySearcher(scheduler, spec.search.metric)
-            run_experiment(spec, ledger, searcher, events, lease.token)
+            run_experiment(spec, ledger, scheduler, events, lease.token)
         # export
         uri = export_results(plan, snapshot, tracker, lease.check())
         ok = all(s in (TrialState.DONE, TrialState.STOPPED_EARLY)

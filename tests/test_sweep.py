@@ -558,3 +558,18 @@ def test_corrupt_files_are_quarantined_and_derived_again(local_ray, tmp_path, ca
     flagged = [r for r in caplog.records if getattr(r, CORRUPT, None) == model]
     assert flagged and "fails its SHA-256" in flagged[0].getMessage()
     assert any("final checkpoint" in r.getMessage() for r in caplog.records)
+
+
+def test_a_sweep_runs_as_tune_experiments_of_a_bounded_window(local_ray, tmp_path, monkeypatch):
+    """KDSWEEP_TUNE_WINDOW jobs per Tune experiment (Tune's cost per trial grows with its
+    experiment): the scheduler carries over, a student waiting on its teacher across windows."""
+    monkeypatch.setenv("KDSWEEP_TUNE_WINDOW", "2")
+    spec = small_spec(tmp_path, "windows", taus=(4, 8))  # a teacher and two students
+    uri = run_sweep(spec, out=io.StringIO())
+    df = pd.read_parquet(uri)
+    assert len(df) == 3 and (df.status == "done").all()
+    tune = Path(spec.storage) / "sweeps" / "windows" / "local" / "tune"
+    jobs = [[j.name.split("-")[0] for j in run.iterdir() if j.is_dir()]
+            for run in sorted(tune.glob("run-*"))]
+    # two jobs per experiment: the teacher and its bank, then the two students
+    assert [sorted(j) for j in jobs] == [["bank", "train"], ["train", "train"]]
