@@ -109,12 +109,13 @@ def _join(address: str, quiet: dict) -> None:
 
 
 # Jobs per Tune experiment. Tune's controller costs more per trial as its experiment grows
-# (benchmarks/RESULTS.md: 9.5 ms of driver CPU per no-op trial at 1k trials, 19 ms at 10k), so
+# (benchmarks/RESULTS.md: 9.5 ms of driver CPU per no-op trial at 1k trials, 19 ms at 10k in
+# one experiment, 8.8 ms at 10k in experiments of 2,500), so
 # a sweep runs as successive experiments of at most this many jobs, the scheduler carried from
 # one to the next; each ends once its last jobs do (a drain of about one job's time per window).
 # kdsweep never restores Tune's state (the ledger is the sweep's state), so nothing is lost.
 def tune_window() -> int:
-    return int(env_number("KDSWEEP_TUNE_WINDOW", 5000, integer=True))
+    return int(env_number("KDSWEEP_TUNE_WINDOW", 2500, integer=True))
 
 
 tune_window()  # a bad value is one line when the engine loads, before any work
