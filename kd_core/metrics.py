@@ -57,9 +57,15 @@ def predict(model: torch.nn.Module, images: torch.Tensor, prepare: Callable, bat
     return torch.cat(out)
 
 
+def loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor, split: str
+                      ) -> dict[str, float]:
+    """Cross-entropy and accuracy on a held-out split, named ``<split>_loss``, ``<split>_acc``."""
+    return {f"{split}_loss": float(F.cross_entropy(logits, labels)),
+            f"{split}_acc": float((logits.argmax(1) == labels).float().mean())}
+
+
 def val_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    return {"val_loss": float(F.cross_entropy(logits, labels)),
-            "val_acc": float((logits.argmax(1) == labels).float().mean())}
+    return loss_and_accuracy(logits, labels, "val")
 
 
 def test_metrics(
@@ -67,8 +73,7 @@ def test_metrics(
 ) -> dict[str, float]:
     probs = logits.softmax(dim=1)
     out = {
-        "test_loss": float(F.cross_entropy(logits, labels)),
-        "test_acc": float((logits.argmax(1) == labels).float().mean()),
+        **loss_and_accuracy(logits, labels, "test"),
         "test_ece": expected_calibration_error(probs, labels),
     }
     if teacher_logits is not None:

@@ -110,10 +110,10 @@ def _join(address: str, quiet: dict) -> None:
 
 # Jobs per Tune experiment. Tune's controller costs more per trial as its experiment grows
 # (benchmarks/RESULTS.md: 9.5 ms of driver CPU per no-op trial at 1k trials, 19 ms at 10k in
-# one experiment, 8.8 ms at 10k in experiments of 2,500), so
-# a sweep runs as successive experiments of at most this many jobs, the scheduler carried from
-# one to the next; each ends once its last jobs do (a drain of about one job's time per window).
-# kdsweep never restores Tune's state (the ledger is the sweep's state), so nothing is lost.
+# one experiment, 8.8 ms at 10k in experiments of 2,500), so a sweep runs as successive
+# experiments of at most this many jobs, the scheduler carried from one to the next; each ends
+# once its last jobs do (a drain of about one job's time per window). kdsweep never restores
+# Tune's state (the ledger is the sweep's state), so nothing is lost.
 def tune_window() -> int:
     return int(env_number("KDSWEEP_TUNE_WINDOW", 2500, integer=True))
 
@@ -274,7 +274,7 @@ def run_experiment(spec: SweepSpec, ledger: Ledger, scheduler: Scheduler, events
     windows, window = 0, tune_window()
     while not scheduler.finished():
         searcher = DependencySearcher(scheduler, spec.search.metric, window)
-        _run_window(spec, ledger, searcher, events, driver, windows)
+        _run_window(spec, ledger, searcher, events, driver, index=windows)
         windows += 1
         if searcher.handed == 0:  # nothing could start: what is left waits on nothing
             break
@@ -282,8 +282,9 @@ def run_experiment(spec: SweepSpec, ledger: Ledger, scheduler: Scheduler, events
 
 
 def _run_window(spec: SweepSpec, ledger: Ledger, searcher: DependencySearcher, events,
-                driver: str, window: int) -> None:
-    """One Tune experiment: the jobs ``searcher`` hands out, until its budget or the end."""
+                driver: str, index: int) -> None:
+    """One Tune experiment, the sweep's ``index``-th: the jobs ``searcher`` hands out, until
+    its budget or the end."""
     # Tune copies the driver's AWS credentials into every trainable's runtime_env, and Ray's
     # runtime-env agent logs that env verbatim in its session logs: a secret on disk. Workers
     # take credentials from their node (its environment or instance role), as the driver does.
@@ -303,7 +304,7 @@ def _run_window(spec: SweepSpec, ledger: Ledger, searcher: DependencySearcher, e
             reuse_actors=True,  # warm workers across generations: no torch import per trial
         ),
         run_config=tune.RunConfig(
-            name=time.strftime("run-%Y%m%d-%H%M%S") + (f"-w{window}" if window else ""),
+            name=time.strftime("run-%Y%m%d-%H%M%S") + (f"-w{index}" if index else ""),
             storage_path=tune_path,
             storage_filesystem=tune_fs,
             # Tune retries both a lost node and a raising trial; the trial itself gives up after

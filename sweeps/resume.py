@@ -30,7 +30,6 @@ from .ledger import (
 from .storage import Storage
 
 log = logging.getLogger(__name__)
-SLOTS = CHECKPOINTS  # the ledger names them
 
 
 class TrialCheckpoints:
@@ -101,7 +100,7 @@ class TrialCheckpoints:
     def _write(self, epoch: int, data: bytes) -> None:
         with self._lock:
             self.guard()
-            self.storage.write_bytes(trial_file(self.key, SLOTS[self._next]), data)
+            self.storage.write_bytes(trial_file(self.key, CHECKPOINTS[self._next]), data)
             self._next = 1 - self._next
             self.saved_epoch = epoch
             if self._pending is not None and self._pending[0] <= epoch:
@@ -111,7 +110,7 @@ class TrialCheckpoints:
     def load_latest(self) -> dict | None:
         """The newest checkpoint that loads; a corrupt one is skipped with a warning."""
         found = []
-        for i, slot in enumerate(SLOTS):
+        for i, slot in enumerate(CHECKPOINTS):
             rel = trial_file(self.key, slot)
             if not self.storage.exists(rel):
                 continue

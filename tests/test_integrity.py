@@ -9,8 +9,8 @@ import torch
 
 from kd_core.checkpoint import CheckpointError, checkpoint_bytes, load_checkpoint
 from kd_core.seal import unseal
-from sweeps.ledger import Ledger, trial_file
-from sweeps.resume import SLOTS, TrialCheckpoints
+from sweeps.ledger import CHECKPOINTS, Ledger, trial_file
+from sweeps.resume import TrialCheckpoints
 from sweeps.storage import Storage
 
 
@@ -62,13 +62,13 @@ def test_a_checkpoint_with_zeroed_bytes_is_moved_aside_and_the_previous_one_used
     ckpt = TrialCheckpoints(storage, "k")
     ckpt.save(state(1))
     ckpt.save(state(2))  # the newest, in the second slot
-    rel = trial_file("k", SLOTS[1])
+    rel = trial_file("k", CHECKPOINTS[1])
     data = storage.read_bytes(rel)
     at = tensor_offset(data) + 256
     storage.write_bytes(rel, data[:at] + bytes(64) + data[at + 64:])
     loaded = TrialCheckpoints(storage, "k").load_latest()
     assert loaded["epoch"] == 1 and torch.equal(loaded["model"]["w"], state(1)["model"]["w"])
-    assert not storage.exists(rel) and list(tmp_path.glob(f"trials/k/{SLOTS[1]}.corrupt-*"))
+    assert not storage.exists(rel) and list(tmp_path.glob(f"trials/k/{CHECKPOINTS[1]}.corrupt-*"))
 
 
 def test_a_local_checkpoint_file_is_sealed_and_checked(tmp_path):

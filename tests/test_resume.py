@@ -22,9 +22,9 @@ from mlflow.tracking import MlflowClient
 
 from sweeps import lease as lease_module
 from sweeps.lease import DriverLease, TrialClaim
-from sweeps.ledger import sweep_file, trial_file
+from sweeps.ledger import CHECKPOINTS, sweep_file, trial_file
 from sweeps.plan import build_plan
-from sweeps.resume import SLOTS, TrialCheckpoints
+from sweeps.resume import TrialCheckpoints
 from sweeps.spec import parse_spec
 from sweeps.sqlite_store import prepare_store
 from sweeps.storage import Storage
@@ -163,11 +163,11 @@ def test_sigterm_writes_a_checkpoint_before_exit(tmp_path):
             time.sleep(0.2)
         else:
             pytest.fail("trial did not start")
-        assert not any(storage.exists(trial_file(trial.key, s)) for s in SLOTS)
+        assert not any(storage.exists(trial_file(trial.key, s)) for s in CHECKPOINTS)
         os.kill(p["pid"], signal.SIGTERM)
         deadline = time.time() + 30
         while time.time() < deadline and not any(
-                storage.exists(trial_file(trial.key, s)) for s in SLOTS):
+                storage.exists(trial_file(trial.key, s)) for s in CHECKPOINTS):
             time.sleep(0.05)
         state = TrialCheckpoints(storage, trial.key).load_latest()
         assert state is not None and state["epoch"] >= epochs
@@ -183,7 +183,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
     ckpts = TrialCheckpoints(storage, "k")
     ckpts.save({"epoch": 1, "w": torch.ones(3)})
     ckpts.save({"epoch": 2, "w": torch.full((3,), 2.0)})
-    newest = trial_file("k", SLOTS[1])
+    newest = trial_file("k", CHECKPOINTS[1])
     raw = storage.read_bytes(newest)
     storage.write_bytes(newest, raw[: len(raw) // 3])  # torn by a broken filesystem
     again = TrialCheckpoints(storage, "k")

@@ -13,9 +13,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from sweeps.ledger import Ledger, TrialState, trial_file
+from sweeps.ledger import CHECKPOINTS, Ledger, TrialState, trial_file
 from sweeps.plan import build_plan
-from sweeps.resume import SLOTS
 from sweeps.spec import parse_spec
 from sweeps.storage import Storage
 from testkit import servers
@@ -70,7 +69,7 @@ def test_sweep_on_s3_resumes_and_reuses_teachers(s3_server, tmp_path, monkeypatc
         assert driver.wait(150) == -signal.SIGKILL, (tmp_path / "driver.log").read_text()[-3000:]
         kill_leftovers(tmp_path)  # Ray's workers too, before storage is read
         killed_at = storage.read_json(trial_file(student.key, "progress.json"))["epoch"]
-        assert any(storage.exists(trial_file(student.key, s)) for s in SLOTS)  # on S3
+        assert any(storage.exists(trial_file(student.key, s)) for s in CHECKPOINTS)  # on S3
 
         rerun = start_driver(spec_path, tmp_path, s3_server)
         assert rerun.wait(300) == 0, (tmp_path / "driver.log").read_text()[-3000:]

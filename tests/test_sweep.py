@@ -17,12 +17,12 @@ from mlflow.tracking import MlflowClient
 
 from kd_core.checkpoint import load_checkpoint
 from kd_core.data import load_dataset
-from sweeps.ledger import CORRUPT, Ledger, sweep_file, trial_file
+from sweeps.ledger import CHECKPOINTS, CORRUPT, Ledger, sweep_file, trial_file
 from sweeps.plan import build_plan
 from sweeps.progress import sweep_status
 from sweeps.report import report
 from sweeps.report.load import specs_in
-from sweeps.resume import SLOTS, trained_model
+from sweeps.resume import trained_model
 from sweeps.spec import SpecError, parse_spec
 from sweeps.storage import Storage
 from sweeps.sweep import run_sweep
@@ -484,7 +484,7 @@ def test_corrupt_files_are_quarantined_and_derived_again(local_ray, tmp_path, ca
     def slot_epoch(slot):
         return load_checkpoint(store.storage.read_bytes(trial_file(student.key, slot)))["epoch"]
 
-    newest = max(SLOTS, key=slot_epoch)
+    newest = max(CHECKPOINTS, key=slot_epoch)
     for rel, cut in (
         (trial_file(student.key, "result.json"), 40),  # the student must run and read the bank
         (trial_file(student.key, newest), 300),

@@ -11,7 +11,6 @@ values to the test set's resolution) are in stats.py.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -21,7 +20,7 @@ from kd_core.names import DATASET_FACTS
 
 from ..ledger import Ledger
 from ..record import TrialState
-from ..storage import Storage
+from ..storage import Storage, concurrently
 from ..tracking.sweep_run import git_commit, ui_command
 from .analysis_figures import analysis_figures, distribution_runs, representatives
 from .claims import claims
@@ -91,10 +90,9 @@ def load_analyses(df: pd.DataFrame, specs: list) -> dict[str, dict]:
     for spec in specs:
         ledger = Ledger(Storage(spec.storage), repair=False)
         wanted = sorted(keys - out.keys())
-        with ThreadPoolExecutor(READERS) as pool:
-            for key, a in zip(wanted, pool.map(ledger.analysis, wanted), strict=True):
-                if a is not None:
-                    out[key] = a
+        for key, a in zip(wanted, concurrently(ledger.analysis, wanted, READERS), strict=True):
+            if a is not None:
+                out[key] = a
     return out
 
 

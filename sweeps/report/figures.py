@@ -127,6 +127,20 @@ class Figures:
         return plt.subplots(rows, cols, squeeze=False, layout="constrained",
                             figsize=(PANEL[0] * cols, PANEL[1] * rows), **kw)
 
+    @staticmethod
+    def panels(axes, frame: pd.DataFrame, rows: tuple[str, list], cols: tuple[str, list]):
+        """(panel, row value, column value, the rows of ``frame`` it draws) for each panel of
+        a grid whose rows and columns are values of two columns; a panel with nothing to draw
+        is hidden."""
+        (row_key, row_values), (col_key, col_values) = rows, cols
+        for row, r in zip(axes, row_values, strict=True):
+            for ax, c in zip(row, col_values, strict=True):
+                part = frame[(frame[row_key] == r) & (frame[col_key] == c)]
+                if part.empty:
+                    ax.set_visible(False)
+                    continue
+                yield ax, r, c, part
+
     # ---- the figures -------------------------------------------------------------------
     def accuracy_vs_generation(self) -> None:
         """Per chain (row) and noise (column): each setting's line from the teacher through the
@@ -222,24 +236,20 @@ class Figures:
         names = sorted(set(students.student))
         settings = sorted(set(students.setting), key=setting_order)
         fig, axes = self.grid(len(names), len(settings), sharey="row")
-        for row, student in zip(axes, names, strict=True):
-            for ax, setting in zip(row, settings, strict=True):
-                part = students[(students.student == student) & (students.setting == setting)]
-                if part.empty:
-                    ax.set_visible(False)
-                    continue
-                sns.lineplot(data=part, x="noise_rate", y="accuracy", marker="o",
-                             color=self.colours[setting], errorbar=self.band, ax=ax)
-                model = part.model.iloc[0]
-                alone = self.df[(self.df.generation == 0) & (self.df.model == model)]
-                sns.lineplot(data=alone, x="noise_rate", y="accuracy", color="k", ls=":",
-                             errorbar=None, ax=ax, label="alone (ce)")
-                teachers = part.drop_duplicates("teacher_key")
-                mean = teachers.groupby("noise_rate").teacher_acc.mean().mul(100)
-                ax.plot(mean.index, mean.values, ls=":", marker="v", ms=4, color="0.6",
-                        label="teacher (of these students)")
-                ax.set(xlabel="label noise rate", ylabel="test accuracy %",
-                       title=f"{student}\n{setting}")
+        for ax, student, setting, part in self.panels(axes, students, ("student", names),
+                                                      ("setting", settings)):
+            sns.lineplot(data=part, x="noise_rate", y="accuracy", marker="o",
+                         color=self.colours[setting], errorbar=self.band, ax=ax)
+            model = part.model.iloc[0]
+            alone = self.df[(self.df.generation == 0) & (self.df.model == model)]
+            sns.lineplot(data=alone, x="noise_rate", y="accuracy", color="k", ls=":",
+                         errorbar=None, ax=ax, label="alone (ce)")
+            teachers = part.drop_duplicates("teacher_key")
+            mean = teachers.groupby("noise_rate").teacher_acc.mean().mul(100)
+            ax.plot(mean.index, mean.values, ls=":", marker="v", ms=4, color="0.6",
+                    label="teacher (of these students)")
+            ax.set(xlabel="label noise rate", ylabel="test accuracy %",
+                   title=f"{student}\n{setting}")
         legend(fig, axes, self.colours, set(students.setting))
         self.save(fig, "accuracy_vs_noise.png",
                   "Test accuracy over the label noise rate (teachers trained on the noisy "
@@ -325,23 +335,19 @@ class Figures:
         settings = sorted(set(long.setting), key=setting_order)
         styles = dict(zip(self.noises, ["-", "--", ":", "-."] * len(self.noises), strict=False))
         fig, axes = self.grid(len(names), len(settings), sharey="row")
-        for row, student in zip(axes, names, strict=True):
-            for ax, setting in zip(row, settings, strict=True):
-                part = long[(long.student == student) & (long.setting == setting)]
-                if part.empty:
-                    ax.set_visible(False)
-                    continue
-                for noise, curve in part.groupby("noise"):
-                    sns.lineplot(data=curve, x="epoch", y="accuracy", ls=styles[noise],
-                                 color=self.colours[setting], errorbar=self.band, ax=ax, lw=1,
-                                 label=f"noise {noise}")
-                    ref = alone[(alone.model == part.model.iloc[0]) & (alone.noise == noise)]
-                    ax.plot(ref.groupby("epoch").accuracy.mean(), ls=styles[noise], lw=0.8,
-                            color="k", label=f"alone (ce), noise {noise}")
-                top = part.groupby("epoch").accuracy.max().iloc[-1]
-                ax.set_ylim(max(0, top - 25), min(100, top + 3))  # the end, where it matters
-                ax.set(ylabel="test accuracy %", title=f"{student}\n{setting}")
-                ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        for ax, student, setting, part in self.panels(axes, long, ("student", names),
+                                                      ("setting", settings)):
+            for noise, curve in part.groupby("noise"):
+                sns.lineplot(data=curve, x="epoch", y="accuracy", ls=styles[noise],
+                             color=self.colours[setting], errorbar=self.band, ax=ax, lw=1,
+                             label=f"noise {noise}")
+                ref = alone[(alone.model == part.model.iloc[0]) & (alone.noise == noise)]
+                ax.plot(ref.groupby("epoch").accuracy.mean(), ls=styles[noise], lw=0.8,
+                        color="k", label=f"alone (ce), noise {noise}")
+            top = part.groupby("epoch").accuracy.max().iloc[-1]
+            ax.set_ylim(max(0, top - 25), min(100, top + 3))  # the end, where it matters
+            ax.set(ylabel="test accuracy %", title=f"{student}\n{setting}")
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         legend(fig, axes, self.colours, set(long.setting))  # its "alone" lines: the styles
         self.save(fig, "learning_curves.png",
                   "Test accuracy per epoch, per student (rows) and setting (columns), the "
