@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import NoReturn
 
 from . import train_cmd
@@ -107,9 +108,12 @@ def _report(args) -> int:
     if not args.inputs and not args.experiment:
         raise ValueError("give results (spec files or .parquet) or --experiment NAME")
     text, paths = report(args.inputs, args.out, args.tracking_uri, args.experiment)
-    publish_report(specs_in(args.inputs), text, paths)  # on each spec's sweep run in MLflow
+    out = Path(args.out)
+    publish_report(specs_in(args.inputs), text, paths, out)  # on each spec's sweep run
     print(text)
-    print("plots: " + ", ".join(str(p) for p in paths))
+    print(f"report: {out / 'report.html'}; figures: "
+          + ", ".join(p.name for p in paths if p.suffix == ".png")
+          + f"; tables (CSV, LaTeX): {sum(p.suffix == '.csv' for p in paths)} in {out / 'tables'}")
     return 0
 
 

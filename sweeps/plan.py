@@ -214,12 +214,37 @@ class Plan:
             n_done = sum(t.key in done for t in gen)
             tail = f"; {n_done} done, {len(gen) - n_done} to train" if done else ""
             lines.append(f"  generation {g}: {len(gen)} trials ({parts}){tail}")
+        if len(self.generations) > 1 and s.search.type != "optuna":
+            lines += ["  students: " + "; ".join(self.settings())]
+        noise = ", ".join(f"{r:g}" for r in s.grid.noise.rate)
+        lines.append(f"  each at noise {s.grid.noise.kind} {noise} x seeds "
+                     f"{', '.join(map(str, s.grid.seeds))}")
         if s.search.type == "optuna":
             lines.append(
                 f"  generation 1+: up to {s.search.num_samples} optuna samples per teacher "
                 f"over loss {s.grid.loss} and tau in {list(s.search.tau_range)}"
             )
         return "\n".join(lines)
+
+
+    def settings(self) -> list[str]:
+        """The students' grid as the spec sets it, a line per loss and one for grid.extra:
+        "kl: tau 1, 3, inf x alpha 0.5, 1 (6 settings)"; "mse: alpha 1"."""
+        g, out = self.spec.grid, []
+        alphas = ", ".join(f"{a:g}" for a in g.alpha)
+        if "kl" in g.loss:
+            taus = ", ".join(param_text(t) for t in g.tau)
+            out.append(f"kl: tau {taus} x alpha {alphas} ({len(g.tau) * len(g.alpha)} settings)")
+        if "mse" in g.loss:
+            out.append(f"mse: alpha {alphas}")
+        if g.extra:
+            extra = (setting_name(1, e.loss, e.tau, e.alpha) for e in g.extra)
+            out.append("settings besides the grid: " + ", ".join(extra))
+        return out
+
+
+def param_text(v: float | str) -> str:
+    return "inf" if v == "inf" or math.isinf(float(v)) else f"{float(v):g}"
 
 
 def build_plan(spec: SweepSpec) -> Plan:

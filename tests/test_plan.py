@@ -53,6 +53,13 @@ def test_paper_plan_counts():
     for rate in (0.2, 0.4, 0.6):  # tau < 1 at every noise rate
         assert {0.1, 0.25, 0.5} <= {t.tau for t in noisy if t.noise_rate == rate}
     assert sum(t.model == "wrn-28-4" for t in plan.generations[0]) == 12
+    # `kdsweep plan` says what the students get: the grid, its kd baseline, noise and seeds
+    text = plan.describe()
+    assert ("students: kl: tau 0.1, 0.25, 0.5, 1, 3, 5, 20, inf x alpha 1 (8 settings); mse: "
+            "alpha 1; settings besides the grid: kl tau=4 a=0.1") in text
+    assert "each at noise symmetric 0, 0.2, 0.4, 0.6 x seeds 0, 1, 2" in text
+    assert "x alpha 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1 (50 settings)" in (
+        alpha_tau.describe())
 
 
 SMALL = {

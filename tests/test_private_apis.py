@@ -47,3 +47,26 @@ def test_interpreter_exit_steps():
     """cli._exit: the interpreter's own first steps of exiting (threads joined, exit handlers
     run), then os._exit, skipping the ~2 s teardown of every loaded module."""
     assert callable(threading._shutdown) and callable(atexit._run_exitfuncs)
+
+
+def test_mlflow_ui_reads_a_shared_view_of_plain_json():
+    """tracking/view.py: the UI bundle of this MLflow opens `viewStateShareKey=<key>` from the
+    experiment tag `mlflow.sharedViewState.<key>`, falls back to plain JSON, and knows each
+    field and chart type the saved view writes."""
+    from pathlib import Path
+
+    import mlflow
+
+    from sweeps.tracking.view import SHARE_TAG, VIEW_FIELDS, view_state
+
+    js = "".join(p.read_text(errors="ignore") for p in (
+        Path(mlflow.__file__).parent / "server" / "js" / "build" / "static" / "js"
+    ).glob("*.js"))
+    assert f'"{SHARE_TAG}"' in js and '"viewStateShareKey"' in js
+    assert "JSON.parse(e))(t.value)" in js  # the fallback that takes a tag of plain JSON
+    for field in VIEW_FIELDS:
+        assert f'"{field}"' in js, field
+    state = view_state()
+    for chart in state["compareRunCharts"]:
+        assert f'e.{chart["type"]}="{chart["type"]}"' in js
+    assert 'e.SHOWALL="SHOW_ALL"' in js and 'q="Model metrics"' in js

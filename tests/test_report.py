@@ -3,6 +3,7 @@
 import math
 import re
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -123,10 +124,49 @@ def test_report_tables_figures_and_html(tmp_path, capsys):
             "logit_distance_vs_accuracy.png", "report.html"} <= names
     page = (tmp_path / "rep" / "report.html").read_text()
     # a page: real tables, a caption per figure, the header a reader needs
-    assert page.count("<img") == page.count("<figcaption>") == len(paths) - 1
+    pngs = [p for p in paths if p.suffix == ".png"]
+    assert page.count("<img") == page.count("<figcaption>") == len(pngs) > 0
     assert "<td>72.0 ± 4.9 (n=3)</td>" in page and "<pre>" not in page
     assert "<dt>dataset</dt><dd>digits (1347 train / 450 test images)</dd>" in page
     assert "<dt>selection</dt>" not in page  # a grid: nothing was selected on anything
+
+
+def latex_rows(tex: str) -> list[list[str]]:
+    """A booktabs tabular's body rows, unescaped: what a reader of the PDF sees."""
+    body = tex.split("\\midrule", 1)[1].split("\\bottomrule", 1)[0]
+    rows = []
+    for line in filter(None, (ln.strip() for ln in body.splitlines())):
+        cells = re.split(r"(?<!\\)&", line.removesuffix("\\\\"))
+        rows.append([re.sub(r"\\([&%_#$])", r"\1", c.strip()).replace("$\\pm$", "±")
+                     for c in cells])
+    return rows
+
+
+def test_every_table_is_written_as_csv_and_latex_and_reads_back(tmp_path):
+    path = tmp_path / "results.parquet"
+    pq.write_table(pa.Table.from_pylist(rows(), schema=SCHEMA), path)
+    text, paths = report([str(path)], tmp_path / "rep")
+    folder = tmp_path / "rep" / "tables"
+    csvs = sorted(folder.glob("*.csv"))
+    assert {p for p in paths if p.parent == folder} == {*csvs, *folder.glob("*.tex")}
+    assert len(csvs) >= 8 and all(c.with_suffix(".tex").exists() for c in csvs)
+    # the accuracy table of chain A>B>C: the cells as printed, in CSV and in LaTeX
+    [acc] = [c for c in csvs if "a-to-b-to-c-noise-0" in c.name]
+    table = pd.read_csv(acc, index_col=0, dtype=str)
+    assert list(table.columns) == ["g0 A", "g1 B", "g2 C"]
+    assert table.at["kl tau=4", "g1 B"] == "72.0 ± 4.9 (n=3)"  # as in the text report
+    assert table.at["kl tau=4", "g1 B"] in text
+    tex = acc.with_suffix(".tex").read_text()
+    assert "\\toprule" in tex
+    assert "\\caption{A>B>C (noise=0): test accuracy \\%, mean $\\pm$ 95\\% interval" in tex
+    assert latex_rows(tex) == [[label, *values] for label, values in table.fillna("-").iterrows()]
+    # a claim: its pooled table and its row table, each readable back
+    pooled = sorted(folder.glob("*-claim-c1-pooled.csv"))
+    assert pooled and pd.read_csv(pooled[0], index_col=0).shape[0] >= 1
+    # a second report into the same folder leaves only its own tables
+    (folder / "99-stale.csv").write_text("x")
+    report([str(path)], tmp_path / "rep")
+    assert not (folder / "99-stale.csv").exists()
 
 
 def test_figure_bands_are_the_tables_intervals_and_ticks_no_finer_than_an_image(tmp_path):

@@ -1,6 +1,7 @@
 """The embedded MLflow store moves with its artifacts: a store (mlflow.db and mlruns/ beside it)
 moved to another folder keeps its artifacts readable once kdsweep opens it there."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -42,6 +43,35 @@ def test_a_moved_store_keeps_its_artifacts(tmp_path):
     assert client.get_experiment_by_name("moving").artifact_location.startswith(str(b))
     prepare_store(uri)  # idempotent: nothing more to rewrite
     assert client.get_run(run).info.artifact_uri.startswith(str(b))
+    # the run's storage is named relative to the store: still right after the move, and the
+    # moved sweep finds its own parent run again (the cluster is the same cluster)
+    assert client.get_run(run).data.tags["kdsweep.storage"] == "store"
+    # the saved view the printed links open: trial rows, their curves first
+    exp = client.get_experiment_by_name("moving")
+    view = json.loads(exp.tags["mlflow.sharedViewState.kdsweep"])
+    assert view["searchFilter"] == "tags.`kdsweep.role` = 'trial'"
+    assert view["compareRunSections"][0]["name"] == "Model metrics"
+    assert view["compareRunCharts"][0]["metricKey"] == "test_acc"
+    moved = tracker(b)
+    assert moved.parent_id == run
+    moved.close()
+
+
+def test_a_store_written_with_absolute_locations_is_found_and_retagged(tmp_path):
+    from sweeps.tracking.sweep_run import cluster_id
+
+    t = tracker(tmp_path)
+    run, storage = t.parent_id, t.storage.uri
+    t.close()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    old = cluster_id("local", storage)  # as kdsweep named the cluster before
+    client.set_tag(run, "kdsweep.cluster_id", old)
+    client.set_tag(run, "kdsweep.storage", storage)
+    again = tracker(tmp_path)
+    assert again.parent_id == run  # not a second parent run
+    again.close()
+    assert client.get_run(run).data.tags["kdsweep.storage"] == "store"
+    assert client.get_run(run).data.tags["kdsweep.cluster_id"] != old
 
 
 def test_new_stores_are_copies_of_one_migrated_template(tmp_path, monkeypatch):

@@ -278,7 +278,7 @@ def test_status_and_report(sweep, tmp_path):
     text, paths = report([str(spec_file)], tmp_path / "rep")
     # the report only reads: logging it to the sweep's run is the explicit next step
     assert not list(tmp.rglob("report.html"))
-    publish_report(specs_in([str(spec_file)]), text, paths)
+    publish_report(specs_in([str(spec_file)]), text, paths, tmp_path / "rep")
     # one table per spec chain and noise rate, a column per generation
     assert "== cnn-medium>cnn-small>cnn-small (noise=0.4)" in text
     assert "g0 cnn-medium" in text and "g2 cnn-small" in text
@@ -292,7 +292,7 @@ def test_status_and_report(sweep, tmp_path):
         assert f"== {claim} " in text
     assert set(re.findall(r"^== C\d .*: (\w+) \(ROWS", text, re.M)) == {"INCONCLUSIVE"}
     assert "inconclusive at this n (1 seed)" in text
-    names = {p.name for p in paths}
+    names = {p.name for p in paths if p.parent == tmp_path / "rep"}
     assert {"accuracy_vs_tau.png", "accuracy_vs_noise.png", "accuracy_vs_generation.png",
             "learning_curves.png", "logit_distance_vs_accuracy.png",
             "logit_distance_distributions.png", "penultimate_projection.png",
@@ -302,12 +302,13 @@ def test_status_and_report(sweep, tmp_path):
     some_run = pq.read_table(uri).column("mlflow_run_id")[0].as_py()
     assert (f"/runs/{some_run}?workflowType=machine_learning\"" in page
             or f"%27{some_run}%27" in page)
-    assert all(p.stat().st_size > 5000 for p in paths)
+    assert all(p.stat().st_size > 5000 for p in paths if p.suffix in (".png", ".html"))
     # on the copy's sweep run (its store's files: this process's MLflow client caches where
     # the original's runs keep their artifacts)
     [published] = list(tmp.rglob("artifacts/report/report.html"))
     assert (published.parent / "accuracy_vs_tau.png").exists()
     assert (published.parent / "report.txt").read_text() == text
+    assert list((published.parent / "tables").glob("*.tex"))  # in the report's own folders
     # two results files side by side (the second: the same trials as another sweep's)
     second = tmp_path / "e2e-copy.parquet"
     pd.read_parquet(uri).assign(sweep="e2e-copy").to_parquet(second)

@@ -2,7 +2,8 @@
 
 Phases: load the trial rows (load.py) -> the paper's claims with verdicts (claims.py) -> the
 accuracy tables, convergence, trials not done, the same trials across clusters (tables.py) ->
-figures with captions (figures.py) -> report.html (page.py). It only reads (results, MLflow,
+figures with captions (figures.py) -> report.html (page.py), each table also as CSV and LaTeX
+(export.py). It only reads (results, MLflow,
 analysis files) and writes into its output folder: logging the report to each sweep's MLflow
 run is the caller's explicit next step (tracking.sweep_run.publish_report; `kdsweep report`
 takes it). The statistics and their rules (no inference below three seeds, Holm,
@@ -11,6 +12,7 @@ values to the test set's resolution) are in stats.py.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -24,6 +26,7 @@ from ..storage import Storage, concurrently
 from ..tracking.sweep_run import git_commit, ui_command
 from .analysis_figures import analysis_figures, distribution_runs, representatives
 from .claims import claims
+from .export import TABLES, export
 from .figures import Figures
 from .load import load
 from .page import RunLinks, page, summary
@@ -41,8 +44,8 @@ def report(
     tracking_uri: str | None = None,
     experiment: str | None = None,
 ) -> tuple[str, list[Path]]:
-    """Tables (returned as text), PNG figures and report.html in ``out_dir``, and nothing
-    written anywhere else."""
+    """Tables (returned as text), PNG figures, report.html and the tables as CSV and LaTeX
+    (tables/) in ``out_dir``, and nothing written anywhere else; the files written."""
     all_rows, specs = load(inputs, tracking_uri, experiment)
     df = all_rows[all_rows.status == TrialState.DONE]
     if df.empty:
@@ -55,10 +58,12 @@ def report(
     out_dir = Path(out_dir)
     figures = draw(df, out_dir, load_analyses(all_rows, specs))
     title = "kdsweep report: " + ", ".join(sorted(set(df.origin)))
+    shown = [summary(verdicts), *sections]
+    tables = export(shown, out_dir)
     html_file = out_dir / "report.html"
-    html_file.write_text(page(title, header(all_rows, specs), [summary(verdicts), *sections],
-                              figures, links(specs, tracking_uri, experiment)))
-    return text, [p for p, _ in figures] + [html_file]
+    html_file.write_text(page(title, header(all_rows, specs, len(tables) // 2), shown, figures,
+                              links(specs, tracking_uri, experiment)))
+    return text, [p for p, _ in figures] + [html_file, *tables]
 
 
 def margin(specs: list) -> float:
@@ -96,7 +101,7 @@ def load_analyses(df: pd.DataFrame, specs: list) -> dict[str, dict]:
     return out
 
 
-def header(rows: pd.DataFrame, specs: list) -> dict[str, str]:
+def header(rows: pd.DataFrame, specs: list, tables: int = 0) -> dict[str, str]:
     """What a reader needs to know before the numbers: what ran, on what, how long."""
     done = rows[rows.status == TrialState.DONE]
     data = []
@@ -109,7 +114,7 @@ def header(rows: pd.DataFrame, specs: list) -> dict[str, str]:
     out = {
         "report's commit": git_commit(),
         "specs": ", ".join(f"{s.name} ({s.storage})" for s in specs) or "results files only",
-        "sources": ", ".join(sorted(set(rows.source))),
+        "sources": ", ".join(sorted({shown(s) for s in rows.source})),
         "dataset": ", ".join(data),
         "epochs": ", ".join(map(str, epochs)),
         "clusters": ", ".join(sorted(set(rows.cluster.dropna()))),
@@ -125,11 +130,23 @@ def header(rows: pd.DataFrame, specs: list) -> dict[str, str]:
         out["selection"] = selection
     for spec in specs:
         out[f"MLflow ({spec.name})"] = (spec.tracking_uri if spec.tracking_uri.startswith("http")
-                                        else ui_command(spec.tracking_uri))
+                                        else ui_command(spec.tracking_uri, here=False))
+    if tables:
+        out["tables"] = (f"{tables} tables as CSV and LaTeX (booktabs) in {TABLES}/ beside this "
+                         "page, the cells as printed here")
     if specs:
         out["links"] = ("the accuracy tables' cells open the MLflow runs behind them (a local "
                         "store: start the UI with the command above first)")
     return out
+
+
+def shown(source: str) -> str:
+    """A results file as the header names it: relative to where the report was made when it
+    lies below it (a page read on another machine names no path of this one), else as is."""
+    if "://" in source or not os.path.isabs(source):
+        return source
+    rel = os.path.relpath(source)
+    return source if rel.startswith("..") else rel
 
 
 def selected(done: pd.DataFrame) -> str | None:

@@ -274,7 +274,8 @@ class Tracker:
                 found: dict[str, list[str]] = {}
                 for r in self._runs_where("tags.`kdsweep.role` = 'trial'"):
                     t = r.data.tags
-                    if "kdsweep.reused" not in t and t.get("kdsweep.storage") == self.storage.uri:
+                    here = t.get("kdsweep.storage") in (self.sweep.location, self.storage.uri)
+                    if "kdsweep.reused" not in t and here:
                         found.setdefault(t.get("kdsweep.key"), []).append(r.info.run_id)
                 self.trained_runs = found
         return self.trained_runs

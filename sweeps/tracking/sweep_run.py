@@ -26,6 +26,7 @@ from ..spec import SweepSpec
 from ..sqlite_store import artifact_root, prepare_store
 from ..storage import Storage
 from .names import UI_MODE, finite, param
+from .view import save_view, view_query
 
 KIND = "custom_model_development"
 
@@ -56,16 +57,28 @@ def ray_job_id() -> str | None:
         return None
 
 
-def ui_command(tracking_uri: str) -> str:
-    """The command that serves a local store's UI, quoted for a shell (paths with spaces)."""
+def ui_command(tracking_uri: str, here: bool = True) -> str:
+    """The command that serves a local store's UI, quoted for a shell (paths with spaces); on
+    this machine (``here``) with this environment's `mlflow`, else (a report) the bare name."""
     mlflow = Path(sys.executable).with_name("mlflow")
-    exe = shlex.quote(str(mlflow)) if mlflow.exists() else "mlflow"
+    exe = shlex.quote(str(mlflow)) if here and mlflow.exists() else "mlflow"
     return f"{exe} ui --backend-store-uri {shlex.quote(tracking_uri)} --port 5000"
 
 
-def cluster_id(name: str, storage_uri: str) -> str:
+def cluster_id(name: str, location: str) -> str:
     """A cluster's identity: its name and where it stores (hashed to fit MLflow tag filters)."""
-    return f"{name}-{hashlib.sha256(storage_uri.encode()).hexdigest()[:10]}"
+    return f"{name}-{hashlib.sha256(location.encode()).hexdigest()[:10]}"
+
+
+def storage_location(storage: Storage, tracking_uri: str) -> str:
+    """Where a sweep stores, as its runs record it (tag `kdsweep.storage`): a local storage
+    beside an embedded MLflow store relative to the store's folder, so the two moved or
+    copied together still name each other (sqlite_store.relocate keeps the artifacts right);
+    otherwise the storage's URI."""
+    root = artifact_root(tracking_uri)
+    if root is None or not storage.is_local:
+        return storage.uri
+    return Path(os.path.relpath(storage.path(""), Path(root).parent)).as_posix()
 
 
 class SweepRun:
@@ -78,11 +91,13 @@ class SweepRun:
         # MLflow 3 opens an experiment of no declared kind on its GenAI overview: ours are
         # model training, so the UI opens on the runs table.
         client.set_experiment_tag(self.experiment_id, "mlflow.experimentKind", KIND)
-        self.cluster_id = cluster_id(spec.cluster, storage.uri)
+        save_view(client, self.experiment_id)  # the curves first, the sweep's axes (view.py)
+        self.location = storage_location(storage, spec.tracking_uri)
+        self.cluster_id = cluster_id(spec.cluster, self.location)
         self.common_tags = {  # on the parent and every trial's run
             "kdsweep.cluster": spec.cluster,
             "kdsweep.cluster_id": self.cluster_id,
-            "kdsweep.storage": storage.uri,
+            "kdsweep.storage": self.location,
             # MLflow's own columns (Source, Version, User); the client API leaves them empty
             "mlflow.source.name": "kdsweep run",
             "mlflow.source.type": "JOB",
@@ -101,14 +116,21 @@ class SweepRun:
         return self.client.create_experiment(self.spec.name, artifact_location=where)
 
     def _parent_run(self) -> str:
-        found = self.client.search_runs(
-            [self.experiment_id],
-            f"tags.`kdsweep.role` = 'sweep' and tags.`kdsweep.cluster_id` = '{self.cluster_id}'",
-            max_results=1,
-            order_by=["attributes.start_time ASC"],
-        )
+        found = []
+        # a store written before locations were relative knows the cluster by its absolute URI
+        for cid in dict.fromkeys([self.cluster_id, cluster_id(self.spec.cluster,
+                                                              self.storage.uri)]):
+            found = found or self.client.search_runs(
+                [self.experiment_id],
+                f"tags.`kdsweep.role` = 'sweep' and tags.`kdsweep.cluster_id` = '{cid}'",
+                max_results=1,
+                order_by=["attributes.start_time ASC"],
+            )
         if found:
             run_id = found[0].info.run_id
+            if found[0].data.tags.get("kdsweep.cluster_id") != self.cluster_id:  # now relative
+                self.client.log_batch(run_id, tags=[RunTag(k, v)
+                                                    for k, v in self.common_tags.items()])
         else:
             run = self.client.create_run(
                 self.experiment_id,
@@ -136,7 +158,7 @@ class SweepRun:
             + ", ".join(" → ".join(c) for c in s.chains)
             + f"; losses {', '.join(g.loss)}, tau {', '.join(param(t) for t in g.tau)}, "
             f"noise {g.noise.kind} {', '.join(f'{r:g}' for r in g.noise.rate)}, "
-            f"{len(g.seeds)} seed(s); {s.train.epochs} epochs. Storage `{self.storage.uri}`."
+            f"{len(g.seeds)} seed(s); {s.train.epochs} epochs. Storage `{self.location}`."
         )
 
     def links(self) -> list[str]:
@@ -146,8 +168,13 @@ class SweepRun:
         path = f"#/experiments/{self.experiment_id}/runs"
         run = f"{path}/{self.run_id}?{UI_MODE}"
         if base is None:
-            return [f"MLflow: {ui_command(uri)}, then http://127.0.0.1:5000/{run}"]
-        return [f"MLflow runs: {base}/{path}?{UI_MODE}", f"MLflow sweep run: {base}/{run}"]
+            base = "http://127.0.0.1:5000"
+            lines = [f"MLflow: {ui_command(uri)}, then:"]
+        else:
+            lines = []
+        return lines + [f"MLflow trials: {base}/{path}?{view_query()}",
+                        f"MLflow curves: {base}/{path}?{view_query(charts=True)}",
+                        f"MLflow sweep run: {base}/{run}"]
 
     def log_summary(self, rows) -> None:
         """Headline metrics (trials done and not), and each cell's mean test accuracy over
@@ -180,13 +207,14 @@ class SweepRun:
         self.client.set_terminated(self.run_id, status)
 
 
-def publish_report(specs: list, text: str, paths: list[Path]) -> None:
-    """A report's files and text on each sweep's run, under report/ (what `kdsweep report`
-    does after the report is made: the report itself only reads)."""
+def publish_report(specs: list, text: str, paths: list[Path], out_dir: Path) -> None:
+    """A report's files (those under ``out_dir``, in their folders) and text on each sweep's
+    run, under report/ (what `kdsweep report` does after the report is made: the report
+    itself only reads)."""
     for spec in specs:
         prepare_store(spec.tracking_uri)
         client = MlflowClient(spec.tracking_uri)
         run = SweepRun(client, spec, Storage(spec.storage))
         for p in paths:
-            run.log_artifact(p, "report")
+            run.log_artifact(p, (Path("report") / p.relative_to(out_dir).parent).as_posix())
         client.log_text(run.run_id, text, "report/report.txt")
