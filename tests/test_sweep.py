@@ -27,7 +27,7 @@ from sweeps.spec import SpecError, parse_spec
 from sweeps.storage import Storage
 from sweeps.sweep import run_sweep
 from sweeps.teacher_bank import cache_dir
-from sweeps.tracking.sweep_run import publish_report
+from sweeps.tracking.sweep_run import publish_report, storage_location
 
 pytestmark = pytest.mark.slow
 EPOCHS = 3
@@ -41,7 +41,8 @@ def make_spec(tmp: Path, taus=(4.0,), name="e2e", **over):
         "train": {"epochs": EPOCHS, "batch_size": 128, "lr": 0.05},
         "grid": {"loss": ["kl", "mse"], "tau": list(taus), "noise": {"rate": [0.0, 0.4]},
                  "seeds": [0], "baselines": True},
-        "storage": str(tmp / "store"),
+        # named by its folder: a copy (copy_of) stores apart, so it is another cluster
+        "storage": str(tmp / f"store-{tmp.name}"),
         "tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
         "cluster": "test-cluster",
         # per-architecture requests go through Tune's resource callback (engine.job_resources)
@@ -202,6 +203,7 @@ def copy_of(sweep, dst: Path):
     that changes it: the others keep seeing the sweep as the fixture left it, in any order."""
     tmp, *_ = sweep
     shutil.copytree(tmp, dst, symlinks=True)
+    (dst / f"store-{tmp.name}").rename(dst / f"store-{dst.name}")
     spec = make_spec(dst)
     return dst, spec, Storage(spec.storage).uri_of(Ledger.results_file(spec))
 
@@ -249,7 +251,8 @@ def test_rerun_trains_nothing_and_extension_trains_only_new_cells(sweep, local_r
     exp = client.get_experiment_by_name("e2e")
     # the copy's storage is another cluster's (name and storage): its runs, not the original's
     children = client.search_runs([exp.experiment_id], "tags.`kdsweep.role` = 'trial' and "
-                                  f"tags.`kdsweep.storage` = '{Storage(spec.storage).uri}'")
+                                  f"tags.`kdsweep.storage` = "
+                                  f"'{storage_location(Storage(spec.storage), spec.tracking_uri)}'")
     assert len(children) == 16 and len({r.data.tags["kdsweep.key"] for r in children}) == 16
     assert len(pd.read_parquet(uri)) == 16
 
@@ -332,7 +335,7 @@ def test_missing_dataset_fails_before_any_trial(tmp_path):
     spec = make_spec(tmp_path, dataset={"name": "cifar100", "root": str(tmp_path / "nodata")})
     with pytest.raises(SpecError, match="cifar-100-python"):
         run_sweep(spec, out=io.StringIO())
-    assert not (tmp_path / "store").exists() and not (tmp_path / "mlflow.db").exists()
+    assert not Path(spec.storage).exists() and not (tmp_path / "mlflow.db").exists()
 
 
 def test_asha_stops_weak_students_and_skips_their_children(local_ray, tmp_path):
@@ -363,7 +366,7 @@ def test_trials_that_could_never_start_are_refused_before_any_work(local_ray, tm
     with pytest.raises(SpecError, match=r"resources.models.cnn-small: a cnn-small trial asks "
                                         r"for gpu 0.5"):
         run_sweep(spec, out=io.StringIO())
-    assert not (tmp_path / "store").exists() and not (tmp_path / "mlflow.db").exists()
+    assert not Path(spec.storage).exists() and not (tmp_path / "mlflow.db").exists()
 
 
 def test_optuna_samples_students_and_their_children_follow(local_ray, tmp_path):
