@@ -226,14 +226,13 @@ class Plan:
             )
         return "\n".join(lines)
 
-
     def settings(self) -> list[str]:
         """The students' grid as the spec sets it, a line per loss and one for grid.extra:
         "kl: tau 1, 3, inf x alpha 0.5, 1 (6 settings)"; "mse: alpha 1"."""
         g, out = self.spec.grid, []
         alphas = ", ".join(f"{a:g}" for a in g.alpha)
         if "kl" in g.loss:
-            taus = ", ".join(param_text(t) for t in g.tau)
+            taus = ", ".join(f"{float(t):g}" for t in g.tau)  # inf prints as "inf"
             out.append(f"kl: tau {taus} x alpha {alphas} ({len(g.tau) * len(g.alpha)} settings)")
         if "mse" in g.loss:
             out.append(f"mse: alpha {alphas}")
@@ -241,10 +240,6 @@ class Plan:
             extra = (setting_name(1, e.loss, e.tau, e.alpha) for e in g.extra)
             out.append("settings besides the grid: " + ", ".join(extra))
         return out
-
-
-def param_text(v: float | str) -> str:
-    return "inf" if v == "inf" or math.isinf(float(v)) else f"{float(v):g}"
 
 
 def build_plan(spec: SweepSpec) -> Plan:

@@ -26,7 +26,7 @@ from ..spec import SweepSpec
 from ..sqlite_store import artifact_root, prepare_store
 from ..storage import Storage
 from .names import UI_MODE, finite, param
-from .view import save_view, view_query
+from .view import saved_view, view_query
 
 KIND = "custom_model_development"
 
@@ -89,9 +89,12 @@ class SweepRun:
         exp = client.get_experiment_by_name(spec.name)
         self.experiment_id = exp.experiment_id if exp else self._create_experiment()
         # MLflow 3 opens an experiment of no declared kind on its GenAI overview: ours are
-        # model training, so the UI opens on the runs table.
-        client.set_experiment_tag(self.experiment_id, "mlflow.experimentKind", KIND)
-        save_view(client, self.experiment_id)  # the curves first, the sweep's axes (view.py)
+        # model training; and the saved view the links open (view.py). Written when they
+        # differ from what the experiment holds, not at every start.
+        held = exp.tags if exp else {}
+        for key, value in {"mlflow.experimentKind": KIND, **saved_view()}.items():
+            if held.get(key) != value:
+                client.set_experiment_tag(self.experiment_id, key, value)
         self.location = storage_location(storage, spec.tracking_uri)
         self.cluster_id = cluster_id(spec.cluster, self.location)
         self.common_tags = {  # on the parent and every trial's run

@@ -57,8 +57,9 @@ def view_state() -> dict:
             "hideEmptyCharts": True}
 
 
-def save_view(client, experiment_id: str) -> None:
-    client.set_experiment_tag(experiment_id, SHARE_TAG + KEY, json.dumps(view_state()))
+def saved_view() -> dict[str, str]:
+    """The experiment tag that holds the view."""
+    return {SHARE_TAG + KEY: json.dumps(view_state())}
 
 
 def view_query(charts: bool = False) -> str:
