@@ -100,7 +100,7 @@ def build_peaks(images: int, tmp: Path) -> tuple[int, dict[str, int], Path]:
     from kd_core.checkpoint import checkpoint_bytes, write_checkpoint
     from kd_core.data.datasets import synthetic
     from kd_core.models import build_model
-    from sweeps.storage import Storage
+    from sweeps.store.storage import Storage
 
     torch.set_num_threads(2)
     data = synthetic(n_train=images, n_test=256, num_classes=100, image_size=8, channels=1)

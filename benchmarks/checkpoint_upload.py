@@ -38,8 +38,8 @@ from harness import bound, fmt, interleaved, paired  # noqa: E402
 
 from kd_core.checkpoint import checkpoint_bytes  # noqa: E402
 from kd_core.models import build_model  # noqa: E402
-from sweeps.resume import TrialCheckpoints  # noqa: E402
-from sweeps.storage import Storage  # noqa: E402
+from sweeps.store.resume import TrialCheckpoints  # noqa: E402
+from sweeps.store.storage import Storage  # noqa: E402
 from testkit.drivers import free_port, wait_for_port  # noqa: E402
 
 

@@ -36,10 +36,11 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import fmt, interleaved  # noqa: E402
 
-from sweeps.plan import build_plan
-from sweeps.spec import parse_spec
-from sweeps.storage import Storage
-from sweeps.tracking import Tracker, writer
+from sweeps.domain.plan import build_plan
+from sweeps.domain.spec import parse_spec
+from sweeps.store.storage import Storage
+from sweeps.tracking import writer
+from sweeps.tracking.tracker import Tracker
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from testkit.servers import mlflow_sqlite_server, postgres  # noqa: E402

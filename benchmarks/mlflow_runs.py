@@ -28,9 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import interleaved, min_med  # noqa: E402
 from benchmarks.scale import plan_of  # noqa: E402
-from sweeps.ledger import Ledger  # noqa: E402
-from sweeps.storage import Storage  # noqa: E402
-from sweeps.tracking import Tracker, writer  # noqa: E402
+from sweeps.store.ledger import Ledger  # noqa: E402
+from sweeps.store.storage import Storage  # noqa: E402
+from sweeps.tracking import writer  # noqa: E402
+from sweeps.tracking.tracker import Tracker  # noqa: E402
 from testkit.fabricate import fabricate  # noqa: E402
 from testkit.servers import mlflow_sqlite_server, postgres  # noqa: E402
 

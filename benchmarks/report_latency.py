@@ -31,8 +31,8 @@ from pathlib import Path
 
 from ray import tune
 
-from sweeps.engine import connect
-from sweeps.tracking import Tracker
+from sweeps.ray.engine import connect
+from sweeps.tracking.tracker import Tracker
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.mlflow_rate import (  # noqa: E402

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import interleaved, min_med, timed  # noqa: E402
 from sweeps.report import report  # noqa: E402
-from sweeps.results import SCHEMA  # noqa: E402
+from sweeps.store.results import SCHEMA  # noqa: E402
 
 
 def replicated(base: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:

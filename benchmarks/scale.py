@@ -41,12 +41,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import interleaved, min_med, timed  # noqa: E402
-from sweeps.ledger import TrialState  # noqa: E402
-from sweeps.plan import Plan, build_plan  # noqa: E402
-from sweeps.progress import Progress  # noqa: E402
-from sweeps.schedule import remaining_work  # noqa: E402
-from sweeps.scheduler import Scheduler  # noqa: E402
-from sweeps.spec import parse_spec  # noqa: E402
+from sweeps.app.progress import Progress  # noqa: E402
+from sweeps.domain.plan import Plan, build_plan  # noqa: E402
+from sweeps.domain.schedule import remaining_work  # noqa: E402
+from sweeps.domain.scheduler import Scheduler  # noqa: E402
+from sweeps.domain.spec import parse_spec  # noqa: E402
+from sweeps.store.ledger import TrialState  # noqa: E402
 
 TAUS = [1, 2, 4, 8, 16]  # a teacher and 6 students per seed: 7 trials
 
@@ -121,15 +121,15 @@ PHASES = {"plan.add": plan_add, "progress.set": progress_set, "scheduler": sched
 
 # ---- a stored sweep ------------------------------------------------------------------------
 def status(plan: Plan) -> float:
-    from sweeps.progress import sweep_status
+    from sweeps.app.progress import sweep_status
 
     return timed(lambda: sweep_status(plan.spec)) / len(plan.trials)
 
 
 def reconcile_rerun(plan: Plan) -> float:
-    from sweeps.ledger import Ledger
-    from sweeps.snapshot import Snapshot, reconcile
-    from sweeps.storage import Storage
+    from sweeps.store.ledger import Ledger
+    from sweeps.store.snapshot import Snapshot, reconcile
+    from sweeps.store.storage import Storage
 
     def rerun():
         with tempfile.TemporaryDirectory() as cache:  # a node that proved no model before
@@ -142,10 +142,10 @@ def reconcile_rerun(plan: Plan) -> float:
 
 
 def export(plan: Plan) -> float:
-    from sweeps.ledger import Ledger
-    from sweeps.results import write_results
-    from sweeps.snapshot import Snapshot
-    from sweeps.storage import Storage
+    from sweeps.store.ledger import Ledger
+    from sweeps.store.results import write_results
+    from sweeps.store.snapshot import Snapshot
+    from sweeps.store.storage import Storage
 
     snapshot = Snapshot.load(Ledger(Storage(plan.spec.storage)), (t.key for t in plan.trials))
     return timed(lambda: write_results(plan, snapshot, {}, fence=1)) / len(plan.trials)
@@ -158,10 +158,10 @@ def fresh_start(plan: Plan) -> float:
     import io
     import uuid
 
-    from sweeps.lease import DriverLease
-    from sweeps.ledger import Ledger, SweepFile, sweep_file
-    from sweeps.snapshot import Snapshot, reconcile
-    from sweeps.storage import Storage
+    from sweeps.store.lease import DriverLease
+    from sweeps.store.ledger import Ledger, SweepFile, sweep_file
+    from sweeps.store.snapshot import Snapshot, reconcile
+    from sweeps.store.storage import Storage
 
     spec = plan.spec.model_copy(update={"storage": f"{plan.spec.storage}-fresh-"
                                                    f"{uuid.uuid4().hex[:8]}"})

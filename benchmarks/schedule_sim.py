@@ -1,7 +1,7 @@
 """Discrete-event simulation of a sweep's schedule on N GPUs: barrier vs dependency-driven.
 
 Models the plan of any spec (grid search) as jobs: every trial, and the bank build of every
-teacher whose students read a shared bank (the sweep's own policy, sweeps/teacher_bank.py).
+teacher whose students read a shared bank (the sweep's own policy, sweeps/ray/teacher_bank.py).
 Durations: per-epoch seconds per trial shape, either measured (``--measured``: the CPU figures
 of benchmarks/trial_memory.py in RESULTS.md, scaled) or from forward MACs (default: a trial
 costs 3 forwards of its model per image, plus its teacher's forward when online; a bank build
@@ -14,7 +14,7 @@ Policies, one job per GPU:
 - barrier: the previous engine: generation g, then every bank its students need, then g+1.
 - plan order: dependency-driven, but ready jobs taken in plan order (no critical path).
 - dependency: the current engine: a job starts once its teacher (and bank) is done; among
-  ready jobs the one with the most work after it goes first (sweeps/schedule.py's
+  ready jobs the one with the most work after it goes first (sweeps/domain/schedule.py's
   remaining_work on the engine's own cost estimate, not on the simulated durations).
 Lower bound: max(longest chain of jobs, total work / GPUs).
 
@@ -35,9 +35,9 @@ from kd_core.bank import bank_nbytes, teacher_path
 from kd_core.data import Augment
 from kd_core.names import DATASET_FACTS
 from kd_core.profile import forward_macs
-from sweeps.plan import build_plan, students_per_teacher
-from sweeps.schedule import remaining_work, trial_costs
-from sweeps.spec import load_spec
+from sweeps.domain.plan import build_plan, students_per_teacher
+from sweeps.domain.schedule import remaining_work, trial_costs
+from sweeps.domain.spec import load_spec
 
 # Epoch seconds per shape on the project's CPU (benchmarks/trial_memory.py, RESULTS.md).
 MEASURED_CPU = {

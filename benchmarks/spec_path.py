@@ -127,7 +127,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args()
-    path = walk(Index(), ("sweeps.sweep", "run_sweep"))
+    path = walk(Index(), ("sweeps.app.sweep", "run_sweep"))
     left, climbs = set(), []
     for (prev, _), (file, name) in zip(path, path[1:], strict=False):
         if file != prev:

@@ -61,7 +61,7 @@ def main():
               f"step {m.step_seconds * 1e3:7.1f} ms, eval {m.eval_seconds:6.2f} s, "
               f"epoch {m.epoch_seconds:7.1f} s  on {m.device}", flush=True)
     try:  # the suggestion is sweeps' packing policy (Ray and pydantic); a bare GPU image may
-        from sweeps.packing import suggest  # hold only torch: the figures above still stand
+        from sweeps.ray.packing import suggest  # hold only torch: the figures above still stand
 
         s = suggest(measured)
         models = s.models

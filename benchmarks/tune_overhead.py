@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ray import tune  # noqa: E402
 from ray.tune.search import Searcher  # noqa: E402
 
-import sweeps.sweep  # noqa: E402,F401  the engine's Tune environment (loggers off)
+import sweeps.app.sweep  # noqa: E402,F401  the engine's Tune environment (loggers off)
 
 
 class Handout(Searcher):
@@ -87,7 +87,7 @@ def main() -> None:
     args = p.parse_args()
     import ray
 
-    from sweeps.engine import connect, pending_window
+    from sweeps.ray.engine import connect, pending_window
 
     connect(None)  # this machine's cores: one trial per CPU
     print(f"local Ray, {ray.cluster_resources().get('CPU')} CPUs; one trial per CPU")

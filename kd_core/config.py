@@ -2,7 +2,7 @@
 
 This is the single home of the recipe: each field's default and reason are here, the checks in
 ``__post_init__`` are the only recipe rules, and the sweep spec's ``train`` section is derived
-from these fields (sweeps/spec.py), so ``kdsweep plan`` applies the same rules before any work.
+from these fields (sweeps/domain/spec/), so ``kdsweep plan`` applies the same rules before any work.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """One run's epoch loop, shared by ``train`` here, `kdsweep train` and a sweep's trial
-(sweeps/trial.py): the checkpoint cadence, divergence detection and the moment the outcome is
+(sweeps/ray/trial.py): the checkpoint cadence, divergence detection and the moment the outcome is
 published, in one place.
 
 The order within an epoch is what makes a run resumable and its reports trustworthy: the

@@ -10,23 +10,23 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import NoReturn
 
-from . import train_cmd
+from .app import train_cmd
 
 # Each command imports what it needs when it runs: `kdsweep --help` loads neither torch nor Ray.
 
 
 def load_spec(path):
-    from .spec import load_spec
+    from .domain.spec import load_spec
 
     return load_spec(path)
 
 
 def _plan(args) -> int:
-    from .ledger import Ledger
-    from .plan import build_plan
-    from .preflight import check_all
-    from .snapshot import Snapshot
-    from .storage import Storage
+    from .app.preflight import check_all
+    from .domain.plan import build_plan
+    from .store.ledger import Ledger
+    from .store.snapshot import Snapshot
+    from .store.storage import Storage
 
     spec = load_spec(args.spec)
     plan = build_plan(spec)
@@ -38,7 +38,7 @@ def _plan(args) -> int:
         ledger = Ledger(Storage(spec.storage), repair=False)
         done = Snapshot.load(ledger, (t.key for t in plan.trials)).ended()
     print(plan.describe(done))
-    from .teacher_bank import bank_summary
+    from .ray.teacher_bank import bank_summary
 
     if summary := bank_summary(spec, plan):
         print(summary)
@@ -54,9 +54,9 @@ def _plan(args) -> int:
 def _measure(spec, plan, args, data) -> None:
     import ray
 
-    from .packing import measure, plan_shapes, render, suggest
-    from .preflight import check_dataset, check_fits, local_resources
-    from .sweep import connect
+    from .app.preflight import check_dataset, check_fits, local_resources
+    from .app.sweep import connect
+    from .ray.packing import measure, plan_shapes, render, suggest
 
     if args.address is None:
         check_fits(spec.resources, spec.architectures, local_resources())
@@ -72,7 +72,7 @@ def _measure(spec, plan, args, data) -> None:
 
 def _run(args) -> int:
     spec = load_spec(args.spec)  # validated in full before Ray starts
-    from .sweep import LARGE_GRID, GridTooLarge, run_sweep
+    from .app.sweep import LARGE_GRID, GridTooLarge, run_sweep
 
     # `ray job stop` and schedulers send SIGTERM: exit through Python so that exit handlers
     # (the MLflow writer's flush) run; everything else resumes on the next run.
@@ -87,9 +87,9 @@ def _run(args) -> int:
 
 
 def _status(args) -> int:
-    from .preflight import check_storage
-    from .progress import sweep_status
-    from .spec import SpecError
+    from .app.preflight import check_storage
+    from .app.progress import sweep_status
+    from .domain.spec import SpecError
 
     spec = load_spec(args.spec)
     check_storage(spec.storage, reading=True)
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_report)
 
     args = parser.parse_args(argv)
-    from .storage import StorageFull
+    from .store.storage import StorageFull
 
     try:
         return args.func(args)

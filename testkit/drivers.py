@@ -22,7 +22,7 @@ def write_spec(tmp: Path, **over) -> Path:
         "name": "resume",
         "dataset": {"name": "digits"},
         "chains": [["cnn-medium", "cnn-small", "cnn-small"]],
-        # kills land at named fault points (sweeps/faults.py), so epochs need not be slow
+        # kills land at named fault points (sweeps/domain/faults.py), so epochs need not be slow
         "train": {"epochs": EPOCHS, "batch_size": 64, "lr": 0.02},
         "grid": {"loss": ["kl", "mse"], "tau": [4], "seeds": [0], "baselines": False},
         "storage": str(tmp / "store"),
@@ -222,7 +222,8 @@ class Cluster:
 
 _FORKS = r"""
 import os, sys
-from sweeps import cli, sweep  # noqa: F401  the driver's imports (torch, MLflow, Ray), once
+from sweeps import cli  # noqa: F401  the driver's imports (torch, MLflow, Ray), once
+from sweeps.app import sweep
 for line in sys.stdin:
     cwd, log, *argv = line.rstrip("\n").split("\t")
     pid = os.fork()

@@ -7,11 +7,11 @@ from __future__ import annotations
 import random
 
 from kd_core.checkpoint import checkpoint_bytes
-from sweeps.ledger import Ledger
-from sweeps.plan import Trial, build_plan
-from sweeps.record import TrialResult
-from sweeps.spec import SweepSpec
-from sweeps.storage import Storage
+from sweeps.domain.plan import Trial, build_plan
+from sweeps.domain.record import TrialResult
+from sweeps.domain.spec import SweepSpec
+from sweeps.store.ledger import Ledger
+from sweeps.store.storage import Storage
 
 
 def fabricate(spec: SweepSpec, seed: int = 0) -> list[Trial]:

@@ -126,7 +126,7 @@ def mlflow_sqlite_server(workdir: Path, backend: str | None = None, workers: int
                          port: int | None = None):
     """A plain `mlflow server` on a SQLite store in ``workdir`` (or on ``backend``, e.g. a
     PostgreSQL URI), on ``port`` (default: a free one); yields its URL."""
-    from sweeps.sqlite_store import prepare_store
+    from sweeps.tracking.sqlite_store import prepare_store
 
     port = port or free_port()
     if backend is None:

@@ -61,7 +61,7 @@ def local_ray():
     ~5 s): started by the first test that asks, shut down when the session ends."""
     import ray
 
-    from sweeps.engine import connect
+    from sweeps.ray.engine import connect
 
     connect(None)
     yield

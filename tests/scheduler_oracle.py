@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import math
 
-from sweeps.plan import children
-from sweeps.scheduler import Job
+from sweeps.domain.plan import children
+from sweeps.domain.scheduler import Job
 
 
 class Oracle:

@@ -10,9 +10,9 @@ import torch
 from kd_core.bank import TeacherBank
 from kd_core.checkpoint import write_checkpoint
 from kd_core.data import Augment
-from sweeps.ledger import CORRUPT, Ledger, digest_file
-from sweeps.storage import Storage
-from sweeps.teacher_bank import cached, load_shared_bank, sha256
+from sweeps.ray.teacher_bank import cached, load_shared_bank, sha256
+from sweeps.store.ledger import CORRUPT, Ledger, digest_file
+from sweeps.store.storage import Storage
 
 
 def store_bank(store: Ledger, key: str, tmp, fill: float) -> None:

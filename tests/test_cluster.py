@@ -13,10 +13,10 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from sweeps.ledger import trial_file
-from sweeps.plan import build_plan
-from sweeps.spec import parse_spec
-from sweeps.storage import Storage
+from sweeps.domain.plan import build_plan
+from sweeps.domain.spec import parse_spec
+from sweeps.store.ledger import trial_file
+from sweeps.store.storage import Storage
 from testkit.drivers import REPO, Cluster, write_spec
 
 pytestmark = pytest.mark.slow
@@ -25,7 +25,7 @@ EPOCHS = 5
 
 LOCAL_RAY_PROBE = """
 import os, psutil, ray
-from sweeps.engine import connect
+from sweeps.ray.engine import connect
 connect(None)
 print(ray.get_runtime_context().gcs_address)
 ours = {os.getpid(), *(p.pid for p in psutil.Process().children(recursive=True))}

@@ -10,11 +10,11 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from sweeps.ledger import Ledger
-from sweeps.plan import build_plan
+from sweeps.domain.plan import build_plan
+from sweeps.domain.spec import parse_spec
 from sweeps.report import report
-from sweeps.spec import parse_spec
-from sweeps.storage import Storage
+from sweeps.store.ledger import Ledger
+from sweeps.store.storage import Storage
 from testkit.drivers import kill_leftovers, start_driver, write_spec
 from testkit.servers import mlflow_sqlite_server
 

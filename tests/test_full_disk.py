@@ -8,8 +8,8 @@ import subprocess
 import pandas as pd
 import pytest
 
-from sweeps.ledger import trial_file
-from sweeps.spec import load_spec
+from sweeps.domain.spec import load_spec
+from sweeps.store.ledger import trial_file
 from testkit.drivers import kill_leftovers, start_driver, write_spec
 
 pytestmark = pytest.mark.slow

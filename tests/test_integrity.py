@@ -9,9 +9,9 @@ import torch
 
 from kd_core.checkpoint import CheckpointError, checkpoint_bytes, load_checkpoint
 from kd_core.seal import unseal
-from sweeps.ledger import CHECKPOINTS, Ledger, trial_file
-from sweeps.resume import TrialCheckpoints
-from sweeps.storage import Storage
+from sweeps.store.ledger import CHECKPOINTS, Ledger, trial_file
+from sweeps.store.resume import TrialCheckpoints
+from sweeps.store.storage import Storage
 
 
 def state(epoch: int) -> dict:
@@ -119,7 +119,7 @@ def test_moved_aside_is_said_once_the_file_has_moved(tmp_path):
 
 def test_a_lost_lease_names_its_holder_or_says_it_is_gone():
     """Defect 8: a lost claim named "host None, pid None"."""
-    from sweeps.lease import holder
+    from sweeps.store.lease import holder
 
     assert holder({"host": "n1", "pid": 7, "fence": 3}) == "host n1, pid 7, lease 3"
     assert holder({}) == "since released, or not a lease"
@@ -127,7 +127,7 @@ def test_a_lost_lease_names_its_holder_or_says_it_is_gone():
 
 
 def test_a_model_changed_after_this_node_proved_it_is_proven_again(tmp_path, monkeypatch):
-    from sweeps.ledger import Proven
+    from sweeps.store.ledger import Proven
 
     monkeypatch.setenv("KDSWEEP_CACHE", str(tmp_path / "cache"))
     ledger = Ledger(Storage(str(tmp_path / "store")))

@@ -1,14 +1,18 @@
 """The import contracts between the project's layers, read from the source (no import runs):
-a layer imports only the layers below it, and the pure ones import no framework.
+a layer is a folder of sweeps/, and it imports only the layers below it; the pure ones import
+no framework.
 
-    kd_core      pure PyTorch; knows nothing of sweeps
-    domain       the spec, the plan, records and trial states, the scheduler: no Ray, MLflow,
-                 Arrow, pandas or torch
-    store        storage, the ledger, leases, checkpoints, snapshots, results: no Ray, no MLflow
-    tracking     MLflow (the writer, the sweep's runs, the SQLite store): no Ray
-    ray          Tune's searcher and controller glue, the worker, packing, banks: no MLflow
-    app          the driver (run_sweep, events, progress, preflight) and the CLI
-    report       reads results and MLflow; never the driver, the worker or Ray
+    kd_core             pure PyTorch; knows nothing of sweeps
+    sweeps/domain       the spec, the plan, records and trial states, the scheduler: no Ray,
+                        MLflow, Arrow, pandas or torch
+    sweeps/store        storage, the ledger, leases, checkpoints, snapshots, results: no Ray,
+                        no MLflow
+    sweeps/tracking     MLflow (the writer, the sweep's runs, the SQLite store): no Ray
+    sweeps/ray          Tune's searcher and controller glue, the worker, packing, banks: no
+                        MLflow
+    sweeps/app          the driver (run_sweep, events, progress, preflight), `kdsweep train`
+    sweeps/report       reads results and MLflow; never the driver, the worker or Ray
+    sweeps/cli.py       the command line: every command, the report's among them
 """
 
 import ast
@@ -18,15 +22,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-LAYERS = {
-    "domain": ["spec", "plan", "record", "scheduler", "sampling", "schedule", "settings",
-               "faults"],
-    "store": ["storage", "ledger", "lease", "resume", "snapshot", "results"],
-    "tracking": ["tracking", "sqlite_store"],
-    "ray": ["engine", "trial", "packing", "teacher_bank", "curve"],
-    "app": ["sweep", "events", "progress", "preflight", "train_cmd", "cli"],
-    "report": ["report"],
-}
 # what each layer may import of the others (itself always)
 BELOW = {
     "domain": set(),
@@ -35,8 +30,8 @@ BELOW = {
     "ray": {"domain", "store"},
     "app": {"domain", "store", "tracking", "ray"},
     "report": {"domain", "store", "tracking"},
+    "cli": {"domain", "store", "tracking", "ray", "app", "report"},
 }
-TOP = {"sweeps.cli": {"report"}}  # the CLI runs every command, the report's among them
 FRAMEWORKS = {
     "domain": {"ray", "mlflow", "pyarrow", "pandas", "torch"},
     "store": {"ray", "mlflow"},
@@ -44,12 +39,14 @@ FRAMEWORKS = {
     "ray": {"mlflow"},
     "app": set(),
     "report": {"ray"},
+    "cli": set(),
 }
 
 
 def layer_of(module: str) -> str | None:
+    """The layer a module of sweeps lives in: its folder (the CLI is its own)."""
     first = module.removeprefix("sweeps.").split(".")[0]
-    return next((name for name, mods in LAYERS.items() if first in mods), None)
+    return first if first in BELOW else None
 
 
 def imports(path: Path, module: str) -> set[str]:
@@ -75,9 +72,11 @@ def modules(package: str):
         yield path, ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def test_every_sweeps_module_has_a_layer():
+def test_every_sweeps_module_lives_in_a_layer_folder():
     unplaced = [m for _, m in modules("sweeps") if m != "sweeps" and layer_of(m) is None]
     assert unplaced == []
+    assert {p.name for p in (ROOT / "sweeps").iterdir() if p.suffix == ".py"} == {
+        "__init__.py", "cli.py"}
 
 
 @pytest.mark.parametrize("path, module", list(modules("sweeps")), ids=lambda x: str(x))
@@ -85,7 +84,7 @@ def test_a_layer_imports_only_the_layers_below_it_and_no_forbidden_framework(pat
     mine = layer_of(module)
     if mine is None:
         return  # the package's own __init__
-    allowed = BELOW[mine] | {mine} | TOP.get(module, set())
+    allowed = BELOW[mine] | {mine}
     for name in imports(path, module):
         if name.startswith("sweeps.") and (theirs := layer_of(name)) is not None:
             assert theirs in allowed, f"{module} ({mine}) imports {name} ({theirs})"
@@ -99,7 +98,7 @@ def test_kd_core_knows_nothing_of_sweeps():
 
 def test_the_contract_sees_a_violation():
     """The reader resolves relative imports: a store module importing the driver is caught."""
-    path = ROOT / "sweeps" / "ledger.py"
-    names = imports(path, "sweeps.ledger")
-    assert "sweeps.record" in names and "sweeps.storage" in names
-    assert layer_of("sweeps.sweep") == "app" and "app" not in BELOW["store"]
+    path = ROOT / "sweeps" / "store" / "ledger.py"
+    names = imports(path, "sweeps.store.ledger")
+    assert "sweeps.domain.record" in names and "sweeps.store.storage" in names
+    assert layer_of("sweeps.app.sweep") == "app" and "app" not in BELOW["store"]

@@ -8,11 +8,11 @@ import time
 import pytest
 import yaml
 
-from sweeps import lease as lease_module
-from sweeps.lease import ClaimLost, DriverLease, LeaseHeld, TrialClaim, Watch
-from sweeps.ledger import sweep_file, trial_file
-from sweeps.spec import parse_spec
-from sweeps.storage import Storage, WriteConflict
+from sweeps.domain.spec import parse_spec
+from sweeps.store import lease as lease_module
+from sweeps.store.lease import ClaimLost, DriverLease, LeaseHeld, TrialClaim, Watch
+from sweeps.store.ledger import sweep_file, trial_file
+from sweeps.store.storage import Storage, WriteConflict
 from testkit.drivers import write_spec
 
 
@@ -179,10 +179,10 @@ def test_a_worker_that_lost_its_trial_claim_stops_before_publishing(tmp_path, mo
                                                                     paused):
     """A worker paused past its claim's TTL while another driver's worker took the trial
     over: its next epoch stops it (ClaimLost), and it publishes nothing of the trial."""
-    from sweeps.ledger import Ledger
-    from sweeps.plan import build_plan
-    from sweeps.resume import Attempts
-    from sweeps.trial import _train
+    from sweeps.domain.plan import build_plan
+    from sweeps.ray.trial import _train
+    from sweeps.store.ledger import Ledger
+    from sweeps.store.resume import Attempts
 
     spec = parse_spec(yaml.safe_load(write_spec(
         tmp_path, train={"epochs": 2, "batch_size": 128, "lr": 0.02}).read_text()))
@@ -209,7 +209,7 @@ def test_a_worker_that_lost_its_trial_claim_stops_before_publishing(tmp_path, mo
 def test_a_driver_refused_the_lease_repairs_nothing(tmp_path, monkeypatch, kdsweep_here):
     """Defect 5: a second `kdsweep run` moved a corrupt result.json aside before it was refused
     the lease. It reads without repairing until it holds the lease."""
-    from sweeps.plan import build_plan
+    from sweeps.domain.plan import build_plan
 
     storage, spec, lease = sweep_lease(tmp_path, monkeypatch, ttl=1.0)
     holder = lease()

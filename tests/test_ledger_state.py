@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from kd_core.checkpoint import checkpoint_bytes
-from sweeps.ledger import CHECKPOINTS, Ledger, TrialFile, TrialState, trial_file
-from sweeps.record import TrialResult
-from sweeps.snapshot import Snapshot, reconcile
-from sweeps.storage import Storage
+from sweeps.domain.record import TrialResult
+from sweeps.store.ledger import CHECKPOINTS, Ledger, TrialFile, TrialState, trial_file
+from sweeps.store.snapshot import Snapshot, reconcile
+from sweeps.store.storage import Storage
 
 HISTORY = [{"epoch": 1, "train_loss": 1.0, "test_acc": 0.5}]
 MARKERS = {TrialFile.FAILED: TrialState.FAILED, TrialFile.PROGRESS: TrialState.RUNNING,

@@ -5,11 +5,11 @@ another cluster trained is tagged reused, naming that cluster."""
 
 from mlflow.tracking import MlflowClient
 
-from sweeps.plan import build_plan
-from sweeps.record import TrialResult
-from sweeps.spec import parse_spec
-from sweeps.storage import Storage
-from sweeps.tracking import Tracker
+from sweeps.domain.plan import build_plan
+from sweeps.domain.record import TrialResult
+from sweeps.domain.spec import parse_spec
+from sweeps.store.storage import Storage
+from sweeps.tracking.tracker import Tracker
 
 HISTORY = [{"epoch": e, "train_loss": 1.0 / e, "test_acc": 0.5 + e / 10} for e in (1, 2, 3)]
 

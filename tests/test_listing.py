@@ -4,11 +4,11 @@ once each. Local storage here; the same on S3, counted request by request, in te
 
 import pytest
 
-from sweeps.ledger import Ledger, TrialState, trial_file
-from sweeps.plan import build_plan
-from sweeps.snapshot import Snapshot
-from sweeps.spec import parse_spec
-from sweeps.storage import Storage
+from sweeps.domain.plan import build_plan
+from sweeps.domain.spec import parse_spec
+from sweeps.store.ledger import Ledger, TrialState, trial_file
+from sweeps.store.snapshot import Snapshot
+from sweeps.store.storage import Storage
 from testkit.fabricate import fabricate
 
 

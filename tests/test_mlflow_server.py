@@ -15,11 +15,11 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from sweeps.plan import build_plan
-from sweeps.record import TrialResult
-from sweeps.spec import parse_spec
-from sweeps.storage import Storage
-from sweeps.tracking import Tracker
+from sweeps.domain.plan import build_plan
+from sweeps.domain.record import TrialResult
+from sweeps.domain.spec import parse_spec
+from sweeps.store.storage import Storage
+from sweeps.tracking.tracker import Tracker
 from testkit.drivers import free_port, write_spec
 from testkit.servers import mlflow_server, mlflow_sqlite_server, postgres
 

@@ -8,11 +8,11 @@ import yaml
 
 from kd_core.data import load_dataset
 from kd_core.profile import GiB, MemoryProfile
-from sweeps.engine import job_resources
-from sweeps.packing import Shape, plan_shapes, suggest
-from sweeps.plan import build_plan
-from sweeps.scheduler import Job
-from sweeps.spec import parse_spec
+from sweeps.domain.plan import build_plan
+from sweeps.domain.scheduler import Job
+from sweeps.domain.spec import parse_spec
+from sweeps.ray.engine import job_resources
+from sweeps.ray.packing import Shape, plan_shapes, suggest
 
 CHAINS = [["cnn-large", "cnn-small"], ["cnn-large", "cnn-medium", "cnn-small"]]
 

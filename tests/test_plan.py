@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from sweeps.plan import build_plan
-from sweeps.spec import load_spec, parse_spec
+from sweeps.domain.plan import build_plan
+from sweeps.domain.spec import load_spec, parse_spec
 
 CONFIGS = Path(__file__).resolve().parents[1] / "sweeps" / "configs"
 

@@ -95,7 +95,7 @@ def test_plan_power_projects_a_pilot_to_the_specs_seeds(tmp_path, kdsweep_here):
     import pyarrow.parquet as pq
     import yaml
 
-    from sweeps.results import SCHEMA
+    from sweeps.store.results import SCHEMA
     from tests.test_report import claim_rows
 
     values = {}

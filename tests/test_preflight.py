@@ -11,10 +11,10 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from sweeps import preflight
-from sweeps.preflight import check_tracking
-from sweeps.spec import SpecError, parse_spec
-from sweeps.sqlite_store import prepare_store
+from sweeps.app import preflight
+from sweeps.app.preflight import check_tracking
+from sweeps.domain.spec import SpecError, parse_spec
+from sweeps.tracking.sqlite_store import prepare_store
 from testkit.drivers import free_port
 
 
@@ -141,7 +141,7 @@ def test_printed_commands_paste_into_a_shell(tmp_path):
     upgrade` commands split back into exactly the URI."""
     import shlex
 
-    from sweeps.tracking import ui_command
+    from sweeps.tracking.sweep_run import ui_command
 
     uri = f"sqlite:///{tmp_path}/my runs/o'brien.db"
     words = shlex.split(ui_command(uri))

@@ -24,7 +24,7 @@ def test_tune_env_vars_copied_into_runtime_envs():
     (which Ray's agent logs): the AWS credentials are taken out of the set."""
     from ray.tune.execution import class_cache
 
-    from sweeps.storage import AWS_CREDENTIALS
+    from sweeps.store.storage import AWS_CREDENTIALS
 
     assert isinstance(class_cache.ENV_VARS_TO_PROPAGATE, set | frozenset)
     # Tune's own list still names them (the set itself is this process's: a sweep run earlier

@@ -4,10 +4,10 @@ state, the ETA's rate is this run's, and lines come at most once per interval.""
 import io
 from collections import Counter
 
-from sweeps.ledger import TrialState
-from sweeps.plan import build_plan
-from sweeps.progress import Progress
-from sweeps.spec import parse_spec
+from sweeps.app.progress import Progress
+from sweeps.domain.plan import build_plan
+from sweeps.domain.spec import parse_spec
+from sweeps.store.ledger import TrialState
 
 
 def plan():

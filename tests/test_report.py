@@ -12,7 +12,7 @@ from sweeps.report import cell, holm, paired, report, resolution, t_interval
 from sweeps.report.claims import c1, c2, c3, c5, c6
 from sweeps.report.load import load
 from sweeps.report.stats import late_rise
-from sweeps.results import SCHEMA
+from sweeps.store.results import SCHEMA
 
 # chain A>B>C, one noise rate, three seeds; accuracies chosen for round statistics
 ACC = {

@@ -20,14 +20,14 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from sweeps import lease as lease_module
-from sweeps.lease import DriverLease, TrialClaim
-from sweeps.ledger import CHECKPOINTS, sweep_file, trial_file
-from sweeps.plan import build_plan
-from sweeps.resume import TrialCheckpoints
-from sweeps.spec import parse_spec
-from sweeps.sqlite_store import prepare_store
-from sweeps.storage import Storage
+from sweeps.domain.plan import build_plan
+from sweeps.domain.spec import parse_spec
+from sweeps.store import lease as lease_module
+from sweeps.store.lease import DriverLease, TrialClaim
+from sweeps.store.ledger import CHECKPOINTS, sweep_file, trial_file
+from sweeps.store.resume import TrialCheckpoints
+from sweeps.store.storage import Storage
+from sweeps.tracking.sqlite_store import prepare_store
 from testkit.drivers import (
     EPOCHS,
     DriverForks,
@@ -50,7 +50,7 @@ def progress(storage: Storage, keys) -> dict[str, int]:
 
 
 KILL_SEED = 20261130
-# The named fault points (sweeps/faults.py) and a seeded real-time moment, in the order a run
+# The named fault points (sweeps/domain/faults.py) and a seeded real-time moment, in the order a run
 # reaches them, as two sequences (two tests the suite's workers can run side by side): start-up
 # (after the lease, while the MLflow store is created, a real-time kill among the imports, Ray
 # and the first epochs) and training (mid-epoch in each generation, between a trial's
@@ -231,7 +231,7 @@ def test_a_kill_while_the_mlflow_store_is_created_leaves_nothing_broken(tmp_path
     point "store-creating"; with no cached template, so the migration itself runs) must not
     leave a half-made mlflow.db that every later run would fail on."""
     db = tmp_path / "mlflow.db"
-    code = f"from sweeps.sqlite_store import prepare_store; prepare_store('sqlite:///{db}')"
+    code = f"from sweeps.tracking.sqlite_store import prepare_store; prepare_store('sqlite:///{db}')"
     proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True, env={
         **os.environ, "KDSWEEP_FAULT": "store-creating", "KDSWEEP_CACHE": str(tmp_path / "cache")})
     assert proc.wait(120) == -signal.SIGKILL
@@ -403,8 +403,8 @@ def faked_clock(offset: str) -> tuple[str, ...]:
 
 HOLDER = """
 import sys, time
-from sweeps.lease import DriverLease
-from sweeps.storage import Storage
+from sweeps.store.lease import DriverLease
+from sweeps.store.storage import Storage
 lease = DriverLease(Storage(sys.argv[1]), sys.argv[2])
 lease.acquire()
 print("held", flush=True)

@@ -13,10 +13,10 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from sweeps.ledger import CHECKPOINTS, Ledger, TrialState, trial_file
-from sweeps.plan import build_plan
-from sweeps.spec import parse_spec
-from sweeps.storage import Storage
+from sweeps.domain.plan import build_plan
+from sweeps.domain.spec import parse_spec
+from sweeps.store.ledger import CHECKPOINTS, Ledger, TrialState, trial_file
+from sweeps.store.storage import Storage
 from testkit import servers
 from testkit.drivers import (
     EPOCHS,
@@ -138,9 +138,9 @@ def test_a_missing_bucket_is_named_before_ray(s3_server, tmp_path):
 def test_leases_on_s3_are_conditional_writes_checked_by_the_server(s3_server, monkeypatch):
     """The storage refuses a stale lease write (If-Match on an ETag that changed; If-None-Match
     on a lease that exists), so a paused driver's renewal cannot overwrite its successor's."""
-    from sweeps import lease as lease_module
-    from sweeps.lease import DriverLease
-    from sweeps.storage import WriteConflict
+    from sweeps.store import lease as lease_module
+    from sweeps.store.lease import DriverLease
+    from sweeps.store.storage import WriteConflict
 
     for k, v in s3_server.items():
         if k != "AWS_ENDPOINT_URL":  # the endpoint from the URI's query, as a spec may give it
@@ -174,7 +174,7 @@ def test_leases_on_s3_are_conditional_writes_checked_by_the_server(s3_server, mo
 def test_state_is_one_listing_then_one_get_per_stored_result(s3_server, monkeypatch, tmp_path):
     """A snapshot of 8 stored and 2,000 planned trials costs one LIST and 8 GETs, whatever the
     number planned; past a page, the listing is read in 16 shards at once, each file once."""
-    from sweeps.snapshot import Snapshot
+    from sweeps.store.snapshot import Snapshot
     from testkit.fabricate import fabricate
     from testkit.latency import LatencyProxy
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from sweeps.plan import build_plan, children
-from sweeps.scheduler import Job, Scheduler
-from sweeps.spec import load_spec, parse_spec
+from sweeps.domain.plan import build_plan, children
+from sweeps.domain.scheduler import Job, Scheduler
+from sweeps.domain.spec import load_spec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 # a slow, long chain and a fast, short one
@@ -43,7 +43,7 @@ def spec_of(bank="off", taus=(4,), chains=CHAINS, **search):
 
 def work(spec):
     """Remaining work per lineage, from fixed costs (schedule.remaining_work's shape)."""
-    from sweeps.schedule import remaining_work
+    from sweeps.domain.schedule import remaining_work
 
     return remaining_work(spec.chains, COST)
 
@@ -200,7 +200,7 @@ class RandomSource:
     def __init__(self, spec, teacher, model, budget, seed):
         import random
 
-        from sweeps.plan import make_trial
+        from sweeps.domain.plan import make_trial
 
         self.teacher, self.model, self.budget = teacher, model, budget
         self.rng, self.told = random.Random(seed), []

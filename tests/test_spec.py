@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sweeps.spec import SpecError, load_spec, parse_spec
+from sweeps.domain.spec import SpecError, load_spec, parse_spec
 
 CONFIGS = Path(__file__).resolve().parents[1] / "sweeps" / "configs"
 
@@ -132,8 +132,8 @@ def test_a_search_selects_on_validation_unless_told_to_use_the_test_set():
 
 def test_search_metrics_are_ones_the_trainer_reports():
     from kd_core.metrics import EpochMetrics
-    from sweeps.record import TrialResult
-    from sweeps.spec import SEARCH_METRICS
+    from sweeps.domain.record import TrialResult
+    from sweeps.domain.spec import SEARCH_METRICS
 
     for name in SEARCH_METRICS:  # reported every epoch, and kept in the stored result
         assert name in EpochMetrics.__dataclass_fields__ and hasattr(TrialResult, name)

@@ -9,10 +9,10 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from sweeps.spec import parse_spec
-from sweeps.sqlite_store import ARTIFACTS, prepare_store
-from sweeps.storage import Storage
-from sweeps.tracking import Tracker
+from sweeps.domain.spec import parse_spec
+from sweeps.store.storage import Storage
+from sweeps.tracking.sqlite_store import ARTIFACTS, prepare_store
+from sweeps.tracking.tracker import Tracker
 
 
 def tracker(folder):
@@ -109,8 +109,8 @@ def test_a_store_whose_writer_was_killed_mid_transaction_is_rolled_back_and_used
     import subprocess
     import sys
 
-    from sweeps.spec import SpecError
-    from sweeps.sqlite_store import check_sqlite_store
+    from sweeps.domain.spec import SpecError
+    from sweeps.tracking.sqlite_store import check_sqlite_store
 
     db = tmp_path / "mlflow.db"
     uri = f"sqlite:///{db}"

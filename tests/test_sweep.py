@@ -17,16 +17,16 @@ from mlflow.tracking import MlflowClient
 
 from kd_core.checkpoint import load_checkpoint
 from kd_core.data import load_dataset
-from sweeps.ledger import CHECKPOINTS, CORRUPT, Ledger, sweep_file, trial_file
-from sweeps.plan import build_plan
-from sweeps.progress import sweep_status
+from sweeps.app.progress import sweep_status
+from sweeps.app.sweep import run_sweep
+from sweeps.domain.plan import build_plan
+from sweeps.domain.spec import SpecError, parse_spec
+from sweeps.ray.teacher_bank import cache_dir
 from sweeps.report import report
 from sweeps.report.load import specs_in
-from sweeps.resume import trained_model
-from sweeps.spec import SpecError, parse_spec
-from sweeps.storage import Storage
-from sweeps.sweep import run_sweep
-from sweeps.teacher_bank import cache_dir
+from sweeps.store.ledger import CHECKPOINTS, CORRUPT, Ledger, sweep_file, trial_file
+from sweeps.store.resume import trained_model
+from sweeps.store.storage import Storage
 from sweeps.tracking.sweep_run import publish_report, storage_location
 
 pytestmark = pytest.mark.slow

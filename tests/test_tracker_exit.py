@@ -16,10 +16,10 @@ RUNS, EPOCHS = 4, 60
 
 DRIVER = textwrap.dedent("""
     import os, signal, sys
-    from sweeps.plan import build_plan
-    from sweeps.spec import parse_spec
-    from sweeps.storage import Storage
-    from sweeps.tracking import Tracker
+    from sweeps.domain.plan import build_plan
+    from sweeps.domain.spec import parse_spec
+    from sweeps.store.storage import Storage
+    from sweeps.tracking.tracker import Tracker
 
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # as the CLI
     spec = parse_spec({{"name": "exit", "dataset": {{"name": "digits"}},

@@ -20,9 +20,9 @@ from mlflow.tracking import MlflowClient
 
 from kd_core.names import DATASET_FACTS
 
-from ..ledger import Ledger
-from ..record import TrialState
-from ..storage import Storage, concurrently
+from ..domain.record import TrialState
+from ..store.ledger import Ledger
+from ..store.storage import Storage, concurrently
 from ..tracking.sweep_run import git_commit, ui_command
 from .analysis_figures import analysis_figures, distribution_runs, representatives
 from .claims import claims

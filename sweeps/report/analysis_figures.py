@@ -8,7 +8,7 @@ import pandas as pd
 
 from kd_core.names import CLASS_NAMES
 
-from ..plan import setting_order
+from ..domain.plan import setting_order
 from .figures import Figures, legend
 from .load import full_chains
 

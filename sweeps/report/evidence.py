@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from ..plan import setting_name, setting_order
+from ..domain.plan import setting_name, setting_order
 from .pooled import MAX_SEEDS, POWER, Pooled
 from .stats import (
     ALPHA,

@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from ..plan import setting_order  # noqa: E402
+from ..domain.plan import setting_order  # noqa: E402
 from .load import chain_frame, distance_column, full_chains  # noqa: E402
 from .stats import MIN_SEEDS, accuracy_interval, resolution  # noqa: E402
 

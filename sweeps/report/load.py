@@ -14,13 +14,13 @@ from mlflow.tracking import MlflowClient
 from kd_core.analysis import SCALARS
 from kd_core.names import DATASET_FACTS
 
-from ..ledger import Ledger
-from ..plan import setting_name, student_name
-from ..record import FINAL_METRICS, TrialState
-from ..results import read_results
-from ..spec import load_spec
-from ..storage import Storage
-from ..tracking import ANALYSIS_PREFIX, STATE_TAG
+from ..domain.plan import setting_name, student_name
+from ..domain.record import FINAL_METRICS, TrialState
+from ..domain.spec import load_spec
+from ..store.ledger import Ledger
+from ..store.results import read_results
+from ..store.storage import Storage
+from ..tracking.names import ANALYSIS_PREFIX, STATE_TAG
 from .stats import late_rise, resolution, still_rising
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..record import TrialState
+from ..domain.record import TrialState
 from .claims import claims
 from .load import load
 from .pooled import MAX_SEEDS, POWER, Pooled

@@ -21,7 +21,7 @@ from statsmodels.stats.multitest import multipletests
 
 from kd_core.names import DATASET_FACTS
 
-from ..spec import ReportSpec
+from ..domain.spec import ReportSpec
 
 MIN_SEEDS = 3
 ALPHA = 0.05  # the level a verdict is drawn at, after Holm's adjustment

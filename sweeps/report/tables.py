@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from ..plan import setting_order
-from ..record import TrialState
+from ..domain.plan import setting_order
+from ..domain.record import TrialState
 from .load import chain_frame, full_chains
 from .paper import published
 from .stats import (

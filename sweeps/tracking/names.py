@@ -15,6 +15,12 @@ from kd_core.metrics import EpochMetrics
 # The final model's analyses go under their own prefix: the MLflow UI shows them in a section
 # of their own, apart from the per-epoch charts.
 ANALYSIS_PREFIX = "analysis/"
+# A trial's run names its sweep's run in our own tag, not MLflow's parent tag: the UI folds a
+# parent's children under one collapsed row ("101 matching runs", "Load more"), and a sweep's
+# trials are what a reader compares. Runs created before carry the parent tag; both are read.
+SWEEP_RUN_TAG = "kdsweep.sweep_run"
+OLD_PARENT_TAG = "mlflow.parentRunId"
+STATE_TAG = "kdsweep.state"  # the trial's ledger.TrialState once it ended
 # A trial's own per-epoch metrics; Tune's bookkeeping in each result (pid, timestamp,
 # time_this_iter_s, ...) is not logged.
 EPOCH_METRICS = {f.name for f in dataclasses.fields(EpochMetrics)} - {"epoch"}

@@ -20,12 +20,12 @@ from pathlib import Path
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from ..plan import setting_name, student_name
-from ..record import TrialState
-from ..spec import SweepSpec
-from ..sqlite_store import artifact_root, prepare_store
-from ..storage import Storage
+from ..domain.plan import setting_name, student_name
+from ..domain.record import TrialState
+from ..domain.spec import SweepSpec
+from ..store.storage import Storage
 from .names import UI_MODE, finite, param
+from .sqlite_store import artifact_root, prepare_store
 from .view import saved_view, view_query
 
 KIND = "custom_model_development"

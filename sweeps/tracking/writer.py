@@ -32,8 +32,8 @@ from collections.abc import Callable
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from ..settings import env_number
-from ..storage import is_full
+from ..domain.settings import env_number
+from ..store.storage import is_full
 
 log = logging.getLogger(__name__)
 # Lanes into a tracking server (each one request at a time): a server's workers and its

@@ -39,8 +39,8 @@ import threading
 import time
 import uuid
 
+from ..domain.settings import env_number
 from .ledger import TrialFile, trial_file
-from .settings import env_number
 from .storage import Storage, StorageFull, WriteConflict
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The driver's record keeper: what happens to each trial goes to the run's ledger snapshot,
-MLflow (tracking.py) and the progress display (progress.py); the outcomes only the driver sees
-(ASHA stopped a trial, Tune gave up on one) go to storage, under the driver's lease.
+MLflow (tracking/tracker.py) and the progress display (progress.py); the outcomes only the
+driver sees (ASHA stopped a trial, Tune gave up on one) go to storage, under the driver's lease.
 
 The scheduler and the Tune callback call these hooks; each hook is one event.
 """
@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .ledger import TrialState
-from .plan import Plan, Trial
+from ..domain.plan import Plan, Trial
+from ..domain.record import TrialResult
+from ..store.ledger import TrialState
+from ..store.snapshot import Snapshot
+from ..tracking.tracker import Tracker
 from .progress import Progress
-from .record import TrialResult
-from .snapshot import Snapshot
-from .tracking import Tracker
 
 
 class SweepEvents:

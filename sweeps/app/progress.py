@@ -9,11 +9,11 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 
-from .ledger import Ledger, TrialState
-from .plan import Plan, Trial, build_plan
-from .snapshot import Snapshot
-from .spec import SweepSpec
-from .storage import Storage
+from ..domain.plan import Plan, Trial, build_plan
+from ..domain.spec import SweepSpec
+from ..store.ledger import Ledger, TrialState
+from ..store.snapshot import Snapshot
+from ..store.storage import Storage
 
 # The order of a progress line; the first four always shown, the rest when any trial is in them.
 SHOWN = (TrialState.DONE, TrialState.RUNNING, TrialState.PENDING, TrialState.FAILED)

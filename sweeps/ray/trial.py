@@ -21,16 +21,16 @@ from kd_core.run import RunSpec, build_trainer
 from kd_core.runner import DONE, Outcome, fit
 from kd_core.train import model_state
 
-from . import faults
+from ..domain import faults
+from ..domain.plan import Trial
+from ..domain.record import EPOCH_FINALS, TrialResult, TrialState
+from ..domain.scheduler import Job
+from ..domain.spec import SweepSpec
+from ..store.lease import ClaimLost, TrialClaim
+from ..store.ledger import CORRUPT, Ledger, SweepFile, sweep_file
+from ..store.resume import Attempts, TrialCheckpoints, flush_on_exit, trained_model
+from ..store.storage import STORAGE_FULL, Storage, StorageFull
 from .curve import learning_curve_png
-from .lease import ClaimLost, TrialClaim
-from .ledger import CORRUPT, Ledger, SweepFile, sweep_file
-from .plan import Trial
-from .record import EPOCH_FINALS, TrialResult, TrialState
-from .resume import Attempts, TrialCheckpoints, flush_on_exit, trained_model
-from .scheduler import Job
-from .spec import SweepSpec
-from .storage import STORAGE_FULL, Storage, StorageFull
 from .teacher_bank import build_shared_bank, load_shared_bank
 
 

@@ -18,9 +18,9 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from . import faults
-from .spec import SpecError
-from .storage import StorageFull, is_full, node_cache
+from ..domain import faults
+from ..domain.spec import SpecError
+from ..store.storage import StorageFull, is_full, node_cache
 
 # A table kdsweep adds to each store it makes, so a check can tell its own stores from others;
 # it also records the folder the store's locations are written under.

@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 
+from ..domain.record import TrialResult
 from .ledger import Ledger, Listing, Proven, TrialFile, TrialState, trial_file
-from .record import TrialResult
 from .storage import concurrently
 
 log = logging.getLogger(__name__)

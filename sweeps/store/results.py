@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 
 from kd_core.analysis import SCALARS
 
+from ..domain.plan import Plan, Trial
+from ..domain.record import FINAL_METRICS, TrialResult
 from .ledger import TrialState
-from .plan import Plan, Trial
-from .record import FINAL_METRICS, TrialResult
 from .snapshot import Snapshot
 from .storage import Storage
 

@@ -30,11 +30,11 @@ from ray.tune.execution import class_cache
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 
-from .ledger import Ledger, TrialState
-from .scheduler import Job, Scheduler
-from .settings import env_number
-from .spec import ResourcesSpec, SearchSpec, SpecError, SweepSpec
-from .storage import AWS_CREDENTIALS, STORAGE_FULL, StorageFull
+from ..domain.scheduler import Job, Scheduler
+from ..domain.settings import env_number
+from ..domain.spec import ResourcesSpec, SearchSpec, SpecError, SweepSpec
+from ..store.ledger import Ledger, TrialState
+from ..store.storage import AWS_CREDENTIALS, STORAGE_FULL, StorageFull
 from .trial import CORRUPT_FILES, OUTCOME, WARNINGS, run_job
 
 

@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .record import TrialState
+from ..domain.record import TrialState
 
 
 def add_parser(sub) -> None:

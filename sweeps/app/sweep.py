@@ -23,23 +23,23 @@ os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
 import pandas as pd  # noqa: E402
 
-from . import faults  # noqa: E402
-from .engine import connect, run_experiment  # noqa: E402
+from ..domain import faults  # noqa: E402
+from ..domain.plan import Plan, Trial, build_plan  # noqa: E402
+from ..domain.sampling import Sampler, samplers  # noqa: E402
+from ..domain.schedule import remaining_work, trial_costs  # noqa: E402
+from ..domain.scheduler import Scheduler  # noqa: E402
+from ..domain.spec import SpecError, SweepSpec  # noqa: E402
+from ..ray.engine import connect, run_experiment  # noqa: E402
+from ..ray.teacher_bank import wants_shared_bank  # noqa: E402
+from ..store.lease import DriverLease, holder  # noqa: E402
+from ..store.ledger import Ledger, SweepFile, TrialState, sweep_file  # noqa: E402
+from ..store.results import write_results  # noqa: E402
+from ..store.snapshot import Snapshot, reconcile  # noqa: E402
+from ..store.storage import Storage  # noqa: E402
+from ..tracking.tracker import Tracker  # noqa: E402
 from .events import SweepEvents  # noqa: E402
-from .lease import DriverLease, holder  # noqa: E402
-from .ledger import Ledger, SweepFile, TrialState, sweep_file  # noqa: E402
-from .plan import Plan, Trial, build_plan  # noqa: E402
 from .preflight import check_all, check_fits  # noqa: E402
 from .progress import Progress  # noqa: E402
-from .results import write_results  # noqa: E402
-from .sampling import Sampler, samplers  # noqa: E402
-from .schedule import remaining_work, trial_costs  # noqa: E402
-from .scheduler import Scheduler  # noqa: E402
-from .snapshot import Snapshot, reconcile  # noqa: E402
-from .spec import SpecError, SweepSpec  # noqa: E402
-from .storage import Storage  # noqa: E402
-from .teacher_bank import wants_shared_bank  # noqa: E402
-from .tracking import Tracker  # noqa: E402
 
 log = logging.getLogger(__name__)
 LARGE_GRID = 1000  # trials; a typo in a grid should not start a month of GPU time unasked

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING
 
 import pyarrow.fs as pafs
 
-from .settings import env_number
-from .spec import DatasetSpec, ResourcesSpec, SpecError, SweepSpec
-from .sqlite_store import check_sqlite_store
-from .storage import Storage
+from ..domain.settings import env_number
+from ..domain.spec import DatasetSpec, ResourcesSpec, SpecError, SweepSpec
+from ..store.storage import Storage
+from ..tracking.sqlite_store import check_sqlite_store
 
 if TYPE_CHECKING:
     from kd_core.data import ImageData

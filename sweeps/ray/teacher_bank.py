@@ -28,12 +28,12 @@ from kd_core.data import Augment, ImageData, load_dataset
 from kd_core.names import DATASET_FACTS
 from kd_core.train import resolve_device
 
-from .ledger import Ledger, digest_file, flag_corrupt, read_json_checked
-from .plan import students_per_teacher
-from .resume import trained_model
-from .settings import env_number
-from .spec import DatasetSpec, SweepSpec, TrainSpec
-from .storage import node_cache
+from ..domain.plan import students_per_teacher
+from ..domain.settings import env_number
+from ..domain.spec import DatasetSpec, SweepSpec, TrainSpec
+from ..store.ledger import Ledger, digest_file, flag_corrupt, read_json_checked
+from ..store.resume import trained_model
+from ..store.storage import node_cache
 
 log = logging.getLogger(__name__)
 

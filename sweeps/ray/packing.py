@@ -21,8 +21,8 @@ import yaml
 from kd_core.data import ImageData
 from kd_core.profile import GiB, MemoryProfile, Shape, profile_run
 
-from .plan import Plan, make_trial, students_per_teacher
-from .spec import SweepSpec
+from ..domain.plan import Plan, make_trial, students_per_teacher
+from ..domain.spec import SweepSpec
 from .teacher_bank import teacher_path_of
 from .trial import run_spec
 

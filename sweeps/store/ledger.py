@@ -45,7 +45,7 @@ from enum import StrEnum
 
 from kd_core.seal import CheckpointError, unseal
 
-from .record import TrialResult, TrialState
+from ..domain.record import TrialResult, TrialState
 from .storage import Storage, concurrently, node_cache
 
 log = logging.getLogger(__name__)
