@@ -46,7 +46,7 @@ def main():
     idx = torch.randint(0, 512, (256,), device="cuda", generator=g)
     views = draw_views(data.augment, 256, g, "cuda")
     tr = Trainer(init_model("wrn-16-2", data, 0), data, TrainConfig(epochs=1, device="cuda"))
-    x = tr._prepare(render_views(tr.x_train[idx], views, data.augment))
+    x = tr.prepare(render_views(tr.x_train[idx], views, data.augment))
     with torch.no_grad(), torch.autocast("cuda", torch.bfloat16):
         online = t(x).float()
     err = (bank.epoch(idx, views, "cuda").float() - online).abs().max().item()

@@ -153,7 +153,7 @@ class Trainer:
             self.x_train,
             self.x_test,
             self.data.augment,
-            self._prepare,
+            self.prepare,
             dtype=getattr(torch, self.config.bank_dtype),
             autocast=self.autocast,
         )
@@ -179,7 +179,8 @@ class Trainer:
         self.history = list(state["history"])
 
     # ---- training ------------------------------------------------------------------------
-    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """A batch of images as the model takes them: normalized, in the run's memory format."""
         x = self._normalize(images)
         return x.contiguous(memory_format=self.memory_format)
 
@@ -200,7 +201,7 @@ class Trainer:
                 continue
             v = None if views is None else views[start : start + cfg.batch_size]
             x = self.x_train[idx]
-            x = self._prepare(x if v is None else render_views(x, v, aug))
+            x = self.prepare(x if v is None else render_views(x, v, aug))
             y = self.y_train[idx]
             with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
                 if banked:
@@ -235,7 +236,7 @@ class Trainer:
 
     def _predict(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
-            return predict(model, images, self._prepare, 1024)
+            return predict(model, images, self.prepare, 1024)
 
     def analyse(self, teacher: nn.Module | None) -> tuple[dict[str, float], dict]:
         """The paper's analyses (analysis.py) of the model as it stands, against ``teacher``
@@ -248,8 +249,8 @@ class Trainer:
         splits = (("train", self.x_train, self.y_clean), ("test", self.x_test, self.y_test))
         for split, x, y in splits:
             with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
-                mine = outputs(self.model, x, self._prepare, 1024)
-                theirs = None if teacher is None else outputs(teacher, x, self._prepare, 1024)
+                mine = outputs(self.model, x, self.prepare, 1024)
+                theirs = None if teacher is None else outputs(teacher, x, self.prepare, 1024)
             s, d = analyse(mine, theirs, y, weight)
             scalars.update({f"{split}_{k}": v for k, v in s.items()})
             dists[split] = d

@@ -1,6 +1,7 @@
 """A TCP proxy on 127.0.0.1 that holds each HTTP request back ``delay`` seconds before passing
 it on: an S3-compatible server on this machine answering like one a region away (20-50 ms a
-round trip). It counts the requests it passes, by method. For benchmarks/scale.py and tests.
+round trip). It counts the requests it passes, by method and by (method, path). For
+benchmarks/scale.py and tests.
 
 Requests are told apart by their first line (``GET /bucket?list-type=2 HTTP/1.1``) at the start
 of what the client sends; each connection is delayed on its own, so concurrent requests overlap
@@ -14,13 +15,14 @@ import re
 import threading
 from collections import Counter
 
-REQUEST = re.compile(rb"^(GET|PUT|HEAD|POST|DELETE) ")
+REQUEST = re.compile(rb"^(GET|PUT|HEAD|POST|DELETE) ([^ ?]*)")
 
 
 class LatencyProxy:
     def __init__(self, target_port: int, delay: float = 0.05):
         self.target_port, self.delay = target_port, delay
-        self.requests: Counter = Counter()
+        self.requests: Counter = Counter()  # method -> requests
+        self.paths: Counter = Counter()  # (method, path without its query) -> requests
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -50,7 +52,14 @@ class LatencyProxy:
         self.port = server.sockets[0].getsockname()[1]
         self._ready.set()
         self._loop.run_forever()
+        # stopped: close what is still open (a client's pooled connections) inside the loop,
+        # then the loop, so no transport is left to a garbage collector with its loop gone
         server.close()
+        tasks = asyncio.all_tasks(self._loop)
+        for task in tasks:
+            task.cancel()
+        self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        self._loop.close()
 
     async def _connection(self, reader, writer) -> None:
         try:
@@ -63,6 +72,7 @@ class LatencyProxy:
             while data := await reader.read(1 << 16):
                 if m := REQUEST.match(data):
                     self.requests[m.group(1).decode()] += 1
+                    self.paths[m.group(1).decode(), m.group(2).decode()] += 1
                     await asyncio.sleep(self.delay)
                 up_writer.write(data)
                 await up_writer.drain()

@@ -22,7 +22,7 @@ def setup():
 
 def _online(teacher, data, idx, views):
     tr = Trainer(init_model("cnn-small", data, 0), data, TrainConfig(epochs=1))
-    x = tr._prepare(render_views(data.train_images[idx], views, data.augment))
+    x = tr.prepare(render_views(data.train_images[idx], views, data.augment))
     with torch.no_grad():
         return teacher(x), x
 

@@ -160,7 +160,7 @@ def test_a_worker_whose_driver_lost_the_lease_gives_its_claim_up(tmp_path, monke
     a.acquire()
     claim = TrialClaim(storage, "k", a.token, rel)
     assert claim.acquire(finished=lambda: False)
-    a._stop.set()  # A is paused: its heartbeat stops, its worker's claim heartbeat goes on
+    a.stop_renewing()  # A is paused: its heartbeat stops, its worker's claim heartbeat goes on
     b = lease()
     b.acquire()  # after the TTL
     successor = TrialClaim(storage, "k", b.token, rel)

@@ -70,3 +70,33 @@ def test_mlflow_ui_reads_a_shared_view_of_plain_json():
     for chart in state["compareRunCharts"]:
         assert f'e.{chart["type"]}="{chart["type"]}"' in js
     assert 'e.SHOWALL="SHOW_ALL"' in js and 'q="Model metrics"' in js
+
+
+def test_mlflow_records_artifact_locations_in_the_columns_relocate_rewrites(tmp_path):
+    """sqlite_store.relocate: MLflow has no API to move a store, and records where an
+    experiment's and a run's artifacts are as absolute locations in its own tables; relocate
+    rewrites exactly these columns (sqlite_store.LOCATIONS) of a store kdsweep made."""
+    import sqlite3
+
+    from mlflow import MlflowClient
+
+    from sweeps.tracking.sqlite_store import LOCATIONS, artifact_root, prepare_store
+
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    prepare_store(uri)
+    client = MlflowClient(uri)
+    client.create_run(client.create_experiment("x", artifact_location=artifact_root(uri)))
+    with sqlite3.connect(db) as conn:
+        found = {}
+        for (table,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'"):
+            for _, column, *_ in conn.execute(f"PRAGMA table_info({table})"):
+                if column in LOCATIONS:
+                    values = [v for (v,) in conn.execute(f"SELECT {column} FROM {table}")]
+                    found[f"{table}.{column}"] = values
+    # (logged_models.artifact_location too, in MLflow 3: relocate rewrites every such column)
+    assert {"experiments.artifact_location", "runs.artifact_uri"} <= set(found)
+    # absolute, under the store's folder: what a move leaves pointing at the old place
+    located = [v for vs in found.values() for v in vs if v]
+    assert located and all(v.startswith(str(tmp_path)) for v in located), found
+    assert found["runs.artifact_uri"] and found["experiments.artifact_location"]

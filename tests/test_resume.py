@@ -322,7 +322,7 @@ def test_a_trial_another_sweep_trains_is_waited_for_never_trained_twice(tmp_path
     storage.delete(result)
     lost = TrialClaim(storage, "k", driver="sweep-a")
     assert lost.acquire(finished=lambda: False)
-    lost._stop.set()  # the heartbeat of a process that is gone
+    lost.stop_renewing()  # the heartbeat of a process that is gone
     t0 = time.time()
     retry = TrialClaim(storage, "k", driver="sweep-a")
     assert retry.acquire(finished=lambda: False) and time.time() - t0 < 1.0

@@ -24,6 +24,7 @@ from testkit.drivers import (
     start_driver,
     write_spec,
 )
+from testkit.latency import LatencyProxy
 
 pytestmark = pytest.mark.slow
 # Planted secrets: the drivers get them in their environment, and no file they or Ray write
@@ -109,11 +110,19 @@ def test_sweep_on_s3_resumes_and_reuses_teachers(s3_server, tmp_path, monkeypatc
         assert [a.path for a in client.list_artifacts(r.info.run_id)] == ["analysis.json",
                                                                           "curve.png"]
 
-    # A second sweep over the same storage reuses every trial, teachers included.
+    # A second sweep over the same storage reuses every trial, teachers included, reading
+    # each stored result once (counted at the server's door: a proxy in front of it).
     (tmp_path / "other").mkdir()
     other = write_spec(tmp_path / "other", name="resume-again", storage="s3://kdsweep/sweeps-test")
     before = {k: storage.read_json(trial_file(k, "result.json"))["finished_at"] for k in keys}
-    assert run_here(other) == 0  # in this process (the credentials are in its environment)
+    port = int(s3_server["AWS_ENDPOINT_URL"].rsplit(":", 1)[1])
+    with LatencyProxy(port, delay=0.0) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        assert run_here(other) == 0  # in this process (the credentials are in its environment)
+    results = {path: n for (method, path), n in proxy.paths.items()
+               if method == "GET" and path.endswith("/result.json")}
+    assert results == {f"/kdsweep/sweeps-test/{trial_file(k, 'result.json')}": 1 for k in keys}
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server["AWS_ENDPOINT_URL"])
     after = {k: storage.read_json(trial_file(k, "result.json"))["finished_at"] for k in keys}
     assert after == before
 
@@ -176,7 +185,6 @@ def test_state_is_one_listing_then_one_get_per_stored_result(s3_server, monkeypa
     number planned; past a page, the listing is read in 16 shards at once, each file once."""
     from sweeps.store.snapshot import Snapshot
     from testkit.fabricate import fabricate
-    from testkit.latency import LatencyProxy
 
     for k, v in s3_server.items():
         monkeypatch.setenv(k, v)

@@ -191,9 +191,14 @@ class Lease:
             except Exception as e:  # storage unreachable for a moment: the next beat tries
                 log.warning("%s: not renewed (%s)", self.storage.uri_of(self.rel), e)
 
+    def stop_renewing(self) -> None:
+        """End the heartbeat and leave the lease to expire, as a holder that is paused or gone
+        leaves it (``release`` also deletes it)."""
+        self._stop.set()
+
     def release(self) -> None:
         """Stop renewing and delete the lease, if it is still the version this holder wrote."""
-        self._stop.set()
+        self.stop_renewing()
         with self._writing:
             if self.lost is None and self.version is not None:
                 self.storage.delete_if(self.rel, self.version)

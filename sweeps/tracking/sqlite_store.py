@@ -96,7 +96,11 @@ def _migrated(tmp: Path) -> None:
 def relocate(path: Path) -> int:
     """Point a moved store's artifact locations at its new folder; returns the rows changed.
     Only kdsweep's stores, and only locations under the folder the store was made in (another
-    location, e.g. s3://, is the user's and stays)."""
+    location, e.g. s3://, is the user's and stays).
+
+    Going around MLflow, in SQL on its tables: it has no API to move a store, and it records
+    every location absolute, in the columns named in LOCATIONS (experiments, runs, logged
+    models). tests/test_private_apis.py fails when an upgrade renames them."""
     here = str(path.resolve().parent)
     with sqlite3.connect(path, timeout=30) as db:
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}

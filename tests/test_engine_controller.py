@@ -1,0 +1,173 @@
+"""The searcher and ASHA inside Tune's own controller, stepped by hand with mock trainables, the
+way Ray tests its TuneController (tune/tests/execution/test_controller_search_alg_integration.py):
+what Tune does with what they answer (which job starts when, what stops early, when the
+experiment ends), on the local Ray, without storage, MLflow or training."""
+
+import sys
+import time
+
+import pytest
+from ray import cloudpickle, tune
+from ray.air.execution import FixedResourceManager
+from ray.tune import Experiment
+from ray.tune.execution.tune_controller import TuneController
+from ray.tune.search import SearchGenerator
+
+from sweeps.domain.plan import build_plan
+from sweeps.domain.schedule import remaining_work
+from sweeps.domain.scheduler import Job, Scheduler
+from sweeps.domain.spec import parse_spec
+from sweeps.ray.engine import DependencySearcher, StudentASHA
+from sweeps.ray.trial import OUTCOME
+from sweeps.store.ledger import TrialState
+
+# The mock trainable runs in Ray's workers, which cannot import this test module: sent by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+EPOCHS = 4
+
+
+def mock_job(config, quality: dict, fails: frozenset):
+    """A job as trial.run_job reports it, without training: an epoch's metrics each step
+    (``quality[key]`` x epoch / EPOCHS), then its outcome; a key in ``fails`` ends without a
+    model."""
+    job = Job.from_config(config)
+    if job.kind == "bank":
+        tune.report({"bank_seconds": 0.0})
+        return
+    key = job.trial.key
+    for epoch in range(1, EPOCHS + 1):
+        last = epoch == EPOCHS
+        outcome = TrialState.FAILED if key in fails else TrialState.DONE
+        tune.report({"epoch": epoch, "test_acc": quality[key] * epoch / EPOCHS,
+                     **({OUTCOME: outcome.value} if last else {})})
+
+
+class Recorder(tune.Callback):
+    """What Tune did, in order: ("start" | "end", trial key, last epoch reported)."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.seen.append(("start", trial.config["trial"]["key"], 0))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        epoch = (trial.last_result or {}).get("epoch", 0)
+        self.seen.append(("end", trial.config["trial"]["key"], epoch))
+
+
+class Skips:
+    """The scheduler's listener: what it skipped (key -> why)."""
+
+    def __init__(self):
+        self.gone = {}
+
+    def added(self, trial):
+        pass
+
+    def skipped(self, trial, reason):
+        self.gone[trial.key] = reason
+
+
+def spec_of(taus, asha=None):
+    return parse_spec({
+        "name": "ctl",
+        "dataset": {"name": "digits"},
+        "chains": [["cnn-medium", "cnn-small", "cnn-small"]],
+        "train": {"epochs": EPOCHS, "teacher_bank": "off"},
+        "grid": {"loss": ["kl"], "tau": list(taus), "seeds": [0], "baselines": False},
+        "storage": "/nonexistent",
+        "search": {"metric": "test_acc", "allow_test_metric": True,
+                   **({"asha": asha} if asha else {})},
+    })
+
+
+def run_stepped(tmp_path, spec, quality, fails=frozenset(), cpus=1, limit=120.0):
+    """The plan's jobs through Tune's controller, stepped until it finishes: (what Tune did,
+    what the scheduler skipped, the plan)."""
+    plan = build_plan(spec)
+    listener = Skips()
+    unit = {m: 1.0 for chain in spec.chains for m in chain}
+    scheduler = Scheduler(spec, plan.trials, plan.trials, models=(), banks=(), values={},
+                          priority=remaining_work(spec.chains, unit),
+                          wants_bank=lambda n: False, listener=listener)
+    searcher = SearchGenerator(DependencySearcher(scheduler, spec.search.metric))
+    experiment = Experiment("ctl", run=tune.with_parameters(mock_job, quality=quality,
+                                                            fails=frozenset(fails)),
+                            storage_path=str(tmp_path), num_samples=10**9)
+    searcher.add_configurations([experiment])
+    recorder = Recorder()
+    early = spec.search.asha is not None
+    controller = TuneController(
+        search_alg=searcher,
+        scheduler=StudentASHA(spec.search, EPOCHS) if early else None,
+        callbacks=[recorder],
+        storage=experiment.storage,
+        resource_manager_factory=lambda: FixedResourceManager({"CPU": cpus}),
+    )
+    deadline = time.monotonic() + limit
+    try:
+        while not controller.is_finished():
+            assert time.monotonic() < deadline, recorder.seen
+            controller.step()
+    finally:
+        controller.cleanup()
+    return recorder.seen, listener.gone, plan
+
+
+def by_generation(plan):
+    out = {}
+    for t in plan.trials:
+        out.setdefault(t.generation, []).append(t)
+    return out
+
+
+@pytest.mark.slow
+def test_students_start_once_their_teacher_ended_with_a_model_and_the_experiment_ends(
+        local_ray, tmp_path):
+    spec = spec_of(taus=(1.0, 4.0))
+    gens = by_generation(build_plan(spec))
+    quality = {t.key: 0.5 for ts in gens.values() for t in ts}
+    seen, skipped, plan = run_stepped(tmp_path, spec, quality, cpus=2)
+    at = {(what, key): i for i, (what, key, _) in enumerate(seen)}
+    assert skipped == {}
+    assert {key for what, key, _ in seen if what == "end"} == {t.key for t in plan.trials}
+    for t in plan.trials:
+        assert seen[at["end", t.key]][2] == EPOCHS  # every job ran to its end
+        if t.teacher_key is not None:  # never before its teacher's job ended
+            assert at["start", t.key] > at["end", t.teacher_key]
+
+
+def test_a_teacher_without_a_model_skips_its_students_and_the_experiment_still_ends(
+        local_ray, tmp_path):
+    spec = spec_of(taus=(1.0, 4.0))
+    gens = by_generation(build_plan(spec))
+    teacher = gens[0][0]
+    quality = {t.key: 0.5 for ts in gens.values() for t in ts}
+    seen, skipped, plan = run_stepped(tmp_path, spec, quality, fails={teacher.key})
+    assert [key for what, key, _ in seen if what == "start"] == [teacher.key]
+    below = {t.key for t in plan.trials if t.generation > 0}
+    assert set(skipped) == below  # each student, and theirs, skipped: none handed to Tune
+
+
+@pytest.mark.slow
+def test_asha_stops_weak_students_of_a_generation_never_a_teacher(local_ray, tmp_path):
+    """One slot, students in plan order from best to worst: ASHA (grace 1 epoch, factor 2)
+    keeps the first, stops later ones that rank below it at a rung; the teacher, weakest of
+    all, runs every epoch; a stopped student has no model, so its own student is skipped."""
+    spec = spec_of(taus=(1.0, 4.0, 20.0), asha={"grace_period": 1, "reduction_factor": 2})
+    gens = by_generation(build_plan(spec))
+    quality = {gens[0][0].key: 0.1}
+    for rank, t in enumerate(gens[1]):
+        quality[t.key] = 0.9 - 0.2 * rank
+    for t in gens[2]:
+        quality[t.key] = 0.5
+    seen, skipped, plan = run_stepped(tmp_path, spec, quality, cpus=1)
+    ended = {key: epoch for what, key, epoch in seen if what == "end"}
+    assert ended[gens[0][0].key] == EPOCHS
+    students = [ended[t.key] for t in gens[1]]
+    assert students[0] == EPOCHS and min(students) < EPOCHS, students
+    stopped = {t.key for t in gens[1] if ended[t.key] < EPOCHS}
+    below_stopped = {t.key for t in gens[2] if t.teacher_key in stopped}
+    assert below_stopped and below_stopped <= set(skipped)
+    assert not below_stopped & set(ended)  # never handed to Tune
