@@ -12,13 +12,14 @@ from ray.air.execution import FixedResourceManager
 from ray.tune import Experiment
 from ray.tune.execution.tune_controller import TuneController
 from ray.tune.search import SearchGenerator
+from ray.tune.utils import flatten_dict
 
 from sweeps.domain.plan import build_plan
 from sweeps.domain.schedule import remaining_work
 from sweeps.domain.scheduler import Job, Scheduler
 from sweeps.domain.spec import parse_spec
 from sweeps.ray.engine import DependencySearcher, StudentASHA
-from sweeps.ray.trial import OUTCOME
+from sweeps.ray.trial import WorkerMessage
 from sweeps.store.ledger import TrialState
 
 # The mock trainable runs in Ray's workers, which cannot import this test module: sent by value.
@@ -38,8 +39,9 @@ def mock_job(config, quality: dict, fails: frozenset):
     for epoch in range(1, EPOCHS + 1):
         last = epoch == EPOCHS
         outcome = TrialState.FAILED if key in fails else TrialState.DONE
+        message = WorkerMessage(outcome=outcome.value) if last else WorkerMessage()
         tune.report({"epoch": epoch, "test_acc": quality[key] * epoch / EPOCHS,
-                     **({OUTCOME: outcome.value} if last else {})})
+                     **message.entry()})
 
 
 class Recorder(tune.Callback):
@@ -138,6 +140,7 @@ def test_students_start_once_their_teacher_ended_with_a_model_and_the_experiment
             assert at["start", t.key] > at["end", t.teacher_key]
 
 
+@pytest.mark.slow
 def test_a_teacher_without_a_model_skips_its_students_and_the_experiment_still_ends(
         local_ray, tmp_path):
     spec = spec_of(taus=(1.0, 4.0))
@@ -171,3 +174,21 @@ def test_asha_stops_weak_students_of_a_generation_never_a_teacher(local_ray, tmp
     below_stopped = {t.key for t in gens[2] if t.teacher_key in stopped}
     assert below_stopped and below_stopped <= set(skipped)
     assert not below_stopped & set(ended)  # never handed to Tune
+
+
+def test_a_report_is_metrics_and_one_message_that_reads_back():
+    """The worker's report: its metrics and one typed entry; the driver reads the message
+    back as sent, after Tune's state wrote it as JSON, flattened as Tune hands results to
+    searchers, and as an empty one from a report that has none."""
+    import json
+
+    message = WorkerMessage(warnings=("a bank fetched again",),
+                            corrupt=(("trials/k/model.pt", "bad checksum"),),
+                            outcome=TrialState.DONE.value)
+    report = {"epoch": 3, "test_acc": 0.5, **message.entry()}
+    assert set(report) == {"epoch", "test_acc", "kdsweep"}
+    assert WorkerMessage.of(report) == message
+    assert WorkerMessage.of(json.loads(json.dumps(report))) == message
+    assert WorkerMessage.of(flatten_dict(report)) == message  # as Tune hands it to a searcher
+    assert WorkerMessage.of({"epoch": 1}) == WorkerMessage() and WorkerMessage().entry() == {
+        "kdsweep": {}}

@@ -7,7 +7,10 @@ The scheduler and the Tune callback call these hooks; each hook is one event.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+
+from kd_core.metrics import EpochMetrics
 
 from ..domain.plan import Plan, Trial
 from ..domain.record import TrialResult
@@ -15,6 +18,8 @@ from ..store.ledger import TrialState
 from ..store.snapshot import Snapshot
 from ..tracking.tracker import Tracker
 from .progress import Progress
+
+EPOCH_FIELDS = {f.name for f in dataclasses.fields(EpochMetrics)}
 
 
 class SweepEvents:
@@ -64,32 +69,41 @@ class SweepEvents:
             self.fence()
             self.ledger.move_aside(rel, why)
 
-    def ended(self, trial: Trial, last: dict, early_stopping: bool) -> None:
-        """A trial's function returned: it published a result, failed for good, or (ASHA)
-        was stopped before its last epoch."""
+    def ended(self, trial: Trial, outcome: str | None, error: str | None, last: dict,
+              early_stopping: bool) -> None:
+        """A trial's job returned, its ``outcome`` as its worker's last report said: a state
+        whose result is in storage (read here: its one read in this run), ``failed`` for good
+        (with ``error``), or none: stopped by ASHA before its last epoch, or it ended without
+        a word (its failure, if it stored one, is read then)."""
         spec = self.plan.spec
-        record = self.ledger.result(trial.key)  # its one read in this run: its worker wrote it
-        if record is None:
-            failure = self.ledger.failure(trial.key)
-            if failure is not None:
-                return self._failed(trial, failure["error"])
-            if not (early_stopping and last.get("epoch", 0) < spec.train.epochs):
-                msg = (
-                    f"trial {trial.key} ended without publishing its result to "
-                    f"{self.ledger.storage.uri}; on a cluster, storage must be shared by every "
-                    "node (NFS or s3://)"
-                )
-                return self.failed(trial, msg)
-            # Stopped by ASHA: its last metrics are its result; no model, so no students.
-            record = TrialResult.from_history(trial.to_dict(), [last],
+        if outcome == TrialState.FAILED:
+            return self._failed(trial, error or "failed")
+        if outcome is not None:
+            record = self.ledger.result(trial.key)  # its one read in this run
+            if record is None:
+                return self.failed(trial, self._unpublished(trial))
+        elif (failure := self.ledger.failure(trial.key)) is not None:  # died saying nothing
+            return self._failed(trial, failure["error"])
+        elif early_stopping and last.get("epoch", 0) < spec.train.epochs:
+            # Stopped by ASHA: its last epoch's metrics are its result; no model, so no
+            # students (what else Tune put in the report is not the trial's).
+            epoch = {k: v for k, v in last.items() if k in EPOCH_FIELDS}
+            record = TrialResult.from_history(trial.to_dict(), [epoch],
                                               status=TrialState.STOPPED_EARLY,
                                               cluster=spec.cluster, sweep=spec.name)
             self.fence()
             self.ledger.publish(trial.key, None, record)
+        else:
+            return self.failed(trial, self._unpublished(trial))
         self.snapshot.set(trial.key, TrialState(record.status), record)
         self.tracker.finish(trial.key, record,
                             reused=bool(record.trained_elsewhere(spec.cluster, spec.name)))
         self.progress.set(trial.key, TrialState(record.status))
+
+    def _unpublished(self, trial: Trial) -> str:
+        return (f"trial {trial.key} ended without publishing its result to "
+                f"{self.ledger.storage.uri}; on a cluster, storage must be shared by every node "
+                "(NFS or s3://)")
 
     def failed(self, trial: Trial, error: str) -> None:
         """Tune gave up on the trial (retries spent), or it ended without a result."""

@@ -34,8 +34,8 @@ from ..domain.scheduler import Job, Scheduler
 from ..domain.settings import env_number
 from ..domain.spec import ResourcesSpec, SearchSpec, SpecError, SweepSpec
 from ..store.ledger import Ledger, TrialState
-from ..store.storage import AWS_CREDENTIALS, STORAGE_FULL, StorageFull
-from .trial import CORRUPT_FILES, OUTCOME, WARNINGS, run_job
+from ..store.storage import AWS_CREDENTIALS, StorageFull
+from .trial import WorkerMessage, run_job
 
 
 def connect(address: str | None) -> None:
@@ -123,7 +123,7 @@ tune_window()  # a bad value is one line when the engine loads, before any work
 
 class DependencySearcher(Searcher):
     """Tune's face of the scheduler (scheduler.py): hands out its next job and tells it how
-    each ended. It reads no storage: a job's outcome is in its last report (trial.OUTCOME).
+    each ended. It reads no storage: a job's outcome is in its last report (WorkerMessage).
     ``budget``: the jobs this experiment hands out (a window) before it says FINISHED."""
 
     def __init__(self, scheduler: Scheduler, metric: str, budget: int | None = None):
@@ -142,7 +142,8 @@ class DependencySearcher(Searcher):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         last = {} if error else result or {}
-        self.scheduler.complete(trial_id, model=last.get(OUTCOME) == TrialState.DONE,
+        outcome = WorkerMessage.of(last).outcome
+        self.scheduler.complete(trial_id, model=outcome == TrialState.DONE,
                                 value=last.get(self.search_metric))
 
     def save(self, checkpoint_path: str) -> None:
@@ -226,21 +227,25 @@ class SweepCallback(tune.Callback):
             self.events.started(job.trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if WARNINGS in result:
-            self.events.warned(trial.config["trial"]["key"], result[WARNINGS])
-        if CORRUPT_FILES in result:
-            self.events.corrupt(result[CORRUPT_FILES])
-        if STORAGE_FULL in result:  # raised here, it ends the experiment: nothing can be stored
-            raise StorageFull(result[STORAGE_FULL])
+        message, key = WorkerMessage.of(result), trial.config["trial"]["key"]
+        if message.warnings:
+            self.events.warned(key, list(message.warnings))
+        if message.corrupt:
+            self.events.corrupt(message.corrupt)
+        if message.storage_full:  # raised here, it ends the experiment: nothing can be stored
+            raise StorageFull(message.storage_full)
         if "epoch" in result:
-            self.events.epoch(trial.config["trial"]["key"], result)
+            self.events.epoch(key, result)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         job = Job.from_config(trial.config)
         if job.kind == "bank":
             self.events.bank_built(job.trial, (trial.last_result or {}).get("bank_seconds"))
         else:
-            self.events.ended(job.trial, trial.last_result or {}, self.early_stopping)
+            last = trial.last_result or {}
+            message = WorkerMessage.of(last)
+            self.events.ended(job.trial, message.outcome, message.error, last,
+                              self.early_stopping)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         job = Job.from_config(trial.config)

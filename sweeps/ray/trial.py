@@ -9,9 +9,11 @@ checkpoint (resume.py), reports every epoch, and publishes its model and then it
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 import traceback
+from dataclasses import dataclass
 
 import torch
 from ray import tune
@@ -29,7 +31,7 @@ from ..domain.spec import SweepSpec
 from ..store.lease import ClaimLost, TrialClaim
 from ..store.ledger import CORRUPT, Ledger, SweepFile, sweep_file
 from ..store.resume import Attempts, TrialCheckpoints, flush_on_exit, trained_model
-from ..store.storage import STORAGE_FULL, Storage, StorageFull
+from ..store.storage import Storage, StorageFull
 from .curve import learning_curve_png
 from .teacher_bank import build_shared_bank, load_shared_bank
 
@@ -55,15 +57,46 @@ def run_spec(spec: SweepSpec, trial: Trial) -> RunSpec:
 
 
 log = logging.getLogger(__name__)
-# The key of a report's warnings: the driver prints them and files them on the trial's run.
-WARNINGS = "warnings"
-# The key of a trial's last report once its result is in storage: the state it ended in
-# (ledger.TrialState), so the driver's scheduler learns whether a model is there without
-# reading storage.
-OUTCOME = "outcome"
-# The key of a report's [file, why] pairs: files of other trials (a teacher's model or bank)
-# this worker found corrupt; it only reads them, and the driver moves them aside.
-CORRUPT_FILES = "corrupt_files"
+# A job's report to Tune is its metrics plus one entry under this key: the worker's message to
+# the driver (WorkerMessage). Nothing else in a report steers the driver.
+MESSAGE = "kdsweep"
+
+
+@dataclass(frozen=True)
+class WorkerMessage:
+    """What a job tells the driver beside its metrics, in each report.
+
+    warnings: what kdsweep logged at WARNING in this worker since the last report (the driver
+        prints them and files them on the trial's run).
+    corrupt: [file, why] pairs: other trials' files (a teacher's model or bank) this worker
+        found corrupt; it only reads them, and the driver moves them aside.
+    outcome: once the job is over: the state its trial ended in (ledger.TrialState), its result
+        in storage; or ``failed`` for good, with ``error``. Every later report repeats it.
+    storage_full: storage refused a write for lack of space: the driver ends the run.
+    """
+
+    warnings: tuple[str, ...] = ()
+    corrupt: tuple[tuple[str, str], ...] = ()
+    outcome: str | None = None
+    error: str | None = None
+    storage_full: str | None = None
+
+    def entry(self) -> dict:
+        """The report's entry: the fields that say something."""
+        return {MESSAGE: {k: v for k, v in dataclasses.asdict(self).items() if v}}
+
+    @classmethod
+    def of(cls, result: dict | None) -> WorkerMessage:
+        """The message in a report (an empty one where there is none), as sent or as Tune
+        hands results to searchers and schedulers: flattened (``kdsweep/outcome``)."""
+        result = result or {}
+        fields = dict(result.get(MESSAGE) or {})
+        prefix = MESSAGE + "/"
+        fields |= {k[len(prefix):]: v for k, v in result.items() if k.startswith(prefix)}
+        for name in ("warnings", "corrupt"):
+            fields[name] = tuple(tuple(x) if isinstance(x, list) else x
+                                 for x in fields.get(name, ()))
+        return cls(**fields)
 
 
 class Warnings(logging.Handler):
@@ -75,23 +108,23 @@ class Warnings(logging.Handler):
     def __init__(self):
         super().__init__(logging.WARNING)
         self.held: list[str] = []
-        self.corrupt: list[list[str]] = []
-        self.outcome: dict = {}  # the trial's outcome, once reported: every later report too
+        self.corrupt: list[tuple[str, str]] = []
+        self.ended: dict = {}  # the job's outcome (and error) once said: every later report too
 
     def emit(self, record: logging.LogRecord) -> None:
         self.held.append(record.getMessage())
         if rel := getattr(record, CORRUPT, None):
-            self.corrupt.append([rel, record.getMessage()])
+            self.corrupt.append((rel, record.getMessage()))
 
-    def report(self, metrics: dict) -> None:
-        """tune.report, carrying the warnings held since the last report."""
-        held, self.held = self.held, []
-        corrupt, self.corrupt = self.corrupt, []
-        if OUTCOME in metrics:
-            self.outcome = {OUTCOME: metrics[OUTCOME]}
-        metrics = {**metrics, **self.outcome}
-        metrics |= {WARNINGS: held} if held else {}
-        tune.report(metrics | ({CORRUPT_FILES: corrupt} if corrupt else {}))
+    def report(self, metrics: dict, **note) -> None:
+        """tune.report: ``metrics``, and the message (WorkerMessage): the warnings held since
+        the last report, and ``note`` (outcome, error, storage_full)."""
+        if "outcome" in note:
+            self.ended = {k: note.pop(k) for k in ("outcome", "error") if k in note}
+        held, self.held = tuple(self.held), []
+        corrupt, self.corrupt = tuple(self.corrupt), []
+        message = WorkerMessage(warnings=held, corrupt=corrupt, **self.ended, **note)
+        tune.report({**metrics, **message.entry()})
 
 
 def run_job(config: dict, spec: SweepSpec, driver: str) -> None:
@@ -104,7 +137,7 @@ def run_job(config: dict, spec: SweepSpec, driver: str) -> None:
         _run_job(Job.from_config(config), spec, driver, warnings.report)
     except StorageFull as e:
         # Not this trial's failure, and no retry can help: say so, and the driver ends the run.
-        warnings.report({STORAGE_FULL: str(e)})
+        warnings.report({}, storage_full=str(e))
     finally:
         package.removeHandler(warnings)
         if warnings.held:  # raised after the trial's last report, or before its error
@@ -115,7 +148,7 @@ def run_job(config: dict, spec: SweepSpec, driver: str) -> None:
 
 
 def _run_job(job: Job, spec: SweepSpec, driver: str, report) -> None:
-    """One job; ``report`` is tune.report carrying the worker's warnings."""
+    """One job; ``report(metrics, **note)`` is tune.report carrying the worker's message."""
     ledger = Ledger(Storage(spec.storage))
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     if job.kind == "bank":
@@ -132,7 +165,7 @@ def _run_job(job: Job, spec: SweepSpec, driver: str, report) -> None:
         if not claim.acquire(finished=lambda: ledger.is_done(trial.key)):
             # another sweep's driver trained it meanwhile
             if (record := ledger.result(trial.key)) is not None:
-                report({**finals(record.to_dict()), OUTCOME: record.status})
+                report(finals(record.to_dict()), outcome=record.status)
             return
         try:
             return _claimed(spec, trial, ledger, claim, report)
@@ -156,6 +189,7 @@ def _claimed(spec: SweepSpec, trial: Trial, ledger: Ledger, claim: TrialClaim, r
         text = traceback.format_exc()
         if attempts.error(text) > spec.max_failures:
             ledger.mark_failed(trial.key, text, errors=attempts.data["errors"])
+            report({}, outcome=TrialState.FAILED, error=text)
             return
         raise
 
@@ -187,7 +221,7 @@ def _train(spec: SweepSpec, trial: Trial, ledger: Ledger, attempts: Attempts, re
     forget = flush_on_exit(checkpoints)
 
     def publish(outcome: Outcome = DONE) -> dict:
-        """Publish the trial's outcome; returns what its next report adds (OUTCOME)."""
+        """Publish the trial's outcome; returns what its next report says (its outcome)."""
         status, reason = outcome.status, outcome.reason
         claim.check(confirm=True)
         checkpoints.flush()  # every epoch of the record is in storage first
@@ -216,7 +250,7 @@ def _train(spec: SweepSpec, trial: Trial, ledger: Ledger, attempts: Attempts, re
             record.analysis, dists = trainer.analyse(analysed_teacher())
         curve = learning_curve_png(trainer.history, f"{trial.run_name}: {status}")
         ledger.publish(trial.key, model, record, dists, curve)
-        return {OUTCOME: status}
+        return {"outcome": status}
 
     def analysed_teacher():
         if trial.teacher_key is None or teacher is not None:
@@ -235,7 +269,7 @@ def _train(spec: SweepSpec, trial: Trial, ledger: Ledger, attempts: Attempts, re
     try:
         for m, published in fit(trainer, checkpoints, spec.train.checkpoint_every, publish,
                                 after_epoch):
-            report({**m.as_dict(), "realised_noise_rate": noisy.realised_rate, **published})
+            report({**m.as_dict(), "realised_noise_rate": noisy.realised_rate}, **published)
             outcome |= published
     except ClaimLost:
         forget()  # the trial is another's now: no checkpoint of ours on exit
@@ -244,7 +278,7 @@ def _train(spec: SweepSpec, trial: Trial, ledger: Ledger, attempts: Attempts, re
         # Every epoch is in the checkpoint but the result is not in storage (its claim found
         # none: a kill between the last checkpoint and publishing, or a deleted result):
         # publish it, train nothing.
-        report({**finals(trainer.history[-1] if trainer.history else {}), **publish()})
+        report(finals(trainer.history[-1] if trainer.history else {}), **publish())
 
 
 def finals(metrics: dict) -> dict:

@@ -119,11 +119,6 @@ class WriteConflict(Exception):
     the writer last saw (another writer created, replaced or deleted it)."""
 
 
-# The key of the one result a trial reports when storage can take no more writes: the driver
-# then ends the run (a full disk is not the trial's failure, and retrying it cannot help).
-STORAGE_FULL = "storage_full"
-
-
 class StorageFull(OSError):
     """Storage refuses writes for lack of space (or quota); the message names the storage and
     the file. Freeing space and rerunning the same command continues where the run stopped."""
