@@ -27,7 +27,7 @@ def model() -> bytes:
 
 
 def publish(ledger: Ledger, key: str, status: TrialState) -> None:
-    result = TrialResult.from_history({"key": key}, HISTORY, status=str(status))
+    result = TrialResult.from_history({"key": key}, HISTORY, state=str(status))
     ledger.publish(key, model() if status is TrialState.DONE else None, result)
 
 
@@ -75,3 +75,26 @@ def test_reconcile_repairs_each_kind_of_trial_and_nothing_else(tmp_path):
     assert not ledger.storage.exists(trial_file("diverged", CHECKPOINTS[0]))
     assert ledger.failure("failed") is None
     assert len(fenced) >= 4  # every repair under the driver's lease
+
+
+def test_records_and_results_from_before_state_was_named_state_still_read(tmp_path):
+    """Records and Parquet files written when the state was called ``status`` (before
+    2026-12-05) read as ``state``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sweeps.store.results import SCHEMA, read_results
+
+    ledger = Ledger(Storage(str(tmp_path)))
+    old = TrialResult.from_history({"key": "k"}, HISTORY, state="diverged").to_dict()
+    old["status"] = old.pop("state")
+    ledger.storage.write_json(trial_file("k", TrialFile.RESULT), old)
+    assert ledger.result("k").state == "diverged"
+    assert ledger.state("k", ledger.result("k")) is TrialState.DIVERGED
+
+    row = {f.name: None for f in SCHEMA} | {"key": "k", "state": "done", "test_acc": 0.5}
+    table = pa.Table.from_pylist([row], schema=SCHEMA)
+    table = table.rename_columns(["status" if c == "state" else c for c in table.column_names])
+    pq.write_table(table, tmp_path / "old.parquet")
+    df = read_results([str(tmp_path / "old.parquet")])
+    assert "status" not in df and list(df.state) == ["done"]

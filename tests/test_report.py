@@ -38,10 +38,10 @@ def rows():
                 f"{'ce' if gen == 1 else loss}-{seed}",
                 "loss": loss, "tau": 4.0 if loss == "kl" else None,
                 "alpha": None if gen == 0 else 1.0, "noise_kind": "symmetric",
-                "noise_rate": 0.0, "seed": seed, "status": "done", "test_acc": acc,
+                "noise_rate": 0.0, "seed": seed, "state": "done", "test_acc": acc,
                 "train_logit_distance_median": None if gen == 0 else 1 + acc,
             })
-    out.append({**out[-1], "key": "A>B>C-mse-3", "seed": 3, "status": "failed",
+    out.append({**out[-1], "key": "A>B>C-mse-3", "seed": 3, "state": "failed",
                 "test_acc": None})
     return out
 
@@ -289,7 +289,7 @@ def claim_rows(values: dict, seeds=(0, 1, 2)) -> list[dict]:
 
 
 BASE = {"sweep": "s", "cluster": "c", "dataset": "digits", "noise_kind": "symmetric",
-        "status": "done", "teacher_key": None, "tau": None}
+        "state": "done", "teacher_key": None, "tau": None}
 
 
 def frame(tmp_path, values, seeds=(0, 1, 2)):

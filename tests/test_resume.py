@@ -126,7 +126,7 @@ def test_driver_killed_at_random_moments_then_rerun(tmp_path, kills):
     parents = client.search_runs([exp.experiment_id], "tags.`kdsweep.role` = 'sweep'")
     assert len(parents) == 1
     df = pd.read_parquet(Path(spec.storage) / "sweeps" / "resume" / "local" / "results.parquet")
-    assert len(df) == len(keys) and df.key.is_unique and (df.status == "done").all()
+    assert len(df) == len(keys) and df.key.is_unique and (df.state == "done").all()
 
 
 def logged_epochs(spec, key: str) -> list[int]:
@@ -312,7 +312,7 @@ def test_a_trial_another_sweep_trains_is_waited_for_never_trained_twice(tmp_path
     t.start()
     time.sleep(1.0)
     assert t.is_alive()  # waiting, not training
-    storage.write_json(result, {"status": "done"})  # sweep A publishes, then lets go
+    storage.write_json(result, {"state": "done"})  # sweep A publishes, then lets go
     other.release()
     t.join(10)
     assert waited["trains"] is False and waited["seconds"] >= 1.0

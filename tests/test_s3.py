@@ -96,7 +96,7 @@ def test_sweep_on_s3_resumes_and_reuses_teachers(s3_server, tmp_path, monkeypatc
     for k in keys:
         assert storage.exists(trial_file(k, "model.pt"))  # teachers and students, on S3
     df = pd.read_parquet(io.BytesIO(storage.read_bytes("sweeps/resume/local/results.parquet")))
-    assert set(df.key) == keys and (df.status == "done").all()
+    assert set(df.key) == keys and (df.state == "done").all()
     # MLflow holds each model by reference to storage: the driver never copied one over.
     client = MlflowClient(spec.tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name(spec.name).experiment_id],

@@ -89,7 +89,7 @@ def test_every_trial_has_one_parquet_row_and_one_child_run(sweep, tmp_path):
     assert [len(s) for s in plan.generations] == [4, 4, 4]
     df = pd.read_parquet(uri)
     assert len(df) == 12 and set(df.key) == {t.key for t in plan.trials}
-    assert (df.status == "done").all() and (df.epochs == EPOCHS).all()
+    assert (df.state == "done").all() and (df.epochs == EPOCHS).all()
     assert df.test_acc.between(0, 1).all() and (df.cluster == "test-cluster").all()
     assert df[df.generation > 0].logit_distance.notna().all()
     # The bank policy: a teacher of two students (kl, mse) shares one bank in storage; a
@@ -329,14 +329,14 @@ def test_asha_stops_weak_students_and_skips_their_children(local_ray, tmp_path):
     run_sweep(spec, out=io.StringIO())
     df = pd.read_parquet(Storage(spec.storage).uri_of("sweeps/asha/test-cluster/results.parquet"))
     gen1 = df[df.generation == 1]
-    stopped = gen1[gen1.status == "stopped_early"]
+    stopped = gen1[gen1.state == "stopped_early"]
     assert len(gen1) == 6 and len(stopped) >= 1 and (stopped.epochs < EPOCHS).all()
     assert (gen1.selected_on == "val_acc").all() and gen1.val_acc.notna().all()  # not test_acc
     storage = Storage(spec.storage)
     for key in stopped.key:
         assert not storage.exists(trial_file(key, "model.pt"))
         child = df[df.teacher_key == key]
-        assert (child.status == "skipped").all()  # never started: no teacher to learn from
+        assert (child.state == "skipped").all()  # never started: no teacher to learn from
 
 
 def test_trials_that_could_never_start_are_refused_before_any_work(local_ray, tmp_path):
@@ -357,7 +357,7 @@ def test_optuna_samples_students_and_their_children_follow(local_ray, tmp_path):
     log = io.StringIO()
     uri = run_sweep(spec, out=log)
     df = pd.read_parquet(uri)
-    assert (df.status == "done").all(), log.getvalue()
+    assert (df.state == "done").all(), log.getvalue()
     teacher = df[df.generation == 0]
     gen1, gen2 = df[df.generation == 1], df[df.generation == 2]
     assert len(teacher) == 1 and 1 <= len(gen1) <= 3 and len(gen2) == len(gen1)
@@ -401,10 +401,10 @@ def test_a_diverged_trial_is_recorded_never_teaches_and_is_not_retried(local_ray
     store = Ledger(Storage(spec.storage))
     uri = run_sweep(spec, out=io.StringIO())
     df = pd.read_parquet(uri).set_index("key")
-    assert df.loc[teacher.key, "status"] == "diverged"
-    assert df.loc[student.key, "status"] == "skipped"  # never distilled from a diverged model
+    assert df.loc[teacher.key, "state"] == "diverged"
+    assert df.loc[student.key, "state"] == "skipped"  # never distilled from a diverged model
     record = store.result(teacher.key)
-    assert record.status == "diverged" and "non-finite" in record.reason
+    assert record.state == "diverged" and "non-finite" in record.reason
     assert not store.has_model(teacher.key)
     client = MlflowClient(spec.tracking_uri)
     runs = {r.data.tags["kdsweep.key"]: r for r in client.search_runs(
@@ -482,7 +482,7 @@ def test_corrupt_files_are_quarantined_and_derived_again(local_ray, tmp_path, ca
     out = io.StringIO()
     uri = run_sweep(spec, out=out)
     df = pd.read_parquet(uri).set_index("key")
-    assert (df.status == "done").all()
+    assert (df.state == "done").all()
     # What the student's worker quarantined reaches the driver's output, naming the file
     lines = [ln for ln in out.getvalue().splitlines()
              if f"warning from trial {student.key[:12]}" in ln]
@@ -516,7 +516,7 @@ def test_corrupt_files_are_quarantined_and_derived_again(local_ray, tmp_path, ca
     store.storage.write_bytes(student_model, b"garbage" * 100)
     out = io.StringIO()
     uri = run_sweep(spec, out=out)
-    assert (pd.read_parquet(uri).status == "done").all()
+    assert (pd.read_parquet(uri).state == "done").all()
     for key in (teacher.key, student.key):
         assert list(root.glob(f"trials/{key}/model.pt.corrupt-*"))
         assert store.model_fault(key) is None
@@ -545,7 +545,7 @@ def test_a_sweep_runs_as_tune_experiments_of_a_bounded_window(local_ray, tmp_pat
     spec = small_spec(tmp_path, "windows", taus=(4, 8))  # a teacher and two students
     uri = run_sweep(spec, out=io.StringIO())
     df = pd.read_parquet(uri)
-    assert len(df) == 3 and (df.status == "done").all()
+    assert len(df) == 3 and (df.state == "done").all()
     tune = Path(spec.storage) / "sweeps" / "windows" / "local" / "tune"
     jobs = [[j.name.split("-")[0] for j in run.iterdir() if j.is_dir()]
             for run in sorted(tune.glob("run-*"))]

@@ -46,7 +46,7 @@ class SweepEvents:
         """Ended before this run (trained by this sweep or another): recorded, not trained."""
         self.tracker.ensure_run(trial)
         self.tracker.finish(trial.key, record, reused=True)
-        self.progress.set(trial.key, TrialState(record.status))
+        self.progress.set(trial.key, TrialState(record.state))
 
     def started(self, trial: Trial) -> None:
         self.tracker.ensure_run(trial)  # the run starts with the trial, not when queued
@@ -89,16 +89,16 @@ class SweepEvents:
             # students (what else Tune put in the report is not the trial's).
             epoch = {k: v for k, v in last.items() if k in EPOCH_FIELDS}
             record = TrialResult.from_history(trial.to_dict(), [epoch],
-                                              status=TrialState.STOPPED_EARLY,
+                                              state=TrialState.STOPPED_EARLY,
                                               cluster=spec.cluster, sweep=spec.name)
             self.fence()
             self.ledger.publish(trial.key, None, record)
         else:
             return self.failed(trial, self._unpublished(trial))
-        self.snapshot.set(trial.key, TrialState(record.status), record)
+        self.snapshot.set(trial.key, TrialState(record.state), record)
         self.tracker.finish(trial.key, record,
                             reused=bool(record.trained_elsewhere(spec.cluster, spec.name)))
-        self.progress.set(trial.key, TrialState(record.status))
+        self.progress.set(trial.key, TrialState(record.state))
 
     def _unpublished(self, trial: Trial) -> str:
         return (f"trial {trial.key} ended without publishing its result to "

@@ -63,7 +63,7 @@ def record_stored(
         if (result := snapshot.result(t.key)) is None:
             todo.append(t)
         else:
-            diverged += result.status == TrialState.DIVERGED
+            diverged += result.state == TrialState.DIVERGED
             events.reused(t, result)
     if diverged:
         print(

@@ -52,7 +52,7 @@ class TrialResult:
     # its ledger.TrialState once ended: "done" (trained to its last epoch), "stopped_early"
     # (ASHA) or "diverged" (a non-finite loss or metric: no model is kept, and a plain rerun
     # does not train it again)
-    status: str = "done"
+    state: str = "done"
     reason: str | None = None  # why it did not end "done"
     epochs: int = 0  # epochs trained
     test_acc: float | None = None
@@ -83,12 +83,12 @@ class TrialResult:
     analysis: dict = field(default_factory=dict)
 
     @classmethod
-    def from_history(cls, trial: dict, history: list[dict], status: str = "done", **extra):
+    def from_history(cls, trial: dict, history: list[dict], state: str = "done", **extra):
         """The record of a trial whose per-epoch metrics are ``history``."""
         last = history[-1] if history else {}
         return cls(
             trial=trial,
-            status=status,
+            state=state,
             epochs=int(last.get("epoch", 0)),
             **{k: last.get(k) for k in EPOCH_FINALS},
             wall_time=sum(h.get("epoch_time", 0.0) for h in history),
@@ -109,8 +109,11 @@ class TrialResult:
     @classmethod
     def from_dict(cls, d: dict) -> TrialResult:
         """Read a stored record; a TypeError/KeyError means it is not one. Fields a record no
-        longer has (best_test_acc: it chose an epoch on the test set) are ignored."""
+        longer has (best_test_acc: it chose an epoch on the test set) are ignored; ``status``,
+        the state's name in records before 2026-12-05, is read as ``state``."""
         names = {f.name for f in dataclasses.fields(cls)}
+        if "status" in d and "state" not in d:
+            d = {**d, "state": d["status"]}
         return cls(**{k: v for k, v in d.items() if k in names})
 
 

@@ -165,7 +165,7 @@ def _run_job(job: Job, spec: SweepSpec, driver: str, report) -> None:
         if not claim.acquire(finished=lambda: ledger.is_done(trial.key)):
             # another sweep's driver trained it meanwhile
             if (record := ledger.result(trial.key)) is not None:
-                report(finals(record.to_dict()), outcome=record.status)
+                report(finals(record.to_dict()), outcome=record.state)
             return
         try:
             return _claimed(spec, trial, ledger, claim, report)
@@ -230,7 +230,7 @@ def _train(spec: SweepSpec, trial: Trial, ledger: Ledger, attempts: Attempts, re
         record = TrialResult.from_history(
             trial.to_dict(),
             trainer.history,
-            status=status,
+            state=status,
             reason=reason,
             realised_noise_rate=noisy.realised_rate,
             labels_hash=noisy.labels_hash,

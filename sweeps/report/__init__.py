@@ -47,7 +47,7 @@ def report(
     """Tables (returned as text), PNG figures, report.html and the tables as CSV and LaTeX
     (tables/) in ``out_dir``, and nothing written anywhere else; the files written."""
     all_rows, specs = load(inputs, tracking_uri, experiment)
-    df = all_rows[all_rows.status == TrialState.DONE]
+    df = all_rows[all_rows.state == TrialState.DONE]
     if df.empty:
         raise ValueError(f"no finished trials in {', '.join(inputs) or experiment}")
     verdicts = claims(df, margin(specs))
@@ -88,7 +88,7 @@ def draw(df: pd.DataFrame, out_dir: Path, analyses: dict[str, dict]) -> list[tup
 def load_analyses(df: pd.DataFrame, specs: list) -> dict[str, dict]:
     """analysis.json of the drawn trials (and the projected ones' teachers), where their
     storage is known, read concurrently."""
-    done = df[df.status == TrialState.DONE]
+    done = df[df.state == TrialState.DONE]
     reps = representatives(done)
     keys = set(reps.key) | set(reps.teacher_key.dropna()) | set(distribution_runs(done).key)
     out = {}
@@ -103,7 +103,7 @@ def load_analyses(df: pd.DataFrame, specs: list) -> dict[str, dict]:
 
 def header(rows: pd.DataFrame, specs: list, tables: int = 0) -> dict[str, str]:
     """What a reader needs to know before the numbers: what ran, on what, how long."""
-    done = rows[rows.status == TrialState.DONE]
+    done = rows[rows.state == TrialState.DONE]
     data = []
     for name in sorted(set(rows.dataset.dropna())):
         facts = DATASET_FACTS.get(name, {})

@@ -58,7 +58,7 @@ def load(
     df["origin"] = df["cluster"] + "/" + df["sweep"]
     df = _with_teacher(df)
     df = _with_flags(df)
-    left_out = df[df["status"] != TrialState.DONE].status.value_counts()
+    left_out = df[df["state"] != TrialState.DONE].state.value_counts()
     if not left_out.empty:  # counted (and listed in the report), never silently dropped
         counts = ", ".join(f"{n} {s}" for s, n in left_out.items())
         print(f"not in the tables: {counts} (of {len(df)} trials)", file=sys.stderr)
@@ -90,7 +90,7 @@ def from_mlflow(tracking_uri: str, experiment: str) -> pd.DataFrame:
 
 def _mlflow_row(client: MlflowClient, r, source: str, experiment: str) -> dict:
     p, t, m = r.data.params, r.data.tags, r.data.metrics
-    done = r.info.status == "FINISHED" and "test_acc" in m
+    done = r.info.state == "FINISHED" and "test_acc" in m
     row = {
         "sweep": experiment,
         "cluster": t.get("kdsweep.cluster"),
@@ -106,8 +106,8 @@ def _mlflow_row(client: MlflowClient, r, source: str, experiment: str) -> dict:
         "noise_kind": p.get("noise_kind"),
         "noise_rate": _number(p.get("noise_rate")),
         "seed": int(p.get("seed", 0)),
-        "status": t.get(STATE_TAG) or (TrialState.DONE if done else TrialState.RUNNING
-                                       if r.info.status == "RUNNING" else TrialState.FAILED),
+        "state": t.get(STATE_TAG) or (TrialState.DONE if done else TrialState.RUNNING
+                                       if r.info.state == "RUNNING" else TrialState.FAILED),
         "trained_on": t.get("kdsweep.trained_by", t.get("kdsweep.cluster")),
         "mlflow_run_id": r.info.run_id,
         "source": source,
@@ -144,7 +144,7 @@ def _once(df: pd.DataFrame) -> pd.DataFrame:
 def _with_teacher(df: pd.DataFrame) -> pd.DataFrame:
     """The teacher's test accuracy and feature norm beside each student (the noise claim reads
     the first, the penultimate claim the second), from the teacher's own row."""
-    done = df[df.status == TrialState.DONE].drop_duplicates(["origin", "key"])
+    done = df[df.state == TrialState.DONE].drop_duplicates(["origin", "key"])
     teacher = done.set_index(["origin", "key"])
     index = pd.MultiIndex.from_arrays([df.origin, df.teacher_key])
     for mine, theirs in (("teacher_acc", "test_acc"),
@@ -159,7 +159,7 @@ def _with_flags(df: pd.DataFrame) -> pd.DataFrame:
     halfway from chance to the mean of its architecture trained alone at its noise rate)."""
     step = resolution(df)[0] or 0.1
     chance = df.dataset.map(lambda d: 1 / DATASET_FACTS.get(d, {}).get("classes", 1e9))
-    done = df[(df.generation == 0) & (df.status == TrialState.DONE)]
+    done = df[(df.generation == 0) & (df.state == TrialState.DONE)]
     alone = done.groupby(["model", "noise_rate"]).test_acc.mean()
     reference = pd.Series(list(zip(df.model, df.noise_rate, strict=True)), index=df.index).map(
         lambda k: alone.get(k, math.nan))

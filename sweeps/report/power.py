@@ -17,7 +17,7 @@ from .pooled import MAX_SEEDS, POWER, Pooled
 def power_table(pilot: list[str], seeds: int, margin: float) -> str:
     """The projection as printed; ``seeds``: the spec's seeds per setting."""
     rows, _ = load(pilot)
-    done = rows[rows.status == TrialState.DONE] if not rows.empty else rows
+    done = rows[rows.state == TrialState.DONE] if not rows.empty else rows
     if done.empty:
         raise ValueError(f"no finished trials in {', '.join(pilot)}: nothing to project from")
     out = []

@@ -138,12 +138,12 @@ def diff(c, p_holm: float, decimals: int = 2) -> str:
 
 
 def not_done(all_rows: pd.DataFrame) -> list[Section]:
-    rest = all_rows[all_rows.status != TrialState.DONE]
+    rest = all_rows[all_rows.state != TrialState.DONE]
     if rest.empty:
         return []
-    counts = rest.groupby(["generation", "chain", "status"]).size()
+    counts = rest.groupby(["generation", "chain", "state"]).size()
     table = pd.DataFrame(
-        [{"generation": g, "chain": c, "status": s, "trials": n} for (g, c, s), n in counts.items()]
+        [{"generation": g, "chain": c, "state": s, "trials": n} for (g, c, s), n in counts.items()]
     ).set_index("generation")
     return [Section(f"trials not in the tables ({len(rest)} of {len(all_rows)})", table)]
 

@@ -221,7 +221,7 @@ class Ledger:
         """The trial's state from storage alone (``result``: its record, when read already;
         ``names``: its files, from a listing, when listed already)."""
         if result is not None:
-            return TrialState(result.status)
+            return TrialState(result.state)
         for name, state in STATE_FILES:
             listed = names is not None and name in names
             if listed or (names is None and self.storage.exists(trial_file(key, name))):

@@ -31,7 +31,7 @@ IDENTITY = [
     ("noise_kind", pa.string()),
     ("noise_rate", pa.float64()),
     ("seed", pa.int64()),
-    ("status", pa.string()),  # its ledger.TrialState when the run ended
+    ("state", pa.string()),  # its ledger.TrialState when the run ended
 ]
 _INTS = {"epochs", "preemptions", "errors"}
 SCHEMA = pa.schema(
@@ -80,7 +80,7 @@ def row(plan: Plan, trial: Trial, state: TrialState, result: TrialResult | None,
         noise_kind=trial.noise_kind,
         noise_rate=trial.noise_rate,
         seed=trial.seed,
-        status=str(state),
+        state=str(state),
         mlflow_run_id=run_id,
         selected_on=plan.spec.search.metric
         if plan.spec.search.selects and trial.generation > 0 else None,
@@ -124,6 +124,10 @@ def read_results(uris: list[str]) -> pd.DataFrame:
             table = pq.read_table(io.BytesIO(data))
         except (pa.ArrowException, OSError) as e:
             raise ValueError(f"{uri}: not a Parquet file ({str(e).splitlines()[0]})") from None
+        if "status" in table.column_names and "state" not in table.column_names:
+            # the state's column name in results written before 2026-12-05
+            table = table.rename_columns(["state" if c == "status" else c
+                                          for c in table.column_names])
         if missing := [c for c in REQUIRED if c not in table.column_names]:
             raise ValueError(f"{uri}: not a kdsweep results file (no column "
                              f"{', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''})")

@@ -184,7 +184,7 @@ class SweepRun:
         seeds as a table, `cells.csv` (a cell is what the report compares; a mean over
         students, settings or noise rates would mean nothing): an artifact, not a metric per
         cell, so the charts open on the trials' curves, and lineages keep their ">"."""
-        done = rows[rows.status == TrialState.DONE]
+        done = rows[rows.state == TrialState.DONE]
         metrics = {"trials_done": len(done), "trials_not_done": len(rows) - len(done)}
         now = int(time.time() * 1000)
         self.client.log_batch(

@@ -221,13 +221,13 @@ class Tracker:
         the sweep's one search at start, its logged epochs from that or from this run."""
         run_id = self.runs[key]
         # A diverged trial's run ends FAILED, with the reason; any other result's FINISHED.
-        end = "FAILED" if result.status == TrialState.DIVERGED else "FINISHED"
+        end = "FAILED" if result.state == TrialState.DIVERGED else "FINISHED"
         if self.ended.get(run_id) == end:
             return
-        tags = {"kdsweep.labels_hash": result.labels_hash or "", STATE_TAG: result.status}
+        tags = {"kdsweep.labels_hash": result.labels_hash or "", STATE_TAG: result.state}
         if reused and self._reused(run_id, result):
             tags |= self._reused_tags(run_id, key, result)
-        if result.status == TrialState.DONE:  # published with its model, before its result
+        if result.state == TrialState.DONE:  # published with its model, before its result
             tags["kdsweep.model"] = trial_file(key, TrialFile.MODEL)
         if result.reason:
             tags["kdsweep.reason"] = result.reason
@@ -243,9 +243,9 @@ class Tracker:
             tags=[RunTag(k, v) for k, v in tags.items()],
         )
         log_input(self.client, self.spec, run_id, result)
-        log_outputs(self.client, self.storage, run_id, key, result.status == TrialState.DONE)
+        log_outputs(self.client, self.storage, run_id, key, result.state == TrialState.DONE)
         if result.reason:
-            self.client.log_text(run_id, f"{result.status}: {result.reason}", "error.txt")
+            self.client.log_text(run_id, f"{result.state}: {result.reason}", "error.txt")
         self.client.set_terminated(run_id, end)
         self.ended[run_id] = end
 
