@@ -90,7 +90,7 @@ def from_mlflow(tracking_uri: str, experiment: str) -> pd.DataFrame:
 
 def _mlflow_row(client: MlflowClient, r, source: str, experiment: str) -> dict:
     p, t, m = r.data.params, r.data.tags, r.data.metrics
-    done = r.info.state == "FINISHED" and "test_acc" in m
+    done = r.info.status == "FINISHED" and "test_acc" in m
     row = {
         "sweep": experiment,
         "cluster": t.get("kdsweep.cluster"),
@@ -107,7 +107,7 @@ def _mlflow_row(client: MlflowClient, r, source: str, experiment: str) -> dict:
         "noise_rate": _number(p.get("noise_rate")),
         "seed": int(p.get("seed", 0)),
         "state": t.get(STATE_TAG) or (TrialState.DONE if done else TrialState.RUNNING
-                                       if r.info.state == "RUNNING" else TrialState.FAILED),
+                                       if r.info.status == "RUNNING" else TrialState.FAILED),
         "trained_on": t.get("kdsweep.trained_by", t.get("kdsweep.cluster")),
         "mlflow_run_id": r.info.run_id,
         "source": source,
