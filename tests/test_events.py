@@ -3,6 +3,7 @@ message, or none) lands in the snapshot, storage and MLflow, on a real ledger (l
 and a real MLflow store; no Ray, no training."""
 
 import io
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -73,7 +74,7 @@ def test_failed_for_good_is_taken_from_the_message(driver):
     assert run.info.status == "FAILED"
     text = MlflowClient(tracker.spec.tracking_uri).download_artifacts(run.info.run_id,
                                                                        "error.txt")
-    assert open(text).read() == "Traceback: boom"
+    assert Path(text).read_text() == "Traceback: boom"
 
 
 def test_stopped_by_asha_publishes_the_last_epoch_and_nothing_of_tune(driver):
