@@ -18,13 +18,6 @@ torch.set_num_threads(2)
 os.environ["KDSWEEP_CACHE"] = tempfile.mkdtemp(prefix="kdcache-")
 
 
-@pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(items):
-    """The slow tests first, each group in the random order drawn (this runs after
-    pytest-randomly's shuffle): the workers then end together, where a minute-long test drawn
-    last kept one worker busy while the other sat idle."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
 
 def write_cifar(root: Path, name: str, n_train: int = 20, n_test: int = 10, seed: int = 0) -> Path:
     """Write a tiny dataset in the real CIFAR python-pickle layout that torchvision reads."""
