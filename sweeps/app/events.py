@@ -8,7 +8,7 @@ The scheduler and the Tune callback call these hooks; each hook is one event.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from kd_core.metrics import EpochMetrics
 
@@ -62,7 +62,7 @@ class SweepEvents:
             self.progress.warn(key, message)
         self.tracker.warn(key, messages)
 
-    def corrupt(self, files: list[list[str]]) -> None:
+    def corrupt(self, files: Iterable[tuple[str, str]]) -> None:
         """Files of other trials (a teacher's model or bank) that a worker found corrupt: moved
         aside under the lease (the worker only reads them; the next run derives them again)."""
         for rel, why in files:
