@@ -35,9 +35,9 @@ def main():
         cfg = TrainConfig(**base, loss=loss, tau=tau, teacher_bank=bank)
         s = Trainer(init_model("cnn-small", digits, 0), digits, cfg, teacher=teacher.model)
         m = list(s.epochs())[-1]
-        print(f"student cnn-small {loss} tau={tau} path={s.teacher_path}: "
+        print(f"student cnn-small {loss} tau={tau} source={s.logit_source}: "
               f"test_acc={m.test_acc:.4f} agreement={m.test_agreement:.4f}")
-        figures[f"student_{loss}_{tau:g}_{s.teacher_path}_acc"] = m.test_acc
+        figures[f"student_{loss}_{tau:g}_{s.logit_source}_acc"] = m.test_acc
 
     data = load_dataset("synthetic", n_train=512, n_test=64, num_classes=100)
     t = init_model("wrn-16-4", data, 0).cuda().eval()
@@ -73,7 +73,7 @@ def main():
     # What `kdsweep plan --measure` reads on a GPU: allocator peak plus the CUDA context.
     cfg = TrainConfig(epochs=1, loss="kl", tau=4.0, device="cuda")
     p = profile_run(RunSpec("synthetic", "wrn-16-2", cfg), "wrn-28-4", "shared", 5, data)
-    assert p.peak > 0 and p.context > 0 and p.teacher_path == "shared", p
+    assert p.peak > 0 and p.context > 0 and p.logit_source == "shared", p
     print(f"profile wrn-16-2 from a wrn-28-4 bank: peak {p.peak / GiB:.2f} GiB, "
           f"context {p.context / GiB:.2f} GiB, step {p.step_seconds * 1e3:.1f} ms on {p.device}")
     figures["trial_gpu_gib"] = (p.peak + p.context) / GiB

@@ -42,8 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import interleaved, min_med, timed  # noqa: E402
 from sweeps.app.progress import Progress  # noqa: E402
+from sweeps.domain.critical_path import remaining_work  # noqa: E402
 from sweeps.domain.plan import Plan, build_plan  # noqa: E402
-from sweeps.domain.schedule import remaining_work  # noqa: E402
 from sweeps.domain.scheduler import Scheduler  # noqa: E402
 from sweeps.domain.spec import parse_spec  # noqa: E402
 from sweeps.store.ledger import TrialState  # noqa: E402
@@ -97,7 +97,7 @@ def scheduler_run(plan: Plan, slots: int = 64) -> float:
     """Seconds per job for a whole run: fill every slot, end the oldest job, repeat."""
 
     def run():
-        s = Scheduler(plan.spec, plan.trials, plan.trials, models=(), banks=(), values={},
+        s = Scheduler(plan.spec, plan.trials, plan.trials, done=(), banks=(), values={},
                       priority=remaining_work(plan.spec.chains, {"cnn-small": 1.0}),
                       wants_bank=lambda students: students > 1, listener=Quiet())
         running, jobs = {}, 0
@@ -108,7 +108,7 @@ def scheduler_run(plan: Plan, slots: int = 64) -> float:
                 jobs += 1
             oldest = next(iter(running))
             del running[oldest]
-            s.complete(oldest, model=True, value=0.5)
+            s.complete(oldest, done=True, value=0.5)
         return jobs
 
     jobs = []
@@ -136,7 +136,7 @@ def reconcile_rerun(plan: Plan) -> float:
             os.environ["KDSWEEP_CACHE"] = cache
             snapshot = Snapshot.load(Ledger(Storage(plan.spec.storage), repair=False),
                                      (t.key for t in plan.trials))
-            reconcile(snapshot, plan.trials, retry_failed=False, fence=lambda: None)
+            reconcile(snapshot, plan.trials, retry_failed=False, check_lease=lambda: None)
 
     return timed(rerun) / len(plan.trials)
 
@@ -172,7 +172,7 @@ def fresh_start(plan: Plan) -> float:
         snapshot = Snapshot.load(Ledger(storage, repair=False), (t.key for t in trials))
         lease = DriverLease(storage, sweep_file(spec, SweepFile.LEASE))
         lease.acquire(io.StringIO())
-        reconcile(snapshot, trials, retry_failed=False, fence=lambda: None)
+        reconcile(snapshot, trials, retry_failed=False, check_lease=lambda: None)
         lease.release()
 
     return timed(start) / len(plan.trials)
@@ -244,9 +244,10 @@ def stored_sweeps(args) -> None:
 def print_row(name, sizes, figures, extra=None) -> None:
     cells = [min_med([f * 1e6 for f in figures[n]]) for n in sizes]
     lo, hi = min(sizes), max(sizes)
-    exponent = math.log(min(figures[hi]) / min(figures[lo])) / math.log(hi / lo)
+    growth = (f"{math.log(min(figures[hi]) / min(figures[lo])) / math.log(hi / lo):+.2f}"
+              if hi > lo else "- (one size)")
     print(f"| {name} | " + " | ".join(f"{a:.2f} / {b:.2f}" for a, b in cells)
-          + f" | {exponent:+.2f} |" + (f" {extra} |" if extra else ""), flush=True)
+          + f" | {growth} |" + (f" {extra} |" if extra else ""), flush=True)
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ Policies, one job per GPU:
 - barrier: the previous engine: generation g, then every bank its students need, then g+1.
 - plan order: dependency-driven, but ready jobs taken in plan order (no critical path).
 - dependency: the current engine: a job starts once its teacher (and bank) is done; among
-  ready jobs the one with the most work after it goes first (sweeps/domain/schedule.py's
+  ready jobs the one with the most work after it goes first (sweeps/domain/critical_path.py's
   remaining_work on the engine's own cost estimate, not on the simulated durations).
 Lower bound: max(longest chain of jobs, total work / GPUs).
 
@@ -31,12 +31,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from kd_core.bank import bank_nbytes, teacher_path
+from kd_core.bank import bank_nbytes, logit_source
 from kd_core.data import Augment
 from kd_core.names import DATASET_FACTS
 from kd_core.profile import forward_macs
+from sweeps.domain.critical_path import remaining_work, trial_costs
 from sweeps.domain.plan import build_plan, students_per_teacher
-from sweeps.domain.schedule import remaining_work, trial_costs
 from sweeps.domain.spec import load_spec
 
 # Epoch seconds per shape on the project's CPU (benchmarks/trial_memory.py, RESULTS.md).
@@ -72,37 +72,37 @@ def build_jobs(spec, measured: bool, teacher_hours: float, seed: int) -> list[Jo
     plan = build_plan(spec)
     per_teacher = students_per_teacher(plan.trials)
     nbytes = bank_nbytes(n, aug, k, getattr(torch, spec.train.bank_dtype))
-    paths = {  # the sweep's own policy (kd_core.bank.teacher_path)
-        t: teacher_path(count, epochs, aug.n_views, nbytes, spec.train.bank_budget_gb * 2**30,
+    sources = {  # the sweep's own policy (kd_core.bank.logit_source)
+        t: logit_source(count, epochs, aug.n_views, nbytes, spec.train.bank_budget_gb * 2**30,
                         spec.train.teacher_bank)[0]
         for t, count in per_teacher.items()
     }
-    banked = {t for t, path in paths.items() if path == "shared"}
+    banked = {t for t, source in sources.items() if source == "shared"}
     by_key = {t.key: t for t in plan.trials}
     first = plan.generations[0][0].model
 
-    def epoch_cost(model, teacher, path):  # relative units: MACs per image
-        shape = (model, teacher, "bank" if path == "shared" else path)  # a bank is a bank
+    def epoch_cost(model, teacher, source):  # relative units: MACs per image
+        shape = (model, teacher, "bank" if source == "shared" else source)  # a bank is a bank
         if measured and shape in MEASURED_CPU:  # scaled to the MACs units
             return (
                 MEASURED_CPU[shape]
                 / MEASURED_CPU[(first, None, None)]
                 * (3 * macs[first])
             )
-        return 3 * macs[model] + (macs[teacher] if path == "online" else 0)
+        return 3 * macs[model] + (macs[teacher] if source == "online" else 0)
 
     unit = teacher_hours / (epochs * epoch_cost(first, None, None))
     rng = random.Random(seed)
     jobs = []
     for t in plan.trials:
         teacher = by_key.get(t.teacher_key)
-        path = None if teacher is None else paths[t.teacher_key]
-        if path == "private":  # the bank built inside the trial: its epochs run as with a bank
-            path = "bank"
+        source = None if teacher is None else sources[t.teacher_key]
+        if source == "private":  # the bank built inside the trial: its epochs run as with a bank
+            source = "bank"
             build = aug.n_views * macs[teacher.model] * unit
         else:
             build = 0.0
-        cost = epoch_cost(t.model, teacher and teacher.model, path) * epochs * unit + build
+        cost = epoch_cost(t.model, teacher and teacher.model, source) * epochs * unit + build
         deps = (
             []
             if teacher is None

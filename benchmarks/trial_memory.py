@@ -39,7 +39,7 @@ def profile(shape: Shape, args) -> MemoryProfile:
     loss = "ce" if shape.teacher is None else "kl"
     cfg = TrainConfig(epochs=200, loss=loss, tau=4.0, device=args.device, teacher_bank="auto")
     data = load_dataset("synthetic", n_train=args.n_train, n_test=args.n_test, num_classes=100)
-    return profile_run(RunSpec("synthetic", shape.model, cfg), shape.teacher, shape.path,
+    return profile_run(RunSpec("synthetic", shape.model, cfg), shape.teacher, shape.logit_source,
                        args.steps, data)
 
 

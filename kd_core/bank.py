@@ -79,7 +79,7 @@ SHARED_MARGIN = 1.5
 PRIVATE_MARGIN = 2.0
 
 
-def teacher_path(
+def logit_source(
     students: int, epochs: int, n_views: int, bank_bytes: int, budget_bytes: float, mode="auto"
 ) -> tuple[str, str]:
     """How ``students`` students of one teacher get its logits, and why: "shared" (one bank,

@@ -30,11 +30,11 @@ class Shape:
 
     model: str
     teacher: str | None = None  # the teacher's architecture; None: trained on labels
-    path: str | None = None  # how a student gets teacher logits: kd_core.bank.teacher_path
+    logit_source: str | None = None  # how a student gets teacher logits: bank.logit_source
 
     @property
     def label(self) -> str:
-        return "on labels" if self.teacher is None else f"from {self.teacher} ({self.path})"
+        return "on labels" if self.teacher is None else f"from {self.teacher} ({self.logit_source})"
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class MemoryProfile:
     step_seconds: float
     eval_seconds: float  # one pass over the test split
     steps_per_epoch: int
-    teacher_path: str | None
+    logit_source: str | None
 
     @property
     def footprint(self) -> int:
@@ -114,22 +114,22 @@ def _mapped_rss(path: Path) -> int:
 def profile_run(
     run: RunSpec,
     teacher_model: str | None = None,
-    teacher_path: str | None = None,
+    logit_source: str | None = None,
     steps: int = 10,
     data: ImageData | None = None,
 ) -> MemoryProfile:
     """Build the run's trainer and time ``steps`` steps, measuring peak memory.
 
-    Students pass their teacher's architecture and ``teacher_path`` (kd_core.bank.teacher_path's
+    Students pass their teacher's architecture and ``logit_source`` (kd_core.bank.logit_source's
     names): "online" (the teacher runs every step), "private" (its logits are gathered from a
     bank in the trial's own host memory) or "shared" (from a bank mapped from a file, whose
     pages a node's trials share: they are left out of the host peak, since the node holds them
     once, in its page cache). Weights are random: neither memory nor speed depends on them.
     ``data`` replaces the run's dataset.
     """
-    if run.train.loss != "ce" and teacher_path not in ("online", "private", "shared"):
+    if run.train.loss != "ce" and logit_source not in ("online", "private", "shared"):
         raise ValueError(
-            f"a {run.train.loss} student needs teacher_path online, private or shared"
+            f"a {run.train.loss} student needs logit_source online, private or shared"
         )
     device = resolve_device(run.train.device)
     cuda = device.type == "cuda"
@@ -141,11 +141,11 @@ def profile_run(
     teacher = bank = mapped = None
     dtype = getattr(torch, run.train.bank_dtype)
     with tempfile.TemporaryDirectory(prefix="kdprofile-") as tmp:
-        if teacher_path == "shared":
+        if logit_source == "shared":
             mapped = Path(tmp) / "bank"
-        if teacher_path in ("private", "shared"):
+        if logit_source in ("private", "shared"):
             bank = _stand_in_bank(data, dtype, mapped)
-        elif teacher_path == "online":
+        elif logit_source == "online":
             teacher = init_model(teacher_model, data, run.train.seed)
         trainer, _ = build_trainer(run, teacher, run_data, bank)
         step_s, eval_s = trainer.time_steps(steps)
@@ -170,7 +170,7 @@ def profile_run(
         eval_seconds=eval_s,
         steps_per_epoch=trainer.steps_per_epoch(),
         # as asked (a private bank is handed to the trainer like a shared one); None on labels
-        teacher_path=teacher_path if trainer.teacher_path else None,
+        logit_source=logit_source if trainer.logit_source else None,
     )
 
 

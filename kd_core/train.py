@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .analysis import analyse, outputs
-from .bank import TeacherBank, bank_nbytes, build_bank, teacher_path
+from .bank import TeacherBank, bank_nbytes, build_bank, logit_source
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
 from .data import ImageData, draw_views, render_views
@@ -104,21 +104,21 @@ class Trainer:
         self.y_val = None if data.val_labels is None else data.val_labels.to(dev)
         self._normalize = data.normalizer(dev)
 
-        # Where teacher logits come from, in bank.teacher_path's words: None (CE), "shared" (a
+        # Where teacher logits come from, in bank.logit_source's words: None (CE), "shared" (a
         # bank handed in), "private" (a bank built here for this run) or "online".
         self.teacher = None
-        self.teacher_path: str | None = None
+        self.logit_source: str | None = None
         self._teacher_test_logits: torch.Tensor | None = None
         if config.loss != "ce":
             if bank is not None:
                 # stays where it was mapped (host): epochs gather from it (TeacherBank.epoch)
-                self.teacher, self.teacher_path = bank, "shared"
+                self.teacher, self.logit_source = bank, "shared"
             elif self._use_bank():
                 self.teacher = self.build_bank(teacher.to(dev, memory_format=self.memory_format))
-                self.teacher_path = "private"
+                self.logit_source = "private"
             else:
                 teacher = teacher.to(dev, memory_format=self.memory_format)
-                self.teacher, self.teacher_path = OnlineTeacher(teacher), "online"
+                self.teacher, self.logit_source = OnlineTeacher(teacher), "online"
             if isinstance(self.teacher, TeacherBank):
                 self._teacher_test_logits = self.teacher.test_logits.to(dev)
 
@@ -138,13 +138,13 @@ class Trainer:
 
     # ---- teacher -------------------------------------------------------------------------
     def _use_bank(self) -> bool:
-        """Build a bank for this run alone (bank.teacher_path, as one student)?"""
+        """Build a bank for this run alone (bank.logit_source, as one student)?"""
         cfg, aug = self.config, self.data.augment
         nbytes = bank_nbytes(len(self.y_train), aug, self.data.num_classes,
                              getattr(torch, cfg.bank_dtype))
-        path, _ = teacher_path(1, cfg.epochs, aug.n_views, nbytes, cfg.bank_budget_gb * 2**30,
-                               cfg.teacher_bank)
-        return path != "online"
+        source, _ = logit_source(1, cfg.epochs, aug.n_views, nbytes,
+                                 cfg.bank_budget_gb * 2**30, cfg.teacher_bank)
+        return source != "online"
 
     def build_bank(self, teacher: nn.Module) -> TeacherBank:
         """The teacher's logits for every view of this run's data, on the training device."""

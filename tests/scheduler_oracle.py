@@ -11,11 +11,11 @@ from sweeps.domain.scheduler import Job
 
 
 class Oracle:
-    def __init__(self, spec, trials, todo, models, banks, values, priority, wants_bank,
+    def __init__(self, spec, trials, todo, done, banks, values, priority, wants_bank,
                  listener, sources=()):
         self.spec, self.priority, self.wants_bank = spec, priority, wants_bank
         self.listener, self.sources = listener, list(sources)
-        self.models, self.stored_banks, self.values = set(models), set(banks), dict(values)
+        self.done, self.stored_banks, self.values = set(done), set(banks), dict(values)
         self.waiting, self.order, self.running, self.banks = {}, {}, {}, {}
         self.trials = {t.key: t for t in [*trials, *(s.teacher for s in self.sources)]}
         for t in todo:
@@ -35,7 +35,7 @@ class Oracle:
         else:
             del self.waiting[job.trial.key]
 
-    def complete(self, job_id, model, value=None):
+    def complete(self, job_id, done, value=None):
         job = self.running.pop(job_id, None)
         if job is None:
             return
@@ -44,8 +44,8 @@ class Oracle:
         else:
             t = job.trial
             self.values[t.key] = value
-            if model:
-                self.models.add(t.key)
+            if done:
+                self.done.add(t.key)
                 for child in children(self.spec, [t]) if t.generation > 0 else []:
                     self._release(child)
             for s in self.sources:
@@ -53,7 +53,7 @@ class Oracle:
         self._settle()
 
     def finished(self):
-        left = any(s.left() > 0 and s.teacher.key in self.models for s in self.sources)
+        left = any(s.left() > 0 and s.teacher.key in self.done for s in self.sources)
         return not self.waiting and not self.running and not left
 
     def _wait(self, t):
@@ -77,11 +77,11 @@ class Oracle:
             changed = False
             for t in list(self.waiting.values()):
                 k = t.teacher_key
-                if k and k not in self.models and not self._in_flight(k):
+                if k and k not in self.done and not self._in_flight(k):
                     del self.waiting[t.key]
-                    self.listener.skipped(t, f"teacher {k} has no model")
+                    self.listener.skipped(t, f"teacher {k} is not done")
                     changed = True
-        for key in sorted(self.models - self.banks.keys()):
+        for key in sorted(self.done - self.banks.keys()):
             students = sum(
                 t.teacher_key == key and t.loss != "ce" for t in self.waiting.values()
             ) + sum(s.left() for s in self.sources if s.teacher.key == key)
@@ -89,7 +89,7 @@ class Oracle:
             self.banks[key] = "build" if build else "go"
 
     def _ready(self, k):
-        return k is None or (k in self.models and self.banks.get(k) == "go")
+        return k is None or (k in self.done and self.banks.get(k) == "go")
 
     def _best(self):
         best, best_rank = None, None

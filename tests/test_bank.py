@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from kd_core import TrainConfig
-from kd_core.bank import TeacherBank, bank_for, teacher_path
+from kd_core.bank import TeacherBank, bank_for, logit_source
 from kd_core.data import draw_views, load_dataset, render_views
 from kd_core.losses import distillation_loss
 from kd_core.train import Trainer, init_model
@@ -70,7 +70,7 @@ def test_short_training_run_matches_online(setup):
     cfg = TrainConfig(epochs=2, batch_size=8, lr=0.01, loss="kl", tau=4.0, teacher_bank="off")
     online = Trainer(init_model("cnn-small", data, 0), data, cfg, teacher=teacher)
     banked = Trainer(init_model("cnn-small", data, 0), data, cfg, bank=bank32)
-    assert (online.teacher_path, banked.teacher_path) == ("online", "shared")
+    assert (online.logit_source, banked.logit_source) == ("online", "shared")
     # the trainer reads the bank where it lies (a mapped file, shared): no copy of it is made
     assert banked.teacher.logits.data_ptr() == bank32.logits.data_ptr()
     h_online, h_bank = list(online.epochs()), list(banked.epochs())
@@ -93,11 +93,11 @@ def test_auto_picks_the_cheaper_path_and_on_respects_the_budget(setup):
     t = init_model("cnn-medium", digits, 0)
     kd = dict(loss="kl", tau=4.0, epochs=4)
     # digits has one view per image: a bank is one teacher pass, always cheaper
-    assert Trainer(small, digits, TrainConfig(**kd), teacher=t).teacher_path == "private"
+    assert Trainer(small, digits, TrainConfig(**kd), teacher=t).logit_source == "private"
     # 162 views for 4 epochs: online is cheaper for a single student
     s = init_model("cnn-small", data, 0)
-    assert Trainer(s, data, TrainConfig(**kd), teacher=teacher).teacher_path == "online"
-    assert Trainer(s, data, TrainConfig(**kd, teacher_bank="on"), teacher=teacher).teacher_path \
+    assert Trainer(s, data, TrainConfig(**kd), teacher=teacher).logit_source == "online"
+    assert Trainer(s, data, TrainConfig(**kd, teacher_bank="on"), teacher=teacher).logit_source \
         == "private"
     with pytest.raises(ValueError, match="bank_budget_gb"):
         Trainer(s, data, TrainConfig(**kd, teacher_bank="on", bank_budget_gb=1e-6),
@@ -108,17 +108,17 @@ def test_teacher_path_counts_students_epochs_views_and_memory():
     gib = 2**30
     cifar = dict(n_views=162, bank_bytes=int(1.51 * gib), budget_bytes=4 * gib)
     # the paper's generation-0 teacher: 18 students x 200 epochs dwarf 162 views: one bank
-    assert teacher_path(18, 200, **cifar)[0] == "shared"
+    assert logit_source(18, 200, **cifar)[0] == "shared"
     # a generation-1 teacher with one student: 200 epochs < 2 x 162 views: online, no bank
-    path, why = teacher_path(1, 200, **cifar)
+    path, why = logit_source(1, 200, **cifar)
     assert path == "online" and "does not pay" in why
     # one student that trains long enough builds a bank of its own (never published)
-    assert teacher_path(1, 400, **cifar)[0] == "private"
+    assert logit_source(1, 400, **cifar)[0] == "private"
     # two students, 100 epochs each: 200 < 1.5 x 162, and each alone is short: online
-    assert teacher_path(2, 100, **cifar)[0] == "online"
+    assert logit_source(2, 100, **cifar)[0] == "online"
     # memory: a bank over the budget is never built; "on" then refuses
-    assert teacher_path(18, 200, 162, 5 * gib, 4 * gib)[0] == "online"
+    assert logit_source(18, 200, 162, 5 * gib, 4 * gib)[0] == "online"
     with pytest.raises(ValueError, match="bank_budget_gb"):
-        teacher_path(18, 200, 162, 5 * gib, 4 * gib, mode="on")
-    assert teacher_path(18, 200, **cifar, mode="off")[0] == "online"
-    assert teacher_path(1, 10, **cifar, mode="on")[0] == "private"
+        logit_source(18, 200, 162, 5 * gib, 4 * gib, mode="on")
+    assert logit_source(18, 200, **cifar, mode="off")[0] == "online"
+    assert logit_source(1, 10, **cifar, mode="on")[0] == "private"

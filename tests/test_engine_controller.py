@@ -14,8 +14,8 @@ from ray.tune.execution.tune_controller import TuneController
 from ray.tune.search import SearchGenerator
 from ray.tune.utils import flatten_dict
 
+from sweeps.domain.critical_path import remaining_work
 from sweeps.domain.plan import build_plan
-from sweeps.domain.schedule import remaining_work
 from sweeps.domain.scheduler import Job, Scheduler
 from sweeps.domain.spec import parse_spec
 from sweeps.ray.engine import DependencySearcher, StudentASHA
@@ -90,7 +90,7 @@ def run_stepped(tmp_path, spec, quality, fails=frozenset(), cpus=1, limit=120.0)
     plan = build_plan(spec)
     listener = Skips()
     unit = {m: 1.0 for chain in spec.chains for m in chain}
-    scheduler = Scheduler(spec, plan.trials, plan.trials, models=(), banks=(), values={},
+    scheduler = Scheduler(spec, plan.trials, plan.trials, done=(), banks=(), values={},
                           priority=remaining_work(spec.chains, unit),
                           wants_bank=lambda n: False, listener=listener)
     searcher = SearchGenerator(DependencySearcher(scheduler, spec.search.metric))
@@ -141,7 +141,7 @@ def test_students_start_once_their_teacher_ended_with_a_model_and_the_experiment
 
 
 @pytest.mark.slow
-def test_a_teacher_without_a_model_skips_its_students_and_the_experiment_still_ends(
+def test_a_teacher_not_done_skips_its_students_and_the_experiment_still_ends(
         local_ray, tmp_path):
     spec = spec_of(taus=(1.0, 4.0))
     gens = by_generation(build_plan(spec))
@@ -157,7 +157,7 @@ def test_a_teacher_without_a_model_skips_its_students_and_the_experiment_still_e
 def test_asha_stops_weak_students_of_a_generation_never_a_teacher(local_ray, tmp_path):
     """One slot, students in plan order from best to worst: ASHA (grace 1 epoch, factor 2)
     keeps the first, stops later ones that rank below it at a rung; the teacher, weakest of
-    all, runs every epoch; a stopped student has no model, so its own student is skipped."""
+    all, runs every epoch; a stopped student is not done, so its own student is skipped."""
     spec = spec_of(taus=(1.0, 4.0, 20.0), asha={"grace_period": 1, "reduction_factor": 2})
     gens = by_generation(build_plan(spec))
     quality = {gens[0][0].key: 0.1}

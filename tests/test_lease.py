@@ -170,7 +170,7 @@ def test_a_worker_whose_driver_lost_the_lease_gives_its_claim_up(tmp_path, monke
     with pytest.raises(ClaimLost, match="driver lost the sweep's lease") as e:
         claim.check()
     assert e.value.superseded
-    assert storage.read_json(trial_file("k", "claim.lease"))["driver"] == b.token
+    assert storage.read_json(trial_file("k", "claim.lease"))["driver_token"] == b.token
     successor.release()
     b.release()
 

@@ -62,7 +62,7 @@ def test_reconcile_repairs_each_kind_of_trial_and_nothing_else(tmp_path):
         TrialState.FAILED, TrialState.PENDING]
     fenced = []
     reconcile(snapshot, [Key(k) for k in keys], retry_failed=True,
-              fence=lambda: fenced.append(1))
+              check_lease=lambda: fenced.append(1))
     # a model gone or failing its SHA-256: the result forgotten (publishes again from its
     # checkpoints), the bad file moved aside; a diverged trial reset (retry_failed) down to its
     # checkpoints; a failed one retried; the good one and the pending one untouched
@@ -77,24 +77,30 @@ def test_reconcile_repairs_each_kind_of_trial_and_nothing_else(tmp_path):
     assert len(fenced) >= 4  # every repair under the driver's lease
 
 
-def test_records_and_results_from_before_state_was_named_state_still_read(tmp_path):
-    """Records and Parquet files written when the state was called ``status`` (before
-    2026-12-05) read as ``state``."""
+def test_records_and_results_under_earlier_field_names_still_read(tmp_path):
+    """Records and Parquet files written before 2026-12-05, when the state was called
+    ``status`` and the logit source ``teacher_path``, read under today's names."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from sweeps.domain.record import RENAMED
     from sweeps.store.results import SCHEMA, read_results
 
+    earlier = {new: old for old, new in RENAMED.items()}
     ledger = Ledger(Storage(str(tmp_path)))
-    old = TrialResult.from_history({"key": "k"}, HISTORY, state="diverged").to_dict()
-    old["status"] = old.pop("state")
+    old = TrialResult.from_history({"key": "k"}, HISTORY, state="diverged",
+                                   logit_source="shared").to_dict()
+    old = {earlier.get(k, k): v for k, v in old.items()}
+    assert "status" in old and "teacher_path" in old
     ledger.storage.write_json(trial_file("k", TrialFile.RESULT), old)
-    assert ledger.result("k").state == "diverged"
+    assert ledger.result("k").state == "diverged" and ledger.result("k").logit_source == "shared"
     assert ledger.state("k", ledger.result("k")) is TrialState.DIVERGED
 
-    row = {f.name: None for f in SCHEMA} | {"key": "k", "state": "done", "test_acc": 0.5}
+    row = {f.name: None for f in SCHEMA} | {"key": "k", "state": "done", "test_acc": 0.5,
+                                            "logit_source": "online"}
     table = pa.Table.from_pylist([row], schema=SCHEMA)
-    table = table.rename_columns(["status" if c == "state" else c for c in table.column_names])
+    table = table.rename_columns([earlier.get(c, c) for c in table.column_names])
     pq.write_table(table, tmp_path / "old.parquet")
     df = read_results([str(tmp_path / "old.parquet")])
-    assert "status" not in df and list(df.state) == ["done"]
+    assert not set(earlier.values()) & set(df.columns)
+    assert list(df.state) == ["done"] and list(df.logit_source) == ["online"]

@@ -29,7 +29,7 @@ def make_spec(**over):
     })
 
 
-def test_plan_shapes_cover_every_trial_with_its_teacher_path():
+def test_plan_shapes_cover_every_trial_with_its_logit_source():
     data = load_dataset("digits")
     spec = make_spec()
     counts = plan_shapes(spec, build_plan(spec), data)
@@ -43,7 +43,8 @@ def test_plan_shapes_cover_every_trial_with_its_teacher_path():
         Shape("cnn-small", "cnn-medium", "private"): 12,
     })
     off = make_spec(train={"epochs": 30, "teacher_bank": "off"})
-    assert {s.path for s in plan_shapes(off, build_plan(off), data) if s.teacher} == {"online"}
+    shapes = plan_shapes(off, build_plan(off), data)
+    assert {s.logit_source for s in shapes if s.teacher} == {"online"}
     opt = make_spec(search={"type": "optuna", "num_samples": 5},
                     dataset={"name": "digits", "validation": 0.1})
     counts = plan_shapes(opt, build_plan(opt), data)

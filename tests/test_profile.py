@@ -42,7 +42,7 @@ def test_a_private_bank_counts_in_the_peak_and_a_shared_one_does_not():
     private = _profile_in_fresh_process("private")
     shared = _profile_in_fresh_process("shared")
     del ballast
-    assert online["teacher_path"] == "online" and private["teacher_path"] == "private"
+    assert online["logit_source"] == "online" and private["logit_source"] == "private"
     assert online["device"] == "cpu" and online["context"] == 0
     # A private bank is the trial's own memory for the whole run: its bytes are in the peak.
     assert private["peak"] - online["peak"] > 0.7 * nbytes
@@ -60,8 +60,8 @@ def test_profile_counts_no_epoch_and_checks_its_arguments():
     step_s, eval_s = trainer.time_steps(3)
     assert step_s > 0 and eval_s > 0 and trainer.epoch == 0 and trainer.history == []
     p = profile_run(spec, steps=3)
-    assert p.teacher_path is None and p.epoch_seconds == pytest.approx(
+    assert p.logit_source is None and p.epoch_seconds == pytest.approx(
         p.steps_per_epoch * p.step_seconds + p.eval_seconds)
     student = RunSpec("digits", "cnn-small", TrainConfig(epochs=5, loss="mse"))
-    with pytest.raises(ValueError, match="teacher_path online, private or shared"):
+    with pytest.raises(ValueError, match="logit_source online, private or shared"):
         profile_run(student, "cnn-large", None)

@@ -42,8 +42,8 @@ def spec_of(bank="off", taus=(4,), chains=CHAINS, **search):
 
 
 def work(spec):
-    """Remaining work per lineage, from fixed costs (schedule.remaining_work's shape)."""
-    from sweeps.domain.schedule import remaining_work
+    """Remaining work per lineage, from fixed costs (critical_path.remaining_work's shape)."""
+    from sweeps.domain.critical_path import remaining_work
 
     return remaining_work(spec.chains, COST)
 
@@ -52,7 +52,7 @@ def scheduler(spec, done=(), banks=(), wants_bank=lambda n: n > 1):
     plan = build_plan(spec)
     events = Events()
     todo = [t for t in plan.trials if t.key not in done]
-    s = Scheduler(spec, plan.trials, todo, models=done, banks=banks,
+    s = Scheduler(spec, plan.trials, todo, done=done, banks=banks,
                   values={k: 0.5 for k in done}, priority=work(spec),
                   wants_bank=wants_bank, listener=events)
     return s, plan, events
@@ -72,19 +72,19 @@ def test_students_start_when_their_own_teacher_is_done_critical_path_first():
     assert [first.trial.model, second.trial.model] == ["cnn-large", "cnn-small"]
     assert go(s, "c") is None  # every student waits on a running teacher
 
-    s.complete("b", model=True, value=0.9)  # the fast teacher ends: its student goes
+    s.complete("b", done=True, value=0.9)  # the fast teacher ends: its student goes
     third = go(s, "c")
     assert third.trial.lineage == ("cnn-small", "cnn-medium")
     assert third.trial.teacher_key == second.trial.key
     assert go(s, "d") is None and not s.finished()
 
     # the slow teacher fails: both generations below it are skipped, never started
-    s.complete("a", model=False)
+    s.complete("a", done=False)
     below = {t.key for t in plan.trials if t.lineage[0] == "cnn-large" and t.generation > 0}
     assert set(events.gone) == below and len(below) == 2
-    assert all("has no model" in why for why in events.gone.values())
+    assert all("is not done" in why for why in events.gone.values())
     assert go(s, "d") is None  # the fast student still runs
-    s.complete("c", model=True)
+    s.complete("c", done=True)
     assert go(s, "d") is None and s.finished()
 
 
@@ -94,7 +94,7 @@ def test_ready_jobs_go_in_critical_path_order_then_plan_order():
     teacher = go(s, "t0")
     assert teacher.trial.model == "cnn-large"
     go(s, "t1")
-    s.complete("t0", model=True)
+    s.complete("t0", done=True)
     jobs = [go(s, f"s{i}") for i in range(3)]
     # three students of one rank (same lineage): plan order, i.e. tau 1, 4, 20
     assert [j.trial.tau for j in jobs] == [1, 4, 20]
@@ -108,7 +108,7 @@ def test_a_stored_teacher_is_not_trained_again_and_its_students_go_at_once():
     job = go(s, "a")
     assert job.kind == "train" and job.trial.teacher_key == teacher.key
     assert go(s, "b") is None
-    s.complete("a", model=True)
+    s.complete("a", done=True)
     assert s.finished()
 
 
@@ -116,11 +116,11 @@ def test_a_bank_is_built_as_soon_as_its_teacher_ends_and_gates_its_students():
     # two students: a shared bank (one student would get a private one, built in its trial)
     s, plan, _ = scheduler(spec_of(bank="on", taus=(4, 20)))
     slow, _fast = go(s, "a"), go(s, "b")
-    s.complete("a", model=True)
+    s.complete("a", done=True)
     bank = go(s, "c")
     assert bank == Job("bank", slow.trial)
     assert go(s, "d") is None  # its students wait for the bank
-    s.complete("c", model=False)  # built or not (a failed build lets them go: online)
+    s.complete("c", done=False)  # built or not (a failed build lets them go: online)
     student = go(s, "d")
     assert student.kind == "train" and student.trial.teacher_key == slow.trial.key
 
@@ -137,9 +137,9 @@ def test_a_students_own_students_follow_its_outcome(model):
     spec = spec_of(chains=[["cnn-large", "cnn-medium", "cnn-small"]])
     s, plan, events = scheduler(spec)
     go(s, "t")
-    s.complete("t", model=True)
+    s.complete("t", done=True)
     go(s, "g1")
-    s.complete("g1", model=model)
+    s.complete("g1", done=model)
     nxt = go(s, "g2")
     assert (nxt is not None) == model
     assert (len(events.gone) == 1) == (not model)
@@ -168,20 +168,20 @@ def test_samples_are_released_once_told_their_value_and_continue_down_their_chai
 
     src = Source()
     # only the teacher is planned (optuna plans no students)
-    s = Scheduler(spec, [teacher], [teacher], models=(), banks=(), values={},
+    s = Scheduler(spec, [teacher], [teacher], done=(), banks=(), values={},
                   priority=work(spec), wants_bank=lambda n: False, listener=(ev := Events()),
                   sources=[src])
     go(s, "t")
     assert go(s, "x") is None  # no sample before the teacher has a model
-    s.complete("t", model=True)
+    s.complete("t", done=True)
     first = go(s, "s1")
     assert first.trial == sample and ev.new == [sample]
     assert go(s, "s2") is None  # the same sample again (mse ignores tau): no second job
-    s.complete("s1", model=True, value=0.8)
+    s.complete("s1", done=True, value=0.8)
     assert (sample.key, 0.8) in src.told
     third = go(s, "g2")  # the sample's own student, released below it
     assert third.trial == grand and ev.new == [sample, grand]
-    s.complete("g2", model=True, value=0.7)
+    s.complete("g2", done=True, value=0.7)
     assert s.finished()
 
 
@@ -194,7 +194,7 @@ def test_schedule_simulation_runs_and_beats_the_barrier():
 
 
 class RandomSource:
-    """A sampler below ``teacher`` that asks for random taus (repeats included: a sample
+    """A source below ``teacher`` that asks for random taus (repeats included: a sample
     already in flight or trained) from its own seeded stream."""
 
     def __init__(self, spec, teacher, model, budget, seed):
@@ -230,7 +230,7 @@ def step_through(cls, spec, plan, done, stored_banks, wants, sampled, seed):
                for i, t in enumerate(teachers)] if sampled else []
     trials = teachers if sampled else plan.trials
     todo = [t for t in trials if t.key not in done]
-    s = cls(spec, trials, todo, models=done, banks=stored_banks,
+    s = cls(spec, trials, todo, done=done, banks=stored_banks,
             values={k: 0.5 for k in done}, priority=work(spec),
             wants_bank=lambda n: n >= wants, listener=events, sources=sources)
     decisions, running, n = [], [], 0
@@ -247,7 +247,7 @@ def step_through(cls, spec, plan, done, stored_banks, wants, sampled, seed):
             break
         job_id = running.pop(rng.randrange(len(running)))
         model = rng.random() > 0.2
-        s.complete(job_id, model=model, value=rng.random() if model else None)
+        s.complete(job_id, done=model, value=rng.random() if model else None)
         decisions.append(("end", job_id, model))
     told = [src.told for src in sources]
     return decisions, [t.key for t in events.new], sorted(events.gone), told
@@ -258,7 +258,7 @@ def test_the_indexed_scheduler_decides_as_the_scan_by_definition_does(seed):
     """Random sweeps (three generations, banks wanted or not, some trials and banks stored,
     a fifth of jobs failing, optuna samples in every third): the heap-and-index scheduler
     hands out the same jobs in the same order as the scan of every trial (scheduler_oracle.py),
-    skips the same trials and tells samplers the same values."""
+    skips the same trials and tells sources the same values."""
     import random
 
     from tests.scheduler_oracle import Oracle

@@ -94,8 +94,8 @@ def test_every_trial_has_one_parquet_row_and_one_child_run(sweep, tmp_path):
     assert df[df.generation > 0].logit_distance.notna().all()
     # The bank policy: a teacher of two students (kl, mse) shares one bank in storage; a
     # teacher of one student (generation 2's) does not, its student builds its own.
-    assert (df[df.generation == 1].teacher_path == "shared").all()
-    assert (df[df.generation == 2].teacher_path == "private").all()
+    assert (df[df.generation == 1].logit_source == "shared").all()
+    assert (df[df.generation == 2].logit_source == "private").all()
     storage = Storage(spec.storage)
     for generation, part in df[df.generation > 0].groupby("generation"):
         for teacher in set(part.teacher_key):
@@ -499,7 +499,7 @@ def test_corrupt_files_are_quarantined_and_derived_again(local_ray, tmp_path, ca
     assert untimed(store.result(student.key).history) == untimed(student_history)  # redone exactly
     assert store.result(student.key).resumed_from[-1] == EPOCHS - 1  # from the previous slot
     # the shared bank was bad: the student built its own from the teacher instead
-    assert df.loc[student.key, "teacher_path"] in ("private", "online")
+    assert df.loc[student.key, "logit_source"] in ("private", "online")
     assert len(store.trial_list(spec)) == 3  # written again
     root = Path(spec.storage)
     moved = {p.name.split(".corrupt-")[0] for p in root.rglob("*.corrupt-*")}

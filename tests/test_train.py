@@ -6,8 +6,8 @@ import torch
 
 from kd_core import CheckpointError, TrainConfig, load_checkpoint, save_checkpoint
 from kd_core.data import Augment, load_dataset
+from kd_core.loop import train
 from kd_core.run import RunSpec, build_trainer, load_run_data
-from kd_core.runner import train
 from kd_core.train import Trainer, init_model, load_model
 
 

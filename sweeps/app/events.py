@@ -28,18 +28,19 @@ class SweepEvents:
     snapshot: the driver's view of trial states, updated here.
     tracker: MLflow.
     progress: the console.
-    fence: raises once this driver no longer holds the sweep's lease (lease.DriverLease.check).
+    check_lease: raises once this driver no longer holds the sweep's lease
+        (lease.DriverLease.check).
     """
 
     def __init__(self, plan: Plan, snapshot: Snapshot, tracker: Tracker, progress: Progress,
-                 fence: Callable[[], int | None] = lambda: None):
+                 check_lease: Callable[[], int | None] = lambda: None):
         self.plan, self.snapshot, self.ledger = plan, snapshot, snapshot.ledger
-        self.tracker, self.progress, self.fence = tracker, progress, fence
+        self.tracker, self.progress, self.check_lease = tracker, progress, check_lease
 
     def added(self, trial: Trial) -> None:
         """A trial new to the sweep (sampled by optuna, or below a sampled one)."""
         if self.plan.add(trial):
-            self.ledger.save_added_trial(self.plan.spec, trial.to_dict(), self.fence())
+            self.ledger.save_added_trial(self.plan.spec, trial.to_dict(), self.check_lease())
         self.progress.add(trial)
 
     def reused(self, trial: Trial, record: TrialResult) -> None:
@@ -66,7 +67,7 @@ class SweepEvents:
         """Files of other trials (a teacher's model or bank) that a worker found corrupt: moved
         aside under the lease (the worker only reads them; the next run derives them again)."""
         for rel, why in files:
-            self.fence()
+            self.check_lease()
             self.ledger.move_aside(rel, why)
 
     def ended(self, trial: Trial, outcome: str | None, error: str | None, last: dict,
@@ -91,7 +92,7 @@ class SweepEvents:
             record = TrialResult.from_history(trial.to_dict(), [epoch],
                                               state=TrialState.STOPPED_EARLY,
                                               cluster=spec.cluster, sweep=spec.name)
-            self.fence()
+            self.check_lease()
             self.ledger.publish(trial.key, None, record)
         else:
             return self.failed(trial, self._unpublished(trial))
@@ -108,7 +109,7 @@ class SweepEvents:
     def failed(self, trial: Trial, error: str) -> None:
         """Tune gave up on the trial (retries spent), or it ended without a result."""
         if self.ledger.failure(trial.key) is None:
-            self.fence()
+            self.check_lease()
             self.ledger.mark_failed(trial.key, error)
         self._failed(trial, error)
 

@@ -24,9 +24,9 @@ os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 import pandas as pd  # noqa: E402
 
 from ..domain import faults  # noqa: E402
+from ..domain.critical_path import remaining_work, trial_costs  # noqa: E402
 from ..domain.plan import Plan, Trial, build_plan  # noqa: E402
-from ..domain.sampling import Sampler, samplers  # noqa: E402
-from ..domain.schedule import remaining_work, trial_costs  # noqa: E402
+from ..domain.sampling import OptunaSource, optuna_sources  # noqa: E402
 from ..domain.scheduler import Scheduler  # noqa: E402
 from ..domain.spec import SpecError, SweepSpec  # noqa: E402
 from ..ray.engine import connect, run_experiment  # noqa: E402
@@ -50,13 +50,13 @@ class GridTooLarge(SpecError):
 
 
 def record_stored(
-    plan: Plan, snapshot: Snapshot, events: SweepEvents, sources: list[Sampler],
-    retry_failed: bool = False, out=None, fence=lambda: None,
+    plan: Plan, snapshot: Snapshot, events: SweepEvents, sources: list[OptunaSource],
+    retry_failed: bool = False, out=None, check_lease=lambda: None,
 ) -> list[Trial]:
     """Repair what storage holds (snapshot.reconcile), record every planned trial that ended
     before; return the rest (to train). Diverged trials train again only with
     ``retry_failed``."""
-    reconcile(snapshot, plan.trials, retry_failed, fence,
+    reconcile(snapshot, plan.trials, retry_failed, check_lease,
               teachers=[s.teacher.key for s in sources])
     todo, diverged = [], 0
     for t in plan.trials:
@@ -80,22 +80,22 @@ def make_scheduler(
     plan: Plan,
     snapshot: Snapshot,
     todo: list[Trial],
-    sources: list[Sampler],
+    sources: list[OptunaSource],
     data: ImageData,
     events: SweepEvents,
 ) -> Scheduler:
-    """The scheduler, told what the snapshot holds: models, stored banks, search metrics."""
+    """The scheduler, told what the snapshot holds: done trials, stored banks, search metrics."""
     cost = trial_costs(spec.architectures, data.num_classes, tuple(data.train_images.shape[1:]))
-    models = {k for k in snapshot.ended() if snapshot.has_model(k)}
+    done = {k for k in snapshot.ended() if snapshot.state(k) is TrialState.DONE}
     teachers = {t.teacher_key for t in plan.trials} | {s.teacher.key for s in sources}
     dtype = spec.train.bank_dtype
     return Scheduler(
         spec,
         plan.trials,
         todo,
-        models=models,
+        done=done,
         # from the snapshot's listing, before Tune's loop starts
-        banks={k for k in models & teachers if snapshot.has_bank(k, dtype)},
+        banks={k for k in done & teachers if snapshot.has_bank(k, dtype)},
         values={k: getattr(r, spec.search.metric, None)
                 for k, r in snapshot.results.items() if r is not None},
         priority=remaining_work(spec.chains, cost),
@@ -202,12 +202,12 @@ def _train_and_export(
     ledger = snapshot.ledger
     lease.check()  # the sweep's MLflow parent run is created under the lease
     with Tracker(spec, ledger.storage) as tracker:
-        tracker.fence = lease.check
+        tracker.check_lease = lease.check
         tracker.sweep.start()
         print("\n".join(tracker.sweep.links()), file=out, flush=True)
         ledger.save_trial_list(spec, [t.to_dict() for t in plan.trials], lease.check())
         # reconcile and record what storage holds, train the rest
-        sources = samplers(spec, plan)
+        sources = optuna_sources(spec, plan)
         progress = Progress(plan, snapshot.state, out)
         events = SweepEvents(plan, snapshot, tracker, progress, lease.check)
         todo = record_stored(plan, snapshot, events, sources, retry_failed, out, lease.check)

@@ -1,5 +1,5 @@
 """`kdsweep train`: one trial on this machine, no Ray, no MLflow; the sweep's epoch loop
-(kd_core.runner.fit), so a rerun of the same command resumes from --out's checkpoint."""
+(kd_core.loop.fit), so a rerun of the same command resumes from --out's checkpoint."""
 
 from __future__ import annotations
 
@@ -41,8 +41,8 @@ def run(args: argparse.Namespace) -> int:
     from kd_core.checkpoint import CheckpointError, load_checkpoint
     from kd_core.config import TrainConfig
     from kd_core.data import Augment
+    from kd_core.loop import CheckpointFile, fit
     from kd_core.run import RunSpec, build_trainer
-    from kd_core.runner import CheckpointFile, fit
     from kd_core.train import load_model
 
     loss = args.loss or ("kl" if args.teacher else "ce")

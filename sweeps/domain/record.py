@@ -23,7 +23,7 @@ class TrialState(StrEnum):
     STOPPED_EARLY = "stopped_early"  # ASHA stopped it: a result, no model
     DIVERGED = "diverged"  # a non-finite loss or metric: a result, no model
     FAILED = "failed"  # its own error, retries spent (failed.json)
-    SKIPPED = "skipped"  # its teacher has no model (a driver's run only)
+    SKIPPED = "skipped"  # its teacher ended not done (a driver's run only)
 
     @property
     def ended(self) -> bool:
@@ -71,7 +71,7 @@ class TrialResult:
     wall_time: float = 0.0  # seconds of training and evaluation, summed over epochs
     started_at: float | None = None  # first start of the trial (unix time)
     finished_at: float = field(default_factory=time.time)
-    teacher_path: str | None = None  # None (labels), "shared", "private" or "online"
+    logit_source: str | None = None  # None (labels), "shared", "private" or "online"
     cluster: str | None = None  # the cluster (spec `cluster`) that trained it
     sweep: str | None = None  # and the sweep (spec `name`): lineage, never inferred from MLflow
     starts: int = 1
@@ -109,12 +109,18 @@ class TrialResult:
     @classmethod
     def from_dict(cls, d: dict) -> TrialResult:
         """Read a stored record; a TypeError/KeyError means it is not one. Fields a record no
-        longer has (best_test_acc: it chose an epoch on the test set) are ignored; ``status``,
-        the state's name in records before 2026-12-05, is read as ``state``."""
+        longer has (best_test_acc: it chose an epoch on the test set) are ignored; fields
+        under an earlier name (RENAMED) are read under their own."""
         names = {f.name for f in dataclasses.fields(cls)}
-        if "status" in d and "state" not in d:
-            d = {**d, "state": d["status"]}
+        d = {**{new: d[old] for old, new in RENAMED.items() if old in d and new not in d}, **d}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# A record's field (and Parquet column) under its earlier name -> its name now; both still read.
+RENAMED = {
+    "status": "state",  # before 2026-12-05: the state's one word is state (TrialState)
+    "teacher_path": "logit_source",  # before 2026-12-05: a mode, not a path (bank.logit_source)
+}
 
 
 # The summary numbers Parquet stores as columns (with the trial's identity and the analyses).

@@ -1,9 +1,10 @@
 """Optuna's loss x tau samples, one study per (generation-0 teacher, generation-1 architecture).
 
 optuna's ask/tell with the same TPE sampler Tune's OptunaSearch wraps; one study per teacher,
-which OptunaSearch cannot hold in one experiment. Each Sampler is a source of trials for the
-scheduler (scheduler.Source): it asks for one sample at a time, and is told each sample's
-search metric when its trial ends.
+which OptunaSearch cannot hold in one experiment. Each OptunaSource is a source of trials for
+the scheduler (scheduler.Source; not one of optuna's samplers, which it holds): it asks for one
+sample at a time, and is told each sample's search metric when its trial ends. optuna's trials
+and their TrialState are named in full (``optuna.trial``), never beside ours.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 @dataclass
-class Sampler:
+class OptunaSource:
     """Optuna's samples of ``model`` students below ``teacher`` (generation 1)."""
 
     spec: SweepSpec
@@ -66,7 +67,7 @@ class Sampler:
                 self.study.tell(ot, value)
 
 
-def samplers(spec: SweepSpec, plan: Plan) -> list[Sampler]:
+def optuna_sources(spec: SweepSpec, plan: Plan) -> list[OptunaSource]:
     """One per (teacher, generation-1 architecture) when the spec's search is optuna."""
     if spec.search.type != "optuna":
         return []
@@ -75,5 +76,5 @@ def samplers(spec: SweepSpec, plan: Plan) -> list[Sampler]:
         study = optuna.create_study(
             direction="maximize", sampler=optuna.samplers.TPESampler(seed=teacher.seed)
         )
-        out.append(Sampler(spec, teacher, model, study, spec.search.num_samples))
+        out.append(OptunaSource(spec, teacher, model, study, spec.search.num_samples))
     return out

@@ -2,14 +2,14 @@
 stepped by hand in tests (tests/test_scheduler.py) and a Tune Searcher adapts it (engine.py).
 
 A job trains one trial, or builds the teacher-logit bank of a trained teacher. A trial is ready
-when its teacher's model is in storage and the teacher's bank is built or not wanted; among
+when its teacher is done (its weights stored) and the teacher's bank is built or not wanted; among
 ready jobs the one with the most work still below it goes first (the critical path,
 ``priority``; a bank before anything of equal rank), ties in plan order. A trial whose teacher
-ended without a model (failed, diverged, stopped early, or itself skipped) is skipped. A
-student that ends with a model releases its own students down its chain (optuna's samples are
-not planned ahead). Samplers (sampling.py) offer one more job while their budget lasts.
+ended not done (failed, diverged, stopped early, or itself skipped) is skipped. A
+student that ends done releases its own students down its chain (optuna's samples are
+not planned ahead). Sources (sampling.OptunaSource) offer one more job while their budget lasts.
 
-What it knows comes from the driver's ledger snapshot at the start (which trials have models,
+What it knows comes from the driver's ledger snapshot at the start (which trials are done,
 which banks are stored, the search metric of stored results) and from each job's outcome as the
 run goes; it never asks storage.
 
@@ -55,7 +55,7 @@ class Listener(Protocol):
 
 
 class Source(Protocol):
-    """More trials below one teacher, one at a time (sampling.Sampler)."""
+    """More trials below one teacher, one at a time (sampling.OptunaSource)."""
 
     teacher: Trial
     model: str
@@ -66,7 +66,7 @@ class Source(Protocol):
 
 
 # A heap entry: (-priority, class, n, ref). Among equal priority a bank goes first, then
-# trials in plan order (n), then a sampler's next sample (sources in their order); ref is a
+# trials in plan order (n), then a source's next sample (sources in their order); ref is a
 # trial key or a source index.
 BANK, TRAIN, SAMPLE = 0, 1, 2
 
@@ -76,13 +76,13 @@ class Scheduler:
     spec: the sweep.
     trials: every trial the sweep knows (its plan).
     todo: those to train, in plan order.
-    models: keys whose model is in storage (done trials).
+    done: keys of done trials (their weights stored).
     banks: teacher keys whose bank is in storage.
     values: the search metric of trials that ended before this run (sampled ones are told it).
-    priority: lineage -> remaining work (schedule.remaining_work).
+    priority: lineage -> remaining work (critical_path.remaining_work).
     wants_bank: a teacher's number of distilling students -> whether to build its bank first.
     listener: told of added and skipped trials.
-    sources: optuna's samplers, one per (teacher, architecture).
+    sources: optuna's sources (sampling.OptunaSource), one per (teacher, architecture).
     """
 
     def __init__(
@@ -90,7 +90,7 @@ class Scheduler:
         spec: SweepSpec,
         trials: Iterable[Trial],
         todo: Iterable[Trial],
-        models: Iterable[str],
+        done: Iterable[str],
         banks: Iterable[str],
         values: Mapping[str, float | None],
         priority: Callable[[tuple[str, ...]], float],
@@ -100,7 +100,7 @@ class Scheduler:
     ):
         self.spec, self.priority, self.wants_bank = spec, priority, wants_bank
         self.listener, self.sources = listener, list(sources)
-        self.models, self.stored_banks = set(models), set(banks)
+        self.done, self.stored_banks = set(done), set(banks)
         self.values = dict(values)
         self.waiting: dict[str, Trial] = {}  # not yet handed out, in plan order
         self.order: dict[str, int] = {}
@@ -118,13 +118,13 @@ class Scheduler:
         for t in todo:
             self._register(t)
         students = Counter(t.teacher_key for t in self.waiting.values() if t.loss != "ce")
-        for key in sorted(self.models):
+        for key in sorted(self.done):
             self._decide_bank(key, students[key])
         for t in list(self.waiting.values()):
             k = t.teacher_key
             if t.key not in self.waiting:
                 continue  # skipped below a skipped teacher
-            if k and k not in self.models and k not in self.waiting:
+            if k and k not in self.done and k not in self.waiting:
                 self._skip(t)
             else:
                 self._place(t)
@@ -154,9 +154,9 @@ class Scheduler:
             del self.waiting[job.trial.key]
             self.running_keys.add(job.trial.key)
 
-    def complete(self, job_id: str, model: bool, value: float | None = None) -> None:
-        """Job ``job_id`` ended; ``model``: it left a model in storage; ``value``: the search
-        metric it ended with (None: failed)."""
+    def complete(self, job_id: str, done: bool, value: float | None = None) -> None:
+        """Job ``job_id`` ended; ``done``: it trained to the end, its weights stored;
+        ``value``: the search metric it ended with (None: failed)."""
         job = self.running.pop(job_id, None)
         if job is None:
             return
@@ -164,7 +164,7 @@ class Scheduler:
             self._go(job.trial.key)
         else:
             self.running_keys.discard(job.trial.key)
-            self._ended(job.trial, model, value)
+            self._ended(job.trial, done, value)
 
     def finished(self) -> bool:
         return not self.waiting and not self.running and not self._samples_left()
@@ -178,7 +178,7 @@ class Scheduler:
     def _place(self, t: Trial) -> None:
         """Into the ready heap, or under its teacher until the teacher is ready."""
         k = t.teacher_key
-        if k is None or (k in self.models and self.banks.get(k) == "go"):
+        if k is None or (k in self.done and self.banks.get(k) == "go"):
             self._push(t.lineage, TRAIN, self.order[t.key], t.key)
         else:
             self.blocked[k].append(t)
@@ -201,10 +201,10 @@ class Scheduler:
     def _in_flight(self, key: str) -> bool:
         return key in self.waiting or key in self.running_keys
 
-    def _ended(self, t: Trial, model: bool, value: float | None) -> None:
+    def _ended(self, t: Trial, done: bool, value: float | None) -> None:
         self.values[t.key] = value
-        if model:
-            self.models.add(t.key)
+        if done:
+            self.done.add(t.key)
             # A student's lineage continues down its chain with its settings (the grid's are
             # planned already; optuna's are not). A teacher's students are the grid or samples.
             for child in children(self.spec, [t]) if t.generation > 0 else []:
@@ -218,7 +218,7 @@ class Scheduler:
             s.tell(t.key, value)
 
     def _decide_bank(self, key: str, students: int) -> None:
-        """A teacher has its model: build its bank first, or let its students go now."""
+        """A teacher is done: build its bank first, or let its students go now."""
         students += sum(self.sources[i].left() for i in self.sources_of.get(key, ()))
         if self.wants_bank(students) and key not in self.stored_banks:
             self.banks[key] = "build"
@@ -236,18 +236,18 @@ class Scheduler:
             self._push((*s.teacher.lineage, s.model), SAMPLE, i, i)
 
     def _skip(self, t: Trial) -> None:
-        """``t`` never runs: its teacher ended without a model; nor does anything below it."""
+        """``t`` never runs: its teacher ended not done; nor does anything below it."""
         stack = [(t, t.teacher_key)]
         why = "it failed, diverged, stopped early or was skipped"
         while stack:
             t, k = stack.pop()
             if self.waiting.pop(t.key, None) is None:
                 continue
-            self.listener.skipped(t, f"teacher {k} has no model ({why})")
+            self.listener.skipped(t, f"teacher {k} is not done ({why})")
             stack += [(c, t.key) for c in self.blocked.pop(t.key, [])]
 
     def _samples_left(self) -> bool:
-        return any(s.left() > 0 and s.teacher.key in self.models for s in self.sources)
+        return any(s.left() > 0 and s.teacher.key in self.done for s in self.sources)
 
     # ---- choosing --------------------------------------------------------------------------
     def _sample(self, s: Source) -> Job | None:

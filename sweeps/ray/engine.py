@@ -143,7 +143,7 @@ class DependencySearcher(Searcher):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         last = {} if error else result or {}
         outcome = WorkerMessage.of(last).outcome
-        self.scheduler.complete(trial_id, model=outcome == TrialState.DONE,
+        self.scheduler.complete(trial_id, done=outcome == TrialState.DONE,
                                 value=last.get(self.search_metric))
 
     def save(self, checkpoint_path: str) -> None:
@@ -271,15 +271,15 @@ def job_resources(resources: ResourcesSpec):
     return request
 
 
-def run_experiment(spec: SweepSpec, ledger: Ledger, scheduler: Scheduler, events, driver: str
+def run_experiment(spec: SweepSpec, ledger: Ledger, scheduler: Scheduler, events, driver_token: str
                    ) -> int:
     """Run every job the scheduler has, in Tune experiments of at most tune_window() jobs each
-    (``driver``: the token of this driver's lease, which its workers' trial claims carry);
+    (``driver_token``: the token of this driver's lease, which its workers' trial claims carry);
     returns how many experiments it took."""
     windows, window = 0, tune_window()
     while not scheduler.finished():
         searcher = DependencySearcher(scheduler, spec.search.metric, window)
-        _run_window(spec, ledger, searcher, events, driver, index=windows)
+        _run_window(spec, ledger, searcher, events, driver_token, index=windows)
         windows += 1
         if searcher.handed == 0:  # nothing could start: what is left waits on nothing
             break
@@ -287,7 +287,7 @@ def run_experiment(spec: SweepSpec, ledger: Ledger, scheduler: Scheduler, events
 
 
 def _run_window(spec: SweepSpec, ledger: Ledger, searcher: DependencySearcher, events,
-                driver: str, index: int) -> None:
+                driver_token: str, index: int) -> None:
     """One Tune experiment, the sweep's ``index``-th: the jobs ``searcher`` hands out, until
     its budget or the end."""
     # Tune copies the driver's AWS credentials into every trainable's runtime_env, and Ray's
@@ -295,7 +295,8 @@ def _run_window(spec: SweepSpec, ledger: Ledger, searcher: DependencySearcher, e
     # take credentials from their node (its environment or instance role), as the driver does.
     class_cache.ENV_VARS_TO_PROPAGATE = class_cache.ENV_VARS_TO_PROPAGATE - AWS_CREDENTIALS
     trainable = tune.with_resources(
-        tune.with_parameters(run_job, spec=spec, driver=driver), job_resources(spec.resources)
+        tune.with_parameters(run_job, spec=spec, driver_token=driver_token),
+        job_resources(spec.resources),
     )
     early = spec.search.asha is not None
     tune_path, tune_fs = ledger.tune_location(spec)

@@ -23,13 +23,13 @@ from kd_core.profile import GiB, MemoryProfile, Shape, profile_run
 
 from ..domain.plan import Plan, make_trial, students_per_teacher
 from ..domain.spec import SweepSpec
-from .teacher_bank import teacher_path_of
+from .teacher_bank import logit_source_of
 from .trial import run_spec
 
 
 def _student(spec: SweepSpec, data: ImageData, model: str, teacher: str, siblings: int) -> Shape:
     # "shared", "private" or "online": a shared bank's pages are the node's, not the trial's
-    return Shape(model, teacher, teacher_path_of(spec.train, data, siblings)[0])
+    return Shape(model, teacher, logit_source_of(spec.train, data, siblings)[0])
 
 
 def plan_shapes(spec: SweepSpec, plan: Plan, data: ImageData) -> Counter:
@@ -60,7 +60,7 @@ def _measure(spec_dict: dict, shape: Shape, steps: int) -> MemoryProfile:
         trial = make_trial(
             spec, shape.model, parent, loss="kl", tau=4.0, alpha=1.0, noise_rate=0.0, seed=0
         )
-    return profile_run(run_spec(spec, trial), shape.teacher, shape.path, steps)
+    return profile_run(run_spec(spec, trial), shape.teacher, shape.logit_source, steps)
 
 
 def measure(spec: SweepSpec, shapes: list[Shape], steps: int) -> dict[Shape, MemoryProfile]:

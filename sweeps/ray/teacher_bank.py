@@ -5,7 +5,7 @@ SHA-256 beside it, so every student of that teacher, in this sweep or a later on
 node, reads it instead of running the teacher. Each node fetches it once (a file lock), into a
 disk cache capped by size (least recently used go first), and every trial memory-maps that one
 file. The engine builds a bank as a job of its own, as soon as its teacher has finished
-(engine.py), when the policy (kd_core.bank.teacher_path) says a shared bank pays.
+(engine.py), when the policy (kd_core.bank.logit_source) says a shared bank pays.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 
-from kd_core.bank import TeacherBank, bank_for, bank_nbytes, teacher_path
+from kd_core.bank import TeacherBank, bank_for, bank_nbytes, logit_source
 from kd_core.checkpoint import CheckpointError, load_checkpoint, write_checkpoint
 from kd_core.data import Augment, ImageData, load_dataset
 from kd_core.names import DATASET_FACTS
@@ -39,15 +39,15 @@ log = logging.getLogger(__name__)
 
 
 def _policy(t: TrainSpec, images: int, aug: Augment, classes: int, n_students: int):
-    """kd_core.bank.teacher_path under the spec's train settings: ((path, why), the bank's
+    """kd_core.bank.logit_source under the spec's train settings: ((source, why), the bank's
     bytes)."""
     nbytes = bank_nbytes(images, aug, classes, getattr(torch, t.bank_dtype))
-    return teacher_path(n_students, t.epochs, aug.n_views, nbytes, t.bank_budget_gb * 2**30,
+    return logit_source(n_students, t.epochs, aug.n_views, nbytes, t.bank_budget_gb * 2**30,
                         t.teacher_bank), nbytes
 
 
-def teacher_path_of(train: TrainSpec, data: ImageData, n_students: int) -> tuple[str, str]:
-    """kd_core.bank.teacher_path for the students of one of this sweep's teachers."""
+def logit_source_of(train: TrainSpec, data: ImageData, n_students: int) -> tuple[str, str]:
+    """kd_core.bank.logit_source for the students of one of this sweep's teachers."""
     return _policy(train, len(data.train_labels), data.augment, data.num_classes, n_students)[0]
 
 
@@ -75,7 +75,7 @@ def bank_summary(spec: SweepSpec, plan) -> str:
 def wants_shared_bank(train: TrainSpec, data: ImageData, n_students: int) -> bool:
     """Whether the teacher of ``n_students`` students gets one bank in storage (else each
     student builds its own or runs the teacher online, as its trainer decides)."""
-    return teacher_path_of(train, data, n_students)[0] == "shared"
+    return logit_source_of(train, data, n_students)[0] == "shared"
 
 
 def build_shared_bank(d: DatasetSpec, dtype: str, ledger: Ledger, teacher_key: str,

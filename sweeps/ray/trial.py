@@ -19,8 +19,8 @@ import torch
 from ray import tune
 
 from kd_core.checkpoint import checkpoint_bytes
+from kd_core.loop import DONE, Outcome, fit
 from kd_core.run import RunSpec, build_trainer
-from kd_core.runner import DONE, Outcome, fit
 from kd_core.train import model_state
 
 from ..domain import faults
@@ -127,14 +127,14 @@ class Warnings(logging.Handler):
         tune.report({**metrics, **message.entry()})
 
 
-def run_job(config: dict, spec: SweepSpec, driver: str) -> None:
+def run_job(config: dict, spec: SweepSpec, driver_token: str) -> None:
     """Tune entry point (``spec`` and the driver's lease token are bound once with
     tune.with_parameters)."""
     warnings = Warnings()
     package = logging.getLogger("sweeps")
     package.addHandler(warnings)
     try:
-        _run_job(Job.from_config(config), spec, driver, warnings.report)
+        _run_job(Job.from_config(config), spec, driver_token, warnings.report)
     except StorageFull as e:
         # Not this trial's failure, and no retry can help: say so, and the driver ends the run.
         warnings.report({}, storage_full=str(e))
@@ -147,7 +147,7 @@ def run_job(config: dict, spec: SweepSpec, driver: str) -> None:
                 warnings.report({})
 
 
-def _run_job(job: Job, spec: SweepSpec, driver: str, report) -> None:
+def _run_job(job: Job, spec: SweepSpec, driver_token: str, report) -> None:
     """One job; ``report(metrics, **note)`` is tune.report carrying the worker's message."""
     ledger = Ledger(Storage(spec.storage))
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
@@ -161,7 +161,8 @@ def _run_job(job: Job, spec: SweepSpec, driver: str, report) -> None:
     # it twice at once; its result is then ours too. A claim lost while training (this worker
     # paused past its TTL) is waited for the same way.
     while True:
-        claim = TrialClaim(ledger.storage, trial.key, driver, sweep_file(spec, SweepFile.LEASE))
+        claim = TrialClaim(ledger.storage, trial.key, driver_token,
+                           sweep_file(spec, SweepFile.LEASE))
         if not claim.acquire(finished=lambda: ledger.is_done(trial.key)):
             # another sweep's driver trained it meanwhile
             if (record := ledger.result(trial.key)) is not None:
@@ -235,7 +236,7 @@ def _train(spec: SweepSpec, trial: Trial, ledger: Ledger, attempts: Attempts, re
             realised_noise_rate=noisy.realised_rate,
             labels_hash=noisy.labels_hash,
             started_at=attempts.data.get("first_start", started),
-            teacher_path=trainer.teacher_path,
+            logit_source=trainer.logit_source,
             cluster=spec.cluster,
             sweep=spec.name,
             starts=attempts.data["starts"],

@@ -204,6 +204,11 @@ class Lease:
                 self.storage.delete_if(self.rel, self.version)
 
 
+def driver_of(claim: dict) -> str | None:
+    """The token of the driver lease a trial claim was taken under."""
+    return claim.get("driver_token", claim.get("driver"))
+
+
 def holder(held: dict) -> str:
     """Who holds a lease, for a message: its host, pid and fence, as far as they are known."""
     if not held.get("host"):
@@ -271,10 +276,13 @@ class ClaimLost(RuntimeError):
 
 
 class TrialClaim(Lease):
-    def __init__(self, storage: Storage, key: str, driver: str, sweep: str | None = None):
-        """``driver``: the token of the driver's lease; ``sweep``: that lease's file, which
-        each heartbeat reads (a worker gives its claim up once its driver is superseded)."""
-        super().__init__(storage, trial_file(key, TrialFile.CLAIM), driver=driver, sweep=sweep)
+    def __init__(self, storage: Storage, key: str, driver_token: str, sweep: str | None = None):
+        """``driver_token``: the token of the driver's lease (stored as the claim's
+        ``driver_token``; claims from before 2026-12-05 say ``driver``); ``sweep``: that
+        lease's file, which each heartbeat reads (a worker gives its claim up once its driver
+        is superseded)."""
+        super().__init__(storage, trial_file(key, TrialFile.CLAIM), driver_token=driver_token,
+                         sweep=sweep)
         self.superseded: dict | None = None
 
     def interval(self) -> float:
@@ -286,7 +294,7 @@ class TrialClaim(Lease):
     def _beat(self) -> bool:
         if self.me["sweep"] is not None:
             held, version = read_lease(self.storage, self.me["sweep"])
-            if version is not None and held.get("token") != self.me["driver"]:
+            if version is not None and held.get("token") != self.me["driver_token"]:
                 self.superseded = held
                 self.release()
                 self.lost = held
@@ -317,7 +325,7 @@ class TrialClaim(Lease):
         watch, said = Watch(), False
         while True:
             held, version = self.read()
-            if (version is None or held.get("driver") == self.me["driver"] or self.gone(held)
+            if (version is None or driver_of(held) == self.me["driver_token"] or self.gone(held)
                     or watch.see(version) >= TTL):
                 if not self.take(held, version):
                     continue  # another worker wrote it at the same moment

@@ -22,8 +22,8 @@ Layout under the storage root (trials are shared by every sweep that stores ther
 (Trials are shared by every cluster that stores here; a sweep's own files are per cluster.)
 
 A trial's state (TrialState) follows from its files, in order of precedence: its result's
-status (done, stopped_early, diverged), failed (failed.json), running (progress.json), claimed
-(a claim and nothing trained yet), pending. `skipped` (its teacher has no model) exists only in
+state (done, stopped_early, diverged), failed (failed.json), running (progress.json), claimed
+(a claim and nothing trained yet), pending. `skipped` (its teacher ended not done) exists only in
 a driver's run and its Parquet rows: nothing is stored for a trial that never started.
 
 Who writes: a trial's own worker writes its own trial's files. The driver writes the sweep's

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 from kd_core.analysis import SCALARS
 
 from ..domain.plan import Plan, Trial
-from ..domain.record import FINAL_METRICS, TrialResult
+from ..domain.record import FINAL_METRICS, RENAMED, TrialResult
 from .ledger import TrialState
 from .snapshot import Snapshot
 from .storage import Storage
@@ -40,7 +40,7 @@ SCHEMA = pa.schema(
     + [(k, pa.float64()) for k in SCALARS]  # the paper's analyses of the final model
     + [
         ("labels_hash", pa.string()),
-        ("teacher_path", pa.string()),
+        ("logit_source", pa.string()),
         ("trained_on", pa.string()),  # the cluster that trained it (this one, unless reused)
         ("started_at", pa.float64()),
         ("finished_at", pa.float64()),
@@ -124,10 +124,9 @@ def read_results(uris: list[str]) -> pd.DataFrame:
             table = pq.read_table(io.BytesIO(data))
         except (pa.ArrowException, OSError) as e:
             raise ValueError(f"{uri}: not a Parquet file ({str(e).splitlines()[0]})") from None
-        if "status" in table.column_names and "state" not in table.column_names:
-            # the state's column name in results written before 2026-12-05
-            table = table.rename_columns(["state" if c == "status" else c
-                                          for c in table.column_names])
+        have = set(table.column_names)
+        renamed = {old: new for old, new in RENAMED.items() if old in have and new not in have}
+        table = table.rename_columns([renamed.get(c, c) for c in table.column_names])
         if missing := [c for c in REQUIRED if c not in table.column_names]:
             raise ValueError(f"{uri}: not a kdsweep results file (no column "
                              f"{', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''})")

@@ -53,11 +53,6 @@ class Snapshot:
         self.result(key)
         return self.states[key]
 
-    def has_model(self, key: str) -> bool:
-        """Done means a model beside the result (publish writes it first; reconcile forgets
-        the result of a teacher whose model is gone)."""
-        return self.state(key) is TrialState.DONE
-
     def set(self, key: str, state: TrialState, result: TrialResult | None = None) -> None:
         """An event of this run: the trial is now in ``state`` (with its record once ended)."""
         self.states[key], self.results[key] = state, result
@@ -77,10 +72,10 @@ def reconcile(
     snapshot: Snapshot,
     trials: Iterable,
     retry_failed: bool,
-    fence: Callable[[], None],
+    check_lease: Callable[[], None],
     teachers: Iterable[str] = (),
 ) -> None:
-    """The driver's repairs before it trains, each under its lease (``fence`` raises once
+    """The driver's repairs before it trains, each under its lease (``check_lease`` raises once
     another driver holds it): from here on the snapshot's ledger repairs what it reads. Of
     ``trials`` (plan.Trial): a diverged one is reset when ``retry_failed``; a finished one (of
     ``trials``, or of ``teachers``: optuna's) whose model is gone or fails its SHA-256 forgets
@@ -91,12 +86,12 @@ def reconcile(
     # again, now repairing (a file rewritten whole meanwhile is kept).
     ledger.repair = True
     for rel in sorted(r for r in ledger.found if r.endswith(f"/{TrialFile.RESULT}")):
-        fence()
+        check_lease()
         snapshot.reread(rel.split("/")[1])
     ledger.found.clear()
 
     def repair(key: str, how: Callable[[str], None]) -> None:
-        fence()
+        check_lease()
         how(key)
         snapshot.set(key, TrialState.PENDING)
 
@@ -119,7 +114,7 @@ def reconcile(
         if fault == "gone":
             log.warning("%s: gone; its trial publishes it again", ledger.model_uri(key))
         else:
-            fence()
+            check_lease()
             ledger.move_aside(trial_file(key, TrialFile.MODEL), fault)
         repair(key, ledger.forget_result)
     for t in trials:

@@ -66,7 +66,7 @@ class Tracker:
         self.warnings: dict[str, list[str]] = {}  # run id -> its workers' warnings so far
         # Called before each run is created: the driver's lease check, so a driver that lost
         # its lease (paused past its TTL) never adds a second run for a trial.
-        self.fence = lambda: None
+        self.check_lease = lambda: None
         local = spec.tracking_uri.startswith("sqlite:")
         # A trial's records share a lane with its lineage's (its teacher's run exists before
         # its own names it); lineages go in parallel.
@@ -177,7 +177,7 @@ class Tracker:
             tags["kdsweep.teacher_key"] = trial.teacher_key
             if teacher_run := self.runs.get(trial.teacher_key):
                 tags["kdsweep.teacher_run_id"] = teacher_run
-        self.fence()
+        self.check_lease()
         run = self.client.create_run(self.experiment_id, run_name=trial.run_name, tags=tags)
         run_id = run.info.run_id
         params = {
