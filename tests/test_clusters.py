@@ -70,7 +70,7 @@ def test_clusters_keep_their_own_runs_and_are_compared(tmp_path, run_here):
         finally:
             kill_leftovers(beta.parent, remove=True)
         store_b = Ledger(Storage(str(tmp_path / "store-b")))
-        assert not all(store_b.is_done(k) for k in keys)
+        assert not all(store_b.has_result(k) for k in keys)
         assert run_here(beta) == 0
 
         parents = client.search_runs([exp_id], "tags.`kdsweep.role` = 'sweep'")

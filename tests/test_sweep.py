@@ -446,7 +446,7 @@ def untimed(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in h.items() if not k.endswith("_time")} for h in history]
 
 
-def test_corrupt_files_are_quarantined_and_derived_again(local_ray, tmp_path, caplog):
+def test_corrupt_files_are_moved_aside_and_derived_again(local_ray, tmp_path, caplog):
     """A truncated result, checkpoint slot, trial list and bank (in storage and in the node
     cache), garbage attempts, a finished teacher's model deleted: the rerun warns, moves each
     corrupt file aside, derives what it held again and ends with every trial done; nothing is
@@ -483,7 +483,7 @@ def test_corrupt_files_are_quarantined_and_derived_again(local_ray, tmp_path, ca
     uri = run_sweep(spec, out=out)
     df = pd.read_parquet(uri).set_index("key")
     assert (df.state == "done").all()
-    # What the student's worker quarantined reaches the driver's output, naming the file
+    # What the student's worker moved aside reaches the driver's output, naming the file
     lines = [ln for ln in out.getvalue().splitlines()
              if f"warning from trial {student.key[:12]}" in ln]
     assert any("attempts.json" in ln and "moved aside" in ln for ln in lines), out.getvalue()

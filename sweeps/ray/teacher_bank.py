@@ -168,7 +168,7 @@ def _fetch(ledger: Ledger, rel: str, local: Path, digest: dict | None) -> str | 
 
 def _cache_holds(local: Path, digest: dict | None) -> bool:
     """The node's copy is the stored bank's (its recorded digest is the stored one): a copy of
-    a bank since quarantined or rebuilt from a retrained teacher is never used."""
+    a bank since moved aside or rebuilt from a retrained teacher is never used."""
     try:
         return digest is not None and json.loads(local.with_suffix(".json").read_text()) == digest
     except (OSError, ValueError):

@@ -100,7 +100,7 @@ class WorkerMessage:
 
 
 class Warnings(logging.Handler):
-    """The warnings kdsweep logs in this worker (a file quarantined, a teacher's model read
+    """The warnings kdsweep logs in this worker (a file moved aside, a teacher's model read
     from its checkpoint, a bank fetched again) and the other trials' files it flagged corrupt,
     held until the trial's next report carries them to the driver: a worker's own log never
     reaches the driver's console."""
@@ -163,7 +163,7 @@ def _run_job(job: Job, spec: SweepSpec, driver_token: str, report) -> None:
     while True:
         claim = TrialClaim(ledger.storage, trial.key, driver_token,
                            sweep_file(spec, SweepFile.LEASE))
-        if not claim.acquire(finished=lambda: ledger.is_done(trial.key)):
+        if not claim.acquire(finished=lambda: ledger.has_result(trial.key)):
             # another sweep's driver trained it meanwhile
             if (record := ledger.result(trial.key)) is not None:
                 report(finals(record.to_dict()), outcome=record.state)

@@ -110,7 +110,7 @@ def flag_corrupt(storage: Storage, rel: str, why: str) -> None:
     log.warning("%s: %s", storage.uri_of(rel), why, extra={CORRUPT: rel})
 
 
-def quarantine(storage: Storage, rel: str, why: str) -> None:
+def move_aside(storage: Storage, rel: str, why: str) -> None:
     """Move a corrupt file aside (kept for a post-mortem) so that what it held is derived again."""
     dest = f"{rel}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
@@ -122,11 +122,11 @@ def quarantine(storage: Storage, rel: str, why: str) -> None:
 
 def read_json_checked(storage: Storage, rel: str, repair: bool = True,
                       found: dict | None = None) -> dict | None:
-    """A JSON file from storage, or None when it is missing or corrupt (then quarantined, or
+    """A JSON file from storage, or None when it is missing or corrupt (then moved aside, or
     with ``repair`` False only flagged, and noted in ``found``: rel -> why)."""
 
     def corrupt(why: str) -> None:
-        (quarantine if repair else flag_corrupt)(storage, rel, why)
+        (move_aside if repair else flag_corrupt)(storage, rel, why)
         if not repair and found is not None:
             found[rel] = why
 
@@ -186,7 +186,7 @@ class Proven(dict):
 
 
 class Ledger:
-    """Trials' files in one storage. ``repair``: quarantine corrupt files found on reading (a
+    """Trials' files in one storage. ``repair``: move corrupt files aside found on reading (a
     driver under its lease, a trial's own worker); False for readers that must change nothing
     (`kdsweep status`, a driver before it holds its lease), which note what they found in
     ``found`` (rel -> why) for the driver's reconcile."""
@@ -197,7 +197,7 @@ class Ledger:
 
     # ---- reading ---------------------------------------------------------------------------
     def result(self, key: str) -> TrialResult | None:
-        """The trial's result record; a corrupt one is quarantined (the trial then publishes
+        """The trial's result record; a corrupt one is moved aside (the trial then publishes
         again from its checkpoints, or retrains what they lack)."""
         rel = trial_file(key, TrialFile.RESULT)
         d = read_json_checked(self.storage, rel, self.repair, self.found)
@@ -207,12 +207,12 @@ class Ledger:
             return TrialResult.from_dict(d)
         except TypeError as e:
             if self.repair:
-                quarantine(self.storage, rel, f"not a result record ({e})")
+                move_aside(self.storage, rel, f"not a result record ({e})")
             else:
                 self.found[rel] = f"not a result record ({e})"
             return None
 
-    def is_done(self, key: str) -> bool:
+    def has_result(self, key: str) -> bool:
         """Ended with a valid result (trained, stopped early, diverged): never trained again."""
         return self.result(key) is not None
 
@@ -304,7 +304,7 @@ class Ledger:
         teacher's model or bank; a bank's digest goes with it). False when it is gone."""
         if not rel.startswith("trials/") or not self.storage.exists(rel):
             return False
-        quarantine(self.storage, rel, why)
+        move_aside(self.storage, rel, why)
         if "/bank-" in rel:
             self.storage.delete(digest_file(rel))
         return True
@@ -344,7 +344,7 @@ class Ledger:
     def trial_list(self, spec) -> list[dict] | None:
         """Every trial the sweep's runs knew (sampled ones too): the list its last run began
         with, and each trial added since (one listing, the files read concurrently); None when
-        neither is there (a corrupt one is quarantined: the plan and the stored results give
+        neither is there (a corrupt one is moved aside: the plan and the stored results give
         it again)."""
         rel = sweep_file(spec, SweepFile.TRIALS)
         trials = (read_json_checked(self.storage, rel, self.repair, self.found) or {}).get(

@@ -23,7 +23,7 @@ from .ledger import (
     Ledger,
     TrialFile,
     flag_corrupt,
-    quarantine,
+    move_aside,
     read_json_checked,
     trial_file,
 )
@@ -38,7 +38,7 @@ class TrialCheckpoints:
     epoch trains while the last one uploads (a kill then loses at most the epoch in flight and
     the one uploading); ``on_saved(epoch)`` runs once that epoch is in storage; ``guard()``
     runs before each write and raises once the trial is no longer this worker's (its claim).
-    ``repair``: a corrupt slot is quarantined (the trial's own worker), else only flagged (a
+    ``repair``: a corrupt slot is moved aside (the trial's own worker), else only flagged (a
     reader)."""
 
     def __init__(self, storage: Storage, key: str, on_saved=None, repair: bool = True,
@@ -117,7 +117,7 @@ class TrialCheckpoints:
             try:
                 state = load_checkpoint(self.storage.read_bytes(rel), self.storage.uri_of(rel))
             except CheckpointError as e:  # the other slot, or epoch 0, is the last good state
-                (quarantine if self.repair else flag_corrupt)(self.storage, rel, str(e))
+                (move_aside if self.repair else flag_corrupt)(self.storage, rel, str(e))
                 continue
             found.append((int(state["epoch"]), i, state))
         if not found:
