@@ -37,7 +37,7 @@ class Checkpoints(Protocol):
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str  # "done" (trained to its last epoch) or "diverged"
+    state: str  # "done" (trained to its last epoch) or "diverged": the trial states it ends in
     reason: str | None = None
 
 

@@ -23,6 +23,26 @@ def paused(monkeypatch):
     monkeypatch.setattr(lease_module, "beat", lambda: 3600.0)
 
 
+class SteppedClock:
+    """The observer's clock (lease.clock), moved by hand: a window's length without sleeping."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def step(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def stepped(monkeypatch):
+    clock = SteppedClock()
+    monkeypatch.setattr(lease_module, "clock", clock)
+    return clock
+
+
 def sweep_lease(tmp_path, monkeypatch, ttl: float):
     monkeypatch.setattr(lease_module, "TTL", ttl)
     spec = parse_spec(yaml.safe_load(write_spec(tmp_path).read_text()))
@@ -84,19 +104,23 @@ def test_a_paused_holders_renewal_after_a_takeover_is_refused_by_the_storage(
 
 
 def test_a_holder_trusts_its_lease_for_half_the_ttl_then_confirms_it(
-        tmp_path, monkeypatch, paused):
+        tmp_path, monkeypatch, paused, stepped):
     storage, _, lease = sweep_lease(tmp_path, monkeypatch, ttl=0.4)
     a, told = lease(), []
     a.on_lost = told.append
     a.acquire()
     version = a.version
+    stepped.step(0.19)
     a.check()
     assert a.version == version  # within TTL/2: no write
-    time.sleep(0.25)
+    stepped.step(0.02)
     a.check()
     assert a.version != version and not told  # past TTL/2: a conditional renewal
     storage.write_json(a.rel, {"token": "someone-else", "fence": 9})
-    time.sleep(0.25)
+    stepped.step(0.19)
+    a.check()
+    assert not told  # trusted still: the renewal was 0.19 s ago on its own clock
+    stepped.step(0.02)
     a.check()
     assert told == [{"token": "someone-else", "fence": 9}]
 
@@ -110,18 +134,20 @@ def test_a_live_holder_is_refused_and_a_silent_one_waited_out_on_the_observers_c
     rel = sweep_file(spec, "driver.lease")
     stop = threading.Event()
 
+    written = threading.Event()
+
     def holder_an_hour_behind():  # a live driver on another host whose clock is 1 h behind
         version = None
         while not stop.wait(0.1):
             stamp = {"host": "other-host", "pid": 7, "token": "t", "fence": 3,
                      "since": time.time() - 3600, "renewed": time.time() - 3600}
             version = storage.write_if(rel, json.dumps(stamp).encode(), version)
+            written.set()
 
     alive = threading.Thread(target=holder_an_hour_behind)
     alive.start()
     try:
-        while not storage.exists(rel):
-            time.sleep(0.01)
+        assert written.wait(10)
         t0 = time.monotonic()
         with pytest.raises(LeaseHeld, match=r"another driver runs this sweep \(host other-host, "
                                             r"pid 7, lease 3 since"):
@@ -142,11 +168,11 @@ def test_a_live_holder_is_refused_and_a_silent_one_waited_out_on_the_observers_c
     mine.release()
 
 
-def test_watch_counts_changes_on_its_own_clock():
+def test_watch_counts_changes_on_its_own_clock(stepped):
     w = Watch()
     assert w.see("a") == 0 and w.changes == 0
-    time.sleep(0.05)
-    assert w.see("a") >= 0.05 and w.changes == 0
+    stepped.step(0.05)
+    assert w.see("a") == pytest.approx(0.05) and w.changes == 0
     assert w.see("b") == 0 and w.changes == 1
 
 

@@ -3,6 +3,7 @@ corrupt checkpoints. Each test bounds its waits and kills what it started."""
 
 import contextlib
 import io
+import logging
 import os
 import random
 import shutil
@@ -298,38 +299,47 @@ def test_a_trial_another_sweep_trains_is_waited_for_never_trained_twice(tmp_path
     by its own driver's earlier worker (Tune's retry after a lost node) is taken at once."""
     storage = Storage(str(tmp_path))
     result = trial_file("k", "result.json")
-    other = TrialClaim(storage, "k", driver="sweep-a")
+    other = TrialClaim(storage, "k", driver_token="sweep-a")
     assert other.acquire(finished=lambda: False)
     waited: dict = {}
+    told = threading.Event()  # the waiting worker said whom it waits for
+
+    class Told(logging.Handler):
+        def emit(self, record):
+            if "held by another sweep's driver" in record.getMessage():
+                told.set()
 
     def wait_for_it():
-        t0 = time.time()
-        waited["trains"] = TrialClaim(storage, "k", driver="sweep-b").acquire(
+        waited["trains"] = TrialClaim(storage, "k", driver_token="sweep-b").acquire(
             finished=lambda: storage.exists(result), poll=0.05)
-        waited["seconds"] = time.time() - t0
 
-    t = threading.Thread(target=wait_for_it)
-    t.start()
-    time.sleep(1.0)
-    assert t.is_alive()  # waiting, not training
+    handler = Told()
+    logging.getLogger("sweeps.store.lease").addHandler(handler)
+    try:
+        t = threading.Thread(target=wait_for_it)
+        t.start()
+        assert told.wait(10)
+    finally:
+        logging.getLogger("sweeps.store.lease").removeHandler(handler)
+    assert t.is_alive() and "trains" not in waited  # waiting, not training
     storage.write_json(result, {"state": "done"})  # sweep A publishes, then lets go
     other.release()
     t.join(10)
-    assert waited["trains"] is False and waited["seconds"] >= 1.0
+    assert waited["trains"] is False
 
     # Sweep A's worker takes it again and dies on a lost node (its claim stays, renewed by
     # nobody); A's driver retries the trial on another worker: taken over at once.
     storage.delete(result)
-    lost = TrialClaim(storage, "k", driver="sweep-a")
+    lost = TrialClaim(storage, "k", driver_token="sweep-a")
     assert lost.acquire(finished=lambda: False)
     lost.stop_renewing()  # the heartbeat of a process that is gone
     t0 = time.time()
-    retry = TrialClaim(storage, "k", driver="sweep-a")
+    retry = TrialClaim(storage, "k", driver_token="sweep-a")
     assert retry.acquire(finished=lambda: False) and time.time() - t0 < 1.0
     assert storage.read_json(trial_file("k", "claim.lease"))["token"] == retry.me["token"]
     # ... while sweep B, once A lets go without a result (it failed), trains it itself
     retry.release()
-    assert TrialClaim(storage, "k", driver="sweep-b").acquire(finished=lambda: False)
+    assert TrialClaim(storage, "k", driver_token="sweep-b").acquire(finished=lambda: False)
 
 
 def test_a_paused_driver_that_lost_its_lease_stops_and_mlflow_keeps_one_run_per_trial(

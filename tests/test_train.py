@@ -190,7 +190,8 @@ def test_cli_train_writes_checkpoint_and_metrics(tmp_path, kdsweep_here):
     import json
 
     metrics = json.loads((tmp_path / "s" / "metrics.json").read_text())
-    assert len(metrics["epochs"]) == 2 and 0.3 < metrics["realised_noise_rate"] < 0.5
+    assert len(metrics["epochs"]) == 2 and metrics["state"] == "done"
+    assert 0.3 < metrics["realised_noise_rate"] < 0.5
     assert load_checkpoint(tmp_path / "s" / "checkpoint.pt")["epoch"] == 2
     code, _, err = kdsweep("--model", "cnn-small", "--loss", "kl", "--tau", "-1",
                            "--out", tmp_path / "x")

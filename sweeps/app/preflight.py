@@ -5,13 +5,10 @@ server is bounded in time (a few seconds), so a typo never costs minutes of retr
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 import socket
 import threading
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -103,6 +100,7 @@ def check_tracking(uri: str) -> None:
     schema this MLflow writes. Reads only: a file that is not such a store is refused, never
     moved."""
     if uri.startswith(("http://", "https://")):
+        import mlflow.utils.rest_utils  # noqa: F401  imported here (~1 s), not inside the bound
         _bounded(f"tracking_uri: {uri}", lambda: _probe_server(uri))
         return
     if uri.startswith("sqlite:///"):
@@ -117,34 +115,35 @@ def check_tracking(uri: str) -> None:
 
 
 def _probe_server(uri: str) -> None:
-    """One call that needs the credentials MLflow's client will send (MLFLOW_TRACKING_USERNAME
-    and _PASSWORD, or _TOKEN): /health answers anyone, so it would pass a wrong password."""
-    url = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1"
-    request = urllib.request.Request(url)
-    user, password = (os.environ.get(f"MLFLOW_TRACKING_{k}") for k in ("USERNAME", "PASSWORD"))
-    if user and password:
-        pair = base64.b64encode(f"{user}:{password}".encode()).decode()
-        request.add_header("Authorization", f"Basic {pair}")
-    elif token := os.environ.get("MLFLOW_TRACKING_TOKEN"):
-        request.add_header("Authorization", f"Bearer {token}")
+    """One call that needs the credentials MLflow's client will send, sent by MLflow's own
+    transport with its retries off, so it authenticates as the Tracker will (its credentials:
+    MLFLOW_TRACKING_USERNAME and _PASSWORD, _TOKEN or ~/.mlflow/credentials; its TLS settings):
+    /health answers anyone, so it would pass a wrong password."""
+    import requests
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    creds = get_default_host_creds(uri)
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT) as r:
-            r.read()
-    except urllib.error.HTTPError as e:
-        if e.code in (401, 403):
-            sent = request.has_header("Authorization")
-            given = "were refused" if sent else "are missing"
-            raise SpecError(
-                f"tracking_uri: the MLflow server at {uri} answered {e.code}: its credentials "
-                f"{given} (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD in this "
-                "environment)"
-            ) from None
-        raise SpecError(f"tracking_uri: {uri} is not an MLflow server (HTTP {e.code})") from None
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        if isinstance(reason, TimeoutError):  # the socket's timeout beat _bounded's: one message
+        r = http_request(creds, "/api/2.0/mlflow/experiments/search", "GET", max_retries=0,
+                         timeout=TIMEOUT, raise_on_status=False, params={"max_results": 1})
+    except MlflowException as e:  # MLflow's wrapper of what requests raised
+        cause = e.__cause__ or e.__context__
+        if isinstance(cause, requests.Timeout):  # the socket's timeout beat _bounded's
             raise SpecError(f"tracking_uri: {uri}: no answer within {TIMEOUT:g} s") from None
+        reason = str(cause or e).splitlines()[0]
         raise SpecError(f"tracking_uri: no MLflow server answers at {uri} ({reason})") from None
+    if r.status_code in (401, 403):
+        sent = (creds.username and creds.password) or creds.token
+        given = "were refused" if sent else "are missing"
+        raise SpecError(
+            f"tracking_uri: the MLflow server at {uri} answered {r.status_code}: its "
+            f"credentials {given} (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD in "
+            "this environment)"
+        )
+    if r.status_code != 200:
+        raise SpecError(f"tracking_uri: {uri} is not an MLflow server (HTTP {r.status_code})")
 
 
 def local_resources() -> dict[str, float]:

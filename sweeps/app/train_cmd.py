@@ -92,17 +92,17 @@ def run(args: argparse.Namespace) -> int:
             "noise_rate": args.noise_rate,
             "realised_noise_rate": noisy.realised_rate,
             "labels_hash": noisy.labels_hash,
-            "status": outcome.status,
+            "state": outcome.state,
             "reason": outcome.reason,
             "epochs": trainer.history,
         }
         (out / "metrics.json").write_text(json.dumps(summary, indent=1))
-        return {"status": outcome.status, "reason": outcome.reason}
+        return {"state": outcome.state, "reason": outcome.reason}
 
     left = cfg.epochs - trainer.epoch
     bar = tqdm(fit(trainer, CheckpointFile(checkpoint), publish=publish), total=left,
                desc=f"{args.model} {loss}", unit="epoch")
-    outcome = {"status": "done", "reason": None}
+    outcome = {"state": "done", "reason": None}
     for m, published in bar:
         bar.set_postfix(loss=f"{m.train_loss:.3f}", test_acc=f"{m.test_acc:.4f}")
         outcome |= published
@@ -113,10 +113,10 @@ def run(args: argparse.Namespace) -> int:
         f" logit_dist={last['test_logit_distance']:.3f}" if "test_logit_distance" in last else ""
     )
     what = f"{loss} tau={args.tau:g}" if loss == "kl" else loss
-    ended = "" if outcome["status"] == TrialState.DONE else f" DIVERGED ({outcome['reason']})"
+    ended = "" if outcome["state"] == TrialState.DONE else f" DIVERGED ({outcome['reason']})"
     print(
         f"{args.model} {what} noise={args.noise_rate:g}: "
         f"test_acc={last['test_acc']:.4f} train_acc_clean={last['train_acc_clean']:.4f}{extra} "
         f"-> {checkpoint}{ended}"
     )
-    return 0 if outcome["status"] == TrialState.DONE else 1
+    return 0 if outcome["state"] == TrialState.DONE else 1

@@ -223,7 +223,7 @@ def _train(spec: SweepSpec, trial: Trial, ledger: Ledger, attempts: Attempts, re
 
     def publish(outcome: Outcome = DONE) -> dict:
         """Publish the trial's outcome; returns what its next report says (its outcome)."""
-        status, reason = outcome.status, outcome.reason
+        state, reason = outcome.state, outcome.reason
         claim.check(confirm=True)
         checkpoints.flush()  # every epoch of the record is in storage first
         faults.reached("before-publish")
@@ -231,7 +231,7 @@ def _train(spec: SweepSpec, trial: Trial, ledger: Ledger, attempts: Attempts, re
         record = TrialResult.from_history(
             trial.to_dict(),
             trainer.history,
-            state=status,
+            state=state,
             reason=reason,
             realised_noise_rate=noisy.realised_rate,
             labels_hash=noisy.labels_hash,
@@ -246,12 +246,12 @@ def _train(spec: SweepSpec, trial: Trial, ledger: Ledger, attempts: Attempts, re
         )
         # A diverged model teaches nothing: no model, so no student ever distils from it.
         model = dists = None
-        if status == TrialState.DONE:
+        if state == TrialState.DONE:
             model = checkpoint_bytes({**model_state(trainer.model), "trial": trial.to_dict()})
             record.analysis, dists = trainer.analyse(analysed_teacher())
-        curve = learning_curve_png(trainer.history, f"{trial.run_name}: {status}")
+        curve = learning_curve_png(trainer.history, f"{trial.run_name}: {state}")
         ledger.publish(trial.key, model, record, dists, curve)
-        return {"outcome": status}
+        return {"outcome": state}
 
     def analysed_teacher():
         if trial.teacher_key is None or teacher is not None:

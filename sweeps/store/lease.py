@@ -45,6 +45,9 @@ from .storage import Storage, StorageFull, WriteConflict
 
 log = logging.getLogger(__name__)
 TTL = env_number("KDSWEEP_LEASE_TTL", 120.0)  # seconds without a renewal
+# The observer's own clock, for every expiry and trust window here (a test steps it by hand
+# where a window's length is the subject, not real concurrency).
+clock = time.monotonic
 
 
 def beat() -> float:
@@ -67,7 +70,7 @@ class Watch:
         self.changes = 0  # times the version changed while watched: its holder is alive
 
     def see(self, version: str | None) -> float:
-        now = time.monotonic()
+        now = clock()
         if self.since is None or version != self.version:
             self.changes += self.since is not None
             self.version, self.since = version, now
@@ -113,7 +116,7 @@ class Lease:
             self.version = self.storage.write_if(self.rel, body, expect)
         except WriteConflict:
             return False
-        self.confirmed = time.monotonic()
+        self.confirmed = clock()
         return True
 
     @staticmethod
@@ -158,7 +161,7 @@ class Lease:
         """Still the holder: trusted for TTL/2 after the last confirmed write, else renewed now."""
         if self.lost is not None:
             return False
-        if time.monotonic() - self.confirmed < TTL / 2:
+        if clock() - self.confirmed < TTL / 2:
             return True
         return self.renew()
 
