@@ -206,7 +206,7 @@ def test_a_worker_that_lost_its_trial_claim_stops_before_publishing(tmp_path, mo
     """A worker paused past its claim's TTL while another driver's worker took the trial
     over: its next epoch stops it (ClaimLost), and it publishes nothing of the trial."""
     from sweeps.domain.plan import build_plan
-    from sweeps.ray.trial import _train
+    from sweeps.ray.trial import train_trial
     from sweeps.store.ledger import Ledger
     from sweeps.store.resume import Attempts
 
@@ -220,12 +220,14 @@ def test_a_worker_that_lost_its_trial_claim_stops_before_publishing(tmp_path, mo
 
     def report(metrics):  # after epoch 1: another driver's worker takes the claim over
         reports.append(metrics)
-        taken = {**ledger.storage.read_json(claim.rel), "token": "other", "driver": "driver-b"}
+        taken = {**ledger.storage.read_json(claim.rel), "token": "other",
+                 "driver_token": "driver-b"}
         ledger.storage.write_json(claim.rel, taken)
         claim.renew()  # what the heartbeat does every beat: refused by the storage
 
     with pytest.raises(ClaimLost, match="taken over by another driver's worker"):
-        _train(spec, teacher, ledger, Attempts(ledger.storage, teacher.key), report, claim)
+        train_trial(spec, teacher, ledger, Attempts(ledger.storage, teacher.key), report,
+                    claim)
     assert [r["epoch"] for r in reports] == [1]
     assert ledger.result(teacher.key) is None and not ledger.has_model(teacher.key)
     claim.release()

@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     left = cfg.epochs - trainer.epoch
     bar = tqdm(fit(trainer, CheckpointFile(checkpoint), publish=publish), total=left,
                desc=f"{args.model} {loss}", unit="epoch")
-    outcome = {"state": "done", "reason": None}
+    outcome = {"state": TrialState.DONE, "reason": None}
     for m, published in bar:
         bar.set_postfix(loss=f"{m.train_loss:.3f}", test_acc=f"{m.test_acc:.4f}")
         outcome |= published

@@ -19,9 +19,9 @@ class TrialState(StrEnum):
     PENDING = "pending"
     CLAIMED = "claimed"
     RUNNING = "running"
-    DONE = "done"  # trained to its last epoch; its model is in storage
-    STOPPED_EARLY = "stopped_early"  # ASHA stopped it: a result, no model
-    DIVERGED = "diverged"  # a non-finite loss or metric: a result, no model
+    DONE = "done"  # trained to its last epoch; its weights are stored (model.pt)
+    STOPPED_EARLY = "stopped_early"  # ASHA stopped it: a result, no weights
+    DIVERGED = "diverged"  # a non-finite loss or metric: a result, no weights
     FAILED = "failed"  # its own error, retries spent (failed.json)
     SKIPPED = "skipped"  # its teacher ended not done (a driver's run only)
 
@@ -52,7 +52,7 @@ class TrialResult:
     # its ledger.TrialState once ended: "done" (trained to its last epoch), "stopped_early"
     # (ASHA) or "diverged" (a non-finite loss or metric: no model is kept, and a plain rerun
     # does not train it again)
-    state: str = "done"
+    state: str = TrialState.DONE
     reason: str | None = None  # why it did not end "done"
     epochs: int = 0  # epochs trained
     test_acc: float | None = None
@@ -83,7 +83,7 @@ class TrialResult:
     analysis: dict = field(default_factory=dict)
 
     @classmethod
-    def from_history(cls, trial: dict, history: list[dict], state: str = "done", **extra):
+    def from_history(cls, trial: dict, history: list[dict], state: str = TrialState.DONE, **extra):
         """The record of a trial whose per-epoch metrics are ``history``."""
         last = history[-1] if history else {}
         return cls(

@@ -181,7 +181,7 @@ def _run_job(job: Job, spec: SweepSpec, driver_token: str, report) -> None:
 def _claimed(spec: SweepSpec, trial: Trial, ledger: Ledger, claim: TrialClaim, report) -> None:
     attempts = Attempts(ledger.storage, trial.key)
     try:
-        _train(spec, trial, ledger, attempts, report, claim)
+        train_trial(spec, trial, ledger, attempts, report, claim)
     except (StorageFull, ClaimLost):
         raise
     except Exception:
@@ -195,8 +195,8 @@ def _claimed(spec: SweepSpec, trial: Trial, ledger: Ledger, claim: TrialClaim, r
         raise
 
 
-def _train(spec: SweepSpec, trial: Trial, ledger: Ledger, attempts: Attempts, report,
-           claim: TrialClaim) -> None:
+def train_trial(spec: SweepSpec, trial: Trial, ledger: Ledger, attempts: Attempts, report,
+                claim: TrialClaim) -> None:
     """Train ``trial`` from its latest checkpoint and publish it, while ``claim`` is held: each
     epoch checks it, and publishing reads it first."""
     started = time.time()
