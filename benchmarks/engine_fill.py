@@ -13,7 +13,9 @@ one-CPU workers, token auth). Then reads every trial's stored result:
 - idle while waiting = slot time with a free slot (neither training nor building a bank)
   while some trial had not started yet, over slot time (a barrier's generation changes);
 - stalled = time in which no slot trained or built a bank while some trial had not started,
-  over the span (the whole cluster waiting at a generation change);
+  over the span (the whole cluster waiting at a generation change); its pauses counted, with
+  their median and longest (many short pauses: slots between trials at the same moment; a few
+  long ones: the engine waiting);
 - per-trial fixed slot cost = the gap between a trial's start and the most recent end of
   another trial before it (each end used once): median and 90th percentile, after the first
   `slots` starts (warm-up).
@@ -77,10 +79,13 @@ def measure(iv: list[tuple[float, float, int]], banks: list, slots: int) -> dict
     busy = [(s, e) for s, e, _ in iv] + banks
     events = sorted([(s, 1) for s, _ in busy] + [(e, -1) for _, e in busy])
     idle_waiting, stalled, running, prev = 0.0, 0.0, 0, t0
+    pauses = []  # each interval in which no slot trained (its length): count and size apart
     for t, d in events:
         if prev < last_start:
             idle_waiting += max(0, slots - running) * (min(t, last_start) - prev)
             stalled += (running == 0) * (min(t, last_start) - prev)
+            if running == 0 and t > prev:
+                pauses.append(min(t, last_start) - prev)
         running += d
         prev = t
     gaps, ends = [], []
@@ -96,6 +101,9 @@ def measure(iv: list[tuple[float, float, int]], banks: list, slots: int) -> dict
         "fill": train / (span * slots),
         "idle_waiting": idle_waiting / (span * slots),
         "stalled": stalled / span,
+        "pauses": len(pauses),
+        "pause_median_s": statistics.median(pauses) if pauses else 0.0,
+        "pause_max_s": max(pauses, default=0.0),
         "gap_median_s": statistics.median(gaps),
         "gap_p90_s": sorted(gaps)[int(0.9 * (len(gaps) - 1))],
     }
@@ -147,7 +155,8 @@ def main():
     print(
         f"{src.name} on {where}, {args.slots} slots: {m['trials']} trials, driver wall "
         f"{wall:.1f}s, span {m['span_s']:.1f}s, fill {m['fill']:.1%}, idle while waiting "
-        f"{m['idle_waiting']:.1%}, stalled {m['stalled']:.1%}, fixed slot cost median "
+        f"{m['idle_waiting']:.1%}, stalled {m['stalled']:.1%} ({m['pauses']} pauses, median "
+        f"{m['pause_median_s']:.2f}s, max {m['pause_max_s']:.2f}s), fixed slot cost median "
         f"{m['gap_median_s']:.2f}s p90 {m['gap_p90_s']:.2f}s"
     )
 

@@ -121,7 +121,7 @@ def main() -> None:
     print(f"{where}; {args.window} trials per window; trial runs/s min / median over "
           f"{args.rounds} round(s); HTTP requests per trial {min(PER_TRIAL):.1f}-"
           f"{max(PER_TRIAL):.1f}")
-    print("| lanes | " + " | ".join(f"at {a:,}" for a in at) + f" | at {at[-1]:,} / at 0 |")
+    print("| lanes | " + " | ".join(f"at {a:,}" for a in at) + f" | at {at[-1]:,} / at {at[0]:,} |")
     print("| --- " * (len(at) + 2) + "|")
     for n in lanes:
         cells = [min_med([r[a] for r in figures[n]]) for a in at]
