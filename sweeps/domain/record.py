@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -112,7 +113,7 @@ class TrialResult:
         longer has (best_test_acc: it chose an epoch on the test set) are ignored; fields
         under an earlier name (RENAMED) are read under their own."""
         names = {f.name for f in dataclasses.fields(cls)}
-        d = {**{new: d[old] for old, new in RENAMED.items() if old in d and new not in d}, **d}
+        d = {**{new: d[old] for old, new in renamed_in(d).items()}, **d}
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
@@ -121,6 +122,13 @@ RENAMED = {
     "status": "state",  # before 2026-12-05: the state's one word is state (TrialState)
     "teacher_path": "logit_source",  # before 2026-12-05: a mode, not a path (bank.logit_source)
 }
+
+
+def renamed_in(names: Iterable[str]) -> dict[str, str]:
+    """The earlier names among ``names`` (a record's keys, a results file's columns) -> their
+    names now, where the name now is not there as well."""
+    have = set(names)
+    return {old: new for old, new in RENAMED.items() if old in have and new not in have}
 
 
 # The summary numbers Parquet stores as columns (with the trial's identity and the analyses).

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 from kd_core.analysis import SCALARS
 
 from ..domain.plan import Plan, Trial
-from ..domain.record import FINAL_METRICS, RENAMED, TrialResult
+from ..domain.record import FINAL_METRICS, TrialResult, renamed_in
 from .ledger import TrialState
 from .snapshot import Snapshot
 from .storage import Storage
@@ -124,8 +124,7 @@ def read_results(uris: list[str]) -> pd.DataFrame:
             table = pq.read_table(io.BytesIO(data))
         except (pa.ArrowException, OSError) as e:
             raise ValueError(f"{uri}: not a Parquet file ({str(e).splitlines()[0]})") from None
-        have = set(table.column_names)
-        renamed = {old: new for old, new in RENAMED.items() if old in have and new not in have}
+        renamed = renamed_in(table.column_names)
         table = table.rename_columns([renamed.get(c, c) for c in table.column_names])
         if missing := [c for c in REQUIRED if c not in table.column_names]:
             raise ValueError(f"{uri}: not a kdsweep results file (no column "
