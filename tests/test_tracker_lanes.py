@@ -18,12 +18,13 @@ LANES = 16
 
 
 @pytest.mark.slow
-def test_lanes_finish_every_run_of_one_dataset_at_once(tmp_path):
+def test_lanes_finish_every_run_of_one_dataset_at_once(tmp_path, capfd):
     """Eight lineages (seeds), a lane each (a server gets several), log one Dataset (clean
     labels: one digest for every seed) into a fresh experiment: each run ends FINISHED with its
-    input and every epoch once. Then the race itself, released by a barrier: MLflow's first log
-    of a dataset in an experiment fails one of two concurrent callers on the datasets table's
-    unique key (which left a trial's run RUNNING, its finish aborted); DatasetInputs never."""
+    input and every epoch once, no "View run" line printed per run. Then the race itself,
+    released by a barrier: MLflow's first log of a dataset in an experiment fails one of two
+    concurrent callers on the datasets table's unique key (which left a trial's run RUNNING,
+    its finish aborted); DatasetInputs never."""
     with mlflow_sqlite_server(tmp_path, workers=4) as server:
         spec = parse_spec({
             "name": "lanes", "dataset": {"name": "digits"},
@@ -51,6 +52,7 @@ def test_lanes_finish_every_run_of_one_dataset_at_once(tmp_path):
             steps = [m.step for m in client.get_metric_history(r.info.run_id, "train_loss")]
             assert sorted(steps) == list(range(1, EPOCHS + 1))
         assert tracker.failed_writes == 0
+        assert "View run" not in capfd.readouterr().out  # no line per run: the sweep's links
 
         result = ledger.result(trials[0].key)
         errors = []

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.environment_variables import MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -57,6 +58,10 @@ class Tracker:
     def __init__(self, spec: SweepSpec, storage: Storage, queue_size: int = 10_000):
         self.spec, self.storage = spec, storage
         prepare_store(spec.tracking_uri)
+        # MLflow's client prints two "View run" lines per ended run into a server, after a
+        # get_run of its own: 200k lines and 100k requests for a 100k sweep. The driver prints
+        # the sweep's links once (sweep_run.py); the run's page is one click from there.
+        MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT.set(True)
         logging.getLogger("mlflow.store.db.utils").addFilter(_raised_to_the_caller)
         self.client = MlflowClient(tracking_uri=spec.tracking_uri)
         self.sweep = SweepRun(self.client, spec, storage)
