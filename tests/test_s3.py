@@ -84,6 +84,8 @@ def test_sweep_on_s3_resumes_and_reuses_teachers(s3_server, tmp_path, monkeypatc
                           region_name="us-east-1")
         objects = s3.list_objects_v2(Bucket="kdsweep")["Contents"]
         assert len(objects) > 20
+        # Tune's experiment state stays on the driver's disk: no request of Tune's on S3
+        assert [o["Key"] for o in objects if "/tune/" in o["Key"]] == []
         for o in objects:
             body = s3.get_object(Bucket="kdsweep", Key=o["Key"])["Body"].read()
             assert not any(x.encode() in body for x in secrets), o["Key"]

@@ -20,6 +20,7 @@ from sweeps.app.progress import sweep_status
 from sweeps.app.sweep import run_sweep
 from sweeps.domain.plan import build_plan
 from sweeps.domain.spec import SpecError, parse_spec
+from sweeps.ray.engine import tune_dir
 from sweeps.ray.teacher_bank import cache_dir
 from sweeps.report import report
 from sweeps.report.load import specs_in
@@ -546,7 +547,8 @@ def test_a_sweep_runs_as_tune_experiments_of_a_bounded_window(local_ray, tmp_pat
     uri = run_sweep(spec, out=io.StringIO())
     df = pd.read_parquet(uri)
     assert len(df) == 3 and (df.state == "done").all()
-    tune = Path(spec.storage) / "sweeps" / "windows" / "local" / "tune"
+    assert not (Path(spec.storage) / "sweeps" / "windows" / "local" / "tune").exists()
+    tune = tune_dir(spec, Storage(spec.storage).uri)  # on the driver's disk, not in storage
     jobs = [[j.name.split("-")[0] for j in run.iterdir() if j.is_dir()]
             for run in sorted(tune.glob("run-*"))]
     # two jobs per experiment: the teacher and its bank, then the two students

@@ -17,9 +17,11 @@ run_experiment). A job's resources go through Tune's public ``PlacementGroupFact
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -34,7 +36,7 @@ from ..domain.scheduler import Job, Scheduler
 from ..domain.settings import env_number
 from ..domain.spec import ResourcesSpec, SearchSpec, SpecError, SweepSpec
 from ..store.ledger import Ledger, TrialState
-from ..store.storage import AWS_CREDENTIALS, StorageFull
+from ..store.storage import AWS_CREDENTIALS, StorageFull, node_cache
 from .trial import WorkerMessage, run_job
 
 
@@ -277,19 +279,31 @@ def run_experiment(spec: SweepSpec, ledger: Ledger, scheduler: Scheduler, events
     (``driver_token``: the token of this driver's lease, which its workers' trial claims carry);
     returns how many experiments it took."""
     windows, window = 0, tune_window()
+    state = tune_dir(spec, ledger.storage.uri)
+    shutil.rmtree(state, ignore_errors=True)  # the last run's, never restored
     while not scheduler.finished():
         searcher = DependencySearcher(scheduler, spec.search.metric, window)
-        _run_window(spec, ledger, searcher, events, driver_token, index=windows)
+        _run_window(spec, searcher, events, driver_token, index=windows, state=state)
         windows += 1
         if searcher.handed == 0:  # nothing could start: what is left waits on nothing
             break
     return windows
 
 
-def _run_window(spec: SweepSpec, ledger: Ledger, searcher: DependencySearcher, events,
-                driver_token: str, index: int) -> None:
+def tune_dir(spec: SweepSpec, storage_uri: str):
+    """Where Ray Tune keeps its experiment state: the driver's own disk, never the sweep's
+    storage. kdsweep restores nothing of Tune's (the ledger is the sweep's state), so on shared
+    storage Tune's directory markers and per-trial files would only cost requests in the
+    driver's loop (six PUTs and a HEAD per trial on S3). The latest run's is kept, for Tune's
+    logs; a worker node writes its trials' Tune files under the same path on its own disk."""
+    where = hashlib.sha256(storage_uri.encode()).hexdigest()[:12]
+    return node_cache() / "tune" / where / spec.name / spec.cluster
+
+
+def _run_window(spec: SweepSpec, searcher: DependencySearcher, events, driver_token: str,
+                index: int, state) -> None:
     """One Tune experiment, the sweep's ``index``-th: the jobs ``searcher`` hands out, until
-    its budget or the end."""
+    its budget or the end; Tune's state under ``state`` (tune_dir)."""
     # Tune copies the driver's AWS credentials into every trainable's runtime_env, and Ray's
     # runtime-env agent logs that env verbatim in its session logs: a secret on disk. Workers
     # take credentials from their node (its environment or instance role), as the driver does.
@@ -299,7 +313,6 @@ def _run_window(spec: SweepSpec, ledger: Ledger, searcher: DependencySearcher, e
         job_resources(spec.resources),
     )
     early = spec.search.asha is not None
-    tune_path, tune_fs = ledger.tune_location(spec)
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -311,8 +324,7 @@ def _run_window(spec: SweepSpec, ledger: Ledger, searcher: DependencySearcher, e
         ),
         run_config=tune.RunConfig(
             name=time.strftime("run-%Y%m%d-%H%M%S") + (f"-w{index}" if index else ""),
-            storage_path=tune_path,
-            storage_filesystem=tune_fs,
+            storage_path=str(state),
             # Tune retries both a lost node and a raising trial; the trial itself gives up after
             # spec.max_failures errors (trial.py), so the rest of the budget is for preemptions.
             failure_config=tune.FailureConfig(

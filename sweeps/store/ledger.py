@@ -18,7 +18,8 @@ Layout under the storage root (trials are shared by every sweep that stores ther
                                              below a sampled one): one file each, not the list
     sweeps/<name>/<cluster>/results.parquet  one row per trial
     sweeps/<name>/<cluster>/driver.lease     the driver's fenced lease (lease.DriverLease)
-    sweeps/<name>/<cluster>/tune/            Ray Tune's experiment state
+(Ray Tune's experiment state is not in storage: kdsweep never restores it, so it stays on the
+driver's own disk, engine.tune_dir, and costs the shared storage no request per trial.)
 (Trials are shared by every cluster that stores here; a sweep's own files are per cluster.)
 
 A trial's state (TrialState) follows from its files, in order of precedence: its result's
@@ -77,7 +78,6 @@ class SweepFile(StrEnum):
     ADDED = "added"
     RESULTS = "results.parquet"
     LEASE = "driver.lease"
-    TUNE = "tune"
 
 
 def bank_name(dtype: str) -> str:
@@ -377,5 +377,3 @@ class Ledger:
     def results_file(spec) -> str:
         return sweep_file(spec, SweepFile.RESULTS)
 
-    def tune_location(self, spec):
-        return self.storage.tune_location(sweep_file(spec, SweepFile.TUNE))

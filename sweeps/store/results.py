@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import pandas as pd
@@ -56,12 +57,15 @@ SCHEMA = pa.schema(
 )
 
 
+RECORD_FIELDS = {f.name for f in dataclasses.fields(TrialResult)}
+
+
 def row(plan: Plan, trial: Trial, state: TrialState, result: TrialResult | None,
         run_id: str | None) -> dict:
     out = {name: None for name in SCHEMA.names}
-    if result is not None:
-        r = result.to_dict()
-        out.update({k: r[k] for k in SCHEMA.names if k in r and k not in ("trial", "cluster")})
+    if result is not None:  # the record's fields read as they are: no copy of its history
+        out.update({k: getattr(result, k) for k in SCHEMA.names
+                    if k in RECORD_FIELDS and k not in ("trial", "cluster")})
         out["trained_on"] = result.cluster
         out.update({k: result.analysis.get(k) for k in SCALARS})
         out["test_acc_curve"] = [h.get("test_acc") for h in result.history]

@@ -40,7 +40,7 @@ AWS_CREDENTIALS = frozenset(
 
 def node_cache() -> Path:
     """This machine's own cache (never shared storage): teachers' banks, the migrated empty
-    MLflow store. KDSWEEP_CACHE, else ~/.cache/kdsweep."""
+    MLflow store, Ray Tune's experiment state. KDSWEEP_CACHE, else ~/.cache/kdsweep."""
     return Path(os.environ.get("KDSWEEP_CACHE") or Path.home() / ".cache" / "kdsweep")
 
 
@@ -172,10 +172,6 @@ class Storage:
 
     def uri_of(self, rel: str) -> str:
         return f"{self.uri}/{rel}"
-
-    def tune_location(self, rel: str) -> tuple[str, pafs.FileSystem | None]:
-        """(storage_path, storage_filesystem) for Ray Tune's RunConfig."""
-        return (self.path(rel), None) if self.is_local else (self.path(rel), self.fs)
 
     def stamp(self, rel: str) -> list[int] | None:
         """The object's [size, mtime_ns] (what tells a changed file), None when there is none."""

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.environment_variables import MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from ..domain.plan import Trial
@@ -56,6 +58,10 @@ class Tracker:
     def __init__(self, spec: SweepSpec, storage: Storage, queue_size: int = 10_000):
         self.spec, self.storage = spec, storage
         prepare_store(spec.tracking_uri)
+        # MLflow's client prints two "View run" lines per ended run into a server, after a
+        # get_run of its own: 200k lines and 100k requests for a 100k sweep. The driver prints
+        # the sweep's links once (sweep_run.py); the run's page is one click from there.
+        MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT.set(True)
         logging.getLogger("mlflow.store.db.utils").addFilter(_raised_to_the_caller)
         self.client = MlflowClient(tracking_uri=spec.tracking_uri)
         self.sweep = SweepRun(self.client, spec, storage)
@@ -73,6 +79,7 @@ class Tracker:
         self.lineage: dict[str, str] = {}  # trial key -> its generation-0 ancestor's key
         self.trained_runs: dict[str, list[str]] | None = None  # key -> runs that trained it
         self.trained_lock = threading.Lock()
+        self.inputs = DatasetInputs(self.client, spec)
         self.writer = Writer(self.client, local, self.handle, self._unsent, queue_size)
 
     # ---- what callers use: each call only enqueues ----------------------------------------
@@ -242,7 +249,7 @@ class Tracker:
                      for k, v in finite(result.analysis)],
             tags=[RunTag(k, v) for k, v in tags.items()],
         )
-        log_input(self.client, self.spec, run_id, result)
+        self.inputs.log(run_id, result)
         log_outputs(self.client, self.storage, run_id, key, result.state == TrialState.DONE)
         if result.reason:
             self.client.log_text(run_id, f"{result.state}: {result.reason}", "error.txt")
@@ -319,16 +326,43 @@ def log_outputs(client: MlflowClient, storage: Storage, run_id: str, key: str,
         client.log_artifact(run_id, str(storage.local_copy(curve, Path(d) / TrialFile.CURVE)))
 
 
-def log_input(client: MlflowClient, spec: SweepSpec, run_id: str, result: TrialResult) -> None:
-    """The training data as MLflow's Dataset (the UI's Dataset column): the digest is the
-    hash of the labels trained on, so runs on the same noisy labels share it."""
-    d, t = spec.dataset, result.trial
-    noise = f" noise={t['noise_kind']}:{t['noise_rate']:g}" if t["noise_rate"] else ""
-    dataset = Dataset(
-        name=f"{d.name}{noise}",
-        digest=(result.labels_hash or "unknown")[:36],
-        source_type="kdsweep",
-        source=d.root or d.name,
-    )
-    context = InputTag(key="mlflow.data.context", value="train")
-    client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[context])])
+class DatasetInputs:
+    """Each trial run's training data as MLflow's Dataset (the UI's Dataset column): the
+    digest is the hash of the labels trained on, so runs on the same noisy labels share it.
+
+    MLflow inserts a dataset's row on its first log in an experiment, after a lookup and with no
+    lock of its own: two first logs at once (two lanes into a server) fail one of them on the
+    table's unique key (experiment, name, digest), which ended that trial's finish with its run
+    RUNNING. So the first log of each dataset goes alone; once its row exists, logs go in
+    parallel. Another driver logging the same new dataset into the experiment in the same
+    moment is the one race left: that log is tried once more (the row exists then)."""
+
+    def __init__(self, client: MlflowClient, spec: SweepSpec):
+        self.client, self.spec = client, spec
+        self.lock = threading.Lock()
+        self.created: set[tuple[str, str]] = set()  # (name, digest) whose row exists
+
+    def log(self, run_id: str, result: TrialResult) -> None:
+        d, t = self.spec.dataset, result.trial
+        noise = f" noise={t['noise_kind']}:{t['noise_rate']:g}" if t["noise_rate"] else ""
+        dataset = Dataset(
+            name=f"{d.name}{noise}",
+            digest=(result.labels_hash or "unknown")[:36],
+            source_type="kdsweep",
+            source=d.root or d.name,
+        )
+        ident = (dataset.name, dataset.digest)
+        if ident in self.created:
+            return self._send(run_id, dataset)
+        with self.lock:
+            self._send(run_id, dataset)
+            self.created.add(ident)
+
+    def _send(self, run_id: str, dataset: Dataset) -> None:
+        inputs = [DatasetInput(dataset, tags=[InputTag(key="mlflow.data.context", value="train")])]
+        try:
+            self.client.log_inputs(run_id, datasets=inputs)
+        except MlflowException as e:
+            if not any(w in str(e) for w in ("UNIQUE constraint", "duplicate key")):
+                raise
+            self.client.log_inputs(run_id, datasets=inputs)  # the row exists now
