@@ -93,6 +93,27 @@ def check_storage(uri: str, reading: bool = False) -> None:
         raise SpecError(f"storage: {storage.uri}: {str(e).splitlines()[0]}") from None
     if kind != pafs.FileType.Directory:
         raise SpecError(f"storage: bucket {bucket!r} does not exist at {storage.uri}")
+    if not reading:
+        check_conditional_writes(storage)
+
+
+def check_conditional_writes(storage: Storage) -> None:
+    """The storage enforces the conditional writes that fence leases and shared files
+    (Storage.missing_conditional_writes, a probe object of its own, deleted after); one line
+    naming what it lacks and what to use instead otherwise, before any lease."""
+    try:
+        missing = _bounded(f"storage: {storage.uri}", storage.missing_conditional_writes)
+    except SpecError:
+        raise
+    except Exception as e:  # noqa: BLE001  refused credentials, a gateway's error page...
+        raise SpecError(f"storage: {storage.uri}: probing its conditional writes failed "
+                        f"({str(e).splitlines()[0]})") from None
+    if missing:
+        raise SpecError(
+            f"storage: {storage.uri} does not enforce conditional writes ({'; '.join(missing)} "
+            "accepted where it must be refused), so two drivers could hold one sweep: use AWS "
+            "S3, an S3-compatible server that enforces them (MinIO since "
+            "RELEASE.2024-05-07T06-41-25Z; see the README), or a local/NFS directory")
 
 
 def check_tracking(uri: str) -> None:

@@ -11,7 +11,10 @@ What lives where under the root is Ledger's business (ledger.py). Leases (lease.
 thing pyarrow does not offer: a write that the storage itself refuses when the object is not the
 version the writer last saw (``write_if``). S3 has it (PutObject with If-None-Match / If-Match,
 through boto3); a local or NFS file system has it as compare-and-rename under an advisory lock
-(filelock; NFS v4 carries those locks). Storage that offers neither is refused by the spec.
+(filelock; NFS v4 carries those locks). S3-compatible storage that ignores the conditional
+headers (older MinIO, some gateways) answers 200 to every put: ``missing_conditional_writes``
+proves the storage refuses what it must, with a probe object of its own, before any lease, and
+storage that does not is refused (preflight.check_storage).
 """
 
 from __future__ import annotations
@@ -407,6 +410,43 @@ class Storage:
             if _refused(e):
                 raise WriteConflict(self.uri_of(rel)) from None
             raise
+
+    def missing_conditional_writes(self) -> list[str]:
+        """The conditional writes this storage does not enforce, proven with a probe object of
+        its own (deleted after): a second create under ``If-None-Match: *``, a replacement
+        under ``If-Match`` with a stale version, and one under ``If-Match`` of an object that is
+        gone must each be refused. [] where all are (a file system: compare-and-rename under
+        this module's own lock, nothing to probe)."""
+        if self.is_local:
+            return []
+        from botocore.exceptions import ClientError
+
+        rel, missing = f".kdsweep-probe-{uuid.uuid4().hex}", []
+
+        def refused(version: str | None, data: bytes) -> bool:
+            try:
+                self.write_if(rel, data, version)
+            except WriteConflict:
+                return True
+            except ClientError as e:  # 501 NotImplemented, 400 on an unknown header...
+                if e.response.get("Error", {}).get("Code") in ("AccessDenied", "NoSuchBucket"):
+                    raise
+                return False
+            return False
+
+        try:
+            first = self.write_if(rel, b"1", None)
+            if not refused(None, b"2"):
+                missing.append("If-None-Match: * (create only if absent)")
+            self.write_bytes(rel, b"3")  # a new version: ``first`` is now stale
+            if not refused(first, b"4"):
+                missing.append("If-Match (replace only the version last seen)")
+            self.delete(rel)
+            if not refused(first, b"5"):
+                missing.append("If-Match on a deleted object")
+        finally:
+            self.delete(rel)
+        return missing
 
     def delete_if(self, rel: str, version: str) -> bool:
         """Delete the object only if it is at ``version``; False when it is not (or gone)."""
