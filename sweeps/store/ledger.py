@@ -43,7 +43,7 @@ import os
 import time
 from enum import StrEnum
 
-from kd_core.seal import CheckpointError, unseal
+from kd_core.seal import CheckpointError, SealBroken, unseal
 
 from ..domain.record import TrialResult, TrialState
 from .storage import Storage, concurrently, node_cache
@@ -122,8 +122,9 @@ def move_aside(storage: Storage, rel: str, why: str) -> None:
 
 def read_json_checked(storage: Storage, rel: str, repair: bool = True,
                       found: dict | None = None) -> dict | None:
-    """A JSON file from storage, or None when it is missing or corrupt (then moved aside, or
-    with ``repair`` False only flagged, and noted in ``found``: rel -> why)."""
+    """A JSON file from storage, its seal proven (Storage.read_json), or None when it is
+    missing or corrupt: not JSON, not an object, or a byte changed under its seal (then moved
+    aside, or with ``repair`` False only flagged, and noted in ``found``: rel -> why)."""
 
     def corrupt(why: str) -> None:
         (move_aside if repair else flag_corrupt)(storage, rel, why)
@@ -132,6 +133,8 @@ def read_json_checked(storage: Storage, rel: str, repair: bool = True,
 
     try:
         data = storage.read_json(rel)
+    except SealBroken as e:
+        return corrupt(str(e).removeprefix(f"{storage.uri_of(rel)} "))
     except (ValueError, UnicodeDecodeError) as e:
         return corrupt(f"not valid JSON ({e})")
     if data is not None and not isinstance(data, dict):
@@ -258,7 +261,8 @@ class Ledger:
         return None
 
     def failure(self, key: str) -> dict | None:
-        return self.storage.read_json(trial_file(key, TrialFile.FAILED))
+        return read_json_checked(self.storage, trial_file(key, TrialFile.FAILED), self.repair,
+                                 self.found)
 
     def analysis(self, key: str) -> dict | None:
         """The distributions of the trial's analyses (kd_core.analysis), None if absent."""

@@ -33,6 +33,8 @@ from urllib.parse import parse_qs, urlparse
 
 import pyarrow.fs as pafs
 
+from kd_core.seal import seal_json, unseal_json
+
 CREDENTIAL_KEYS = {"access_key", "secret_key", "session_token"}  # refused in a storage URI
 # Where S3 credentials come from instead: the environment of each process (or a profile or
 # instance role); never copied anywhere by kdsweep.
@@ -312,14 +314,17 @@ class Storage:
             os.replace(tmp, final)
 
     def read_json(self, rel: str) -> dict | None:
-        """The object as JSON; None when there is none (one request: no look before)."""
+        """The object as JSON, its seal proven and removed (kd_core.seal.unseal_json:
+        SealBroken, a ValueError, when a byte changed); None when there is none (one request:
+        no look before)."""
         try:
-            return json.loads(self.read_bytes(rel))
+            return unseal_json(json.loads(self.read_bytes(rel)), self.uri_of(rel))
         except FileNotFoundError:
             return None
 
     def write_json(self, rel: str, obj) -> None:
-        self.write_bytes(rel, json.dumps(obj, indent=1, allow_nan=True).encode())
+        """``obj`` as JSON, sealed with the SHA-256 of its canonical body (kd_core.seal)."""
+        self.write_bytes(rel, json.dumps(seal_json(obj), indent=1, allow_nan=True).encode())
 
     def delete(self, rel: str) -> None:
         """Delete the object if there is one."""
