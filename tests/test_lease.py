@@ -251,3 +251,70 @@ def test_a_driver_refused_the_lease_repairs_nothing(tmp_path, monkeypatch, kdswe
     assert code == 2 and "another driver runs this sweep" in err.splitlines()[-1]
     assert storage.read_bytes(corrupt) == b"{ torn"  # flagged, left where it was
     assert not list((tmp_path / "store" / "trials").glob("*/result.json.corrupt-*"))
+
+
+def test_a_driver_paused_between_its_check_and_a_shared_write_cannot_replace_its_successors(
+        tmp_path, monkeypatch, paused):
+    """Issue 41: the trial list, added trials and the results carried a fence no reader
+    compared: a driver paused between its check and its write landed that write over its
+    successor's. A shared file is now written only on the version its writer read (the
+    storage decides), and only while it is the writer's own or the lease is still the
+    writer's: A, paused at the named point `shared-write` (its version read), resumes after B
+    took the sweep over and wrote the file: A is told it lost (on_lost) and B's file stands;
+    a later driver C (whose fence restarts after B released) writes over B's."""
+    from sweeps.store import ledger as ledger_module
+    from sweeps.store.ledger import Fenced, Ledger
+
+    storage, spec, lease = sweep_lease(tmp_path, monkeypatch, ttl=0.5)
+    a, told = lease(), []
+    a.on_lost = told.append
+    a.acquire()
+    ours = Ledger(storage)
+    ours.writer = a
+    ours.save_trial_list(spec, [{"key": "first"}], a.check())  # A's own earlier write
+
+    at_point, go, real = threading.Event(), threading.Event(), ledger_module.faults.reached
+
+    def reached(point, value=None):
+        if threading.current_thread().name == "A":
+            at_point.set()
+            go.wait(30)
+        real(point, value)
+
+    monkeypatch.setattr(ledger_module.faults, "reached", reached)
+    errors = []
+
+    def write_a():
+        try:
+            ours.save_trial_list(spec, [{"key": "stale"}], a.check())
+        except Fenced as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=write_a, name="A")
+    thread.start()
+    assert at_point.wait(30)  # A checked (its lease trusted, the file's version read): paused
+    b = lease()
+    b.acquire()  # A renews no more: B takes over after the TTL
+    theirs = Ledger(storage)
+    theirs.writer = b
+    theirs.save_trial_list(spec, [{"key": "successor"}], b.check())
+    go.set()
+    thread.join(30)
+    rel = sweep_file(spec, "trials.json")
+    stored = storage.read_json(rel)
+    assert stored["trials"] == [{"key": "successor"}] and stored["token"] == b.token
+    assert stored["fence"] == 2
+    assert [h["token"] for h in told] == [b.token]  # A told it lost: its driver stops (exit 3)
+    assert errors and "another driver" in str(errors[0])
+    with pytest.raises(Fenced):  # and every later shared write of A's is refused
+        ours.save_trial_list(spec, [], 1)
+    assert storage.read_json(rel)["token"] == b.token
+
+    b.release()
+    c = lease()
+    c.acquire()  # a fresh lease after a release: its fence starts again
+    later = Ledger(storage)
+    later.writer = c
+    later.save_trial_list(spec, [{"key": "later"}], c.check())
+    assert storage.read_json(rel)["token"] == c.token
+    c.release()

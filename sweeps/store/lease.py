@@ -231,6 +231,16 @@ class DriverLease(Lease):
     def fence(self) -> int:
         return int(self.me.get("fence", 0))
 
+    def mine(self) -> bool:
+        """The lease in storage, read now, is the version this holder wrote last."""
+        held, version = self.read()
+        return self.lost is None and version == self.version and held.get("token") == self.token
+
+    def lose(self, held: dict) -> None:
+        """Another driver holds the lease (found by a write to a shared file it fenced):
+        ``on_lost`` is told, once."""
+        self._lose(held)
+
     def check(self) -> int:
         """Before a write to the sweep's shared state (the trial list, results, MLflow runs):
         still the holder, or ``on_lost`` now. Returns the fence, which such a write carries."""

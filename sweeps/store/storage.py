@@ -324,7 +324,12 @@ class Storage:
 
     def write_json(self, rel: str, obj) -> None:
         """``obj`` as JSON, sealed with the SHA-256 of its canonical body (kd_core.seal)."""
-        self.write_bytes(rel, json.dumps(seal_json(obj), indent=1, allow_nan=True).encode())
+        self.write_bytes(rel, self.json_bytes(obj))
+
+    @staticmethod
+    def json_bytes(obj) -> bytes:
+        """What write_json writes: ``obj`` as JSON with its seal."""
+        return json.dumps(seal_json(obj), indent=1, allow_nan=True).encode()
 
     def delete(self, rel: str) -> None:
         """Delete the object if there is one."""
