@@ -442,6 +442,31 @@ def test_a_complete_but_unpublished_trial_publishes_on_its_next_start(local_ray,
     assert after.resumed_from[-1] == EPOCHS
 
 
+def test_a_result_whose_digit_changed_is_caught_and_republished_with_the_true_value(
+        local_ray, tmp_path):
+    """Issue 41: one digit of a stored test_acc changed (the JSON still valid) was exported as
+    it was. Its seal fails: the rerun names it, moves it aside, and the trial publishes again
+    from its stored final checkpoint (no epoch trained): the Parquet holds the true value;
+    attempts whose digit changed are counted afresh, moved aside too."""
+    from tests.test_ledger_state import change_a_digit
+
+    spec = small_spec(tmp_path, "bitrot")
+    run_sweep(spec, out=io.StringIO())
+    store = Ledger(Storage(spec.storage))
+    _, student = build_plan(spec).trials
+    true = store.result(student.key)
+    change_a_digit(store.storage, trial_file(student.key, "result.json"), "test_acc")
+    change_a_digit(store.storage, trial_file(student.key, "attempts.json"), "starts")
+    uri = run_sweep(spec, out=io.StringIO())
+    df = pd.read_parquet(uri).set_index("key")
+    assert df.loc[student.key, "test_acc"] == true.test_acc
+    again = store.result(student.key)
+    assert again.history == true.history and again.resumed_from[-1] == EPOCHS
+    root = Path(spec.storage)
+    moved = {p.name.split(".corrupt-")[0] for p in root.rglob("*.corrupt-*")}
+    assert moved == {"result.json", "attempts.json"}
+
+
 def untimed(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in h.items() if not k.endswith("_time")} for h in history]
 

@@ -31,9 +31,25 @@ def check_dataset(d: DatasetSpec) -> ImageData:
     try:
         from kd_core.data import load_dataset  # torch: not for `kdsweep status`
 
-        return load_dataset(d.name, root=d.root, download=d.download)
+        data = load_dataset(d.name, root=d.root, download=d.download)
     except (FileNotFoundError, ValueError) as e:
         raise SpecError(f"dataset: {e}") from None
+    check_validation_share(d.validation, d.name, len(data.train_labels), data.num_classes)
+    return data
+
+
+def check_validation_share(share: float, name: str, images: int, classes: int) -> None:
+    """A validation share holds out at least one image per class (the stratified split's own
+    rule: as many held-out images as classes), else every trial would fail in its worker."""
+    import math
+
+    held = round(share * images)
+    if share > 0 and held < classes:
+        smallest = math.ceil(classes / images * 10_000) / 10_000
+        raise SpecError(
+            f"dataset.validation: {share:g} holds out {held} of {name}'s {images} training "
+            f"images, fewer than its {classes} classes (a class would have no held-out image); "
+            f"the smallest share that works for {name} is {smallest:g}")
 
 
 def _bounded(what: str, fn):
