@@ -39,6 +39,8 @@ import threading
 import time
 import uuid
 
+from kd_core.seal import unseal_json
+
 from ..domain.settings import env_number
 from .ledger import TrialFile, trial_file
 from .storage import Storage, StorageFull, WriteConflict
@@ -82,8 +84,8 @@ def read_lease(storage: Storage, rel: str) -> tuple[dict, str | None]:
     an object that is not a lease: it is watched like any other)."""
     data, version = storage.read_versioned(rel)
     try:
-        held = json.loads(data) if data is not None else {}
-    except ValueError:
+        held = unseal_json(json.loads(data), rel) if data is not None else {}
+    except ValueError:  # not JSON, or a sealed object whose bytes changed
         held = {}
     return (held if isinstance(held, dict) else {}), version
 
