@@ -376,12 +376,16 @@ class Storage:
         return bucket, key
 
     def _lock(self, rel: str):
-        """The advisory lock every conditional writer of ``rel`` on a file system holds."""
+        """The advisory lock every conditional writer of ``rel`` on a file system holds: one of
+        256 under ``.locks/`` (by the path's hash), so that the sweep's folders hold no lock
+        file per conditionally written file (an added trial each); two paths sharing a lock
+        only take turns."""
         from filelock import FileLock
 
-        folder, name = self.path(rel).rsplit("/", 1)
+        folder = f"{self.root}/.locks"
         os.makedirs(folder, exist_ok=True)
-        return FileLock(f"{folder}/.{name}.lock", timeout=60)
+        stripe = hashlib.sha256(rel.encode()).hexdigest()[:2]
+        return FileLock(f"{folder}/{stripe}.lock", timeout=60)
 
     def read_versioned(self, rel: str) -> tuple[bytes | None, str | None]:
         """The object's bytes and version; (None, None) when there is none."""
