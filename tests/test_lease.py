@@ -318,3 +318,50 @@ def test_a_driver_paused_between_its_check_and_a_shared_write_cannot_replace_its
     later.save_trial_list(spec, [{"key": "later"}], c.check())
     assert storage.read_json(rel)["token"] == c.token
     c.release()
+
+
+def stopped(pid: int) -> bool:
+    """The process is stopped (SIGSTOP): its state in /proc is T."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shared", ["trials.json", "results.parquet"])
+def test_a_driver_stopped_before_a_shared_write_leaves_its_successors_file(tmp_path, shared):
+    """Issue 41, end to end: driver A stops itself (SIGSTOP, the named point `shared-write`)
+    with the file's version read under its lease; B takes the sweep over after the TTL and
+    finishes it; A, continued, finds B's file, is refused and exits 3 in one line; B's file
+    stands byte for byte."""
+    import os
+    import signal
+
+    from sweeps.domain.spec import load_spec
+    from testkit.drivers import kill_leftovers, start_driver
+    from testkit.fabricate import fabricate
+
+    spec_path = write_spec(tmp_path)
+    spec = load_spec(spec_path)
+    fabricate(spec)  # every trial stored: the drivers only export (no Ray, seconds)
+    env = {"KDSWEEP_LEASE_TTL": "3"}
+    rel = sweep_file(spec, shared)
+    storage = Storage(spec.storage)
+    a = start_driver(spec_path, tmp_path, {**env, "KDSWEEP_PAUSE": f"shared-write={shared}"})
+    try:
+        deadline = time.monotonic() + 120
+        while not stopped(a.pid):
+            assert a.poll() is None and time.monotonic() < deadline, (
+                tmp_path / "driver.log").read_text()[-3000:]
+            time.sleep(0.2)
+        b = start_driver(spec_path, tmp_path, env)
+        assert b.wait(180) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+        theirs = storage.read_bytes(rel)
+        os.kill(a.pid, signal.SIGCONT)
+        assert a.wait(60) == 3, (tmp_path / "driver.log").read_text()[-3000:]
+    finally:
+        if a.poll() is None:
+            os.killpg(a.pid, signal.SIGKILL)
+        kill_leftovers(tmp_path, remove=True)
+    assert storage.read_bytes(rel) == theirs  # the successor's file stands
+    log = (tmp_path / "driver.log").read_text()
+    assert "another driver took this sweep over" in log or "another driver, which holds" in log
