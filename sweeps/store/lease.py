@@ -52,10 +52,15 @@ TTL = env_number("KDSWEEP_LEASE_TTL", 120.0)  # seconds without a renewal
 clock = time.monotonic
 
 
+# Seconds between a holder's renewals when set (a test makes a holder whose heartbeat never
+# comes first: only its own writes can find the lease lost); unset, beat()'s rule.
+BEAT = env_number("KDSWEEP_LEASE_BEAT", 0.0)
+
+
 def beat() -> float:
     """Seconds between renewals: often enough that a watcher sees a live holder within a few
-    seconds, and that four renewals fit in a TTL."""
-    return min(TTL / 4, 5.0)
+    seconds, and that four renewals fit in a TTL (KDSWEEP_LEASE_BEAT, when set)."""
+    return BEAT or min(TTL / 4, 5.0)
 
 
 class LeaseHeld(ValueError):
