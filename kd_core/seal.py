@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import zipfile
 
 SEAL = b"\n#kdsweep-sha256:"
@@ -40,3 +41,40 @@ def unseal(data: bytes, label: str) -> bytes:
     if bad is not None:
         raise CheckpointError(f"checkpoint {label} is corrupt: {bad} fails its CRC-32")
     return data
+
+
+# ---- JSON files' seal -------------------------------------------------------------------------
+# A JSON object in storage (a result, attempts, progress, the trial list...) carries the SHA-256
+# of its canonical body (sorted keys, no spaces, the seal itself left out) under JSON_SEAL: one
+# digit changed keeps the file valid JSON, but no longer its seal. Objects written before seals
+# (no JSON_SEAL key) are read as they are, checked for their shape only; rewritten, they are
+# sealed.
+JSON_SEAL = "kdsweep_sha256"
+
+
+class SealBroken(ValueError):
+    """A sealed JSON object whose body no longer matches its SHA-256; names the file."""
+
+
+def _canonical(obj: dict) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=True).encode()
+
+
+def seal_json(obj):
+    """``obj`` with its seal (a JSON object; anything else as it is)."""
+    if not isinstance(obj, dict):
+        return obj
+    body = {k: v for k, v in obj.items() if k != JSON_SEAL}
+    return {**body, JSON_SEAL: hashlib.sha256(_canonical(body)).hexdigest()}
+
+
+def unseal_json(obj, label: str):
+    """``obj`` without its seal, proven; SealBroken names ``label`` when its body changed.
+    An object without a seal (written before seals) is returned as it is."""
+    if not isinstance(obj, dict) or JSON_SEAL not in obj:
+        return obj
+    body = {k: v for k, v in obj.items() if k != JSON_SEAL}
+    if hashlib.sha256(_canonical(body)).hexdigest() != obj[JSON_SEAL]:
+        raise SealBroken(f"{label} fails its SHA-256 seal: its bytes changed after it was "
+                         "written")
+    return body

@@ -107,6 +107,15 @@ def _report(args) -> int:
 
     if not args.inputs and not args.experiment:
         raise ValueError("give results (spec files or .parquet) or --experiment NAME")
+    for given in args.inputs:  # each input readable, before anything is read or written
+        if "://" in given:
+            continue
+        path = Path(given)
+        if path.is_dir():
+            raise ValueError(f"{given}: a directory, not a sweep spec file or a results "
+                             ".parquet file")
+        if path.exists() and not os.access(path, os.R_OK):
+            raise ValueError(f"{given}: not readable (permission denied)")
     text, paths = report(args.inputs, args.out, args.tracking_uri, args.experiment)
     out = Path(args.out)
     publish_report(specs_in(args.inputs), text, paths, out)  # on each spec's sweep run
@@ -194,6 +203,24 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, StorageFull) as e:  # SpecError is a ValueError
         print(f"kdsweep {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        if (why := _no_credentials(e)) is None:
+            raise
+        print(f"kdsweep {args.command}: error: {why}", file=sys.stderr)
+        return 2
+
+
+def _no_credentials(e: BaseException) -> str | None:
+    """The one line for S3 refused for want of credentials (botocore's NoCredentialsError and
+    PartialCredentialsError), None for any other error."""
+    if "botocore" not in sys.modules:
+        return None
+    from botocore.exceptions import NoCredentialsError, PartialCredentialsError
+
+    if not isinstance(e, (NoCredentialsError, PartialCredentialsError)):
+        return None
+    return ("S3: no credentials found: set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in this "
+            "environment (or a profile or instance role)")
 
 
 def console() -> NoReturn:

@@ -1,7 +1,8 @@
 """A TCP proxy on 127.0.0.1 that holds each HTTP request back ``delay`` seconds before passing
 it on: an S3-compatible server on this machine answering like one a region away (20-50 ms a
 round trip). It counts the requests it passes, by method and by (method, path). For
-benchmarks/scale.py and tests.
+benchmarks/scale.py and tests. ``strip``: request headers it removes (``CONDITIONAL``: an
+S3-compatible server that ignores conditional writes, as older MinIO and some gateways do).
 
 Requests are told apart by their first line (``GET /bucket?list-type=2 HTTP/1.1``) at the start
 of what the client sends; each connection is delayed on its own, so concurrent requests overlap
@@ -16,11 +17,23 @@ import threading
 from collections import Counter
 
 REQUEST = re.compile(rb"^(GET|PUT|HEAD|POST|DELETE) ([^ ?]*)")
+CONDITIONAL = ("If-Match", "If-None-Match")
+
+
+def strip_headers(data: bytes, names: tuple[str, ...]) -> bytes:
+    """``data`` (the start of a request: its line, headers, maybe some body) without the
+    header lines ``names`` (matched without case)."""
+    head, sep, rest = data.partition(b"\r\n\r\n")
+    wanted = {n.lower().encode() for n in names}
+    lines = [line for line in head.split(b"\r\n")
+             if line.split(b":", 1)[0].strip().lower() not in wanted]
+    return b"\r\n".join(lines) + sep + rest
 
 
 class LatencyProxy:
-    def __init__(self, target_port: int, delay: float = 0.05):
-        self.target_port, self.delay = target_port, delay
+    def __init__(self, target_port: int, delay: float = 0.05, strip: tuple[str, ...] = ()):
+        self.target_port, self.delay, self.strip = target_port, delay, strip
+        self.stripped = 0  # requests it removed a header from
         self.requests: Counter = Counter()  # method -> requests
         self.paths: Counter = Counter()  # (method, path without its query) -> requests
         self.port = 0
@@ -73,6 +86,10 @@ class LatencyProxy:
                 if m := REQUEST.match(data):
                     self.requests[m.group(1).decode()] += 1
                     self.paths[m.group(1).decode(), m.group(2).decode()] += 1
+                    if self.strip:
+                        kept = strip_headers(data, self.strip)
+                        self.stripped += kept != data
+                        data = kept
                     await asyncio.sleep(self.delay)
                 up_writer.write(data)
                 await up_writer.drain()

@@ -80,3 +80,33 @@ def test_a_cached_copy_is_used_only_while_storage_holds_that_bank(tmp_path, monk
     assert float(load_shared_bank(store, "t", "float16").logits[0, 0, 0]) == 5.0
     store.storage.delete(store.bank_file("t", "float16"))
     assert load_shared_bank(store, "t", "float16") is None
+
+
+def test_a_node_copy_that_rots_in_place_is_caught_when_mapped_and_fetched_again(
+        tmp_path, monkeypatch, caplog):
+    """Issue 41: bytes flipped in a node's cached bank, its size and mtime kept (its sidecar
+    still matching the stored digest), were mapped unchecked and distilled from. Each map
+    proves the copy's SHA-256: the rotted copy is named, fetched again, and the student reads
+    the stored bank's values."""
+    monkeypatch.setenv("KDSWEEP_CACHE", str(tmp_path / "cache"))
+    store = Ledger(Storage(str(tmp_path / "store")))
+    store_bank(store, "t", tmp_path, 1.0)
+    assert float(load_shared_bank(store, "t", "float16").logits[7, 1, 3]) == 1.0
+    local = cached(store.bank_file("t", "float16"))
+    before = local.stat()
+    data = bytearray(local.read_bytes())
+    i = data.find(torch.full((4,), 1.0, dtype=torch.float16).numpy().tobytes())
+    assert i > 0
+    data[i:i + 400] = bytes(400)  # logits zeroed inside the tensor's storage
+    local.write_bytes(bytes(data))
+    os.utime(local, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert local.stat().st_size == before.st_size
+    with caplog.at_level(logging.WARNING):
+        bank = load_shared_bank(store, "t", "float16")
+    assert bank is not None and bool((bank.logits == 1.0).all())
+    [warning] = [r.getMessage() for r in caplog.records if "node-cache copy" in r.getMessage()]
+    assert str(local) in warning and "fails its SHA-256" in warning
+    assert "fetching it again" in warning
+    assert sha256(local) == store.storage.read_json(
+        digest_file(store.bank_file("t", "float16")))["sha256"]
+    assert not [r for r in caplog.records if getattr(r, CORRUPT, None)]  # storage's copy is good

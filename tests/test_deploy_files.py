@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import jsonschema
+import pytest
 import ray
 import yaml
 
@@ -153,3 +154,24 @@ def test_a_link_is_judged_by_the_file_it_points_at(tmp_path):
     (tmp_path / "open").mkdir()
     code, env, err = with_credentials(tmp_path / "open", "K=v\n", mode=0o644, link=True)
     assert code == 2 and "K" not in env and "readable by others (mode 644)" in err
+
+
+@pytest.mark.parametrize("line", [
+    "n=key[$(touch pwned)]",  # the script's own counter, then read by bash arithmetic
+    "key=x[$(touch pwned)]", "value=$(touch pwned)", "file=/dev/null", "line=x",
+    "lower_case=1", "BASH_ENV=./pwned.sh", "ENV=./pwned.sh", "IFS=x", "PATH=.",
+    "PS4=$(touch pwned)", "SHELLOPTS=xtrace", "LD_PRELOAD=./pwned.so",
+    "KDSWEEP_CREDENTIALS=/dev/null",
+])
+def test_a_key_that_names_the_scripts_or_the_shells_own_variable_is_refused(tmp_path, line):
+    """Issue 41: a KEY naming the script's own counter (`n=key[$(touch FILE)]`) was evaluated
+    by bash arithmetic at the next line. Keys are environment-variable names in capitals, never
+    the script's, the shell's or the loader's own; nothing in the file is evaluated."""
+    (tmp_path / "pwned.sh").write_text("touch pwned\n")
+    code, env, err = with_credentials(tmp_path, f"GOOD=1\n{line}\nLATER=2\n")
+    assert code == 2, err
+    assert "line 2:" in err and len(err.strip().splitlines()) == 1
+    value = line.split("=", 1)[1]
+    assert len(value) < 3 or value not in err  # no value is ever printed
+    assert not list(tmp_path.glob("pwned")) and not list(tmp_path.glob("pwned2"))
+    assert "GOOD" not in env and "LATER" not in env  # nothing ran

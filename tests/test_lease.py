@@ -251,3 +251,120 @@ def test_a_driver_refused_the_lease_repairs_nothing(tmp_path, monkeypatch, kdswe
     assert code == 2 and "another driver runs this sweep" in err.splitlines()[-1]
     assert storage.read_bytes(corrupt) == b"{ torn"  # flagged, left where it was
     assert not list((tmp_path / "store" / "trials").glob("*/result.json.corrupt-*"))
+
+
+def test_a_driver_paused_between_its_check_and_a_shared_write_cannot_replace_its_successors(
+        tmp_path, monkeypatch, paused):
+    """Issue 41: the trial list, added trials and the results carried a fence no reader
+    compared: a driver paused between its check and its write landed that write over its
+    successor's. A shared file is now written only on the version its writer read (the
+    storage decides), and only while it is the writer's own or the lease is still the
+    writer's: A, paused at the named point `shared-write` (its version read), resumes after B
+    took the sweep over and wrote the file: A is told it lost (on_lost) and B's file stands;
+    a later driver C (whose fence restarts after B released) writes over B's."""
+    from sweeps.store import ledger as ledger_module
+    from sweeps.store.ledger import Fenced, Ledger
+
+    storage, spec, lease = sweep_lease(tmp_path, monkeypatch, ttl=0.5)
+    a, told = lease(), []
+    a.on_lost = told.append
+    a.acquire()
+    ours = Ledger(storage)
+    ours.writer = a
+    ours.save_trial_list(spec, [{"key": "first"}], a.check())  # A's own earlier write
+
+    at_point, go, real = threading.Event(), threading.Event(), ledger_module.faults.reached
+
+    def reached(point, value=None):
+        if threading.current_thread().name == "A":
+            at_point.set()
+            go.wait(30)
+        real(point, value)
+
+    monkeypatch.setattr(ledger_module.faults, "reached", reached)
+    errors = []
+
+    def write_a():
+        try:
+            ours.save_trial_list(spec, [{"key": "stale"}], a.check())
+        except Fenced as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=write_a, name="A")
+    thread.start()
+    assert at_point.wait(30)  # A checked (its lease trusted, the file's version read): paused
+    b = lease()
+    b.acquire()  # A renews no more: B takes over after the TTL
+    theirs = Ledger(storage)
+    theirs.writer = b
+    theirs.save_trial_list(spec, [{"key": "successor"}], b.check())
+    go.set()
+    thread.join(30)
+    rel = sweep_file(spec, "trials.json")
+    stored = storage.read_json(rel)
+    assert stored["trials"] == [{"key": "successor"}] and stored["token"] == b.token
+    assert stored["fence"] == 2
+    assert [h["token"] for h in told] == [b.token]  # A told it lost: its driver stops (exit 3)
+    assert errors and "another driver" in str(errors[0])
+    with pytest.raises(Fenced):  # and every later shared write of A's is refused
+        ours.save_trial_list(spec, [], 1)
+    assert storage.read_json(rel)["token"] == b.token
+
+    b.release()
+    c = lease()
+    c.acquire()  # a fresh lease after a release: its fence starts again
+    later = Ledger(storage)
+    later.writer = c
+    later.save_trial_list(spec, [{"key": "later"}], c.check())
+    assert storage.read_json(rel)["token"] == c.token
+    c.release()
+
+
+def stopped(pid: int) -> bool:
+    """The process is stopped (SIGSTOP): its state in /proc is T."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shared", ["trials.json", "results.parquet"])
+def test_a_driver_stopped_before_a_shared_write_leaves_its_successors_file(tmp_path, shared):
+    """Issue 41, end to end: driver A stops itself (SIGSTOP, the named point `shared-write`)
+    with the file's version read under its lease; B takes the sweep over after the TTL and
+    finishes it; A, continued, finds B's file, is refused and exits 3 in one line; B's file
+    stands byte for byte."""
+    import os
+    import signal
+
+    from sweeps.domain.spec import load_spec
+    from testkit.drivers import kill_leftovers, start_driver
+    from testkit.fabricate import fabricate
+
+    spec_path = write_spec(tmp_path)
+    spec = load_spec(spec_path)
+    fabricate(spec)  # every trial stored: the drivers only export (no Ray, seconds)
+    env = {"KDSWEEP_LEASE_TTL": "3"}
+    rel = sweep_file(spec, shared)
+    storage = Storage(spec.storage)
+    # A's heartbeat never comes first (its beat outlasts the test): once continued, only the
+    # storage's refusal of its shared write can stop it (else its write would land)
+    a = start_driver(spec_path, tmp_path, {**env, "KDSWEEP_PAUSE": f"shared-write={shared}",
+                                           "KDSWEEP_LEASE_BEAT": "3600"})
+    try:
+        deadline = time.monotonic() + 120
+        while not stopped(a.pid):
+            assert a.poll() is None and time.monotonic() < deadline, (
+                tmp_path / "driver.log").read_text()[-3000:]
+            time.sleep(0.2)
+        b = start_driver(spec_path, tmp_path, env)
+        assert b.wait(180) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+        theirs = storage.read_bytes(rel)
+        os.kill(a.pid, signal.SIGCONT)
+        assert a.wait(60) == 3, (tmp_path / "driver.log").read_text()[-3000:]
+    finally:
+        if a.poll() is None:
+            os.killpg(a.pid, signal.SIGKILL)
+        kill_leftovers(tmp_path, remove=True)
+    assert storage.read_bytes(rel) == theirs  # the successor's file stands
+    log = (tmp_path / "driver.log").read_text()
+    assert "another driver took this sweep over" in log

@@ -104,3 +104,82 @@ def test_records_and_results_under_earlier_field_names_still_read(tmp_path):
     df = read_results([str(tmp_path / "old.parquet")])
     assert not set(earlier.values()) & set(df.columns)
     assert list(df.state) == ["done"] and list(df.logit_source) == ["online"]
+
+
+def change_a_digit(storage: Storage, rel: str, field: str) -> None:
+    """One digit of ``field``'s value changed in place: the file stays valid JSON."""
+    text = storage.read_bytes(rel).decode()
+    at = text.index(f'"{field}": ') + len(f'"{field}": ')
+    digit = next(i for i in range(at, len(text)) if text[i].isdigit() and text[i] != "0")
+    changed = text[:digit] + str(int(text[digit]) % 9 + 1) + text[digit + 1:]
+    assert changed != text
+    storage.write_bytes(rel, changed.encode())
+    assert isinstance(__import__("json").loads(changed), dict)
+
+
+def test_a_digit_changed_in_a_stored_json_file_is_caught_named_and_moved_aside(tmp_path, caplog):
+    """Issue 41: one digit of test_acc changed in result.json (still valid JSON) was believed
+    and exported. Every JSON file carries the SHA-256 of its canonical body (kd_core.seal): a
+    result, attempts, progress, failure, the trial list and an added trial that changed are
+    named, moved aside and derived again (a result republished from its checkpoints, attempts
+    counted afresh, the list from the plan); a reader that must change nothing only notes it."""
+    from types import SimpleNamespace
+
+    from sweeps.store.ledger import read_json_checked, sweep_file
+    from sweeps.store.resume import Attempts
+
+    ledger = Ledger(Storage(str(tmp_path)))
+    storage = ledger.storage
+    result = TrialResult.from_history({"key": "k"}, [{"epoch": 1, "test_acc": 0.7612}])
+    ledger.publish("k", model(), result)
+    rel = trial_file("k", TrialFile.RESULT)
+    assert ledger.result("k").test_acc == 0.7612
+    change_a_digit(storage, rel, "test_acc")
+    reader = Ledger(storage, repair=False)
+    assert reader.result("k") is None and "fails its SHA-256 seal" in reader.found[rel]
+    assert storage.exists(rel)  # a reader changes nothing
+    with caplog.at_level("WARNING"):
+        assert ledger.result("k") is None
+    assert any(rel in r.getMessage() and "fails its SHA-256 seal" in r.getMessage()
+               and "moved aside" in r.getMessage() for r in caplog.records)
+    assert not storage.exists(rel) and list(tmp_path.rglob("result.json.corrupt-*"))
+
+    attempts = Attempts(storage, "k")
+    attempts.start(0)
+    attempts.error("boom")
+    change_a_digit(storage, attempts.rel, "errors")
+    assert Attempts(storage, "k").data["errors"] == 0  # counted afresh, the bad one aside
+    assert list(tmp_path.rglob("attempts.json.corrupt-*"))
+    ledger.write_progress("k", 3, 10)
+    ledger.mark_failed("k", "an error 1")
+    for name, field in ((TrialFile.PROGRESS, "epoch"), (TrialFile.FAILED, "time")):
+        change_a_digit(storage, trial_file("k", name), field)
+        assert read_json_checked(storage, trial_file("k", name)) is None
+    assert ledger.failure("k") is None
+
+    spec = SimpleNamespace(name="s", cluster="c")
+    ledger.save_trial_list(spec, [{"key": "a", "seed": 1}], fence=1)
+    ledger.save_added_trial(spec, {"key": "b", "seed": 2}, fence=1)
+    assert [t["key"] for t in ledger.trial_list(spec)] == ["a", "b"]
+    change_a_digit(storage, sweep_file(spec, "trials.json"), "seed")
+    assert [t["key"] for t in ledger.trial_list(spec)] == ["b"]
+    change_a_digit(storage, sweep_file(spec, "added/b.json"), "seed")
+    assert ledger.trial_list(spec) is None
+    assert len(list(tmp_path.rglob("*.corrupt-*"))) == 6
+
+
+def test_json_files_from_before_seals_are_read_as_they_are(tmp_path):
+    """A file written by an earlier kdsweep has no seal: read (its shape checked, as then),
+    and sealed once rewritten."""
+    import json
+
+    from kd_core.seal import JSON_SEAL
+
+    storage = Storage(str(tmp_path))
+    result = TrialResult.from_history({"key": "k"}, HISTORY)
+    storage.write_bytes(trial_file("k", TrialFile.RESULT),
+                        json.dumps(result.to_dict()).encode())
+    assert Ledger(storage).result("k") == result
+    storage.write_json("x.json", {"a": 1.5, "b": [float("inf")], "c": "é"})
+    assert JSON_SEAL in json.loads(storage.read_bytes("x.json"))
+    assert storage.read_json("x.json") == {"a": 1.5, "b": [float("inf")], "c": "é"}

@@ -24,7 +24,7 @@ from testkit.drivers import (
     start_driver,
     write_spec,
 )
-from testkit.latency import LatencyProxy
+from testkit.latency import CONDITIONAL, LatencyProxy
 
 pytestmark = pytest.mark.slow
 # Planted secrets: the drivers get them in their environment, and no file they or Ray write
@@ -216,3 +216,37 @@ def test_state_is_one_listing_then_one_get_per_stored_result(s3_server, monkeypa
         listed = ledger.storage.list_files("trials", shards="0123456789abcdef")
         assert len(listed) == 1100 + 2 * len(stored)  # a result and a model each
         assert 1 + 16 <= proxy.total() <= 1 + 16 + 2  # the first page, then a page per shard
+
+
+def test_storage_that_ignores_conditional_writes_is_refused_before_anything(s3_server, tmp_path,
+                                                                            monkeypatch):
+    """Issue 41: behind a proxy that strips If-Match / If-None-Match (as older MinIO and some
+    gateways ignore them), two drivers held one lease at once. `kdsweep plan` and `run` now
+    probe the storage first: one line naming what it lacks and what to use instead, exit 2,
+    nothing written (the probe's own object deleted, no Ray, no store, no trial); the same
+    spec on moto itself passes the probe (and runs: test_sweep_on_s3_resumes_and_reuses_
+    teachers)."""
+    spec = write_spec(tmp_path, storage="s3://kdsweep/stripped")
+    s3 = boto3.client("s3", endpoint_url=s3_server["AWS_ENDPOINT_URL"],
+                      aws_access_key_id="testing", aws_secret_access_key="testing",
+                      region_name="us-east-1")
+    port = int(s3_server["AWS_ENDPOINT_URL"].rsplit(":", 1)[1])
+    with LatencyProxy(port, delay=0.0, strip=CONDITIONAL) as proxy:
+        for command in ("plan", "run"):
+            out = subprocess.run([sys.executable, "-m", "sweeps.cli", command, str(spec)],
+                                 capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                                 env={**os.environ, **s3_server, "RAY_TMPDIR": str(tmp_path),
+                                      "AWS_ENDPOINT_URL": proxy.endpoint})
+            assert out.returncode == 2, out.stderr[-2000:]
+            line = out.stderr.strip()
+            assert line.startswith(f"kdsweep {command}: error: storage: s3://kdsweep/stripped "
+                                   "does not enforce conditional writes (If-None-Match: *")
+            assert "If-Match" in line and "use AWS S3" in line and "\n" not in line
+        assert proxy.stripped >= 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]  # no store, no Ray
+    assert s3.list_objects_v2(Bucket="kdsweep", Prefix="stripped").get("KeyCount") == 0
+    # moto itself enforces them: the probe passes, and cleans up after itself
+    for k, v in s3_server.items():
+        monkeypatch.setenv(k, v)
+    assert Storage("s3://kdsweep/probed").missing_conditional_writes() == []
+    assert s3.list_objects_v2(Bucket="kdsweep", Prefix="probed").get("KeyCount") == 0

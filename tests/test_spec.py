@@ -17,7 +17,7 @@ GOOD = {
     "dataset": {"name": "digits"},
     "chains": [["cnn-large", "cnn-small"]],
     "train": {"epochs": 2},
-    "grid": {"loss": ["kl", "mse"], "tau": [1, "inf"], "noise": {"rate": [0.0, 0.4]}},
+    "grid": {"loss": ["kl", "mse"], "tau": [1, float("inf")], "noise": {"rate": [0.0, 0.4]}},
 }
 
 

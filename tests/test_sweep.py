@@ -3,6 +3,7 @@
 import io
 import json
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -441,6 +442,64 @@ def test_a_complete_but_unpublished_trial_publishes_on_its_next_start(local_ray,
     assert store.has_model(student.key) and after.finished_at > before.finished_at
     assert after.history == before.history  # the same epochs, none trained again
     assert after.resumed_from[-1] == EPOCHS
+
+
+def test_a_result_whose_digit_changed_is_caught_and_republished_with_the_true_value(
+        local_ray, tmp_path):
+    """Issue 41: one digit of a stored test_acc changed (the JSON still valid) was exported as
+    it was. Its seal fails: the rerun names it, moves it aside, and the trial publishes again
+    from its stored final checkpoint (no epoch trained): the Parquet holds the true value;
+    attempts whose digit changed are counted afresh, moved aside too."""
+    from tests.test_ledger_state import change_a_digit
+
+    spec = small_spec(tmp_path, "bitrot")
+    run_sweep(spec, out=io.StringIO())
+    store = Ledger(Storage(spec.storage))
+    _, student = build_plan(spec).trials
+    true = store.result(student.key)
+    change_a_digit(store.storage, trial_file(student.key, "result.json"), "test_acc")
+    change_a_digit(store.storage, trial_file(student.key, "attempts.json"), "starts")
+    uri = run_sweep(spec, out=io.StringIO())
+    df = pd.read_parquet(uri).set_index("key")
+    assert df.loc[student.key, "test_acc"] == true.test_acc
+    again = store.result(student.key)
+    assert again.history == true.history and again.resumed_from[-1] == EPOCHS
+    root = Path(spec.storage)
+    moved = {p.name.split(".corrupt-")[0] for p in root.rglob("*.corrupt-*")}
+    assert moved == {"result.json", "attempts.json"}
+
+
+def test_a_rotted_node_bank_is_fetched_again_and_the_student_trains_as_on_a_clean_one(
+        local_ray, tmp_path):
+    """Issue 41: 4,000 bytes flipped in a node's cached bank (size and mtime kept), the grid
+    widened: the new student distilled from it silently. The copy's SHA-256 is proven on every
+    map: the worker names it, fetches it again, and the student's curve equals a control
+    run's (the same trial trained again on a clean cache)."""
+    spec = small_spec(tmp_path, "rot", taus=(4, 20))  # two students: a shared bank
+    run_sweep(spec, out=io.StringIO())
+    store = Ledger(Storage(spec.storage))
+    teacher = build_plan(spec).trials[0]
+    cached = cache_dir() / f"{teacher.key}-float16.pt"
+    before = cached.stat()
+    data = bytearray(cached.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 4000] = bytes(b ^ 0xFF for b in data[middle:middle + 4000])
+    cached.write_bytes(bytes(data))
+    os.utime(cached, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+    wide = small_spec(tmp_path, "rot", taus=(4, 20, 8))
+    [new] = [t for t in build_plan(wide).trials if t.tau == 8]
+    out = io.StringIO()
+    uri = run_sweep(wide, out=out)
+    lines = [ln for ln in out.getvalue().splitlines() if "node-cache copy" in ln]
+    assert any(str(cached) in ln and "fails its SHA-256" in ln for ln in lines), out.getvalue()
+    df = pd.read_parquet(uri).set_index("key")
+    assert df.loc[new.key, "logit_source"] == "shared" and (df.state == "done").all()
+    trained = store.result(new.key).history
+
+    store.reset(new.key)  # the control: the same trial again, on the clean cached copy
+    run_sweep(wide, out=io.StringIO())
+    assert untimed(store.result(new.key).history) == untimed(trained)
 
 
 def untimed(history: list[dict]) -> list[dict]:

@@ -31,9 +31,25 @@ def check_dataset(d: DatasetSpec) -> ImageData:
     try:
         from kd_core.data import load_dataset  # torch: not for `kdsweep status`
 
-        return load_dataset(d.name, root=d.root, download=d.download)
+        data = load_dataset(d.name, root=d.root, download=d.download)
     except (FileNotFoundError, ValueError) as e:
         raise SpecError(f"dataset: {e}") from None
+    check_validation_share(d.validation, d.name, len(data.train_labels), data.num_classes)
+    return data
+
+
+def check_validation_share(share: float, name: str, images: int, classes: int) -> None:
+    """A validation share holds out at least one image per class (the stratified split's own
+    rule: as many held-out images as classes), else every trial would fail in its worker."""
+    import math
+
+    held = round(share * images)
+    if share > 0 and held < classes:
+        smallest = math.ceil(classes / images * 10_000) / 10_000
+        raise SpecError(
+            f"dataset.validation: {share:g} holds out {held} of {name}'s {images} training "
+            f"images, fewer than its {classes} classes (a class would have no held-out image); "
+            f"the smallest share that works for {name} is {smallest:g}")
 
 
 def _bounded(what: str, fn):
@@ -93,6 +109,27 @@ def check_storage(uri: str, reading: bool = False) -> None:
         raise SpecError(f"storage: {storage.uri}: {str(e).splitlines()[0]}") from None
     if kind != pafs.FileType.Directory:
         raise SpecError(f"storage: bucket {bucket!r} does not exist at {storage.uri}")
+    if not reading:
+        check_conditional_writes(storage)
+
+
+def check_conditional_writes(storage: Storage) -> None:
+    """The storage enforces the conditional writes that fence leases and shared files
+    (Storage.missing_conditional_writes, a probe object of its own, deleted after); one line
+    naming what it lacks and what to use instead otherwise, before any lease."""
+    try:
+        missing = _bounded(f"storage: {storage.uri}", storage.missing_conditional_writes)
+    except SpecError:
+        raise
+    except Exception as e:  # noqa: BLE001  refused credentials, a gateway's error page...
+        raise SpecError(f"storage: {storage.uri}: probing its conditional writes failed "
+                        f"({str(e).splitlines()[0]})") from None
+    if missing:
+        raise SpecError(
+            f"storage: {storage.uri} does not enforce conditional writes ({'; '.join(missing)} "
+            "accepted where it must be refused), so two drivers could hold one sweep: use AWS "
+            "S3, an S3-compatible server that enforces them (MinIO since "
+            "RELEASE.2024-05-07T06-41-25Z; see the README), or a local/NFS directory")
 
 
 def check_tracking(uri: str) -> None:

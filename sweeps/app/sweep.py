@@ -160,6 +160,7 @@ def run_sweep(
     lease = DriverLease(storage, sweep_file(spec, SweepFile.LEASE))
     lease.on_lost = lambda held: _superseded(lease, held)
     lease.acquire(out)
+    snapshot.ledger.writer = lease  # the sweep's shared files are written under it
     faults.reached("after-lease")
     try:
         # connect, unless every trial is in storage: then a rerun only exports (seconds)

@@ -21,8 +21,13 @@ POINTS = {
     "uploader (epoch=G.E)",
     "before-publish": "trial worker: every epoch in its checkpoint, the result not yet stored",
     "mid-export": "driver: results.parquet written, MLflow's copy and summary not yet",
+    "shared-write": "driver: a shared file of the sweep checked (its version read under the "
+    "lease), not yet written (shared-write=trials.json, results.parquet, added)",
 }
 ENV, GROUP = "KDSWEEP_FAULT", "KDSWEEP_FAULT_GROUP"
+# ``KDSWEEP_PAUSE=name[=value]``: the process that reaches that point stops itself (SIGSTOP),
+# as a driver paused by its machine would, until a test sends it SIGCONT.
+PAUSE = "KDSWEEP_PAUSE"
 
 
 def arm() -> None:
@@ -34,6 +39,9 @@ def arm() -> None:
 
 def reached(point: str, value: object = None) -> None:
     """Die here if the run was told to (see the module docstring)."""
+    paused = os.environ.get(PAUSE)
+    if paused and (point if value is None else f"{point}={value}") in paused.split(","):
+        os.kill(os.getpid(), signal.SIGSTOP)
     wanted = os.environ.get(ENV)
     if not wanted:
         return

@@ -166,6 +166,17 @@ def _fetch(ledger: Ledger, rel: str, local: Path, digest: dict | None) -> str | 
     return None
 
 
+def _rotted(local: Path, digest: dict) -> str | None:
+    """How the node's cached copy differs from the stored bank's digest, if it does: its
+    SHA-256 read again on every map (benchmarks/RESULTS.md: about a second per GiB, once per
+    trial, against minutes of training)."""
+    if local.stat().st_size != digest.get("size"):
+        return "has changed size"
+    if sha256(local) != digest.get("sha256"):
+        return "fails its SHA-256"
+    return None
+
+
 def _cache_holds(local: Path, digest: dict | None) -> bool:
     """The node's copy is the stored bank's (its recorded digest is the stored one): a copy of
     a bank since moved aside or rebuilt from a retrained teacher is never used."""
@@ -178,8 +189,9 @@ def _cache_holds(local: Path, digest: dict | None) -> bool:
 def load_shared_bank(ledger: Ledger, teacher_key: str, dtype: str) -> TeacherBank | None:
     """The teacher's bank, memory-mapped from this node's disk cache (every trial of that
     teacher on the node shares one copy in the page cache), fetched from storage once per node
-    and verified against its digest. None when storage has none or it is corrupt: the student
-    then builds its own or runs its teacher online. A corrupt cache copy is fetched again; a
+    and verified against its digest, the node's copy proven again each time it is mapped (a
+    copy that rotted is fetched again). None when storage has none or it is corrupt: the
+    student then builds its own or runs its teacher online. A corrupt cache copy is fetched again; a
     corrupt stored bank is flagged (its driver moves it aside; the next run that wants it
     builds it again)."""
     rel = ledger.bank_file(teacher_key, dtype)
@@ -190,7 +202,15 @@ def load_shared_bank(ledger: Ledger, teacher_key: str, dtype: str) -> TeacherBan
             if not ledger.storage.exists(rel):
                 return None
             digest = read_json_checked(ledger.storage, digest_file(rel), repair=False)
-            if attempt or not (local.exists() and _cache_holds(local, digest)):
+            refetch = attempt > 0
+            if not refetch and local.exists() and _cache_holds(local, digest) and (
+                    bad := _rotted(local, digest)):
+                # the node's copy changed since it was fetched (its size and time may be kept):
+                # a student never distils from unproven bytes
+                log.warning("%s: node-cache copy of %s %s; fetching it again", local,
+                            ledger.storage.uri_of(rel), bad)
+                refetch = True
+            if refetch or not (local.exists() and _cache_holds(local, digest)):
                 if bad := _fetch(ledger, rel, local, digest):
                     return _drop_stored(ledger, rel, local, bad)
                 fetched = True

@@ -39,6 +39,8 @@ import threading
 import time
 import uuid
 
+from kd_core.seal import unseal_json
+
 from ..domain.settings import env_number
 from .ledger import TrialFile, trial_file
 from .storage import Storage, StorageFull, WriteConflict
@@ -50,10 +52,15 @@ TTL = env_number("KDSWEEP_LEASE_TTL", 120.0)  # seconds without a renewal
 clock = time.monotonic
 
 
+# Seconds between a holder's renewals when set (a test makes a holder whose heartbeat never
+# comes first: only its own writes can find the lease lost); unset, beat()'s rule.
+BEAT = env_number("KDSWEEP_LEASE_BEAT", 0.0)
+
+
 def beat() -> float:
     """Seconds between renewals: often enough that a watcher sees a live holder within a few
-    seconds, and that four renewals fit in a TTL."""
-    return min(TTL / 4, 5.0)
+    seconds, and that four renewals fit in a TTL (KDSWEEP_LEASE_BEAT, when set)."""
+    return BEAT or min(TTL / 4, 5.0)
 
 
 class LeaseHeld(ValueError):
@@ -82,8 +89,8 @@ def read_lease(storage: Storage, rel: str) -> tuple[dict, str | None]:
     an object that is not a lease: it is watched like any other)."""
     data, version = storage.read_versioned(rel)
     try:
-        held = json.loads(data) if data is not None else {}
-    except ValueError:
+        held = unseal_json(json.loads(data), rel) if data is not None else {}
+    except ValueError:  # not JSON, or a sealed object whose bytes changed
         held = {}
     return (held if isinstance(held, dict) else {}), version
 
@@ -230,6 +237,16 @@ class DriverLease(Lease):
     @property
     def fence(self) -> int:
         return int(self.me.get("fence", 0))
+
+    def mine(self) -> bool:
+        """The lease in storage, read now, is the version this holder wrote last."""
+        held, version = self.read()
+        return self.lost is None and version == self.version and held.get("token") == self.token
+
+    def lose(self, held: dict) -> None:
+        """Another driver holds the lease (found by a write to a shared file it fenced):
+        ``on_lost`` is told, once."""
+        self._lose(held)
 
     def check(self) -> int:
         """Before a write to the sweep's shared state (the trial list, results, MLflow runs):

@@ -44,10 +44,11 @@ import os
 import time
 from enum import StrEnum
 
-from kd_core.seal import CheckpointError, unseal
+from kd_core.seal import CheckpointError, SealBroken, unseal
 
+from ..domain import faults
 from ..domain.record import TrialResult, TrialState
-from .storage import Storage, concurrently, node_cache
+from .storage import Storage, WriteConflict, concurrently, node_cache
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +123,9 @@ def move_aside(storage: Storage, rel: str, why: str) -> None:
 
 def read_json_checked(storage: Storage, rel: str, repair: bool = True,
                       found: dict | None = None) -> dict | None:
-    """A JSON file from storage, or None when it is missing or corrupt (then moved aside, or
-    with ``repair`` False only flagged, and noted in ``found``: rel -> why)."""
+    """A JSON file from storage, its seal proven (Storage.read_json), or None when it is
+    missing or corrupt: not JSON, not an object, or a byte changed under its seal (then moved
+    aside, or with ``repair`` False only flagged, and noted in ``found``: rel -> why)."""
 
     def corrupt(why: str) -> None:
         (move_aside if repair else flag_corrupt)(storage, rel, why)
@@ -132,6 +134,8 @@ def read_json_checked(storage: Storage, rel: str, repair: bool = True,
 
     try:
         data = storage.read_json(rel)
+    except SealBroken as e:
+        return corrupt(str(e).removeprefix(f"{storage.uri_of(rel)} "))
     except (ValueError, UnicodeDecodeError) as e:
         return corrupt(f"not valid JSON ({e})")
     if data is not None and not isinstance(data, dict):
@@ -185,6 +189,20 @@ class Proven(dict):
             os.replace(tmp, path)
 
 
+def _writer(writer_of, data: bytes) -> str | None:
+    """The lease token a shared file was written under; None when it carries none (written
+    before tokens) or cannot be read (corrupt: replaced by whoever holds the lease)."""
+    try:
+        return writer_of(data)
+    except Exception:  # noqa: BLE001  a corrupt file names no writer
+        return None
+
+
+class Fenced(WriteConflict):
+    """A shared file of the sweep was written by another driver, which holds the sweep's lease
+    now: this driver lost it and may not replace that file."""
+
+
 class Ledger:
     """Trials' files in one storage. ``repair``: move corrupt files aside found on reading (a
     driver under its lease, a trial's own worker); False for readers that must change nothing
@@ -194,6 +212,9 @@ class Ledger:
     def __init__(self, storage: Storage, repair: bool = True):
         self.storage, self.repair = storage, repair
         self.found: dict[str, str] = {}
+        # The driver's lease (lease.DriverLease), once held: the sweep's shared files are
+        # written under it (write_shared).
+        self.writer = None
 
     # ---- reading ---------------------------------------------------------------------------
     def result(self, key: str) -> TrialResult | None:
@@ -258,7 +279,8 @@ class Ledger:
         return None
 
     def failure(self, key: str) -> dict | None:
-        return self.storage.read_json(trial_file(key, TrialFile.FAILED))
+        return read_json_checked(self.storage, trial_file(key, TrialFile.FAILED), self.repair,
+                                 self.found)
 
     def analysis(self, key: str) -> dict | None:
         """The distributions of the trial's analyses (kd_core.analysis), None if absent."""
@@ -364,14 +386,48 @@ class Ledger:
     def save_added_trial(self, spec, trial: dict, fence: int | None = None) -> None:
         """A trial found during a run, in a file of its own (O(1) per trial, where rewriting
         the list was O(trials)); ``fence`` as for the list."""
-        self.storage.write_json(f"{sweep_file(spec, SweepFile.ADDED)}/{trial['key']}.json",
-                                {"fence": fence, "trial": trial})
+        rel = f"{sweep_file(spec, SweepFile.ADDED)}/{trial['key']}.json"
+        self._write_shared_json(rel, {"fence": fence, "trial": trial})
 
     def save_trial_list(self, spec, trials: list[dict], fence: int | None = None) -> None:
-        """``fence``: the number of the driver lease it is written under (carried, to tell
-        which driver wrote it)."""
-        self.storage.write_json(sweep_file(spec, SweepFile.TRIALS),
+        """``fence``: the number of the driver lease it is written under (carried, with the
+        lease's token, to tell which driver wrote it: write_shared)."""
+        self._write_shared_json(sweep_file(spec, SweepFile.TRIALS),
                                 {"fence": fence, "trials": trials})
+
+    def _write_shared_json(self, rel: str, obj: dict) -> None:
+        token = self.writer.token if self.writer is not None else None
+        self.write_shared(rel, lambda: self.storage.json_bytes({**obj, "token": token}),
+                          lambda data: (json.loads(data) or {}).get("token"))
+
+    def write_shared(self, rel: str, render, writer_of) -> None:
+        """Write a shared file of the sweep (the trial list, an added trial, the results)
+        under this driver's lease, so that a driver that lost it cannot replace what its
+        successor wrote: the file's version is read, and the write lands only on that version
+        (Storage.write_if: the storage decides) and only if the file is this driver's own
+        (``writer_of(bytes)``: the lease token it was written under) or the lease is still
+        this driver's now. A driver paused between its check and its write finds the version
+        changed, reads its successor's token, and is told (the lease's ``on_lost``: it stops,
+        exit 3) or gets Fenced. ``render()``: the bytes. Without a lease (tests, tools): a plain
+        write."""
+        lease = self.writer
+        if lease is None:
+            self.storage.write_bytes(rel, render())
+            return
+        name = rel.rsplit("/", 2)[-2] if "/added/" in rel else rel.rsplit("/", 1)[-1]
+        while True:
+            data, version = self.storage.read_versioned(rel)
+            if data is not None and _writer(writer_of, data) != lease.token and not lease.mine():
+                held = lease.read()[0]
+                lease.lose(held)  # the driver stops here (on_lost), else:
+                raise Fenced(f"{self.storage.uri_of(rel)}: written by another driver, which "
+                             "holds the sweep's lease now; this driver lost it and stops")
+            faults.reached("shared-write", name)
+            try:
+                self.storage.write_if(rel, render(), version)
+                return
+            except WriteConflict:
+                continue  # changed since read: whose it is now decides
 
     @staticmethod
     def results_file(spec) -> str:

@@ -99,13 +99,25 @@ def write_results(plan: Plan, snapshot: Snapshot, runs: dict[str, str],
     URI. ``fence``: the driver lease's number it is written under (in the file's metadata)."""
     rows = [row(plan, t, snapshot.state(t.key), snapshot.result(t.key), runs.get(t.key))
             for t in plan.trials]
+    ledger = snapshot.ledger
+    token = ledger.writer.token if ledger.writer is not None else None
     table = pa.Table.from_pylist(rows, schema=SCHEMA.with_metadata(
-        {"kdsweep.fence": str(fence)}))
+        {"kdsweep.fence": str(fence), TOKEN: str(token)}))
     buf = io.BytesIO()
     pq.write_table(table, buf)
-    rel = snapshot.ledger.results_file(plan.spec)
-    snapshot.ledger.storage.write_bytes(rel, buf.getvalue())
-    return snapshot.ledger.storage.uri_of(rel)
+    rel = ledger.results_file(plan.spec)
+    ledger.write_shared(rel, buf.getvalue, written_by)  # under the lease (Ledger.write_shared)
+    return ledger.storage.uri_of(rel)
+
+
+# the Parquet metadata key of the driver lease token a results file was written under
+TOKEN = "kdsweep.token"
+
+
+def written_by(data: bytes) -> str | None:
+    """The driver lease's token a results file was written under (its Parquet metadata)."""
+    meta = pq.read_metadata(io.BytesIO(data)).metadata or {}
+    return meta.get(TOKEN.encode(), b"").decode() or None
 
 
 # Columns a results file must have (identity and outcome); later ones default when absent

@@ -11,7 +11,10 @@ What lives where under the root is Ledger's business (ledger.py). Leases (lease.
 thing pyarrow does not offer: a write that the storage itself refuses when the object is not the
 version the writer last saw (``write_if``). S3 has it (PutObject with If-None-Match / If-Match,
 through boto3); a local or NFS file system has it as compare-and-rename under an advisory lock
-(filelock; NFS v4 carries those locks). Storage that offers neither is refused by the spec.
+(filelock; NFS v4 carries those locks). S3-compatible storage that ignores the conditional
+headers (older MinIO, some gateways) answers 200 to every put: ``missing_conditional_writes``
+proves the storage refuses what it must, with a probe object of its own, before any lease, and
+storage that does not is refused (preflight.check_storage).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import pyarrow.fs as pafs
+
+from kd_core.seal import seal_json, unseal_json
 
 CREDENTIAL_KEYS = {"access_key", "secret_key", "session_token"}  # refused in a storage URI
 # Where S3 credentials come from instead: the environment of each process (or a profile or
@@ -305,14 +310,22 @@ class Storage:
             os.replace(tmp, final)
 
     def read_json(self, rel: str) -> dict | None:
-        """The object as JSON; None when there is none (one request: no look before)."""
+        """The object as JSON, its seal proven and removed (kd_core.seal.unseal_json:
+        SealBroken, a ValueError, when a byte changed); None when there is none (one request:
+        no look before)."""
         try:
-            return json.loads(self.read_bytes(rel))
+            return unseal_json(json.loads(self.read_bytes(rel)), self.uri_of(rel))
         except FileNotFoundError:
             return None
 
     def write_json(self, rel: str, obj) -> None:
-        self.write_bytes(rel, json.dumps(obj, indent=1, allow_nan=True).encode())
+        """``obj`` as JSON, sealed with the SHA-256 of its canonical body (kd_core.seal)."""
+        self.write_bytes(rel, self.json_bytes(obj))
+
+    @staticmethod
+    def json_bytes(obj) -> bytes:
+        """What write_json writes: ``obj`` as JSON with its seal."""
+        return json.dumps(seal_json(obj), indent=1, allow_nan=True).encode()
 
     def delete(self, rel: str) -> None:
         """Delete the object if there is one."""
@@ -359,12 +372,16 @@ class Storage:
         return bucket, key
 
     def _lock(self, rel: str):
-        """The advisory lock every conditional writer of ``rel`` on a file system holds."""
+        """The advisory lock every conditional writer of ``rel`` on a file system holds: one of
+        256 under ``.locks/`` (by the path's hash), so that the sweep's folders hold no lock
+        file per conditionally written file (an added trial each); two paths sharing a lock
+        only take turns."""
         from filelock import FileLock
 
-        folder, name = self.path(rel).rsplit("/", 1)
+        folder = f"{self.root}/.locks"
         os.makedirs(folder, exist_ok=True)
-        return FileLock(f"{folder}/.{name}.lock", timeout=60)
+        stripe = hashlib.sha256(rel.encode()).hexdigest()[:2]
+        return FileLock(f"{folder}/{stripe}.lock", timeout=60)
 
     def read_versioned(self, rel: str) -> tuple[bytes | None, str | None]:
         """The object's bytes and version; (None, None) when there is none."""
@@ -403,6 +420,43 @@ class Storage:
             if _refused(e):
                 raise WriteConflict(self.uri_of(rel)) from None
             raise
+
+    def missing_conditional_writes(self) -> list[str]:
+        """The conditional writes this storage does not enforce, proven with a probe object of
+        its own (deleted after): a second create under ``If-None-Match: *``, a replacement
+        under ``If-Match`` with a stale version, and one under ``If-Match`` of an object that is
+        gone must each be refused. [] where all are (a file system: compare-and-rename under
+        this module's own lock, nothing to probe)."""
+        if self.is_local:
+            return []
+        from botocore.exceptions import ClientError
+
+        rel, missing = f".kdsweep-probe-{uuid.uuid4().hex}", []
+
+        def refused(version: str | None, data: bytes) -> bool:
+            try:
+                self.write_if(rel, data, version)
+            except WriteConflict:
+                return True
+            except ClientError as e:  # 501 NotImplemented, 400 on an unknown header...
+                if e.response.get("Error", {}).get("Code") in ("AccessDenied", "NoSuchBucket"):
+                    raise
+                return False
+            return False
+
+        try:
+            first = self.write_if(rel, b"1", None)
+            if not refused(None, b"2"):
+                missing.append("If-None-Match: * (create only if absent)")
+            self.write_bytes(rel, b"3")  # a new version: ``first`` is now stale
+            if not refused(first, b"4"):
+                missing.append("If-Match (replace only the version last seen)")
+            self.delete(rel)
+            if not refused(first, b"5"):
+                missing.append("If-Match on a deleted object")
+        finally:
+            self.delete(rel)
+        return missing
 
     def delete_if(self, rel: str, version: str) -> bool:
         """Delete the object only if it is at ``version``; False when it is not (or gone)."""

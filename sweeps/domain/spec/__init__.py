@@ -209,9 +209,31 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     """YAML that refuses a key given twice (PyYAML would keep the last one silently)."""
 
 
+# No field takes an integer of more digits (a seed is below 2^63: 19 digits); a longer one is
+# refused by field before Python's own digit limit (4300) names none.
+MAX_DIGITS = 20
+
+
+def _check_digits(where: str, node: yaml.Node) -> None:
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_digits(f"{where}[{i}]", item)
+    elif isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:int":
+        digits = sum(c.isdigit() for c in node.value)
+        if digits > MAX_DIGITS:
+            raise _TooLong(f"{where}: an integer of {digits} digits, beyond any sensible bound "
+                           f"(line {node.start_mark.line + 1})")
+
+
+class _TooLong(ValueError):
+    """A number no field could take, named by its key while the YAML is read."""
+
+
 def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False):
     seen = set()
-    for key_node, _ in node.value:
+    for key_node, value_node in node.value:
+        if isinstance(key_node, yaml.ScalarNode):
+            _check_digits(key_node.value, value_node)
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise yaml.constructor.ConstructorError(
@@ -222,6 +244,11 @@ def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool 
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+# a plain `inf` (as `tau: [4, inf]` reads) is the float infinity, like YAML's own `.inf`; a
+# quoted "inf" stays a string, refused where a number belongs
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:inf|Inf|INF|infinity|Infinity)$"),
+    list("-+iI"))
 
 
 def load_spec(path: str | Path) -> SweepSpec:
@@ -241,5 +268,7 @@ def load_spec(path: str | Path) -> SweepSpec:
         return parse_spec(data, str(path))
     except yaml.YAMLError as e:
         raise SpecError(f"{path}: not valid YAML: {e}") from None
+    except _TooLong as e:
+        raise SpecError(f"{path}: {e}") from None
     except RecursionError:
         raise SpecError(f"{path}: nested too deeply to be a sweep spec") from None

@@ -58,9 +58,8 @@ def _no_userinfo(value: str, env: str) -> str:
 
 
 def _tau(v):
-    # YAML reads `inf` as a string (only `.inf` is a float); both mean the exact limit.
-    if isinstance(v, str) and v.strip().lower() in ("inf", "+inf", ".inf", "infinity"):
-        return math.inf
+    # A plain `inf` in YAML is read as a float (spec.load_spec's loader), like `.inf`: both mean
+    # the exact limit. A string ("inf", quoted) is not a number: refused, as types are strict.
     return v
 
 
@@ -199,6 +198,9 @@ class GridSpec(_Strict):
         for seed in v:  # torch and numpy's generators take seeds in [0, 2^63)
             if not 0 <= seed < 2**63:
                 raise ValueError(f"seeds must lie in [0, 2^63), got {seed}")
+        if dupes := sorted({s for s in v if v.count(s) > 1}):
+            raise ValueError(f"seed {', '.join(map(str, dupes))} listed twice: each seed is one "
+                             "replicate; list each once")
         return v
 
     @field_validator("loss")
