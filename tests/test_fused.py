@@ -1,0 +1,130 @@
+"""Fused siblings (kd_core/fused.py): a member's trajectory is that of separate training,
+bit-for-bit in float64 on the CPU: weights, BatchNorm running statistics, optimizer state (weight
+decay, momentum), the LR schedule, the generator and every epoch's metrics."""
+
+import math
+
+import pytest
+import torch
+
+from kd_core.bank import bank_for
+from kd_core.config import TrainConfig
+from kd_core.data import synthetic
+from kd_core.fused import FusedGroup
+from kd_core.train import Trainer, init_model
+
+# KL at a finite and an infinite tau, and MSE with a label term: one group
+SETTINGS = [("kl", 4.0, 1.0), ("kl", math.inf, 1.0), ("mse", 1.0, 0.9)]
+STEPS = 10  # per epoch: 2 epochs are 20 steps, the LR dropping after the first (milestone 0.5)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():  # tiny models: threads only contend
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def float64():
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(before)
+
+
+def setup(model: str, channels: int, banked: bool, epochs: int = 2):
+    data = synthetic(n_train=STEPS * 8, n_test=24, num_classes=10, image_size=8,
+                     channels=channels)
+    teacher = init_model(model, data, 99)
+    bank = bank_for(teacher, data, "cpu", dtype=torch.get_default_dtype()) if banked else None
+
+    def make(settings=SETTINGS, seed=3):
+        return [Trainer(init_model(model, data, seed), data,
+                        TrainConfig(epochs=epochs, batch_size=8, lr=0.05, loss=loss, tau=tau,
+                                    alpha=alpha, seed=seed, device="cpu", teacher_bank="off",
+                                    lr_milestones=(0.5,)),
+                        teacher=None if banked else teacher, bank=bank)
+                for loss, tau, alpha in settings]
+
+    return make
+
+
+def untimed(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in h.items() if not k.endswith("_time")} for h in history]
+
+
+def assert_same(a: Trainer, b: Trainer) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    for name, t in sa["model"].items():  # BatchNorm running stats and counts among them
+        assert torch.equal(t, sb["model"][name]), f"{a.config.loss}/{a.config.tau}: {name}"
+    for i, st in sa["optimizer"]["state"].items():
+        assert torch.equal(st["momentum_buffer"], sb["optimizer"]["state"][i]["momentum_buffer"])
+    assert sa["optimizer"]["param_groups"] == sb["optimizer"]["param_groups"]
+    assert sa["scheduler"] == sb["scheduler"]
+    assert torch.equal(sa["generator"], sb["generator"])
+    assert sa["epoch"] == sb["epoch"]
+    assert untimed(sa["history"]) == untimed(sb["history"])
+
+
+@pytest.mark.parametrize("model,channels,banked", [("cnn-small", 1, True),
+                                                   ("wrn-10-1", 3, False)])
+def test_fused_is_separate_training_bit_for_bit_in_float64(float64, model, channels, banked):
+    make = setup(model, channels, banked)
+    separate = make()
+    for t in separate:
+        list(t.epochs())
+    fused = make()
+    seen = [(t.config.loss, t.config.tau, m.epoch) for t, m in FusedGroup(fused).epochs()]
+    assert sorted(seen) == sorted((s[0], s[1], e) for s in SETTINGS for e in (1, 2))
+    assert separate[0].history[-1]["lr"] < separate[0].history[0]["lr"]  # the schedule stepped
+    assert separate[0].state_dict()["optimizer"]["param_groups"][0]["weight_decay"] > 0
+    for a, b in zip(separate, fused, strict=True):
+        assert_same(a, b)
+    # the members did learn different things (the test could not pass by sharing weights)
+    w = [t.model.head.weight for t in fused]
+    assert not torch.equal(w[0], w[1]) and not torch.equal(w[0], w[2])
+
+
+def test_members_at_other_epochs_catch_up_and_a_dropped_member_stops(float64):
+    """A group formed after a preemption: one member resumed at epoch 1, one fresh; the fresh
+    one trains alone until it catches up, then both train fused. A member dropped after its
+    first epoch trains no more; the others go on."""
+    make = setup("cnn-small", 1, banked=True, epochs=3)
+    separate = make()
+    for t in separate:
+        list(t.epochs())
+    resumed = make()
+    ahead = make()[0]
+    next(ahead.epochs())  # member 0 trained epoch 1 before the kill
+    resumed[0].load_state_dict(ahead.state_dict())
+    group = FusedGroup(resumed)
+    order = []
+    for t, m in group.epochs():
+        order.append((resumed.index(t), m.epoch))
+        if t is resumed[2] and m.epoch == 1:
+            group.drop(t)
+    assert order[:2] == [(1, 1), (2, 1)]  # the fresh ones first, alone
+    assert sorted(order[2:]) == [(0, 2), (0, 3), (1, 2), (1, 3)]
+    assert_same(separate[0], resumed[0])
+    assert_same(separate[1], resumed[1])
+    assert resumed[2].epoch == 1
+
+
+def test_float32_fused_matches_to_rounding():
+    make = setup("cnn-small", 1, banked=True, epochs=1)
+    separate, fused = make(), make()
+    for t in separate:
+        list(t.epochs())
+    list(FusedGroup(fused).epochs())
+    for a, b in zip(separate, fused, strict=True):
+        for name, p in a.model.state_dict().items():
+            if p.is_floating_point():
+                torch.testing.assert_close(p, b.model.state_dict()[name], rtol=1e-3, atol=1e-4)
+
+
+def test_only_siblings_fuse():
+    make = setup("cnn-small", 1, banked=True, epochs=1)
+    with pytest.raises(ValueError, match="seed"):
+        FusedGroup([*make(SETTINGS[:1]), *make(SETTINGS[1:2], seed=4)])
