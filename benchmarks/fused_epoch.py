@@ -48,30 +48,32 @@ def main():
     print("| student | separate | fused | fused / separate (paired, min / median) |")
     print("| --- | --- | --- | --- |")
     for model in args.models.split(","):
-        def trainers():
-            return [Trainer(init_model(model, data, 0), data,
-                            TrainConfig(epochs=1000, batch_size=64, lr=0.05, loss=loss, tau=tau,
-                                        alpha=alpha, device="cpu"), bank=bank)
-                    for loss, tau, alpha in settings]
-
-        sep, fus = trainers(), trainers()
-        group = FusedGroup(fus)
-        group_epochs = group.epochs()
-
-        def separate():
-            its = [t.epochs() for t in sep]
-            return args.k / timed(lambda: [next(it) for it in its])
-
-        def fused():
-            return args.k / timed(lambda: [next(group_epochs) for _ in range(args.k)])
-
-        separate(), fused()  # warm-up
-        out = interleaved({"separate": separate, "fused": fused}, args.rounds)
-        ratio = paired(out["fused"], out["separate"])
-        lo, med = min_med(ratio)
+        lo, med, out = measure(model, data, bank, settings, args.rounds)
         print(f"| {model} | {fmt(out['separate'], 2)} | {fmt(out['fused'], 2)} | "
               f"{lo:.2f}x / {med:.2f}x |")
 
+
+def measure(model, data, bank, settings, rounds):
+    def trainers():
+        return [Trainer(init_model(model, data, 0), data,
+                        TrainConfig(epochs=1000, batch_size=64, lr=0.05, loss=loss, tau=tau,
+                                    alpha=alpha, device="cpu"), bank=bank)
+                for loss, tau, alpha in settings]
+
+    k, sep = len(settings), trainers()
+    group_epochs = FusedGroup(trainers()).epochs()
+
+    def separate():
+        its = [t.epochs() for t in sep]
+        return k / timed(lambda: [next(it) for it in its])
+
+    def fused():
+        return k / timed(lambda: [next(group_epochs) for _ in range(k)])
+
+    separate(), fused()  # warm-up
+    out = interleaved({"separate": separate, "fused": fused}, rounds)
+    lo, med = min_med(paired(out["fused"], out["separate"]))
+    return lo, med, out
 
 if __name__ == "__main__":
     main()
