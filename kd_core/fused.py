@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +44,7 @@ from torch import nn
 
 from .config import TrainConfig
 from .data import draw_views, render_views
+from .loop import DONE, Checkpoints, Outcome, diverged
 from .losses import distillation_loss
 from .metrics import EpochMetrics
 from .train import OnlineTeacher, Trainer
@@ -304,3 +305,29 @@ class FusedGroup:
 
         return [lambda images, t=t, i=i: split("test" if images is t.x_test else "val")[i]
                 for i, t in enumerate(group)]
+
+
+def fit_group(
+    group: FusedGroup,
+    checkpoints: Mapping[Trainer, Checkpoints],
+    every: int = 1,
+    publish: Callable[[Trainer, Outcome], dict] = lambda member, outcome: {},
+    after_epoch: Callable[[Trainer, int], None] = lambda member, epoch: None,
+) -> Iterator[tuple[Trainer, EpochMetrics, dict]]:
+    """``loop.fit`` for a fused group: each member's epochs go to its own ``checkpoints``
+    first, then (on its last epoch, or a divergence) its outcome is published, and only then
+    is the epoch yielded, as ``(member, metrics, published)``. A diverged member is published
+    as such and leaves the group; the others go on. The caller may ``group.drop`` a member
+    (stopped early) between yields."""
+    for t, m in group.epochs():
+        last = t.epoch == t.config.epochs
+        if last or t.epoch % every == 0:
+            checkpoints[t].save(t.state_dict(), background=not last)
+        else:
+            checkpoints[t].remember(t.state_dict())
+        after_epoch(t, t.epoch)
+        if reason := diverged(m.as_dict()):
+            group.drop(t)
+            yield t, m, publish(t, Outcome("diverged", f"epoch {t.epoch}: {reason}"))
+            continue
+        yield t, m, publish(t, DONE) if last else {}

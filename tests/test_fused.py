@@ -2,15 +2,18 @@
 bit-for-bit in float64 on the CPU: weights, BatchNorm running statistics, optimizer state (weight
 decay, momentum), the LR schedule, the generator and every epoch's metrics."""
 
+import contextlib
 import math
 
 import pytest
 import torch
 
 from kd_core.bank import bank_for
+from kd_core.checkpoint import load_checkpoint
 from kd_core.config import TrainConfig
 from kd_core.data import synthetic
-from kd_core.fused import FusedGroup
+from kd_core.fused import FusedGroup, fit_group
+from kd_core.loop import CheckpointFile
 from kd_core.train import Trainer, init_model
 
 # KL at a finite and an infinite tau, and MSE with a label term: one group
@@ -128,3 +131,68 @@ def test_only_siblings_fuse():
     make = setup("cnn-small", 1, banked=True, epochs=1)
     with pytest.raises(ValueError, match="seed"):
         FusedGroup([*make(SETTINGS[:1]), *make(SETTINGS[1:2], seed=4)])
+
+
+def test_a_diverged_member_leaves_and_its_siblings_are_untouched(float64):
+    """NaN weights in one member (its epoch 2 diverges): it is published diverged and leaves;
+    the others train on, still bit-for-bit separate training (nothing leaks across members)."""
+    make = setup("cnn-small", 1, banked=True, epochs=3)
+    separate = make()
+    for t in separate:
+        list(t.epochs())
+    members = make()
+    published = {}
+
+    def poison(t, epoch):
+        if t is members[1] and epoch == 1:
+            with torch.no_grad():
+                t.model.head.weight.fill_(math.nan)
+
+    ends = [(members.index(t), m.epoch, p.get("state")) for t, m, p in fit_group(
+        FusedGroup(members), {t: CheckpointFile(None) for t in members},
+        publish=lambda t, outcome: published.setdefault(members.index(t), outcome) and
+        {"state": outcome.state}, after_epoch=poison)]
+    assert published[1].state == "diverged" and members[1].epoch == 2
+    assert (1, 2, "diverged") in ends and not any(i == 1 and e == 3 for i, e, _ in ends)
+    assert published[0].state == published[2].state == "done"
+    assert_same(separate[0], members[0])
+    assert_same(separate[2], members[2])
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_group_killed_mid_run_resumes_each_member_from_its_own_checkpoint(float64, tmp_path):
+    """A fused group dies after member 0 saved epoch 2 (members 1 and 2 trained it, not yet
+    saved); the rerun loads each member's own checkpoint (0 at epoch 2, the others at 1), trains
+    each epoch it lacks once, and ends bit-for-bit where uninterrupted separate runs end."""
+    make = setup("cnn-small", 1, banked=True, epochs=3)
+    separate = make()
+    for t in separate:
+        list(t.epochs())
+    files = [tmp_path / f"m{i}.pt" for i in range(3)]
+
+    def run(members, kill_at=None):
+        trained = []
+
+        def after(t, epoch):
+            trained.append((members.index(t), epoch))
+            if (members.index(t), epoch) == kill_at:
+                raise Killed
+        for t, f in zip(members, files, strict=True):
+            if f.exists():
+                t.load_state_dict(load_checkpoint(f))
+        cps = {t: CheckpointFile(f) for t, f in zip(members, files, strict=True)}
+        with contextlib.suppress(Killed):
+            for _ in fit_group(FusedGroup(members), cps, after_epoch=after):
+                pass
+        return trained
+
+    assert run(make(), kill_at=(0, 2))[-1] == (0, 2)
+    assert [load_checkpoint(f)["epoch"] for f in files] == [2, 1, 1]
+    resumed = make()
+    trained = run(resumed)
+    assert sorted(trained) == [(0, 3), (1, 2), (1, 3), (2, 2), (2, 3)]  # each lacking epoch once
+    for a, b in zip(separate, resumed, strict=True):
+        assert_same(a, b)
