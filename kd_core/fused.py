@@ -26,6 +26,9 @@ runs), and every other op is per channel or per member. In float32 the CPU's one
 GPU's cuDNN pick other kernels for a grouped convolution, so members match separate training
 to rounding only.
 
+The fused forward pass runs eagerly: ``compile`` in the recipe applies to separate training
+only (capturing the fused step is issue 44's item 4, for a GPU).
+
 A group trains the members at its lowest epoch together; members resumed from later epochs
 (a group formed differently after a preemption) wait until the others catch up, so every
 fused epoch trains members with identical data order. A member that diverges or is stopped
@@ -150,8 +153,10 @@ class FusedModel(nn.Module):
     """K classifiers of one architecture as one forward pass; ``forward`` returns each
     member's logits, (B, classes) each. The members keep their parameters and buffers."""
 
-    def __init__(self, models: Sequence[nn.Module]):
+    def __init__(self, models: Sequence[nn.Module],
+                 memory_format: torch.memory_format = torch.contiguous_format):
         super().__init__()
+        self.memory_format = memory_format  # the trainer's: channels_last on a GPU
         specs = {repr(getattr(m, "spec", type(m).__name__)) for m in models}
         if len(specs) != 1:
             raise ValueError(f"fused members must share one architecture, got {sorted(specs)}")
@@ -170,7 +175,8 @@ class FusedModel(nn.Module):
             n.store()
 
     def forward(self, x) -> list[torch.Tensor]:
-        feats = self.skeleton.features(x.repeat(1, self.k, 1, 1))
+        x = x.repeat(1, self.k, 1, 1).contiguous(memory_format=self.memory_format)
+        feats = self.skeleton.features(x)
         return self.skeleton.head.per_member(feats)
 
 
@@ -238,7 +244,7 @@ class FusedGroup:
         evaluates) a function from a split's images to its logits from one fused pass."""
         lead = group[0]
         cfg, aug, dev = lead.config, lead.data.augment, lead.device
-        fused = FusedModel([t.model for t in group]).to(dev)
+        fused = FusedModel([t.model for t in group], lead.memory_format)
         n = len(lead.y_train)
         perm = torch.randperm(n, generator=lead.generator, device=dev)
         views = draw_views(aug, n, lead.generator, dev) if aug.enabled else None
