@@ -37,9 +37,12 @@ def float64():
     torch.set_default_dtype(before)
 
 
-def setup(model: str, channels: int, banked: bool, epochs: int = 2):
+def setup(model: str, channels: int, banked: bool, epochs: int = 2, validation: float = 0.0,
+          eval_every: int = 1):
     data = synthetic(n_train=STEPS * 8, n_test=24, num_classes=10, image_size=8,
                      channels=channels)
+    if validation:
+        data = data.with_validation(validation, 3)
     teacher = init_model(model, data, 99)
     bank = bank_for(teacher, data, "cpu", dtype=torch.get_default_dtype()) if banked else None
 
@@ -47,7 +50,7 @@ def setup(model: str, channels: int, banked: bool, epochs: int = 2):
         return [Trainer(init_model(model, data, seed), data,
                         TrainConfig(epochs=epochs, batch_size=8, lr=0.05, loss=loss, tau=tau,
                                     alpha=alpha, seed=seed, device="cpu", teacher_bank="off",
-                                    lr_milestones=(0.5,)),
+                                    lr_milestones=(0.5,), eval_every=eval_every),
                         teacher=None if banked else teacher, bank=bank)
                 for loss, tau, alpha in settings]
 
@@ -88,6 +91,19 @@ def test_fused_is_separate_training_bit_for_bit_in_float64(float64, model, chann
     # the members did learn different things (the test could not pass by sharing weights)
     w = [t.model.head.weight for t in fused]
     assert not torch.equal(w[0], w[1]) and not torch.equal(w[0], w[2])
+
+
+def test_validation_split_and_sparse_evaluation_match_too(float64):
+    """A held-out validation split and evaluation every other epoch: the fused group's one
+    evaluation pass gives each member the metrics its own would."""
+    make = setup("cnn-small", 1, banked=False, epochs=3, validation=0.25, eval_every=2)
+    separate, fused = make(), make()
+    for t in separate:
+        list(t.epochs())
+    list(FusedGroup(fused).epochs())
+    assert "val_acc" in separate[0].history[1] and "test_acc" not in separate[0].history[0]
+    for a, b in zip(separate, fused, strict=True):
+        assert_same(a, b)
 
 
 def test_members_at_other_epochs_catch_up_and_a_dropped_member_stops(float64):
