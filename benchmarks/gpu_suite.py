@@ -53,6 +53,11 @@ CHECKS = [
            "--rounds", "3", "--packed", "--packed-ks", "4,9"],
           ["--device", "cpu", "--model", "cnn-small", "--ks", "1,2", "--steps", "2",
            "--rounds", "2", "--packed"], 150),
+    Check("kd_core's fused group vs separate Trainers (a fused job's epoch)", "fused_epoch.py",
+          ["--device", "cuda", "--dataset", "synthetic", "--models", "wrn-16-2", "--k", "8",
+           "--n-train", "5000", "--batch-size", "128", "--rounds", "2"],
+          ["--device", "cpu", "--dataset", "synthetic", "--models", "cnn-small", "--k", "2",
+           "--n-train", "64", "--batch-size", "16", "--rounds", "1"], 90),
 ]
 
 
@@ -109,6 +114,10 @@ def rows_of(name: str, figures: dict) -> list[tuple[str, str, str]]:
             if "packed" in med:
                 text += f", packed {med['packed'] / med['separate']:.2f}x"
             rows.append((f"K = {r['k']} student-steps/s", text, "> 1 decides for fusion"))
+    elif name == "fused_epoch":
+        rows += [(f"{r['model']} fused K = {r['k']}, student-epochs/s",
+                  f"{r['ratio_median']:.2f}x separate", ">= 4x (issue 44, on a GPU)")
+                 for r in f["rows"]]
     return rows
 
 

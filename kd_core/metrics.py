@@ -37,10 +37,11 @@ class EpochMetrics:
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
     """ECE with equal-width confidence bins (Guo et al. 2017)."""
     conf, pred = probs.max(dim=1)
-    correct = (pred == labels).float()
+    correct = (pred == labels).to(conf.dtype)
     edges = torch.linspace(0, 1, bins + 1, device=probs.device)
     which = torch.bucketize(conf, edges[1:-1])
-    gap = torch.zeros(bins, device=probs.device).index_add_(0, which, conf - correct)
+    gap = torch.zeros(bins, device=probs.device, dtype=conf.dtype)
+    gap.index_add_(0, which, conf - correct)
     return float(gap.abs().sum() / conf.numel())
 
 

@@ -213,19 +213,24 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            with torch.no_grad():
-                pred = z_s.argmax(1)
-                dist = (z_s.float() - z_t.float()).norm(dim=1).sum() if z_t is not None else 0.0
-                sums += torch.stack(
-                    [
-                        loss.detach() * len(idx),
-                        (pred == y).sum(),
-                        (pred == self.y_clean[idx]).sum(),
-                        torch.as_tensor(dist, device=self.device),
-                        torch.tensor(len(idx), device=self.device),
-                    ]
-                ).float()
+            sums += self.batch_sums(loss, z_s, z_t, y, self.y_clean[idx])
         return sums
+
+    @torch.no_grad()
+    def batch_sums(self, loss, z_s, z_t, y, y_clean) -> torch.Tensor:
+        """One batch's share of the epoch's sums: loss * batch, correct (trained labels),
+        correct (clean), ||z_s - z_t||, count."""
+        pred = z_s.argmax(1)
+        dist = (z_s.float() - z_t.float()).norm(dim=1).sum() if z_t is not None else 0.0
+        return torch.stack(
+            [
+                loss.detach() * len(y),
+                (pred == y).sum(),
+                (pred == y_clean).sum(),
+                torch.as_tensor(dist, device=self.device),
+                torch.tensor(len(y), device=self.device),
+            ]
+        ).float()
 
     def _teacher_test(self) -> torch.Tensor | None:
         if self.teacher is None:
@@ -275,28 +280,39 @@ class Trainer:
             t0 = time.perf_counter()
             lr = self.optimizer.param_groups[0]["lr"]
             sums = self._train_epoch().tolist()  # the epoch's one host sync
-            train_time = time.perf_counter() - t0
-            self.scheduler.step()
-            self.epoch += 1
-            loss_sum, correct, correct_clean, dist_sum, count = sums
-            m = EpochMetrics(
-                epoch=self.epoch,
-                lr=lr,
-                train_loss=loss_sum / count,
-                train_acc=correct / count,
-                train_acc_clean=correct_clean / count,
-                epoch_time=0.0,
-                train_time=train_time,
-                logit_distance=dist_sum / count if self.teacher is not None else None,
-            )
-            if self.epoch % self.config.eval_every == 0 or self.epoch == self.config.epochs:
-                logits = self._predict(self.model, self.x_test)
-                for k, v in test_metrics(logits, self.y_test, self._teacher_test()).items():
+            yield self.end_epoch(sums, lr, t0, time.perf_counter() - t0)
+
+    def end_epoch(self, sums: list[float], lr: float, t0: float, train_time: float,
+                  logits=None) -> EpochMetrics:
+        """Close an epoch trained from ``t0`` (perf_counter) at ``lr``, its ``sums`` (as
+        ``_train_epoch`` adds them): step the schedule, evaluate when due, record the metrics.
+        ``logits(images)``: this model's logits on a split (default: a pass of its own; a
+        fused group hands in its members' from one pass, kd_core/fused.py)."""
+        self.scheduler.step()
+        self.epoch += 1
+        loss_sum, correct, correct_clean, dist_sum, count = sums
+        m = EpochMetrics(
+            epoch=self.epoch,
+            lr=lr,
+            train_loss=loss_sum / count,
+            train_acc=correct / count,
+            train_acc_clean=correct_clean / count,
+            epoch_time=0.0,
+            train_time=train_time,
+            logit_distance=dist_sum / count if self.teacher is not None else None,
+        )
+        if self.eval_due():
+            logits = logits or (lambda images: self._predict(self.model, images))
+            for k, v in test_metrics(logits(self.x_test), self.y_test,
+                                     self._teacher_test()).items():
+                setattr(m, k, v)
+            if self.x_val is not None:
+                for k, v in val_metrics(logits(self.x_val), self.y_val).items():
                     setattr(m, k, v)
-                if self.x_val is not None:
-                    logits = self._predict(self.model, self.x_val)
-                    for k, v in val_metrics(logits, self.y_val).items():
-                        setattr(m, k, v)
-            m.epoch_time = time.perf_counter() - t0
-            self.history.append(m.as_dict())
-            yield m
+        m.epoch_time = time.perf_counter() - t0
+        self.history.append(m.as_dict())
+        return m
+
+    def eval_due(self) -> bool:
+        """Is the epoch just counted one that evaluates (every eval_every, and the last)?"""
+        return self.epoch % self.config.eval_every == 0 or self.epoch == self.config.epochs

@@ -22,11 +22,12 @@ an entry a job has left behind (started, skipped) is dropped when it reaches the
 from __future__ import annotations
 
 import heapq
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from .fusion import sibling_key
 from .plan import Trial, children
 from .spec import SweepSpec
 
@@ -38,13 +39,24 @@ class Job:
 
     kind: str
     trial: Trial
+    # a fused job (fusion.py): the siblings it trains besides ``trial``, each its own trial
+    siblings: tuple[Trial, ...] = ()
+
+    @property
+    def members(self) -> tuple[Trial, ...]:
+        """The trials this job trains: ``trial``, then its fused siblings."""
+        return (self.trial, *self.siblings)
 
     def config(self) -> dict:
-        return {"job": self.kind, "trial": self.trial.to_dict()}
+        out = {"job": self.kind, "trial": self.trial.to_dict()}
+        if self.siblings:
+            out["siblings"] = [t.to_dict() for t in self.siblings]
+        return out
 
     @classmethod
     def from_config(cls, config: dict) -> Job:
-        return cls(config["job"], Trial.from_dict(config["trial"]))
+        return cls(config["job"], Trial.from_dict(config["trial"]),
+                   tuple(Trial.from_dict(t) for t in config.get("siblings", ())))
 
 
 class Listener(Protocol):
@@ -107,10 +119,14 @@ class Scheduler:
         # every trial of the sweep so far, by key
         self.trials = {t.key: t for t in [*trials, *(s.teacher for s in self.sources)]}
         self.running: dict[str, Job] = {}  # job id -> job
+        self.member_of: dict[str, str] = {}  # trial key -> id of the job training it
         self.running_keys: set[str] = set()  # trials being trained
         self.banks: dict[str, str] = {}  # teacher key -> "build" | "building" | "go"
         self.blocked: defaultdict[str, list[Trial]] = defaultdict(list)  # teacher not ready
         self.heap: list[tuple[float, int, int, str | int]] = []  # ready jobs, best first
+        # ready trials by sibling_key, in the order they became ready (fused jobs take them);
+        # an entry a job has left behind is dropped when met, as in the heap
+        self.ready_siblings: defaultdict[tuple, deque[str]] = defaultdict(deque)
         self.pushed = 0  # entries so far (ties among banks and samples: first pushed first)
         self.sources_of: defaultdict[str, list[int]] = defaultdict(list)
         for i, s in enumerate(self.sources):
@@ -151,8 +167,23 @@ class Scheduler:
         if job.kind == "bank":
             self.banks[job.trial.key] = "building"
         else:
-            del self.waiting[job.trial.key]
-            self.running_keys.add(job.trial.key)
+            for t in job.members:
+                del self.waiting[t.key]
+                self.running_keys.add(t.key)
+                self.member_of[t.key] = job_id
+
+    def with_siblings(self, job: Job, limit: int) -> Job:
+        """``job`` (a train job from next_job) with up to ``limit`` - 1 of its siblings that are
+        ready now (fusion.py), earliest ready first; never waits for more."""
+        key = sibling_key(job.trial) if job.kind == "train" else None
+        if key is None or limit <= 1:
+            return job
+        ready, taken = self.ready_siblings.get(key, deque()), []
+        while ready and len(taken) < limit - 1:
+            ref = ready.popleft()
+            if ref in self.waiting and ref != job.trial.key and ref not in taken:
+                taken.append(ref)
+        return Job(job.kind, job.trial, tuple(self.waiting[k] for k in taken))
 
     def complete(self, job_id: str, done: bool, value: float | None = None) -> None:
         """Job ``job_id`` ended; ``done``: it trained to the end, its weights stored;
@@ -163,8 +194,18 @@ class Scheduler:
         if job.kind == "bank":  # built or not, its students may go: without it they run online
             self._go(job.trial.key)
         else:
-            self.running_keys.discard(job.trial.key)
-            self._ended(job.trial, done, value)
+            for t in job.members:  # a fused job's members not ended on their own end with it
+                if self.member_of.get(t.key) == job_id:
+                    self.member_ended(t.key, done, value if t is job.trial else None)
+
+    def member_ended(self, key: str, done: bool, value: float | None = None) -> None:
+        """One trial of a running job ended (a fused job's member leaves it: done, diverged,
+        stopped early, failed); its job may go on with the others."""
+        job_id = self.member_of.pop(key, None)
+        if job_id is None:
+            return
+        self.running_keys.discard(key)
+        self._ended(self.trials[key], done, value)
 
     def finished(self) -> bool:
         return not self.waiting and not self.running and not self._samples_left()
@@ -180,6 +221,8 @@ class Scheduler:
         k = t.teacher_key
         if k is None or (k in self.done and self.banks.get(k) == "go"):
             self._push(t.lineage, TRAIN, self.order[t.key], t.key)
+            if (sib := sibling_key(t)) is not None:
+                self.ready_siblings[sib].append(t.key)
         else:
             self.blocked[k].append(t)
 

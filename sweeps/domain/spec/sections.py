@@ -304,6 +304,10 @@ class ResourcesSpec(_Strict):
     gpu: float = Field(0.0, ge=0, le=MAX_GPUS)
     memory_gb: float | None = Field(None, ge=0.01, le=MAX_MEMORY_GB)
     models: dict[str, ModelResources] = {}  # keyed by architecture, e.g. {wrn-28-4: {gpu: 0.5}}
+    # Sibling students (one teacher, seed, architecture, recipe) trained as one fused job:
+    # "auto" where a measurement (or, without one, fusion.py's rule) says it pays, "off", or
+    # at most K per job (1 is off).
+    fuse: Literal["auto", "off"] | Annotated[int, Field(ge=1, le=64)] = "auto"
 
     _gpu = field_validator("gpu")(classmethod(lambda cls, v: _check_gpu(v)))
 

@@ -1,0 +1,339 @@
+"""Fused siblings: K students trained as one model, each still its own run.
+
+Siblings are students of one architecture and recipe that share a teacher (hence its bank or
+its logits) and a seed (hence data order, augmentation views and noisy labels), and differ
+only in loss, tau and alpha. Trained separately, each would run the same batches through its
+own copy of the network; fused (as HFTA, Wang et al. MLSys 2021), one data pipeline feeds one
+model whose every convolution is a grouped convolution over the K members' channels, every
+BatchNorm one over their K x C channels (channels never mix, so each member keeps its own
+batch statistics and running statistics), and every Linear a loop over the members: one read
+of the batch and of the teacher's logits, K students' arithmetic in fewer, larger kernels.
+
+Each member stays a ``Trainer`` (train.py) with its own model, optimizer, LR schedule,
+generator and history: the fused model holds no parameters of its own. Its convolutions and
+BatchNorms concatenate the members' parameters in the forward pass, so backward hands each
+member the gradient of its own loss in its own ``.grad`` (the members' losses are summed, and a
+sum passes each one's gradient through untouched), and each member's optimizer steps it as
+separate training does: weight decay on conv/linear weights only, momentum, the LR schedule,
+all per member; gradient clipping, were the recipe to have it, would clip each member's own
+gradients. Running BatchNorm statistics live in the fused model during an epoch and are
+written back to the members' buffers after it (``FusedGroup`` does both).
+
+Exactness: in float64 on the CPU a member's trajectory is bit-for-bit that of separate training
+(tests/test_fused.py): PyTorch runs a grouped float64 convolution as one ungrouped convolution
+per group on a contiguous copy of the group's channels (the same kernel separate training
+runs), and every other op is per channel or per member. In float32 the CPU's oneDNN and the
+GPU's cuDNN pick other kernels for a grouped convolution, so members match separate training
+to rounding only.
+
+The fused forward pass runs eagerly: ``compile`` in the recipe applies to separate training
+only (capturing the fused step is issue 44's item 4, for a GPU).
+
+A group trains the members at its lowest epoch together; members resumed from later epochs
+(a group formed differently after a preemption) wait until the others catch up, so every
+fused epoch trains members with identical data order. A member that diverges or is stopped
+leaves the group (``drop``); the others go on.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import TrainConfig
+from .data import draw_views, render_views
+from .loop import DONE, Checkpoints, Outcome, diverged
+from .losses import distillation_loss
+from .metrics import EpochMetrics
+from .train import OnlineTeacher, Trainer
+
+SIBLING_FREE = ("loss", "tau", "alpha")  # what siblings may differ in
+
+
+def sibling_signature(config: TrainConfig) -> tuple:
+    """What siblings share of their recipe: every field but loss, tau and alpha."""
+    d = config.to_dict()
+    return tuple((k, d[k]) for k in sorted(d) if k not in SIBLING_FREE)
+
+
+class FusedConv(nn.Module):
+    """K members' Conv2d as one grouped convolution; their weights concatenated per call."""
+
+    def __init__(self, convs: Sequence[nn.Conv2d]):
+        super().__init__()
+        self.convs = list(convs)  # not submodules: the members own them
+        c = convs[0]
+        self.stride, self.padding, self.dilation = c.stride, c.padding, c.dilation
+        self.groups = len(convs) * c.groups
+
+    def forward(self, x):
+        w = torch.cat([c.weight for c in self.convs])
+        b = None if self.convs[0].bias is None else torch.cat([c.bias for c in self.convs])
+        return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+
+
+class FusedBatchNorm(nn.Module):
+    """K members' BatchNorm2d over K x C channels. The running statistics are the fused
+    model's during an epoch (``load``, ``store`` move them from and to the members)."""
+
+    def __init__(self, bns: Sequence[nn.BatchNorm2d]):
+        super().__init__()
+        self.bns = list(bns)
+        self.eps, self.momentum = bns[0].eps, bns[0].momentum
+        self.running_mean = self.running_var = None
+        self.steps = 0
+
+    def load(self) -> None:
+        self.running_mean = torch.cat([b.running_mean for b in self.bns])
+        self.running_var = torch.cat([b.running_var for b in self.bns])
+        self.steps = 0
+
+    @torch.no_grad()
+    def store(self) -> None:
+        for b, mean, var in zip(self.bns, self.running_mean.chunk(len(self.bns)),
+                                self.running_var.chunk(len(self.bns)), strict=True):
+            b.running_mean.copy_(mean)
+            b.running_var.copy_(var)
+            b.num_batches_tracked += self.steps
+        self.steps = 0
+
+    def forward(self, x):
+        if self.training:
+            self.steps += 1
+        w = torch.cat([b.weight for b in self.bns])
+        bias = torch.cat([b.bias for b in self.bns])
+        return F.batch_norm(x, self.running_mean, self.running_var, w, bias, self.training,
+                            self.momentum, self.eps)
+
+
+class FusedLinear(nn.Module):
+    """K members' Linear, each on its own slice of a (B, K x in) input: a loop (one small
+    matmul each), which keeps each member's arithmetic that of separate training."""
+
+    def __init__(self, linears: Sequence[nn.Linear]):
+        super().__init__()
+        self.linears = list(linears)
+
+    def per_member(self, x) -> list[torch.Tensor]:
+        return [F.linear(part.contiguous(), m.weight, m.bias)
+                for part, m in zip(x.chunk(len(self.linears), dim=1), self.linears, strict=True)]
+
+    def forward(self, x):
+        return torch.cat(self.per_member(x), dim=1)
+
+
+def _fuse(mods: Sequence[nn.Module]) -> nn.Module:
+    m0 = mods[0]
+    if isinstance(m0, nn.Conv2d):
+        return FusedConv(mods)
+    if isinstance(m0, nn.BatchNorm2d):
+        if not m0.track_running_stats or m0.momentum is None:
+            raise TypeError("fusing needs BatchNorm2d with running statistics and a momentum")
+        return FusedBatchNorm(mods)
+    if isinstance(m0, nn.Linear):
+        return FusedLinear(mods)
+    if isinstance(m0, nn.Dropout) and m0.p > 0:
+        raise TypeError("cannot fuse dropout (its masks would differ from separate training)")
+    if any(True for _ in m0.parameters(recurse=False)) or any(
+            True for _ in m0.buffers(recurse=False)):
+        raise TypeError(f"cannot fuse {type(m0).__name__}")
+    fused = copy.copy(m0)  # a container or a parameter-free layer: fuse its children
+    fused._modules = {name: (None if child is None else _fuse([m._modules[name] for m in mods]))
+                      for name, child in m0._modules.items()}
+    fused._parameters, fused._buffers = {}, {}
+    return fused
+
+
+class FusedModel(nn.Module):
+    """K classifiers of one architecture as one forward pass; ``forward`` returns each
+    member's logits, (B, classes) each. The members keep their parameters and buffers."""
+
+    def __init__(self, models: Sequence[nn.Module],
+                 memory_format: torch.memory_format = torch.contiguous_format):
+        super().__init__()
+        self.memory_format = memory_format  # the trainer's: channels_last on a GPU
+        specs = {repr(getattr(m, "spec", type(m).__name__)) for m in models}
+        if len(specs) != 1:
+            raise ValueError(f"fused members must share one architecture, got {sorted(specs)}")
+        self.k = len(models)
+        self.skeleton = _fuse(models)  # its head is FusedLinear; features() is the body's
+        self.norms = [m for m in self.skeleton.modules() if isinstance(m, FusedBatchNorm)]
+
+    def load(self) -> None:
+        """Take the members' running statistics (before an epoch or an evaluation)."""
+        for n in self.norms:
+            n.load()
+
+    def store(self) -> None:
+        """Give the members back their running statistics (after training)."""
+        for n in self.norms:
+            n.store()
+
+    def forward(self, x) -> list[torch.Tensor]:
+        x = x.repeat(1, self.k, 1, 1).contiguous(memory_format=self.memory_format)
+        feats = self.skeleton.features(x)
+        return self.skeleton.head.per_member(feats)
+
+
+class FusedGroup:
+    """Sibling trainers (``Trainer``), each resumed or fresh, trained as one fused model.
+
+    ``epochs()`` trains every member to its last epoch, yielding ``(member, metrics)`` for each
+    member after each epoch it trains; ``drop(member)`` (a member diverged, stopped early, or
+    ended) takes it out of the group from the next epoch on."""
+
+    def __init__(self, members: Sequence[Trainer]):
+        if not members:
+            raise ValueError("a fused group needs at least one member")
+        lead = members[0]
+        for t in members[1:]:
+            if sibling_signature(t.config) != sibling_signature(lead.config):
+                diff = sorted(k for k, v in t.config.to_dict().items()
+                              if v != lead.config.to_dict()[k] and k not in SIBLING_FREE)
+                raise ValueError(f"not siblings: their recipes differ in {diff}")
+            if t.model.spec != lead.model.spec:
+                raise ValueError(f"not siblings: {t.model.spec} != {lead.model.spec}")
+            if t.data is not lead.data:
+                raise ValueError("not siblings: fused members must share one ImageData")
+            if type(t.teacher) is not type(lead.teacher) or (
+                    t.logit_source == "shared" and t.teacher is not lead.teacher):
+                raise ValueError("not siblings: fused members must share one teacher or bank")
+            if isinstance(t.teacher, OnlineTeacher) and t.teacher.model is not lead.teacher.model:
+                raise ValueError("not siblings: fused members must share one teacher model")
+            if t.logit_source == "private":
+                raise ValueError("fused members read a shared bank or an online teacher, "
+                                 "not a bank of their own")
+        for t in members[1:]:  # one copy of the data on the device, not one per member
+            for name in ("x_train", "y_train", "y_clean", "x_test", "y_test", "x_val", "y_val"):
+                setattr(t, name, getattr(lead, name))
+        self.members = list(members)
+        self.active = list(members)
+
+    def drop(self, member: Trainer) -> None:
+        if member in self.active:
+            self.active.remove(member)
+
+    def _next_group(self) -> list[Trainer]:
+        """The members at the lowest epoch whose generator is where the first one's is."""
+        left = [t for t in self.active if t.epoch < t.config.epochs]
+        if not left:
+            return []
+        low = min(t.epoch for t in left)
+        at = [t for t in left if t.epoch == low]
+        state = at[0].generator.get_state()
+        return [t for t in at if torch.equal(t.generator.get_state(), state)]
+
+    def epochs(self) -> Iterator[tuple[Trainer, EpochMetrics]]:
+        while group := self._next_group():
+            t0 = time.perf_counter()
+            lrs = [t.optimizer.param_groups[0]["lr"] for t in group]
+            sums, logits = self._train_epoch(group)
+            train_time = time.perf_counter() - t0
+            for i, t in enumerate(group):
+                own = logits[i] if logits is not None else None
+                yield t, t.end_epoch(sums[i], lrs[i], t0, train_time, own)
+
+    def _train_epoch(self, group: list[Trainer]
+                     ) -> tuple[list[list[float]], list[Callable] | None]:
+        """One epoch of ``group`` fused: each member's sums, and (when its next epoch
+        evaluates) a function from a split's images to its logits from one fused pass."""
+        lead = group[0]
+        cfg, aug, dev = lead.config, lead.data.augment, lead.device
+        fused = FusedModel([t.model for t in group], lead.memory_format)
+        n = len(lead.y_train)
+        perm = torch.randperm(n, generator=lead.generator, device=dev)
+        views = draw_views(aug, n, lead.generator, dev) if aug.enabled else None
+        for t in group[1:]:  # the same draws, so the same generator state, as separate runs
+            t.generator.set_state(lead.generator.get_state())
+        banked = lead.logit_source == "shared"
+        z_epoch = lead.teacher.epoch(perm, views, dev) if banked else None
+        sums = torch.zeros(len(group), 5, device=dev)
+        for t in group:
+            t.model.train()
+        fused.train()
+        fused.load()
+        for start in range(0, n, cfg.batch_size):
+            idx = perm[start : start + cfg.batch_size]
+            if len(idx) < 2:  # BatchNorm cannot train on a batch of one
+                continue
+            v = None if views is None else views[start : start + cfg.batch_size]
+            x = lead.x_train[idx]
+            x = lead.prepare(x if v is None else render_views(x, v, aug))
+            y = lead.y_train[idx]
+            with torch.autocast(dev.type, torch.bfloat16, enabled=lead.autocast):
+                if banked:
+                    z_t = z_epoch[start : start + cfg.batch_size].float()
+                else:
+                    z_t = None if lead.teacher is None else lead.teacher(x)
+                zs = fused(x)
+            losses = [distillation_loss(z, z_t, y, loss=t.config.loss, tau=t.config.tau,
+                                        alpha=t.config.alpha) for z, t in zip(zs, group,
+                                                                              strict=True)]
+            for t in group:
+                t.optimizer.zero_grad(set_to_none=True)
+            sum(losses).backward()  # a sum: each member gets exactly its own loss's gradient
+            for t in group:
+                t.optimizer.step()
+            y_clean = lead.y_clean[idx]
+            for i, (t, z, loss) in enumerate(zip(group, zs, losses, strict=True)):
+                sums[i] += t.batch_sums(loss, z, z_t, y, y_clean)
+        fused.store()
+        out = sums.tolist()  # the epoch's one host sync
+        # The members' next epoch numbers are all lead.epoch + 1: evaluate them in one pass.
+        lead.epoch += 1
+        due = lead.eval_due()
+        lead.epoch -= 1
+        return out, (self._eval(fused, group) if due else None)
+
+    def _eval(self, fused: FusedModel, group: list[Trainer]) -> list[Callable]:
+        """Per member, a function from a split's images (its test or validation images) to its
+        logits, from one fused pass per split."""
+        lead, dev = group[0], group[0].device
+        cache: dict[str, list[torch.Tensor]] = {}
+
+        def split(name: str) -> list[torch.Tensor]:
+            if name not in cache:
+                images = lead.x_test if name == "test" else lead.x_val
+                fused.load()  # the running statistics just stored
+                fused.eval()
+                outs = []
+                with torch.no_grad(), torch.autocast(dev.type, torch.bfloat16,
+                                                     enabled=lead.autocast):
+                    for i in range(0, len(images), 1024):
+                        outs.append([z.float() for z in fused(lead.prepare(images[i:i + 1024]))])
+                cache[name] = [torch.cat(col) for col in zip(*outs, strict=True)]
+            return cache[name]
+
+        return [lambda images, t=t, i=i: split("test" if images is t.x_test else "val")[i]
+                for i, t in enumerate(group)]
+
+
+def fit_group(
+    group: FusedGroup,
+    checkpoints: Mapping[Trainer, Checkpoints],
+    every: int = 1,
+    publish: Callable[[Trainer, Outcome], dict] = lambda member, outcome: {},
+    after_epoch: Callable[[Trainer, int], None] = lambda member, epoch: None,
+) -> Iterator[tuple[Trainer, EpochMetrics, dict]]:
+    """``loop.fit`` for a fused group: each member's epochs go to its own ``checkpoints``
+    first, then (on its last epoch, or a divergence) its outcome is published, and only then
+    is the epoch yielded, as ``(member, metrics, published)``. A diverged member is published
+    as such and leaves the group; the others go on. The caller may ``group.drop`` a member
+    (stopped early) between yields."""
+    for t, m in group.epochs():
+        last = t.epoch == t.config.epochs
+        if last or t.epoch % every == 0:
+            checkpoints[t].save(t.state_dict(), background=not last)
+        else:
+            checkpoints[t].remember(t.state_dict())
+        after_epoch(t, t.epoch)
+        if reason := diverged(m.as_dict()):
+            group.drop(t)
+            yield t, m, publish(t, Outcome("diverged", f"epoch {t.epoch}: {reason}"))
+            continue
+        yield t, m, publish(t, DONE) if last else {}

@@ -1,0 +1,54 @@
+"""When sibling students train as one fused job (kd_core/fused.py), and how many at once.
+
+Siblings are students with one teacher, seed, label noise and architecture (the recipe is the
+sweep's, shared by all): trials that differ only in loss, tau and alpha (``sibling_key``).
+``group_limit`` turns ``resources.fuse`` into the most members a fused job takes:
+
+- ``off`` (or 1): every trial its own job, as before fusion.
+- a number K: at most K siblings per job.
+- ``auto`` (the default): where `kdsweep plan --measure` recorded fused against separate
+  student-steps/s for the architecture on this kind of device (``measured``: {K: speedup}),
+  the K with the best speedup, if that speedup is at least ``PAYS``; else no fusion. Without a
+  measurement, the rule of the last measurements (benchmarks/RESULTS.md): on a GPU the
+  paper's students are launch-bound and 8 fused WRN-16-2 ran 4.45x the steps of 8 one after
+  another, so fuse up to 8; on CPUs the small digits CNNs pay (fusion.py probe: cnn-small
+  1.5-2.3x at K = 4-9; benchmarks/fused_epoch.py for the demo's epoch) and WideResNets and
+  ResNets lose (0.54x: their convolutions already fill the cores), so fuse the CNNs up to 9
+  and nothing else.
+
+The scheduler never holds a ready student back to fill a group: a group is the siblings ready
+together when a job starts (a teacher's students become ready at once).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from .plan import Trial
+
+PAYS = 1.1  # a fused job must run this many times the student-steps/s of separate ones
+CPU_RULE = {"cnn-": 9}  # architecture prefix -> most members, without a measurement, on CPUs
+GPU_RULE = 8
+
+
+def sibling_key(trial: Trial) -> tuple | None:
+    """What siblings share; None for a trial that never fuses (trained on the labels)."""
+    if trial.teacher_key is None or trial.loss == "ce":
+        return None
+    return (trial.teacher_key, trial.model, trial.seed, trial.noise_kind, trial.noise_rate)
+
+
+def group_limit(fuse: str | int, model: str, gpu: bool,
+                measured: Mapping[int, float] | None = None) -> int:
+    """The most siblings of ``model`` one job trains (1: no fusion). ``measured``: fused /
+    separate student-steps/s by K for this architecture and device kind, if measured."""
+    if fuse == "off":
+        return 1
+    if isinstance(fuse, int):
+        return fuse
+    if measured:
+        k, speedup = max(measured.items(), key=lambda kv: (kv[1], -kv[0]))
+        return int(k) if speedup >= PAYS else 1
+    if gpu:
+        return GPU_RULE
+    return next((k for prefix, k in CPU_RULE.items() if model.startswith(prefix)), 1)

@@ -1,0 +1,56 @@
+"""Fused jobs in the scheduler (pure, stepped by hand): a group is the siblings ready together,
+never waited for; each member ends on its own; resources.fuse and its rule (fusion.py)."""
+
+import pytest
+
+from sweeps.domain.fusion import group_limit, sibling_key
+from sweeps.domain.spec import SpecError, parse_spec
+from tests.test_scheduler import scheduler, spec_of
+
+
+def test_a_teachers_students_start_as_one_fused_job_and_end_one_by_one():
+    s, plan, _ = scheduler(spec_of(taus=(1, 4, 20), chains=[["cnn-medium", "cnn-small"]]),
+                           wants_bank=lambda n: False)
+    teacher = s.next_job()
+    s.start("t", teacher)
+    assert s.with_siblings(teacher, 8) == teacher  # a teacher never fuses
+    s.complete("t", done=True, value=0.9)
+    job = s.with_siblings(s.next_job(), 2)  # three ready; at most two per job
+    assert len(job.members) == 2 and len({sibling_key(t) for t in job.members}) == 1
+    s.start("g", job)
+    rest = s.with_siblings(s.next_job(), 2)  # the third, alone: nothing is held back for it
+    assert len(rest.members) == 1 and rest.trial not in job.members
+    s.start("r", rest)
+    assert s.next_job() is None
+    first, second = job.members
+    s.member_ended(first.key, done=False, value=None)  # e.g. stopped early: it leaves
+    assert first.key in s.values and second.key in s.running_keys
+    s.complete("g", done=True, value=0.7)  # the job ends: its other member with it
+    assert s.done >= {second.key} and first.key not in s.done
+    s.complete("r", done=True, value=0.6)
+    assert s.finished()
+
+
+def test_siblings_share_teacher_seed_noise_and_architecture():
+    s, plan, _ = scheduler(spec_of(taus=(1, 4)))
+    students = [t for t in plan.trials if t.generation == 1]
+    keys = {sibling_key(t) for t in students}
+    assert len(keys) == len({(t.teacher_key, t.model) for t in students})
+    assert all(sibling_key(t) is None for t in plan.trials if t.generation == 0)
+
+
+def test_fuse_rule_and_spec_field():
+    assert group_limit("off", "cnn-small", gpu=False) == 1
+    assert group_limit(4, "wrn-16-2", gpu=False) == 4
+    assert group_limit("auto", "cnn-small", gpu=False) == 9  # the CPU rule: CNNs pay
+    assert group_limit("auto", "wrn-16-2", gpu=False) == 1  # WideResNets lose on CPUs
+    assert group_limit("auto", "wrn-16-2", gpu=True) == 8
+    assert group_limit("auto", "cnn-small", gpu=False, measured={2: 1.3, 4: 1.8, 8: 1.7}) == 4
+    assert group_limit("auto", "cnn-small", gpu=False, measured={4: 1.02}) == 1
+    spec = spec_of()
+    assert spec.resources.fuse == "auto"
+    raw = spec.model_dump(mode="json")
+    for bad in ("sometimes", 0, True):
+        with pytest.raises(SpecError, match="fuse"):
+            parse_spec({**raw, "resources": {**raw["resources"], "fuse": bad}})
+    assert parse_spec({**raw, "resources": {**raw["resources"], "fuse": 3}}).resources.fuse == 3
