@@ -241,7 +241,8 @@ def lead(parts: list[Part], verdicts: list[list[str]], decimals: int) -> pd.Data
                 f"detectable ({POWER:.0%} power)": fmt(e.detectable(), d)
                 if e.tested and e.margin is None else "-",
                 "paper's effect": "-" if e.paper is None else fmt(e.paper, d, "+"),
-                "power (at the paper's; similar: at 0)": fmt(power, 2),
+                "power (at the paper's; similar: at 0)": "-" if math.isnan(power)
+                else fmt(power, 2),
                 f"seeds for {POWER:.0%} (same)": _seeds_text(e, at),
                 "verdict": v,
             })
