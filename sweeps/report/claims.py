@@ -40,7 +40,7 @@ from .evidence import (
     wide,
 )
 from .load import distance_column
-from .pooled import pool, within_seed_rho
+from .pooled import RHO, pool, within_seed_rho
 from .stats import (
     ALPHA,
     SIMILAR_MARGIN,
@@ -113,7 +113,8 @@ def c1(students: pd.DataFrame) -> Section:
             tests += [paired_test(row, f"mse - {kl_setting(t)}", mse,
                                   by_seed(part, kl_setting(t, float(row[2])), col), -1, 2)
                       for t in taus]
-    parts = [Part("trend", [pool(trend(students, col), "rho(tau, distance) within seed", -1)]),
+    parts = [Part("trend", [pool(trend(students, col), "rho(tau, distance) within seed", -1,
+                                      limits=RHO)]),
              Part("mse smallest", every_tau(students, "mse", "mse", col, -1))]
     return section(f"C1 logit distance ({what}) falls as tau grows; MSE gives the smallest",
                    rows, tests, ["cells: the distance, mean ± 95% t-interval over seeds"], None,
@@ -140,7 +141,7 @@ def c2(students: pd.DataFrame, margin: float) -> Section:
                                   by_seed(part, kl_setting(t, float(row[2])), "test_acc", 100),
                                   +1, decimals) for t in taus]
     parts = [Part("trend", [pool(trend(clean, "test_acc"), "rho(tau, accuracy) within seed", +1,
-                                 paper.effect("accuracy trend"))]),
+                                 paper.effect("accuracy trend"), limits=RHO)]),
              Part("mse above every kl tau", every_tau(clean, "mse", "mse", "test_acc", +1, 100)),
              Part("mse similar", every_tau(clean, "mse", "mse", "test_acc", +1, 100, margin),
                   margin, secondary=True)]
@@ -174,7 +175,8 @@ def c3(students: pd.DataFrame) -> Section:
     frame = pd.DataFrame({"row": row_labels(mine), "seed": mine.seed, "x": mine[col],
                           "y": mine.test_acc})
     parts = [Part("within pair", [pool(within_seed_rho(frame, "x", "y"),
-                                       "rho(distance, accuracy) within seed", -1)])]
+                                       "rho(distance, accuracy) within seed", -1,
+                                       limits=RHO)])]
     return section(f"C3 smaller logit distance ({what}) goes with higher accuracy, within each "
                    "teacher-student pair", rows, tests,
                    ["row table: over every student run of the pair (all settings); runs of one "

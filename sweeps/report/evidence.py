@@ -233,7 +233,7 @@ def lead(parts: list[Part], verdicts: list[list[str]], decimals: int) -> pd.Data
             out.append({
                 "effect": e.name,
                 "estimate [95% interval]": interval_text(e, decimals),
-                "units": f"{e.seeds} seeds (mean over {e.rows} rows)",
+                "units": f"{e.seeds} seeds (mean over {e.rows} row{'s' * (e.rows != 1)})",
                 "p (t over seeds)": ((p_text(e.p) + (" one-sided" if e.margin is not None
                                                      else "")) if e.tested else "no test"),
                 "p sign-flip over seeds": p_text(e.p_flip) if not math.isnan(e.p_flip)
@@ -266,8 +266,8 @@ def joint_notes(parts: list[Part]) -> list[str]:
     groups_ += [(f"'{p.name}' at every comparator", p.effects) for p in parts
                 if p.margin is not None and len(p.effects) > 1]
     for what, effects in groups_:
-        if not effects or not all(e.tested for e in effects):
-            continue
+        if len(effects) < 2 or not all(e.tested for e in effects):
+            continue  # one effect: its own power, in its line
         truths = [truth(e) for e in effects]
         power = joint_power(effects, truths)
         if math.isnan(power):

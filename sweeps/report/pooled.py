@@ -215,8 +215,10 @@ def _power(noncentrality: float, df: float) -> float:
 
 
 def pool(units: pd.DataFrame, name: str, expected: int, paper: float | None = None,
-         margin: float | None = None) -> Pooled:
-    """``units``: columns row, seed, value (one value per row and seed)."""
+         margin: float | None = None, limits: tuple[float, float] | None = None) -> Pooled:
+    """``units``: columns row, seed, value (one value per row and seed). ``limits``: what the
+    effect can be (a correlation: -1, 1): the interval is cut there (which leaves whether it
+    holds 0 as it was: the test and its interval still agree)."""
     units = units.dropna(subset=["value"])
     counts = units.groupby("row").seed.nunique()
     kept = counts[counts >= MIN_SEEDS].index
@@ -234,6 +236,8 @@ def pool(units: pd.DataFrame, name: str, expected: int, paper: float | None = No
     per_seed = complete.mean(axis=1)  # every row weighs the same
     null = 0.0 if margin is None else -expected * margin
     estimate, low, high, p = (float(x[0]) for x in seed_t(per_seed.to_numpy()[None, :], null))
+    if limits is not None and not math.isnan(p):
+        low, high = max(low, limits[0]), min(high, limits[1])
     if margin is not None and not math.isnan(p):  # one-sided: better than -margin
         t_side = np.sign(estimate - null) == expected
         p = p / 2 if t_side else 1 - p / 2
@@ -306,3 +310,6 @@ def within_seed_rho(frame: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
             out.append({"row": row, "seed": seed,
                         "value": float(stats.spearmanr(g[x], g[y]).statistic)})
     return pd.DataFrame(out, columns=["row", "seed", "value"])
+
+
+RHO = (-1.0, 1.0)  # a correlation's limits
