@@ -125,6 +125,9 @@ def test_report_tables_figures_and_html(tmp_path, capsys):
     names = {p.name for p in paths}
     assert {"accuracy_vs_generation.png", "accuracy_vs_tau.png",
             "logit_distance_vs_accuracy.png", "report.html"} <= names
+    # a forest plot per claim with a measured effect (C1: mse - kl tau=4 over g1 and g2)
+    assert "forest_c1.png" in names and 'alt="forest_c1"' in (tmp_path / "rep" /
+                                                             "report.html").read_text()
     page = (tmp_path / "rep" / "report.html").read_text()
     # a page: real tables, a caption per figure, the header a reader needs
     pngs = [p for p in paths if p.suffix == ".png"]
