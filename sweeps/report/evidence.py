@@ -240,7 +240,7 @@ def lead(parts: list[Part], verdicts: list[list[str]], decimals: int) -> pd.Data
                 else "-",
                 f"detectable ({POWER:.0%} power)": fmt(e.detectable(), d)
                 if e.tested and e.margin is None else "-",
-                "paper's effect": "-" if e.paper is None else fmt(e.paper, d, "+"),
+                "paper's effect": "-" if e.paper is None else fmt(e.paper, max(d, 2), "+"),
                 "power (at the paper's; similar: at 0)": "-" if math.isnan(power)
                 else fmt(power, 2),
                 f"seeds for {POWER:.0%} (same)": _seeds_text(e, at),
@@ -273,13 +273,14 @@ def joint_notes(parts: list[Part]) -> list[str]:
         if math.isnan(power):
             continue
         known = all(e.margin is not None or e.paper is not None for e in effects)
+        given = [e.paper is not None for e in effects if e.margin is None]
+        at = ("a true difference of 0 each" if not given else
+              "each effect at the paper's value" if all(given) else
+              "each effect at the paper's value where given, else at its own detectable effect")
+        if given and len(given) < len(effects):
+            at += " (non-inferiority: a true difference of 0)"
         text = (f"joint power of {what} (every one of its {len(effects)} effects found): "
-                f"{power:.2f} at {min(e.seeds for e in effects)} seeds, each effect at "
-                + ("the paper's value" if all(e.paper is not None for e in effects if
-                                               e.margin is None) else
-                   "the paper's value where given, else at its own detectable effect")
-                + (" (non-inferiority: a true difference of 0)"
-                   if any(e.margin is not None for e in effects) else ""))
+                f"{power:.2f} at {min(e.seeds for e in effects)} seeds, {at}")
         if known:
             n = joint_seeds(effects, truths)
             text += (f"; {POWER:.0%} joint power at "
