@@ -52,7 +52,7 @@ def power_table(pilot: list[str], spec, other: bool = False) -> str:
         for e in section.effects:
             out.append({"claim": claim, "effect": e.name, **_projection(e, seeds, where)})
         primary = _primary(section)
-        if primary and all(e.tested for e in primary):
+        if len(primary) > 1 and all(e.tested for e in primary):
             truths = [truth(e) for e in primary]
             power = joint_power(primary, truths, seeds)
             if not math.isnan(power):
