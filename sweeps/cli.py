@@ -30,6 +30,11 @@ def _plan(args) -> int:
 
     spec = load_spec(args.spec)
     plan = build_plan(spec)
+    power = None
+    if args.power:  # a pilot refused is one line before anything is printed
+        from .report.power import power_table
+
+        power = power_table(args.power, spec, args.project_from_other_dataset)
     data = None
     if not args.offline:  # every check `run` makes before Ray (this machine's resources too,
         data = check_all(spec, args.address)  # unless a cluster is named)
@@ -44,10 +49,8 @@ def _plan(args) -> int:
         print(summary)
     if args.measure:
         _measure(spec, plan, args, data)
-    if args.power:
-        from .report.power import power_table
-
-        print(power_table(args.power, len(spec.grid.seeds), spec.report.similar_margin))
+    if power:
+        print(power)
     return 0
 
 
@@ -159,6 +162,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="PILOT",
         help="a pilot's results (.parquet or spec files): per claim, the effect this spec's "
         "seeds detect and the seeds the paper's effect needs",
+    )
+    p.add_argument(
+        "--project-from-other-dataset",
+        action="store_true",
+        help="with --power: project a pilot whose dataset or architectures differ from the "
+        "spec's (refused otherwise); every figure then names the pilot's dataset",
     )
     p.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
     p.add_argument("--max-per-gpu", type=int, default=8, help="most trials packed on one GPU")

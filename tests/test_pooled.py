@@ -1,7 +1,7 @@
 """The pooled effect behind each claim's verdict (sweeps/report/pooled.py), recomputed by hand
 with scipy and statsmodels on small frames."""
 
-import itertools
+import dataclasses
 import math
 from pathlib import Path
 
@@ -9,9 +9,20 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 
-from sweeps.report.pooled import POWER, pool, sign_flip, within_seed_rho
+from sweeps.report.evidence import Part, decide
+from sweeps.report.pooled import (
+    CODES,
+    POWER,
+    decide_codes,
+    joint_power,
+    pool,
+    sign_flip_seeds,
+    within_seed_rho,
+)
+from sweeps.report.stats import holm
 
 # C5's shape on the demo: 4 rows (students at noise 0.4) x 3 seeds, tau 0.5 beats tau inf in
 # every one of the 12 seed pairs, by very different amounts per row
@@ -24,37 +35,63 @@ def frame(values: dict) -> pd.DataFrame:
                          for r, vs in values.items() for s, v in enumerate(vs)])
 
 
-def test_the_pooled_estimate_interval_and_tests_by_hand():
+def test_the_seed_is_the_unit_by_hand():
     p = pool(frame(DEMO_C5), "kl tau=0.5 - kl tau=inf", +1)
-    rows = [np.array(v) for v in DEMO_C5.values()]
-    # the estimate: every row weighs the same
-    assert p.estimate == pytest.approx(np.mean([r.mean() for r in rows]))
-    # the interval: a stratified mean's standard error, Welch-Satterthwaite df
-    a = np.array([r.var(ddof=1) / 3 for r in rows])
-    se, df = math.sqrt(a.sum()) / 4, a.sum() ** 2 / (a ** 2 / 2).sum()
-    half = stats.t.ppf(0.975, df) * se
-    assert (p.low, p.high) == pytest.approx((p.estimate - half, p.estimate + half))
-    assert p.low > 0  # it excludes 0, where the row tests after Holm could not say
-    # the sign-flip test by brute force: all 2^12 sign patterns of the 12 units
-    units = np.concatenate(rows)
-    observed = abs(np.mean([r.mean() for r in rows]))
-    extreme = sum(abs(np.mean([(np.array(s[i * 3:i * 3 + 3]) * r).mean()
-                               for i, r in enumerate(rows)])) >= observed - 1e-12
-                  for s in itertools.product([-1, 1], repeat=len(units)))
-    assert p.p == pytest.approx(extreme / 2 ** 12) and p.p == pytest.approx(2 / 4096)
-    # the seed as the unit: a one-sample t-test over each seed's mean over rows
-    per_seed = np.mean(rows, axis=0)
-    assert p.p_seed == pytest.approx(stats.ttest_1samp(per_seed, 0).pvalue)
-    assert p.verdict() == "consistent" and (p.rows, p.seeds, p.units) == (4, 3, 12)
+    rows = np.array(list(DEMO_C5.values()))
+    per_seed = rows.mean(axis=0)  # each seed's effect: the mean over the claim's rows
+    assert p.per_seed == pytest.approx(tuple(per_seed)) and p.estimate == pytest.approx(
+        per_seed.mean())
+    # the test: a one-sample t over the 3 seeds (2 df); the interval is its inversion
+    assert p.p == pytest.approx(stats.ttest_1samp(per_seed, 0).pvalue)
+    low, high = stats.t.interval(0.95, 2, per_seed.mean(), stats.sem(per_seed))
+    assert (p.low, p.high) == pytest.approx((low, high))
+    # the whole-seed sign-flip beside it: every seed positive, 2 of the 8 patterns as extreme
+    assert p.p_flip == pytest.approx(2 / 8)
+    # every row's every seed favours tau 0.5, but the seeds' effects (19.5, 8.4, 8.6) give
+    # t(2) = 3.34, p = 0.079: with the seed as the unit, three seeds do not decide it
+    assert p.p == pytest.approx(0.0793, abs=5e-4) and p.verdict() == "inconclusive"
+    assert (p.rows, p.seeds) == (4, 3)
     assert p.contrary == () and p.steady == ()
 
 
-def test_power_matches_statsmodels_for_one_row():
-    """With one row the pooled test is a one-sample t-test: the detectable effect, the power at
-    an effect and the seeds needed are statsmodels' TTestPower's."""
-    values = [1.0, 2.5, 0.5, 2.0]
-    p = pool(frame({"r": values}), "d", +1)
-    sd = np.std(values, ddof=1)
+def test_interval_excludes_zero_exactly_when_p_is_below_alpha():
+    rng = np.random.default_rng(1)
+    for n in (3, 4, 7):
+        for _ in range(40):
+            values = rng.normal(rng.normal(0, 1.5), 1, n)
+            p = pool(frame({"r": list(values)}), "d", +1)
+            assert (p.low > 0 or p.high < 0) == (p.p < 0.05), (values, p)
+
+
+def test_a_zero_width_interval_proves_nothing():
+    p = pool(frame({"a": [1.0, 1.0, 1.0], "b": [2.0, 2.0, 2.0]}), "d", +1)
+    assert not p.tested and p.verdict() == "inconclusive" and p.steady == (("a", 1.0), ("b", 2.0))
+    q = pool(frame({"a": [1.0, 1.0, 1.0]}), "d", +1, margin=0.5)
+    assert not q.tested and q.noninferior() == "inconclusive"
+
+
+def test_non_inferiority_is_the_same_interval_against_minus_margin():
+    values = [0.2, -0.4, 0.5, 0.1]
+    for margin in (0.2, 0.5, 1.0, 3.0):
+        p = pool(frame({"r": values}), "mse - kl (similar)", +1, margin=margin)
+        # one-sided p of H0: difference <= -margin; consistent exactly when the low end clears
+        assert p.p == pytest.approx(stats.ttest_1samp(np.array(values) + margin, 0,
+                                                      alternative="greater").pvalue)
+        assert (p.verdict() == "consistent") == (p.low > -margin)
+        # its power at a true difference of 0: noncentral t, one-sided 0.025
+        sd = np.std(values, ddof=1)
+        assert p.power(0.0) == pytest.approx(stats.nct.sf(stats.t.ppf(0.975, 3), 3,
+                                                          margin * 2 / sd))
+    worse = pool(frame({"r": [-3.0, -2.5, -3.5, -2.8]}), "d (similar)", +1, margin=1.0)
+    assert worse.verdict() == "inconsistent" and worse.high < -1.0
+
+
+def test_power_matches_statsmodels_for_the_seed_level_t():
+    """The power, detectable effect and seeds needed are those of the one-sample t over the
+    seeds' effects (statsmodels' TTestPower), whatever the number of rows."""
+    values = {"r1": [1.0, 2.5, 0.5, 2.0], "r2": [1.4, 2.1, 0.3, 2.6]}
+    p = pool(frame(values), "d", +1)
+    sd = np.std(np.mean(list(values.values()), axis=0), ddof=1)
     power = TTestPower()
     assert p.power(1.0) == pytest.approx(power.power(1.0 / sd, 4, 0.05), rel=1e-6)
     assert p.detectable() == pytest.approx(power.solve_power(None, 4, 0.05, POWER) * sd,
@@ -63,18 +100,60 @@ def test_power_matches_statsmodels_for_one_row():
     assert p.seeds_for(0.5) == math.ceil(needed)
 
 
-def test_rows_below_three_seeds_are_left_out_and_nothing_is_tested_without_them():
+def test_joint_power_of_an_intersection_by_simulation():
+    rng = np.random.default_rng(3)
+    a = rng.normal(0, 1, 6)
+    one = pool(frame({"r": list(a)}), "a", +1)
+    # one effect: the simulation is the noncentral t (within its Monte-Carlo error)
+    assert joint_power([one], [1.0]) == pytest.approx(one.power(1.0), abs=0.03)
+    # two effects that are one (perfectly correlated over seeds): the joint is the single's
+    assert joint_power([one, one], [1.0, 1.0]) == pytest.approx(joint_power([one], [1.0]),
+                                                                abs=0.03)
+    # two independent effects: about the product
+    b = pool(frame({"r": list(rng.normal(0, 1, 6))}), "b", +1)
+    b = dataclasses.replace(b, seed_ids=tuple(range(100, 106)))  # no seed shared
+    product = joint_power([one], [1.0]) * joint_power([b], [1.0])
+    assert joint_power([one, b], [1.0, 1.0]) == pytest.approx(product, abs=0.04)
+
+
+def test_holm_is_statsmodels():
+    rng = np.random.default_rng(7)
+    for m in (1, 2, 5, 9):
+        p = rng.uniform(0, 0.2, m)
+        assert holm(list(p)) == pytest.approx(list(multipletests(p, method="holm")[1]))
+
+
+def test_the_claim_rule_on_arrays_is_the_reports():
+    """decide_codes (the calibration simulation's) and evidence.decide (the report's) agree."""
+    rng = np.random.default_rng(5)
+    for _ in range(40):
+        k = int(rng.integers(1, 5))
+        effects = [pool(frame({"r": list(rng.normal(rng.normal(0, 1), 1, 4))}), f"e{i}",
+                        int(rng.choice([-1, 1]))) for i in range(k)]
+        overall, _ = decide([Part("p", effects)])
+        code = decide_codes(np.array([[e.estimate for e in effects]]),
+                            np.array([[e.p for e in effects]]), [e.expected for e in effects])
+        assert CODES[int(code[0])] == overall
+
+
+def test_rows_below_three_seeds_and_seeds_not_in_every_row_are_left_out():
     p = pool(frame({"a": [1.0, 2.0], "b": [1.0, 2.0]}), "d", +1)
-    assert not p.tested and p.left_out == ("a", "b") and p.verdict() == "inconclusive"
+    assert not p.tested and p.verdict() == "inconclusive"
+    assert p.left_out == ("a (2 seeds)", "b (2 seeds)")
     q = pool(frame({"a": [1.0, 2.0, 3.0], "b": [5.0, 6.0]}), "d", +1)
-    assert q.rows == 1 and q.left_out == ("b",)
+    assert q.rows == 1 and q.left_out == ("b (2 seeds)",)
+    # a seed missing from one kept row is left out, so every seed's mean is over the same rows
+    units = frame({"a": [1.0, 2.0, 3.0, 4.0], "b": [5.0, 6.0, 7.0, 8.0]})
+    units = units[~((units.row == "b") & (units.seed == 3))]
+    r = pool(units, "d", +1)
+    assert r.seeds == 3 and r.left_out == ("seed 3 (not in every row)",)
 
 
 def test_a_row_every_seed_contradicts_is_named():
     p = pool(frame({"ok": [1.0, 2.0, 3.0], "against": [-1.0, -0.5, -2.0]}), "d", +1)
     assert p.contrary == ("against",)
-    # with only 6 units the sign-flip p cannot fall below 2/64
-    assert sign_flip([np.ones(3), np.ones(3)]) == pytest.approx(2 / 64)
+    # the whole-seed sign-flip cannot fall below 2 / 2^seeds
+    assert sign_flip_seeds(np.ones(3)) == pytest.approx(2 / 8)
 
 
 def test_trends_are_rho_within_each_seed_never_across_seeds():
@@ -108,15 +187,28 @@ def test_plan_power_projects_a_pilot_to_the_specs_seeds(tmp_path, kdsweep_here):
     spec = yaml.safe_load(Path("sweeps/configs/digits.yaml").read_text())
     spec["grid"]["seeds"] = list(range(10))
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
-    code, out, _ = kdsweep_here("plan", tmp_path / "spec.yaml", "--offline", "--power", pilot)
+    # the pilot's architectures (A, M, B) are not the spec's: refused in one line, nothing else
+    code, out, err = kdsweep_here("plan", tmp_path / "spec.yaml", "--offline", "--power", pilot)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, (out, err)
+    assert "the pilot is digits (A, B, M)" in err and "--project-from-other-dataset" in err
+    code, out, _ = kdsweep_here("plan", tmp_path / "spec.yaml", "--offline", "--power", pilot,
+                                "--project-from-other-dataset")
     assert code == 0, out
+    assert "PROJECTED FROM ANOTHER DATASET" in out
     line = next(ln for ln in out.splitlines() if "sequential - direct" in ln)
-    # sequential - direct = 1, 1, 2 per row: per-row variance 1/3; pooled over 2 rows at 10
-    # seeds: se = sqrt(2/3 / 10) / 2, df 18
+    # sequential - direct = 1, 1, 2 in both rows: each seed's effect 1, 1, 2 (sd 0.577); the
+    # seed-level t at 10 seeds (9 df)
     effect = pool(frame({"a": [1.0, 1.0, 2.0], "b": [1.0, 1.0, 2.0]}), "d", +1)
-    assert "detectable at 10 seeds" in out and f"{effect.detectable(10):.3g}" in line
+    assert "detectable at 10 seeds (digits pilot)" in out
+    assert f"{effect.detectable(10):.3g}" in line
     assert f"{effect.seeds_for(0.28)}" in line.split()  # the paper's +0.28
+    assert effect.seeds_for(0.28) == math.ceil(TTestPower().solve_power(0.28 / effect.sd, None,
+                                                                         0.05, POWER))
     pq.write_table(pa.Table.from_pylist([], schema=SCHEMA), tmp_path / "empty.parquet")
     code, out, err = kdsweep_here("plan", tmp_path / "spec.yaml", "--offline", "--power",
                                   tmp_path / "empty.parquet")
     assert code != 0 and len(err.strip().splitlines()) == 1 and "empty.parquet" in err, err
+    # a directory: one line, exit 2 (never an IsADirectoryError's traceback)
+    code, out, err = kdsweep_here("plan", tmp_path / "spec.yaml", "--offline", "--power",
+                                  tmp_path)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "a directory" in err, err

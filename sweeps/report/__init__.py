@@ -28,6 +28,7 @@ from .analysis_figures import analysis_figures, distribution_runs, representativ
 from .claims import claims
 from .export import TABLES, export
 from .figures import Figures
+from .forest import forest
 from .load import load
 from .page import RunLinks, page, summary
 from .pooled import POWER
@@ -56,7 +57,7 @@ def report(
     text = "\n\n".join(s.text() for s in [summary(verdicts), *sections] if s.text())
 
     out_dir = Path(out_dir)
-    figures = draw(df, out_dir, load_analyses(all_rows, specs))
+    figures = draw(df, out_dir, load_analyses(all_rows, specs)) + forest(verdicts, out_dir)
     title = "kdsweep report: " + ", ".join(sorted(set(df.origin)))
     shown = [summary(verdicts), *sections]
     tables = export(shown, out_dir)
@@ -119,9 +120,11 @@ def header(rows: pd.DataFrame, specs: list, tables: int = 0) -> dict[str, str]:
         "epochs": ", ".join(map(str, epochs)),
         "clusters": ", ".join(sorted(set(rows.cluster.dropna()))),
         "trials": f"{len(done)} done of {len(rows)}; seeds {sorted(set(done.seed))}",
-        "statistics": f"each claim's verdict from its effects pooled over its rows (stratified "
-                      f"sign-flip tests; detectable effects at {POWER:.0%} power); 95% "
-                      f"intervals over seeds (accuracy: plus the test set's binomial variance), "
+        "statistics": f"each claim's verdict from its effects with the seed as the unit (each "
+                      f"seed's effect the mean over the claim's rows; a t over seeds, its "
+                      f"interval the same test's; detectable effects at {POWER:.0%} power of "
+                      f"that test); 95% intervals over seeds (accuracy: the test set's binomial "
+                      f"half-width added in quadrature), "
                       f"none below {MIN_SEEDS} seeds; row tests Holm-adjusted; C2's margin "
                       f"{margin(specs):g} accuracy points; rules: docs/claims.md"
                       + (f"; one test image = {step:.2f} points" if step else ""),

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from ..domain.plan import setting_name, setting_order
-from .pooled import MAX_SEEDS, POWER, Pooled
+from .pooled import MAX_SEEDS, POWER, Pooled, joint_power, joint_seeds
 from .stats import (
     ALPHA,
     CONSISTENT,
@@ -138,36 +138,40 @@ def row_labels(runs: pd.DataFrame) -> list[str]:
 
 @dataclass
 class Part:
-    """One part of a claim: one pooled effect, or several (one per comparator) where the claim
-    says "every" (an intersection: it holds only where each does). ``margin``: a
-    non-inferiority part (no worse than by margin) instead of a sign."""
+    """One part of a claim: one effect, or several (one per comparator) where the claim says
+    "every" (an intersection: it holds only where each does). ``margin``: a non-inferiority
+    part (no worse than by margin) instead of a sign. ``secondary``: shown beside the verdict,
+    never part of it (a comparison the paper reports but does not claim, or a weaker reading)."""
 
     name: str
     effects: list[Pooled]
     margin: float | None = None
+    secondary: bool = False
 
     def verdicts(self, adjusted: dict[int, float]) -> list[str]:
-        if self.margin is not None:
-            return [e.noninferior(self.margin) for e in self.effects]
-        # consistent at ALPHA each (intersection-union: no adjustment); a contrary finding
-        # only after Holm over the claim's parts
-        out = []
-        for e in self.effects:
-            v = e.verdict()
-            if v == INCONSISTENT and e.verdict(adjusted[id(e)]) != INCONSISTENT:
-                v = INCONCLUSIVE
-            out.append(v)
-        return out
+        """Each effect's verdict: found at ALPHA each (intersection-union: no adjustment); a
+        contrary finding only at ALPHA after Holm (``adjusted``: id -> Holm-adjusted p of the
+        contrary test, over the family the effect is judged in)."""
+        return [e.verdict(adjusted.get(id(e))) for e in self.effects]
 
 
 def decide(parts: list[Part]) -> tuple[str, list[list[str]]]:
-    """The claim's verdict from its parts: consistent when every effect of every part is
+    """The claim's verdict from its primary parts: consistent when every effect of every part is
     (each at ALPHA: an intersection-union test needs no adjustment); inconsistent when any
-    goes against the claim at ALPHA after Holm over the claim's effects; else inconclusive."""
-    effects = [e for part in parts if part.margin is None for e in part.effects]
-    adjusted = dict(zip(map(id, effects), holm([e.p for e in effects]), strict=True))
+    goes against the claim at ALPHA after Holm over the claim's effects; else inconclusive
+    (pooled.decide_codes is the same rule on arrays, for the calibration simulation). A
+    secondary part's effects get verdicts of their own, Holm over that part."""
+    adjusted: dict[int, float] = {}
+    for family in ([e for p in parts if not p.secondary and p.margin is None for e in p.effects],
+                   *([e for e in p.effects] for p in parts if p.secondary and p.margin is None)):
+        for e, q in zip(family, holm([e.p for e in family]), strict=True):
+            adjusted[id(e)] = q
+    for part in (p for p in parts if p.margin is not None):  # non-inferior's contrary branch
+        for e, q in zip(part.effects, holm([e.p_inferior for e in part.effects]), strict=True):
+            adjusted[id(e)] = q
     per_part = [part.verdicts(adjusted) for part in parts]
-    flat = [v for vs in per_part for v in vs]
+    flat = [v for part, vs in zip(parts, per_part, strict=True) if not part.secondary
+            for v in vs]
     if not flat:
         return INCONCLUSIVE, per_part
     if INCONSISTENT in flat:
@@ -175,36 +179,114 @@ def decide(parts: list[Part]) -> tuple[str, list[list[str]]]:
     return (CONSISTENT if all(v == CONSISTENT for v in flat) else INCONCLUSIVE), per_part
 
 
+def digits(e: Pooled, decimals: int) -> int:
+    """Decimals an effect is printed to: a correlation or a log ratio at least 2; more (up to 4)
+    where rounding would hide which side of 0 (or of -margin) a bound lies."""
+    d = max(decimals, 2) if e.name.startswith(("rho", "log")) else decimals
+    edge = 0.0 if e.margin is None else -e.expected * e.margin
+    while d < 4 and any(not math.isnan(x) and x != edge and round(x, d) == round(edge, d)
+                        for x in (e.low, e.high, e.estimate)):
+        d += 1
+    return d
+
+
+def interval_text(e: Pooled, decimals: int) -> str:
+    d = digits(e, decimals)
+    if not e.tested:
+        return fmt(e.estimate, d, "+")
+    return f"{fmt(e.estimate, d, '+')} [{fmt(e.low, d, '+')}, {fmt(e.high, d, '+')}]"
+
+
+def _untested(e: Pooled) -> str:
+    if e.rows == 0 and e.seeds == 0:
+        return f"{INCONCLUSIVE}: an arm is missing (no units)"
+    if e.seeds < MIN_SEEDS:
+        return f"{INCONCLUSIVE} at this n ({e.seeds} seed{'s' * (e.seeds != 1)})"
+    return f"{INCONCLUSIVE}: every seed gives the same value (no test)"
+
+
+def truth(e: Pooled) -> float:
+    """What a claim's joint power assumes of an effect: the paper's value where it gives one;
+    for non-inferiority a true difference of 0; else the effect's own detectable effect."""
+    if e.margin is not None:
+        return 0.0
+    value = e.paper if e.paper is not None else e.detectable()
+    return e.expected * abs(value)
+
+
 def lead(parts: list[Part], verdicts: list[list[str]], decimals: int) -> pd.DataFrame:
-    """The primary table: one line per pooled effect, with its power."""
+    """The primary table: one line per effect (the seed as the unit), with its power."""
     out = []
     for part, vs in zip(parts, verdicts, strict=True):
         for e, v in zip(part.effects, vs, strict=True):
+            d = digits(e, decimals)
+            at = 0.0 if e.margin is not None else e.paper
+            power = e.power(at) if e.tested and at is not None else math.nan
+            if not e.tested:
+                v = _untested(e)
+            elif e.margin is not None:
+                v = {CONSISTENT: f"non-inferior (margin {e.margin:g})",
+                     INCONSISTENT: f"inferior by more than {e.margin:g}",
+                     INCONCLUSIVE: "inconclusive"}[v]
+            if part.secondary:
+                v += " (secondary: not in the verdict)"
             out.append({
                 "effect": e.name,
-                "pooled (95% interval)": (f"{fmt(e.estimate, decimals, '+')} "
-                                          f"[{fmt(e.low, decimals, '+')}, "
-                                          f"{fmt(e.high, decimals, '+')}]"
-                                          if e.tested else fmt(e.estimate, decimals, "+")),
-                "units": f"{e.rows} rows x {e.seeds} seeds",
-                "p sign-flip": p_text(e.p) if e.tested else "no test",
-                "p seed as unit": p_text(e.p_seed) if not math.isnan(e.p_seed) else "no test",
-                f"detectable ({POWER:.0%} power)": fmt(e.detectable(), decimals)
-                if e.tested else "-",
-                "paper's effect": "-" if e.paper is None else fmt(e.paper, decimals, "+"),
-                "seeds for the paper's": _seeds_text(e),
-                "verdict": v if e.tested or v != INCONCLUSIVE else
-                f"{INCONCLUSIVE} at this n ({e.seeds} seed{'s' * (e.seeds != 1)})",
+                "estimate [95% interval]": interval_text(e, decimals),
+                "units": f"{e.seeds} seeds (mean over {e.rows} row{'s' * (e.rows != 1)})",
+                "p (t over seeds)": ((p_text(e.p) + (" one-sided" if e.margin is not None
+                                                     else "")) if e.tested else "no test"),
+                "p sign-flip over seeds": p_text(e.p_flip) if not math.isnan(e.p_flip)
+                else "-",
+                f"detectable ({POWER:.0%} power)": fmt(e.detectable(), d)
+                if e.tested and e.margin is None else "-",
+                "paper's effect": "-" if e.paper is None else fmt(e.paper, max(d, 2), "+"),
+                "power (at the paper's; similar: at 0)": "-" if math.isnan(power)
+                else fmt(power, 2),
+                f"seeds for {POWER:.0%} (same)": _seeds_text(e, at),
+                "verdict": v,
             })
     table = pd.DataFrame(out)
     return table.set_index("effect") if not table.empty else table
 
 
-def _seeds_text(e: Pooled) -> str:
-    if e.paper is None or not e.tested:
+def _seeds_text(e: Pooled, at: float | None) -> str:
+    if at is None or not e.tested:
         return "-"
-    n = e.seeds_for(e.paper)
+    n = e.seeds_for(at)
     return f"> {MAX_SEEDS}" if n is None else str(n)
+
+
+def joint_notes(parts: list[Part]) -> list[str]:
+    """The power of the claim as a whole (every primary effect found) and of a non-inferiority
+    part's intersection, with the seeds that reach POWER where every assumed effect is the
+    paper's (or 0 for non-inferiority)."""
+    notes = []
+    groups_ = [("the claim", [e for p in parts if not p.secondary for e in p.effects])]
+    groups_ += [(f"'{p.name}' at every comparator", p.effects) for p in parts
+                if p.margin is not None and len(p.effects) > 1]
+    for what, effects in groups_:
+        if len(effects) < 2 or not all(e.tested for e in effects):
+            continue  # one effect: its own power, in its line
+        truths = [truth(e) for e in effects]
+        power = joint_power(effects, truths)
+        if math.isnan(power):
+            continue
+        known = all(e.margin is not None or e.paper is not None for e in effects)
+        given = [e.paper is not None for e in effects if e.margin is None]
+        at = ("a true difference of 0 each" if not given else
+              "each effect at the paper's value" if all(given) else
+              "each effect at the paper's value where given, else at its own detectable effect")
+        if given and len(given) < len(effects):
+            at += " (non-inferiority: a true difference of 0)"
+        text = (f"joint power of {what} (every one of its {len(effects)} effects found): "
+                f"{power:.2f} at {min(e.seeds for e in effects)} seeds, {at}")
+        if known:
+            n = joint_seeds(effects, truths)
+            text += (f"; {POWER:.0%} joint power at "
+                     + (f"{n} seeds" if n else f"more than {MAX_SEEDS} seeds"))
+        notes.append(text + " (simulated with the effects' covariance over seeds)")
+    return notes
 
 
 def patterns(parts: list[Part]) -> dict[str, str]:
@@ -221,8 +303,8 @@ def patterns(parts: list[Part]) -> dict[str, str]:
 
 
 def flags(parts: list[Part]) -> list[str]:
-    """What the pooled estimate alone would hide: rows every seed contradicts, rows left out,
-    and the two tests disagreeing."""
+    """What the estimate alone would hide: rows every seed contradicts, rows and seeds left
+    out, seeds that all give the same value."""
     notes = []
     for e in (e for part in parts for e in part.effects):
         if e.contrary:
@@ -234,13 +316,15 @@ def flags(parts: list[Part]) -> list[str]:
                     if trend and abs(value) < 1 else "every seed gives the same value")
             notes.append(f"{e.name} = {value:+.2f} in {row}: {what}")
         if e.left_out:
-            notes.append(f"{e.name}: left out (fewer than {MIN_SEEDS} seeds): "
-                         + "; ".join(e.left_out))
-        if e.tested and not math.isnan(e.p_seed) and (e.p < ALPHA) != (e.p_seed < ALPHA):
-            notes.append(f"{e.name}: the sign-flip test (units independent given their row) "
-                         f"and the test with the seed as the unit disagree at {ALPHA:g} "
-                         f"(p {p_text(e.p)} vs {p_text(e.p_seed)}): rows of one seed share its "
-                         "noisy labels and teacher")
+            notes.append(f"{e.name}: left out: " + "; ".join(e.left_out))
+        if not e.tested and e.seeds >= MIN_SEEDS:
+            notes.append(f"{e.name}: every seed gives the same effect: no test (a zero-width "
+                         "interval proves nothing)")
+    seeds = [e.seeds for part in parts for e in part.effects if e.tested]
+    if seeds and min(seeds) <= 5:
+        n = min(seeds)
+        notes.append(f"p sign-flip over seeds: a robustness check beside the t, never the "
+                     f"verdict (with {n} seeds it cannot go below {2 / 2 ** n:.3g})")
     return notes
 
 
@@ -259,7 +343,9 @@ def section(title: str, rows: list[dict], tests: list[Test], notes: list[str],
         r["tests"] = "; ".join(t.text() for t in mine) or "no test: an arm is missing"
         r["verdict"] = own(mine) if own else combine([t.verdict() for t in mine])
         seeds = min((t.seeds for t in mine), default=0)
-        if r["verdict"] == INCONCLUSIVE and seeds < MIN_SEEDS:
+        if r["verdict"] == INCONCLUSIVE and not mine:
+            r["verdict"] = f"{INCONCLUSIVE}: an arm is missing"
+        elif r["verdict"] == INCONCLUSIVE and seeds < MIN_SEEDS:
             r["verdict"] = f"{INCONCLUSIVE} at this n ({seeds} seed{'s' * (seeds != 1)})"
     parts = [p for p in parts or [] if p.effects]
     reproducible = patterns(parts)
@@ -277,8 +363,10 @@ def section(title: str, rows: list[dict], tests: list[Test], notes: list[str],
     if not table.empty:
         table = table.set_index(table.columns[0])
     family = sum(not math.isnan(t.p) for t in tests)
-    notes = flags(parts) + notes + [
-        "verdict: from the pooled effects above (docs/claims.md, 'the verdict rule'); the row "
+    notes = flags(parts) + joint_notes(parts) + notes + [
+        "verdict: from the effects above, the seed as the unit (each seed's effect the mean over "
+        "the claim's rows; a t over seeds, its interval the same test's; docs/claims.md, 'the "
+        "verdict rule'); the row "
         f"table is secondary evidence, its verdicts at {ALPHA:g} after Holm over this claim's "
         f"{family} row tests; none from fewer than {MIN_SEEDS} seeds"]
     return Section(title, table, notes, verdict=overall, lead=lead(parts, per_part, decimals),

@@ -84,7 +84,8 @@ def section_html(section: Section, links: RunLinks) -> str:
     notes = "".join(f"<li>{escape(n)}</li>" for n in section.notes)
     pooled = ""
     if section.lead is not None and not section.lead.empty:
-        pooled = ("<p class=lead>the claim's verdict: each effect pooled over its rows</p>"
+        pooled = ("<p class=lead>the claim's verdict: each effect with the seed as the unit "
+                  "(each seed's effect the mean over the claim's rows)</p>"
                   + table_html(section.lead, links, cls="pooled")
                   + "<p class=lead>row by row (secondary)</p>")
     return (f"<h2>{escape(section.title)}{verdict}</h2>{pooled}"
