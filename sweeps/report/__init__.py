@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from kd_core.names import DATASET_FACTS
 
+from ..domain.plan import objective, setting_order
 from ..domain.record import TrialState
 from ..store.ledger import Ledger
 from ..store.storage import Storage, concurrently
@@ -119,6 +120,7 @@ def header(rows: pd.DataFrame, specs: list, tables: int = 0) -> dict[str, str]:
         "epochs": ", ".join(map(str, epochs)),
         "clusters": ", ".join(sorted(set(rows.cluster.dropna()))),
         "trials": f"{len(done)} done of {len(rows)}; seeds {sorted(set(done.seed))}",
+        "settings": objectives(done),
         "statistics": f"each claim's verdict from its effects pooled over its rows (stratified "
                       f"sign-flip tests; detectable effects at {POWER:.0%} power); 95% "
                       f"intervals over seeds (accuracy: plus the test set's binomial variance), "
@@ -138,6 +140,15 @@ def header(rows: pd.DataFrame, specs: list, tables: int = 0) -> dict[str, str]:
         out["links"] = ("the accuracy tables' cells open the MLflow runs behind them (a local "
                         "store: start the UI with the command above first)")
     return out
+
+
+def objectives(done: pd.DataFrame) -> str:
+    """Each student setting's objective by its weights (plan.objective), so no reader guesses
+    which term alpha weighs."""
+    students = done[done.generation > 0].drop_duplicates("setting")
+    parts = [f"{r.setting}: {objective(r.loss, r.tau, r.alpha)}"
+             for r in sorted(students.itertuples(), key=lambda r: setting_order(r.setting))]
+    return "; ".join(parts) + ("; alone (ce): CE on the labels" if len(parts) else "")
 
 
 def shown(source: str) -> str:
