@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from kd_core.names import DATASET_FACTS
+from kd_core.names import CLASS_NAMES, DATASET_FACTS
 
 from ..domain.plan import objective, setting_order
 from ..domain.record import TrialState
@@ -28,6 +28,14 @@ from ..tracking.sweep_run import git_commit, ui_command
 from .analysis_figures import analysis_figures, distribution_runs, representatives
 from .claims import claims
 from .export import TABLES, export
+from .fidelity import (
+    calibration_figure,
+    calibration_table,
+    paired_tests,
+    per_class,
+    prediction_runs,
+    reliability_figure,
+)
 from .figures import Figures
 from .load import load
 from .page import RunLinks, page, summary
@@ -52,12 +60,16 @@ def report(
     if df.empty:
         raise ValueError(f"no finished trials in {', '.join(inputs) or experiment}")
     verdicts = claims(df, margin(specs))
-    sections = [*verdicts, *accuracy(df), *convergence(df), *not_done(all_rows),
+    step, decimals = resolution(df)
+    preds = load_predictions(df, specs)
+    sections = [*verdicts, *accuracy(df), *calibration_table(df, step, decimals),
+                *per_class(df, preds, decimals, class_names(df)),
+                *paired_tests(df, preds, decimals), *convergence(df), *not_done(all_rows),
                 *reproducibility(df)]
     text = "\n\n".join(s.text() for s in [summary(verdicts), *sections] if s.text())
 
     out_dir = Path(out_dir)
-    figures = draw(df, out_dir, load_analyses(all_rows, specs))
+    figures = draw(df, out_dir, load_analyses(all_rows, specs), preds)
     title = "kdsweep report: " + ", ".join(sorted(set(df.origin)))
     shown = [summary(verdicts), *sections]
     tables = export(shown, out_dir)
@@ -73,10 +85,14 @@ def margin(specs: list) -> float:
     return min((s.report.similar_margin for s in specs), default=SIMILAR_MARGIN)
 
 
-def draw(df: pd.DataFrame, out_dir: Path, analyses: dict[str, dict]) -> list[tuple[Path, str]]:
+def draw(df: pd.DataFrame, out_dir: Path, analyses: dict[str, dict],
+         preds: dict[str, dict] | None = None) -> list[tuple[Path, str]]:
     figs = Figures(df, out_dir)
     figs.accuracy_vs_generation()
     figs.accuracy_vs_tau()
+    calibration_figure(figs)
+    if preds:
+        reliability_figure(figs, preds)
     figs.alpha_tau_maps()
     figs.accuracy_vs_noise()
     figs.learning_curves()
@@ -100,6 +116,32 @@ def load_analyses(df: pd.DataFrame, specs: list) -> dict[str, dict]:
             if a is not None:
                 out[key] = a
     return out
+
+
+def load_predictions(done: pd.DataFrame, specs: list) -> dict[str, dict]:
+    """predictions.npz of the runs the per-image views read (fidelity.prediction_runs), where
+    their storage is known and they were stored (trials trained before have none)."""
+    keys = set(prediction_runs(done).key)
+    out = {}
+    for spec in specs:
+        ledger = Ledger(Storage(spec.storage), repair=False)
+        wanted = sorted(keys - out.keys())
+        for key, p in zip(wanted, concurrently(ledger.predictions, wanted, READERS),
+                          strict=True):
+            if p is not None:
+                out[key] = p
+    return out
+
+
+def class_names(df: pd.DataFrame):
+    """Label -> "3" or "3 (cat)", for the dataset's known class names."""
+    names = CLASS_NAMES.get(df.dataset.iloc[0], ()) if "dataset" in df and len(df) else ()
+
+    def name(label) -> str:
+        i = int(label)
+        return f"{i} ({names[i]})" if i < len(names) and names[i] != str(i) else str(i)
+
+    return name
 
 
 def header(rows: pd.DataFrame, specs: list, tables: int = 0) -> dict[str, str]:

@@ -31,7 +31,9 @@ NUMBERS = ("estimate", "low", "high", "n", "p")
 PT_PER_CM = 72.27 / 2.54
 TEXT_WIDTH = 16.0 * PT_PER_CM  # portrait
 TEXT_HEIGHT = 24.7 * PT_PER_CM  # the width a landscape table has
-CHAR = 4.4  # an average character of \footnotesize Computer Modern, in pt (a safe side)
+CHAR = 4.4  # a lowercase letter or digit of \footnotesize Computer Modern, in pt (a safe side)
+WIDE = 6.6  # a capital, a symbol set as math (±, <, |), in pt
+NARROW = set("abcdefghijklnopqrstuvxyz0123456789 .,:;()[]-+=/'!?")
 SEP = 3.0  # \tabcolsep, pt (each column has it on both sides)
 
 
@@ -48,7 +50,7 @@ def slug(title: str) -> str:
 # LaTeX's special characters as text (pandas escapes a table's cells, not its caption)
 SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
            "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
-           "^": r"\textasciicircum{}", "±": r"$\pm$", "<": r"$<$", ">": r"$>$"}
+           "^": r"\textasciicircum{}", "±": r"$\pm$", "<": r"$<$", ">": r"$>$", "|": r"$|$"}
 
 
 def escaped(text: str) -> str:
@@ -105,7 +107,7 @@ def tidy(table: pd.DataFrame, numbers: pd.DataFrame | None = None) -> pd.DataFra
 
 # ---- LaTeX ------------------------------------------------------------------------------
 def _width(text: str) -> float:
-    return len(str(text)) * CHAR
+    return sum(CHAR if c in NARROW else WIDE for c in str(text))
 
 
 def _longest_word(text: str) -> float:
