@@ -141,7 +141,7 @@ def analysis_figures(figs: Figures, analyses: dict[str, dict]) -> None:
                 ax.scatter(pts[:, 0], pts[:, 1], s=3, alpha=0.5, label=class_name(figs, c))
             t = (t - centre) / unit
             ax.plot(*np.vstack([t, t[:1]]).T, "k--", lw=0.8)
-            reach = np.percentile(np.abs(np.vstack([*spread, t])), 99) * 1.1
+            reach = max(np.percentile(np.abs(np.vstack(spread)), 99), np.abs(t).max()) * 1.15
             ax.set(xlim=(-reach, reach), ylim=(-reach, reach), aspect="equal",
                    title=f"{name}\n{chain}, noise {noise}, seed {seed}",
                    xlabel="template plane, axis 1 (template units)", ylabel="axis 2")
@@ -153,8 +153,8 @@ def analysis_figures(figs: Figures, analyses: dict[str, dict]) -> None:
               "features live in different spaces, so there is no one plane for both): the "
               "teacher, the smallest- and largest-tau KL students and the MSE student, one run "
               f"each ({chain}, seed {seed}) per noise rate (rows). Each panel is centred on its "
-              "triangle and scaled by the triangle's mean side (its own axes, 99% of points "
-              "shown), so no one model's feature scale sets the axes. The plane keeps 2 of the "
+              "triangle and scaled by the triangle's mean side (its own axes: the whole "
+              "triangle and 99% of the points), so no one model's feature scale sets the axes. The plane keeps 2 of the "
               "features' dimensions: clusters stretched along lines show that these classes' "
               "features vary mostly along one direction in it, not that the model lost the "
               "teacher's shape; claim C4 compares the whole features over every seed (linear "

@@ -23,14 +23,15 @@ CURVES = ["test_acc", "val_acc", "train_acc", "test_loss", "train_loss", "logit_
 # the sweep's axes (params; inv_tau is a metric: 1/tau, 0 for tau = inf, so MSE has an axis too)
 AXES = ["setting", "alpha", "noise_rate", "model"]
 AXIS_METRICS = ["inv_tau", "test_acc"]
-# the runs table's visible columns: the results, then the sweep's axes (the UI's column keys,
+# the runs table's visible columns, in this order: the results, then the sweep's axes (the UI's
+# column keys,
 # `<type>.\`<name>\``), so the view compares trials without opening "Show more columns"
 COLUMNS = [("metrics", "test_acc"), ("metrics", "val_acc"), ("params", "setting"),
            ("params", "tau"), ("params", "alpha"), ("params", "noise_rate"), ("params", "seed"),
            ("params", "model"), ("params", "generation"), ("params", "student")]
 VIEW_FIELDS = ("compareRunCharts", "compareRunSections", "isAccordionReordered",
                "runsHiddenMode", "hideEmptyCharts", "searchFilter", "orderByKey", "orderByAsc",
-               "selectedColumns")
+               "selectedColumns", "columnOrder")
 
 
 def column_key(kind: str, name: str) -> str:
@@ -65,6 +66,7 @@ def view_state() -> dict:
     return {"searchFilter": "tags.`kdsweep.role` = 'trial'",
             "orderByKey": column_key("metrics", "test_acc"), "orderByAsc": False,
             "selectedColumns": [column_key(k, n) for k, n in COLUMNS],
+            "columnOrder": [column_key(k, n) for k, n in COLUMNS],
             "compareRunCharts": charts, "compareRunSections": sections,
             "isAccordionReordered": True, "runsHiddenMode": "SHOW_ALL",
             "hideEmptyCharts": True}
