@@ -113,3 +113,18 @@ STORED_KEYS = {
 def test_the_shipped_grids_keep_their_stored_keys(config):
     keys = {t.key for t in build_plan(load_spec(CONFIGS / f"{config}.yaml")).trials}
     assert STORED_KEYS[config] <= keys
+
+
+def test_plan_on_a_search_says_why_no_teacher_has_students_yet():
+    """A search samples its students during the run: the logits' section says so in a line,
+    never a header with nothing under it (issue 42)."""
+    from sweeps.ray.teacher_bank import bank_summary
+
+    spec = parse_spec({**SMALL, "dataset": {"name": "digits", "validation": 0.2},
+                       "search": {"type": "optuna", "num_samples": 4}})
+    text = bank_summary(spec, build_plan(spec))
+    assert text.startswith("teachers' logits (") and "\n" not in text
+    assert "no student is planned before the optuna search samples it" in text
+    grid = parse_spec(SMALL)
+    lines = bank_summary(grid, build_plan(grid)).splitlines()
+    assert len(lines) > 1 and lines[0].endswith(":")  # a grid lists its teachers under it

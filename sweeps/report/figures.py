@@ -413,7 +413,7 @@ class Figures:
                     marker = SEED_MARKERS[i % len(SEED_MARKERS)]
                     ax.scatter(runs[col], runs.accuracy, s=22, marker=marker, zorder=4,
                                c=[self.colours[x] for x in runs.setting], edgecolors="none")
-                    if len(runs) >= 3 and runs[col].nunique() > 1:
+                    if len(runs) >= 3 and min(runs[col].nunique(), runs.accuracy.nunique()) > 1:
                         x = np.log10(runs[col]) if log else runs[col]
                         slope, icpt = np.polyfit(x, runs.accuracy, 1)
                         xs = np.linspace(x.min(), x.max(), 20)
