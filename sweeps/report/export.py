@@ -64,6 +64,7 @@ BRACKET = re.compile(rf"^\s*({NUM})\s*\[\s*({NUM})\s*,\s*({NUM})\s*\]")
 LEADING = re.compile(rf"^\s*({NUM})(?![\w.])")
 N_IS = re.compile(r"\bn=(\d+)")
 P_IS = re.compile(rf"\bp(?:_\w+)?=(<?)({NUM})")
+P_COLUMN = re.compile(r"^p(\b|_)", re.IGNORECASE)  # "p", "p sign-flip", "p_Holm": p-values
 
 
 def numbers_of(text) -> dict[str, float]:
@@ -100,6 +101,10 @@ def tidy(table: pd.DataFrame, numbers: pd.DataFrame | None = None) -> pd.DataFra
             mine = given.get((label, column))
             nums = ({k: mine.get(k, math.nan) for k in NUMBERS} if mine is not None
                     else numbers_of(text))
+            if mine is None and P_COLUMN.match(str(column)) and math.isnan(nums["p"]):
+                bound = re.match(rf"^\s*<\s*({NUM})", str(text))  # "<0.001": its bound
+                nums["p"] = float(bound[1]) if bound else nums["estimate"]  # a p-value column
+                nums["estimate"] = math.nan
             shown = "-" if text is None or (isinstance(text, float) and math.isnan(text)) else text
             rows.append({index: label, "column": column, "cell": shown, **nums})
     return pd.DataFrame(rows, columns=[index, "column", "cell", *NUMBERS])

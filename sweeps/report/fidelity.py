@@ -259,7 +259,7 @@ def per_class(df: pd.DataFrame, preds: dict[str, dict], decimals: int,
             table = table[[a for a in wanted if a in table.columns]]
             images = int(np.bincount(preds[here.key.iloc[0]]["label"]).min())
             out.append(Section(
-                f"{chain} (noise={noise:g}): {what} % per test class, mean ± 95% interval over "
+                f"{what} % per test class, {chain} (noise={noise:g}): mean ± 95% interval over "
                 f"seeds (t; n seeds; at least {images} test images per class), the paper's arms",
                 table, ["from each trial's stored per-image test predictions; "
                         + MEANING[field]],
@@ -311,8 +311,8 @@ def paired_tests(df: pd.DataFrame, preds: dict[str, dict], decimals: int) -> lis
         numbers[(key, "McNemar")] = {"p": t.p_holm, "n": t.n}
     numbers = pd.DataFrame.from_dict(numbers, orient="index")
     return [Section(
-        f"{chain}, generation 1: each setting against {chain.split('>')[1]} trained alone on "
-        "the same test images, per seed: exact McNemar test", table,
+        f"McNemar per seed, {chain}: each setting against {chain.split('>')[1]} trained alone "
+        "on the same test images (generation 1, exact test)", table,
         ["the test's unit is the test image: it asks whether these two models (one seed each) "
          "differ on this test set, the paired test the seed tables cannot run; it says nothing "
          "of another seed's models (the claims and the accuracy tables' comparisons are over "

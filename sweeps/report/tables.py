@@ -92,12 +92,13 @@ def accuracy(df: pd.DataFrame) -> list[Section]:
 def interval_numbers(frame: pd.DataFrame, row: str, column: str, value: str,
                      step: float | None, scale: float = 100) -> pd.DataFrame:
     """Each (row, column) cell's mean, 95% interval and n as stats.cell prints them
-    (accuracy_interval: no interval below MIN_SEEDS), unrounded: a Section's numbers."""
+    (accuracy_interval: no interval below MIN_SEEDS), unrounded, the interval clipped to what a
+    share can be, [0, 100] (as the figures' bands): a Section's numbers."""
     out = {}
     for key, values in frame.groupby([row, column])[value]:
         mean, half, n = accuracy_interval(values, step, scale)
-        out[key] = {"estimate": mean, "low": mean - half, "high": mean + half, "n": n,
-                    "p": math.nan}
+        out[key] = {"estimate": mean, "low": max(mean - half, 0.0),
+                    "high": min(mean + half, scale), "n": n, "p": math.nan}
     return pd.DataFrame.from_dict(out, orient="index")
 
 
