@@ -30,12 +30,14 @@ OVERFULL = re.compile(r"Overfull \\hbox \(([\d.]+)pt too wide\)")
 
 
 def compile_widest(tex, tmp_path) -> float:
-    """pdflatex the table in a page of its own; the widest overfull box, in pt (0: none)."""
+    """pdflatex the table in a page of its own; the widest overfull box, in pt (0: none);
+    no float may be taller than its page."""
     (tmp_path / "doc.tex").write_text(DOCUMENT % tex.resolve().with_suffix(""))
     run = subprocess.run([PDFLATEX, "-interaction=nonstopmode", "-halt-on-error", "doc.tex"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     log = (tmp_path / "doc.log").read_text(errors="replace")
     assert run.returncode == 0, f"{tex.name} does not compile:\n{run.stdout[-2000:]}"
+    assert "Float too large" not in log, f"{tex.name}: a float taller than its page"
     return max((float(w) for w in OVERFULL.findall(log)), default=0.0)
 
 
@@ -60,3 +62,14 @@ def test_a_wide_table_is_wrapped_set_landscape_or_split_and_still_fits(tmp_path)
         tex = tmp_path / f"wide{columns}.tex"
         tex.write_text(latex(table, "a wide table_with & specials > 50%", f"wide{columns}"))
         assert compile_widest(tex, tmp_path) <= 1.0, (columns, tex.read_text()[:300])
+
+
+@needs_tex
+def test_a_long_table_is_split_into_floats_that_each_fit_a_page(tmp_path):
+    table = pd.DataFrame({"cell": ["72.0 ± 4.9 (n=3)"] * 150, "tests": ["rho=-0.90 over 12"] * 150},
+                         index=pd.Index([f"row {i}" for i in range(150)], name="student"))
+    text = latex(table, "a long table", "long")
+    assert text.count("\\begin{table}") > 1 and "(continued, 2 of" in text
+    tex = tmp_path / "long.tex"
+    tex.write_text(text)
+    assert compile_widest(tex, tmp_path) <= 1.0

@@ -176,28 +176,64 @@ def tabular(table: pd.DataFrame, widths: list[float | None]) -> str:
     return "\n".join(lines)
 
 
+LINE = 9.5  # \footnotesize's baselineskip, pt
+RULES = 14.0  # a tabular's three booktabs rules and their spacing, pt
+
+
+def _row_height(texts: list[str], widths: list[float | None]) -> float:
+    """A row's height: its tallest cell's lines (a wrapped cell takes as many as it needs)."""
+    lines = [1 if w is None else max(1, math.ceil(_width(t) / max(w - 2 * SEP, 1.0)))
+             for t, w in zip(texts, widths, strict=True)]
+    return max(lines) * LINE
+
+
+def row_chunks(table: pd.DataFrame, widths: list[float | None], room: float) -> list[list]:
+    """The table's rows (positions) in runs that each fit ``room`` pt of height under the
+    header."""
+    cells = table.fillna("-").astype(str)
+    room -= _row_height([str(cells.index.name or ""), *cells.columns], widths) + RULES
+    chunks, current, used = [], [], 0.0
+    for i, (label, row) in enumerate(cells.iterrows()):
+        h = _row_height([str(label), *row], widths)
+        if current and used + h > room:
+            chunks.append(current)
+            current, used = [], 0.0
+        current.append(i)  # positions: row labels repeat (a claim's student per noise rate)
+        used += h
+    return [*chunks, current]
+
+
 def latex(table: pd.DataFrame, caption: str, label: str) -> str:
-    """A captioned table float sized for the page (layout): portrait, or landscape on
-    purpose, split into column groups when even that is too narrow."""
+    """Captioned table floats sized for the page (layout): portrait, or landscape on purpose,
+    split into column groups when even that is too narrow and into runs of rows when too tall
+    for one page, each piece a float of its own ("continued")."""
     page, groups, widths = layout(table)
-    parts = []
-    for i, cols in enumerate(groups):
+    width, height = (TEXT_WIDTH, TEXT_HEIGHT) if page == "portrait" else (TEXT_HEIGHT,
+                                                                          TEXT_WIDTH)
+    caption_height = (math.ceil(_width(caption) / width) + 1) * (LINE + 1) + 12
+    pieces = []
+    for cols in groups:
         part = table[cols]
         if len(groups) > 1:  # each group fitted on a landscape page on its own
             _, _, widths = layout_group(part)
-        if i:
-            parts.append(r"\medskip" + "\n" + rf"\textit{{(continued: {i + 1} of "
-                         rf"{len(groups)})}}\par\medskip")
-        parts.append(tabular(part, widths))
-    body = [r"\begin{table}[t]", r"\centering", r"\footnotesize",
-            rf"\setlength{{\tabcolsep}}{{{SEP:g}pt}}",
-            rf"\caption{{{escaped(caption)}}}", rf"\label{{tab:{label}}}", *parts,
-            r"\end{table}"]
-    if page == "landscape":
-        body = [r"\begin{landscape}", *body, r"\end{landscape}"]
-    note = (f"% {page}" + (f", split into {len(groups)} column groups" if len(groups) > 1
-                           else "") + ": needs \\usepackage{array,booktabs,pdflscape}")
-    return "\n".join([note, *body]) + "\n"
+        for rows in row_chunks(part, widths, height - caption_height - 20):
+            pieces.append(tabular(part.iloc[rows], widths))
+    floats = []
+    for i, piece in enumerate(pieces):
+        title = escaped(caption) if i == 0 else (rf"{escaped(caption.split(':')[0])} "
+                                                 rf"(continued, {i + 1} of {len(pieces)})")
+        body = [r"\begin{table}[p]" if len(pieces) > 1 else r"\begin{table}[t]",
+                r"\centering", r"\footnotesize", rf"\setlength{{\tabcolsep}}{{{SEP:g}pt}}",
+                rf"\caption{{{title}}}", *([rf"\label{{tab:{label}}}"] if i == 0 else []),
+                piece, r"\end{table}"]
+        if page == "landscape":
+            body = [r"\begin{landscape}", *body, r"\end{landscape}"]
+        floats.append("\n".join(body))
+    splits = [f"{len(groups)} column groups" if len(groups) > 1 else "",
+              f"{len(pieces)} floats" if len(pieces) > len(groups) else ""]
+    note = (f"% {page}" + "".join(f", split into {x}" for x in splits if x)
+            + ": needs \\usepackage{array,booktabs,pdflscape}")
+    return "\n".join([note, *floats]) + "\n"
 
 
 def layout_group(table: pd.DataFrame):
