@@ -20,7 +20,6 @@ images, per-class views and reliability diagrams.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 
 import numpy as np
@@ -180,15 +179,3 @@ def predictions(
         out["logits"] = logits.cpu().half().numpy()
     return out
 
-
-def predictions_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    """``predictions`` as a compressed .npz file."""
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    return buf.getvalue()
-
-
-def read_predictions(data: bytes) -> dict[str, np.ndarray]:
-    """The arrays of a ``predictions_bytes`` file (no pickled objects are loaded)."""
-    with np.load(io.BytesIO(data), allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}

@@ -14,12 +14,11 @@ from kd_core.analysis import (
     logit_distance,
     outputs,
     predictions,
-    predictions_bytes,
     project,
-    read_predictions,
     top_label_distance,
 )
 from kd_core.models import build_model
+from sweeps.store.ledger import predictions_bytes, read_predictions
 
 
 def test_logit_distance_and_its_quartiles():

@@ -128,3 +128,14 @@ def test_plan_on_a_search_says_why_no_teacher_has_students_yet():
     grid = parse_spec(SMALL)
     lines = bank_summary(grid, build_plan(grid)).splitlines()
     assert len(lines) > 1 and lines[0].endswith(":")  # a grid lists its teachers under it
+
+
+def test_storing_logits_is_no_part_of_a_trials_key():
+    """train.store_logits keeps each trial's test logits beside its predictions: how a trial is
+    kept, not what it learns, so the same trials (and the trainer gets no such field)."""
+    plain = build_plan(parse_spec(SMALL))
+    spec = parse_spec({**SMALL, "train": {**SMALL["train"], "store_logits": True}})
+    assert spec.train.store_logits and [t.key for t in build_plan(spec).trials] == [
+        t.key for t in plain.trials]
+    assert not hasattr(spec.train.config(loss="kl", tau=4.0, alpha=1.0, seed=0, device="cpu"),
+                       "store_logits")

@@ -129,8 +129,7 @@ def test_per_class_and_mcnemar_from_stored_predictions(df):
 
 
 def test_a_predictions_file_that_does_not_read_is_flagged_not_fatal(tmp_path, caplog):
-    from kd_core.analysis import predictions_bytes
-    from sweeps.store.ledger import Ledger, TrialFile, trial_file
+    from sweeps.store.ledger import Ledger, TrialFile, predictions_bytes, trial_file
     from sweeps.store.storage import Storage
 
     ledger = Ledger(Storage(str(tmp_path)), repair=False)

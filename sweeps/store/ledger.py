@@ -39,6 +39,7 @@ listing of ``trials/`` (``Ledger.listing``), then a read of each result it lists
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -46,7 +47,8 @@ import time
 import zipfile
 from enum import StrEnum
 
-from kd_core.analysis import predictions_bytes, read_predictions
+import numpy as np
+
 from kd_core.seal import CheckpointError, unseal
 
 from ..domain.record import TrialResult, TrialState
@@ -108,6 +110,20 @@ def digest_file(rel: str) -> str:
 # The `extra` key of a warning that names a corrupt file of another trial (a student reading
 # its teacher's model or bank): the worker only reads; its driver moves the file aside.
 CORRUPT = "kdsweep_corrupt"
+
+
+def predictions_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """A trial's per-image test predictions (kd_core.analysis.predictions) as its
+    predictions.npz: compressed numpy arrays, no pickled objects."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def read_predictions(data: bytes) -> dict[str, np.ndarray]:
+    """The arrays of a predictions.npz (no pickled object is ever loaded)."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
 
 
 def flag_corrupt(storage: Storage, rel: str, why: str) -> None:
