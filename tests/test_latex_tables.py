@@ -41,6 +41,7 @@ def compile_widest(tex, tmp_path) -> float:
     return max((float(w) for w in OVERFULL.findall(log)), default=0.0)
 
 
+@pytest.mark.slow  # a report, then pdflatex once per table (about 25)
 @needs_tex
 def test_every_report_table_compiles_within_its_page(tmp_path):
     path = tmp_path / "results.parquet"
