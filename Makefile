@@ -15,9 +15,12 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
-# System tools that tests drive: libfaketime (a driver under a skewed clock), Debian's package.
+# System tools that tests drive: libfaketime (a driver under a skewed clock), and pdflatex (the
+# report's LaTeX tables compiled: texlive-latex-recommended, 151 MB, about 70 s), Debian's.
 tools:
 	@command -v faketime >/dev/null || (apt-get update -qq && apt-get install -y -qq faketime)
+	@command -v pdflatex >/dev/null || (apt-get update -qq && \
+		apt-get install -y -qq --no-install-recommends texlive-latex-recommended)
 
 # The main job on the embedded default: a local Ray, a local SQLite MLflow store (mlflow.db),
 # results under kdsweep-results/, plots under kdsweep-report/. Rerunning continues, never redoes.

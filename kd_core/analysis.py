@@ -12,13 +12,17 @@ on the final models in eval mode:
   CKA (Kornblith et al. 2019): the projections' "keeps the teacher's shape" made measurable
   (1 = the same up to rotation and scale; it compares features of different widths).
 
-Pure tensors in, plain numbers and lists out (JSON-ready).
+Pure tensors in, plain numbers and lists out (JSON-ready); and per test image, compact arrays
+(``predictions``: the predicted class, its probability, the true class's probability, the
+teacher's predicted class; float16 logits on request) for paired tests between arms on the same
+images, per-class views and reliability diagrams.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 # The scalars `Trainer.analyse` returns, each for the "train" and "test" split: the names
@@ -152,3 +156,26 @@ def analyse(
         scalars["teacher_top_label_distance"] = float(top_label_distance(zt, labels).mean())
         dists["logit_distance"] = histogram(d)
     return scalars, dists
+
+
+def predictions(
+    logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None = None,
+    keep_logits: bool = False,
+) -> dict[str, np.ndarray]:
+    """Per sample: ``label`` (the clean one), ``pred`` (top-1 class), ``confidence`` (its
+    probability), ``p_true`` (the true class's probability); ``teacher_pred`` with a teacher;
+    ``logits`` (float16) with ``keep_logits``. Classes as int16, probabilities as float16."""
+    p = logits.float().softmax(dim=1)
+    conf, pred = p.max(dim=1)
+    out = {
+        "label": labels.cpu().to(torch.int16).numpy(),
+        "pred": pred.cpu().to(torch.int16).numpy(),
+        "confidence": conf.cpu().half().numpy(),
+        "p_true": p.gather(1, labels[:, None].to(p.device)).squeeze(1).cpu().half().numpy(),
+    }
+    if teacher is not None:
+        out["teacher_pred"] = teacher.argmax(dim=1).cpu().to(torch.int16).numpy()
+    if keep_logits:
+        out["logits"] = logits.cpu().half().numpy()
+    return out
+

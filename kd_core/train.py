@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from .analysis import analyse, outputs
+from .analysis import analyse, outputs, predictions
 from .bank import TeacherBank, bank_nbytes, build_bank, logit_source
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
@@ -243,10 +243,12 @@ class Trainer:
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
             return predict(model, images, self.prepare, 1024)
 
-    def analyse(self, teacher: nn.Module | None) -> tuple[dict[str, float], dict]:
+    def analyse(self, teacher: nn.Module | None,
+                keep_logits: bool = False) -> tuple[dict[str, float], dict, dict]:
         """The paper's analyses (analysis.py) of the model as it stands, against ``teacher``
         (None: trained on labels), on the unaugmented training set (clean labels) and the test
-        set: scalars named ``<split>_<measure>``, and distributions by split."""
+        set: scalars named ``<split>_<measure>``, distributions by split, and the test set's
+        per-image predictions (analysis.predictions; its logits with ``keep_logits``)."""
         if teacher is not None:
             teacher = teacher.to(self.device, memory_format=self.memory_format)
         weight = self.model.head.weight.detach().float()
@@ -259,7 +261,10 @@ class Trainer:
             s, d = analyse(mine, theirs, y, weight)
             scalars.update({f"{split}_{k}": v for k, v in s.items()})
             dists[split] = d
-        return scalars, dists
+            if split == "test":
+                per_image = predictions(mine[0], y, None if theirs is None else theirs[0],
+                                        keep_logits)
+        return scalars, dists, per_image
 
     def steps_per_epoch(self) -> int:
         return -(-len(self.y_train) // self.config.batch_size)

@@ -13,10 +13,12 @@ from kd_core.analysis import (
     linear_cka,
     logit_distance,
     outputs,
+    predictions,
     project,
     top_label_distance,
 )
 from kd_core.models import build_model
+from sweeps.store.ledger import predictions_bytes, read_predictions
 
 
 def test_logit_distance_and_its_quartiles():
@@ -85,3 +87,27 @@ def test_linear_cka_ignores_rotation_and_scale_and_compares_widths():
     assert linear_cka(wide, x[:, :8]) == pytest.approx(1.0, abs=1e-3)
     # independent features of 500 samples: near 0 (its expectation is about d/n)
     assert linear_cka(x, torch.randn(500, 16, generator=g)) < 0.1
+
+
+def test_predictions_per_image_and_their_file():
+    """The per-image test predictions a trial stores (predictions.npz): the top-1 class, its
+    probability, the true class's probability, the teacher's class; logits only on request."""
+    z = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 3.0], [0.0, 1.0, 0.0]])
+    labels = torch.tensor([0, 1, 1])
+    teacher = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 1.0]])
+    p = predictions(z, labels, teacher)
+    assert p["pred"].tolist() == [0, 2, 1] and p["teacher_pred"].tolist() == [0, 1, 2]
+    assert p["label"].tolist() == [0, 1, 1] and "logits" not in p
+    probs = z.softmax(dim=1)
+    assert p["confidence"] == pytest.approx(probs.max(dim=1).values.numpy(), abs=1e-3)
+    assert p["p_true"] == pytest.approx(probs[[0, 1, 2], [0, 1, 1]].numpy(), abs=1e-3)
+    back = read_predictions(predictions_bytes(predictions(z, labels, None, keep_logits=True)))
+    assert back["logits"].dtype.name == "float16" and back["logits"].shape == (3, 3)
+    assert "teacher_pred" not in back and back["pred"].tolist() == [0, 2, 1]
+    with pytest.raises(ValueError):  # no pickled object is ever loaded
+        import io
+
+        import numpy as np
+        buf = io.BytesIO()
+        np.savez(buf, x=np.array([object()], dtype=object))
+        read_predictions(buf.getvalue())

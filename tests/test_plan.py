@@ -11,12 +11,12 @@ CONFIGS = Path(__file__).resolve().parents[1] / "sweeps" / "configs"
 
 def test_digits_plan_counts_and_dedup():
     plan = build_plan(load_spec(CONFIGS / "digits.yaml"))
-    # 2 noise x 3 seeds = 6 contexts; students: kl x 4 tau + mse + 2 extra (kl a=0.1 at tau 4
+    # 2 noise x 3 seeds = 6 contexts; students: kl x 4 tau + mse + 2 extra (kl a=0.9 at tau 4
     # and 20) = 7 settings. gen 0: cnn-large teacher (shared by two chains) + 2 baselines = 3
     # per context; the third chain's teacher is the cnn-medium baseline itself. gen 1: 3
     # students per setting.
     assert [len(s) for s in plan.generations] == [18, 126, 42]
-    assert {t.setting for t in plan.generations[1]} >= {"kl tau=4 a=0.1", "kl tau=20 a=0.1"}
+    assert {t.setting for t in plan.generations[1]} >= {"kl tau=4 a=0.9", "kl tau=20 a=0.9"}
     keys = [t.key for t in plan.trials]
     assert len(keys) == len(set(keys))
     teachers = [t for t in plan.generations[0] if t.model == "cnn-large"]
@@ -37,7 +37,7 @@ def test_digits_plan_counts_and_dedup():
 def test_paper_plan_counts():
     plan = build_plan(load_spec(CONFIGS / "cifar100-paper.yaml"))
     # 4 noise x 3 seeds = 12 contexts; 10 student settings (8 kl taus + mse + standard KD, kl
-    # tau 4 a=0.1); generation 0: 5 architectures (the teacher, and wrn-16-2, which teaches two
+    # tau 4 a=0.9); generation 0: 5 architectures (the teacher, and wrn-16-2, which teaches two
     # chains, alone among them); generation 1: seven students each (wrn-16-2, wrn-16-4,
     # wrn-28-2, wrn-40-2 from wrn-28-4, wrn-16-2 from wrn-16-4 trained alone, wrn-16-2 and
     # wrn-16-4 from wrn-16-2: each teacher the baseline's own trial, not a second one);
@@ -55,8 +55,9 @@ def test_paper_plan_counts():
     assert sum(t.model == "wrn-28-4" for t in plan.generations[0]) == 12
     # `kdsweep plan` says what the students get: the grid, its kd baseline, noise and seeds
     text = plan.describe()
-    assert ("students: kl: tau 0.1, 0.25, 0.5, 1, 3, 5, 20, inf x alpha 1 (8 settings); mse: "
-            "alpha 1; settings besides the grid: kl tau=4 a=0.1") in text
+    assert ("students:\n    kl: tau 0.1, 0.25, 0.5, 1, 3, 5, 20, inf x alpha 1 (8 settings) of "
+            "(1 - alpha) CE + alpha tau^2 KL\n    mse: alpha 1 of (1 - alpha) CE + alpha MSE\n"
+            "    besides the grid: kl tau=4 a=0.9 (0.1 CE + 0.9 tau^2 KL)") in text
     assert "each at noise symmetric 0, 0.2, 0.4, 0.6 x seeds 0, 1, 2" in text
     assert "x alpha 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1 (50 settings)" in (
         alpha_tau.describe())
@@ -112,3 +113,29 @@ STORED_KEYS = {
 def test_the_shipped_grids_keep_their_stored_keys(config):
     keys = {t.key for t in build_plan(load_spec(CONFIGS / f"{config}.yaml")).trials}
     assert STORED_KEYS[config] <= keys
+
+
+def test_plan_on_a_search_says_why_no_teacher_has_students_yet():
+    """A search samples its students during the run: the logits' section says so in a line,
+    never a header with nothing under it (issue 42)."""
+    from sweeps.ray.teacher_bank import bank_summary
+
+    spec = parse_spec({**SMALL, "dataset": {"name": "digits", "validation": 0.2},
+                       "search": {"type": "optuna", "num_samples": 4}})
+    text = bank_summary(spec, build_plan(spec))
+    assert text.startswith("teachers' logits (") and "\n" not in text
+    assert "no student is planned before the optuna search samples it" in text
+    grid = parse_spec(SMALL)
+    lines = bank_summary(grid, build_plan(grid)).splitlines()
+    assert len(lines) > 1 and lines[0].endswith(":")  # a grid lists its teachers under it
+
+
+def test_storing_logits_is_no_part_of_a_trials_key():
+    """train.store_logits keeps each trial's test logits beside its predictions: how a trial is
+    kept, not what it learns, so the same trials (and the trainer gets no such field)."""
+    plain = build_plan(parse_spec(SMALL))
+    spec = parse_spec({**SMALL, "train": {**SMALL["train"], "store_logits": True}})
+    assert spec.train.store_logits and [t.key for t in build_plan(spec).trials] == [
+        t.key for t in plain.trials]
+    assert not hasattr(spec.train.config(loss="kl", tau=4.0, alpha=1.0, seed=0, device="cpu"),
+                       "store_logits")

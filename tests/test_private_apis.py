@@ -70,6 +70,15 @@ def test_mlflow_ui_reads_a_shared_view_of_plain_json():
     for chart in state["compareRunCharts"]:
         assert f'e.{chart["type"]}="{chart["type"]}"' in js
     assert 'e.SHOWALL="SHOW_ALL"' in js and 'q="Model metrics"' in js
+    # the runs table's columns: the UI's own key for a column (makeCanonicalSortKey), with the
+    # results and the sweep's axes visible, in order, best test accuracy first (issue 42)
+    assert 'I=(e,t)=>e+".`"+t+"`"' in js
+    assert state["selectedColumns"][:3] == ["metrics.`test_acc`", "metrics.`val_acc`",
+                                            "params.`setting`"]
+    assert {"params.`tau`", "params.`alpha`", "params.`noise_rate`", "params.`seed`",
+            "params.`model`", "params.`generation`"} <= set(state["selectedColumns"])
+    assert state["columnOrder"] == state["selectedColumns"]
+    assert (state["orderByKey"], state["orderByAsc"]) == ("metrics.`test_acc`", False)
 
 
 def test_mlflow_records_artifact_locations_in_the_columns_relocate_rewrites(tmp_path):

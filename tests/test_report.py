@@ -143,7 +143,8 @@ def latex_rows(tex: str) -> list[list[str]]:
     rows = []
     for line in filter(None, (ln.strip() for ln in body.splitlines())):
         cells = re.split(r"(?<!\\)&", line.removesuffix("\\\\"))
-        rows.append([re.sub(r"\\([&%_#$])", r"\1", c.strip()).replace("$\\pm$", "±")
+        rows.append([re.sub(r"\\([&%_#$])", r"\1", c.strip().replace("$\\pm$", "±")
+                            .replace("$<$", "<").replace("$>$", ">"))
                      for c in cells])
     return rows
 
@@ -158,17 +159,30 @@ def test_every_table_is_written_as_csv_and_latex_and_reads_back(tmp_path):
     assert len(csvs) >= 8 and all(c.with_suffix(".tex").exists() for c in csvs)
     # the accuracy table of chain A>B>C: the cells as printed, in CSV and in LaTeX
     [acc] = [c for c in csvs if "a-to-b-to-c-noise-0" in c.name]
-    table = pd.read_csv(acc, index_col=0, dtype=str)
+    cells = pd.read_csv(acc)  # a row per cell: its label, column, the cell as printed, numbers
+    assert list(cells.columns) == ["setting", "column", "cell", "estimate", "low", "high", "n",
+                                   "p"]
+    table = cells.pivot(index="setting", columns="column", values="cell")
+    table = table.loc[cells.setting.unique(), cells.column.unique()]
     assert list(table.columns) == ["g0 A", "g1 B", "g2 C"]
     assert table.at["kl tau=4", "g1 B"] == "72.0 ± 6.5 (n=3)"  # as in the text report
     assert table.at["kl tau=4", "g1 B"] in text
+    # and its numbers, unrounded: 72 ± 4.9 by hand (below)
+    kl = cells[(cells.setting == "kl tau=4") & (cells.column == "g1 B")].iloc[0]
+    assert kl.estimate == pytest.approx(72.0) and kl.n == 3
+    assert kl.high - kl.estimate == pytest.approx(kl.estimate - kl.low)
+    assert round(kl.high - kl.estimate, 1) == 4.9
+    for other in csvs:  # every table reads back as numbers beside its printed cells
+        frame = pd.read_csv(other)
+        assert {"cell", "estimate", "low", "high", "n", "p"} <= set(frame.columns), other.name
+        assert frame.estimate.dtype.kind == "f", other.name
     tex = acc.with_suffix(".tex").read_text()
     assert "\\toprule" in tex
-    assert "\\caption{A>B>C (noise=0): test accuracy \\%, mean $\\pm$ 95\\% interval" in tex
+    assert "\\caption{A$>$B$>$C (noise=0): test accuracy \\%, mean $\\pm$ 95\\% interval" in tex
     assert latex_rows(tex) == [[label, *values] for label, values in table.fillna("-").iterrows()]
-    # a claim: its pooled table and its row table, each readable back
+    # a claim: its pooled table and its row table, each readable back, with its numbers
     pooled = sorted(folder.glob("*-claim-c1-pooled.csv"))
-    assert pooled and pd.read_csv(pooled[0], index_col=0).shape[0] >= 1
+    assert pooled and pd.read_csv(pooled[0]).shape[0] >= 1
     # a second report into the same folder leaves only its own tables
     (folder / "99-stale.csv").write_text("x")
     report([str(path)], tmp_path / "rep")

@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 from .spec import GridSpec, SweepSpec
+from .spec.sections import NOT_RECIPE
 
 KEY_VERSION = 2  # bump when the trainer or a model changes what a given config produces
 
@@ -77,6 +78,19 @@ def setting_name(generation: int, loss: str, tau: float | None, alpha: float | N
     return what
 
 
+def objective(loss: str, tau: float | None, alpha: float | None) -> str:
+    """A setting's training objective by its weights, so no reader guesses the convention
+    (kd_core.losses: (1 - alpha) CE + alpha tau^2 KL): "0.1 CE + 0.9 tau^2 KL" (kl, alpha 0.9),
+    "tau^2 KL" (alpha 1), "MSE", "CE" (trained on the labels)."""
+    if loss == "ce":
+        return "CE"
+    term = "MSE" if loss == "mse" else "tau^2 KL"
+    a = 1.0 if alpha is None or math.isnan(alpha) else alpha
+    if a == 1.0:
+        return term
+    return f"{1 - a:.3g} CE + {a:.3g} {term}"
+
+
 def setting_order(name: str) -> tuple:
     """alone first, then kl by tau (inf last), then mse."""
     if name.startswith("kl tau="):
@@ -109,7 +123,7 @@ def trial_key(
     identity = {
         "v": KEY_VERSION,
         "dataset": spec.dataset.name,
-        "recipe": spec.train.model_dump(exclude={"checkpoint_every"}),
+        "recipe": spec.train.model_dump(exclude=NOT_RECIPE),
         "model": model,
         "loss": loss,
         "tau": _json_float(tau),
@@ -215,7 +229,7 @@ class Plan:
             tail = f"; {n_done} done, {len(gen) - n_done} to train" if done else ""
             lines.append(f"  generation {g}: {len(gen)} trials ({parts}){tail}")
         if len(self.generations) > 1 and s.search.type != "optuna":
-            lines += ["  students: " + "; ".join(self.settings())]
+            lines += ["  students:", *(f"    {x}" for x in self.settings())]
         noise = ", ".join(f"{r:g}" for r in s.grid.noise.rate)
         lines.append(f"  each at noise {s.grid.noise.kind} {noise} x seeds "
                      f"{', '.join(map(str, s.grid.seeds))}")
@@ -233,12 +247,14 @@ class Plan:
         alphas = ", ".join(f"{a:g}" for a in g.alpha)
         if "kl" in g.loss:
             taus = ", ".join(f"{float(t):g}" for t in g.tau)  # inf prints as "inf"
-            out.append(f"kl: tau {taus} x alpha {alphas} ({len(g.tau) * len(g.alpha)} settings)")
+            out.append(f"kl: tau {taus} x alpha {alphas} ({len(g.tau) * len(g.alpha)} settings)"
+                       " of (1 - alpha) CE + alpha tau^2 KL")
         if "mse" in g.loss:
-            out.append(f"mse: alpha {alphas}")
+            out.append(f"mse: alpha {alphas} of (1 - alpha) CE + alpha MSE")
         if g.extra:
-            extra = (setting_name(1, e.loss, e.tau, e.alpha) for e in g.extra)
-            out.append("settings besides the grid: " + ", ".join(extra))
+            extra = (f"{setting_name(1, e.loss, e.tau, e.alpha)} "
+                     f"({objective(e.loss, e.tau, e.alpha)})" for e in g.extra)
+            out.append("besides the grid: " + ", ".join(extra))
         return out
 
 

@@ -64,6 +64,12 @@ def bank_summary(spec: SweepSpec, plan) -> str:
     for key, n in students_per_teacher(plan.trials).items():
         (path, why), nbytes = _policy(spec.train, facts["train"], aug, facts["classes"], n)
         choices[(generation[key], path, n, why)] += 1
+    if not choices:  # a search: no student is planned before the run samples it
+        nbytes = bank_nbytes(facts["train"], aug, facts["classes"],
+                             getattr(torch, spec.train.bank_dtype))
+        return (f"teachers' logits ({aug.n_views} views, a bank is {nbytes / 2**30:.2f} GiB): "
+                f"no student is planned before the {spec.search.type} search samples it; each "
+                f"teacher's bank (or the teacher online) is decided as its students arrive")
     lines = [f"teachers' logits ({aug.n_views} views, a bank is {nbytes / 2**30:.2f} GiB):"]
     for (g, path, n, why), count in sorted(choices.items()):
         what = {"shared": "one shared bank each", "private": "a private bank per student",

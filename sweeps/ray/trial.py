@@ -245,12 +245,13 @@ def train_trial(spec: SweepSpec, trial: Trial, ledger: Ledger, attempts: Attempt
             resumed_from=attempts.data["resumed_from"],
         )
         # A diverged model teaches nothing: no model, so no student ever distils from it.
-        model = dists = None
+        model = dists = per_image = None
         if state == TrialState.DONE:
             model = checkpoint_bytes({**model_state(trainer.model), "trial": trial.to_dict()})
-            record.analysis, dists = trainer.analyse(analysed_teacher())
+            record.analysis, dists, per_image = trainer.analyse(analysed_teacher(),
+                                                                spec.train.store_logits)
         curve = learning_curve_png(trainer.history, f"{trial.run_name}: {state}")
-        ledger.publish(trial.key, model, record, dists, curve)
+        ledger.publish(trial.key, model, record, dists, curve, per_image)
         return {"outcome": state}
 
     def analysed_teacher():

@@ -18,8 +18,9 @@ from pathlib import Path
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from kd_core.names import DATASET_FACTS
+from kd_core.names import CLASS_NAMES, DATASET_FACTS
 
+from ..domain.plan import objective, setting_order
 from ..domain.record import TrialState
 from ..store.ledger import Ledger
 from ..store.storage import Storage, concurrently
@@ -27,6 +28,14 @@ from ..tracking.sweep_run import git_commit, ui_command
 from .analysis_figures import analysis_figures, distribution_runs, representatives
 from .claims import claims
 from .export import TABLES, export
+from .fidelity import (
+    calibration_figure,
+    calibration_table,
+    paired_tests,
+    per_class,
+    prediction_runs,
+    reliability_figure,
+)
 from .figures import Figures
 from .forest import forest
 from .load import load
@@ -52,12 +61,17 @@ def report(
     if df.empty:
         raise ValueError(f"no finished trials in {', '.join(inputs) or experiment}")
     verdicts = claims(df, margin(specs))
-    sections = [*verdicts, *accuracy(df), *convergence(df), *not_done(all_rows),
+    step, decimals = resolution(df)
+    preds = load_predictions(df, specs)
+    sections = [*verdicts, *accuracy(df), *calibration_table(df, step, decimals),
+                *per_class(df, preds, decimals, class_names(df)),
+                *paired_tests(df, preds, decimals), *convergence(df), *not_done(all_rows),
                 *reproducibility(df)]
     text = "\n\n".join(s.text() for s in [summary(verdicts), *sections] if s.text())
 
     out_dir = Path(out_dir)
-    figures = draw(df, out_dir, load_analyses(all_rows, specs)) + forest(verdicts, out_dir)
+    figures = (draw(df, out_dir, load_analyses(all_rows, specs), preds)
+               + forest(verdicts, out_dir))
     title = "kdsweep report: " + ", ".join(sorted(set(df.origin)))
     shown = [summary(verdicts), *sections]
     tables = export(shown, out_dir)
@@ -73,10 +87,14 @@ def margin(specs: list) -> float:
     return min((s.report.similar_margin for s in specs), default=SIMILAR_MARGIN)
 
 
-def draw(df: pd.DataFrame, out_dir: Path, analyses: dict[str, dict]) -> list[tuple[Path, str]]:
+def draw(df: pd.DataFrame, out_dir: Path, analyses: dict[str, dict],
+         preds: dict[str, dict] | None = None) -> list[tuple[Path, str]]:
     figs = Figures(df, out_dir)
     figs.accuracy_vs_generation()
     figs.accuracy_vs_tau()
+    calibration_figure(figs)
+    if preds:
+        reliability_figure(figs, preds)
     figs.alpha_tau_maps()
     figs.accuracy_vs_noise()
     figs.learning_curves()
@@ -102,6 +120,32 @@ def load_analyses(df: pd.DataFrame, specs: list) -> dict[str, dict]:
     return out
 
 
+def load_predictions(done: pd.DataFrame, specs: list) -> dict[str, dict]:
+    """predictions.npz of the runs the per-image views read (fidelity.prediction_runs), where
+    their storage is known and they were stored (trials trained before have none)."""
+    keys = set(prediction_runs(done).key)
+    out = {}
+    for spec in specs:
+        ledger = Ledger(Storage(spec.storage), repair=False)
+        wanted = sorted(keys - out.keys())
+        for key, p in zip(wanted, concurrently(ledger.predictions, wanted, READERS),
+                          strict=True):
+            if p is not None:
+                out[key] = p
+    return out
+
+
+def class_names(df: pd.DataFrame):
+    """Label -> "3" or "3 (cat)", for the dataset's known class names."""
+    names = CLASS_NAMES.get(df.dataset.iloc[0], ()) if "dataset" in df and len(df) else ()
+
+    def name(label) -> str:
+        i = int(label)
+        return f"{i} ({names[i]})" if i < len(names) and names[i] != str(i) else str(i)
+
+    return name
+
+
 def header(rows: pd.DataFrame, specs: list, tables: int = 0) -> dict[str, str]:
     """What a reader needs to know before the numbers: what ran, on what, how long."""
     done = rows[rows.state == TrialState.DONE]
@@ -120,6 +164,7 @@ def header(rows: pd.DataFrame, specs: list, tables: int = 0) -> dict[str, str]:
         "epochs": ", ".join(map(str, epochs)),
         "clusters": ", ".join(sorted(set(rows.cluster.dropna()))),
         "trials": f"{len(done)} done of {len(rows)}; seeds {sorted(set(done.seed))}",
+        "settings": objectives(done),
         "statistics": f"each claim's verdict from its effects with the seed as the unit (each "
                       f"seed's effect the mean over the claim's rows; a t over seeds, its "
                       f"interval the same test's; detectable effects at {POWER:.0%} power of "
@@ -141,6 +186,15 @@ def header(rows: pd.DataFrame, specs: list, tables: int = 0) -> dict[str, str]:
         out["links"] = ("the accuracy tables' cells open the MLflow runs behind them (a local "
                         "store: start the UI with the command above first)")
     return out
+
+
+def objectives(done: pd.DataFrame) -> str:
+    """Each student setting's objective by its weights (plan.objective), so no reader guesses
+    which term alpha weighs."""
+    students = done[done.generation > 0].drop_duplicates("setting")
+    parts = [f"{r.setting}: {objective(r.loss, r.tau, r.alpha)}"
+             for r in sorted(students.itertuples(), key=lambda r: setting_order(r.setting))]
+    return "; ".join(parts) + ("; alone (ce): CE on the labels" if len(parts) else "")
 
 
 def shown(source: str) -> str:

@@ -3,13 +3,14 @@ densities and penultimate projections, for one representative run per setting an
 
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
 from kd_core.names import CLASS_NAMES
 
 from ..domain.plan import setting_order
-from .figures import Figures, legend
+from .figures import SEED_STYLES, Figures, legend
 from .load import full_chains
 
 
@@ -59,11 +60,15 @@ def distributions(figs: Figures, analyses: dict[str, dict]) -> None:
     if runs.empty:
         return
     hists = {k: analyses[k]["train"]["logit_distance"] for k in runs.key}
-    low = min(h["edges"][0] for h in hists.values())
-    high = max(h["edges"][-1] for h in hists.values())
-    edges = np.linspace(low, high, SHARED_BINS + 1)
+    edges = {}  # per noise rate (a column): its own range, its bins shared down the column
+    for noise, here in runs.groupby("noise"):
+        low = min(hists[k]["edges"][0] for k in here.key)
+        high = max(hists[k]["edges"][-1] for k in here.key)
+        edges[noise] = np.linspace(low, high, SHARED_BINS + 1)
     pairs = sorted(set(runs.chain))
-    fig, axes = figs.grid(len(pairs), len(figs.noises), sharex=True)
+    seeds = sorted(runs.seed.unique())
+    style = {s: SEED_STYLES[i % len(SEED_STYLES)] for i, s in enumerate(seeds)}
+    fig, axes = figs.grid(len(pairs), len(figs.noises), sharex="col")
     for row, pair in zip(axes, pairs, strict=True):
         for ax, noise in zip(row, figs.noises, strict=True):
             here = runs[(runs.chain == pair) & (runs.noise == noise)]
@@ -71,18 +76,21 @@ def distributions(figs: Figures, analyses: dict[str, dict]) -> None:
                 ax.set_visible(False)
                 continue
             for r in sorted(here.itertuples(), key=lambda r: (setting_order(r.setting), r.seed)):
-                ax.stairs(rebinned(hists[r.key], edges), edges, color=figs.colours[r.setting],
-                          lw=0.8, alpha=0.8)
+                ax.stairs(rebinned(hists[r.key], edges[noise]), edges[noise], lw=0.9,
+                          color=figs.colours[r.setting], ls=style[r.seed], alpha=0.85)
             ax.set(xlabel="||z_s - z_t||_2 per training image", ylabel="density",
                    title=f"{pair}, noise {noise}")
-    legend(fig, axes, figs.colours, set(runs.setting))
-    seeds = sorted(runs.seed.unique())
+    legend(fig, axes, figs.colours, set(runs.setting),
+           {x: {"marker": None} for x in runs.setting})
+    fig.legend(handles=[plt.Line2D([], [], color="0.3", ls=style[s], label=f"seed {s}")
+                        for s in seeds], loc="outside right lower", fontsize=7, frameon=False)
     figs.save(fig, "logit_distance_distributions.png",
               "Density of the logit distance over the (unaugmented) training set, final models "
-              f"in eval mode, per teacher-student pair (rows) and noise rate: a line per "
-              f"setting and seed (seeds {', '.join(map(str, seeds))}), all on the same "
-              f"{SHARED_BINS} bins (each run's histogram re-binned linearly within its own "
-              "bins).")
+              f"in eval mode, per teacher-student pair (rows) and noise rate (columns, each on "
+              f"its own x-range: the scales differ by noise rate): a line per setting (colour) "
+              f"and seed (line style; seeds {', '.join(map(str, seeds))}), a column's runs on "
+              f"the same {SHARED_BINS} bins (each run's histogram re-binned linearly within "
+              "its own bins).")
 
 
 def class_name(figs: Figures, label) -> str:
@@ -115,25 +123,40 @@ def analysis_figures(figs: Figures, analyses: dict[str, dict]) -> None:
         chosen += [("mse", k) for k in here[here.loss == "mse"].key[:1]]
         picks.append((noise, [(n, k) for n, k in chosen if k in analyses]))
     cols = max(len(p) for _, p in picks)
-    fig, axes = figs.grid(len(picks), cols, sharex=True, sharey=True)
+    fig, axes = figs.grid(len(picks), cols)
     for row, (noise, chosen) in zip(axes, picks, strict=True):
         for ax in row[len(chosen):]:
             ax.set_visible(False)
         for ax, (name, key) in zip(row, chosen, strict=False):
             proj = analyses[key]["train"]["projection"]
-            for c, pts in proj["points"].items():
-                pts = np.asarray(pts).reshape(-1, 2)
-                ax.scatter(pts[:, 0], pts[:, 1], s=3, alpha=0.5, label=class_name(figs, c))
             t = np.asarray(proj["templates"])
+            # in units of the model's own template triangle (its mean side): every model's
+            # triangle the same size, so no one model's feature scale sets the axes
+            unit = np.mean([np.linalg.norm(t[i] - t[(i + 1) % 3]) for i in range(3)]) or 1.0
+            centre = t.mean(axis=0)
+            spread = []
+            for c, pts in proj["points"].items():
+                pts = (np.asarray(pts).reshape(-1, 2) - centre) / unit
+                spread.append(pts)
+                ax.scatter(pts[:, 0], pts[:, 1], s=3, alpha=0.5, label=class_name(figs, c))
+            t = (t - centre) / unit
             ax.plot(*np.vstack([t, t[:1]]).T, "k--", lw=0.8)
-            ax.set(title=f"{name}\n{chain}, noise {noise}, seed {seed}",
-                   xlabel="template plane, axis 1", ylabel="axis 2")
+            reach = max(np.percentile(np.abs(np.vstack(spread)), 99), np.abs(t).max()) * 1.15
+            ax.set(xlim=(-reach, reach), ylim=(-reach, reach), aspect="equal",
+                   title=f"{name}\n{chain}, noise {noise}, seed {seed}",
+                   xlabel="template plane, axis 1 (template units)", ylabel="axis 2")
     axes[0][0].legend(fontsize=6, markerscale=3)
     figs.save(fig, "penultimate_projection.png",
               "Penultimate features of three classes (training set) projected on the plane "
               "through their templates (dashed triangle: each model's own final-layer rows for "
               "the three classes, as the paper draws them; a teacher's and a student's "
-              "features live in different spaces, so there is no one plane for both), on "
-              "shared axes: the teacher, the smallest- and largest-tau KL students and the MSE "
-              f"student, one run each ({chain}, seed {seed}) per noise rate (rows). Claim C4 "
-              "compares the shapes over every seed (linear CKA against the teacher).")
+              "features live in different spaces, so there is no one plane for both): the "
+              "teacher, the smallest- and largest-tau KL students and the MSE student, one run "
+              f"each ({chain}, seed {seed}) per noise rate (rows). Each panel is centred on its "
+              "triangle and scaled by the triangle's mean side (its own axes: the whole "
+              "triangle and 99% of the points), so no one model's feature scale sets the "
+              "axes. The plane keeps 2 of the "
+              "features' dimensions: clusters stretched along lines show that these classes' "
+              "features vary mostly along one direction in it, not that the model lost the "
+              "teacher's shape; claim C4 compares the whole features over every seed (linear "
+              "CKA against the teacher), not this picture.")

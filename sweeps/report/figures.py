@@ -4,12 +4,15 @@ One colour per setting in every figure (kl by tau along viridis, mse red, alone 
 student (architecture and lineage) is a row of panels, never pooled with another; a band is
 the tables' own 95% interval (stats.accuracy_interval: seeds plus the test set's binomial
 variance), drawn only where every point has MIN_SEEDS seeds, and the caption says so and its n;
-a panel holds at most two bands (the noise rates, solid and dashed), never one per setting;
-accuracy ticks are never finer than one test image.
+a panel holds at most two bands (BANDS), never one per setting, and the caption names the ones
+drawn; a band never leaves what its metric allows ([0, 100] %); a handful of noise rates are
+categories, not a continuum; seeds are told apart where single runs are drawn; legends draw each
+entry as the panels draw it; accuracy ticks are never finer than one test image.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -20,6 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from scipy import stats  # noqa: E402
 
 from ..domain.plan import setting_order  # noqa: E402
 from .load import chain_frame, distance_column, full_chains  # noqa: E402
@@ -27,6 +31,10 @@ from .stats import MIN_SEEDS, accuracy_interval, resolution  # noqa: E402
 
 ALONE = "alone (ce)"
 PANEL = (3.8, 3.0)  # inches per panel
+BANDS = 2  # the most bands one panel draws
+CATEGORIES = 4  # this many noise rates or fewer are drawn as categories
+SEED_STYLES = ("-", "--", ":", "-.")  # seeds told apart where single runs are drawn
+SEED_MARKERS = ("o", "s", "^", "D", "v", "P")
 
 
 def palette(settings) -> dict[str, tuple]:
@@ -56,23 +64,43 @@ def resolution_ticks(axes, step: float | None) -> None:
             ax.yaxis.set_major_locator(matplotlib.ticker.MultipleLocator(nice))
 
 
-def heatmap(ax, values: np.ndarray, columns: list[str], rows: list[str]) -> None:
+def heatmap(ax, values: np.ndarray, columns: list[str], rows: list[str],
+            labels: np.ndarray | None = None, scale: tuple[float, float] | None = None):
     """An annotated heatmap, blank where there is no value (not seaborn's: it draws the whole
-    figure once per heatmap to lay out its tick labels, seconds for a grid of panels)."""
-    ax.imshow(np.ma.masked_invalid(values), cmap="viridis", aspect="auto")
-    bright = np.nanmean(values) if np.isfinite(values).any() else 0.0
+    figure once per heatmap to lay out its tick labels, seconds for a grid of panels).
+    ``labels``: each cell's text (else its value); ``scale``: the colour scale's (low, high),
+    one for a whole figure. Returns the image (for a colour bar)."""
+    low, high = scale or (np.nanmin(values), np.nanmax(values))
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", aspect="auto", vmin=low,
+                      vmax=high)
+    bright = (low + high) / 2
     for (i, j), v in np.ndenumerate(values):
         if np.isfinite(v):
-            ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7,
+            text = f"{v:.1f}" if labels is None else labels[i, j]
+            ax.text(j, i, text, ha="center", va="center", fontsize=6.5,
                     color="k" if v >= bright else "w")
     ax.set_xticks(range(len(columns)), columns)
     ax.set_yticks(range(len(rows)), rows)
     ax.grid(False)
+    return image
 
 
-def legend(fig, axes, colours: dict, settings) -> None:
-    """One legend for the figure, outside the panels: nothing overprints a curve."""
-    handles = [plt.Line2D([], [], color=colours[s], marker="o", lw=1.5, label=s)
+def banded(settings) -> list[str]:
+    """The (at most BANDS) settings of a panel whose interval is drawn as a band: the largest
+    tau of KL at its largest alpha (the paper's arm) and MSE, else the first ones in order."""
+    names = sorted(set(settings) - {ALONE}, key=setting_order)
+    kl = [s for s in names if s.startswith("kl") and " a=" not in s]
+    picks = [*kl[-1:], *(s for s in names if s == "mse")]
+    return (picks + [s for s in names if s not in picks])[:BANDS]
+
+
+def legend(fig, axes, colours: dict, settings, marks: dict | None = None) -> None:
+    """One legend for the figure, outside the panels: nothing overprints a curve. ``marks``:
+    a setting's Line2D style where the panels draw it otherwise than a line with dots (MSE as
+    a dashed reference line, say), so the legend shows what the panels show."""
+    marks = marks or {}
+    handles = [plt.Line2D([], [], **({"color": colours[s], "marker": "o", "lw": 1.5}
+                                     | marks.get(s, {})), label=s)
                for s in sorted(settings, key=setting_order)]
     extra = [h for ax in axes.flat for h in ax.get_legend_handles_labels()[0]
              if h.get_label().startswith(("teacher", "alone"))]
@@ -104,9 +132,19 @@ class Figures:
         sns.set_theme(style="whitegrid", font_scale=0.8)
 
     def _interval(self, points) -> tuple[float, float]:
-        """seaborn's errorbar: a point's accuracies (in points) -> the tables' 95% interval."""
+        """seaborn's errorbar: a point's accuracies (in points) -> the tables' 95% interval,
+        clipped to what an accuracy can be, [0, 100]."""
         mean, half, _ = accuracy_interval(np.asarray(points) / 100, self.step)
-        return mean - half, mean + half
+        return max(mean - half, 0.0), min(mean + half, 100.0)
+
+    def fill(self, ax, frame: pd.DataFrame, x: str, colour, y: str = "accuracy") -> None:
+        """A band: each x's interval of ``y`` (the tables' own, clipped to [0, 100]), where
+        bands are drawn at all."""
+        if not self.band or frame.empty:
+            return
+        spans = frame.groupby(x)[y].apply(lambda v: self._interval(v.to_numpy()))
+        ax.fill_between(spans.index, [lo for lo, _ in spans], [hi for _, hi in spans],
+                        color=colour, alpha=0.2, lw=0)
 
     @property
     def spread(self) -> str:
@@ -154,11 +192,21 @@ class Figures:
             teacher = frame[frame.g == 0]
             for ax, noise in zip(row, self.noises, strict=True):
                 here = frame[frame.noise == noise]
+                ours = teacher[teacher.noise == noise]
+                with_band = banded(here.row)
                 for s in sorted(set(here.row) - {ALONE}, key=setting_order):
-                    line = pd.concat([teacher[teacher.noise == noise].assign(row=s),
-                                      here[here.row == s]])
+                    # the teacher's point is each line's start, its interval drawn once below
+                    line = pd.concat([ours.assign(row=s), here[here.row == s]])
                     sns.lineplot(data=line, x="g", y="accuracy", color=self.colours[s],
-                                 marker="o", errorbar=self.band, ax=ax)
+                                 marker="o", ax=ax, lw=1.2 if s in with_band else 0.8,
+                                 errorbar=None)
+                    if s in with_band:
+                        self.fill(ax, line[line.g > 0], "g", self.colours[s])
+                if self.band and len(ours):
+                    low, high = self._interval(ours.accuracy)
+                    mean = ours.accuracy.mean()
+                    ax.errorbar([0], [mean], yerr=[[mean - low], [high - mean]], color="k",
+                                capsize=3, lw=1, zorder=6)
                 alone = here[here.row == ALONE].groupby("g").accuracy.mean()
                 ax.scatter(alone.index, alone.values, marker="x", s=50, color="k", zorder=5,
                            label="alone (ce), per generation")
@@ -167,8 +215,13 @@ class Figures:
         legend(fig, axes, self.colours, set(self.df.setting) - {ALONE})
         self.save(fig, "accuracy_vs_generation.png",
                   "Test accuracy along each chain (rows) per noise rate (columns): lines join a "
-                  "setting's students to their teacher (g0); crosses are each generation's "
-                  f"architecture trained alone (not a line: separate models). {self.spread}.")
+                  "setting's students to their teacher (g0, its interval once as an error bar); "
+                  "crosses are each generation's architecture trained alone (not a line: "
+                  f"separate models). {self.spread}; bands only for {self._banded_text()} "
+                  f"(at most {BANDS} per panel; the tables give every setting's interval).")
+
+    def _banded_text(self) -> str:
+        return " and ".join(banded(self.df.setting)) or "no setting"
 
     def accuracy_vs_tau(self) -> None:
         """Per student (row) and noise (column): KL over tau (equal spacing, inf last), MSE,
@@ -191,9 +244,12 @@ class Figures:
                     ax.set_visible(False)
                     continue
                 top = k.alpha.max()  # the paper's alpha = 1 where the grid has it
+                with_band = sorted(k.alpha.unique(), reverse=True)[:BANDS]
                 for alpha, line in k.groupby("alpha"):  # alphas never pooled: a line each
                     sns.lineplot(data=line, x="x", y="accuracy", color="0.5",
-                                 ls="-" if alpha == top else "--", errorbar=self.band, ax=ax)
+                                 ls="-" if alpha == top else "--", errorbar=None, ax=ax)
+                    if alpha in with_band:
+                        self.fill(ax, line, "x", "0.5")
                     means = line.groupby("x").accuracy.mean()
                     ax.scatter(means.index, means.values, zorder=5,
                                c=[self.colours[s] for s in line.groupby("x").setting.first()])
@@ -205,15 +261,20 @@ class Figures:
                 ax.set_xticks(range(len(labels)), labels)
                 ax.set(xlabel="tau (kl)", ylabel="test accuracy %",
                        title=f"{student}\nnoise {noise}")
-        legend(fig, axes, self.colours, set(students.setting))
+        kl_dot = {"lw": 0, "marker": "o"}
+        marks = {s: kl_dot for s in students.setting if s.startswith("kl")}
+        marks |= {s: {"ls": "--", "marker": None, "lw": 1.2} for s in students.setting
+                  if s.startswith("mse")}
+        legend(fig, axes, self.colours, set(students.setting), marks)
         self.save(fig, "accuracy_vs_tau.png",
                   "Test accuracy of KL students over tau (grey line, dots in each setting's "
                   "colour; the largest alpha solid, each other alpha its own dashed line), per "
                   "student (rows: architecture and lineage) and noise rate; MSE red dashed, "
                   "the architecture alone black dotted; grey triangles: the mean accuracy of "
                   "the teachers of each tau's students at the largest alpha (in generation 2, "
-                  "each tau's own lineage). "
-                  f"{self.spread}.")
+                  "each tau's own lineage). The objective is (1 - alpha) CE + alpha tau^2 KL: "
+                  "alpha 0.9 is the field's standard KD, 0.1 CE + 0.9 tau^2 KL. "
+                  f"{self.spread}; bands for the {BANDS} largest alphas only.")
 
     def _references(self, ax, part: pd.DataFrame, noise: str) -> None:
         """MSE and the student's architecture alone, as horizontal lines."""
@@ -235,27 +296,51 @@ class Figures:
         students = self.df[self.df.generation > 0]
         names = sorted(set(students.student))
         settings = sorted(set(students.setting), key=setting_order)
+        rates = sorted(self.df.noise_rate.unique())
+        few = len(rates) <= CATEGORIES  # a handful of rates: categories, not a continuum
+        at = {r: i for i, r in enumerate(rates)} if few else {r: r for r in rates}
         fig, axes = self.grid(len(names), len(settings), sharey="row")
         for ax, student, setting, part in self.panels(axes, students, ("student", names),
                                                       ("setting", settings)):
-            sns.lineplot(data=part, x="noise_rate", y="accuracy", marker="o",
-                         color=self.colours[setting], errorbar=self.band, ax=ax)
             model = part.model.iloc[0]
             alone = self.df[(self.df.generation == 0) & (self.df.model == model)]
-            sns.lineplot(data=alone, x="noise_rate", y="accuracy", color="k", ls=":",
-                         errorbar=None, ax=ax, label="alone (ce)")
+            for frame, colour, shift in ((part, self.colours[setting], 0.0),
+                                         (alone, "k", 0.08 if few else 0.0)):
+                means = frame.groupby("noise_rate").accuracy
+                x = np.array([at[r] for r in means.mean().index]) + shift
+                if self.band:
+                    spans = means.apply(lambda v: self._interval(v.to_numpy()))
+                    low = means.mean().to_numpy() - [lo for lo, _ in spans]
+                    high = [hi for _, hi in spans] - means.mean().to_numpy()
+                    ax.errorbar(x, means.mean(), yerr=[low, high], color=colour, capsize=3,
+                                marker="o", ms=4, lw=0.8 if few else 1.2,
+                                ls=(":" if colour == "k" else "-"))
+                else:
+                    ax.plot(x, means.mean(), color=colour, marker="o", ms=4,
+                            ls=(":" if colour == "k" else "-"))
             teachers = part.drop_duplicates("teacher_key")
             mean = teachers.groupby("noise_rate").teacher_acc.mean().mul(100)
-            ax.plot(mean.index, mean.values, ls=":", marker="v", ms=4, color="0.6",
-                    label="teacher (of these students)")
+            ax.plot([at[r] - (0.08 if few else 0) for r in mean.index], mean.values, ls="",
+                    marker="v", ms=5, color="0.5", label="teacher (of these students)")
+            if few:
+                ax.set_xticks(range(len(rates)), [f"{r:g}" for r in rates])
+                ax.set_xlim(-0.5, len(rates) - 0.5)
             ax.set(xlabel="label noise rate", ylabel="test accuracy %",
                    title=f"{student}\n{setting}")
-        legend(fig, axes, self.colours, set(students.setting))
+        handles = [plt.Line2D([], [], color=self.colours[s], marker="o", label=s)
+                   for s in settings]
+        handles += [plt.Line2D([], [], color="k", ls=":", marker="o", label="alone (ce)"),
+                    plt.Line2D([], [], color="0.5", ls="", marker="v",
+                               label="teacher (of these students)")]
+        fig.legend(handles=handles, loc="outside right upper", fontsize=7, frameon=False)
+        how = ("each rate a category (points with 95% intervals as error bars; the "
+               "architecture alone offset to the right, the teachers to the left)" if few else
+               "rates on a continuous axis")
         self.save(fig, "accuracy_vs_noise.png",
-                  "Test accuracy over the label noise rate (teachers trained on the noisy "
-                  "labels), per student (rows) and setting (columns); the architecture alone "
-                  "black dotted, the mean of these students' own teachers grey dotted. "
-                  f"{self.spread}.")
+                  "Test accuracy per label noise rate (teachers trained on the noisy labels), "
+                  f"per student (rows) and setting (columns), {how}; the architecture alone "
+                  "black dotted, the mean of these students' own teachers grey triangles. "
+                  f"{self.spread.replace('bands', 'error bars')}.")
 
     def alpha_tau_maps(self) -> None:
         """The paper's maps: per student (row), noise rate and split (columns), mean train and
@@ -270,26 +355,42 @@ class Figures:
         alphas = sorted(kl.alpha.unique(), reverse=True)
         names = sorted(set(kl.student))
         panels = [(noise, split) for noise in self.noises for split in ("accuracy", "train")]
+        scale = (float(kl[["accuracy", "train"]].min().min()),
+                 float(kl[["accuracy", "train"]].max().max()))
         fig, axes = self.grid(len(names), len(panels))
+        image = None
         for row, student in zip(axes, names, strict=True):
             for ax, (noise, split) in zip(row, panels, strict=True):
                 part = kl[(kl.student == student) & (kl.noise == noise)]
-                grid = part.pivot_table(index="alpha", columns="tau_label", values=split,
-                                        aggfunc="mean").reindex(index=alphas, columns=taus)
-                if grid.isna().all().all():
+                cells = {(a, t): v[split].to_numpy() for (a, t), v in
+                         part.groupby(["alpha", "tau_label"])}
+                values = np.full((len(alphas), len(taus)), np.nan)
+                labels = np.full(values.shape, "", dtype=object)
+                for (i, a), (j, t) in itertools.product(enumerate(alphas), enumerate(taus)):
+                    if (a, t) in cells:
+                        mean, half, n = accuracy_interval(  # train: no test-set term
+                            cells[a, t] / 100, self.step if split == "accuracy" else None)
+                        values[i, j] = mean
+                        labels[i, j] = (f"{mean:.1f}\n±{half:.1f} n={n}" if np.isfinite(half)
+                                        else f"{mean:.1f}\nn={n}")
+                if np.isnan(values).all():
                     ax.set_visible(False)
                     continue
-                heatmap(ax, grid.to_numpy(dtype=float), taus, [f"{a:g}" for a in alphas])
+                image = heatmap(ax, values, taus, [f"{a:g}" for a in alphas], labels, scale)
                 what = "test" if split == "accuracy" else "train"
                 ax.set(xlabel="tau", ylabel="alpha",
                        title=f"{student}\nnoise {noise}, {what} accuracy %")
+        if image is not None:
+            fig.colorbar(image, ax=axes, shrink=0.6, label="accuracy % (one scale, every panel)")
         n = int(kl.groupby(["student", "noise", "alpha", "tau"]).seed.nunique().min())
         self.save(fig, "alpha_tau_maps.png",
                   "The paper's alpha x tau maps: mean accuracy over seeds (at least "
                   f"{n} per cell) of each KL student, per student (rows), noise rate and split "
                   "(test; train: the running accuracy over each final epoch's augmented "
-                  "batches, against the labels trained on). Blank: not in the grid. The "
-                  "tables give each cell's interval.")
+                  "batches, against the labels trained on), alpha weighing the distillation "
+                  "term ((1 - alpha) CE + alpha tau^2 KL). One colour scale for every panel; "
+                  "each cell prints its mean, the half-width of its 95% interval (the tables' "
+                  "own; none below 3 seeds) and its n. Blank: not in the grid.")
 
     def distance_vs_accuracy(self) -> None:
         """Per student (row) and noise (column): each run's logit distance and accuracy."""
@@ -305,16 +406,42 @@ class Figures:
                 if part.empty or part[col].isna().all():
                     ax.set_visible(False)
                     continue
-                sns.scatterplot(data=part, x=col, y="accuracy", hue="setting",
-                                palette=self.colours, ax=ax, s=25)
-                if (part[col] > 0).all() and part[col].max() / part[col].min() > 20:
+                part = part.dropna(subset=[col])
+                log = bool((part[col] > 0).all() and part[col].max() / part[col].min() > 20)
+                rhos = []
+                for i, (seed, runs) in enumerate(part.groupby("seed")):
+                    marker = SEED_MARKERS[i % len(SEED_MARKERS)]
+                    ax.scatter(runs[col], runs.accuracy, s=22, marker=marker, zorder=4,
+                               c=[self.colours[x] for x in runs.setting], edgecolors="none")
+                    if len(runs) >= 3 and min(runs[col].nunique(), runs.accuracy.nunique()) > 1:
+                        x = np.log10(runs[col]) if log else runs[col]
+                        slope, icpt = np.polyfit(x, runs.accuracy, 1)
+                        xs = np.linspace(x.min(), x.max(), 20)
+                        ax.plot(10 ** xs if log else xs, slope * xs + icpt, color="0.3",
+                                lw=0.8, ls=SEED_STYLES[i % len(SEED_STYLES)])
+                        rhos.append((seed, stats.spearmanr(runs[col], runs.accuracy)[0]))
+                if log:
                     ax.set_xscale("log")
+                if rhos:
+                    text = "within-seed rho: " + ", ".join(f"s{s} {r:+.2f}" for s, r in rhos)
+                    ax.text(0.02, 0.02, text, transform=ax.transAxes, fontsize=6,
+                            va="bottom", bbox={"fc": "white", "alpha": 0.7, "lw": 0})
                 ax.set(xlabel=what, ylabel="test accuracy %", title=f"{student}\nnoise {noise}")
-        legend(fig, axes, self.colours, set(students.setting))
+        seeds = sorted(students.seed.unique())
+        marks = {s: {"lw": 0, "marker": "o"} for s in students.setting}
+        legend(fig, axes, self.colours, set(students.setting), marks)
+        handles = [plt.Line2D([], [], color="0.3", lw=0.8, ls=SEED_STYLES[i % len(SEED_STYLES)],
+                              marker=SEED_MARKERS[i % len(SEED_MARKERS)], label=f"seed {s}")
+                   for i, s in enumerate(seeds)]
+        fig.legend(handles=handles, loc="outside right lower", fontsize=7, frameon=False)
         self.save(fig, "logit_distance_vs_accuracy.png",
                   f"Each student run's logit distance ({what}) against its test accuracy, per "
-                  "teacher-student pair (rows) and noise rate; one dot per run (setting, seed). "
-                  "Claim C3's correlations are computed within each panel.")
+                  "teacher-student pair (rows) and noise rate; one mark per run, coloured by "
+                  "setting, shaped by seed; a least-squares line per seed (on log distance where "
+                  "the axis is logarithmic) through that seed's runs, and each seed's Spearman "
+                  "rho in the corner: C3 is a within-seed claim (runs of one seed share a "
+                  "teacher), and its verdict pools these within-seed rhos over its primary "
+                  "settings (the C3 table).")
 
     def learning_curves(self) -> None:
         """Test accuracy per epoch, per student (row) and setting (column), a line per noise
@@ -338,9 +465,12 @@ class Figures:
         for ax, student, setting, part in self.panels(axes, long, ("student", names),
                                                       ("setting", settings)):
             for noise, curve in part.groupby("noise"):
-                sns.lineplot(data=curve, x="epoch", y="accuracy", ls=styles[noise],
-                             color=self.colours[setting], errorbar=self.band, ax=ax, lw=1,
-                             label=f"noise {noise}")
+                for _, one in curve.groupby("seed"):  # each seed's own run, thin
+                    ax.plot(one.epoch, one.accuracy, ls=styles[noise], lw=0.5, alpha=0.45,
+                            color=self.colours[setting])
+                mean = curve.groupby("epoch").accuracy.mean()
+                ax.plot(mean.index, mean.values, ls=styles[noise], lw=1.4,
+                        color=self.colours[setting], label=f"noise {noise}")
                 ref = alone[(alone.model == part.model.iloc[0]) & (alone.noise == noise)]
                 ax.plot(ref.groupby("epoch").accuracy.mean(), ls=styles[noise], lw=0.8,
                         color="k", label=f"alone (ce), noise {noise}")
@@ -348,10 +478,13 @@ class Figures:
             ax.set_ylim(max(0, top - 25), min(100, top + 3))  # the end, where it matters
             ax.set(ylabel="test accuracy %", title=f"{student}\n{setting}")
             ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        legend(fig, axes, self.colours, set(long.setting))  # its "alone" lines: the styles
+        legend(fig, axes, self.colours, set(long.setting),  # its "alone" lines: the styles
+               {x: {"marker": None} for x in long.setting})
         self.save(fig, "learning_curves.png",
                   "Test accuracy per epoch, per student (rows) and setting (columns), the "
                   "student's architecture trained alone in black (mean, no band); noise "
                   f"rates by line style ({', '.join(f'{n}: {styles[n]}' for n in self.noises)})"
-                  f"; the y-axis shows the last 25 points below the top. {self.spread}. "
+                  f"; the y-axis shows the last 25 points below the top. Thick lines: the mean "
+                  "over seeds; thin lines: each seed's run (no band: with three seeds a t "
+                  "interval per epoch would fill the panel). "
                   "The convergence table flags runs still rising over their last fifth.")

@@ -16,6 +16,7 @@ from .paper import published
 from .stats import (
     MIN_SEEDS,
     RISING_IMAGES,
+    accuracy_interval,
     cell,
     compare,
     holm,
@@ -33,6 +34,9 @@ class Section:
     verdict: str | None = None  # a claim's, where the section is one
     lead: pd.DataFrame | None = None  # a claim's pooled effects, above its row table
     effects: list = field(default_factory=list)  # those effects (pooled.Pooled)
+    # the cells' numbers, unrounded, indexed by (row, column): estimate, low, high, n, p (the
+    # CSV's columns; export.py reads a cell's printed numbers where this has none)
+    numbers: pd.DataFrame | None = None
 
     def text(self) -> str:
         lines = [f"== {self.title}" + (f": {self.verdict.upper()}" if self.verdict else "")]
@@ -73,14 +77,29 @@ def accuracy(df: pd.DataFrame) -> list[Section]:
             table = table[sorted(table.columns, key=lambda c: int(c.split()[0][1:]))]
             table.columns.name, table.index.name = None, "setting"
             quoted = _with_paper(table, chain, part.dataset.iloc[0], keys[-1])
+            numbers = interval_numbers(part, "row", "column", "test_acc", step)
             out.append(Section(
                 f"{chain} ({where}): test accuracy %, mean ± 95% interval (seeds and the test "
                 f"set's binomial variance; n "
                 f"seeds; below {MIN_SEEDS} seeds each seed's value){grain}"
                 + ("; [paper X]: the paper's published accuracy for the same dataset, pair, "
                    "tau and alpha (docs/claims.md, its sources)" if quoted else ""),
-                table, comparisons(part, decimals), _runs(part, "row", "column")))
+                table, comparisons(part, decimals), _runs(part, "row", "column"),
+                numbers=numbers))
     return out
+
+
+def interval_numbers(frame: pd.DataFrame, row: str, column: str, value: str,
+                     step: float | None, scale: float = 100) -> pd.DataFrame:
+    """Each (row, column) cell's mean, 95% interval and n as stats.cell prints them
+    (accuracy_interval: no interval below MIN_SEEDS), unrounded, the interval clipped to what a
+    share can be, [0, 100] (as the figures' bands): a Section's numbers."""
+    out = {}
+    for key, values in frame.groupby([row, column])[value]:
+        mean, half, n = accuracy_interval(values, step, scale)
+        out[key] = {"estimate": mean, "low": max(mean - half, 0.0),
+                    "high": min(mean + half, scale), "n": n, "p": math.nan}
+    return pd.DataFrame.from_dict(out, orient="index")
 
 
 def _with_paper(table: pd.DataFrame, chain: str, dataset: str, noise_rate: float) -> bool:

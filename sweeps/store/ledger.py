@@ -5,6 +5,8 @@ Layout under the storage root (trials are shared by every sweep that stores ther
     trials/<key>/model.pt          the trained model (what the next generation distils from),
                                    sealed with its SHA-256 like every checkpoint (kd_core/seal.py)
     trials/<key>/analysis.json     distributions of the paper's analyses of the final model
+    trials/<key>/predictions.npz   per test image: predicted class, confidence, the true class's
+                                   probability, the teacher's class (kd_core.analysis.predictions)
     trials/<key>/curve.png         its learning curve, drawn by its worker (curve.py)
     trials/<key>/bank-<dtype>.pt   the teacher-logit bank of a trained model (teacher_bank.py)
     trials/<key>/bank-<dtype>.json its size and SHA-256 (a node's fetched copy is checked)
@@ -38,11 +40,15 @@ listing of ``trials/`` (``Ledger.listing``), then a read of each result it lists
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
 import time
+import zipfile
 from enum import StrEnum
+
+import numpy as np
 
 from kd_core.seal import CheckpointError, SealBroken, unseal
 
@@ -59,6 +65,7 @@ class TrialFile(StrEnum):
     RESULT = "result.json"
     MODEL = "model.pt"
     ANALYSIS = "analysis.json"
+    PREDICTIONS = "predictions.npz"
     CURVE = "curve.png"
     FAILED = "failed.json"
     CLAIM = "claim.lease"
@@ -104,6 +111,20 @@ def digest_file(rel: str) -> str:
 # The `extra` key of a warning that names a corrupt file of another trial (a student reading
 # its teacher's model or bank): the worker only reads; its driver moves the file aside.
 CORRUPT = "kdsweep_corrupt"
+
+
+def predictions_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """A trial's per-image test predictions (kd_core.analysis.predictions) as its
+    predictions.npz: compressed numpy arrays, no pickled objects."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def read_predictions(data: bytes) -> dict[str, np.ndarray]:
+    """The arrays of a predictions.npz (no pickled object is ever loaded)."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
 
 
 def flag_corrupt(storage: Storage, rel: str, why: str) -> None:
@@ -282,6 +303,18 @@ class Ledger:
         return read_json_checked(self.storage, trial_file(key, TrialFile.FAILED), self.repair,
                                  self.found)
 
+    def predictions(self, key: str) -> dict | None:
+        """A trial's per-image test predictions (kd_core.analysis.predictions), or None: a
+        trial from before they were stored, or a file that does not read (flagged)."""
+        rel = trial_file(key, TrialFile.PREDICTIONS)
+        try:
+            return read_predictions(self.storage.read_bytes(rel))
+        except FileNotFoundError:
+            return None
+        except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+            flag_corrupt(self.storage, rel, f"not a predictions file ({e})")
+            return None
+
     def analysis(self, key: str) -> dict | None:
         """The distributions of the trial's analyses (kd_core.analysis), None if absent."""
         return read_json_checked(self.storage, trial_file(key, TrialFile.ANALYSIS), self.repair,
@@ -290,15 +323,18 @@ class Ledger:
     # ---- a trial's worker writes its own trial's outcome ------------------------------------
     def publish(
         self, key: str, model: bytes | None, result: TrialResult, analysis: dict | None = None,
-        curve: bytes | None = None,
+        curve: bytes | None = None, predictions: dict | None = None,
     ) -> None:
-        """The model, analyses and learning curve, then the result: a result in storage always
-        has its model beside it (``model`` None: stopped early or diverged, no model to distil
-        from)."""
+        """The model, analyses, per-image test predictions and learning curve, then the result:
+        a result in storage always has its model beside it (``model`` None: stopped early or
+        diverged, no model to distil from)."""
         if model is not None:
             self.storage.write_bytes(trial_file(key, TrialFile.MODEL), model)
         if analysis is not None:
             self.storage.write_json(trial_file(key, TrialFile.ANALYSIS), analysis)
+        if predictions is not None:
+            self.storage.write_bytes(trial_file(key, TrialFile.PREDICTIONS),
+                                     predictions_bytes(predictions))
         if curve is not None:
             self.storage.write_bytes(trial_file(key, TrialFile.CURVE), curve)
         self.storage.write_json(trial_file(key, TrialFile.RESULT), result.to_dict())

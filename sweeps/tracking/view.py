@@ -23,8 +23,20 @@ CURVES = ["test_acc", "val_acc", "train_acc", "test_loss", "train_loss", "logit_
 # the sweep's axes (params; inv_tau is a metric: 1/tau, 0 for tau = inf, so MSE has an axis too)
 AXES = ["setting", "alpha", "noise_rate", "model"]
 AXIS_METRICS = ["inv_tau", "test_acc"]
+# the runs table's visible columns, in this order: the results, then the sweep's axes (the UI's
+# column keys,
+# `<type>.\`<name>\``), so the view compares trials without opening "Show more columns"
+COLUMNS = [("metrics", "test_acc"), ("metrics", "val_acc"), ("params", "setting"),
+           ("params", "tau"), ("params", "alpha"), ("params", "noise_rate"), ("params", "seed"),
+           ("params", "model"), ("params", "generation"), ("params", "student")]
 VIEW_FIELDS = ("compareRunCharts", "compareRunSections", "isAccordionReordered",
-               "runsHiddenMode", "hideEmptyCharts", "searchFilter", "orderByKey", "orderByAsc")
+               "runsHiddenMode", "hideEmptyCharts", "searchFilter", "orderByKey", "orderByAsc",
+               "selectedColumns", "columnOrder")
+
+
+def column_key(kind: str, name: str) -> str:
+    """The UI's key of a runs-table column (its makeCanonicalSortKey)."""
+    return f"{kind}.`{name}`"
 
 
 def _line(uuid: str, section: str, metric: str) -> dict:
@@ -37,8 +49,9 @@ def _line(uuid: str, section: str, metric: str) -> dict:
 
 
 def view_state() -> dict:
-    """The saved view: trial runs only, newest first; sections "Model metrics" (the curves,
-    CURVES first), "sweep axes" (parallel coordinates), then "analysis" (final models)."""
+    """The saved view: trial runs only, best test accuracy first, COLUMNS visible; sections
+    "Model metrics" (the curves, CURVES first), "sweep axes" (parallel coordinates), then
+    "analysis" (final models)."""
     curves, axes, analysis = "kdsweep-curves", "kdsweep-axes", "kdsweep-analysis"
     charts = [_line(f"kdsweep-{m}", curves, m) for m in CURVES]
     charts.append({"uuid": "kdsweep-parallel", "type": "PARALLEL", "runsCountToCompare": 100,
@@ -51,7 +64,9 @@ def view_state() -> dict:
                 for uuid, name in ((curves, "Model metrics"), (axes, "sweep axes"),
                                    (analysis, "analysis"))]
     return {"searchFilter": "tags.`kdsweep.role` = 'trial'",
-            "orderByKey": "attributes.start_time", "orderByAsc": False,
+            "orderByKey": column_key("metrics", "test_acc"), "orderByAsc": False,
+            "selectedColumns": [column_key(k, n) for k, n in COLUMNS],
+            "columnOrder": [column_key(k, n) for k, n in COLUMNS],
             "compareRunCharts": charts, "compareRunSections": sections,
             "isAccordionReordered": True, "runsHiddenMode": "SHOW_ALL",
             "hideEmptyCharts": True}

@@ -115,8 +115,13 @@ class _TrainBase(_Strict):
         return self
 
     def config(self, *, loss: str, tau: float, alpha: float, seed: int, device: str) -> TrainConfig:
-        recipe = self.model_dump(exclude={"checkpoint_every"})
+        recipe = self.model_dump(exclude=NOT_RECIPE)
         return TrainConfig(**recipe, loss=loss, tau=tau, alpha=alpha, seed=seed, device=device)
+
+
+# The train section's fields that are not kd_core's recipe: how a trial is kept, not what it
+# learns, so no part of a trial's key (plan.trial_key).
+NOT_RECIPE = frozenset({"checkpoint_every", "store_logits"})
 
 
 def _recipe_fields() -> dict:
@@ -141,6 +146,9 @@ TrainSpec = create_model(
     "fields, plus how often a trial checkpoints.",
     **_recipe_fields(),
     checkpoint_every=(int, Field(1, ge=1)),  # epochs between trial checkpoints
+    # each trial's test-set logits (float16) in its predictions.npz beside the predicted class
+    # and the true class's probability it always holds (ledger.TrialFile.PREDICTIONS)
+    store_logits=(bool, Field(False)),
 )
 
 
@@ -159,7 +167,7 @@ class NoiseSpec(_Strict):
 
 class SettingSpec(_Strict):
     """One student setting beside the grid's product: e.g. the field's standard KD (kl, tau 4,
-    alpha 0.1: CE plus KL), or MSE at one alpha while KL sweeps several."""
+    alpha 0.9: 0.1 CE + 0.9 tau^2 KL), or MSE at one alpha while KL sweeps several."""
 
     loss: str
     tau: Tau | None = None  # kl only
