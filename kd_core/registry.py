@@ -111,7 +111,8 @@ class Registry:
                     e.check(name)
                 return e, m.groups()
         known = ", ".join(self.hint_names(seen))
-        raise UnknownName(f"unknown {self.kind} {name!r}: known {self.kind}s are {known}")
+        plural = "losses" if self.kind == "loss" else f"{self.kind}s"
+        raise UnknownName(f"unknown {self.kind} {name!r}: known {plural} are {known}")
 
     def hint_names(self, seen: list[Entry]) -> list[str]:
         return [f"{e.name} {e.facts['hint']}" if e.facts.get("hint") else e.name for e in seen]
@@ -136,9 +137,9 @@ class Registry:
             old.fn = fn
             old.defaults = kw.get("defaults", {})
             return fn
-        if old is not None and old.plugin != plugin:
-            raise ValueError(f"register_{self.kind}({name!r}): {name} is registered by "
-                             f"{old.origin} already")
+        # another plugin's entry of that name (a spec loaded before in this process): the
+        # latest load's, as a spec loads its plugins each time (two plugins of one spec that
+        # share a name are refused: registered_by)
         self.entries[name] = entry = Entry(self.kind, name, fn=fn, plugin=plugin, **kw)
         if _loading_module is not None:
             _by_module.setdefault(_loading_module, []).append(entry)
@@ -342,6 +343,11 @@ def load_plugin(ref: str, base: Path | None = None) -> Plugin:
     finally:
         _loading, _loading_module = before, None
     return plugin
+
+
+def registered_by(plugin: Plugin) -> list[tuple[str, str]]:
+    """(kind, name) of every entry ``plugin`` registered."""
+    return [(e.kind, e.name) for e in _by_module.get(plugin.module, [])]
 
 
 def _restore(module: str) -> None:

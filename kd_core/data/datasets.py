@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..names import DATASET_REGISTRY, check_validation
+from ..names import DATASET_REGISTRY, DATASETS, check_validation  # noqa: F401 (kd_core.data API)
 from ..registry import register_dataset
 from .augment import Augment
 from .noise import CIFAR10_ASYMMETRIC_MAP, NoisyLabels, apply_label_noise

@@ -36,6 +36,10 @@ def palette(settings) -> dict[str, tuple]:
     colours = dict(zip(kl, sns.color_palette("viridis", len(kl)), strict=True))
     colours.update({s: (0.84, 0.15, 0.16) for s in names if s.startswith("mse")})
     colours[ALONE] = (0.0, 0.0, 0.0)
+    # any other loss (a plugin's): a colour of its own, none of viridis's, red or black
+    other = [s for s in names if s not in colours]
+    tab = [c for i, c in enumerate(sns.color_palette("tab10", 10)) if i not in (3, 7)]
+    colours.update({s: tab[i % len(tab)] for i, s in enumerate(other)})
     return colours
 
 

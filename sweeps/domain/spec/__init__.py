@@ -224,6 +224,13 @@ def load_plugins(refs, source: str, base: Path | None) -> tuple[registry.Plugin,
         except (registry.PluginError, ValueError) as e:
             raise SpecError(f"{source}: plugins[{i}]: {e}".splitlines()[0]) from None
     names = [p.name for p in out]
+    seen: dict = {}
+    for p in out:
+        for kind, name in registry.registered_by(p):
+            if (kind, name) in seen:
+                raise SpecError(f"{source}: plugins: {p.ref} and {seen[kind, name]} both "
+                                f"register the {kind} {name!r}: rename one")
+            seen[kind, name] = p.ref
     if len(set(names)) < len(names):
         raise SpecError(f"{source}: plugins: two plugins named "
                         f"{next(n for n in names if names.count(n) > 1)!r}: rename one file")
