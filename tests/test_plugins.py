@@ -12,9 +12,11 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import yaml
+from mlflow.tracking import MlflowClient
 
 from kd_core.losses import distillation_loss
 from sweeps.domain.plan import build_plan
@@ -149,6 +151,17 @@ def test_edited_plugin_trains_its_trials_again_and_nothing_else(tmp_path):
     assert "generation 1: 2 trials" in first
     keys = trained()
     assert len(keys) == 3  # the teacher, the kl and the rkl student
+    # downstream: the Parquet row and the MLflow run name the plugin and its digest
+    digest = load_spec(path).loaded_plugins[0].digest
+    rows = pd.read_parquet(next((tmp_path / "store").rglob("results.parquet")))
+    by_loss = rows.set_index("loss")
+    assert by_loss.loc["rkl", "plugins"] == f"my_plugin@{digest}"
+    assert by_loss.loc["rkl", "tau"] == 4 and pd.isna(by_loss.loc["kl", "plugins"])
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("resume").experiment_id],
+                              "params.loss = 'rkl'")
+    assert [r.data.tags.get("kdsweep.plugin.my_plugin") for r in runs] == [digest]
+    assert runs[0].data.params["setting"] == "rkl tau=4"
     (tmp_path / "my_plugin.py").write_text(LOSSES.replace("Reverse KL", "Reverse-KL"))
     second = run()
     assert "generation 0: 1 trials (cnn-small 1); 1 done, 0 to train" in second, second

@@ -114,6 +114,10 @@ def _mlflow_row(client: MlflowClient, r, source: str, experiment: str) -> dict:
         "trained_on": t.get("kdsweep.trained_by", t.get("kdsweep.cluster")),
         "mlflow_run_id": r.info.run_id,
         "source": source,
+        "params": t.get("kdsweep.loss_params"),
+        "plugins": ", ".join(f"{k.removeprefix('kdsweep.plugin.')}@{v}"
+                             for k, v in sorted(t.items())
+                             if k.startswith("kdsweep.plugin.")) or None,
     }
     # a metric's latest value is its last epoch's; the analyses under their prefix (older runs
     # logged them bare)

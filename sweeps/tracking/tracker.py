@@ -10,6 +10,7 @@ The parent run is sweep_run.py; the transport, a queue and one writer thread, is
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import tempfile
 import threading
@@ -175,6 +176,8 @@ class Tracker:
         }
         for name, digest in trial.plugins:  # the plugins' code it used, by digest
             tags[f"kdsweep.plugin.{name}"] = digest
+        if trial.params:  # which params are its loss's own (the report's setting names them)
+            tags["kdsweep.loss_params"] = json.dumps(dict(trial.params), sort_keys=True)
         if trial.teacher_key:
             tags["kdsweep.teacher_key"] = trial.teacher_key
             if teacher_run := self.runs.get(trial.teacher_key):
