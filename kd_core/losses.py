@@ -108,4 +108,7 @@ def distillation_loss(
         )
     z_t = teacher_logits.detach().to(dtype)
     given = {"tau": tau, "alpha": alpha, **entry.defaults, **params}
+    if missing := [p for p in entry.params if p not in given]:
+        raise ValueError(f"loss {loss!r} takes {', '.join(missing)}, which has no default: "
+                         "give a value")
     return fn(z_s, z_t, targets, **{p: given[p] for p in entry.params})

@@ -43,7 +43,8 @@ def spec_with(tmp_path: Path, plugin: str | None = LOSSES, **over) -> Path:
 def test_example_losses_are_settings_and_kl_keeps_its_keys(tmp_path):
     with_plugins = load_spec(EXAMPLE / "digits-plugins.yaml")
     settings = {t.setting for t in build_plan(with_plugins).trials}
-    assert settings == {"alone (ce)", "kl tau=4", "mse", "rkl tau=4", "dkd tau=4 beta=8"}
+    assert settings == {"alone (ce)", "kl tau=4", "mse", "rkl tau=4", "dkd tau=4 beta=1",
+                        "dkd tau=4 beta=8"}
     # the same grid without the plugin: kdsweep's own trials keep their keys exactly
     raw = yaml.safe_load((EXAMPLE / "digits-plugins.yaml").read_text())
     raw.pop("plugins")
