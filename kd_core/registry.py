@@ -126,7 +126,10 @@ class Registry:
             raise ValueError(f"register_{self.kind}: name {name!r} must be letters, "
                              "digits, '-', '_' or '.'")
         old = self.entries.get(name)
-        plugin = _loading if _loading is not None else _module_plugin(fn)
+        # kd_core's own modules register as kdsweep's, even when a plugin's import is what
+        # first imports them (``from kd_core.models import Classifier``)
+        own = (getattr(fn, "__module__", "") or "").split(".")[0] == "kd_core"
+        plugin = None if own else _loading if _loading is not None else _module_plugin(fn)
         if old is not None and old.target is not None and old.plugin is None:
             if plugin is not None or fn.__module__ != old.target:
                 raise ValueError(f"register_{self.kind}({name!r}): {name} is kdsweep's own "
@@ -141,7 +144,7 @@ class Registry:
         # latest load's, as a spec loads its plugins each time (two plugins of one spec that
         # share a name are refused: registered_by)
         self.entries[name] = entry = Entry(self.kind, name, fn=fn, plugin=plugin, **kw)
-        if _loading_module is not None:
+        if _loading_module is not None and plugin is not None:
             _by_module.setdefault(_loading_module, []).append(entry)
         return fn
 

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from kd_core.losses import distillation_loss
 from sweeps.domain.plan import build_plan
-from sweeps.domain.spec import load_spec, parse_spec
+from sweeps.domain.spec import SpecError, load_spec, parse_spec
 from testkit.drivers import REPO, Cluster, ray_dir, write_spec
 
 EXAMPLE = REPO / "examples" / "plugins"
@@ -230,3 +230,53 @@ def test_plugin_only_on_the_driver_trains_on_a_worker_node(tmp_path):
     finally:
         cluster.stop()
         shutil.rmtree(ray_dir(tmp_path), ignore_errors=True)
+
+
+OWN_DATA_AND_MODEL = '''
+import numpy as np
+import kd_core
+from kd_core.models import Classifier
+from torch import nn
+
+
+@kd_core.register_dataset("stripes")
+def stripes(root=None, download=False):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 90)
+    x = (np.arange(6)[None, None, :, None] == y[:, None, None, None] * 2).repeat(6, 3)
+    x = (x * 255).astype(np.uint8)
+    return x[:60], y[:60], x[60:], y[60:]
+
+
+class Tiny(Classifier):
+    def __init__(self, num_classes, in_channels):
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.LazyLinear(8), nn.ReLU())
+        self.head = nn.Linear(8, num_classes)
+
+    def features(self, x):
+        return self.body(x.float())
+
+
+@kd_core.register_model("tiny-D", pattern=r"tiny-(\\d+)")
+def tiny(num_classes, in_channels, depth):
+    return Tiny(num_classes, in_channels)
+'''
+
+
+def test_a_plugins_dataset_and_model_are_named_like_kdsweeps_own(tmp_path):
+    from kd_core.data import load_dataset
+    from sweeps.app.preflight import check_models
+
+    path = spec_with(tmp_path, OWN_DATA_AND_MODEL, dataset={"name": "stripes"},
+                     chains=[["tiny-2", "cnn-small"]], grid={"loss": ["kl"], "seeds": [0]})
+    spec = load_spec(path)
+    data = load_dataset("stripes")
+    assert (data.num_classes, data.in_channels, len(data.train_labels)) == (3, 1, 60)
+    check_models(spec, data)  # both build on the meta device for 3 classes, 1 channel
+    digest = spec.loaded_plugins[0].digest
+    # the dataset is the plugin's: every trial's key covers its code, the teacher's too
+    assert all(dict(t.plugins) == {"my_plugin": digest} for t in build_plan(spec).trials)
+    # outside the spec that lists it, the plugin's names are unknown
+    with pytest.raises(SpecError, match="unknown dataset 'stripes'"):
+        parse_spec({"name": "x", "dataset": {"name": "stripes"}, "chains": [["cnn-small"]]})
