@@ -48,10 +48,9 @@ def run(args: argparse.Namespace) -> int:
     from kd_core.config import TrainConfig
     from kd_core.data import Augment
     from kd_core.loop import CheckpointFile, fit
+    from kd_core.registry import load_plugin
     from kd_core.run import RunSpec, build_trainer
     from kd_core.train import load_model
-
-    from kd_core.registry import load_plugin
 
     for ref in args.plugin:
         load_plugin(ref)  # PluginError (a ValueError): one line naming it

@@ -56,7 +56,6 @@ from .stats import (
 )
 from .tables import Section
 
-
 PAPER_LOSSES = ("kl", "mse")
 
 
