@@ -214,16 +214,21 @@ class Figures:
                   "Test accuracy of KL students over tau (grey line, dots in each setting's "
                   "colour; the largest alpha solid, each other alpha its own dashed line), per "
                   "student (rows: architecture and lineage) and noise rate; MSE red dashed, "
+                  "any other loss's settings (a plugin's) dash-dotted in their colours, "
                   "the architecture alone black dotted; grey triangles: the mean accuracy of "
                   "the teachers of each tau's students at the largest alpha (in generation 2, "
                   "each tau's own lineage). "
                   f"{self.spread}.")
 
     def _references(self, ax, part: pd.DataFrame, noise: str) -> None:
-        """MSE and the student's architecture alone, as horizontal lines."""
+        """MSE, any other loss's settings (a plugin's) and the student's architecture alone,
+        as horizontal lines."""
         mse = part[part.loss == "mse"].accuracy
         if len(mse):
             ax.axhline(mse.mean(), ls="--", color=self.colours["mse"], lw=1.2, label="mse")
+        others = part[~part.loss.isin(["kl", "mse"])]
+        for setting, acc in others.groupby("setting").accuracy:  # one line per setting
+            ax.axhline(acc.mean(), ls="-.", color=self.colours[setting], lw=1.2, label=setting)
         model = part.model.iloc[0]
         alone = self.df[(self.df.generation == 0) & (self.df.model == model)
                         & (self.df.noise == noise)].accuracy
