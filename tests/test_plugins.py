@@ -280,3 +280,38 @@ def test_a_plugins_dataset_and_model_are_named_like_kdsweeps_own(tmp_path):
     # outside the spec that lists it, the plugin's names are unknown
     with pytest.raises(SpecError, match="unknown dataset 'stripes'"):
         parse_spec({"name": "x", "dataset": {"name": "stripes"}, "chains": [["cnn-small"]]})
+
+
+def test_a_plugin_arm_is_in_the_tables_and_figures_never_in_the_claims(tmp_path):
+    """A plugin loss is a setting like any other: its row in the accuracy table and its line in
+    the accuracy figures; the paper's claims (C1-C6) are computed on the arms they name only,
+    so adding it changes no claim's evidence."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sweeps.report import report
+    from sweeps.report.claims import claims
+    from sweeps.report.load import load
+    from sweeps.store.results import SCHEMA
+    from tests.test_report import claim_rows
+
+    values = {("A>B", 0.0, "kl4"): ([72, 73, 75], [2.0, 2.3, 2.1]),
+              ("A>B", 0.0, "klinf"): ([74, 75, 75], [1.5, 1.7, 1.6]),
+              ("A>B", 0.0, "mse"): ([66, 67, 69], [1.0, 1.1, 1.3])}
+    paper = claim_rows(values)
+    # dkd students far from their teacher yet accurate: in C3 they would turn its correlation
+    plugin = [{**r, "key": r["key"].replace("mse", "dkd"), "loss": "dkd", "tau": 4.0,
+               "params": '{"beta": 8.0}', "plugins": "kd_losses@0123456789abcdef",
+               "test_acc": r["test_acc"] + 0.2, "train_logit_distance_median": 9.0}
+              for r in paper if r["loss"] == "mse"]
+    frames = {}
+    for name, rows_ in (("paper", paper), ("both", paper + plugin)):
+        path = tmp_path / f"{name}.parquet"
+        pq.write_table(pa.Table.from_pylist(rows_, schema=SCHEMA), path)
+        frames[name] = (path, load([str(path)])[0])
+    assert [s.text() for s in claims(frames["paper"][1])] == \
+        [s.text() for s in claims(frames["both"][1])]
+    text, paths = report([str(frames["both"][0])], tmp_path / "rep")
+    table = text.split("== A>B (noise=0)")[1].split("==")[0]
+    assert "dkd tau=4 beta=8" in table and "87.3" in table  # (66 + 67 + 69) / 3 + 20
+    assert "accuracy_vs_tau.png" in {p.name for p in paths}
