@@ -18,6 +18,10 @@ _API = {
     "init_model": "train",
     "load_model": "train",
     "train": "train",
+    "register_loss": "registry",
+    "register_model": "registry",
+    "register_dataset": "registry",
+    "load_plugin": "registry",
 }
 __all__ = list(_API)
 

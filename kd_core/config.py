@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from .names import check_loss_params
 
 # Fields that describe one trial, not the recipe shared by a sweep (the spec's grid sets them).
-PER_RUN = ("loss", "tau", "alpha", "seed", "device")
+PER_RUN = ("loss", "tau", "alpha", "loss_params", "seed", "device")
 
 
 # (field, lowest, highest) of the whole-number fields: BatchNorm cannot train on a batch of
@@ -35,6 +35,8 @@ class TrainConfig:
     loss: str = "ce"  # "ce" for teachers and baselines; "kl" or "mse" to distil
     tau: float = 1.0
     alpha: float = 1.0
+    # a registered loss's params beyond tau and alpha (kd_core.registry), as (name, value) pairs
+    loss_params: tuple[tuple[str, float], ...] = ()
     seed: int = 0
     device: str = "auto"  # "auto" picks CUDA when present
     eval_every: int = 1  # test-set evaluation interval in epochs (the last epoch always)
@@ -47,7 +49,8 @@ class TrainConfig:
     bank_budget_gb: float = 4.0
 
     def __post_init__(self):
-        check_loss_params(self.loss, self.tau, self.alpha)
+        object.__setattr__(self, "loss_params", tuple(tuple(p) for p in self.loss_params))
+        check_loss_params(self.loss, self.tau, self.alpha, dict(self.loss_params))
         for name, low, high in LIMITS:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:

@@ -8,7 +8,12 @@ from __future__ import annotations
 import math
 import re
 
-DATASETS = ("digits", "cifar10", "cifar100", "synthetic")
+from . import registry
+from .registry import DATASETS as DATASET_REGISTRY
+from .registry import LOSSES as LOSS_REGISTRY
+from .registry import MODELS as MODEL_REGISTRY
+
+DATASETS = ("digits", "cifar10", "cifar100", "synthetic")  # kdsweep's own
 # What a plan (and a report) needs to know of a dataset without reading it: training and test
 # images, classes, image shape, and the augmentation's crop padding and flip (so its views).
 DATASET_FACTS = {
@@ -42,7 +47,7 @@ CLASS_NAMES = {
     "cifar10": CIFAR10_CLASSES,
     "digits": tuple(str(d) for d in range(10)),
 }
-LOSSES = ("ce", "kl", "mse")
+LOSSES = ("ce", "kl", "mse")  # kdsweep's own; a plugin registers more (kd_core.registry)
 NOISE_KINDS = ("symmetric", "asymmetric")
 
 # name -> (conv channels of the two stages, hidden width of the penultimate layer)
@@ -56,15 +61,43 @@ WRN = re.compile(r"wrn-(\d+)-(\d+)")
 RESNET = re.compile(r"resnet-(\d+)")
 
 
+def _check_wrn(name: str) -> None:
+    m = WRN.fullmatch(name)
+    if (int(m[1]) - 4) % 6 or int(m[1]) < 10 or int(m[2]) < 1:
+        raise ValueError(f"bad WideResNet {name!r}: depth must be 6n+4 and width >= 1")
+
+
+def _check_resnet(name: str) -> None:
+    depth = int(RESNET.fullmatch(name)[1])
+    if (depth - 2) % 6 or depth < 8:
+        raise ValueError(f"bad CIFAR ResNet {name!r}: depth must be 6n+2")
+
+
+# kdsweep's own entries, declared by name (with their params and the module whose decorators
+# define them) so that a spec check resolves them without importing torch; the module's
+# @register_* fills the function in on first use, the same decorator a plugin uses.
+LOSS_REGISTRY.declare("ce", "kd_core.losses")
+LOSS_REGISTRY.declare("kl", "kd_core.losses", params=("tau", "alpha"))
+LOSS_REGISTRY.declare("mse", "kd_core.losses", params=("alpha",))
+MODEL_REGISTRY.declare("wrn-D-W", "kd_core.models", pattern=WRN, check=_check_wrn,
+                       facts={"hint": "(D = 6n+4, e.g. wrn-28-4)"})
+MODEL_REGISTRY.declare("resnet-D", "kd_core.models", pattern=RESNET, check=_check_resnet,
+                       facts={"hint": "(D = 6n+2, e.g. resnet-20)"})
+for _name in CNN_SIZES:
+    MODEL_REGISTRY.declare(_name, "kd_core.models")
+for _name in DATASETS:
+    DATASET_REGISTRY.declare(_name, "kd_core.data.datasets", facts=DATASET_FACTS.get(_name, {}))
+
+
 # The smallest tau: z/tau overflows fp16/bf16 logits (max ~65504) well before 1e-320, and the
 # paper's smallest studied tau is 0.1; 0.01 leaves room below it.
 MIN_TAU = 0.01
 
 
-def check_loss_params(loss: str, tau: float, alpha: float) -> None:
-    """Raise ValueError naming the bad argument; shared by the trainer config and the sweep spec."""
-    if loss not in LOSSES:
-        raise ValueError(f"unknown loss {loss!r}: expected one of {', '.join(LOSSES)}")
+def check_loss_params(loss: str, tau: float, alpha: float, params: dict | None = None) -> None:
+    """Raise ValueError naming the bad argument; shared by the trainer config and the sweep spec.
+    ``params``: a registered loss's params beyond tau and alpha."""
+    registry.check_loss_values(loss, params or {})
     if isinstance(tau, bool) or not isinstance(tau, (int, float)) or math.isnan(tau) or tau <= 0:
         raise ValueError(f"tau must be a positive number or inf, got {tau!r}")
     if tau < MIN_TAU:
@@ -80,25 +113,13 @@ def check_noise_params(kind: str, rate: float) -> None:
         raise ValueError(f"noise rate must lie in [0, 1), got {rate!r}")
 
 
-def unknown_model(name: str) -> ValueError:
-    return ValueError(
-        f"unknown model {name!r}: known models are wrn-D-W (D = 6n+4, e.g. wrn-28-4), "
-        f"resnet-D (D = 6n+2, e.g. resnet-20), {', '.join(CNN_SIZES)}"
-    )
-
-
 def check_model_name(name: str) -> None:
     """Validate a name (depth rules included) without allocating the model's weights."""
-    if m := WRN.fullmatch(name):
-        depth = int(m[1])
-        if (depth - 4) % 6 or depth < 10 or int(m[2]) < 1:
-            raise ValueError(f"bad WideResNet {name!r}: depth must be 6n+4 and width >= 1")
-    elif m := RESNET.fullmatch(name):
-        depth = int(m[1])
-        if (depth - 2) % 6 or depth < 8:
-            raise ValueError(f"bad CIFAR ResNet {name!r}: depth must be 6n+2")
-    elif name not in CNN_SIZES:
-        raise unknown_model(name)
+    MODEL_REGISTRY.resolve(name)
+
+
+def check_dataset_name(name: str) -> None:
+    DATASET_REGISTRY.resolve(name)
 
 
 def check_validation(fraction: float) -> None:

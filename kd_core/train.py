@@ -209,7 +209,8 @@ class Trainer:
                 else:
                     z_t = None if self.teacher is None else self.teacher(x)
                 z_s = self.forward(x)
-            loss = distillation_loss(z_s, z_t, y, loss=cfg.loss, tau=cfg.tau, alpha=cfg.alpha)
+            loss = distillation_loss(z_s, z_t, y, loss=cfg.loss, tau=cfg.tau, alpha=cfg.alpha,
+                                     **dict(cfg.loss_params))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()

@@ -60,11 +60,12 @@ def _measure(spec, plan, args, data) -> None:
     from .app.preflight import check_dataset, check_fits, local_resources
     from .app.sweep import connect
     from .ray.packing import measure, plan_shapes, render, suggest
+    from .ray.plugins import runtime_env
 
     if args.address is None:
         check_fits(spec.resources, spec.architectures, local_resources())
     counts = plan_shapes(spec, plan, data if data is not None else check_dataset(spec.dataset))
-    connect(args.address)
+    connect(args.address, runtime_env(spec))  # the plugins' files, for the measuring workers
     if args.address is None:
         check_fits(spec.resources, spec.architectures, ray.cluster_resources())
     measured = measure(spec, list(counts), args.steps)

@@ -102,3 +102,11 @@ def test_the_contract_sees_a_violation():
     names = imports(path, "sweeps.store.ledger")
     assert "sweeps.domain.record" in names and "sweeps.store.storage" in names
     assert layer_of("sweeps.app.sweep") == "app" and "app" not in BELOW["store"]
+
+
+def test_examples_use_kd_cores_public_api_only():
+    """A plugin in examples/ is what a researcher writes: kd_core's decorators, never sweeps."""
+    for path in sorted((ROOT / "examples").rglob("*.py")):
+        names = imports(path, path.stem)
+        assert not any(n.split(".")[0] == "sweeps" for n in names), path
+        assert all(n == "kd_core" for n in names if n.split(".")[0] == "kd_core"), path

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..names import DATASETS, check_validation
+from ..names import DATASET_REGISTRY, DATASETS, check_validation  # noqa: F401 (kd_core.data API)
+from ..registry import register_dataset
 from .augment import Augment
 from .noise import CIFAR10_ASYMMETRIC_MAP, NoisyLabels, apply_label_noise
 
@@ -93,14 +94,52 @@ class ImageData:
 def load_dataset(
     name: str, *, root: str | Path | None = None, download: bool = False, **kwargs
 ) -> ImageData:
-    """Load a dataset by name; ``synthetic`` takes n_train, n_test, num_classes, image_size."""
-    if name == "digits":
-        return _digits()
-    if name in ("cifar10", "cifar100"):
-        return _cifar(name, root, download, **kwargs)
-    if name == "synthetic":
-        return synthetic(**kwargs)
-    raise ValueError(f"unknown dataset {name!r}: expected one of {', '.join(DATASETS)}")
+    """Load a dataset by name (kd_core.registry; a plugin's too); ``synthetic`` takes n_train,
+    n_test, num_classes, image_size."""
+    entry = DATASET_REGISTRY.resolve(name)[0]
+    out = entry.load()(root=root, download=download, **kwargs)
+    return out if isinstance(out, ImageData) else from_arrays(name, out, entry.origin)
+
+
+def from_arrays(name: str, arrays, origin: str = "kdsweep") -> ImageData:
+    """ImageData from a loader's ``(train_images, train_labels, test_images, test_labels)``:
+    images (N, C, H, W) uint8, labels class indices; per-channel mean and std of the training
+    images, no augmentation."""
+    try:
+        x_tr, y_tr, x_te, y_te = (torch.as_tensor(np.asarray(a)) for a in arrays)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"dataset {name!r} ({origin}): its loader must return ImageData or "
+                         f"(train_images, train_labels, test_images, test_labels): {e}") from None
+    for what, x in (("train_images", x_tr), ("test_images", x_te)):
+        if x.dim() != 4 or x.dtype != torch.uint8:
+            raise ValueError(f"dataset {name!r} ({origin}): {what} must be (N, C, H, W) uint8, "
+                             f"got {tuple(x.shape)} {x.dtype}")
+    y_tr, y_te = y_tr.long(), y_te.long()
+    k = int(max(y_tr.max(), y_te.max())) + 1
+    mean = (x_tr.float() / 255).mean(dim=(0, 2, 3))
+    std = (x_tr.float() / 255).std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return ImageData(name, x_tr, y_tr, x_te, y_te, k, 255.0, tuple(mean.tolist()),
+                     tuple(std.tolist()), augment=Augment())
+
+
+@register_dataset("digits")
+def _digits_loader(root=None, download=False):
+    return _digits()
+
+
+@register_dataset("cifar10")
+def _cifar10(root=None, download=False, **kwargs):
+    return _cifar("cifar10", root, download, **kwargs)
+
+
+@register_dataset("cifar100")
+def _cifar100(root=None, download=False, **kwargs):
+    return _cifar("cifar100", root, download, **kwargs)
+
+
+@register_dataset("synthetic")
+def _synthetic(root=None, download=False, **kwargs):
+    return synthetic(**kwargs)
 
 
 def _digits(test_fraction: float = 0.25, split_seed: int = 0) -> ImageData:

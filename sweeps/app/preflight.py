@@ -33,7 +33,13 @@ def check_dataset(d: DatasetSpec) -> ImageData:
 
         data = load_dataset(d.name, root=d.root, download=d.download)
     except (FileNotFoundError, ValueError) as e:
-        raise SpecError(f"dataset: {e}") from None
+        raise SpecError(f"dataset: {e}".splitlines()[0]) from None
+    except Exception as e:  # a plugin's loader failing its own way: one line, naming it
+        from kd_core.registry import DATASETS
+
+        origin = DATASETS.resolve(d.name)[0].origin
+        raise SpecError(f"dataset.name: {d.name} ({origin}) fails to load: "
+                        f"{type(e).__name__}: {e}".splitlines()[0]) from None
     check_validation_share(d.validation, d.name, len(data.train_labels), data.num_classes)
     return data
 
@@ -50,6 +56,30 @@ def check_validation_share(share: float, name: str, images: int, classes: int) -
             f"dataset.validation: {share:g} holds out {held} of {name}'s {images} training "
             f"images, fewer than its {classes} classes (a class would have no held-out image); "
             f"the smallest share that works for {name} is {smallest:g}")
+
+
+def check_models(spec: SweepSpec, data: ImageData) -> None:
+    """Every architecture of the chains builds, on the meta device (no weights allocated), for
+    the dataset's classes and channels, and gives logits of one per class: a plugin's model
+    that cannot is one line naming it, before any work."""
+    import torch
+
+    from kd_core.models import build_model
+    from kd_core.registry import MODELS
+
+    for name in spec.architectures:
+        origin = MODELS.resolve(name)[0].origin
+        what = f"chains: model {name} ({origin}) for {spec.dataset.name}"
+        try:
+            with torch.device("meta"):
+                model = build_model(name, data.num_classes, data.in_channels)
+                out = model(torch.empty(2, *data.train_images.shape[1:]))
+        except Exception as e:
+            raise SpecError(f"{what} ({data.num_classes} classes, {data.in_channels} channels) "
+                            f"fails to build: {type(e).__name__}: {e}".splitlines()[0]) from None
+        if tuple(getattr(out, "shape", ())) != (2, data.num_classes):
+            raise SpecError(f"{what}: logits of shape {tuple(getattr(out, 'shape', ()))} for a "
+                            f"batch of 2, not (2, {data.num_classes})")
 
 
 def _bounded(what: str, fn):
@@ -237,4 +267,6 @@ def check_all(spec: SweepSpec, address: str | None) -> ImageData:
     check_tracking(spec.tracking_uri)
     if address is None:
         check_fits(spec.resources, spec.architectures, local_resources())
-    return check_dataset(spec.dataset)
+    data = check_dataset(spec.dataset)
+    check_models(spec, data)
+    return data

@@ -30,6 +30,7 @@ from ..domain.sampling import OptunaSource, optuna_sources  # noqa: E402
 from ..domain.scheduler import Scheduler  # noqa: E402
 from ..domain.spec import SpecError, SweepSpec  # noqa: E402
 from ..ray.engine import connect, run_experiment  # noqa: E402
+from ..ray.plugins import runtime_env  # noqa: E402
 from ..ray.teacher_bank import wants_shared_bank  # noqa: E402
 from ..store.lease import DriverLease, holder  # noqa: E402
 from ..store.ledger import Ledger, SweepFile, TrialState, sweep_file  # noqa: E402
@@ -147,6 +148,7 @@ def run_sweep(
         raise GridTooLarge(f"the grid plans {len(plan.trials)} trials (more than {max_trials}); "
                            "check it with `kdsweep plan`, then run it with --large")
     data = check_all(spec, address)
+    env = runtime_env(spec)  # the plugins' files, for every worker
     # each stored result read once in this run (a trial that ends from here on, trained by an
     # orphaned worker of a dead driver, is found by its worker's claim and recorded then);
     # read only: what is corrupt is repaired in reconcile, under the lease
@@ -155,7 +157,7 @@ def run_sweep(
     print(plan.describe(done), file=out, flush=True)
     faults.arm()
     if address is not None:  # a cluster is joined (or refused, in one line) before the lease
-        connect(address)
+        connect(address, env)
     # one driver per sweep and cluster, before Ray starts
     lease = DriverLease(storage, sweep_file(spec, SweepFile.LEASE))
     lease.on_lost = lambda held: _superseded(lease, held)
@@ -165,11 +167,12 @@ def run_sweep(
     try:
         # connect, unless every trial is in storage: then a rerun only exports (seconds)
         if len(done) < len(plan.trials) or retry_failed or spec.search.type == "optuna":
-            connect(address)
+            connect(address, env)
             if address is None:
                 # memory: as much as Ray granted
                 check_fits(spec.resources, spec.architectures, ray.cluster_resources())
-        return _train_and_export(spec, plan, data, snapshot, out, retry_failed, lease, address)
+        return _train_and_export(spec, plan, data, snapshot, out, retry_failed, lease, address,
+                                 env)
     finally:
         lease.release()
 
@@ -196,6 +199,7 @@ def _train_and_export(
     retry_failed: bool,
     lease: DriverLease,
     address: str | None,
+    env: dict | None = None,
 ) -> str:
     # On the way out (SIGTERM from `ray job stop`, which the CLI turns into SystemExit; Ctrl-C;
     # an error) the tracker sends what is queued while its sender pool still takes work:
@@ -214,7 +218,7 @@ def _train_and_export(
         todo = record_stored(plan, snapshot, events, sources, retry_failed, out, lease.check)
         scheduler = make_scheduler(spec, plan, snapshot, todo, sources, data, events)
         if todo or sources:
-            connect(address)  # already, unless storage changed since the count above
+            connect(address, env)  # already, unless storage changed since the count above
             run_experiment(spec, ledger, scheduler, events, lease.token)
         # export
         uri = export_results(plan, snapshot, tracker, lease.check())

@@ -17,7 +17,13 @@ def add_parser(sub) -> None:
     p.add_argument("--download", action="store_true", help="download CIFAR into --data-root")
     p.add_argument("--model", required=True, help="e.g. cnn-small, wrn-16-2, resnet-20")
     p.add_argument("--teacher", default=None, help="teacher checkpoint (from an earlier train)")
-    p.add_argument("--loss", default=None, help="ce | kl | mse (default: kl with a teacher)")
+    p.add_argument("--loss", default=None, help="ce | kl | mse | a plugin's (default: kl with a "
+                   "teacher)")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE",
+                   help="a .py file or module registering losses, models or datasets "
+                        "(repeatable)")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="a plugin loss's param beyond tau and alpha (repeatable)")
     p.add_argument("--tau", type=float, default=4.0, help="KL temperature; 'inf' for the limit")
     p.add_argument("--alpha", type=float, default=1.0)
     p.add_argument("--noise-kind", default="symmetric", help="symmetric | asymmetric")
@@ -42,11 +48,22 @@ def run(args: argparse.Namespace) -> int:
     from kd_core.config import TrainConfig
     from kd_core.data import Augment
     from kd_core.loop import CheckpointFile, fit
+    from kd_core.registry import load_plugin
     from kd_core.run import RunSpec, build_trainer
     from kd_core.train import load_model
 
+    for ref in args.plugin:
+        load_plugin(ref)  # PluginError (a ValueError): one line naming it
+    params = []
+    for item in args.param:
+        name, _, value = item.partition("=")
+        try:
+            params.append((name.strip(), float(value)))
+        except ValueError:
+            raise ValueError(f"--param {item}: NAME=NUMBER") from None
     loss = args.loss or ("kl" if args.teacher else "ce")
     cfg = TrainConfig(
+        loss_params=tuple(params),
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,

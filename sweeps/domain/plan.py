@@ -14,6 +14,8 @@ import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
+from kd_core import registry
+
 from .spec import GridSpec, SweepSpec
 from .spec.sections import NOT_RECIPE
 
@@ -33,6 +35,10 @@ class Trial:
     noise_rate: float
     seed: int
     teacher_key: str | None
+    # a loss's params beyond tau and alpha (a plugin's: grid.params), sorted (name, value) pairs
+    params: tuple[tuple[str, float], ...] = ()
+    # the plugins whose code it used (loss, model, dataset, its teacher's): name -> digest
+    plugins: tuple[tuple[str, str], ...] = ()
 
     @property
     def chain(self) -> str:
@@ -40,7 +46,7 @@ class Trial:
 
     @property
     def setting(self) -> str:
-        return setting_name(self.generation, self.loss, self.tau, self.alpha)
+        return setting_name(self.generation, self.loss, self.tau, self.alpha, self.params)
 
     @property
     def student(self) -> str:
@@ -57,22 +63,35 @@ class Trial:
         d = asdict(self)
         d["lineage"] = list(self.lineage)
         d["tau"] = _json_float(self.tau)
+        for name in ("params", "plugins"):  # absent where empty: the records from before
+            if d[name]:
+                d[name] = {k: v for k, v in d[name]}
+            else:
+                del d[name]
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Trial:
         tau = d["tau"]
+        pairs = {k: tuple(sorted((d.get(k) or {}).items())) for k in ("params", "plugins")}
         return cls(
-            **{**d, "lineage": tuple(d["lineage"]), "tau": None if tau is None else float(tau)}
+            **{**d, "lineage": tuple(d["lineage"]), "tau": None if tau is None else float(tau),
+               **pairs}
         )
 
 
-def setting_name(generation: int, loss: str, tau: float | None, alpha: float | None) -> str:
+def setting_name(generation: int, loss: str, tau: float | None, alpha: float | None,
+                 params=()) -> str:
     """What a student was trained with, one word for report rows, MLflow's `setting` param and
-    run names: "alone (ce)" (generation 0), "mse", "kl tau=4", "kl tau=inf a=0.5"."""
+    run names: "alone (ce)" (generation 0), "mse", "kl tau=4", "kl tau=inf a=0.5", a plugin's
+    loss with its params: "dkd tau=4 beta=8". ``params``: pairs or a mapping."""
     if generation == 0:
         return "alone (ce)"
-    what = "mse" if loss == "mse" else f"kl tau={'inf' if math.isinf(tau) else f'{tau:g}'}"
+    what = loss
+    if tau is not None and not math.isnan(tau):
+        what += f" tau={'inf' if math.isinf(tau) else f'{tau:g}'}"
+    for k, v in sorted(dict(params or ()).items()):
+        what += f" {k}={v:g}"
     if alpha is not None and not math.isnan(alpha) and alpha != 1.0:
         what += f" a={alpha:g}"
     return what
@@ -92,11 +111,13 @@ def objective(loss: str, tau: float | None, alpha: float | None) -> str:
 
 
 def setting_order(name: str) -> tuple:
-    """alone first, then kl by tau (inf last), then mse."""
+    """alone first, then kl by tau (inf last), then mse, then other losses by name."""
     if name.startswith("kl tau="):
         t = name.split("=")[1].split()[0]
         return (1, math.inf if t == "inf" else float(t), name)
-    return (2 if name == "mse" else 0, 0.0, name)
+    if name == "alone (ce)":
+        return (0, 0.0, name)
+    return (2 if name.split()[0] == "mse" else 3, 0.0, name)
 
 
 def student_name(generation: int, chain: str) -> str:
@@ -119,6 +140,8 @@ def trial_key(
     noise_rate: float,
     seed: int,
     teacher_key: str | None,
+    params: tuple = (),
+    plugins: tuple = (),
 ) -> str:
     identity = {
         "v": KEY_VERSION,
@@ -134,6 +157,12 @@ def trial_key(
     }
     if spec.dataset.validation:  # trained on less: another trial (absent: the keys from before)
         identity["validation"] = spec.dataset.validation
+    # a plugin's loss params and code (absent for kdsweep's own losses, models and datasets:
+    # their keys are those from before plugins)
+    if params:
+        identity["params"] = dict(params)
+    if plugins:
+        identity["code"] = dict(plugins)
     blob = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
@@ -148,13 +177,19 @@ def make_trial(
     alpha: float | None = None,
     noise_rate: float,
     seed: int,
+    params: tuple = (),
 ) -> Trial:
     """One trial; ``parent`` is its teacher (None for generation 0)."""
     if parent is None:
-        loss, tau, alpha = "ce", None, None
-    elif loss == "mse":
+        loss, tau, alpha, params = "ce", None, None, ()
+    entry = registry.loss_entry(loss)
+    if "tau" not in entry.params:
         tau = None  # mse ignores tau: one trial, not one per tau
+    if "alpha" not in entry.params and parent is not None:
+        alpha = None
+    params = tuple(sorted(params))
     teacher_key = parent.key if parent else None
+    plugins = code_used(spec, model, entry, parent)
     key = trial_key(
         spec,
         model=model,
@@ -164,6 +199,8 @@ def make_trial(
         noise_rate=noise_rate,
         seed=seed,
         teacher_key=teacher_key,
+        params=params,
+        plugins=plugins,
     )
     return Trial(
         key=key,
@@ -177,18 +214,35 @@ def make_trial(
         noise_rate=noise_rate,
         seed=seed,
         teacher_key=teacher_key,
+        params=params,
+        plugins=plugins,
     )
 
 
-def student_settings(grid: GridSpec) -> list[tuple[str, float | None, float]]:
-    """(loss, tau, alpha) combinations of the grid, then its extra settings; mse gets no
-    duplicate per tau, and no setting comes twice."""
+def code_used(spec: SweepSpec, model: str, loss: registry.Entry, parent: Trial | None
+              ) -> tuple[tuple[str, str], ...]:
+    """The plugins whose code decides a trial's result, with their digests: its dataset's,
+    model's and loss's, and its teacher's (empty: kdsweep's own code only)."""
+    digests = {p.name: p.digest for p in spec.loaded_plugins}
+    entries = [registry.DATASETS.resolve(spec.dataset.name)[0],
+               registry.MODELS.resolve(model)[0], loss]
+    used = dict(parent.plugins) if parent else {}
+    for name in registry.used_plugins(*entries):
+        used[name] = digests.get(name, "")
+    return tuple(sorted(used.items()))
+
+
+def student_settings(grid: GridSpec) -> list[tuple[str, float | None, float, tuple]]:
+    """(loss, tau, alpha, params) combinations of the grid, then its extra settings; a loss
+    without tau (mse) gets no duplicate per tau, and no setting comes twice."""
     out = []
     for loss in grid.loss:
-        for alpha in grid.alpha:
-            taus = grid.tau if loss == "kl" else [None]
-            out += [(loss, tau, alpha) for tau in taus]
-    out += [(e.loss, e.tau, e.alpha) for e in grid.extra]
+        takes_tau = "tau" in registry.loss_entry(loss).params
+        for params in grid.loss_settings(loss):
+            for alpha in grid.alpha:
+                taus = grid.tau if takes_tau else [None]
+                out += [(loss, tau, alpha, params) for tau in taus]
+    out += [(e.loss, e.tau, e.alpha, tuple(sorted(e.params.items()))) for e in grid.extra]
     return list(dict.fromkeys(out))
 
 
@@ -251,8 +305,25 @@ class Plan:
                        " of (1 - alpha) CE + alpha tau^2 KL")
         if "mse" in g.loss:
             out.append(f"mse: alpha {alphas} of (1 - alpha) CE + alpha MSE")
+        for loss in g.loss:
+            if loss in ("kl", "mse"):
+                continue
+            entry = registry.loss_entry(loss)
+            what = [f"tau {', '.join(f'{float(t):g}' for t in g.tau)}"] \
+                if "tau" in entry.params else []
+            combos = g.loss_settings(loss)
+            for p in [p for p, _ in combos[0]]:
+                values = dict.fromkeys(dict(c)[p] for c in combos)
+                what.append(f"{p} {', '.join(f'{v:g}' for v in values)}")
+            if "alpha" in entry.params:
+                what.append(f"alpha {alphas}")
+            n = len(combos) * (len(g.tau) if "tau" in entry.params else 1) * \
+                (len(g.alpha) if "alpha" in entry.params else 1)
+            digest = {p.name: p.digest for p in self.spec.loaded_plugins}.get(entry.plugin)
+            origin = f"{entry.origin} {digest}" if digest else entry.origin
+            out.append(f"{loss} ({origin}): {' x '.join(what) or 'no params'} ({n} settings)")
         if g.extra:
-            extra = (f"{setting_name(1, e.loss, e.tau, e.alpha)} "
+            extra = (f"{setting_name(1, e.loss, e.tau, e.alpha, e.params)} "
                      f"({objective(e.loss, e.tau, e.alpha)})" for e in g.extra)
             out.append("besides the grid: " + ", ".join(extra))
         return out
@@ -282,7 +353,7 @@ def build_plan(spec: SweepSpec) -> Plan:
                 if spec.grid.baselines:
                     for arch in chain[1:]:
                         add(make_trial(spec, arch, None, noise_rate=rate, seed=seed))
-                for loss, tau, alpha in settings:
+                for loss, tau, alpha, params in settings:
                     parent = teacher
                     for arch in chain[1:]:
                         parent = add(
@@ -295,6 +366,7 @@ def build_plan(spec: SweepSpec) -> Plan:
                                 alpha=alpha,
                                 noise_rate=rate,
                                 seed=seed,
+                                params=params,
                             )
                         )
     return Plan(spec, [g for g in generations if g])
@@ -320,6 +392,7 @@ def children(spec: SweepSpec, parents: list[Trial]) -> list[Trial]:
                     alpha=p.alpha,
                     noise_rate=p.noise_rate,
                     seed=p.seed,
+                    params=p.params,
                 )
                 out.setdefault(c.key, c)
     return list(out.values())

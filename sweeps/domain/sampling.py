@@ -54,6 +54,7 @@ class OptunaSource:
             alpha=self.spec.grid.alpha[0],
             noise_rate=t.noise_rate,
             seed=t.seed,
+            params=self.spec.grid.loss_settings(ot.params["loss"])[0],  # a plugin loss's own
         )
         self.waiting.setdefault(trial.key, []).append(ot)
         return trial

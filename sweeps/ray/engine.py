@@ -40,15 +40,18 @@ from ..store.storage import AWS_CREDENTIALS, StorageFull, node_cache
 from .trial import WorkerMessage, run_job
 
 
-def connect(address: str | None) -> None:
+def connect(address: str | None, runtime_env: dict | None = None) -> None:
     """Join the cluster at ``address`` ('auto' inside ray job submit), or start a Ray of our
     own: never one that `ray start` left on this machine (Ray's address discovery would join
-    it), and listening on 127.0.0.1 only."""
+    it), and listening on 127.0.0.1 only. ``runtime_env``: the job's (its plugins,
+    plugins.runtime_env), which every worker gets."""
     import ray
 
     if ray.is_initialized():
         return
     quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
+    if runtime_env:
+        quiet["runtime_env"] = runtime_env
     if address:
         _join(address, quiet)
         return

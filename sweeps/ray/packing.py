@@ -18,6 +18,7 @@ import ray
 import torch
 import yaml
 
+from kd_core import registry
 from kd_core.data import ImageData
 from kd_core.profile import GiB, MemoryProfile, Shape, profile_run
 
@@ -50,7 +51,9 @@ def plan_shapes(spec: SweepSpec, plan: Plan, data: ImageData) -> Counter:
     return counts
 
 
-def _measure(spec_dict: dict, shape: Shape, steps: int) -> MemoryProfile:
+def _measure(spec_dict: dict, shape: Shape, steps: int, plugins: tuple = ()) -> MemoryProfile:
+    for plugin in plugins:  # as the runtime environment shipped them (plugins.py)
+        registry.import_shipped(plugin)
     spec = SweepSpec.model_validate(spec_dict)
     torch.set_num_threads(max(1, int(spec.resources.for_model(shape.model)["cpu"])))
     if shape.teacher is None:
@@ -70,7 +73,7 @@ def measure(spec: SweepSpec, shapes: list[Shape], steps: int) -> dict[Shape, Mem
     task = ray.remote(max_calls=1)(_measure)
     refs = {
         s: task.options(num_cpus=spec.resources.for_model(s.model)["cpu"], num_gpus=gpus).remote(
-            spec.model_dump(), s, steps
+            spec.model_dump(), s, steps, spec.loaded_plugins
         )
         for s in shapes
     }

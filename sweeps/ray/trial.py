@@ -33,6 +33,7 @@ from ..store.ledger import CORRUPT, Ledger, SweepFile, sweep_file
 from ..store.resume import Attempts, TrialCheckpoints, flush_on_exit, trained_model
 from ..store.storage import Storage, StorageFull
 from .curve import learning_curve_png
+from .plugins import import_plugins
 from .teacher_bank import build_shared_bank, load_shared_bank
 
 
@@ -43,6 +44,7 @@ def run_spec(spec: SweepSpec, trial: Trial) -> RunSpec:
         alpha=1.0 if trial.alpha is None else trial.alpha,
         seed=trial.seed,
         device="auto",
+        loss_params=trial.params,
     )
     return RunSpec(
         dataset=spec.dataset.name,
@@ -134,6 +136,7 @@ def run_job(config: dict, spec: SweepSpec, driver_token: str) -> None:
     package = logging.getLogger("sweeps")
     package.addHandler(warnings)
     try:
+        import_plugins(spec)  # before any name of theirs is built
         _run_job(Job.from_config(config), spec, driver_token, warnings.report)
     except StorageFull as e:
         # Not this trial's failure, and no retry can help: say so, and the driver ends the run.

@@ -51,10 +51,14 @@ from .stats import (
 )
 from .tables import Section
 
+PAPER_LOSSES = ("kl", "mse")
+
 
 def claims(df: pd.DataFrame, margin: float = SIMILAR_MARGIN) -> list[Section]:
-    """C1-C6 from the done trials; ``margin``: C2's non-inferiority margin, accuracy points."""
-    students = df[df.generation > 0]
+    """C1-C6 from the done trials; ``margin``: C2's non-inferiority margin, accuracy points.
+    The paper's arms only (kl and mse students): a plugin's loss is in the tables and figures,
+    never in a claim's evidence (C3's correlation, C4's columns, C6's pairs)."""
+    students = df[(df.generation > 0) & df.loss.isin(PAPER_LOSSES)]
     if students.empty:
         return []
     return [c1(students), c2(students, margin), c3(students), c4(students), c5(students, df),

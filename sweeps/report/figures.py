@@ -44,6 +44,10 @@ def palette(settings) -> dict[str, tuple]:
     colours = dict(zip(kl, sns.color_palette("viridis", len(kl)), strict=True))
     colours.update({s: (0.84, 0.15, 0.16) for s in names if s.startswith("mse")})
     colours[ALONE] = (0.0, 0.0, 0.0)
+    # any other loss (a plugin's): a colour of its own, none of viridis's, red or black
+    other = [s for s in names if s not in colours]
+    tab = [c for i, c in enumerate(sns.color_palette("tab10", 10)) if i not in (3, 7)]
+    colours.update({s: tab[i % len(tab)] for i, s in enumerate(other)})
     return colours
 
 
@@ -270,6 +274,7 @@ class Figures:
                   "Test accuracy of KL students over tau (grey line, dots in each setting's "
                   "colour; the largest alpha solid, each other alpha its own dashed line), per "
                   "student (rows: architecture and lineage) and noise rate; MSE red dashed, "
+                  "any other loss's settings (a plugin's) dash-dotted in their colours, "
                   "the architecture alone black dotted; grey triangles: the mean accuracy of "
                   "the teachers of each tau's students at the largest alpha (in generation 2, "
                   "each tau's own lineage). The objective is (1 - alpha) CE + alpha tau^2 KL: "
@@ -277,10 +282,14 @@ class Figures:
                   f"{self.spread}; bands for the {BANDS} largest alphas only.")
 
     def _references(self, ax, part: pd.DataFrame, noise: str) -> None:
-        """MSE and the student's architecture alone, as horizontal lines."""
+        """MSE, any other loss's settings (a plugin's) and the student's architecture alone,
+        as horizontal lines."""
         mse = part[part.loss == "mse"].accuracy
         if len(mse):
             ax.axhline(mse.mean(), ls="--", color=self.colours["mse"], lw=1.2, label="mse")
+        others = part[~part.loss.isin(["kl", "mse"])]
+        for setting, acc in others.groupby("setting").accuracy:  # one line per setting
+            ax.axhline(acc.mean(), ls="-.", color=self.colours[setting], lw=1.2, label=setting)
         model = part.model.iloc[0]
         alone = self.df[(self.df.generation == 0) & (self.df.model == model)
                         & (self.df.noise == noise)].accuracy

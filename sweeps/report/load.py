@@ -4,6 +4,7 @@ stored results) or an MLflow experiment, each trial once, with the names the tab
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -47,13 +48,15 @@ def load(
         frames.append(from_mlflow(tracking_uri or "sqlite:///mlflow.db", experiment))
     df = pd.concat(frames, ignore_index=True)
     for column in ("trained_on", "test_acc_curve", "train_feature_cka", "selected_on",
-                   "validation"):
+                   "validation", "params", "plugins"):
         if column not in df:  # results written before the column existed
             df[column] = df["cluster"] if column == "trained_on" else None
     df = _once(df)
     if df.empty:  # nothing to derive from: the caller says there is nothing to report
         return df, specs
-    df["setting"] = [setting_name(r.generation, r.loss, r.tau, r.alpha) for r in df.itertuples()]
+    df["setting"] = [setting_name(r.generation, r.loss, r.tau, r.alpha,
+                                  json.loads(r.params) if isinstance(r.params, str) else None)
+                     for r in df.itertuples()]
     df["student"] = [student_name(r.generation, r.chain) for r in df.itertuples()]
     df["origin"] = df["cluster"] + "/" + df["sweep"]
     df = _with_teacher(df)
@@ -111,6 +114,10 @@ def _mlflow_row(client: MlflowClient, r, source: str, experiment: str) -> dict:
         "trained_on": t.get("kdsweep.trained_by", t.get("kdsweep.cluster")),
         "mlflow_run_id": r.info.run_id,
         "source": source,
+        "params": t.get("kdsweep.loss_params"),
+        "plugins": ", ".join(f"{k.removeprefix('kdsweep.plugin.')}@{v}"
+                             for k, v in sorted(t.items())
+                             if k.startswith("kdsweep.plugin.")) or None,
     }
     # a metric's latest value is its last epoch's; the analyses under their prefix (older runs
     # logged them bare)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 
 import pandas as pd
 import pyarrow as pa
@@ -53,6 +54,10 @@ SCHEMA = pa.schema(
         # was selected (a grid, a teacher). A test_ metric: selected on the test set.
         ("selected_on", pa.string()),
         ("validation", pa.float64()),  # the share of the training split held out (0: none)
+        # a plugin loss's params beyond tau and alpha, as JSON ({"beta": 8}); null: none
+        ("params", pa.string()),
+        # the plugins whose code the trial used, "name@digest, ..."; null: kdsweep's own only
+        ("plugins", pa.string()),
     ]
 )
 
@@ -89,8 +94,15 @@ def row(plan: Plan, trial: Trial, state: TrialState, result: TrialResult | None,
         selected_on=plan.spec.search.metric
         if plan.spec.search.selects and trial.generation > 0 else None,
         validation=plan.spec.dataset.validation,
+        params=json.dumps(dict(trial.params), sort_keys=True) if trial.params else None,
+        plugins=plugin_list(trial.plugins),
     )
     return out
+
+
+def plugin_list(plugins) -> str | None:
+    """"name@digest, ..." of a trial's plugins (pairs or a mapping); None for none."""
+    return ", ".join(f"{n}@{d}" for n, d in sorted(dict(plugins).items())) or None
 
 
 def write_results(plan: Plan, snapshot: Snapshot, runs: dict[str, str],

@@ -10,6 +10,7 @@ The parent run is sweep_run.py; the transport, a queue and one writer thread, is
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import tempfile
 import threading
@@ -180,6 +181,10 @@ class Tracker:
             "kdsweep.role": "trial",
             **self.sweep.common_tags,
         }
+        for name, digest in trial.plugins:  # the plugins' code it used, by digest
+            tags[f"kdsweep.plugin.{name}"] = digest
+        if trial.params:  # which params are its loss's own (the report's setting names them)
+            tags["kdsweep.loss_params"] = json.dumps(dict(trial.params), sort_keys=True)
         if trial.teacher_key:
             tags["kdsweep.teacher_key"] = trial.teacher_key
             if teacher_run := self.runs.get(trial.teacher_key):
@@ -188,7 +193,9 @@ class Tracker:
         run = self.client.create_run(self.experiment_id, run_name=trial.run_name, tags=tags)
         run_id = run.info.run_id
         params = {
-            **{k: v for k, v in trial.to_dict().items() if k not in ("key", "lineage")},
+            **{k: v for k, v in trial.to_dict().items()
+               if k not in ("key", "lineage", "params", "plugins")},
+            **dict(trial.params),  # a plugin loss's own params, as typed (beta 8)
             "setting": trial.setting,  # what to group by: with `student`, one cell of a table
             "student": trial.student,
             "dataset": self.spec.dataset.name,

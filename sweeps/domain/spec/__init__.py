@@ -11,8 +11,16 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from kd_core import registry
 from kd_core.names import check_model_name
 
 from .sections import (
@@ -64,6 +72,16 @@ class SweepSpec(_Strict):
     max_failures: int = Field(2, ge=0, le=MAX_FAILURES)
     # restarts of a trial whose node or worker was lost
     max_preemptions: int = Field(20, ge=0, le=MAX_PREEMPTIONS)
+    # losses, models and datasets of one's own: .py files (relative to the spec's folder) or
+    # installed modules' dotted names, imported before the rest is checked (parse_spec,
+    # kd_core.registry); their names are then the grid's, chains' and dataset's to use
+    plugins: list[str] = []
+    # the plugins as loaded (parse_spec): what a trial's key and a worker's import take
+    _plugins: tuple[registry.Plugin, ...] = PrivateAttr(default=())
+
+    @property
+    def loaded_plugins(self) -> tuple[registry.Plugin, ...]:
+        return self._plugins
 
     @field_validator("tracking_uri")
     @classmethod
@@ -195,14 +213,44 @@ def _explain(err: ValidationError) -> str:
     return "\n  ".join(lines)
 
 
-def parse_spec(data: dict, source: str = "<spec>") -> SweepSpec:
-    """Validate a spec mapping; SpecError lists every bad field."""
+def load_plugins(refs, source: str, base: Path | None) -> tuple[registry.Plugin, ...]:
+    """Import the spec's plugins, in order; SpecError: one line naming the plugin."""
+    if not isinstance(refs, list) or not all(isinstance(r, str) and r.strip() for r in refs):
+        raise SpecError(f"{source}: plugins: a list of .py files or module names, got {refs!r}")
+    out = []
+    for i, ref in enumerate(refs):
+        try:
+            out.append(registry.load_plugin(ref, base))
+        except (registry.PluginError, ValueError) as e:
+            raise SpecError(f"{source}: plugins[{i}]: {e}".splitlines()[0]) from None
+    names = [p.name for p in out]
+    seen: dict = {}
+    for p in out:
+        for kind, name in registry.registered_by(p):
+            if (kind, name) in seen:
+                raise SpecError(f"{source}: plugins: {p.ref} and {seen[kind, name]} both "
+                                f"register the {kind} {name!r}: rename one")
+            seen[kind, name] = p.ref
+    if len(set(names)) < len(names):
+        raise SpecError(f"{source}: plugins: two plugins named "
+                        f"{next(n for n in names if names.count(n) > 1)!r}: rename one file")
+    return tuple(out)
+
+
+def parse_spec(data: dict, source: str = "<spec>", base: Path | None = None) -> SweepSpec:
+    """Validate a spec mapping; SpecError lists every bad field. Its plugins are imported first
+    (relative paths from ``base``, the spec's folder), and its names resolve to kdsweep's own
+    entries and theirs only."""
     if not isinstance(data, dict):
         raise SpecError(f"{source}: a sweep spec is a YAML mapping, got {type(data).__name__}")
+    plugins = load_plugins(data.get("plugins", []), source, base)
     try:
-        return SweepSpec.model_validate(data)
+        with registry.visible(p.name for p in plugins):
+            spec = SweepSpec.model_validate(data)
     except ValidationError as e:
         raise SpecError(f"{source}: invalid sweep spec:\n  {_explain(e)}") from None
+    spec._plugins = plugins
+    return spec
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -265,7 +313,7 @@ def load_spec(path: str | Path) -> SweepSpec:
         ) from None
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
-        return parse_spec(data, str(path))
+        return parse_spec(data, str(path), path.parent)
     except yaml.YAMLError as e:
         raise SpecError(f"{path}: not valid YAML: {e}") from None
     except _TooLong as e:

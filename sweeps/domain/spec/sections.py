@@ -19,9 +19,10 @@ from pydantic import (
     model_validator,
 )
 
+from kd_core import registry
 from kd_core.config import PER_RUN, TrainConfig
 from kd_core.names import (
-    DATASETS,
+    check_dataset_name,
     check_loss_params,
     check_model_name,
     check_noise_params,
@@ -95,8 +96,7 @@ class DatasetSpec(_Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, v):
-        if v not in DATASETS:
-            raise ValueError(f"unknown dataset {v!r}: expected one of {', '.join(DATASETS)}")
+        check_dataset_name(v)  # kdsweep's own or a plugin's (kd_core.registry)
         return v
 
     @model_validator(mode="after")
@@ -114,9 +114,11 @@ class _TrainBase(_Strict):
         self.config(loss="ce", tau=1.0, alpha=1.0, seed=0, device="auto")
         return self
 
-    def config(self, *, loss: str, tau: float, alpha: float, seed: int, device: str) -> TrainConfig:
+    def config(self, *, loss: str, tau: float, alpha: float, seed: int, device: str,
+               loss_params: tuple = ()) -> TrainConfig:
         recipe = self.model_dump(exclude=NOT_RECIPE)
-        return TrainConfig(**recipe, loss=loss, tau=tau, alpha=alpha, seed=seed, device=device)
+        return TrainConfig(**recipe, loss=loss, tau=tau, alpha=alpha, seed=seed, device=device,
+                           loss_params=loss_params)
 
 
 # The train section's fields that are not kd_core's recipe: how a trial is kept, not what it
@@ -165,21 +167,56 @@ class NoiseSpec(_Strict):
         return self
 
 
+def student_loss(name: str) -> registry.Entry:
+    """A loss a student may distil with: registered (kdsweep's own or a plugin's), not ce."""
+    if name == "ce":
+        raise ValueError("unknown loss 'ce': students distil (ce is the baseline's, "
+                         "grid.baselines)")
+    try:
+        return registry.loss_entry(name)
+    except registry.UnknownName as e:
+        raise ValueError(f"{e} (ce is the baselines'; a plugin adds more: `plugins:`)") from None
+
+
+def loss_params(name: str, given: dict) -> tuple[tuple[str, float], ...]:
+    """The (name, value) pairs a loss's params beyond tau and alpha take: ``given``'s value,
+    else the function's default; ValueError names a param with neither."""
+    entry = registry.loss_entry(name)
+    out = []
+    for p in entry.params:
+        if p in registry.GRID_PARAMS:
+            continue
+        if p in given:
+            out.append((p, given[p]))
+        elif p in entry.defaults:
+            out.append((p, float(entry.defaults[p])))
+        else:
+            raise ValueError(f"loss {name!r} ({entry.origin}) takes {p}, which has no default: "
+                             f"give it in grid.params.{p} (a list of values)")
+    return tuple(out)
+
+
 class SettingSpec(_Strict):
     """One student setting beside the grid's product: e.g. the field's standard KD (kl, tau 4,
-    alpha 0.9: 0.1 CE + 0.9 tau^2 KL), or MSE at one alpha while KL sweeps several."""
+    alpha 0.9: 0.1 CE + 0.9 tau^2 KL), or MSE at one alpha while KL sweeps several; a plugin's
+    loss with its own params (``{loss: dkd, tau: 4, params: {beta: 8}}``)."""
 
     loss: str
-    tau: Tau | None = None  # kl only
+    tau: Tau | None = None  # a loss that takes tau (kl)
     alpha: float = 1.0
+    params: dict[str, float] = {}  # a plugin loss's params beyond tau and alpha
 
     @model_validator(mode="after")
     def _valid(self):
-        if self.loss not in ("kl", "mse"):
-            raise ValueError(f"unknown loss {self.loss!r}: students use kl or mse")
-        if (self.tau is None) == (self.loss == "kl"):
-            raise ValueError("kl takes a tau, mse none")
-        check_loss_params(self.loss, 1.0 if self.tau is None else self.tau, self.alpha)
+        entry = student_loss(self.loss)
+        if (self.tau is None) == ("tau" in entry.params):
+            raise ValueError(f"{self.loss} takes a tau" if self.tau is None
+                             else f"{self.loss} takes no tau")
+        if self.alpha != 1.0 and "alpha" not in entry.params:
+            raise ValueError(f"{self.loss} takes no alpha")
+        check_loss_params(self.loss, 1.0 if self.tau is None else self.tau, self.alpha,
+                          self.params)
+        loss_params(self.loss, self.params)
         return self
 
 
@@ -187,6 +224,9 @@ class GridSpec(_Strict):
     loss: Annotated[list[str], BeforeValidator(_as_list)] = ["kl"]
     tau: Annotated[list[Tau], BeforeValidator(_as_list)] = [4.0]  # kl only
     alpha: Annotated[list[float], BeforeValidator(_as_list)] = [1.0]
+    # a plugin loss's params beyond tau and alpha, each a list crossed with the rest for the
+    # losses that take it (a param a loss gives a default may be left out)
+    params: dict[str, Annotated[list[float], BeforeValidator(_as_list)]] = {}
     noise: NoiseSpec = NoiseSpec()
     seeds: Annotated[list[int], BeforeValidator(_as_list)] = [0]
     baselines: bool = True  # also train every student architecture alone (CE), per noise and seed
@@ -215,8 +255,7 @@ class GridSpec(_Strict):
     @classmethod
     def _losses(cls, v):
         for name in v:
-            if name not in ("kl", "mse"):
-                raise ValueError(f"unknown loss {name!r}: students use kl or mse")
+            student_loss(name)
         return v
 
     @field_validator("tau")
@@ -232,6 +271,36 @@ class GridSpec(_Strict):
         for a in v:
             check_loss_params("kl", 1.0, a)
         return v
+
+    @model_validator(mode="after")
+    def _params(self):
+        """Every grid.params name is a param of a grid loss, with values; every param of a grid
+        loss beyond tau and alpha has values here or a default."""
+        taken = set()
+        for name in self.loss:
+            entry = registry.loss_entry(name)
+            taken |= set(entry.params)
+            loss_params(name, dict.fromkeys(self.params, 0.0))
+        for p, values in self.params.items():
+            if p in registry.GRID_PARAMS:
+                raise ValueError(f"params.{p}: {p} is grid.{p}'s")
+            if p not in taken:
+                raise ValueError(f"params.{p}: no loss of grid.loss takes {p}")
+            if not values:
+                raise ValueError(f"params.{p}: must list at least one value")
+            for v in values:
+                if not math.isfinite(v):
+                    raise ValueError(f"params.{p}: a finite number, got {v!r}")
+        return self
+
+    def loss_settings(self, loss: str) -> list[tuple[tuple[str, float], ...]]:
+        """A loss's extra params, every combination the grid gives (one empty one for a loss
+        without any)."""
+        combos: list[tuple] = [()]
+        for p, value in loss_params(loss, dict.fromkeys(self.params)):
+            values = self.params.get(p, [value])
+            combos = [(*c, (p, float(v))) for c in combos for v in values]
+        return combos
 
 
 class AshaSpec(_Strict):
