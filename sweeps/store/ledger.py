@@ -32,7 +32,8 @@ files, the result of a trial ASHA stopped (its worker was stopped before it coul
 repairs trials' files only in ``reconcile``, at the start of its run, under its lease. The
 driver reads each stored result once per run (snapshot.py); `kdsweep status` reads with
 ``repair=False`` and changes nothing. What a driver knows of many trials at once comes from one
-listing of ``trials/`` (``Ledger.listing``), then a read of each result it lists.
+listing of its own trials' files (``Ledger.listing``: each key's folder, or ``trials/`` whole
+where that costs less), then a read of each result it lists.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterable
 from enum import StrEnum
 
 from kd_core.seal import CheckpointError, SealBroken, unseal
@@ -144,14 +146,19 @@ def read_json_checked(storage: Storage, rel: str, repair: bool = True,
 
 
 class Listing:
-    """Which files each trial has in storage, from one listing of ``trials/``: key -> file
-    name -> [size, mtime_ns]. A file it does not hold was not there when it was taken."""
+    """Which files each trial has in storage, from one listing: key -> file name -> [size,
+    mtime_ns]. A file it does not hold was not there when it was taken, for a key it
+    ``covers`` (every key, or the keys it was taken for: Ledger.listing)."""
 
-    def __init__(self, files: dict[str, list[int]]):
+    def __init__(self, files: dict[str, list[int]], keys: set[str] | None = None):
+        self.keys = keys
         self.trials: dict[str, dict[str, list[int]]] = {}
         for rel, stamp in files.items():
             _, key, name = rel.split("/", 2)
             self.trials.setdefault(key, {})[name] = stamp
+
+    def covers(self, key: str) -> bool:
+        return self.keys is None or key in self.keys
 
     def names(self, key: str) -> dict[str, list[int]]:
         return self.trials.get(key, {})
@@ -249,10 +256,14 @@ class Ledger:
                 return state
         return TrialState.PENDING
 
-    def listing(self) -> Listing:
-        """Every trial's files, from one listing of ``trials/`` (sharded by the keys' first hex
-        digit once it outgrows a page)."""
-        return Listing(self.storage.list_files("trials", shards="0123456789abcdef"))
+    def listing(self, keys: Iterable[str] | None = None) -> Listing:
+        """The trials' files, from one listing of ``trials/`` (sharded by the keys' first hex
+        digit once it outgrows a page). ``keys``: only these trials' (a sweep's, on a root
+        every sweep shares), from one listing of each key's folder, concurrently, where that
+        costs less than the root's listing (Storage.list_files, ``only``)."""
+        wanted = None if keys is None else set(keys)
+        return Listing(self.storage.list_files("trials", shards="0123456789abcdef",
+                                               only=wanted), wanted)
 
     def has_model(self, key: str) -> bool:
         return self.storage.exists(trial_file(key, TrialFile.MODEL))
@@ -264,7 +275,8 @@ class Ledger:
         this node proved before, read again only when their size or time changed; ``listing``:
         the model's stamp, when listed already."""
         rel = trial_file(key, TrialFile.MODEL)
-        stamp = listing.stamp(key, TrialFile.MODEL) if listing else self.storage.stamp(rel)
+        stamp = (listing.stamp(key, TrialFile.MODEL) if listing and listing.covers(key)
+                 else self.storage.stamp(rel))
         if stamp is None:
             return "gone"
         uri = self.storage.uri_of(rel)
