@@ -120,11 +120,13 @@ def concurrently(fn, items: list, width: int = IN_FLIGHT) -> list:
     return out
 
 
-# Where listing each wanted name's folder overtakes listing the whole folder: per name while
-# the names are at most PER_PAGE times the folder's pages (1,000 objects a page). Per name costs
-# one request a name, IN_FLIGHT at once; the whole folder one request a page, its 16 shards at
-# once, each page longer to serve and parse (benchmarks/listing_rule.py, RESULTS.md).
-PER_PAGE = 2.0
+# Where listing each wanted name's folder overtakes listing the whole folder (its first page
+# read, its shards listed at once, each a page after another): per name while its rounds of
+# IN_FLIGHT listings are at most PAGE_ROUNDS times the shards' pages one after another. A page
+# of 1,000 objects takes longer to serve and parse than a listing of a trial's few files: on
+# moto behind the 50 ms proxy per name stayed faster up to 5.6-8x the rounds (roots of 4 and 16
+# pages: benchmarks/listing_rule.py, RESULTS.md), so 4 keeps to where it was measured faster.
+PAGE_ROUNDS = 4.0
 PAGE = 1000  # objects in one page of S3's ListObjectsV2
 
 
@@ -138,9 +140,10 @@ def folder_pages(last: str, alphabet: str) -> float:
     return 1.0 / max(share + scale, 1e-12)
 
 
-def per_name(names: int, pages: float) -> bool:
-    """Whether ``names`` listings of their own cost less than ``pages`` pages of the folder."""
-    return names <= PER_PAGE * pages
+def per_name(names: int, pages: float, width: int = IN_FLIGHT, shards: int = 16) -> bool:
+    """Whether ``names`` listings of their own, ``width`` at once, cost less time than the
+    rest of a folder of ``pages`` pages listed in ``shards`` shards at once (PAGE_ROUNDS)."""
+    return names / width <= PAGE_ROUNDS * max(1.0, pages / shards)
 
 
 class WriteConflict(Exception):
@@ -254,28 +257,35 @@ class Storage:
             except (FileNotFoundError, NotADirectoryError):
                 return {}
             return self._walk([self.path(prefix + n) for n in only if n in there])
-        files, more = self._list(prefix, pages=1)
-        if more and only is not None and shards:
+        wanted = None if only is None else (only if isinstance(only, set | frozenset)
+                                            else set(only))
+
+        def keep(part: dict[str, list[int]]) -> dict[str, list[int]]:
+            """Only the wanted names' files (each shard's as it comes: the root's whole
+            listing is never held at once)."""
+            if wanted is None:
+                return part
+            return {r: s for r, s in part.items() if r[len(prefix):].split("/", 1)[0] in wanted}
+
+        first, more = self._list(prefix, pages=1)
+        files = keep(first)
+        if more and wanted is not None and shards:
             # the first page ends at a name whose place among all names (uniform: hashes)
-            # tells how many pages the whole folder holds; names before it are complete
-            last = max(files)[len(prefix):].split("/", 1)[0]
-            rest = [n for n in only if f"{n}/" >= f"{last}/"]
-            if per_name(len(rest), folder_pages(last, shards)):
+            # tells how many pages the whole folder holds; the names before it it holds whole
+            last = max(first)[len(prefix):].split("/", 1)[0]
+            rest = [n for n in wanted if f"{n}/" >= f"{last}/"]
+            if per_name(len(rest), folder_pages(last, shards), self.width, len(shards)):
                 for part in concurrently(lambda n: self._list(f"{prefix}{n}/")[0], rest,
                                          self.width):
                     files.update(part)
                 more = False
         if more and shards:
             files = {}
-            for part in concurrently(lambda c: self._list(prefix + c)[0], list(shards),
+            for part in concurrently(lambda c: keep(self._list(prefix + c)[0]), list(shards),
                                      self.width):
                 files.update(part)
         elif more:
-            files = self._list(prefix)[0]
-        if only is not None:
-            wanted = only if isinstance(only, set | frozenset | dict) else set(only)
-            files = {r: s for r, s in files.items()
-                     if r[len(prefix):].split("/", 1)[0] in wanted}
+            files = keep(self._list(prefix)[0])
         return files
 
     def _list(self, prefix: str, pages: int | None = None) -> tuple[dict[str, list[int]], bool]:
