@@ -13,9 +13,12 @@ Layout under the storage root (trials are shared by every sweep that stores ther
     trials/<key>/progress.json     the last epoch of a running trial that is in storage
     trials/<key>/attempts.json     starts and errors (resume.Attempts)
     trials/<key>/checkpoint-{a,b}.pt  the trial's own checkpoints (resume.TrialCheckpoints)
-    sweeps/<name>/<cluster>/trials.json      every trial the sweep knew at its run's start
+    sweeps/<name>/<cluster>/trials.json      every trial the sweep knew at its run's start: its
+                                             plan, and the trials earlier runs found (folded in
+                                             from added/, their keys in its ``added``)
     sweeps/<name>/<cluster>/added/<key>.json a trial found during a run (sampled by optuna, or
-                                             below a sampled one): one file each, not the list
+                                             below a sampled one): one file each, not the list,
+                                             until the next run's start folds it into the list
     sweeps/<name>/<cluster>/results.parquet  one row per trial
     sweeps/<name>/<cluster>/driver.lease     the driver's fenced lease (lease.DriverLease)
 (Ray Tune's experiment state is not in storage: kdsweep never restores it, so it stays on the
