@@ -2,6 +2,8 @@
 states it derives are the states a probe of every file gives, and stored results are read
 once each. Local storage here; the same on S3, counted request by request, in test_s3.py."""
 
+import os
+
 import pytest
 
 from sweeps.domain.plan import build_plan
@@ -62,6 +64,27 @@ def test_only_listed_results_are_read(mixed, monkeypatch):
     assert sorted(read) == sorted(t.key for t in stored)
 
 
+def test_a_sweep_lists_only_its_own_trials_folders_on_a_shared_root(mixed, monkeypatch):
+    """Issue 43: start-up and status read the sweep's own trials, not every sweep's the root
+    holds (one read of the root's names, then only the planned keys' folders), and derive the
+    states a listing of the whole root gives."""
+    ledger, stored, planned = mixed
+    keys = [t.key for t in planned]
+    walked = []
+    real = ledger.storage._walk
+    monkeypatch.setattr(ledger.storage, "_walk", lambda tops: walked.extend(tops) or real(tops))
+    snap = Snapshot.load(ledger, keys)
+    there = set(os.listdir(ledger.storage.path("trials")))
+    assert sorted(walked) == sorted(ledger.storage.path(f"trials/{k}") for k in keys
+                                    if k in there)  # no other sweep's folder
+    assert set(snap.listing.trials) <= set(keys) and not snap.listing.covers(stored[0].key)
+    whole = ledger.listing()
+    assert snap.states == {k: ledger.state(k, ledger.result(k), whole.names(k)) for k in keys}
+    assert {k: snap.listing.names(k) for k in keys} == {k: whole.names(k) for k in keys}
+    # a key outside the listing is probed, not taken for one without files
+    assert snap.has_bank(stored[0].key, "bfloat16")
+
+
 def test_a_listing_holds_every_file_with_its_stamp(tmp_path):
     storage = Storage(str(tmp_path))
     rels = [f"trials/{k:020x}/{name}" for k in range(40) for name in ("a.json", "b.pt")]
@@ -90,3 +113,51 @@ def test_trials_found_during_a_run_are_a_file_each_and_join_the_list(tmp_path):
     (tmp_path / "sweeps/added/local/added/bb.json").write_text("{not json")
     assert [t["key"] for t in ledger.trial_list(spec)] == ["aa", "cc"]  # corrupt: moved aside
     assert list(tmp_path.rglob("bb.json.corrupt-*"))
+
+
+def test_trials_added_during_runs_are_folded_into_the_list_at_the_next_start(tmp_path):
+    """Issue 43: a driver's start folds the added/ files into the trial list it writes, then
+    removes them, so `kdsweep status` reads the list and an empty folder, not a file per trial
+    ever sampled. A kill between the fold and the removal (the fault point, a real SIGKILL)
+    leaves files that the next start folds again: the same list, nothing twice."""
+    import subprocess
+    import sys
+
+    spec = parse_spec({"name": "fold", "dataset": {"name": "digits"},
+                       "chains": [["cnn-small", "cnn-small"]], "storage": str(tmp_path)})
+    folder = tmp_path / "sweeps/fold/local/added"
+    planned, a, b, c = ({"key": k, "generation": 1} for k in ("p0", "aa", "bb", "cc"))
+    run1 = Ledger(Storage(spec.storage))
+    run1.save_trial_list(spec, [planned], fence=1)
+    run1.save_added_trial(spec, a, fence=1)
+    run1.save_added_trial(spec, b, fence=1)
+    assert sorted(p.name for p in folder.iterdir()) == ["aa.json", "bb.json"]
+
+    run2 = Ledger(Storage(spec.storage))
+    run2.save_trial_list(spec, [planned], fence=2)  # the next run's start
+    assert run2.trial_list(spec) == [planned, a, b] and not list(folder.iterdir())
+    run2.save_added_trial(spec, a, fence=2)  # its sampler finds an earlier sample again
+    assert not list(folder.iterdir())
+    run2.save_added_trial(spec, c, fence=2)  # and a new one
+    assert [p.name for p in folder.iterdir()] == ["cc.json"]
+
+    # killed between the fold and the removal
+    code = ("from types import SimpleNamespace as N; from sweeps.store.ledger import Ledger;"
+            "from sweeps.store.storage import Storage;"
+            f"Ledger(Storage({str(tmp_path)!r})).save_trial_list("
+            "N(name='fold', cluster='local'), [{'key': 'p0', 'generation': 1}], fence=3)")
+    env = {**os.environ, "KDSWEEP_FAULT": "added-folded"}
+    killed = subprocess.run([sys.executable, "-c", code], env=env, start_new_session=True,
+                            timeout=120)
+    assert killed.returncode == -9
+    assert [p.name for p in folder.iterdir()] == ["cc.json"]  # folded, not removed:
+    assert Storage(spec.storage).read_json("sweeps/fold/local/trials.json")["added"] == [
+        "aa", "bb", "cc"]
+    assert run2.trial_list(spec) == [planned, a, b, c]
+    run4 = Ledger(Storage(spec.storage))
+    run4.save_trial_list(spec, [planned], fence=4)
+    assert run4.trial_list(spec) == [planned, a, b, c] and not list(folder.iterdir())
+    # a run whose plan changed keeps what earlier runs found
+    other = {"key": "p1", "generation": 1}
+    Ledger(Storage(spec.storage)).save_trial_list(spec, [other], fence=5)
+    assert run4.trial_list(spec) == [other, a, b, c]

@@ -1,5 +1,6 @@
 """Sweeps on S3 storage, against moto's S3-compatible server on 127.0.0.1 (started here)."""
 
+import hashlib
 import io
 import os
 import signal
@@ -216,6 +217,63 @@ def test_state_is_one_listing_then_one_get_per_stored_result(s3_server, monkeypa
         listed = ledger.storage.list_files("trials", shards="0123456789abcdef")
         assert len(listed) == 1100 + 2 * len(stored)  # a result and a model each
         assert 1 + 16 <= proxy.total() <= 1 + 16 + 2  # the first page, then a page per shard
+
+
+def test_a_sweeps_state_lists_its_own_keys_not_a_root_of_other_sweeps(s3_server, monkeypatch,
+                                                                      tmp_path):
+    """Issue 43: on a root that holds another sweep's trials past a page, a sweep's start-up
+    reads the root's first page, then lists each of its own keys' folders (those the page did
+    not hold whole), concurrently, and reads its stored results: never the other sweep's
+    listing. Its states are the states the root's whole listing gives."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sweeps.store import storage as storage_module
+    from sweeps.store.snapshot import Snapshot
+    from sweeps.store.storage import folder_pages, per_name
+    from testkit.fabricate import fabricate
+
+    for k, v in s3_server.items():
+        monkeypatch.setenv(k, v)
+    port = int(s3_server["AWS_ENDPOINT_URL"].rsplit(":", 1)[1])
+    with LatencyProxy(port, delay=0.0) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        spec = parse_spec(yaml.safe_load(write_spec(tmp_path,
+                                                    storage="s3://kdsweep/shared").read_text()))
+        stored = fabricate(spec)
+        ledger = Ledger(Storage(spec.storage), repair=False)
+        def key(n):  # keys are hashes: spread over the key space
+            return hashlib.sha256(str(n).encode()).hexdigest()[:20]
+
+        others = [key(i) for i in range(1100)]  # past a page of the root
+        running, claimed = "ff" + key("running")[2:], "ff" + key("claimed")[2:]  # past it
+        ours = [t.key for t in stored] + [running, claimed]
+        s3 = boto3.client("s3")
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda rel: s3.put_object(Bucket="kdsweep", Key=f"shared/{rel}",
+                                                    Body=b"{}"),
+                          [trial_file(k, "result.json") for k in others]
+                          + [trial_file(claimed, "claim.lease")]))
+        ledger.write_progress(running, 1, 2)
+        page = s3.list_objects_v2(Bucket="kdsweep", Prefix="shared/trials/")
+        assert page["IsTruncated"]  # the root is past a page
+        last = page["Contents"][-1]["Key"].split("/")[2]
+        after = [k for k in ours if f"{k}/" >= f"{last}/"]
+        assert after and per_name(len(after), folder_pages(last, "0123456789abcdef"))
+        proxy.requests.clear()
+        snap = Snapshot.load(ledger, ours)
+        # the root's first page, a listing per own key it did not hold whole, a GET per result
+        assert dict(proxy.requests) == {"GET": 1 + len(after) + len(stored)}
+        assert set(snap.listing.trials) <= set(ours)
+        assert snap.ended() == {t.key for t in stored}
+        assert (snap.states[running], snap.states[claimed]) == (TrialState.RUNNING,
+                                                                 TrialState.CLAIMED)
+        monkeypatch.setattr(storage_module, "PAGE_ROUNDS", -1.0)  # the root's listing instead
+        proxy.requests.clear()
+        whole = Snapshot.load(ledger, ours)
+        assert proxy.requests["GET"] == 1 + 16 + len(stored)
+        assert whole.states == snap.states
+        assert {k: whole.listing.names(k) for k in ours} == {k: snap.listing.names(k)
+                                                             for k in ours}
 
 
 def test_storage_that_ignores_conditional_writes_is_refused_before_anything(s3_server, tmp_path,

@@ -386,6 +386,15 @@ def test_optuna_samples_students_and_their_children_follow(local_ray, tmp_path):
     assert len(runs) == len(df)
     for r in runs:
         assert len(client.get_metric_history(r.info.run_id, "val_acc")) == EPOCHS
+    # a rerun's start folds them into the trial list and removes their files (issue 43): what
+    # added/ holds after it is only what the rerun found that no run had before
+    run_sweep(spec, out=io.StringIO())
+    listed = {t["key"] for t in Storage(spec.storage).read_json(
+        sweep_file(spec, "trials.json"))["trials"]}
+    assert set(df.key) <= listed
+    again = Storage(spec.storage).list_files(sweep_file(spec, "added"))
+    assert not {rel.rsplit("/", 1)[1].removesuffix(".json") for rel in again} & listed
+    assert {t["key"] for t in ledger.trial_list(spec)} >= set(df.key)
 
 
 def small_spec(tmp_path, name, taus=(4,), **train):

@@ -23,6 +23,8 @@ POINTS = {
     "mid-export": "driver: results.parquet written, MLflow's copy and summary not yet",
     "shared-write": "driver: a shared file of the sweep checked (its version read under the "
     "lease), not yet written (shared-write=trials.json, results.parquet, added)",
+    "added-folded": "driver: trials added by earlier runs folded into trials.json, their "
+    "added/ files not yet removed",
 }
 ENV, GROUP = "KDSWEEP_FAULT", "KDSWEEP_FAULT_GROUP"
 # ``KDSWEEP_PAUSE=name[=value]``: the process that reaches that point stops itself (SIGSTOP),

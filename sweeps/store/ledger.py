@@ -15,9 +15,12 @@ Layout under the storage root (trials are shared by every sweep that stores ther
     trials/<key>/progress.json     the last epoch of a running trial that is in storage
     trials/<key>/attempts.json     starts and errors (resume.Attempts)
     trials/<key>/checkpoint-{a,b}.pt  the trial's own checkpoints (resume.TrialCheckpoints)
-    sweeps/<name>/<cluster>/trials.json      every trial the sweep knew at its run's start
+    sweeps/<name>/<cluster>/trials.json      every trial the sweep knew at its run's start: its
+                                             plan, and the trials earlier runs found (folded in
+                                             from added/, their keys in its ``added``)
     sweeps/<name>/<cluster>/added/<key>.json a trial found during a run (sampled by optuna, or
-                                             below a sampled one): one file each, not the list
+                                             below a sampled one): one file each, not the list,
+                                             until the next run's start folds it into the list
     sweeps/<name>/<cluster>/results.parquet  one row per trial
     sweeps/<name>/<cluster>/driver.lease     the driver's fenced lease (lease.DriverLease)
 (Ray Tune's experiment state is not in storage: kdsweep never restores it, so it stays on the
@@ -34,7 +37,8 @@ files, the result of a trial ASHA stopped (its worker was stopped before it coul
 repairs trials' files only in ``reconcile``, at the start of its run, under its lease. The
 driver reads each stored result once per run (snapshot.py); `kdsweep status` reads with
 ``repair=False`` and changes nothing. What a driver knows of many trials at once comes from one
-listing of ``trials/`` (``Ledger.listing``), then a read of each result it lists.
+listing of its own trials' files (``Ledger.listing``: each key's folder, or ``trials/`` whole
+where that costs less), then a read of each result it lists.
 """
 
 from __future__ import annotations
@@ -46,11 +50,12 @@ import logging
 import os
 import time
 import zipfile
+from collections.abc import Iterable
 from enum import StrEnum
 
 import numpy as np
 
-from kd_core.seal import CheckpointError, SealBroken, unseal
+from kd_core.seal import CheckpointError, SealBroken, unseal, unseal_json
 
 from ..domain import faults
 from ..domain.record import TrialResult, TrialState
@@ -165,14 +170,19 @@ def read_json_checked(storage: Storage, rel: str, repair: bool = True,
 
 
 class Listing:
-    """Which files each trial has in storage, from one listing of ``trials/``: key -> file
-    name -> [size, mtime_ns]. A file it does not hold was not there when it was taken."""
+    """Which files each trial has in storage, from one listing: key -> file name -> [size,
+    mtime_ns]. A file it does not hold was not there when it was taken, for a key it
+    ``covers`` (every key, or the keys it was taken for: Ledger.listing)."""
 
-    def __init__(self, files: dict[str, list[int]]):
+    def __init__(self, files: dict[str, list[int]], keys: set[str] | None = None):
+        self.keys = keys
         self.trials: dict[str, dict[str, list[int]]] = {}
         for rel, stamp in files.items():
             _, key, name = rel.split("/", 2)
             self.trials.setdefault(key, {})[name] = stamp
+
+    def covers(self, key: str) -> bool:
+        return self.keys is None or key in self.keys
 
     def names(self, key: str) -> dict[str, list[int]]:
         return self.trials.get(key, {})
@@ -236,6 +246,8 @@ class Ledger:
         # The driver's lease (lease.DriverLease), once held: the sweep's shared files are
         # written under it (write_shared).
         self.writer = None
+        # The keys of the trial list this ledger wrote (save_trial_list): not added again.
+        self.listed: set[str] = set()
 
     # ---- reading ---------------------------------------------------------------------------
     def result(self, key: str) -> TrialResult | None:
@@ -270,10 +282,14 @@ class Ledger:
                 return state
         return TrialState.PENDING
 
-    def listing(self) -> Listing:
-        """Every trial's files, from one listing of ``trials/`` (sharded by the keys' first hex
-        digit once it outgrows a page)."""
-        return Listing(self.storage.list_files("trials", shards="0123456789abcdef"))
+    def listing(self, keys: Iterable[str] | None = None) -> Listing:
+        """The trials' files, from one listing of ``trials/`` (sharded by the keys' first hex
+        digit once it outgrows a page). ``keys``: only these trials' (a sweep's, on a root
+        every sweep shares), from one listing of each key's folder, concurrently, where that
+        costs less than the root's listing (Storage.list_files, ``only``)."""
+        wanted = None if keys is None else set(keys)
+        return Listing(self.storage.list_files("trials", shards="0123456789abcdef",
+                                               only=wanted), wanted)
 
     def has_model(self, key: str) -> bool:
         return self.storage.exists(trial_file(key, TrialFile.MODEL))
@@ -285,7 +301,8 @@ class Ledger:
         this node proved before, read again only when their size or time changed; ``listing``:
         the model's stamp, when listed already."""
         rel = trial_file(key, TrialFile.MODEL)
-        stamp = listing.stamp(key, TrialFile.MODEL) if listing else self.storage.stamp(rel)
+        stamp = (listing.stamp(key, TrialFile.MODEL) if listing and listing.covers(key)
+                 else self.storage.stamp(rel))
         if stamp is None:
             return "gone"
         uri = self.storage.uri_of(rel)
@@ -401,35 +418,74 @@ class Ledger:
     # ---- sweep-level files -----------------------------------------------------------------
     def trial_list(self, spec) -> list[dict] | None:
         """Every trial the sweep's runs knew (sampled ones too): the list its last run began
-        with, and each trial added since (one listing, the files read concurrently); None when
-        neither is there (a corrupt one is moved aside: the plan and the stored results give
-        it again)."""
-        rel = sweep_file(spec, SweepFile.TRIALS)
-        trials = (read_json_checked(self.storage, rel, self.repair, self.found) or {}).get(
-            "trials")
-        trials = trials if isinstance(trials, list) else None
-        folder = sweep_file(spec, SweepFile.ADDED)
-        files = sorted(f for f in self.storage.list_files(folder) if f.endswith(".json"))
-        added = [d.get("trial") for d in concurrently(
-            lambda f: read_json_checked(self.storage, f, self.repair, self.found) or {}, files,
-            self.storage.width)]
-        added = [t for t in added if isinstance(t, dict)]
+        with (every trial found before it folded in: save_trial_list), and each trial added
+        since (one listing, the files read concurrently); None when neither is there (a
+        corrupt one is moved aside: the plan and the stored results give it again)."""
+        trials = self._listed_trials(spec)[0]
+        added = [t for _, _, t in self._added(spec)]
         if trials is None and not added:
             return None
         known = {t.get("key") for t in trials or []}
         return (trials or []) + [t for t in added if t.get("key") not in known]
 
+    def _listed_trials(self, spec) -> tuple[list[dict] | None, set]:
+        """The trial list's trials and the keys of those found at run time (folded in)."""
+        d = read_json_checked(self.storage, sweep_file(spec, SweepFile.TRIALS), self.repair,
+                              self.found) or {}
+        trials = d.get("trials") if isinstance(d.get("trials"), list) else None
+        trials = None if trials is None else [t for t in trials if isinstance(t, dict)]
+        found = d.get("added") if isinstance(d.get("added"), list) else []
+        return trials, {k for k in found if isinstance(k, str)}
+
+    def _added(self, spec) -> list[tuple[str, str | None, dict]]:
+        """The files of trials added during runs: (file, its version, the trial), read
+        concurrently (a corrupt one is moved aside, or flagged: read_json_checked)."""
+        folder = sweep_file(spec, SweepFile.ADDED)
+        files = sorted(f for f in self.storage.list_files(folder) if f.endswith(".json"))
+
+        def read(rel: str) -> tuple[str, str | None, dict | None]:
+            data, version = self.storage.read_versioned(rel)
+            try:
+                d = unseal_json(json.loads(data), self.storage.uri_of(rel)) if data else None
+            except (ValueError, UnicodeDecodeError):  # corrupt (SealBroken is a ValueError)
+                d = read_json_checked(self.storage, rel, self.repair, self.found)
+            t = d.get("trial") if isinstance(d, dict) else None
+            return rel, version, t
+
+        return [(f, v, t) for f, v, t in concurrently(read, files, self.storage.width)
+                if isinstance(t, dict)]
+
     def save_added_trial(self, spec, trial: dict, fence: int | None = None) -> None:
         """A trial found during a run, in a file of its own (O(1) per trial, where rewriting
-        the list was O(trials)); ``fence`` as for the list."""
+        the list was O(trials)); ``fence`` as for the list. Nothing for a trial the list this
+        ledger wrote holds already (a rerun's sampler finds its earlier samples again)."""
+        if trial["key"] in self.listed:
+            return
         rel = f"{sweep_file(spec, SweepFile.ADDED)}/{trial['key']}.json"
         self._write_shared_json(rel, {"fence": fence, "trial": trial})
 
     def save_trial_list(self, spec, trials: list[dict], fence: int | None = None) -> None:
-        """``fence``: the number of the driver lease it is written under (carried, with the
-        lease's token, to tell which driver wrote it: write_shared)."""
-        self._write_shared_json(sweep_file(spec, SweepFile.TRIALS),
-                                {"fence": fence, "trials": trials})
+        """The run's trial list, written at its start under its lease: ``trials`` (its plan),
+        then every trial earlier runs found (sampled) that the list held or added/ holds, in
+        the list's ``added``; the added/ files folded in are removed after, each only if it is
+        still the version read (a crash between the write and the removal leaves them to be
+        folded again, which changes nothing: folding is idempotent). ``fence``: the number of
+        the driver lease it is written under (carried, with the lease's token, to tell which
+        driver wrote it: write_shared)."""
+        before, found = self._listed_trials(spec)
+        files = self._added(spec)
+        listed, added = {t.get("key") for t in trials}, []
+        for t in [t for t in before or [] if t.get("key") in found] + [t for _, _, t in files]:
+            if t.get("key") not in listed:
+                listed.add(t.get("key"))
+                added.append(t)
+        self._write_shared_json(sweep_file(spec, SweepFile.TRIALS), {
+            "fence": fence, "trials": trials + added, "added": [t["key"] for t in added]})
+        self.listed = listed
+        faults.reached("added-folded")
+        for rel, version, _ in files:
+            if version is not None:
+                self.storage.delete_if(rel, version)  # one changed since is folded next time
 
     def _write_shared_json(self, rel: str, obj: dict) -> None:
         token = self.writer.token if self.writer is not None else None

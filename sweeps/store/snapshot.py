@@ -24,12 +24,12 @@ class Snapshot:
 
     @classmethod
     def load(cls, ledger: Ledger, keys: Iterable[str]) -> Snapshot:
-        """The state of ``keys`` now: one listing of the trials' files, then each result it
-        lists read once, concurrently where storage is remote (a trial with no result is a
-        listing fact)."""
-        listing = ledger.listing()
-        snap = cls(ledger, listing)
+        """The state of ``keys`` now: one listing of their files (only theirs: Ledger.listing),
+        then each result it lists read once, concurrently where storage is remote (a trial
+        with no result is a listing fact)."""
         keys = list(dict.fromkeys(keys))
+        listing = ledger.listing(keys)
+        snap = cls(ledger, listing)
         stored = [k for k in keys if TrialFile.RESULT in listing.names(k)]
         results = dict(zip(stored, concurrently(ledger.result, stored, ledger.storage.width),
                            strict=True))
@@ -63,7 +63,7 @@ class Snapshot:
 
     def has_bank(self, key: str, dtype: str) -> bool:
         """Whether trained teacher ``key``'s bank was stored when the snapshot was taken."""
-        if self.listing is None:
+        if self.listing is None or not self.listing.covers(key):
             return self.ledger.has_bank(key, dtype)
         return self.ledger.bank_file(key, dtype).rsplit("/", 1)[1] in self.listing.names(key)
 

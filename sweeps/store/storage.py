@@ -26,6 +26,7 @@ import json
 import os
 import stat
 import uuid
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
@@ -117,6 +118,32 @@ def concurrently(fn, items: list, width: int = IN_FLIGHT) -> list:
     for i, part in enumerate(parts):
         out[i::n] = part
     return out
+
+
+# Where listing each wanted name's folder overtakes listing the whole folder (its first page
+# read, its shards listed at once, each a page after another): per name while its rounds of
+# IN_FLIGHT listings are at most PAGE_ROUNDS times the shards' pages one after another. A page
+# of 1,000 objects takes longer to serve and parse than a listing of a trial's few files: on
+# moto behind the 50 ms proxy per name stayed faster up to 5.6-8x the rounds (roots of 4 and 16
+# pages: benchmarks/listing_rule.py, RESULTS.md), so 4 keeps to where it was measured faster.
+PAGE_ROUNDS = 4.0
+PAGE = 1000  # objects in one page of S3's ListObjectsV2
+
+
+def folder_pages(last: str, alphabet: str) -> float:
+    """How many pages a folder of uniformly spread names (hashes over ``alphabet``) holds,
+    from the name ``last`` its first page ended at: the page held that share of the names."""
+    share, scale = 0.0, 1.0
+    for c in last[:8]:
+        scale /= len(alphabet)
+        share += alphabet.index(c) * scale if c in alphabet else 0.0
+    return 1.0 / max(share + scale, 1e-12)
+
+
+def per_name(names: int, pages: float, width: int = IN_FLIGHT, shards: int = 16) -> bool:
+    """Whether ``names`` listings of their own, ``width`` at once, cost less time than the
+    rest of a folder of ``pages`` pages listed in ``shards`` shards at once (PAGE_ROUNDS)."""
+    return names / width <= PAGE_ROUNDS * max(1.0, pages / shards)
 
 
 class WriteConflict(Exception):
@@ -211,22 +238,54 @@ class Storage:
                 raise FileNotFoundError(self.uri_of(rel)) from None
             raise
 
-    def list_files(self, prefix: str, shards: str = "") -> dict[str, list[int]]:
+    def list_files(self, prefix: str, shards: str = "",
+                   only: Collection[str] | None = None) -> dict[str, list[int]]:
         """Every file under the folder ``prefix`` (path relative to the root -> [size,
         mtime_ns]), in one paged listing. ``shards``: the characters every name right under
         ``prefix`` starts with (hex digits for trial keys): a listing that does not fit one
-        page is then read as one listing per character, concurrently."""
+        page is then read as one listing per character, concurrently. ``only``: the names
+        right under ``prefix`` that are wanted (a sweep's trial keys, among every sweep's):
+        only their files are returned, from whichever costs less, the listing of the whole
+        folder or one listing per wanted name (``per_name``)."""
         prefix = prefix.rstrip("/") + "/"
         if self.is_local:
-            return self._walk(prefix)
-        files, more = self._list(prefix, pages=1)
+            if only is None:
+                return self._walk([self.path(prefix)])
+            try:  # one read of the folder's names, then only the wanted folders' files
+                with os.scandir(self.path(prefix)) as entries:
+                    there = {e.name for e in entries}
+            except (FileNotFoundError, NotADirectoryError):
+                return {}
+            return self._walk([self.path(prefix + n) for n in only if n in there])
+        wanted = None if only is None else (only if isinstance(only, set | frozenset)
+                                            else set(only))
+
+        def keep(part: dict[str, list[int]]) -> dict[str, list[int]]:
+            """Only the wanted names' files (each shard's as it comes: the root's whole
+            listing is never held at once)."""
+            if wanted is None:
+                return part
+            return {r: s for r, s in part.items() if r[len(prefix):].split("/", 1)[0] in wanted}
+
+        first, more = self._list(prefix, pages=1)
+        files = keep(first)
+        if more and wanted is not None and shards:
+            # the first page ends at a name whose place among all names (uniform: hashes)
+            # tells how many pages the whole folder holds; the names before it it holds whole
+            last = max(first)[len(prefix):].split("/", 1)[0]
+            rest = [n for n in wanted if f"{n}/" >= f"{last}/"]
+            if per_name(len(rest), folder_pages(last, shards), self.width, len(shards)):
+                for part in concurrently(lambda n: self._list(f"{prefix}{n}/")[0], rest,
+                                         self.width):
+                    files.update(part)
+                more = False
         if more and shards:
             files = {}
-            for part in concurrently(lambda c: self._list(prefix + c)[0], list(shards),
+            for part in concurrently(lambda c: keep(self._list(prefix + c)[0]), list(shards),
                                      self.width):
                 files.update(part)
         elif more:
-            files = self._list(prefix)[0]
+            files = keep(self._list(prefix)[0])
         return files
 
     def _list(self, prefix: str, pages: int | None = None) -> tuple[dict[str, list[int]], bool]:
@@ -241,10 +300,9 @@ class Storage:
                 return files, bool(page.get("IsTruncated"))
         return files, False
 
-    def _walk(self, prefix: str) -> dict[str, list[int]]:
-        """The local listing, folder by folder: concurrently on a network mount (each folder a
-        round trip), one by one on a local disk (``width``)."""
-        top = self.path(prefix)
+    def _walk(self, tops: list[str]) -> dict[str, list[int]]:
+        """The local listing of the folders ``tops``, folder by folder: concurrently on a
+        network mount (each folder a round trip), one by one on a local disk (``width``)."""
 
         def scan(folder: str) -> tuple[dict[str, list[int]], list[str]]:
             files, folders = {}, []
@@ -260,7 +318,7 @@ class Storage:
                 pass
             return files, folders
 
-        files, pending = {}, [top]
+        files, pending = {}, list(tops)
         while pending:
             found = concurrently(scan, pending, self.width)
             pending = [d for _, folders in found for d in folders]
