@@ -44,24 +44,71 @@ def ray_dir(tmp: Path) -> str:
 
 def start_driver(spec_path: Path, tmp: Path, env: dict | None = None,
                  prefix: tuple[str, ...] = ()) -> subprocess.Popen:
-    """`kdsweep run SPEC` in a process group of its own, logging to tmp/driver.log; ``prefix``:
-    a command that runs it (faketime, unshare)."""
-    # RAY_TMPDIR: so that leftovers of a killed driver can be found and killed
+    """`kdsweep run SPEC` in a Unix session of its own (so a process group too), logging to
+    tmp/driver.log; ``prefix``: a command that runs it (faketime, unshare). Its session is
+    noted in ``tmp``: `kill_leftovers(tmp)` ends every process it started."""
+    # RAY_TMPDIR: a short folder of this test's own for Ray's sockets (ray_dir)
     env = {**os.environ, **(env or {}), "RAY_TMPDIR": ray_dir(tmp)}
     with open(tmp / "driver.log", "ab") as log:  # Popen keeps its own copy of the descriptor
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             [*prefix, sys.executable, "-m", "sweeps.cli", "run", str(spec_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
             cwd=tmp,
-            start_new_session=True,  # its own process group: killed whole, as a preemption does
+            start_new_session=True,  # its own session and group: killed whole, as a preemption
         )
+    note_session(tmp, proc.pid)
+    return proc
+
+
+SESSIONS = ".driver-sessions"  # in a test's folder: the session ids of the drivers it started
+
+
+def note_session(tmp: Path, sid: int) -> None:
+    with open(tmp / SESSIONS, "a") as f:
+        f.write(f"{sid}\n")
+
+
+def session(sid: int, ray_tmpdir: str | None = None) -> list:
+    """The processes of Unix session ``sid`` (psutil.Process each), this process excepted;
+    with ``ray_tmpdir``, only those whose environment names that Ray folder (a session id is a
+    pid, and pids are reused: another test's driver may lead a session of the same number)."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getsid(p.pid) == sid and p.pid != os.getpid() and (
+                    ray_tmpdir is None or p.environ().get("RAY_TMPDIR") == ray_tmpdir):
+                found.append(p)
+    return found
+
+
+def kill_session(sid: int, ray_tmpdir: str | None = None, timeout: float = 120) -> None:
+    """SIGKILL every process of Unix session ``sid``, until none is left: a driver started in a
+    session of its own (``start_new_session``, sid = its pid) keeps it in everything it starts,
+    its local Ray and the Ray workers included (they leave its process group for groups of their
+    own, and the workers retitle themselves `ray::ImplicitFunc.train`, but never start a
+    session). Repeated, as a process can fork while its session is being killed; ``timeout``
+    guards against a hang only."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while found := session(sid, ray_tmpdir):
+        for p in found:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(found, timeout=10)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"session {sid}: still running after {timeout} s: {found}")
 
 
 def kill_matching(pattern: str) -> None:
     """SIGKILL every process whose command line holds ``pattern``, and all their descendants
-    (Ray's agents retitle themselves, so only their parentage names them)."""
+    (Ray's agents retitle themselves, so only their parentage names them). For processes that
+    are not in a session of ours (a `ray start` node, a test's own Ray); a driver's session is
+    killed whole by `kill_session`."""
     import psutil
 
     found = []
@@ -76,7 +123,12 @@ def kill_matching(pattern: str) -> None:
 
 
 def kill_leftovers(tmp: Path, remove: bool = False) -> None:
-    """Kill what a (killed) driver's local Ray left running; ``remove`` its temp dir too."""
+    """End everything the drivers started for ``tmp`` left running (a killed driver's local Ray
+    and its workers): every process of their Unix sessions, then, as a second net, any process
+    that names this test's Ray folder; ``remove`` that folder too."""
+    if (tmp / SESSIONS).exists():
+        for sid in {int(line) for line in (tmp / SESSIONS).read_text().split()}:
+            kill_session(sid, ray_dir(tmp))
     kill_matching(ray_dir(tmp))
     if remove:
         shutil.rmtree(ray_dir(tmp), ignore_errors=True)
@@ -256,7 +308,9 @@ class DriverForks:
         self.proc.stdin.write("\t".join([str(cwd), str(cwd / "driver.log"), *map(str, args)])
                               + "\n")
         self.proc.stdin.flush()
-        return int(self.proc.stdout.readline())
+        pid = int(self.proc.stdout.readline())
+        note_session(cwd, pid)  # setsid: its session id is its pid
+        return pid
 
     def wait(self) -> int:
         return int(self.proc.stdout.readline())
