@@ -11,6 +11,8 @@ from pathlib import Path
 
 import yaml
 
+from . import HANG
+
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]
 
@@ -85,7 +87,7 @@ def session(sid: int, ray_tmpdir: str | None = None) -> list:
     return found
 
 
-def kill_session(sid: int, ray_tmpdir: str | None = None, timeout: float = 120) -> None:
+def kill_session(sid: int, ray_tmpdir: str | None = None, timeout: float = HANG / 5) -> None:
     """SIGKILL every process of Unix session ``sid``, until none is left: a driver started in a
     session of its own (``start_new_session``, sid = its pid) keeps it in everything it starts,
     its local Ray and the Ray workers included (they leave its process group for groups of their
@@ -99,7 +101,7 @@ def kill_session(sid: int, ray_tmpdir: str | None = None, timeout: float = 120) 
         for p in found:
             with contextlib.suppress(psutil.Error):
                 p.kill()
-        psutil.wait_procs(found, timeout=10)
+        psutil.wait_procs(found, timeout=HANG / 10)
         if time.monotonic() > deadline:
             raise RuntimeError(f"session {sid}: still running after {timeout} s: {found}")
 
@@ -119,7 +121,7 @@ def kill_matching(pattern: str) -> None:
     for p in found:
         with contextlib.suppress(psutil.Error):
             p.kill()
-    psutil.wait_procs(found, timeout=10)
+    psutil.wait_procs(found, timeout=HANG / 10)
 
 
 def kill_leftovers(tmp: Path, remove: bool = False) -> None:
@@ -142,7 +144,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = HANG / 2) -> None:
     import socket
     import time
 
@@ -171,7 +173,7 @@ class Cluster:
             check=True,
             capture_output=True,
             env={**os.environ, "HOME": str(home)},
-            timeout=60,
+            timeout=HANG / 2,
         )
         # A node starts clean, as on its own machine: nothing of a Ray or Tune this test
         # process ran before (its RAY_* and TUNE_* settings stay in os.environ) reaches it.
@@ -188,7 +190,7 @@ class Cluster:
         }
         self.gcs_port, self.dash_port = free_port(), free_port()
 
-    def ray(self, *args, timeout=120, check=True, wrap=()):
+    def ray(self, *args, timeout=HANG / 2, check=True, wrap=()):
         """`ray ARGS` with the cluster's token; ``wrap``: a command that execs it (a script).
         ``check``: a failure raises with what Ray printed."""
         out = subprocess.run(
@@ -230,7 +232,7 @@ class Cluster:
             wrap=wrap,
         )
 
-    def submit(self, *entrypoint, wait=False, deadline_s=180):
+    def submit(self, *entrypoint, wait=False, deadline_s=HANG):
         """`ray job submit` (retried while the job server comes up); returns the result."""
         deadline = time.time() + deadline_s
         while True:
@@ -317,4 +319,4 @@ class DriverForks:
 
     def close(self) -> None:
         self.proc.stdin.close()
-        self.proc.wait(30)
+        self.proc.wait(HANG / 5)

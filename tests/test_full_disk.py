@@ -10,6 +10,7 @@ import pytest
 
 from sweeps.domain.spec import load_spec
 from sweeps.store.ledger import trial_file
+from testkit import HANG
 from testkit.drivers import kill_leftovers, start_driver, write_spec
 
 pytestmark = pytest.mark.slow
@@ -33,7 +34,7 @@ def small_disk(tmp_path):
 def run(spec_path, tmp):
     driver = start_driver(spec_path, tmp)
     try:
-        code = driver.wait(300)
+        code = driver.wait(HANG)
     finally:
         kill_leftovers(tmp)
     log = (tmp / "driver.log").read_text()
