@@ -7,6 +7,7 @@ results (Parquet, MLflow).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -29,7 +30,14 @@ from ..domain.plan import Plan, Trial, build_plan  # noqa: E402
 from ..domain.sampling import OptunaSource, optuna_sources  # noqa: E402
 from ..domain.scheduler import Scheduler  # noqa: E402
 from ..domain.spec import SpecError, SweepSpec  # noqa: E402
-from ..ray.engine import connect, run_experiment  # noqa: E402
+from ..ray.engine import (  # noqa: E402
+    EXIT_RAY_LOST,
+    LocalRayWatch,
+    connect,
+    end_processes,
+    own_processes,
+    run_experiment,
+)
 from ..ray.teacher_bank import wants_shared_bank  # noqa: E402
 from ..store.lease import DriverLease, holder  # noqa: E402
 from ..store.ledger import Ledger, SweepFile, TrialState, sweep_file  # noqa: E402
@@ -168,7 +176,10 @@ def run_sweep(
             if address is None:
                 # memory: as much as Ray granted
                 check_fits(spec.resources, spec.architectures, ray.cluster_resources())
-        return _train_and_export(spec, plan, data, snapshot, out, retry_failed, lease, address)
+        # a local Ray lost mid-run (its raylet killed by the out-of-memory killer) is one line
+        with LocalRayWatch(_ray_lost) if address is None else contextlib.nullcontext():
+            return _train_and_export(spec, plan, data, snapshot, out, retry_failed, lease,
+                                     address)
     finally:
         lease.release()
 
@@ -183,7 +194,21 @@ def _superseded(lease: DriverLease, held: dict) -> None:
         file=sys.stderr,
         flush=True,
     )
+    end_processes(own_processes(), grace=0)  # its local Ray and workers: nothing left running
     os._exit(3)  # not sys.exit: no exit handler may write (the MLflow flush) after losing
+
+
+def _ray_lost(cause: str, log: str, console: int, procs: list) -> None:
+    """The local Ray is gone (LocalRayWatch, which sent what this process prints from then on,
+    Ray's tracebacks included, to ``log``): one line on the console with the cause and what
+    to do, what is left of Ray ended, exit EXIT_RAY_LOST. Nothing stored is touched: every
+    write is atomic, and a rerun resumes."""
+    os.write(console, (
+        f"kdsweep run: error: the local Ray stopped: {cause}; everything stored is kept "
+        "(trials done, their checkpoints): run the same command to continue "
+        f"(Ray's messages: {log})\n").encode())
+    end_processes(procs, grace=0)
+    os._exit(EXIT_RAY_LOST)
 
 
 def _train_and_export(
