@@ -87,6 +87,20 @@ def session(sid: int, ray_tmpdir: str | None = None) -> list:
     return found
 
 
+def left_behind(pid: int) -> list[str]:
+    """What still runs (zombies aside) in the process group or Unix session that a driver
+    started with ``start_new_session`` led (both ids are its ``pid``), as "PID NAME"."""
+    import psutil
+
+    out = []
+    for p in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, OSError):
+            if p.pid != os.getpid() and pid in (os.getpgid(p.pid), os.getsid(p.pid)) and (
+                    p.status() != psutil.STATUS_ZOMBIE):
+                out.append(f"{p.pid} {p.name()}")
+    return out
+
+
 def kill_session(sid: int, ray_tmpdir: str | None = None, timeout: float = HANG / 5) -> None:
     """SIGKILL every process of Unix session ``sid``, until none is left: a driver started in a
     session of its own (``start_new_session``, sid = its pid) keeps it in everything it starts,

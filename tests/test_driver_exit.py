@@ -18,28 +18,12 @@ from sweeps.ray.engine import EXIT_RAY_LOST
 from sweeps.store.ledger import trial_file
 from sweeps.store.storage import Storage
 from testkit import HANG
-from testkit.drivers import kill_leftovers, session, start_driver, write_spec
+from testkit.drivers import kill_leftovers, left_behind, session, start_driver, write_spec
 
 pytestmark = pytest.mark.slow
 
 SMALL = {"chains": [["cnn-small", "cnn-small"]],
          "train": {"epochs": 3, "batch_size": 64, "lr": 0.05}}
-
-
-def left_behind(pid: int) -> list[str]:
-    """What still runs in the process group or Unix session a driver led (``pid``; started
-    with start_new_session, so both ids are its pid)."""
-    import psutil
-
-    out = []
-    for p in psutil.process_iter():
-        try:
-            if p.pid != os.getpid() and pid in (os.getpgid(p.pid), os.getsid(p.pid)) and (
-                    p.status() != psutil.STATUS_ZOMBIE):
-                out.append(f"{p.pid} {p.name()}")
-        except (psutil.Error, OSError):
-            pass
-    return out
 
 
 def wait_until(condition, driver, log: Path, what: str) -> None:
@@ -93,10 +77,11 @@ def test_a_lost_local_ray_is_one_line_and_the_rerun_finishes(tmp_path):
 
 
 def test_a_driver_leaves_no_process_behind_whatever_its_exit(tmp_path):
-    """Three drivers of one sweep: B is refused while A runs (exit 2); A is paused past its
-    lease's TTL, C takes the sweep over and finishes it (exit 0); A resumes and stops on its
-    lost lease (exit 3). After each exit, nothing runs in that driver's process group or Unix
-    session: not its local Ray, its agents (DashboardAgent, RuntimeEnvAgent) or workers."""
+    """Three drivers of one sweep: B is refused while A runs (exit 2; A's trial paused the
+    while); A is paused past its lease's TTL, C takes the sweep over and finishes it (exit 0);
+    A resumes and stops on its lost lease (exit 3). After each exit, nothing runs in that
+    driver's process group or Unix session: not its local Ray, its agents (DashboardAgent,
+    RuntimeEnvAgent) or workers."""
     env = {"KDSWEEP_LEASE_TTL": "6"}
     spec_path = write_spec(tmp_path, name="exits", **SMALL)
     spec = parse_spec(yaml.safe_load(spec_path.read_text()))
@@ -110,10 +95,14 @@ def test_a_driver_leaves_no_process_behind_whatever_its_exit(tmp_path):
         wait_until(lambda: storage.exists(trial_file(teacher.key, "progress.json")), a,
                    tmp_path / "driver.log", "A never started training")
         assert [p for p in session(a.pid) if p.name() == "raylet"]  # a local Ray to end
+        # A's trial paused, so that A is still running when B starts (however slow B's start)
+        worker = storage.read_json(trial_file(teacher.key, "progress.json"))["pid"]
+        os.kill(worker, signal.SIGSTOP)
 
         b = start_driver(spec_path, tmp_path / "b", env)
         assert b.wait(HANG) == 2, (tmp_path / "b" / "driver.log").read_text()[-3000:]
         assert left_behind(b.pid) == []
+        os.kill(worker, signal.SIGCONT)
 
         a.send_signal(signal.SIGSTOP)
         c = start_driver(spec_path, tmp_path / "c", env)

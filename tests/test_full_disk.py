@@ -11,7 +11,7 @@ import pytest
 from sweeps.domain.spec import load_spec
 from sweeps.store.ledger import trial_file
 from testkit import HANG
-from testkit.drivers import kill_leftovers, start_driver, write_spec
+from testkit.drivers import kill_leftovers, left_behind, start_driver, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -35,6 +35,7 @@ def run(spec_path, tmp):
     driver = start_driver(spec_path, tmp)
     try:
         code = driver.wait(HANG)
+        assert left_behind(driver.pid) == []  # exit 2 with its Ray up: nothing left running
     finally:
         kill_leftovers(tmp)
     log = (tmp / "driver.log").read_text()
