@@ -17,7 +17,6 @@ run_experiment). A job's resources go through Tune's public ``PlacementGroupFact
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import os
@@ -208,8 +207,9 @@ class LocalRayWatch:
         self.on_lost(cause, log, console, self.procs)
 
 
-class _Gate(io.TextIOBase):
-    """A text stream that calls ``check`` before each write, then writes to ``stream``."""
+class _Gate:
+    """A text stream that calls ``check`` before each write, then writes to ``stream``; every
+    other attribute is the stream's own (encoding, buffer, flush, fileno, isatty...)."""
 
     def __init__(self, stream, check):
         self.stream, self.check = stream, check
@@ -218,16 +218,11 @@ class _Gate(io.TextIOBase):
         self.check()
         return self.stream.write(text)
 
-    def flush(self) -> None:
-        self.stream.flush()
+    def writelines(self, lines) -> None:
+        self.check()
+        self.stream.writelines(lines)
 
-    def fileno(self) -> int:
-        return self.stream.fileno()
-
-    def isatty(self) -> bool:
-        return self.stream.isatty()
-
-    def __getattr__(self, name):  # encoding, buffer, errors, ...
+    def __getattr__(self, name):
         return getattr(self.stream, name)
 
 
