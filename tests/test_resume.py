@@ -476,6 +476,7 @@ def test_clock_skew_neither_steals_nor_blocks_the_lease(tmp_path):
         # the TTL on its own clock, not the hour its clock is behind: from the line it prints
         # after its first read of the lease (so a little under the TTL) to the take it writes;
         # 20 s over it for a busy machine's scheduling, still far from an hour
+        print(f"took the lost node's lease {waited:.1f} s after it began watching (TTL {ttl})")
         assert ttl / 2 <= waited < ttl + 20, waited
         assert behind.wait(HANG) == 0, (tmp_path / "behind" / "driver.log").read_text()[-3000:]
     finally:
