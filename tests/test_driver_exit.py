@@ -26,6 +26,15 @@ SMALL = {"chains": [["cnn-small", "cnn-small"]],
          "train": {"epochs": 3, "batch_size": 64, "lr": 0.05}}
 
 
+def nothing_left(pid: int) -> list[str]:
+    """What a driver (``pid``) left running, once the SIGKILLs it sent on its way out have
+    landed (at once when quiet; a guard of HANG / 10 against a hang)."""
+    deadline = time.monotonic() + HANG / 10
+    while (left := left_behind(pid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
 def wait_until(condition, driver, log: Path, what: str) -> None:
     deadline = time.monotonic() + HANG
     while not condition():
@@ -51,7 +60,7 @@ def test_a_lost_local_ray_is_one_line_and_the_rerun_finishes(tmp_path):
         [raylet] = [p for p in session(driver.pid) if p.name() == "raylet"]
         raylet.kill()
         assert driver.wait(HANG) == EXIT_RAY_LOST, log.read_text()[-3000:]
-        assert left_behind(driver.pid) == []
+        assert nothing_left(driver.pid) == []
         said = log.read_text()
         lines = [ln for ln in said.splitlines() if "error" in ln.lower()]
         assert len(lines) == 1, said[-5000:]
@@ -67,7 +76,7 @@ def test_a_lost_local_ray_is_one_line_and_the_rerun_finishes(tmp_path):
         kill_leftovers(tmp_path)
         rerun = start_driver(spec_path, tmp_path)
         assert rerun.wait(HANG) == 0, log.read_text()[-3000:]
-        assert left_behind(rerun.pid) == []
+        assert nothing_left(rerun.pid) == []
     finally:
         kill_leftovers(tmp_path, remove=True)
     for t in plan.trials:
@@ -101,7 +110,7 @@ def test_a_driver_leaves_no_process_behind_whatever_its_exit(tmp_path):
 
         b = start_driver(spec_path, tmp_path / "b", env)
         assert b.wait(HANG) == 2, (tmp_path / "b" / "driver.log").read_text()[-3000:]
-        assert left_behind(b.pid) == []
+        assert nothing_left(b.pid) == []
         os.kill(worker, signal.SIGCONT)
 
         a.send_signal(signal.SIGSTOP)
@@ -109,11 +118,11 @@ def test_a_driver_leaves_no_process_behind_whatever_its_exit(tmp_path):
         wait_until(lambda: (storage.read_json(rel) or {}).get("pid") == c.pid, c,
                    tmp_path / "c" / "driver.log", "C never took the lease")
         assert c.wait(HANG) == 0, (tmp_path / "c" / "driver.log").read_text()[-3000:]
-        assert left_behind(c.pid) == []
+        assert nothing_left(c.pid) == []
 
         a.send_signal(signal.SIGCONT)
         assert a.wait(HANG) == 3, (tmp_path / "driver.log").read_text()[-3000:]
-        assert left_behind(a.pid) == []
+        assert nothing_left(a.pid) == []
     finally:
         if a.poll() is None:
             a.send_signal(signal.SIGCONT)

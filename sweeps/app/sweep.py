@@ -35,7 +35,6 @@ from ..ray.engine import (  # noqa: E402
     LocalRayWatch,
     connect,
     end_processes,
-    own_processes,
     run_experiment,
 )
 from ..ray.teacher_bank import wants_shared_bank  # noqa: E402
@@ -166,7 +165,10 @@ def run_sweep(
         connect(address)
     # one driver per sweep and cluster, before Ray starts
     lease = DriverLease(storage, sweep_file(spec, SweepFile.LEASE))
-    lease.on_lost = lambda held: _superseded(lease, held)
+    # a local Ray lost mid-run (its raylet killed by the out-of-memory killer) is one line;
+    # the watch also knows the local Ray's processes, which a superseded driver ends at once
+    watch = LocalRayWatch(_ray_lost) if address is None else None
+    lease.on_lost = lambda held: _superseded(lease, held, watch)
     lease.acquire(out)
     faults.reached("after-lease")
     try:
@@ -176,15 +178,14 @@ def run_sweep(
             if address is None:
                 # memory: as much as Ray granted
                 check_fits(spec.resources, spec.architectures, ray.cluster_resources())
-        # a local Ray lost mid-run (its raylet killed by the out-of-memory killer) is one line
-        with LocalRayWatch(_ray_lost) if address is None else contextlib.nullcontext():
+        with watch or contextlib.nullcontext():
             return _train_and_export(spec, plan, data, snapshot, out, retry_failed, lease,
                                      address)
     finally:
         lease.release()
 
 
-def _superseded(lease: DriverLease, held: dict) -> None:
+def _superseded(lease: DriverLease, held: dict, watch: LocalRayWatch | None) -> None:
     """This driver was paused past its lease's TTL and another took the sweep over: stop now,
     from whichever thread saw it, writing nothing more (its writes so far are each atomic)."""
     print(
@@ -194,7 +195,9 @@ def _superseded(lease: DriverLease, held: dict) -> None:
         file=sys.stderr,
         flush=True,
     )
-    end_processes(own_processes(), grace=0)  # its local Ray and workers: nothing left running
+    # its local Ray and workers, as the watch last listed them, SIGKILLed without a wait (no
+    # scan either: this process's other threads run meanwhile): nothing left running
+    end_processes(watch.procs if watch is not None else [], grace=0)
     os._exit(3)  # not sys.exit: no exit handler may write (the MLflow flush) after losing
 
 

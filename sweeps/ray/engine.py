@@ -92,15 +92,19 @@ def own_processes() -> list:
 
 
 def end_processes(procs: list, grace: float = 5.0) -> None:
-    """SIGTERM what still runs of ``procs``, SIGKILL what is left after ``grace`` seconds (0:
-    SIGKILL at once): a driver that exits leaves nothing running, whatever its exit."""
+    """SIGTERM what still runs of ``procs``, SIGKILL what is left after ``grace`` seconds: a
+    driver that exits leaves nothing running, whatever its exit. ``grace=0``: SIGKILL each at
+    once and return without waiting (a driver that must stop writing at once: its other
+    threads run while this one waits)."""
     import psutil
 
     alive = [p for p in procs if p.is_running()]
     for p in alive:
         with contextlib.suppress(psutil.Error):
             p.terminate() if grace else p.kill()
-    _, alive = psutil.wait_procs(alive, timeout=grace or 5.0)
+    if not grace:
+        return
+    _, alive = psutil.wait_procs(alive, timeout=grace)
     for p in alive:
         with contextlib.suppress(psutil.Error):
             p.kill()
@@ -131,6 +135,7 @@ class LocalRayWatch:
         self._wake = os.pipe()  # written once the block ends: the watch stops at once
         self._thread = None
         self.watched, self.fds, self.log_dir = [], [], None
+        self.procs: list = []  # this process's children, as last listed
 
     def __enter__(self) -> LocalRayWatch:
         import psutil
