@@ -132,7 +132,7 @@ class LocalRayWatch:
         self.on_lost, self.poll = on_lost, poll
         self._stop = threading.Event()
         self._fired = threading.Lock()
-        self._wake = os.pipe()  # written once the block ends: the watch stops at once
+        self._wake: tuple = ()  # a pipe written once the block ends: the watch stops at once
         self._thread = None
         self.watched, self.fds, self.log_dir = [], [], None
         self.procs: list = []  # this process's children, as last listed
@@ -152,6 +152,7 @@ class LocalRayWatch:
         # a poll
         with contextlib.suppress(AttributeError, OSError):
             self.fds = [os.pidfd_open(p.pid) for _, p in self.watched]
+        self._wake = os.pipe()
         self._streams = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = _Gate(sys.stdout, self.check), _Gate(sys.stderr, self.check)
         self._thread = threading.Thread(target=self._watch, daemon=True,
@@ -161,13 +162,15 @@ class LocalRayWatch:
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
-        os.write(self._wake[1], b"x")
+        if self._wake:
+            os.write(self._wake[1], b"x")
         if self._thread is not None:
             self._thread.join()
             if isinstance(sys.stdout, _Gate) and isinstance(sys.stderr, _Gate):
                 sys.stdout, sys.stderr = self._streams
         for fd in [*self._wake, *self.fds]:
             os.close(fd)
+        self._wake, self.fds = (), []
 
     def check(self) -> None:
         """On a lost watched process, the loss handled (in this thread; it ends the process);
