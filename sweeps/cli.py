@@ -238,6 +238,10 @@ def console() -> NoReturn:
     try:
         code = main()
         sys.stdout.flush()  # a reader gone shows here too, not only mid-command
+    except SystemExit as e:  # SIGTERM (see _run), argparse's --help and usage errors
+        code = e.code if isinstance(e.code, int) else int(e.code is not None)
+        if isinstance(e.code, str):  # sys.exit("message"), as Python prints it
+            print(e.code, file=sys.stderr)
     except BrokenPipeError:
         # The reader went away (`kdsweep plan SPEC | head`): it has what it wanted. Exit as a
         # command killed by SIGPIPE would (Python ignores the signal, so it arrives as this
@@ -251,13 +255,21 @@ def _exit(code: int) -> NoReturn:
     """Exit without Python's teardown of every loaded module, which takes about 2 s once torch,
     Ray and MLflow are loaded (benchmarks/RESULTS.md): what that teardown does that matters is
     done first, as the interpreter does it (threading._shutdown: executors drained, threads
-    joined; then the exit handlers: Ray's shutdown, logging's flush), then the streams."""
+    joined; then the exit handlers: Ray's shutdown, logging's flush), then the streams; then
+    whatever this process started that still runs (a local Ray's agents and workers, which
+    Ray's shutdown leaves to end on their own) is ended: nothing is left behind, whatever the
+    exit code."""
     import atexit
     import contextlib
     import threading
 
+    # taken before Ray's shutdown, after which its workers belong to init, not to this process
+    engine = sys.modules.get("sweeps.ray.engine")  # loaded: Ray may run; not: nothing to end
+    started = engine.own_processes() if engine else []
     threading._shutdown()  # private, but it is the interpreter's own first step of exiting
     atexit._run_exitfuncs()
+    if engine:
+        engine.end_processes(started)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # a reader gone (`| head`), a closed stream
             stream.flush()

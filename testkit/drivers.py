@@ -11,6 +11,8 @@ from pathlib import Path
 
 import yaml
 
+from . import HANG
+
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,24 +46,85 @@ def ray_dir(tmp: Path) -> str:
 
 def start_driver(spec_path: Path, tmp: Path, env: dict | None = None,
                  prefix: tuple[str, ...] = ()) -> subprocess.Popen:
-    """`kdsweep run SPEC` in a process group of its own, logging to tmp/driver.log; ``prefix``:
-    a command that runs it (faketime, unshare)."""
-    # RAY_TMPDIR: so that leftovers of a killed driver can be found and killed
+    """`kdsweep run SPEC` in a Unix session of its own (so a process group too), logging to
+    tmp/driver.log; ``prefix``: a command that runs it (faketime, unshare). Its session is
+    noted in ``tmp``: `kill_leftovers(tmp)` ends every process it started."""
+    # RAY_TMPDIR: a short folder of this test's own for Ray's sockets (ray_dir)
     env = {**os.environ, **(env or {}), "RAY_TMPDIR": ray_dir(tmp)}
     with open(tmp / "driver.log", "ab") as log:  # Popen keeps its own copy of the descriptor
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             [*prefix, sys.executable, "-m", "sweeps.cli", "run", str(spec_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
             cwd=tmp,
-            start_new_session=True,  # its own process group: killed whole, as a preemption does
+            start_new_session=True,  # its own session and group: killed whole, as a preemption
         )
+    note_session(tmp, proc.pid)
+    return proc
+
+
+SESSIONS = ".driver-sessions"  # in a test's folder: the session ids of the drivers it started
+
+
+def note_session(tmp: Path, sid: int) -> None:
+    with open(tmp / SESSIONS, "a") as f:
+        f.write(f"{sid}\n")
+
+
+def session(sid: int, ray_tmpdir: str | None = None) -> list:
+    """The processes of Unix session ``sid`` (psutil.Process each), this process excepted;
+    with ``ray_tmpdir``, only those whose environment names that Ray folder (a session id is a
+    pid, and pids are reused: another test's driver may lead a session of the same number)."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getsid(p.pid) == sid and p.pid != os.getpid() and (
+                    ray_tmpdir is None or p.environ().get("RAY_TMPDIR") == ray_tmpdir):
+                found.append(p)
+    return found
+
+
+def left_behind(pid: int) -> list[str]:
+    """What still runs (zombies aside) in the process group or Unix session that a driver
+    started with ``start_new_session`` led (both ids are its ``pid``), as "PID NAME"."""
+    import psutil
+
+    out = []
+    for p in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, OSError):
+            if p.pid != os.getpid() and pid in (os.getpgid(p.pid), os.getsid(p.pid)) and (
+                    p.status() != psutil.STATUS_ZOMBIE):
+                out.append(f"{p.pid} {p.name()}")
+    return out
+
+
+def kill_session(sid: int, ray_tmpdir: str | None = None, timeout: float = HANG / 5) -> None:
+    """SIGKILL every process of Unix session ``sid``, until none is left: a driver started in a
+    session of its own (``start_new_session``, sid = its pid) keeps it in everything it starts,
+    its local Ray and the Ray workers included (they leave its process group for groups of their
+    own, and the workers retitle themselves `ray::ImplicitFunc.train`, but never start a
+    session). Repeated, as a process can fork while its session is being killed; ``timeout``
+    guards against a hang only."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while found := session(sid, ray_tmpdir):
+        for p in found:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(found, timeout=HANG / 10)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"session {sid}: still running after {timeout} s: {found}")
 
 
 def kill_matching(pattern: str) -> None:
     """SIGKILL every process whose command line holds ``pattern``, and all their descendants
-    (Ray's agents retitle themselves, so only their parentage names them)."""
+    (Ray's agents retitle themselves, so only their parentage names them). For processes that
+    are not in a session of ours (a `ray start` node, a test's own Ray); a driver's session is
+    killed whole by `kill_session`."""
     import psutil
 
     found = []
@@ -72,11 +135,16 @@ def kill_matching(pattern: str) -> None:
     for p in found:
         with contextlib.suppress(psutil.Error):
             p.kill()
-    psutil.wait_procs(found, timeout=10)
+    psutil.wait_procs(found, timeout=HANG / 10)
 
 
 def kill_leftovers(tmp: Path, remove: bool = False) -> None:
-    """Kill what a (killed) driver's local Ray left running; ``remove`` its temp dir too."""
+    """End everything the drivers started for ``tmp`` left running (a killed driver's local Ray
+    and its workers): every process of their Unix sessions, then, as a second net, any process
+    that names this test's Ray folder; ``remove`` that folder too."""
+    if (tmp / SESSIONS).exists():
+        for sid in {int(line) for line in (tmp / SESSIONS).read_text().split()}:
+            kill_session(sid, ray_dir(tmp))
     kill_matching(ray_dir(tmp))
     if remove:
         shutil.rmtree(ray_dir(tmp), ignore_errors=True)
@@ -90,7 +158,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = HANG / 2) -> None:
     import socket
     import time
 
@@ -119,7 +187,7 @@ class Cluster:
             check=True,
             capture_output=True,
             env={**os.environ, "HOME": str(home)},
-            timeout=60,
+            timeout=HANG / 2,
         )
         # A node starts clean, as on its own machine: nothing of a Ray or Tune this test
         # process ran before (its RAY_* and TUNE_* settings stay in os.environ) reaches it.
@@ -136,7 +204,7 @@ class Cluster:
         }
         self.gcs_port, self.dash_port = free_port(), free_port()
 
-    def ray(self, *args, timeout=120, check=True, wrap=()):
+    def ray(self, *args, timeout=HANG / 2, check=True, wrap=()):
         """`ray ARGS` with the cluster's token; ``wrap``: a command that execs it (a script).
         ``check``: a failure raises with what Ray printed."""
         out = subprocess.run(
@@ -178,7 +246,7 @@ class Cluster:
             wrap=wrap,
         )
 
-    def submit(self, *entrypoint, wait=False, deadline_s=180):
+    def submit(self, *entrypoint, wait=False, deadline_s=HANG):
         """`ray job submit` (retried while the job server comes up); returns the result."""
         deadline = time.time() + deadline_s
         while True:
@@ -256,11 +324,13 @@ class DriverForks:
         self.proc.stdin.write("\t".join([str(cwd), str(cwd / "driver.log"), *map(str, args)])
                               + "\n")
         self.proc.stdin.flush()
-        return int(self.proc.stdout.readline())
+        pid = int(self.proc.stdout.readline())
+        note_session(cwd, pid)  # setsid: its session id is its pid
+        return pid
 
     def wait(self) -> int:
         return int(self.proc.stdout.readline())
 
     def close(self) -> None:
         self.proc.stdin.close()
-        self.proc.wait(30)
+        self.proc.wait(HANG / 5)

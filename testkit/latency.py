@@ -16,6 +16,8 @@ import re
 import threading
 from collections import Counter
 
+from . import HANG
+
 REQUEST = re.compile(rb"^(GET|PUT|HEAD|POST|DELETE) ([^ ?]*)")
 CONDITIONAL = ("If-Match", "If-None-Match")
 
@@ -43,7 +45,7 @@ class LatencyProxy:
 
     def __enter__(self) -> LatencyProxy:
         self._thread.start()
-        if not self._ready.wait(10):
+        if not self._ready.wait(HANG / 10):
             raise RuntimeError("the latency proxy did not start")
         return self
 

@@ -7,6 +7,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from . import HANG
 from .drivers import free_port, wait_for_port
 
 
@@ -30,7 +31,7 @@ def postgres(databases=("mlflow",)):
         _as_postgres(["initdb", "-D", str(data), "-A", "trust", "-U", "postgres"]),
         check=True,
         capture_output=True,
-        timeout=120,
+        timeout=HANG / 2,
     )
     opts = f"-c listen_addresses=127.0.0.1 -p {port} -k {root}"
     subprocess.run(
@@ -45,13 +46,13 @@ def postgres(databases=("mlflow",)):
                 str(root / "log"),
                 "-w",
                 "-t",
-                "60",
+                "300",
                 "start",
             ]
         ),
         check=True,
         capture_output=True,
-        timeout=90,
+        timeout=HANG,
     )
     try:
         for db in databases:
@@ -71,14 +72,14 @@ def postgres(databases=("mlflow",)):
                 ),
                 check=True,
                 capture_output=True,
-                timeout=30,
+                timeout=HANG / 5,
             )
         yield port
     finally:
         subprocess.run(
             _as_postgres(["pg_ctl", "-D", str(data), "-m", "immediate", "stop"]),
             capture_output=True,
-            timeout=60,
+            timeout=HANG / 5,
         )
         shutil.rmtree(root, ignore_errors=True)
 
@@ -91,13 +92,13 @@ def _serve(cmd: list[str], port: int, log_path: Path, env: dict | None = None):
             cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
-        wait_for_port(port, proc, timeout=180)
+        wait_for_port(port, proc, timeout=HANG / 2)
         yield f"http://127.0.0.1:{port}"
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, 15)
         try:
-            proc.wait(30)
+            proc.wait(HANG / 10)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 9)
 

@@ -17,6 +17,7 @@ from sweeps.domain.plan import build_plan
 from sweeps.domain.spec import parse_spec
 from sweeps.store.ledger import trial_file
 from sweeps.store.storage import Storage
+from testkit import HANG
 from testkit.drivers import REPO, Cluster, write_spec
 
 pytestmark = pytest.mark.slow
@@ -59,7 +60,7 @@ def test_job_submit_survives_losing_the_worker_node(tmp_path):
         assert sub.returncode == 0, sub.stdout[-2000:] + sub.stderr[-2000:]
         job_id = re.search(r"raysubmit_\w+", sub.stdout + sub.stderr)[0]
 
-        deadline = time.time() + 180
+        deadline = time.time() + HANG
         while time.time() < deadline:  # lose the node in the middle of the student
             p = storage.read_json(trial_file(student.key, "progress.json"))
             if p and 2 <= p["epoch"] < EPOCHS:
@@ -86,10 +87,10 @@ def test_job_submit_survives_losing_the_worker_node(tmp_path):
         # Until the job ends: its log followed (one process, idle while it waits, where a
         # `ray job status` every 2 s spent a CPU-second each on importing Ray), then its status.
         address = f"--address=http://127.0.0.1:{cluster.dash_port}"
-        deadline = time.time() + 300
+        deadline = time.time() + HANG
         while True:
             logs = cluster.ray("job", "logs", "--follow", address, job_id, check=False,
-                               timeout=300).stdout
+                               timeout=HANG).stdout
             status = cluster.ray("job", "status", address, job_id, check=False).stdout
             if re.search(r"succeeded|failed|stopped", status, re.IGNORECASE) or (
                     time.time() > deadline):
@@ -98,7 +99,7 @@ def test_job_submit_survives_losing_the_worker_node(tmp_path):
         assert re.search("succeeded", status, re.IGNORECASE), logs[-4000:]
         print(f"two-node job with a lost worker: {time.time() - t0:.1f}s, lost at epoch {lost_at}")
 
-        out, err = probe.communicate(timeout=120)
+        out, err = probe.communicate(timeout=HANG)
         assert probe.returncode == 0, err[-2000:]
         gcs, *listening = out.split()
         assert gcs.startswith("127.0.0.1:") and gcs != f"127.0.0.1:{cluster.gcs_port}"
@@ -169,7 +170,7 @@ def test_a_cluster_that_refuses_the_token_is_one_line_before_anything_is_written
     other = tmp_path / "other-home"
     other.mkdir()
     subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "get-auth-token", "--generate"],
-                   check=True, capture_output=True, timeout=60, env={**cluster.env,
+                   check=True, capture_output=True, timeout=HANG / 2, env={**cluster.env,
                                                                     "HOME": str(other)})
     try:
         cluster.start_head()
@@ -187,7 +188,7 @@ def test_a_cluster_that_refuses_the_token_is_one_line_before_anything_is_written
                 [sys.executable, "-m", "sweeps.cli", "run", str(spec), "--address", address],
                 cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
         for name, (folder, driver) in drivers.items():
-            out, err = driver.communicate(timeout=180)
+            out, err = driver.communicate(timeout=HANG)
             assert driver.returncode == 2, (name, err[-3000:])
             assert err.strip() == (
                 f"kdsweep run: error: --address {address}: the cluster refused this driver's "
@@ -241,7 +242,7 @@ def test_an_autoscaling_cluster_is_shown_every_ready_trial_and_grows_in_one_roun
         assert sub.returncode == 0, sub.stdout[-2000:] + sub.stderr[-2000:]
         # Each autoscaler round logs the demand it sees, then the nodes it queues for it.
         seen = r"\(PACK\): 12\+ pending placement groups"
-        deadline = time.time() + 180
+        deadline = time.time() + HANG
         while time.time() < deadline:
             log = monitor.read_text() if monitor.exists() else ""
             if (m := re.search(seen, log)) and re.search(r"Queue \d+ new nodes", log[m.end():]):

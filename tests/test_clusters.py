@@ -15,6 +15,7 @@ from sweeps.domain.spec import parse_spec
 from sweeps.report import report
 from sweeps.store.ledger import Ledger
 from sweeps.store.storage import Storage
+from testkit import HANG
 from testkit.drivers import kill_leftovers, start_driver, write_spec
 from testkit.servers import mlflow_sqlite_server
 
@@ -65,7 +66,7 @@ def test_clusters_keep_their_own_runs_and_are_compared(tmp_path, run_here):
         # its runs continue, alpha's stay
         driver = start_driver(beta, beta.parent, env={"KDSWEEP_FAULT": "epoch=1.2"})
         try:
-            assert driver.wait(180) == -signal.SIGKILL, (
+            assert driver.wait(HANG) == -signal.SIGKILL, (
                 (beta.parent / "driver.log").read_text()[-3000:])
         finally:
             kill_leftovers(beta.parent, remove=True)

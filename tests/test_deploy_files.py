@@ -9,6 +9,8 @@ import pytest
 import ray
 import yaml
 
+from testkit import HANG
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -117,7 +119,7 @@ def with_credentials(tmp_path, text: str, mode: int = 0o600, link: bool = False)
         (tmp_path / "link.env").symlink_to(file)
         file = tmp_path / "link.env"
     out = subprocess.run([str(ROOT / "cluster" / "with-credentials.sh"), "env", "-0"],
-                         capture_output=True, timeout=30, cwd=tmp_path,
+                         capture_output=True, timeout=HANG / 2, cwd=tmp_path,
                          env={"PATH": os.environ["PATH"], "KDSWEEP_CREDENTIALS": str(file)})
     env = dict(kv.split("=", 1) for kv in out.stdout.decode().split("\0") if "=" in kv)
     return out.returncode, env, out.stderr.decode()

@@ -84,9 +84,12 @@ def spec_of(taus, asha=None):
     })
 
 
-def run_stepped(tmp_path, spec, quality, fails=frozenset(), cpus=1, limit=120.0):
+def run_stepped(tmp_path, spec, quality, fails=frozenset(), cpus=1, quiet=300.0):
     """The plan's jobs through Tune's controller, stepped until it finishes: (what Tune did,
-    what the scheduler skipped, the plan)."""
+    what the scheduler skipped, the plan). ``quiet``: a guard against a hang only, reset by
+    every event Tune records (a job started or ended): a busy machine slows the steps (each
+    job's worker start most: seconds on a quiet machine, tens of seconds under load), never
+    stops them."""
     plan = build_plan(spec)
     listener = Skips()
     unit = {m: 1.0 for chain in spec.chains for m in chain}
@@ -107,10 +110,12 @@ def run_stepped(tmp_path, spec, quality, fails=frozenset(), cpus=1, limit=120.0)
         storage=experiment.storage,
         resource_manager_factory=lambda: FixedResourceManager({"CPU": cpus}),
     )
-    deadline = time.monotonic() + limit
+    seen, deadline = 0, time.monotonic() + quiet
     try:
         while not controller.is_finished():
-            assert time.monotonic() < deadline, recorder.seen
+            if len(recorder.seen) > seen:  # progress: the guard starts again
+                seen, deadline = len(recorder.seen), time.monotonic() + quiet
+            assert time.monotonic() < deadline, f"no Tune event for {quiet} s: {recorder.seen}"
             controller.step()
     finally:
         controller.cleanup()

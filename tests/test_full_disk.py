@@ -10,7 +10,8 @@ import pytest
 
 from sweeps.domain.spec import load_spec
 from sweeps.store.ledger import trial_file
-from testkit.drivers import kill_leftovers, start_driver, write_spec
+from testkit import HANG
+from testkit.drivers import kill_leftovers, left_behind, start_driver, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +34,8 @@ def small_disk(tmp_path):
 def run(spec_path, tmp):
     driver = start_driver(spec_path, tmp)
     try:
-        code = driver.wait(300)
+        code = driver.wait(HANG)
+        assert left_behind(driver.pid) == []  # exit 2 with its Ray up: nothing left running
     finally:
         kill_leftovers(tmp)
     log = (tmp / "driver.log").read_text()

@@ -12,6 +12,7 @@ from kd_core.bank import bank_nbytes
 from kd_core.data import load_dataset
 from kd_core.profile import profile_run
 from kd_core.run import RunSpec, build_trainer
+from testkit import HANG
 
 PROFILE = """
 import json, sys
@@ -28,7 +29,7 @@ print(json.dumps(profile_run(spec, "resnet-8", sys.argv[1], steps=2, data=data).
 
 def _profile_in_fresh_process(path: str) -> dict:
     out = subprocess.run([sys.executable, "-c", PROFILE, path], capture_output=True, text=True,
-                         timeout=120, check=True)
+                         timeout=HANG, check=True)
     return json.loads(out.stdout.splitlines()[-1])
 
 

@@ -18,7 +18,7 @@ from sweeps.domain.plan import build_plan
 from sweeps.domain.spec import parse_spec
 from sweeps.store.ledger import CHECKPOINTS, Ledger, TrialState, trial_file
 from sweeps.store.storage import Storage
-from testkit import servers
+from testkit import HANG, servers
 from testkit.drivers import (
     EPOCHS,
     kill_leftovers,
@@ -68,13 +68,13 @@ def test_sweep_on_s3_resumes_and_reuses_teachers(s3_server, tmp_path, monkeypatc
     try:
         # killed in the middle of a student: the fault point at its epoch 2
         driver = start_driver(spec_path, tmp_path, {**s3_server, "KDSWEEP_FAULT": "epoch=1.2"})
-        assert driver.wait(150) == -signal.SIGKILL, (tmp_path / "driver.log").read_text()[-3000:]
+        assert driver.wait(HANG) == -signal.SIGKILL, (tmp_path / "driver.log").read_text()[-3000:]
         kill_leftovers(tmp_path)  # Ray's workers too, before storage is read
         killed_at = storage.read_json(trial_file(student.key, "progress.json"))["epoch"]
         assert any(storage.exists(trial_file(student.key, s)) for s in CHECKPOINTS)  # on S3
 
         rerun = start_driver(spec_path, tmp_path, s3_server)
-        assert rerun.wait(300) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+        assert rerun.wait(HANG) == 0, (tmp_path / "driver.log").read_text()[-3000:]
         kill_leftovers(tmp_path)
         # No secret in what the drivers printed, the MLflow store and artifacts, Ray's logs
         # (tmp_path holds them all, Ray's temp dir through a link) or any object in storage.

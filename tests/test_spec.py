@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from sweeps.domain.spec import SpecError, load_spec, parse_spec
+from testkit import HANG
 
 CONFIGS = Path(__file__).resolve().parents[1] / "sweeps" / "configs"
 
@@ -162,7 +163,8 @@ def test_yaml_errors_name_the_file(tmp_path):
 def test_shipped_configs_validate_via_cli():
     for name in ("digits.yaml", "cifar100-paper.yaml", "cifar100-alpha-tau.yaml"):  # offline
         out = subprocess.run([sys.executable, "-m", "sweeps.cli", "plan", "--offline",
-                              str(CONFIGS / name)], capture_output=True, text=True, timeout=60)
+                              str(CONFIGS / name)], capture_output=True, text=True,
+                         timeout=HANG / 2)
         assert out.returncode == 0, out.stderr
         assert "generation 1:" in out.stdout
         if name == "cifar100-paper.yaml":  # the bank policy's choices, per generation
@@ -179,7 +181,7 @@ def test_a_reader_that_has_gone_ends_the_command_quietly():
     try:
         out = subprocess.run([sys.executable, "-m", "sweeps.cli", "plan", "--offline",
                               str(CONFIGS / "digits.yaml")], stdout=write,
-                             stderr=subprocess.PIPE, text=True, timeout=60)
+                             stderr=subprocess.PIPE, text=True, timeout=HANG / 2)
     finally:
         os.close(write)
     assert out.returncode == 128 + signal.SIGPIPE and out.stderr == "", out.stderr[-2000:]
@@ -189,7 +191,7 @@ def test_cli_rejects_bad_spec_before_any_work(tmp_path):
     p = tmp_path / "bad.yaml"
     p.write_text(yaml.safe_dump(bad("grid.tau", [0]) | {"storage": str(tmp_path / "store")}))
     out = subprocess.run([sys.executable, "-m", "sweeps.cli", "run", str(p)],
-                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+                         capture_output=True, text=True, timeout=HANG / 2, cwd=tmp_path)
     assert out.returncode == 2 and "grid.tau" in out.stderr and "bad.yaml" in out.stderr
     assert not (tmp_path / "store").exists() and not (tmp_path / "mlflow.db").exists()
 
@@ -199,7 +201,7 @@ def test_a_very_large_grid_needs_an_explicit_flag(tmp_path):
     p = tmp_path / "big.yaml"
     p.write_text(yaml.safe_dump(big))
     out = subprocess.run([sys.executable, "-m", "sweeps.cli", "run", str(p)],
-                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+                         capture_output=True, text=True, timeout=HANG / 2, cwd=tmp_path)
     assert out.returncode == 2 and "plans 1404 trials" in out.stderr and "--large" in out.stderr
     assert not (tmp_path / "store").exists() and not (tmp_path / "mlflow.db").exists()
 
@@ -207,7 +209,8 @@ def test_a_very_large_grid_needs_an_explicit_flag(tmp_path):
 def test_help_is_fast_and_user_errors_are_one_line(tmp_path):
     code = ("import sys\nfrom sweeps import cli\ntry:\n    cli.main(['--help'])\n"
             "except SystemExit:\n    pass\nprint('torch' in sys.modules, 'ray' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=HANG / 2)
     assert out.stdout.strip().endswith("False False")  # --help loads neither torch nor Ray
     spec = tmp_path / "s.yaml"
     spec.write_text((CONFIGS / "digits.yaml").read_text().replace(
@@ -215,13 +218,14 @@ def test_help_is_fast_and_user_errors_are_one_line(tmp_path):
     (tmp_path / "store").mkdir()  # nothing stored yet
     code = (f"import sys\nfrom sweeps import cli\ncli.main(['status', {str(spec)!r}])\n"
             "print('torch' in sys.modules, 'ray' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=HANG / 2)
     assert "generation 2: 0 done" in out.stdout, out.stderr
     assert out.stdout.strip().endswith("False False")  # nor does `status`
     out = subprocess.run([sys.executable, "-m", "sweeps.cli", "train", "--model", "cnn-small",
                           "--teacher", str(tmp_path / "missing.pt"), "--loss", "kl",
                           "--epochs", "1", "--out", str(tmp_path / "run")],
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=HANG)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip().count("\n") == 0 and "--teacher" in out.stderr
     assert "missing.pt" in out.stderr

@@ -13,6 +13,7 @@ from sweeps.domain.spec import parse_spec
 from sweeps.store.storage import Storage
 from sweeps.tracking.sqlite_store import ARTIFACTS, prepare_store
 from sweeps.tracking.tracker import Tracker
+from testkit import HANG
 
 
 def tracker(folder):
@@ -122,7 +123,7 @@ def test_a_store_whose_writer_was_killed_mid_transaction_is_rolled_back_and_used
         assert writer.stdout.readline().strip() == "inside"
     finally:
         writer.send_signal(signal.SIGKILL)
-        writer.wait(10)
+        writer.wait(HANG / 10)
     journal = tmp_path / "mlflow.db-journal"
     assert journal.stat().st_size > 0  # hot
     check_sqlite_store(uri, db, timeout=10)
@@ -140,7 +141,7 @@ def test_a_store_whose_writer_was_killed_mid_transaction_is_rolled_back_and_used
         assert writer.stdout.readline().strip() == "inside"
     finally:
         writer.send_signal(signal.SIGKILL)
-        writer.wait(10)
+        writer.wait(HANG / 10)
     before = (other.read_bytes(), (tmp_path / "theirs.db-journal").read_bytes())
     with pytest.raises(SpecError, match="theirs.db"):
         check_sqlite_store(f"sqlite:///{other}", other, timeout=10)

@@ -9,6 +9,7 @@ import textwrap
 import pytest
 from mlflow.tracking import MlflowClient
 
+from testkit import HANG
 from testkit.servers import mlflow_sqlite_server
 
 pytestmark = pytest.mark.slow
@@ -42,7 +43,7 @@ def test_a_sigterm_sends_the_queued_epochs_before_the_driver_exits(tmp_path):
         code = DRIVER.format(seeds=list(range(RUNS)), storage=str(tmp_path / "store"),
                              server=server, epochs=EPOCHS)
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             timeout=120)
+                             timeout=HANG)
         assert out.returncode == 128 + 15, out.stderr[-3000:]
         assert "MLflow write failed" not in out.stderr, out.stderr[-3000:]
         client = MlflowClient(server)

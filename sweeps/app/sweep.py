@@ -7,6 +7,7 @@ results (Parquet, MLflow).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -29,7 +30,13 @@ from ..domain.plan import Plan, Trial, build_plan  # noqa: E402
 from ..domain.sampling import OptunaSource, optuna_sources  # noqa: E402
 from ..domain.scheduler import Scheduler  # noqa: E402
 from ..domain.spec import SpecError, SweepSpec  # noqa: E402
-from ..ray.engine import connect, run_experiment  # noqa: E402
+from ..ray.engine import (  # noqa: E402
+    EXIT_RAY_LOST,
+    LocalRayWatch,
+    connect,
+    end_processes,
+    run_experiment,
+)
 from ..ray.plugins import runtime_env  # noqa: E402
 from ..ray.teacher_bank import wants_shared_bank  # noqa: E402
 from ..store.lease import DriverLease, holder  # noqa: E402
@@ -160,7 +167,10 @@ def run_sweep(
         connect(address, env)
     # one driver per sweep and cluster, before Ray starts
     lease = DriverLease(storage, sweep_file(spec, SweepFile.LEASE))
-    lease.on_lost = lambda held: _superseded(lease, held)
+    # a local Ray lost mid-run (its raylet killed by the out-of-memory killer) is one line;
+    # the watch also knows the local Ray's processes, which a superseded driver ends at once
+    watch = LocalRayWatch(_ray_lost) if address is None else None
+    lease.on_lost = lambda held: _superseded(lease, held, watch)
     lease.acquire(out)
     snapshot.ledger.writer = lease  # the sweep's shared files are written under it
     faults.reached("after-lease")
@@ -171,13 +181,14 @@ def run_sweep(
             if address is None:
                 # memory: as much as Ray granted
                 check_fits(spec.resources, spec.architectures, ray.cluster_resources())
-        return _train_and_export(spec, plan, data, snapshot, out, retry_failed, lease, address,
-                                 env)
+        with watch or contextlib.nullcontext():
+            return _train_and_export(spec, plan, data, snapshot, out, retry_failed, lease,
+                                     address, env)
     finally:
         lease.release()
 
 
-def _superseded(lease: DriverLease, held: dict) -> None:
+def _superseded(lease: DriverLease, held: dict, watch: LocalRayWatch | None) -> None:
     """This driver was paused past its lease's TTL and another took the sweep over: stop now,
     from whichever thread saw it, writing nothing more (its writes so far are each atomic)."""
     print(
@@ -187,7 +198,23 @@ def _superseded(lease: DriverLease, held: dict) -> None:
         file=sys.stderr,
         flush=True,
     )
+    # its local Ray and workers, as the watch last listed them, SIGKILLed without a wait (no
+    # scan either: this process's other threads run meanwhile): nothing left running
+    end_processes(watch.procs if watch is not None else [], grace=0)
     os._exit(3)  # not sys.exit: no exit handler may write (the MLflow flush) after losing
+
+
+def _ray_lost(cause: str, log: str, console: int, procs: list) -> None:
+    """The local Ray is gone (LocalRayWatch, which sent what this process prints from then on,
+    Ray's tracebacks included, to ``log``): one line on the console with the cause and what
+    to do, what is left of Ray ended, exit EXIT_RAY_LOST. Nothing stored is touched: every
+    write is atomic, and a rerun resumes."""
+    os.write(console, (
+        f"kdsweep run: error: the local Ray stopped: {cause}; everything stored is kept "
+        "(trials done, their checkpoints): run the same command to continue "
+        f"(Ray's messages: {log})\n").encode())
+    end_processes(procs, grace=0)
+    os._exit(EXIT_RAY_LOST)
 
 
 def _train_and_export(

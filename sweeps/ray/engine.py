@@ -21,10 +21,14 @@ import hashlib
 import json
 import logging
 import os
+import select
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
+from pathlib import Path
 
 from ray import tune
 from ray.tune.error import TuneError
@@ -72,6 +76,222 @@ def connect(address: str | None, runtime_env: dict | None = None) -> None:
             os.environ.pop(key)
         else:
             os.environ[key] = before
+
+
+# A lost local Ray (its raylet or GCS server killed: the out-of-memory killer, a signal) ends
+# `kdsweep run` with this code and one line (app/sweep.py); 2 is a user's error, 3 a lost lease.
+EXIT_RAY_LOST = 4
+WATCHED = ("raylet", "gcs_server")  # the processes without which a local Ray is gone
+
+
+def own_processes() -> list:
+    """Every process this one started and that still runs (psutil.Process each, which knows
+    its process's start time, so a pid reused later is never mistaken for it): a local Ray's
+    GCS, raylet, agents and workers. Taken before Ray shuts down: a worker whose raylet is gone
+    belongs to init, no longer to this process. psutil is Ray's own dependency."""
+    import psutil
+
+    with contextlib.suppress(psutil.Error):
+        return psutil.Process().children(recursive=True)
+    return []
+
+
+def end_processes(procs: list, grace: float = 5.0) -> None:
+    """SIGTERM what still runs of ``procs``, SIGKILL what is left after ``grace`` seconds: a
+    driver that exits leaves nothing running, whatever its exit. ``grace=0``: SIGKILL each at
+    once and return without waiting (a driver that must stop writing at once: its other
+    threads run while this one waits)."""
+    import psutil
+
+    alive = [p for p in procs if p.is_running()]
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.terminate() if grace else p.kill()
+    if not grace:
+        return
+    _, alive = psutil.wait_procs(alive, timeout=grace)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(alive, timeout=5.0)
+
+
+class LocalRayWatch:
+    """Watches the local Ray this process started, while the block runs. Once its raylet or
+    GCS server is gone, what this process prints goes to a log file from that moment (Ray's
+    own account follows within moments, its tracebacks after it, and Ray then ends the driver
+    with exit 1), and ``on_lost(cause, log, console, procs)`` is called, once: ``cause``, how
+    it ended, as its exit status says; ``log``, that file (Ray's session logs named and their
+    last lines in it); ``console``, a descriptor of the standard error as it was; ``procs``,
+    this process's children as last seen, for the caller to end. Without a local Ray (a
+    cluster joined), it watches nothing.
+
+    Ray's account of a lost raylet comes from its agents, which see it go as soon as this
+    process can, and is printed through ``sys.stdout``: so while the block runs, that stream
+    and ``sys.stderr`` look at the watched processes (a pidfd each, Linux) before each write,
+    and a write that comes after the loss goes to the log."""
+
+    def __init__(self, on_lost, poll: float = 2.0):
+        """``poll``: how often the list of this process's children is refreshed (and, where
+        no pidfd wakes the watch, how often the watched processes are looked at)."""
+        self.on_lost, self.poll = on_lost, poll
+        self._stop = threading.Event()
+        self._fired = threading.Lock()
+        self._wake: tuple = ()  # a pipe written once the block ends: the watch stops at once
+        self._thread = None
+        self.watched, self.fds, self.log_dir = [], [], None
+        self.procs: list = []  # this process's children, as last listed
+
+    def __enter__(self) -> LocalRayWatch:
+        import psutil
+
+        self.procs = own_processes()
+        for p in self.procs:
+            with contextlib.suppress(psutil.Error):
+                if p.name() in WATCHED:
+                    self.watched.append((p.name(), p))
+        if not self.watched:
+            return self
+        self.log_dir = _log_dir([p for _, p in self.watched])
+        # woken the moment a watched process ends (a pidfd is readable then; Linux); elsewhere
+        # a poll
+        with contextlib.suppress(AttributeError, OSError):
+            self.fds = [os.pidfd_open(p.pid) for _, p in self.watched]
+        self._wake = os.pipe()
+        self._streams = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Gate(sys.stdout, self.check), _Gate(sys.stderr, self.check)
+        self._thread = threading.Thread(target=self._watch, daemon=True,
+                                        name="kdsweep-ray-watch")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._wake:
+            os.write(self._wake[1], b"x")
+        if self._thread is not None:
+            self._thread.join()
+            if isinstance(sys.stdout, _Gate) and isinstance(sys.stderr, _Gate):
+                sys.stdout, sys.stderr = self._streams
+        for fd in [*self._wake, *self.fds]:
+            os.close(fd)
+        self._wake, self.fds = (), []
+
+    def check(self) -> None:
+        """On a lost watched process, the loss handled (in this thread; it ends the process);
+        otherwise nothing. A pidfd look, no wait."""
+        if self.fds and not self._stop.is_set() and select.select(self.fds, [], [], 0)[0]:
+            self._lost()
+
+    def _watch(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            select.select([*self.fds, self._wake[0]], [], [], self.poll)
+            if self._stop.is_set():
+                return
+            # everything seen so far that still runs: once the raylet is gone, its agents and
+            # workers belong to init, and only this list still names them
+            self.procs = [p for p in self.procs if p.is_running()]
+            self.procs += [p for p in own_processes() if p not in self.procs]
+            for _, p in self.watched:
+                with contextlib.suppress(psutil.Error):
+                    if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                        continue
+                if not self._stop.is_set():  # not ended by this process's own shutdown
+                    self._lost()
+                return
+
+    def _lost(self) -> None:
+        import psutil
+
+        if not self._fired.acquire(blocking=False):
+            return  # another thread handles it (and ends the process)
+        console, log = _hold_output(self._streams)
+        for name, p in self.watched:
+            with contextlib.suppress(psutil.Error):
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    continue
+            cause = _ended(name, p)
+            break
+        else:
+            cause = "its raylet ended (killed: out of memory or a signal)"
+        _note(log, cause, self.log_dir)
+        self.on_lost(cause, log, console, self.procs)
+
+
+class _Gate:
+    """A text stream that calls ``check`` before each write, then writes to ``stream``; every
+    other attribute is the stream's own (encoding, buffer, flush, fileno, isatty...)."""
+
+    def __init__(self, stream, check):
+        self.stream, self.check = stream, check
+
+    def write(self, text: str) -> int:
+        self.check()
+        return self.stream.write(text)
+
+    def writelines(self, lines) -> None:
+        self.check()
+        self.stream.writelines(lines)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+def _hold_output(streams) -> tuple[int, str]:
+    """This process's standard output and error to a new log file from now on (``streams``
+    flushed first); returns a descriptor of the standard error as it was, and the file."""
+    for stream in streams:
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    fd, path = tempfile.mkstemp(prefix="kdsweep-ray-lost-", suffix=".log")
+    console = os.dup(2)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    return console, path
+
+
+def _note(log: str, cause: str, log_dir: str | None) -> None:
+    """The cause, Ray's session logs and their last lines, at the head of the log."""
+    with open(log, "a") as f:
+        f.write(f"the local Ray stopped: {cause}\nRay's session logs: {log_dir}\n")
+        for name in ("raylet.out", "raylet.err", "gcs_server.out", "gcs_server.err"):
+            with contextlib.suppress(OSError, TypeError):
+                tail = Path(log_dir, name).read_text(errors="replace").splitlines()[-40:]
+                f.write(f"\n--- the last lines of {Path(log_dir, name)}\n" + "\n".join(tail))
+        f.write("\n--- what this driver and Ray printed from the moment it stopped:\n")
+
+
+def _log_dir(procs: list) -> str | None:
+    """Ray's session logs folder, from a watched process's command line (--log_dir=)."""
+    import psutil
+
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            for arg in p.cmdline():
+                if arg.startswith("--log_dir="):
+                    return arg.removeprefix("--log_dir=")
+    return None
+
+
+def _ended(name: str, p) -> str:
+    """How a watched process ended: its exit status when it is this process's child."""
+    import psutil
+
+    try:
+        code = p.wait(timeout=1)
+    except (psutil.Error, ChildProcessError):
+        code = None
+    name = f"its {name} (pid {p.pid})"
+    if code is None:
+        return f"{name} ended (killed: out of memory or a signal)"
+    if code < 0:
+        sig = signal.Signals(-code).name
+        why = " (as the out-of-memory killer does)" if -code == signal.SIGKILL else ""
+        return f"{name} was killed by {sig}{why}"
+    return f"{name} exited with code {code}"
 
 
 def _join(address: str, quiet: dict) -> None:

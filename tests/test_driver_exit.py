@@ -1,0 +1,130 @@
+"""How a driver process ends: a lost local Ray is one line with its cause and the next step
+(exit 4), and whatever the exit (0, 2, 3, 4), nothing the driver started is left running in its
+process group or Unix session. Real drivers, a real local Ray; waits follow events (a trial's
+progress file, the lease changing hands) and are bounded by HANG against a hang only."""
+
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sweeps.domain.plan import build_plan
+from sweeps.domain.spec import parse_spec
+from sweeps.ray.engine import EXIT_RAY_LOST
+from sweeps.store.ledger import trial_file
+from sweeps.store.storage import Storage
+from testkit import HANG
+from testkit.drivers import kill_leftovers, left_behind, session, start_driver, write_spec
+
+pytestmark = pytest.mark.slow
+
+SMALL = {"chains": [["cnn-small", "cnn-small"]],
+         "train": {"epochs": 3, "batch_size": 64, "lr": 0.05}}
+
+
+def nothing_left(pid: int) -> list[str]:
+    """What a driver (``pid``) left running, once the SIGKILLs it sent on its way out have
+    landed (at once when quiet; a guard of HANG / 10 against a hang)."""
+    deadline = time.monotonic() + HANG / 10
+    while (left := left_behind(pid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+def wait_until(condition, driver, log: Path, what: str) -> None:
+    deadline = time.monotonic() + HANG
+    while not condition():
+        assert driver.poll() is None and time.monotonic() < deadline, (
+            what, log.read_text()[-3000:])
+        time.sleep(0.05)
+
+
+def test_a_lost_local_ray_is_one_line_and_the_rerun_finishes(tmp_path):
+    """The raylet of a running sweep SIGKILLed (as the out-of-memory killer does): the driver
+    ends with one line (the cause, what is kept, the next step, where Ray's messages went),
+    exit 4, nothing left running; the same command then finishes the sweep."""
+    spec_path = write_spec(tmp_path, name="lost", **SMALL)
+    spec = parse_spec(yaml.safe_load(spec_path.read_text()))
+    storage = Storage(spec.storage)
+    plan = build_plan(spec)
+    log = tmp_path / "driver.log"
+    driver = start_driver(spec_path, tmp_path)
+    try:
+        teacher = plan.trials[0]
+        wait_until(lambda: storage.exists(trial_file(teacher.key, "progress.json")), driver, log,
+                   "the teacher never started")
+        [raylet] = [p for p in session(driver.pid) if p.name() == "raylet"]
+        raylet.kill()
+        assert driver.wait(HANG) == EXIT_RAY_LOST, log.read_text()[-3000:]
+        assert nothing_left(driver.pid) == []
+        said = log.read_text()
+        lines = [ln for ln in said.splitlines() if "error" in ln.lower()]
+        assert len(lines) == 1, said[-5000:]
+        [line] = lines
+        assert line.startswith(f"kdsweep run: error: the local Ray stopped: its raylet "
+                               f"(pid {raylet.pid}) was killed by SIGKILL"), line
+        assert "everything stored is kept" in line and "run the same command" in line
+        assert "Traceback" not in said
+        ray_log = Path(re.search(r"Ray's messages: (\S+)\)$", line)[1])
+        assert "the local Ray stopped" in ray_log.read_text()
+        ray_log.unlink()
+
+        kill_leftovers(tmp_path)
+        rerun = start_driver(spec_path, tmp_path)
+        assert rerun.wait(HANG) == 0, log.read_text()[-3000:]
+        assert nothing_left(rerun.pid) == []
+    finally:
+        kill_leftovers(tmp_path, remove=True)
+    for t in plan.trials:
+        result = storage.read_json(trial_file(t.key, "result.json"))
+        assert result["state"] == "done"
+        assert [h["epoch"] for h in result["history"]] == [1, 2, 3]
+
+
+def test_a_driver_leaves_no_process_behind_whatever_its_exit(tmp_path):
+    """Three drivers of one sweep: B is refused while A runs (exit 2; A's trial paused the
+    while); A is paused past its lease's TTL, C takes the sweep over and finishes it (exit 0);
+    A resumes and stops on its lost lease (exit 3). After each exit, nothing runs in that
+    driver's process group or Unix session: not its local Ray, its agents (DashboardAgent,
+    RuntimeEnvAgent) or workers."""
+    env = {"KDSWEEP_LEASE_TTL": "6"}
+    spec_path = write_spec(tmp_path, name="exits", **SMALL)
+    spec = parse_spec(yaml.safe_load(spec_path.read_text()))
+    storage = Storage(spec.storage)
+    rel = "sweeps/exits/local/driver.lease"
+    teacher = build_plan(spec).trials[0]
+    for d in "bc":
+        (tmp_path / d).mkdir()
+    a = start_driver(spec_path, tmp_path, env)
+    try:
+        wait_until(lambda: storage.exists(trial_file(teacher.key, "progress.json")), a,
+                   tmp_path / "driver.log", "A never started training")
+        assert [p for p in session(a.pid) if p.name() == "raylet"]  # a local Ray to end
+        # A's trial paused, so that A is still running when B starts (however slow B's start)
+        worker = storage.read_json(trial_file(teacher.key, "progress.json"))["pid"]
+        os.kill(worker, signal.SIGSTOP)
+
+        b = start_driver(spec_path, tmp_path / "b", env)
+        assert b.wait(HANG) == 2, (tmp_path / "b" / "driver.log").read_text()[-3000:]
+        assert nothing_left(b.pid) == []
+        os.kill(worker, signal.SIGCONT)
+
+        a.send_signal(signal.SIGSTOP)
+        c = start_driver(spec_path, tmp_path / "c", env)
+        wait_until(lambda: (storage.read_json(rel) or {}).get("pid") == c.pid, c,
+                   tmp_path / "c" / "driver.log", "C never took the lease")
+        assert c.wait(HANG) == 0, (tmp_path / "c" / "driver.log").read_text()[-3000:]
+        assert nothing_left(c.pid) == []
+
+        a.send_signal(signal.SIGCONT)
+        assert a.wait(HANG) == 3, (tmp_path / "driver.log").read_text()[-3000:]
+        assert nothing_left(a.pid) == []
+    finally:
+        if a.poll() is None:
+            a.send_signal(signal.SIGCONT)
+        for folder in (tmp_path, tmp_path / "b", tmp_path / "c"):
+            kill_leftovers(folder, remove=True)
