@@ -3,6 +3,7 @@ work, nothing written (the commands run in-process through the CLI's own main)."
 
 import os
 
+import boto3
 import pytest
 import yaml
 
@@ -90,6 +91,9 @@ def test_report_from_s3_without_credentials_is_one_line(tmp_path, capsys, monkey
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    # boto3's default session keeps the credentials it found first in this process (another
+    # test's, run before this one in the same worker): a new command's process has none
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
     out = tmp_path / "out"
     assert main(["report", "s3://kdsweep/x/results.parquet", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()

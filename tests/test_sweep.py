@@ -277,8 +277,9 @@ def test_status_and_report(sweep, tmp_path):
     assert "inconclusive at this n (1 seed)" in text
     names = {p.name for p in paths if p.parent == tmp_path / "rep"}
     assert {"accuracy_vs_tau.png", "accuracy_vs_noise.png", "accuracy_vs_generation.png",
-            "learning_curves.png", "logit_distance_vs_accuracy.png",
-            "logit_distance_distributions.png", "penultimate_projection.png",
+            "calibration_and_agreement.png", "learning_curves.png",
+            "logit_distance_vs_accuracy.png", "logit_distance_distributions.png",
+            "penultimate_projection.png",
             "report.html"} == names
     # table cells link to the MLflow runs behind them
     page = (tmp_path / "rep" / "report.html").read_text()
