@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import TrainConfig
-from .data import draw_views, render_views
+from .data import draw_views
 from .loop import DONE, Checkpoints, Outcome, diverged
 from .losses import distillation_loss
 from .metrics import EpochMetrics
@@ -243,7 +243,7 @@ class FusedGroup:
         """One epoch of ``group`` fused: each member's sums, and (when its next epoch
         evaluates) a function from a split's images to its logits from one fused pass."""
         lead = group[0]
-        cfg, aug, dev = lead.config, lead.data.augment, lead.device
+        aug, dev = lead.data.augment, lead.device
         fused = FusedModel([t.model for t in group], lead.memory_format)
         n = len(lead.y_train)
         perm = torch.randperm(n, generator=lead.generator, device=dev)
@@ -257,23 +257,13 @@ class FusedGroup:
             t.model.train()
         fused.train()
         fused.load()
-        for start in range(0, n, cfg.batch_size):
-            idx = perm[start : start + cfg.batch_size]
-            if len(idx) < 2:  # BatchNorm cannot train on a batch of one
-                continue
-            v = None if views is None else views[start : start + cfg.batch_size]
-            x = lead.x_train[idx]
-            x = lead.prepare(x if v is None else render_views(x, v, aug))
-            y = lead.y_train[idx]
+        for idx, x, y, z_bank in lead.batches(perm, views, z_epoch, n):
             with torch.autocast(dev.type, torch.bfloat16, enabled=lead.autocast):
-                if banked:
-                    z_t = z_epoch[start : start + cfg.batch_size].float()
-                else:
-                    z_t = None if lead.teacher is None else lead.teacher(x)
+                z_t = lead.teacher_logits(x, z_bank)
                 zs = fused(x)
             losses = [distillation_loss(z, z_t, y, loss=t.config.loss, tau=t.config.tau,
-                                        alpha=t.config.alpha) for z, t in zip(zs, group,
-                                                                              strict=True)]
+                                        alpha=t.config.alpha, **dict(t.config.loss_params))
+                      for z, t in zip(zs, group, strict=True)]
             for t in group:
                 t.optimizer.zero_grad(set_to_none=True)
             sum(losses).backward()  # a sum: each member gets exactly its own loss's gradient

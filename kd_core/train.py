@@ -195,19 +195,9 @@ class Trainer:
         sums = torch.zeros(5, device=self.device)
         self.model.train()
         stop = n if max_steps is None else min(n, max_steps * cfg.batch_size)
-        for start in range(0, stop, cfg.batch_size):
-            idx = perm[start : start + cfg.batch_size]
-            if len(idx) < 2:  # BatchNorm cannot train on a batch of one
-                continue
-            v = None if views is None else views[start : start + cfg.batch_size]
-            x = self.x_train[idx]
-            x = self.prepare(x if v is None else render_views(x, v, aug))
-            y = self.y_train[idx]
+        for idx, x, y, z_bank in self.batches(perm, views, z_epoch, stop):
             with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
-                if banked:
-                    z_t = z_epoch[start : start + cfg.batch_size].float()
-                else:
-                    z_t = None if self.teacher is None else self.teacher(x)
+                z_t = self.teacher_logits(x, z_bank)
                 z_s = self.forward(x)
             loss = distillation_loss(z_s, z_t, y, loss=cfg.loss, tau=cfg.tau, alpha=cfg.alpha,
                                      **dict(cfg.loss_params))
@@ -216,6 +206,28 @@ class Trainer:
             self.optimizer.step()
             sums += self.batch_sums(loss, z_s, z_t, y, self.y_clean[idx])
         return sums
+
+    def batches(self, perm: torch.Tensor, views, z_epoch: torch.Tensor | None, stop: int):
+        """The epoch's training batches in ``perm``'s order up to ``stop``: (indices, images as
+        the model takes them, trained labels, the bank's rows of the teacher's logits or None).
+        Separate and fused training (kd_core.fused) draw the same batches from here."""
+        size, aug = self.config.batch_size, self.data.augment
+        for start in range(0, stop, size):
+            idx = perm[start : start + size]
+            if len(idx) < 2:  # BatchNorm cannot train on a batch of one
+                continue
+            v = None if views is None else views[start : start + size]
+            x = self.x_train[idx]
+            x = self.prepare(x if v is None else render_views(x, v, aug))
+            z_bank = None if z_epoch is None else z_epoch[start : start + size]
+            yield idx, x, self.y_train[idx], z_bank
+
+    def teacher_logits(self, x: torch.Tensor, z_bank: torch.Tensor | None):
+        """The teacher's logits for batch ``x``: its bank's rows, else its forward pass (online),
+        else None (trained on the labels)."""
+        if z_bank is not None:
+            return z_bank.float()
+        return None if self.teacher is None else self.teacher(x)
 
     @torch.no_grad()
     def batch_sums(self, loss, z_s, z_t, y, y_clean) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """Sweeps on S3 storage, against moto's S3-compatible server on 127.0.0.1 (started here)."""
 
+import contextlib
 import hashlib
 import io
 import os
@@ -183,10 +184,10 @@ def test_leases_on_s3_are_conditional_writes_checked_by_the_server(s3_server, mo
     assert not storage.exists("driver.lease")
 
 
-def test_state_is_one_listing_then_one_get_per_stored_result(s3_server, monkeypatch, tmp_path):
-    """A snapshot of 8 stored and 2,000 planned trials costs one LIST and 8 GETs, whatever the
-    number planned; past a page, the listing is read in 16 shards at once, each file once."""
-    from sweeps.store.snapshot import Snapshot
+@contextlib.contextmanager
+def stored_behind_proxy(s3_server, monkeypatch, tmp_path, root: str):
+    """A spec's trials stored on moto under ``root`` (fabricated), read through a proxy that
+    counts requests: (proxy, the stored trials, a ledger that repairs nothing)."""
     from testkit.fabricate import fabricate
 
     for k, v in s3_server.items():
@@ -195,9 +196,18 @@ def test_state_is_one_listing_then_one_get_per_stored_result(s3_server, monkeypa
     with LatencyProxy(port, delay=0.0) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
         spec = parse_spec(yaml.safe_load(write_spec(tmp_path,
-                                                    storage="s3://kdsweep/listed").read_text()))
+                                                    storage=f"s3://kdsweep/{root}").read_text()))
         stored = fabricate(spec)
-        ledger = Ledger(Storage(spec.storage), repair=False)
+        yield proxy, stored, Ledger(Storage(spec.storage), repair=False)
+
+
+def test_state_is_one_listing_then_one_get_per_stored_result(s3_server, monkeypatch, tmp_path):
+    """A snapshot of 8 stored and 2,000 planned trials costs one LIST and 8 GETs, whatever the
+    number planned; past a page, the listing is read in 16 shards at once, each file once."""
+    from sweeps.store.snapshot import Snapshot
+
+    with stored_behind_proxy(s3_server, monkeypatch, tmp_path, "listed") as (proxy, stored,
+                                                                              ledger):
         planned = [f"{i:020x}" for i in range(2000)]
         proxy.requests.clear()
         snap = Snapshot.load(ledger, [t.key for t in stored] + planned)
@@ -230,17 +240,9 @@ def test_a_sweeps_state_lists_its_own_keys_not_a_root_of_other_sweeps(s3_server,
     from sweeps.store import storage as storage_module
     from sweeps.store.snapshot import Snapshot
     from sweeps.store.storage import folder_pages, per_name
-    from testkit.fabricate import fabricate
 
-    for k, v in s3_server.items():
-        monkeypatch.setenv(k, v)
-    port = int(s3_server["AWS_ENDPOINT_URL"].rsplit(":", 1)[1])
-    with LatencyProxy(port, delay=0.0) as proxy:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
-        spec = parse_spec(yaml.safe_load(write_spec(tmp_path,
-                                                    storage="s3://kdsweep/shared").read_text()))
-        stored = fabricate(spec)
-        ledger = Ledger(Storage(spec.storage), repair=False)
+    with stored_behind_proxy(s3_server, monkeypatch, tmp_path, "shared") as (proxy, stored,
+                                                                              ledger):
         def key(n):  # keys are hashes: spread over the key space
             return hashlib.sha256(str(n).encode()).hexdigest()[:20]
 
