@@ -250,10 +250,12 @@ def test_an_autoscaling_cluster_is_shown_every_ready_trial_and_grows_in_one_roun
             time.sleep(0.5)
         else:
             pytest.fail(f"the autoscaler never saw the 12 trials at once:\n{log[-3000:]}")
-        # the round that saw all 12 queued what the 12 one-CPU trials need on two-CPU nodes
-        # (with any node an earlier round queued for a part of them)
+        # by the round that saw all 12, the autoscaler had queued at least what the 12 one-CPU
+        # trials need on two-CPU nodes (with any node an earlier round queued for a part of
+        # them). At least, not exactly: on a loaded machine a node an earlier round queued may
+        # not be listed yet, and the autoscaler (its own accounting) queues it again (CI: 3 + 5)
         first = re.search(r"Queue (\d+) new nodes", log[m.end():]).end() + m.end()
         queued = sum(map(int, re.findall(r"Queue (\d+) new nodes", log[:first])))
-        assert queued == 6, log[-3000:]
+        assert queued >= 6, log[-3000:]
     finally:
         cluster.stop()

@@ -245,7 +245,12 @@ def _hold_output(streams) -> tuple[int, str]:
     for stream in streams:
         with contextlib.suppress(OSError, ValueError):
             stream.flush()
-    fd, path = tempfile.mkstemp(prefix="kdsweep-ray-lost-", suffix=".log")
+    made, path = tempfile.mkstemp(prefix="kdsweep-ray-lost-", suffix=".log")
+    os.close(made)
+    # appending: the note (_note, through its own descriptor) and what Ray writes through
+    # these never overwrite each other (with a shared offset from 0, Ray's first line landed
+    # on the note)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
     console = os.dup(2)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
