@@ -3,14 +3,17 @@
 process group or Unix session. Real drivers, a real local Ray; waits follow events (a trial's
 progress file, the lease changing hands) and are bounded by HANG against a hang only."""
 
+import io
 import os
 import re
 import signal
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 
 from sweeps.domain.plan import build_plan
 from sweeps.domain.spec import parse_spec
@@ -87,10 +90,13 @@ def test_a_lost_local_ray_is_one_line_and_the_rerun_finishes(tmp_path):
 
 def test_a_driver_leaves_no_process_behind_whatever_its_exit(tmp_path):
     """Three drivers of one sweep: B is refused while A runs (exit 2; A's trial paused the
-    while); A is paused past its lease's TTL, C takes the sweep over and finishes it (exit 0);
-    A resumes and stops on its lost lease (exit 3). After each exit, nothing runs in that
-    driver's process group or Unix session: not its local Ray, its agents (DashboardAgent,
-    RuntimeEnvAgent) or workers."""
+    while); A is paused (SIGSTOP) past its lease's TTL, C takes the sweep over and finishes it
+    (exit 0) while A is still paused (A's workers give their claims up once their driver is
+    superseded: C never waits on them); A resumes and stops at once on its lost lease (exit 3),
+    in one line naming C, writing nothing more. After each exit, nothing runs in that driver's
+    process group or Unix session: not its local Ray, its agents (DashboardAgent,
+    RuntimeEnvAgent) or workers. MLflow holds one run per trial, every epoch once, and the
+    sweep's shared files carry C's fence (split brain, one test: each driver costs a Ray)."""
     env = {"KDSWEEP_LEASE_TTL": "6"}
     spec_path = write_spec(tmp_path, name="exits", **SMALL)
     spec = parse_spec(yaml.safe_load(spec_path.read_text()))
@@ -123,8 +129,28 @@ def test_a_driver_leaves_no_process_behind_whatever_its_exit(tmp_path):
         a.send_signal(signal.SIGCONT)
         assert a.wait(HANG) == 3, (tmp_path / "driver.log").read_text()[-3000:]
         assert nothing_left(a.pid) == []
+        log = (tmp_path / "driver.log").read_text()
+        [line] = [ln for ln in log.splitlines() if "another driver took this sweep over" in ln]
+        assert "(since released" in line and "Traceback" not in log  # C finished: no lease
     finally:
         if a.poll() is None:
             a.send_signal(signal.SIGCONT)
         for folder in (tmp_path, tmp_path / "b", tmp_path / "c"):
             kill_leftovers(folder, remove=True)
+    epochs = list(range(1, SMALL["train"]["epochs"] + 1))
+    client = MlflowClient(spec.tracking_uri)
+    exp = client.get_experiment_by_name("exits")
+    runs = client.search_runs([exp.experiment_id], "tags.`kdsweep.role` = 'trial'")
+    keys = [r.data.tags["kdsweep.key"] for r in runs]
+    assert sorted(keys) == sorted(t.key for t in build_plan(spec).trials)  # one run each
+    for r in runs:
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "train_loss")]
+        assert sorted(steps) == epochs, steps  # every epoch once
+        result = storage.read_json(trial_file(r.data.tags["kdsweep.key"], "result.json"))
+        assert [h["epoch"] for h in result["history"]] == epochs
+    assert len(client.search_runs([exp.experiment_id], "tags.`kdsweep.role` = 'sweep'")) == 1
+    # the sweep's shared files carry the fence of the driver that wrote them last: C's (B, refused,
+    # never held the lease)
+    assert storage.read_json("sweeps/exits/local/trials.json")["fence"] == 2
+    meta = pq.read_schema(io.BytesIO(storage.read_bytes("sweeps/exits/local/results.parquet")))
+    assert meta.metadata[b"kdsweep.fence"] == b"2"
