@@ -36,9 +36,11 @@ lint: venv
 	$(BIN)/ruff check .
 
 # Both tiers run on two workers (the CI machine's cores; a third starved Ray's job agent), a
-# test at a time wherever a worker is free, in a new random order each time: SEED=N repeats an
-# order (pytest-randomly). Not loadgroup: with pytest 9 xdist 3.8 no longer groups by it.
-XDIST ?= -n 2 --dist load
+# test at a time wherever a worker is free (--maxschedchunk 1: the slow tests, ordered first by
+# tests/conftest.py, are spread over both workers as they free up, not sent in one batch), in a
+# new random order each time: SEED=N repeats an order (pytest-randomly). Not loadgroup: with
+# pytest 9 xdist 3.8 no longer groups by it.
+XDIST ?= -n 2 --dist load --maxschedchunk 1
 # drawn once (:=), so the seed echoed is the seed used
 ifndef SEED
 SEED := $(shell od -An -N3 -tu4 /dev/urandom | tr -d ' ')

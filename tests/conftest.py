@@ -18,6 +18,15 @@ torch.set_num_threads(2)
 os.environ["KDSWEEP_CACHE"] = tempfile.mkdtemp(prefix="kdcache-")
 
 
+def pytest_collection_modifyitems(items):
+    """The end-to-end tests (marked slow: real drivers and Ray, 10-120 s each) first, each tier
+    in pytest-randomly's order (it shuffles before this hook; the sort is stable, so a SEED
+    still repeats an order). With xdist handing out one test at a time as a worker frees up
+    (the Makefile's --maxschedchunk 1), the longest tests start first and the short ones fill
+    in behind them: no two-minute test starts when the other worker has nothing left to do."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 
 def write_cifar(root: Path, name: str, n_train: int = 20, n_test: int = 10, seed: int = 0) -> Path:
     """Write a tiny dataset in the real CIFAR python-pickle layout that torchvision reads."""
