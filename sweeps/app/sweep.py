@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from kd_core.data import ImageData
@@ -26,6 +27,7 @@ import pandas as pd  # noqa: E402
 
 from ..domain import faults  # noqa: E402
 from ..domain.critical_path import remaining_work, trial_costs  # noqa: E402
+from ..domain.looks import extend  # noqa: E402
 from ..domain.plan import Plan, Trial, build_plan  # noqa: E402
 from ..domain.sampling import OptunaSource, optuna_sources  # noqa: E402
 from ..domain.scheduler import Scheduler  # noqa: E402
@@ -137,13 +139,19 @@ def run_sweep(
     out=None,
     retry_failed: bool = False,
     max_trials: int | None = None,
+    judge: Judge | None = None,
 ) -> str:
     """Train every trial of the sweep not yet in storage; returns the results file's URI.
     ``out``: where progress goes (the standard output at the time of the call); ``max_trials``:
-    refuse a grid that plans more (GridTooLarge), before any work."""
+    refuse a grid that plans more (GridTooLarge), before any work. ``judge``: a sequential
+    study's (grid.add_seeds) decisions from its stored results (the report's rule, which this
+    layer does not import: `kdsweep run` passes sweeps.report.sequential.next_look)."""
     import ray
 
     out = out or sys.stdout
+    if spec.grid.add_seeds is not None and judge is None:
+        raise SpecError("grid.add_seeds: this caller gives no judge of the claims (kdsweep run "
+                        "does)")
 
     # check
     storage = Storage(spec.storage)
@@ -182,10 +190,32 @@ def run_sweep(
                 # memory: as much as Ray granted
                 check_fits(spec.resources, spec.architectures, ray.cluster_resources())
         with watch or contextlib.nullcontext():
-            return _train_and_export(spec, plan, data, snapshot, out, retry_failed, lease,
-                                     address, env)
+            uri = _train_and_export(spec, plan, data, snapshot, out, retry_failed, lease,
+                                    address, env)
+            for k, seeds in enumerate(spec.grid.look_seeds()[1:], 2):
+                wanted, lines = judge(spec, uri)
+                print(f"look {k - 1}: " + "; ".join(lines), file=out, flush=True)
+                if not wanted:
+                    print(f"every claim decided at look {k - 1}: no more seeds", file=out,
+                          flush=True)
+                    break
+                added = extend(plan, seeds, wanted)
+                print(f"look {k}: seeds {', '.join(map(str, seeds))} in {len(wanted)} "
+                      f"lineage(s) of the claims undecided: {len(added)} trials",
+                      file=out, flush=True)
+                snapshot = Snapshot.load(Ledger(storage, repair=False),
+                                         (t.key for t in plan.trials))
+                snapshot.ledger.writer = lease
+                uri = _train_and_export(spec, plan, data, snapshot, out, retry_failed, lease,
+                                        address, env)
+            return uri
     finally:
         lease.release()
+
+
+# A sequential study's judge: (spec, the results file's URI) -> (the lineages the next look adds
+# seeds to, empty when every claim is decided; a line per claim saying where it stands)
+Judge = Callable[[SweepSpec, str], tuple[set, list[str]]]
 
 
 def _superseded(lease: DriverLease, held: dict, watch: LocalRayWatch | None) -> None:

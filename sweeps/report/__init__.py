@@ -41,6 +41,7 @@ from .forest import forest
 from .load import load
 from .page import RunLinks, page, summary
 from .pooled import POWER
+from .sequential import sequential_sections
 from .stats import MIN_SEEDS, SIMILAR_MARGIN, cell, holm, paired, resolution, t_interval
 from .tables import accuracy, convergence, not_done, reproducibility
 
@@ -61,6 +62,9 @@ def report(
     if df.empty:
         raise ValueError(f"no finished trials in {', '.join(inputs) or experiment}")
     verdicts = claims(df, margin(specs))
+    if sequential := [s for s in specs if s.grid.add_seeds is not None]:
+        verdicts = sequential_sections(df, sequential[0],
+                                       lambda d: claims(d, margin(specs)))
     step, decimals = resolution(df)
     preds = load_predictions(df, specs)
     sections = [*verdicts, *accuracy(df), *calibration_table(df, step, decimals),

@@ -1,0 +1,319 @@
+"""A study that adds seeds until each claim is decided (grid.add_seeds): the group-sequential
+rule, pure, and its replay over stored results (the driver's next look and the report alike).
+
+The rule (docs/claims.md, "adding seeds", states it for a reader):
+- Looks: grid.seeds is the first; each later look adds add_seeds.per_look seeds, up to
+  add_seeds.up_to (N). The information fraction at a look is its seeds over N (planned, so the
+  boundaries are known before any result; the last look's is 1).
+- Each effect of a claim is the seed-level t of pooled.py. Its two-sided boundary at a look
+  comes from Lan-DeMets alpha spending with the O'Brien-Fleming-type function
+  alpha(t) = 4 - 4 Phi(z_{1 - alpha/4} / sqrt(t)) (two-sided; alpha at t = 1): nearly nothing
+  is spent early, so the last look's boundary is close to the fixed design's. The boundaries
+  are on the z scale (the joint law of a Brownian motion at the looks, by numerical
+  integration); a t over few seeds is compared on the p scale (its p against the boundary's
+  nominal level), as Jennison & Turnbull (2000, 3.8) advise for t statistics.
+- Efficacy: the claim is "consistent" once every effect has crossed its boundary in the
+  predicted direction (at this look or an earlier one: each effect's group-sequential test at
+  alpha, joined as an intersection-union test, no adjustment); "inconsistent" when an effect
+  crosses against the claim after Holm over the claim's effects (step j at the boundary for
+  alpha / (m - j + 1)). Either stops the claim.
+- Futility (non-binding: the boundaries ignore it, so it can only lower the type-I error):
+  the claim stops "futile" when, under the current trend, its conditional power of being
+  decided at the last look is below FUTILITY in both directions (the least of its effects'
+  towards "consistent"; the most towards "inconsistent").
+- The last look (N seeds) undecided: "budget spent", inconclusive.
+
+The array functions take many studies at once: the report runs them on one, the simulation
+(simulate.py, tests/test_calibration.py) on thousands.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import optimize, stats
+
+from ..domain.looks import Lineage, lineages
+from .stats import ALPHA, CONSISTENT, INCONCLUSIVE, INCONSISTENT
+
+FUTILITY = 0.10  # a claim whose conditional power is below this both ways stops
+GRID = 801  # points of the numerical integration over the continuation region
+FUTILE, SPENT = 2, 3  # codes beside 1 (consistent), -1 (inconsistent), 0 (undecided)
+
+
+# ---- alpha spending and the boundaries ---------------------------------------------------------
+def spent(t: float, alpha: float = ALPHA) -> float:
+    """Two-sided alpha spent by information fraction ``t`` (Lan-DeMets, O'Brien-Fleming type)."""
+    if t <= 0:
+        return 0.0
+    t = min(t, 1.0)
+    return float(4 - 4 * stats.norm.cdf(stats.norm.ppf(1 - alpha / 4) / math.sqrt(t)))
+
+
+@functools.lru_cache(maxsize=4096)
+def boundaries(fractions: tuple[float, ...], alpha: float = ALPHA) -> tuple[float, ...]:
+    """The two-sided z boundaries c_k at the looks' information ``fractions`` (increasing): the
+    chance of |Z_k| >= c_k at look k, having crossed none before, is what the spending
+    function adds at look k (under the null; Z_k = W(t_k) / sqrt(t_k), W a Brownian motion).
+    By recursive numerical integration of the score's density on the continuation region."""
+    out: list[float] = []
+    density = nodes = None
+    previous_t, previous_spent = 0.0, 0.0
+    for t in fractions:
+        t = min(float(t), 1.0)
+        target = spent(t, alpha) - previous_spent
+        if t <= previous_t or target <= 0:
+            out.append(math.inf if not out else out[-1])
+            continue
+        if density is None:  # the first look: Z is standard normal
+            c = float(stats.norm.isf(target / 2))
+            b = c * math.sqrt(t)
+            nodes = np.linspace(-b, b, GRID)
+            density = stats.norm.pdf(nodes, scale=math.sqrt(t))
+        else:
+            sd = math.sqrt(t - previous_t)
+            w = _weights(nodes)
+
+            def cross(c, nodes=nodes, density=density, sd=sd, w=w, t=t):
+                b = c * math.sqrt(t)
+                tail = stats.norm.sf((b - nodes) / sd) + stats.norm.cdf((-b - nodes) / sd)
+                return float(np.sum(w * density * tail))
+
+            if cross(40.0) >= target:
+                c = 40.0
+            else:
+                c = float(optimize.brentq(lambda c, g=target: cross(c) - g, 1e-6, 40.0, xtol=1e-10))
+            b = c * math.sqrt(t)
+            new = np.linspace(-b, b, GRID)
+            kernel = stats.norm.pdf((new[:, None] - nodes[None, :]) / sd) / sd
+            density = kernel @ (w * density)
+            nodes = new
+        out.append(c)
+        previous_t, previous_spent = t, spent(t, alpha)
+    return tuple(out)
+
+
+def _weights(nodes: np.ndarray) -> np.ndarray:
+    """Trapezoid weights of a uniform grid."""
+    w = np.full(len(nodes), nodes[1] - nodes[0])
+    w[[0, -1]] /= 2
+    return w
+
+
+def nominal(fractions: tuple[float, ...], alpha: float = ALPHA) -> float:
+    """The two-sided nominal level (a p-value threshold) at the last of ``fractions``."""
+    c = boundaries(tuple(float(f) for f in fractions), alpha)[-1]
+    return float(2 * stats.norm.sf(c))
+
+
+# ---- the rule, on arrays of studies -----------------------------------------------------------
+def look_codes(estimate, p, expected, fractions, crossed=None, final: float | None = None):
+    """One look of the rule over studies: ``estimate`` and ``p`` (studies, effects), the
+    seed-level t's two-sided p; ``fractions`` the looks' information so far (this one last);
+    ``crossed`` (studies, effects): the effects that crossed towards the claim at an earlier
+    look; ``final``: the last look's z boundary (for futility; None: no futility). Returns the
+    codes (1 consistent, -1 inconsistent, FUTILE, 0 on) and ``crossed`` updated."""
+    est, p = np.atleast_2d(np.asarray(estimate, float)), np.atleast_2d(np.asarray(p, float))
+    expected = np.asarray(expected, float)
+    m = est.shape[1]
+    fractions = tuple(float(f) for f in fractions)
+    level = nominal(fractions)
+    tested = ~np.isnan(p)
+    p = np.where(tested, p, 1.0)
+    right = np.sign(est) == expected
+    crossed = np.zeros(est.shape, bool) if crossed is None else np.asarray(crossed, bool)
+    crossed = crossed | ((p < level) & right)
+    consistent = np.all(crossed, axis=1)
+    # Holm over the claim's effects, each step at its own alpha's boundary
+    steps = np.array([nominal(fractions, ALPHA / (m - j)) for j in range(m)])
+    order = np.argsort(p, axis=1, kind="stable")
+    passed = np.cumprod(np.take_along_axis(p, order, axis=1) < steps, axis=1).astype(bool)
+    rejected = np.empty_like(passed)
+    np.put_along_axis(rejected, order, passed, axis=1)
+    inconsistent = np.any(rejected & ~right & (est != 0), axis=1)
+    codes = np.where(inconsistent, -1, np.where(consistent, 1, 0))
+    t = fractions[-1]
+    if final is not None and t < 1:
+        z = stats.norm.isf(p / 2) * np.where(right, 1.0, -1.0)  # towards the claim
+        drift = z / math.sqrt(t)  # the final Z's mean under the current trend
+        sd = math.sqrt(1 - t)
+        towards = np.where(crossed | ~tested, 1.0, stats.norm.sf((final - drift) / sd))
+        against = np.where(tested, stats.norm.cdf((-final - drift) / sd), 0.0)
+        futile = (towards.min(axis=1) < FUTILITY) & (against.max(axis=1) < FUTILITY)
+        codes = np.where((codes == 0) & futile, FUTILE, codes)
+    return codes, crossed
+
+
+def fractions_of(sizes: list[int], up_to: int) -> tuple[float, ...]:
+    """Information fractions of looks of cumulative ``sizes`` seeds."""
+    return tuple(min(n / up_to, 1.0) for n in sizes)
+
+
+# ---- the replay over stored results -----------------------------------------------------------
+@dataclass
+class Decision:
+    """One claim's course in a sequential study."""
+
+    claim: str  # "C1"
+    code: int  # 1, -1, FUTILE, SPENT, or 0 (the study goes on)
+    look: int  # the look it was decided at (or the last evaluated)
+    looks: int  # the study's looks
+    seeds: int  # the seeds its effects rest on there
+    boundary: float  # the nominal two-sided level an effect's p had to go below
+    alpha_spent: float  # the spending function at that look
+    untestable: bool = False  # an arm is missing: no seed can decide it
+    section: object = None  # the claim's section at that look (tables.Section)
+
+    @property
+    def decided(self) -> bool:
+        return self.code != 0
+
+    def verdict(self) -> str:
+        where = (f"look {self.look} of {self.looks}, {self.seeds} seeds; boundary p < "
+                 f"{self.boundary:.2g}, alpha spent {self.alpha_spent:.3g}")
+        if self.untestable:
+            return f"{INCONCLUSIVE}: an arm is missing (no seed can decide it; look {self.look})"
+        if self.code == 1:
+            return f"{CONSISTENT} (decided at {where})"
+        if self.code == -1:
+            return f"{INCONSISTENT} (decided at {where})"
+        if self.code == FUTILE:
+            return (f"{INCONCLUSIVE}: futile at {where} (conditional power below "
+                    f"{FUTILITY:g} either way)")
+        if self.code == SPENT:
+            return f"{INCONCLUSIVE}: the budget ran out ({where})"
+        return f"{INCONCLUSIVE} so far ({where}; the study goes on)"
+
+    def row(self) -> dict:
+        """The claims table's sequential columns."""
+        if self.untestable:
+            return {"seeds": self.seeds, "decided_at_look": "-", "stopped": "not testable",
+                    "boundary (nominal p)": "-", "alpha spent": "-"}
+        return {"seeds": self.seeds,
+                "decided_at_look": self.look if self.code in (1, -1, FUTILE) else "-",
+                "stopped": {1: "efficacy", -1: "contrary", FUTILE: "futility",
+                            SPENT: "budget ran out", 0: "going on"}[self.code],
+                "boundary (nominal p)": f"{self.boundary:.3g}",
+                "alpha spent": f"{self.alpha_spent:.3g}"}
+
+
+def claim_lineages(claim: str, spec) -> set[Lineage]:
+    """The lineages a claim's evidence comes from (its seeds are added there)."""
+    every = set(lineages(spec))
+    if claim == "C2":
+        return {lin for lin in every if lin[1] == 0}
+    if claim == "C5":
+        return {lin for lin in every if lin[1] > 0}
+    if claim == "C6":
+        chains = {tuple(c) for c in spec.chains}
+        used = set()
+        for c in (c for c in chains if len(c) == 3):
+            used |= {c, (c[0], c[2]), (c[1], c[2])} & chains
+        return {lin for lin in every if lin[0] in used}
+    return every
+
+
+def primary_effects(section) -> list:
+    """A claim's effects in its verdict (the Pooled of its non-secondary parts)."""
+    names = section.lead.index if section.lead is not None and not section.lead.empty else []
+    out = []
+    for e in section.effects:
+        if e.margin is not None:
+            continue
+        line = section.lead.loc[e.name] if e.name in names else None
+        verdict = line["verdict"] if isinstance(line, pd.Series) else ""
+        if isinstance(verdict, str) and "secondary" in verdict:
+            continue
+        out.append(e)
+    return out
+
+
+def replay(df: pd.DataFrame, spec, judge_claims) -> list[Decision]:
+    """Every claim's course over the study's looks, from the stored results ``df`` alone (the
+    done trials): look k sees the seeds of looks 1..k. ``judge_claims``: df -> the claims'
+    sections (claims.claims with its margin). A look whose seeds have no trial yet ends the
+    replay (the study is going on). The same results give the same decisions, whoever asks."""
+    looks = spec.grid.look_seeds()
+    up_to = spec.grid.add_seeds.up_to if spec.grid.add_seeds else len(looks[0])
+    sizes = np.cumsum([len(s) for s in looks]).tolist()
+    planned = fractions_of(sizes, up_to)
+    final = boundaries(planned)[-1]
+    decided: dict[str, Decision] = {}
+    crossed: dict[str, np.ndarray] = {}
+    course: dict[str, Decision] = {}
+    for k, seeds in enumerate(looks, 1):
+        if k > 1 and not df.seed.isin(seeds).any():
+            break
+        shown = sorted(s for look in looks[:k] for s in look)
+        sections = judge_claims(df[df.seed.isin(shown)])
+        fr = planned[:k]
+        for section in sections:
+            name = section.title.split()[0]
+            if name in decided:
+                continue
+            effects = primary_effects(section)
+            level, spend = nominal(fr), spent(fr[-1])
+            missing = not effects or any(e.rows == 0 and e.seeds == 0 for e in effects)
+            seeds = min((e.seeds for e in effects if e.rows), default=0)
+            if missing:
+                decided[name] = course[name] = Decision(name, SPENT, k, len(looks), seeds,
+                                                        level, spend, True, section)
+                continue
+            codes, crossed[name] = look_codes(
+                [[e.estimate for e in effects]], [[e.p for e in effects]],
+                [e.expected for e in effects], fr, crossed.get(name),
+                final if k < len(looks) else None)
+            code = int(codes[0])
+            if code == 0 and k == len(looks):
+                code = SPENT
+            course[name] = Decision(name, code, k, len(looks), seeds, level, spend, False,
+                                    section)
+            if code != 0:
+                decided[name] = course[name]
+    return list(course.values())
+
+
+def needed(decisions: list[Decision], spec) -> set[Lineage]:
+    """The lineages the next look adds seeds to: those of the claims not yet decided."""
+    out: set[Lineage] = set()
+    for d in decisions:
+        if not d.decided:
+            out |= claim_lineages(d.claim, spec)
+    return out
+
+
+def sequential_sections(df: pd.DataFrame, spec, judge_claims) -> list:
+    """The claims' sections of a sequential study: each at the look that decided it (the seeds
+    of looks 1..k, its verdict the rule's), or at the last look the results reach."""
+    out = []
+    for d in replay(df, spec, judge_claims):
+        section = d.section
+        section.verdict = d.verdict()
+        section.sequential = d.row()
+        section.notes = [
+            f"a sequential study (grid.add_seeds: seeds {len(spec.grid.seeds)} first, "
+            f"{spec.grid.add_seeds.per_look} a look, up to {spec.grid.add_seeds.up_to}): this "
+            f"claim's tables are at look {d.look} ({d.seeds} seeds); the verdict is the "
+            "group-sequential rule's (O'Brien-Fleming-type alpha spending, docs/claims.md, "
+            f"'adding seeds'): an effect counts where its p went below the look's boundary "
+            f"{d.boundary:.3g}; the effect lines' own verdicts are the fixed design's at "
+            f"{ALPHA:g}, for reference", *section.notes]
+        out.append(section)
+    return out
+
+
+def next_look(spec, uri: str) -> tuple[set[Lineage], list[str]]:
+    """The driver's judge (app.sweep.run_sweep): the claims' decisions from the stored results
+    file ``uri`` alone, and the lineages the next look adds seeds to."""
+    from ..domain.record import TrialState
+    from .claims import claims
+    from .load import load
+
+    rows, _ = load([uri])
+    done = rows[rows.state == TrialState.DONE]
+    decisions = replay(done, spec, lambda d: claims(d, spec.report.similar_margin))
+    return needed(decisions, spec), [f"{d.claim} {d.verdict()}" for d in decisions]
