@@ -201,8 +201,8 @@ def run_sweep(
                     break
                 added = extend(plan, seeds, wanted)
                 print(f"look {k}: seeds {', '.join(map(str, seeds))} in {len(wanted)} "
-                      f"lineage(s) of the claims undecided: {len(added)} trials",
-                      file=out, flush=True)
+                      "strand(s) (chain x noise rate) of the claims undecided: "
+                      f"{len(added)} trials", file=out, flush=True)
                 snapshot = Snapshot.load(Ledger(storage, repair=False),
                                          (t.key for t in plan.trials))
                 snapshot.ledger.writer = lease
@@ -213,7 +213,7 @@ def run_sweep(
         lease.release()
 
 
-# A sequential study's judge: (spec, the results file's URI) -> (the lineages the next look adds
+# A sequential study's judge: (spec, the results file's URI) -> (the strands the next look adds
 # seeds to, empty when every claim is decided; a line per claim saying where it stands)
 Judge = Callable[[SweepSpec, str], tuple[set, list[str]]]
 

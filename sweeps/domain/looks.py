@@ -1,9 +1,10 @@
 """A study that adds seeds look by look (grid.add_seeds), pure: which trials a look adds.
 
-A lineage is one chain of the spec at one noise rate: its teacher, the chain's students (every
-setting) and its architectures trained alone, all of one seed. A look adds its seeds' trials of
-the lineages still needed (those of the claims not yet decided, sweeps/report/sequential.py),
-as ordinary content-addressed trials: the same keys they would have had in grid.seeds.
+A strand is one chain of the spec at one noise rate: for a seed, its teacher, every lineage of
+the chain's students (every setting) and the chain's architectures trained alone. A look adds
+its seeds' trials of the strands still needed (those of the claims not yet decided,
+sweeps/report/sequential.py), as ordinary content-addressed trials: the same keys they would
+have had in grid.seeds.
 """
 
 from __future__ import annotations
@@ -11,18 +12,18 @@ from __future__ import annotations
 from .plan import Plan, Trial, build_plan
 from .spec import SweepSpec
 
-Lineage = tuple[tuple[str, ...], float]  # (chain, noise rate)
+Strand = tuple[tuple[str, ...], float]  # (chain, noise rate)
 
 
-def lineages(spec: SweepSpec) -> list[Lineage]:
-    """Every lineage of the spec, in the spec's order."""
+def strands(spec: SweepSpec) -> list[Strand]:
+    """Every strand of the spec, in the spec's order."""
     return [(tuple(c), float(r)) for r in spec.grid.noise.rate for c in spec.chains]
 
 
-def in_lineage(trial: Trial, lineage: Lineage) -> bool:
-    """The trial belongs to the lineage: same noise rate, and on the chain (its teacher or a
+def in_strand(trial: Trial, strand: Strand) -> bool:
+    """The trial belongs to the strand: same noise rate, and on the chain (its teacher or a
     student: a prefix of it) or one of the chain's students' architectures trained alone."""
-    chain, rate = lineage
+    chain, rate = strand
     if trial.noise_rate != rate:
         return False
     on_chain = trial.lineage == chain[:len(trial.lineage)]
@@ -38,21 +39,21 @@ def with_seeds(spec: SweepSpec, seeds: list[int]) -> SweepSpec:
     return out
 
 
-def look_trials(spec: SweepSpec, seeds: list[int], needed: set[Lineage] | None = None
+def look_trials(spec: SweepSpec, seeds: list[int], needed: set[Strand] | None = None
                 ) -> list[Trial]:
-    """The trials of ``seeds`` in the ``needed`` lineages (None: every lineage)."""
+    """The trials of ``seeds`` in the ``needed`` strands (None: every strand)."""
     trials = build_plan(with_seeds(spec, seeds)).trials
     if needed is None:
         return trials
-    return [t for t in trials if any(in_lineage(t, lin) for lin in needed)]
+    return [t for t in trials if any(in_strand(t, lin) for lin in needed)]
 
 
-def extend(plan: Plan, seeds: list[int], needed: set[Lineage]) -> list[Trial]:
+def extend(plan: Plan, seeds: list[int], needed: set[Strand]) -> list[Trial]:
     """Add a look's trials to ``plan``; returns those new to it."""
     return [t for t in look_trials(plan.spec, seeds, needed) if plan.add(t)]
 
 
 def worst_case(spec: SweepSpec) -> int:
-    """Trials if no claim is ever decided: every look's seeds in every lineage."""
+    """Trials if no claim is ever decided: every look's seeds in every strand."""
     return len(build_plan(with_seeds(spec, [s for look in spec.grid.look_seeds()
                                             for s in look])).trials)

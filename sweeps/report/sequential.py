@@ -37,11 +37,11 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
-from ..domain.looks import Lineage, lineages
+from ..domain.looks import Strand, strands
 from .stats import ALPHA, CONSISTENT, INCONCLUSIVE, INCONSISTENT
 
 FUTILITY = 0.10  # a claim whose conditional power is below this both ways stops
-GRID = 801  # points of the numerical integration over the continuation region
+GRID = 401  # points of the numerical integration over the continuation region
 FUTILE, SPENT = 2, 3  # codes beside 1 (consistent), -1 (inconsistent), 0 (undecided)
 
 
@@ -54,47 +54,46 @@ def spent(t: float, alpha: float = ALPHA) -> float:
     return float(4 - 4 * stats.norm.cdf(stats.norm.ppf(1 - alpha / 4) / math.sqrt(t)))
 
 
-@functools.lru_cache(maxsize=4096)
 def boundaries(fractions: tuple[float, ...], alpha: float = ALPHA) -> tuple[float, ...]:
     """The two-sided z boundaries c_k at the looks' information ``fractions`` (increasing): the
     chance of |Z_k| >= c_k at look k, having crossed none before, is what the spending
     function adds at look k (under the null; Z_k = W(t_k) / sqrt(t_k), W a Brownian motion).
-    By recursive numerical integration of the score's density on the continuation region."""
-    out: list[float] = []
-    density = nodes = None
-    previous_t, previous_spent = 0.0, 0.0
-    for t in fractions:
-        t = min(float(t), 1.0)
-        target = spent(t, alpha) - previous_spent
-        if t <= previous_t or target <= 0:
-            out.append(math.inf if not out else out[-1])
-            continue
-        if density is None:  # the first look: Z is standard normal
-            c = float(stats.norm.isf(target / 2))
-            b = c * math.sqrt(t)
-            nodes = np.linspace(-b, b, GRID)
-            density = stats.norm.pdf(nodes, scale=math.sqrt(t))
-        else:
-            sd = math.sqrt(t - previous_t)
-            w = _weights(nodes)
+    By recursive numerical integration of the score's density on the continuation region; c_k
+    depends on the looks up to k only (each prefix is computed once)."""
+    return _state(tuple(min(float(f), 1.0) for f in fractions), alpha)[0]
 
-            def cross(c, nodes=nodes, density=density, sd=sd, w=w, t=t):
-                b = c * math.sqrt(t)
-                tail = stats.norm.sf((b - nodes) / sd) + stats.norm.cdf((-b - nodes) / sd)
-                return float(np.sum(w * density * tail))
 
-            if cross(40.0) >= target:
-                c = 40.0
-            else:
-                c = float(optimize.brentq(lambda c, g=target: cross(c) - g, 1e-6, 40.0, xtol=1e-10))
-            b = c * math.sqrt(t)
-            new = np.linspace(-b, b, GRID)
-            kernel = stats.norm.pdf((new[:, None] - nodes[None, :]) / sd) / sd
-            density = kernel @ (w * density)
-            nodes = new
-        out.append(c)
-        previous_t, previous_spent = t, spent(t, alpha)
-    return tuple(out)
+@functools.lru_cache(maxsize=4096)
+def _state(fractions: tuple[float, ...], alpha: float):
+    """(boundaries, nodes, density, t, spent) after the looks ``fractions``."""
+    if not fractions:
+        return (), None, None, 0.0, 0.0
+    out, nodes, density, previous_t, previous_spent = _state(fractions[:-1], alpha)
+    t = fractions[-1]
+    target = spent(t, alpha) - previous_spent
+    if t <= previous_t or target <= 0:
+        c = out[-1] if out else math.inf
+        return (*out, c), nodes, density, previous_t, previous_spent
+    if density is None:  # the first look: Z is standard normal
+        c = float(stats.norm.isf(target / 2))
+        b = c * math.sqrt(t)
+        nodes = np.linspace(-b, b, GRID)
+        return (c,), nodes, stats.norm.pdf(nodes, scale=math.sqrt(t)), t, spent(t, alpha)
+    sd = math.sqrt(t - previous_t)
+    mass = _weights(nodes) * density
+
+    def cross(c):
+        b = c * math.sqrt(t)
+        return float(np.sum(mass * (stats.norm.sf((b - nodes) / sd)
+                                    + stats.norm.cdf((-b - nodes) / sd))))
+
+    c = 40.0 if cross(40.0) >= target else float(
+        optimize.brentq(lambda c: cross(c) - target, 1e-6, 40.0, xtol=1e-10))
+    b = c * math.sqrt(t)
+    new = np.linspace(-b, b, GRID)
+    z = (new[:, None] - nodes[None, :]) / sd
+    density = np.exp(-0.5 * z * z) / (sd * math.sqrt(2 * math.pi)) @ mass
+    return (*out, c), new, density, t, spent(t, alpha)
 
 
 def _weights(nodes: np.ndarray) -> np.ndarray:
@@ -201,9 +200,10 @@ class Decision:
                 "alpha spent": f"{self.alpha_spent:.3g}"}
 
 
-def claim_lineages(claim: str, spec) -> set[Lineage]:
-    """The lineages a claim's evidence comes from (its seeds are added there)."""
-    every = set(lineages(spec))
+def claim_strands(claim: str, spec) -> set[Strand]:
+    """The strands (a chain at a noise rate) a claim's evidence comes from (its seeds are
+    added there)."""
+    every = set(strands(spec))
     if claim == "C2":
         return {lin for lin in every if lin[1] == 0}
     if claim == "C5":
@@ -277,12 +277,12 @@ def replay(df: pd.DataFrame, spec, judge_claims) -> list[Decision]:
     return list(course.values())
 
 
-def needed(decisions: list[Decision], spec) -> set[Lineage]:
-    """The lineages the next look adds seeds to: those of the claims not yet decided."""
-    out: set[Lineage] = set()
+def needed(decisions: list[Decision], spec) -> set[Strand]:
+    """The strands the next look adds seeds to: those of the claims not yet decided."""
+    out: set[Strand] = set()
     for d in decisions:
         if not d.decided:
-            out |= claim_lineages(d.claim, spec)
+            out |= claim_strands(d.claim, spec)
     return out
 
 
@@ -306,9 +306,9 @@ def sequential_sections(df: pd.DataFrame, spec, judge_claims) -> list:
     return out
 
 
-def next_look(spec, uri: str) -> tuple[set[Lineage], list[str]]:
+def next_look(spec, uri: str) -> tuple[set[Strand], list[str]]:
     """The driver's judge (app.sweep.run_sweep): the claims' decisions from the stored results
-    file ``uri`` alone, and the lineages the next look adds seeds to."""
+    file ``uri`` alone, and the strands the next look adds seeds to."""
     from ..domain.record import TrialState
     from .claims import claims
     from .load import load
