@@ -120,22 +120,33 @@ def test_boundaries_are_lan_demets_obrien_fleming():
 
 
 def test_an_effect_crosses_below_the_looks_nominal_level_and_stays_crossed():
-    level = nominal((0.5,))
-    assert 0.002 < level < 0.01
-    codes, crossed = look_codes([[1.0]], [[level * 1.5]], [1], (0.5,))
+    sizes = (5, 10)  # two looks: 5 seeds, then 10
+    level = nominal(sizes, 10, look=0)
+    assert 0.0005 < level < 0.01 and nominal(sizes, 10) > 0.02
+    codes, crossed = look_codes([[1.0]], [[level * 1.5]], [1], sizes, 10, look=0)
     assert codes[0] == 0 and not crossed.any()
-    codes, crossed = look_codes([[1.0, 1.0]], [[level / 2, 0.5]], [1, 1], (0.5,))
+    codes, crossed = look_codes([[1.0, 1.0]], [[level / 2, 0.5]], [1, 1], sizes, 10, look=0)
     assert codes[0] == 0 and crossed.tolist() == [[True, False]]
-    codes, _ = look_codes([[1.0, 1.0]], [[0.3, 0.01]], [1, 1], (0.5, 1.0), crossed)
+    codes, _ = look_codes([[1.0, 1.0]], [[0.3, 0.01]], [1, 1], sizes, 10, crossed, look=1)
     assert codes[0] == 1  # the first crossed at look 1, the second now: consistent
-    codes, _ = look_codes([[-1.0]], [[1e-6]], [1], (0.5,))
+    codes, _ = look_codes([[-1.0]], [[1e-6]], [1], sizes, 10, look=0)
     assert codes[0] == -1  # against the claim beyond the boundary: inconsistent
     # futility: nothing under the current trend reaches the last boundary, either way
     final = boundaries((0.5, 1.0))[-1]
-    codes, _ = look_codes([[0.01]], [[0.95]], [1], (0.5,), None, final)
+    codes, _ = look_codes([[0.01]], [[0.95]], [1], sizes, 10, None, final, look=0)
     assert codes[0] == FUTILE
-    codes, _ = look_codes([[1.0]], [[0.02]], [1], (0.5,), None, final)
+    codes, _ = look_codes([[1.0]], [[0.02]], [1], sizes, 10, None, final, look=0)
     assert codes[0] == 0  # promising: goes on
+
+
+def test_the_t_levels_spend_alpha_exactly_and_approach_the_normal_ones():
+    """The seed-level t's levels: a single look at the budget is the fixed design's 0.05; many
+    seeds per look give the z boundaries' levels; few seeds give stricter ones (a t's tails)."""
+    assert math.isclose(nominal((10,), 10), 0.05, abs_tol=2e-3)
+    z = [2 * stats.norm.sf(c) for c in boundaries((0.4, 0.6, 0.8, 1.0))]
+    t = [nominal((400, 600, 800, 1000), 1000, look=k) for k in range(4)]
+    assert np.allclose(t, z, rtol=0.1, atol=3e-4)
+    assert nominal((3, 5, 10), 10) < 2 * stats.norm.sf(boundaries((0.3, 0.5, 1.0))[-1])
 
 
 def _claim_sections(values: dict[str, dict[int, float]]):

@@ -4,7 +4,6 @@ its storage and MLflow store moved into the test's folder."""
 
 import io
 import re
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -44,9 +43,7 @@ def test_a_sequential_study_adds_seeds_to_undecided_claims_only_and_reruns_alike
     assert len(looks) > 1
 
     first = io.StringIO()
-    t0 = time.monotonic()
     uri = run_sweep(spec, out=first, judge=next_look)
-    print("first run", time.monotonic() - t0)
     rows, _ = load([uri])
     done = rows[rows.state == TrialState.DONE]
     assert set(done.seed) >= set(spec.grid.seeds)
@@ -78,9 +75,7 @@ def test_a_sequential_study_adds_seeds_to_undecided_claims_only_and_reruns_alike
     finished = {k: storage.read_json(trial_file(k, "result.json"))["finished_at"]
                 for k in done.key}
     again = io.StringIO()
-    t0 = time.monotonic()
     run_sweep(spec, out=again, judge=next_look)
-    print("rerun", time.monotonic() - t0)
     said = [line for line in first.getvalue().splitlines() if re.match(r"look \d+:", line)]
     assert said
     assert said == [line for line in again.getvalue().splitlines()

@@ -27,7 +27,7 @@ import pandas as pd  # noqa: E402
 
 from ..domain import faults  # noqa: E402
 from ..domain.critical_path import remaining_work, trial_costs  # noqa: E402
-from ..domain.looks import extend  # noqa: E402
+from ..domain.looks import extend, worst_case  # noqa: E402
 from ..domain.plan import Plan, Trial, build_plan  # noqa: E402
 from ..domain.sampling import OptunaSource, optuna_sources  # noqa: E402
 from ..domain.scheduler import Scheduler  # noqa: E402
@@ -159,9 +159,11 @@ def run_sweep(
     # the absolute location.
     spec = spec.model_copy(update={"storage": storage.uri if storage.is_local else spec.storage})
     plan = build_plan(spec)
-    if max_trials is not None and len(plan.trials) > max_trials:
-        raise GridTooLarge(f"the grid plans {len(plan.trials)} trials (more than {max_trials}); "
-                           "check it with `kdsweep plan`, then run it with --large")
+    planned = worst_case(spec) if spec.grid.add_seeds is not None else len(plan.trials)
+    if max_trials is not None and planned > max_trials:
+        raise GridTooLarge(f"the grid plans {planned} trials (more than {max_trials}"
+                           f"{', at its worst case of seeds' if planned > len(plan.trials) else ''}"
+                           "); check it with `kdsweep plan`, then run it with --large")
     data = check_all(spec, address)
     env = runtime_env(spec)  # the plugins' files, for every worker
     # each stored result read once in this run (a trial that ends from here on, trained by an

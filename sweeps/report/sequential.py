@@ -9,9 +9,12 @@ The rule (docs/claims.md, "adding seeds", states it for a reader):
   comes from Lan-DeMets alpha spending with the O'Brien-Fleming-type function
   alpha(t) = 4 - 4 Phi(z_{1 - alpha/4} / sqrt(t)) (two-sided; alpha at t = 1): nearly nothing
   is spent early, so the last look's boundary is close to the fixed design's. The boundaries
-  are on the z scale (the joint law of a Brownian motion at the looks, by numerical
-  integration); a t over few seeds is compared on the p scale (its p against the boundary's
-  nominal level), as Jennison & Turnbull (2000, 3.8) advise for t statistics.
+  found for the t itself: under the null the joint law of the looks' t statistics is free of
+  the seeds' spread, so the |t| boundary spending exactly what alpha(t) adds at each look is
+  computed once on simulated null sequences (``nominal``, fixed seed) and compared on the p
+  scale (an effect's p against the look's nominal level). ``boundaries`` gives the same
+  spending's z boundaries (the normal case, by numerical integration: the published values),
+  which futility uses.
 - Efficacy: the claim is "consistent" once every effect has crossed its boundary in the
   predicted direction (at this look or an earlier one: each effect's group-sequential test at
   alpha, joined as an intersection-union test, no adjustment); "inconsistent" when an effect
@@ -40,7 +43,7 @@ from scipy import optimize, stats
 from ..domain.looks import Strand, strands
 from .stats import ALPHA, CONSISTENT, INCONCLUSIVE, INCONSISTENT
 
-FUTILITY = 0.10  # a claim whose conditional power is below this both ways stops
+FUTILITY = 0.05  # a claim whose conditional power is below this both ways stops (docs/claims.md)
 GRID = 401  # points of the numerical integration over the continuation region
 FUTILE, SPENT = 2, 3  # codes beside 1 (consistent), -1 (inconsistent), 0 (undecided)
 
@@ -103,24 +106,75 @@ def _weights(nodes: np.ndarray) -> np.ndarray:
     return w
 
 
-def nominal(fractions: tuple[float, ...], alpha: float = ALPHA) -> float:
-    """The two-sided nominal level (a p-value threshold) at the last of ``fractions``."""
-    c = boundaries(tuple(float(f) for f in fractions), alpha)[-1]
-    return float(2 * stats.norm.sf(c))
+CALIBRATION_DRAWS, CALIBRATION_SEED = 200_000, 20261207
+
+
+def nominal(sizes: tuple[int, ...], up_to: int, alpha: float = ALPHA,
+            look: int | None = None) -> float:
+    """The two-sided nominal level (a p-value threshold) of the seed-level t at look ``look``
+    (0-based; None: the last) of the looks of cumulative ``sizes`` seeds (``levels``)."""
+    out = levels(tuple(int(n) for n in sizes), int(up_to), float(alpha))
+    return out[-1 if look is None else look]
+
+
+@functools.lru_cache(maxsize=1024)
+def levels(sizes: tuple[int, ...], up_to: int, alpha: float = ALPHA) -> tuple[float, ...]:
+    """The two-sided nominal levels (p-value thresholds) of the seed-level t at the looks of
+    cumulative ``sizes`` seeds (information sizes / up_to); a look's depends on the looks up to
+    it only. Exact for the t: under the
+    null the joint law of a study's t statistics over its looks is free of the seeds' spread,
+    so the |t| boundary that spends what alpha(t) adds at each look is found on
+    CALIBRATION_DRAWS null sequences (fixed seed: the same levels every time; each look's
+    increment to within about sqrt(alpha / draws) = 0.0005), and given as its p (t, n - 1 df).
+    A look with nothing to spend has level 0."""
+    rng = np.random.default_rng(CALIBRATION_SEED)
+    total = np.zeros(CALIBRATION_DRAWS)  # each sequence's sum and sum of squares so far
+    squares = np.zeros(CALIBRATION_DRAWS)
+    alive = np.ones(CALIBRATION_DRAWS, bool)
+    out, before, previous_spent = [], 0, 0.0
+    for n in sizes:
+        m = n - before
+        if m > 0:  # a block of m seeds: its sum ~ N(0, m); its own centred squares ~ chi2(m - 1)
+            block = rng.standard_normal(CALIBRATION_DRAWS) * math.sqrt(m)
+            within = rng.chisquare(m - 1, CALIBRATION_DRAWS) if m > 1 else 0.0
+            squares += within + block ** 2 / m
+            total += block
+        before = max(before, n)
+        t_frac = min(n / up_to, 1.0)
+        target = spent(t_frac, alpha) - previous_spent
+        previous_spent = spent(t_frac, alpha)
+        if n < 2 or target <= 0:
+            out.append(0.0)
+            continue
+        mean = total / n
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = np.abs(mean) / np.sqrt((squares - n * mean ** 2) / (n - 1) / n)
+        k = int(round(target * CALIBRATION_DRAWS))
+        live = np.sort(t[alive])
+        if k <= 0 or len(live) == 0:
+            out.append(0.0)
+            continue
+        c = float(live[max(len(live) - k, 0)])
+        alive &= t < c
+        out.append(float(2 * stats.t.sf(c, n - 1)))
+    return tuple(out)
 
 
 # ---- the rule, on arrays of studies -----------------------------------------------------------
-def look_codes(estimate, p, expected, fractions, crossed=None, final: float | None = None):
+def look_codes(estimate, p, expected, sizes, up_to: int, crossed=None,
+               final: float | None = None, look: int | None = None):
     """One look of the rule over studies: ``estimate`` and ``p`` (studies, effects), the
-    seed-level t's two-sided p; ``fractions`` the looks' information so far (this one last);
-    ``crossed`` (studies, effects): the effects that crossed towards the claim at an earlier
-    look; ``final``: the last look's z boundary (for futility; None: no futility). Returns the
-    codes (1 consistent, -1 inconsistent, FUTILE, 0 on) and ``crossed`` updated."""
+    seed-level t's two-sided p; ``sizes`` the study's looks' seeds, cumulative, of ``up_to``;
+    ``look`` this one's index (None: the last); ``crossed`` (studies, effects): the effects
+    that crossed towards the claim at an earlier look; ``final``: the last look's z boundary
+    (for futility; None: no futility). Returns the codes (1 consistent, -1 inconsistent,
+    FUTILE, 0 on) and ``crossed`` updated."""
     est, p = np.atleast_2d(np.asarray(estimate, float)), np.atleast_2d(np.asarray(p, float))
     expected = np.asarray(expected, float)
     m = est.shape[1]
-    fractions = tuple(float(f) for f in fractions)
-    level = nominal(fractions)
+    sizes = tuple(int(n) for n in sizes)
+    look = len(sizes) - 1 if look is None else look
+    level = nominal(sizes, up_to, ALPHA, look)
     tested = ~np.isnan(p)
     p = np.where(tested, p, 1.0)
     right = np.sign(est) == expected
@@ -128,14 +182,14 @@ def look_codes(estimate, p, expected, fractions, crossed=None, final: float | No
     crossed = crossed | ((p < level) & right)
     consistent = np.all(crossed, axis=1)
     # Holm over the claim's effects, each step at its own alpha's boundary
-    steps = np.array([nominal(fractions, ALPHA / (m - j)) for j in range(m)])
+    steps = np.array([nominal(sizes, up_to, ALPHA / (m - j), look) for j in range(m)])
     order = np.argsort(p, axis=1, kind="stable")
     passed = np.cumprod(np.take_along_axis(p, order, axis=1) < steps, axis=1).astype(bool)
     rejected = np.empty_like(passed)
     np.put_along_axis(rejected, order, passed, axis=1)
     inconsistent = np.any(rejected & ~right & (est != 0), axis=1)
     codes = np.where(inconsistent, -1, np.where(consistent, 1, 0))
-    t = fractions[-1]
+    t = min(sizes[look] / up_to, 1.0)
     if final is not None and t < 1:
         z = stats.norm.isf(p / 2) * np.where(right, 1.0, -1.0)  # towards the claim
         drift = z / math.sqrt(t)  # the final Z's mean under the current trend
@@ -256,7 +310,7 @@ def replay(df: pd.DataFrame, spec, judge_claims) -> list[Decision]:
             if name in decided:
                 continue
             effects = primary_effects(section)
-            level, spend = nominal(fr), spent(fr[-1])
+            level, spend = nominal(tuple(sizes), up_to, ALPHA, k - 1), spent(fr[-1])
             missing = not effects or any(e.rows == 0 and e.seeds == 0 for e in effects)
             seeds = min((e.seeds for e in effects if e.rows), default=0)
             if missing:
@@ -265,8 +319,8 @@ def replay(df: pd.DataFrame, spec, judge_claims) -> list[Decision]:
                 continue
             codes, crossed[name] = look_codes(
                 [[e.estimate for e in effects]], [[e.p for e in effects]],
-                [e.expected for e in effects], fr, crossed.get(name),
-                final if k < len(looks) else None)
+                [e.expected for e in effects], sizes, up_to, crossed.get(name),
+                final if k < len(looks) else None, k - 1)
             code = int(codes[0])
             if code == 0 and k == len(looks):
                 code = SPENT

@@ -114,8 +114,8 @@ def sequential(claim: tuple[int, list[int]], first: int, per_look: int, up_to: i
     for k, size in enumerate(sizes):
         est, _, _, p = seed_t(np.moveaxis(per_seed[:, :size], 1, -1))
         last = k == len(sizes) - 1
-        c, crossed = look_codes(est, p, expected, fractions[:k + 1], crossed,
-                                None if last or not futility else final)
+        c, crossed = look_codes(est, p, expected, sizes, up_to, crossed,
+                                None if last or not futility else final, k)
         new = (code == 0) & (c != 0)
         code[new], used[new] = c[new], size
     return code, used
