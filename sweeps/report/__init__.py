@@ -178,6 +178,13 @@ def header(rows: pd.DataFrame, specs: list, tables: int = 0) -> dict[str, str]:
                       f"{margin(specs):g} accuracy points; rules: docs/claims.md"
                       + (f"; one test image = {step:.2f} points" if step else ""),
     }
+    for spec in (s for s in specs if s.grid.add_seeds is not None):
+        add = spec.grid.add_seeds
+        out[f"adding seeds ({spec.name})"] = (
+            f"a sequential study: seeds {', '.join(map(str, spec.grid.seeds))} first, then "
+            f"{add.per_look} a look, up to {add.up_to}, to the claims still undecided; each "
+            "claim's verdict is the group-sequential rule's, at the look that decided it "
+            "(docs/claims.md, 'adding seeds')")
     if (selection := selected(done)) is not None:
         out["selection"] = selection
     for spec in specs:

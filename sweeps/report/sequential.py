@@ -226,17 +226,18 @@ class Decision:
         return self.code != 0
 
     def verdict(self) -> str:
-        where = (f"look {self.look} of {self.looks}, {self.seeds} seeds; boundary p < "
-                 f"{self.boundary:.2g}, alpha spent {self.alpha_spent:.3g}")
+        """The claim's verdict with where it was reached (the boundary and the alpha spent are
+        the claims table's columns, ``row``)."""
+        where = f"look {self.look} of {self.looks}, {self.seeds} seeds"
         if self.untestable:
-            return f"{INCONCLUSIVE}: an arm is missing (no seed can decide it; look {self.look})"
+            return f"{INCONCLUSIVE}: an arm is missing (no seed can decide it)"
         if self.code == 1:
             return f"{CONSISTENT} (decided at {where})"
         if self.code == -1:
             return f"{INCONSISTENT} (decided at {where})"
         if self.code == FUTILE:
-            return (f"{INCONCLUSIVE}: futile at {where} (conditional power below "
-                    f"{FUTILITY:g} either way)")
+            return (f"{INCONCLUSIVE}: futile at {where} (conditional power below {FUTILITY:g} "
+                    "either way)")
         if self.code == SPENT:
             return f"{INCONCLUSIVE}: the budget ran out ({where})"
         return f"{INCONCLUSIVE} so far ({where}; the study goes on)"
