@@ -47,6 +47,9 @@ def test_a_sequential_study_adds_seeds_to_undecided_claims_only_and_reruns_alike
     rows, _ = load([uri])
     done = rows[rows.state == TrialState.DONE]
     assert set(done.seed) >= set(spec.grid.seeds)
+    # the spec is chosen so that on digits a claim is still undecided after the first look
+    # (C5, at two epochs): a second look ran, for its undecided claims' strands only
+    assert set(done.seed) - set(spec.grid.seeds), first.getvalue()[-2000:]
 
     # replayed from the stored results alone: what each look decided, and what it added
     decisions = replay(done, spec, lambda d: claims(d, spec.report.similar_margin))
