@@ -7,6 +7,10 @@ design effect (the variance of a seed's mean over the rows divided by what it wo
 independent rows, docs/claims.md) is 1 + (rows - 1) x ICC; a study at design effect D has
 ICC = (D - 1) / (rows - 1). A claim's effects are correlated too (they share arms: 0.5).
 
+A study that adds seeds (grid.add_seeds) is simulated look by look through the same
+sequential.look_codes the report and the driver use (``sequential``): its false-positive rate
+over all the looks, and the seeds it saves against the fixed design.
+
 `python -m sweeps.report.simulate` prints the tables docs/claims.md quotes;
 tests/test_calibration.py holds the rule to them.
 """
