@@ -185,3 +185,12 @@ def test_replay_decides_each_claim_once_from_the_results_and_adds_seeds_to_the_r
     # the same results, the same decisions (a rerun after preemption)
     again = {d.claim: (d.code, d.look, d.seeds) for d in replay(df, spec, judge)}
     assert again == {k: (d.code, d.look, d.seeds) for k, d in decisions.items()}
+
+
+def test_a_driver_without_a_judge_refuses_a_sequential_spec_before_any_work(tmp_path):
+    from sweeps.app.sweep import run_sweep
+
+    spec = parse_spec({**BASE, "storage": str(tmp_path / "store")})
+    with pytest.raises(SpecError, match="grid.add_seeds"):
+        run_sweep(spec)
+    assert not (tmp_path / "store").exists()
