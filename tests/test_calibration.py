@@ -45,6 +45,7 @@ def test_a_large_effect_consistent_over_three_seeds_is_decidable():
         assert power(claims["C6"], 3, 2, 0.0, N) < ALPHA / 2 + 2 * mc_se(ALPHA / 2, N)
 
 
+@pytest.mark.slow  # ~25 s in all on 2 cores: the whole suite's, not make check's
 @pytest.mark.parametrize("design, name", CLAIMS)
 def test_a_study_that_adds_seeds_keeps_the_false_positive_rate_at_alpha(design, name):
     """3 seeds first, one a look up to 10 (a look at every n from 3 to 10: the most looks, the
