@@ -83,8 +83,11 @@ def _run(args) -> int:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
     try:
+        judge = None
+        if spec.grid.add_seeds is not None:  # a sequential study: the report's rule decides
+            from .report.sequential import next_look as judge
         run_sweep(spec, address=args.address, retry_failed=args.retry_failed,
-                  max_trials=None if args.large else LARGE_GRID)
+                  max_trials=None if args.large else LARGE_GRID, judge=judge)
     except GridTooLarge as e:
         raise GridTooLarge(f"{args.spec}: {e}") from None
     return 0

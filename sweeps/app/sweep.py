@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from kd_core.data import ImageData
@@ -26,6 +27,7 @@ import pandas as pd  # noqa: E402
 
 from ..domain import faults  # noqa: E402
 from ..domain.critical_path import remaining_work, trial_costs  # noqa: E402
+from ..domain.looks import extend, worst_case  # noqa: E402
 from ..domain.plan import Plan, Trial, build_plan  # noqa: E402
 from ..domain.sampling import OptunaSource, optuna_sources  # noqa: E402
 from ..domain.scheduler import Scheduler  # noqa: E402
@@ -137,13 +139,19 @@ def run_sweep(
     out=None,
     retry_failed: bool = False,
     max_trials: int | None = None,
+    judge: Judge | None = None,
 ) -> str:
     """Train every trial of the sweep not yet in storage; returns the results file's URI.
     ``out``: where progress goes (the standard output at the time of the call); ``max_trials``:
-    refuse a grid that plans more (GridTooLarge), before any work."""
+    refuse a grid that plans more (GridTooLarge), before any work. ``judge``: a sequential
+    study's (grid.add_seeds) decisions from its stored results (the report's rule, which this
+    layer does not import: `kdsweep run` passes sweeps.report.sequential.next_look)."""
     import ray
 
     out = out or sys.stdout
+    if spec.grid.add_seeds is not None and judge is None:
+        raise SpecError("grid.add_seeds: this caller gives no judge of the claims (kdsweep run "
+                        "does)")
 
     # check
     storage = Storage(spec.storage)
@@ -151,9 +159,11 @@ def run_sweep(
     # the absolute location.
     spec = spec.model_copy(update={"storage": storage.uri if storage.is_local else spec.storage})
     plan = build_plan(spec)
-    if max_trials is not None and len(plan.trials) > max_trials:
-        raise GridTooLarge(f"the grid plans {len(plan.trials)} trials (more than {max_trials}); "
-                           "check it with `kdsweep plan`, then run it with --large")
+    planned = worst_case(spec) if spec.grid.add_seeds is not None else len(plan.trials)
+    if max_trials is not None and planned > max_trials:
+        raise GridTooLarge(f"the grid plans {planned} trials (more than {max_trials}"
+                           f"{', at its worst case of seeds' if planned > len(plan.trials) else ''}"
+                           "); check it with `kdsweep plan`, then run it with --large")
     data = check_all(spec, address)
     env = runtime_env(spec)  # the plugins' files, for every worker
     # each stored result read once in this run (a trial that ends from here on, trained by an
@@ -182,10 +192,32 @@ def run_sweep(
                 # memory: as much as Ray granted
                 check_fits(spec.resources, spec.architectures, ray.cluster_resources())
         with watch or contextlib.nullcontext():
-            return _train_and_export(spec, plan, data, snapshot, out, retry_failed, lease,
-                                     address, env)
+            uri = _train_and_export(spec, plan, data, snapshot, out, retry_failed, lease,
+                                    address, env)
+            for k, seeds in enumerate(spec.grid.look_seeds()[1:], 2):
+                wanted, lines = judge(spec, uri)
+                print(f"look {k - 1}: " + "; ".join(lines), file=out, flush=True)
+                if not wanted:
+                    print(f"every claim decided at look {k - 1}: no more seeds", file=out,
+                          flush=True)
+                    break
+                added = extend(plan, seeds, wanted)
+                print(f"look {k}: seeds {', '.join(map(str, seeds))} in {len(wanted)} "
+                      "strand(s) (chain x noise rate) of the claims undecided: "
+                      f"{len(added)} trials", file=out, flush=True)
+                snapshot = Snapshot.load(Ledger(storage, repair=False),
+                                         (t.key for t in plan.trials))
+                snapshot.ledger.writer = lease
+                uri = _train_and_export(spec, plan, data, snapshot, out, retry_failed, lease,
+                                        address, env)
+            return uri
     finally:
         lease.release()
+
+
+# A sequential study's judge: (spec, the results file's URI) -> (the strands the next look adds
+# seeds to, empty when every claim is decided; a line per claim saying where it stands)
+Judge = Callable[[SweepSpec, str], tuple[set, list[str]]]
 
 
 def _superseded(lease: DriverLease, held: dict, watch: LocalRayWatch | None) -> None:

@@ -287,6 +287,16 @@ class Plan:
         noise = ", ".join(f"{r:g}" for r in s.grid.noise.rate)
         lines.append(f"  each at noise {s.grid.noise.kind} {noise} x seeds "
                      f"{', '.join(map(str, s.grid.seeds))}")
+        if s.grid.add_seeds is not None:
+            from .looks import worst_case  # looks builds on this module
+
+            looks = s.grid.look_seeds()
+            lines.append(
+                f"  adding seeds (grid.add_seeds): the first look is {len(self.trials)} trials "
+                f"(seeds {', '.join(map(str, s.grid.seeds))}); {len(looks) - 1} more look(s) "
+                f"add {s.grid.add_seeds.per_look} seed(s) each to the lineages of the claims "
+                f"still undecided, up to {s.grid.add_seeds.up_to} seeds: the worst case (no "
+                f"claim decided early) is {worst_case(s)} trials")
         if s.search.type == "optuna":
             lines.append(
                 f"  generation 1+: up to {s.search.num_samples} optuna samples per teacher "

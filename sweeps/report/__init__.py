@@ -41,6 +41,7 @@ from .forest import forest
 from .load import load
 from .page import RunLinks, page, summary
 from .pooled import POWER
+from .sequential import sequential_sections
 from .stats import MIN_SEEDS, SIMILAR_MARGIN, cell, holm, paired, resolution, t_interval
 from .tables import accuracy, convergence, not_done, reproducibility
 
@@ -61,6 +62,9 @@ def report(
     if df.empty:
         raise ValueError(f"no finished trials in {', '.join(inputs) or experiment}")
     verdicts = claims(df, margin(specs))
+    if sequential := [s for s in specs if s.grid.add_seeds is not None]:
+        verdicts = sequential_sections(df, sequential[0],
+                                       lambda d: claims(d, margin(specs)))
     step, decimals = resolution(df)
     preds = load_predictions(df, specs)
     sections = [*verdicts, *accuracy(df), *calibration_table(df, step, decimals),
@@ -174,6 +178,13 @@ def header(rows: pd.DataFrame, specs: list, tables: int = 0) -> dict[str, str]:
                       f"{margin(specs):g} accuracy points; rules: docs/claims.md"
                       + (f"; one test image = {step:.2f} points" if step else ""),
     }
+    for spec in (s for s in specs if s.grid.add_seeds is not None):
+        add = spec.grid.add_seeds
+        out[f"adding seeds ({spec.name})"] = (
+            f"a sequential study: seeds {', '.join(map(str, spec.grid.seeds))} first, then "
+            f"{add.per_look} a look, up to {add.up_to}, to the claims still undecided; each "
+            "claim's verdict is the group-sequential rule's, at the look that decided it "
+            "(docs/claims.md, 'adding seeds')")
     if (selection := selected(done)) is not None:
         out["selection"] = selection
     for spec in specs:

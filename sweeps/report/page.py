@@ -95,7 +95,8 @@ def section_html(section: Section, links: RunLinks) -> str:
 
 def summary(claims: list[Section]) -> Section:
     table = pd.DataFrame([{"claim": c.title.split(" ", 1)[0], "statement": c.title.split(" ", 1)[1],
-                           "verdict": c.verdict} for c in claims]).set_index("claim")
+                           "verdict": c.verdict, **(c.sequential or {})}
+                          for c in claims]).set_index("claim")
     return Section("the paper's claims: verdicts at this n", table)
 
 

@@ -7,6 +7,10 @@ design effect (the variance of a seed's mean over the rows divided by what it wo
 independent rows, docs/claims.md) is 1 + (rows - 1) x ICC; a study at design effect D has
 ICC = (D - 1) / (rows - 1). A claim's effects are correlated too (they share arms: 0.5).
 
+A study that adds seeds (grid.add_seeds) is simulated look by look through the same
+sequential.look_codes the report and the driver use (``sequential``): its false-positive rate
+over all the looks, and the seeds it saves against the fixed design.
+
 `python -m sweeps.report.simulate` prints the tables docs/claims.md quotes;
 tests/test_calibration.py holds the rule to them.
 """
@@ -18,6 +22,7 @@ import math
 import numpy as np
 
 from .pooled import decide_codes, seed_t
+from .sequential import FUTILE, boundaries, fractions_of, look_codes
 from .stats import ALPHA
 
 EFFECT_CORRELATION = 0.5  # between a claim's effects (they share an arm)
@@ -89,6 +94,68 @@ def power(claim: tuple[int, list[int]], seeds: int, design_effect: float, effect
     return float(np.mean(codes == 1))
 
 
+def look_sizes(first: int, per_look: int, up_to: int) -> list[int]:
+    """Seeds at each look of a study that adds seeds (grid.add_seeds), cumulative."""
+    sizes = [first]
+    while sizes[-1] < up_to:
+        sizes.append(min(sizes[-1] + per_look, up_to))
+    return sizes
+
+
+def sequential(claim: tuple[int, list[int]], first: int, per_look: int, up_to: int,
+               design_effect: float, n: int = 4000, seed: int = 0, mean=0.0,
+               futility: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Studies that add seeds (the report's own rule, sequential.look_codes, look by look):
+    each study's final code (1, -1, 0 inconclusive, FUTILE) and the seeds it used."""
+    rows, expected = claim
+    rng = np.random.default_rng(seed)
+    values = studies(rng, n, up_to, rows, len(expected), design_effect, mean)
+    per_seed = values.mean(axis=2)  # (n, seeds, effects)
+    sizes = look_sizes(first, per_look, up_to)
+    fractions = fractions_of(sizes, up_to)
+    final = boundaries(fractions)[-1]
+    code, used, crossed = np.zeros(n, int), np.full(n, up_to), None
+    for k, size in enumerate(sizes):
+        est, _, _, p = seed_t(np.moveaxis(per_seed[:, :size], 1, -1))
+        last = k == len(sizes) - 1
+        c, crossed = look_codes(est, p, expected, sizes, up_to, crossed,
+                                None if last or not futility else final, k)
+        new = (code == 0) & (c != 0)
+        code[new], used[new] = c[new], size
+    return code, used
+
+
+def sequential_false_positive_rate(claim, first: int, per_look: int, up_to: int,
+                                   design_effect: float, n: int = 4000, seed: int = 0) -> float:
+    """Under the null: the share of sequential studies decided either way."""
+    code, _ = sequential(claim, first, per_look, up_to, design_effect, n, seed)
+    return float(np.mean((code == 1) | (code == -1)))
+
+
+def sized_effect(claim: tuple[int, list[int]], seeds: int, design_effect: float,
+                 target: float = 0.8, n: int = 2000) -> float:
+    """The effect (sd of a seed's effect, every effect alike) the fixed design of ``seeds``
+    seeds finds with ``target`` power: what a study sized for the paper's effect assumes."""
+    lo, hi = 0.0, 10.0
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if power(claim, seeds, design_effect, mid, n) >= target else (mid, hi)
+    return hi
+
+
+def savings(claim, first: int, per_look: int, up_to: int, design_effect: float,
+            effect_sd: float, n: int = 4000) -> tuple[float, float, float]:
+    """At every effect ``effect_sd`` sd of a seed's effect in its predicted direction: the
+    sequential study's power (consistent), its expected seeds, and the fixed design's power
+    with ``up_to`` seeds."""
+    rows, expected = claim
+    icc = 0.0 if rows == 1 else min(1.0, (design_effect - 1) / (rows - 1))
+    mean = np.array(expected, float) * effect_sd * math.sqrt(icc + (1 - icc) / rows)
+    code, used = sequential(claim, first, per_look, up_to, design_effect, n, 1, mean)
+    return (float(np.mean(code == 1)), float(used.mean()),
+            power(claim, up_to, design_effect, effect_sd, n, 1))
+
+
 def mc_se(rate: float = ALPHA, n: int = 4000) -> float:
     return math.sqrt(rate * (1 - rate) / n)
 
@@ -113,6 +180,25 @@ def main() -> None:  # pragma: no cover - prints docs/claims.md's tables
                      for k in effects]
             print(f"  {design:10s} {name}: " + "; ".join(cells) + " at 3/5/10 seeds")
 
+    print(f"adding seeds, 3 first, up to 10 (n = 4000 studies, MC SE {mc_se():.4f}): "
+          "false-positive rate under the null, max over design effects 1-4, one seed a look / "
+          "two a look:")
+    for design, claims in STRUCTURES.items():
+        for name, claim in claims.items():
+            rates = [max(sequential_false_positive_rate(claim, 3, k, 10, d) for d in (1, 2, 3, 4)
+                         if d <= claim[0]) for k in (1, 2)]
+            print(f"  {design:10s} {name}: {rates[0]:.3f} / {rates[1]:.3f}")
+    print("adding seeds, 3 first, one a look, up to 10, design effect 2; at the effect the fixed "
+          "design of 10 seeds finds with 80% power: power sequential / fixed, expected seeds "
+          "(saved of 10); under the null: expected seeds, share stopped for futility:")
+    for design, claims in STRUCTURES.items():
+        for name, claim in claims.items():
+            k = sized_effect(claim, 10, 2)
+            found, used, fixed = savings(claim, 3, 1, 10, 2, k)
+            code, used0 = sequential(claim, 3, 1, 10, 2, 4000, 2)
+            print(f"  {design:10s} {name}: effect {k:.2f} sd: power {found:.2f} / {fixed:.2f}, "
+                  f"{used:.1f} seeds ({10 - used:.1f} saved); null: {used0.mean():.1f} seeds, "
+                  f"{np.mean(code == FUTILE):.2f} futile")
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -37,6 +37,8 @@ class Section:
     # the cells' numbers, unrounded, indexed by (row, column): estimate, low, high, n, p (the
     # CSV's columns; export.py reads a cell's printed numbers where this has none)
     numbers: pd.DataFrame | None = None
+    # a sequential study's claim: seeds, decided_at_look, boundary, alpha spent (sequential.py)
+    sequential: dict | None = None
 
     def text(self) -> str:
         lines = [f"== {self.title}" + (f": {self.verdict.upper()}" if self.verdict else "")]

@@ -162,6 +162,13 @@ class SweepSpec(_Strict):
         object.__setattr__(self, "search", search.model_copy(update={"metric": metric}))
         return self
 
+    @model_validator(mode="after")
+    def _sequential_grid(self):
+        if self.grid.add_seeds is not None and self.search.type != "grid":
+            raise ValueError("grid.add_seeds: a study that adds seeds decides the grid's claims: "
+                             "it needs search.type grid")
+        return self
+
     @field_validator("chains")
     @classmethod
     def _chains(cls, v):

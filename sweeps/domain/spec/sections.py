@@ -220,6 +220,16 @@ class SettingSpec(_Strict):
         return self
 
 
+class AddSeedsSpec(_Strict):
+    """A study that adds seeds until each claim is decided (docs/claims.md, "adding seeds"):
+    grid.seeds is the first look; each later look adds ``per_look`` seeds (the integers after
+    the largest seed of the study so far) to the lineages of the claims still undecided, up to
+    ``up_to`` seeds in all."""
+
+    up_to: StrictInt = Field(ge=2, le=1000)
+    per_look: StrictInt = Field(1, ge=1, le=1000)
+
+
 class GridSpec(_Strict):
     loss: Annotated[list[str], BeforeValidator(_as_list)] = ["kl"]
     tau: Annotated[list[Tau], BeforeValidator(_as_list)] = [4.0]  # kl only
@@ -232,6 +242,8 @@ class GridSpec(_Strict):
     baselines: bool = True  # also train every student architecture alone (CE), per noise and seed
     # settings added to loss x tau x alpha (each at every chain position, noise rate and seed)
     extra: list[SettingSpec] = []
+    # a sequential study: seeds added look by look to undecided claims (None: the seeds above)
+    add_seeds: AddSeedsSpec | None = None
 
     @field_validator("loss", "tau", "alpha", "seeds")
     @classmethod
@@ -292,6 +304,34 @@ class GridSpec(_Strict):
                 if not math.isfinite(v):
                     raise ValueError(f"params.{p}: a finite number, got {v!r}")
         return self
+
+    @field_validator("add_seeds")
+    @classmethod
+    def _add_seeds(cls, v, info):
+        seeds = info.data.get("seeds")
+        if v is None or not seeds:
+            return v
+        if v.up_to <= len(seeds):
+            raise ValueError(f"up_to {v.up_to} is not more than grid.seeds' {len(seeds)} seeds "
+                             "(the first look): nothing would be added")
+        if max(seeds) + v.up_to >= 2**63:
+            raise ValueError("the added seeds (the integers after the largest of grid.seeds) "
+                             "would pass 2^63")
+        return v
+
+    def look_seeds(self) -> list[list[int]]:
+        """The seeds each look adds: grid.seeds first, then add_seeds.per_look at a time (the
+        integers after the largest so far, up to add_seeds.up_to in all); one look without
+        add_seeds."""
+        looks = [list(self.seeds)]
+        if self.add_seeds is None:
+            return looks
+        n, nxt = len(self.seeds), max(self.seeds) + 1
+        while n < self.add_seeds.up_to:
+            k = min(self.add_seeds.per_look, self.add_seeds.up_to - n)
+            looks.append(list(range(nxt, nxt + k)))
+            n, nxt = n + k, nxt + k
+        return looks
 
     def loss_settings(self, loss: str) -> list[tuple[tuple[str, float], ...]]:
         """A loss's extra params, every combination the grid gives (one empty one for a loss
