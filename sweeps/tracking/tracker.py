@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+import pandas as pd
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.environment_variables import MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT
 from mlflow.exceptions import MlflowException
@@ -41,6 +42,7 @@ from .sweep_run import SweepRun
 from .writer import EPOCH, Pending, Record, Writer
 
 __all__ = ["Tracker"]
+SWEEP = "sweep"  # the lane key of the parent run's own records (results, end)
 
 
 def _raised_to_the_caller(record: logging.LogRecord) -> bool:
@@ -56,7 +58,7 @@ class Tracker:
     come from the trial's stored history. ``reused`` and ``trained_by`` come from the trial's
     record (which cluster and sweep trained it), never from gaps in MLflow."""
 
-    def __init__(self, spec: SweepSpec, storage: Storage, queue_size: int = 10_000):
+    def __init__(self, spec: SweepSpec, storage: Storage, queue_size: int = 2_000):
         self.spec, self.storage = spec, storage
         prepare_store(spec.tracking_uri)
         # MLflow's client prints two "View run" lines per ended run into a server, after a
@@ -107,6 +109,11 @@ class Tracker:
         """Warnings a trial's worker raised, kept in its run as warnings.txt."""
         self._put("warn", key, list(messages))
 
+    def results(self, rel: str) -> None:
+        """The sweep's results file (``rel`` in storage, written) on the parent run, as itself
+        and as CSV, with the headline metrics: in a lane, like every write."""
+        self.writer.put(SWEEP, "results", "", rel)
+
     def _put(self, kind: str, key: str, *payload) -> None:
         self.writer.put(self.lineage.get(key, key), kind, key, *payload)
 
@@ -134,11 +141,15 @@ class Tracker:
         """Write what is queued, then stop the writer: nothing outlives the sweep."""
         self.writer.shutdown(timeout)
 
-    def close(self, status: str = "FINISHED") -> None:
-        """Flush, end the parent run with ``status``, stop the writer."""
-        self.flush()
-        self.sweep.end(status)
-        self.shutdown()
+    def close(self, status: str = "FINISHED", wait: float | None = None) -> int:
+        """End the parent run with ``status`` (queued after its results), write what is
+        queued for at most ``wait`` seconds (None: until done), stop the writer; returns how
+        many records were left unwritten (the next run of the sweep fills them in)."""
+        self.writer.put(SWEEP, "end", "", status)
+        self.flush(wait)
+        left = self.writer.pending()
+        self.shutdown(0.0 if left else 60.0)
+        return left
 
     # ---- in the writer's lanes -------------------------------------------------------------
     def handle(self, record: Record) -> Pending | None:
@@ -147,7 +158,7 @@ class Tracker:
         if kind == EPOCH:
             return self._epochs(key, *payload)
         handler = {"ensure": self._ensure_run, "finish": self._finish, "fail": self._fail,
-                   "warn": self._warn}[kind]
+                   "warn": self._warn, "results": self._results, "end": self._end}[kind]
         handler(key, *payload)
         return None
 
@@ -294,6 +305,18 @@ class Tracker:
                         found.setdefault(t.get("kdsweep.key"), []).append(r.info.run_id)
                 self.trained_runs = found
         return self.trained_runs
+
+    def _results(self, _key: str, rel: str) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            parquet = self.storage.local_copy(rel, Path(d) / "results.parquet")
+            rows = pd.read_parquet(parquet)
+            rows.to_csv(Path(d) / "results.csv", index=False)  # for a spreadsheet, from the UI
+            self.sweep.log_artifact(parquet)
+            self.sweep.log_artifact(Path(d) / "results.csv")
+        self.sweep.log_summary(rows)
+
+    def _end(self, _key: str, status: str) -> None:
+        self.sweep.end(status)
 
     def _warn(self, key: str, messages: list[str]) -> None:
         if (run_id := self.runs.get(key)) is None:
