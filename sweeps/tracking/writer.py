@@ -71,6 +71,7 @@ class Lane:
         self.cv = threading.Condition()
         self.memory: deque = deque()
         self.spilled = 0  # records in the file not yet read back
+        self.spills = 0  # records that went through the file, in all
         self.unfinished = 0  # put and not yet handled
         self.out = self.inp = None  # the file's append and read handles, while it has records
 
@@ -87,6 +88,7 @@ class Lane:
                 except OSError:
                     return False
                 self.spilled += 1
+                self.spills += 1
             else:
                 self.memory.append(record)
             self.unfinished += 1
@@ -186,6 +188,10 @@ class Writer:
     def spilled(self) -> int:
         """Records in the lanes' files now."""
         return sum(lane.spilled for lane in self._lanes)
+
+    def spills(self) -> int:
+        """Records that went through the lanes' files, in all."""
+        return sum(lane.spills for lane in self._lanes)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything queued is written; False if ``timeout`` ran out first."""
