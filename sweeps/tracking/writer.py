@@ -213,8 +213,9 @@ class Writer:
             self.abandoned = not written
             for lane in self._lanes:
                 lane.put(None)
+            stop = time.monotonic() + STOP  # one bound for all the lanes together
             for t in self._threads:
-                t.join(STOP)
+                t.join(max(0.0, stop - time.monotonic()))
             if self.alive():
                 log.warning("MLflow: a request still in flight after %d s; left to end "
                             "with the process", STOP)
