@@ -42,6 +42,7 @@ from .sweep_run import SweepRun
 from .writer import EPOCH, Pending, Record, Writer
 
 __all__ = ["Tracker"]
+log = logging.getLogger(__name__)
 SWEEP = "sweep"  # the lane key of the parent run's own records (results, end)
 
 
@@ -70,7 +71,7 @@ class Tracker:
         self.sweep = SweepRun(self.client, spec, storage)
         self.experiment_id, self.parent_id = self.sweep.experiment_id, self.sweep.run_id
         self.ended: dict[str, str] = {}  # run id -> its end status (FINISHED, FAILED, KILLED)
-        self.runs: dict[str, str] = self._existing_children()  # trial key -> run id
+        self.runs: dict[str, str] = {}  # trial key -> run id
         self.logged: dict[str, set[int]] = {}  # run id -> epochs logged
         self.warnings: dict[str, list[str]] = {}  # run id -> its workers' warnings so far
         # Called before each run is created: the driver's lease check, so a driver that lost
@@ -84,6 +85,11 @@ class Tracker:
         self.trained_lock = threading.Lock()
         self.inputs = DatasetInputs(self.client, spec)
         self.writer = Writer(self.client, local, self.handle, self._unsent, queue_size)
+        # The runs an earlier run of the sweep made, found by one paged search (100 pages at
+        # 100k trials): in a thread of its own, so the driver goes on meanwhile; the lanes
+        # write once it is done (a run is never made twice), and not at all if it fails.
+        self.known = threading.Event()
+        threading.Thread(target=self._find_runs, daemon=True, name="mlflow-runs").start()
 
     # ---- what callers use: each call only enqueues ----------------------------------------
     def ensure_run(self, trial: Trial) -> None:
@@ -118,7 +124,13 @@ class Tracker:
         self.writer.put(self.lineage.get(key, key), kind, key, *payload)
 
     def flush(self, timeout: float | None = None) -> bool:
-        return self.writer.flush(timeout)
+        """Wait until the sweep's runs are known and everything queued is written; False if
+        ``timeout`` ran out first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self.known.wait(timeout):
+            return False
+        return self.writer.flush(None if deadline is None
+                                 else max(0.0, deadline - time.monotonic()))
 
     @property
     def failed_writes(self) -> int:
@@ -154,6 +166,7 @@ class Tracker:
     # ---- in the writer's lanes -------------------------------------------------------------
     def handle(self, record: Record) -> Pending | None:
         """One record from the writer's queue, as MLflow calls (epochs: the metrics to send)."""
+        self.known.wait()  # the runs of earlier runs first: none is made twice
         kind, key, payload = record
         if kind == EPOCH:
             return self._epochs(key, *payload)
@@ -171,6 +184,18 @@ class Tracker:
             yield from page
             if not (token := page.token):
                 return
+
+    def _find_runs(self) -> None:
+        try:
+            for key, run_id in self._existing_children().items():
+                self.runs.setdefault(key, run_id)
+        except Exception as e:  # no write is tried: a run could be made twice
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            self.writer.halted = e
+            log.warning("MLflow: the sweep's runs could not be listed (%s); nothing is written "
+                        "to MLflow in this run (rerun the sweep to fill it in)", first)
+        finally:
+            self.known.set()
 
     def _existing_children(self) -> dict[str, str]:
         runs = {}

@@ -154,6 +154,7 @@ class Writer:
         self.client, self.handle, self.on_unsent = client, handle, on_unsent
         self.failed_writes = 0
         self.full: Exception | None = None  # the error that said the store is full
+        self.halted: Exception | None = None  # why no write may be tried (the Tracker says)
         self.longest_put = 0.0  # seconds: the longest a caller spent in put (never a request)
         self.spill_failed = False
         self.abandoned = False  # shutdown's wait ran out: what is left is dropped, not written
@@ -244,7 +245,7 @@ class Writer:
                 return
 
     def _guarded(self, fn, *args) -> None:
-        if self.full is not None:  # nothing more fits: what is left is dropped, not tried
+        if self.full is not None or self.halted is not None:  # dropped, not tried
             self.failed_writes += 1
             return
         try:
