@@ -17,6 +17,7 @@ class Oracle:
         self.listener, self.sources = listener, list(sources)
         self.done, self.stored_banks, self.values = set(done), set(banks), dict(values)
         self.waiting, self.order, self.running, self.banks = {}, {}, {}, {}
+        self.asked = set()  # (source's index, sample key): told that sample's value when it ends
         self.trials = {t.key: t for t in [*trials, *(s.teacher for s in self.sources)]}
         for t in todo:
             self._wait(t)
@@ -48,8 +49,10 @@ class Oracle:
                 self.done.add(t.key)
                 for child in children(self.spec, [t]) if t.generation > 0 else []:
                     self._release(child)
-            for s in self.sources:
-                s.tell(t.key, value)
+            for i, s in enumerate(self.sources):
+                if (i, t.key) in self.asked:
+                    self.asked.discard((i, t.key))
+                    s.tell(t.key, value)
         self._settle()
 
     def finished(self):
@@ -114,8 +117,12 @@ class Oracle:
 
     def _sample(self, s):
         trial = s.ask()
+        i = next(i for i, x in enumerate(self.sources) if x is s)
         if self._release(trial):
+            self.asked.add((i, trial.key))
             return Job("train", trial)
-        if not self._in_flight(trial.key):
+        if self._in_flight(trial.key):
+            self.asked.add((i, trial.key))
+        else:
             s.tell(trial.key, self.values.get(trial.key))
         return None

@@ -77,5 +77,6 @@ def test_trial_runs_are_rows_and_runs_made_under_mlflows_parent_tag_are_still_fo
         "kdsweep.role": "trial"}).info.run_id
     tracker.close()
     again = Tracker(spec, Storage(spec.storage))  # the rerun's tracker
+    assert again.flush(30)  # its search of the runs made before, in a thread of its own
     assert again.runs == {new.key: tracker.runs[new.key], old.key: before}  # no second run
     again.close()

@@ -11,9 +11,8 @@ import contextlib
 import logging
 import os
 import sys
-import tempfile
+import time
 from collections.abc import Callable
-from pathlib import Path
 
 from kd_core.data import ImageData
 
@@ -23,7 +22,6 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 # CSV and TensorBoard copies (~40 KB a trial in shared storage) would be a third and fourth.
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
-import pandas as pd  # noqa: E402
 
 from ..domain import faults  # noqa: E402
 from ..domain.critical_path import remaining_work, trial_costs  # noqa: E402
@@ -31,6 +29,7 @@ from ..domain.looks import extend, worst_case  # noqa: E402
 from ..domain.plan import Plan, Trial, build_plan  # noqa: E402
 from ..domain.sampling import OptunaSource, optuna_sources  # noqa: E402
 from ..domain.scheduler import Scheduler  # noqa: E402
+from ..domain.settings import env_number  # noqa: E402
 from ..domain.spec import SpecError, SweepSpec  # noqa: E402
 from ..ray.engine import (  # noqa: E402
     EXIT_RAY_LOST,
@@ -115,21 +114,28 @@ def make_scheduler(
     )
 
 
-def export_results(plan: Plan, snapshot: Snapshot, tracker: Tracker, fence: int) -> str:
-    """The Parquet file in storage (carrying the driver lease's ``fence``) and on the parent
-    run; returns its URI."""
-    tracker.flush()  # every run created and known before the rows name them
-    uri = write_results(plan, snapshot, tracker.runs, fence)
-    tracker.raise_if_full()  # the results are in storage; MLflow's copies wait for space
+def mlflow_wait() -> float:
+    """Seconds a run waits, after its Parquet, for MLflow to catch up before it exits."""
+    return env_number("KDSWEEP_MLFLOW_WAIT", 300.0)
+
+
+mlflow_wait()  # a bad value is one line when the driver loads, before any work
+
+
+def export_results(plan: Plan, snapshot: Snapshot, tracker: Tracker, fence: int,
+                   wait: float | None = None) -> str:
+    """The Parquet file in storage (carrying the driver lease's ``fence``), written first,
+    never waiting on MLflow: a trial's ``mlflow_run_id`` is its run's as far as the tracker
+    knows it then. MLflow is then given ``wait`` seconds to catch up (None: as long as it
+    takes); where it did, and runs were created meanwhile, the file is written again with their
+    ids. The file goes on the parent run in a lane, like every MLflow write. Returns its URI."""
+    known = dict(tracker.runs)  # a copy: the lanes add to it
+    uri = write_results(plan, snapshot, known, fence)
     faults.reached("mid-export")
-    with tempfile.TemporaryDirectory() as d:
-        rel = snapshot.ledger.results_file(plan.spec)
-        parquet = snapshot.ledger.storage.local_copy(rel, Path(d) / "results.parquet")
-        rows = pd.read_parquet(parquet)
-        rows.to_csv(Path(d) / "results.csv", index=False)  # for a spreadsheet, from the UI
-        tracker.sweep.log_artifact(parquet)
-        tracker.sweep.log_artifact(Path(d) / "results.csv")
-    tracker.sweep.log_summary(rows)
+    if tracker.flush(wait) and any(t.key not in known for t in plan.trials):
+        uri = write_results(plan, snapshot, dict(tracker.runs), fence)
+    tracker.raise_if_full()  # the results are in storage; MLflow's copies wait for space
+    tracker.results(snapshot.ledger.results_file(plan.spec))
     return uri
 
 
@@ -279,12 +285,18 @@ def _train_and_export(
         if todo or sources:
             connect(address, env)  # already, unless storage changed since the count above
             run_experiment(spec, ledger, scheduler, events, lease.token)
-        # export
-        uri = export_results(plan, snapshot, tracker, lease.check())
+        # export: the Parquet first, then MLflow for at most KDSWEEP_MLFLOW_WAIT seconds
+        deadline = time.monotonic() + mlflow_wait()
+        uri = export_results(plan, snapshot, tracker, lease.check(), mlflow_wait())
         ok = all(s in (TrialState.DONE, TrialState.STOPPED_EARLY)
                  for s in progress.state.values())  # diverged, failed or skipped: FAILED
-        tracker.close("FINISHED" if ok else "FAILED")
+        left = tracker.close("FINISHED" if ok else "FAILED",
+                             wait=max(0.0, deadline - time.monotonic()))
         print(progress.table(), file=out)
+        if left:
+            print(f"MLflow: {left} writes not made after {mlflow_wait():g} s "
+                  "(KDSWEEP_MLFLOW_WAIT); the results file is complete; rerun the same command "
+                  "to fill MLflow in", file=out)
         if tracker.failed_writes:
             print(
                 f"MLflow: {tracker.failed_writes} writes failed (see the warnings); "

@@ -410,11 +410,16 @@ def children(spec: SweepSpec, parents: list[Trial]) -> list[Trial]:
 
 def search_contexts(plan: Plan) -> list[tuple[Trial, str]]:
     """(teacher, student architecture) pairs whose generation-1 students optuna samples."""
-    out = []
+    out, seen = [], set()  # seen: a lookup per pair, not a scan of those found (quadratic)
+    students: dict[str, list[str]] = {}  # teacher architecture -> its students', chain order
+    for chain in plan.spec.chains:
+        if len(chain) > 1 and chain[1] not in students.setdefault(chain[0], []):
+            students[chain[0]].append(chain[1])
     for t in plan.generations[0]:
-        for chain in plan.spec.chains:
-            if len(chain) > 1 and chain[0] == t.model and (t, chain[1]) not in out:
-                out.append((t, chain[1]))
+        for model in students.get(t.model, ()):
+            if (t.key, model) not in seen:
+                seen.add((t.key, model))
+                out.append((t, model))
     return out
 
 

@@ -5,6 +5,14 @@ which OptunaSearch cannot hold in one experiment. Each OptunaSource is a source 
 the scheduler (scheduler.Source; not one of optuna's samplers, which it holds): it asks for one
 sample at a time, and is told each sample's search metric when its trial ends. optuna's trials
 and their TrialState are named in full (``optuna.trial``), never beside ours.
+
+TPE's cost per sample grows with its study (it fits its two densities to every trial told:
+~5 us per trial per sample, 11 ms per sample at 2,000 and a 2,000-sample study's asks ~12 s of
+the driver's loop; benchmarks/RESULTS.md, "The optuna path"), so a source keeps a window of
+its study: once it holds WINDOW trials, the next study starts from the best GOOD of them (TPE's
+"good" group is its best min(10%, 25) trials: the same group as the whole study's) and the
+latest WINDOW / 2, with the same sampler (its random stream goes on). A sample then costs what
+a WINDOW-trial study costs, however many the source has taken.
 """
 
 from __future__ import annotations
@@ -15,9 +23,12 @@ from dataclasses import dataclass, field
 import optuna
 
 from .plan import Plan, Trial, make_trial, search_contexts
+from .settings import env_number
 from .spec import SweepSpec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+WINDOW = int(env_number("KDSWEEP_TPE_WINDOW", 200, minimum=50, integer=True))
+GOOD = 25  # TPE's default gamma: its "good" group is at most this many of the best trials
 
 
 @dataclass
@@ -61,11 +72,31 @@ class OptunaSource:
 
     def tell(self, key: str, value: float | None) -> None:
         """The samples that gave trial ``key`` learn how it ended (None or not finite: failed)."""
+        failed = value is None or not math.isfinite(value)
         for ot in self.waiting.pop(key, []):
-            if value is None or not math.isfinite(value):
-                self.study.tell(ot, state=optuna.trial.TrialState.FAIL)
+            if failed:
+                ot.study.tell(ot, state=optuna.trial.TrialState.FAIL)
             else:
-                self.study.tell(ot, value)
+                ot.study.tell(ot, value)
+            if ot.study is not self.study:  # asked before the window moved: into this one too
+                state = optuna.trial.TrialState.FAIL if failed else None
+                self.study.add_trial(optuna.trial.create_trial(
+                    params=ot.params, distributions=ot.distributions,
+                    value=None if failed else value,
+                    **({"state": state} if state else {})))
+        self._slide()
+
+    def _slide(self) -> None:
+        """A study of WINDOW trials starts again from its best GOOD and latest WINDOW / 2."""
+        trials = self.study.get_trials(deepcopy=False)
+        if len(trials) < WINDOW:
+            return
+        done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+        best = sorted(done, key=lambda t: t.value, reverse=True)[:GOOD]
+        keep = {t.number: t for t in [*best, *done[-(WINDOW // 2):]]}
+        study = optuna.create_study(direction="maximize", sampler=self.study.sampler)
+        study.add_trials([keep[n] for n in sorted(keep)])
+        self.study = study
 
 
 def optuna_sources(spec: SweepSpec, plan: Plan) -> list[OptunaSource]:

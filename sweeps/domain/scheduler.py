@@ -16,7 +16,9 @@ run goes; it never asks storage.
 Every operation is O(log N) amortised in the sweep's N trials (a 100,000-trial sweep is stepped
 through in seconds: benchmarks/scale.py): ready jobs sit in a heap keyed by rank, trials whose
 teacher is not ready yet are indexed by that teacher and moved to the heap by its outcome, and
-an entry a job has left behind (started, skipped) is dropped when it reaches the top.
+an entry a job has left behind (started, skipped) is dropped when it reaches the top. A trial
+that ends is told to the sources that sampled it (an index from sample key to source), and
+whether any source has samples left is a set of open sources: neither grows with the sources.
 """
 
 from __future__ import annotations
@@ -128,14 +130,18 @@ class Scheduler:
         # an entry a job has left behind is dropped when met, as in the heap
         self.ready_siblings: defaultdict[tuple, deque[str]] = defaultdict(deque)
         self.pushed = 0  # entries so far (ties among banks and samples: first pushed first)
-        self.sources_of: defaultdict[str, list[int]] = defaultdict(list)
+        self.sources_of: defaultdict[str, list[int]] = defaultdict(list)  # teacher -> sources
         for i, s in enumerate(self.sources):
             self.sources_of[s.teacher.key].append(i)
+        # sample key -> the sources that asked for it (told its value when it ends: only they)
+        self.asked_by: defaultdict[str, set[int]] = defaultdict(set)
+        self.open: set[int] = set()  # sources whose teacher is done and whose budget lasts
         for t in todo:
             self._register(t)
         students = Counter(t.teacher_key for t in self.waiting.values() if t.loss != "ce")
         for key in sorted(self.done):
             self._decide_bank(key, students[key])
+            self._open(key)
         for t in list(self.waiting.values()):
             k = t.teacher_key
             if t.key not in self.waiting:
@@ -155,7 +161,7 @@ class Scheduler:
             if kind == TRAIN and ref in self.waiting:
                 return Job("train", self.waiting[ref])
             if kind == SAMPLE and self.sources[ref].left() > 0:
-                if (job := self._sample(self.sources[ref])) is not None:
+                if (job := self._sample(ref)) is not None:
                     return job
                 continue  # a sample already trained or in flight takes no slot: ask again
             heapq.heappop(self.heap)  # started, skipped or spent since it was pushed
@@ -254,11 +260,16 @@ class Scheduler:
                 self._release(child)
             students = sum(c.loss != "ce" for c in self.blocked.get(t.key, ()))
             self._decide_bank(t.key, students)
+            self._open(t.key)
         else:
             for student in self.blocked.pop(t.key, []):
                 self._skip(student)
-        for s in self.sources:
-            s.tell(t.key, value)
+        for i in sorted(self.asked_by.pop(t.key, ())):  # only the sources that sampled it
+            self.sources[i].tell(t.key, value)
+
+    def _open(self, teacher: str) -> None:
+        """Teacher ``teacher`` is done: its sources with budget left count as open."""
+        self.open.update(i for i in self.sources_of.get(teacher, ()) if self.sources[i].left() > 0)
 
     def _decide_bank(self, key: str, students: int) -> None:
         """A teacher is done: build its bank first, or let its students go now."""
@@ -290,15 +301,21 @@ class Scheduler:
             stack += [(c, t.key) for c in self.blocked.pop(t.key, [])]
 
     def _samples_left(self) -> bool:
-        return any(s.left() > 0 and s.teacher.key in self.done for s in self.sources)
+        return bool(self.open)
 
     # ---- choosing --------------------------------------------------------------------------
-    def _sample(self, s: Source) -> Job | None:
-        """One sample of ``s``; a sample already trained or in flight is told its value when
-        there is one, and takes no slot."""
+    def _sample(self, i: int) -> Job | None:
+        """One sample of source ``i``; a sample already trained or in flight is told its value
+        when there is one, and takes no slot."""
+        s = self.sources[i]
         trial = s.ask()
+        if s.left() <= 0:
+            self.open.discard(i)
         if self._release(trial):
+            self.asked_by[trial.key].add(i)
             return Job("train", trial)
-        if not self._in_flight(trial.key):  # ended before (mse ignores tau: the same trial)
+        if self._in_flight(trial.key):  # told when it ends
+            self.asked_by[trial.key].add(i)
+        else:  # ended before (mse ignores tau: the same trial)
             s.tell(trial.key, self.values.get(trial.key))
         return None

@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+import pandas as pd
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.environment_variables import MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT
 from mlflow.exceptions import MlflowException
@@ -41,6 +42,8 @@ from .sweep_run import SweepRun
 from .writer import EPOCH, Pending, Record, Writer
 
 __all__ = ["Tracker"]
+log = logging.getLogger(__name__)
+SWEEP = "sweep"  # the lane key of the parent run's own records (results, end)
 
 
 def _raised_to_the_caller(record: logging.LogRecord) -> bool:
@@ -56,7 +59,7 @@ class Tracker:
     come from the trial's stored history. ``reused`` and ``trained_by`` come from the trial's
     record (which cluster and sweep trained it), never from gaps in MLflow."""
 
-    def __init__(self, spec: SweepSpec, storage: Storage, queue_size: int = 10_000):
+    def __init__(self, spec: SweepSpec, storage: Storage, queue_size: int = 2_000):
         self.spec, self.storage = spec, storage
         prepare_store(spec.tracking_uri)
         # MLflow's client prints two "View run" lines per ended run into a server, after a
@@ -68,7 +71,7 @@ class Tracker:
         self.sweep = SweepRun(self.client, spec, storage)
         self.experiment_id, self.parent_id = self.sweep.experiment_id, self.sweep.run_id
         self.ended: dict[str, str] = {}  # run id -> its end status (FINISHED, FAILED, KILLED)
-        self.runs: dict[str, str] = self._existing_children()  # trial key -> run id
+        self.runs: dict[str, str] = {}  # trial key -> run id
         self.logged: dict[str, set[int]] = {}  # run id -> epochs logged
         self.warnings: dict[str, list[str]] = {}  # run id -> its workers' warnings so far
         # Called before each run is created: the driver's lease check, so a driver that lost
@@ -82,6 +85,11 @@ class Tracker:
         self.trained_lock = threading.Lock()
         self.inputs = DatasetInputs(self.client, spec)
         self.writer = Writer(self.client, local, self.handle, self._unsent, queue_size)
+        # The runs an earlier run of the sweep made, found by one paged search (100 pages at
+        # 100k trials): in a thread of its own, so the driver goes on meanwhile; the lanes
+        # write once it is done (a run is never made twice), and not at all if it fails.
+        self.known = threading.Event()
+        threading.Thread(target=self._find_runs, daemon=True, name="mlflow-runs").start()
 
     # ---- what callers use: each call only enqueues ----------------------------------------
     def ensure_run(self, trial: Trial) -> None:
@@ -107,11 +115,22 @@ class Tracker:
         """Warnings a trial's worker raised, kept in its run as warnings.txt."""
         self._put("warn", key, list(messages))
 
+    def results(self, rel: str) -> None:
+        """The sweep's results file (``rel`` in storage, written) on the parent run, as itself
+        and as CSV, with the headline metrics: in a lane, like every write."""
+        self.writer.put(SWEEP, "results", "", rel)
+
     def _put(self, kind: str, key: str, *payload) -> None:
         self.writer.put(self.lineage.get(key, key), kind, key, *payload)
 
     def flush(self, timeout: float | None = None) -> bool:
-        return self.writer.flush(timeout)
+        """Wait until the sweep's runs are known and everything queued is written; False if
+        ``timeout`` ran out first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self.known.wait(timeout):
+            return False
+        return self.writer.flush(None if deadline is None
+                                 else max(0.0, deadline - time.monotonic()))
 
     @property
     def failed_writes(self) -> int:
@@ -134,20 +153,25 @@ class Tracker:
         """Write what is queued, then stop the writer: nothing outlives the sweep."""
         self.writer.shutdown(timeout)
 
-    def close(self, status: str = "FINISHED") -> None:
-        """Flush, end the parent run with ``status``, stop the writer."""
-        self.flush()
-        self.sweep.end(status)
-        self.shutdown()
+    def close(self, status: str = "FINISHED", wait: float | None = None) -> int:
+        """End the parent run with ``status`` (queued after its results), write what is
+        queued for at most ``wait`` seconds (None: until done), stop the writer; returns how
+        many records were left unwritten (the next run of the sweep fills them in)."""
+        self.writer.put(SWEEP, "end", "", status)
+        self.flush(wait)
+        left = self.writer.pending()
+        self.shutdown(0.0 if left else 60.0)
+        return left
 
     # ---- in the writer's lanes -------------------------------------------------------------
     def handle(self, record: Record) -> Pending | None:
         """One record from the writer's queue, as MLflow calls (epochs: the metrics to send)."""
+        self.known.wait()  # the runs of earlier runs first: none is made twice
         kind, key, payload = record
         if kind == EPOCH:
             return self._epochs(key, *payload)
         handler = {"ensure": self._ensure_run, "finish": self._finish, "fail": self._fail,
-                   "warn": self._warn}[kind]
+                   "warn": self._warn, "results": self._results, "end": self._end}[kind]
         handler(key, *payload)
         return None
 
@@ -160,6 +184,18 @@ class Tracker:
             yield from page
             if not (token := page.token):
                 return
+
+    def _find_runs(self) -> None:
+        try:
+            for key, run_id in self._existing_children().items():
+                self.runs.setdefault(key, run_id)
+        except Exception as e:  # no write is tried: a run could be made twice
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            self.writer.halted = e
+            log.warning("MLflow: the sweep's runs could not be listed (%s); nothing is written "
+                        "to MLflow in this run (rerun the sweep to fill it in)", first)
+        finally:
+            self.known.set()
 
     def _existing_children(self) -> dict[str, str]:
         runs = {}
@@ -294,6 +330,18 @@ class Tracker:
                         found.setdefault(t.get("kdsweep.key"), []).append(r.info.run_id)
                 self.trained_runs = found
         return self.trained_runs
+
+    def _results(self, _key: str, rel: str) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            parquet = self.storage.local_copy(rel, Path(d) / "results.parquet")
+            rows = pd.read_parquet(parquet)
+            rows.to_csv(Path(d) / "results.csv", index=False)  # for a spreadsheet, from the UI
+            self.sweep.log_artifact(parquet)
+            self.sweep.log_artifact(Path(d) / "results.csv")
+        self.sweep.log_summary(rows)
+
+    def _end(self, _key: str, status: str) -> None:
+        self.sweep.end(status)
 
     def _warn(self, key: str, messages: list[str]) -> None:
         if (run_id := self.runs.get(key)) is None:
