@@ -6,6 +6,7 @@ process of its own, SIGKILLed in its second look; the reruns are in this process
 import io
 import re
 import signal
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -56,12 +57,14 @@ def test_a_sequential_study_adds_seeds_to_undecided_claims_only_and_decides_alik
     judge = lambda d: claims(d, spec.report.similar_margin)  # noqa: E731
 
     # The first run: `kdsweep run`, its whole process group SIGKILLed (as losing the machine
-    # does) when a trial of the second look's seed has trained its first epoch, a named point
-    # that only a second look reaches. Had every claim been decided at look 1, it ends by itself.
+    # does) in the middle of the second look: when a student of its seed has trained its first
+    # epoch (its teacher's result stored), a named point only a second look reaches. Had every
+    # claim been decided at look 1, it ends by itself.
     second = look_trials(spec, looks[1])  # the second look's trials, every strand's
+    t0 = time.monotonic()
     try:
         driver = start_driver(spec_path, tmp_path,
-                              env={"KDSWEEP_FAULT": f"seed-epoch={looks[1][0]}.1"})
+                              env={"KDSWEEP_FAULT": f"seed-epoch={looks[1][0]}.1.1"})
         code = driver.wait(HANG)
     finally:
         kill_leftovers(tmp_path, remove=True)  # its local Ray and workers, before storage is read
@@ -76,13 +79,16 @@ def test_a_sequential_study_adds_seeds_to_undecided_claims_only_and_decides_alik
     if code == 0:
         assert "every claim decided at look 1" in log, log[-3000:]
         assert not interrupted and not ended
-    else:  # killed in the second look, which had trials left to train
+    else:  # killed in the middle of the second look: trials of it ended, others to train
         assert killed_said[1].startswith("look 2: seeds "), log[-3000:]
-        assert interrupted, log[-3000:]
+        assert ended and interrupted, log[-3000:]
+    print(f"first run: exit {code} in {time.monotonic() - t0:.0f} s; of the second look's "
+          f"trials {len(ended)} ended, {len(interrupted)} interrupted")
 
     # the rerun finishes the study
-    first = io.StringIO()
+    first, t0 = io.StringIO(), time.monotonic()
     uri = run_sweep(spec, out=first, judge=next_look)
+    print(f"the rerun: {time.monotonic() - t0:.0f} s")
     rows, _ = load([uri])
     done = rows[rows.state == TrialState.DONE]
     assert set(done.seed) >= set(spec.grid.seeds)
@@ -128,8 +134,9 @@ def test_a_sequential_study_adds_seeds_to_undecided_claims_only_and_decides_alik
     assert all(results[k]["preemptions"] >= 1 for k in interrupted)
 
     # a second rerun trains nothing and decides the same, look by look (stored results only)
-    again = io.StringIO()
+    again, t0 = io.StringIO(), time.monotonic()
     run_sweep(spec, out=again, judge=next_look)
+    print(f"the second rerun: {time.monotonic() - t0:.0f} s")
     assert said == look_lines(again.getvalue())
     assert {k: r["finished_at"] for k, r in results.items()} == {
         k: storage.read_json(trial_file(k, "result.json"))["finished_at"] for k in done.key}
