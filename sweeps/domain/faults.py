@@ -19,6 +19,9 @@ POINTS = {
     "store-creating": "driver: the MLflow store is migrated but not yet moved into place",
     "epoch": "trial worker: a generation-G trial's epoch E trained, its checkpoint handed to the "
     "uploader (epoch=G.E)",
+    "seed-epoch": "trial worker: a seed-S generation-G trial's epoch E trained, its checkpoint "
+    "handed to the uploader (seed-epoch=S.G.E: in a sequential study, a later look's seeds are "
+    "its own)",
     "before-publish": "trial worker: every epoch in its checkpoint, the result not yet stored",
     "mid-export": "driver: results.parquet written, MLflow's copy and summary not yet",
     "shared-write": "driver: a shared file of the sweep checked (its version read under the "

@@ -268,6 +268,7 @@ def train_trial(spec: SweepSpec, trial: Trial, ledger: Ledger, attempts: Attempt
     # before the final report: a scheduler may end the trial right there.
     def after_epoch(epoch: int) -> None:
         faults.reached("epoch", f"{trial.generation}.{epoch}")
+        faults.reached("seed-epoch", f"{trial.seed}.{trial.generation}.{epoch}")
         claim.check()
 
     outcome: dict = {}
