@@ -26,7 +26,7 @@ from testkit.drivers import EPOCHS, kill_leftovers, start_driver, write_spec
 pytestmark = pytest.mark.slow
 
 # one teacher's four sibling students: kl at tau 4 and inf, mse, and standard KD at alpha 0.9
-GRID = {"loss": ["kl", "mse"], "tau": [4, "inf"], "seeds": [0], "baselines": False,
+GRID = {"loss": ["kl", "mse"], "tau": [4, math.inf], "seeds": [0], "baselines": False,
         "extra": [{"loss": "kl", "tau": 4, "alpha": 0.9}]}
 
 
@@ -34,7 +34,7 @@ def spec_with(tmp: Path, name: str, fuse, epochs: int = 3):
     return parse_spec({
         "name": name, "dataset": {"name": "digits"}, "chains": [["cnn-small", "cnn-small"]],
         "train": {"epochs": epochs, "batch_size": 128, "lr": 0.05},
-        "grid": {**GRID, "tau": [4, math.inf]},
+        "grid": GRID,
         "resources": {"cpu": 1, "fuse": fuse},
         "storage": str(tmp / f"store-{name}"), "tracking_uri": f"sqlite:///{tmp / name}.db",
     })
