@@ -6,6 +6,9 @@ each round). Counted: the run's wall time (`kdsweep run` only, no report), min a
 and the paired ratio off / fused. The machine's load average is printed at each run.
 
     PYTHONPATH=. .venv/bin/python benchmarks/fused_sweep.py --rounds 2 --seeds 0
+
+(fuse 7: a teacher's 7 siblings per job, as `auto` fused them on CPUs when the figures in
+benchmarks/RESULTS.md were measured with ``--variants auto,off``.)
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--spec", default=str(ROOT / "sweeps/configs/digits.yaml"))
     p.add_argument("--seeds", default=None, help="comma-separated: a reduced copy of the spec")
-    p.add_argument("--variants", default="auto,off", help="resources.fuse values")
+    p.add_argument("--variants", default="7,off", help="resources.fuse values")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--json", default=None)
     args = p.parse_args()
