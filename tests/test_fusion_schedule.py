@@ -4,6 +4,7 @@ never waited for; each member ends on its own; resources.fuse and its rule (fusi
 import pytest
 
 from sweeps.domain.fusion import group_limit, sibling_key
+from sweeps.domain.scheduler import Job
 from sweeps.domain.spec import SpecError, parse_spec
 from tests.test_scheduler import scheduler, spec_of
 
@@ -42,7 +43,8 @@ def test_siblings_share_teacher_seed_noise_and_architecture():
 def test_fuse_rule_and_spec_field():
     assert group_limit("off", "cnn-small", gpu=False) == 1
     assert group_limit(4, "wrn-16-2", gpu=False) == 4
-    assert group_limit("auto", "cnn-small", gpu=False) == 9  # the CPU rule: CNNs pay
+    assert group_limit("auto", "cnn-small", gpu=False) == 1  # on CPUs: not measured to pay
+    assert group_limit(9, "cnn-small", gpu=False) == 9
     assert group_limit("auto", "wrn-16-2", gpu=False) == 1  # WideResNets lose on CPUs
     assert group_limit("auto", "wrn-16-2", gpu=True) == 8
     assert group_limit("auto", "cnn-small", gpu=False, measured={2: 1.3, 4: 1.8, 8: 1.7}) == 4
@@ -54,3 +56,40 @@ def test_fuse_rule_and_spec_field():
         with pytest.raises(SpecError, match="fuse"):
             parse_spec({**raw, "resources": {**raw["resources"], "fuse": bad}})
     assert parse_spec({**raw, "resources": {**raw["resources"], "fuse": 3}}).resources.fuse == 3
+
+
+def test_the_searcher_hands_out_siblings_as_one_job_and_ends_each_member_on_its_report():
+    """engine.DependencySearcher over the scheduler: a train job takes its ready siblings (up
+    to fuse_limit); a member's report with its outcome ends that member at once (a done one's
+    students may go); the job's end ends the members that said nothing, not done."""
+    from sweeps.ray.engine import DependencySearcher, fuse_limit
+
+    spec = spec_of(taus=(1, 4, 20), chains=[["cnn-medium", "cnn-small", "cnn-small"]])
+    spec = spec.model_copy(update={"resources": spec.resources.model_copy(update={"fuse": 9})})
+    s, plan, _ = scheduler(spec, wants_bank=lambda n: False)
+    searcher = DependencySearcher(s, "test_acc", fuse_limit=fuse_limit(spec))
+    assert "siblings" not in searcher.suggest("t")  # the teacher: a job of its own
+    searcher.on_trial_complete("t", {"kdsweep": {"outcome": "done"}, "test_acc": 0.9})
+    config = searcher.suggest("g")  # its three students, at once
+    assert len(config["siblings"]) == 2
+    first, second, third = s.running["g"].members
+    searcher.on_trial_result("g", {"kdsweep/member": first.key, "kdsweep/outcome": "done",
+                                   "test_acc": 0.7})  # flattened, as Tune hands it on
+    searcher.on_trial_result("g", {"kdsweep": {"member": second.key, "outcome": "diverged"}})
+    assert first.key in s.done and s.values[first.key] == 0.7
+    assert second.key not in s.done and third.key in s.running_keys
+    child = searcher.suggest("c")  # the first member's own student, while the job goes on
+    assert Job.from_config(child).trial.teacher_key == first.key
+    searcher.on_trial_complete("g", {"kdsweep": {"member": second.key}})
+    assert third.key not in s.running_keys and third.key not in s.done  # said nothing
+
+    def fuse(value):
+        return spec.model_copy(update={"resources": spec.resources.model_copy(
+            update={"fuse": value})})
+
+    off, auto = fuse("off"), fuse("auto")
+    asha = parse_spec({**spec.model_dump(mode="json"), "dataset": {"name": "digits",
+                       "validation": 0.2}, "search": {"asha": {"grace_period": 1}}})
+    for other in (off, auto, asha):  # auto on a CPU: no; under ASHA every student alone
+        assert fuse_limit(other)(first) == 1
+    assert fuse_limit(spec)(first) == 9

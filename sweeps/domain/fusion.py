@@ -11,10 +11,12 @@ sweep's, shared by all): trials that differ only in loss, tau and alpha (``sibli
   the K with the best speedup, if that speedup is at least ``PAYS``; else no fusion. Without a
   measurement, the rule of the last measurements (benchmarks/RESULTS.md): on a GPU the
   paper's students are launch-bound and 8 fused WRN-16-2 ran 4.45x the steps of 8 one after
-  another, so fuse up to 8; on CPUs the small digits CNNs pay (fusion.py probe: cnn-small
-  1.5-2.3x at K = 4-9; benchmarks/fused_epoch.py for the demo's epoch) and WideResNets and
-  ResNets lose (0.54x: their convolutions already fill the cores), so fuse the CNNs up to 9
-  and nothing else.
+  another, so fuse up to 8. On CPUs nothing, until a sweep is measured to gain: the small
+  digits CNNs' epochs gain (fusion.py probe: cnn-small 1.5-2.3x at K = 4-9;
+  benchmarks/fused_epoch.py: 1.0-2.1x for the demo's epoch), WideResNets and ResNets lose
+  (0.54x: their convolutions already fill the cores), and the demo's whole sweep, `fuse: 9`
+  against `off` on the loaded 2-core machine, ran 0.57x-1.78x (median 1.23x over four
+  rounds: benchmarks/fused_sweep.py, RESULTS.md), not settled. ``fuse: K`` fuses on CPUs.
 
 The scheduler never holds a ready student back to fill a group: a group is the siblings ready
 together when a job starts (a teacher's students become ready at once).
@@ -27,7 +29,8 @@ from collections.abc import Mapping
 from .plan import Trial
 
 PAYS = 1.1  # a fused job must run this many times the student-steps/s of separate ones
-CPU_RULE = {"cnn-": 9}  # architecture prefix -> most members, without a measurement, on CPUs
+CPU_RULE: dict[str, int] = {}  # architecture prefix -> most members, without a measurement,
+# on CPUs (was {"cnn-": 9} while only epochs were measured)
 GPU_RULE = 8
 
 

@@ -36,6 +36,7 @@ from ray.tune.execution import class_cache
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 
+from ..domain.fusion import group_limit
 from ..domain.scheduler import Job, Scheduler
 from ..domain.settings import env_number
 from ..domain.spec import ResourcesSpec, SearchSpec, SpecError, SweepSpec
@@ -354,11 +355,17 @@ tune_window()  # a bad value is one line when the engine loads, before any work
 class DependencySearcher(Searcher):
     """Tune's face of the scheduler (scheduler.py): hands out its next job and tells it how
     each ended. It reads no storage: a job's outcome is in its last report (WorkerMessage).
-    ``budget``: the jobs this experiment hands out (a window) before it says FINISHED."""
+    ``budget``: the jobs this experiment hands out (a window) before it says FINISHED.
 
-    def __init__(self, scheduler: Scheduler, metric: str, budget: int | None = None):
+    A train job takes the siblings ready with it, up to ``fuse_limit`` (fusion.py): one Tune
+    trial trains them as one fused model (trial.py's fused job), and each member's outcome,
+    in its own report, ends that member in the scheduler at once (its students may go)."""
+
+    def __init__(self, scheduler: Scheduler, metric: str, budget: int | None = None,
+                 fuse_limit=lambda trial: 1):
         super().__init__()
         self.scheduler, self.search_metric, self.budget = scheduler, metric, budget
+        self.fuse_limit = fuse_limit
         self.handed = 0
 
     def suggest(self, trial_id: str) -> dict | None:
@@ -366,11 +373,25 @@ class DependencySearcher(Searcher):
             return Searcher.FINISHED  # this window's share handed out: the next takes the rest
         if (job := self.scheduler.next_job()) is None:
             return Searcher.FINISHED if self.scheduler.finished() else None
+        if job.kind == "train":
+            job = self.scheduler.with_siblings(job, self.fuse_limit(job.trial))
         self.scheduler.start(trial_id, job)
         self.handed += 1
         return job.config()
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        message = WorkerMessage.of(result)
+        if message.member is not None and message.outcome is not None:  # a fused member ended
+            self.scheduler.member_ended(message.member, done=message.outcome == TrialState.DONE,
+                                        value=result.get(self.search_metric))
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        job = self.scheduler.running.get(trial_id)
+        if job is not None and job.siblings:
+            # each member that ended said so in its own report (on_trial_result); one that
+            # did not (the job failed, or a member failed to start) ends here, not done
+            self.scheduler.complete(trial_id, done=False)
+            return
         last = {} if error else result or {}
         outcome = WorkerMessage.of(last).outcome
         self.scheduler.complete(trial_id, done=outcome == TrialState.DONE,
@@ -441,10 +462,13 @@ class StudentASHA(FIFOScheduler):
 
 
 class SweepCallback(tune.Callback):
-    """Runs in the driver: forwards each Tune event of a job to the driver's record keeper."""
+    """Runs in the driver: forwards each Tune event of a job to the driver's record keeper. A
+    fused job's reports each name their member (WorkerMessage.member): its epoch goes to that
+    member's run, and its outcome ends that member, once."""
 
     def __init__(self, events, early_stopping: bool):
         self.events, self.early_stopping = events, early_stopping
+        self.ended: dict[str, set[str]] = {}  # Tune trial id -> fused members ended
 
     def __getstate__(self) -> dict:
         # Tuner pickles its run config for Tuner.restore, which kdsweep never uses (see
@@ -454,10 +478,12 @@ class SweepCallback(tune.Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         job = Job.from_config(trial.config)
         if job.kind == "train":
-            self.events.started(job.trial)
+            for member in job.members:
+                self.events.started(member)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        message, key = WorkerMessage.of(result), trial.config["trial"]["key"]
+        message = WorkerMessage.of(result)
+        key = message.member or trial.config["trial"]["key"]
         if message.warnings:
             self.events.warned(key, list(message.warnings))
         if message.corrupt:
@@ -466,11 +492,27 @@ class SweepCallback(tune.Callback):
             raise StorageFull(message.storage_full)
         if "epoch" in result:
             self.events.epoch(key, result)
+        if message.member is not None and message.outcome is not None:
+            ended = self.ended.setdefault(trial.trial_id, set())
+            if message.member not in ended:  # a retried job reports its stored members again
+                ended.add(message.member)
+                member = next(t for t in Job.from_config(trial.config).members
+                              if t.key == message.member)
+                self.events.ended(member, message.outcome, message.error, result,
+                                  self.early_stopping)
+
+    def _unended(self, trial) -> list:
+        """A fused job's members whose outcome no report said (all of them: ended here)."""
+        ended = self.ended.pop(trial.trial_id, set())
+        return [t for t in Job.from_config(trial.config).members if t.key not in ended]
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         job = Job.from_config(trial.config)
         if job.kind == "bank":
             self.events.bank_built(job.trial, (trial.last_result or {}).get("bank_seconds"))
+        elif job.siblings:
+            for member in self._unended(trial):
+                self.events.ended(member, None, None, {}, self.early_stopping)
         else:
             last = trial.last_result or {}
             message = WorkerMessage.of(last)
@@ -481,7 +523,8 @@ class SweepCallback(tune.Callback):
         job = Job.from_config(trial.config)
         text = str(trial.get_error() or "unknown error")  # Tune's traceback
         if job.kind == "train":
-            self.events.failed(job.trial, text)
+            for member in self._unended(trial) if job.siblings else [job.trial]:
+                self.events.failed(member, text)
         else:
             self.events.bank_built(job.trial, None, text)
 
@@ -510,12 +553,28 @@ def run_experiment(spec: SweepSpec, ledger: Ledger, scheduler: Scheduler, events
     state = tune_dir(spec, ledger.storage.uri)
     shutil.rmtree(state, ignore_errors=True)  # the last run's, never restored
     while not scheduler.finished():
-        searcher = DependencySearcher(scheduler, spec.search.metric, window)
+        searcher = DependencySearcher(scheduler, spec.search.metric, window,
+                                      fuse_limit(spec))
         _run_window(spec, searcher, events, driver_token, index=windows, state=state)
         windows += 1
         if searcher.handed == 0:  # nothing could start: what is left waits on nothing
             break
     return windows
+
+
+def fuse_limit(spec: SweepSpec):
+    """The most siblings one job of a trial's architecture trains (fusion.group_limit, from
+    ``resources.fuse``). Under ASHA every student is its own job: ASHA stops Tune trials, and a
+    member stopped alone would need the driver to tell its job to drop it (not built yet)."""
+    resources = spec.resources
+
+    def limit(trial) -> int:
+        if spec.search.asha is not None:
+            return 1
+        gpu = resources.for_model(trial.model)["gpu"] > 0
+        return group_limit(resources.fuse, trial.model, gpu)
+
+    return limit
 
 
 def tune_dir(spec: SweepSpec, storage_uri: str):

@@ -19,8 +19,9 @@ import torch
 from ray import tune
 
 from kd_core.checkpoint import checkpoint_bytes
+from kd_core.fused import FusedGroup, fit_group
 from kd_core.loop import DONE, Outcome, fit
-from kd_core.run import RunSpec, build_trainer
+from kd_core.run import RunSpec, build_trainer, load_run_data
 from kd_core.train import model_state
 
 from ..domain import faults
@@ -75,6 +76,9 @@ class WorkerMessage:
     outcome: once the job is over: the state its trial ended in (ledger.TrialState), its result
         in storage; or ``failed`` for good, with ``error``. Every later report repeats it.
     storage_full: storage refused a write for lack of space: the driver ends the run.
+    member: in a fused job's report (a group of sibling trials, fusion.py), the trial the
+        report is about: its epoch, its outcome. A fused job's outcome is per member, said
+        once, in that member's report; a job of one trial leaves it out.
     """
 
     warnings: tuple[str, ...] = ()
@@ -82,6 +86,7 @@ class WorkerMessage:
     outcome: str | None = None
     error: str | None = None
     storage_full: str | None = None
+    member: str | None = None
 
     def entry(self) -> dict:
         """The report's entry: the fields that say something."""
@@ -121,7 +126,7 @@ class Warnings(logging.Handler):
     def report(self, metrics: dict, **note) -> None:
         """tune.report: ``metrics``, and the message (WorkerMessage): the warnings held since
         the last report, and ``note`` (outcome, error, storage_full)."""
-        if "outcome" in note:
+        if "outcome" in note and "member" not in note:  # a fused member's is its own
             self.ended = {k: note.pop(k) for k in ("outcome", "error") if k in note}
         held, self.held = tuple(self.held), []
         corrupt, self.corrupt = tuple(self.corrupt), []
@@ -159,6 +164,8 @@ def _run_job(job: Job, spec: SweepSpec, driver_token: str, report) -> None:
                                     job.trial.seed)
         report({"bank_seconds": seconds})
         return
+    if job.siblings:
+        return _run_group(job, spec, ledger, driver_token, report)
     trial = job.trial
     # Another sweep on this storage may be training the same trial: wait for it, never train
     # it twice at once; its result is then ours too. A claim lost while training (this worker
@@ -226,36 +233,8 @@ def train_trial(spec: SweepSpec, trial: Trial, ledger: Ledger, attempts: Attempt
 
     def publish(outcome: Outcome = DONE) -> dict:
         """Publish the trial's outcome; returns what its next report says (its outcome)."""
-        state, reason = outcome.state, outcome.reason
-        claim.check(confirm=True)
-        checkpoints.flush()  # every epoch of the record is in storage first
-        faults.reached("before-publish")
-        forget()
-        record = TrialResult.from_history(
-            trial.to_dict(),
-            trainer.history,
-            state=state,
-            reason=reason,
-            realised_noise_rate=noisy.realised_rate,
-            labels_hash=noisy.labels_hash,
-            started_at=attempts.data.get("first_start", started),
-            logit_source=trainer.logit_source,
-            cluster=spec.cluster,
-            sweep=spec.name,
-            starts=attempts.data["starts"],
-            errors=attempts.data["errors"],
-            preemptions=attempts.preemptions,
-            resumed_from=attempts.data["resumed_from"],
-        )
-        # A diverged model teaches nothing: no model, so no student ever distils from it.
-        model = dists = per_image = None
-        if state == TrialState.DONE:
-            model = checkpoint_bytes({**model_state(trainer.model), "trial": trial.to_dict()})
-            record.analysis, dists, per_image = trainer.analyse(analysed_teacher(),
-                                                                spec.train.store_logits)
-        curve = learning_curve_png(trainer.history, f"{trial.run_name}: {state}")
-        ledger.publish(trial.key, model, record, dists, curve, per_image)
-        return {"outcome": state}
+        return publish_trial(spec, trial, ledger, trainer, noisy, attempts, started, claim,
+                             checkpoints, forget, outcome, analysed_teacher)
 
     def analysed_teacher():
         if trial.teacher_key is None or teacher is not None:
@@ -291,3 +270,175 @@ def finals(metrics: dict) -> dict:
     """The final metrics (a search metric among them) of a trial reported without an epoch."""
     return {k: metrics[k] for k in EPOCH_FINALS if metrics.get(k) is not None}
 
+
+
+def publish_trial(spec: SweepSpec, trial: Trial, ledger: Ledger, trainer, noisy, attempts: Attempts,
+                  started: float, claim: TrialClaim, checkpoints: TrialCheckpoints, forget,
+                  outcome: Outcome, analysed_teacher) -> dict:
+    """Publish ``trial``'s outcome (its model, analyses and result record, through the
+    ledger), every epoch of it in storage first; returns what its next report says (its
+    outcome). ``analysed_teacher()``: the teacher its analyses compare with (None: labels)."""
+    state, reason = outcome.state, outcome.reason
+    claim.check(confirm=True)
+    checkpoints.flush()  # every epoch of the record is in storage first
+    faults.reached("before-publish")
+    forget()
+    record = TrialResult.from_history(
+        trial.to_dict(),
+        trainer.history,
+        state=state,
+        reason=reason,
+        realised_noise_rate=noisy.realised_rate,
+        labels_hash=noisy.labels_hash,
+        started_at=attempts.data.get("first_start", started),
+        logit_source=trainer.logit_source,
+        cluster=spec.cluster,
+        sweep=spec.name,
+        starts=attempts.data["starts"],
+        errors=attempts.data["errors"],
+        preemptions=attempts.preemptions,
+        resumed_from=attempts.data["resumed_from"],
+    )
+    # A diverged model teaches nothing: no model, so no student ever distils from it.
+    model = dists = per_image = None
+    if state == TrialState.DONE:
+        model = checkpoint_bytes({**model_state(trainer.model), "trial": trial.to_dict()})
+        record.analysis, dists, per_image = trainer.analyse(analysed_teacher(),
+                                                            spec.train.store_logits)
+    curve = learning_curve_png(trainer.history, f"{trial.run_name}: {state}")
+    ledger.publish(trial.key, model, record, dists, curve, per_image)
+    return {"outcome": state}
+
+
+# ---- fused jobs (kd_core/fused.py): sibling trials trained as one model, each its own trial ---
+
+def _run_group(job: Job, spec: SweepSpec, ledger: Ledger, driver_token: str, report) -> None:
+    """A fused job: its members (``job.members``, siblings: fusion.py) trained as one fused
+    model, each still its own trial: its own claim, attempts, checkpoints, progress, reports
+    (``member=`` its key) and result. A member already stored (by an earlier run, another
+    sweep, or this job before Tune retried it) is reported and not trained again; a member
+    another sweep's worker is training is waited for, as a job of one trial waits."""
+    # Claims are taken in key order, so two sweeps whose groups overlap never wait on each other.
+    members = sorted(job.members, key=lambda t: t.key)
+    while True:
+        claims: dict[str, TrialClaim] = {}
+        try:
+            for t in members:
+                claim = TrialClaim(ledger.storage, t.key, driver_token,
+                                   sweep_file(spec, SweepFile.LEASE))
+                if claim.acquire(finished=lambda t=t: ledger.has_result(t.key)):
+                    claims[t.key] = claim
+                elif (record := ledger.result(t.key)) is not None:
+                    report(finals(record.to_dict()), member=t.key, outcome=record.state)
+            if not claims:
+                return
+            return _claimed_group([t for t in members if t.key in claims], spec, ledger,
+                                  claims, report)
+        except ClaimLost as e:
+            log.warning("%s", e)
+            if e.superseded:  # its driver is no longer the sweep's: the successor trains them
+                raise
+            # a member's claim was taken over (this worker paused past its TTL): the group
+            # starts again; members stored meanwhile are reported, the others resume
+        finally:
+            for claim in claims.values():
+                claim.release()
+
+
+def _claimed_group(trials: list[Trial], spec: SweepSpec, ledger: Ledger,
+                   claims: dict[str, TrialClaim], report) -> None:
+    attempts = {t.key: Attempts(ledger.storage, t.key) for t in trials}
+    ended: set[str] = set()  # members whose outcome is published (and reported)
+    try:
+        train_group(spec, trials, ledger, attempts, report, claims, ended)
+    except (StorageFull, ClaimLost):
+        raise
+    except Exception:
+        # As a job of one trial: each member left counts the error; one past max_failures
+        # fails for good, and while any member has retries left, Tune retries the job (its
+        # failed members are then found stored, and not trained again).
+        text = traceback.format_exc()
+        left = [t for t in trials if t.key not in ended]
+        spent = [t for t in left if attempts[t.key].error(text) > spec.max_failures]
+        for t in spent:
+            ledger.mark_failed(t.key, text, errors=attempts[t.key].data["errors"])
+            report({}, member=t.key, outcome=TrialState.FAILED, error=text)
+        if len(spent) < len(left):
+            raise
+
+
+def train_group(spec: SweepSpec, trials: list[Trial], ledger: Ledger,
+                attempts: dict[str, Attempts], report, claims: dict[str, TrialClaim],
+                ended: set[str]) -> None:
+    """Train sibling ``trials`` as one FusedGroup, each from its own latest checkpoint (members
+    resumed at other epochs catch up first), and publish each as it ends (``ended`` gets its
+    key), while their ``claims`` are held. One data pipeline, one teacher (bank or model)."""
+    started = time.time()
+    lead = trials[0]
+    bank = teacher = None
+    if spec.train.teacher_bank != "off":
+        bank = load_shared_bank(ledger, lead.teacher_key, spec.train.bank_dtype)
+    if bank is None:
+        teacher = trained_model(ledger.storage, lead.teacher_key)
+    data = load_run_data(run_spec(spec, lead))  # siblings share dataset, noise and seed
+    trainers: dict[str, tuple] = {}
+    for t in trials:
+        trainer, noisy = build_trainer(run_spec(spec, t), teacher, data=data, bank=bank)
+        if trainer.logit_source == "private":  # built for this one: shared by the group
+            bank = trainer.teacher
+            trainer, noisy = build_trainer(run_spec(spec, t), teacher, data=data, bank=bank)
+        trainers[t.key] = trainer, noisy
+    by_trainer: dict[int, Trial] = {id(trainers[t.key][0]): t for t in trials}
+    checkpoints, forgets = {}, {}
+    for t in trials:
+        trainer = trainers[t.key][0]
+        cp = TrialCheckpoints(
+            ledger.storage, t.key,
+            on_saved=lambda epoch, k=t.key: ledger.write_progress(k, epoch, spec.train.epochs),
+            guard=claims[t.key].check,
+        )
+        if (state := cp.load_latest()) is not None:
+            trainer.load_state_dict(state)
+        attempts[t.key].start(trainer.epoch)
+        ledger.write_progress(t.key, trainer.epoch, spec.train.epochs)  # running, from here
+        checkpoints[trainer], forgets[t.key] = cp, flush_on_exit(cp)
+    group = FusedGroup([trainers[t.key][0] for t in trials])
+    analysed: list = []  # the teacher's model, loaded once for the members' analyses
+
+    def analysed_teacher():
+        if teacher is not None:
+            return teacher
+        if not analysed:
+            analysed.append(trained_model(ledger.storage, lead.teacher_key))
+        return analysed[0]
+
+    def publish(trainer, outcome: Outcome = DONE) -> dict:
+        t = by_trainer[id(trainer)]
+        said = publish_trial(spec, t, ledger, trainer, trainers[t.key][1], attempts[t.key],
+                             started, claims[t.key], checkpoints[trainer], forgets[t.key],
+                             outcome, analysed_teacher)
+        ended.add(t.key)
+        return said
+
+    def after_epoch(trainer, epoch: int) -> None:
+        t = by_trainer[id(trainer)]
+        faults.reached("epoch", f"{t.generation}.{epoch}")
+        claims[t.key].check()
+
+    try:
+        for trainer, m, published in fit_group(group, checkpoints, spec.train.checkpoint_every,
+                                               publish, after_epoch):
+            t = by_trainer[id(trainer)]
+            report({**m.as_dict(), "realised_noise_rate": trainers[t.key][1].realised_rate},
+                   member=t.key, **published)
+    except ClaimLost:
+        for forget in forgets.values():  # the trials are another's now: no checkpoint on exit
+            forget()
+        raise
+    for t in trials:
+        if t.key not in ended:
+            # every epoch in its checkpoint, its result not in storage (a kill between the
+            # last checkpoint and publishing): publish it, train nothing
+            trainer = trainers[t.key][0]
+            report(finals(trainer.history[-1] if trainer.history else {}), member=t.key,
+                   **publish(trainer))

@@ -1,0 +1,159 @@
+"""Fused siblings in a sweep (issue 44), end to end on a real local Ray and MLflow store: a
+teacher's students trained as one fused job are each still their own trial (key, result,
+MLflow run with every epoch once, checkpoints), their results those of separate training, and
+a run killed in the middle of a fused job resumes each member from its own checkpoint."""
+
+import io
+import math
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from sweeps.app.sweep import run_sweep
+from sweeps.domain.fusion import sibling_key
+from sweeps.domain.plan import build_plan
+from sweeps.domain.spec import parse_spec
+from sweeps.ray.engine import tune_dir
+from sweeps.store.ledger import CHECKPOINTS, Ledger, trial_file
+from sweeps.store.storage import Storage
+from testkit import HANG
+from testkit.drivers import EPOCHS, kill_leftovers, start_driver, write_spec
+
+pytestmark = pytest.mark.slow
+
+# one teacher's four sibling students: kl at tau 4 and inf, mse, and standard KD at alpha 0.9
+GRID = {"loss": ["kl", "mse"], "tau": [4, math.inf], "seeds": [0], "baselines": False,
+        "extra": [{"loss": "kl", "tau": 4, "alpha": 0.9}]}
+
+
+def spec_with(tmp: Path, name: str, fuse, epochs: int = 3):
+    return parse_spec({
+        "name": name, "dataset": {"name": "digits"}, "chains": [["cnn-small", "cnn-small"]],
+        "train": {"epochs": epochs, "batch_size": 128, "lr": 0.05},
+        "grid": GRID,
+        "resources": {"cpu": 1, "fuse": fuse},
+        "storage": str(tmp / f"store-{name}"), "tracking_uri": f"sqlite:///{tmp / name}.db",
+    })
+
+
+def jobs_run(spec) -> list[str]:
+    """The training jobs (Tune trials) of the spec's latest run, by folder name."""
+    runs = sorted(tune_dir(spec, Storage(spec.storage).uri).glob("run-*"))
+    return sorted(p.name for p in runs[-1].iterdir() if p.name.startswith("train-"))
+
+
+def trial_runs(spec) -> dict:
+    client = MlflowClient(spec.tracking_uri)
+    exp = client.get_experiment_by_name(spec.name)
+    runs = client.search_runs([exp.experiment_id], "tags.`kdsweep.role` = 'trial'")
+    return client, {r.data.tags["kdsweep.key"]: r for r in runs}
+
+
+def test_fused_members_are_trials_of_their_own_with_separate_trainings_results(
+        local_ray, tmp_path):
+    fused, alone = spec_with(tmp_path, "fused", 4), spec_with(tmp_path, "alone", "off")
+    plan = build_plan(fused)
+    students = [t for t in plan.trials if t.generation == 1]
+    assert len(students) == 4 and len({sibling_key(t) for t in students}) == 1
+    assert [t.key for t in plan.trials] == [t.key for t in build_plan(alone).trials]  # fuse
+    # is no part of a trial's key: a stored trial is the same trial whether fused or not
+    t0 = time.time()
+    run_sweep(fused, out=io.StringIO())
+    t1 = time.time()
+    run_sweep(alone, out=io.StringIO())
+    print(f"fused {t1 - t0:.1f} s, separate {time.time() - t1:.1f} s")
+    # the fused run trained the four students as one job, the separate run as four
+    assert len(jobs_run(fused)) == 2 and len(jobs_run(alone)) == 5
+
+    a, b = Ledger(Storage(fused.storage)), Ledger(Storage(alone.storage))
+    for t in plan.trials:
+        x, y = a.result(t.key), b.result(t.key)
+        assert x.state == y.state == "done" and x.epochs == epochs_of(fused)
+        assert x.logit_source == y.logit_source == (None if t.generation == 0 else "shared")
+        assert x.resumed_from == [0] and x.starts == 1
+        for hx, hy in zip(x.history, y.history, strict=True):
+            for k in ("train_loss", "train_acc", "test_acc", "test_loss", "logit_distance"):
+                if hy.get(k) is None:
+                    assert hx.get(k) is None
+                    continue
+                # float32: grouped convolutions round differently from separate ones
+                assert hx[k] == pytest.approx(hy[k], rel=2e-3, abs=2e-3), (t.run_name, k)
+        assert x.test_acc == pytest.approx(y.test_acc, abs=0.01)
+        # its own model and checkpoints
+        assert a.has_model(t.key)
+        assert any(a.storage.exists(trial_file(t.key, slot)) for slot in CHECKPOINTS)
+
+    client, runs = trial_runs(fused)
+    assert set(runs) == {t.key for t in plan.trials}
+    for r in runs.values():
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "train_loss")]
+        assert sorted(steps) == list(range(1, epochs_of(fused) + 1)), steps  # each epoch once
+        assert r.info.status == "FINISHED" and r.data.tags["kdsweep.state"] == "done"
+
+    # a rerun trains nothing: every member is reused from storage
+    finished = {t.key: a.result(t.key).finished_at for t in plan.trials}
+    run_sweep(fused, out=io.StringIO())
+    assert {t.key: a.result(t.key).finished_at for t in plan.trials} == finished
+
+
+def epochs_of(spec) -> int:
+    return spec.train.epochs
+
+
+def progress(storage: Storage, keys) -> dict[str, int]:
+    out = {}
+    for k in keys:
+        p = storage.read_json(trial_file(k, "progress.json"))
+        if p and not storage.exists(trial_file(k, "result.json")):
+            out[k] = p["epoch"]
+    return out
+
+
+def test_a_killed_fused_job_resumes_each_member_from_its_own_checkpoint(tmp_path):
+    """The run's process group SIGKILLed in the middle of a fused job: its first member's
+    last epoch checkpointed (a last epoch's save is not in the background) but not published,
+    the others' last epoch trained but not yet checkpointed. The rerun resumes every member
+    from its own latest checkpoint, so its group is formed differently (the first publishes
+    without training; the others train their last epoch as a group of three), none trains an
+    epoch twice, and MLflow holds each epoch of each once."""
+    spec_path = write_spec(tmp_path, chains=[["cnn-small", "cnn-small"]], grid=GRID,
+                           resources={"cpu": 1, "fuse": 4})
+    spec = parse_spec(yaml.safe_load(spec_path.read_text()))
+    plan = build_plan(spec)
+    students = [t.key for t in plan.trials if t.generation == 1]
+    storage = Storage(spec.storage)
+    t0 = time.time()
+    try:
+        driver = start_driver(spec_path, tmp_path, env={"KDSWEEP_FAULT": f"epoch=1.{EPOCHS}"})
+        assert driver.wait(HANG) == -signal.SIGKILL, (tmp_path / "driver.log").read_text()[-3000:]
+        kill_leftovers(tmp_path)
+        at_kill = progress(storage, students)
+        final = start_driver(spec_path, tmp_path)
+        assert final.wait(HANG) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+    finally:
+        kill_leftovers(tmp_path, remove=True)
+    print(f"the kill and the rerun in {time.time() - t0:.0f} s; progress at the kill {at_kill}")
+    assert set(at_kill) == set(students)  # killed mid-job, none published
+    assert max(at_kill.values()) == EPOCHS and min(at_kill.values()) < EPOCHS
+
+    ledger = Ledger(storage)
+    for key in students:
+        r = ledger.result(key)
+        assert r.state == "done"
+        assert [h["epoch"] for h in r.history] == list(range(1, EPOCHS + 1))  # each once
+        # started twice (the killed job, the rerun's), resumed from what it had stored
+        assert r.starts == 2 and r.preemptions == 1 and r.errors == 0
+        assert r.resumed_from[0] == 0 and r.resumed_from[1] >= at_kill[key]
+    resumed = sorted(ledger.result(k).resumed_from[1] for k in students)
+    assert resumed[-1] == EPOCHS and resumed[0] < EPOCHS  # one publishes, the rest train on
+
+    client, runs = trial_runs(spec)
+    assert set(runs) == {t.key for t in plan.trials}
+    for r in runs.values():
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "train_loss")]
+        assert sorted(steps) == list(range(1, EPOCHS + 1)), steps  # none twice, none missing
+        assert r.info.status == "FINISHED"
