@@ -82,7 +82,8 @@ def test_a_lost_local_ray_is_one_line_and_the_rerun_finishes(tmp_path):
     for t in plan.trials:
         result = storage.read_json(trial_file(t.key, "result.json"))
         assert result["state"] == "done"
-        assert [h["epoch"] for h in result["history"]] == [1, 2, 3]
+        history = storage.read_json(trial_file(t.key, "history.json"))["history"]
+        assert [h["epoch"] for h in history] == [1, 2, 3]
 
 
 def test_a_driver_leaves_no_process_behind_whatever_its_exit(tmp_path):

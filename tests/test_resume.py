@@ -105,8 +105,9 @@ def test_driver_killed_at_random_moments_then_rerun(tmp_path, kills):
     # Every trial finished exactly once, with each epoch trained into its history once.
     results = {k: storage.read_json(trial_file(k, "result.json")) for k in keys}
     assert all(results.values())
-    for r in results.values():
-        assert [h["epoch"] for h in r["history"]] == list(range(1, EPOCHS + 1))
+    for k in keys:
+        history = storage.read_json(trial_file(k, "history.json"))["history"]
+        assert [h["epoch"] for h in history] == list(range(1, EPOCHS + 1))
     # Each kill cost at most the epoch in flight: a restart resumed from >= the last epoch seen.
     lost = []
     for kill, snapshot in zip(kills, seen_at_kill, strict=True):
@@ -401,7 +402,7 @@ def test_a_paused_driver_that_lost_its_lease_stops_and_mlflow_keeps_one_run_per_
     for r in runs:
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "train_loss")]
         assert sorted(steps) == list(range(1, EPOCHS + 1)), steps  # every epoch once
-        history = storage.read_json(trial_file(r.data.tags["kdsweep.key"], "result.json"))
+        history = storage.read_json(trial_file(r.data.tags["kdsweep.key"], "history.json"))
         assert [h["epoch"] for h in history["history"]] == list(range(1, EPOCHS + 1))
     parents = client.search_runs([exp.experiment_id], "tags.`kdsweep.role` = 'sweep'")
     assert len(parents) == 1
