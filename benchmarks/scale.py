@@ -393,13 +393,19 @@ def fabricate_real(spec_dict: dict, others: dict | None = None) -> dict:
         text = json.dumps({**sealed, "history": "@HISTORY@"}, indent=1, allow_nan=True)
         return text.replace('"@HISTORY@"', history_text, 1).encode()
 
+    linked = [0]  # a file takes at most 65,000 links (ext4): a copy of the files per 50,000
+
     def link_all(key: str, skip: set) -> None:
         dest = Path(storage.path(f"trials/{key}"))
         shutil.rmtree(dest, ignore_errors=True)
         dest.mkdir(parents=True)
+        source = Path(storage.path(f"blobs/{linked[0] // 50_000}"))
+        if not source.exists():
+            shutil.copytree(folder, source)
+        linked[0] += 1
         for name in names:
             if name not in skip:
-                os.link(folder / name, dest / name)
+                os.link(source / name, dest / name)
 
     banks = {bank_name(dtype), Path(digest_file(bank)).name}
     for i, t in enumerate(trials):
@@ -415,6 +421,7 @@ def fabricate_real(spec_dict: dict, others: dict | None = None) -> dict:
     other = build_plan(parse_spec(others)).trials if others else []
     for t in other:
         link_all(t.key, set())
+    shutil.rmtree(storage.path("blobs"), ignore_errors=True)  # the links keep the bytes
     return {"trials": len(trials), "others": len(other), "teachers": len(teachers),
             "files": names, "params": files["params"],
             "sizes": {k: len(files[k]) for k in ("model", "checkpoint", "bank", "curve")},
@@ -473,8 +480,10 @@ def real_trials(args) -> None:
                         f"from scale import fabricate_real; print(json.dumps(fabricate_real("
                         f"json.loads(sys.argv[1]), json.loads(sys.argv[2]))))")
                 res = subprocess.run([python, "-c", code, json.dumps(spec), json.dumps(others)],
-                                     check=True, capture_output=True, text=True, cwd=str(work),
+                                     capture_output=True, text=True, cwd=str(work),
                                      env={**os.environ, "PYTHONPATH": tree})
+                if res.returncode:
+                    raise SystemExit(f"fabricating {root} failed:\n{res.stderr[-3000:]}")
                 info = json.loads(res.stdout.strip().splitlines()[-1])
                 info["seconds"] = round(time.perf_counter() - t0)
                 info["disk_mb"] = int(subprocess.run(["du", "-sm", str(root)], text=True,
@@ -489,7 +498,8 @@ def real_trials(args) -> None:
         spec["tracking_uri"] = f"sqlite:///{cwd}/mlflow.db"  # an empty MLflow store
         (cwd / "spec.yaml").write_text(yaml.safe_dump(spec))
         env = {**os.environ, "PYTHONPATH": tree, "KDSWEEP_CACHE": str(cwd / "cache")}
-        cmd = [python, "-m", "sweeps.cli", what, "spec.yaml"]
+        cmd = [python, "-m", "sweeps.cli", what, "spec.yaml", *(["--large"] if what == "run"
+                                                                 else [])]
         seconds, rss, code, tail = peak_rss_run(cmd, env, str(cwd))
         if code != 0:
             raise SystemExit(f"{' '.join(cmd)} (PYTHONPATH={tree}) exited {code}:\n{tail}")
