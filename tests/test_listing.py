@@ -104,7 +104,8 @@ def test_a_sweep_lists_only_its_own_trials_folders_on_a_shared_root(mixed, monke
     keys = [t.key for t in planned]
     walked = []
     real = ledger.storage._walk
-    monkeypatch.setattr(ledger.storage, "_walk", lambda tops: walked.extend(tops) or real(tops))
+    monkeypatch.setattr(ledger.storage, "_walk",
+                        lambda tops, *a: walked.extend(tops) or real(tops, *a))
     snap = Snapshot.load(ledger, keys)
     there = set(os.listdir(ledger.storage.path("trials")))
     assert sorted(walked) == sorted(ledger.storage.path(f"trials/{k}") for k in keys

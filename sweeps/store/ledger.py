@@ -1,8 +1,9 @@
 """The ledger: the one owner of a trial's state and of where its files live in storage.
 
 Layout under the storage root (trials are shared by every sweep that stores there):
-    trials/<key>/result.json       the TrialResult without its history (its scalars and test
-                                   accuracy curve): written last, its presence means "ended"
+    trials/<key>/result.json       the TrialResult without its history (its scalars, and its
+                                   test accuracy per epoch as text: record.curve_text): written
+                                   last, its presence means "ended"
     trials/<key>/history.json      its per-epoch metrics (EpochMetrics dicts), written before
                                    it: read where they are used (MLflow's epochs), never by a
                                    driver's snapshot or `kdsweep status` (results stored before
@@ -63,7 +64,7 @@ import numpy as np
 from kd_core.seal import CheckpointError, SealBroken, unseal, unseal_json
 
 from ..domain import faults
-from ..domain.record import TrialResult, TrialState
+from ..domain.record import TrialResult, TrialState, curve_text
 from .storage import Storage, WriteConflict, concurrently, node_cache
 
 log = logging.getLogger(__name__)
@@ -313,14 +314,15 @@ class Ledger:
                 return state
         return TrialState.PENDING
 
-    def listing(self, keys: Iterable[str] | None = None) -> Listing:
+    def listing(self, keys: Iterable[str] | None = None, stamps: bool = True) -> Listing:
         """The trials' files, from one listing of ``trials/`` (sharded by the keys' first hex
         digit once it outgrows a page). ``keys``: only these trials' (a sweep's, on a root
         every sweep shares), from one listing of each key's folder, concurrently, where that
-        costs less than the root's listing (Storage.list_files, ``only``)."""
+        costs less than the root's listing (Storage.list_files, ``only``). ``stamps`` False:
+        the files' names, their stamps None where they cost more (a local stat each)."""
         wanted = None if keys is None else set(keys)
         return Listing(self.storage.list_files("trials", shards="0123456789abcdef",
-                                               only=wanted), wanted)
+                                               only=wanted, stamps=stamps), wanted)
 
     def has_model(self, key: str) -> bool:
         return self.storage.exists(trial_file(key, TrialFile.MODEL))
@@ -387,6 +389,8 @@ class Ledger:
         if curve is not None:
             self.storage.write_bytes(trial_file(key, TrialFile.CURVE), curve)
         record = result.to_dict()
+        if record.get("test_acc_curve") is not None:
+            record["test_acc_curve"] = curve_text(record["test_acc_curve"])
         history = record.pop("history")
         if history is not None:
             self.storage.write_json(trial_file(key, TrialFile.HISTORY), {"history": history})

@@ -44,7 +44,7 @@ class Snapshot:
         with no result is a listing fact). ``results`` False: keep the states alone (what
         `kdsweep status` needs), no record."""
         keys = list(dict.fromkeys(keys))
-        listing = ledger.listing(keys)
+        listing = ledger.listing(keys, stamps=results)  # states need the names alone
         snap = cls(ledger, listing)
         stored = [k for k in keys if TrialFile.RESULT in listing.names(k)]
 
