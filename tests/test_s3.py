@@ -226,7 +226,7 @@ def test_state_is_one_listing_then_one_get_per_stored_result(s3_server, monkeypa
                                                   Body=b"{}"), planned[:1100]))
         proxy.requests.clear()
         listed = ledger.storage.list_files("trials", shards="0123456789abcdef")
-        assert len(listed) == 1100 + 2 * len(stored)  # a result and a model each
+        assert len(listed) == 1100 + 3 * len(stored)  # a result, its history, a model each
         assert 1 + 16 <= proxy.total() <= 1 + 16 + 2  # the first page, then a page per shard
 
 
