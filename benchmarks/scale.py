@@ -20,6 +20,14 @@ behind testkit/latency.py's proxy, which holds each request ``--latency`` second
 away) and counts them: requests per trial are printed beside the times. Local storage is a
 tmpfs folder (the writes' fsyncs are not the subject).
 
+With ``--real`` it fabricates trials as real sweeps leave them (every TrialFile, 200-epoch
+histories, wrn-16-2's real model and checkpoint sizes, a root shared with another sweep) per
+code tree (``--trees``: PYTHONPATHs, e.g. an earlier commit's `git archive`) and times the
+real `kdsweep status` and rerun (`kdsweep run`) as subprocesses, peak RSS beside time
+(real_trials; RESULTS.md, issue 43).
+
+    PYTHONPATH=. .venv/bin/python benchmarks/scale.py --real --sizes 1000,10000 \
+        --trees $PWD,/tmp/c43-before --commands status --rounds 2 --show
     PYTHONPATH=. .venv/bin/python benchmarks/scale.py --sizes 1000,10000,100000 --rounds 3
     PYTHONPATH=. .venv/bin/python benchmarks/scale.py --storage local --rounds 2
     PYTHONPATH=. .venv/bin/python benchmarks/scale.py --storage s3 --sizes 1000,10000,20000 \
