@@ -20,6 +20,14 @@ behind testkit/latency.py's proxy, which holds each request ``--latency`` second
 away) and counts them: requests per trial are printed beside the times. Local storage is a
 tmpfs folder (the writes' fsyncs are not the subject).
 
+With ``--real`` it fabricates trials as real sweeps leave them (every TrialFile, 200-epoch
+histories, wrn-16-2's real model and checkpoint sizes, a root shared with another sweep) per
+code tree (``--trees``: PYTHONPATHs, e.g. an earlier commit's `git archive`) and times the
+real `kdsweep status` and rerun (`kdsweep run`) as subprocesses, peak RSS beside time
+(real_trials; RESULTS.md, issue 43).
+
+    PYTHONPATH=. .venv/bin/python benchmarks/scale.py --real --sizes 1000,10000 \
+        --trees $PWD,/tmp/c43-before --commands status --rounds 2 --show
     PYTHONPATH=. .venv/bin/python benchmarks/scale.py --sizes 1000,10000,100000 --rounds 3
     PYTHONPATH=. .venv/bin/python benchmarks/scale.py --storage local --rounds 2
     PYTHONPATH=. .venv/bin/python benchmarks/scale.py --storage s3 --sizes 1000,10000,20000 \
@@ -33,12 +41,14 @@ import contextlib
 import io
 import math
 import os
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# appended, not inserted: a PYTHONPATH names the code tree measured (--real's trees)
+sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import interleaved, min_med, timed  # noqa: E402
 from sweeps.app.progress import Progress  # noqa: E402
@@ -241,6 +251,284 @@ def stored_sweeps(args) -> None:
                       " | ".join(f"{counts[n]:.3f}" for n in sizes) if proxy else None)
 
 
+# ---- real trials: the files a real sweep leaves, timed through the real CLI ------------------
+# `--real`: trials as real sweeps leave them (every TrialFile a finished trial keeps, the bank
+# of a teacher with students, sealed JSON as Storage.write_json writes it, histories of the
+# spec's 200 epochs, models and checkpoints of the architecture's real size for the spec's
+# dataset), a sweep of N beside N trials of another sweep on one shared root, timed through
+# the real `kdsweep status` and `kdsweep run` (a rerun of the fully stored sweep to its
+# Parquet, an empty MLflow store behind it) as subprocesses, peak RSS beside time. Each code
+# tree (``--trees``: this one and, e.g., an earlier commit's `git archive`) fabricates its own
+# root through its own Ledger.publish (a format it writes is the format it reads).
+REAL_CHAIN = ["wrn-16-2", "wrn-16-2"]  # the paper's same-size pair (cifar100-paper.yaml)
+REAL_EPOCHS = 200
+
+
+def real_spec(name: str, n: int, root: str, first_seed: int = 0, tracking: str | None = None):
+    seeds = math.ceil(n / 7)
+    return {
+        "name": name, "dataset": {"name": "digits"}, "chains": [REAL_CHAIN],
+        "train": {"epochs": REAL_EPOCHS},
+        "grid": {"loss": ["kl", "mse"], "tau": TAUS,
+                 "seeds": list(range(first_seed, first_seed + seeds)), "baselines": False},
+        "storage": root, "cluster": "local",
+        "tracking_uri": tracking or f"sqlite:///{root}/../mlflow-unused.db",
+    }
+
+
+def real_files(spec) -> dict:
+    """The bytes of a finished trial's files that do not name the trial, once per sweep: its
+    model (kd_core's architecture for the spec's dataset), a checkpoint (the model, the SGD
+    momentum buffers, the scheduler and RNG state, the history: Trainer.state_dict's keys),
+    the bank of a teacher (train images x classes, in the spec's bank dtype), the per-image
+    predictions and the learning curve a worker draws."""
+    import numpy as np
+    import torch
+
+    from kd_core.checkpoint import checkpoint_bytes
+    from kd_core.data.datasets import load_dataset
+    from kd_core.models import build_model
+    from kd_core.train import model_state
+    from sweeps.ray.curve import learning_curve_png
+
+    data = load_dataset(spec.dataset.name)
+    model = build_model(REAL_CHAIN[-1], data.num_classes, data.in_channels)
+    params = sum(p.numel() for p in model.parameters())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()  # the momentum buffers a checkpoint holds, one per parameter
+    history = real_history(spec.train.epochs)
+    ckpt = checkpoint_bytes({**model_state(model), "optimizer": opt.state_dict(),
+                             "scheduler": {"last_epoch": spec.train.epochs},
+                             "generator": torch.Generator().get_state(),
+                             "epoch": spec.train.epochs, "history": history, "config": {}})
+    n_train, n_test = len(data.train_labels), len(data.test_labels)
+    bank = checkpoint_bytes({"bank": {"logits": torch.zeros(n_train, data.num_classes,
+                                                           dtype=torch.float16)},
+                             "build_seconds": 1.0})
+    rng = np.random.default_rng(0)
+    predictions = {"pred": rng.integers(0, data.num_classes, n_test).astype(np.int16),
+                   "confidence": rng.random(n_test).astype(np.float32),
+                   "true_prob": rng.random(n_test).astype(np.float32),
+                   "teacher_pred": rng.integers(0, data.num_classes, n_test).astype(np.int16)}
+    return {"model": checkpoint_bytes({**model_state(model), "trial": {}}), "params": params,
+            "checkpoint": ckpt, "bank": bank, "predictions": predictions,
+            "curve": learning_curve_png(history, "a trial: done"), "history": history}
+
+
+def real_history(epochs: int) -> list[dict]:
+    """EpochMetrics dicts as a student's run logs them (every field a student's epoch has)."""
+    import random
+
+    rng = random.Random(0)
+    return [{"epoch": e, "lr": 0.1 * rng.random(), "train_loss": rng.random(),
+             "train_acc": rng.random(), "train_acc_clean": rng.random(),
+             "epoch_time": 30 * rng.random(), "train_time": 25 * rng.random(),
+             "test_loss": rng.random(), "test_acc": rng.random(), "test_ece": rng.random(),
+             "logit_distance": rng.random(), "test_logit_distance": rng.random(),
+             "test_agreement": rng.random()} for e in range(1, epochs + 1)]
+
+
+def fabricate_real(spec_dict: dict, others: dict | None = None) -> dict:
+    """Store every trial of the sweep as a real finished one leaves it, through this tree's
+    own code: its first trial's model, analyses, predictions, curve and result (and history,
+    where the tree stores it apart) by Ledger.publish (the tree's format), its progress,
+    attempts, both checkpoint slots, a teacher's bank and its digest. Every other trial gets
+    those files as hard links to the first one's (real sizes and bytes; the disk holds 10k x
+    14 MB once), and a result of its own: the first's record with its own trial and final
+    accuracy, sealed and written as Storage.write_json writes it (the history's text, the
+    same in each, encoded once and spliced in: checked equal to write_json's bytes). Trials of
+    ``others`` (another sweep on the root) are hard links of the first trial's files under
+    their own keys: the listing's entries of a shared root (the measured sweep never reads
+    them). No fsync per file: fabricating is not timed."""
+    import hashlib
+    import json
+    import random
+    import shutil
+
+    from kd_core.seal import seal_json
+    from sweeps.domain.plan import build_plan
+    from sweeps.domain.record import TrialResult
+    from sweeps.domain.spec import parse_spec
+    from sweeps.store.ledger import (
+        CHECKPOINTS,
+        Ledger,
+        TrialFile,
+        bank_name,
+        digest_file,
+        trial_file,
+    )
+    from sweeps.store.storage import Storage
+
+    os.fsync = lambda fd: None
+    spec = parse_spec(spec_dict)
+    files, storage = real_files(spec), Storage(spec.storage)
+    ledger, rng = Ledger(storage), random.Random(0)
+    trials = build_plan(spec).trials
+    dtype = spec.train.bank_dtype
+    teachers = {t.teacher_key for t in trials if t.teacher_key}
+    first = next(t for t in trials if t.key in teachers)  # a teacher: every kind of file
+    digest = {"size": len(files["bank"]), "sha256": hashlib.sha256(files["bank"]).hexdigest()}
+    analysis = {f"dist_{i}": [rng.random() for _ in range(20)] for i in range(6)}
+    record = TrialResult.from_history(
+        first.to_dict(), files["history"], cluster=spec.cluster, sweep=spec.name,
+        resumed_from=[0], analysis={f"scalar_{i}": rng.random() for i in range(12)},
+        started_at=time.time())
+    for slot in CHECKPOINTS:
+        storage.write_bytes(trial_file(first.key, slot), files["checkpoint"])
+    storage.write_json(trial_file(first.key, TrialFile.ATTEMPTS),
+                       {"starts": [{"time": time.time(), "resumed_from_epoch": 0}],
+                        "errors": []})
+    ledger.write_progress(first.key, spec.train.epochs, spec.train.epochs)
+    bank = trial_file(first.key, bank_name(dtype))
+    storage.write_bytes(bank, files["bank"])
+    storage.write_json(digest_file(bank), digest)
+    ledger.publish(first.key, files["model"], record, analysis, files["curve"],
+                   files["predictions"])
+    folder = Path(storage.path(f"trials/{first.key}"))
+    names = sorted(os.listdir(folder))
+    template = storage.read_json(trial_file(first.key, TrialFile.RESULT))
+    inline = "history" in template
+    if inline:  # the history's text at its depth, as json.dumps(indent=1) writes it
+        text = json.dumps({"history": template["history"]}, indent=1, allow_nan=True)
+        history_text = text[len('{\n "history": '):-2]
+
+    def result_bytes(d: dict) -> bytes:
+        if not inline:
+            return Storage.json_bytes(d)
+        sealed = seal_json(d)
+        text = json.dumps({**sealed, "history": "@HISTORY@"}, indent=1, allow_nan=True)
+        return text.replace('"@HISTORY@"', history_text, 1).encode()
+
+    linked = [0]  # a file takes at most 65,000 links (ext4): a copy of the files per 50,000
+
+    def link_all(key: str, skip: set) -> None:
+        dest = Path(storage.path(f"trials/{key}"))
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.mkdir(parents=True)
+        source = Path(storage.path(f"blobs/{linked[0] // 50_000}"))
+        if not source.exists():
+            shutil.copytree(folder, source)
+        linked[0] += 1
+        for name in names:
+            if name not in skip:
+                os.link(source / name, dest / name)
+
+    banks = {bank_name(dtype), Path(digest_file(bank)).name}
+    for i, t in enumerate(trials):
+        if t.key == first.key:
+            continue
+        link_all(t.key, {TrialFile.RESULT} | (set() if t.key in teachers else banks))
+        d = {**template, "trial": t.to_dict(), "test_acc": rng.uniform(0.5, 0.9),
+             "finished_at": time.time()}
+        data = result_bytes(d)
+        if i < 3:
+            assert data == Storage.json_bytes(d), "the spliced result differs from write_json's"
+        Path(storage.path(trial_file(t.key, TrialFile.RESULT))).write_bytes(data)
+    other = build_plan(parse_spec(others)).trials if others else []
+    for t in other:
+        link_all(t.key, set())
+    shutil.rmtree(storage.path("blobs"), ignore_errors=True)  # the links keep the bytes
+    return {"trials": len(trials), "others": len(other), "teachers": len(teachers),
+            "files": names, "params": files["params"],
+            "sizes": {k: len(files[k]) for k in ("model", "checkpoint", "bank", "curve")},
+            "result_bytes": os.path.getsize(storage.path(trial_file(first.key,
+                                                                    TrialFile.RESULT)))}
+
+
+def peak_rss_run(cmd: list[str], env: dict, cwd: str) -> tuple[float, float, int, str]:
+    """(seconds, peak RSS in MB of the process tree, polled every 50 ms, exit code, output
+    tail) of ``cmd``; the peak is also taken from the kernel's own count (wait4's maxrss)."""
+    import subprocess
+
+    import psutil
+
+    t0 = time.perf_counter()
+    log = Path(cwd) / "out.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+        peak, me = 0, psutil.Process(proc.pid)
+        while proc.poll() is None:
+            try:
+                tree = [me, *me.children(recursive=True)]
+                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            except psutil.Error:
+                pass
+            time.sleep(0.05)
+    seconds = time.perf_counter() - t0
+    return seconds, peak / 2**20, proc.returncode, log.read_text()[-2000:]
+
+
+def real_trials(args) -> None:
+    """Fabricate (per tree, once) and time `kdsweep status` and the rerun of the stored sweep
+    to its Parquet, interleaved over trees and rounds."""
+    import json
+    import shutil
+    import subprocess
+
+    import yaml
+
+    sizes = [int(s) for s in args.sizes.split(",")]
+    trees = [str(Path(t).resolve()) for t in args.trees.split(",")]
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    python = str(Path(sys.executable))
+    specs = {}
+    for tree in trees:
+        for n in sizes:
+            root = work / f"{Path(tree).name}-{n}" / "store"
+            spec = real_spec(f"scale-real-{n}", n, str(root))
+            specs[tree, n] = work / f"{Path(tree).name}-{n}" / "spec.yaml"
+            done = root.parent / "fabricated.json"
+            if not done.exists():
+                others = real_spec(f"others-{n}", n, str(root), first_seed=math.ceil(n / 7))
+                t0 = time.perf_counter()
+                code = (f"import json, sys; sys.path.append({str(Path(__file__).parent)!r});"
+                        f"from scale import fabricate_real; print(json.dumps(fabricate_real("
+                        f"json.loads(sys.argv[1]), json.loads(sys.argv[2]))))")
+                res = subprocess.run([python, "-c", code, json.dumps(spec), json.dumps(others)],
+                                     capture_output=True, text=True, cwd=str(work),
+                                     env={**os.environ, "PYTHONPATH": tree})
+                if res.returncode:
+                    raise SystemExit(f"fabricating {root} failed:\n{res.stderr[-3000:]}")
+                info = json.loads(res.stdout.strip().splitlines()[-1])
+                info["seconds"] = round(time.perf_counter() - t0)
+                info["disk_mb"] = int(subprocess.run(["du", "-sm", str(root)], text=True,
+                                                     capture_output=True).stdout.split()[0])
+                done.write_text(json.dumps(info))
+            specs[tree, n].write_text(yaml.safe_dump(spec))
+            print(f"{Path(tree).name} {n:,}: {done.read_text()}", flush=True)
+
+    def run(tree: str, n: int, what: str) -> tuple[float, float]:
+        cwd = Path(tempfile.mkdtemp(dir=work))
+        spec = yaml.safe_load(specs[tree, n].read_text())
+        spec["tracking_uri"] = f"sqlite:///{cwd}/mlflow.db"  # an empty MLflow store
+        (cwd / "spec.yaml").write_text(yaml.safe_dump(spec))
+        env = {**os.environ, "PYTHONPATH": tree, "KDSWEEP_CACHE": str(cwd / "cache")}
+        cmd = [python, "-m", "sweeps.cli", what, "spec.yaml", *(["--large"] if what == "run"
+                                                                 else [])]
+        seconds, rss, code, tail = peak_rss_run(cmd, env, str(cwd))
+        if code != 0:
+            raise SystemExit(f"{' '.join(cmd)} (PYTHONPATH={tree}) exited {code}:\n{tail}")
+        if what == "status" and args.show:
+            print(tail, flush=True)
+        shutil.rmtree(cwd, ignore_errors=True)
+        return seconds, rss
+
+    for what in filter(None, args.commands.split(",")):
+        for n in sizes:
+            variants = {tree: (lambda tree=tree, n=n, what=what: run(tree, n, what))
+                        for tree in trees}
+            figures = interleaved(variants, args.rounds)
+            for tree in trees:
+                secs = [f[0] for f in figures[tree]]
+                rss = [f[1] for f in figures[tree]]
+                print(f"| `kdsweep {what}` | {n:,} | {Path(tree).name} | "
+                      f"{min(secs):.1f} / {statistics.median(secs):.1f} | "
+                      f"{min(rss):.0f} / {statistics.median(rss):.0f} |", flush=True)
+
+
 def print_row(name, sizes, figures, extra=None) -> None:
     cells = [min_med([f * 1e6 for f in figures[n]]) for n in sizes]
     lo, hi = min(sizes), max(sizes)
@@ -259,7 +547,17 @@ def main() -> None:
     p.add_argument("--phases", default=",".join(STORED),
                    help="the stored sweep's phases, comma-separated (a fresh start-up alone "
                         "fabricates nothing)")
+    p.add_argument("--real", action="store_true",
+                   help="trials as real sweeps leave them, timed through the real CLI")
+    p.add_argument("--trees", default=str(Path(__file__).resolve().parents[1]),
+                   help="--real: code trees to compare, comma-separated (each a PYTHONPATH)")
+    p.add_argument("--work", default="/tmp/kdsweep-scale-real",
+                   help="--real: where the roots are fabricated (kept between calls)")
+    p.add_argument("--commands", default="status,run", help="--real: what is timed")
+    p.add_argument("--show", action="store_true", help="--real: print status's output")
     args = p.parse_args()
+    if args.real:
+        return real_trials(args)
     if args.storage:
         return stored_sweeps(args)
     sizes = [int(s) for s in args.sizes.split(",")]

@@ -112,7 +112,8 @@ def test_job_submit_survives_losing_the_worker_node(tmp_path):
     result = storage.read_json(trial_file(student.key, "result.json"))
     assert result["starts"] >= 2 and result["preemptions"] >= 1 and result["errors"] == 0
     assert result["resumed_from"][-1] >= lost_at  # resumed from its checkpoint, not epoch 0
-    assert [h["epoch"] for h in result["history"]] == list(range(1, EPOCHS + 1))
+    history = storage.read_json(trial_file(student.key, "history.json"))["history"]
+    assert [h["epoch"] for h in history] == list(range(1, EPOCHS + 1))
     assert storage.exists(trial_file(teacher.key, "result.json"))
 
     client = MlflowClient(spec.tracking_uri)

@@ -85,7 +85,8 @@ def test_a_lost_local_ray_is_one_line_and_the_rerun_finishes(tmp_path):
     for t in plan.trials:
         result = storage.read_json(trial_file(t.key, "result.json"))
         assert result["state"] == "done"
-        assert [h["epoch"] for h in result["history"]] == [1, 2, 3]
+        history = storage.read_json(trial_file(t.key, "history.json"))["history"]
+        assert [h["epoch"] for h in history] == [1, 2, 3]
 
 
 def test_a_driver_leaves_no_process_behind_whatever_its_exit(tmp_path):
@@ -146,8 +147,8 @@ def test_a_driver_leaves_no_process_behind_whatever_its_exit(tmp_path):
     for r in runs:
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "train_loss")]
         assert sorted(steps) == epochs, steps  # every epoch once
-        result = storage.read_json(trial_file(r.data.tags["kdsweep.key"], "result.json"))
-        assert [h["epoch"] for h in result["history"]] == epochs
+        history = storage.read_json(trial_file(r.data.tags["kdsweep.key"], "history.json"))
+        assert [h["epoch"] for h in history["history"]] == epochs
     assert len(client.search_runs([exp.experiment_id], "tags.`kdsweep.role` = 'sweep'")) == 1
     # the sweep's shared files carry the fence of the driver that wrote them last: C's (B, refused,
     # never held the lease)

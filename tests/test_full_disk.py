@@ -65,8 +65,8 @@ def test_a_full_disk_stops_the_run_cleanly_and_a_rerun_finishes_it(tmp_path, sma
                            "results.parquet")
     assert sorted(rows.state) == ["done", "done"]
     for key in rows.key:  # every epoch of every trial, once
-        result = json.loads((small_disk / "store" / trial_file(key, "result.json")).read_text())
-        assert [h["epoch"] for h in result["history"]] == list(range(1, spec.train.epochs + 1))
+        history = json.loads((small_disk / "store" / trial_file(key, "history.json")).read_text())
+        assert [h["epoch"] for h in history["history"]] == list(range(1, spec.train.epochs + 1))
 
 
 def tmpfs(path, size: str):

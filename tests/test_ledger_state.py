@@ -77,6 +77,30 @@ def test_reconcile_repairs_each_kind_of_trial_and_nothing_else(tmp_path):
     assert len(fenced) >= 4  # every repair under the driver's lease
 
 
+def test_a_result_stores_its_history_apart_and_one_stored_inline_still_reads(tmp_path):
+    """Issue 43: a result is stored without its history (history.json beside it), so a
+    summary's read is as small at 200 epochs as at 2; a record stored before, its history
+    inline, reads the same (its summary drops the history, its curve derived from it)."""
+    ledger = Ledger(Storage(str(tmp_path)))
+    history = [{"epoch": e, "train_loss": 1.0 / e, "test_acc": e / 200} for e in range(1, 201)]
+    history[3].pop("test_acc")  # an epoch not evaluated
+    record = TrialResult.from_history({"key": "new"}, history, cluster="c", sweep="s")
+    ledger.publish("new", None, record)
+    stored = ledger.storage.read_json(trial_file("new", TrialFile.RESULT))
+    assert "history" not in stored and stored["test_acc_curve"].split(",")[3] == ""
+    assert ledger.storage.read_json(trial_file("new", TrialFile.HISTORY)) == {"history": history}
+    inline = record.to_dict()
+    inline.pop("test_acc_curve")  # as records were stored before: the history inside
+    ledger.storage.write_json(trial_file("old", TrialFile.RESULT), {**inline, "trial": {}})
+    for key in ("new", "old"):
+        full, summary = ledger.result(key), ledger.summary(key)
+        assert full.history == history and ledger.history(key) == history
+        assert summary.history is None
+        assert summary.test_acc_curve == full.test_acc_curve == [h.get("test_acc")
+                                                                 for h in history]
+        assert summary.test_acc == 1.0 and summary.epochs == 200
+
+
 def test_records_and_results_under_earlier_field_names_still_read(tmp_path):
     """Records and Parquet files written before 2026-12-05, when the state was called
     ``status`` and the logit source ``teacher_path``, read under today's names."""

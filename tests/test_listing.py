@@ -2,6 +2,7 @@
 states it derives are the states a probe of every file gives, and stored results are read
 once each. Local storage here; the same on S3, counted request by request, in test_s3.py."""
 
+import dataclasses
 import os
 
 import pytest
@@ -49,7 +50,12 @@ def test_states_from_a_listing_are_the_states_a_probe_of_every_file_gives(mixed)
     assert [snap.states[t.key] for t in planned[:4]] == [
         TrialState.FAILED, TrialState.RUNNING, TrialState.CLAIMED, TrialState.PENDING]
     assert snap.ended() == {t.key for t in stored}
-    assert snap.results[stored[0].key] == ledger.result(stored[0].key)
+    held, full = snap.results[stored[0].key], ledger.result(stored[0].key)
+    assert held.history is None and full.history  # the snapshot holds no history (issue 43)
+    assert list(held.test_acc_curve) == full.test_acc_curve == [h["test_acc"]
+                                                                for h in full.history]
+    assert dataclasses.replace(held, history=full.history,
+                               test_acc_curve=full.test_acc_curve) == full
     assert snap.has_bank(stored[0].key, "bfloat16") and not snap.has_bank(stored[1].key,
                                                                            "bfloat16")
 
@@ -57,11 +63,37 @@ def test_states_from_a_listing_are_the_states_a_probe_of_every_file_gives(mixed)
 def test_only_listed_results_are_read(mixed, monkeypatch):
     ledger, stored, planned = mixed
     read = []
-    real = ledger.result
-    monkeypatch.setattr(ledger, "result", lambda k: read.append(k) or real(k))
+    real = ledger.summary
+    monkeypatch.setattr(ledger, "summary", lambda k: read.append(k) or real(k))
     monkeypatch.setattr(ledger.storage, "exists", lambda rel: pytest.fail(f"probed {rel}"))
+    monkeypatch.setattr(ledger, "history", lambda k: pytest.fail(f"read {k}'s history"))
     Snapshot.load(ledger, [t.key for t in stored + planned])
     assert sorted(read) == sorted(t.key for t in stored)
+
+
+def test_status_holds_states_not_histories_and_reads_the_same(mixed, monkeypatch):
+    """Issue 43: `kdsweep status` keeps each trial's state, no record and no history (its
+    memory stays flat in the epochs), and never reads a history file: its table is the one
+    the states a probe of every file gives make, whether or not the histories are there."""
+    import io
+
+    from sweeps.app.progress import Progress, load_plan, sweep_status
+
+    ledger, stored, planned = mixed
+    spec = spec_at(ledger.storage.root, seeds=(0, 1, 2))
+    plan = load_plan(spec, ledger)
+    probed = states_by_probe(ledger, [t.key for t in plan.trials])
+    expected = (f"sweep {spec.name} ({spec.storage})\n"
+                + Progress(plan, probed.__getitem__, io.StringIO()).table())
+    assert "generation 0: 1 done, 1 running, 0 pending, 1 failed" in expected
+    assert "generation 1: 3 done, 0 running, 5 pending, 0 failed, 1 claimed" in expected
+    snap = Snapshot.load(Ledger(ledger.storage, repair=False), probed, results=False)
+    assert snap.states == probed and not any(snap.results.values()) and snap.listing is None
+    assert sweep_status(spec) == expected
+    for t in stored:  # status reads no history: without them, the same table
+        ledger.storage.delete(trial_file(t.key, "history.json"))
+    monkeypatch.setattr(Ledger, "history", lambda self, k: pytest.fail(f"read {k}'s history"))
+    assert sweep_status(spec) == expected
 
 
 def test_a_sweep_lists_only_its_own_trials_folders_on_a_shared_root(mixed, monkeypatch):
@@ -72,7 +104,8 @@ def test_a_sweep_lists_only_its_own_trials_folders_on_a_shared_root(mixed, monke
     keys = [t.key for t in planned]
     walked = []
     real = ledger.storage._walk
-    monkeypatch.setattr(ledger.storage, "_walk", lambda tops: walked.extend(tops) or real(tops))
+    monkeypatch.setattr(ledger.storage, "_walk",
+                        lambda tops, *a: walked.extend(tops) or real(tops, *a))
     snap = Snapshot.load(ledger, keys)
     there = set(os.listdir(ledger.storage.path("trials")))
     assert sorted(walked) == sorted(ledger.storage.path(f"trials/{k}") for k in keys

@@ -96,7 +96,8 @@ def test_sweep_on_s3_resumes_and_reuses_teachers(s3_server, tmp_path, monkeypatc
 
     result = storage.read_json(trial_file(student.key, "result.json"))
     assert result["resumed_from"][-1] >= killed_at and result["preemptions"] >= 1
-    assert [h["epoch"] for h in result["history"]] == list(range(1, EPOCHS + 1))
+    history = storage.read_json(trial_file(student.key, "history.json"))["history"]
+    assert [h["epoch"] for h in history] == list(range(1, EPOCHS + 1))
     for k in keys:
         assert storage.exists(trial_file(k, "model.pt"))  # teachers and students, on S3
     df = pd.read_parquet(io.BytesIO(storage.read_bytes("sweeps/resume/local/results.parquet")))
@@ -225,7 +226,7 @@ def test_state_is_one_listing_then_one_get_per_stored_result(s3_server, monkeypa
                                                   Body=b"{}"), planned[:1100]))
         proxy.requests.clear()
         listed = ledger.storage.list_files("trials", shards="0123456789abcdef")
-        assert len(listed) == 1100 + 2 * len(stored)  # a result and a model each
+        assert len(listed) == 1100 + 3 * len(stored)  # a result, its history, a model each
         assert 1 + 16 <= proxy.total() <= 1 + 16 + 2  # the first page, then a page per shard
 
 

@@ -127,8 +127,9 @@ def test_a_sequential_study_adds_seeds_to_undecided_claims_only_and_decides_alik
 
     # every trial trained each epoch once, the kill's included: those it interrupted resumed
     results = {k: storage.read_json(trial_file(k, "result.json")) for k in done.key}
-    for r in results.values():
-        assert [h["epoch"] for h in r["history"]] == list(range(1, spec.train.epochs + 1)), r
+    for k, r in results.items():
+        history = storage.read_json(trial_file(k, "history.json"))["history"]
+        assert [h["epoch"] for h in history] == list(range(1, spec.train.epochs + 1)), r
         assert r["errors"] == 0
     assert interrupted <= set(results)
     assert all(results[k]["preemptions"] >= 1 for k in interrupted)

@@ -80,7 +80,8 @@ class SweepEvents:
         if outcome == TrialState.FAILED:
             return self._failed(trial, error or "failed")
         if outcome is not None:
-            record = self.ledger.result(trial.key)  # its one read in this run
+            # its one read in this run: its summary (the tracker's lane reads its history)
+            record = self.ledger.summary(trial.key)
             if record is None:
                 return self.failed(trial, self._unpublished(trial))
         elif (failure := self.ledger.failure(trial.key)) is not None:  # died saying nothing

@@ -135,9 +135,9 @@ def load_plan(spec: SweepSpec, ledger: Ledger) -> Plan:
 
 def sweep_status(spec: SweepSpec) -> str:
     """The progress table read from storage alone, which it never changes (works while another
-    process runs the sweep)."""
+    process runs the sweep): each trial's state, no record held (Snapshot.load)."""
     ledger = Ledger(Storage(spec.storage), repair=False)
     plan = load_plan(spec, ledger)
-    snapshot = Snapshot.load(ledger, (t.key for t in plan.trials))
+    snapshot = Snapshot.load(ledger, (t.key for t in plan.trials), results=False)
     progress = Progress(plan, snapshot.state, io.StringIO())
     return f"sweep {spec.name} ({spec.storage})\n{progress.table()}"

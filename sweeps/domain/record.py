@@ -79,7 +79,14 @@ class TrialResult:
     errors: int = 0
     preemptions: int = 0
     resumed_from: list = field(default_factory=list)
-    history: list = field(default_factory=list)  # one EpochMetrics dict per epoch
+    # test accuracy per epoch (None where an epoch was not evaluated): the Parquet column and
+    # the report's convergence flag, kept beside the record's summary (history below is not);
+    # stored as text (curve_text: a number per epoch costs a reader more than the rest)
+    test_acc_curve: list | None = None
+    # One EpochMetrics dict per epoch. Stored apart from the record (the ledger's history.json,
+    # read where it is used: MLflow's epochs): None in a record read without it (a summary:
+    # Ledger.summary, what a driver's snapshot and `kdsweep status` hold).
+    history: list | None = field(default_factory=list)
     # The paper's analyses of the final model (kd_core.analysis.SCALARS), eval mode
     analysis: dict = field(default_factory=dict)
 
@@ -93,9 +100,17 @@ class TrialResult:
             epochs=int(last.get("epoch", 0)),
             **{k: last.get(k) for k in EPOCH_FINALS},
             wall_time=sum(h.get("epoch_time", 0.0) for h in history),
+            test_acc_curve=[h.get("test_acc") for h in history],
             history=list(history),
             **extra,
         )
+
+    def summary(self) -> TrialResult:
+        """The record without its history (its scalars and test accuracy curve): what the
+        driver and `kdsweep status` hold per trial, whatever the history's length."""
+        if self.history is None:
+            return self
+        return dataclasses.replace(self, history=None)
 
     def trained_elsewhere(self, cluster: str, sweep: str) -> bool | None:
         """Whether another cluster or sweep trained it; None for a record from before records
@@ -114,7 +129,28 @@ class TrialResult:
         under an earlier name (RENAMED) are read under their own."""
         names = {f.name for f in dataclasses.fields(cls)}
         d = {**{new: d[old] for old, new in renamed_in(d).items()}, **d}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        record = cls(**{k: v for k, v in d.items() if k in names})
+        if isinstance(record.test_acc_curve, str):
+            record.test_acc_curve = curve_values(record.test_acc_curve)
+        if "history" not in d:  # stored apart (the ledger's history.json)
+            record.history = None
+        elif record.test_acc_curve is None and isinstance(record.history, list):
+            # a record from before the curve was stored beside the history
+            record.test_acc_curve = [h.get("test_acc") for h in record.history]
+        return record
+
+
+def curve_text(values) -> str:
+    """A curve as a stored record holds it: each epoch's value (repr: read back exactly),
+    comma-separated, empty where it is None. One string parses in microseconds where 200 JSON
+    numbers take a millisecond to read and to prove (the seal's canonical form): the record
+    every driver and `kdsweep status` read per trial."""
+    return ",".join("" if v is None else repr(float(v)) for v in values)
+
+
+def curve_values(text: str) -> list[float | None]:
+    """The values of ``curve_text``."""
+    return [float(v) if v else None for v in text.split(",")] if text else []
 
 
 # A record's field (and Parquet column) under its earlier name -> its name now; both still read.

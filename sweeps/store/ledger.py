@@ -1,7 +1,13 @@
 """The ledger: the one owner of a trial's state and of where its files live in storage.
 
 Layout under the storage root (trials are shared by every sweep that stores there):
-    trials/<key>/result.json       the TrialResult: written last, its presence means "ended"
+    trials/<key>/result.json       the TrialResult without its history (its scalars, and its
+                                   test accuracy per epoch as text: record.curve_text): written
+                                   last, its presence means "ended"
+    trials/<key>/history.json      its per-epoch metrics (EpochMetrics dicts), written before
+                                   it: read where they are used (MLflow's epochs), never by a
+                                   driver's snapshot or `kdsweep status` (results stored before
+                                   it existed hold their history inline, still read)
     trials/<key>/model.pt          the trained model (what the next generation distils from),
                                    sealed with its SHA-256 like every checkpoint (kd_core/seal.py)
     trials/<key>/analysis.json     distributions of the paper's analyses of the final model
@@ -58,7 +64,7 @@ import numpy as np
 from kd_core.seal import CheckpointError, SealBroken, unseal, unseal_json
 
 from ..domain import faults
-from ..domain.record import TrialResult, TrialState
+from ..domain.record import TrialResult, TrialState, curve_text
 from .storage import Storage, WriteConflict, concurrently, node_cache
 
 log = logging.getLogger(__name__)
@@ -68,6 +74,7 @@ class TrialFile(StrEnum):
     """Every file of a trial, by name (the layout above): the one place they are spelled."""
 
     RESULT = "result.json"
+    HISTORY = "history.json"
     MODEL = "model.pt"
     ANALYSIS = "analysis.json"
     PREDICTIONS = "predictions.npz"
@@ -251,8 +258,33 @@ class Ledger:
 
     # ---- reading ---------------------------------------------------------------------------
     def result(self, key: str) -> TrialResult | None:
-        """The trial's result record; a corrupt one is moved aside (the trial then publishes
-        again from its checkpoints, or retrains what they lack)."""
+        """The trial's result record with its history (history.json, or inline in a record
+        stored before it); a corrupt record is moved aside (the trial then publishes again
+        from its checkpoints, or retrains what they lack)."""
+        record = self._record(key)
+        if record is not None and record.history is None:
+            record.history = self.history(key) or []
+        return record
+
+    def summary(self, key: str) -> TrialResult | None:
+        """The trial's result record without its history (TrialResult.summary): one small
+        read whatever the number of epochs (a record stored with its history inline is read
+        whole, its history dropped)."""
+        record = self._record(key)
+        return None if record is None else record.summary()
+
+    def history(self, key: str) -> list[dict] | None:
+        """The trial's per-epoch metrics, read where they are used (a record stored before
+        history.json holds them inline); None when neither is there."""
+        d = read_json_checked(self.storage, trial_file(key, TrialFile.HISTORY), self.repair,
+                              self.found)
+        if d is not None and isinstance(d.get("history"), list):
+            return d["history"]
+        inline = read_json_checked(self.storage, trial_file(key, TrialFile.RESULT),
+                                   self.repair, self.found) or {}
+        return inline.get("history") if isinstance(inline.get("history"), list) else None
+
+    def _record(self, key: str) -> TrialResult | None:
         rel = trial_file(key, TrialFile.RESULT)
         d = read_json_checked(self.storage, rel, self.repair, self.found)
         if d is None:
@@ -268,7 +300,7 @@ class Ledger:
 
     def has_result(self, key: str) -> bool:
         """Ended with a valid result (trained, stopped early, diverged): never trained again."""
-        return self.result(key) is not None
+        return self._record(key) is not None
 
     def state(self, key: str, result: TrialResult | None = None,
               names: dict | None = None) -> TrialState:
@@ -282,14 +314,15 @@ class Ledger:
                 return state
         return TrialState.PENDING
 
-    def listing(self, keys: Iterable[str] | None = None) -> Listing:
+    def listing(self, keys: Iterable[str] | None = None, stamps: bool = True) -> Listing:
         """The trials' files, from one listing of ``trials/`` (sharded by the keys' first hex
         digit once it outgrows a page). ``keys``: only these trials' (a sweep's, on a root
         every sweep shares), from one listing of each key's folder, concurrently, where that
-        costs less than the root's listing (Storage.list_files, ``only``)."""
+        costs less than the root's listing (Storage.list_files, ``only``). ``stamps`` False:
+        the files' names, their stamps None where they cost more (a local stat each)."""
         wanted = None if keys is None else set(keys)
         return Listing(self.storage.list_files("trials", shards="0123456789abcdef",
-                                               only=wanted), wanted)
+                                               only=wanted, stamps=stamps), wanted)
 
     def has_model(self, key: str) -> bool:
         return self.storage.exists(trial_file(key, TrialFile.MODEL))
@@ -342,9 +375,10 @@ class Ledger:
         self, key: str, model: bytes | None, result: TrialResult, analysis: dict | None = None,
         curve: bytes | None = None, predictions: dict | None = None,
     ) -> None:
-        """The model, analyses, per-image test predictions and learning curve, then the result:
-        a result in storage always has its model beside it (``model`` None: stopped early or
-        diverged, no model to distil from)."""
+        """The model, analyses, per-image test predictions, learning curve and history, then
+        the result (without its history): a result in storage always has its model and its
+        history beside it (``model`` None: stopped early or diverged, no model to distil
+        from)."""
         if model is not None:
             self.storage.write_bytes(trial_file(key, TrialFile.MODEL), model)
         if analysis is not None:
@@ -354,7 +388,13 @@ class Ledger:
                                      predictions_bytes(predictions))
         if curve is not None:
             self.storage.write_bytes(trial_file(key, TrialFile.CURVE), curve)
-        self.storage.write_json(trial_file(key, TrialFile.RESULT), result.to_dict())
+        record = result.to_dict()
+        if record.get("test_acc_curve") is not None:
+            record["test_acc_curve"] = curve_text(record["test_acc_curve"])
+        history = record.pop("history")
+        if history is not None:
+            self.storage.write_json(trial_file(key, TrialFile.HISTORY), {"history": history})
+        self.storage.write_json(trial_file(key, TrialFile.RESULT), record)
 
     def mark_failed(self, key: str, error: str, **extra) -> None:
         self.storage.write_json(
@@ -396,8 +436,8 @@ class Ledger:
     def reset(self, key: str) -> None:
         """Forget a trial's result and progress so that it trains again from its first epoch
         (its checkpoints would only lead it to the same end: resume is exact)."""
-        for name in (TrialFile.RESULT, TrialFile.MODEL, TrialFile.PROGRESS, TrialFile.ATTEMPTS,
-                     TrialFile.FAILED, *CHECKPOINTS):
+        for name in (TrialFile.RESULT, TrialFile.HISTORY, TrialFile.MODEL, TrialFile.PROGRESS,
+                     TrialFile.ATTEMPTS, TrialFile.FAILED, *CHECKPOINTS):
             self.storage.delete(trial_file(key, name))
 
     # ---- files other modules read and write through the ledger -----------------------------

@@ -68,12 +68,13 @@ RECORD_FIELDS = {f.name for f in dataclasses.fields(TrialResult)}
 def row(plan: Plan, trial: Trial, state: TrialState, result: TrialResult | None,
         run_id: str | None) -> dict:
     out = {name: None for name in SCHEMA.names}
-    if result is not None:  # the record's fields read as they are: no copy of its history
+    if result is not None:  # the record's fields read as they are (its summary: no history)
         out.update({k: getattr(result, k) for k in SCHEMA.names
                     if k in RECORD_FIELDS and k not in ("trial", "cluster")})
         out["trained_on"] = result.cluster
         out.update({k: result.analysis.get(k) for k in SCALARS})
-        out["test_acc_curve"] = [h.get("test_acc") for h in result.history]
+        curve = result.test_acc_curve  # a list, or packed floats as a snapshot holds them
+        out["test_acc_curve"] = None if curve is None else list(curve)
     out.update(
         sweep=plan.spec.name,
         cluster=plan.spec.cluster,

@@ -142,7 +142,7 @@ def trained_model(storage: Storage, key: str):
         except CheckpointError as e:
             flag_corrupt(storage, rel, str(e))
     state = TrialCheckpoints(storage, key, repair=False).load_latest()
-    result = reader.result(key)
+    result = reader.summary(key)
     if state is None or result is None or int(state["epoch"]) != result.epochs:
         raise CheckpointError(
             f"{reader.model_uri(key)}: missing or corrupt, and the trial's checkpoints lack its "

@@ -4,6 +4,7 @@ current by the run's own events; and ``reconcile``, the driver's repairs before 
 from __future__ import annotations
 
 import logging
+from array import array
 from collections.abc import Callable, Iterable
 
 from ..domain.record import TrialResult
@@ -13,9 +14,23 @@ from .storage import concurrently
 log = logging.getLogger(__name__)
 
 
+def held(result: TrialResult | None) -> TrialResult | None:
+    """What a snapshot holds of a result: its summary (no history: TrialResult.summary), its
+    test accuracy curve as packed floats where every epoch was evaluated (8 bytes an epoch,
+    not a list of float objects)."""
+    if result is None:
+        return None
+    result = result.summary()
+    curve = result.test_acc_curve
+    if isinstance(curve, list) and all(type(v) is float for v in curve):
+        result.test_acc_curve = array("d", curve)
+    return result
+
+
 class Snapshot:
-    """A driver's view of its trials: each stored result read once per run, then kept current
-    by the run's own events, in memory. ``listing``: the trials' files when it was loaded."""
+    """A driver's view of its trials: each stored result read once per run (its summary:
+    Ledger.summary, never its history), then kept current by the run's own events, in memory.
+    ``listing``: the trials' files when it was loaded."""
 
     def __init__(self, ledger: Ledger, listing: Listing | None = None):
         self.ledger, self.listing = ledger, listing
@@ -23,25 +38,37 @@ class Snapshot:
         self.states: dict[str, TrialState] = {}
 
     @classmethod
-    def load(cls, ledger: Ledger, keys: Iterable[str]) -> Snapshot:
+    def load(cls, ledger: Ledger, keys: Iterable[str], results: bool = True) -> Snapshot:
         """The state of ``keys`` now: one listing of their files (only theirs: Ledger.listing),
         then each result it lists read once, concurrently where storage is remote (a trial
-        with no result is a listing fact)."""
+        with no result is a listing fact). ``results`` False: keep the states alone (what
+        `kdsweep status` needs), no record."""
         keys = list(dict.fromkeys(keys))
-        listing = ledger.listing(keys)
+        listing = ledger.listing(keys, stamps=results)  # states need the names alone
         snap = cls(ledger, listing)
         stored = [k for k in keys if TrialFile.RESULT in listing.names(k)]
-        results = dict(zip(stored, concurrently(ledger.result, stored, ledger.storage.width),
-                           strict=True))
+
+        def read(key: str) -> TrialResult | TrialState | None:  # what is kept, as it is read
+            r = ledger.summary(key)
+            return held(r) if results or r is None else TrialState(r.state)
+
+        found = dict(zip(stored, concurrently(read, stored, ledger.storage.width), strict=True))
         for key in keys:
-            r = results.get(key)
-            snap.results[key] = r
-            snap.states[key] = ledger.state(key, r, listing.names(key))
+            r = found.pop(key, None)
+            if isinstance(r, TrialState):
+                snap.states[key] = r
+            else:
+                snap.states[key] = ledger.state(key, r, listing.names(key))
+                snap.results[key] = r
+        if not results:  # the states stand for every key: never read again one by one
+            snap.results = dict.fromkeys(keys)
+            snap.listing = None
         return snap
 
     def result(self, key: str) -> TrialResult | None:
+        """The trial's record as held: its summary (its history: Ledger.history)."""
         if key not in self.results:
-            self.results[key] = r = self.ledger.result(key)
+            self.results[key] = r = held(self.ledger.summary(key))
             self.states[key] = self.ledger.state(key, r)
         return self.results[key]
 
@@ -54,8 +81,9 @@ class Snapshot:
         return self.states[key]
 
     def set(self, key: str, state: TrialState, result: TrialResult | None = None) -> None:
-        """An event of this run: the trial is now in ``state`` (with its record once ended)."""
-        self.states[key], self.results[key] = state, result
+        """An event of this run: the trial is now in ``state`` (with its record once ended:
+        its summary is held)."""
+        self.states[key], self.results[key] = state, held(result)
 
     def ended(self) -> set[str]:
         """Keys known to hold a result."""

@@ -239,24 +239,26 @@ class Storage:
             raise
 
     def list_files(self, prefix: str, shards: str = "",
-                   only: Collection[str] | None = None) -> dict[str, list[int]]:
+                   only: Collection[str] | None = None,
+                   stamps: bool = True) -> dict[str, list[int] | None]:
         """Every file under the folder ``prefix`` (path relative to the root -> [size,
         mtime_ns]), in one paged listing. ``shards``: the characters every name right under
         ``prefix`` starts with (hex digits for trial keys): a listing that does not fit one
         page is then read as one listing per character, concurrently. ``only``: the names
         right under ``prefix`` that are wanted (a sweep's trial keys, among every sweep's):
         only their files are returned, from whichever costs less, the listing of the whole
-        folder or one listing per wanted name (``per_name``)."""
+        folder or one listing per wanted name (``per_name``). ``stamps`` False: the names
+        alone where that costs less (a local file's stamp is a stat call: None instead)."""
         prefix = prefix.rstrip("/") + "/"
         if self.is_local:
             if only is None:
-                return self._walk([self.path(prefix)])
+                return self._walk([self.path(prefix)], stamps)
             try:  # one read of the folder's names, then only the wanted folders' files
                 with os.scandir(self.path(prefix)) as entries:
                     there = {e.name for e in entries}
             except (FileNotFoundError, NotADirectoryError):
                 return {}
-            return self._walk([self.path(prefix + n) for n in only if n in there])
+            return self._walk([self.path(prefix + n) for n in only if n in there], stamps)
         wanted = None if only is None else (only if isinstance(only, set | frozenset)
                                             else set(only))
 
@@ -300,9 +302,10 @@ class Storage:
                 return files, bool(page.get("IsTruncated"))
         return files, False
 
-    def _walk(self, tops: list[str]) -> dict[str, list[int]]:
+    def _walk(self, tops: list[str], stamps: bool = True) -> dict[str, list[int] | None]:
         """The local listing of the folders ``tops``, folder by folder: concurrently on a
-        network mount (each folder a round trip), one by one on a local disk (``width``)."""
+        network mount (each folder a round trip), one by one on a local disk (``width``);
+        without ``stamps``, no stat call per file."""
 
         def scan(folder: str) -> tuple[dict[str, list[int]], list[str]]:
             files, folders = {}, []
@@ -312,8 +315,9 @@ class Storage:
                         if e.is_dir(follow_symlinks=False):
                             folders.append(e.path)
                         elif e.is_file(follow_symlinks=False):
-                            st = e.stat(follow_symlinks=False)
-                            files[e.path[len(self.root) + 1:]] = [st.st_size, st.st_mtime_ns]
+                            st = e.stat(follow_symlinks=False) if stamps else None
+                            files[e.path[len(self.root) + 1:]] = (
+                                [st.st_size, st.st_mtime_ns] if stamps else None)
             except (FileNotFoundError, NotADirectoryError):
                 pass
             return files, folders

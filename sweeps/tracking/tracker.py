@@ -26,7 +26,7 @@ from mlflow.tracking import MlflowClient
 from ..domain.plan import Trial
 from ..domain.record import TrialResult
 from ..domain.spec import SweepSpec
-from ..store.ledger import TrialFile, TrialState, read_json_checked, trial_file
+from ..store.ledger import Ledger, TrialFile, TrialState, read_json_checked, trial_file
 from ..store.storage import Storage, StorageFull
 from .names import (
     ANALYSIS_PREFIX,
@@ -282,7 +282,10 @@ class Tracker:
         if result.reason:
             tags["kdsweep.reason"] = result.reason
         # Epochs whose report died with a killed driver are filled in from the stored history.
-        self.writer.send(self._epochs(key, result.history))
+        # A summary (a rerun's stored trial, as its snapshot holds it) reads its history here.
+        history = result.history if result.history is not None else (
+            Ledger(self.storage, repair=False).history(key) or [])
+        self.writer.send(self._epochs(key, history))
         # The analyses of the final model at the last epoch's step (the per-epoch metrics are
         # not repeated: the trial's summary is its Parquet row).
         now = int(time.time() * 1000)
