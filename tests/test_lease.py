@@ -284,7 +284,7 @@ def test_a_driver_paused_between_its_check_and_a_shared_write_cannot_replace_its
     def reached(point, value=None):
         if threading.current_thread().name == "A":
             at_point.set()
-            go.wait(30)
+            go.wait(HANG / 10)
         real(point, value)
 
     monkeypatch.setattr(ledger_module.faults, "reached", reached)
@@ -298,7 +298,8 @@ def test_a_driver_paused_between_its_check_and_a_shared_write_cannot_replace_its
 
     thread = threading.Thread(target=write_a, name="A")
     thread.start()
-    assert at_point.wait(30)  # A checked (its lease trusted, the file's version read): paused
+    # A checked (its lease trusted, the file's version read): paused
+    assert at_point.wait(HANG / 10)
     b = lease()
     b.acquire()  # A renews no more: B takes over after the TTL
     theirs = Ledger(storage)
@@ -357,16 +358,18 @@ def test_a_driver_stopped_before_a_shared_write_leaves_its_successors_file(tmp_p
     a = start_driver(spec_path, tmp_path, {**env, "KDSWEEP_PAUSE": f"shared-write={shared}",
                                            "KDSWEEP_LEASE_BEAT": "3600"})
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + HANG
         while not stopped(a.pid):
             assert a.poll() is None and time.monotonic() < deadline, (
                 tmp_path / "driver.log").read_text()[-3000:]
             time.sleep(0.2)
+        # B's MLflow writes can wait on the SQLite store's lock while A, stopped, holds it (A's
+        # lanes write on while its Parquet is written): 140 s seen once; a guard, not a speed
         b = start_driver(spec_path, tmp_path, env)
-        assert b.wait(180) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+        assert b.wait(HANG) == 0, (tmp_path / "driver.log").read_text()[-3000:]
         theirs = storage.read_bytes(rel)
         os.kill(a.pid, signal.SIGCONT)
-        assert a.wait(60) == 3, (tmp_path / "driver.log").read_text()[-3000:]
+        assert a.wait(HANG) == 3, (tmp_path / "driver.log").read_text()[-3000:]
     finally:
         if a.poll() is None:
             os.killpg(a.pid, signal.SIGKILL)
