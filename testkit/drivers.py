@@ -19,6 +19,19 @@ REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 5
 
 
+def progress(storage, keys) -> dict[str, int]:
+    """The epoch each of ``keys`` has stored in its progress file, for the trials not yet
+    published (what a kill interrupted, as storage says it)."""
+    from sweeps.store.ledger import trial_file
+
+    out = {}
+    for k in keys:
+        p = storage.read_json(trial_file(k, "progress.json"))
+        if p and not storage.exists(trial_file(k, "result.json")):
+            out[k] = p["epoch"]
+    return out
+
+
 def write_spec(tmp: Path, **over) -> Path:
     spec = {
         "name": "resume",

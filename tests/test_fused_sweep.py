@@ -21,7 +21,7 @@ from sweeps.ray.engine import tune_dir
 from sweeps.store.ledger import CHECKPOINTS, Ledger, trial_file
 from sweeps.store.storage import Storage
 from testkit import HANG
-from testkit.drivers import EPOCHS, kill_leftovers, start_driver, write_spec
+from testkit.drivers import EPOCHS, kill_leftovers, progress, start_driver, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -102,15 +102,6 @@ def test_fused_members_are_trials_of_their_own_with_separate_trainings_results(
 
 def epochs_of(spec) -> int:
     return spec.train.epochs
-
-
-def progress(storage: Storage, keys) -> dict[str, int]:
-    out = {}
-    for k in keys:
-        p = storage.read_json(trial_file(k, "progress.json"))
-        if p and not storage.exists(trial_file(k, "result.json")):
-            out[k] = p["epoch"]
-    return out
 
 
 def test_a_killed_fused_job_resumes_each_member_from_its_own_checkpoint(tmp_path):

@@ -35,21 +35,13 @@ from testkit.drivers import (
     EPOCHS,
     DriverForks,
     kill_leftovers,
+    progress,
     ray_dir,
     start_driver,
     write_spec,
 )
 
 pytestmark = pytest.mark.slow
-
-
-def progress(storage: Storage, keys) -> dict[str, int]:
-    out = {}
-    for k in keys:
-        p = storage.read_json(trial_file(k, "progress.json"))
-        if p and not storage.exists(trial_file(k, "result.json")):
-            out[k] = p["epoch"]
-    return out
 
 
 KILL_SEED = 20261130
