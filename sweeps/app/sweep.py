@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 
@@ -237,7 +238,12 @@ def _superseded(lease: DriverLease, held: dict, watch: LocalRayWatch | None) -> 
         flush=True,
     )
     # its local Ray and workers, as the watch last listed them, SIGKILLed without a wait (no
-    # scan either: this process's other threads run meanwhile): nothing left running
+    # scan either: this process's other threads run meanwhile): nothing left running. The
+    # watch stands down first: the Ray it sees die here is this stop's doing, not a lost Ray
+    # (a second line and exit 4, seen under load); where the watch fired first, its handler
+    # ends the process
+    if watch is not None and not watch.stand_down():
+        threading.Event().wait()
     end_processes(watch.procs if watch is not None else [], grace=0)
     os._exit(3)  # not sys.exit: no exit handler may write (the MLflow flush) after losing
 

@@ -178,10 +178,22 @@ class LocalRayWatch:
             os.close(fd)
         self._wake, self.fds = (), []
 
+    def stand_down(self) -> bool:
+        """For a caller about to end this process for another cause, and to end Ray's processes
+        on its way (a superseded driver): from now on the watch reports no loss, which would be
+        the caller's own doing. False when the watch has already fired: its handler ends the
+        process."""
+        return self._fired.acquire(blocking=False)
+
     def check(self) -> None:
         """On a lost watched process, the loss handled (in this thread; it ends the process);
-        otherwise nothing. A pidfd look, no wait."""
-        if self.fds and not self._stop.is_set() and select.select(self.fds, [], [], 0)[0]:
+        otherwise nothing. A pidfd look and a read of each one's /proc stat, no wait: a process
+        that is exiting counts as lost (Ray's agents see the raylet's pipe close, and the
+        driver prints their account, before the raylet's exit completes and its pidfd wakes)."""
+        if self._stop.is_set() or not self.watched:
+            return
+        if (self.fds and select.select(self.fds, [], [], 0)[0]) or any(
+                _exiting(p.pid) for _, p in self.watched):
             self._lost()
 
     def _watch(self) -> None:
@@ -211,7 +223,8 @@ class LocalRayWatch:
         console, log = _hold_output(self._streams)
         for name, p in self.watched:
             with contextlib.suppress(psutil.Error):
-                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                if (p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+                        and not _exiting(p.pid)):
                     continue
             cause = _ended(name, p)
             break
@@ -282,12 +295,34 @@ def _log_dir(procs: list) -> str | None:
     return None
 
 
+# /proc/PID/stat's flags: the kernel sets this as a process begins to exit (before it closes
+# its files and long before it is a zombie)
+PF_EXITING = 0x4
+_PROC = os.path.isdir("/proc/self")
+
+
+def _exiting(pid: int) -> bool:
+    """Whether process ``pid`` is exiting or gone (Linux: /proc/PID/stat; elsewhere False)."""
+    if not _PROC:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    fields = stat.rsplit(b")", 1)[1].split()  # after the command name, which may hold spaces
+    return fields[0] in (b"Z", b"X") or bool(int(fields[6]) & PF_EXITING)
+
+
 def _ended(name: str, p) -> str:
-    """How a watched process ended: its exit status when it is this process's child."""
+    """How a watched process ended: its exit status when it is this process's child (one that
+    is still exiting is waited for: an event, bounded against a hang)."""
     import psutil
 
     try:
-        code = p.wait(timeout=1)
+        code = p.wait(timeout=10)  # at once once exited; a guard against a hang
     except (psutil.Error, ChildProcessError):
         code = None
     name = f"its {name} (pid {p.pid})"
