@@ -180,5 +180,13 @@ def _roll_back_a_crash(path: Path, timeout: float) -> None:
     except (sqlite3.DatabaseError, OSError):
         return  # the check that follows names what is wrong
     if ours:
-        with contextlib.closing(sqlite3.connect(path, timeout=timeout)) as db:
-            db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # rolls it back
+        try:
+            with contextlib.closing(sqlite3.connect(path, timeout=timeout)) as db:
+                db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # rolls it back
+        except sqlite3.OperationalError as e:  # not a crash: a live (or stopped) writer holds it
+            if "locked" not in str(e):
+                raise
+            raise SpecError(
+                f"tracking_uri: {path}: locked for {timeout:g} s by another process writing to "
+                "it (another driver, `mlflow ui`, or one stopped mid-write); stop it, or use an "
+                "MLflow server (tracking_uri: http://...)") from None
