@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -170,22 +171,27 @@ def test_a_cluster_that_refuses_the_token_is_one_line_before_anything_is_written
     cluster = Cluster()
     other = tmp_path / "other-home"
     other.mkdir()
+    without = {k: v for k, v in cluster.env.items() if not k.startswith("RAY_AUTH")}
     subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "get-auth-token", "--generate"],
-                   check=True, capture_output=True, timeout=HANG / 2, env={**cluster.env,
-                                                                    "HOME": str(other)})
+                   check=True, capture_output=True, timeout=HANG / 2,
+                   env={**without, "HOME": str(other)})  # another cluster's token
+    assert (other / ".ray" / "auth_token").read_text() != Path(
+        cluster.env["RAY_AUTH_TOKEN_PATH"]).read_text()
     try:
         cluster.start_head()
         address = f"127.0.0.1:{cluster.gcs_port}"
         drivers = {}
         for name, env in {
-            "no-token": {k: v for k, v in cluster.env.items() if not k.startswith("RAY_AUTH")},
+            "no-token": without,
             "wrong-token": {**cluster.env,
                             "RAY_AUTH_TOKEN_PATH": str(other / ".ray" / "auth_token")},
+            "token-path-without-a-token": {**cluster.env,
+                                           "RAY_AUTH_TOKEN_PATH": str(other / "missing")},
         }.items():
             folder = tmp_path / name
             folder.mkdir()
             spec = write_spec(folder)
-            drivers[name] = (folder, subprocess.Popen(  # both at once: Ray retries for ~20 s
+            drivers[name] = (folder, subprocess.Popen(  # at once: each asks the cluster once
                 [sys.executable, "-m", "sweeps.cli", "run", str(spec), "--address", address],
                 cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
         for name, (folder, driver) in drivers.items():

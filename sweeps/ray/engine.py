@@ -346,6 +346,7 @@ def _join(address: str, quiet: dict) -> None:
     with tempfile.TemporaryFile() as held:
         os.dup2(held.fileno(), 2)
         try:
+            _refused_at_once(address)
             ray.init(address=address, **quiet)
             error = None
         except (ConnectionError, RuntimeError, ray.exceptions.RayError) as e:
@@ -372,6 +373,40 @@ def _join(address: str, quiet: dict) -> None:
             "RAY_AUTH_TOKEN_PATH) in this environment") from None
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     raise SpecError(f"--address {address}: could not join the Ray cluster ({first})") from None
+
+
+def _refused_at_once(address: str) -> None:
+    """A cluster that refuses this driver's token says so to one GCS client at once
+    (ray.exceptions.AuthenticationError); ray.init would ask it twenty times, a second apart.
+    Asked once here where the GCS listens (a plain host:port that accepts a connection): an
+    unreachable address is left to ray.init, whose client waits for it (~40 s here)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return  # 'auto' (inside ray job submit) or a ray:// client address: Ray resolves them
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+    except OSError:
+        return
+    # Going around Ray: its GCS client and token check are private. ray.init makes the same
+    # check first (a token path without a token would abort Ray's C++ client, not raise);
+    # test_cluster's refused-token test fails if either moves.
+    from ray._private.authentication.authentication_token_setup import (
+        ensure_token_if_auth_enabled,
+    )
+    from ray._raylet import GcsClient
+
+    ensure_token_if_auth_enabled(None, create_token_if_missing=False)
+    try:
+        GcsClient(address=address)
+    except Exception as e:  # anything but a refused token is ray.init's to say
+        if "InvalidAuthToken" in str(e) or type(e).__name__ == "AuthenticationError":
+            raise _Refused(str(e)) from None
+
+
+class _Refused(RuntimeError):
+    """The cluster refused this driver's token (_refused_at_once)."""
 
 
 # Jobs per Tune experiment. Tune's controller costs more per trial as its experiment grows
