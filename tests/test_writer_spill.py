@@ -3,8 +3,14 @@ the Tracker's extension point, here a recorder that can be held): a put never wa
 past the bound go to the lane's file on the driver's disk and come back in order, a bounded
 shutdown drops what is left and removes the files."""
 
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 from sweeps.tracking.writer import Writer
 
@@ -63,3 +69,32 @@ def test_a_bounded_shutdown_drops_what_is_left_and_stops():
     assert w.shutdown(0.1) is False  # nothing more is written once the wait is spent
     assert time.monotonic() - t0 < HANG
     assert held.seen == ["k0"] and not w.alive() and not w.folder.exists()
+
+
+def test_a_killed_writers_folder_is_removed_by_the_next_writer_and_a_live_ones_kept():
+    """A SIGKILLed driver leaves its lanes' folder in the temp folder (167 of them after one
+    day of this suite): the next writer on the machine removes those whose process is gone or
+    whose pid a later process took, and never a live writer's."""
+    from sweeps.tracking.writer import FOLDER
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    tmp = Path(tempfile.gettempdir())
+    dead = Path(tempfile.mkdtemp(prefix=f"{FOLDER}{gone.pid}-", dir=tmp))
+    (dead / "lane-0.pickle").write_bytes(b"records never written")
+    reused = Path(tempfile.mkdtemp(prefix=f"{FOLDER}{os.getpid()}-", dir=tmp))
+    os.utime(reused, (1, 1))  # made long before this process started: its pid was reused
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        kept = Path(tempfile.mkdtemp(prefix=f"{FOLDER}{live.pid}-", dir=tmp))
+        w = writer(lambda record: None, bound=10)
+        try:
+            assert not dead.exists() and not reused.exists()
+            assert kept.exists() and w.folder.exists()
+        finally:
+            w.shutdown(5)
+        assert not w.folder.exists()
+    finally:
+        live.kill()
+        live.wait()
+        shutil.rmtree(kept, ignore_errors=True)

@@ -138,6 +138,34 @@ class Lane:
             self.out = self.inp = None
 
 
+FOLDER = "kdsweep-mlflow-"  # + the writing process's pid + "-" + mkdtemp's suffix
+
+
+def remove_orphans() -> int:
+    """Remove the lanes' folders that writers killed before their shutdown left in the temp
+    folder (a SIGKILLed driver runs no cleanup): those whose process is gone, or whose pid now
+    belongs to a process started after the folder was made. Their records were never written
+    and never will be (the next run of a sweep fills MLflow in from storage). Returns how many."""
+    import psutil
+
+    removed = 0
+    for folder in Path(tempfile.gettempdir()).glob(f"{FOLDER}*-*"):
+        pid = folder.name.removeprefix(FOLDER).split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            made = folder.stat().st_mtime  # last changed by its writer, alive then
+            alive = psutil.Process(int(pid)).create_time() <= made + 1
+        except psutil.NoSuchProcess:
+            alive = False
+        except (OSError, psutil.Error):
+            continue  # not ours to judge (another user's, or gone meanwhile)
+        if not alive:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+    return removed
+
+
 class Writer:
     """Args:
     client: the MLflow client.
@@ -159,7 +187,8 @@ class Writer:
         self.spill_failed = False
         self.abandoned = False  # shutdown's wait ran out: what is left is dropped, not written
         n = 1 if local else SENDERS
-        self.folder = Path(tempfile.mkdtemp(prefix=f"kdsweep-mlflow-{os.getpid()}-"))
+        remove_orphans()
+        self.folder = Path(tempfile.mkdtemp(prefix=f"{FOLDER}{os.getpid()}-"))
         self._lanes = [Lane(max(1, queue_size // n), self.folder / f"lane-{i}.pickle")
                        for i in range(n)]
         self._threads = [threading.Thread(target=self._loop, args=(lane,), daemon=True,
