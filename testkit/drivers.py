@@ -1,6 +1,7 @@
 """Helpers for tests that run `kdsweep run` as a separate driver process."""
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -302,14 +303,15 @@ class Cluster:
 
 
 _FORKS = r"""
-import os, sys
+import json, os, sys
 from sweeps import cli  # noqa: F401  the driver's imports (torch, MLflow, Ray), once
 from sweeps.app import sweep
 for line in sys.stdin:
-    cwd, log, *argv = line.rstrip("\n").split("\t")
+    cwd, log, env, *argv = line.rstrip("\n").split("\t")
     pid = os.fork()
     if pid == 0:  # the driver: a process group of its own, as `start_driver` makes
         os.setsid()
+        os.environ.update(json.loads(env))
         os.chdir(cwd)
         out = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         os.dup2(out, 1)
@@ -332,17 +334,33 @@ class DriverForks:
         self.proc = subprocess.Popen([sys.executable, "-c", _FORKS], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True,
                                      env={**os.environ, **(env or {})})
+        self.said = b""  # what the forking process printed and no call has read yet
 
-    def start(self, cwd: Path, *args) -> int:
-        self.proc.stdin.write("\t".join([str(cwd), str(cwd / "driver.log"), *map(str, args)])
-                              + "\n")
+    def _line(self, timeout: float = HANG) -> str:
+        """The forking process's next line, within ``timeout`` (a guard against a hang)."""
+        import select
+
+        fd, deadline = self.proc.stdout.fileno(), time.monotonic() + timeout
+        while b"\n" not in self.said:
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            assert ready, f"no driver ended within {timeout} s"
+            chunk = os.read(fd, 4096)
+            assert chunk, "the forking process ended"
+            self.said += chunk
+        line, self.said = self.said.split(b"\n", 1)
+        return line.decode()
+
+    def start(self, cwd: Path, *args, env: dict | None = None) -> int:
+        """``env``: settings of this driver alone (a fault point: KDSWEEP_FAULT)."""
+        self.proc.stdin.write("\t".join([str(cwd), str(cwd / "driver.log"),
+                                         json.dumps(env or {}), *map(str, args)]) + "\n")
         self.proc.stdin.flush()
-        pid = int(self.proc.stdout.readline())
+        pid = int(self._line())
         note_session(cwd, pid)  # setsid: its session id is its pid
         return pid
 
-    def wait(self) -> int:
-        return int(self.proc.stdout.readline())
+    def wait(self, timeout: float = HANG) -> int:
+        return int(self._line(timeout))
 
     def close(self) -> None:
         self.proc.stdin.close()
