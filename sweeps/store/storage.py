@@ -250,6 +250,8 @@ class Storage:
         folder or one listing per wanted name (``per_name``). ``stamps`` False: the names
         alone where that costs less (a local file's stamp is a stat call: None instead)."""
         prefix = prefix.rstrip("/") + "/"
+        if only is not None and not only:
+            return {}  # no name wanted: nothing to list
         if self.is_local:
             if only is None:
                 return self._walk([self.path(prefix)], stamps)
