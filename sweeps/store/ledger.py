@@ -526,7 +526,7 @@ class Ledger:
         """Write the sweep's index of stored results' states (snapshot.state_index), under the
         driver's lease like every shared file of the sweep (write_shared)."""
         self._write_shared_json(sweep_file(spec, SweepFile.STATES),
-                                {"fence": fence, "trials": entries})
+                                {"fence": fence, "trials": entries}, indent=None)
 
     def save_added_trial(self, spec, trial: dict, fence: int | None = None) -> None:
         """A trial found during a run, in a file of its own (O(1) per trial, where rewriting
@@ -560,9 +560,9 @@ class Ledger:
             if version is not None:
                 self.storage.delete_if(rel, version)  # one changed since is folded next time
 
-    def _write_shared_json(self, rel: str, obj: dict) -> None:
+    def _write_shared_json(self, rel: str, obj: dict, indent: int | None = 1) -> None:
         token = self.writer.token if self.writer is not None else None
-        self.write_shared(rel, lambda: self.storage.json_bytes({**obj, "token": token}),
+        self.write_shared(rel, lambda: self.storage.json_bytes({**obj, "token": token}, indent),
                           lambda data: (json.loads(data) or {}).get("token"))
 
     def write_shared(self, rel: str, render, writer_of) -> None:

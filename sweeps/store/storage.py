@@ -387,9 +387,10 @@ class Storage:
         self.write_bytes(rel, self.json_bytes(obj))
 
     @staticmethod
-    def json_bytes(obj) -> bytes:
-        """What write_json writes: ``obj`` as JSON with its seal."""
-        return json.dumps(seal_json(obj), indent=1, allow_nan=True).encode()
+    def json_bytes(obj, indent: int | None = 1) -> bytes:
+        """What write_json writes: ``obj`` as JSON with its seal (``indent`` None: on one line,
+        through json's C encoder, for a large file no one reads by eye)."""
+        return json.dumps(seal_json(obj), indent=indent, allow_nan=True).encode()
 
     def delete(self, rel: str) -> None:
         """Delete the object if there is one."""
