@@ -24,7 +24,8 @@ With ``--real`` it fabricates trials as real sweeps leave them (every TrialFile,
 histories, wrn-16-2's real model and checkpoint sizes, a root shared with another sweep) per
 code tree (``--trees``: PYTHONPATHs, e.g. an earlier commit's `git archive`) and times the
 real `kdsweep status` and rerun (`kdsweep run`) as subprocesses, peak RSS beside time
-(real_trials; RESULTS.md, issue 43).
+(real_trials; RESULTS.md, issue 43). A tree that keeps an index of states (states.json) gets
+the one a run's end writes (index_real); ``status-cold`` times status with it set aside.
 
     PYTHONPATH=. .venv/bin/python benchmarks/scale.py --real --sizes 1000,10000 \
         --trees $PWD,/tmp/c43-before --commands status --rounds 2 --show
@@ -437,6 +438,54 @@ def fabricate_real(spec_dict: dict, others: dict | None = None) -> dict:
                                                                     TrialFile.RESULT)))}
 
 
+def index_real(spec_dict: dict) -> dict:
+    """What a run's end leaves for `kdsweep status` where the tree keeps an index of states
+    (states.json: sweep.py's end, snapshot.state_index), written the way the run writes it:
+    the snapshot of every stored result (a rerun's start), then the index of it, saved."""
+    try:
+        from sweeps.store.snapshot import state_index
+    except ImportError:
+        return {"index": None}  # a tree from before the index
+    from sweeps.app.progress import load_plan
+    from sweeps.domain.spec import parse_spec
+    from sweeps.store.ledger import Ledger
+    from sweeps.store.snapshot import Snapshot
+    from sweeps.store.storage import Storage
+
+    spec = parse_spec(spec_dict)
+    t0 = time.perf_counter()
+    ledger = Ledger(Storage(spec.storage), repair=False)
+    keys = [t.key for t in load_plan(spec, ledger).trials]
+    snapshot = Snapshot.load(ledger, keys)
+    t1 = time.perf_counter()
+    ledger.save_state_index(spec, state_index(snapshot, keys), fence=1)
+    return {"index": len(keys), "snapshot_s": round(t1 - t0, 1),
+            "index_s": round(time.perf_counter() - t1, 1)}
+
+
+def export_real(spec_dict: dict) -> dict:
+    """The Parquet export of a stored sweep as a rerun makes it, without MLflow: the snapshot of
+    every stored result (the run's start) and write_results (the run's end); seconds each."""
+    from sweeps.app.progress import load_plan
+    from sweeps.domain.spec import parse_spec
+    from sweeps.store.ledger import Ledger
+    from sweeps.store.results import write_results
+    from sweeps.store.snapshot import Snapshot
+    from sweeps.store.storage import Storage
+
+    spec = parse_spec(spec_dict)
+    t0 = time.perf_counter()
+    ledger = Ledger(Storage(spec.storage), repair=False)
+    plan = load_plan(spec, ledger)
+    snapshot = Snapshot.load(ledger, [t.key for t in plan.trials])
+    t1 = time.perf_counter()
+    uri = write_results(plan, snapshot, {}, fence=1)
+    return {"rows": len(plan.trials), "snapshot_s": round(t1 - t0, 1),
+            "export_s": round(time.perf_counter() - t1, 1),
+            "parquet_mb": round(len(ledger.storage.read_bytes(ledger.results_file(spec)))
+                                / 2**20, 1), "uri": uri}
+
+
 def peak_rss_run(cmd: list[str], env: dict, cwd: str) -> tuple[float, float, int, str]:
     """(seconds, peak RSS in MB of the process tree, polled every 50 ms, exit code, output
     tail) of ``cmd``; the peak is also taken from the kernel's own count (wait4's maxrss)."""
@@ -499,6 +548,18 @@ def real_trials(args) -> None:
                 done.write_text(json.dumps(info))
             specs[tree, n].write_text(yaml.safe_dump(spec))
             print(f"{Path(tree).name} {n:,}: {done.read_text()}", flush=True)
+            indexed = root.parent / "indexed.json"
+            if not indexed.exists():  # what the run's end leaves (trees that keep an index)
+                code = (f"import json, sys; sys.path.append({str(Path(__file__).parent)!r});"
+                        f"from scale import index_real; print(json.dumps(index_real("
+                        f"json.loads(sys.argv[1]))))")
+                res = subprocess.run([python, "-c", code, json.dumps(spec)], capture_output=True,
+                                     text=True, cwd=str(work), env={**os.environ,
+                                                                    "PYTHONPATH": tree})
+                if res.returncode:
+                    raise SystemExit(f"indexing {root} failed:\n{res.stderr[-3000:]}")
+                indexed.write_text(res.stdout.strip().splitlines()[-1])
+            print(f"{Path(tree).name} {n:,} index: {indexed.read_text()}", flush=True)
 
     def run(tree: str, n: int, what: str) -> tuple[float, float]:
         cwd = Path(tempfile.mkdtemp(dir=work))
@@ -506,12 +567,25 @@ def real_trials(args) -> None:
         spec["tracking_uri"] = f"sqlite:///{cwd}/mlflow.db"  # an empty MLflow store
         (cwd / "spec.yaml").write_text(yaml.safe_dump(spec))
         env = {**os.environ, "PYTHONPATH": tree, "KDSWEEP_CACHE": str(cwd / "cache")}
-        cmd = [python, "-m", "sweeps.cli", what, "spec.yaml", *(["--large"] if what == "run"
-                                                                 else [])]
-        seconds, rss, code, tail = peak_rss_run(cmd, env, str(cwd))
+        cold = what == "status-cold"  # status without the index a run leaves (states.json)
+        index = Path(spec["storage"]) / "sweeps" / spec["name"] / spec["cluster"] / "states.json"
+        if cold and index.exists():
+            index.rename(index.with_name("states.json.off"))
+        command = "status" if cold else what
+        cmd = [python, "-m", "sweeps.cli", command, "spec.yaml",
+               *(["--large"] if what == "run" else [])]
+        if what == "export":  # the snapshot and write_results alone, no MLflow (export_real)
+            cmd = [python, "-c", f"import json, sys; sys.path.append("
+                   f"{str(Path(__file__).parent)!r}); from scale import export_real; "
+                   f"print(json.dumps(export_real(json.loads(sys.argv[1]))))", json.dumps(spec)]
+        try:
+            seconds, rss, code, tail = peak_rss_run(cmd, env, str(cwd))
+        finally:
+            if index.with_name("states.json.off").exists():
+                index.with_name("states.json.off").rename(index)
         if code != 0:
             raise SystemExit(f"{' '.join(cmd)} (PYTHONPATH={tree}) exited {code}:\n{tail}")
-        if what == "status" and args.show:
+        if (what.startswith("status") or what == "export") and args.show:
             print(tail, flush=True)
         shutil.rmtree(cwd, ignore_errors=True)
         return seconds, rss
@@ -553,7 +627,9 @@ def main() -> None:
                    help="--real: code trees to compare, comma-separated (each a PYTHONPATH)")
     p.add_argument("--work", default="/tmp/kdsweep-scale-real",
                    help="--real: where the roots are fabricated (kept between calls)")
-    p.add_argument("--commands", default="status,run", help="--real: what is timed")
+    p.add_argument("--commands", default="status,run",
+                   help="--real: what is timed: status, status-cold (without the index of "
+                        "states a run leaves), run, export (snapshot and Parquet, no MLflow)")
     p.add_argument("--show", action="store_true", help="--real: print status's output")
     args = p.parse_args()
     if args.real:

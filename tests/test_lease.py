@@ -334,7 +334,7 @@ def stopped(pid: int) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("shared", ["trials.json", "results.parquet"])
+@pytest.mark.parametrize("shared", ["trials.json", "results.parquet", "states.json"])
 def test_a_driver_stopped_before_a_shared_write_leaves_its_successors_file(tmp_path, shared):
     """Issue 41, end to end: driver A stops itself (SIGSTOP, the named point `shared-write`)
     with the file's version read under its lease; B takes the sweep over after the TTL and

@@ -194,3 +194,74 @@ def test_trials_added_during_runs_are_folded_into_the_list_at_the_next_start(tmp
     other = {"key": "p1", "generation": 1}
     Ledger(Storage(spec.storage)).save_trial_list(spec, [other], fence=5)
     assert run4.trial_list(spec) == [other, a, b, c]
+
+
+def test_status_reads_only_the_results_its_index_does_not_hold_as_they_are(mixed, monkeypatch):
+    """Issue 43: a run leaves each stored result's state with its file's stamp
+    (states.json: snapshot.state_index); `kdsweep status` then reads no result whose file is
+    still that one, and reads every other: one changed since (a diverged record written over
+    a done one), one gone, one new; an index that is corrupt or whose entries are not
+    [size, mtime_ns, state] is read around, never believed. Each time the table is the one a
+    probe of every file gives."""
+    import io
+
+    from sweeps.app.progress import Progress, load_plan, sweep_status
+    from sweeps.store.ledger import SweepFile, sweep_file
+    from sweeps.store.snapshot import state_index
+
+    ledger, stored, planned = mixed
+    spec = spec_at(ledger.storage.root, seeds=(0, 1, 2))
+    keys = [t.key for t in load_plan(spec, ledger).trials]
+    reads = []
+    real = Ledger.stored_state
+    monkeypatch.setattr(Ledger, "stored_state",
+                        lambda self, k: reads.append(k) or real(self, k))
+
+    def status_is_the_probes() -> list[str]:
+        reads.clear()
+        plan = load_plan(spec, ledger)
+        probed = states_by_probe(Ledger(ledger.storage, repair=False), keys)
+        expected = (f"sweep {spec.name} ({spec.storage})\n"
+                    + Progress(plan, probed.__getitem__, io.StringIO()).table())
+        assert sweep_status(spec) == expected
+        return sorted(reads)
+
+    every = sorted(t.key for t in stored)
+    assert status_is_the_probes() == every  # no index yet: every result read
+    # the run's end (a run read every result at its start: the listing's stamps, no re-read)
+    reads.clear()
+    snap = Snapshot.load(Ledger(ledger.storage, repair=False), keys)
+    index = state_index(snap, keys)
+    assert reads == [] and sorted(index) == every  # (the snapshot reads summaries)
+    assert {e[2] for e in index.values()} == {"done"}
+    ledger.save_state_index(spec, index, fence=1)
+    assert ledger.state_index(spec) == index
+    assert status_is_the_probes() == []
+
+    diverged, gone = stored[1], stored[2]
+    record = ledger.storage.read_json(trial_file(diverged.key, "result.json"))
+    ledger.storage.write_json(trial_file(diverged.key, "result.json"),
+                              {**record, "state": "diverged", "reason": "nan loss"})
+    ledger.forget_result(gone.key)
+    new = planned[4]
+    ledger.storage.write_json(trial_file(new.key, "result.json"),
+                              {**record, "trial": new.to_dict()})
+    assert status_is_the_probes() == sorted([diverged.key, new.key])
+    assert "1 diverged" in sweep_status(spec)
+    # a run's end vouches for what it read again (the changed and the new), not the gone
+    snap = Snapshot.load(Ledger(ledger.storage, repair=False), keys)
+    index = state_index(snap, keys)
+    assert index[diverged.key][2] == "diverged" and gone.key not in index and new.key in index
+
+    rel = sweep_file(spec, SweepFile.STATES)
+    ledger.save_state_index(spec, index, fence=2)
+    data = bytearray(ledger.storage.read_bytes(rel))
+    data[data.index(b'"done"') + 1] = ord("x")  # still JSON, no longer its seal
+    ledger.storage.write_bytes(rel, bytes(data))
+    assert status_is_the_probes() == sorted(index)  # corrupt: every result read
+    assert ledger.storage.read_bytes(rel) == bytes(data)  # status changes nothing
+    bad = {k: ["1", e[1], e[2]] for k, e in index.items()}
+    bad[stored[0].key] = [*index[stored[0].key][:2], "finished"]
+    ledger.storage.write_json(rel, {"trials": bad})
+    assert ledger.state_index(spec) == {}
+    assert status_is_the_probes() == sorted(index)

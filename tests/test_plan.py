@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from sweeps.domain.plan import build_plan
+from kd_core import registry
+from sweeps.domain.plan import build_plan, code_used, trial_key
 from sweeps.domain.spec import load_spec, parse_spec
 
 CONFIGS = Path(__file__).resolve().parents[1] / "sweeps" / "configs"
@@ -113,6 +114,36 @@ STORED_KEYS = {
 def test_the_shipped_grids_keep_their_stored_keys(config):
     keys = {t.key for t in build_plan(load_spec(CONFIGS / f"{config}.yaml")).trials}
     assert STORED_KEYS[config] <= keys
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "plugins"
+
+
+@pytest.mark.parametrize("path", [*sorted(CONFIGS.glob("*.yaml")),
+                                  EXAMPLES / "digits-plugins.yaml", "validation"],
+                         ids=lambda p: Path(p).stem)
+def test_the_plans_keys_are_trial_keys_definition(path):
+    """build_plan computes keys the fast way (TrialKeys: the recipe serialised once, code
+    looked up once); stored trials are found by key, so each must be trial_key's, the
+    definition, on every shipped config (a plugin loss's params and code, a validation split)."""
+    if path == "validation":
+        spec = load_spec(CONFIGS / "digits.yaml")
+        spec = spec.model_copy(update={"dataset": spec.dataset.model_copy(
+            update={"validation": 0.1})})
+    else:
+        spec = load_spec(path)
+    plan = build_plan(spec)
+    by_key = {t.key: t for t in plan.trials}
+    assert len(plan.trials) > 10
+    for t in plan.trials:
+        parent = by_key.get(t.teacher_key)
+        assert t.plugins == code_used(spec, t.model, registry.loss_entry(t.loss), parent)
+        assert t.key == trial_key(spec, model=t.model, loss=t.loss, tau=t.tau, alpha=t.alpha,
+                                  noise_rate=t.noise_rate, seed=t.seed,
+                                  teacher_key=t.teacher_key, params=t.params,
+                                  plugins=t.plugins)
+    if path == EXAMPLES / "digits-plugins.yaml":  # the identity's optional parts were covered
+        assert any(t.params for t in plan.trials) and any(t.plugins for t in plan.trials)
 
 
 def test_plan_on_a_search_says_why_no_teacher_has_students_yet():

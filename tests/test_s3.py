@@ -230,6 +230,39 @@ def test_state_is_one_listing_then_one_get_per_stored_result(s3_server, monkeypa
         assert 1 + 16 <= proxy.total() <= 1 + 16 + 2  # the first page, then a page per shard
 
 
+def test_status_with_a_runs_index_reads_no_result_on_s3(s3_server, monkeypatch, tmp_path):
+    """Issue 43: with the index of states a run's end writes (states.json), the states need
+    the index (a GET) and the listing (its stamps), and no GET of a result whose object is
+    still the one indexed: a stamp the listing gave (read at the run's start) or a HEAD gave
+    (a trial ended in the run) is the listing's, to the second. A result written since is
+    read."""
+    from types import SimpleNamespace
+
+    from sweeps.store.snapshot import Snapshot, state_index
+
+    with stored_behind_proxy(s3_server, monkeypatch, tmp_path, "indexed") as (proxy, stored,
+                                                                               ledger):
+        keys = [t.key for t in stored]
+        sweep = SimpleNamespace(name="indexed", cluster="local")
+        snap = Snapshot.load(ledger, keys)
+        del snap.proven[keys[0]]  # as if it ended in the run: stamped by a HEAD, then read
+        proxy.requests.clear()
+        ledger.save_state_index(sweep, state_index(snap, keys), fence=1)
+        assert dict(proxy.requests) == {"HEAD": 1, "GET": 1, "PUT": 1}
+        proxy.requests.clear()
+        status = Snapshot.load(ledger, keys, results=False, index=ledger.state_index(sweep))
+        assert dict(proxy.requests) == {"GET": 2}  # the index, the listing
+        assert status.states == snap.states and set(status.states.values()) == {
+            TrialState.DONE}
+        record = ledger.storage.read_json(trial_file(keys[1], "result.json"))
+        ledger.storage.write_json(trial_file(keys[1], "result.json"),
+                                  {**record, "state": "diverged"})
+        proxy.requests.clear()
+        status = Snapshot.load(ledger, keys, results=False, index=ledger.state_index(sweep))
+        assert dict(proxy.requests) == {"GET": 3}  # and the result written since
+        assert status.states[keys[1]] is TrialState.DIVERGED
+
+
 def test_a_sweeps_state_lists_its_own_keys_not_a_root_of_other_sweeps(s3_server, monkeypatch,
                                                                       tmp_path):
     """Issue 43: on a root that holds another sweep's trials past a page, a sweep's start-up

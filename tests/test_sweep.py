@@ -300,13 +300,23 @@ def test_status_and_report(sweep, tmp_path):
     assert "test-cluster/e2e" in text2 and "test-cluster/e2e-copy" in text2
 
 
-def test_status_reads_storage_and_changes_nothing(sweep, tmp_path):
+def test_status_reads_storage_and_changes_nothing(sweep, tmp_path, monkeypatch):
     tmp, spec, _ = copy_of(sweep, tmp_path / "copy")
-    student = next(t for t in build_plan(spec).trials if t.generation == 2)
+    plan = build_plan(spec)
+    # the run left each result's state beside its stamp (issue 43): status reads no result
+    # but the one changed since
+    index = Ledger(Storage(spec.storage)).state_index(spec)
+    assert set(index) == {t.key for t in plan.trials} and {e[2] for e in index.values()} == {
+        "done"}
+    reads = []
+    real = Ledger.stored_state
+    monkeypatch.setattr(Ledger, "stored_state", lambda self, k: reads.append(k) or real(self, k))
+    student = next(t for t in plan.trials if t.generation == 2)
     result = Path(spec.storage) / trial_file(student.key, "result.json")
     result.write_text("{not json")
     files = sorted(p for p in Path(spec.storage).rglob("*"))
     status = sweep_status(spec)
+    assert reads == [student.key]
     assert sorted(p for p in Path(spec.storage).rglob("*")) == files  # nothing moved aside
     assert result.read_text() == "{not json"
     assert "generation 2: 3 done" in status and "generation 1: 4 done" in status

@@ -135,9 +135,12 @@ def load_plan(spec: SweepSpec, ledger: Ledger) -> Plan:
 
 def sweep_status(spec: SweepSpec) -> str:
     """The progress table read from storage alone, which it never changes (works while another
-    process runs the sweep): each trial's state, no record held (Snapshot.load)."""
+    process runs the sweep): each trial's state, no record held (Snapshot.load), a result
+    read only where the sweep's index of states (Ledger.state_index, left by its last run)
+    does not hold its file as it is now."""
     ledger = Ledger(Storage(spec.storage), repair=False)
     plan = load_plan(spec, ledger)
-    snapshot = Snapshot.load(ledger, (t.key for t in plan.trials), results=False)
+    snapshot = Snapshot.load(ledger, (t.key for t in plan.trials), results=False,
+                             index=ledger.state_index(spec))
     progress = Progress(plan, snapshot.state, io.StringIO())
     return f"sweep {spec.name} ({spec.storage})\n{progress.table()}"

@@ -44,7 +44,7 @@ from ..ray.teacher_bank import wants_shared_bank  # noqa: E402
 from ..store.lease import DriverLease, holder  # noqa: E402
 from ..store.ledger import Ledger, SweepFile, TrialState, sweep_file  # noqa: E402
 from ..store.results import write_results  # noqa: E402
-from ..store.snapshot import Snapshot, reconcile  # noqa: E402
+from ..store.snapshot import Snapshot, reconcile, state_index  # noqa: E402
 from ..store.storage import Storage  # noqa: E402
 from ..tracking.tracker import Tracker  # noqa: E402
 from .events import SweepEvents  # noqa: E402
@@ -294,6 +294,9 @@ def _train_and_export(
         # export: the Parquet first, then MLflow for at most KDSWEEP_MLFLOW_WAIT seconds
         deadline = time.monotonic() + mlflow_wait()
         uri = export_results(plan, snapshot, tracker, lease.check(), mlflow_wait())
+        # what `kdsweep status` reads instead of every result (Ledger.state_index)
+        ledger.save_state_index(spec, state_index(snapshot, (t.key for t in plan.trials)),
+                                lease.check())
         ok = all(s in (TrialState.DONE, TrialState.STOPPED_EARLY)
                  for s in progress.state.values())  # diverged, failed or skipped: FAILED
         left = tracker.close("FINISHED" if ok else "FAILED",

@@ -143,6 +143,8 @@ def trial_key(
     params: tuple = (),
     plugins: tuple = (),
 ) -> str:
+    """A trial's key: the SHA-256 of its identity, everything that decides its result (the
+    definition: TrialKeys computes the same bytes for many trials)."""
     identity = {
         "v": KEY_VERSION,
         "dataset": spec.dataset.name,
@@ -167,6 +169,58 @@ def trial_key(
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
+class TrialKeys:
+    """``trial_key`` and ``code_used`` of one spec's trials, the same bytes at a fraction of the
+    cost (build_plan: 100k trials, every `kdsweep status`): the recipe is serialised once, not
+    dumped from its pydantic model per trial, and each (model, loss, teacher's plugins) looks
+    its code up once. tests/test_plan.py proves the keys equal trial_key's on every shipped
+    config's plan."""
+
+    # stands for the recipe in each trial's identity, its serialised JSON put in its place: a
+    # string no other value of an identity can hold (names, hex digests and numbers)
+    _RECIPE = "\x00kdsweep-recipe\x00"
+
+    def __init__(self, spec: SweepSpec):
+        self.spec = spec
+        recipe = json.dumps(spec.train.model_dump(exclude=NOT_RECIPE), sort_keys=True,
+                            separators=(",", ":"))
+        self._marker = json.dumps({"recipe": self._RECIPE}, separators=(",", ":"))[1:-1]
+        self._recipe = f'"recipe":{recipe}'
+        self._fixed: dict = {"v": KEY_VERSION, "dataset": spec.dataset.name,
+                             "recipe": self._RECIPE}
+        if spec.dataset.validation:
+            self._fixed["validation"] = spec.dataset.validation
+        self._noise = spec.grid.noise.kind
+        self._losses: dict[str, registry.Entry] = {}
+        self._code: dict[tuple, tuple[tuple[str, str], ...]] = {}
+
+    def loss_entry(self, loss: str) -> registry.Entry:
+        if (entry := self._losses.get(loss)) is None:
+            entry = self._losses[loss] = registry.loss_entry(loss)
+        return entry
+
+    def code_used(self, model: str, loss: str, parent: Trial | None
+                  ) -> tuple[tuple[str, str], ...]:
+        at = (model, loss, parent.plugins if parent else None)
+        if (code := self._code.get(at)) is None:
+            code = self._code[at] = code_used(self.spec, model, self.loss_entry(loss), parent)
+        return code
+
+    def key(self, *, model: str, loss: str, tau, alpha, noise_rate: float, seed: int,
+            teacher_key: str | None, params: tuple = (), plugins: tuple = ()) -> str:
+        """trial_key(spec, ...)."""
+        identity = {**self._fixed, "model": model, "loss": loss, "tau": _json_float(tau),
+                    "alpha": alpha, "noise": {"kind": self._noise, "rate": noise_rate},
+                    "seed": seed, "teacher": teacher_key}
+        if params:
+            identity["params"] = dict(params)
+        if plugins:
+            identity["code"] = dict(plugins)
+        blob = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+        blob = blob.replace(self._marker, self._recipe, 1)
+        return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
 def make_trial(
     spec: SweepSpec,
     model: str,
@@ -178,20 +232,22 @@ def make_trial(
     noise_rate: float,
     seed: int,
     params: tuple = (),
+    keys: TrialKeys | None = None,
 ) -> Trial:
-    """One trial; ``parent`` is its teacher (None for generation 0)."""
+    """One trial; ``parent`` is its teacher (None for generation 0). ``keys``: the spec's
+    TrialKeys, where many trials are made (one is made per call otherwise)."""
+    keys = keys or TrialKeys(spec)
     if parent is None:
         loss, tau, alpha, params = "ce", None, None, ()
-    entry = registry.loss_entry(loss)
+    entry = keys.loss_entry(loss)
     if "tau" not in entry.params:
         tau = None  # mse ignores tau: one trial, not one per tau
     if "alpha" not in entry.params and parent is not None:
         alpha = None
     params = tuple(sorted(params))
     teacher_key = parent.key if parent else None
-    plugins = code_used(spec, model, entry, parent)
-    key = trial_key(
-        spec,
+    plugins = keys.code_used(model, loss, parent)
+    key = keys.key(
         model=model,
         loss=loss,
         tau=tau,
@@ -356,13 +412,15 @@ def build_plan(spec: SweepSpec) -> Plan:
         return seen[t.key]
 
     settings = student_settings(spec.grid) if spec.search.type == "grid" else []
+    keys = TrialKeys(spec)
     for rate in spec.grid.noise.rate:
         for seed in spec.grid.seeds:
             for chain in spec.chains:
-                teacher = add(make_trial(spec, chain[0], None, noise_rate=rate, seed=seed))
+                teacher = add(make_trial(spec, chain[0], None, noise_rate=rate, seed=seed,
+                                           keys=keys))
                 if spec.grid.baselines:
                     for arch in chain[1:]:
-                        add(make_trial(spec, arch, None, noise_rate=rate, seed=seed))
+                        add(make_trial(spec, arch, None, noise_rate=rate, seed=seed, keys=keys))
                 for loss, tau, alpha, params in settings:
                     parent = teacher
                     for arch in chain[1:]:
@@ -377,6 +435,7 @@ def build_plan(spec: SweepSpec) -> Plan:
                                 noise_rate=rate,
                                 seed=seed,
                                 params=params,
+                                keys=keys,
                             )
                         )
     return Plan(spec, [g for g in generations if g])
@@ -389,6 +448,7 @@ def children(spec: SweepSpec, parents: list[Trial]) -> list[Trial]:
     sampled by optuna rather than planned from the grid).
     """
     out: dict[str, Trial] = {}
+    keys = TrialKeys(spec)
     for p in parents:
         g = p.generation + 1
         for chain in spec.chains:
@@ -403,6 +463,7 @@ def children(spec: SweepSpec, parents: list[Trial]) -> list[Trial]:
                     noise_rate=p.noise_rate,
                     seed=p.seed,
                     params=p.params,
+                    keys=keys,
                 )
                 out.setdefault(c.key, c)
     return list(out.values())

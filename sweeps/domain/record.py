@@ -139,6 +139,19 @@ class TrialResult:
             record.test_acc_curve = [h.get("test_acc") for h in record.history]
         return record
 
+    @staticmethod
+    def stored_state(d: dict) -> TrialState:
+        """The state a stored record holds, without building the record (its curve parsed,
+        its fields copied): what `kdsweep status` needs of it. TypeError where ``d`` is not a
+        record, as for from_dict (and where its state is not a TrialState)."""
+        d = {**{new: d[old] for old, new in renamed_in(d).items()}, **d}
+        if "trial" not in d:
+            raise TypeError("a record names its trial")
+        try:
+            return TrialState(d.get("state", TrialState.DONE))
+        except ValueError:
+            raise TypeError(f"no state {d.get('state')!r}") from None
+
 
 def curve_text(values) -> str:
     """A curve as a stored record holds it: each epoch's value (repr: read back exactly),

@@ -28,6 +28,10 @@ Layout under the storage root (trials are shared by every sweep that stores ther
                                              below a sampled one): one file each, not the list,
                                              until the next run's start folds it into the list
     sweeps/<name>/<cluster>/results.parquet  one row per trial
+    sweeps/<name>/<cluster>/states.json      each stored result's state as the last run
+                                             proved it, with the [size, mtime_ns] it had then
+                                             (snapshot.state_index): `kdsweep status` reads
+                                             a result only where its file is not that one
     sweeps/<name>/<cluster>/driver.lease     the driver's fenced lease (lease.DriverLease)
 (Ray Tune's experiment state is not in storage: kdsweep never restores it, so it stays on the
 driver's own disk, engine.tune_dir, and costs the shared storage no request per trial.)
@@ -98,6 +102,7 @@ class SweepFile(StrEnum):
     ADDED = "added"
     RESULTS = "results.parquet"
     LEASE = "driver.lease"
+    STATES = "states.json"
 
 
 def bank_name(dtype: str) -> str:
@@ -198,6 +203,9 @@ class Listing:
         return self.names(key).get(name)
 
 
+# The states a stored result holds
+RESULT_STATES = frozenset({TrialState.DONE, TrialState.STOPPED_EARLY, TrialState.DIVERGED})
+
 # The files that tell a trial's state without a result, in order of precedence
 STATE_FILES = ((TrialFile.FAILED, TrialState.FAILED), (TrialFile.PROGRESS, TrialState.RUNNING),
                (TrialFile.CLAIM, TrialState.CLAIMED))
@@ -284,13 +292,19 @@ class Ledger:
                                    self.repair, self.found) or {}
         return inline.get("history") if isinstance(inline.get("history"), list) else None
 
-    def _record(self, key: str) -> TrialResult | None:
+    def stored_state(self, key: str) -> TrialState | None:
+        """The state the trial's stored result says (its seal proven, as for summary), without
+        building its record: what `kdsweep status` reads per trial; None when there is none
+        (or it is corrupt: moved aside, or noted in ``found``)."""
+        return self._record(key, TrialResult.stored_state)
+
+    def _record(self, key: str, read=TrialResult.from_dict):
         rel = trial_file(key, TrialFile.RESULT)
         d = read_json_checked(self.storage, rel, self.repair, self.found)
         if d is None:
             return None
         try:
-            return TrialResult.from_dict(d)
+            return read(d)
         except TypeError as e:
             if self.repair:
                 move_aside(self.storage, rel, f"not a result record ({e})")
@@ -495,6 +509,25 @@ class Ledger:
         return [(f, v, t) for f, v, t in concurrently(read, files, self.storage.width)
                 if isinstance(t, dict)]
 
+    def state_index(self, spec) -> dict[str, list]:
+        """The sweep's index of stored results' states (save_state_index): key -> [size,
+        mtime_ns, state]; empty when there is none, or it is corrupt (moved aside, or with
+        ``repair`` False flagged) or an entry is not of that shape (that entry left out): a
+        reader then reads those results."""
+        d = read_json_checked(self.storage, sweep_file(spec, SweepFile.STATES), self.repair,
+                              self.found) or {}
+        trials = d.get("trials") if isinstance(d.get("trials"), dict) else {}
+        return {k: e for k, e in trials.items()
+                if isinstance(e, list) and len(e) == 3 and all(type(x) is int for x in e[:2])
+                and e[2] in RESULT_STATES}
+
+    def save_state_index(self, spec, entries: dict[str, list], fence: int | None = None
+                         ) -> None:
+        """Write the sweep's index of stored results' states (snapshot.state_index), under the
+        driver's lease like every shared file of the sweep (write_shared)."""
+        self._write_shared_json(sweep_file(spec, SweepFile.STATES),
+                                {"fence": fence, "trials": entries}, indent=None)
+
     def save_added_trial(self, spec, trial: dict, fence: int | None = None) -> None:
         """A trial found during a run, in a file of its own (O(1) per trial, where rewriting
         the list was O(trials)); ``fence`` as for the list. Nothing for a trial the list this
@@ -527,9 +560,9 @@ class Ledger:
             if version is not None:
                 self.storage.delete_if(rel, version)  # one changed since is folded next time
 
-    def _write_shared_json(self, rel: str, obj: dict) -> None:
+    def _write_shared_json(self, rel: str, obj: dict, indent: int | None = 1) -> None:
         token = self.writer.token if self.writer is not None else None
-        self.write_shared(rel, lambda: self.storage.json_bytes({**obj, "token": token}),
+        self.write_shared(rel, lambda: self.storage.json_bytes({**obj, "token": token}, indent),
                           lambda data: (json.loads(data) or {}).get("token"))
 
     def write_shared(self, rel: str, render, writer_of) -> None:

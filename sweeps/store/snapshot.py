@@ -8,7 +8,15 @@ from array import array
 from collections.abc import Callable, Iterable
 
 from ..domain.record import TrialResult
-from .ledger import Ledger, Listing, Proven, TrialFile, TrialState, trial_file
+from .ledger import (
+    RESULT_STATES,
+    Ledger,
+    Listing,
+    Proven,
+    TrialFile,
+    TrialState,
+    trial_file,
+)
 from .storage import concurrently
 
 log = logging.getLogger(__name__)
@@ -36,30 +44,60 @@ class Snapshot:
         self.ledger, self.listing = ledger, listing
         self.results: dict[str, TrialResult | None] = {}
         self.states: dict[str, TrialState] = {}
+        # the state of each result read at load, as the listing's stamp (taken before the
+        # read) found it: what state_index vouches for without reading it again
+        self.proven: dict[str, TrialState] = {}
 
     @classmethod
-    def load(cls, ledger: Ledger, keys: Iterable[str], results: bool = True) -> Snapshot:
+    def load(cls, ledger: Ledger, keys: Iterable[str], results: bool = True,
+             index: dict[str, list] | None = None) -> Snapshot:
         """The state of ``keys`` now: one listing of their files (only theirs: Ledger.listing),
         then each result it lists read once, concurrently where storage is remote (a trial
         with no result is a listing fact). ``results`` False: keep the states alone (what
-        `kdsweep status` needs), no record."""
+        `kdsweep status` needs), no record; then ``index`` (the sweep's Ledger.state_index)
+        gives the state of each result whose file is still the one it was proven under (its
+        stamp: on local storage a stat each instead of a listing), and only the others are
+        listed and read."""
         keys = list(dict.fromkeys(keys))
-        listing = ledger.listing(keys, stamps=results)  # states need the names alone
-        snap = cls(ledger, listing)
-        stored = [k for k in keys if TrialFile.RESULT in listing.names(k)]
+        snap, storage = cls(ledger), ledger.storage
+        index = {} if results else (index or {})
+        indexed: dict[str, TrialState] = {}
+
+        def known(key: str, stamp: list[int] | None) -> bool:
+            entry = index.get(key)
+            if entry is None or stamp is None or stamp != entry[:2]:
+                return False
+            indexed[key] = TrialState(entry[2])
+            return True
+
+        if index and storage.is_local:  # a stat is cheaper than listing the trial's folder
+            ours = [k for k in keys if k in index]
+            for key, stamp in zip(ours, concurrently(
+                    lambda k: storage.stamp(trial_file(k, TrialFile.RESULT)), ours,
+                    storage.width), strict=True):
+                known(key, stamp)
+        rest = [k for k in keys if k not in indexed] if indexed else keys
+        listing = ledger.listing(rest, stamps=results)  # states need the names alone
+        snap.listing = listing
+        stored = [k for k in rest if TrialFile.RESULT in listing.names(k)
+                  and not known(k, listing.stamp(k, TrialFile.RESULT))]
 
         def read(key: str) -> TrialResult | TrialState | None:  # what is kept, as it is read
-            r = ledger.summary(key)
-            return held(r) if results or r is None else TrialState(r.state)
+            return held(ledger.summary(key)) if results else ledger.stored_state(key)
 
         found = dict(zip(stored, concurrently(read, stored, ledger.storage.width), strict=True))
         for key in keys:
+            if key in indexed:
+                snap.states[key] = indexed[key]
+                continue
             r = found.pop(key, None)
             if isinstance(r, TrialState):
                 snap.states[key] = r
             else:
                 snap.states[key] = ledger.state(key, r, listing.names(key))
                 snap.results[key] = r
+                if r is not None:  # proven as the listing stamped it (state_index)
+                    snap.proven[key] = snap.states[key]
         if not results:  # the states stand for every key: never read again one by one
             snap.results = dict.fromkeys(keys)
             snap.listing = None
@@ -94,6 +132,36 @@ class Snapshot:
         if self.listing is None or not self.listing.covers(key):
             return self.ledger.has_bank(key, dtype)
         return self.ledger.bank_file(key, dtype).rsplit("/", 1)[1] in self.listing.names(key)
+
+
+def state_index(snapshot: Snapshot, keys: Iterable[str]) -> dict[str, list]:
+    """What a run leaves for `kdsweep status` (Ledger.save_state_index): key -> [size,
+    mtime_ns, state] of each of ``keys``' stored results, with the stamp its file had before
+    its state was read from it, so a reader that finds another stamp reads the file again
+    (never the other way round). A result the snapshot read at load, its state unchanged
+    since: the listing's stamp; one that ended in this run (or changed): its stamp, then its
+    state read from the file (a stat or HEAD and a read per such trial)."""
+    ledger, listing = snapshot.ledger, snapshot.listing
+    out, fresh = {}, []
+    for key in keys:
+        state = snapshot.states.get(key)
+        if state not in RESULT_STATES:
+            continue
+        stamp = listing.stamp(key, TrialFile.RESULT) if listing and listing.covers(key) else None
+        if stamp is not None and snapshot.proven.get(key) == state:
+            out[key] = [*stamp, str(state)]
+        else:
+            fresh.append(key)
+
+    def prove(key: str) -> tuple[list[int] | None, TrialState | None]:
+        stamp = ledger.storage.stamp(trial_file(key, TrialFile.RESULT))
+        return stamp, (ledger.stored_state(key) if stamp is not None else None)
+
+    for key, (stamp, state) in zip(fresh, concurrently(prove, fresh, ledger.storage.width),
+                                   strict=True):
+        if stamp is not None and state is not None:
+            out[key] = [*stamp, str(state)]
+    return out
 
 
 def reconcile(

@@ -250,6 +250,8 @@ class Storage:
         folder or one listing per wanted name (``per_name``). ``stamps`` False: the names
         alone where that costs less (a local file's stamp is a stat call: None instead)."""
         prefix = prefix.rstrip("/") + "/"
+        if only is not None and not only:
+            return {}  # no name wanted: nothing to list
         if self.is_local:
             if only is None:
                 return self._walk([self.path(prefix)], stamps)
@@ -385,9 +387,10 @@ class Storage:
         self.write_bytes(rel, self.json_bytes(obj))
 
     @staticmethod
-    def json_bytes(obj) -> bytes:
-        """What write_json writes: ``obj`` as JSON with its seal."""
-        return json.dumps(seal_json(obj), indent=1, allow_nan=True).encode()
+    def json_bytes(obj, indent: int | None = 1) -> bytes:
+        """What write_json writes: ``obj`` as JSON with its seal (``indent`` None: on one line,
+        through json's C encoder, for a large file no one reads by eye)."""
+        return json.dumps(seal_json(obj), indent=indent, allow_nan=True).encode()
 
     def delete(self, rel: str) -> None:
         """Delete the object if there is one."""
