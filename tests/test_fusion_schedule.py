@@ -4,6 +4,7 @@ never waited for; each member ends on its own; resources.fuse and its rule (fusi
 import pytest
 
 from sweeps.domain.fusion import group_limit, sibling_key
+from sweeps.domain.plan import build_plan
 from sweeps.domain.scheduler import Job
 from sweeps.domain.spec import SpecError, parse_spec
 from tests.test_scheduler import scheduler, spec_of
@@ -93,3 +94,72 @@ def test_the_searcher_hands_out_siblings_as_one_job_and_ends_each_member_on_its_
     for other in (off, auto, asha):  # auto on a CPU: no; under ASHA every student alone
         assert fuse_limit(other)(first) == 1
     assert fuse_limit(spec)(first) == 9
+
+
+def _on(tmp_path, fuse="auto", **over):
+    spec = spec_of(taus=(1, 4, 20), chains=[["cnn-medium", "cnn-small"]])
+    raw = spec.model_dump(mode="json")
+    return parse_spec({**raw, "storage": str(tmp_path / "store"),
+                       "resources": {**raw["resources"], "fuse": fuse}, **over})
+
+
+def _record(spec, ks: dict, model="cnn-small", kind="cpu", batch=None):
+    """What `kdsweep plan --measure` records (store/measured.py), with given speedups."""
+    from kd_core.profile import FusionProfile
+    from sweeps.store.measured import entry, write_fusion
+    from sweeps.store.storage import Storage
+
+    profiles = [FusionProfile("cpu", k, 100.0, 100.0 * x, 2**28) for k, x in ks.items()]
+    e = entry(model, kind == "gpu", "cpu", spec, 1, 10, 2, profiles)
+    if batch is not None:
+        e["batch_size"] = batch
+    return write_fusion(Storage(spec.storage), spec, [e])
+
+
+def test_fuse_auto_follows_the_recorded_measurement(tmp_path, caplog):
+    """`plan --measure`'s record in the sweep's storage decides `fuse: auto`: fusion measured
+    to pay fuses (at the best K), measured not to pay keeps one per job; a record for another
+    batch size, or none, or a corrupt one: the rule (no fusion on a CPU), with one warning."""
+    from sweeps.ray.engine import fuse_limit
+
+    spec = _on(tmp_path)
+    student = next(t for t in build_plan(spec).trials if t.generation == 1)
+    teacher = next(t for t in build_plan(spec).trials if t.generation == 0)
+
+    def limit(s):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="sweeps"):
+            lim = fuse_limit(s)
+            out = [lim(student), lim(student), lim(teacher)]
+        warned = [r.getMessage() for r in caplog.records]
+        assert len(warned) <= 1  # once per architecture, never for a teacher
+        return out[0], warned
+
+    k, warned = limit(spec)  # no record: the rule, and a line saying so
+    assert k == 1 and "fuse: auto: no fusion measurement for cnn-small on cpu" in warned[0]
+    assert "none (`kdsweep plan --measure` records one)" in warned[0]
+
+    uri = _record(spec, {2: 1.3, 3: 1.7})  # pays: fuse the K that paid best
+    assert uri.endswith("sweeps/sched/local/fusion.json")
+    assert limit(spec) == (3, [])
+    _record(spec, {2: 0.9, 3: 1.05})  # measured, does not pay (fusion.PAYS): one per job
+    assert limit(spec) == (1, [])
+    # fuse: off and a fixed K never read it
+    assert limit(_on(tmp_path, "off")) == (1, []) and limit(_on(tmp_path, 2)) == (2, [])
+
+    _record(spec, {3: 1.8}, batch=512)  # measured at another batch size: not this sweep's
+    k, warned = limit(spec)
+    assert k == 1 and "holds no cpu measurement of cnn-small at batch 128" in warned[0]
+
+    path = tmp_path / "store/sweeps/sched/local/fusion.json"
+    _record(spec, {3: 1.8})
+    path.write_text(path.read_text().replace("1.8", "9.8"))  # a digit changed under the seal
+    k, warned = limit(spec)
+    assert k == 1 and "fusion.json: corrupt" in warned[0] and "fusing by the rule" in warned[0]
+    path.write_text("{not json")
+    k, warned = limit(spec)
+    assert k == 1 and "corrupt (not valid JSON" in warned[0]
+
+    gpu = _on(tmp_path, resources={"cpu": 1, "gpu": 1, "fuse": "auto"})  # the GPU rule: 8
+    k, warned = limit(gpu)
+    assert k == 8 and "on gpu" in warned[0]

@@ -36,13 +36,16 @@ from ray.tune.execution import class_cache
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 
-from ..domain.fusion import group_limit
+from ..domain.fusion import group_limit, sibling_key
 from ..domain.scheduler import Job, Scheduler
 from ..domain.settings import env_number
 from ..domain.spec import ResourcesSpec, SearchSpec, SpecError, SweepSpec
 from ..store.ledger import Ledger, TrialState
-from ..store.storage import AWS_CREDENTIALS, StorageFull, node_cache
+from ..store.measured import fusion_file, read_fusion
+from ..store.storage import AWS_CREDENTIALS, Storage, StorageFull, node_cache
 from .trial import WorkerMessage, run_job
+
+log = logging.getLogger(__name__)
 
 
 def connect(address: str | None, runtime_env: dict | None = None) -> None:
@@ -599,15 +602,32 @@ def run_experiment(spec: SweepSpec, ledger: Ledger, scheduler: Scheduler, events
 
 def fuse_limit(spec: SweepSpec):
     """The most siblings one job of a trial's architecture trains (fusion.group_limit, from
-    ``resources.fuse``). Under ASHA every student is its own job: ASHA stops Tune trials, and a
-    member stopped alone would need the driver to tell its job to drop it (not built yet)."""
+    ``resources.fuse``). ``auto`` reads what `kdsweep plan --measure` recorded in the sweep's
+    storage (store/measured.py: fused / separate student-steps/s by K, per architecture and
+    device kind), once here; without a record that reads, or for an architecture it does not
+    hold, the rule, with one warning line. Under ASHA every student is its own job."""
     resources = spec.resources
+    measured: dict = {}
+    problem = ""
+    if resources.fuse == "auto":
+        measured, problem = read_fusion(Storage(spec.storage), spec)
+    warned: set = set()
 
     def limit(trial) -> int:
         if spec.search.asha is not None:
             return 1
         gpu = resources.for_model(trial.model)["gpu"] > 0
-        return group_limit(resources.fuse, trial.model, gpu)
+        kind = "gpu" if gpu else "cpu"
+        found = measured.get((trial.model, kind))
+        if (resources.fuse == "auto" and found is None and sibling_key(trial) is not None
+                and (trial.model, kind) not in warned):
+            warned.add((trial.model, kind))
+            why = problem or (f"{fusion_file(spec)} holds no {kind} measurement of "
+                              f"{trial.model} at batch {spec.train.batch_size}")
+            log.warning("fuse: auto: no fusion measurement for %s on %s (%s): fusing by the "
+                        "rule (up to %d)", trial.model, kind, why,
+                        group_limit("auto", trial.model, gpu))
+        return group_limit(resources.fuse, trial.model, gpu, measured=found)
 
     return limit
 

@@ -98,6 +98,7 @@ class SweepFile(StrEnum):
     ADDED = "added"
     RESULTS = "results.parquet"
     LEASE = "driver.lease"
+    FUSION = "fusion.json"  # `kdsweep plan --measure`'s fused / separate figures (measured.py)
 
 
 def bank_name(dtype: str) -> str:
