@@ -91,9 +91,10 @@ def test_the_searcher_hands_out_siblings_as_one_job_and_ends_each_member_on_its_
     off, auto = fuse("off"), fuse("auto")
     asha = parse_spec({**spec.model_dump(mode="json"), "dataset": {"name": "digits",
                        "validation": 0.2}, "search": {"asha": {"grace_period": 1}}})
-    for other in (off, auto, asha):  # auto on a CPU: no; under ASHA every student alone
+    for other in (off, auto):  # auto on a CPU without a measurement: no
         assert fuse_limit(other)(first) == 1
     assert fuse_limit(spec)(first) == 9
+    assert fuse_limit(asha)(first) == 9  # under ASHA too: it ranks and stops each member
 
 
 def _on(tmp_path, fuse="auto", **over):

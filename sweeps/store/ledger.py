@@ -85,6 +85,7 @@ class TrialFile(StrEnum):
     ATTEMPTS = "attempts.json"
     CHECKPOINT_A = "checkpoint-a.pt"
     CHECKPOINT_B = "checkpoint-b.pt"
+    STOP = "stop.json"  # ASHA stopped this fused job's member: {job: Tune trial id, epoch}
 
 
 # the trial's two checkpoint slots, written in turn (resume.TrialCheckpoints)
