@@ -164,3 +164,51 @@ def test_fuse_auto_follows_the_recorded_measurement(tmp_path, caplog):
     gpu = _on(tmp_path, resources={"cpu": 1, "gpu": 1, "fuse": "auto"})  # the GPU rule: 8
     k, warned = limit(gpu)
     assert k == 8 and "on gpu" in warned[0]
+
+
+def test_optuna_samples_of_one_teacher_fuse_as_siblings():
+    """A sampled student's job takes its source's next samples as siblings, asked at once, up
+    to the limit and the source's budget; each member is told its value as it ends."""
+    from sweeps.domain.plan import make_trial
+    from sweeps.domain.scheduler import Scheduler
+    from tests.test_scheduler import Events, work
+
+    spec = spec_of(chains=[["cnn-medium", "cnn-small"]])
+    [teacher] = [t for t in build_plan(spec).trials if t.generation == 0]
+
+    class Taus:  # optuna's face (sampling.py): asks from a list, records what it is told
+        def __init__(self, taus):
+            self.teacher, self.model, self.taus, self.told = teacher, "cnn-small", taus, []
+
+        def left(self):
+            return len(self.taus)
+
+        def ask(self):
+            return make_trial(spec, "cnn-small", teacher, loss="kl", tau=self.taus.pop(0),
+                              alpha=1.0, noise_rate=teacher.noise_rate, seed=teacher.seed)
+
+        def tell(self, key, value):
+            self.told.append((key, value))
+
+    src = Taus([1.0, 2.0, 4.0, 2.0, 8.0, 16.0])  # the second 2.0: a sample already in flight
+    s = Scheduler(spec, [teacher], [teacher], done=(), banks=(), values={},
+                  priority=work(spec), wants_bank=lambda n: False, listener=Events(),
+                  sources=[src])
+    s.start("t", s.next_job())
+    s.complete("t", done=True, value=0.9)
+    job = s.with_siblings(s.next_job(), 3)
+    assert [t.tau for t in job.members] == [1.0, 2.0, 4.0]
+    assert len({sibling_key(t) for t in job.members}) == 1
+    s.start("g", job)
+    rest = s.with_siblings(s.next_job(), 3)  # 2.0 again is told when it ends, not trained twice
+    assert [t.tau for t in rest.members] == [8.0, 16.0] and src.left() == 0
+    s.start("r", rest)
+    assert s.next_job() is None
+    for t, v in zip(job.members, (0.5, 0.6, 0.7), strict=True):
+        s.member_ended(t.key, done=True, value=v)
+    s.complete("g", done=True)
+    s.complete("r", done=True, value=0.8)
+    # each key told once (the source tells each of its asks of it: sampling.py)
+    assert sorted(k for k, _ in src.told) == sorted(t.key for t in job.members + rest.members)
+    told = dict(src.told)
+    assert told[job.members[1].key] == 0.6 and told[rest.trial.key] == 0.8 and s.finished()
