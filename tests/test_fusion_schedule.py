@@ -50,6 +50,9 @@ def test_fuse_rule_and_spec_field():
     assert group_limit("auto", "wrn-16-2", gpu=True) == 8
     assert group_limit("auto", "cnn-small", gpu=False, measured={2: 1.3, 4: 1.8, 8: 1.7}) == 4
     assert group_limit("auto", "cnn-small", gpu=False, measured={4: 1.02}) == 1
+    # the smallest K within NEAR (95%) of the best: 4 at 1.68x against 7 at 1.71x
+    assert group_limit("auto", "cnn-small", gpu=False, measured={2: 1.25, 4: 1.68, 7: 1.71}) == 4
+    assert group_limit("auto", "wrn-16-2", gpu=True, measured={4: 2.63, 8: 4.45, 9: 3.82}) == 8
     spec = spec_of()
     assert spec.resources.fuse == "auto"
     raw = spec.model_dump(mode="json")
