@@ -54,6 +54,9 @@ def _plan(args) -> int:
     return 0
 
 
+FUSION_ROUNDS = 3  # plan --measure's rounds of fused against separate steps
+
+
 def _measure(spec, plan, args, data) -> None:
     import ray
 
@@ -86,12 +89,14 @@ def _measure(spec, plan, args, data) -> None:
     )
     if not groups:
         return
-    fused = measure_fusion(spec, groups, args.steps)
+    # fused vs separate is a ratio of short timings: three interleaved rounds, medians (a
+    # loaded machine still moves it: measure where the sweep will run, as quiet as it will be)
+    fused = measure_fusion(spec, groups, args.steps, FUSION_ROUNDS)
     print(render_fusion(fused, groups, args.steps))
     gpu = spec.resources.uses_gpu
     uri = write_fusion(Storage(spec.storage), spec, [
         entry(s.model, gpu, p[0].device, spec, int(spec.resources.for_model(s.model)["cpu"]),
-              args.steps, 2, p) for s, p in fused.items()])
+              args.steps, FUSION_ROUNDS, p) for s, p in fused.items()])
     print(f"fusion measurements recorded in {uri} (fuse: auto reads them)")
 
 
