@@ -38,6 +38,8 @@ def main():
     p.add_argument("--spec", default=str(ROOT / "sweeps/configs/digits.yaml"))
     p.add_argument("--seeds", default=None, help="comma-separated: a reduced copy of the spec")
     p.add_argument("--variants", default="7,off", help="resources.fuse values")
+    p.add_argument("--noise", default=None, help="comma-separated noise rates (a reduced copy)")
+    p.add_argument("--epochs", type=int, default=None, help="train.epochs (a reduced copy)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--json", default=None)
     p.add_argument("--measure", action="store_true",
@@ -46,6 +48,10 @@ def main():
     base = yaml.safe_load(Path(args.spec).read_text())
     if args.seeds:
         base["grid"]["seeds"] = [int(s) for s in args.seeds.split(",")]
+    if args.noise is not None:
+        base["grid"]["noise"]["rate"] = [float(r) for r in args.noise.split(",")]
+    if args.epochs is not None:
+        base["train"]["epochs"] = args.epochs
     work = Path(tempfile.mkdtemp(prefix="kdsweep-fused-sweep-"))
     loads: list[tuple[str, float, float]] = []
 
@@ -88,7 +94,8 @@ def main():
     finally:
         shutil.rmtree(work, ignore_errors=True)
     seeds = base["grid"]["seeds"]
-    print(f"{Path(args.spec).name}, seeds {seeds}; wall seconds of `kdsweep run`, "
+    print(f"{Path(args.spec).name}, seeds {seeds}, noise {base['grid']['noise']['rate']}, "
+          f"{base['train']['epochs']} epochs; wall seconds of `kdsweep run`, "
           f"min / median over {args.rounds} rounds")
     for v in names:
         print(f"fuse={v}: {fmt(out[v], 1)}")
