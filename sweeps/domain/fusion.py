@@ -17,7 +17,10 @@ sweep's, shared by all): trials that differ only in loss, tau and alpha (``sibli
   benchmarks/fused_epoch.py: 1.0-2.1x for the demo's epoch), WideResNets and ResNets lose
   (0.54x: their convolutions already fill the cores), and the demo's whole sweep, `fuse: 9`
   against `off` on the loaded 2-core machine, ran 0.57x-1.78x (median 1.23x over four
-  rounds: benchmarks/fused_sweep.py, RESULTS.md), not settled. ``fuse: K`` fuses on CPUs.
+  rounds: benchmarks/fused_sweep.py, RESULTS.md), not settled; after the fused job's own
+  overheads were cut (a fused job of 7 then ran 1.6x its 7 separate jobs), a reduced demo
+  sweep at 5 epochs ran 0.61x-1.18x (two rounds, the lower one disturbed): still no CPU rule.
+  ``fuse: K``, or a `plan --measure` record, fuses on CPUs.
 
 The scheduler never holds a ready student back to fill a group: a group is the siblings ready
 together when a job starts (a teacher's students become ready at once).
