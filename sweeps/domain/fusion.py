@@ -19,7 +19,8 @@ sweep's, shared by all): trials that differ only in loss, tau and alpha (``sibli
   against `off` on the loaded 2-core machine, ran 0.57x-1.78x (median 1.23x over four
   rounds: benchmarks/fused_sweep.py, RESULTS.md), not settled; after the fused job's own
   overheads were cut (a fused job of 7 then ran 1.6x its 7 separate jobs), a reduced demo
-  sweep at 5 epochs ran 0.61x-1.18x (two rounds, the lower one disturbed): still no CPU rule.
+  sweep at 5 epochs ran 0.61x-1.18x at 7 per job (two rounds, the lower one disturbed) and
+  0.99x-1.23x at 4: still no CPU rule.
   ``fuse: K``, or a `plan --measure` record, fuses on CPUs.
 
 The scheduler never holds a ready student back to fill a group: a group is the siblings ready
