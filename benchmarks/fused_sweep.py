@@ -6,6 +6,8 @@ each round). Counted: the run's wall time (`kdsweep run` only, no report), min a
 and the paired ratio off / fused. The machine's load average is printed at each run.
 
     PYTHONPATH=. .venv/bin/python benchmarks/fused_sweep.py --rounds 2 --seeds 0
+    PYTHONPATH=. .venv/bin/python benchmarks/fused_sweep.py --rounds 2 --seeds 0 \
+        --variants auto,off --measure     # auto as it decides from plan --measure's record
 
 (fuse 7: a teacher's 7 siblings per job, as `auto` fused them on CPUs when the figures in
 benchmarks/RESULTS.md were measured with ``--variants auto,off``.)
@@ -36,12 +38,20 @@ def main():
     p.add_argument("--spec", default=str(ROOT / "sweeps/configs/digits.yaml"))
     p.add_argument("--seeds", default=None, help="comma-separated: a reduced copy of the spec")
     p.add_argument("--variants", default="7,off", help="resources.fuse values")
+    p.add_argument("--noise", default=None, help="comma-separated noise rates (a reduced copy)")
+    p.add_argument("--epochs", type=int, default=None, help="train.epochs (a reduced copy)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--json", default=None)
+    p.add_argument("--measure", action="store_true",
+                   help="before each `auto` run, `kdsweep plan --measure` (its fusion record)")
     args = p.parse_args()
     base = yaml.safe_load(Path(args.spec).read_text())
     if args.seeds:
         base["grid"]["seeds"] = [int(s) for s in args.seeds.split(",")]
+    if args.noise is not None:
+        base["grid"]["noise"]["rate"] = [float(r) for r in args.noise.split(",")]
+    if args.epochs is not None:
+        base["train"]["epochs"] = args.epochs
     work = Path(tempfile.mkdtemp(prefix="kdsweep-fused-sweep-"))
     loads: list[tuple[str, float, float]] = []
 
@@ -52,6 +62,17 @@ def main():
                                           "fuse": int(fuse) if fuse.isdigit() else fuse},
                     "storage": str(tmp / "store"), "tracking_uri": f"sqlite:///{tmp}/mlflow.db"}
             (tmp / "spec.yaml").write_text(yaml.safe_dump(spec))
+            if fuse == "auto" and args.measure:  # the record auto reads, before the clock
+                t0 = time.perf_counter()
+                out = subprocess.run([sys.executable, "-m", "sweeps.cli", "plan", "spec.yaml",
+                                      "--measure"], cwd=tmp, capture_output=True, text=True,
+                                     timeout=1800)
+                if out.returncode != 0:
+                    sys.exit(f"plan --measure: exit {out.returncode}\n{out.stderr[-2000:]}")
+                print("\n".join(line for line in out.stdout.splitlines()
+                                if line.startswith(("fusion", "cnn-", "  fuse")))
+                      + f"\n(plan --measure: {time.perf_counter() - t0:.1f} s, not counted)",
+                      flush=True)
             before = os.getloadavg()[0]
             t0 = time.perf_counter()
             out = subprocess.run([sys.executable, "-m", "sweeps.cli", "run", "spec.yaml"],
@@ -73,7 +94,8 @@ def main():
     finally:
         shutil.rmtree(work, ignore_errors=True)
     seeds = base["grid"]["seeds"]
-    print(f"{Path(args.spec).name}, seeds {seeds}; wall seconds of `kdsweep run`, "
+    print(f"{Path(args.spec).name}, seeds {seeds}, noise {base['grid']['noise']['rate']}, "
+          f"{base['train']['epochs']} epochs; wall seconds of `kdsweep run`, "
           f"min / median over {args.rounds} rounds")
     for v in names:
         print(f"fuse={v}: {fmt(out[v], 1)}")

@@ -238,10 +238,20 @@ class FusedGroup:
                 own = logits[i] if logits is not None else None
                 yield t, t.end_epoch(sums[i], lrs[i], t0, train_time, own)
 
-    def _train_epoch(self, group: list[Trainer]
+    def time_steps(self, steps: int, warmup: int = 2) -> float:
+        """Seconds per fused training step of the active members (after ``warmup`` untimed
+        steps), as ``Trainer.time_steps``: trains the weights, counts no epoch; for deciding
+        whether fusion pays (`kdsweep plan --measure`), not for a run."""
+        self._train_epoch(self.active, warmup)
+        t0 = time.perf_counter()
+        self._train_epoch(self.active, steps)  # its sums' .tolist() waits for the device
+        return (time.perf_counter() - t0) / steps
+
+    def _train_epoch(self, group: list[Trainer], max_steps: int | None = None
                      ) -> tuple[list[list[float]], list[Callable] | None]:
-        """One epoch of ``group`` fused: each member's sums, and (when its next epoch
-        evaluates) a function from a split's images to its logits from one fused pass."""
+        """One epoch of ``group`` fused (its first ``max_steps`` batches, if given): each
+        member's sums, and (when its next epoch evaluates, on a GPU) a function from a split's
+        images to its logits from one fused pass."""
         lead = group[0]
         aug, dev = lead.data.augment, lead.device
         fused = FusedModel([t.model for t in group], lead.memory_format)
@@ -257,7 +267,8 @@ class FusedGroup:
             t.model.train()
         fused.train()
         fused.load()
-        for idx, x, y, z_bank in lead.batches(perm, views, z_epoch, n):
+        stop = n if max_steps is None else min(n, max_steps * lead.config.batch_size)
+        for idx, x, y, z_bank in lead.batches(perm, views, z_epoch, stop):
             with torch.autocast(dev.type, torch.bfloat16, enabled=lead.autocast):
                 z_t = lead.teacher_logits(x, z_bank)
                 zs = fused(x)
@@ -274,11 +285,16 @@ class FusedGroup:
                 sums[i] += t.batch_sums(loss, z, z_t, y, y_clean)
         fused.store()
         out = sums.tolist()  # the epoch's one host sync
-        # The members' next epoch numbers are all lead.epoch + 1: evaluate them in one pass.
+        # The members' next epoch numbers are all lead.epoch + 1: due for all or none.
         lead.epoch += 1
         due = lead.eval_due()
         lead.epoch -= 1
-        return out, (self._eval(fused, group) if due else None)
+        # On a CPU each member evaluates with its own model (dense convolutions): at
+        # evaluation's batch of 1024, compute-bound, a grouped convolution of 7 members ran
+        # 1.2-2.4x the time of the 7 dense ones (cnn-small, cnn-medium, digits' test split).
+        # On a GPU, launch-bound, one fused pass per split.
+        fused_eval = due and dev.type == "cuda"
+        return out, (self._eval(fused, group) if fused_eval else None)
 
     def _eval(self, fused: FusedModel, group: list[Trainer]) -> list[Callable]:
         """Per member, a function from a split's images (its test or validation images) to its

@@ -174,6 +174,92 @@ def profile_run(
     )
 
 
+# The settings of a measured group of K siblings (the first K, cycled): what differs between
+# siblings (loss, tau, alpha) costs the same whatever its value, save mse against kl.
+FUSION_SETTINGS = (("kl", 4.0, 1.0), ("mse", 1.0, 1.0), ("kl", math.inf, 1.0), ("kl", 20.0, 1.0),
+                   ("kl", 0.5, 1.0), ("kl", 4.0, 0.9), ("kl", 20.0, 0.9), ("kl", 1.0, 1.0))
+
+
+@dataclass(frozen=True)
+class FusionProfile:
+    """K sibling students fused (kd_core/fused.py) against the same students trained one after
+    another, on one device: student-steps per second each way (median over rounds), and the
+    fused job's footprint on the device."""
+
+    device: str  # "cpu" or the GPU's name
+    k: int
+    separate: float  # student-steps/s of one student at a time
+    fused: float  # student-steps/s of the K as one fused job (K x its steps/s)
+    footprint: int  # bytes: CUDA, the allocator's peak reserved plus the context; CPU, peak RSS
+
+    @property
+    def speedup(self) -> float:
+        return self.fused / self.separate
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "speedup": self.speedup}
+
+
+def profile_fusion(
+    run: RunSpec,
+    teacher_model: str,
+    logit_source: str,
+    ks: list[int],
+    steps: int = 10,
+    rounds: int = 2,
+) -> list[FusionProfile]:
+    """Student-steps/s of ``run``'s architecture trained alone and as fused groups of each K in
+    ``ks`` (siblings of a stand-in teacher: a bank of random logits, or an untrained
+    ``teacher_model`` online), ``steps`` timed steps after warm-up, the modes interleaved over
+    ``rounds`` (rotated), medians. The footprint of K is measured after the smaller Ks ran
+    (the CPU's peak resident set only grows): an upper bound there, exact on a GPU."""
+    import dataclasses
+    import statistics
+
+    from .fused import FusedGroup
+
+    device = resolve_device(run.train.device)
+    cuda = device.type == "cuda"
+    run_data = load_run_data(run)
+    data = run_data[0]
+    teacher = bank = None
+    if logit_source in ("private", "shared"):
+        bank = _stand_in_bank(data, getattr(torch, run.train.bank_dtype))
+    else:
+        teacher = init_model(teacher_model, data, run.train.seed)
+
+    def trainer(i: int):
+        loss, tau, alpha = FUSION_SETTINGS[i % len(FUSION_SETTINGS)]
+        cfg = dataclasses.replace(run.train, loss=loss, tau=tau, alpha=alpha, epochs=1000)
+        return build_trainer(dataclasses.replace(run, train=cfg), teacher, run_data, bank)[0]
+
+    alone = trainer(0)
+    groups = {k: FusedGroup([trainer(i) for i in range(k)]) for k in sorted(ks)}
+    rates: dict = {k: [] for k in ["separate", *groups]}
+    footprint: dict[int, int] = {}
+    order = ["separate", *groups]
+    for r in range(rounds):
+        for mode in order[r % len(order):] + order[:r % len(order)]:
+            if cuda:
+                torch.cuda.synchronize(device)
+                torch.cuda.reset_peak_memory_stats(device)
+            if mode == "separate":
+                rates[mode].append(1 / alone.time_steps(steps)[0])
+                continue
+            rates[mode].append(mode / groups[mode].time_steps(steps))
+            if cuda:
+                free, total = torch.cuda.mem_get_info(device)
+                context = max(0, total - free - torch.cuda.memory_reserved(device))
+                peak = torch.cuda.max_memory_reserved(device) + context
+            else:
+                peak = _peak_rss()
+            footprint[mode] = max(footprint.get(mode, 0), peak)
+    name = torch.cuda.get_device_name(device) if cuda else "cpu"
+    separate = statistics.median(rates["separate"])
+    return [FusionProfile(name, k, separate, statistics.median(rates[k]), footprint[k])
+            for k in groups]
+
+
 def forward_macs(name: str, num_classes: int, image_shape: tuple[int, ...]) -> int:
     """Multiply-accumulates of one forward pass of model ``name`` on one image (convolutions and
     linear layers): the model built on the meta device and given uninitialised CPU storage, run

@@ -256,12 +256,15 @@ class Trainer:
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
             return predict(model, images, self.prepare, 1024)
 
-    def analyse(self, teacher: nn.Module | None,
-                keep_logits: bool = False) -> tuple[dict[str, float], dict, dict]:
+    def analyse(self, teacher: nn.Module | None, keep_logits: bool = False,
+                teacher_outputs: dict | None = None) -> tuple[dict[str, float], dict, dict]:
         """The paper's analyses (analysis.py) of the model as it stands, against ``teacher``
         (None: trained on labels), on the unaugmented training set (clean labels) and the test
         set: scalars named ``<split>_<measure>``, distributions by split, and the test set's
-        per-image predictions (analysis.predictions; its logits with ``keep_logits``)."""
+        per-image predictions (analysis.predictions; its logits with ``keep_logits``).
+        ``teacher_outputs``: a dict the teacher's outputs per split are kept in and read from,
+        shared by students of one teacher and data (a fused group's members, kd_core/fused.py),
+        so that the teacher runs once for all of them."""
         if teacher is not None:
             teacher = teacher.to(self.device, memory_format=self.memory_format)
         weight = self.model.head.weight.detach().float()
@@ -270,7 +273,12 @@ class Trainer:
         for split, x, y in splits:
             with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
                 mine = outputs(self.model, x, self.prepare, 1024)
-                theirs = None if teacher is None else outputs(teacher, x, self.prepare, 1024)
+                theirs = None
+                if teacher is not None:
+                    cache = {} if teacher_outputs is None else teacher_outputs
+                    if split not in cache:
+                        cache[split] = outputs(teacher, x, self.prepare, 1024)
+                    theirs = cache[split]
             s, d = analyse(mine, theirs, y, weight)
             scalars.update({f"{split}_{k}": v for k, v in s.items()})
             dists[split] = d

@@ -54,17 +54,32 @@ def _plan(args) -> int:
     return 0
 
 
+FUSION_ROUNDS = 3  # plan --measure's rounds of fused against separate steps
+
+
 def _measure(spec, plan, args, data) -> None:
     import ray
 
     from .app.preflight import check_dataset, check_fits, local_resources
     from .app.sweep import connect
-    from .ray.packing import measure, plan_shapes, render, suggest
+    from .ray.packing import (
+        measure,
+        measure_fusion,
+        plan_shapes,
+        render,
+        render_fusion,
+        sibling_groups,
+        suggest,
+    )
     from .ray.plugins import runtime_env
+    from .store.measured import entry, write_fusion
+    from .store.storage import Storage
 
     if args.address is None:
         check_fits(spec.resources, spec.architectures, local_resources())
-    counts = plan_shapes(spec, plan, data if data is not None else check_dataset(spec.dataset))
+    data = data if data is not None else check_dataset(spec.dataset)
+    counts = plan_shapes(spec, plan, data)
+    groups = sibling_groups(spec, plan, data)
     connect(args.address, runtime_env(spec))  # the plugins' files, for the measuring workers
     if args.address is None:
         check_fits(spec.resources, spec.architectures, ray.cluster_resources())
@@ -72,6 +87,17 @@ def _measure(spec, plan, args, data) -> None:
     print(
         render(spec, counts, measured, suggest(measured, max_per_gpu=args.max_per_gpu), args.steps)
     )
+    if not groups:
+        return
+    # fused vs separate is a ratio of short timings: three interleaved rounds, medians (a
+    # loaded machine still moves it: measure where the sweep will run, as quiet as it will be)
+    fused = measure_fusion(spec, groups, args.steps, FUSION_ROUNDS)
+    print(render_fusion(fused, groups, args.steps))
+    gpu = spec.resources.uses_gpu
+    uri = write_fusion(Storage(spec.storage), spec, [
+        entry(s.model, gpu, p[0].device, spec, int(spec.resources.for_model(s.model)["cpu"]),
+              args.steps, FUSION_ROUNDS, p) for s, p in fused.items()])
+    print(f"fusion measurements recorded in {uri} (fuse: auto reads them)")
 
 
 def _run(args) -> int:

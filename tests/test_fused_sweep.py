@@ -148,3 +148,34 @@ def test_a_killed_fused_job_resumes_each_member_from_its_own_checkpoint(tmp_path
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "train_loss")]
         assert sorted(steps) == list(range(1, EPOCHS + 1)), steps  # none twice, none missing
         assert r.info.status == "FINISHED"
+
+
+def test_asha_stops_fused_members_one_by_one_and_the_others_go_on(local_ray, tmp_path):
+    """ASHA (grace 1 epoch, factor 3) over a teacher's six students fused as one job: each
+    member is ranked on its own (engine.StudentASHA); a member it stops leaves the job at the
+    epoch of the decision, stopped early with its own result and no model (so no students),
+    while the others train to the end in the same job."""
+    raw = spec_with(tmp_path, "asha", 6, epochs=4).model_dump(mode="json")
+    raw |= {"dataset": {"name": "digits", "validation": 0.2},
+            "grid": {"loss": ["kl"], "tau": [0.5, 1, 2, 4, 8, 20], "seeds": [0],
+                     "baselines": False},
+            "search": {"type": "grid", "asha": {"grace_period": 1, "reduction_factor": 3}}}
+    spec = parse_spec(raw)
+    members = [t for t in build_plan(spec).trials if t.generation == 1]
+    t0 = time.time()
+    run_sweep(spec, out=io.StringIO())
+    print(f"the sweep in {time.time() - t0:.1f} s")
+    assert len(jobs_run(spec)) == 2  # the teacher, and its six students as one job
+    ledger = Ledger(Storage(spec.storage))
+    results = {t.key: ledger.result(t.key) for t in members}
+    stopped = [k for k, r in results.items() if r.state == "stopped_early"]
+    assert stopped and len(stopped) < len(members), {k: r.state for k, r in results.items()}
+    client, runs = trial_runs(spec)
+    for key, r in results.items():
+        steps = [m.step for m in client.get_metric_history(runs[key].info.run_id, "train_loss")]
+        assert sorted(steps) == [h["epoch"] for h in r.history]  # each epoch once, as recorded
+        if key in stopped:
+            assert r.epochs < 4 and not ledger.has_model(key) and "ASHA" in r.reason
+            assert runs[key].data.tags["kdsweep.state"] == "stopped_early"
+        else:
+            assert r.state == "done" and r.epochs == 4 and ledger.has_model(key)

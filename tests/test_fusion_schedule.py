@@ -4,6 +4,7 @@ never waited for; each member ends on its own; resources.fuse and its rule (fusi
 import pytest
 
 from sweeps.domain.fusion import group_limit, sibling_key
+from sweeps.domain.plan import build_plan
 from sweeps.domain.scheduler import Job
 from sweeps.domain.spec import SpecError, parse_spec
 from tests.test_scheduler import scheduler, spec_of
@@ -49,6 +50,9 @@ def test_fuse_rule_and_spec_field():
     assert group_limit("auto", "wrn-16-2", gpu=True) == 8
     assert group_limit("auto", "cnn-small", gpu=False, measured={2: 1.3, 4: 1.8, 8: 1.7}) == 4
     assert group_limit("auto", "cnn-small", gpu=False, measured={4: 1.02}) == 1
+    # the smallest K within NEAR (95%) of the best: 4 at 1.68x against 7 at 1.71x
+    assert group_limit("auto", "cnn-small", gpu=False, measured={2: 1.25, 4: 1.68, 7: 1.71}) == 4
+    assert group_limit("auto", "wrn-16-2", gpu=True, measured={4: 2.63, 8: 4.45, 9: 3.82}) == 8
     spec = spec_of()
     assert spec.resources.fuse == "auto"
     raw = spec.model_dump(mode="json")
@@ -90,6 +94,124 @@ def test_the_searcher_hands_out_siblings_as_one_job_and_ends_each_member_on_its_
     off, auto = fuse("off"), fuse("auto")
     asha = parse_spec({**spec.model_dump(mode="json"), "dataset": {"name": "digits",
                        "validation": 0.2}, "search": {"asha": {"grace_period": 1}}})
-    for other in (off, auto, asha):  # auto on a CPU: no; under ASHA every student alone
+    for other in (off, auto):  # auto on a CPU without a measurement: no
         assert fuse_limit(other)(first) == 1
     assert fuse_limit(spec)(first) == 9
+    assert fuse_limit(asha)(first) == 9  # under ASHA too: it ranks and stops each member
+
+
+def _on(tmp_path, fuse="auto", **over):
+    spec = spec_of(taus=(1, 4, 20), chains=[["cnn-medium", "cnn-small"]])
+    raw = spec.model_dump(mode="json")
+    return parse_spec({**raw, "storage": str(tmp_path / "store"),
+                       "resources": {**raw["resources"], "fuse": fuse}, **over})
+
+
+def _record(spec, ks: dict, model="cnn-small", kind="cpu", batch=None):
+    """What `kdsweep plan --measure` records (store/measured.py), with given speedups."""
+    from kd_core.profile import FusionProfile
+    from sweeps.store.measured import entry, write_fusion
+    from sweeps.store.storage import Storage
+
+    profiles = [FusionProfile("cpu", k, 100.0, 100.0 * x, 2**28) for k, x in ks.items()]
+    e = entry(model, kind == "gpu", "cpu", spec, 1, 10, 2, profiles)
+    if batch is not None:
+        e["batch_size"] = batch
+    return write_fusion(Storage(spec.storage), spec, [e])
+
+
+def test_fuse_auto_follows_the_recorded_measurement(tmp_path, caplog):
+    """`plan --measure`'s record in the sweep's storage decides `fuse: auto`: fusion measured
+    to pay fuses (at the best K), measured not to pay keeps one per job; a record for another
+    batch size, or none, or a corrupt one: the rule (no fusion on a CPU), with one warning."""
+    from sweeps.ray.engine import fuse_limit
+
+    spec = _on(tmp_path)
+    student = next(t for t in build_plan(spec).trials if t.generation == 1)
+    teacher = next(t for t in build_plan(spec).trials if t.generation == 0)
+
+    def limit(s):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="sweeps"):
+            lim = fuse_limit(s)
+            out = [lim(student), lim(student), lim(teacher)]
+        warned = [r.getMessage() for r in caplog.records]
+        assert len(warned) <= 1  # once per architecture, never for a teacher
+        return out[0], warned
+
+    k, warned = limit(spec)  # no record: the rule, and a line saying so
+    assert k == 1 and "fuse: auto: no fusion measurement for cnn-small on cpu" in warned[0]
+    assert "none (`kdsweep plan --measure` records one)" in warned[0]
+
+    uri = _record(spec, {2: 1.3, 3: 1.7})  # pays: fuse the K that paid best
+    assert uri.endswith("sweeps/sched/local/fusion.json")
+    assert limit(spec) == (3, [])
+    _record(spec, {2: 0.9, 3: 1.05})  # measured, does not pay (fusion.PAYS): one per job
+    assert limit(spec) == (1, [])
+    # fuse: off and a fixed K never read it
+    assert limit(_on(tmp_path, "off")) == (1, []) and limit(_on(tmp_path, 2)) == (2, [])
+
+    _record(spec, {3: 1.8}, batch=512)  # measured at another batch size: not this sweep's
+    k, warned = limit(spec)
+    assert k == 1 and "holds no cpu measurement of cnn-small at batch 128" in warned[0]
+
+    path = tmp_path / "store/sweeps/sched/local/fusion.json"
+    _record(spec, {3: 1.8})
+    path.write_text(path.read_text().replace("1.8", "9.8"))  # a digit changed under the seal
+    k, warned = limit(spec)
+    assert k == 1 and "fusion.json: corrupt" in warned[0] and "fusing by the rule" in warned[0]
+    path.write_text("{not json")
+    k, warned = limit(spec)
+    assert k == 1 and "corrupt (not valid JSON" in warned[0]
+
+    gpu = _on(tmp_path, resources={"cpu": 1, "gpu": 1, "fuse": "auto"})  # the GPU rule: 8
+    k, warned = limit(gpu)
+    assert k == 8 and "on gpu" in warned[0]
+
+
+def test_optuna_samples_of_one_teacher_fuse_as_siblings():
+    """A sampled student's job takes its source's next samples as siblings, asked at once, up
+    to the limit and the source's budget; each member is told its value as it ends."""
+    from sweeps.domain.plan import make_trial
+    from sweeps.domain.scheduler import Scheduler
+    from tests.test_scheduler import Events, work
+
+    spec = spec_of(chains=[["cnn-medium", "cnn-small"]])
+    [teacher] = [t for t in build_plan(spec).trials if t.generation == 0]
+
+    class Taus:  # optuna's face (sampling.py): asks from a list, records what it is told
+        def __init__(self, taus):
+            self.teacher, self.model, self.taus, self.told = teacher, "cnn-small", taus, []
+
+        def left(self):
+            return len(self.taus)
+
+        def ask(self):
+            return make_trial(spec, "cnn-small", teacher, loss="kl", tau=self.taus.pop(0),
+                              alpha=1.0, noise_rate=teacher.noise_rate, seed=teacher.seed)
+
+        def tell(self, key, value):
+            self.told.append((key, value))
+
+    src = Taus([1.0, 2.0, 4.0, 2.0, 8.0, 16.0])  # the second 2.0: a sample already in flight
+    s = Scheduler(spec, [teacher], [teacher], done=(), banks=(), values={},
+                  priority=work(spec), wants_bank=lambda n: False, listener=Events(),
+                  sources=[src])
+    s.start("t", s.next_job())
+    s.complete("t", done=True, value=0.9)
+    job = s.with_siblings(s.next_job(), 3)
+    assert [t.tau for t in job.members] == [1.0, 2.0, 4.0]
+    assert len({sibling_key(t) for t in job.members}) == 1
+    s.start("g", job)
+    rest = s.with_siblings(s.next_job(), 3)  # 2.0 again is told when it ends, not trained twice
+    assert [t.tau for t in rest.members] == [8.0, 16.0] and src.left() == 0
+    s.start("r", rest)
+    assert s.next_job() is None
+    for t, v in zip(job.members, (0.5, 0.6, 0.7), strict=True):
+        s.member_ended(t.key, done=True, value=v)
+    s.complete("g", done=True)
+    s.complete("r", done=True, value=0.8)
+    # each key told once (the source tells each of its asks of it: sampling.py)
+    assert sorted(k for k, _ in src.told) == sorted(t.key for t in job.members + rest.members)
+    told = dict(src.told)
+    assert told[job.members[1].key] == 0.6 and told[rest.trial.key] == 0.8 and s.finished()

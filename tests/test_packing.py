@@ -123,3 +123,33 @@ def test_plan_measure_prints_a_packing_that_the_spec_accepts(tmp_path, local_ray
     spec = parse_spec({**raw, **suggested})
     assert spec.resources.for_model("cnn-small")["memory"] > 0.2 * GiB
     assert not (tmp_path / "store").exists()  # planning writes nothing
+
+
+@pytest.mark.slow
+def test_plan_measure_records_fusion_where_fuse_auto_reads_it(tmp_path, local_ray, kdsweep_here):
+    """Siblings in the plan: `plan --measure` times them fused against one at a time and
+    records it in the sweep's storage (store/measured.py); `fuse: auto` then decides by it."""
+    from sweeps.domain.fusion import PAYS
+    from sweeps.domain.plan import build_plan
+    from sweeps.ray.engine import fuse_limit
+    from sweeps.store.measured import read_fusion
+    from sweeps.store.storage import Storage
+
+    raw = {"name": "fusion", "dataset": {"name": "digits"},
+           "chains": [["cnn-medium", "cnn-small"]], "train": {"epochs": 5, "batch_size": 64},
+           "grid": {"loss": ["kl", "mse"], "tau": [4, 20], "seeds": [0], "baselines": False},
+           "resources": {"cpu": 1}, "storage": str(tmp_path / "store")}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    code, text, err = kdsweep_here("plan", path, "--measure", "--steps", "3")
+    assert code == 0, err
+    spec = parse_spec(raw)
+    measured, problem = read_fusion(Storage(spec.storage), spec)
+    assert problem == "" and set(measured) == {("cnn-small", "cpu")}
+    speedups = measured[("cnn-small", "cpu")]
+    assert set(speedups) == {2, 3}  # K = 2, and the 3 siblings of each teacher
+    assert all(0.1 < x < 3 for x in speedups.values())  # fused can't beat K
+    assert "fusion measurements recorded in" in text and "fuse: auto -> cnn-small" in text
+    best = max(speedups, key=lambda k: (speedups[k], -k))
+    student = next(t for t in build_plan(spec).trials if t.generation == 1)
+    assert fuse_limit(spec)(student) == (best if speedups[best] >= PAYS else 1)

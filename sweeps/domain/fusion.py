@@ -7,8 +7,9 @@ sweep's, shared by all): trials that differ only in loss, tau and alpha (``sibli
 - ``off`` (or 1): every trial its own job, as before fusion.
 - a number K: at most K siblings per job.
 - ``auto`` (the default): where `kdsweep plan --measure` recorded fused against separate
-  student-steps/s for the architecture on this kind of device (``measured``: {K: speedup}),
-  the K with the best speedup, if that speedup is at least ``PAYS``; else no fusion. Without a
+  student-steps/s for the architecture on this kind of device (``measured``: {K: speedup},
+  store/measured.py's record, read by engine.fuse_limit), the smallest K within ``NEAR`` of
+  the best speedup, if that speedup is at least ``PAYS``; else no fusion. Without a
   measurement, the rule of the last measurements (benchmarks/RESULTS.md): on a GPU the
   paper's students are launch-bound and 8 fused WRN-16-2 ran 4.45x the steps of 8 one after
   another, so fuse up to 8. On CPUs nothing, until a sweep is measured to gain: the small
@@ -16,7 +17,11 @@ sweep's, shared by all): trials that differ only in loss, tau and alpha (``sibli
   benchmarks/fused_epoch.py: 1.0-2.1x for the demo's epoch), WideResNets and ResNets lose
   (0.54x: their convolutions already fill the cores), and the demo's whole sweep, `fuse: 9`
   against `off` on the loaded 2-core machine, ran 0.57x-1.78x (median 1.23x over four
-  rounds: benchmarks/fused_sweep.py, RESULTS.md), not settled. ``fuse: K`` fuses on CPUs.
+  rounds: benchmarks/fused_sweep.py, RESULTS.md), not settled; after the fused job's own
+  overheads were cut (a fused job of 7 then ran 1.6x its 7 separate jobs), a reduced demo
+  sweep at 5 epochs ran 0.61x-1.18x at 7 per job (two rounds, the lower one disturbed) and
+  0.99x-1.23x at 4: still no CPU rule.
+  ``fuse: K``, or a `plan --measure` record, fuses on CPUs.
 
 The scheduler never holds a ready student back to fill a group: a group is the siblings ready
 together when a job starts (a teacher's students become ready at once).
@@ -29,6 +34,7 @@ from collections.abc import Mapping
 from .plan import Trial
 
 PAYS = 1.1  # a fused job must run this many times the student-steps/s of separate ones
+NEAR = 0.95  # a K measured within this fraction of the best speedup counts as as good
 CPU_RULE: dict[str, int] = {}  # architecture prefix -> most members, without a measurement,
 # on CPUs (was {"cnn-": 9} while only epochs were measured)
 GPU_RULE = 8
@@ -50,8 +56,12 @@ def group_limit(fuse: str | int, model: str, gpu: bool,
     if isinstance(fuse, int):
         return fuse
     if measured:
-        k, speedup = max(measured.items(), key=lambda kv: (kv[1], -kv[0]))
-        return int(k) if speedup >= PAYS else 1
+        best = max(measured.values())
+        if best < PAYS:
+            return 1
+        # the smallest K within NEAR of the best: smaller groups spread over more slots (a
+        # teacher's 7 siblings as 4 + 3 on two CPUs, not 7 on one) for the same gain per step
+        return int(min(k for k, x in measured.items() if x >= NEAR * best))
     if gpu:
         return GPU_RULE
     return next((k for prefix, k in CPU_RULE.items() if model.startswith(prefix)), 1)

@@ -180,11 +180,19 @@ class Scheduler:
 
     def with_siblings(self, job: Job, limit: int) -> Job:
         """``job`` (a train job from next_job) with up to ``limit`` - 1 of its siblings that are
-        ready now (fusion.py), earliest ready first; never waits for more."""
+        ready now (fusion.py), earliest ready first; never waits for more. A sampled trial's
+        siblings are its source's next samples, asked now (optuna's samples of one teacher
+        fuse as a grid's students do; each is told its value as it ends)."""
         key = sibling_key(job.trial) if job.kind == "train" else None
         if key is None or limit <= 1:
             return job
         ready, taken = self.ready_siblings.get(key, deque()), []
+        for i in sorted(self.asked_by.get(job.trial.key, ()))[:1]:
+            source = self.sources[i]
+            while source.left() > 0 and sum(
+                    ref in self.waiting and ref != job.trial.key for ref in ready) < limit - 1:
+                self._sample(i)  # a new trial joins ``ready``; a known one is told, or waits
+                ready = self.ready_siblings.get(key, deque())
         while ready and len(taken) < limit - 1:
             ref = ready.popleft()
             if ref in self.waiting and ref != job.trial.key and ref not in taken:

@@ -36,13 +36,16 @@ from ray.tune.execution import class_cache
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 
-from ..domain.fusion import group_limit
+from ..domain.fusion import group_limit, sibling_key
 from ..domain.scheduler import Job, Scheduler
 from ..domain.settings import env_number
 from ..domain.spec import ResourcesSpec, SearchSpec, SpecError, SweepSpec
-from ..store.ledger import Ledger, TrialState
-from ..store.storage import AWS_CREDENTIALS, StorageFull, node_cache
+from ..store.ledger import Ledger, TrialFile, TrialState, trial_file
+from ..store.measured import fusion_file, read_fusion
+from ..store.storage import AWS_CREDENTIALS, Storage, StorageFull, node_cache
 from .trial import WorkerMessage, run_job
+
+log = logging.getLogger(__name__)
 
 
 def connect(address: str | None, runtime_env: dict | None = None) -> None:
@@ -484,14 +487,28 @@ class DependencySearcher(Searcher):
         }
 
 
+class _Member:
+    """A fused job's member as ASHA sees a trial: an id (ASHA reads nothing else of a trial)."""
+
+    def __init__(self, key: str):
+        self.trial_id = "member-" + key
+
+
 class StudentASHA(FIFOScheduler):
     """ASHA among the students of each generation (one ASHA per generation, so students are
-    ranked against their own generation); teachers and bank builds always run to the end."""
+    ranked against their own generation); teachers and bank builds always run to the end.
 
-    def __init__(self, search: SearchSpec, epochs: int):
+    A fused job's members are ranked each on its own (its reports name the member,
+    WorkerMessage.member): a member ASHA stops is told to its job through storage (its
+    ``stop.json``, naming the job's Tune trial id and the epoch; ``storage``), which the job
+    reads after each of the member's epochs: it drops the member, publishes it as stopped
+    early and goes on with the others. The job itself is never stopped by ASHA."""
+
+    def __init__(self, search: SearchSpec, epochs: int, storage: Storage | None = None):
         super().__init__()
-        self.search, self.epochs = search, epochs
+        self.search, self.epochs, self.storage = search, epochs, storage
         self.by_generation: dict[int, ASHAScheduler] = {}
+        self.members: set[str] = set()  # members ASHA ranks (added to their generation's)
 
     def _asha(self, trial) -> ASHAScheduler | None:
         job = Job.from_config(trial.config)
@@ -510,24 +527,50 @@ class StudentASHA(FIFOScheduler):
             )
         return self.by_generation[g]
 
+    def _job(self, trial) -> ASHAScheduler | None:
+        """The ASHA of a job of one trial (None for a teacher, a bank, or a fused job)."""
+        return None if Job.from_config(trial.config).siblings else self._asha(trial)
+
     def on_trial_add(self, tune_controller, trial):
-        if asha := self._asha(trial):
+        if asha := self._job(trial):
             asha.on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller, trial, result):
+        if not Job.from_config(trial.config).siblings:
+            asha = self._asha(trial)
+            return asha.on_trial_result(tune_controller, trial, result) if asha else self.CONTINUE
         asha = self._asha(trial)
-        return asha.on_trial_result(tune_controller, trial, result) if asha else self.CONTINUE
+        message = WorkerMessage.of(result)
+        if asha is None or message.member is None:
+            return self.CONTINUE
+        member = _Member(message.member)
+        if message.outcome is not None:  # it ended (its own end, or a stop said)
+            if member.trial_id in self.members:
+                self.members.discard(member.trial_id)
+                asha.on_trial_remove(tune_controller, member)
+            return self.CONTINUE
+        if "epoch" not in result or self.search.metric not in result:
+            return self.CONTINUE
+        if member.trial_id not in self.members:
+            self.members.add(member.trial_id)
+            asha.on_trial_add(tune_controller, member)
+        epoch = int(result["epoch"])
+        if (asha.on_trial_result(tune_controller, member, result) == self.STOP
+                and epoch < self.epochs and self.storage is not None):
+            self.storage.write_json(trial_file(message.member, TrialFile.STOP),
+                                    {"job": trial.trial_id, "epoch": epoch})
+        return self.CONTINUE
 
     def on_trial_complete(self, tune_controller, trial, result):
-        if asha := self._asha(trial):
+        if asha := self._job(trial):
             asha.on_trial_complete(tune_controller, trial, result)
 
     def on_trial_error(self, tune_controller, trial):
-        if asha := self._asha(trial):
+        if asha := self._job(trial):
             asha.on_trial_error(tune_controller, trial)
 
     def on_trial_remove(self, tune_controller, trial):
-        if asha := self._asha(trial):
+        if asha := self._job(trial):
             asha.on_trial_remove(tune_controller, trial)
 
 
@@ -634,15 +677,31 @@ def run_experiment(spec: SweepSpec, ledger: Ledger, scheduler: Scheduler, events
 
 def fuse_limit(spec: SweepSpec):
     """The most siblings one job of a trial's architecture trains (fusion.group_limit, from
-    ``resources.fuse``). Under ASHA every student is its own job: ASHA stops Tune trials, and a
-    member stopped alone would need the driver to tell its job to drop it (not built yet)."""
+    ``resources.fuse``). ``auto`` reads what `kdsweep plan --measure` recorded in the sweep's
+    storage (store/measured.py: fused / separate student-steps/s by K, per architecture and
+    device kind), once here; without a record that reads, or for an architecture it does not
+    hold, the rule, with one warning line. Under ASHA too: StudentASHA ranks and stops a fused
+    job's members one by one."""
     resources = spec.resources
+    measured: dict = {}
+    problem = ""
+    if resources.fuse == "auto":
+        measured, problem = read_fusion(Storage(spec.storage), spec)
+    warned: set = set()
 
     def limit(trial) -> int:
-        if spec.search.asha is not None:
-            return 1
         gpu = resources.for_model(trial.model)["gpu"] > 0
-        return group_limit(resources.fuse, trial.model, gpu)
+        kind = "gpu" if gpu else "cpu"
+        found = measured.get((trial.model, kind))
+        if (resources.fuse == "auto" and found is None and sibling_key(trial) is not None
+                and (trial.model, kind) not in warned):
+            warned.add((trial.model, kind))
+            why = problem or (f"{fusion_file(spec)} holds no {kind} measurement of "
+                              f"{trial.model} at batch {spec.train.batch_size}")
+            log.warning("fuse: auto: no fusion measurement for %s on %s (%s): fusing by the "
+                        "rule (up to %d)", trial.model, kind, why,
+                        group_limit("auto", trial.model, gpu))
+        return group_limit(resources.fuse, trial.model, gpu, measured=found)
 
     return limit
 
@@ -674,7 +733,8 @@ def _run_window(spec: SweepSpec, searcher: DependencySearcher, events, driver_to
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
-            scheduler=StudentASHA(spec.search, spec.train.epochs) if early else None,
+            scheduler=(StudentASHA(spec.search, spec.train.epochs, Storage(spec.storage))
+                       if early else None),
             num_samples=-1,  # the searcher says when it is done
             trial_dirname_creator=lambda t: f"{t.config['job']}-{t.config['trial']['key'][:12]}",
             reuse_actors=True,  # warm workers across generations: no torch import per trial

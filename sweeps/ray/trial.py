@@ -30,7 +30,7 @@ from ..domain.record import EPOCH_FINALS, TrialResult, TrialState
 from ..domain.scheduler import Job
 from ..domain.spec import SweepSpec
 from ..store.lease import ClaimLost, TrialClaim
-from ..store.ledger import CORRUPT, Ledger, SweepFile, sweep_file
+from ..store.ledger import CORRUPT, Ledger, SweepFile, TrialFile, sweep_file, trial_file
 from ..store.resume import Attempts, TrialCheckpoints, flush_on_exit, trained_model
 from ..store.storage import Storage, StorageFull
 from .curve import learning_curve_png
@@ -274,10 +274,12 @@ def finals(metrics: dict) -> dict:
 
 def publish_trial(spec: SweepSpec, trial: Trial, ledger: Ledger, trainer, noisy, attempts: Attempts,
                   started: float, claim: TrialClaim, checkpoints: TrialCheckpoints, forget,
-                  outcome: Outcome, analysed_teacher) -> dict:
+                  outcome: Outcome, analysed_teacher, teacher_outputs: dict | None = None
+                  ) -> dict:
     """Publish ``trial``'s outcome (its model, analyses and result record, through the
     ledger), every epoch of it in storage first; returns what its next report says (its
-    outcome). ``analysed_teacher()``: the teacher its analyses compare with (None: labels)."""
+    outcome). ``analysed_teacher()``: the teacher its analyses compare with (None: labels);
+    ``teacher_outputs``: its outputs, kept for the next sibling's analyses (Trainer.analyse)."""
     state, reason = outcome.state, outcome.reason
     claim.check(confirm=True)
     checkpoints.flush()  # every epoch of the record is in storage first
@@ -303,14 +305,32 @@ def publish_trial(spec: SweepSpec, trial: Trial, ledger: Ledger, trainer, noisy,
     model = dists = per_image = None
     if state == TrialState.DONE:
         model = checkpoint_bytes({**model_state(trainer.model), "trial": trial.to_dict()})
-        record.analysis, dists, per_image = trainer.analyse(analysed_teacher(),
-                                                            spec.train.store_logits)
+        record.analysis, dists, per_image = trainer.analyse(
+            analysed_teacher(), spec.train.store_logits, teacher_outputs)
     curve = learning_curve_png(trainer.history, f"{trial.run_name}: {state}")
     ledger.publish(trial.key, model, record, dists, curve, per_image)
     return {"outcome": state}
 
 
 # ---- fused jobs (kd_core/fused.py): sibling trials trained as one model, each its own trial ---
+
+def asha_stops(spec: SweepSpec, ledger: Ledger):
+    """A fused job's view of ASHA's decisions on its members (engine.StudentASHA): key -> the
+    epoch ASHA stopped that member at, from its ``stop.json``, or None. Only a decision made for
+    this job (its Tune trial id) counts: one left by an earlier run's job is not this run's."""
+    job = tune.get_context().get_trial_id()
+
+    def stopped(key: str) -> int | None:
+        try:
+            said = ledger.storage.read_json(trial_file(key, TrialFile.STOP))
+        except (ValueError, UnicodeDecodeError):  # corrupt: no decision read
+            return None
+        if not isinstance(said, dict) or said.get("job") != job:
+            return None
+        return int(said.get("epoch", 0))
+
+    return stopped
+
 
 def _run_group(job: Job, spec: SweepSpec, ledger: Ledger, driver_token: str, report) -> None:
     """A fused job: its members (``job.members``, siblings: fusion.py) trained as one fused
@@ -404,6 +424,7 @@ def train_group(spec: SweepSpec, trials: list[Trial], ledger: Ledger,
         checkpoints[trainer], forgets[t.key] = cp, flush_on_exit(cp)
     group = FusedGroup([trainers[t.key][0] for t in trials])
     analysed: list = []  # the teacher's model, loaded once for the members' analyses
+    teacher_outputs: dict = {}  # and its outputs, computed once for them (Trainer.analyse)
 
     def analysed_teacher():
         if teacher is not None:
@@ -416,7 +437,7 @@ def train_group(spec: SweepSpec, trials: list[Trial], ledger: Ledger,
         t = by_trainer[id(trainer)]
         said = publish_trial(spec, t, ledger, trainer, trainers[t.key][1], attempts[t.key],
                              started, claims[t.key], checkpoints[trainer], forgets[t.key],
-                             outcome, analysed_teacher)
+                             outcome, analysed_teacher, teacher_outputs)
         ended.add(t.key)
         return said
 
@@ -425,12 +446,21 @@ def train_group(spec: SweepSpec, trials: list[Trial], ledger: Ledger,
         faults.reached("epoch", f"{t.generation}.{epoch}")
         claims[t.key].check()
 
+    stopped = asha_stops(spec, ledger) if spec.search.asha is not None else None
     try:
         for trainer, m, published in fit_group(group, checkpoints, spec.train.checkpoint_every,
                                                publish, after_epoch):
             t = by_trainer[id(trainer)]
             report({**m.as_dict(), "realised_noise_rate": trainers[t.key][1].realised_rate},
                    member=t.key, **published)
+            if stopped is not None and not published and (at := stopped(t.key)) is not None:
+                # ASHA stopped it (engine.StudentASHA): it leaves the group, stopped early with
+                # the epochs it trained; the others go on
+                group.drop(trainer)
+                report(finals(m.as_dict()), member=t.key, **publish(
+                    trainer, Outcome(TrialState.STOPPED_EARLY,
+                                     f"stopped by ASHA at epoch {at} (a fused job's member; "
+                                     f"{trainer.epoch} trained)")))
     except ClaimLost:
         for forget in forgets.values():  # the trials are another's now: no checkpoint on exit
             forget()

@@ -21,6 +21,8 @@ Layout under the storage root (trials are shared by every sweep that stores ther
     trials/<key>/progress.json     the last epoch of a running trial that is in storage
     trials/<key>/attempts.json     starts and errors (resume.Attempts)
     trials/<key>/checkpoint-{a,b}.pt  the trial's own checkpoints (resume.TrialCheckpoints)
+    trials/<key>/stop.json         ASHA stopped this member of a fused job (engine.StudentASHA):
+                                   the job's Tune trial id and the epoch; its job reads it
     sweeps/<name>/<cluster>/trials.json      every trial the sweep knew at its run's start: its
                                              plan, and the trials earlier runs found (folded in
                                              from added/, their keys in its ``added``)
@@ -33,6 +35,8 @@ Layout under the storage root (trials are shared by every sweep that stores ther
                                              (snapshot.state_index): `kdsweep status` reads
                                              a result only where its file is not that one
     sweeps/<name>/<cluster>/driver.lease     the driver's fenced lease (lease.DriverLease)
+    sweeps/<name>/<cluster>/fusion.json      `plan --measure`'s fused / separate figures, which
+                                             `fuse: auto` reads (measured.py)
 (Ray Tune's experiment state is not in storage: kdsweep never restores it, so it stays on the
 driver's own disk, engine.tune_dir, and costs the shared storage no request per trial.)
 (Trials are shared by every cluster that stores here; a sweep's own files are per cluster.)
@@ -43,7 +47,8 @@ state (done, stopped_early, diverged), failed (failed.json), running (progress.j
 a driver's run and its Parquet rows: nothing is stored for a trial that never started.
 
 Who writes: a trial's own worker writes its own trial's files. The driver writes the sweep's
-files, the result of a trial ASHA stopped (its worker was stopped before it could), and
+files, the result of a trial ASHA stopped (its worker was stopped before it could), a fused
+member's stop.json (its job then publishes it stopped early), and
 repairs trials' files only in ``reconcile``, at the start of its run, under its lease. The
 driver reads each stored result once per run (snapshot.py); `kdsweep status` reads with
 ``repair=False`` and changes nothing. What a driver knows of many trials at once comes from one
@@ -89,6 +94,7 @@ class TrialFile(StrEnum):
     ATTEMPTS = "attempts.json"
     CHECKPOINT_A = "checkpoint-a.pt"
     CHECKPOINT_B = "checkpoint-b.pt"
+    STOP = "stop.json"  # ASHA stopped this fused job's member: {job: Tune trial id, epoch}
 
 
 # the trial's two checkpoint slots, written in turn (resume.TrialCheckpoints)
@@ -103,6 +109,7 @@ class SweepFile(StrEnum):
     RESULTS = "results.parquet"
     LEASE = "driver.lease"
     STATES = "states.json"
+    FUSION = "fusion.json"  # `kdsweep plan --measure`'s fused / separate figures (measured.py)
 
 
 def bank_name(dtype: str) -> str:
