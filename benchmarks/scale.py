@@ -539,8 +539,9 @@ def real_trials(args) -> None:
 @contextlib.contextmanager
 def indexed_moto(work: Path, latency: float, bucket: str = "kdsweep"):
     """(the proxy's endpoint, the proxy, moto's S3 backend, the bucket) for a moto server in
-    this process whose ListObjectsV2 without a delimiter pages through a sorted index of the
-    bucket's names (kept current on put and delete, rebuilt when its count differs)."""
+    this process whose ListObjectsV2 pages through a sorted index of the bucket's names (kept
+    current on put and delete, rebuilt when its count differs), a delimiter's folders one
+    entry each."""
     import bisect
 
     import boto3
@@ -578,18 +579,23 @@ def indexed_moto(work: Path, latency: float, bucket: str = "kdsweep"):
 
     def list_objects_v2(self, bucket, prefix, delimiter, continuation_token, start_after,
                         max_keys):
-        if delimiter:
-            return list_v2(self, bucket, prefix, delimiter, continuation_token, start_after,
-                           max_keys)
         b = bucket
         idx, prefix = names(b), prefix or ""
         after = (self._pagination_tokens.get(continuation_token) if continuation_token
                  else start_after)
         i = bisect.bisect_left(idx, prefix)
-        if after:
+        if after and delimiter and after.endswith(delimiter):  # past the folder's names
+            i = max(i, bisect.bisect_left(idx, after[:-1] + chr(ord(delimiter) + 1)))
+        elif after:
             i = max(i, bisect.bisect_right(idx, after))
         keys = []
         while i < len(idx) and len(keys) <= max_keys and idx[i].startswith(prefix):
+            rest = idx[i][len(prefix):]
+            if delimiter and delimiter in rest:  # a folder: one entry, then past its names
+                folder = prefix + rest.split(delimiter, 1)[0] + delimiter
+                keys.append(folder)
+                i = bisect.bisect_left(idx, folder[:-1] + chr(ord(delimiter) + 1))
+                continue
             with contextlib.suppress(KeyError):
                 if not isinstance(key := b.keys[idx[i]], FakeDeleteMarker):
                     keys.append(key)
@@ -725,7 +731,8 @@ def s3_stored(backend, bucket: str, direct: str, spec_dict: dict) -> dict:
 
 
 def timed_run(cmd: list[str], env: dict, cwd: Path, proxy, until=None,
-              limit: float = 3600.0, marks: dict | None = None) -> dict:
+              limit: float = 3600.0, marks: dict | None = None,
+              log: Path | None = None) -> dict:
     """Run ``cmd`` (a driver: a session of its own) and time it: each output line's time and
     the driver's CPU seconds then (its process; the tree's beside it), peak RSS of the tree,
     polled every 50 ms; ``until(proxy)``: stop the run (SIGTERM to its group, SIGKILL 120 s
@@ -745,9 +752,12 @@ def timed_run(cmd: list[str], env: dict, cwd: Path, proxy, until=None,
     lines, seen, seen_marks = [], {}, {}
 
     def read():
-        for raw in proc.stdout:
-            lines.append((time.perf_counter() - t0, cpu["driver"], cpu["tree"],
-                          raw.decode(errors="replace").rstrip()))
+        with open(log or os.devnull, "a") as f:
+            for raw in proc.stdout:
+                lines.append((time.perf_counter() - t0, cpu["driver"], cpu["tree"],
+                              raw.decode(errors="replace").rstrip()))
+                f.write("{:7.1f} s  cpu {:6.1f} / tree {:6.1f}  {}\n".format(*lines[-1]))
+                f.flush()
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
@@ -781,6 +791,31 @@ def timed_run(cmd: list[str], env: dict, cwd: Path, proxy, until=None,
             "lines": lines, "until": cpu.get("until"), "marks": seen_marks}
 
 
+# The driver's start-up before Ray (sweep.run_sweep's first steps), timed phase by phase
+PHASES_CODE = r"""
+import json, sys, time
+t0, c0, out = time.perf_counter(), time.process_time(), {}
+def mark(name):
+    global t0, c0
+    out[name] = [round(time.perf_counter() - t0, 2), round(time.process_time() - c0, 2)]
+    t0, c0 = time.perf_counter(), time.process_time()
+import sweeps.app.sweep  # the driver's imports (torch, Ray, MLflow, pandas...)
+from sweeps.domain.plan import build_plan
+from sweeps.domain.spec import parse_spec
+from sweeps.store.ledger import Ledger
+from sweeps.store.snapshot import Snapshot
+from sweeps.store.storage import Storage
+mark("imports")
+spec = parse_spec(json.loads(sys.argv[1]))
+plan = build_plan(spec)
+mark("plan")
+snapshot = Snapshot.load(Ledger(Storage(spec.storage), repair=False),
+                         (t.key for t in plan.trials))
+mark("snapshot")
+print(json.dumps(out))
+"""
+
+
 def real_s3(args) -> None:
     """--real --storage s3: (a) a fresh sweep's time to its first trial claimed (the worker's
     claim.lease PUT through the proxy: the trial submitted and started), on an empty root and
@@ -803,7 +838,7 @@ def real_s3(args) -> None:
                "PYTHONPATH": tree}
         delay, proxy.delay = proxy.delay, 0.0
         base = f"s3://{bucket}"
-        if "fresh" in commands and args.others:
+        if commands & {"fresh", "phases"} and args.others:
             t0 = time.perf_counter()
             n = s3_others(backend, bucket, "shared",
                           real_spec("others", args.others, f"{base}/shared", first_seed=10**6))
@@ -827,7 +862,7 @@ def real_s3(args) -> None:
             before = Counter(proxy.paths)
             r = timed_run([python, "-m", "sweeps.cli", "run", "spec.yaml", "--large"],
                           {**env, "KDSWEEP_CACHE": str(cwd / "cache"), **extra}, cwd, proxy,
-                          until, marks=marks)
+                          until, marks=marks, log=work / f"{spec['name']}.log")
             made = Counter(proxy.paths)
             made.subtract(before)
             shutil.rmtree(cwd, ignore_errors=True)
@@ -863,8 +898,37 @@ def real_s3(args) -> None:
             r["requests"] = made
             return r
 
+        def phases(root: str, n: int) -> dict:
+            """The driver's start-up before Ray, phase by phase, in a process of its own:
+            its imports, the plan, the snapshot (the listing of the root: only the sweep's
+            keys); wall and CPU seconds each, and the requests."""
+            import subprocess
+
+            rounds[root, n, "phases"] += 1
+            spec = real_spec(f"phases-{n}", n, f"{base}/{root}",
+                             first_seed=10**5 * (10 + rounds[root, n, "phases"]))
+            before = Counter(proxy.paths)
+            t0 = time.perf_counter()
+            res = subprocess.run([python, "-c", PHASES_CODE, json.dumps(spec)], env=env,
+                                 capture_output=True, text=True, cwd=str(work))
+            made = Counter(proxy.paths)
+            made.subtract(before)
+            if res.returncode:
+                raise SystemExit(res.stderr[-3000:])
+            r = {"seconds": time.perf_counter() - t0, "rss_mb": 0.0, "code": 0, "until": None,
+                 "marks": json.loads(res.stdout.strip().splitlines()[-1]), "lines": [],
+                 "requests": +made}
+            print(f"-- phases {root} {n}: {r['marks']}, {sum(made.values())} requests",
+                  flush=True)
+            return r
+
         variants = {}
         for n in sizes:
+            if "phases" in commands:
+                variants[f"phases {n:,}, empty root"] = lambda n=n: phases("empty", n)
+                if args.others:
+                    variants[f"phases {n:,}, root of {args.others:,} others"] = (
+                        lambda n=n: phases("shared", n))
             if "fresh" in commands:
                 variants[f"fresh {n:,}, empty root"] = lambda n=n: fresh("empty", n)
                 if args.others:
