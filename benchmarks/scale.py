@@ -859,11 +859,11 @@ def real_s3(args) -> None:
             cwd = Path(tempfile.mkdtemp(dir=work))
             spec = {**spec, "tracking_uri": f"sqlite:///{cwd}/mlflow.db"}  # empty
             (cwd / "spec.yaml").write_text(yaml.safe_dump(spec))
-            before = Counter(proxy.paths)
+            before = Counter(paths(proxy))
             r = timed_run([python, "-m", "sweeps.cli", "run", "spec.yaml", "--large"],
                           {**env, "KDSWEEP_CACHE": str(cwd / "cache"), **extra}, cwd, proxy,
                           until, marks=marks, log=work / f"{spec['name']}.log")
-            made = Counter(proxy.paths)
+            made = Counter(paths(proxy))
             made.subtract(before)
             shutil.rmtree(cwd, ignore_errors=True)
             print(f"-- {spec['name']}: {r['seconds']:.1f} s, exit {r['code']}, until "
@@ -871,17 +871,20 @@ def real_s3(args) -> None:
                   flush=True)
             return r, +made
 
-        def claimed(p) -> bool:
-            return any(m == "PUT" and path.endswith("/claim.lease") for m, path in p.paths)
+        def paths(p) -> dict:
+            """A copy of the proxy's counts (its thread adds to them meanwhile)."""
+            while True:
+                with contextlib.suppress(RuntimeError):
+                    return dict(p.paths)
 
         def fresh(root: str, n: int) -> dict:
             rounds[root, n] += 1
             seed = 10**5 * rounds[root, n]  # keys of its own each round (no claim left over)
             spec = real_spec(f"fresh-{n}-{rounds[root, n]}", n, f"{base}/{root}",
                              first_seed=seed)
-            before = {k for k in proxy.paths if k[1].endswith("/claim.lease")}
+            before = {k for k in paths(proxy) if k[1].endswith("/claim.lease")}
             r, made = driver(spec, lambda p: any(
-                k not in before for k in list(p.paths) if k[1].endswith("/claim.lease")))
+                k not in before for k in paths(p) if k[1].endswith("/claim.lease")))
             r["requests"] = made
             return r
 
@@ -889,7 +892,7 @@ def real_s3(args) -> None:
             # MLflow catches up after the Parquet (item 6): the run waits 1 s for it, the
             # next run fills it in; the Parquet's time is its PUT through the proxy
             def parquets(p) -> int:
-                return sum(k for (m, path), k in list(p.paths.items())
+                return sum(k for (m, path), k in paths(p).items()
                            if m == "PUT" and path.endswith("/results.parquet"))
 
             before = parquets(proxy)
@@ -907,11 +910,11 @@ def real_s3(args) -> None:
             rounds[root, n, "phases"] += 1
             spec = real_spec(f"phases-{n}", n, f"{base}/{root}",
                              first_seed=10**5 * (10 + rounds[root, n, "phases"]))
-            before = Counter(proxy.paths)
+            before = Counter(paths(proxy))
             t0 = time.perf_counter()
             res = subprocess.run([python, "-c", PHASES_CODE, json.dumps(spec)], env=env,
                                  capture_output=True, text=True, cwd=str(work))
-            made = Counter(proxy.paths)
+            made = Counter(paths(proxy))
             made.subtract(before)
             if res.returncode:
                 raise SystemExit(res.stderr[-3000:])
