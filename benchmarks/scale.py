@@ -24,10 +24,17 @@ With ``--real`` it fabricates trials as real sweeps leave them (every TrialFile,
 histories, wrn-16-2's real model and checkpoint sizes, a root shared with another sweep) per
 code tree (``--trees``: PYTHONPATHs, e.g. an earlier commit's `git archive`) and times the
 real `kdsweep status` and rerun (`kdsweep run`) as subprocesses, peak RSS beside time
-(real_trials; RESULTS.md, issue 43).
+(real_trials; RESULTS.md, issue 43). With ``--real --storage s3`` the real `kdsweep run` runs on
+moto (in this process, its listing paged from a sorted index as S3 pages) behind the latency
+proxy: a fresh sweep's time to its first trial claimed, on an empty root and beside
+``--others`` trials of another sweep, its start-up before Ray phase by phase, and the rerun of
+a stored sweep to its Parquet, with requests by method and file (real_s3; RESULTS.md, "Issue
+43: S3 at 20k").
 
     PYTHONPATH=. .venv/bin/python benchmarks/scale.py --real --sizes 1000,10000 \
         --trees $PWD,/tmp/c43-before --commands status --rounds 2 --show
+    PYTHONPATH=. .venv/bin/python benchmarks/scale.py --real --storage s3 --sizes 20000 \
+        --others 100000 --rounds 1 --commands phases,fresh,run
     PYTHONPATH=. .venv/bin/python benchmarks/scale.py --sizes 1000,10000,100000 --rounds 3
     PYTHONPATH=. .venv/bin/python benchmarks/scale.py --storage local --rounds 2
     PYTHONPATH=. .venv/bin/python benchmarks/scale.py --storage s3 --sizes 1000,10000,20000 \
