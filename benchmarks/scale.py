@@ -25,10 +25,17 @@ histories, wrn-16-2's real model and checkpoint sizes, a root shared with anothe
 code tree (``--trees``: PYTHONPATHs, e.g. an earlier commit's `git archive`) and times the
 real `kdsweep status` and rerun (`kdsweep run`) as subprocesses, peak RSS beside time
 (real_trials; RESULTS.md, issue 43). A tree that keeps an index of states (states.json) gets
-the one a run's end writes (index_real); ``status-cold`` times status with it set aside.
+the one a run's end writes (index_real); ``status-cold`` times status with it set aside. With ``--real --storage s3`` the real `kdsweep run` runs on
+moto (in this process, its listing paged from a sorted index as S3 pages) behind the latency
+proxy: a fresh sweep's time to its first trial claimed, on an empty root and beside
+``--others`` trials of another sweep, its start-up before Ray phase by phase, and the rerun of
+a stored sweep to its Parquet, with requests by method and file (real_s3; RESULTS.md, "Issue
+43: S3 at 20k").
 
     PYTHONPATH=. .venv/bin/python benchmarks/scale.py --real --sizes 1000,10000 \
         --trees $PWD,/tmp/c43-before --commands status --rounds 2 --show
+    PYTHONPATH=. .venv/bin/python benchmarks/scale.py --real --storage s3 --sizes 20000 \
+        --others 100000 --rounds 1 --commands phases,fresh,run
     PYTHONPATH=. .venv/bin/python benchmarks/scale.py --sizes 1000,10000,100000 --rounds 3
     PYTHONPATH=. .venv/bin/python benchmarks/scale.py --storage local --rounds 2
     PYTHONPATH=. .venv/bin/python benchmarks/scale.py --storage s3 --sizes 1000,10000,20000 \
@@ -603,6 +610,437 @@ def real_trials(args) -> None:
                       f"{min(rss):.0f} / {statistics.median(rss):.0f} |", flush=True)
 
 
+# ---- real trials on S3: the real `kdsweep run` against moto behind the latency proxy --------
+# `--real --storage s3`: moto's server runs in this process (its objects put straight into its
+# backend: 100k trials' listing entries in minutes, not the hours HTTP PUTs take here), its
+# listing served from a sorted index of the bucket's names, as S3 serves a page in what the
+# page holds; moto's own scans and sorts the whole bucket for every page (~1 s a page at 1M
+# objects here: 800 pages would time moto, not the driver). Behind testkit/latency.py's proxy,
+# which holds each request ``--latency`` s and counts them by method and path.
+@contextlib.contextmanager
+def indexed_moto(work: Path, latency: float, bucket: str = "kdsweep"):
+    """(the proxy's endpoint, the proxy, moto's S3 backend, the bucket) for a moto server in
+    this process whose ListObjectsV2 pages through a sorted index of the bucket's names (kept
+    current on put and delete, rebuilt when its count differs), a delimiter's folders one
+    entry each."""
+    import bisect
+
+    import boto3
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.s3.models import FakeDeleteMarker, S3Backend
+    from moto.server import ThreadedMotoServer
+
+    from testkit.latency import LatencyProxy
+    from testkit.servers import S3_TEST_CREDENTIALS
+
+    index: dict[str, list[str]] = {}
+    put, delete, list_v2 = S3Backend.put_object, S3Backend.delete_object, S3Backend.list_objects_v2
+
+    def names(b) -> list[str]:
+        idx = index.get(b.name)
+        if idx is None or len(idx) != len(b.keys):
+            idx = index[b.name] = sorted(b.keys.keys())
+        return idx
+
+    def put_object(self, bucket_name, key_name, *a, **k):
+        new = key_name not in self.get_bucket(bucket_name).keys
+        key = put(self, bucket_name, key_name, *a, **k)
+        if new and (idx := index.get(bucket_name)) is not None:
+            bisect.insort(idx, key_name)
+        return key
+
+    def delete_object(self, bucket_name, key_name, *a, **k):
+        out = delete(self, bucket_name, key_name, *a, **k)
+        idx = index.get(bucket_name)
+        if idx is not None and key_name not in self.get_bucket(bucket_name).keys:
+            i = bisect.bisect_left(idx, key_name)
+            if i < len(idx) and idx[i] == key_name:
+                del idx[i]
+        return out
+
+    def list_objects_v2(self, bucket, prefix, delimiter, continuation_token, start_after,
+                        max_keys):
+        b = bucket
+        idx, prefix = names(b), prefix or ""
+        after = (self._pagination_tokens.get(continuation_token) if continuation_token
+                 else start_after)
+        i = bisect.bisect_left(idx, prefix)
+        if after and delimiter and after.endswith(delimiter):  # past the folder's names
+            i = max(i, bisect.bisect_left(idx, after[:-1] + chr(ord(delimiter) + 1)))
+        elif after:
+            i = max(i, bisect.bisect_right(idx, after))
+        keys = []
+        while i < len(idx) and len(keys) <= max_keys and idx[i].startswith(prefix):
+            rest = idx[i][len(prefix):]
+            if delimiter and delimiter in rest:  # a folder: one entry, then past its names
+                folder = prefix + rest.split(delimiter, 1)[0] + delimiter
+                keys.append(folder)
+                i = bisect.bisect_left(idx, folder[:-1] + chr(ord(delimiter) + 1))
+                continue
+            with contextlib.suppress(KeyError):
+                if not isinstance(key := b.keys[idx[i]], FakeDeleteMarker):
+                    keys.append(key)
+            i += 1
+        return self._truncate_result(keys, max_keys)
+
+    S3Backend.put_object, S3Backend.delete_object = put_object, delete_object
+    S3Backend.list_objects_v2 = list_objects_v2
+    os.environ.update(S3_TEST_CREDENTIALS)
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        boto3.client("s3", endpoint_url=f"http://{host}:{port}",
+                     region_name="us-east-1").create_bucket(Bucket=bucket)
+        with LatencyProxy(port, latency) as proxy:
+            from moto.s3.models import s3_backends
+
+            yield (proxy.endpoint, proxy, s3_backends[DEFAULT_ACCOUNT_ID]["global"], bucket,
+                   f"http://{host}:{port}")
+    finally:
+        server.stop()
+        S3Backend.put_object, S3Backend.delete_object = put, delete
+        S3Backend.list_objects_v2 = list_v2
+
+
+def s3_others(backend, bucket: str, prefix: str, spec_dict: dict, files: int = 8) -> int:
+    """Another sweep's trials on the root ``prefix``: ``files`` small objects under each of
+    its planned keys (a fresh sweep's start-up lists them and reads none: only their names
+    and count matter). Returns the number of trials."""
+    from sweeps.domain.plan import build_plan
+    from sweeps.domain.spec import parse_spec
+
+    trials = build_plan(parse_spec(spec_dict)).trials
+    names = ["result.json", "history.json", "model.pt", "analysis.json", "predictions.npz",
+             "curve.png", "progress.json", "attempts.json", "checkpoint-a.pt",
+             "checkpoint-b.pt"][:files]
+    for t in trials:
+        for name in names:
+            backend.put_object(bucket, f"{prefix}/trials/{t.key}/{name}", b"0" * 64,
+                               disable_notification=True)
+    return len(trials)
+
+
+def s3_stored(backend, bucket: str, direct: str, spec_dict: dict) -> dict:
+    """Store every trial of the sweep on S3 as a real finished one leaves it: the first
+    trial through this tree's own Ledger.publish (its model, analyses, predictions, curve,
+    history and result), progress, attempts, both checkpoint slots and a teacher's bank and
+    digest, over HTTP to moto itself (``direct``, no proxy); every other trial gets the same
+    bytes put straight into moto's backend, and a result of its own (its trial, its accuracy,
+    as Storage.write_json writes it). Sizes: the result, history (200 epochs), analyses,
+    predictions, attempts and progress are a real trial's; the model, checkpoints, bank and
+    curve are small sealed stand-ins (a real WRN-16-2 trial's 13.6 MB x 20k does not fit
+    moto's memory), which the rerun's request counts show it never reads."""
+    import hashlib
+    import random
+
+    import numpy as np
+
+    from kd_core.checkpoint import checkpoint_bytes
+    from sweeps.domain.plan import build_plan
+    from sweeps.domain.record import TrialResult
+    from sweeps.domain.spec import parse_spec
+    from sweeps.store.ledger import (
+        CHECKPOINTS,
+        Ledger,
+        TrialFile,
+        bank_name,
+        digest_file,
+        trial_file,
+    )
+    from sweeps.store.storage import Storage
+
+    old = os.environ.get("AWS_ENDPOINT_URL")
+    os.environ["AWS_ENDPOINT_URL"] = direct
+    try:
+        spec = parse_spec(spec_dict)
+        storage, rng = Storage(spec.storage), random.Random(0)
+        ledger = Ledger(storage)
+        trials = build_plan(spec).trials
+        teachers = {t.teacher_key for t in trials if t.teacher_key}
+        first = next(t for t in trials if t.key in teachers)
+        history = real_history(spec.train.epochs)
+        small = checkpoint_bytes({"model": {"w": np.zeros(16, np.float32)}, "trial": {}})
+        n_test = 360
+        predictions = {"pred": np.zeros(n_test, np.int16),
+                       "confidence": np.random.default_rng(0).random(n_test).astype(np.float32),
+                       "true_prob": np.random.default_rng(1).random(n_test).astype(np.float32),
+                       "teacher_pred": np.zeros(n_test, np.int16)}
+        record = TrialResult.from_history(
+            first.to_dict(), history, cluster=spec.cluster, sweep=spec.name, resumed_from=[0],
+            analysis={f"scalar_{i}": rng.random() for i in range(12)}, started_at=time.time())
+        analysis = {f"dist_{i}": [rng.random() for _ in range(20)] for i in range(6)}
+        for slot in CHECKPOINTS:
+            storage.write_bytes(trial_file(first.key, slot), small)
+        storage.write_json(trial_file(first.key, TrialFile.ATTEMPTS),
+                           {"starts": 1, "errors": 0, "resumed_from": [0]})
+        ledger.write_progress(first.key, spec.train.epochs, spec.train.epochs)
+        bank = trial_file(first.key, bank_name(spec.train.bank_dtype))
+        storage.write_bytes(bank, small)
+        storage.write_json(digest_file(bank), {"size": len(small),
+                                               "sha256": hashlib.sha256(small).hexdigest()})
+        ledger.publish(first.key, small, record, analysis, b"\x89PNG" + bytes(60),
+                       predictions)
+        root = storage.root.split("/", 1)[1] + "/"  # the keys' prefix inside the bucket
+        folder = f"{root}trials/{first.key}/"
+        b = backend.get_bucket(bucket)
+        kept = {k[len(folder):]: b.keys[k].value for k in list(b.keys) if k.startswith(folder)}
+        template = storage.read_json(trial_file(first.key, TrialFile.RESULT))
+        banks = {bank_name(spec.train.bank_dtype), digest_file(bank_name(spec.train.bank_dtype))}
+        sizes = {n: len(v) for n, v in kept.items()}
+    finally:
+        if old is None:
+            os.environ.pop("AWS_ENDPOINT_URL", None)
+        else:
+            os.environ["AWS_ENDPOINT_URL"] = old
+    for t in trials:
+        if t.key == first.key:
+            continue
+        for name, data in kept.items():
+            if name == TrialFile.RESULT or (name in banks and t.key not in teachers):
+                continue
+            backend.put_object(bucket, f"{root}trials/{t.key}/{name}", data,
+                               disable_notification=True)
+        d = {**template, "trial": t.to_dict(), "test_acc": rng.uniform(0.5, 0.9),
+             "finished_at": time.time()}
+        backend.put_object(bucket, f"{root}trials/{t.key}/{TrialFile.RESULT}",
+                           Storage.json_bytes(d), disable_notification=True)
+    return {"trials": len(trials), "teachers": len(teachers), "sizes": sizes}
+
+
+def timed_run(cmd: list[str], env: dict, cwd: Path, proxy, until=None,
+              limit: float = 3600.0, marks: dict | None = None,
+              log: Path | None = None) -> dict:
+    """Run ``cmd`` (a driver: a session of its own) and time it: each output line's time and
+    the driver's CPU seconds then (its process; the tree's beside it), peak RSS of the tree,
+    polled every 50 ms; ``until(proxy)``: stop the run (SIGTERM to its group, SIGKILL 120 s
+    later) once it holds, its time noted as "until"; ``marks``: name -> predicate(proxy), the
+    time and CPU each first holds (the run goes on)."""
+    import signal
+    import subprocess
+    import threading
+
+    import psutil
+
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, cwd=str(cwd), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    me = psutil.Process(proc.pid)
+    cpu = {"driver": 0.0, "tree": 0.0}
+    lines, seen, seen_marks = [], {}, {}
+
+    def read():
+        with open(log or os.devnull, "a") as f:
+            for raw in proc.stdout:
+                lines.append((time.perf_counter() - t0, cpu["driver"], cpu["tree"],
+                              raw.decode(errors="replace").rstrip()))
+                f.write("{:7.1f} s  cpu {:6.1f} / tree {:6.1f}  {}\n".format(*lines[-1]))
+                f.flush()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    peak = 0
+    while proc.poll() is None:
+        try:
+            tree = [me, *me.children(recursive=True)]
+            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            cpu["driver"] = sum(me.cpu_times()[:2])
+            seen.update({p.pid: sum(p.cpu_times()[:2]) for p in tree if p.is_running()})
+            cpu["tree"] = sum(seen.values())
+        except psutil.Error:
+            pass
+        for name, holds in (marks or {}).items():
+            if name not in seen_marks and holds(proxy):
+                seen_marks[name] = (time.perf_counter() - t0, cpu["driver"], cpu["tree"])
+        if until is not None and "until" not in cpu and until(proxy):
+            cpu["until"] = (time.perf_counter() - t0, cpu["driver"], cpu["tree"])
+            os.killpg(proc.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(120)
+            break
+        if time.perf_counter() - t0 > limit:
+            break
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    reader.join(10)
+    return {"seconds": time.perf_counter() - t0, "rss_mb": peak / 2**20, "code": proc.returncode,
+            "lines": lines, "until": cpu.get("until"), "marks": seen_marks}
+
+
+# The driver's start-up before Ray (sweep.run_sweep's first steps), timed phase by phase
+PHASES_CODE = r"""
+import json, sys, time
+t0, c0, out = time.perf_counter(), time.process_time(), {}
+def mark(name):
+    global t0, c0
+    out[name] = [round(time.perf_counter() - t0, 2), round(time.process_time() - c0, 2)]
+    t0, c0 = time.perf_counter(), time.process_time()
+import sweeps.app.sweep  # the driver's imports (torch, Ray, MLflow, pandas...)
+from sweeps.domain.plan import build_plan
+from sweeps.domain.spec import parse_spec
+from sweeps.store.ledger import Ledger
+from sweeps.store.snapshot import Snapshot
+from sweeps.store.storage import Storage
+mark("imports")
+spec = parse_spec(json.loads(sys.argv[1]))
+plan = build_plan(spec)
+mark("plan")
+snapshot = Snapshot.load(Ledger(Storage(spec.storage), repair=False),
+                         (t.key for t in plan.trials))
+mark("snapshot")
+print(json.dumps(out))
+"""
+
+
+def real_s3(args) -> None:
+    """--real --storage s3: (a) a fresh sweep's time to its first trial claimed (the worker's
+    claim.lease PUT through the proxy: the trial submitted and started), on an empty root and
+    on a root holding ``--others`` trials of another sweep, interleaved; (b) the rerun of the
+    fully stored sweep to its Parquet (results.parquet's PUT), an empty MLflow store behind
+    it; requests per trial by method and file name."""
+    import json
+    import shutil
+    from collections import Counter
+
+    import yaml
+
+    sizes = [int(s) for s in args.sizes.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="s3-real-", dir=args.work_parent))
+    python = str(Path(sys.executable))
+    tree = str(Path(__file__).resolve().parents[1])
+    commands = set(filter(None, args.commands.split(",")))
+    with indexed_moto(work, args.latency) as (endpoint, proxy, backend, bucket, direct):
+        env = {**os.environ, "AWS_ENDPOINT_URL": endpoint, "PYTHONUNBUFFERED": "1",
+               "PYTHONPATH": tree}
+        delay, proxy.delay = proxy.delay, 0.0
+        base = f"s3://{bucket}"
+        if commands & {"fresh", "phases"} and args.others:
+            t0 = time.perf_counter()
+            n = s3_others(backend, bucket, "shared",
+                          real_spec("others", args.others, f"{base}/shared", first_seed=10**6))
+            print(f"others: {n:,} trials x 8 objects on {base}/shared in "
+                  f"{time.perf_counter() - t0:.0f} s", flush=True)
+        stored = {}
+        if "run" in commands:
+            for n in sizes:
+                t0 = time.perf_counter()
+                stored[n] = s3_stored(backend, bucket, direct,
+                                      real_spec(f"stored-{n}", n, f"{base}/stored-{n}"))
+                print(f"stored {n:,}: {json.dumps(stored[n])} in "
+                      f"{time.perf_counter() - t0:.0f} s", flush=True)
+        proxy.delay = delay
+        rounds = Counter()
+
+        def driver(spec: dict, until=None, marks=None, **extra) -> tuple[dict, Counter]:
+            cwd = Path(tempfile.mkdtemp(dir=work))
+            spec = {**spec, "tracking_uri": f"sqlite:///{cwd}/mlflow.db"}  # empty
+            (cwd / "spec.yaml").write_text(yaml.safe_dump(spec))
+            before = Counter(paths(proxy))
+            r = timed_run([python, "-m", "sweeps.cli", "run", "spec.yaml", "--large"],
+                          {**env, "KDSWEEP_CACHE": str(cwd / "cache"), **extra}, cwd, proxy,
+                          until, marks=marks, log=work / f"{spec['name']}.log")
+            made = Counter(paths(proxy))
+            made.subtract(before)
+            shutil.rmtree(cwd, ignore_errors=True)
+            print(f"-- {spec['name']}: {r['seconds']:.1f} s, exit {r['code']}, until "
+                  f"{r['until']}, marks {r['marks']}, {sum(made.values()):,} requests",
+                  flush=True)
+            return r, +made
+
+        def paths(p) -> dict:
+            """A copy of the proxy's counts (its thread adds to them meanwhile)."""
+            while True:
+                with contextlib.suppress(RuntimeError):
+                    return dict(p.paths)
+
+        def fresh(root: str, n: int) -> dict:
+            rounds[root, n] += 1
+            seed = 10**5 * rounds[root, n]  # keys of its own each round (no claim left over)
+            spec = real_spec(f"fresh-{n}-{rounds[root, n]}", n, f"{base}/{root}",
+                             first_seed=seed)
+            before = {k for k in paths(proxy) if k[1].endswith("/claim.lease")}
+            r, made = driver(spec, lambda p: any(
+                k not in before for k in paths(p) if k[1].endswith("/claim.lease")))
+            r["requests"] = made
+            return r
+
+        def rerun(n: int) -> dict:
+            # MLflow catches up after the Parquet (item 6): the run waits 1 s for it, the
+            # next run fills it in; the Parquet's time is its PUT through the proxy
+            def parquets(p) -> int:
+                return sum(k for (m, path), k in paths(p).items()
+                           if m == "PUT" and path.endswith("/results.parquet"))
+
+            before = parquets(proxy)
+            r, made = driver(real_spec(f"stored-{n}", n, f"{base}/stored-{n}"), marks={
+                "parquet": lambda p: parquets(p) > before}, KDSWEEP_MLFLOW_WAIT="1")
+            r["requests"] = made
+            return r
+
+        def phases(root: str, n: int) -> dict:
+            """The driver's start-up before Ray, phase by phase, in a process of its own:
+            its imports, the plan, the snapshot (the listing of the root: only the sweep's
+            keys); wall and CPU seconds each, and the requests."""
+            import subprocess
+
+            rounds[root, n, "phases"] += 1
+            spec = real_spec(f"phases-{n}", n, f"{base}/{root}",
+                             first_seed=10**5 * (10 + rounds[root, n, "phases"]))
+            before = Counter(paths(proxy))
+            t0 = time.perf_counter()
+            res = subprocess.run([python, "-c", PHASES_CODE, json.dumps(spec)], env=env,
+                                 capture_output=True, text=True, cwd=str(work))
+            made = Counter(paths(proxy))
+            made.subtract(before)
+            if res.returncode:
+                raise SystemExit(res.stderr[-3000:])
+            r = {"seconds": time.perf_counter() - t0, "rss_mb": 0.0, "code": 0, "until": None,
+                 "marks": json.loads(res.stdout.strip().splitlines()[-1]), "lines": [],
+                 "requests": +made}
+            print(f"-- phases {root} {n}: {r['marks']}, {sum(made.values())} requests",
+                  flush=True)
+            return r
+
+        variants = {}
+        for n in sizes:
+            if "phases" in commands:
+                variants[f"phases {n:,}, empty root"] = lambda n=n: phases("empty", n)
+                if args.others:
+                    variants[f"phases {n:,}, root of {args.others:,} others"] = (
+                        lambda n=n: phases("shared", n))
+            if "fresh" in commands:
+                variants[f"fresh {n:,}, empty root"] = lambda n=n: fresh("empty", n)
+                if args.others:
+                    variants[f"fresh {n:,}, root of {args.others:,} others"] = (
+                        lambda n=n: fresh("shared", n))
+            if "run" in commands:
+                variants[f"rerun {n:,}"] = lambda n=n: rerun(n)
+        figures = interleaved(variants, args.rounds)
+        out = work / "s3-real.json"
+        for name, runs in figures.items():
+            for i, r in enumerate(runs):
+                print(f"== {name}, round {i + 1}: {r['seconds']:.1f} s, exit {r['code']}, "
+                      f"peak RSS {r['rss_mb']:.0f} MB, until {r['until']}, marks {r['marks']}")
+                for t, c, tc, line in r["lines"]:
+                    print(f"   {t:7.1f} s  cpu {c:6.1f} / tree {tc:6.1f}  {line[:150]}")
+                by = Counter()
+                for (m, path), k in r["requests"].items():
+                    name_ = path.rsplit("/", 1)[-1] if "/trials/" in path else path
+                    by[m, name_ if "/trials/" in path else
+                       ("trials/ listing" if path.endswith(f"/{bucket}") else name_)] += k
+                print("   requests: " + ", ".join(f"{m} {p}: {k}" for (m, p), k in
+                                                  by.most_common(25)), flush=True)
+        out.write_text(json.dumps({k: [{**r, "requests": {f"{m} {p}": c for (m, p), c in
+                                                          r["requests"].items()}}
+                                       for r in v] for k, v in figures.items()}))
+        print(f"all lines and requests: {out}")
+
+
 def print_row(name, sizes, figures, extra=None) -> None:
     cells = [min_med([f * 1e6 for f in figures[n]]) for n in sizes]
     lo, hi = min(sizes), max(sizes)
@@ -631,7 +1069,14 @@ def main() -> None:
                    help="--real: what is timed: status, status-cold (without the index of "
                         "states a run leaves), run, export (snapshot and Parquet, no MLflow)")
     p.add_argument("--show", action="store_true", help="--real: print status's output")
+    p.add_argument("--others", type=int, default=100_000,
+                   help="--real --storage s3: another sweep's trials on the fresh sweep's "
+                        "shared root (0: none)")
+    p.add_argument("--work-parent", default="/tmp",
+                   help="--real --storage s3: where each run's folder is made")
     args = p.parse_args()
+    if args.real and args.storage == "s3":
+        return real_s3(args)
     if args.real:
         return real_trials(args)
     if args.storage:

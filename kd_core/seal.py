@@ -24,6 +24,14 @@ def seal(archive: bytes) -> bytes:
     return archive + SEAL + hashlib.sha256(archive).hexdigest().encode()
 
 
+def sealed_digest(data: bytes) -> str:
+    """The SHA-256 a checkpoint file's seal names (its archive's), read from its trailer without
+    proving it; for a file from before seals, the SHA-256 of its bytes."""
+    if len(data) >= _SEALED and data[-_SEALED:-64] == SEAL:
+        return data[-64:].decode("ascii", "replace")
+    return hashlib.sha256(data).hexdigest()
+
+
 def unseal(data: bytes, label: str) -> bytes:
     """The archive inside a checkpoint file's bytes, proven: its SHA-256 against the seal, or
     for a file from before seals, each member against its zip CRC-32. CheckpointError names

@@ -6,7 +6,7 @@ import itertools
 import pytest
 import torch
 
-from kd_core.checkpoint import checkpoint_bytes
+from kd_core.checkpoint import CheckpointError, checkpoint_bytes
 from sweeps.domain.record import TrialResult
 from sweeps.store.ledger import CHECKPOINTS, Ledger, TrialFile, TrialState, trial_file
 from sweeps.store.snapshot import Snapshot, reconcile
@@ -53,8 +53,8 @@ def test_reconcile_repairs_each_kind_of_trial_and_nothing_else(tmp_path):
     ledger.storage.write_bytes(trial_file("diverged", CHECKPOINTS[0]), model())
     ledger.mark_failed("failed", "boom")
     ledger.storage.delete(trial_file("gone", TrialFile.MODEL))
-    rel = trial_file("corrupt", TrialFile.MODEL)
-    ledger.storage.write_bytes(rel, ledger.storage.read_bytes(rel)[:-8] + b"\0" * 8)
+    rel = trial_file("corrupt", TrialFile.MODEL)  # truncated: not the size its result says
+    ledger.storage.write_bytes(rel, ledger.storage.read_bytes(rel)[:-8])
     keys = ["good", "gone", "corrupt", "diverged", "failed", "pending"]
     snapshot = Snapshot.load(ledger, keys)
     assert [snapshot.state(k) for k in keys] == [
@@ -63,9 +63,10 @@ def test_reconcile_repairs_each_kind_of_trial_and_nothing_else(tmp_path):
     fenced = []
     reconcile(snapshot, [Key(k) for k in keys], retry_failed=True,
               check_lease=lambda: fenced.append(1))
-    # a model gone or failing its SHA-256: the result forgotten (publishes again from its
-    # checkpoints), the bad file moved aside; a diverged trial reset (retry_failed) down to its
-    # checkpoints; a failed one retried; the good one and the pending one untouched
+    # a model gone or of another size than its result published: the result forgotten
+    # (publishes again from its checkpoints), the bad file moved aside; a diverged trial reset
+    # (retry_failed) down to its checkpoints; a failed one retried; the good one and the
+    # pending one untouched
     assert [snapshot.state(k) for k in keys] == [
         TrialState.DONE, TrialState.PENDING, TrialState.PENDING, TrialState.PENDING,
         TrialState.PENDING, TrialState.PENDING]
@@ -75,6 +76,69 @@ def test_reconcile_repairs_each_kind_of_trial_and_nothing_else(tmp_path):
     assert not ledger.storage.exists(trial_file("diverged", CHECKPOINTS[0]))
     assert ledger.failure("failed") is None
     assert len(fenced) >= 4  # every repair under the driver's lease
+
+
+def test_reconcile_proves_models_by_their_published_size_and_use_proves_their_bytes(
+        tmp_path, monkeypatch, caplog):
+    """Issue 43 item 8: a cold node proves a model by the listing's size against the size and
+    seal's digest its result published (no model byte read); one with bytes flipped under the
+    same size passes reconcile and is caught where it is used (a student loading its teacher:
+    named, flagged for its driver, the weights read from the teacher's final checkpoint); a
+    result stored before it published a size is proven by reading its model, as before."""
+    import logging
+
+    from sweeps.store.ledger import CORRUPT
+    from sweeps.store.resume import trained_model
+
+    monkeypatch.setenv("KDSWEEP_CACHE", str(tmp_path / "cold-node"))  # proved nothing before
+    storage = Storage(str(tmp_path / "store"))
+    ledger = Ledger(storage, repair=False)
+    for key in ("flipped", "legacy"):
+        publish(ledger, key, TrialState.DONE)
+    published = ledger.summary("flipped").model_file
+    data = storage.read_bytes(trial_file("flipped", TrialFile.MODEL))
+    assert published["size"] == len(data) and published["sha256"] == data[-64:].decode()
+    legacy = ledger.storage.read_json(trial_file("legacy", TrialFile.RESULT))
+    del legacy["model_file"]  # stored before results published their model's size
+    storage.write_json(trial_file("legacy", TrialFile.RESULT), legacy)
+    middle = len(data) // 2
+    bad = data[:middle] + bytes(b ^ 0xFF for b in data[middle:middle + 8]) + data[middle + 8:]
+    for key in ("flipped", "legacy"):
+        storage.write_bytes(trial_file(key, TrialFile.MODEL), bad)
+
+    reads = []
+    read_bytes = Storage.read_bytes
+    monkeypatch.setattr(Storage, "read_bytes",
+                        lambda self, rel: reads.append(rel) or read_bytes(self, rel))
+    snapshot = Snapshot.load(ledger, ["flipped", "legacy"])
+    reconcile(snapshot, [Key("flipped"), Key("legacy")], retry_failed=False,
+              check_lease=lambda: None)
+    models = [r for r in reads if r.endswith(TrialFile.MODEL)]
+    assert set(models) == {trial_file("legacy", TrialFile.MODEL)}  # the flipped: never read
+    assert snapshot.state("flipped") is TrialState.DONE
+    assert snapshot.state("legacy") is TrialState.PENDING  # read, failed its SHA-256
+    assert list((tmp_path / "store").rglob("legacy/model.pt.corrupt-*"))
+
+    # Used: a student loads its teacher; the flipped model fails its seal, is named and
+    # flagged for the driver to move aside, and the final checkpoint is tried instead (none
+    # here: the next run trains the teacher's missing epochs)
+    rel = trial_file("flipped", TrialFile.MODEL)
+    with caplog.at_level(logging.WARNING, logger="sweeps"), \
+            pytest.raises(CheckpointError, match="lack its final epoch"):
+        trained_model(storage, "flipped")
+    [flag] = [r for r in caplog.records if getattr(r, CORRUPT, None)]
+    assert getattr(flag, CORRUPT) == rel and "fails its SHA-256" in flag.getMessage()
+    assert "flipped/model.pt" in flag.getMessage()
+
+    # A sealed model that is not the one its result published (same size, another digest)
+    other = checkpoint_bytes({"model": {"w": torch.zeros(4)}, "epoch": 1})
+    assert len(other) == len(data)
+    storage.write_bytes(rel, other)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sweeps"), pytest.raises(CheckpointError):
+        trained_model(storage, "flipped")
+    [flag] = [r for r in caplog.records if getattr(r, CORRUPT, None)]
+    assert "not the model its result published" in flag.getMessage()
 
 
 def test_a_result_stores_its_history_apart_and_one_stored_inline_still_reads(tmp_path):

@@ -303,10 +303,19 @@ def test_a_sweeps_state_lists_its_own_keys_not_a_root_of_other_sweeps(s3_server,
         assert snap.ended() == {t.key for t in stored}
         assert (snap.states[running], snap.states[claimed]) == (TrialState.RUNNING,
                                                                  TrialState.CLAIMED)
+        # A fresh sweep of many keys (past the per-key rule): the root's names alone, one
+        # entry a trial, each shard's one page here; none of its keys is there: nothing more
+        fresh = ["ff" + key(f"fresh-{i}")[2:] for i in range(300)]  # past the first page
+        assert not per_name(len(fresh), folder_pages(last, "0123456789abcdef"))
+        proxy.requests.clear()
+        new = Snapshot.load(ledger, fresh)
+        assert dict(proxy.requests) == {"GET": 1 + 16}
+        assert set(new.states.values()) == {TrialState.PENDING}
         monkeypatch.setattr(storage_module, "PAGE_ROUNDS", -1.0)  # the root's listing instead
         proxy.requests.clear()
         whole = Snapshot.load(ledger, ours)
-        assert proxy.requests["GET"] == 1 + 16 + len(stored)
+        # the first page, the names (16 shards), every shard's files (16), the results
+        assert proxy.requests["GET"] == 1 + 16 + 16 + len(stored)
         assert whole.states == snap.states
         assert {k: whole.listing.names(k) for k in ours} == {k: snap.listing.names(k)
                                                              for k in ours}

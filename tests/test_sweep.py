@@ -588,9 +588,13 @@ def test_corrupt_files_are_moved_aside_and_derived_again(local_ray, tmp_path, ca
     moved = {p.name.split(".corrupt-")[0] for p in root.rglob("*.corrupt-*")}
     assert moved == {"result.json", newest, "bank-float16.pt", "attempts.json"}
 
-    # Models that fail their SHA-256 (8 bytes changed inside the teacher's, garbage in the
-    # student's): the next run's reconcile proves every model, moves these aside, and each
-    # trial publishes again from its final checkpoint: nothing retrained, the same weights.
+    # Bad models (8 bytes changed inside the teacher's, keeping its size; garbage in the
+    # student's): the next run's reconcile proves each by the listing's size against the size
+    # its result published (issue 43 item 8: no model read in full), so the student's is moved
+    # aside and the student publishes again from its final checkpoint; publishing reads its
+    # teacher's model in full (its analyses), which names the teacher's as failing its SHA-256
+    # (flagged, moved aside by the driver). The run after publishes the teacher's again from
+    # its final checkpoint: nothing retrained, the same weights.
     model, student_model = trial_file(teacher.key, "model.pt"), trial_file(student.key, "model.pt")
     weights = load_checkpoint(store.storage.read_bytes(model))["model"]
     data = store.storage.read_bytes(model)
@@ -602,7 +606,14 @@ def test_corrupt_files_are_moved_aside_and_derived_again(local_ray, tmp_path, ca
     assert (pd.read_parquet(uri).state == "done").all()
     for key in (teacher.key, student.key):
         assert list(root.glob(f"trials/{key}/model.pt.corrupt-*"))
-        assert store.model_fault(key) is None
+    assert store.model_fault(student.key) is None
+    assert any(f"warning from trial {student.key[:12]}" in ln and model in ln
+               and "fails its SHA-256" in ln for ln in out.getvalue().splitlines()), \
+        out.getvalue()
+    assert store.model_fault(teacher.key) == "gone"  # moved aside: published by the next run
+    uri = run_sweep(spec, out=io.StringIO())
+    assert (pd.read_parquet(uri).state == "done").all()
+    assert store.model_fault(teacher.key) is None
     again = load_checkpoint(store.storage.read_bytes(model))["model"]
     assert all(torch.equal(weights[k], again[k]) for k in weights)
     assert store.result(teacher.key).history == teacher_history

@@ -89,6 +89,11 @@ class TrialResult:
     history: list | None = field(default_factory=list)
     # The paper's analyses of the final model (kd_core.analysis.SCALARS), eval mode
     analysis: dict = field(default_factory=dict)
+    # The model file published with it (Ledger.publish): {"size": bytes, "sha256": its seal's
+    # digest (kd_core.seal.sealed_digest)}; None without a model, or stored before. A node
+    # proves the stored model by the listing's size against it (reconcile), and in full only
+    # where its bytes are used (a student loading its teacher: resume.trained_model).
+    model_file: dict | None = None
 
     @classmethod
     def from_history(cls, trial: dict, history: list[dict], state: str = TrialState.DONE, **extra):

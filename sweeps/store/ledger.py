@@ -70,7 +70,7 @@ from enum import StrEnum
 
 import numpy as np
 
-from kd_core.seal import CheckpointError, SealBroken, unseal, unseal_json
+from kd_core.seal import CheckpointError, SealBroken, sealed_digest, unseal, unseal_json
 
 from ..domain import faults
 from ..domain.record import TrialResult, TrialState, curve_text
@@ -349,16 +349,26 @@ class Ledger:
         return self.storage.exists(trial_file(key, TrialFile.MODEL))
 
     def model_fault(self, key: str, proven: Proven | None = None,
-                    listing: Listing | None = None) -> str | None:
-        """What is wrong with a trained model in storage: "gone", or the file fails its
-        SHA-256 (kd_core.checkpoint.unseal); None when its bytes are proven. ``proven``: files
-        this node proved before, read again only when their size or time changed; ``listing``:
-        the model's stamp, when listed already."""
+                    listing: Listing | None = None,
+                    published: dict | None = None) -> str | None:
+        """What is wrong with a trained model in storage: "gone", a size other than the one
+        published with it, or the file fails its SHA-256 (kd_core.checkpoint.unseal); None
+        when it is proven. ``published``: the size and seal's digest its result stores
+        (TrialResult.model_file): the listing's size proves it, no byte read (its bytes are
+        proven in full where they are used: resume.trained_model); without it (a result
+        stored before) the file is read and its seal proven. ``proven``: files this node
+        proved before, read again only when their size or time changed; ``listing``: the
+        model's stamp, when listed already."""
         rel = trial_file(key, TrialFile.MODEL)
         stamp = (listing.stamp(key, TrialFile.MODEL) if listing and listing.covers(key)
                  else self.storage.stamp(rel))
         if stamp is None:
             return "gone"
+        size = published.get("size") if isinstance(published, dict) else None
+        if isinstance(size, int):
+            return None if stamp[0] == size else (
+                f"{stamp[0]:,} bytes where its result published {size:,}: not the model "
+                "its trial stored")
         uri = self.storage.uri_of(rel)
         if proven is not None and proven.get(uri) == stamp:
             return None
@@ -402,6 +412,7 @@ class Ledger:
         from)."""
         if model is not None:
             self.storage.write_bytes(trial_file(key, TrialFile.MODEL), model)
+            result.model_file = {"size": len(model), "sha256": sealed_digest(model)}
         if analysis is not None:
             self.storage.write_json(trial_file(key, TrialFile.ANALYSIS), analysis)
         if predictions is not None:

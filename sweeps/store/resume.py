@@ -16,6 +16,7 @@ import threading
 import time
 
 from kd_core.checkpoint import CheckpointError, checkpoint_bytes, load_checkpoint
+from kd_core.seal import sealed_digest
 from kd_core.train import load_model
 
 from .ledger import (
@@ -136,13 +137,18 @@ def trained_model(storage: Storage, key: str):
     next run trains the rest of the trial)."""
     reader = Ledger(storage, repair=False)
     rel = trial_file(key, TrialFile.MODEL)
+    result = reader.summary(key)
     if storage.exists(rel):
         try:
-            return load_model(*reader.model_bytes(key))
+            data, uri = reader.model_bytes(key)
+            published = (result.model_file or {}) if result is not None else {}
+            if published.get("sha256") not in (None, sealed_digest(data)):
+                raise CheckpointError(f"checkpoint {uri} is not the model its result "
+                                      "published (another SHA-256)")
+            return load_model(data, uri)  # its seal proven: every byte read is checked
         except CheckpointError as e:
             flag_corrupt(storage, rel, str(e))
     state = TrialCheckpoints(storage, key, repair=False).load_latest()
-    result = reader.summary(key)
     if state is None or result is None or int(state["epoch"]) != result.epochs:
         raise CheckpointError(
             f"{reader.model_uri(key)}: missing or corrupt, and the trial's checkpoints lack its "

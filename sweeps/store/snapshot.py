@@ -194,15 +194,22 @@ def reconcile(
     for t in trials:
         if retry_failed and snapshot.state(t.key) is TrialState.DIVERGED:
             repair(t.key, ledger.reset)
-    # Every trained model proves its bytes (read concurrently): one that is gone or fails its
-    # SHA-256 is moved aside and its trial forgets its result, so it publishes again from its
-    # checkpoints, else trains what they lack (a teacher before its students).
+    # Every trained model is proven: by the listing's size against the size its result
+    # published with it (no byte read: its bytes are proven in full where they are used, a
+    # student loading its teacher), or, for a result stored before, by reading it and its
+    # seal (concurrently). One that is gone, of another size or fails its SHA-256 is moved
+    # aside and its trial forgets its result, so it publishes again from its checkpoints,
+    # else trains what they lack (a teacher before its students).
     done = sorted(k for k in {t.key for t in trials} | set(teachers)
                   if snapshot.state(k) is TrialState.DONE)
     proven = Proven.load()
-    faults = dict(zip(done, concurrently(
-        lambda k: ledger.model_fault(k, proven, snapshot.listing), done, ledger.storage.width),
-        strict=True))
+
+    def fault(key: str) -> str | None:
+        record = snapshot.result(key)
+        return ledger.model_fault(key, proven, snapshot.listing,
+                                  record.model_file if record is not None else None)
+
+    faults = dict(zip(done, concurrently(fault, done, ledger.storage.width), strict=True))
     proven.save()
     for key, fault in faults.items():
         if fault is None:

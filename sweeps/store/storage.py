@@ -278,7 +278,14 @@ class Storage:
             # tells how many pages the whole folder holds; the names before it it holds whole
             last = max(first)[len(prefix):].split("/", 1)[0]
             rest = [n for n in wanted if f"{n}/" >= f"{last}/"]
-            if per_name(len(rest), folder_pages(last, shards), self.width, len(shards)):
+            pages = folder_pages(last, shards)
+            if not per_name(len(rest), pages, self.width, len(shards)):
+                # many wanted names: which are there at all, from the folder's names alone
+                # (one entry a name, not one a file: a fresh sweep's keys beside other sweeps'
+                # trials are found absent in an eighth of the root's pages)
+                there = self._names(prefix, shards)
+                rest = [n for n in rest if n in there]
+            if per_name(len(rest), pages, self.width, len(shards)):
                 for part in concurrently(lambda n: self._list(f"{prefix}{n}/")[0], rest,
                                          self.width):
                     files.update(part)
@@ -291,6 +298,19 @@ class Storage:
         elif more:
             files = keep(self._list(prefix)[0])
         return files
+
+    def _names(self, prefix: str, shards: str) -> set[str]:
+        """The names right under the folder ``prefix`` (S3's ListObjectsV2 with a delimiter:
+        one entry a name, however many files it holds), one listing per shard, concurrently."""
+        bucket, key = self._bucket_key(prefix)
+
+        def shard(c: str) -> set[str]:
+            paginator = self._s3.get_paginator("list_objects_v2")
+            return {p["Prefix"][len(key):].rstrip("/")
+                    for page in paginator.paginate(Bucket=bucket, Prefix=key + c, Delimiter="/")
+                    for p in page.get("CommonPrefixes", ())}
+
+        return set().union(*concurrently(shard, list(shards), self.width))
 
     def _list(self, prefix: str, pages: int | None = None) -> tuple[dict[str, list[int]], bool]:
         """S3's ListObjectsV2 under ``prefix`` (at most ``pages`` pages); whether more is left."""
