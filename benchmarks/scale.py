@@ -25,7 +25,8 @@ histories, wrn-16-2's real model and checkpoint sizes, a root shared with anothe
 code tree (``--trees``: PYTHONPATHs, e.g. an earlier commit's `git archive`) and times the
 real `kdsweep status` and rerun (`kdsweep run`) as subprocesses, peak RSS beside time
 (real_trials; RESULTS.md, issue 43). A tree that keeps an index of states (states.json) gets
-the one a run's end writes (index_real); ``status-cold`` times status with it set aside. With ``--real --storage s3`` the real `kdsweep run` runs on
+the one a run's end writes (index_real); ``status-cold`` times status with it set aside.
+With ``--real --storage s3`` the real `kdsweep run` runs on
 moto (in this process, its listing paged from a sorted index as S3 pages) behind the latency
 proxy: a fresh sweep's time to its first trial claimed, on an empty root and beside
 ``--others`` trials of another sweep, its start-up before Ray phase by phase, and the rerun of
