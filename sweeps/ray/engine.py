@@ -11,7 +11,9 @@ Ray internals are touched here only, each for its reason, and tests/test_private
 fails when Ray moves them: ``ray_constants.ENABLE_RAY_CLUSTER`` and ``ray.init``'s
 ``_node_ip_address`` (a local Ray on loopback, connect) and
 ``class_cache.ENV_VARS_TO_PROPAGATE`` (no credentials copied into runtime_envs,
-run_experiment). A job's resources go through Tune's public ``PlacementGroupFactory``.
+run_experiment) and the TuneController's lists and sets of trials (finished trials forgotten,
+prune_finished: Tune's cost per trial flat in one experiment). A job's resources go through
+Tune's public ``PlacementGroupFactory``.
 """
 
 from __future__ import annotations
