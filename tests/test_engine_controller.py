@@ -144,7 +144,7 @@ def test_students_start_once_their_teacher_ended_with_a_model_and_the_experiment
     at = {(what, key): i for i, (what, key, _) in enumerate(seen)}
     assert skipped == {}
     # finished trials dropped as they end: at most 2 running, 1 pending and 1 just ended
-    assert len(plan.trials) == 7 and max(held) <= 4, held
+    assert max(held) <= 4 < len(plan.trials), held
     assert {key for what, key, _ in seen if what == "end"} == {t.key for t in plan.trials}
     for t in plan.trials:
         assert seen[at["end", t.key]][2] == EPOCHS  # every job ran to its end
