@@ -1,10 +1,11 @@
 """Ray Tune's own cost per trial at 1k-100k trials (issue 29, item 6): no-op trainables handed
 out by a custom Searcher, as kdsweep's DependencySearcher hands out jobs, on the local Ray, with
 the engine's Tune settings (one experiment, warm actors reused, no per-trial logger files,
-experiment state in a local folder, the engine's FlatFIFO scheduler). What is left per trial is
-Tune's controller: its Trial objects, placement groups, result processing and experiment-state
-snapshots. ``--scheduler fifo`` uses Tune's own FIFOScheduler instead (the engine before issue
-43 item 4, which ran a sweep as experiments of ``--experiment`` jobs each).
+experiment state in a local folder, the engine's FlatFIFO scheduler and QuietProgress). What
+is left per trial is Tune's controller: its Trial objects, placement groups, result processing
+and experiment-state snapshots. ``--scheduler fifo`` uses Tune's own FIFOScheduler and progress
+callback instead (the engine before issue 43 item 4, which ran a sweep as experiments of
+``--experiment`` jobs each).
 
 Printed per N: wall seconds per trial and the driver's CPU seconds per trial, and the growth
 exponent between the smallest and largest N (0: flat; 1: each trial scans every trial).
@@ -66,7 +67,7 @@ def run(n: int, window: str | None, experiment: int, flat: bool) -> tuple[float,
 
 
 def run_one(n: int, window: str | None, flat: bool) -> tuple[float, float]:
-    from sweeps.ray.engine import FlatFIFO
+    from sweeps.ray.engine import FlatFIFO, QuietProgress
 
     if window:
         os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = window
@@ -75,7 +76,8 @@ def run_one(n: int, window: str | None, flat: bool) -> tuple[float, float]:
         tune_config=tune.TuneConfig(search_alg=Handout(n), num_samples=-1, reuse_actors=True,
                                     scheduler=FlatFIFO() if flat else None),
         run_config=tune.RunConfig(name=f"noop-{n}-{time.time_ns()}",
-                                  storage_path=tempfile.mkdtemp(prefix="kdtune-"), verbose=0),
+                                  storage_path=tempfile.mkdtemp(prefix="kdtune-"), verbose=0,
+                                  callbacks=[QuietProgress()] if flat else None),
     )
     import logging
 

@@ -135,3 +135,19 @@ def test_tune_controller_trial_bookkeeping():
         TrialRunnerWrapper.__init__)
     # the snapshot writes the JSON state of each trial in _trial_metadata, nothing else's
     assert "self._get_trial_checkpoints().values()" in inspect.getsource(TuneController.save_to_dir)
+
+
+def test_tune_adds_no_progress_callback_of_its_own_when_given_one():
+    """engine.QuietProgress: Tune's TrialProgressCallback keeps every trial it saw; Tune adds
+    one to an experiment's callbacks unless one is among them (with Tune's old output, which
+    sweep.py picks: RAY_AIR_NEW_OUTPUT=0)."""
+    from ray.tune.progress_reporter import TrialProgressCallback
+    from ray.tune.utils.callback import _create_default_callbacks
+
+    from sweeps.ray.engine import QuietProgress
+
+    quiet = QuietProgress()
+    made = _create_default_callbacks([quiet], air_verbosity=None)
+    assert [c for c in made if isinstance(c, TrialProgressCallback)] == [quiet]
+    assert [c for c in _create_default_callbacks([], air_verbosity=None)
+            if isinstance(c, TrialProgressCallback)]  # the one it adds otherwise

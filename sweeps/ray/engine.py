@@ -36,6 +36,7 @@ from ray import tune
 from ray.tune.error import TuneError
 from ray.tune.execution import class_cache
 from ray.tune.experiment import Trial
+from ray.tune.progress_reporter import TrialProgressCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 
@@ -638,6 +639,22 @@ class SweepCallback(tune.Callback):
             self.events.bank_built(job.trial, None, text)
 
 
+class QuietProgress(TrialProgressCallback):
+    """Tune's per-trial progress lines, which kdsweep does not print (verbose=0; its own
+    progress is progress.py), without their bookkeeping: Tune adds a TrialProgressCallback of
+    its own unless it is given one, and that one keeps every trial it saw (a set of the
+    completed and two dicts keyed by trial), so no finished trial would ever be freed."""
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        pass
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        pass
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        pass
+
+
 def job_resources(resources: ResourcesSpec):
     """Tune asks per trial: a trial gets its architecture's resources; a bank build its
     teacher's, with a whole GPU (it holds the teacher, batches of views and the bank at once)."""
@@ -720,7 +737,7 @@ def _run_tune(spec: SweepSpec, searcher: DependencySearcher, events, driver_toke
             failure_config=tune.FailureConfig(
                 max_failures=spec.max_failures + spec.max_preemptions
             ),
-            callbacks=[SweepCallback(events, early)],
+            callbacks=[SweepCallback(events, early), QuietProgress()],
             verbose=0,
         ),
     )
