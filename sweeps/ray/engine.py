@@ -384,9 +384,10 @@ def _join(address: str, quiet: dict) -> None:
 # meanwhile, new actors for the next). Tune's controller, left alone, costs more per trial as
 # its experiment grows (benchmarks/RESULTS.md: 9.5 ms of driver CPU per no-op trial at 1k, 19
 # ms at 10k): its FIFO scheduler scans every trial it ever had at each step, and it keeps every
-# Trial object and its JSON state, which each experiment snapshot writes out. FlatFIFO answers
-# in O(1) and, once this many trials have ended since the last time, drops the finished ones
-# from the controller's bookkeeping (prune_finished): O(1) per trial in all, memory bounded.
+# Trial object and its JSON state, which each experiment snapshot writes out (its progress
+# callback too: QuietProgress). FlatFIFO answers in O(1) and, once this many trials have ended
+# since the last time, drops the finished ones from the controller's bookkeeping
+# (prune_finished): O(1) per trial in all, memory bounded.
 # kdsweep never restores Tune's state (the ledger is the sweep's state), so nothing is lost.
 def tune_window() -> int:
     return int(env_number("KDSWEEP_TUNE_WINDOW", 2500, integer=True))
@@ -470,8 +471,7 @@ def prune_finished(controller) -> int:
     and the ResultGrid, neither of which kdsweep uses (its ledger is the sweep's state; results
     reach it through SweepCallback as trials end). ``controller``: the TuneController, or the
     TrialRunnerWrapper Tune hands its schedulers."""
-    controller = getattr(controller, "_tune_controller", controller)
-    c = controller
+    c = getattr(controller, "_tune_controller", controller)
     ended = (Trial.TERMINATED, Trial.ERROR)
     keep, gone = [], []
     for t in c._trials:
