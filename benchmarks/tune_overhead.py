@@ -1,14 +1,18 @@
 """Ray Tune's own cost per trial at 1k-100k trials (issue 29, item 6): no-op trainables handed
 out by a custom Searcher, as kdsweep's DependencySearcher hands out jobs, on the local Ray, with
 the engine's Tune settings (one experiment, warm actors reused, no per-trial logger files,
-experiment state in a local folder). What is left per trial is Tune's controller: its Trial
-objects, placement groups, result processing and experiment-state snapshots.
+experiment state in a local folder, the engine's FlatFIFO scheduler and QuietProgress). What
+is left per trial is Tune's controller: its Trial objects, placement groups, result processing
+and experiment-state snapshots. ``--scheduler fifo`` uses Tune's own FIFOScheduler and progress
+callback instead (the engine before issue 43 item 4, which ran a sweep as experiments of
+``--experiment`` jobs each).
 
 Printed per N: wall seconds per trial and the driver's CPU seconds per trial, and the growth
 exponent between the smallest and largest N (0: flat; 1: each trial scans every trial).
 
     PYTHONPATH=. .venv/bin/python benchmarks/tune_overhead.py --sizes 1000,10000
-    PYTHONPATH=. .venv/bin/python benchmarks/tune_overhead.py --sizes 1000,10000 --experiment 2000
+    PYTHONPATH=. .venv/bin/python benchmarks/tune_overhead.py --sizes 1000,10000 \
+        --scheduler fifo --experiment 2500
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -51,24 +56,28 @@ def noop(config):
     tune.report({"epoch": 1})
 
 
-def run(n: int, window: str | None, experiment: int) -> tuple[float, float]:
+def run(n: int, window: str | None, experiment: int, flat: bool) -> tuple[float, float]:
     """(wall seconds, driver CPU seconds) for ``n`` no-op trials, in Tune experiments of at
     most ``experiment`` trials each, one after the other (the engine's KDSWEEP_TUNE_WINDOW)."""
     wall = cpu = 0.0
     for start in range(0, n, experiment):
-        w, c = run_one(min(experiment, n - start), window)
+        w, c = run_one(min(experiment, n - start), window, flat)
         wall, cpu = wall + w, cpu + c
     return wall, cpu
 
 
-def run_one(n: int, window: str | None) -> tuple[float, float]:
+def run_one(n: int, window: str | None, flat: bool) -> tuple[float, float]:
+    from sweeps.ray.engine import FlatFIFO, QuietProgress
+
     if window:
         os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = window
     tuner = tune.Tuner(
         tune.with_resources(noop, {"cpu": 1}),
-        tune_config=tune.TuneConfig(search_alg=Handout(n), num_samples=-1, reuse_actors=True),
+        tune_config=tune.TuneConfig(search_alg=Handout(n), num_samples=-1, reuse_actors=True,
+                                    scheduler=FlatFIFO() if flat else None),
         run_config=tune.RunConfig(name=f"noop-{n}-{time.time_ns()}",
-                                  storage_path=tempfile.mkdtemp(prefix="kdtune-"), verbose=0),
+                                  storage_path=tempfile.mkdtemp(prefix="kdtune-"), verbose=0,
+                                  callbacks=[QuietProgress()] if flat else None),
     )
     import logging
 
@@ -83,7 +92,10 @@ def main() -> None:
     p.add_argument("--sizes", default="1000,10000")
     p.add_argument("--window", help="TUNE_MAX_PENDING_TRIALS_PG (default: the engine's)")
     p.add_argument("--experiment", type=int, default=10**9,
-                   help="trials per Tune experiment (the engine's KDSWEEP_TUNE_WINDOW)")
+                   help="trials per Tune experiment (the engine's KDSWEEP_TUNE_WINDOW before "
+                        "issue 43 item 4)")
+    p.add_argument("--scheduler", choices=("flat", "fifo"), default="flat",
+                   help="the engine's FlatFIFO (default) or Tune's own FIFOScheduler")
     args = p.parse_args()
     import ray
 
@@ -91,16 +103,18 @@ def main() -> None:
 
     connect(None)  # this machine's cores: one trial per CPU
     print(f"local Ray, {ray.cluster_resources().get('CPU')} CPUs; one trial per CPU")
-    print("| trials | wall s | wall ms per trial | driver CPU ms per trial |")
-    print("| --- | --- | --- | --- |")
+    print(f"scheduler {args.scheduler}, experiments of at most {args.experiment:,} trials")
+    print("| trials | wall s | wall ms per trial | driver CPU ms per trial | driver peak RSS MB |")
+    print("| --- | --- | --- | --- | --- |")
     sizes = [int(s) for s in args.sizes.split(",")]
     figures = {}
     with pending_window():
         for n in sizes:
-            wall, cpu = run(n, args.window, args.experiment)
+            wall, cpu = run(n, args.window, args.experiment, args.scheduler == "flat")
             figures[n] = wall / n
-            print(f"| {n:,} | {wall:.1f} | {wall / n * 1e3:.2f} | {cpu / n * 1e3:.2f} |",
-                  flush=True)
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # so far (Linux)
+            print(f"| {n:,} | {wall:.1f} | {wall / n * 1e3:.2f} | {cpu / n * 1e3:.2f} "
+                  f"| {peak:.0f} |", flush=True)
     lo, hi = min(sizes), max(sizes)
     print(f"growth exponent of wall per trial: "
           f"{math.log(figures[hi] / figures[lo]) / math.log(hi / lo):+.2f}")

@@ -18,7 +18,7 @@ from sweeps.domain.critical_path import remaining_work
 from sweeps.domain.plan import build_plan
 from sweeps.domain.scheduler import Job, Scheduler
 from sweeps.domain.spec import parse_spec
-from sweeps.ray.engine import DependencySearcher, StudentASHA
+from sweeps.ray.engine import DependencySearcher, FlatFIFO, StudentASHA
 from sweeps.ray.trial import WorkerMessage
 from sweeps.store.ledger import TrialState
 
@@ -84,12 +84,14 @@ def spec_of(taus, asha=None):
     })
 
 
-def run_stepped(tmp_path, spec, quality, fails=frozenset(), cpus=1, quiet=300.0):
+def run_stepped(tmp_path, spec, quality, fails=frozenset(), cpus=1, quiet=300.0, held=None):
     """The plan's jobs through Tune's controller, stepped until it finishes: (what Tune did,
-    what the scheduler skipped, the plan). ``quiet``: a guard against a hang only, reset by
-    every event Tune records (a job started or ended): a busy machine slows the steps (each
-    job's worker start most: seconds on a quiet machine, tens of seconds under load), never
-    stops them."""
+    what the scheduler skipped, the plan). The engine's schedulers drop finished trials from
+    the controller at every end (a window of 1: every step crosses a boundary); ``held``, a
+    list, gets how many trials the controller holds after each step. ``quiet``: a guard
+    against a hang only, reset by every event Tune records (a job started or ended): a busy
+    machine slows the steps (each job's worker start most: seconds on a quiet machine, tens of
+    seconds under load), never stops them."""
     plan = build_plan(spec)
     listener = Skips()
     unit = {m: 1.0 for chain in spec.chains for m in chain}
@@ -105,7 +107,7 @@ def run_stepped(tmp_path, spec, quality, fails=frozenset(), cpus=1, quiet=300.0)
     early = spec.search.asha is not None
     controller = TuneController(
         search_alg=searcher,
-        scheduler=StudentASHA(spec.search, EPOCHS) if early else None,
+        scheduler=StudentASHA(spec.search, EPOCHS, window=1) if early else FlatFIFO(window=1),
         callbacks=[recorder],
         storage=experiment.storage,
         resource_manager_factory=lambda: FixedResourceManager({"CPU": cpus}),
@@ -117,6 +119,8 @@ def run_stepped(tmp_path, spec, quality, fails=frozenset(), cpus=1, quiet=300.0)
                 seen, deadline = len(recorder.seen), time.monotonic() + quiet
             assert time.monotonic() < deadline, f"no Tune event for {quiet} s: {recorder.seen}"
             controller.step()
+            if held is not None:
+                held.append(len(controller.get_trials()))
     finally:
         controller.cleanup()
     return recorder.seen, listener.gone, plan
@@ -135,9 +139,12 @@ def test_students_start_once_their_teacher_ended_with_a_model_and_the_experiment
     spec = spec_of(taus=(1.0, 4.0))
     gens = by_generation(build_plan(spec))
     quality = {t.key: 0.5 for ts in gens.values() for t in ts}
-    seen, skipped, plan = run_stepped(tmp_path, spec, quality, cpus=2)
+    held = []
+    seen, skipped, plan = run_stepped(tmp_path, spec, quality, cpus=2, held=held)
     at = {(what, key): i for i, (what, key, _) in enumerate(seen)}
     assert skipped == {}
+    # finished trials dropped as they end: at most 2 running, 1 pending and 1 just ended
+    assert max(held) <= 4 < len(plan.trials), held
     assert {key for what, key, _ in seen if what == "end"} == {t.key for t in plan.trials}
     for t in plan.trials:
         assert seen[at["end", t.key]][2] == EPOCHS  # every job ran to its end
@@ -179,6 +186,24 @@ def test_asha_stops_weak_students_of_a_generation_never_a_teacher(local_ray, tmp
     below_stopped = {t.key for t in gens[2] if t.teacher_key in stopped}
     assert below_stopped and below_stopped <= set(skipped)
     assert not below_stopped & set(ended)  # never handed to Tune
+
+
+def test_the_searchers_snapshot_is_counts_not_keys(tmp_path):
+    """Tune snapshots the searcher every few seconds, and kdsweep never restores it: what it
+    writes is a few counts, whatever the size of the sweep (it was every waiting key)."""
+    import json
+
+    spec = spec_of(taus=(1.0, 4.0))
+    plan = build_plan(spec)
+    scheduler = Scheduler(spec, plan.trials, plan.trials, done=(), banks=(), values={},
+                          priority=remaining_work(spec.chains, {m: 1.0 for m in spec.chains[0]}),
+                          wants_bank=lambda n: False, listener=Skips())
+    searcher = DependencySearcher(scheduler, spec.search.metric)
+    assert searcher.suggest("t0") is not None  # the teacher runs, its students wait
+    searcher.save(str(tmp_path / "searcher.json"))
+    state = json.loads((tmp_path / "searcher.json").read_text())
+    assert state == {"waiting": len(plan.trials) - 1, "running": 1, "banks": 0, "handed": 1}
+    assert not any(t.key in json.dumps(state) for t in plan.trials)
 
 
 def test_a_report_is_metrics_and_one_message_that_reads_back():

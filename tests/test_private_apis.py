@@ -3,6 +3,7 @@ test fails when an upgrade moves or changes one, before a sweep does."""
 
 import atexit
 import inspect
+import re
 import threading
 
 
@@ -109,3 +110,44 @@ def test_mlflow_records_artifact_locations_in_the_columns_relocate_rewrites(tmp_
     located = [v for vs in found.values() for v in vs if v]
     assert located and all(v.startswith(str(tmp_path)) for v in located), found
     assert found["runs.artifact_uri"] and found["experiments.artifact_location"]
+
+
+def test_tune_controller_trial_bookkeeping():
+    """engine.FlatFIFO and prune_finished: Tune asks its scheduler, once per step and with a
+    TrialRunnerWrapper of the controller, which trial to run, and starts its pending trials
+    from its own queue when the answer is None; the controller keeps its trials in the list,
+    sets and dicts that prune_finished drops finished trials from (tests/test_engine_controller
+    runs a real controller through it, tests/test_sweep a sweep)."""
+    from ray.tune.execution.tune_controller import TrialRunnerWrapper, TuneController
+
+    from sweeps.ray.engine import CONTROLLER_TRIALS
+
+    init = inspect.getsource(TuneController.__init__)
+    kinds = {"_trials": "[]", "_trial_metadata": "{}", "_trial_to_actor": "{}"}
+    for name in CONTROLLER_TRIALS:
+        assert re.search(rf"self\.{name}\b[^=\n]*= {re.escape(kinds.get(name, 'set()'))}",
+                         init), name
+    add = inspect.getsource(TuneController._maybe_add_actors)
+    assert "self._scheduler_alg.choose_trial_to_run(self._wrapped())" in add
+    assert "if trial_to_run:" in add
+    assert "self._pending_trials_list = _maybe_add_actors(self._pending_trials_list)" in add
+    assert "self._tune_controller = tune_controller" in inspect.getsource(
+        TrialRunnerWrapper.__init__)
+    # the snapshot writes the JSON state of each trial in _trial_metadata, nothing else's
+    assert "self._get_trial_checkpoints().values()" in inspect.getsource(TuneController.save_to_dir)
+
+
+def test_tune_adds_no_progress_callback_of_its_own_when_given_one():
+    """engine.QuietProgress: Tune's TrialProgressCallback keeps every trial it saw; Tune adds
+    one to an experiment's callbacks unless one is among them (with Tune's old output, which
+    sweep.py picks: RAY_AIR_NEW_OUTPUT=0)."""
+    from ray.tune.progress_reporter import TrialProgressCallback
+    from ray.tune.utils.callback import _create_default_callbacks
+
+    from sweeps.ray.engine import QuietProgress
+
+    quiet = QuietProgress()
+    made = _create_default_callbacks([quiet], air_verbosity=None)
+    assert [c for c in made if isinstance(c, TrialProgressCallback)] == [quiet]
+    assert [c for c in _create_default_callbacks([], air_verbosity=None)
+            if isinstance(c, TrialProgressCallback)]  # the one it adds otherwise

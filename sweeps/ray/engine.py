@@ -11,7 +11,9 @@ Ray internals are touched here only, each for its reason, and tests/test_private
 fails when Ray moves them: ``ray_constants.ENABLE_RAY_CLUSTER`` and ``ray.init``'s
 ``_node_ip_address`` (a local Ray on loopback, connect) and
 ``class_cache.ENV_VARS_TO_PROPAGATE`` (no credentials copied into runtime_envs,
-run_experiment). A job's resources go through Tune's public ``PlacementGroupFactory``.
+run_experiment) and the TuneController's lists and sets of trials (finished trials forgotten,
+prune_finished: Tune's cost per trial flat in one experiment). A job's resources go through
+Tune's public ``PlacementGroupFactory``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from pathlib import Path
 from ray import tune
 from ray.tune.error import TuneError
 from ray.tune.execution import class_cache
+from ray.tune.experiment import Trial
+from ray.tune.progress_reporter import TrialProgressCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 
@@ -412,12 +416,17 @@ class _Refused(RuntimeError):
     """The cluster refused this driver's token (_refused_at_once)."""
 
 
-# Jobs per Tune experiment. Tune's controller costs more per trial as its experiment grows
-# (benchmarks/RESULTS.md: 9.5 ms of driver CPU per no-op trial at 1k trials, 19 ms at 10k in
-# one experiment, 8.8 ms at 10k in experiments of 2,500), so a sweep runs as successive
-# experiments of at most this many jobs, the scheduler carried from one to the next; each ends
-# once its last jobs do (a drain of about one job's time per window). kdsweep never restores
-# Tune's state (the ledger is the sweep's state), so nothing is lost.
+# Finished trials Tune's controller keeps. A sweep is one Tune experiment from its first job to
+# its last: every ready job pending at every moment and the trainable actors warm throughout
+# (successive experiments drained: each ended only once its longest job did, nothing pending
+# meanwhile, new actors for the next). Tune's controller, left alone, costs more per trial as
+# its experiment grows (benchmarks/RESULTS.md: 9.5 ms of driver CPU per no-op trial at 1k, 19
+# ms at 10k): its FIFO scheduler scans every trial it ever had at each step, and it keeps every
+# Trial object and its JSON state, which each experiment snapshot writes out (its progress
+# callback too: QuietProgress). FlatFIFO answers in O(1) and, once this many trials have ended
+# since the last time, drops the finished ones from the controller's bookkeeping
+# (prune_finished): O(1) per trial in all, memory bounded.
+# kdsweep never restores Tune's state (the ledger is the sweep's state), so nothing is lost.
 def tune_window() -> int:
     return int(env_number("KDSWEEP_TUNE_WINDOW", 2500, integer=True))
 
@@ -428,22 +437,18 @@ tune_window()  # a bad value is one line when the engine loads, before any work
 class DependencySearcher(Searcher):
     """Tune's face of the scheduler (scheduler.py): hands out its next job and tells it how
     each ended. It reads no storage: a job's outcome is in its last report (WorkerMessage).
-    ``budget``: the jobs this experiment hands out (a window) before it says FINISHED.
 
     A train job takes the siblings ready with it, up to ``fuse_limit`` (fusion.py): one Tune
     trial trains them as one fused model (trial.py's fused job), and each member's outcome,
     in its own report, ends that member in the scheduler at once (its students may go)."""
 
-    def __init__(self, scheduler: Scheduler, metric: str, budget: int | None = None,
-                 fuse_limit=lambda trial: 1):
+    def __init__(self, scheduler: Scheduler, metric: str, fuse_limit=lambda trial: 1):
         super().__init__()
-        self.scheduler, self.search_metric, self.budget = scheduler, metric, budget
+        self.scheduler, self.search_metric = scheduler, metric
         self.fuse_limit = fuse_limit
         self.handed = 0
 
     def suggest(self, trial_id: str) -> dict | None:
-        if self.budget is not None and self.handed >= self.budget:
-            return Searcher.FINISHED  # this window's share handed out: the next takes the rest
         if (job := self.scheduler.next_job()) is None:
             return Searcher.FINISHED if self.scheduler.finished() else None
         if job.kind == "train":
@@ -471,20 +476,19 @@ class DependencySearcher(Searcher):
                                 value=last.get(self.search_metric))
 
     def save(self, checkpoint_path: str) -> None:
-        """For Tune's experiment snapshot: what is waiting and running (keys only). Never
-        restored: a rerun rebuilds this from storage, where trials live by content key."""
+        """For Tune's experiment snapshot (taken every few seconds): how many jobs wait and
+        run, O(1). Never restored: a rerun rebuilds the scheduler from storage, where trials
+        live by content key, so the snapshot names no key (it had every waiting key: O(N) per
+        snapshot)."""
         with open(checkpoint_path, "w") as f:
             json.dump(self.__getstate__(), f)
 
     def __getstate__(self) -> dict:
         # Tuner pickles its config (this searcher included) for Tuner.restore, which kdsweep
-        # never uses: keep that file to keys, not the listener, clients or optuna's studies.
+        # never uses: counts only, not the scheduler, the listener, clients or optuna's studies.
         s = self.scheduler
-        return {
-            "waiting": list(s.waiting),
-            "running": {i: j.trial.key for i, j in s.running.items()},
-            "banks": s.banks,
-        }
+        return {"waiting": len(s.waiting), "running": len(s.running), "banks": len(s.banks),
+                "handed": self.handed}
 
 
 class _Member:
@@ -494,7 +498,75 @@ class _Member:
         self.trial_id = "member-" + key
 
 
-class StudentASHA(FIFOScheduler):
+# The TuneController attributes prune_finished touches (tests/test_private_apis.py checks each
+# exists with the type it expects): the list and status sets of its trials, its JSON states of
+# them (each experiment snapshot writes them all), the trials it holds actors for.
+CONTROLLER_TRIALS = ("_trials", "_live_trials", "_stopped_trials", "_failed_trials",
+                     "_trial_metadata", "_trials_to_cache", "_trial_to_actor", "_staged_trials",
+                     "_pending_trials")
+
+
+def prune_finished(controller) -> int:
+    """Drops the trials that have ended (TERMINATED or ERROR, no actor, nothing staged) from a
+    TuneController's bookkeeping; returns how many. O(trials it holds): called once per
+    tune_window() ended trials, O(1) per trial in all.
+
+    Going around Tune: it has no API to forget a finished trial, and keeps each one (its list,
+    a status set, its JSON state, rewritten into every experiment snapshot) for Tuner.restore
+    and the ResultGrid, neither of which kdsweep uses (its ledger is the sweep's state; results
+    reach it through SweepCallback as trials end). ``controller``: the TuneController, or the
+    TrialRunnerWrapper Tune hands its schedulers."""
+    c = getattr(controller, "_tune_controller", controller)
+    ended = (Trial.TERMINATED, Trial.ERROR)
+    keep, gone = [], []
+    for t in c._trials:
+        (gone if t.status in ended and t not in c._trial_to_actor
+         and t not in c._staged_trials and t not in c._pending_trials else keep).append(t)
+    if not gone:
+        return 0
+    c._trials[:] = keep  # in place: Tune hands this list to callbacks
+    for t in gone:
+        c._live_trials.discard(t)  # an errored trial stays "live" in Tune (finished all the same)
+        c._stopped_trials.discard(t)
+        c._failed_trials.discard(t)
+        c._trials_to_cache.discard(t)
+        c._trial_metadata.pop(t.trial_id, None)
+    return len(gone)
+
+
+class FlatFIFO(FIFOScheduler):
+    """Tune's FIFO scheduling at a cost per trial that does not grow with the experiment.
+
+    ``choose_trial_to_run`` answers None (no trial of its own choosing): Tune's controller then
+    starts its pending trials from its own queue, first in first out, as it does for those past
+    the first (FIFOScheduler's answer scans every trial the experiment ever had for the first
+    pending one, at every step: O(N) per step, the growth of Tune's cost per trial). kdsweep
+    never pauses a trial, so no PAUSED trial waits for it. Once ``window`` trials have ended
+    since the last time, it drops the finished ones from the controller (prune_finished), at
+    the start of a step, where Tune handles no event."""
+
+    def __init__(self, window: int | None = None):
+        super().__init__()
+        self.window = tune_window() if window is None else window
+        self.ended = self.pruned = 0
+
+    def choose_trial_to_run(self, tune_controller):
+        if self.ended >= self.window:
+            self.ended = 0
+            self.pruned += prune_finished(tune_controller)
+        return None
+
+    def on_trial_complete(self, tune_controller, trial, result):
+        self.ended += 1
+
+    def on_trial_error(self, tune_controller, trial):
+        self.ended += 1
+
+    def on_trial_remove(self, tune_controller, trial):
+        self.ended += 1
+
+
+class StudentASHA(FlatFIFO):
     """ASHA among the students of each generation (one ASHA per generation, so students are
     ranked against their own generation); teachers and bank builds always run to the end.
 
@@ -504,8 +576,9 @@ class StudentASHA(FIFOScheduler):
     reads after each of the member's epochs: it drops the member, publishes it as stopped
     early and goes on with the others. The job itself is never stopped by ASHA."""
 
-    def __init__(self, search: SearchSpec, epochs: int, storage: Storage | None = None):
-        super().__init__()
+    def __init__(self, search: SearchSpec, epochs: int, storage: Storage | None = None,
+                 window: int | None = None):
+        super().__init__(window)
         self.search, self.epochs, self.storage = search, epochs, storage
         self.by_generation: dict[int, ASHAScheduler] = {}
         self.members: set[str] = set()  # members ASHA ranks (added to their generation's)
@@ -562,14 +635,17 @@ class StudentASHA(FIFOScheduler):
         return self.CONTINUE
 
     def on_trial_complete(self, tune_controller, trial, result):
+        super().on_trial_complete(tune_controller, trial, result)
         if asha := self._job(trial):
             asha.on_trial_complete(tune_controller, trial, result)
 
     def on_trial_error(self, tune_controller, trial):
+        super().on_trial_error(tune_controller, trial)
         if asha := self._job(trial):
             asha.on_trial_error(tune_controller, trial)
 
     def on_trial_remove(self, tune_controller, trial):
+        super().on_trial_remove(tune_controller, trial)
         if asha := self._job(trial):
             asha.on_trial_remove(tune_controller, trial)
 
@@ -642,6 +718,22 @@ class SweepCallback(tune.Callback):
             self.events.bank_built(job.trial, None, text)
 
 
+class QuietProgress(TrialProgressCallback):
+    """Tune's per-trial progress lines, which kdsweep does not print (verbose=0; its own
+    progress is progress.py), without their bookkeeping: Tune adds a TrialProgressCallback of
+    its own unless it is given one, and that one keeps every trial it saw (a set of the
+    completed and two dicts keyed by trial), so no finished trial would ever be freed."""
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        pass
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        pass
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        pass
+
+
 def job_resources(resources: ResourcesSpec):
     """Tune asks per trial: a trial gets its architecture's resources; a bank build its
     teacher's, with a whole GPU (it holds the teacher, batches of views and the bank at once)."""
@@ -658,21 +750,15 @@ def job_resources(resources: ResourcesSpec):
 
 
 def run_experiment(spec: SweepSpec, ledger: Ledger, scheduler: Scheduler, events, driver_token: str
-                   ) -> int:
-    """Run every job the scheduler has, in Tune experiments of at most tune_window() jobs each
-    (``driver_token``: the token of this driver's lease, which its workers' trial claims carry);
-    returns how many experiments it took."""
-    windows, window = 0, tune_window()
+                   ) -> DependencySearcher:
+    """Run every job the scheduler has, in one Tune experiment (``driver_token``: the token of
+    this driver's lease, which its workers' trial claims carry); returns its searcher."""
     state = tune_dir(spec, ledger.storage.uri)
     shutil.rmtree(state, ignore_errors=True)  # the last run's, never restored
-    while not scheduler.finished():
-        searcher = DependencySearcher(scheduler, spec.search.metric, window,
-                                      fuse_limit(spec))
-        _run_window(spec, searcher, events, driver_token, index=windows, state=state)
-        windows += 1
-        if searcher.handed == 0:  # nothing could start: what is left waits on nothing
-            break
-    return windows
+    searcher = DependencySearcher(scheduler, spec.search.metric, fuse_limit(spec))
+    if not scheduler.finished():
+        _run_tune(spec, searcher, events, driver_token, state=state)
+    return searcher
 
 
 def fuse_limit(spec: SweepSpec):
@@ -716,10 +802,10 @@ def tune_dir(spec: SweepSpec, storage_uri: str):
     return node_cache() / "tune" / where / spec.name / spec.cluster
 
 
-def _run_window(spec: SweepSpec, searcher: DependencySearcher, events, driver_token: str,
-                index: int, state) -> None:
-    """One Tune experiment, the sweep's ``index``-th: the jobs ``searcher`` hands out, until
-    its budget or the end; Tune's state under ``state`` (tune_dir)."""
+def _run_tune(spec: SweepSpec, searcher: DependencySearcher, events, driver_token: str,
+              state) -> None:
+    """The sweep's Tune experiment: the jobs ``searcher`` hands out, until the end; Tune's
+    state under ``state`` (tune_dir)."""
     # Tune copies the driver's AWS credentials into every trainable's runtime_env, and Ray's
     # runtime-env agent logs that env verbatim in its session logs: a secret on disk. Workers
     # take credentials from their node (its environment or instance role), as the driver does.
@@ -734,20 +820,20 @@ def _run_window(spec: SweepSpec, searcher: DependencySearcher, events, driver_to
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             scheduler=(StudentASHA(spec.search, spec.train.epochs, Storage(spec.storage))
-                       if early else None),
+                       if early else FlatFIFO()),
             num_samples=-1,  # the searcher says when it is done
             trial_dirname_creator=lambda t: f"{t.config['job']}-{t.config['trial']['key'][:12]}",
             reuse_actors=True,  # warm workers across generations: no torch import per trial
         ),
         run_config=tune.RunConfig(
-            name=time.strftime("run-%Y%m%d-%H%M%S") + (f"-w{index}" if index else ""),
+            name=time.strftime("run-%Y%m%d-%H%M%S"),
             storage_path=str(state),
             # Tune retries both a lost node and a raising trial; the trial itself gives up after
             # spec.max_failures errors (trial.py), so the rest of the budget is for preemptions.
             failure_config=tune.FailureConfig(
                 max_failures=spec.max_failures + spec.max_preemptions
             ),
-            callbacks=[SweepCallback(events, early)],
+            callbacks=[SweepCallback(events, early), QuietProgress()],
             verbose=0,
         ),
     )
