@@ -583,8 +583,8 @@ class StudentASHA(FlatFIFO):
         self.by_generation: dict[int, ASHAScheduler] = {}
         self.members: set[str] = set()  # members ASHA ranks (added to their generation's)
 
-    def _asha(self, trial) -> ASHAScheduler | None:
-        job = Job.from_config(trial.config)
+    def _asha(self, job: Job) -> ASHAScheduler | None:
+        """The ASHA of a train job's generation (None for a teacher or a bank)."""
         g = job.trial.generation
         if job.kind != "train" or g == 0:
             return None
@@ -602,17 +602,18 @@ class StudentASHA(FlatFIFO):
 
     def _job(self, trial) -> ASHAScheduler | None:
         """The ASHA of a job of one trial (None for a teacher, a bank, or a fused job)."""
-        return None if Job.from_config(trial.config).siblings else self._asha(trial)
+        job = Job.from_config(trial.config)
+        return None if job.siblings else self._asha(job)
 
     def on_trial_add(self, tune_controller, trial):
         if asha := self._job(trial):
             asha.on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller, trial, result):
-        if not Job.from_config(trial.config).siblings:
-            asha = self._asha(trial)
+        job = Job.from_config(trial.config)  # once per result: Tune's loop waits on this
+        asha = self._asha(job)
+        if not job.siblings:
             return asha.on_trial_result(tune_controller, trial, result) if asha else self.CONTINUE
-        asha = self._asha(trial)
         message = WorkerMessage.of(result)
         if asha is None or message.member is None:
             return self.CONTINUE
