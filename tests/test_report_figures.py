@@ -2,6 +2,7 @@
 (where an unclipped band leaves [0, 100]): at most two bands per panel, each within [0, 100];
 and the per-image views (per-class table, McNemar) from stored predictions, by hand."""
 
+import io
 import math
 
 import numpy as np
@@ -140,3 +141,15 @@ def test_a_predictions_file_that_does_not_read_is_flagged_not_fatal(tmp_path, ca
     arrays = {"label": np.arange(3, dtype=np.int16), "pred": np.arange(3, dtype=np.int16)}
     ledger.storage.write_bytes(trial_file("j", TrialFile.PREDICTIONS), predictions_bytes(arrays))
     assert ledger.predictions("j")["pred"].tolist() == [0, 1, 2]
+    # one byte changed inside the archive: its seal says so, whether or not the zip would
+    data = bytearray(ledger.storage.read_bytes(trial_file("j", TrialFile.PREDICTIONS)))
+    data[len(data) // 3] ^= 0x01
+    ledger.storage.write_bytes(trial_file("b", TrialFile.PREDICTIONS), bytes(data))
+    caplog.clear()
+    assert ledger.predictions("b") is None
+    assert "fails its SHA-256" in caplog.text and "trials/b/predictions.npz" in caplog.text
+    # a file from before seals reads, proven by its zip's CRC-32s
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    ledger.storage.write_bytes(trial_file("old", TrialFile.PREDICTIONS), buf.getvalue())
+    assert ledger.predictions("old")["label"].tolist() == [0, 1, 2]

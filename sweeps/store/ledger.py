@@ -12,7 +12,8 @@ Layout under the storage root (trials are shared by every sweep that stores ther
                                    sealed with its SHA-256 like every checkpoint (kd_core/seal.py)
     trials/<key>/analysis.json     distributions of the paper's analyses of the final model
     trials/<key>/predictions.npz   per test image: predicted class, confidence, the true class's
-                                   probability, the teacher's class (kd_core.analysis.predictions)
+                                   probability, the teacher's class (kd_core.analysis.predictions),
+                                   sealed as a checkpoint is
     trials/<key>/curve.png         its learning curve, drawn by its worker (curve.py)
     trials/<key>/bank-<dtype>.pt   the teacher-logit bank of a trained model (teacher_bank.py)
     trials/<key>/bank-<dtype>.json its size and SHA-256 (a node's fetched copy is checked)
@@ -70,7 +71,7 @@ from enum import StrEnum
 
 import numpy as np
 
-from kd_core.seal import CheckpointError, SealBroken, sealed_digest, unseal, unseal_json
+from kd_core.seal import CheckpointError, SealBroken, seal, sealed_digest, unseal, unseal_json
 
 from ..domain import faults
 from ..domain.record import TrialResult, TrialState, curve_text
@@ -139,15 +140,18 @@ CORRUPT = "kdsweep_corrupt"
 
 def predictions_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     """A trial's per-image test predictions (kd_core.analysis.predictions) as its
-    predictions.npz: compressed numpy arrays, no pickled objects."""
+    predictions.npz: compressed numpy arrays, no pickled objects, sealed with the SHA-256 of
+    the archive as a checkpoint is (kd_core/seal.py: a trailer numpy's zip reader ignores)."""
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
-    return buf.getvalue()
+    return seal(buf.getvalue())
 
 
-def read_predictions(data: bytes) -> dict[str, np.ndarray]:
-    """The arrays of a predictions.npz (no pickled object is ever loaded)."""
-    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+def read_predictions(data: bytes, label: str = TrialFile.PREDICTIONS) -> dict[str, np.ndarray]:
+    """The arrays of a predictions.npz, proven first (its seal; a file from before seals, its
+    zip's CRC-32s): CheckpointError names ``label`` otherwise. No pickled object is ever
+    loaded."""
+    with np.load(io.BytesIO(unseal(data, label)), allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
 
 
@@ -389,10 +393,10 @@ class Ledger:
         trial from before they were stored, or a file that does not read (flagged)."""
         rel = trial_file(key, TrialFile.PREDICTIONS)
         try:
-            return read_predictions(self.storage.read_bytes(rel))
+            return read_predictions(self.storage.read_bytes(rel), self.storage.uri_of(rel))
         except FileNotFoundError:
             return None
-        except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        except (CheckpointError, ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
             flag_corrupt(self.storage, rel, f"not a predictions file ({e})")
             return None
 
