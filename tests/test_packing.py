@@ -1,6 +1,7 @@
 """Trial packing: shapes of a plan, the fractions suggested from measured peaks, and the
 `kdsweep plan --measure` command on a real local Ray."""
 
+import math
 from collections import Counter
 
 import pytest
@@ -129,7 +130,7 @@ def test_plan_measure_prints_a_packing_that_the_spec_accepts(tmp_path, local_ray
 def test_plan_measure_records_fusion_where_fuse_auto_reads_it(tmp_path, local_ray, kdsweep_here):
     """Siblings in the plan: `plan --measure` times them fused against one at a time and
     records it in the sweep's storage (store/measured.py); `fuse: auto` then decides by it."""
-    from sweeps.domain.fusion import PAYS
+    from sweeps.domain.fusion import PAYS, group_limit
     from sweeps.domain.plan import build_plan
     from sweeps.ray.engine import fuse_limit
     from sweeps.store.measured import read_fusion
@@ -148,8 +149,13 @@ def test_plan_measure_records_fusion_where_fuse_auto_reads_it(tmp_path, local_ra
     assert problem == "" and set(measured) == {("cnn-small", "cpu")}
     speedups = measured[("cnn-small", "cpu")]
     assert set(speedups) == {2, 3}  # K = 2, and the 3 siblings of each teacher
-    assert all(0.1 < x < 3 for x in speedups.values())  # fused can't beat K
+    # measured speedups: timings of 3 steps, any positive figure on a busy machine (their
+    # bound, fused <= K, is benchmarks/fusion.py's check on a quiet one, not a test's)
+    assert all(math.isfinite(x) and x > 0 for x in speedups.values())
     assert "fusion measurements recorded in" in text and "fuse: auto -> cnn-small" in text
-    best = max(speedups, key=lambda k: (speedups[k], -k))
     student = next(t for t in build_plan(spec).trials if t.generation == 1)
-    assert fuse_limit(spec)(student) == (best if speedups[best] >= PAYS else 1)
+    # what auto takes is the rule applied to the record read from storage (the rule itself:
+    # test_fusion_schedule.py); a record that says no gain keeps one student per job
+    k = fuse_limit(spec)(student)
+    assert k == group_limit("auto", "cnn-small", False, measured=speedups)
+    assert (k == 1) == (max(speedups.values()) < PAYS)
