@@ -654,7 +654,8 @@ class StudentASHA(FlatFIFO):
 class SweepCallback(tune.Callback):
     """Runs in the driver: forwards each Tune event of a job to the driver's record keeper. A
     fused job's reports each name their member (WorkerMessage.member): its epoch goes to that
-    member's run, and its outcome ends that member, once."""
+    member's run, and its outcome ends that member, once. The analysis and curve a worker
+    made ride with its outcome (WorkerMessage.outputs) to the trial's run: never read back."""
 
     def __init__(self, events, early_stopping: bool):
         self.events, self.early_stopping = events, early_stopping
@@ -689,7 +690,7 @@ class SweepCallback(tune.Callback):
                 member = next(t for t in Job.from_config(trial.config).members
                               if t.key == message.member)
                 self.events.ended(member, message.outcome, message.error, result,
-                                  self.early_stopping)
+                                  self.early_stopping, message.outputs())
 
     def _unended(self, trial) -> list:
         """A fused job's members whose outcome no report said (all of them: ended here)."""
@@ -707,7 +708,7 @@ class SweepCallback(tune.Callback):
             last = trial.last_result or {}
             message = WorkerMessage.of(last)
             self.events.ended(job.trial, message.outcome, message.error, last,
-                              self.early_stopping)
+                              self.early_stopping, message.outputs())
 
     def on_trial_error(self, iteration, trials, trial, **info):
         job = Job.from_config(trial.config)
