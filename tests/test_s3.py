@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from sweeps.domain.plan import build_plan
 from sweeps.domain.spec import parse_spec
+from sweeps.ray.engine import tune_dir
 from sweeps.store.ledger import CHECKPOINTS, Ledger, TrialState, trial_file
 from sweeps.store.storage import Storage
 from testkit import HANG, servers
@@ -144,11 +145,15 @@ def trial_requests(proxy: LatencyProxy, root: str) -> dict[str, dict[str, int]]:
     return out
 
 
-def test_a_fresh_trials_analysis_and_curve_reach_mlflow_without_a_read(s3_server, tmp_path):
+def test_a_fresh_trials_analysis_and_curve_reach_mlflow_without_a_read(s3_server, tmp_path,
+                                                                        monkeypatch):
     """The analysis and curve a worker made ride with its last report to the trial's MLflow
     run: a fresh sweep on S3 makes no GET of either (counted at the server's door, every
-    process of the sweep behind the proxy). A rerun into an empty MLflow store (no worker
-    runs: every trial is stored) reads each from storage once, and logs both."""
+    process of the sweep behind the proxy), and Tune's state on the driver's disk never holds
+    the curve's bytes. A rerun into an empty MLflow store (no worker runs: every trial is
+    stored) reads each from storage once, and logs both."""
+    for k, v in s3_server.items():
+        monkeypatch.setenv(k, v)
     root = "outputs-test"
     spec_path = write_spec(tmp_path, storage=f"s3://kdsweep/{root}",
                            chains=[["cnn-small", "cnn-small"]],
@@ -181,6 +186,12 @@ def test_a_fresh_trials_analysis_and_curve_reach_mlflow_without_a_read(s3_server
         assert fresh["analysis.json"] == {"PUT": len(keys)}  # written by its worker, not read
         assert fresh["curve.png"] == {"PUT": len(keys)}
         assert artifacts == {k: ["analysis.json", "curve.png"] for k in keys}
+        tune_state = [p for p in tune_dir(spec, Storage(spec.storage).uri).rglob("*")
+                      if p.is_file()]
+        assert tune_state  # Tune's experiment state, its last results in it
+        png = b"\x89PNG\r\n\x1a\n"
+        assert [p for p in tune_state if png in (b := p.read_bytes()) or png.hex().encode() in b
+                ] == []
 
         again, artifacts = run(f"sqlite:///{tmp_path / 'empty-mlflow.db'}")
         print("rerun into an empty MLflow, requests by trial file:", again)

@@ -665,6 +665,7 @@ class SweepCallback(tune.Callback):
     def __init__(self, events, early_stopping: bool):
         self.events, self.early_stopping = events, early_stopping
         self.ended: dict[str, set[str]] = {}  # Tune trial id -> fused members ended
+        self.outputs: dict[str, dict] = {}  # Tune trial id -> its one trial's artifacts
 
     def __getstate__(self) -> dict:
         # Tuner pickles its run config for Tuner.restore, which kdsweep never uses (see
@@ -678,7 +679,10 @@ class SweepCallback(tune.Callback):
                 self.events.started(member)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        outputs = WorkerMessage.take_outputs(result)  # out of Tune's trial state
         message = WorkerMessage.of(result)
+        if outputs is not None and message.member is None:  # until the job completes
+            self.outputs[trial.trial_id] = outputs
         key = message.member or trial.config["trial"]["key"]
         if message.warnings:
             self.events.warned(key, list(message.warnings))
@@ -695,7 +699,7 @@ class SweepCallback(tune.Callback):
                 member = next(t for t in Job.from_config(trial.config).members
                               if t.key == message.member)
                 self.events.ended(member, message.outcome, message.error, result,
-                                  self.early_stopping, message.outputs())
+                                  self.early_stopping, outputs)
 
     def _unended(self, trial) -> list:
         """A fused job's members whose outcome no report said (all of them: ended here)."""
@@ -713,9 +717,10 @@ class SweepCallback(tune.Callback):
             last = trial.last_result or {}
             message = WorkerMessage.of(last)
             self.events.ended(job.trial, message.outcome, message.error, last,
-                              self.early_stopping, message.outputs())
+                              self.early_stopping, self.outputs.pop(trial.trial_id, None))
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self.outputs.pop(trial.trial_id, None)
         job = Job.from_config(trial.config)
         text = str(trial.get_error() or "unknown error")  # Tune's traceback
         if job.kind == "train":

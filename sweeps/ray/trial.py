@@ -113,6 +113,17 @@ class WorkerMessage:
                                  for x in fields.get(name, ()))
         return cls(**fields)
 
+    @classmethod
+    def take_outputs(cls, result: dict) -> dict | None:
+        """The artifacts in a report (outputs), taken out of it in place (a Tune callback may
+        change the result it is given: Tune then keeps it as the trial's last result): the
+        curve's bytes reach MLflow, never Tune's trial state or experiment snapshots."""
+        outputs = cls.of(result).outputs()
+        if outputs is not None and isinstance(result.get(MESSAGE), dict):
+            for name in ("analysis", "curve"):
+                result[MESSAGE].pop(name, None)
+        return outputs
+
     def outputs(self) -> dict | None:
         """The artifacts this job's worker made for its trial's run (file name -> JSON text
         or bytes: tracker.log_outputs), or None where it made none (the trial's were made
@@ -144,8 +155,7 @@ class Warnings(logging.Handler):
         """tune.report: ``metrics``, and the message (WorkerMessage): the warnings held since
         the last report, and ``note`` (outcome, error, storage_full)."""
         if "outcome" in note and "member" not in note:  # a fused member's is its own
-            self.ended = {k: note.pop(k) for k in ("outcome", "error", "analysis", "curve")
-                          if k in note}
+            self.ended = {k: note.pop(k) for k in ("outcome", "error") if k in note}
         held, self.held = tuple(self.held), []
         corrupt, self.corrupt = tuple(self.corrupt), []
         message = WorkerMessage(warnings=held, corrupt=corrupt, **self.ended, **note)
