@@ -18,9 +18,19 @@ The pages are timed as raw HTTP (http.client: moto's time plus loopback, no clie
 and through boto3 (the difference is the client's XML parsing, which a driver pays against any
 S3). Figures: ms per request, min / median.
 
+With ``--snapshot N``, at each step: a fresh N-trial sweep's snapshot (Snapshot.load: the
+start-up's listing, the phase whose requests grow with the root) in a process of its own (a
+driver's), through testkit/latency.py's proxy at ``--latency``, on the shared root and on an
+empty one, interleaved: its wall and CPU seconds, its requests, and the CPU seconds moto's
+process (moto and the proxy: this one) spent meanwhile. moto serves from one Python process,
+so its requests' server time adds up under its GIL where S3 serves them in parallel.
+
     PYTHONPATH=$PWD .venv/bin/python benchmarks/moto_cost.py --others 0,5000,10000,20000 \
         --rounds 5
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/moto_cost.py --others 0,25000,50000 \
+        --rounds 3 --plain-up-to 0 --snapshot 2000
 """
+
 
 from __future__ import annotations
 
@@ -37,6 +47,21 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))
 from benchmarks.harness import interleaved  # noqa: E402
 from benchmarks.scale import indexed_moto, real_spec, s3_others  # noqa: E402
 
+CLIENT = r"""
+import json, sys, time
+from sweeps.domain.plan import build_plan
+from sweeps.domain.spec import parse_spec
+from sweeps.store.ledger import Ledger
+from sweeps.store.snapshot import Snapshot
+from sweeps.store.storage import Storage
+spec = parse_spec(json.loads(sys.argv[1]))
+keys = [t.key for t in build_plan(spec).trials]
+ledger = Ledger(Storage(spec.storage), repair=False)
+t0, c0 = time.perf_counter(), time.process_time()
+Snapshot.load(ledger, keys)
+print(json.dumps([time.perf_counter() - t0, time.process_time() - c0]))
+"""
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -45,6 +70,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--plain-up-to", type=int, default=20_000,
                    help="moto's own (scanning) listing is timed up to this many trials")
+    p.add_argument("--snapshot", type=int, default=0,
+                   help="also time a fresh sweep of this many trials' snapshot (0: not)")
+    p.add_argument("--latency", type=float, default=0.05, help="--snapshot: s per request")
     args = p.parse_args()
     steps = [int(s) for s in args.others.split(",")]
 
@@ -52,7 +80,8 @@ def main() -> None:
     from moto.s3.models import S3Backend
 
     own_list = S3Backend.list_objects_v2  # moto's own, before indexed_moto replaces it
-    with indexed_moto(Path(tempfile.mkdtemp()), 0.0) as (_, _, backend, bucket, direct):
+    with indexed_moto(Path(tempfile.mkdtemp()), args.latency) as (endpoint, proxy, backend,
+                                                                  bucket, direct):
         indexed_list = S3Backend.list_objects_v2
         host, port = direct.removeprefix("http://").split(":")
         s3 = boto3.client("s3", endpoint_url=direct, region_name="us-east-1")
@@ -125,6 +154,38 @@ def main() -> None:
                 print(f"| {have:,} ({objects:,}) | {n} | {cell(figures['indexed', n])} | "
                       f"{cell(plain.get(n, []))} | {cell(figures.get(('boto3', n), []))} |",
                       flush=True)
+            if args.snapshot:
+                snapshots(args, endpoint, proxy, have)
+
+
+def snapshots(args, endpoint: str, proxy, have: int) -> None:
+    """A fresh sweep's snapshot on the shared root and on an empty one (interleaved)."""
+    import json
+    import os
+    import subprocess
+
+    made = {"n": 0}
+
+    def one(root: str) -> tuple:
+        made["n"] += 1
+        spec = real_spec(f"fresh-{made['n']}", args.snapshot, f"s3://kdsweep/{root}",
+                         first_seed=10**5 * made["n"])
+        before, c0 = proxy.total(), time.process_time()
+        out = subprocess.run([sys.executable, "-c", CLIENT, json.dumps(spec)], check=True,
+                             capture_output=True, text=True,
+                             env={**os.environ, "AWS_ENDPOINT_URL": endpoint})
+        wall, cpu = json.loads(out.stdout.strip().splitlines()[-1])
+        return wall, cpu, time.process_time() - c0, proxy.total() - before
+
+    figures = interleaved({"shared": lambda: one("shared"), "empty": lambda: one("empty")},
+                          args.rounds)
+    for root, runs in figures.items():
+        walls, cpus, server, requests = zip(*runs, strict=True)
+        print(f"| {have:,} | snapshot of a fresh {args.snapshot:,}-trial sweep, {root} root | "
+              f"wall {min(walls):.2f} / {statistics.median(walls):.2f} s | driver CPU "
+              f"{min(cpus):.2f} / {statistics.median(cpus):.2f} s | moto+proxy CPU "
+              f"{min(server):.2f} / {statistics.median(server):.2f} s | "
+              f"{statistics.median(requests):.0f} requests |", flush=True)
 
 
 if __name__ == "__main__":
