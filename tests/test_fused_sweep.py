@@ -179,3 +179,5 @@ def test_asha_stops_fused_members_one_by_one_and_the_others_go_on(local_ray, tmp
             assert runs[key].data.tags["kdsweep.state"] == "stopped_early"
         else:
             assert r.state == "done" and r.epochs == 4 and ledger.has_model(key)
+    # ASHA's notes to the job (stop.json) are gone once their members' results are stored
+    assert not any(ledger.storage.exists(trial_file(k, "stop.json")) for k in results)

@@ -265,3 +265,16 @@ def test_status_reads_only_the_results_its_index_does_not_hold_as_they_are(mixed
     ledger.storage.write_json(rel, {"trials": bad})
     assert ledger.state_index(spec) == {}
     assert status_is_the_probes() == sorted(index)
+
+
+def test_the_names_pass_is_weighed_by_its_own_pages_not_the_files():
+    """Issue 43: a fresh 2,000-trial sweep beside 50k trials of 8 files each (400 pages of
+    files, 50 of names): the names pass (4 rounds of 16 shards) costs less than 2,000 listings
+    of a folder each (63 rounds of 32), though the files' 400 pages (25 rounds of 16) would
+    not have (the rule weighed those and listed each folder: 1,999 requests against 51)."""
+    from sweeps.store.storage import names_first, per_name
+
+    assert per_name(2000, 400)  # against the files' pages: a listing per name
+    assert names_first(2000, 400, 1 / 8)  # against the names' pages: the names first
+    assert not names_first(2000, 400, 1.0)  # a file a trial: its names are its pages
+    assert not names_first(50, 400, 1 / 8)  # a few names: a listing each

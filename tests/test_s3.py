@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from sweeps.domain.plan import build_plan
 from sweeps.domain.spec import parse_spec
+from sweeps.ray.engine import tune_dir
 from sweeps.store.ledger import CHECKPOINTS, Ledger, TrialState, trial_file
 from sweeps.store.storage import Storage
 from testkit import HANG, servers
@@ -130,6 +131,75 @@ def test_sweep_on_s3_resumes_and_reuses_teachers(s3_server, tmp_path, monkeypatc
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server["AWS_ENDPOINT_URL"])
     after = {k: storage.read_json(trial_file(k, "result.json"))["finished_at"] for k in keys}
     assert after == before
+
+
+def trial_requests(proxy: LatencyProxy, root: str) -> dict[str, dict[str, int]]:
+    """The requests the proxy passed for trials' files under ``root``, by file name:
+    {"analysis.json": {"GET": n, "PUT": m}, ...}."""
+    out: dict[str, dict[str, int]] = {}
+    for (method, path), n in proxy.paths.items():
+        if path.startswith(f"/kdsweep/{root}/trials/"):
+            name = path.rsplit("/", 1)[1]
+            out.setdefault(name, {}).setdefault(method, 0)
+            out[name][method] += n
+    return out
+
+
+def test_a_fresh_trials_analysis_and_curve_reach_mlflow_without_a_read(s3_server, tmp_path,
+                                                                        monkeypatch):
+    """The analysis and curve a worker made ride with its last report to the trial's MLflow
+    run: a fresh sweep on S3 makes no GET of either (counted at the server's door, every
+    process of the sweep behind the proxy), and Tune's state on the driver's disk never holds
+    the curve's bytes. A rerun into an empty MLflow store (no worker runs: every trial is
+    stored) reads each from storage once, and logs both."""
+    for k, v in s3_server.items():
+        monkeypatch.setenv(k, v)
+    root = "outputs-test"
+    spec_path = write_spec(tmp_path, storage=f"s3://kdsweep/{root}",
+                           chains=[["cnn-small", "cnn-small"]],
+                           train={"epochs": 2, "batch_size": 64, "lr": 0.02})
+    spec = parse_spec(yaml.safe_load(spec_path.read_text()))
+    keys = {t.key for t in build_plan(spec).trials}
+    port = int(s3_server["AWS_ENDPOINT_URL"].rsplit(":", 1)[1])
+
+    def run(tracking: str) -> tuple[dict, list]:
+        """The sweep into the MLflow store at ``tracking``: (its trials' requests by file, its
+        trial runs' artifacts: key -> names)."""
+        spec_path.write_text(spec_path.read_text().replace(spec.tracking_uri, tracking))
+        with LatencyProxy(port, delay=0.0) as proxy:
+            driver = start_driver(spec_path, tmp_path,
+                                  {**s3_server, "AWS_ENDPOINT_URL": proxy.endpoint})
+            try:
+                assert driver.wait(HANG) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+            finally:
+                kill_leftovers(tmp_path)
+        client = MlflowClient(tracking)
+        runs = client.search_runs([client.get_experiment_by_name(spec.name).experiment_id],
+                                  "tags.`kdsweep.role` = 'trial'")
+        return trial_requests(proxy, root), {
+            r.data.tags["kdsweep.key"]: [a.path for a in client.list_artifacts(r.info.run_id)]
+            for r in runs if r.info.status == "FINISHED"}
+
+    try:
+        fresh, artifacts = run(spec.tracking_uri)
+        print("fresh sweep, requests by trial file:", fresh)
+        assert fresh["analysis.json"] == {"PUT": len(keys)}  # written by its worker, not read
+        assert fresh["curve.png"] == {"PUT": len(keys)}
+        assert artifacts == {k: ["analysis.json", "curve.png"] for k in keys}
+        tune_state = [p for p in tune_dir(spec, Storage(spec.storage).uri).rglob("*")
+                      if p.is_file()]
+        assert tune_state  # Tune's experiment state, its last results in it
+        png = b"\x89PNG\r\n\x1a\n"
+        assert [p for p in tune_state if png in (b := p.read_bytes()) or png.hex().encode() in b
+                ] == []
+
+        again, artifacts = run(f"sqlite:///{tmp_path / 'empty-mlflow.db'}")
+        print("rerun into an empty MLflow, requests by trial file:", again)
+        assert again["analysis.json"] == {"GET": len(keys)}  # stored: read once, in the lane
+        assert again["curve.png"] == {"GET": len(keys)}
+        assert artifacts == {k: ["analysis.json", "curve.png"] for k in keys}
+    finally:
+        kill_leftovers(tmp_path, remove=True)
 
 
 def test_credentials_in_the_spec_are_refused():

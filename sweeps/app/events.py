@@ -71,11 +71,12 @@ class SweepEvents:
             self.ledger.move_aside(rel, why)
 
     def ended(self, trial: Trial, outcome: str | None, error: str | None, last: dict,
-              early_stopping: bool) -> None:
+              early_stopping: bool, outputs: dict | None = None) -> None:
         """A trial's job returned, its ``outcome`` as its worker's last report said: a state
         whose result is in storage (read here: its one read in this run), ``failed`` for good
         (with ``error``), or none: stopped by ASHA before its last epoch, or it ended without
-        a word (its failure, if it stored one, is read then)."""
+        a word (its failure, if it stored one, is read then). ``outputs``: the artifacts its
+        worker made for its run (WorkerMessage.outputs; None: MLflow's lane reads them)."""
         spec = self.plan.spec
         if outcome == TrialState.FAILED:
             return self._failed(trial, error or "failed")
@@ -95,11 +96,13 @@ class SweepEvents:
                                               cluster=spec.cluster, sweep=spec.name)
             self.check_lease()
             self.ledger.publish(trial.key, None, record)
+            outputs = {}  # made here: no analysis, no curve to log (nor to look for)
         else:
             return self.failed(trial, self._unpublished(trial))
         self.snapshot.set(trial.key, TrialState(record.state), record)
         self.tracker.finish(trial.key, record,
-                            reused=bool(record.trained_elsewhere(spec.cluster, spec.name)))
+                            reused=bool(record.trained_elsewhere(spec.cluster, spec.name)),
+                            outputs=outputs)
         self.progress.set(trial.key, TrialState(record.state))
 
     def _unpublished(self, trial: Trial) -> str:

@@ -44,9 +44,10 @@ from ..domain.fusion import group_limit, sibling_key
 from ..domain.scheduler import Job, Scheduler
 from ..domain.settings import env_number
 from ..domain.spec import ResourcesSpec, SearchSpec, SpecError, SweepSpec
-from ..store.ledger import Ledger, TrialFile, TrialState, trial_file
+from ..store.ledger import Ledger, TrialState
 from ..store.measured import fusion_file, read_fusion
 from ..store.storage import AWS_CREDENTIALS, Storage, StorageFull, node_cache
+from .stops import StopNotes
 from .trial import WorkerMessage, run_job
 
 log = logging.getLogger(__name__)
@@ -574,12 +575,15 @@ class StudentASHA(FlatFIFO):
     WorkerMessage.member): a member ASHA stops is told to its job through storage (its
     ``stop.json``, naming the job's Tune trial id and the epoch; ``storage``), which the job
     reads after each of the member's epochs: it drops the member, publishes it as stopped
-    early and goes on with the others. The job itself is never stopped by ASHA."""
+    early and goes on with the others. The job itself is never stopped by ASHA. Those notes
+    are written, and removed once the member's outcome is reported, by a thread of their own
+    (stops.StopNotes): Tune's loop never waits on storage for them."""
 
     def __init__(self, search: SearchSpec, epochs: int, storage: Storage | None = None,
                  window: int | None = None):
         super().__init__(window)
-        self.search, self.epochs, self.storage = search, epochs, storage
+        self.search, self.epochs = search, epochs
+        self.stops = None if storage is None else StopNotes(storage)
         self.by_generation: dict[int, ASHAScheduler] = {}
         self.members: set[str] = set()  # members ASHA ranks (added to their generation's)
 
@@ -619,6 +623,8 @@ class StudentASHA(FlatFIFO):
             return self.CONTINUE
         member = _Member(message.member)
         if message.outcome is not None:  # it ended (its own end, or a stop said)
+            if self.stops is not None:  # its result is stored: a note of its stop goes
+                self.stops.ended(message.member)
             if member.trial_id in self.members:
                 self.members.discard(member.trial_id)
                 asha.on_trial_remove(tune_controller, member)
@@ -630,9 +636,8 @@ class StudentASHA(FlatFIFO):
             asha.on_trial_add(tune_controller, member)
         epoch = int(result["epoch"])
         if (asha.on_trial_result(tune_controller, member, result) == self.STOP
-                and epoch < self.epochs and self.storage is not None):
-            self.storage.write_json(trial_file(message.member, TrialFile.STOP),
-                                    {"job": trial.trial_id, "epoch": epoch})
+                and epoch < self.epochs and self.stops is not None):
+            self.stops.said(message.member, trial.trial_id, epoch)  # queued, not written here
         return self.CONTINUE
 
     def on_trial_complete(self, tune_controller, trial, result):
@@ -654,11 +659,13 @@ class StudentASHA(FlatFIFO):
 class SweepCallback(tune.Callback):
     """Runs in the driver: forwards each Tune event of a job to the driver's record keeper. A
     fused job's reports each name their member (WorkerMessage.member): its epoch goes to that
-    member's run, and its outcome ends that member, once."""
+    member's run, and its outcome ends that member, once. The analysis and curve a worker
+    made ride with its outcome (WorkerMessage.outputs) to the trial's run: never read back."""
 
     def __init__(self, events, early_stopping: bool):
         self.events, self.early_stopping = events, early_stopping
         self.ended: dict[str, set[str]] = {}  # Tune trial id -> fused members ended
+        self.outputs: dict[str, dict] = {}  # Tune trial id -> its one trial's artifacts
 
     def __getstate__(self) -> dict:
         # Tuner pickles its run config for Tuner.restore, which kdsweep never uses (see
@@ -672,7 +679,10 @@ class SweepCallback(tune.Callback):
                 self.events.started(member)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        outputs = WorkerMessage.take_outputs(result)  # out of Tune's trial state
         message = WorkerMessage.of(result)
+        if outputs is not None and message.member is None:  # until the job completes
+            self.outputs[trial.trial_id] = outputs
         key = message.member or trial.config["trial"]["key"]
         if message.warnings:
             self.events.warned(key, list(message.warnings))
@@ -689,7 +699,7 @@ class SweepCallback(tune.Callback):
                 member = next(t for t in Job.from_config(trial.config).members
                               if t.key == message.member)
                 self.events.ended(member, message.outcome, message.error, result,
-                                  self.early_stopping)
+                                  self.early_stopping, outputs)
 
     def _unended(self, trial) -> list:
         """A fused job's members whose outcome no report said (all of them: ended here)."""
@@ -707,9 +717,10 @@ class SweepCallback(tune.Callback):
             last = trial.last_result or {}
             message = WorkerMessage.of(last)
             self.events.ended(job.trial, message.outcome, message.error, last,
-                              self.early_stopping)
+                              self.early_stopping, self.outputs.pop(trial.trial_id, None))
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self.outputs.pop(trial.trial_id, None)
         job = Job.from_config(trial.config)
         text = str(trial.get_error() or "unknown error")  # Tune's traceback
         if job.kind == "train":
@@ -816,12 +827,13 @@ def _run_tune(spec: SweepSpec, searcher: DependencySearcher, events, driver_toke
         job_resources(spec.resources),
     )
     early = spec.search.asha is not None
+    scheduler = (StudentASHA(spec.search, spec.train.epochs, Storage(spec.storage))
+                 if early else FlatFIFO())
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
-            scheduler=(StudentASHA(spec.search, spec.train.epochs, Storage(spec.storage))
-                       if early else FlatFIFO()),
+            scheduler=scheduler,
             num_samples=-1,  # the searcher says when it is done
             trial_dirname_creator=lambda t: f"{t.config['job']}-{t.config['trial']['key'][:12]}",
             reuse_actors=True,  # warm workers across generations: no torch import per trial
@@ -848,6 +860,9 @@ def _run_tune(spec: SweepSpec, searcher: DependencySearcher, events, driver_toke
         if (full := _storage_full(e)) is not None:
             raise full from None
         raise
+    finally:
+        if getattr(scheduler, "stops", None) is not None:
+            scheduler.stops.close()  # ASHA's last notes written, its thread ended
 
 
 PENDING_KEY = "TUNE_MAX_PENDING_TRIALS_PG"  # Ray's setting; "auto" (or unset): pending_window's

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import time
 import traceback
@@ -79,6 +80,11 @@ class WorkerMessage:
     member: in a fused job's report (a group of sibling trials, fusion.py), the trial the
         report is about: its epoch, its outcome. A fused job's outcome is per member, said
         once, in that member's report; a job of one trial leaves it out.
+    analysis, curve: with the outcome of a trial this job published: the body of its
+        analysis.json (JSON text: Tune flattens a report's dicts) and its curve.png (bytes), as
+        written to storage, so that the driver logs them to the trial's MLflow run without
+        reading them back (outputs). A trial found stored (another's, or an earlier run's)
+        comes without them: the driver's tracker reads those from storage.
     """
 
     warnings: tuple[str, ...] = ()
@@ -87,6 +93,8 @@ class WorkerMessage:
     error: str | None = None
     storage_full: str | None = None
     member: str | None = None
+    analysis: str | None = None
+    curve: bytes | None = None
 
     def entry(self) -> dict:
         """The report's entry: the fields that say something."""
@@ -104,6 +112,26 @@ class WorkerMessage:
             fields[name] = tuple(tuple(x) if isinstance(x, list) else x
                                  for x in fields.get(name, ()))
         return cls(**fields)
+
+    @classmethod
+    def take_outputs(cls, result: dict) -> dict | None:
+        """The artifacts in a report (outputs), taken out of it in place (a Tune callback may
+        change the result it is given: Tune then keeps it as the trial's last result): the
+        curve's bytes reach MLflow, never Tune's trial state or experiment snapshots."""
+        outputs = cls.of(result).outputs()
+        if outputs is not None and isinstance(result.get(MESSAGE), dict):
+            for name in ("analysis", "curve"):
+                result[MESSAGE].pop(name, None)
+        return outputs
+
+    def outputs(self) -> dict | None:
+        """The artifacts this job's worker made for its trial's run (file name -> JSON text
+        or bytes: tracker.log_outputs), or None where it made none (the trial's were made
+        elsewhere, or it ended without publishing): the driver's tracker reads them then."""
+        if self.curve is None:  # every trial a worker publishes has its curve
+            return None
+        return {TrialFile.CURVE: self.curve} | (
+            {TrialFile.ANALYSIS: self.analysis} if self.analysis is not None else {})
 
 
 class Warnings(logging.Handler):
@@ -278,7 +306,8 @@ def publish_trial(spec: SweepSpec, trial: Trial, ledger: Ledger, trainer, noisy,
                   ) -> dict:
     """Publish ``trial``'s outcome (its model, analyses and result record, through the
     ledger), every epoch of it in storage first; returns what its next report says (its
-    outcome). ``analysed_teacher()``: the teacher its analyses compare with (None: labels);
+    outcome, and its analysis and curve for the driver to log: WorkerMessage).
+    ``analysed_teacher()``: the teacher its analyses compare with (None: labels);
     ``teacher_outputs``: its outputs, kept for the next sibling's analyses (Trainer.analyse)."""
     state, reason = outcome.state, outcome.reason
     claim.check(confirm=True)
@@ -309,7 +338,10 @@ def publish_trial(spec: SweepSpec, trial: Trial, ledger: Ledger, trainer, noisy,
             analysed_teacher(), spec.train.store_logits, teacher_outputs)
     curve = learning_curve_png(trainer.history, f"{trial.run_name}: {state}")
     ledger.publish(trial.key, model, record, dists, curve, per_image)
-    return {"outcome": state}
+    said = {"outcome": state, "curve": curve}
+    if dists is not None:
+        said["analysis"] = json.dumps(dists, allow_nan=True)
+    return said
 
 
 # ---- fused jobs (kd_core/fused.py): sibling trials trained as one model, each its own trial ---

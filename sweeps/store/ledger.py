@@ -23,7 +23,8 @@ Layout under the storage root (trials are shared by every sweep that stores ther
     trials/<key>/attempts.json     starts and errors (resume.Attempts)
     trials/<key>/checkpoint-{a,b}.pt  the trial's own checkpoints (resume.TrialCheckpoints)
     trials/<key>/stop.json         ASHA stopped this member of a fused job (engine.StudentASHA):
-                                   the job's Tune trial id and the epoch; its job reads it
+                                   the job's Tune trial id and the epoch; its job reads it;
+                                   removed once the member's outcome is reported (stops.py)
     sweeps/<name>/<cluster>/trials.json      every trial the sweep knew at its run's start: its
                                              plan, and the trials earlier runs found (folded in
                                              from added/, their keys in its ``added``)

@@ -103,9 +103,12 @@ class Tracker:
         skipped, so a run never holds a step twice."""
         self._put(EPOCH, key, [dict(metrics)])
 
-    def finish(self, key: str, result: TrialResult, reused: bool = False) -> None:
-        """Final metrics and the model artifact; ``reused``: trained by an earlier sweep."""
-        self._put("finish", key, result, reused)
+    def finish(self, key: str, result: TrialResult, reused: bool = False,
+               outputs: dict | None = None) -> None:
+        """Final metrics and the model artifact; ``reused``: trained by an earlier sweep;
+        ``outputs``: the analysis and curve its worker made, as data (log_outputs; None: read
+        from storage in the lane)."""
+        self._put("finish", key, result, reused, outputs)
 
     def fail(self, key: str, error: str, state: TrialState = TrialState.FAILED) -> None:
         """The trial failed, or was skipped (its run ends KILLED: it never started)."""
@@ -265,7 +268,8 @@ class Tracker:
         run_id = self.runs[key]
         return {run_id: unlogged(epochs, self._logged(run_id))}
 
-    def _finish(self, key: str, result: TrialResult, reused: bool) -> None:
+    def _finish(self, key: str, result: TrialResult, reused: bool,
+                outputs: dict | None = None) -> None:
         """The run's last writes, in as few requests as MLflow allows (one batch of the
         analyses and every tag, the Dataset, the artifacts, the end): its status known from
         the sweep's one search at start, its logged epochs from that or from this run."""
@@ -296,7 +300,8 @@ class Tracker:
             tags=[RunTag(k, v) for k, v in tags.items()],
         )
         self.inputs.log(run_id, result)
-        log_outputs(self.client, self.storage, run_id, key, result.state == TrialState.DONE)
+        log_outputs(self.client, self.storage, run_id, key, result.state == TrialState.DONE,
+                    outputs)
         if result.reason:
             self.client.log_text(run_id, f"{result.state}: {result.reason}", "error.txt")
         self.client.set_terminated(run_id, end)
@@ -362,9 +367,12 @@ class Tracker:
 
 
 def log_outputs(client: MlflowClient, storage: Storage, run_id: str, key: str,
-                has_model: bool) -> None:
+                has_model: bool, outputs: dict | None = None) -> None:
     """The trial's analyses (analysis.json) and learning curve (curve.png, drawn by its
-    worker) as artifacts, and its model when it kept one
+    worker) as artifacts: from ``outputs`` (file name -> the JSON text or bytes its worker
+    wrote, carried in its last report: WorkerMessage.outputs) when the trial's worker ran
+    under this driver, else read from storage (a stored trial; two GETs on S3); and its
+    model when it kept one
     (a diverged trial does not): named by the run's `kdsweep.model` tag, its path relative to
     the run's `kdsweep.storage` (so it stays right when a store moves), and where storage is
     on the driver's machine also copied in as the file. Where storage is remote
@@ -373,6 +381,14 @@ def log_outputs(client: MlflowClient, storage: Storage, run_id: str, key: str,
     model = trial_file(key, TrialFile.MODEL)
     if has_model and storage.is_local and storage.exists(model):  # the tag is in the batch
         client.log_artifact(run_id, storage.path(model))
+    if outputs is not None:
+        if (text := outputs.get(TrialFile.ANALYSIS)) is not None:
+            client.log_dict(run_id, json.loads(text), TrialFile.ANALYSIS)
+        if (png := outputs.get(TrialFile.CURVE)) is not None:
+            with tempfile.TemporaryDirectory() as d:
+                (path := Path(d) / TrialFile.CURVE).write_bytes(png)
+                client.log_artifact(run_id, str(path))
+        return
     if (analysis := read_json_checked(storage, trial_file(key, TrialFile.ANALYSIS), repair=False)):
         client.log_dict(run_id, analysis, TrialFile.ANALYSIS)
     curve = trial_file(key, TrialFile.CURVE)  # drawn by the trial's worker (curve.py)
