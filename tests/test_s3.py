@@ -128,6 +128,15 @@ def test_sweep_on_s3_resumes_and_reuses_teachers(s3_server, tmp_path, monkeypatc
     results = {path: n for (method, path), n in proxy.paths.items()
                if method == "GET" and path.endswith("/result.json")}
     assert results == {f"/kdsweep/sweeps-test/{trial_file(k, 'result.json')}": 1 for k in keys}
+    # its MLflow runs are new (another experiment) and no worker ran: each stored trial's
+    # analysis and curve are read once, in the tracker's lane, and logged
+    files = trial_requests(proxy, "sweeps-test")
+    assert files["analysis.json"] == files["curve.png"] == {"GET": len(keys)}
+    client = MlflowClient(spec.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("resume-again").experiment_id],
+                              "tags.`kdsweep.role` = 'trial'")
+    assert {r.data.tags["kdsweep.key"]: [a.path for a in client.list_artifacts(r.info.run_id)]
+            for r in runs} == {k: ["analysis.json", "curve.png"] for k in keys}
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server["AWS_ENDPOINT_URL"])
     after = {k: storage.read_json(trial_file(k, "result.json"))["finished_at"] for k in keys}
     assert after == before
@@ -150,8 +159,8 @@ def test_a_fresh_trials_analysis_and_curve_reach_mlflow_without_a_read(s3_server
     """The analysis and curve a worker made ride with its last report to the trial's MLflow
     run: a fresh sweep on S3 makes no GET of either (counted at the server's door, every
     process of the sweep behind the proxy), and Tune's state on the driver's disk never holds
-    the curve's bytes. A rerun into an empty MLflow store (no worker runs: every trial is
-    stored) reads each from storage once, and logs both."""
+    the curve's bytes. (A rerun, whose trials are stored, reads each once in the tracker's
+    lane: test_sweep_on_s3_resumes_and_reuses_teachers.)"""
     for k, v in s3_server.items():
         monkeypatch.setenv(k, v)
     root = "outputs-test"
@@ -161,11 +170,7 @@ def test_a_fresh_trials_analysis_and_curve_reach_mlflow_without_a_read(s3_server
     spec = parse_spec(yaml.safe_load(spec_path.read_text()))
     keys = {t.key for t in build_plan(spec).trials}
     port = int(s3_server["AWS_ENDPOINT_URL"].rsplit(":", 1)[1])
-
-    def run(tracking: str) -> tuple[dict, list]:
-        """The sweep into the MLflow store at ``tracking``: (its trials' requests by file, its
-        trial runs' artifacts: key -> names)."""
-        spec_path.write_text(spec_path.read_text().replace(spec.tracking_uri, tracking))
+    try:
         with LatencyProxy(port, delay=0.0) as proxy:
             driver = start_driver(spec_path, tmp_path,
                                   {**s3_server, "AWS_ENDPOINT_URL": proxy.endpoint})
@@ -173,31 +178,21 @@ def test_a_fresh_trials_analysis_and_curve_reach_mlflow_without_a_read(s3_server
                 assert driver.wait(HANG) == 0, (tmp_path / "driver.log").read_text()[-3000:]
             finally:
                 kill_leftovers(tmp_path)
-        client = MlflowClient(tracking)
-        runs = client.search_runs([client.get_experiment_by_name(spec.name).experiment_id],
-                                  "tags.`kdsweep.role` = 'trial'")
-        return trial_requests(proxy, root), {
-            r.data.tags["kdsweep.key"]: [a.path for a in client.list_artifacts(r.info.run_id)]
-            for r in runs if r.info.status == "FINISHED"}
-
-    try:
-        fresh, artifacts = run(spec.tracking_uri)
-        print("fresh sweep, requests by trial file:", fresh)
+        fresh = trial_requests(proxy, root)
         assert fresh["analysis.json"] == {"PUT": len(keys)}  # written by its worker, not read
         assert fresh["curve.png"] == {"PUT": len(keys)}
-        assert artifacts == {k: ["analysis.json", "curve.png"] for k in keys}
+        client = MlflowClient(spec.tracking_uri)
+        runs = client.search_runs([client.get_experiment_by_name(spec.name).experiment_id],
+                                  "tags.`kdsweep.role` = 'trial'")
+        assert {r.data.tags["kdsweep.key"]: [a.path for a in client.list_artifacts(r.info.run_id)]
+                for r in runs if r.info.status == "FINISHED"} == {
+            k: ["analysis.json", "curve.png"] for k in keys}
         tune_state = [p for p in tune_dir(spec, Storage(spec.storage).uri).rglob("*")
                       if p.is_file()]
         assert tune_state  # Tune's experiment state, its last results in it
         png = b"\x89PNG\r\n\x1a\n"
         assert [p for p in tune_state if png in (b := p.read_bytes()) or png.hex().encode() in b
                 ] == []
-
-        again, artifacts = run(f"sqlite:///{tmp_path / 'empty-mlflow.db'}")
-        print("rerun into an empty MLflow, requests by trial file:", again)
-        assert again["analysis.json"] == {"GET": len(keys)}  # stored: read once, in the lane
-        assert again["curve.png"] == {"GET": len(keys)}
-        assert artifacts == {k: ["analysis.json", "curve.png"] for k in keys}
     finally:
         kill_leftovers(tmp_path, remove=True)
 
