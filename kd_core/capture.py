@@ -67,8 +67,27 @@ def capture(fn: Callable, step: str) -> Callable:
     else compiled (``graphs``: with Inductor's CUDA graphs). Compiles lazily, on first call."""
     if step == "eager":
         return fn
-    mode = "reduce-overhead" if step == "graphs" else None
-    return torch.compile(fn, mode=mode, dynamic=False)
+    if step == "compiled":
+        return torch.compile(fn, dynamic=False)
+    compiled = torch.compile(fn, mode="reduce-overhead", dynamic=False)
+
+    def replay(*args):
+        # a new training step: the last step's graph outputs (its loss, logits) are dead, so
+        # their memory may be reused (CUDA graph trees cannot tell an eager optimizer step
+        # from the middle of an iteration)
+        torch.compiler.cudagraph_mark_step_begin()
+        return compiled(*args)
+
+    return replay
+
+
+def graph_skips() -> int:
+    """How many times Inductor fell back from CUDA graphs to plain compiled kernels in this
+    process (e.g. an input mutated outside the graph's static memory): each one is in the log,
+    and a ``graphs`` figure with skips measures ``compiled``, not CUDA graphs."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["inductor"]["cudagraph_skips"])
 
 
 def compile_unavailable() -> str | None:

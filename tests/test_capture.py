@@ -20,18 +20,22 @@ BATCH, STEPS = 8, 4  # one epoch of 4 full batches: one shape, one compilation
 
 
 @pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
+def one_thread():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    # Inductor compiles in this process: no pool of compile workers to start on a busy machine
-    monkeypatch.setattr("torch._inductor.config.compile_threads", 1)
     yield
     torch.set_num_threads(threads)
 
 
-def needs_compile():
+@pytest.fixture
+def inductor(monkeypatch):
+    """torch.compile where it can run (else the test is skipped, saying why), compiling in
+    this process: no pool of compile workers to start on a busy machine."""
     if reason := compile_unavailable():
         pytest.skip(reason)
+    import torch._inductor.config as config
+
+    monkeypatch.setattr(config, "compile_threads", 1)
 
 
 def make(step: str, settings=SETTINGS):
@@ -67,8 +71,7 @@ def compiled_graphs() -> int:
 
 
 @pytest.mark.slow
-def test_compiled_single_step_is_eager_training_to_float32_rounding():
-    needs_compile()
+def test_compiled_single_step_is_eager_training_to_float32_rounding(inductor):
     eager, compiled = make("eager", SETTINGS[2:]), make("compiled", SETTINGS[2:])
     before = compiled_graphs()
     for t in eager + compiled:
@@ -78,8 +81,7 @@ def test_compiled_single_step_is_eager_training_to_float32_rounding():
 
 
 @pytest.mark.slow
-def test_compiled_fused_step_is_eager_fused_training_to_float32_rounding():
-    needs_compile()
+def test_compiled_fused_step_is_eager_fused_training_to_float32_rounding(inductor):
     eager, compiled = make("eager"), make("compiled")
     before = compiled_graphs()
     list(FusedGroup(eager).epochs())
