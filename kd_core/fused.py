@@ -105,8 +105,6 @@ class FusedBatchNorm(nn.Module):
         self.steps = 0
 
     def forward(self, x):
-        if self.training:
-            self.steps += 1
         w = torch.cat([b.weight for b in self.bns])
         bias = torch.cat([b.bias for b in self.bns])
         return F.batch_norm(x, self.running_mean, self.running_var, w, bias, self.training,
@@ -175,6 +173,14 @@ class FusedModel(nn.Module):
         """Give the members back their running statistics (after training)."""
         for n in self.norms:
             n.store()
+
+    def count_step(self) -> None:
+        """One training forward done: each BatchNorm's count of batches (added to its members'
+        ``num_batches_tracked`` on ``store``). Counted here, outside the forward pass, so that a
+        compiled step (capture.py) sees no integer change between steps (Dynamo would
+        recompile on each)."""
+        for n in self.norms:
+            n.steps += 1
 
     def forward(self, x) -> list[torch.Tensor]:
         x = x.repeat(1, self.k, 1, 1).contiguous(memory_format=self.memory_format)
@@ -276,6 +282,7 @@ class FusedGroup:
             for t in group:
                 t.optimizer.zero_grad(set_to_none=True)
             total.backward()  # a sum: each member gets exactly its own loss's gradient
+            fused.count_step()
             for t in group:
                 t.optimizer.step()
             y_clean = lead.y_clean[idx]
