@@ -1,6 +1,12 @@
 """Every GPU check in one call, within 8 minutes on one H100-class GPU: one table of figure vs
 target, and exit 1 when a check fails to run (a figure that misses its target is reported, not
-an error: it is the finding).
+an error: it is the finding). A plain call runs issue 44's item 5: correctness, then
+student-images/s per GPU for WRN-16-2 and WRN-16-4 students of a WRN-28-4 bank (one trial,
+packed K, fused K, fused with the step captured, bf16 and channels_last each off; the
+fraction of the bf16 FLOP bound each reaches), then the paper grid's device-hours from those
+figures (schedule_sim.py --students); ``--all`` adds the checks first run on 2026-12-04 (KD
+epoch, bank gather, trial packing, the fusion probe), which do not all fit the deadline
+beside them.
 
     PYTHONPATH=. python3 benchmarks/gpu_suite.py --out "$OUT"        # on the GPU machine
     PYTHONPATH=. .venv/bin/python benchmarks/gpu_suite.py --smoke    # plumbing, on a CPU
@@ -30,46 +36,80 @@ DEADLINE_S = 480  # the whole suite
 class Check:
     name: str
     script: str
-    cuda: list[str]  # arguments on the GPU
+    cuda: list[str]  # arguments on the GPU ("{out}": --out; "{students}": the students' JSONs)
     smoke: list[str]  # arguments for a CPU smoke run
     limit_s: int
     gpu_only: bool = False  # a check that needs CUDA itself (skipped by --smoke)
+    key: str = ""  # its log's and JSON's name (default: the script's)
+    default: bool = True  # in a plain call; the others (measured 2026-12-04) with --all
 
+    def __post_init__(self):
+        self.key = self.key or Path(self.script).stem
+
+
+# Issue 44 item 5's figures for one student architecture (students_per_gpu.py): K = 8 as
+# fusion's GPU rule (sweeps/domain/fusion.py GPU_RULE), the step captured as CUDA graphs.
+STUDENTS_SMOKE = ["--device", "cpu", "--teacher", "cnn-small", "--k", "2", "--batch-size",
+                  "8", "--steps", "2", "--warmup", "1", "--image-size", "8", "--classes", "10",
+                  "--rounds", "1", "--threads", "1"]
 
 CHECKS = [
-    Check("correctness and a trial's GPU memory", "gpu_check.py", [], [], 90, gpu_only=True),
+    Check("correctness and a trial's GPU memory", "gpu_check.py", [], [], 60, gpu_only=True),
+    # each students check: a bank build (~415k teacher forwards), 2 rounds of 10 variants
+    # (the packed one starts K processes each round), and two compilations (one, fused K)
+    Check("students per GPU: wrn-16-2 from a wrn-28-4 bank", "students_per_gpu.py",
+          ["--device", "cuda", "--model", "wrn-16-2", "--k", "8", "--rounds", "2"],
+          ["--model", "cnn-small", *STUDENTS_SMOKE], 200, key="students_wrn-16-2"),
+    Check("students per GPU: wrn-16-4 from a wrn-28-4 bank", "students_per_gpu.py",
+          ["--device", "cuda", "--model", "wrn-16-4", "--k", "8", "--rounds", "2"],
+          ["--model", "cnn-medium", *STUDENTS_SMOKE], 180, key="students_wrn-16-4"),
+    Check("the paper grid's device-hours on one GPU, from the figures above", "schedule_sim.py",
+          ["sweeps/configs/cifar100-paper.yaml", "--students", "{students}"],
+          ["sweeps/configs/cifar100-paper.yaml", "--students", "{students}"], 30,
+          key="device_hours"),
     Check("KD epoch: reference, online, bank", "kd_throughput.py",
           ["--device", "cuda", "--n-train", "5000", "--n-test", "2000", "--epochs", "2",
            "--rounds", "3", "--workers", "16"],
           ["--device", "cpu", "--n-train", "16", "--n-test", "16", "--epochs", "2",
-           "--rounds", "2", "--batch-size", "8", "--workers", "0"], 200),
+           "--rounds", "2", "--batch-size", "8", "--workers", "0"], 200, default=False),
     Check("bank gather: host vs device-resident", "bank_gather.py",
-          ["--device", "cuda", "--rounds", "5"], ["--images", "500", "--rounds", "2"], 60),
+          ["--device", "cuda", "--rounds", "5"], ["--images", "500", "--rounds", "2"], 60,
+          default=False),
     Check("trial packing (plan --measure's figures)", "trial_memory.py",
           ["--device", "cuda", "--steps", "20", "--n-train", "10000", "--n-test", "2000"],
-          ["--device", "cpu", "--steps", "2", "--n-train", "64", "--n-test", "32"], 120),
+          ["--device", "cpu", "--steps", "2", "--n-train", "64", "--n-test", "32"], 120,
+          default=False),
     Check("fused siblings vs separate vs packed", "fusion.py",
           ["--device", "cuda", "--model", "wrn-16-2", "--ks", "1,2,4,8,9", "--steps", "10",
            "--rounds", "3", "--packed", "--packed-ks", "4,9"],
           ["--device", "cpu", "--model", "cnn-small", "--ks", "1,2", "--steps", "2",
-           "--rounds", "2", "--packed"], 150),
+           "--rounds", "2", "--packed"], 150, default=False),
     Check("kd_core's fused group vs separate Trainers (a fused job's epoch)", "fused_epoch.py",
           ["--device", "cuda", "--dataset", "synthetic", "--models", "wrn-16-2", "--k", "8",
            "--n-train", "5000", "--batch-size", "128", "--rounds", "2"],
           ["--device", "cpu", "--dataset", "synthetic", "--models", "cnn-small", "--k", "2",
-           "--n-train", "64", "--batch-size", "16", "--rounds", "1"], 90),
+           "--n-train", "64", "--batch-size", "16", "--rounds", "1"], 90, default=False),
 ]
 
 
+def arguments(check: Check, args, out: Path) -> list[str]:
+    students = sorted(str(p) for p in out.glob("students_*.json"))
+    argv = []
+    for a in check.smoke if args.smoke else check.cuda:
+        argv += students if a == "{students}" else [a.replace("{out}", str(out))]
+    return argv
+
+
 def run_check(check: Check, args, out: Path, left_s: float) -> dict:
-    figures = out / f"{Path(check.script).stem}.json"
-    cmd = [sys.executable, str(HERE / check.script),
-           *(check.smoke if args.smoke else check.cuda), "--json", str(figures)]
+    figures = out / f"{check.key}.json"
+    cmd = [sys.executable, str(HERE / check.script), *arguments(check, args, out),
+           "--json", str(figures)]
     limit = min(check.limit_s, left_s)
     t0 = time.perf_counter()
-    with open(out / f"{Path(check.script).stem}.log", "w") as log:
+    with open(out / f"{check.key}.log", "w") as log:
         try:
             code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=limit,
+                                  cwd=HERE.parent,
                                   env={**os.environ, "PYTHONPATH": str(HERE.parent)}).returncode
         except subprocess.TimeoutExpired:
             code = f"timed out after {limit:.0f} s"
@@ -114,6 +154,33 @@ def rows_of(name: str, figures: dict) -> list[tuple[str, str, str]]:
             if "packed" in med:
                 text += f", packed {med['packed'] / med['separate']:.2f}x"
             rows.append((f"K = {r['k']} student-steps/s", text, "> 1 decides for fusion"))
+    elif name.startswith("students_"):
+        base = f["variants"].get("one", {}).get("median")
+        for n, v in f["variants"].items():
+            if "median" not in v:
+                rows.append((f"{f['model']} {n}, student-images/s",
+                             f"failed: {v.get('error', 'not measured')}", "-"))
+                continue
+            ran = f" (ran {v['step']})" if v["step"] != "eager" or "graphs" in n else ""
+            if "graphs" in n and v.get("graph_skips_so_far"):
+                ran += f" ({v['graph_skips_so_far']} CUDA-graph skips: see the log)"
+            vs = f", {v['median'] / base:.2f}x one" if base and n != "teacher" else ""
+            frac = "" if v["flop_fraction"] is None else f", {v['flop_fraction']:.1%} of bf16 peak"
+            target = (">= 4x one (issue 44)" if n.startswith(("fused", "packed"))
+                      and f["model"] == "wrn-16-2" else "-")
+            who = f["teacher"] if n == "teacher" else f["model"]
+            rows.append((f"{who} {n}{ran}, student-images/s (median)",
+                         f"{v['median']:.0f}{vs}{frac}", target))
+        b = f["bank_build"]
+        rows.append((f"{f['teacher']} bank build, views/s", f"{b['views_per_s']:.0f}", "-"))
+    elif name == "device_hours":
+        for mode, h in f["device_hours"].items():
+            rows.append((f"paper grid ({f['trials']} trials), students {mode}, K = {f['k']}",
+                         f"{h:.1f} device-hours, {f['vs_one'][mode]:.2f}x one",
+                         "<= 0.25x one (issue 44)" if mode != "one" else "-"))
+        if f["scaled_by_macs"]:
+            rows.append(("architectures scaled by MACs (modelled)",
+                         ", ".join(f["scaled_by_macs"]), "-"))
     elif name == "fused_epoch":
         rows += [(f"{r['model']} fused K = {r['k']}, student-epochs/s",
                   f"{r['ratio_median']:.2f}x separate", ">= 4x (issue 44, on a GPU)")
@@ -125,7 +192,16 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=os.environ.get("OUT", "gpu-suite"))
     p.add_argument("--smoke", action="store_true", help="toy sizes on the CPU")
+    p.add_argument("--all", action="store_true",
+                   help="also the checks measured on 2026-12-04 (past the deadline: not all fit)")
+    p.add_argument("--only", default=None, help="comma-separated check keys (e.g. "
+                   "students_wrn-16-2,device_hours)")
     args = p.parse_args()
+    keys = {c.key for c in CHECKS}
+    only = None if args.only is None else args.only.split(",")
+    if only and (bad := sorted(set(only) - keys)):
+        sys.exit(f"gpu_suite: --only: no check {', '.join(bad)} (checks: {', '.join(keys)})")
+    chosen = [c for c in CHECKS if (c.key in only if only else c.default or args.all)]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if not args.smoke:
@@ -134,18 +210,21 @@ def main():
         if not torch.cuda.is_available():
             sys.exit("gpu_suite: no CUDA device here (use --smoke for a CPU plumbing run)")
     start, failed, table = time.perf_counter(), [], []
-    for check in CHECKS:
+    for check in chosen:
         if args.smoke and check.gpu_only:
             table.append((check.name, "skipped (needs CUDA)", "", ""))
             continue
         left = DEADLINE_S - (time.perf_counter() - start)
         r = run_check(check, args, out, left) if left > 5 else {"code": "no time left"}
-        stem = Path(check.script).stem
+        stem = check.key
         if r["code"] != 0:
             failed.append(check.name)
             table.append((check.name, f"FAILED ({r['code']}; see {stem}.log)", "", ""))
-            continue
-        table.append((check.name, f"ran in {r['seconds']:.0f} s", "", ""))
+            if not r.get("figures", {}).get("variants"):
+                continue
+            table.append(("", "what it measured before it stopped:", "", ""))  # a partial JSON
+        else:
+            table.append((check.name, f"ran in {r['seconds']:.0f} s", "", ""))
         try:
             table += [("", *row) for row in rows_of(stem, r["figures"])]
         except (KeyError, TypeError, IndexError) as e:

@@ -20,14 +20,22 @@ Lower bound: max(longest chain of jobs, total work / GPUs).
 
     PYTHONPATH=. .venv/bin/python benchmarks/schedule_sim.py sweeps/configs/cifar100-paper.yaml \
         --gpus 8 16 32 64 --measured
+
+With ``--students`` (benchmarks/students_per_gpu.py's JSON, one per student architecture, as
+the GPU suite writes them): the grid's device-hours on one GPU with its students run one per
+GPU, packed, fused, and fused with the step captured, from the measured figures
+(``device_hours``).
 """
 
 from __future__ import annotations
 
 import argparse
 import heapq
+import json
+import math
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -234,6 +242,118 @@ def compare(spec, gpus: int, *, per_node: int = 8, teacher_hours: float = 1.0,
     return {n: sum(r[i] for r in rows) / len(rows) for i, n in enumerate(names)}
 
 
+# Ways of running the students, by what students_per_gpu.py measured (its variant names).
+MODES = ("one", "packed", "fused", "fused captured")
+
+
+def device_hours(spec, measured: list[dict], capture: str = "graphs") -> dict:
+    """The device-hours of ``spec``'s plan on one GPU, for each way of running its students
+    (``MODES``), from benchmarks/students_per_gpu.py's figures (``measured``: its JSON, one
+    per student architecture). The sum of every job's time on one GPU (a GPU with hundreds of
+    ready trials never idles, so the order is left out): a trial is its epochs x training
+    images at its student-images/s; bank builds (shared or private) are the teacher's views x
+    images at the measured bank build's views/s; an online student adds its teacher's forward
+    at that rate. ``one``: every trial alone. ``packed``: students K to a GPU at the packed
+    figure (teachers and trials on labels alone: not measured packed). ``fused``: each
+    teacher's siblings (fusion.sibling_key) in jobs of at most K, a job of s members at the
+    rate interpolated between one (s = 1) and fused K (s = K); ``fused captured``: the same
+    at the captured figures. Architectures not measured take a measured one's rates scaled
+    by forward MACs (modelled: launch-bound steps do not scale so); so does a teacher's rate
+    on the labels and its bank build (``scaled`` lists what was)."""
+    from collections import Counter
+
+    from sweeps.domain.fusion import sibling_key
+
+    n, classes, shape, aug = data_facts(spec.dataset.name)
+    epochs = spec.train.epochs
+    plan = build_plan(spec)
+    by_key = {t.key: t for t in plan.trials}
+    per_teacher = students_per_teacher(plan.trials)
+    nbytes = bank_nbytes(n, aug, classes, getattr(torch, spec.train.bank_dtype))
+    sources = {t: logit_source(count, epochs, aug.n_views, nbytes,
+                               spec.train.bank_budget_gb * 2**30, spec.train.teacher_bank)[0]
+               for t, count in per_teacher.items()}
+    k = min(m["k"] for m in measured)
+    macs = {}
+
+    def mac(model):
+        if model not in macs:
+            macs[model] = forward_macs(model, classes, shape)
+        return macs[model]
+
+    def median(m, name):
+        v = m["variants"].get(name, {})
+        return v.get("median")
+
+    student = {m["model"]: {"one": median(m, "one"), "packed": median(m, f"packed {k}"),
+                            "fused": median(m, f"fused {k}"),
+                            "captured": median(m, f"fused {k} {capture}"),
+                            "one captured": median(m, f"one {capture}")} for m in measured}
+    teacher = {m["teacher"]: median(m, "teacher") for m in measured}
+    views_per_s = {m["teacher"]: m["bank_build"]["views_per_s"] for m in measured}
+    scaled: set[str] = set()
+
+    def rate(table, model, key=None, what=None):
+        """``table``'s figure for ``model`` (students: under ``key``), else the measured
+        architecture nearest in MACs, scaled by MACs (and named in ``scaled``)."""
+        def get(m):
+            v = table[m]
+            return v if key is None else v.get(key)
+
+        if model in table and get(model):
+            return get(model)
+        have = [m for m in table if get(m)]
+        if not have:
+            raise ValueError(f"no measured {key or 'rate'} to scale for {model}")
+        near = min(have, key=lambda m: abs(math.log(mac(m) / mac(model))))
+        scaled.add(f"{model} {what or key} (from {near})")
+        return get(near) * mac(near) / mac(model)
+
+    def one_rate(model):  # a trial alone: a measured student's figure, else the teacher's
+        if model in student and student[model]["one"]:
+            return student[model]["one"]
+        if model in teacher and teacher[model]:
+            return teacher[model]
+        return rate({**{m: s["one"] for m, s in student.items()}, **teacher}, model,
+                    what="alone")
+
+    def group_rate(model, s, fused_key):
+        r1 = rate(student, model, "one captured" if fused_key == "captured" else "one")
+        rk = rate(student, model, fused_key)
+        return r1 + (rk - r1) * (s - 1) / (k - 1) if k > 1 else rk
+
+    images = epochs * n
+    hours = dict.fromkeys(MODES, 0.0)
+    banks = 0.0
+    for t in plan.trials:
+        parent = by_key.get(t.teacher_key)
+        source = None if parent is None else sources[t.teacher_key]
+        if source == "private":
+            banks += aug.n_views * n / rate(views_per_s, parent.model, what="bank build")
+        elif source == "online":  # the teacher's forward per image trained
+            banks += images / rate(views_per_s, parent.model, what="bank build")
+        if t.key in sources and sources[t.key] == "shared":
+            banks += aug.n_views * n / rate(views_per_s, t.model, what="bank build")
+        alone = images / one_rate(t.model) / 3600
+        if sibling_key(t) is None:  # teachers and trials on the labels run alone throughout
+            for mode in MODES:
+                hours[mode] += alone
+            continue
+        hours["one"] += alone
+        # K packed trials share the device: each costs its images at the K's summed rate
+        hours["packed"] += images / rate(student, t.model, "packed") / 3600
+    groups = Counter(sibling_key(t) for t in plan.trials if sibling_key(t) is not None)
+    for key, size in groups.items():
+        model = key[1]
+        jobs = [k] * (size // k) + ([size % k] if size % k else [])
+        for mode, fused_key in (("fused", "fused"), ("fused captured", "captured")):
+            hours[mode] += sum(images * s / group_rate(model, s, fused_key) for s in jobs) / 3600
+    out = {mode: h + banks / 3600 for mode, h in hours.items()}
+    return {"device_hours": out, "vs_one": {m: out[m] / out["one"] for m in MODES},
+            "bank_hours": banks / 3600, "k": k, "trials": len(plan.trials),
+            "scaled_by_macs": sorted(scaled)}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("spec")
@@ -244,8 +364,27 @@ def main():
     p.add_argument("--preempt-per-node-hour", type=float, default=0.05)
     p.add_argument("--replace-hours", type=float, default=0.1)
     p.add_argument("--seeds", type=int, default=5, help="straggler/preemption draws averaged")
+    p.add_argument("--students", nargs="+", default=None, metavar="JSON",
+                   help="students_per_gpu.py's figures: print the grid's device-hours on one "
+                   "GPU per way of running students, instead of simulating")
+    p.add_argument("--capture", default="graphs", help="the captured variant's name there")
+    p.add_argument("--json", default=None, help="with --students: the figures as JSON")
     args = p.parse_args()
     spec = load_spec(args.spec)
+    if args.students:
+        measured = [json.loads(Path(f).read_text()) for f in args.students]
+        d = device_hours(spec, measured, args.capture)
+        print(f"{args.spec}: {d['trials']} trials on one GPU, K = {d['k']}, from "
+              f"{', '.join(m['model'] for m in measured)} measured on "
+              f"{measured[0]['device']}; scaled by MACs: {', '.join(d['scaled_by_macs'])}")
+        print("| students run | device-hours | vs one trial per GPU |")
+        print("| --- | --- | --- |")
+        for mode in MODES:
+            print(f"| {mode} | {d['device_hours'][mode]:.2f} | {d['vs_one'][mode]:.2f}x |")
+        print(f"(bank builds: {d['bank_hours']:.2f} h of each)")
+        if args.json:
+            Path(args.json).write_text(json.dumps(d, indent=1))
+        return
     print(
         f"{args.spec}: {len(build_plan(spec).trials)} trials, "
         f"{'measured' if args.measured else 'MACs'} durations, teacher = "

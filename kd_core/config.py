@@ -12,8 +12,14 @@ from dataclasses import asdict, dataclass
 
 from .names import check_loss_params
 
-# Fields that describe one trial, not the recipe shared by a sweep (the spec's grid sets them).
-PER_RUN = ("loss", "tau", "alpha", "loss_params", "seed", "device")
+# The training step's modes and the bf16 / channels_last switches (kd_core/capture.py runs them)
+STEPS = ("eager", "compiled", "graphs")
+SWITCHES = ("auto", "on", "off")  # auto: on a GPU only
+
+# Fields that describe one trial or how it executes, not the recipe shared by a sweep (the
+# spec's grid or the worker sets them; none is part of a trial's key).
+PER_RUN = ("loss", "tau", "alpha", "loss_params", "seed", "device", "step", "bf16",
+           "channels_last")
 
 
 # (field, lowest, highest) of the whole-number fields: BatchNorm cannot train on a batch of
@@ -47,6 +53,18 @@ class TrainConfig:
     compile: bool = False  # torch.compile the student's training forward (worth it on GPUs)
     bank_dtype: str = "float16"
     bank_budget_gb: float = 4.0
+    # How the training step executes (kd_core/capture.py; issue 44 item 4). "eager" until a
+    # GPU measurement says another pays: "compiled" (torch.compile of forward + loss) and
+    # "graphs" (the same as CUDA graphs, CUDA only; eager elsewhere) are measured by
+    # benchmarks/students_per_gpu.py in the GPU suite, not yet run on a device; on CPUs the
+    # step is launch-free enough that compiling costs more (18 s per architecture) than it
+    # saves in the demo's minutes.
+    step: str = "eager"
+    # bf16 autocast and channels_last: "auto" is on a GPU only (the fast path the 2026-12-04
+    # H200 figures were measured with); a CPU stays float32 and contiguous, so a resumed run is
+    # bit-exact there. "on" / "off" force either, for measuring it.
+    bf16: str = "auto"
+    channels_last: str = "auto"
 
     def __post_init__(self):
         object.__setattr__(self, "loss_params", tuple(tuple(p) for p in self.loss_params))
@@ -75,6 +93,11 @@ class TrainConfig:
         if self.bank_dtype not in ("float16", "float32"):
             raise ValueError(f"bank_dtype: must be float16 or float32, got {self.bank_dtype!r}")
         object.__setattr__(self, "lr_milestones", ms)
+        for name, allowed in (("step", STEPS), ("bf16", SWITCHES),
+                              ("channels_last", SWITCHES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}: must be one of {', '.join(allowed)}, "
+                                 f"got {getattr(self, name)!r}")
 
     def milestone_epochs(self) -> list[int]:
         return sorted({max(1, round(m * self.epochs)) for m in self.lr_milestones})

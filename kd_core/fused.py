@@ -26,8 +26,9 @@ runs), and every other op is per channel or per member. In float32 the CPU's one
 GPU's cuDNN pick other kernels for a grouped convolution, so members match separate training
 to rounding only.
 
-The fused forward pass runs eagerly: ``compile`` in the recipe applies to separate training
-only (capturing the fused step is issue 44's item 4, for a GPU).
+The fused step's forward pass and losses run as the members' ``config.step`` says (capture.py:
+eager by default; compiled, or CUDA graphs on a GPU); the recipe's ``compile`` (the student's
+forward alone) applies to separate training only.
 
 A group trains the members at its lowest epoch together; members resumed from later epochs
 (a group formed differently after a preemption) wait until the others catch up, so every
@@ -45,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .capture import capture
 from .config import TrainConfig
 from .data import draw_views
 from .loop import DONE, Checkpoints, Outcome, diverged
@@ -103,8 +105,6 @@ class FusedBatchNorm(nn.Module):
         self.steps = 0
 
     def forward(self, x):
-        if self.training:
-            self.steps += 1
         w = torch.cat([b.weight for b in self.bns])
         bias = torch.cat([b.bias for b in self.bns])
         return F.batch_norm(x, self.running_mean, self.running_var, w, bias, self.training,
@@ -174,6 +174,14 @@ class FusedModel(nn.Module):
         for n in self.norms:
             n.store()
 
+    def count_step(self) -> None:
+        """One training forward done: each BatchNorm's count of batches (added to its members'
+        ``num_batches_tracked`` on ``store``). Counted here, outside the forward pass, so that a
+        compiled step (capture.py) sees no integer change between steps (Dynamo would
+        recompile on each)."""
+        for n in self.norms:
+            n.steps += 1
+
     def forward(self, x) -> list[torch.Tensor]:
         x = x.repeat(1, self.k, 1, 1).contiguous(memory_format=self.memory_format)
         feats = self.skeleton.features(x)
@@ -213,6 +221,7 @@ class FusedGroup:
                 setattr(t, name, getattr(lead, name))
         self.members = list(members)
         self.active = list(members)
+        self._steps: dict[tuple, tuple[FusedModel, Callable]] = {}  # the current group's
 
     def drop(self, member: Trainer) -> None:
         if member in self.active:
@@ -254,7 +263,7 @@ class FusedGroup:
         images to its logits from one fused pass."""
         lead = group[0]
         aug, dev = lead.data.augment, lead.device
-        fused = FusedModel([t.model for t in group], lead.memory_format)
+        fused, step_loss = self._fused(group)
         n = len(lead.y_train)
         perm = torch.randperm(n, generator=lead.generator, device=dev)
         views = draw_views(aug, n, lead.generator, dev) if aug.enabled else None
@@ -269,15 +278,11 @@ class FusedGroup:
         fused.load()
         stop = n if max_steps is None else min(n, max_steps * lead.config.batch_size)
         for idx, x, y, z_bank in lead.batches(perm, views, z_epoch, stop):
-            with torch.autocast(dev.type, torch.bfloat16, enabled=lead.autocast):
-                z_t = lead.teacher_logits(x, z_bank)
-                zs = fused(x)
-            losses = [distillation_loss(z, z_t, y, loss=t.config.loss, tau=t.config.tau,
-                                        alpha=t.config.alpha, **dict(t.config.loss_params))
-                      for z, t in zip(zs, group, strict=True)]
+            total, losses, zs, z_t = step_loss(x, y, z_bank)
             for t in group:
                 t.optimizer.zero_grad(set_to_none=True)
-            sum(losses).backward()  # a sum: each member gets exactly its own loss's gradient
+            total.backward()  # a sum: each member gets exactly its own loss's gradient
+            fused.count_step()
             for t in group:
                 t.optimizer.step()
             y_clean = lead.y_clean[idx]
@@ -295,6 +300,26 @@ class FusedGroup:
         # On a GPU, launch-bound, one fused pass per split.
         fused_eval = due and dev.type == "cuda"
         return out, (self._eval(fused, group) if fused_eval else None)
+
+    def _fused(self, group: list[Trainer]) -> tuple[FusedModel, Callable]:
+        """The fused model of ``group`` and its step's loss as the lead's ``config.step`` runs
+        it (capture.py), kept per group (a compiled step is compiled once, not per epoch)."""
+        at = tuple(id(t) for t in group)
+        if at not in self._steps:
+            lead = group[0]
+            fused = FusedModel([t.model for t in group], lead.memory_format)
+
+            def step_loss(x, y, z_bank):
+                with torch.autocast(lead.device.type, torch.bfloat16, enabled=lead.autocast):
+                    z_t = lead.teacher_logits(x, z_bank)
+                    zs = fused(x)
+                losses = [distillation_loss(z, z_t, y, loss=t.config.loss, tau=t.config.tau,
+                                            alpha=t.config.alpha, **dict(t.config.loss_params))
+                          for z, t in zip(zs, group, strict=True)]
+                return sum(losses), losses, zs, z_t
+
+            self._steps = {at: (fused, capture(step_loss, lead.execution.step))}
+        return self._steps[at]
 
     def _eval(self, fused: FusedModel, group: list[Trainer]) -> list[Callable]:
         """Per member, a function from a split's images (its test or validation images) to its

@@ -17,6 +17,7 @@ from torch import nn
 
 from .analysis import analyse, outputs, predictions
 from .bank import TeacherBank, bank_nbytes, build_bank, logit_source
+from .capture import capture, resolve
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
 from .data import ImageData, draw_views, render_views
@@ -89,11 +90,15 @@ class Trainer:
         self.device = dev = resolve_device(config.device)
         # GPU fast path: bf16 autocast, channels_last convolutions, fused optimizer step.
         # On the CPU everything stays fp32 and contiguous, so resume is bit-exact there.
+        # (config.bf16 / channels_last force either; config.step compiles or captures the
+        # step: capture.py.)
         self.cuda = dev.type == "cuda"
-        self.autocast = self.cuda
-        self.memory_format = torch.channels_last if self.cuda else torch.contiguous_format
+        self.execution = resolve(config.step, config.bf16, config.channels_last, dev)
+        self.autocast = self.execution.autocast
+        self.memory_format = self.execution.memory_format
         self.model = model.to(dev, memory_format=self.memory_format)
         self.forward = torch.compile(self.model) if config.compile else self.model
+        self.step_loss = capture(self._step_loss, self.execution.step)
 
         self.x_train = data.train_images.to(dev)
         self.y_train = data.train_labels.to(dev)
@@ -196,16 +201,23 @@ class Trainer:
         self.model.train()
         stop = n if max_steps is None else min(n, max_steps * cfg.batch_size)
         for idx, x, y, z_bank in self.batches(perm, views, z_epoch, stop):
-            with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
-                z_t = self.teacher_logits(x, z_bank)
-                z_s = self.forward(x)
-            loss = distillation_loss(z_s, z_t, y, loss=cfg.loss, tau=cfg.tau, alpha=cfg.alpha,
-                                     **dict(cfg.loss_params))
+            loss, z_s, z_t = self.step_loss(x, y, z_bank)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             sums += self.batch_sums(loss, z_s, z_t, y, self.y_clean[idx])
         return sums
+
+    def _step_loss(self, x: torch.Tensor, y: torch.Tensor, z_bank: torch.Tensor | None):
+        """A training batch's loss, the student's logits and the teacher's: the part of the
+        step that ``config.step`` compiles or captures (capture.py)."""
+        cfg = self.config
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
+            z_t = self.teacher_logits(x, z_bank)
+            z_s = self.forward(x)
+        loss = distillation_loss(z_s, z_t, y, loss=cfg.loss, tau=cfg.tau, alpha=cfg.alpha,
+                                 **dict(cfg.loss_params))
+        return loss, z_s, z_t
 
     def batches(self, perm: torch.Tensor, views, z_epoch: torch.Tensor | None, stop: int):
         """The epoch's training batches in ``perm``'s order up to ``stop``: (indices, images as
