@@ -212,9 +212,6 @@ class FusedGroup:
                 raise ValueError(f"not siblings: {t.model.spec} != {lead.model.spec}")
             if t.data is not lead.data:
                 raise ValueError("not siblings: fused members must share one ImageData")
-        if any(t.logit_source == "private" for t in members):
-            raise ValueError("fused members read a shared bank or an online teacher, "
-                             "not a bank of their own")
         for t in members[1:]:  # one copy of the data on the device, not one per member
             for name in ("x_train", "y_train", "y_clean", "x_test", "y_test", "x_val", "y_val"):
                 setattr(t, name, getattr(lead, name))

@@ -56,7 +56,7 @@ def test_fuse_rule_and_spec_field():
     # ready students over free slots: 7 and 2 free make 4 (then 3); a limit caps; one alone
     assert [group_size(7, 2, 9), group_size(3, 1, 9), group_size(7, 1, 4)] == [4, 3, 4]
     assert [group_size(7, 8, 9), group_size(1, 1, 9), group_size(7, 2, 1)] == [1, 1, 1]
-    # banks of 1.6 GiB within a 4 GiB budget: 2 teachers per job; one always; none: no cap
+    # banks of 2 GiB within a 4 GiB budget: 2 teachers per job; one always; none: no cap
     assert [teachers_cap(16 * 2**27, 4 * 2**30), teachers_cap(2**33, 2**30)] == [2, 1]
     assert teachers_cap(0, 2**30) > 1000
     spec = spec_of()

@@ -409,7 +409,10 @@ def train_group(spec: SweepSpec, trials: list[Trial], ledger: Ledger,
             sources[t.teacher_key] = bank, teacher
         bank, teacher = sources[t.teacher_key]
         trainer, noisy = build_trainer(run_spec(spec, t), teacher, data=data, bank=bank)
-        if trainer.logit_source == "private":  # built for this one: shared by its teacher's
+        if trainer.logit_source == "private" and sum(
+                u.teacher_key == t.teacher_key for u in trials) > 1:
+            # built for this one: shared by its teacher's other members (a cousin alone under
+            # its teacher keeps its private bank, as it would trained separately)
             bank = trainer.teacher
             sources[t.teacher_key] = bank, teacher
             trainer, noisy = build_trainer(run_spec(spec, t), teacher, data=data, bank=bank)
