@@ -21,7 +21,8 @@ sweep's, shared by all): trials that differ only in loss, tau and alpha (``sibli
   overheads were cut (a fused job of 7 then ran 1.6x its 7 separate jobs), a reduced demo
   sweep at 5 epochs ran 0.61x-1.18x at 7 per job (two rounds, the lower one disturbed) and
   0.99x-1.23x at 4; with cousins fused and groups spread over the free slots (this pass),
-  1.28x and 1.46x at 7 (load 10-17), the 1.5x target not shown: still no CPU rule.
+  1.23x-1.46x at 7 (four rounds, median 1.33x, load 10-26), the 1.5x target not shown:
+  still no CPU rule.
   ``fuse: K``, or a `plan --measure` record, fuses on CPUs.
 
 Cousins fuse too (``fusion_key``): students of one architecture, seed and noise under
