@@ -30,6 +30,15 @@ The fused step's forward pass and losses run as the members' ``config.step`` say
 eager by default; compiled, or CUDA graphs on a GPU); the recipe's ``compile`` (the student's
 forward alone) applies to separate training only.
 
+Cousins fuse too: students that share all of the above but the teacher (the same architecture,
+seed, noise and recipe under different teachers, e.g. the generation-2 students of one
+generation-1 group, one per member). Each member reads its own teacher's logits: per epoch one
+gather from each distinct bank (the same permutation and views, since the seed is shared), per
+batch each member's own rows, or its own online teacher's forward pass; the data, order and
+labels stay one pipeline. A group of K teachers holds K banks' epoch rows (N x classes each on
+the device) and whatever the banks hold where they live (sweeps/domain/fusion.py caps how many
+teachers one job takes).
+
 A group trains the members at its lowest epoch together; members resumed from later epochs
 (a group formed differently after a preemption) wait until the others catch up, so every
 fused epoch trains members with identical data order. A member that diverges or is stopped
@@ -46,19 +55,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .bank import TeacherBank
 from .capture import capture
 from .config import TrainConfig
 from .data import draw_views
 from .loop import DONE, Checkpoints, Outcome, diverged
 from .losses import distillation_loss
 from .metrics import EpochMetrics
-from .train import OnlineTeacher, Trainer
+from .train import Trainer
 
-SIBLING_FREE = ("loss", "tau", "alpha")  # what siblings may differ in
+SIBLING_FREE = ("loss", "tau", "alpha", "loss_params")  # what siblings may differ in
 
 
 def sibling_signature(config: TrainConfig) -> tuple:
-    """What siblings share of their recipe: every field but loss, tau and alpha."""
+    """What siblings share of their recipe: every field but loss, tau, alpha (and the loss's
+    parameters)."""
     d = config.to_dict()
     return tuple((k, d[k]) for k in sorted(d) if k not in SIBLING_FREE)
 
@@ -188,8 +199,22 @@ class FusedModel(nn.Module):
         return self.skeleton.head.per_member(feats)
 
 
+def teachers(group: Sequence[Trainer]) -> tuple[list, list[int], list[int]]:
+    """The members' teachers, each once (cousins: one per member; siblings: one), which of
+    them each member reads, and which of them are banks (each bank gathers an epoch's rows
+    once; each online teacher runs once per batch)."""
+    sources: list = []
+    for t in group:
+        if not any(t.teacher is s for s in sources):
+            sources.append(t.teacher)
+    which = [next(j for j, s in enumerate(sources) if s is t.teacher) for t in group]
+    banks = [j for j, s in enumerate(sources) if isinstance(s, TeacherBank)]
+    return sources, which, banks
+
+
 class FusedGroup:
-    """Sibling trainers (``Trainer``), each resumed or fresh, trained as one fused model.
+    """Sibling (or cousin) trainers (``Trainer``), each resumed or fresh, trained as one
+    fused model; each member reads its own teacher's logits (a bank, or the teacher online).
 
     ``epochs()`` trains every member to its last epoch, yielding ``(member, metrics)`` for each
     member after each epoch it trains; ``drop(member)`` (a member diverged, stopped early, or
@@ -208,14 +233,6 @@ class FusedGroup:
                 raise ValueError(f"not siblings: {t.model.spec} != {lead.model.spec}")
             if t.data is not lead.data:
                 raise ValueError("not siblings: fused members must share one ImageData")
-            if type(t.teacher) is not type(lead.teacher) or (
-                    t.logit_source == "shared" and t.teacher is not lead.teacher):
-                raise ValueError("not siblings: fused members must share one teacher or bank")
-            if isinstance(t.teacher, OnlineTeacher) and t.teacher.model is not lead.teacher.model:
-                raise ValueError("not siblings: fused members must share one teacher model")
-            if t.logit_source == "private":
-                raise ValueError("fused members read a shared bank or an online teacher, "
-                                 "not a bank of their own")
         for t in members[1:]:  # one copy of the data on the device, not one per member
             for name in ("x_train", "y_train", "y_clean", "x_test", "y_test", "x_val", "y_val"):
                 setattr(t, name, getattr(lead, name))
@@ -269,8 +286,10 @@ class FusedGroup:
         views = draw_views(aug, n, lead.generator, dev) if aug.enabled else None
         for t in group[1:]:  # the same draws, so the same generator state, as separate runs
             t.generator.set_state(lead.generator.get_state())
-        banked = lead.logit_source == "shared"
-        z_epoch = lead.teacher.epoch(perm, views, dev) if banked else None
+        # each bank gathers the epoch's rows once (the step reads each member's own)
+        sources, _, banks = teachers(group)
+        rows = [sources[j].epoch(perm, views, dev) for j in banks]
+        z_epoch = (None if not rows else rows[0] if len(rows) == 1 else torch.stack(rows, 1))
         sums = torch.zeros(len(group), 5, device=dev)
         for t in group:
             t.model.train()
@@ -278,7 +297,7 @@ class FusedGroup:
         fused.load()
         stop = n if max_steps is None else min(n, max_steps * lead.config.batch_size)
         for idx, x, y, z_bank in lead.batches(perm, views, z_epoch, stop):
-            total, losses, zs, z_t = step_loss(x, y, z_bank)
+            total, losses, zs, z_of = step_loss(x, y, z_bank)
             for t in group:
                 t.optimizer.zero_grad(set_to_none=True)
             total.backward()  # a sum: each member gets exactly its own loss's gradient
@@ -286,7 +305,7 @@ class FusedGroup:
             for t in group:
                 t.optimizer.step()
             y_clean = lead.y_clean[idx]
-            for i, (t, z, loss) in enumerate(zip(group, zs, losses, strict=True)):
+            for i, (t, z, z_t, loss) in enumerate(zip(group, zs, z_of, losses, strict=True)):
                 sums[i] += t.batch_sums(loss, z, z_t, y, y_clean)
         fused.store()
         out = sums.tolist()  # the epoch's one host sync
@@ -309,14 +328,24 @@ class FusedGroup:
             lead = group[0]
             fused = FusedModel([t.model for t in group], lead.memory_format)
 
+            sources, which, banks = teachers(group)
+
             def step_loss(x, y, z_bank):
                 with torch.autocast(lead.device.type, torch.bfloat16, enabled=lead.autocast):
-                    z_t = lead.teacher_logits(x, z_bank)
+                    z_ts = []
+                    for j, source in enumerate(sources):
+                        if j in banks:  # its own rows (contiguous, as separate training reads)
+                            z = (z_bank if len(banks) == 1
+                                 else z_bank[:, banks.index(j)].contiguous())
+                            z_ts.append(z.float())
+                        else:
+                            z_ts.append(None if source is None else source(x))
                     zs = fused(x)
+                z_of = [z_ts[j] for j in which]
                 losses = [distillation_loss(z, z_t, y, loss=t.config.loss, tau=t.config.tau,
                                             alpha=t.config.alpha, **dict(t.config.loss_params))
-                          for z, t in zip(zs, group, strict=True)]
-                return sum(losses), losses, zs, z_t
+                          for z, z_t, t in zip(zs, z_of, group, strict=True)]
+                return sum(losses), losses, zs, z_of
 
             self._steps = {at: (fused, capture(step_loss, lead.execution.step))}
         return self._steps[at]

@@ -38,21 +38,25 @@ def float64():
 
 
 def setup(model: str, channels: int, banked: bool, epochs: int = 2, validation: float = 0.0,
-          eval_every: int = 1):
+          eval_every: int = 1, cousins: bool = False):
+    """``make()`` builds one trainer per setting; siblings share one teacher, ``cousins``
+    each have their own (a bank each, or an online teacher each)."""
     data = synthetic(n_train=STEPS * 8, n_test=24, num_classes=10, image_size=8,
                      channels=channels)
     if validation:
         data = data.with_validation(validation, 3)
-    teacher = init_model(model, data, 99)
-    bank = bank_for(teacher, data, "cpu", dtype=torch.get_default_dtype()) if banked else None
+    teachers = [init_model(model, data, 99 + i) for i in range(len(SETTINGS) if cousins else 1)]
+    banks = [bank_for(t, data, "cpu", dtype=torch.get_default_dtype()) if banked else None
+             for t in teachers]
 
     def make(settings=SETTINGS, seed=3):
         return [Trainer(init_model(model, data, seed), data,
                         TrainConfig(epochs=epochs, batch_size=8, lr=0.05, loss=loss, tau=tau,
                                     alpha=alpha, seed=seed, device="cpu", teacher_bank="off",
                                     lr_milestones=(0.5,), eval_every=eval_every),
-                        teacher=None if banked else teacher, bank=bank)
-                for loss, tau, alpha in settings]
+                        teacher=None if banked else teachers[i % len(teachers)],
+                        bank=banks[i % len(banks)])
+                for i, (loss, tau, alpha) in enumerate(settings)]
 
     return make
 
@@ -74,10 +78,14 @@ def assert_same(a: Trainer, b: Trainer) -> None:
     assert untimed(sa["history"]) == untimed(sb["history"])
 
 
-@pytest.mark.parametrize("model,channels,banked", [("cnn-small", 1, True),
-                                                   ("wrn-10-1", 3, False)])
-def test_fused_is_separate_training_bit_for_bit_in_float64(float64, model, channels, banked):
-    make = setup(model, channels, banked)
+@pytest.mark.parametrize("model,channels,banked,cousins", [
+    ("cnn-small", 1, True, False), ("wrn-10-1", 3, False, False),
+    ("cnn-small", 1, True, True), ("wrn-10-1", 3, False, True)])
+def test_fused_is_separate_training_bit_for_bit_in_float64(float64, model, channels, banked,
+                                                           cousins):
+    """Siblings (one teacher) and cousins (a teacher each: a bank each, or an online teacher
+    each; the members read their own teacher's logits every batch)."""
+    make = setup(model, channels, banked, cousins=cousins)
     separate = make()
     for t in separate:
         list(t.epochs())
@@ -91,6 +99,9 @@ def test_fused_is_separate_training_bit_for_bit_in_float64(float64, model, chann
     # the members did learn different things (the test could not pass by sharing weights)
     w = [t.model.head.weight for t in fused]
     assert not torch.equal(w[0], w[1]) and not torch.equal(w[0], w[2])
+    if cousins:  # each member did read its own teacher: theirs differ
+        assert len({id(t.teacher) for t in fused}) == len(fused)
+        assert not torch.equal(fused[0]._teacher_test(), fused[1]._teacher_test())
 
 
 def test_validation_split_and_sparse_evaluation_match_too(float64):

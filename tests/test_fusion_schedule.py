@@ -3,7 +3,7 @@ never waited for; each member ends on its own; resources.fuse and its rule (fusi
 
 import pytest
 
-from sweeps.domain.fusion import group_limit, sibling_key
+from sweeps.domain.fusion import group_limit, group_size, sibling_key, teachers_cap
 from sweeps.domain.plan import build_plan
 from sweeps.domain.scheduler import Job
 from sweeps.domain.spec import SpecError, parse_spec
@@ -53,6 +53,12 @@ def test_fuse_rule_and_spec_field():
     # the smallest K within NEAR (95%) of the best: 4 at 1.68x against 7 at 1.71x
     assert group_limit("auto", "cnn-small", gpu=False, measured={2: 1.25, 4: 1.68, 7: 1.71}) == 4
     assert group_limit("auto", "wrn-16-2", gpu=True, measured={4: 2.63, 8: 4.45, 9: 3.82}) == 8
+    # ready students over free slots: 7 and 2 free make 4 (then 3); a limit caps; one alone
+    assert [group_size(7, 2, 9), group_size(3, 1, 9), group_size(7, 1, 4)] == [4, 3, 4]
+    assert [group_size(7, 8, 9), group_size(1, 1, 9), group_size(7, 2, 1)] == [1, 1, 1]
+    # banks of 2 GiB within a 4 GiB budget: 2 teachers per job; one always; none: no cap
+    assert [teachers_cap(16 * 2**27, 4 * 2**30), teachers_cap(2**33, 2**30)] == [2, 1]
+    assert teachers_cap(0, 2**30) > 1000
     spec = spec_of()
     assert spec.resources.fuse == "auto"
     raw = spec.model_dump(mode="json")
@@ -215,3 +221,80 @@ def test_optuna_samples_of_one_teacher_fuse_as_siblings():
     assert sorted(k for k, _ in src.told) == sorted(t.key for t in job.members + rest.members)
     told = dict(src.told)
     assert told[job.members[1].key] == 0.6 and told[rest.trial.key] == 0.8 and s.finished()
+
+
+SEVEN = (0.5, 1, 2, 4, 8, 16, 20)  # seven settings per teacher, as the demo's
+
+
+def test_ready_students_spread_over_the_free_slots_and_cousins_fuse():
+    """Seven siblings ready and two free slots: 4 + 3, not 7 and an idle slot; one free slot:
+    all ready (up to the limit). A group's generation-2 students (one per member, each under
+    its own teacher: cousins) fuse as one job once ready, each reading its own teacher; the
+    teachers one job reads are capped (max_teachers); one ready student is never held back."""
+    from sweeps.domain.fusion import fusion_key
+
+    spec = spec_of(taus=SEVEN, chains=[["cnn-large", "cnn-medium", "cnn-small"]])
+    s, plan, _ = scheduler(spec, wants_bank=lambda n: False)
+    s.start("t", s.next_job())
+    s.complete("t", done=True, value=0.9)
+    first = s.with_siblings(s.next_job(), 9, free=2)
+    s.start("a", first)
+    second = s.with_siblings(s.next_job(), 9, free=1)
+    s.start("b", second)
+    assert (len(first.members), len(second.members)) == (4, 3) and s.next_job() is None
+    assert {t.teacher_key for t in first.members + second.members} == {plan.trials[0].key}
+    for t in first.members:  # the first group's members end, one report each
+        s.member_ended(t.key, done=True, value=0.8)
+    s.complete("a", done=True)
+    cousins = s.with_siblings(s.next_job(), 9, free=1)
+    assert len(cousins.members) == 4 and all(t.model == "cnn-small" for t in cousins.members)
+    assert {t.teacher_key for t in cousins.members} == {t.key for t in first.members}
+    assert len({fusion_key(t) for t in cousins.members}) == 1
+    assert len({sibling_key(t) for t in cousins.members}) == 4  # not siblings: cousins
+    s.start("c", cousins)
+    member = second.members[0]
+    s.member_ended(member.key, done=True, value=0.8)  # one ready: a job of one, never held
+    alone = s.with_siblings(s.next_job(), 9, free=2)
+    assert alone.members == (next(t for t in plan.trials if t.teacher_key == member.key),)
+
+    capped, plan, _ = scheduler(spec, wants_bank=lambda n: False)
+    capped.max_teachers = 2  # Scheduler(max_teachers=): fusion.teachers_cap of the banks
+    capped.start("t", capped.next_job())
+    capped.complete("t", done=True, value=0.9)
+    group = capped.with_siblings(capped.next_job(), 9)
+    capped.start("g", group)
+    for t in group.members:
+        capped.member_ended(t.key, done=True, value=0.8)
+    capped.complete("g", done=True)
+    sizes = []
+    while (job := capped.next_job()) is not None:
+        job = capped.with_siblings(job, 9)
+        assert len({t.teacher_key for t in job.members}) <= 2
+        capped.start(f"j{len(sizes)}", job)
+        sizes.append(len(job.members))
+    assert sizes == [2, 2, 2, 1]
+
+
+def test_the_searcher_groups_a_job_when_a_slot_frees():
+    """engine.DependencySearcher with the cluster's slots known (a driver's own Ray): no job is
+    handed out while every slot is busy, so a fused group's cousins, released one member's
+    report at a time, are grouped together when its slot frees; the ready siblings spread
+    over the free slots."""
+    from sweeps.ray.engine import DependencySearcher
+
+    spec = spec_of(taus=SEVEN, chains=[["cnn-large", "cnn-medium", "cnn-small"]])
+    s, plan, _ = scheduler(spec, wants_bank=lambda n: False)
+    searcher = DependencySearcher(s, "test_acc", fuse_limit=lambda trial: 9, slots=2)
+    assert "siblings" not in searcher.suggest("t")
+    assert searcher.suggest("x") is None  # a slot is free, nothing ready
+    searcher.on_trial_complete("t", {"kdsweep": {"outcome": "done"}, "test_acc": 0.9})
+    assert len(searcher.suggest("a")["siblings"]) == 3  # 4 of 7 (two slots free)
+    assert len(searcher.suggest("b")["siblings"]) == 2  # the other 3
+    for t in s.running["a"].members:
+        searcher.on_trial_result("a", {"kdsweep": {"member": t.key, "outcome": "done"},
+                                       "test_acc": 0.8})
+        assert searcher.suggest("c") is None  # its cousin is ready, but both slots are busy
+    searcher.on_trial_complete("a", {})
+    job = Job.from_config(searcher.suggest("c"))
+    assert len(job.members) == 4 and len({t.teacher_key for t in job.members}) == 4
+    assert searcher.suggest("d") is None

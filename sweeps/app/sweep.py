@@ -15,6 +15,9 @@ import threading
 import time
 from collections.abc import Callable
 
+import torch
+
+from kd_core.bank import bank_nbytes
 from kd_core.data import ImageData
 
 # Progress is ours (progress.py): Tune's own status tables would interleave with it.
@@ -26,6 +29,7 @@ os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
 from ..domain import faults  # noqa: E402
 from ..domain.critical_path import remaining_work, trial_costs  # noqa: E402
+from ..domain.fusion import teachers_cap  # noqa: E402
 from ..domain.looks import extend, worst_case  # noqa: E402
 from ..domain.plan import Plan, Trial, build_plan  # noqa: E402
 from ..domain.sampling import OptunaSource, optuna_sources  # noqa: E402
@@ -112,6 +116,12 @@ def make_scheduler(
         wants_bank=lambda n_students: wants_shared_bank(spec.train, data, n_students),
         listener=events,
         sources=sources,
+        # a fused job of cousins holds one bank per teacher: together within the budget one
+        # trial may give a bank (fusion.teachers_cap)
+        max_teachers=teachers_cap(
+            bank_nbytes(len(data.train_labels), data.augment, data.num_classes,
+                        getattr(torch, dtype)),
+            spec.train.bank_budget_gb * 2**30),
     )
 
 

@@ -20,15 +20,28 @@ sweep's, shared by all): trials that differ only in loss, tau and alpha (``sibli
   rounds: benchmarks/fused_sweep.py, RESULTS.md), not settled; after the fused job's own
   overheads were cut (a fused job of 7 then ran 1.6x its 7 separate jobs), a reduced demo
   sweep at 5 epochs ran 0.61x-1.18x at 7 per job (two rounds, the lower one disturbed) and
-  0.99x-1.23x at 4: still no CPU rule.
+  0.99x-1.23x at 4; with cousins fused and groups spread over the free slots (this pass),
+  1.23x-1.46x at 7 (four rounds, median 1.33x, load 10-26), the 1.5x target not shown:
+  still no CPU rule.
   ``fuse: K``, or a `plan --measure` record, fuses on CPUs.
 
-The scheduler never holds a ready student back to fill a group: a group is the siblings ready
-together when a job starts (a teacher's students become ready at once).
+Cousins fuse too (``fusion_key``): students of one architecture, seed and noise under
+different teachers, each member reading its own teacher's logits (kd_core/fused.py), e.g. a
+generation-1 group's generation-2 students, one per member, which become ready together when
+that group ends. A job's teachers are capped (``teachers_cap``): each teacher's bank (or
+private bank) is held by the job, so their bytes together stay within ``train.bank_budget_gb``,
+the host memory one trial may give a bank.
+
+The scheduler never holds a ready student back to fill a group: a group is taken from the
+students ready together when a job is handed out, which the engine does when a slot is free
+(a job handed out earlier would be grouped before its cousins are ready). Its size also
+follows the free slots (``group_size``): 7 ready and 2 free slots make 4 + 3, not 7 and an
+idle slot.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 from .plan import Trial
@@ -45,6 +58,32 @@ def sibling_key(trial: Trial) -> tuple | None:
     if trial.teacher_key is None or trial.loss == "ce":
         return None
     return (trial.teacher_key, trial.model, trial.seed, trial.noise_kind, trial.noise_rate)
+
+
+def fusion_key(trial: Trial) -> tuple | None:
+    """What the members of one fused job share: ``sibling_key`` but the teacher (siblings and
+    cousins); None for a trial that never fuses."""
+    if trial.teacher_key is None or trial.loss == "ce":
+        return None
+    return (trial.model, trial.seed, trial.noise_kind, trial.noise_rate)
+
+
+def group_size(ready: int, free: int, limit: int) -> int:
+    """How many of ``ready`` fusable students (one fusion_key) one job takes when ``free``
+    slots are free (this job's among them): at most ``limit``, and few enough that the ready
+    ones spread over the free slots (ceil(ready / free): 7 and 2 free make 4, then 3 on the
+    other), so a slot idles only when fewer students than slots are ready."""
+    if limit <= 1 or ready <= 1:
+        return 1
+    return max(1, min(limit, math.ceil(ready / max(1, free))))
+
+
+def teachers_cap(bank_bytes: int, budget_bytes: float) -> int:
+    """The most teachers one fused job reads: their banks (each ``bank_bytes``) together within
+    ``budget_bytes`` (train.bank_budget_gb), at least one (a teacher's siblings always fuse)."""
+    if bank_bytes <= 0:
+        return 1 << 30
+    return max(1, int(budget_bytes // bank_bytes))
 
 
 def group_limit(fuse: str | int, model: str, gpu: bool,

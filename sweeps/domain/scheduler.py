@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from .fusion import sibling_key
+from .fusion import fusion_key, group_size
 from .plan import Trial, children
 from .spec import SweepSpec
 
@@ -97,6 +97,8 @@ class Scheduler:
     wants_bank: a teacher's number of distilling students -> whether to build its bank first.
     listener: told of added and skipped trials.
     sources: optuna's sources (sampling.OptunaSource), one per (teacher, architecture).
+    max_teachers: the most teachers one fused job reads (fusion.teachers_cap: their banks
+        within the budget one trial may give a bank); siblings of one teacher always fuse.
     """
 
     def __init__(
@@ -111,8 +113,10 @@ class Scheduler:
         wants_bank: Callable[[int], bool],
         listener: Listener,
         sources: Iterable[Source] = (),
+        max_teachers: int = 1 << 30,
     ):
         self.spec, self.priority, self.wants_bank = spec, priority, wants_bank
+        self.max_teachers = max(1, max_teachers)
         self.listener, self.sources = listener, list(sources)
         self.done, self.stored_banks = set(done), set(banks)
         self.values = dict(values)
@@ -126,9 +130,11 @@ class Scheduler:
         self.banks: dict[str, str] = {}  # teacher key -> "build" | "building" | "go"
         self.blocked: defaultdict[str, list[Trial]] = defaultdict(list)  # teacher not ready
         self.heap: list[tuple[float, int, int, str | int]] = []  # ready jobs, best first
-        # ready trials by sibling_key, in the order they became ready (fused jobs take them);
-        # an entry a job has left behind is dropped when met, as in the heap
+        # ready trials by fusion_key (siblings and cousins), in the order they became ready
+        # (fused jobs take them); an entry a job has left behind is dropped when met, as in the
+        # heap; ready_count: how many of each key are ready and not handed out (O(1) to read)
         self.ready_siblings: defaultdict[tuple, deque[str]] = defaultdict(deque)
+        self.ready_count: Counter = Counter()
         self.pushed = 0  # entries so far (ties among banks and samples: first pushed first)
         self.sources_of: defaultdict[str, list[int]] = defaultdict(list)  # teacher -> sources
         for i, s in enumerate(self.sources):
@@ -175,28 +181,40 @@ class Scheduler:
         else:
             for t in job.members:
                 del self.waiting[t.key]
+                if (key := fusion_key(t)) is not None:
+                    self.ready_count[key] -= 1
                 self.running_keys.add(t.key)
                 self.member_of[t.key] = job_id
 
-    def with_siblings(self, job: Job, limit: int) -> Job:
-        """``job`` (a train job from next_job) with up to ``limit`` - 1 of its siblings that are
-        ready now (fusion.py), earliest ready first; never waits for more. A sampled trial's
-        siblings are its source's next samples, asked now (optuna's samples of one teacher
-        fuse as a grid's students do; each is told its value as it ends)."""
-        key = sibling_key(job.trial) if job.kind == "train" else None
+    def with_siblings(self, job: Job, limit: int, free: int = 1) -> Job:
+        """``job`` (a train job from next_job) with the students ready now that fuse with it
+        (fusion.py: its siblings, and cousins under other teachers, up to ``max_teachers``
+        teachers), earliest ready first; never waits for more. ``free``: the slots free now,
+        this job's among them: the group takes at most ``limit`` and few enough that the ready
+        ones spread over the free slots (fusion.group_size). A sampled trial's siblings are its
+        source's next samples, asked now (optuna's samples of one teacher fuse as a grid's
+        students do; each is told its value as it ends)."""
+        key = fusion_key(job.trial) if job.kind == "train" else None
         if key is None or limit <= 1:
             return job
         ready, taken = self.ready_siblings.get(key, deque()), []
         for i in sorted(self.asked_by.get(job.trial.key, ()))[:1]:
             source = self.sources[i]
-            while source.left() > 0 and sum(
-                    ref in self.waiting and ref != job.trial.key for ref in ready) < limit - 1:
+            while source.left() > 0 and self.ready_count[key] < limit:
                 self._sample(i)  # a new trial joins ``ready``; a known one is told, or waits
                 ready = self.ready_siblings.get(key, deque())
-        while ready and len(taken) < limit - 1:
-            ref = ready.popleft()
-            if ref in self.waiting and ref != job.trial.key and ref not in taken:
-                taken.append(ref)
+        size = group_size(self.ready_count[key], free, limit)
+        teachers = {job.trial.teacher_key}
+        while ready and len(taken) < size - 1:
+            ref = ready[0]
+            if ref not in self.waiting or ref == job.trial.key or ref in taken:
+                ready.popleft()  # left behind by a job, or this one
+                continue
+            teacher = self.waiting[ref].teacher_key
+            if teacher not in teachers and len(teachers) >= self.max_teachers:
+                break  # its teacher's bank would not fit: it leads a job of its own
+            teachers.add(teacher)
+            taken.append(ready.popleft())
         return Job(job.kind, job.trial, tuple(self.waiting[k] for k in taken))
 
     def complete(self, job_id: str, done: bool, value: float | None = None) -> None:
@@ -235,8 +253,9 @@ class Scheduler:
         k = t.teacher_key
         if k is None or (k in self.done and self.banks.get(k) == "go"):
             self._push(t.lineage, TRAIN, self.order[t.key], t.key)
-            if (sib := sibling_key(t)) is not None:
-                self.ready_siblings[sib].append(t.key)
+            if (key := fusion_key(t)) is not None:
+                self.ready_siblings[key].append(t.key)
+                self.ready_count[key] += 1
         else:
             self.blocked[k].append(t)
 

@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import select
 import shutil
@@ -53,6 +54,9 @@ from .trial import WorkerMessage, run_job
 log = logging.getLogger(__name__)
 
 
+OWN_RAY: set = set()  # non-empty once connect started a Ray of this driver's own
+
+
 def connect(address: str | None, runtime_env: dict | None = None) -> None:
     """Join the cluster at ``address`` ('auto' inside ray job submit), or start a Ray of our
     own: never one that `ray start` left on this machine (Ray's address discovery would join
@@ -65,9 +69,11 @@ def connect(address: str | None, runtime_env: dict | None = None) -> None:
     quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
     if runtime_env:
         quiet["runtime_env"] = runtime_env
+    OWN_RAY.clear()
     if address:
         _join(address, quiet)
         return
+    OWN_RAY.add(True)  # job_slots: this driver's own Ray, its resources fixed
     # Going around Ray: ray.init turns a node address of 127.0.0.1 into the machine's external
     # IP unless Ray believes clusters are off (as on macOS); its processes then bind loopback.
     from ray._private import ray_constants
@@ -439,21 +445,36 @@ class DependencySearcher(Searcher):
     """Tune's face of the scheduler (scheduler.py): hands out its next job and tells it how
     each ended. It reads no storage: a job's outcome is in its last report (WorkerMessage).
 
-    A train job takes the siblings ready with it, up to ``fuse_limit`` (fusion.py): one Tune
-    trial trains them as one fused model (trial.py's fused job), and each member's outcome,
-    in its own report, ends that member in the scheduler at once (its students may go)."""
+    A train job takes the siblings (and cousins) ready with it, up to ``fuse_limit``
+    (fusion.py): one Tune trial trains them as one fused model (trial.py's fused job), and each
+    member's outcome, in its own report, ends that member in the scheduler at once (its students
+    may go).
 
-    def __init__(self, scheduler: Scheduler, metric: str, fuse_limit=lambda trial: 1):
+    ``slots``: how many jobs the cluster runs at once (job_slots; None: not known, an
+    autoscaling cluster). Where known, a job is handed out only when a slot is free, so that a
+    fused job is grouped when it can start: the ready students then spread over the free slots
+    (fusion.group_size), and a group's generation-2 cousins, released one report at a time as
+    its members end, are all ready by the time its slot frees. A job could not start earlier
+    anyway; Tune asks again at its next step. Where not known, every ready job is handed out at
+    once (pending_window: the autoscaler sees them all) and grouped as it is handed out."""
+
+    def __init__(self, scheduler: Scheduler, metric: str, fuse_limit=lambda trial: 1,
+                 slots: int | None = None):
         super().__init__()
         self.scheduler, self.search_metric = scheduler, metric
         self.fuse_limit = fuse_limit
+        self.slots = slots
         self.handed = 0
 
     def suggest(self, trial_id: str) -> dict | None:
+        running = len(self.scheduler.running)
+        if self.slots is not None and running >= self.slots:
+            return None  # every slot busy: grouped when one frees
         if (job := self.scheduler.next_job()) is None:
             return Searcher.FINISHED if self.scheduler.finished() else None
         if job.kind == "train":
-            job = self.scheduler.with_siblings(job, self.fuse_limit(job.trial))
+            free = 1 if self.slots is None else self.slots - running
+            job = self.scheduler.with_siblings(job, self.fuse_limit(job.trial), free)
         self.scheduler.start(trial_id, job)
         self.handed += 1
         return job.config()
@@ -767,10 +788,31 @@ def run_experiment(spec: SweepSpec, ledger: Ledger, scheduler: Scheduler, events
     this driver's lease, which its workers' trial claims carry); returns its searcher."""
     state = tune_dir(spec, ledger.storage.uri)
     shutil.rmtree(state, ignore_errors=True)  # the last run's, never restored
-    searcher = DependencySearcher(scheduler, spec.search.metric, fuse_limit(spec))
+    searcher = DependencySearcher(scheduler, spec.search.metric, fuse_limit(spec),
+                                  slots=job_slots(spec))
     if not scheduler.finished():
         _run_tune(spec, searcher, events, driver_token, state=state)
     return searcher
+
+
+def job_slots(spec: SweepSpec) -> int | None:
+    """How many jobs this driver's own Ray runs at once (its resources are fixed: the
+    machine's), from the least any architecture asks of each resource (so never fewer than
+    fit: a slot is never left idle for it); None on a cluster joined at an address, which may
+    autoscale (DependencySearcher then hands out every ready job at once)."""
+    import ray
+
+    if not OWN_RAY or not ray.is_initialized():
+        return None
+    have = ray.cluster_resources()
+    asks = [spec.resources.for_model(m) for m in spec.architectures] or [
+        spec.resources.for_model("")]
+    slots = []
+    for name, field in (("CPU", "cpu"), ("GPU", "gpu"), ("memory", "memory")):
+        least = min(a.get(field, 0) for a in asks)
+        if least > 0:
+            slots.append(math.floor(have.get(name, 0) / least + 1e-9))
+    return max(1, min(slots)) if slots else None
 
 
 def fuse_limit(spec: SweepSpec):

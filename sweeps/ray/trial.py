@@ -422,22 +422,31 @@ def _claimed_group(trials: list[Trial], spec: SweepSpec, ledger: Ledger,
 def train_group(spec: SweepSpec, trials: list[Trial], ledger: Ledger,
                 attempts: dict[str, Attempts], report, claims: dict[str, TrialClaim],
                 ended: set[str]) -> None:
-    """Train sibling ``trials`` as one FusedGroup, each from its own latest checkpoint (members
-    resumed at other epochs catch up first), and publish each as it ends (``ended`` gets its
-    key), while their ``claims`` are held. One data pipeline, one teacher (bank or model)."""
+    """Train sibling (or cousin) ``trials`` as one FusedGroup, each from its own latest
+    checkpoint (members resumed at other epochs catch up first), and publish each as it ends
+    (``ended`` gets its key), while their ``claims`` are held. One data pipeline; each teacher
+    (bank or model) loaded once, whether one teacher's siblings or cousins under several."""
     started = time.time()
     lead = trials[0]
-    bank = teacher = None
-    if spec.train.teacher_bank != "off":
-        bank = load_shared_bank(ledger, lead.teacher_key, spec.train.bank_dtype)
-    if bank is None:
-        teacher = trained_model(ledger.storage, lead.teacher_key)
-    data = load_run_data(run_spec(spec, lead))  # siblings share dataset, noise and seed
+    data = load_run_data(run_spec(spec, lead))  # they share dataset, noise and seed
+    sources: dict[str, tuple] = {}  # teacher key -> (bank, model): one of them, loaded once
     trainers: dict[str, tuple] = {}
     for t in trials:
+        if t.teacher_key not in sources:
+            bank = teacher = None
+            if spec.train.teacher_bank != "off":
+                bank = load_shared_bank(ledger, t.teacher_key, spec.train.bank_dtype)
+            if bank is None:
+                teacher = trained_model(ledger.storage, t.teacher_key)
+            sources[t.teacher_key] = bank, teacher
+        bank, teacher = sources[t.teacher_key]
         trainer, noisy = build_trainer(run_spec(spec, t), teacher, data=data, bank=bank)
-        if trainer.logit_source == "private":  # built for this one: shared by the group
+        if trainer.logit_source == "private" and sum(
+                u.teacher_key == t.teacher_key for u in trials) > 1:
+            # built for this one: shared by its teacher's other members (a cousin alone under
+            # its teacher keeps its private bank, as it would trained separately)
             bank = trainer.teacher
+            sources[t.teacher_key] = bank, teacher
             trainer, noisy = build_trainer(run_spec(spec, t), teacher, data=data, bank=bank)
         trainers[t.key] = trainer, noisy
     by_trainer: dict[int, Trial] = {id(trainers[t.key][0]): t for t in trials}
@@ -455,21 +464,24 @@ def train_group(spec: SweepSpec, trials: list[Trial], ledger: Ledger,
         ledger.write_progress(t.key, trainer.epoch, spec.train.epochs)  # running, from here
         checkpoints[trainer], forgets[t.key] = cp, flush_on_exit(cp)
     group = FusedGroup([trainers[t.key][0] for t in trials])
-    analysed: list = []  # the teacher's model, loaded once for the members' analyses
-    teacher_outputs: dict = {}  # and its outputs, computed once for them (Trainer.analyse)
+    analysed: dict = {}  # teacher key -> its model, loaded once for its members' analyses
+    teacher_outputs: dict = {}  # teacher key -> its outputs, computed once (Trainer.analyse)
 
-    def analysed_teacher():
-        if teacher is not None:
-            return teacher
-        if not analysed:
-            analysed.append(trained_model(ledger.storage, lead.teacher_key))
-        return analysed[0]
+    def analysed_teacher(key: str):
+        def load():
+            if (teacher := sources[key][1]) is not None:
+                return teacher
+            if key not in analysed:
+                analysed[key] = trained_model(ledger.storage, key)
+            return analysed[key]
+        return load
 
     def publish(trainer, outcome: Outcome = DONE) -> dict:
         t = by_trainer[id(trainer)]
         said = publish_trial(spec, t, ledger, trainer, trainers[t.key][1], attempts[t.key],
                              started, claims[t.key], checkpoints[trainer], forgets[t.key],
-                             outcome, analysed_teacher, teacher_outputs)
+                             outcome, analysed_teacher(t.teacher_key),
+                             teacher_outputs.setdefault(t.teacher_key, {}))
         ended.add(t.key)
         return said
 
