@@ -214,6 +214,9 @@ class Cluster:
             # defaults: 5, 3 s apart): what follows is the same, 10 s sooner.
             "RAY_health_check_period_ms": "1000",
             "RAY_health_check_failure_threshold": "3",
+            # trials at the test's priority, as kdsweep's own Ray runs them (engine.
+            # OWN_RAY_CONFIG): Ray's default, +15, starves them beside any other work
+            "RAY_worker_niceness": "0",
             "PATH": f"{BIN}:{os.environ['PATH']}",
         }
         self.gcs_port, self.dash_port = free_port(), free_port()

@@ -222,3 +222,19 @@ def test_a_report_is_metrics_and_one_message_that_reads_back():
     assert WorkerMessage.of(flatten_dict(report)) == message  # as Tune hands it to a searcher
     assert WorkerMessage.of({"epoch": 1}) == WorkerMessage() and WorkerMessage().entry() == {
         "kdsweep": {}}
+
+
+def test_a_trial_runs_at_the_drivers_priority_not_rays_plus_15(local_ray):
+    """A Ray of kdsweep's own starts its workers at the driver's niceness (engine.
+    OWN_RAY_CONFIG), not Ray's +15, which left trials ~1% of a CPU beside other work."""
+    import os
+
+    import ray
+
+    from testkit import HANG
+
+    @ray.remote(num_cpus=0)
+    def niceness() -> int:
+        return os.nice(0)
+
+    assert ray.get(niceness.remote(), timeout=HANG) == os.nice(0)

@@ -57,6 +57,14 @@ log = logging.getLogger(__name__)
 OWN_RAY: set = set()  # non-empty once connect started a Ray of this driver's own
 
 
+# A Ray of our own runs its trials at this process's priority: Ray's default starts each worker
+# at niceness +15 (to keep its raylet responsive on a shared node), which beside any other work
+# at the user's priority left a trial ~1% of a CPU (a suite beside `stress-ng --cpu 4`: 5 tests
+# in 35 minutes). `python train.py` would run at the user's priority; so does a trial here.
+# A cluster's nodes keep what their `ray start` set.
+OWN_RAY_CONFIG = {"worker_niceness": 0}
+
+
 def connect(address: str | None, runtime_env: dict | None = None) -> None:
     """Join the cluster at ``address`` ('auto' inside ray job submit), or start a Ray of our
     own: never one that `ray start` left on this machine (Ray's address discovery would join
@@ -85,7 +93,8 @@ def connect(address: str | None, runtime_env: dict | None = None) -> None:
     before = os.environ.get(key)
     os.environ[key] = "0"
     try:
-        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, **quiet)
+        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
+                 _system_config=OWN_RAY_CONFIG, **quiet)
     finally:
         if before is None:
             os.environ.pop(key)
