@@ -78,6 +78,17 @@ def local_ray():
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def forks():
+    """The drivers' forking process of this test process (testkit.drivers.DriverForks: its
+    ~5 s of imports once, not once per driver), started by the first test that asks."""
+    from testkit.drivers import DriverForks
+
+    forks = DriverForks()
+    yield forks
+    forks.close()
+
+
 @pytest.fixture
 def kdsweep_here(capsys):
     """The `kdsweep` command in this process (each call would spend seconds importing it

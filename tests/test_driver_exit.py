@@ -21,7 +21,7 @@ from sweeps.ray.engine import EXIT_RAY_LOST
 from sweeps.store.ledger import trial_file
 from sweeps.store.storage import Storage
 from testkit import HANG
-from testkit.drivers import kill_leftovers, left_behind, session, start_driver, write_spec
+from testkit.drivers import fork_driver, kill_leftovers, left_behind, session, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +46,7 @@ def wait_until(condition, driver, log: Path, what: str) -> None:
         time.sleep(0.05)
 
 
-def test_a_lost_local_ray_is_one_line_and_the_rerun_finishes(tmp_path):
+def test_a_lost_local_ray_is_one_line_and_the_rerun_finishes(tmp_path, forks):
     """The raylet of a running sweep SIGKILLed (as the out-of-memory killer does): the driver
     ends with one line (the cause, what is kept, the next step, where Ray's messages went),
     exit 4, nothing left running; the same command then finishes the sweep."""
@@ -55,7 +55,7 @@ def test_a_lost_local_ray_is_one_line_and_the_rerun_finishes(tmp_path):
     storage = Storage(spec.storage)
     plan = build_plan(spec)
     log = tmp_path / "driver.log"
-    driver = start_driver(spec_path, tmp_path)
+    driver = fork_driver(forks, spec_path, tmp_path)
     try:
         teacher = plan.trials[0]
         wait_until(lambda: storage.exists(trial_file(teacher.key, "progress.json")), driver, log,
@@ -77,7 +77,7 @@ def test_a_lost_local_ray_is_one_line_and_the_rerun_finishes(tmp_path):
         ray_log.unlink()
 
         kill_leftovers(tmp_path)
-        rerun = start_driver(spec_path, tmp_path)
+        rerun = fork_driver(forks, spec_path, tmp_path)
         assert rerun.wait(HANG) == 0, log.read_text()[-3000:]
         assert nothing_left(rerun.pid) == []
     finally:
@@ -89,7 +89,7 @@ def test_a_lost_local_ray_is_one_line_and_the_rerun_finishes(tmp_path):
         assert [h["epoch"] for h in history] == [1, 2, 3]
 
 
-def test_a_driver_leaves_no_process_behind_whatever_its_exit(tmp_path):
+def test_a_driver_leaves_no_process_behind_whatever_its_exit(tmp_path, forks):
     """Three drivers of one sweep: B is refused while A runs (exit 2; A's trial paused the
     while); A is paused (SIGSTOP) past its lease's TTL, C takes the sweep over and finishes it
     (exit 0) while A is still paused (A's workers give their claims up once their driver is
@@ -106,7 +106,7 @@ def test_a_driver_leaves_no_process_behind_whatever_its_exit(tmp_path):
     teacher = build_plan(spec).trials[0]
     for d in "bc":
         (tmp_path / d).mkdir()
-    a = start_driver(spec_path, tmp_path, env)
+    a = fork_driver(forks, spec_path, tmp_path, env)
     try:
         wait_until(lambda: storage.exists(trial_file(teacher.key, "progress.json")), a,
                    tmp_path / "driver.log", "A never started training")
@@ -115,13 +115,13 @@ def test_a_driver_leaves_no_process_behind_whatever_its_exit(tmp_path):
         worker = storage.read_json(trial_file(teacher.key, "progress.json"))["pid"]
         os.kill(worker, signal.SIGSTOP)
 
-        b = start_driver(spec_path, tmp_path / "b", env)
+        b = fork_driver(forks, spec_path, tmp_path / "b", env)
         assert b.wait(HANG) == 2, (tmp_path / "b" / "driver.log").read_text()[-3000:]
         assert nothing_left(b.pid) == []
         os.kill(worker, signal.SIGCONT)
 
         a.send_signal(signal.SIGSTOP)
-        c = start_driver(spec_path, tmp_path / "c", env)
+        c = fork_driver(forks, spec_path, tmp_path / "c", env)
         wait_until(lambda: (storage.read_json(rel) or {}).get("pid") == c.pid, c,
                    tmp_path / "c" / "driver.log", "C never took the lease")
         assert c.wait(HANG) == 0, (tmp_path / "c" / "driver.log").read_text()[-3000:]
