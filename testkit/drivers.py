@@ -345,19 +345,25 @@ while True:
 """
 
 
+# the settings of a driver that its code reads when it runs, not when its modules are imported
+READ_AT_RUN = {"KDSWEEP_FAULT", "KDSWEEP_PAUSE", "KDSWEEP_CACHE", "RAY_TMPDIR"}
+
+
 class DriverForks:
     """`kdsweep <args>` drivers forked from one process that has imported the driver's modules
     (a preforked server's trick): each is a real driver process in a Unix session and process
     group of its own, with the whole environment of its start, without the ~5 s of imports
     (torch, Ray, MLflow, the preflight's and the SQLite store's), for a test whose subject is
-    not the driver's start-up. One forking process per xdist worker (conftest's ``forks``),
-    any number of drivers at once: ``start`` returns a pid, ``wait(pid)`` its exit code (-9
-    once SIGKILLed); `fork_driver` a handle like `start_driver`'s."""
+    not the driver's start-up and whose driver's settings read at import are the forking
+    process's (a lease's TTL is not: start_driver). One forking process per xdist worker
+    (conftest's ``forks``), any number of drivers at once: ``start`` returns a pid,
+    ``wait(pid)`` its exit code (-9 once SIGKILLed); `fork_driver` a handle like
+    `start_driver`'s."""
 
     def __init__(self, env: dict | None = None):
+        self.env = {**os.environ, **(env or {})}
         self.proc = subprocess.Popen([sys.executable, "-c", _FORKS], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE,
-                                     env={**os.environ, **(env or {})})
+                                     stdout=subprocess.PIPE, env=self.env)
         self.said = b""  # what the forking process printed and no call has read yet
         self.codes: dict[int, int] = {}  # the drivers that ended: their exit codes
         self.last: int | None = None
@@ -388,6 +394,15 @@ class DriverForks:
         """``env``: settings of this driver on top of this process's environment now (a fault
         point: KDSWEEP_FAULT); its Ray's sockets in ``cwd``'s own folder (ray_dir)."""
         env = {**os.environ, "RAY_TMPDIR": ray_dir(cwd), **(env or {})}
+        # kdsweep's, Tune's and Ray's settings are read when their modules are imported (the
+        # lease's TTL, Ray's constants), which the forking process did with its own: a driver
+        # whose settings differ there is a plain process (start_driver), never a fork that
+        # would silently run with the others'
+        imported = {k for k in {*env, *self.env} if k.startswith(("KDSWEEP_", "TUNE_", "RAY_"))
+                    and k not in READ_AT_RUN and env.get(k) != self.env.get(k)}
+        if imported:
+            raise ValueError(f"{sorted(imported)}: read at import; start this driver with "
+                             "start_driver")
         self.started = None
         self.proc.stdin.write("\t".join([str(cwd), str(cwd / "driver.log"), json.dumps(env),
                                          *map(str, args)]).encode() + b"\n")

@@ -21,7 +21,14 @@ from sweeps.ray.engine import EXIT_RAY_LOST
 from sweeps.store.ledger import trial_file
 from sweeps.store.storage import Storage
 from testkit import HANG
-from testkit.drivers import fork_driver, kill_leftovers, left_behind, session, write_spec
+from testkit.drivers import (
+    fork_driver,
+    kill_leftovers,
+    left_behind,
+    session,
+    start_driver,
+    write_spec,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -89,7 +96,7 @@ def test_a_lost_local_ray_is_one_line_and_the_rerun_finishes(tmp_path, forks):
         assert [h["epoch"] for h in history] == [1, 2, 3]
 
 
-def test_a_driver_leaves_no_process_behind_whatever_its_exit(tmp_path, forks):
+def test_a_driver_leaves_no_process_behind_whatever_its_exit(tmp_path):
     """Three drivers of one sweep: B is refused while A runs (exit 2; A's trial paused the
     while); A is paused (SIGSTOP) past its lease's TTL, C takes the sweep over and finishes it
     (exit 0) while A is still paused (A's workers give their claims up once their driver is
@@ -106,7 +113,7 @@ def test_a_driver_leaves_no_process_behind_whatever_its_exit(tmp_path, forks):
     teacher = build_plan(spec).trials[0]
     for d in "bc":
         (tmp_path / d).mkdir()
-    a = fork_driver(forks, spec_path, tmp_path, env)
+    a = start_driver(spec_path, tmp_path, env)  # plain: KDSWEEP_LEASE_TTL is read at import
     try:
         wait_until(lambda: storage.exists(trial_file(teacher.key, "progress.json")), a,
                    tmp_path / "driver.log", "A never started training")
@@ -115,13 +122,13 @@ def test_a_driver_leaves_no_process_behind_whatever_its_exit(tmp_path, forks):
         worker = storage.read_json(trial_file(teacher.key, "progress.json"))["pid"]
         os.kill(worker, signal.SIGSTOP)
 
-        b = fork_driver(forks, spec_path, tmp_path / "b", env)
+        b = start_driver(spec_path, tmp_path / "b", env)
         assert b.wait(HANG) == 2, (tmp_path / "b" / "driver.log").read_text()[-3000:]
         assert nothing_left(b.pid) == []
         os.kill(worker, signal.SIGCONT)
 
         a.send_signal(signal.SIGSTOP)
-        c = fork_driver(forks, spec_path, tmp_path / "c", env)
+        c = start_driver(spec_path, tmp_path / "c", env)
         wait_until(lambda: (storage.read_json(rel) or {}).get("pid") == c.pid, c,
                    tmp_path / "c" / "driver.log", "C never took the lease")
         assert c.wait(HANG) == 0, (tmp_path / "c" / "driver.log").read_text()[-3000:]

@@ -335,8 +335,7 @@ def stopped(pid: int) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("shared", ["trials.json", "results.parquet", "states.json"])
-def test_a_driver_stopped_before_a_shared_write_leaves_its_successors_file(tmp_path, shared,
-                                                                           forks):
+def test_a_driver_stopped_before_a_shared_write_leaves_its_successors_file(tmp_path, shared):
     """Issue 41, end to end: driver A stops itself (SIGSTOP, the named point `shared-write`)
     with the file's version read under its lease; B takes the sweep over after the TTL and
     finishes it; A, continued, finds B's file, is refused and exits 3 in one line; B's file
@@ -345,7 +344,7 @@ def test_a_driver_stopped_before_a_shared_write_leaves_its_successors_file(tmp_p
     import signal
 
     from sweeps.domain.spec import load_spec
-    from testkit.drivers import fork_driver, kill_leftovers
+    from testkit.drivers import kill_leftovers, start_driver
     from testkit.fabricate import fabricate
 
     spec_path = write_spec(tmp_path)
@@ -360,10 +359,10 @@ def test_a_driver_stopped_before_a_shared_write_leaves_its_successors_file(tmp_p
         # MLflow made complete first (one plain run): A's lanes, which write on while its
         # Parquet is written, then have nothing to write while A stands stopped, so no SQLite
         # lock of A's outlasts its stop (B found the store locked, once)
-        assert fork_driver(forks, spec_path, tmp_path, env).wait(HANG) == 0, (
+        assert start_driver(spec_path, tmp_path, env).wait(HANG) == 0, (
             tmp_path / "driver.log").read_text()[-3000:]
-    a = fork_driver(forks, spec_path, tmp_path, {**env, "KDSWEEP_PAUSE": f"shared-write={shared}",
-                                                 "KDSWEEP_LEASE_BEAT": "3600"})
+    a = start_driver(spec_path, tmp_path, {**env, "KDSWEEP_PAUSE": f"shared-write={shared}",
+                                           "KDSWEEP_LEASE_BEAT": "3600"})
     try:
         deadline = time.monotonic() + HANG
         while not stopped(a.pid):
@@ -372,7 +371,7 @@ def test_a_driver_stopped_before_a_shared_write_leaves_its_successors_file(tmp_p
             time.sleep(0.2)
         # B's MLflow writes can wait on the SQLite store's lock while A, stopped, holds it (A's
         # lanes write on while its Parquet is written): 140 s seen once; a guard, not a speed
-        b = fork_driver(forks, spec_path, tmp_path, env)
+        b = start_driver(spec_path, tmp_path, env)
         assert b.wait(HANG) == 0, (tmp_path / "driver.log").read_text()[-3000:]
         theirs = storage.read_bytes(rel)
         os.kill(a.pid, signal.SIGCONT)
