@@ -346,7 +346,7 @@ while True:
 
 
 # the settings of a driver that its code reads when it runs, not when its modules are imported
-READ_AT_RUN = {"KDSWEEP_FAULT", "KDSWEEP_PAUSE", "KDSWEEP_CACHE", "RAY_TMPDIR"}
+READ_AT_RUN = {"KDSWEEP_FAULT", "KDSWEEP_PAUSE", "KDSWEEP_CACHE"}
 
 
 class DriverForks:
@@ -394,11 +394,12 @@ class DriverForks:
         """``env``: settings of this driver on top of this process's environment now (a fault
         point: KDSWEEP_FAULT); its Ray's sockets in ``cwd``'s own folder (ray_dir)."""
         env = {**os.environ, "RAY_TMPDIR": ray_dir(cwd), **(env or {})}
-        # kdsweep's, Tune's and Ray's settings are read when their modules are imported (the
-        # lease's TTL, Ray's constants), which the forking process did with its own: a driver
+        # kdsweep's and Tune's settings are read when their modules are imported (the lease's
+        # TTL, Tune's pending trials), which the forking process did with its own: a driver
         # whose settings differ there is a plain process (start_driver), never a fork that
-        # would silently run with the others'
-        imported = {k for k in {*env, *self.env} if k.startswith(("KDSWEEP_", "TUNE_", "RAY_"))
+        # would silently run with the others'. Ray's (RAY_*, some of which a local Ray of this
+        # process sets) are read as its processes start, from the driver's environment.
+        imported = {k for k in {*env, *self.env} if k.startswith(("KDSWEEP_", "TUNE_"))
                     and k not in READ_AT_RUN and env.get(k) != self.env.get(k)}
         if imported:
             raise ValueError(f"{sorted(imported)}: read at import; start this driver with "
