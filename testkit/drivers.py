@@ -394,12 +394,15 @@ class DriverForks:
         """``env``: settings of this driver on top of this process's environment now (a fault
         point: KDSWEEP_FAULT); its Ray's sockets in ``cwd``'s own folder (ray_dir)."""
         env = {**os.environ, "RAY_TMPDIR": ray_dir(cwd), **(env or {})}
-        # kdsweep's and Tune's settings are read when their modules are imported (the lease's
-        # TTL, Tune's pending trials), which the forking process did with its own: a driver
-        # whose settings differ there is a plain process (start_driver), never a fork that
-        # would silently run with the others'. Ray's (RAY_*, some of which a local Ray of this
-        # process sets) are read as its processes start, from the driver's environment.
-        imported = {k for k in {*env, *self.env} if k.startswith(("KDSWEEP_", "TUNE_"))
+        # kdsweep's settings are read when their modules are imported (the lease's TTL), which
+        # the forking process did with its own: a driver whose settings differ there is a
+        # plain process (start_driver), never a fork that would silently run with the others'.
+        # Ray's (RAY_*, some of which a local Ray of this process sets) are read as its
+        # processes start, from the driver's environment; Tune's pending trials
+        # (TUNE_MAX_PENDING_TRIALS_PG) is what a sweep in this process leaves in its
+        # environment (engine.py sets it for Tune): the fork reads Tune's default, as a user's
+        # driver does
+        imported = {k for k in {*env, *self.env} if k.startswith("KDSWEEP_")
                     and k not in READ_AT_RUN and env.get(k) != self.env.get(k)}
         if imported:
             raise ValueError(f"{sorted(imported)}: read at import; start this driver with "
