@@ -4,6 +4,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -306,65 +307,166 @@ class Cluster:
 
 
 _FORKS = r"""
-import json, os, sys
+import json, os, select, sys
 from sweeps import cli  # noqa: F401  the driver's imports (torch, MLflow, Ray), once
-from sweeps.app import sweep
-for line in sys.stdin:
-    cwd, log, env, *argv = line.rstrip("\n").split("\t")
-    pid = os.fork()
-    if pid == 0:  # the driver: a process group of its own, as `start_driver` makes
-        os.setsid()
-        os.environ.update(json.loads(env))
-        os.chdir(cwd)
-        out = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        os.dup2(out, 1)
-        os.dup2(out, 2)
-        sys.argv = ["kdsweep", *argv]
-        cli.console()
-    print(pid, flush=True)
-    _, status = os.waitpid(pid, 0)
-    print(os.waitstatus_to_exitcode(status), flush=True)
+from sweeps.app import sweep  # noqa: F401
+import torch._dynamo  # noqa: F401  what the preflight's meta-device models import (~1.2 s)
+import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  the SQLite store's (~0.8 s)
+running, said = set(), b""
+while True:
+    if b"\n" not in said:
+        ready, _, _ = select.select([0], [], [], 0.05 if running else None)
+        if ready:
+            chunk = os.read(0, 65536)
+            if not chunk:
+                break
+            said += chunk
+    while b"\n" in said:
+        line, said = said.split(b"\n", 1)
+        cwd, log, env, *argv = line.decode().split("\t")
+        pid = os.fork()
+        if pid == 0:  # the driver: a session and process group of its own, as start_driver's
+            os.setsid()
+            os.environ.clear()
+            os.environ.update(json.loads(env))  # the environment of its start, whole
+            os.chdir(cwd)
+            os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+            out = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            os.dup2(out, 1)
+            os.dup2(out, 2)
+            sys.argv = ["kdsweep", *argv]
+            cli.console()  # exits
+            os._exit(70)  # never reached: a driver never runs the loop of the forking process
+        running.add(pid)
+        print("started", pid, flush=True)
+    while running:
+        pid, status = os.waitpid(-1, os.WNOHANG)
+        if pid == 0:
+            break
+        running.discard(pid)
+        print("ended", pid, os.waitstatus_to_exitcode(status), flush=True)
 """
+
+
+# the settings of a driver that its code reads when it runs, not when its modules are imported
+READ_AT_RUN = {"KDSWEEP_FAULT", "KDSWEEP_PAUSE", "KDSWEEP_CACHE"}
 
 
 class DriverForks:
     """`kdsweep <args>` drivers forked from one process that has imported the driver's modules
-    (a preforked server's trick): each is a real driver process in a group of its own, without
-    the ~4 s of imports, for a test that starts many (a series of kills). One driver at a
-    time: ``start`` returns its pid, ``wait`` its exit code (-9 once SIGKILLed)."""
+    (a preforked server's trick): each is a real driver process in a Unix session and process
+    group of its own, with the whole environment of its start, without the ~5 s of imports
+    (torch, Ray, MLflow, the preflight's and the SQLite store's), for a test whose subject is
+    not the driver's start-up and whose driver's settings read at import are the forking
+    process's (a lease's TTL is not: start_driver). One forking process per xdist worker
+    (conftest's ``forks``), any number of drivers at once: ``start`` returns a pid,
+    ``wait(pid)`` its exit code (-9 once SIGKILLed); `fork_driver` a handle like
+    `start_driver`'s."""
 
     def __init__(self, env: dict | None = None):
+        self.env = {**os.environ, **(env or {})}
         self.proc = subprocess.Popen([sys.executable, "-c", _FORKS], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True,
-                                     env={**os.environ, **(env or {})})
+                                     stdout=subprocess.PIPE, env=self.env)
         self.said = b""  # what the forking process printed and no call has read yet
+        self.codes: dict[int, int] = {}  # the drivers that ended: their exit codes
+        self.last: int | None = None
+        self.started: int | None = None
 
-    def _line(self, timeout: float = HANG) -> str:
-        """The forking process's next line, within ``timeout`` (a guard against a hang)."""
+    def _read(self, timeout: float) -> bool:
+        """Take in what the forking process said within ``timeout``; False when nothing."""
         import select
 
-        fd, deadline = self.proc.stdout.fileno(), time.monotonic() + timeout
-        while b"\n" not in self.said:
-            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-            assert ready, f"no driver ended within {timeout} s"
-            chunk = os.read(fd, 4096)
-            assert chunk, "the forking process ended"
-            self.said += chunk
-        line, self.said = self.said.split(b"\n", 1)
-        return line.decode()
+        fd = self.proc.stdout.fileno()
+        ready, _, _ = select.select([fd], [], [], max(0.0, timeout))
+        if not ready:
+            return False
+        chunk = os.read(fd, 4096)
+        assert chunk, "the forking process ended"
+        self.said += chunk
+        while b"\n" in self.said:
+            line, self.said = self.said.split(b"\n", 1)
+            what, pid, *code = line.decode().split()
+            if what == "ended":
+                self.codes[int(pid)] = int(code[0])
+            else:  # a pid of a driver that ended may be taken again
+                self.started = int(pid)
+                self.codes.pop(self.started, None)
+        return True
 
     def start(self, cwd: Path, *args, env: dict | None = None) -> int:
-        """``env``: settings of this driver alone (a fault point: KDSWEEP_FAULT)."""
-        self.proc.stdin.write("\t".join([str(cwd), str(cwd / "driver.log"),
-                                         json.dumps(env or {}), *map(str, args)]) + "\n")
+        """``env``: settings of this driver on top of this process's environment now (a fault
+        point: KDSWEEP_FAULT); its Ray's sockets in ``cwd``'s own folder (ray_dir)."""
+        env = {**os.environ, "RAY_TMPDIR": ray_dir(cwd), **(env or {})}
+        # kdsweep's settings are read when their modules are imported (the lease's TTL), which
+        # the forking process did with its own: a driver whose settings differ there is a
+        # plain process (start_driver), never a fork that would silently run with the others'.
+        # Ray's (RAY_*, some of which a local Ray of this process sets) are read as its
+        # processes start, from the driver's environment; Tune's pending trials
+        # (TUNE_MAX_PENDING_TRIALS_PG) is what a sweep in this process leaves in its
+        # environment (engine.py sets it for Tune): the fork reads Tune's default, as a user's
+        # driver does
+        imported = {k for k in {*env, *self.env} if k.startswith("KDSWEEP_")
+                    and k not in READ_AT_RUN and env.get(k) != self.env.get(k)}
+        if imported:
+            raise ValueError(f"{sorted(imported)}: read at import; start this driver with "
+                             "start_driver")
+        self.started = None
+        self.proc.stdin.write("\t".join([str(cwd), str(cwd / "driver.log"), json.dumps(env),
+                                         *map(str, args)]).encode() + b"\n")
         self.proc.stdin.flush()
-        pid = int(self._line())
-        note_session(cwd, pid)  # setsid: its session id is its pid
-        return pid
+        deadline = time.monotonic() + HANG
+        while self.started is None:
+            assert self._read(deadline - time.monotonic()), "no driver forked within HANG"
+        note_session(cwd, self.started)  # setsid: its session id is its pid
+        self.last = self.started
+        return self.started
 
-    def wait(self, timeout: float = HANG) -> int:
-        return int(self._line(timeout))
+    def poll(self, pid: int) -> int | None:
+        while self._read(0):
+            pass
+        return self.codes.get(pid)
+
+    def wait(self, pid: int | None = None, timeout: float = HANG) -> int:
+        """The exit code of driver ``pid`` (the last started by default) once it ends, within
+        ``timeout`` (a guard against a hang)."""
+        pid = self.last if pid is None else pid
+        deadline = time.monotonic() + timeout
+        while pid not in self.codes:
+            assert self._read(deadline - time.monotonic()), f"no driver ended within {timeout} s"
+        return self.codes[pid]
 
     def close(self) -> None:
         self.proc.stdin.close()
         self.proc.wait(HANG / 5)
+
+
+class ForkedDriver:
+    """What `start_driver` returns (the part of Popen the tests use), for a forked driver."""
+
+    def __init__(self, forks: DriverForks, pid: int):
+        self.forks, self.pid = forks, pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.forks.codes.get(self.pid)
+
+    def poll(self) -> int | None:
+        return self.forks.poll(self.pid)
+
+    def wait(self, timeout: float = HANG) -> int:
+        return self.forks.wait(self.pid, timeout)
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+def fork_driver(forks: DriverForks, spec_path: Path, tmp: Path,
+                env: dict | None = None) -> ForkedDriver:
+    """`start_driver` for a test whose subject is not the driver's start-up: the driver forked
+    from ``forks`` (its imports done), logging to tmp/driver.log, in tmp, its session noted
+    there (`kill_leftovers`)."""
+    return ForkedDriver(forks, forks.start(tmp, "run", spec_path, env=env))

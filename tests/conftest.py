@@ -78,6 +78,20 @@ def local_ray():
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def forks(local_ray):
+    """The drivers' forking process of this test process (testkit.drivers.DriverForks: its
+    ~5 s of imports once, not once per driver), started by the first test that asks, after
+    this process's local Ray: what that Ray sets in the environment (RAY_AUTH_MODE) is then in
+    the forking process's from its start, as in every driver's (a fork whose Ray settings
+    differ from those its Ray modules were imported with fails to start its Ray)."""
+    from testkit.drivers import DriverForks
+
+    forks = DriverForks()
+    yield forks
+    forks.close()
+
+
 @pytest.fixture
 def kdsweep_here(capsys):
     """The `kdsweep` command in this process (each call would spend seconds importing it

@@ -10,13 +10,27 @@ from kd_core.losses import distillation_loss
 from kd_core.train import Trainer, init_model
 
 
-@pytest.fixture(scope="module")
-def setup():
+@pytest.fixture(scope="session")
+def setup(tmp_path_factory, worker_id):
+    """The teacher (seeded) and its two banks (about 15 s of CPU each on 2 cores): built once
+    per test run by the first test process to ask, under a file lock, and read by the other
+    (xdist) from their tensor-only state (xdist's how-to for a session fixture executed once)."""
+    from filelock import FileLock
+
     data = load_dataset("synthetic", n_train=24, n_test=8, num_classes=10)  # crop 4 + flip
     torch.manual_seed(0)
     teacher = init_model("cnn-medium", data, seed=0).eval()
-    bank32 = bank_for(teacher, data, "cpu", torch.float32)
-    bank16 = bank_for(teacher, data, "cpu", torch.float16)
+    base = tmp_path_factory.getbasetemp()
+    root = base if worker_id == "master" else base.parent  # the run's own, shared by workers
+    path = root / "test_bank.pt"
+    with FileLock(str(root / "test_bank.lock")):
+        if not path.exists():
+            banks = [bank_for(teacher, data, "cpu", dtype) for dtype in (torch.float32,
+                                                                           torch.float16)]
+            torch.save([b.state_dict() for b in banks], root / "test_bank.pt.tmp")
+            (root / "test_bank.pt.tmp").rename(path)
+            return data, teacher, *banks
+    bank32, bank16 = (TeacherBank.from_state_dict(s) for s in torch.load(path, weights_only=True))
     return data, teacher, bank32, bank16
 
 

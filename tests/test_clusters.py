@@ -16,7 +16,7 @@ from sweeps.report import report
 from sweeps.store.ledger import Ledger
 from sweeps.store.storage import Storage
 from testkit import HANG
-from testkit.drivers import kill_leftovers, start_driver, write_spec
+from testkit.drivers import fork_driver, kill_leftovers, write_spec
 from testkit.servers import mlflow_sqlite_server
 
 pytestmark = pytest.mark.slow
@@ -49,7 +49,7 @@ def snapshot(client: MlflowClient, runs) -> dict:
     }
 
 
-def test_clusters_keep_their_own_runs_and_are_compared(tmp_path, run_here):
+def test_clusters_keep_their_own_runs_and_are_compared(tmp_path, run_here, forks):
     with mlflow_sqlite_server(tmp_path) as server:
         alpha = cluster_spec(tmp_path, "alpha", tmp_path / "store-a", server)
         beta = cluster_spec(tmp_path, "beta", tmp_path / "store-b", server)
@@ -64,7 +64,7 @@ def test_clusters_keep_their_own_runs_and_are_compared(tmp_path, run_here):
 
         # beta: killed in the middle of a student (the fault point at its epoch 2), then rerun:
         # its runs continue, alpha's stay
-        driver = start_driver(beta, beta.parent, env={"KDSWEEP_FAULT": "epoch=1.2"})
+        driver = fork_driver(forks, beta, beta.parent, env={"KDSWEEP_FAULT": "epoch=1.2"})
         try:
             assert driver.wait(HANG) == -signal.SIGKILL, (
                 (beta.parent / "driver.log").read_text()[-3000:])

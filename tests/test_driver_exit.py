@@ -21,7 +21,14 @@ from sweeps.ray.engine import EXIT_RAY_LOST
 from sweeps.store.ledger import trial_file
 from sweeps.store.storage import Storage
 from testkit import HANG
-from testkit.drivers import kill_leftovers, left_behind, session, start_driver, write_spec
+from testkit.drivers import (
+    fork_driver,
+    kill_leftovers,
+    left_behind,
+    session,
+    start_driver,
+    write_spec,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +53,7 @@ def wait_until(condition, driver, log: Path, what: str) -> None:
         time.sleep(0.05)
 
 
-def test_a_lost_local_ray_is_one_line_and_the_rerun_finishes(tmp_path):
+def test_a_lost_local_ray_is_one_line_and_the_rerun_finishes(tmp_path, forks):
     """The raylet of a running sweep SIGKILLed (as the out-of-memory killer does): the driver
     ends with one line (the cause, what is kept, the next step, where Ray's messages went),
     exit 4, nothing left running; the same command then finishes the sweep."""
@@ -55,7 +62,7 @@ def test_a_lost_local_ray_is_one_line_and_the_rerun_finishes(tmp_path):
     storage = Storage(spec.storage)
     plan = build_plan(spec)
     log = tmp_path / "driver.log"
-    driver = start_driver(spec_path, tmp_path)
+    driver = fork_driver(forks, spec_path, tmp_path)
     try:
         teacher = plan.trials[0]
         wait_until(lambda: storage.exists(trial_file(teacher.key, "progress.json")), driver, log,
@@ -77,7 +84,7 @@ def test_a_lost_local_ray_is_one_line_and_the_rerun_finishes(tmp_path):
         ray_log.unlink()
 
         kill_leftovers(tmp_path)
-        rerun = start_driver(spec_path, tmp_path)
+        rerun = fork_driver(forks, spec_path, tmp_path)
         assert rerun.wait(HANG) == 0, log.read_text()[-3000:]
         assert nothing_left(rerun.pid) == []
     finally:
@@ -106,7 +113,7 @@ def test_a_driver_leaves_no_process_behind_whatever_its_exit(tmp_path):
     teacher = build_plan(spec).trials[0]
     for d in "bc":
         (tmp_path / d).mkdir()
-    a = start_driver(spec_path, tmp_path, env)
+    a = start_driver(spec_path, tmp_path, env)  # plain: KDSWEEP_LEASE_TTL is read at import
     try:
         wait_until(lambda: storage.exists(trial_file(teacher.key, "progress.json")), a,
                    tmp_path / "driver.log", "A never started training")

@@ -11,7 +11,7 @@ import pytest
 from sweeps.domain.spec import load_spec
 from sweeps.store.ledger import trial_file
 from testkit import HANG
-from testkit.drivers import kill_leftovers, left_behind, start_driver, write_spec
+from testkit.drivers import fork_driver, kill_leftovers, left_behind, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -31,8 +31,8 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def run(spec_path, tmp):
-    driver = start_driver(spec_path, tmp)
+def run(forks, spec_path, tmp):
+    driver = fork_driver(forks, spec_path, tmp)
     try:
         code = driver.wait(HANG)
         assert left_behind(driver.pid) == []  # exit 2 with its Ray up: nothing left running
@@ -44,12 +44,12 @@ def run(spec_path, tmp):
 
 
 def test_a_full_disk_stops_the_run_cleanly_and_a_rerun_finishes_it(tmp_path, small_disk,
-                                                                   run_here):
+                                                                   run_here, forks):
     spec_path = write_spec(tmp_path, name="full-disk", storage=str(small_disk / "store"),
                            chains=[["cnn-small", "cnn-small"]],
                            train={"epochs": 2, "batch_size": 64, "lr": 0.05},
                            grid={"loss": ["kl"], "tau": [4], "seeds": [0], "baselines": False})
-    code, log = run(spec_path, tmp_path)
+    code, log = run(forks, spec_path, tmp_path)
     assert code == 2, log[-3000:]
     last = log.strip().splitlines()[-1]
     assert last.startswith(f"kdsweep run: error: storage {small_disk / 'store'}: no space left "
@@ -79,7 +79,7 @@ def tmpfs(path, size: str):
 
 
 def test_an_mlflow_store_on_a_full_disk_is_one_line_and_a_rerun_fills_it_in(tmp_path,
-                                                                           run_here):
+                                                                           run_here, forks):
     """Defect 7: creating the store on a full disk printed an ENOSPC traceback and left a
     300 KB `.mlflow.db.creating-*`; a store filling mid-run printed ~107 SQLAlchemy tracebacks,
     then exit 1. Now: one line naming tracking_uri, exit 2, nothing left; freed, the same
@@ -97,7 +97,7 @@ def test_an_mlflow_store_on_a_full_disk_is_one_line_and_a_rerun_fills_it_in(tmp_
     # trials stored (no training): each run's MLflow writes are what fills the store
     keys = {t.key for t in fabricate(load_spec(spec_path))}
     try:
-        code, log = run(spec_path, tmp_path)
+        code, log = run(forks, spec_path, tmp_path)
         assert code == 2 and "Traceback" not in log, log[-3000:]
         assert log.strip().splitlines()[-1] == (
             f"kdsweep run: error: tracking_uri sqlite:///{disk / 'mlflow.db'}: no space left "
@@ -105,7 +105,7 @@ def test_an_mlflow_store_on_a_full_disk_is_one_line_and_a_rerun_fills_it_in(tmp_
         assert list(disk.iterdir()) == []
         # room for the store and a little: it fills up while the sweep runs
         subprocess.run(["mount", "-o", "remount,size=1100k", str(disk)], check=True)
-        code, log = run(spec_path, tmp_path)
+        code, log = run(forks, spec_path, tmp_path)
         assert code == 2 and "Traceback" not in log, log[-3000:]
         assert log.strip().splitlines()[-1].startswith(
             f"kdsweep run: error: tracking_uri sqlite:///{disk / 'mlflow.db'}: no space left "

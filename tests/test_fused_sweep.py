@@ -22,7 +22,7 @@ from sweeps.ray.engine import tune_dir
 from sweeps.store.ledger import CHECKPOINTS, Ledger, trial_file
 from sweeps.store.storage import Storage
 from testkit import HANG
-from testkit.drivers import EPOCHS, kill_leftovers, progress, start_driver, write_spec
+from testkit.drivers import EPOCHS, fork_driver, kill_leftovers, progress, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -129,7 +129,7 @@ def epochs_of(spec) -> int:
     return spec.train.epochs
 
 
-def test_a_killed_fused_job_resumes_each_member_from_its_own_checkpoint(tmp_path):
+def test_a_killed_fused_job_resumes_each_member_from_its_own_checkpoint(tmp_path, forks):
     """The run's process group SIGKILLed in the middle of a fused job: its first member's
     last epoch checkpointed (a last epoch's save is not in the background) but not published,
     the others' last epoch trained but not yet checkpointed. (The four students are two jobs,
@@ -145,11 +145,11 @@ def test_a_killed_fused_job_resumes_each_member_from_its_own_checkpoint(tmp_path
     storage = Storage(spec.storage)
     t0 = time.time()
     try:
-        driver = start_driver(spec_path, tmp_path, env={"KDSWEEP_FAULT": f"epoch=1.{EPOCHS}"})
+        driver = fork_driver(forks, spec_path, tmp_path, env={"KDSWEEP_FAULT": f"epoch=1.{EPOCHS}"})
         assert driver.wait(HANG) == -signal.SIGKILL, (tmp_path / "driver.log").read_text()[-3000:]
         kill_leftovers(tmp_path)
         at_kill = progress(storage, students)
-        final = start_driver(spec_path, tmp_path)
+        final = fork_driver(forks, spec_path, tmp_path)
         assert final.wait(HANG) == 0, (tmp_path / "driver.log").read_text()[-3000:]
     finally:
         kill_leftovers(tmp_path, remove=True)

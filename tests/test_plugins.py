@@ -7,7 +7,6 @@ Ray's runtime environment; the example's losses as settings like any other."""
 import math
 import re
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,8 @@ from mlflow.tracking import MlflowClient
 from kd_core.losses import distillation_loss
 from sweeps.domain.plan import build_plan
 from sweeps.domain.spec import SpecError, load_spec, parse_spec
-from testkit.drivers import REPO, Cluster, ray_dir, write_spec
+from testkit import HANG
+from testkit.drivers import REPO, Cluster, fork_driver, ray_dir, write_spec
 
 EXAMPLE = REPO / "examples" / "plugins"
 LOSSES = (EXAMPLE / "kd_losses.py").read_text()
@@ -132,18 +132,20 @@ def test_bad_plugins_are_one_line_before_ray(tmp_path, kdsweep_here, plugin, ove
 
 
 @pytest.mark.slow
-def test_edited_plugin_trains_its_trials_again_and_nothing_else(tmp_path):
+def test_edited_plugin_trains_its_trials_again_and_nothing_else(tmp_path, forks):
     """Three drivers on one storage: all trained; one character of the plugin edited (its rkl
-    student trains again, the teacher and the kl student are reused); unchanged (nothing)."""
+    student trains again, the teacher and the kl student are reused); unchanged (nothing).
+    Each driver forked from conftest's forks, which never imported the plugin: each imports
+    the plugin's file as it is at its start."""
     path = spec_with(tmp_path)
-    env = {"RAY_TMPDIR": ray_dir(tmp_path)}
+    log = tmp_path / "driver.log"
 
     def run() -> str:
-        out = subprocess.run([sys.executable, "-m", "sweeps.cli", "run", str(path)], cwd=tmp_path,
-                             env={**__import__("os").environ, **env}, capture_output=True,
-                             text=True, timeout=300)
-        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-        return out.stdout
+        start = log.stat().st_size if log.exists() else 0
+        code = fork_driver(forks, path, tmp_path).wait(HANG)
+        said = log.read_bytes()[start:].decode()
+        assert code == 0, said[-6000:]
+        return said
 
     def trained() -> set[str]:
         return {p.name for p in (tmp_path / "store" / "trials").iterdir() if p.is_dir()}

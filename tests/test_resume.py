@@ -33,10 +33,9 @@ from sweeps.tracking.sqlite_store import prepare_store
 from testkit import HANG
 from testkit.drivers import (
     EPOCHS,
-    DriverForks,
+    fork_driver,
     kill_leftovers,
     progress,
-    ray_dir,
     start_driver,
     write_spec,
 )
@@ -58,7 +57,7 @@ TRAINING_KILLS = [f"epoch=0.{_rng.randint(1, EPOCHS - 2)}", "before-publish",
 
 
 @pytest.mark.parametrize("kills", [START_KILLS, TRAINING_KILLS], ids=["start-up", "training"])
-def test_driver_killed_at_random_moments_then_rerun(tmp_path, kills):
+def test_driver_killed_at_random_moments_then_rerun(tmp_path, kills, forks):
     """The run's process group SIGKILLed at each of ``kills`` in turn (what losing the machine
     does), then a plain rerun ends with every trial once, every epoch once, no step logged
     twice, and each kill cost at most the epoch in flight."""
@@ -70,8 +69,8 @@ def test_driver_killed_at_random_moments_then_rerun(tmp_path, kills):
     seen_at_kill: list[dict[str, int]] = []
     t0 = time.time()
     # a driver killed at a named point is forked from one that has imported its modules (the
-    # imports are not what it tests); the real-time kill and the rerun are plain processes
-    forks = DriverForks({"RAY_TMPDIR": ray_dir(tmp_path)})
+    # imports are not what it tests: conftest's forks); the real-time kill and the rerun are
+    # plain processes
     try:
         for kill in kills:
             if isinstance(kill, float):
@@ -93,7 +92,6 @@ def test_driver_killed_at_random_moments_then_rerun(tmp_path, kills):
         final = start_driver(spec_path, tmp_path)
         assert final.wait(HANG) == 0, (tmp_path / "driver.log").read_text()[-3000:]
     finally:
-        forks.close()
         kill_leftovers(tmp_path, remove=True)
     print(f"{len(seen_at_kill)} kills and the rerun in {time.time() - t0:.0f} s")
 
@@ -144,7 +142,7 @@ def logged_epochs(spec, key: str) -> list[int]:
     return [m.step for m in client.get_metric_history(runs[0].info.run_id, "train_loss")]
 
 
-def test_sigterm_writes_a_checkpoint_before_exit(tmp_path):
+def test_sigterm_writes_a_checkpoint_before_exit(tmp_path, forks):
     """A spot-termination notice: the trial's worker gets SIGTERM between checkpoints."""
     spec_path = write_spec(tmp_path, chains=[["cnn-medium"]],
                            train={"epochs": 40, "batch_size": 16, "lr": 0.02,
@@ -152,7 +150,7 @@ def test_sigterm_writes_a_checkpoint_before_exit(tmp_path):
     spec = parse_spec(yaml.safe_load(spec_path.read_text()))
     (trial,) = build_plan(spec).trials
     storage = Storage(spec.storage)
-    driver = start_driver(spec_path, tmp_path)
+    driver = fork_driver(forks, spec_path, tmp_path)
     try:
         # The worker's pid: in progress.json from its start. Its epochs: in MLflow (storage
         # holds none until a checkpoint).
@@ -434,7 +432,7 @@ def test_clock_skew_neither_steals_nor_blocks_the_lease(tmp_path):
 MLFLOW_KILL_SEED = 20261204
 
 
-def test_twenty_real_time_kills_inside_mlflow_writes_then_rerun(tmp_path):
+def test_twenty_real_time_kills_inside_mlflow_writes_then_rerun(tmp_path, forks):
     """A sweep whose trials are all stored and whose SQLite store has none of their runs: each
     start writes run after run (the writer's busiest phase, every write an SQLite transaction).
     SIGKILLed 20 times at seeded moments inside that phase, each time followed by the same
@@ -452,8 +450,8 @@ def test_twenty_real_time_kills_inside_mlflow_writes_then_rerun(tmp_path):
     rng = random.Random(MLFLOW_KILL_SEED)
     log = tmp_path / "driver.log"
     hot = kills = 0
-    # each driver forked from one that has imported its modules: the kills cost no imports
-    forks = DriverForks({"RAY_TMPDIR": ray_dir(tmp_path)})
+    # each driver forked from one that has imported its modules (conftest's forks): the kills
+    # cost no imports
     try:
         for i in range(20):
             start = len(log.read_bytes()) if log.exists() else 0
@@ -481,7 +479,6 @@ def test_twenty_real_time_kills_inside_mlflow_writes_then_rerun(tmp_path):
         assert final.wait(HANG) == 0, log.read_text()[-3000:]
         assert "Traceback" not in log.read_text()
     finally:
-        forks.close()
         kill_leftovers(tmp_path, remove=True)
     client = MlflowClient(f"sqlite:///{db}")
     exp = client.get_experiment_by_name("kills")

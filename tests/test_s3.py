@@ -23,8 +23,8 @@ from sweeps.store.storage import Storage
 from testkit import HANG, servers
 from testkit.drivers import (
     EPOCHS,
+    fork_driver,
     kill_leftovers,
-    start_driver,
     write_spec,
 )
 from testkit.latency import CONDITIONAL, LatencyProxy
@@ -57,7 +57,8 @@ def s3_server(tmp_path_factory):
         yield {**CREDS, "AWS_ENDPOINT_URL": endpoint}
 
 
-def test_sweep_on_s3_resumes_and_reuses_teachers(s3_server, tmp_path, monkeypatch, run_here):
+def test_sweep_on_s3_resumes_and_reuses_teachers(s3_server, tmp_path, monkeypatch, run_here,
+                                                  forks):
     for k, v in s3_server.items():
         monkeypatch.setenv(k, v)
     spec_path = write_spec(tmp_path, storage="s3://kdsweep/sweeps-test")
@@ -69,13 +70,14 @@ def test_sweep_on_s3_resumes_and_reuses_teachers(s3_server, tmp_path, monkeypatc
     student = next(t for t in plan.trials if t.generation == 1)
     try:
         # killed in the middle of a student: the fault point at its epoch 2
-        driver = start_driver(spec_path, tmp_path, {**s3_server, "KDSWEEP_FAULT": "epoch=1.2"})
+        driver = fork_driver(forks, spec_path, tmp_path,
+                             {**s3_server, "KDSWEEP_FAULT": "epoch=1.2"})
         assert driver.wait(HANG) == -signal.SIGKILL, (tmp_path / "driver.log").read_text()[-3000:]
         kill_leftovers(tmp_path)  # Ray's workers too, before storage is read
         killed_at = storage.read_json(trial_file(student.key, "progress.json"))["epoch"]
         assert any(storage.exists(trial_file(student.key, s)) for s in CHECKPOINTS)  # on S3
 
-        rerun = start_driver(spec_path, tmp_path, s3_server)
+        rerun = fork_driver(forks, spec_path, tmp_path, s3_server)
         assert rerun.wait(HANG) == 0, (tmp_path / "driver.log").read_text()[-3000:]
         kill_leftovers(tmp_path)
         # No secret in what the drivers printed, the MLflow store and artifacts, Ray's logs

@@ -33,7 +33,7 @@ from sweeps.report.sequential import (
 from sweeps.store.ledger import trial_file
 from sweeps.store.storage import Storage
 from testkit import HANG
-from testkit.drivers import kill_leftovers, left_behind, start_driver
+from testkit.drivers import fork_driver, kill_leftovers, left_behind
 
 pytestmark = pytest.mark.slow
 SPEC = Path(__file__).resolve().parents[1] / "sweeps" / "configs" / "digits-sequential.yaml"
@@ -45,7 +45,7 @@ def look_lines(text: str) -> list[str]:
 
 
 def test_a_sequential_study_adds_seeds_to_undecided_claims_only_and_decides_alike_after_a_kill(
-        local_ray, tmp_path):
+        local_ray, tmp_path, forks):
     data = yaml.safe_load(SPEC.read_text())
     data.update(storage=str(tmp_path / "store"), tracking_uri=f"sqlite:///{tmp_path / 'ml.db'}")
     spec_path = tmp_path / "spec.yaml"
@@ -63,8 +63,8 @@ def test_a_sequential_study_adds_seeds_to_undecided_claims_only_and_decides_alik
     second = look_trials(spec, looks[1])  # the second look's trials, every strand's
     t0 = time.monotonic()
     try:
-        driver = start_driver(spec_path, tmp_path,
-                              env={"KDSWEEP_FAULT": f"seed-epoch={looks[1][0]}.1.1"})
+        driver = fork_driver(forks, spec_path, tmp_path,
+                             env={"KDSWEEP_FAULT": f"seed-epoch={looks[1][0]}.1.1"})
         code = driver.wait(HANG)
     finally:
         kill_leftovers(tmp_path, remove=True)  # its local Ray and workers, before storage is read
