@@ -157,7 +157,7 @@ def trial_requests(proxy: LatencyProxy, root: str) -> dict[str, dict[str, int]]:
 
 
 def test_a_fresh_trials_analysis_and_curve_reach_mlflow_without_a_read(s3_server, tmp_path,
-                                                                        monkeypatch):
+                                                                        monkeypatch, forks):
     """The analysis and curve a worker made ride with its last report to the trial's MLflow
     run: a fresh sweep on S3 makes no GET of either (counted at the server's door, every
     process of the sweep behind the proxy), and Tune's state on the driver's disk never holds
@@ -174,8 +174,8 @@ def test_a_fresh_trials_analysis_and_curve_reach_mlflow_without_a_read(s3_server
     port = int(s3_server["AWS_ENDPOINT_URL"].rsplit(":", 1)[1])
     try:
         with LatencyProxy(port, delay=0.0) as proxy:
-            driver = start_driver(spec_path, tmp_path,
-                                  {**s3_server, "AWS_ENDPOINT_URL": proxy.endpoint})
+            driver = fork_driver(forks, spec_path, tmp_path,
+                                 {**s3_server, "AWS_ENDPOINT_URL": proxy.endpoint})
             try:
                 assert driver.wait(HANG) == 0, (tmp_path / "driver.log").read_text()[-3000:]
             finally:
