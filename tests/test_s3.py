@@ -130,11 +130,11 @@ def test_sweep_on_s3_resumes_and_reuses_teachers(s3_server, tmp_path, monkeypatc
     results = {path: n for (method, path), n in proxy.paths.items()
                if method == "GET" and path.endswith("/result.json")}
     assert results == {f"/kdsweep/sweeps-test/{trial_file(k, 'result.json')}": 1 for k in keys}
-    # its MLflow runs are new (another experiment) and no worker ran: each stored trial's
-    # analysis and curve are read once, in the tracker's lane, and logged
+    # its MLflow runs are new (its own store) and no worker ran: each stored trial's analysis
+    # and curve are read once, in the tracker's lane, and logged
     files = trial_requests(proxy, "sweeps-test")
     assert files["analysis.json"] == files["curve.png"] == {"GET": len(keys)}
-    client = MlflowClient(spec.tracking_uri)
+    client = MlflowClient(parse_spec(yaml.safe_load(other.read_text())).tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("resume-again").experiment_id],
                               "tags.`kdsweep.role` = 'trial'")
     assert {r.data.tags["kdsweep.key"]: [a.path for a in client.list_artifacts(r.info.run_id)]
