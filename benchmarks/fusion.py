@@ -33,17 +33,15 @@ import argparse
 import copy
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import fmt, min_med, rotations, timed  # noqa: E402
+from harness import fmt, min_med, packed_seconds, rotations, timed  # noqa: E402
 
 from kd_core.losses import distillation_loss  # noqa: E402
 from kd_core.models import build_model  # noqa: E402
@@ -222,19 +220,7 @@ def run_packed(args, k: int, device) -> float:
     threads = max(1, (os.cpu_count() or 1) // k) if device.type == "cpu" else 1
     cmd = [sys.executable, "-c", WORKER, str(Path(__file__).parent), args.model,
            str(args.batch), str(args.steps), str(args.warmup), str(go), device.type, str(threads)]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(k)]
-    try:
-        for p in procs:
-            if p.stdout.readline().strip() != "ready":
-                raise RuntimeError("a packed worker failed before its warm-up ended")
-        t0 = time.perf_counter()
-        go.touch()
-        for p in procs:
-            p.stdout.readline()
-        return time.perf_counter() - t0
-    finally:
-        for p in procs:
-            p.wait(600)
+    return packed_seconds(cmd, k, go)
 
 
 def probe(args, k: int, device) -> dict:

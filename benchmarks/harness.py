@@ -11,8 +11,10 @@ every variant once, in an order rotated by one each round, and a figure is repor
 from __future__ import annotations
 
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 
 def timed(fn: Callable[[], object], sync: Callable[[], object] = lambda: None) -> float:
@@ -64,3 +66,28 @@ def bound(label: str, values: list[float], limit: float, above: bool = True) -> 
     side = "above its upper" if above else "below its lower"
     return (f"BOUND CROSSED: {label} {', '.join(f'{v:.3f}' for v in crossed)} is {side} "
             f"bound {limit:.3f}: a measuring error (noise, a different baseline), not a result")
+
+
+def packed_seconds(cmd: list[str], k: int, go: Path) -> float:
+    """K processes of ``cmd`` at once (packed trials on one device): each prints "ready" once
+    warmed up and waits for the file ``go``; the wall time from touching it to the last one's
+    "done". A worker that fails before either is a RuntimeError; every worker is waited for
+    (killed after 600 s)."""
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(k)]
+    try:
+        for p in procs:
+            if p.stdout.readline().strip() != "ready":
+                raise RuntimeError("a packed worker failed before its warm-up ended")
+        t0 = time.perf_counter()
+        go.touch()
+        for p in procs:
+            if p.stdout.readline().strip() != "done":
+                raise RuntimeError("a packed worker failed while timed")
+        return time.perf_counter() - t0
+    finally:
+        for p in procs:
+            try:
+                p.wait(600)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,7 +44,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import min_med, rotations  # noqa: E402
+from harness import min_med, packed_seconds, rotations  # noqa: E402
 
 from kd_core.bank import TeacherBank, bank_for  # noqa: E402
 from kd_core.capture import graph_skips  # noqa: E402
@@ -117,24 +116,7 @@ def packed(args, k: int, bank_file: str) -> float:
     threads = max(1, (os.cpu_count() or 1) // k) if args.device == "cpu" else 1
     cmd = [sys.executable, __file__, WORKER, *sys.argv[1:], "--bank-file", bank_file,
            "--go", str(go), "--threads", str(threads)]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(k)]
-    try:
-        for p in procs:
-            if p.stdout.readline().strip() != "ready":
-                raise RuntimeError("a packed worker failed before its warm-up ended")
-        t0 = time.perf_counter()
-        go.touch()
-        for p in procs:
-            if p.stdout.readline().strip() != "done":
-                raise RuntimeError("a packed worker failed while timed")
-        return k * args.steps * args.batch_size / (time.perf_counter() - t0)
-    finally:
-        for p in procs:
-            try:
-                p.wait(60)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+    return k * args.steps * args.batch_size / packed_seconds(cmd, k, go)
 
 
 def variants(args, data, bank, bank_file: str, ran: dict) -> dict:

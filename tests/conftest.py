@@ -93,6 +93,18 @@ def forks(local_ray):
 
 
 @pytest.fixture
+def one_thread():
+    """torch on one thread for the test (tiny models: more threads only contend), restored
+    after it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def kdsweep_here(capsys):
     """The `kdsweep` command in this process (each call would spend seconds importing it
     anew): ``kdsweep_here(*args)`` -> (exit code, its stdout, its stderr)."""

@@ -19,12 +19,7 @@ SETTINGS = [("kl", 4.0, 1.0), ("kl", math.inf, 1.0), ("mse", 1.0, 0.9)]
 BATCH, STEPS = 8, 4  # one epoch of 4 full batches: one shape, one compilation
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
 
 
 @pytest.fixture

@@ -21,12 +21,7 @@ SETTINGS = [("kl", 4.0, 1.0), ("kl", math.inf, 1.0), ("mse", 1.0, 0.9)]
 STEPS = 10  # per epoch: 2 epochs are 20 steps, the LR dropping after the first (milestone 0.5)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():  # tiny models: threads only contend
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
 
 
 @pytest.fixture
