@@ -55,9 +55,8 @@ GPU_RULE = 8
 
 def sibling_key(trial: Trial) -> tuple | None:
     """What siblings share; None for a trial that never fuses (trained on the labels)."""
-    if trial.teacher_key is None or trial.loss == "ce":
-        return None
-    return (trial.teacher_key, trial.model, trial.seed, trial.noise_kind, trial.noise_rate)
+    key = fusion_key(trial)
+    return None if key is None else (trial.teacher_key, *key)
 
 
 def fusion_key(trial: Trial) -> tuple | None:
