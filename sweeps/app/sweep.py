@@ -1,8 +1,9 @@
 """Sweep: spec -> plan -> one dependency-driven Tune experiment -> results to Parquet and MLflow.
 
-``run_sweep`` reads as its phases: check (before Ray starts) -> snapshot storage -> lease ->
-connect -> reconcile and record what storage holds -> train the rest (engine.py) -> export the
-results (Parquet, MLflow).
+``run_sweep`` reads as its phases: check (before Ray starts) -> snapshot, started (the listing,
+in a thread of its own) -> lease -> connect (a local Ray, unless the sweep's index says every
+trial is stored) -> snapshot, joined -> reconcile and record what storage holds -> train the
+rest (engine.py) -> export the results (Parquet, MLflow).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from ..ray.teacher_bank import wants_shared_bank  # noqa: E402
 from ..store.lease import DriverLease, holder  # noqa: E402
 from ..store.ledger import Ledger, SweepFile, TrialState, sweep_file  # noqa: E402
 from ..store.results import write_results  # noqa: E402
-from ..store.snapshot import Snapshot, reconcile, state_index  # noqa: E402
+from ..store.snapshot import Loading, Snapshot, reconcile, state_index  # noqa: E402
 from ..store.storage import Storage  # noqa: E402
 from ..tracking.tracker import Tracker  # noqa: E402
 from .events import SweepEvents  # noqa: E402
@@ -163,8 +164,6 @@ def run_sweep(
     refuse a grid that plans more (GridTooLarge), before any work. ``judge``: a sequential
     study's (grid.add_seeds) decisions from its stored results (the report's rule, which this
     layer does not import: `kdsweep run` passes sweeps.report.sequential.next_look)."""
-    import ray
-
     out = out or sys.stdout
     if spec.grid.add_seeds is not None and judge is None:
         raise SpecError("grid.add_seeds: this caller gives no judge of the claims (kdsweep run "
@@ -183,12 +182,35 @@ def run_sweep(
                            "); check it with `kdsweep plan`, then run it with --large")
     data = check_all(spec, address)
     env = runtime_env(spec)  # the plugins' files, for every worker
-    # each stored result read once in this run (a trial that ends from here on, trained by an
-    # orphaned worker of a dead driver, is found by its worker's claim and recorded then);
-    # read only: what is corrupt is repaired in reconcile, under the lease
-    snapshot = Snapshot.load(Ledger(storage, repair=False), (t.key for t in plan.trials))
-    done = snapshot.ended()
-    print(plan.describe(done), file=out, flush=True)
+    # snapshot, started: each stored result read once in this run (a trial that ends from here
+    # on, trained by an orphaned worker of a dead driver, is found by its worker's claim and
+    # recorded then); read only: what is corrupt is repaired in reconcile, under the lease.
+    # Listed in a thread of its own while the lease is taken and Ray starts (a root shared
+    # with other sweeps lists for seconds: hidden behind start-up the driver makes anyway)
+    loading = Loading(Ledger(storage, repair=False), (t.key for t in plan.trials))
+    try:
+        return _start_and_run(spec, plan, data, env, storage, loading, address, out,
+                              retry_failed, judge)
+    finally:
+        loading.wait()  # ended on every path: an error before the join waits for it here
+
+
+def _wants_ray(spec: SweepSpec, plan: Plan, storage: Storage, retry_failed: bool) -> bool:
+    """Whether Ray is started before the snapshot is joined: unless the sweep's index of
+    stored states (Ledger.state_index, one read, while the listing runs) holds every planned
+    trial, so that a rerun of a stored sweep, which only exports, starts no Ray. A guess
+    only: the joined snapshot decides whether anything is trained."""
+    if retry_failed or spec.search.type == "optuna":
+        return True
+    index = Ledger(storage, repair=False).state_index(spec)
+    return any(t.key not in index for t in plan.trials)
+
+
+def _start_and_run(spec: SweepSpec, plan: Plan, data: ImageData, env: dict | None,
+                   storage: Storage, loading: Loading, address: str | None, out,
+                   retry_failed: bool, judge: Judge | None) -> str:
+    import ray
+
     faults.arm()
     if address is not None:  # a cluster is joined (or refused, in one line) before the lease
         connect(address, env)
@@ -199,11 +221,22 @@ def run_sweep(
     watch = LocalRayWatch(_ray_lost) if address is None else None
     lease.on_lost = lambda held: _superseded(lease, held, watch)
     lease.acquire(out)
-    snapshot.ledger.writer = lease  # the sweep's shared files are written under it
     faults.reached("after-lease")
     try:
+        # connect: a local Ray starts while the snapshot lists, unless the sweep's index says
+        # every trial is stored (a rerun only exports, in seconds, with no Ray)
+        started = address is None and _wants_ray(spec, plan, storage, retry_failed)
+        if started:
+            connect(address, env)
+            check_fits(spec.resources, spec.architectures, ray.cluster_resources())
+        # snapshot, joined: what it holds decides the rest
+        snapshot = loading.join()
+        snapshot.ledger.writer = lease  # the sweep's shared files are written under it
+        done = snapshot.ended()
+        print(plan.describe(done), file=out, flush=True)
         # connect, unless every trial is in storage: then a rerun only exports (seconds)
-        if len(done) < len(plan.trials) or retry_failed or spec.search.type == "optuna":
+        if not started and (len(done) < len(plan.trials) or retry_failed
+                            or spec.search.type == "optuna"):
             connect(address, env)
             if address is None:
                 # memory: as much as Ray granted

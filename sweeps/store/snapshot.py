@@ -4,6 +4,7 @@ current by the run's own events; and ``reconcile``, the driver's repairs before 
 from __future__ import annotations
 
 import logging
+import threading
 from array import array
 from collections.abc import Callable, Iterable
 
@@ -162,6 +163,40 @@ def state_index(snapshot: Snapshot, keys: Iterable[str]) -> dict[str, list]:
         if stamp is not None and state is not None:
             out[key] = [*stamp, str(state)]
     return out
+
+
+
+class Loading:
+    """``Snapshot.load`` in a thread of its own, started where the driver's start-up begins
+    and joined where its result first decides something: the listing (a root shared by many
+    sweeps lists for seconds at 50 ms a request) runs while the driver takes its lease and
+    starts Ray, which it does either way. Reads only (``repair`` False ledgers)."""
+
+    def __init__(self, ledger: Ledger, keys: Iterable[str]):
+        keys = list(keys)
+        self._snapshot: Snapshot | None = None
+        self._error: BaseException | None = None
+
+        def load() -> None:
+            try:
+                self._snapshot = Snapshot.load(ledger, keys)
+            except BaseException as e:  # raised where the driver joins, as it was raised here
+                self._error = e
+
+        self._thread = threading.Thread(target=load, name="kdsweep-snapshot", daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        """The listing ended (on an error path too: never left running past its caller)."""
+        self._thread.join()
+
+    def join(self) -> Snapshot:
+        """The snapshot, or what its loading raised (a storage error: one line, as before)."""
+        self.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._snapshot is not None
+        return self._snapshot
 
 
 def reconcile(
