@@ -3,6 +3,10 @@ it on: an S3-compatible server on this machine answering like one a region away 
 round trip). It counts the requests it passes, by method and by (method, path). For
 benchmarks/scale.py and tests. ``strip``: request headers it removes (``CONDITIONAL``: an
 S3-compatible server that ignores conditional writes, as older MinIO and some gateways do).
+``hold``: a predicate on a request's first line (``GET /bucket?list-type=2&prefix=... HTTP/1.1``):
+such a request waits while it holds (checked every 50 ms), to order events in another process
+against it without a guess at seconds. ``log``: a list the proxy appends (time.time(), first line)
+to as it passes each request on.
 
 Requests are told apart by their first line (``GET /bucket?list-type=2 HTTP/1.1``) at the start
 of what the client sends; each connection is delayed on its own, so concurrent requests overlap
@@ -14,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+import time
 from collections import Counter
 
 from . import HANG
@@ -33,8 +38,10 @@ def strip_headers(data: bytes, names: tuple[str, ...]) -> bytes:
 
 
 class LatencyProxy:
-    def __init__(self, target_port: int, delay: float = 0.05, strip: tuple[str, ...] = ()):
+    def __init__(self, target_port: int, delay: float = 0.05, strip: tuple[str, ...] = (),
+                 hold=None, log: list | None = None):
         self.target_port, self.delay, self.strip = target_port, delay, strip
+        self.hold, self.log = hold, log
         self.stripped = 0  # requests it removed a header from
         self.requests: Counter = Counter()  # method -> requests
         self.paths: Counter = Counter()  # (method, path without its query) -> requests
@@ -93,6 +100,11 @@ class LatencyProxy:
                         self.stripped += kept != data
                         data = kept
                     await asyncio.sleep(self.delay)
+                    line = data.split(b"\r\n", 1)[0]
+                    while self.hold is not None and self.hold(line):
+                        await asyncio.sleep(0.05)
+                    if self.log is not None:
+                        self.log.append((time.time(), line))
                 up_writer.write(data)
                 await up_writer.drain()
             up_writer.close()

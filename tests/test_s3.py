@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from datetime import datetime
 from pathlib import Path
 
 import boto3
@@ -25,6 +27,7 @@ from testkit.drivers import (
     EPOCHS,
     fork_driver,
     kill_leftovers,
+    ray_dir,
     write_spec,
 )
 from testkit.latency import CONDITIONAL, LatencyProxy
@@ -162,7 +165,13 @@ def test_a_fresh_trials_analysis_and_curve_reach_mlflow_without_a_read(s3_server
     run: a fresh sweep on S3 makes no GET of either (counted at the server's door, every
     process of the sweep behind the proxy), and Tune's state on the driver's disk never holds
     the curve's bytes. (A rerun, whose trials are stored, reads each once in the tracker's
-    lane: test_sweep_on_s3_resumes_and_reuses_teachers.)"""
+    lane: test_sweep_on_s3_resumes_and_reuses_teachers.)
+
+    Issue 43, the start-up's overlap: the proxy holds every listing of the root's trials until
+    the driver's local Ray has started; the driver, which takes its lease before Ray starts,
+    lists beside that start (snapshot.Loading), so its snapshot's listing passes once Ray
+    stands, and the sweep ends. A driver that listed before starting Ray would wait here
+    until the hold's guard let it go."""
     for k, v in s3_server.items():
         monkeypatch.setenv(k, v)
     root = "outputs-test"
@@ -172,14 +181,36 @@ def test_a_fresh_trials_analysis_and_curve_reach_mlflow_without_a_read(s3_server
     spec = parse_spec(yaml.safe_load(spec_path.read_text()))
     keys = {t.key for t in build_plan(spec).trials}
     port = int(s3_server["AWS_ENDPOINT_URL"].rsplit(":", 1)[1])
+    guard = time.time() + 40  # within boto3's 60 s read timeout: a guard, not a speed
+    log: list[tuple[float, bytes]] = []
+    sessions = Path(ray_dir(tmp_path))  # the driver's Ray's folder (RAY_TMPDIR)
+
+    def ray_started() -> float | None:
+        """When the driver's Ray started (its session folder's name), None before."""
+        for session in sessions.glob("*/session_2*"):
+            return datetime.strptime(session.name[8:34], "%Y-%m-%d_%H-%M-%S_%f").timestamp()
+        return None
+
+    def held(line: bytes) -> bool:  # the root's trials listed before the driver's Ray started
+        return (b"list-type=2" in line and f"prefix={root}%2Ftrials".encode() in line
+                and ray_started() is None and time.time() < guard)
+
     try:
-        with LatencyProxy(port, delay=0.0) as proxy:
+        with LatencyProxy(port, delay=0.0, hold=held, log=log) as proxy:
             driver = fork_driver(forks, spec_path, tmp_path,
                                  {**s3_server, "AWS_ENDPOINT_URL": proxy.endpoint})
             try:
                 assert driver.wait(HANG) == 0, (tmp_path / "driver.log").read_text()[-3000:]
             finally:
                 kill_leftovers(tmp_path)
+        ray_at = ray_started()
+        lease = [t for t, line in log if line.startswith(b"PUT ") and b"/driver.lease" in line]
+        listed = [t for t, line in log
+                  if b"list-type=2" in line and f"prefix={root}%2Ftrials".encode() in line]
+        assert ray_at is not None and lease and listed
+        assert lease[0] < ray_at  # the lease before Ray: its fence as before
+        # the snapshot's listing passed once Ray had started, not at the guard's end
+        assert ray_at <= listed[0] < guard, (ray_at, listed[0], guard)
         fresh = trial_requests(proxy, root)
         assert fresh["analysis.json"] == {"PUT": len(keys)}  # written by its worker, not read
         assert fresh["curve.png"] == {"PUT": len(keys)}

@@ -1,8 +1,8 @@
 """Sweep: spec -> plan -> one dependency-driven Tune experiment -> results to Parquet and MLflow.
 
 ``run_sweep`` reads as its phases: check (before Ray starts) -> snapshot, started (the listing,
-in a thread of its own) -> lease -> connect (a local Ray, unless the sweep's index says every
-trial is stored) -> snapshot, joined -> reconcile and record what storage holds -> train the
+in a thread of its own) -> lease -> connect (a local Ray, where a planned trial is certainly to
+be trained) -> snapshot, joined -> reconcile and record what storage holds -> train the
 rest (engine.py) -> export the results (Parquet, MLflow).
 """
 
@@ -47,10 +47,10 @@ from ..ray.engine import (  # noqa: E402
 from ..ray.plugins import runtime_env  # noqa: E402
 from ..ray.teacher_bank import wants_shared_bank  # noqa: E402
 from ..store.lease import DriverLease, holder  # noqa: E402
-from ..store.ledger import Ledger, SweepFile, TrialState, sweep_file  # noqa: E402
+from ..store.ledger import Ledger, SweepFile, TrialFile, TrialState, sweep_file, trial_file  # noqa: E402
 from ..store.results import write_results  # noqa: E402
 from ..store.snapshot import Loading, Snapshot, reconcile, state_index  # noqa: E402
-from ..store.storage import Storage  # noqa: E402
+from ..store.storage import Storage, concurrently  # noqa: E402
 from ..tracking.tracker import Tracker  # noqa: E402
 from .events import SweepEvents  # noqa: E402
 from .preflight import check_all, check_fits  # noqa: E402
@@ -195,15 +195,22 @@ def run_sweep(
         loading.wait()  # ended on every path: an error before the join waits for it here
 
 
+# Planned trials whose result.json a driver looks for while its snapshot lists (one round of
+# requests): one found missing means there is training to do, so Ray starts before the join
+PROBES = 8
+
+
 def _wants_ray(spec: SweepSpec, plan: Plan, storage: Storage, retry_failed: bool) -> bool:
-    """Whether Ray is started before the snapshot is joined: unless the sweep's index of
-    stored states (Ledger.state_index, one read, while the listing runs) holds every planned
-    trial, so that a rerun of a stored sweep, which only exports, starts no Ray. A guess
-    only: the joined snapshot decides whether anything is trained."""
+    """Whether a local Ray starts before the snapshot is joined: where there is certainly
+    something to run (a search, failed trials retried, or one of PROBES planned trials spread
+    over the plan without a result: a fresh sweep). A rerun whose probes are all stored waits
+    for the snapshot, which decides (a stored sweep's rerun only exports, with no Ray)."""
     if retry_failed or spec.search.type == "optuna":
         return True
-    index = Ledger(storage, repair=False).state_index(spec)
-    return any(t.key not in index for t in plan.trials)
+    trials = plan.trials
+    picked = sorted({len(trials) - 1 - i * len(trials) // PROBES for i in range(PROBES)})
+    rels = [trial_file(trials[i].key, TrialFile.RESULT) for i in picked if i >= 0]
+    return not all(concurrently(storage.exists, rels, storage.width))
 
 
 def _start_and_run(spec: SweepSpec, plan: Plan, data: ImageData, env: dict | None,
@@ -223,8 +230,8 @@ def _start_and_run(spec: SweepSpec, plan: Plan, data: ImageData, env: dict | Non
     lease.acquire(out)
     faults.reached("after-lease")
     try:
-        # connect: a local Ray starts while the snapshot lists, unless the sweep's index says
-        # every trial is stored (a rerun only exports, in seconds, with no Ray)
+        # connect: a local Ray starts while the snapshot lists where a planned trial is
+        # certainly to be trained (a rerun of a stored sweep only exports, with no Ray)
         started = address is None and _wants_ray(spec, plan, storage, retry_failed)
         if started:
             connect(address, env)
