@@ -873,7 +873,9 @@ def timed_run(cmd: list[str], env: dict, cwd: Path, proxy, until=None,
             "lines": lines, "until": cpu.get("until"), "marks": seen_marks}
 
 
-# The driver's start-up before Ray (sweep.run_sweep's first steps), timed phase by phase
+# The driver's start-up to its snapshot (sweep.run_sweep's first steps), timed phase by phase:
+# the snapshot here alone, in the driver listed in a thread of its own beside the lease and
+# Ray's start (snapshot.Loading), joined after them
 PHASES_CODE = r"""
 import json, sys, time
 t0, c0, out = time.perf_counter(), time.process_time(), {}
@@ -965,8 +967,12 @@ def real_s3(args) -> None:
             spec = real_spec(f"fresh-{n}-{rounds[root, n]}", n, f"{base}/{root}",
                              first_seed=seed)
             before = {k for k in paths(proxy) if k[1].endswith("/claim.lease")}
+            # the driver's lease taken (its imports, checks and plan done; the snapshot's
+            # listing under way beside it, then Ray's start: sweep.run_sweep's phases)
             r, made = driver(spec, lambda p: any(
-                k not in before for k in paths(p) if k[1].endswith("/claim.lease")))
+                k not in before for k in paths(p) if k[1].endswith("/claim.lease")), marks={
+                "lease": lambda p: any(m == "PUT" and path.endswith("/driver.lease")
+                                       and f"/{spec['name']}/" in path for m, path in paths(p))})
             r["requests"] = made
             return r
 
