@@ -278,3 +278,36 @@ def test_the_names_pass_is_weighed_by_its_own_pages_not_the_files():
     assert names_first(2000, 400, 1 / 8)  # against the names' pages: the names first
     assert not names_first(2000, 400, 1.0)  # a file a trial: its names are its pages
     assert not names_first(50, 400, 1 / 8)  # a few names: a listing each
+
+
+def test_ray_starts_beside_the_listing_only_where_a_planned_trial_is_missing(tmp_path):
+    """Issue 43: the driver starts a local Ray while its snapshot lists (snapshot.Loading) only
+    where probes of its plan find a trial without a result (sweep._wants_ray): a fresh sweep
+    does; a stored sweep's rerun, which only exports, does not (no Ray, as before); one probed
+    trial's result gone, it does; failed trials retried, it does."""
+    from sweeps.app.sweep import PROBES, _wants_ray
+
+    spec = spec_at(tmp_path / "store", seeds=range(4))
+    plan, storage = build_plan(spec), Storage(spec.storage)
+    assert len(plan.trials) > PROBES  # probes, not every trial
+    assert _wants_ray(spec, plan, storage, retry_failed=False)  # fresh
+    fabricate(spec)
+    assert not _wants_ray(spec, plan, storage, retry_failed=False)  # all stored
+    assert _wants_ray(spec, plan, storage, retry_failed=True)
+    os.remove(storage.path(trial_file(plan.trials[-1].key, "result.json")))  # the last: probed
+    assert _wants_ray(spec, plan, storage, retry_failed=False)
+
+
+def test_the_snapshots_listing_in_its_thread_ends_and_raises_at_its_join(tmp_path):
+    """snapshot.Loading: the snapshot of Snapshot.load, from a thread that has ended by the
+    join (a failed listing: test_s3.py)."""
+    from sweeps.store.snapshot import Loading
+
+    spec = spec_at(tmp_path / "store")
+    keys = [t.key for t in fabricate(spec)]
+    ledger = Ledger(Storage(spec.storage), repair=False)
+    loading = Loading(ledger, keys)
+    snap = loading.join()
+    assert not loading._thread.is_alive()
+    assert snap.states == Snapshot.load(ledger, keys).states
+    assert set(snap.ended()) == set(keys)

@@ -247,6 +247,26 @@ def test_a_missing_bucket_is_named_before_ray(s3_server, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]  # no store, no Ray
 
 
+def test_a_failed_listing_in_its_thread_raises_at_the_join_as_inline(s3_server, monkeypatch):
+    """snapshot.Loading (the driver's snapshot, listed beside its lease and Ray's start): a
+    listing the storage refuses (its bucket gone after the driver's checks) raises at the
+    join what Snapshot.load raised inline, so the driver's line and exit code are the same;
+    the thread has ended."""
+    from sweeps.store.snapshot import Loading, Snapshot
+
+    for k, v in s3_server.items():
+        monkeypatch.setenv(k, v)
+    ledger = Ledger(Storage("s3://no-such-bucket/x"), repair=False)
+    keys = [f"{i:020x}" for i in range(3)]
+    with pytest.raises(Exception) as inline:
+        Snapshot.load(ledger, keys)
+    loading = Loading(ledger, keys)
+    with pytest.raises(type(inline.value)) as joined:
+        loading.join()
+    assert str(joined.value) == str(inline.value)
+    assert not loading._thread.is_alive()
+
+
 def test_leases_on_s3_are_conditional_writes_checked_by_the_server(s3_server, monkeypatch):
     """The storage refuses a stale lease write (If-Match on an ETag that changed; If-None-Match
     on a lease that exists), so a paused driver's renewal cannot overwrite its successor's."""
