@@ -971,8 +971,9 @@ def real_s3(args) -> None:
             # listing under way beside it, then Ray's start: sweep.run_sweep's phases)
             r, made = driver(spec, lambda p: any(
                 k not in before for k in paths(p) if k[1].endswith("/claim.lease")), marks={
-                "lease": lambda p: any(m == "PUT" and path.endswith("/driver.lease")
-                                       and f"/{spec['name']}/" in path for m, path in paths(p))})
+                "lease": lambda p: any(m == "PUT" and path.endswith(
+                    f"/{root}/sweeps/{spec['name']}/{spec['cluster']}/driver.lease")
+                                       for m, path in paths(p))})
             r["requests"] = made
             return r
 
