@@ -255,6 +255,10 @@ def test_a_driver_refused_the_lease_repairs_nothing(tmp_path, monkeypatch, kdswe
     finally:
         holder.release()
     assert code == 2 and "another driver runs this sweep" in err.splitlines()[-1]
+    # the snapshot, listed in a thread of its own beside the lease (issue 43), has ended
+    import threading
+
+    assert "kdsweep-snapshot" not in {t.name for t in threading.enumerate()}
     assert storage.read_bytes(corrupt) == b"{ torn"  # flagged, left where it was
     assert not list((tmp_path / "store" / "trials").glob("*/result.json.corrupt-*"))
 
