@@ -14,6 +14,7 @@ end. The PNG is the same, pixel for pixel, as a fresh figure's (tests/test_curve
 from __future__ import annotations
 
 import io
+import threading
 
 ACCURACY = (("train_acc", "train (labels trained on)", "-"), ("test_acc", "test", "-"),
             ("val_acc", "validation", "--"))
@@ -22,6 +23,7 @@ LOSS = (("train_loss", "train", "-"), ("test_loss", "test", "-"), ("val_loss", "
 
 # (the metrics a history holds) -> (figure, its two axes, its line per metric, its title)
 _figures: dict[tuple[str, ...], tuple] = {}
+_drawing = threading.Lock()  # a figure is drawn by one thread at a time
 
 
 def _figure(present: tuple[str, ...]) -> tuple:
@@ -52,16 +54,17 @@ def learning_curve_png(history: list[dict], title: str) -> bytes:
     """Accuracy and loss per epoch (the metrics the history holds), as PNG bytes."""
     present = tuple(name for name, _, _ in ACCURACY + LOSS
                     if any(h.get(name) is not None for h in history))
-    fig, axes, lines, suptitle = _figure(present)
-    for name, line in lines.items():
-        x, y = zip(*((h["epoch"], h[name]) for h in history if h.get(name) is not None),
-                   strict=True)
-        scale = 100 if name.endswith("_acc") else 1
-        line.set_data(x, [v * scale for v in y])
-    for ax in axes:
-        ax.relim()
-        ax.autoscale_view()
-    suptitle.set_text(title)
     out = io.BytesIO()
-    fig.savefig(out, format="png", dpi=80)
+    with _drawing:
+        fig, axes, lines, suptitle = _figure(present)
+        for name, line in lines.items():
+            x, y = zip(*((h["epoch"], h[name]) for h in history if h.get(name) is not None),
+                       strict=True)
+            scale = 100 if name.endswith("_acc") else 1
+            line.set_data(x, [v * scale for v in y])
+        for ax in axes:
+            ax.relim()
+            ax.autoscale_view()
+        suptitle.set_text(title)
+        fig.savefig(out, format="png", dpi=80)
     return out.getvalue()
