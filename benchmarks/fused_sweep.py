@@ -28,7 +28,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import fmt, interleaved, min_med, paired  # noqa: E402
+from harness import fmt, interleaved, min_med, paired, tree_cpu_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,6 +54,7 @@ def main():
         base["train"]["epochs"] = args.epochs
     work = Path(tempfile.mkdtemp(prefix="kdsweep-fused-sweep-"))
     loads: list[tuple[str, float, float]] = []
+    cpus: dict[str, list[float]] = {}  # CPU seconds of each run's process tree, Ray's included
 
     def variant(fuse: str):
         def run() -> float:
@@ -74,16 +75,16 @@ def main():
                       + f"\n(plan --measure: {time.perf_counter() - t0:.1f} s, not counted)",
                       flush=True)
             before = os.getloadavg()[0]
-            t0 = time.perf_counter()
-            out = subprocess.run([sys.executable, "-m", "sweeps.cli", "run", "spec.yaml"],
-                                 cwd=tmp, capture_output=True, text=True, timeout=3600)
-            seconds = time.perf_counter() - t0
+            out, seconds, cpu = tree_cpu_run([sys.executable, "-m", "sweeps.cli", "run",
+                                              "spec.yaml"], cwd=tmp, stdout=subprocess.PIPE,
+                                             stderr=subprocess.PIPE, text=True, timeout=3600)
             if out.returncode != 0:
                 sys.exit(f"fuse={fuse}: exit {out.returncode}\n{out.stdout[-2000:]}"
                          f"{out.stderr[-2000:]}")
             loads.append((fuse, before, os.getloadavg()[0]))
-            print(f"fuse={fuse}: {seconds:.1f} s (load average {before:.1f} before, "
-                  f"{os.getloadavg()[0]:.1f} after)", flush=True)
+            cpus.setdefault(fuse, []).append(cpu)
+            print(f"fuse={fuse}: {seconds:.1f} s, {cpu:.1f} CPU s of its process tree (load "
+                  f"average {before:.1f} before, {os.getloadavg()[0]:.1f} after)", flush=True)
             shutil.rmtree(tmp, ignore_errors=True)
             return seconds
         return run
@@ -98,15 +99,17 @@ def main():
           f"{base['train']['epochs']} epochs; wall seconds of `kdsweep run`, "
           f"min / median over {args.rounds} rounds")
     for v in names:
-        print(f"fuse={v}: {fmt(out[v], 1)}")
+        print(f"fuse={v}: {fmt(out[v], 1)} wall s; {fmt(cpus[v], 1)} CPU s")
     if "off" in out:
         for v in names:
             if v != "off":
                 lo, med = min_med(paired(out["off"], out[v]))
-                print(f"off / fuse={v} (paired): {lo:.2f}x / {med:.2f}x")
+                clo, cmed = min_med(paired(cpus["off"], cpus[v]))
+                print(f"off / fuse={v} (paired): wall {lo:.2f}x / {med:.2f}x, "
+                      f"CPU {clo:.2f}x / {cmed:.2f}x")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "seconds": out,
-                                               "loads": loads}, indent=1))
+                                               "cpu_seconds": cpus, "loads": loads}, indent=1))
 
 
 if __name__ == "__main__":

@@ -10,8 +10,10 @@ every variant once, in an order rotated by one each round, and a figure is repor
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -91,3 +93,60 @@ def packed_seconds(cmd: list[str], k: int, go: Path) -> float:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+
+
+def _proc_stat(pid: int) -> tuple[int, int, int] | None:
+    """(ppid, utime + stime in clock ticks, start time) of ``pid`` from /proc, or None once it
+    is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()  # after the command name, which may hold spaces
+    return int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[19])
+
+
+def tree_cpu_run(cmd: list[str], every: float = 0.2, **kw) -> tuple[subprocess.CompletedProcess,
+                                                                     float, float]:
+    """subprocess.run(cmd, **kw) and the CPU seconds (user + system) of its whole process tree:
+    every process descended from it (Ray's GCS, raylet and workers included), sampled from
+    /proc every ``every`` s, each pid's last sample summed (a process that ends between two
+    samples loses at most ``every`` s of CPU; one living less than ``every`` may be missed).
+    Returns (the completed process, wall seconds, CPU seconds)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    seen: dict[tuple[int, int], int] = {}  # (pid, start time) -> its last CPU ticks
+    done = threading.Event()
+    proc = subprocess.Popen(cmd, **{k: v for k, v in kw.items() if k != "timeout"})
+
+    def sample():
+        while True:
+            stats = {}
+            for entry in os.listdir("/proc"):
+                if entry.isdigit() and (st := _proc_stat(int(entry))) is not None:
+                    stats[int(entry)] = st
+            # the tree: the command and its descendants; an orphan (reparented) stays in by
+            # its pid and start time (a pid reused by another process is not the same)
+            tree = {proc.pid} | {pid for pid, (_, _, start) in stats.items()
+                                 if (pid, start) in seen}
+            grew = True
+            while grew:
+                grew = False
+                for pid, (ppid, _, _) in stats.items():
+                    if ppid in tree and pid not in tree:
+                        tree.add(pid)
+                        grew = True
+            for pid in tree:
+                if pid in stats:
+                    seen[pid, stats[pid][2]] = stats[pid][1]
+            if done.wait(every):
+                return
+
+    t = threading.Thread(target=sample, daemon=True)
+    t0 = time.perf_counter()
+    t.start()
+    out, err = proc.communicate(timeout=kw.get("timeout"))
+    wall = time.perf_counter() - t0
+    done.set()
+    t.join()
+    return (subprocess.CompletedProcess(cmd, proc.returncode, out, err), wall,
+            sum(seen.values()) / tick)
