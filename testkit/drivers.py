@@ -310,7 +310,6 @@ _FORKS = r"""
 import json, os, select, sys
 from sweeps import cli  # noqa: F401  the driver's imports (torch, MLflow, Ray), once
 from sweeps.app import sweep  # noqa: F401
-import torch._dynamo  # noqa: F401  what the preflight's meta-device models import (~1.2 s)
 import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  the SQLite store's (~0.8 s)
 running, said = set(), b""
 while True:
@@ -355,8 +354,8 @@ READ_AT_RUN = {"KDSWEEP_FAULT", "KDSWEEP_PAUSE", "KDSWEEP_CACHE"}
 class DriverForks:
     """`kdsweep <args>` drivers forked from one process that has imported the driver's modules
     (a preforked server's trick): each is a real driver process in a Unix session and process
-    group of its own, with the whole environment of its start, without the ~5 s of imports
-    (torch, Ray, MLflow, the preflight's and the SQLite store's), for a test whose subject is
+    group of its own, with the whole environment of its start, without the ~4 s of imports
+    (torch, Ray, MLflow, the SQLite store's), for a test whose subject is
     not the driver's start-up and whose driver's settings read at import are the forking
     process's (a lease's TTL is not: start_driver). One forking process per xdist worker
     (conftest's ``forks``), any number of drivers at once: ``start`` returns a pid,

@@ -81,7 +81,7 @@ def local_ray():
 @pytest.fixture(scope="session")
 def forks(local_ray):
     """The drivers' forking process of this test process (testkit.drivers.DriverForks: its
-    ~5 s of imports once, not once per driver), started by the first test that asks, after
+    ~4 s of imports once, not once per driver), started by the first test that asks, after
     this process's local Ray: what that Ray sets in the environment (RAY_AUTH_MODE) is then in
     the forking process's from its start, as in every driver's (a fork whose Ray settings
     differ from those its Ray modules were imported with fails to start its Ray)."""

@@ -223,3 +223,88 @@ def test_a_cluster_that_does_not_answer_is_one_line_before_anything_is_written(
     code, _, err = kdsweep_here("run", path, "--address", "head-without-port")
     assert code == 2 and "--address head-without-port: not HOST:PORT" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no store, no lease, no Ray
+
+
+MODELS_PLUGIN = '''
+import kd_core
+import torch
+from kd_core.models import Classifier
+from torch import nn
+
+
+class Net(Classifier):
+    def __init__(self, num_classes, in_channels, out=None):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(in_channels, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
+                                  nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(4, out or num_classes)
+
+    def features(self, x):
+        return self.body(x)
+
+
+class MetaOnly(Net):  # a forward the CPU refuses, the meta device not (no values there)
+    def features(self, x):
+        if x.device.type == "cpu":
+            raise RuntimeError("needs an accelerator")
+        return super().features(x)
+
+
+class Broken(Net):
+    def features(self, x):
+        raise ValueError("no forward")
+
+
+kd_core.register_model("net")(Net)
+kd_core.register_model("metaonly")(MetaOnly)
+kd_core.register_model("broken")(Broken)
+kd_core.register_model("wide")(lambda num_classes, in_channels: Net(num_classes, in_channels, 7))
+'''
+
+
+@pytest.mark.parametrize("model, error", [
+    ("net", None),
+    ("metaonly", None),  # the CPU's failure is not the model's: the meta device decides
+    ("broken", r"chains: model broken \(plugin my_plugin\) for digits \(10 classes, 1 channels\) "
+               r"fails to build: ValueError: no forward"),
+    ("wide", r"chains: model wide .*: logits of shape \(2, 7\) for a batch of 2, not \(2, 10\)"),
+], ids=["net", "metaonly", "broken", "wide"])
+@pytest.mark.parametrize("cpu_bytes", [preflight.CPU_CHECK_BYTES, 0], ids=["cpu", "meta"])
+def test_a_model_is_checked_on_the_cpu_when_small_and_on_the_meta_device_else(
+        tmp_path, monkeypatch, model, error, cpu_bytes):
+    """check_models' answer is the same on either device: a small model's forward runs on the
+    CPU (no torch._dynamo import, which every meta forward makes), a large one's on the meta
+    device, and a CPU failure is a failure only where the meta device fails too."""
+    from kd_core.data import load_dataset
+    from sweeps.app.preflight import check_models
+    from sweeps.domain.spec import load_spec
+    from tests.test_plugins import spec_with
+
+    monkeypatch.setattr(preflight, "CPU_CHECK_BYTES", cpu_bytes)
+    spec = load_spec(spec_with(tmp_path, MODELS_PLUGIN, chains=[["cnn-small", model]],
+                               grid={"loss": ["kl"], "seeds": [0]}))
+    data = load_dataset("digits")
+    if error is None:
+        check_models(spec, data)
+    else:
+        with pytest.raises(SpecError, match=error):
+            check_models(spec, data)
+
+
+def test_a_small_models_cpu_check_gives_its_logits_and_leaves_lazy_or_large_ones_to_meta(
+        monkeypatch):
+    import torch
+    from torch import nn
+
+    from sweeps.app.preflight import _logits_on_cpu
+
+    with torch.device("meta"):
+        small = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+        lazy = nn.Sequential(nn.Flatten(), nn.LazyLinear(3))
+    out = _logits_on_cpu(small, (2, 1, 3, 4))
+    assert out.device.type == "cpu" and tuple(out.shape) == (2, 3)
+    assert _logits_on_cpu(lazy, (2, 1, 3, 4)) is None  # its weights are made by a forward
+    monkeypatch.setattr(preflight, "CPU_CHECK_BYTES", 12 * 3 * 4)  # under its 15 floats
+    with torch.device("meta"):
+        small = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    assert _logits_on_cpu(small, (2, 1, 3, 4)) is None

@@ -58,10 +58,17 @@ def check_validation_share(share: float, name: str, images: int, classes: int) -
             f"the smallest share that works for {name} is {smallest:g}")
 
 
+# A model of at most this many bytes of parameters and buffers is checked on the CPU (its
+# weights allocated, zeroed, one forward of 2 images); a larger one, or one with parameters
+# it makes on its first call (torch's lazy modules), on the meta device only.
+CPU_CHECK_BYTES = 64 * 2**20
+
+
 def check_models(spec: SweepSpec, data: ImageData) -> None:
-    """Every architecture of the chains builds, on the meta device (no weights allocated), for
-    the dataset's classes and channels, and gives logits of one per class: a plugin's model
-    that cannot is one line naming it, before any work."""
+    """Every architecture of the chains builds, for the dataset's classes and channels, and
+    gives logits of one per class: a plugin's model that cannot is one line naming it, before
+    any work. Built on the meta device (no weights allocated); a small model then runs its
+    forward on the CPU (`_logits_on_cpu`), any other on the meta device."""
     import torch
 
     from kd_core.models import build_model
@@ -70,16 +77,46 @@ def check_models(spec: SweepSpec, data: ImageData) -> None:
     for name in spec.architectures:
         origin = MODELS.resolve(name)[0].origin
         what = f"chains: model {name} ({origin}) for {spec.dataset.name}"
+        shape = (2, *data.train_images.shape[1:])
         try:
             with torch.device("meta"):
                 model = build_model(name, data.num_classes, data.in_channels)
-                out = model(torch.empty(2, *data.train_images.shape[1:]))
+            out = _logits_on_cpu(model, shape)
+            if out is None:
+                with torch.device("meta"):  # built anew: the CPU's try may have moved it
+                    model = build_model(name, data.num_classes, data.in_channels)
+                    out = model(torch.empty(shape))
         except Exception as e:
             raise SpecError(f"{what} ({data.num_classes} classes, {data.in_channels} channels) "
                             f"fails to build: {type(e).__name__}: {e}".splitlines()[0]) from None
         if tuple(getattr(out, "shape", ())) != (2, data.num_classes):
             raise SpecError(f"{what}: logits of shape {tuple(getattr(out, 'shape', ()))} for a "
                             f"batch of 2, not (2, {data.num_classes})")
+
+
+def _logits_on_cpu(model, shape: tuple):
+    """The meta-built ``model``'s output for zeros of ``shape``, run on the CPU with its
+    weights zeroed; None where the meta device must answer instead: a model over
+    CPU_CHECK_BYTES, one with lazy parameters, or one whose CPU forward fails (the meta
+    device's answer, then, decides: a failure is the model's only if it fails there too).
+    Why not the meta device for all: a forward there runs torch's Python decompositions,
+    whose first call imports torch._dynamo (~1.2 CPU-s of every driver's start); the CPU's
+    kernels are the ones training runs."""
+    import torch
+    from torch.nn.parameter import UninitializedParameter
+
+    tensors = [*model.parameters(), *model.buffers()]
+    if any(isinstance(t, UninitializedParameter) for t in tensors) or sum(
+            t.numel() * t.element_size() for t in tensors) > CPU_CHECK_BYTES:
+        return None
+    try:
+        with torch.no_grad():
+            cpu = model.to_empty(device="cpu")
+            for t in (*cpu.parameters(), *cpu.buffers()):
+                t.zero_()
+            return cpu(torch.zeros(shape))
+    except Exception:
+        return None
 
 
 def _bounded(what: str, fn):

@@ -62,7 +62,11 @@ OWN_RAY: set = set()  # non-empty once connect started a Ray of this driver's ow
 # at the user's priority left a trial ~1% of a CPU (a suite beside `stress-ng --cpu 4`: 5 tests
 # in 35 minutes). `python train.py` would run at the user's priority; so does a trial here.
 # A cluster's nodes keep what their `ray start` set.
-OWN_RAY_CONFIG = {"worker_niceness": 0}
+# Nor does it prestart a worker per CPU for the driver (Ray's prestart_worker_first_driver):
+# Tune's trials never ran on them (each trial's actor started a worker of its own beside the
+# idle ones), so each was a Python start (~0.5 CPU-s here, and its memory) wasted, and on a
+# 2-core machine they contend with the driver's own start (benchmarks/driver_cost.py).
+OWN_RAY_CONFIG = {"worker_niceness": 0, "prestart_worker_first_driver": False}
 
 
 def connect(address: str | None, runtime_env: dict | None = None) -> None:
