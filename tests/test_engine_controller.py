@@ -90,8 +90,8 @@ def run_stepped(tmp_path, spec, quality, fails=frozenset(), cpus=1, quiet=300.0,
     the controller at every end (a window of 1: every step crosses a boundary); ``held``, a
     list, gets how many trials the controller holds after each step. ``quiet``: a guard
     against a hang only, reset by every event Tune records (a job started or ended): a busy
-    machine slows the steps (each job's worker start most: seconds on a quiet machine, tens of
-    seconds under load), never stops them."""
+    machine slows the steps (a worker's start most: seconds on a quiet machine, tens of seconds
+    under load), never stops them. Workers are reused from job to job, as the engine's are."""
     plan = build_plan(spec)
     listener = Skips()
     unit = {m: 1.0 for chain in spec.chains for m in chain}
@@ -109,6 +109,9 @@ def run_stepped(tmp_path, spec, quality, fails=frozenset(), cpus=1, quiet=300.0,
         search_alg=searcher,
         scheduler=StudentASHA(spec.search, EPOCHS, window=1) if early else FlatFIFO(window=1),
         callbacks=[recorder],
+        # as the engine runs Tune (engine.run_tune): a worker kept for the next job, not one
+        # started per job (what took these tests' seconds)
+        reuse_actors=True,
         storage=experiment.storage,
         resource_manager_factory=lambda: FixedResourceManager({"CPU": cpus}),
     )

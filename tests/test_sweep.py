@@ -448,13 +448,14 @@ def test_a_diverged_trial_is_recorded_never_teaches_and_is_not_retried(local_ray
     assert again.finished_at > record.finished_at and again.resumed_from == [0]
 
 
-def test_a_complete_but_unpublished_trial_publishes_on_its_next_start(local_ray, tmp_path):
+def test_a_complete_but_unpublished_trial_publishes_on_its_next_start(sweep, local_ray,
+                                                                     tmp_path):
     """A kill between the last checkpoint and publishing (or a deleted result): the rerun
-    publishes from the stored state and trains no epoch."""
-    spec = small_spec(tmp_path, "publish")
-    run_sweep(spec, out=io.StringIO())
+    publishes from the stored state and trains no epoch. (On a copy of the fixture's sweep:
+    its trials are stored, so the test pays only the rerun.)"""
+    _, spec, _ = copy_of(sweep, tmp_path / "copy")
     store = Ledger(Storage(spec.storage))
-    teacher, student = build_plan(spec).trials
+    student = next(t for t in build_plan(spec).trials if t.generation == 1)
     before = store.result(student.key)
     store.storage.delete(trial_file(student.key, "result.json"))
     store.storage.delete(trial_file(student.key, "model.pt"))
@@ -466,17 +467,16 @@ def test_a_complete_but_unpublished_trial_publishes_on_its_next_start(local_ray,
 
 
 def test_a_result_whose_digit_changed_is_caught_and_republished_with_the_true_value(
-        local_ray, tmp_path):
+        sweep, local_ray, tmp_path):
     """Issue 41: one digit of a stored test_acc changed (the JSON still valid) was exported as
     it was. Its seal fails: the rerun names it, moves it aside, and the trial publishes again
     from its stored final checkpoint (no epoch trained): the Parquet holds the true value;
     attempts whose digit changed are counted afresh, moved aside too."""
     from tests.test_ledger_state import change_a_digit
 
-    spec = small_spec(tmp_path, "bitrot")
-    run_sweep(spec, out=io.StringIO())
+    _, spec, _ = copy_of(sweep, tmp_path / "copy")  # stored: the test pays only the rerun
     store = Ledger(Storage(spec.storage))
-    _, student = build_plan(spec).trials
+    student = next(t for t in build_plan(spec).trials if t.generation == 1)
     true = store.result(student.key)
     change_a_digit(store.storage, trial_file(student.key, "result.json"), "test_acc")
     change_a_digit(store.storage, trial_file(student.key, "attempts.json"), "starts")
