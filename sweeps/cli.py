@@ -296,6 +296,12 @@ def _exit(code: int) -> NoReturn:
     engine = sys.modules.get("sweeps.ray.engine")  # loaded: Ray may run; not: nothing to end
     started = engine.own_processes() if engine else []
     threading._shutdown()  # private, but it is the interpreter's own first step of exiting
+    ray = sys.modules.get("ray")
+    if code == 0 and ray is not None and ray.is_initialized():
+        # Ray's shutdown before its exit handler, which first sleeps 0.5 s for log lines still
+        # on their way (Ray's worker.shutdown, _exiting_interpreter): a driver that ended its
+        # work has none. Any other exit keeps the wait (Ray's account of what went wrong).
+        ray.shutdown()
     atexit._run_exitfuncs()
     if engine:
         engine.end_processes(started)
