@@ -138,6 +138,17 @@ def test_bad_settings_stop_run_before_ray(tmp_path, kdsweep_here, monkeypatch, s
     assert {p.name: p.is_file() and p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
+def test_a_silent_server_is_a_timeout_whichever_timeout_fires_first(monkeypatch, silent_server):
+    """The server probe alone, without the check's own deadline: the socket's read timeout
+    fires, which requests raises as a ConnectionError wrapping urllib3's ReadTimeoutError
+    (MLflow's Retry): still 'no answer', never 'no server answers' (seen once on a loaded
+    machine, where the socket's timeout beat the check's)."""
+    monkeypatch.setattr(preflight, "TIMEOUT", 0.5)
+    uri = f"http://127.0.0.1:{silent_server}"
+    with pytest.raises(SpecError, match=rf"tracking_uri: {uri}: no answer within 0.5 s"):
+        preflight._probe_server(uri)
+
+
 def test_printed_commands_paste_into_a_shell(tmp_path):
     """A store under a folder with a space and a quote: the printed `mlflow ui` and `mlflow db
     upgrade` commands split back into exactly the URI."""

@@ -218,12 +218,27 @@ def check_tracking(uri: str) -> None:
         check_sqlite_store(uri, path, TIMEOUT)
 
 
+def _timed_out(error: BaseException | None) -> bool:
+    """requests' error is a timeout: its Timeout, or the ConnectionError it raises for a
+    timeout that exhausted urllib3's retries (MaxRetryError whose reason is urllib3's
+    ReadTimeoutError: what a silent server gives with MLflow's Retry, seen on a loaded
+    machine, where the socket's timeout beats the check's own)."""
+    import requests
+    import urllib3
+
+    if isinstance(error, requests.Timeout):
+        return True
+    reason = getattr(error.args[0], "reason", None) if error and error.args else None
+    # urllib3's NewConnectionError (a refused connection) subclasses its ConnectTimeoutError
+    return isinstance(reason, urllib3.exceptions.TimeoutError) and not isinstance(
+        reason, urllib3.exceptions.NewConnectionError)
+
+
 def _probe_server(uri: str) -> None:
     """One call that needs the credentials MLflow's client will send, sent by MLflow's own
     transport with its retries off, so it authenticates as the Tracker will (its credentials:
     MLFLOW_TRACKING_USERNAME and _PASSWORD, _TOKEN or ~/.mlflow/credentials; its TLS settings):
     /health answers anyone, so it would pass a wrong password."""
-    import requests
     from mlflow.exceptions import MlflowException
     from mlflow.utils.credentials import get_default_host_creds
     from mlflow.utils.rest_utils import http_request
@@ -234,7 +249,7 @@ def _probe_server(uri: str) -> None:
                          timeout=TIMEOUT, raise_on_status=False, params={"max_results": 1})
     except MlflowException as e:  # MLflow's wrapper of what requests raised
         cause = e.__cause__ or e.__context__
-        if isinstance(cause, requests.Timeout):  # the socket's timeout beat _bounded's
+        if _timed_out(cause):  # the socket's timeout beat _bounded's
             raise SpecError(f"tracking_uri: {uri}: no answer within {TIMEOUT:g} s") from None
         reason = str(cause or e).splitlines()[0]
         raise SpecError(f"tracking_uri: no MLflow server answers at {uri} ({reason})") from None
