@@ -232,10 +232,14 @@ def _start_and_run(spec: SweepSpec, plan: Plan, data: ImageData, env: dict | Non
     try:
         # connect: a local Ray starts while the snapshot lists where a planned trial is
         # certainly to be trained (a rerun of a stored sweep only exports, with no Ray)
+        def connect_ray() -> None:
+            connect(address, env)
+            if address is None:  # memory: as much as Ray granted
+                check_fits(spec.resources, spec.architectures, ray.cluster_resources())
+
         started = address is None and _wants_ray(spec, plan, storage, retry_failed)
         if started:
-            connect(address, env)
-            check_fits(spec.resources, spec.architectures, ray.cluster_resources())
+            connect_ray()
         # snapshot, joined: what it holds decides the rest
         snapshot = loading.join()
         snapshot.ledger.writer = lease  # the sweep's shared files are written under it
@@ -244,10 +248,7 @@ def _start_and_run(spec: SweepSpec, plan: Plan, data: ImageData, env: dict | Non
         # connect, unless every trial is in storage: then a rerun only exports (seconds)
         if not started and (len(done) < len(plan.trials) or retry_failed
                             or spec.search.type == "optuna"):
-            connect(address, env)
-            if address is None:
-                # memory: as much as Ray granted
-                check_fits(spec.resources, spec.architectures, ray.cluster_resources())
+            connect_ray()
         with watch or contextlib.nullcontext():
             uri = _train_and_export(spec, plan, data, snapshot, out, retry_failed, lease,
                                     address, env)

@@ -165,7 +165,6 @@ def state_index(snapshot: Snapshot, keys: Iterable[str]) -> dict[str, list]:
     return out
 
 
-
 class Loading:
     """``Snapshot.load`` in a thread of its own, started where the driver's start-up begins
     and joined where its result first decides something: the listing (a root shared by many
