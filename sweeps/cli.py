@@ -6,6 +6,7 @@ import argparse
 import os
 import signal
 import sys
+import threading
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import NoReturn
@@ -100,13 +101,26 @@ def _measure(spec, plan, args, data) -> None:
     print(f"fusion measurements recorded in {uri} (fuse: auto reads them)")
 
 
+# `ray job stop`, schedulers and a spot node's shutdown send SIGTERM: it is marked, then the
+# run exits through Python so that exit handlers (the MLflow writer's flush, the lease's
+# release) run; everything else resumes on the next run. The exit code and the line come from
+# the mark, not from the exception: a SystemExit raised inside one of Ray's calls comes out of
+# it as another (core_worker.wait ends in SystemExit(1)).
+STOPPED = threading.Event()
+STOPPED_LINE = ("kdsweep run: stopped by SIGTERM: finished trials and the epochs' checkpoints "
+                "are kept in storage; rerun the same command to go on")
+
+
+def _on_sigterm(signum, frame) -> NoReturn:
+    STOPPED.set()
+    sys.exit(128 + signum)
+
+
 def _run(args) -> int:
     spec = load_spec(args.spec)  # validated in full before Ray starts
     from .app.sweep import LARGE_GRID, GridTooLarge, run_sweep
 
-    # `ray job stop` and schedulers send SIGTERM: exit through Python so that exit handlers
-    # (the MLflow writer's flush) run; everything else resumes on the next run.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    signal.signal(signal.SIGTERM, _on_sigterm)  # kept across ray.init (engine.connect)
 
     try:
         judge = None
@@ -277,6 +291,12 @@ def console() -> NoReturn:
         # error), with standard output pointed at /dev/null so no later flush raises again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 128 + signal.SIGPIPE
+    except BaseException:  # what a stop's SystemExit became on its way out of Ray or Tune
+        if not STOPPED.is_set():
+            raise
+    if STOPPED.is_set():
+        print(STOPPED_LINE, file=sys.stderr)
+        code = 128 + signal.SIGTERM
     _exit(code)
 
 

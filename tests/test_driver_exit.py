@@ -162,3 +162,52 @@ def test_a_driver_leaves_no_process_behind_whatever_its_exit(tmp_path):
     assert storage.read_json("sweeps/exits/local/trials.json")["fence"] == 2
     meta = pq.read_schema(io.BytesIO(storage.read_bytes("sweeps/exits/local/results.parquet")))
     assert meta.metadata[b"kdsweep.fence"] == b"2"
+
+
+@pytest.mark.parametrize("moment", ["after-lease", "training"])
+def test_a_sigterm_is_one_line_and_exit_143_and_the_rerun_goes_on(tmp_path, forks, moment):
+    """SIGTERM (`ray job stop`, a scheduler, a spot node shutting down) to a driver holding the
+    sweep's lease before Ray starts, or while its trial trains (ray.init replaces the
+    process's SIGTERM handler, and a SystemExit raised inside a Ray call comes out as exit 1):
+    either way exit 143 and one line naming the stop and the next step, no traceback, the
+    lease released (the rerun never waits out its TTL), nothing left running; after the
+    training stop the same command finishes the sweep."""
+    import psutil
+
+    from sweeps.cli import STOPPED_LINE
+
+    spec_path = write_spec(tmp_path, name="stopped", **SMALL)
+    spec = parse_spec(yaml.safe_load(spec_path.read_text()))
+    storage = Storage(spec.storage)
+    plan = build_plan(spec)
+    log = tmp_path / "driver.log"
+    paused = {"KDSWEEP_PAUSE": "after-lease"} if moment == "after-lease" else None
+    driver = fork_driver(forks, spec_path, tmp_path, env=paused)
+    try:
+        if paused:  # the driver stops itself there (SIGSTOP): the signal lands at that point
+            wait_until(lambda: psutil.Process(driver.pid).status() == psutil.STATUS_STOPPED,
+                       driver, log, "the driver never reached after-lease")
+            assert storage.exists("sweeps/stopped/local/driver.lease")
+            driver.send_signal(signal.SIGTERM)
+            driver.send_signal(signal.SIGCONT)
+        else:
+            wait_until(lambda: storage.exists(trial_file(plan.trials[0].key, "progress.json")),
+                       driver, log, "the teacher never started")
+            driver.send_signal(signal.SIGTERM)
+        assert driver.wait(HANG) == 128 + signal.SIGTERM, log.read_text()[-3000:]
+        assert nothing_left(driver.pid) == []
+        said = log.read_text()
+        assert said.splitlines()[-1] == STOPPED_LINE and "Traceback" not in said, said[-3000:]
+        assert not storage.exists("sweeps/stopped/local/driver.lease")
+        if paused:
+            return
+        kill_leftovers(tmp_path)
+        rerun = fork_driver(forks, spec_path, tmp_path)
+        assert rerun.wait(HANG) == 0, log.read_text()[-3000:]
+        assert nothing_left(rerun.pid) == []
+    finally:
+        kill_leftovers(tmp_path, remove=True)
+    for t in plan.trials:
+        assert storage.read_json(trial_file(t.key, "result.json"))["state"] == "done"
+        history = storage.read_json(trial_file(t.key, "history.json"))["history"]
+        assert [h["epoch"] for h in history] == [1, 2, 3]

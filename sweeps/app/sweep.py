@@ -228,8 +228,8 @@ def _start_and_run(spec: SweepSpec, plan: Plan, data: ImageData, env: dict | Non
     watch = LocalRayWatch(_ray_lost) if address is None else None
     lease.on_lost = lambda held: _superseded(lease, held, watch)
     lease.acquire(out)
-    faults.reached("after-lease")
-    try:
+    try:  # released on every way out from here (a SIGTERM's SystemExit included)
+        faults.reached("after-lease")
         # connect: a local Ray starts while the snapshot lists where a planned trial is
         # certainly to be trained (a rerun of a stored sweep only exports, with no Ray)
         def connect_ray() -> None:

@@ -69,6 +69,21 @@ OWN_RAY: set = set()  # non-empty once connect started a Ray of this driver's ow
 OWN_RAY_CONFIG = {"worker_niceness": 0, "prestart_worker_first_driver": False}
 
 
+@contextlib.contextmanager
+def _keeps_sigterm_handler():
+    """ray.init replaces the process's SIGTERM handler with its own (sys.exit(15)), which
+    would drop the caller's (the CLI's, which marks the stop and names it in one line): the
+    handler installed before is put back. Only the main thread sets handlers."""
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGTERM, before)
+
+
+@_keeps_sigterm_handler()
 def connect(address: str | None, runtime_env: dict | None = None) -> None:
     """Join the cluster at ``address`` ('auto' inside ray job submit), or start a Ray of our
     own: never one that `ray start` left on this machine (Ray's address discovery would join
