@@ -325,6 +325,9 @@ def _exit(code: int) -> NoReturn:
     atexit._run_exitfuncs()
     if engine:
         engine.end_processes(started)
+        # then what those left to this process as they ended (engine.adopt_orphans): a
+        # raylet's agents, spawned after the list above was taken (a stop during Ray's start)
+        engine.end_processes(engine.own_processes())
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # a reader gone (`| head`), a closed stream
             stream.flush()

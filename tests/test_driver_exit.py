@@ -164,14 +164,15 @@ def test_a_driver_leaves_no_process_behind_whatever_its_exit(tmp_path):
     assert meta.metadata[b"kdsweep.fence"] == b"2"
 
 
-@pytest.mark.parametrize("moment", ["after-lease", "training"])
+@pytest.mark.parametrize("moment", ["after-lease", "ray-start", "training"])
 def test_a_sigterm_is_one_line_and_exit_143_and_the_rerun_goes_on(tmp_path, forks, moment):
     """SIGTERM (`ray job stop`, a scheduler, a spot node shutting down) to a driver holding the
-    sweep's lease before Ray starts, or while its trial trains (ray.init replaces the
-    process's SIGTERM handler, and a SystemExit raised inside a Ray call comes out as exit 1):
-    either way exit 143 and one line naming the stop and the next step, no traceback, the
-    lease released (the rerun never waits out its TTL), nothing left running; after the
-    training stop the same command finishes the sweep."""
+    sweep's lease before Ray starts, while its local Ray starts (the raylet just spawned: Ray's
+    node installs a SIGTERM handler of its own that ends its processes and exits 1), or while
+    its trial trains (ray.init installs another, and a SystemExit raised inside a Ray call
+    comes out as exit 1): each time exit 143 and one line naming the stop and the next step,
+    no traceback, the lease released (the rerun never waits out its TTL), nothing left
+    running; after the training stop the same command finishes the sweep."""
     import psutil
 
     from sweeps.cli import STOPPED_LINE
@@ -190,6 +191,10 @@ def test_a_sigterm_is_one_line_and_exit_143_and_the_rerun_goes_on(tmp_path, fork
             assert storage.exists("sweeps/stopped/local/driver.lease")
             driver.send_signal(signal.SIGTERM)
             driver.send_signal(signal.SIGCONT)
+        elif moment == "ray-start":
+            wait_until(lambda: any(p.name() == "raylet" for p in session(driver.pid)),
+                       driver, log, "no raylet started")
+            driver.send_signal(signal.SIGTERM)
         else:
             wait_until(lambda: storage.exists(trial_file(plan.trials[0].key, "progress.json")),
                        driver, log, "the teacher never started")
@@ -199,7 +204,7 @@ def test_a_sigterm_is_one_line_and_exit_143_and_the_rerun_goes_on(tmp_path, fork
         said = log.read_text()
         assert said.splitlines()[-1] == STOPPED_LINE and "Traceback" not in said, said[-3000:]
         assert not storage.exists("sweeps/stopped/local/driver.lease")
-        if paused:
+        if moment != "training":
             return
         kill_leftovers(tmp_path)
         rerun = fork_driver(forks, spec_path, tmp_path)
@@ -211,3 +216,30 @@ def test_a_sigterm_is_one_line_and_exit_143_and_the_rerun_goes_on(tmp_path, fork
         assert storage.read_json(trial_file(t.key, "result.json"))["state"] == "done"
         history = storage.read_json(trial_file(t.key, "history.json"))["history"]
         assert [h["epoch"] for h in history] == [1, 2, 3]
+
+
+def test_an_orphan_of_a_drivers_descendant_is_its_own_to_end(tmp_path):
+    """engine.adopt_orphans: a process whose parent ended (a raylet's agent, its raylet gone
+    during Ray's start) is re-parented to the driver, not to init, so the driver's exit finds
+    it among its own processes and ends it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import subprocess, sys\n"
+        "from sweeps.ray import engine\n"
+        "if sys.argv[1] == 'adopt':\n"
+        "    engine.adopt_orphans()\n"
+        # a child that starts a grandchild and exits: the grandchild is an orphan
+        "out = subprocess.run(['sh', '-c', 'sleep 60 >/dev/null 2>&1 & echo $!'],\n"
+        "                     capture_output=True, text=True).stdout\n"
+        "orphan = int(out)\n"
+        "mine = [p.pid for p in engine.own_processes()]\n"
+        "print(orphan in mine)\n"
+        "import os, signal\n"
+        "os.kill(orphan, signal.SIGKILL)\n"
+    )
+    said = {how: subprocess.run([sys.executable, "-c", code, how], capture_output=True,
+                                text=True, timeout=HANG / 10, check=True).stdout.strip()
+            for how in ("adopt", "plain")}
+    assert said == {"adopt": "True", "plain": "False"}, said

@@ -151,3 +151,15 @@ def test_tune_adds_no_progress_callback_of_its_own_when_given_one():
     assert [c for c in made if isinstance(c, TrialProgressCallback)] == [quiet]
     assert [c for c in _create_default_callbacks([], air_verbosity=None)
             if isinstance(c, TrialProgressCallback)]  # the one it adds otherwise
+
+
+def test_ray_installs_its_sigterm_handlers_through_one_hook():
+    """engine._keeps_sigterm_handler: ray.init installs SIGTERM handlers of its own (its
+    node's while a local Ray starts, its driver's once connected), both through
+    ray._private.utils.set_sigterm_handler, looked up on the module at the call; the CLI's
+    handler stays in place while that hook installs nothing."""
+    from ray._private import node, utils, worker
+
+    assert callable(utils.set_sigterm_handler)
+    for module in (node, worker):
+        assert "ray._private.utils.set_sigterm_handler(" in inspect.getsource(module)

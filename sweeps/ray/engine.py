@@ -71,16 +71,24 @@ OWN_RAY_CONFIG = {"worker_niceness": 0, "prestart_worker_first_driver": False}
 
 @contextlib.contextmanager
 def _keeps_sigterm_handler():
-    """ray.init replaces the process's SIGTERM handler with its own (sys.exit(15)), which
-    would drop the caller's (the CLI's, which marks the stop and names it in one line): the
-    handler installed before is put back. Only the main thread sets handlers."""
+    """ray.init installs SIGTERM handlers of its own (its node's while a local Ray starts,
+    then its driver's: sys.exit), each replacing the caller's: the CLI's, which marks the
+    stop so that the run exits 143 with one line, whatever Ray's calls turn its SystemExit
+    into. Going around Ray (its private hook, the one both call sites use): while a caller
+    with a handler of its own connects, Ray's are not installed, so that handler takes a
+    SIGTERM at any instant, during Ray's start too (Ray's exit hooks still end what it
+    started). A caller without one (Python's default) gets Ray's, as before."""
+    from ray._private import utils
+
     main = threading.current_thread() is threading.main_thread()
-    before = signal.getsignal(signal.SIGTERM) if main else None
+    if not (main and callable(signal.getsignal(signal.SIGTERM))):
+        yield
+        return
+    install, utils.set_sigterm_handler = utils.set_sigterm_handler, lambda handler: None
     try:
         yield
     finally:
-        if before is not None:
-            signal.signal(signal.SIGTERM, before)
+        utils.set_sigterm_handler = install
 
 
 @_keeps_sigterm_handler()
@@ -101,6 +109,7 @@ def connect(address: str | None, runtime_env: dict | None = None) -> None:
         _join(address, quiet)
         return
     OWN_RAY.add(True)  # job_slots: this driver's own Ray, its resources fixed
+    adopt_orphans()
     # Going around Ray: ray.init turns a node address of 127.0.0.1 into the machine's external
     # IP unless Ray believes clusters are off (as on macOS); its processes then bind loopback.
     from ray._private import ray_constants
@@ -131,12 +140,26 @@ def own_processes() -> list:
     """Every process this one started and that still runs (psutil.Process each, which knows
     its process's start time, so a pid reused later is never mistaken for it): a local Ray's
     GCS, raylet, agents and workers. Taken before Ray shuts down: a worker whose raylet is gone
-    belongs to init, no longer to this process. psutil is Ray's own dependency."""
+    belongs to init, no longer to this process, unless this process adopts orphans (a driver
+    with a local Ray of its own: adopt_orphans). psutil is Ray's own dependency."""
     import psutil
 
     with contextlib.suppress(psutil.Error):
         return psutil.Process().children(recursive=True)
     return []
+
+
+def adopt_orphans() -> None:
+    """Make this process the reaper of what its descendants leave (Linux's
+    PR_SET_CHILD_SUBREAPER), so that own_processes finds them: a local Ray's raylet that ends
+    while it starts its agents (a SIGTERM during Ray's start) leaves them to their grandparent,
+    this driver, rather than to init, where they would outlive it. Elsewhere, nothing."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER, on
 
 
 def end_processes(procs: list, grace: float = 5.0) -> None:
