@@ -165,14 +165,14 @@ def test_a_driver_leaves_no_process_behind_whatever_its_exit(tmp_path):
 
 
 @pytest.mark.parametrize("moment", ["after-lease", "ray-start", "training"])
-def test_a_sigterm_is_one_line_and_exit_143_and_the_rerun_goes_on(tmp_path, forks, moment):
+def test_a_sigterm_is_one_line_and_exit_143_and_leaves_nothing_held(tmp_path, forks, moment):
     """SIGTERM (`ray job stop`, a scheduler, a spot node shutting down) to a driver holding the
     sweep's lease before Ray starts, while its local Ray starts (the raylet just spawned: Ray's
     node installs a SIGTERM handler of its own that ends its processes and exits 1), or while
     its trial trains (ray.init installs another, and a SystemExit raised inside a Ray call
     comes out as exit 1): each time exit 143 and one line naming the stop and the next step,
     no traceback, the lease released (the rerun never waits out its TTL), nothing left
-    running; after the training stop the same command finishes the sweep."""
+    running (what a rerun then does is a killed driver's rerun: test_resume)."""
     import psutil
 
     from sweeps.cli import STOPPED_LINE
@@ -204,18 +204,8 @@ def test_a_sigterm_is_one_line_and_exit_143_and_the_rerun_goes_on(tmp_path, fork
         said = log.read_text()
         assert said.splitlines()[-1] == STOPPED_LINE and "Traceback" not in said, said[-3000:]
         assert not storage.exists("sweeps/stopped/local/driver.lease")
-        if moment != "training":
-            return
-        kill_leftovers(tmp_path)
-        rerun = fork_driver(forks, spec_path, tmp_path)
-        assert rerun.wait(HANG) == 0, log.read_text()[-3000:]
-        assert nothing_left(rerun.pid) == []
     finally:
         kill_leftovers(tmp_path, remove=True)
-    for t in plan.trials:
-        assert storage.read_json(trial_file(t.key, "result.json"))["state"] == "done"
-        history = storage.read_json(trial_file(t.key, "history.json"))["history"]
-        assert [h["epoch"] for h in history] == [1, 2, 3]
 
 
 def test_an_orphan_of_a_drivers_descendant_is_its_own_to_end(tmp_path):
