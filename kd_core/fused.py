@@ -256,7 +256,8 @@ class FusedGroup:
     fused model; each member reads its own teacher's logits (a bank, or the teacher online).
 
     ``epochs()`` trains every member to its last epoch, yielding ``(member, metrics)`` for each
-    member after each epoch it trains; ``drop(member)`` (a member diverged, stopped early, or
+    member after each epoch it trains (``epoch_done`` is true at the fused epoch's last
+    member's); ``drop(member)`` (a member diverged, stopped early, or
     ended) takes it out of the group from the next epoch on."""
 
     def __init__(self, members: Sequence[Trainer]):
@@ -278,6 +279,7 @@ class FusedGroup:
         self.members = list(members)
         self.active = list(members)
         self._steps: dict[tuple, tuple[FusedModel, Callable]] = {}  # the current group's
+        self.epoch_done = False  # at a yield of epochs(): the fused epoch's last member's
 
     def drop(self, member: Trainer) -> None:
         if member in self.active:
@@ -301,7 +303,9 @@ class FusedGroup:
             train_time = time.perf_counter() - t0
             for i, t in enumerate(group):
                 own = logits[i] if logits is not None else None
-                yield t, t.end_epoch(sums[i], lrs[i], t0, train_time, own)
+                metrics = t.end_epoch(sums[i], lrs[i], t0, train_time, own)
+                self.epoch_done = i == len(group) - 1
+                yield t, metrics
 
     def time_steps(self, steps: int, warmup: int = 2) -> float:
         """Seconds per fused training step of the active members (after ``warmup`` untimed
