@@ -1,5 +1,6 @@
 """A fused group's optimizer step (issue 44): the demo's 7 siblings of one architecture on
-digits (a cnn-large bank, batch 64, one thread), seconds per fused training step with each
+digits (a cnn-large bank, batch 64, one thread), CPU seconds per fused training step (the
+process's: a loaded machine's wall time says little) with each
 member's own SGD step (before) against one multi-tensor step over all members
 (kd_core.fused.step_members, after), interleaved over rounds; and the step's share of the
 process's CPU seconds over the timed steps.
@@ -68,12 +69,14 @@ def main():
             g.time_steps(2)  # warm
             spent[0] = 0.0
             c0 = time.process_time()
-            ms[name].append(g.time_steps(args.steps, warmup=0) * 1e3)
-            share[name].append(spent[0] / (time.process_time() - c0))
+            g.time_steps(args.steps, warmup=0)
+            cpu = time.process_time() - c0
+            ms[name].append(cpu / args.steps * 1e3)
+            share[name].append(spent[0] / cpu)
     fused.step_members = after
     for name in ms:
         print(f"{args.model}, {len(SETTINGS)} members, {name}: "
-              f"{min(ms[name]):.2f} / {statistics.median(ms[name]):.2f} ms per fused step "
+              f"{min(ms[name]):.2f} / {statistics.median(ms[name]):.2f} CPU ms per fused step "
               f"(min / median of {args.rounds}); the optimizer step "
               f"{statistics.median(share[name]) * 100:.1f}% of its CPU seconds")
 
