@@ -54,6 +54,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.sgd import sgd
 
 from .bank import TeacherBank
 from .capture import capture
@@ -199,6 +200,44 @@ class FusedModel(nn.Module):
         return self.skeleton.head.per_member(feats)
 
 
+def step_members(optimizers: Sequence[torch.optim.SGD]) -> None:
+    """Each member's ``optimizer.step()``, as one multi-tensor SGD step over all members'
+    parameters (per bucket of equal hyperparameters: siblings share their recipe, so at one
+    epoch their weight-decayed groups form one bucket and the rest another). The same
+    elementwise operations, in the same order per tensor, as each member's own step (weight
+    decay added to the gradient, momentum, the update with the member's own lr), so a member's
+    weights and momentum buffers are bit-for-bit those of its own step; on the CPU the members'
+    K x 2 single-tensor steps (a Python loop over every tensor) become one or two foreach calls;
+    where the members' groups say ``fused`` (a GPU), one fused kernel over all members."""
+    buckets: dict[tuple, tuple[list, list, list, list]] = {}
+    for o in optimizers:
+        for g in o.param_groups:
+            key = (g["weight_decay"], g["momentum"], g["lr"], g["dampening"], g["nesterov"],
+                   g["maximize"], bool(g["fused"]), g["differentiable"])
+            if key[-1]:
+                raise ValueError("a fused group steps no differentiable optimizer")
+            params, grads, bufs, owners = buckets.setdefault(key, ([], [], [], []))
+            for p in g["params"]:
+                if p.grad is not None:
+                    if p.grad.is_sparse:
+                        raise ValueError("a fused group steps no sparse gradient")
+                    params.append(p)
+                    grads.append(p.grad)
+                    bufs.append(o.state[p].get("momentum_buffer") if g["momentum"] else None)
+                    owners.append(o)
+    with torch.no_grad():
+        for (wd, momentum, lr, dampening, nesterov, maximize, fused, _), (
+                params, grads, bufs, owners) in buckets.items():
+            sgd(params, grads, bufs, foreach=not fused, fused=fused or None, weight_decay=wd,
+                momentum=momentum, lr=lr, dampening=dampening, nesterov=nesterov,
+                maximize=maximize)
+            if momentum:
+                for p, buf, o in zip(params, bufs, owners, strict=True):
+                    o.state[p]["momentum_buffer"] = buf
+    for o in optimizers:  # what each member's step() tells its LR schedule (no warning)
+        o._opt_called = True
+
+
 def teachers(group: Sequence[Trainer]) -> tuple[list, list[int], list[int]]:
     """The members' teachers, each once (cousins: one per member; siblings: one), which of
     them each member reads, and which of them are banks (each bank gathers an epoch's rows
@@ -217,7 +256,8 @@ class FusedGroup:
     fused model; each member reads its own teacher's logits (a bank, or the teacher online).
 
     ``epochs()`` trains every member to its last epoch, yielding ``(member, metrics)`` for each
-    member after each epoch it trains; ``drop(member)`` (a member diverged, stopped early, or
+    member after each epoch it trains (``epoch_done`` is true at the fused epoch's last
+    member's); ``drop(member)`` (a member diverged, stopped early, or
     ended) takes it out of the group from the next epoch on."""
 
     def __init__(self, members: Sequence[Trainer]):
@@ -239,6 +279,7 @@ class FusedGroup:
         self.members = list(members)
         self.active = list(members)
         self._steps: dict[tuple, tuple[FusedModel, Callable]] = {}  # the current group's
+        self.epoch_done = False  # at a yield of epochs(): the fused epoch's last member's
 
     def drop(self, member: Trainer) -> None:
         if member in self.active:
@@ -262,7 +303,9 @@ class FusedGroup:
             train_time = time.perf_counter() - t0
             for i, t in enumerate(group):
                 own = logits[i] if logits is not None else None
-                yield t, t.end_epoch(sums[i], lrs[i], t0, train_time, own)
+                metrics = t.end_epoch(sums[i], lrs[i], t0, train_time, own)
+                self.epoch_done = i == len(group) - 1
+                yield t, metrics
 
     def time_steps(self, steps: int, warmup: int = 2) -> float:
         """Seconds per fused training step of the active members (after ``warmup`` untimed
@@ -296,14 +339,15 @@ class FusedGroup:
         fused.train()
         fused.load()
         stop = n if max_steps is None else min(n, max_steps * lead.config.batch_size)
+        optimizers = [t.optimizer for t in group]
+        params = [p for o in optimizers for g in o.param_groups for p in g["params"]]
         for idx, x, y, z_bank in lead.batches(perm, views, z_epoch, stop):
             total, losses, zs, z_of = step_loss(x, y, z_bank)
-            for t in group:
-                t.optimizer.zero_grad(set_to_none=True)
+            for p in params:  # every member's zero_grad(set_to_none=True)
+                p.grad = None
             total.backward()  # a sum: each member gets exactly its own loss's gradient
             fused.count_step()
-            for t in group:
-                t.optimizer.step()
+            step_members(optimizers)
             y_clean = lead.y_clean[idx]
             for i, (t, z, z_t, loss) in enumerate(zip(group, zs, z_of, losses, strict=True)):
                 sums[i] += t.batch_sums(loss, z, z_t, y, y_clean)

@@ -19,7 +19,7 @@ from sweeps.domain.plan import build_plan
 from sweeps.domain.scheduler import Job, Scheduler
 from sweeps.domain.spec import parse_spec
 from sweeps.ray.engine import DependencySearcher, FlatFIFO, StudentASHA
-from sweeps.ray.trial import WorkerMessage
+from sweeps.ray.trial import WorkerMessage, member_results
 from sweeps.store.ledger import TrialState
 
 # The mock trainable runs in Ray's workers, which cannot import this test module: sent by value.
@@ -225,6 +225,34 @@ def test_a_report_is_metrics_and_one_message_that_reads_back():
     assert WorkerMessage.of(flatten_dict(report)) == message  # as Tune hands it to a searcher
     assert WorkerMessage.of({"epoch": 1}) == WorkerMessage() and WorkerMessage().entry() == {
         "kdsweep": {}}
+
+
+def test_a_group_epochs_report_reads_as_its_members_own_reports():
+    """A fused job reports a group epoch once (WorkerMessage.members, trial.train_group): the
+    driver's consumers read it as the members' own reports, in order, as a job reporting each
+    member's epoch by itself sent them (its metrics, its key; the warnings with the first),
+    sent or flattened as Tune hands it to a searcher or a scheduler; any other report is read
+    as itself, the same object (a callback takes its outputs out of it in place)."""
+    import json
+
+    epochs = [{"epoch": 2, "test_acc": 0.25 * i, "train_loss": 1.0 + i,
+               "realised_noise_rate": 0.0} for i in range(3)]
+    keys = ["k0", "k1", "k2"]
+    group = {**WorkerMessage(warnings=("a bank fetched again",),
+                             members=tuple({**m, "member": k} for m, k in zip(
+                                 epochs, keys, strict=True))).entry(),
+             "training_iteration": 5}  # one of Tune's own entries
+    own = [{**m, **WorkerMessage(member=k, warnings=("a bank fetched again",) if i == 0 else ()
+                                 ).entry()}
+           for i, (m, k) in enumerate(zip(epochs, keys, strict=True))]
+    for sent in (group, json.loads(json.dumps(group)), flatten_dict(group)):
+        out = member_results(sent)
+        assert [WorkerMessage.of(r) for r in out] == [WorkerMessage.of(r) for r in own]
+        for r, o in zip(out, own, strict=True):
+            assert {k: v for k, v in r.items() if not k.startswith("kdsweep")} == {
+                **{k: v for k, v in o.items() if k != "kdsweep"}, "training_iteration": 5}
+    for single in (own[1], {"epoch": 1}, flatten_dict(own[0])):
+        assert member_results(single)[0] is single and len(member_results(single)) == 1
 
 
 def test_a_trial_runs_at_the_drivers_priority_not_rays_plus_15(local_ray):

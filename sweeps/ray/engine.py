@@ -49,7 +49,7 @@ from ..store.ledger import Ledger, TrialState
 from ..store.measured import fusion_file, read_fusion
 from ..store.storage import AWS_CREDENTIALS, Storage, StorageFull, node_cache
 from .stops import StopNotes
-from .trial import WorkerMessage, run_job
+from .trial import WorkerMessage, member_results, run_job
 
 log = logging.getLogger(__name__)
 
@@ -531,10 +531,12 @@ class DependencySearcher(Searcher):
         return job.config()
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        message = WorkerMessage.of(result)
-        if message.member is not None and message.outcome is not None:  # a fused member ended
-            self.scheduler.member_ended(message.member, done=message.outcome == TrialState.DONE,
-                                        value=result.get(self.search_metric))
+        for one in member_results(result):  # a fused job's group epoch: its members' reports
+            message = WorkerMessage.of(one)
+            if message.member is not None and message.outcome is not None:  # a member ended
+                self.scheduler.member_ended(message.member,
+                                            done=message.outcome == TrialState.DONE,
+                                            value=one.get(self.search_metric))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         job = self.scheduler.running.get(trial_id)
@@ -690,9 +692,16 @@ class StudentASHA(FlatFIFO):
         asha = self._asha(job)
         if not job.siblings:
             return asha.on_trial_result(tune_controller, trial, result) if asha else self.CONTINUE
+        if asha is not None:
+            for one in member_results(result):  # a group epoch's report: each member's own
+                self._member_result(tune_controller, trial, asha, one)
+        return self.CONTINUE
+
+    def _member_result(self, tune_controller, trial, asha: ASHAScheduler, result: dict) -> None:
+        """A fused job's member's report (its member's epoch or outcome) to its ASHA."""
         message = WorkerMessage.of(result)
-        if asha is None or message.member is None:
-            return self.CONTINUE
+        if message.member is None:
+            return
         member = _Member(message.member)
         if message.outcome is not None:  # it ended (its own end, or a stop said)
             if self.stops is not None:  # its result is stored: a note of its stop goes
@@ -700,9 +709,9 @@ class StudentASHA(FlatFIFO):
             if member.trial_id in self.members:
                 self.members.discard(member.trial_id)
                 asha.on_trial_remove(tune_controller, member)
-            return self.CONTINUE
+            return
         if "epoch" not in result or self.search.metric not in result:
-            return self.CONTINUE
+            return
         if member.trial_id not in self.members:
             self.members.add(member.trial_id)
             asha.on_trial_add(tune_controller, member)
@@ -710,7 +719,6 @@ class StudentASHA(FlatFIFO):
         if (asha.on_trial_result(tune_controller, member, result) == self.STOP
                 and epoch < self.epochs and self.stops is not None):
             self.stops.said(message.member, trial.trial_id, epoch)  # queued, not written here
-        return self.CONTINUE
 
     def on_trial_complete(self, tune_controller, trial, result):
         super().on_trial_complete(tune_controller, trial, result)
@@ -751,6 +759,10 @@ class SweepCallback(tune.Callback):
                 self.events.started(member)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        for one in member_results(result):  # a fused job's group epoch: its members' reports
+            self._result(trial, one)
+
+    def _result(self, trial, result: dict) -> None:
         outputs = WorkerMessage.take_outputs(result)  # out of Tune's trial state
         message = WorkerMessage.of(result)
         if outputs is not None and message.member is None:  # until the job completes

@@ -85,6 +85,11 @@ class WorkerMessage:
         written to storage, so that the driver logs them to the trial's MLflow run without
         reading them back (outputs). A trial found stored (another's, or an earlier run's)
         comes without them: the driver's tracker reads those from storage.
+    members: in a fused job's report of a group epoch: each member's epoch that said no
+        outcome (its metrics, and ``member``: its key), one report for all of them, not one
+        each (each is a round trip to the driver: Tune's function API waits for the driver to
+        take a report). The driver's consumers read it as the reports it stands for, one per
+        member, in order (``member_results``); a member's outcome is always its own report.
     """
 
     warnings: tuple[str, ...] = ()
@@ -95,6 +100,7 @@ class WorkerMessage:
     member: str | None = None
     analysis: str | None = None
     curve: bytes | None = None
+    members: tuple[dict, ...] = ()
 
     def entry(self) -> dict:
         """The report's entry: the fields that say something."""
@@ -111,6 +117,7 @@ class WorkerMessage:
         for name in ("warnings", "corrupt"):
             fields[name] = tuple(tuple(x) if isinstance(x, list) else x
                                  for x in fields.get(name, ()))
+        fields["members"] = tuple(fields.get("members", ()))
         return cls(**fields)
 
     @classmethod
@@ -132,6 +139,27 @@ class WorkerMessage:
             return None
         return {TrialFile.CURVE: self.curve} | (
             {TrialFile.ANALYSIS: self.analysis} if self.analysis is not None else {})
+
+
+def member_results(result: dict) -> list[dict]:
+    """The reports a report stands for: a fused job's report of a group epoch
+    (WorkerMessage.members) as its members' own reports, in order, each its member's metrics
+    beside the report's other entries (Tune's), its message naming the member, and the
+    report's warnings and corrupt files with the first; any other report as itself (the same
+    object: a consumer may change it in place). Read sent or flattened (WorkerMessage.of)."""
+    message = WorkerMessage.of(result)
+    if not message.members:
+        return [result]
+    prefix = MESSAGE + "/"
+    base = {k: v for k, v in result.items() if k != MESSAGE and not k.startswith(prefix)}
+    out = []
+    for i, entry in enumerate(message.members):
+        metrics = dict(entry)
+        said = WorkerMessage(member=metrics.pop("member"),
+                             **({} if i else {"warnings": message.warnings,
+                                              "corrupt": message.corrupt}))
+        out.append({**base, **metrics, **said.entry()})
+    return out
 
 
 class Warnings(logging.Handler):
@@ -491,23 +519,47 @@ def train_group(spec: SweepSpec, trials: list[Trial], ledger: Ledger,
         claims[t.key].check()
 
     stopped = asha_stops(spec, ledger) if spec.search.asha is not None else None
+    held: list[tuple[Trial, dict]] = []  # the group epoch's members' epochs not yet reported
+    epoch: list[tuple] = []  # (trainer, trial, metrics) of the group epoch's unpublished members
+
+    def send() -> None:
+        # one report for the members' epochs held (WorkerMessage.members), in order
+        if held:
+            report({}, members=tuple({**metrics, "member": t.key} for t, metrics in held))
+            held.clear()
+
     try:
         for trainer, m, published in fit_group(group, checkpoints, spec.train.checkpoint_every,
                                                publish, after_epoch):
             t = by_trainer[id(trainer)]
-            report({**m.as_dict(), "realised_noise_rate": trainers[t.key][1].realised_rate},
-                   member=t.key, **published)
-            if stopped is not None and not published and (at := stopped(t.key)) is not None:
-                # ASHA stopped it (engine.StudentASHA): it leaves the group, stopped early with
-                # the epochs it trained; the others go on
-                group.drop(trainer)
-                report(finals(m.as_dict()), member=t.key, **publish(
-                    trainer, Outcome(TrialState.STOPPED_EARLY,
-                                     f"stopped by ASHA at epoch {at} (a fused job's member; "
-                                     f"{trainer.epoch} trained)")))
-    except ClaimLost:
-        for forget in forgets.values():  # the trials are another's now: no checkpoint on exit
-            forget()
+            metrics = {**m.as_dict(), "realised_noise_rate": trainers[t.key][1].realised_rate}
+            if published:  # an outcome is its member's own report, at once (after those held)
+                send()
+                report(metrics, member=t.key, **published)
+            else:
+                held.append((t, metrics))
+                epoch.append((trainer, t, m))
+            if not group.epoch_done:
+                continue
+            send()
+            for trainer, t, m in epoch:
+                if stopped is not None and (at := stopped(t.key)) is not None:
+                    # ASHA stopped it (engine.StudentASHA): it leaves the group, stopped early
+                    # with the epochs it trained; the others go on
+                    group.drop(trainer)
+                    report(finals(m.as_dict()), member=t.key, **publish(
+                        trainer, Outcome(TrialState.STOPPED_EARLY,
+                                         f"stopped by ASHA at epoch {at} (a fused job's member; "
+                                         f"{trainer.epoch} trained)")))
+            epoch.clear()
+    except Exception as e:
+        if isinstance(e, ClaimLost):  # the trials are another's now: no checkpoint on exit
+            for forget in forgets.values():
+                forget()
+        # the epochs trained and held are reported as they were before the error (best
+        # effort: a report that fails here must not hide the error)
+        with contextlib.suppress(Exception):
+            send()
         raise
     for t in trials:
         if t.key not in ended:
