@@ -56,8 +56,14 @@ def _name(p) -> str:
     return Path(cmd[0]).name[:40]
 
 
-def measure(argv: list[str], env: dict, cwd: Path) -> tuple[float, float]:
-    """(wall s, CPU s of the whole tree) of ``argv``."""
+def _worker(name: str) -> bool:
+    """A Ray worker process (a trial's actor, or a task's): each starts as setup_worker.py and
+    execs default_worker.py (renamed ray::... once it runs)."""
+    return any(w in name for w in ("setup_worker.py", "default_worker.py", "ray::"))
+
+
+def measure(argv: list[str], env: dict, cwd: Path) -> tuple[float, float, list[float]]:
+    """(wall s, CPU s of the whole tree, CPU s of each Ray worker process) of ``argv``."""
     t0 = time.monotonic()
     proc = subprocess.Popen(argv, env=env, cwd=cwd, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -89,7 +95,8 @@ def measure(argv: list[str], env: dict, cwd: Path) -> tuple[float, float]:
     if BREAKDOWN:
         for k, v in sorted(seen.items(), key=lambda kv: -kv[1]):
             print(f"    {v:6.2f} s  {NAMES.get(k, '?')}")
-    return wall, sum(seen.values())
+    workers = sorted((v for k, v in seen.items() if _worker(NAMES.get(k, ""))), reverse=True)
+    return wall, sum(seen.values()), workers
 
 
 def main() -> None:
@@ -127,10 +134,11 @@ def main() -> None:
                     if what == "stored":
                         fabricate(load_spec(spec_path))
                     argv = [sys.executable, "-m", "sweeps.cli", "run", str(spec_path)]
-                wall, cpu = measure(argv, env, tmp)
+                wall, cpu, workers = measure(argv, env, tmp)
                 results.setdefault((what, name), []).append((wall, cpu))
-                print(f"round {r} {what:6} {name:12} wall {wall:6.2f} s  cpu {cpu:6.2f} s",
-                      flush=True)
+                each = " + ".join(f"{w:.2f}" for w in workers)
+                print(f"round {r} {what:6} {name:12} wall {wall:6.2f} s  cpu {cpu:6.2f} s"
+                      + (f"  (Ray workers: {each})" if workers else ""), flush=True)
     print("\n| run | variant | wall s min / median | tree CPU s min / median |")
     print("|---|---|---|---|")
     for (what, name), xs in results.items():

@@ -151,3 +151,13 @@ def test_tune_adds_no_progress_callback_of_its_own_when_given_one():
     assert [c for c in made if isinstance(c, TrialProgressCallback)] == [quiet]
     assert [c for c in _create_default_callbacks([], air_verbosity=None)
             if isinstance(c, TrialProgressCallback)]  # the one it adds otherwise
+
+
+def test_module_to_empty_is_apply_of_a_new_tensor():
+    """kd_core.models.base.to_cpu_storage: torch's ``Module.to_empty`` is ``_apply`` of an
+    ``empty_like``; to_cpu_storage is the same ``_apply`` of an ``empty_strided`` (without the
+    sympy import). tests/test_worker_imports.py compares the modules the two give."""
+    from torch import nn
+
+    source = inspect.getsource(nn.Module.to_empty)
+    assert "self._apply(" in source and "torch.empty_like(" in source
