@@ -6,9 +6,10 @@
 
 Commands: ``ray`` (engine.connect's own local Ray, one task run on it, shut down: Ray's start-up
 as a driver pays it), ``stored`` (`kdsweep run` of a sweep whose trials are all stored: no Ray),
-``train`` (`kdsweep run` of two tiny trials: a local Ray and Tune). Variants: ``--variant
-NAME=K=V,K=V`` sets environment variables of the measured process (RAY_* settings reach every
-Ray process it starts); each variant runs once per round, in turn.
+``train`` (`kdsweep run` of two tiny trials: a local Ray and Tune), ``worker`` (a trial
+actor's steps to its first epoch, each step's CPU and wall seconds, in one process).
+Variants: ``--variant NAME=K=V,K=V`` sets environment variables of the measured process (RAY_*
+settings reach every Ray process it starts); each variant runs once per round, in turn.
 
 The tree's CPU: the process runs in a Unix session of its own; every process of that session is
 sampled every 50 ms (psutil: its own user + system seconds, at its last sample; the driver's
@@ -38,6 +39,37 @@ from sweeps.ray.engine import connect
 connect(None)
 ray.get(ray.remote(lambda: 1).remote())
 ray.shutdown()
+"""
+
+# A trial actor's steps to its first epoch and curve, in one fresh process (``worker``): what
+# Ray's worker imports to build the actor, the job's first import (trial.py), the data, the
+# Trainer (its SGD imports torch._dynamo), one epoch of digits' cnn-small, the first curve.
+WORKER = r"""
+import time
+t = [time.process_time(), time.monotonic()]
+out = []
+def mark(name):
+    c, w = time.process_time(), time.monotonic()
+    out.append(f"{name} {c - t[0]:.2f}/{w - t[1]:.2f}")
+    t[:] = c, w
+import ray.tune.trainable.function_trainable
+mark("ray+tune")
+import sweeps.ray.trial
+mark("trial.py")
+from kd_core.config import TrainConfig
+from kd_core.run import RunSpec, build_trainer, load_run_data
+run = RunSpec(dataset="digits", model="cnn-small",
+              train=TrainConfig(epochs=1, batch_size=64, lr=0.02, device="cpu"))
+data = load_run_data(run)
+mark("data")
+trainer, _ = build_trainer(run, data=data)
+mark("trainer")
+history = [m.as_dict() | {"epoch": 1} for m in trainer.epochs()]
+mark("epoch")
+from sweeps.ray.curve import learning_curve_png
+learning_curve_png(history, "t")
+mark("curve")
+print("CPU/wall s:", " ".join(out))
 """
 
 
@@ -101,7 +133,7 @@ def measure(argv: list[str], env: dict, cwd: Path) -> tuple[float, float, list[f
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", nargs="+", choices=["ray", "stored", "train"])
+    ap.add_argument("what", nargs="+", choices=["ray", "stored", "train", "worker"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--variant", action="append", default=[],
                     help="NAME=K=V,K=V (environment of the measured process)")
@@ -126,6 +158,11 @@ def main() -> None:
             for name, extra in variants.items():
                 tmp = Path(tempfile.mkdtemp(prefix="kdcost-"))
                 env = {**base, **extra, "RAY_TMPDIR": ray_dir(tmp)}
+                if what == "worker":
+                    out = subprocess.run([sys.executable, "-c", WORKER], env=env, cwd=tmp,
+                                         capture_output=True, text=True, check=True)
+                    print(f"round {r} worker {name:12} {out.stdout.strip()}", flush=True)
+                    continue
                 if what == "ray":
                     argv = [sys.executable, "-c", RAY]
                 else:
