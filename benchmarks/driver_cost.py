@@ -6,9 +6,10 @@
 
 Commands: ``ray`` (engine.connect's own local Ray, one task run on it, shut down: Ray's start-up
 as a driver pays it), ``stored`` (`kdsweep run` of a sweep whose trials are all stored: no Ray),
-``train`` (`kdsweep run` of two tiny trials: a local Ray and Tune). Variants: ``--variant
-NAME=K=V,K=V`` sets environment variables of the measured process (RAY_* settings reach every
-Ray process it starts); each variant runs once per round, in turn.
+``train`` (`kdsweep run` of two tiny trials: a local Ray and Tune), ``worker`` (a trial
+actor's steps to its first epoch, each step's CPU and wall seconds, in one process).
+Variants: ``--variant NAME=K=V,K=V`` sets environment variables of the measured process (RAY_*
+settings reach every Ray process it starts); each variant runs once per round, in turn.
 
 The tree's CPU: the process runs in a Unix session of its own; every process of that session is
 sampled every 50 ms (psutil: its own user + system seconds, at its last sample; the driver's
@@ -40,6 +41,37 @@ ray.get(ray.remote(lambda: 1).remote())
 ray.shutdown()
 """
 
+# A trial actor's steps to its first epoch and curve, in one fresh process (``worker``): what
+# Ray's worker imports to build the actor, the job's first import (trial.py), the data, the
+# Trainer (its SGD imports torch._dynamo), one epoch of digits' cnn-small, the first curve.
+WORKER = r"""
+import time
+t = [time.process_time(), time.monotonic()]
+out = []
+def mark(name):
+    c, w = time.process_time(), time.monotonic()
+    out.append(f"{name} {c - t[0]:.2f}/{w - t[1]:.2f}")
+    t[:] = c, w
+import ray.tune.trainable.function_trainable
+mark("ray+tune")
+import sweeps.ray.trial
+mark("trial.py")
+from kd_core.config import TrainConfig
+from kd_core.run import RunSpec, build_trainer, load_run_data
+run = RunSpec(dataset="digits", model="cnn-small",
+              train=TrainConfig(epochs=1, batch_size=64, lr=0.02, device="cpu"))
+data = load_run_data(run)
+mark("data")
+trainer, _ = build_trainer(run, data=data)
+mark("trainer")
+history = [m.as_dict() | {"epoch": 1} for m in trainer.epochs()]
+mark("epoch")
+from sweeps.ray.curve import learning_curve_png
+learning_curve_png(history, "t")
+mark("curve")
+print("CPU/wall s:", " ".join(out))
+"""
+
 
 NAMES: dict[tuple[int, float], str] = {}  # what each process sampled was (--breakdown)
 
@@ -56,8 +88,14 @@ def _name(p) -> str:
     return Path(cmd[0]).name[:40]
 
 
-def measure(argv: list[str], env: dict, cwd: Path) -> tuple[float, float]:
-    """(wall s, CPU s of the whole tree) of ``argv``."""
+def _worker(name: str) -> bool:
+    """A Ray worker process (a trial's actor, or a task's): each starts as setup_worker.py and
+    execs default_worker.py (renamed ray::... once it runs)."""
+    return any(w in name for w in ("setup_worker.py", "default_worker.py", "ray::"))
+
+
+def measure(argv: list[str], env: dict, cwd: Path) -> tuple[float, float, list[float]]:
+    """(wall s, CPU s of the whole tree, CPU s of each Ray worker process) of ``argv``."""
     t0 = time.monotonic()
     proc = subprocess.Popen(argv, env=env, cwd=cwd, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -89,12 +127,13 @@ def measure(argv: list[str], env: dict, cwd: Path) -> tuple[float, float]:
     if BREAKDOWN:
         for k, v in sorted(seen.items(), key=lambda kv: -kv[1]):
             print(f"    {v:6.2f} s  {NAMES.get(k, '?')}")
-    return wall, sum(seen.values())
+    workers = sorted((v for k, v in seen.items() if _worker(NAMES.get(k, ""))), reverse=True)
+    return wall, sum(seen.values()), workers
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", nargs="+", choices=["ray", "stored", "train"])
+    ap.add_argument("what", nargs="+", choices=["ray", "stored", "train", "worker"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--variant", action="append", default=[],
                     help="NAME=K=V,K=V (environment of the measured process)")
@@ -119,6 +158,11 @@ def main() -> None:
             for name, extra in variants.items():
                 tmp = Path(tempfile.mkdtemp(prefix="kdcost-"))
                 env = {**base, **extra, "RAY_TMPDIR": ray_dir(tmp)}
+                if what == "worker":
+                    out = subprocess.run([sys.executable, "-c", WORKER], env=env, cwd=tmp,
+                                         capture_output=True, text=True, check=True)
+                    print(f"round {r} worker {name:12} {out.stdout.strip()}", flush=True)
+                    continue
                 if what == "ray":
                     argv = [sys.executable, "-c", RAY]
                 else:
@@ -127,10 +171,11 @@ def main() -> None:
                     if what == "stored":
                         fabricate(load_spec(spec_path))
                     argv = [sys.executable, "-m", "sweeps.cli", "run", str(spec_path)]
-                wall, cpu = measure(argv, env, tmp)
+                wall, cpu, workers = measure(argv, env, tmp)
                 results.setdefault((what, name), []).append((wall, cpu))
-                print(f"round {r} {what:6} {name:12} wall {wall:6.2f} s  cpu {cpu:6.2f} s",
-                      flush=True)
+                each = " + ".join(f"{w:.2f}" for w in workers)
+                print(f"round {r} {what:6} {name:12} wall {wall:6.2f} s  cpu {cpu:6.2f} s"
+                      + (f"  (Ray workers: {each})" if workers else ""), flush=True)
     print("\n| run | variant | wall s min / median | tree CPU s min / median |")
     print("|---|---|---|---|")
     for (what, name), xs in results.items():

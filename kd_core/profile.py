@@ -265,14 +265,16 @@ def forward_macs(name: str, num_classes: int, image_shape: tuple[int, ...]) -> i
     linear layers): the model built on the meta device and given uninitialised CPU storage, run
     on a batch of no images (nothing is computed; the layers' output shapes give the count).
     Not run on the meta device itself: torch decomposes ops there through torch._dynamo, whose
-    import costs a second of every driver's start."""
+    import costs a second of every driver's start (nor given its storage by ``to_empty``:
+    models.base.to_cpu_storage)."""
     from torch import nn
 
     from .models import build_model
+    from .models.base import to_cpu_storage
 
     with torch.device("meta"):
         model = build_model(name, num_classes, image_shape[0]).eval()
-    model.to_empty(device="cpu")
+    to_cpu_storage(model)
     total = 0
 
     def count(m, _inputs, out):

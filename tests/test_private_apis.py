@@ -163,3 +163,13 @@ def test_ray_installs_its_sigterm_handlers_through_one_hook():
     assert callable(utils.set_sigterm_handler)
     for module in (node, worker):
         assert "ray._private.utils.set_sigterm_handler(" in inspect.getsource(module)
+
+
+def test_module_to_empty_is_apply_of_a_new_tensor():
+    """kd_core.models.base.to_cpu_storage: torch's ``Module.to_empty`` is ``_apply`` of an
+    ``empty_like``; to_cpu_storage is the same ``_apply`` of an ``empty_strided`` (without the
+    sympy import). tests/test_worker_imports.py compares the modules the two give."""
+    from torch import nn
+
+    source = inspect.getsource(nn.Module.to_empty)
+    assert "self._apply(" in source and "torch.empty_like(" in source

@@ -38,3 +38,13 @@ def init_weights(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear):
             nn.init.zeros_(m.bias)
+
+
+def to_cpu_storage(model: nn.Module) -> nn.Module:
+    """``model`` (built on the meta device) given uninitialised CPU storage, in place, as
+    ``model.to_empty(device="cpu")`` does, without its cost: ``to_empty``'s ``empty_like`` of a
+    meta tensor runs torch's Python reference, whose first call imports sympy and torch's
+    symbolic shapes (~0.3 CPU-s of every driver's start). ``empty_strided`` of the same size,
+    stride and dtype is the same tensor, made by the CPU's kernel."""
+    return model._apply(lambda t: torch.empty_strided(t.size(), t.stride(), dtype=t.dtype,
+                                                      device="cpu"))

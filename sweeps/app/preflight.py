@@ -101,9 +101,12 @@ def _logits_on_cpu(model, shape: tuple):
     device's answer, then, decides: a failure is the model's only if it fails there too).
     Why not the meta device for all: a forward there runs torch's Python decompositions,
     whose first call imports torch._dynamo (~1.2 CPU-s of every driver's start); the CPU's
-    kernels are the ones training runs."""
+    kernels are the ones training runs. The storage: models.base.to_cpu_storage (not
+    ``to_empty``, which imports sympy)."""
     import torch
     from torch.nn.parameter import UninitializedParameter
+
+    from kd_core.models.base import to_cpu_storage
 
     tensors = [*model.parameters(), *model.buffers()]
     if any(isinstance(t, UninitializedParameter) for t in tensors) or sum(
@@ -111,7 +114,7 @@ def _logits_on_cpu(model, shape: tuple):
         return None
     try:
         with torch.no_grad():
-            cpu = model.to_empty(device="cpu")
+            cpu = to_cpu_storage(model)
             for t in (*cpu.parameters(), *cpu.buffers()):
                 t.zero_()
             return cpu(torch.zeros(shape))

@@ -48,8 +48,9 @@ from ..domain.spec import ResourcesSpec, SearchSpec, SpecError, SweepSpec
 from ..store.ledger import Ledger, TrialState
 from ..store.measured import fusion_file, read_fusion
 from ..store.storage import AWS_CREDENTIALS, Storage, StorageFull, node_cache
+from .entry import run_job
 from .stops import StopNotes
-from .trial import WorkerMessage, member_results, run_job
+from .trial import WorkerMessage, member_results
 
 log = logging.getLogger(__name__)
 
