@@ -50,9 +50,15 @@ def main():
     p.add_argument("--epochs", type=int, default=1, help="timed training epochs per call")
     p.add_argument("--evals", type=int, default=5)
     p.add_argument("--chunks", default="1024,256,128,64")
+    p.add_argument("--teachers", action="store_true",
+                   help="instead: CPU ms of an epoch (and its evaluation) of each model trained "
+                        "on labels alone (what never fuses: the demo's teachers and baselines), "
+                        "and of a cnn-large bank's build")
     args = p.parse_args()
     torch.set_num_threads(1)
     data = load_dataset("digits")
+    if args.teachers:
+        return teachers(data, args.rounds)
     bank = bank_for(init_model("cnn-large", data, 1), data, "cpu")
     members = [Trainer(init_model(args.model, data, 0), data,
                        TrainConfig(epochs=20, batch_size=64, lr=0.05, loss=loss, tau=tau,
@@ -106,6 +112,24 @@ def main():
           f"CPU ms per call, min / median of {args.rounds} rounds:")
     for name, v in ms.items():
         print(f"  {name}: {min(v):.2f} / {statistics.median(v):.2f}")
+
+
+def teachers(data, rounds: int) -> None:
+    ms: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for name in ("cnn-large", "cnn-medium", "cnn-small"):
+            t = Trainer(init_model(name, data, 0), data,
+                        TrainConfig(epochs=20, batch_size=64, lr=0.05, loss="ce", seed=0,
+                                    device="cpu"))
+            ms.setdefault(f"{name} on labels: an epoch", []).append(
+                cpu_of(lambda t=t: t._train_epoch().tolist(), 1))
+            ms.setdefault(f"{name} on labels: its evaluation", []).append(
+                cpu_of(lambda t=t: predict(t.model, t.x_test, t.prepare, 1024), 3))
+        ms.setdefault("a cnn-large bank's build", []).append(
+            cpu_of(lambda: bank_for(init_model("cnn-large", data, 1), data, "cpu"), 1))
+    print(f"one thread; CPU ms, min / median of {rounds} rounds:")
+    for name, v in ms.items():
+        print(f"  {name}: {min(v):.1f} / {statistics.median(v):.1f}")
 
 
 if __name__ == "__main__":

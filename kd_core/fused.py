@@ -68,9 +68,10 @@ from .train import Trainer
 SIBLING_FREE = ("loss", "tau", "alpha", "loss_params")  # what siblings may differ in
 # A fused evaluation's chunk of images on a CPU. Per member, one fused pass of 7 over digits'
 # 450 test images (one thread, benchmarks/fused_eval.py) against each member's own dense pass
-# at batch 1024: in one chunk of 450 the grouped convolution's working set outgrows the cache
-# and it costs 1.3-1.6x the 7 dense passes; in chunks of 128, 0.82x (cnn-small) and 0.91x
-# (cnn-medium). A member's own pass keeps its batch of 1024 (smaller chunks cost it more).
+# at batch 1024: in one chunk of 450 the grouped convolution costs 1.2-1.7x the 7 dense
+# passes (its working set outgrowing the cache, likely; not profiled); in chunks of 128,
+# 0.80-0.89x (cnn-small) and 0.91-0.94x (cnn-medium). A member's own pass keeps its batch of
+# 1024 (smaller chunks cost it more).
 EVAL_CHUNK_CPU = 128
 
 
