@@ -66,6 +66,13 @@ from .metrics import EpochMetrics
 from .train import Trainer
 
 SIBLING_FREE = ("loss", "tau", "alpha", "loss_params")  # what siblings may differ in
+# A fused evaluation's chunk of images on a CPU. Per member, one fused pass of 7 over digits'
+# 450 test images (one thread, benchmarks/fused_eval.py) against each member's own dense pass
+# at batch 1024: in one chunk of 450 the grouped convolution costs 1.2-1.7x the 7 dense
+# passes (its working set outgrowing the cache, likely; not profiled); in chunks of 128,
+# 0.80-0.89x (cnn-small) and 0.91-0.94x (cnn-medium). A member's own pass keeps its batch of
+# 1024 (smaller chunks cost it more).
+EVAL_CHUNK_CPU = 128
 
 
 def sibling_signature(config: TrainConfig) -> tuple:
@@ -319,7 +326,7 @@ class FusedGroup:
     def _train_epoch(self, group: list[Trainer], max_steps: int | None = None
                      ) -> tuple[list[list[float]], list[Callable] | None]:
         """One epoch of ``group`` fused (its first ``max_steps`` batches, if given): each
-        member's sums, and (when its next epoch evaluates, on a GPU) a function from a split's
+        member's sums, and (when its next epoch evaluates) a function from a split's
         images to its logits from one fused pass."""
         lead = group[0]
         aug, dev = lead.data.augment, lead.device
@@ -357,12 +364,8 @@ class FusedGroup:
         lead.epoch += 1
         due = lead.eval_due()
         lead.epoch -= 1
-        # On a CPU each member evaluates with its own model (dense convolutions): at
-        # evaluation's batch of 1024, compute-bound, a grouped convolution of 7 members ran
-        # 1.2-2.4x the time of the 7 dense ones (cnn-small, cnn-medium, digits' test split).
-        # On a GPU, launch-bound, one fused pass per split.
-        fused_eval = due and dev.type == "cuda"
-        return out, (self._eval(fused, group) if fused_eval else None)
+        # One fused pass per split for all members (on a CPU in chunks of EVAL_CHUNK_CPU).
+        return out, (self._eval(fused, group) if due else None)
 
     def _fused(self, group: list[Trainer]) -> tuple[FusedModel, Callable]:
         """The fused model of ``group`` and its step's loss as the lead's ``config.step`` runs
@@ -396,8 +399,9 @@ class FusedGroup:
 
     def _eval(self, fused: FusedModel, group: list[Trainer]) -> list[Callable]:
         """Per member, a function from a split's images (its test or validation images) to its
-        logits, from one fused pass per split."""
+        logits, from one fused pass per split (in chunks: EVAL_CHUNK_CPU on a CPU)."""
         lead, dev = group[0], group[0].device
+        chunk = 1024 if dev.type == "cuda" else EVAL_CHUNK_CPU
         cache: dict[str, list[torch.Tensor]] = {}
 
         def split(name: str) -> list[torch.Tensor]:
@@ -408,8 +412,8 @@ class FusedGroup:
                 outs = []
                 with torch.no_grad(), torch.autocast(dev.type, torch.bfloat16,
                                                      enabled=lead.autocast):
-                    for i in range(0, len(images), 1024):
-                        outs.append([z.float() for z in fused(lead.prepare(images[i:i + 1024]))])
+                    for i in range(0, len(images), chunk):
+                        outs.append([z.float() for z in fused(lead.prepare(images[i:i + chunk]))])
                 cache[name] = [torch.cat(col) for col in zip(*outs, strict=True)]
             return cache[name]
 

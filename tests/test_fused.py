@@ -8,6 +8,8 @@ import math
 import pytest
 import torch
 
+import kd_core.fused as kd_fused
+from kd_core import metrics
 from kd_core.bank import bank_for
 from kd_core.checkpoint import load_checkpoint
 from kd_core.config import TrainConfig
@@ -147,6 +149,21 @@ def test_float32_fused_matches_to_rounding():
         for name, p in a.model.state_dict().items():
             if p.is_floating_point():
                 torch.testing.assert_close(p, b.model.state_dict()[name], rtol=1e-3, atol=1e-4)
+
+
+def test_float32_fused_evaluation_is_each_members_own_to_rounding(monkeypatch):
+    """The group's one fused pass per split, in chunks (here 3 over 24 test images), gives
+    each member the test metrics its own model's pass gives, to float32 rounding."""
+    monkeypatch.setattr(kd_fused, "EVAL_CHUNK_CPU", 10)
+    members = setup("cnn-small", 1, banked=True, epochs=1)()
+    seen = {}
+    for t, m in FusedGroup(members).epochs():
+        own = metrics.test_metrics(t._predict(t.model, t.x_test), t.y_test, t._teacher_test())
+        assert own.keys() <= m.as_dict().keys()
+        for k, v in own.items():
+            assert getattr(m, k) == pytest.approx(v, rel=1e-5, abs=1e-6), k
+        seen[t.config.loss, t.config.tau] = m.test_loss
+    assert len(set(seen.values())) == len(SETTINGS)  # each member's own logits, not one's
 
 
 def test_only_siblings_fuse():
