@@ -39,11 +39,12 @@ def run(tree: Path, test: str) -> tuple[float, float, float, str]:
            "-p", "no:cacheprovider", f"tests/{WARM}", test, "--durations=0",
            "--durations-min=0"]
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    out, wall, cpu = tree_cpu_run(cmd, cwd=tree, env=env, capture_output=True, text=True,
+    out, wall, cpu = tree_cpu_run(cmd, cwd=tree, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True,
                                   timeout=1800)
     name = test.split("::")[-1]
     own = sum(float(m.group(1)) for m in re.finditer(
-        r"^([\d.]+)s (?:setup|call|teardown)\s+\S*::" + re.escape(name) + r"\b", out.stdout,
+        r"^([\d.]+)s (?:setup|call|teardown)\s+\S*::" + re.escape(name) + r"$", out.stdout,
         re.M))
     said = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr[-300:]
     return own, wall, cpu, said
