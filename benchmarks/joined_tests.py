@@ -54,6 +54,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--base", required=True, help="the commit before the switch")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--first-round", type=int, default=0,
+                    help="the first round's number (odd: 'after' runs first in it)")
     ap.add_argument("tests", nargs="+")
     a = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="joined-base-"))
@@ -63,7 +65,7 @@ def main() -> None:
         (tree / "tests" / WARM).write_text(WARM_TEXT)
     got: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
     try:
-        for r in range(a.rounds):
+        for r in range(a.first_round, a.first_round + a.rounds):
             for test in a.tests:
                 order = list(trees) if r % 2 == 0 else list(trees)[::-1]
                 for variant in order:
