@@ -59,16 +59,35 @@ def ray_dir(tmp: Path) -> str:
     return os.readlink(link)
 
 
+# A Ray that listens on 127.0.0.1 only (kdsweep's own local Ray, engine.connect: conftest's
+# ``local_ray``) is joined at 127.0.0.1:PORT with Ray's setting for a cluster on loopback: without
+# it, ray.init resolves 127.0.0.1 to the machine's external address, where nothing listens (a
+# `ray start` node listens on every interface and needs none). A setting of Ray's, read when its
+# modules are imported: a forked driver applies it as it starts (_FORKS).
+LOOPBACK_CLUSTER = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+def joining(address: str | None) -> tuple[tuple[str, ...], dict]:
+    """A driver's arguments and settings to join the Ray at ``address`` with `--address`, as a
+    user's `kdsweep run SPEC --address HOST:PORT` does; none for ``None`` (a Ray of its own)."""
+    if address is None:
+        return (), {}
+    return ("--address", address), LOOPBACK_CLUSTER
+
+
 def start_driver(spec_path: Path, tmp: Path, env: dict | None = None,
-                 prefix: tuple[str, ...] = ()) -> subprocess.Popen:
+                 prefix: tuple[str, ...] = (), address: str | None = None) -> subprocess.Popen:
     """`kdsweep run SPEC` in a Unix session of its own (so a process group too), logging to
-    tmp/driver.log; ``prefix``: a command that runs it (faketime, unshare). Its session is
-    noted in ``tmp``: `kill_leftovers(tmp)` ends every process it started."""
+    tmp/driver.log; ``prefix``: a command that runs it (faketime, unshare); ``address``: the
+    Ray it joins (conftest's ``joined``), else it starts one of its own. Its session is noted
+    in ``tmp``: `kill_leftovers(tmp)` ends every process it started (a joined driver's trials
+    are the joined Ray's: Ray ends them once the driver is gone, `wait_idle`)."""
+    args, joined = joining(address)
     # RAY_TMPDIR: a short folder of this test's own for Ray's sockets (ray_dir)
-    env = {**os.environ, **(env or {}), "RAY_TMPDIR": ray_dir(tmp)}
+    env = {**os.environ, **(env or {}), **joined, "RAY_TMPDIR": ray_dir(tmp)}
     with open(tmp / "driver.log", "ab") as log:  # Popen keeps its own copy of the descriptor
         proc = subprocess.Popen(
-            [*prefix, sys.executable, "-m", "sweeps.cli", "run", str(spec_path)],
+            [*prefix, sys.executable, "-m", "sweeps.cli", "run", str(spec_path), *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -328,6 +347,11 @@ while True:
             os.setsid()
             os.environ.clear()
             os.environ.update(json.loads(env))  # the environment of its start, whole
+            # what Ray read of it at import (drivers.LOOPBACK_CLUSTER), as a fresh import would
+            from ray._common.utils import env_bool
+            from ray._private import ray_constants as rc
+            rc.ENABLE_RAY_CLUSTER = env_bool(rc.ENABLE_RAY_CLUSTERS_ENV_VAR,
+                                             not rc.IS_WINDOWS_OR_OSX)
             os.chdir(cwd)
             os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
             out = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -464,8 +488,29 @@ class ForkedDriver:
 
 
 def fork_driver(forks: DriverForks, spec_path: Path, tmp: Path,
-                env: dict | None = None) -> ForkedDriver:
+                env: dict | None = None, address: str | None = None) -> ForkedDriver:
     """`start_driver` for a test whose subject is not the driver's start-up: the driver forked
     from ``forks`` (its imports done), logging to tmp/driver.log, in tmp, its session noted
-    there (`kill_leftovers`)."""
-    return ForkedDriver(forks, forks.start(tmp, "run", spec_path, env=env))
+    there (`kill_leftovers`); ``address``: the Ray it joins, as start_driver's."""
+    args, joined = joining(address)
+    return ForkedDriver(forks, forks.start(tmp, "run", spec_path, *args,
+                                           env={**(env or {}), **joined}))
+
+
+def wait_idle(timeout: float = HANG) -> None:
+    """Until the Ray this process is connected to (conftest's ``local_ray``) has every CPU and
+    GPU free again: a joined driver's trials released (Ray ends a job's actors once its driver
+    has exited or died; Tune removes its placement groups), so the next test starts on the
+    resources a Ray of its own would give it. ``timeout`` guards against a hang only."""
+    import ray
+
+    deadline = time.monotonic() + timeout
+    while True:
+        total, free = ray.cluster_resources(), ray.available_resources()
+        held = {k: total[k] - free.get(k, 0.0) for k in ("CPU", "GPU")
+                if total.get(k, 0.0) - free.get(k, 0.0) > 1e-6}
+        if not held:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the shared Ray still holds {held} after {timeout} s")
+        time.sleep(0.1)

@@ -78,6 +78,40 @@ def local_ray():
     ray.shutdown()
 
 
+@pytest.fixture
+def joined(local_ray):
+    """The address of this test process's local Ray (``local_ray``, one per xdist worker: the
+    Ray kdsweep starts, 127.0.0.1 only, the machine's CPUs, trials at the user's priority), for
+    the drivers of a test to join with the CLI's `--address` (testkit.drivers' start_driver and
+    fork_driver take it): a driver without it starts a Ray of its own (~4 s and ~5 CPU-s of
+    its process tree, ~1.4 s to stop). Every driver starts a Ray of its own unless its test
+    asks for this; the Ray is idle (every CPU free: the last test's trials ended) before the
+    test and after it (drivers.wait_idle, bounded by HANG).
+
+    A joined driver differs from one with a Ray of its own in what its trials inherit: their
+    environment is the Ray's (this process's at the Ray's start), not the driver's, so a
+    worker's fault point (KDSWEEP_FAULT=epoch=..., before-publish, seed-epoch), a driver's
+    storage credentials or KDSWEEP_* setting never reach them; a SIGKILL of the driver's
+    session leaves its trials to Ray, which ends them after it; job_slots is None (every
+    ready job is offered at once), and no LocalRayWatch or memory fit check runs. So a test
+    keeps a Ray of its own for each driver whose subject is the driver's Ray (its start, its
+    loss, what its session leaves running: test_driver_exit, test_full_disk's left_behind,
+    the real-time kill among Ray's start), a machine lost whole (a worker's fault point kills
+    the driver, its Ray and its trials at once: the kill tests' faulted drivers,
+    test_fused_sweep's, test_sequential_sweep's, test_clusters' beta), settings its trials
+    read from the driver (test_s3's credentials, faketime in the clock-skew test), or a
+    cluster of its own (test_cluster*.py). The others' drivers join: the reruns after a kill,
+    the plugin's three drivers, the SIGTERMed trial's, the killed lease holder and its rerun.
+    """
+    import ray
+
+    from testkit.drivers import wait_idle
+
+    wait_idle()
+    yield ray.get_runtime_context().gcs_address
+    wait_idle()
+
+
 @pytest.fixture(scope="session")
 def forks(local_ray):
     """The drivers' forking process of this test process (testkit.drivers.DriverForks: its

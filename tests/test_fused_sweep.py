@@ -129,7 +129,8 @@ def epochs_of(spec) -> int:
     return spec.train.epochs
 
 
-def test_a_killed_fused_job_resumes_each_member_from_its_own_checkpoint(tmp_path, forks):
+def test_a_killed_fused_job_resumes_each_member_from_its_own_checkpoint(tmp_path, forks,
+                                                                          joined):
     """The run's process group SIGKILLed in the middle of a fused job: its first member's
     last epoch checkpointed (a last epoch's save is not in the background) but not published,
     the others' last epoch trained but not yet checkpointed. (The four students are two jobs,
@@ -149,7 +150,7 @@ def test_a_killed_fused_job_resumes_each_member_from_its_own_checkpoint(tmp_path
         assert driver.wait(HANG) == -signal.SIGKILL, (tmp_path / "driver.log").read_text()[-3000:]
         kill_leftovers(tmp_path)
         at_kill = progress(storage, students)
-        final = fork_driver(forks, spec_path, tmp_path)
+        final = fork_driver(forks, spec_path, tmp_path, address=joined)  # this process's Ray
         assert final.wait(HANG) == 0, (tmp_path / "driver.log").read_text()[-3000:]
     finally:
         kill_leftovers(tmp_path, remove=True)

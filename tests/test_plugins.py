@@ -132,7 +132,7 @@ def test_bad_plugins_are_one_line_before_ray(tmp_path, kdsweep_here, plugin, ove
 
 
 @pytest.mark.slow
-def test_edited_plugin_trains_its_trials_again_and_nothing_else(tmp_path, forks):
+def test_edited_plugin_trains_its_trials_again_and_nothing_else(tmp_path, forks, joined):
     """Three drivers on one storage: all trained; one character of the plugin edited (its rkl
     student trains again, the teacher and the kl student are reused); unchanged (nothing).
     Each driver forked from conftest's forks, which never imported the plugin: each imports
@@ -142,7 +142,7 @@ def test_edited_plugin_trains_its_trials_again_and_nothing_else(tmp_path, forks)
 
     def run() -> str:
         start = log.stat().st_size if log.exists() else 0
-        code = fork_driver(forks, path, tmp_path).wait(HANG)
+        code = fork_driver(forks, path, tmp_path, address=joined).wait(HANG)
         said = log.read_bytes()[start:].decode()
         assert code == 0, said[-6000:]
         return said

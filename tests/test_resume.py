@@ -37,6 +37,7 @@ from testkit.drivers import (
     kill_leftovers,
     progress,
     start_driver,
+    wait_idle,
     write_spec,
 )
 
@@ -57,10 +58,11 @@ TRAINING_KILLS = [f"epoch=0.{_rng.randint(1, EPOCHS - 2)}", "before-publish",
 
 
 @pytest.mark.parametrize("kills", [START_KILLS, TRAINING_KILLS], ids=["start-up", "training"])
-def test_driver_killed_at_random_moments_then_rerun(tmp_path, kills, forks):
+def test_driver_killed_at_random_moments_then_rerun(tmp_path, kills, forks, joined):
     """The run's process group SIGKILLed at each of ``kills`` in turn (what losing the machine
     does), then a plain rerun ends with every trial once, every epoch once, no step logged
-    twice, and each kill cost at most the epoch in flight."""
+    twice, and each kill cost at most the epoch in flight. The killed drivers each start a Ray
+    of their own (lost with them); the rerun joins the test process's (conftest's joined)."""
     spec_path = write_spec(tmp_path)
     spec = parse_spec(yaml.safe_load(spec_path.read_text()))
     plan = build_plan(spec)
@@ -70,7 +72,7 @@ def test_driver_killed_at_random_moments_then_rerun(tmp_path, kills, forks):
     t0 = time.time()
     # a driver killed at a named point is forked from one that has imported its modules (the
     # imports are not what it tests: conftest's forks); the real-time kill and the rerun are
-    # plain processes
+    # plain processes, the rerun joining this process's Ray
     try:
         for kill in kills:
             if isinstance(kill, float):
@@ -89,7 +91,7 @@ def test_driver_killed_at_random_moments_then_rerun(tmp_path, kills, forks):
             # then is storage read (a surviving worker would go on writing)
             kill_leftovers(tmp_path)
             seen_at_kill.append(progress(storage, keys))
-        final = start_driver(spec_path, tmp_path)
+        final = start_driver(spec_path, tmp_path, address=joined)
         assert final.wait(HANG) == 0, (tmp_path / "driver.log").read_text()[-3000:]
     finally:
         kill_leftovers(tmp_path, remove=True)
@@ -142,15 +144,16 @@ def logged_epochs(spec, key: str) -> list[int]:
     return [m.step for m in client.get_metric_history(runs[0].info.run_id, "train_loss")]
 
 
-def test_sigterm_writes_a_checkpoint_before_exit(tmp_path, forks):
-    """A spot-termination notice: the trial's worker gets SIGTERM between checkpoints."""
+def test_sigterm_writes_a_checkpoint_before_exit(tmp_path, forks, joined):
+    """A spot-termination notice: the trial's worker gets SIGTERM between checkpoints (its
+    driver joins this process's Ray: the subject is the worker)."""
     spec_path = write_spec(tmp_path, chains=[["cnn-medium"]],
                            train={"epochs": 40, "batch_size": 16, "lr": 0.02,
                                   "checkpoint_every": 1000})
     spec = parse_spec(yaml.safe_load(spec_path.read_text()))
     (trial,) = build_plan(spec).trials
     storage = Storage(spec.storage)
-    driver = fork_driver(forks, spec_path, tmp_path)
+    driver = fork_driver(forks, spec_path, tmp_path, address=joined)
     try:
         # The worker's pid: in progress.json from its start. Its epochs: in MLflow (storage
         # holds none until a checkpoint).
@@ -246,13 +249,16 @@ def test_a_kill_while_the_mlflow_store_is_created_leaves_nothing_broken(tmp_path
 
 
 def test_one_driver_per_sweep_and_a_killed_driver_never_blocks_the_rerun(tmp_path, monkeypatch,
-                                                                         kdsweep_here):
+                                                                         kdsweep_here, joined):
+    """The drivers join this process's Ray (the subject is the sweep's lease): the killed one's
+    trials are ended by Ray, and waited for, before the rerun, as a lost machine's would be."""
     spec_path = write_spec(tmp_path, chains=[["cnn-small"]],
                            train={"epochs": 2, "batch_size": 64, "lr": 0.02})
     spec = parse_spec(yaml.safe_load(spec_path.read_text()))
     lease = Path(spec.storage) / "sweeps" / "resume" / "local" / "driver.lease"
     monkeypatch.setattr(lease_module, "TTL", 4.0)  # the second driver watches for a renewal
-    first = start_driver(spec_path, tmp_path, {"KDSWEEP_LEASE_TTL": "4"})  # renews every 1 s
+    first = start_driver(spec_path, tmp_path, {"KDSWEEP_LEASE_TTL": "4"},  # renews every 1 s
+                         address=joined)
     try:
         deadline = time.monotonic() + HANG
         while time.monotonic() < deadline and not lease.exists():
@@ -264,8 +270,9 @@ def test_one_driver_per_sweep_and_a_killed_driver_never_blocks_the_rerun(tmp_pat
         os.killpg(first.pid, signal.SIGKILL)  # no release, no heartbeat: its pid is gone
         first.wait(HANG)
         kill_leftovers(tmp_path)
+        wait_idle()  # its trials, which Ray ends
         t0 = time.time()
-        rerun = start_driver(spec_path, tmp_path)  # takes the dead driver's lease at once
+        rerun = start_driver(spec_path, tmp_path, address=joined)  # takes the dead lease at once
         assert rerun.wait(HANG) == 0, (tmp_path / "driver.log").read_text()[-3000:]
         assert "taking it over if none comes" not in (tmp_path / "driver.log").read_text()
         assert not lease.exists()  # released at the end
