@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -276,8 +277,25 @@ def _no_credentials(e: BaseException) -> str | None:
             "environment (or a profile or instance role)")
 
 
+def adopt_orphans() -> None:
+    """Make this process the reaper of what its descendants leave (Linux's
+    PR_SET_CHILD_SUBREAPER), so that _exit finds and ends them: a local Ray's raylet that ends
+    while it starts its agents (a SIGTERM during Ray's start) leaves them to their grandparent,
+    this process, rather than to init, where they would outlive it. Elsewhere, nothing. For
+    the `kdsweep` process alone (console), never a process that runs sweeps among other work
+    (a test's, through main): it would inherit others' orphans, and its LocalRayWatch would
+    take an orphaned raylet for its own Ray."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER, on
+
+
 def console() -> NoReturn:
     """The `kdsweep` command (and `python -m sweeps.cli`): main, then a quick exit."""
+    adopt_orphans()
     try:
         code = main()
         sys.stdout.flush()  # a reader gone shows here too, not only mid-command
@@ -309,7 +327,6 @@ def _exit(code: int) -> NoReturn:
     Ray's shutdown leaves to end on their own) is ended: nothing is left behind, whatever the
     exit code."""
     import atexit
-    import contextlib
     import threading
 
     # taken before Ray's shutdown, after which its workers belong to init, not to this process
@@ -325,7 +342,7 @@ def _exit(code: int) -> NoReturn:
     atexit._run_exitfuncs()
     if engine:
         engine.end_processes(started)
-        # then what those left to this process as they ended (engine.adopt_orphans): a
+        # then what those left to this process as they ended (adopt_orphans): a
         # raylet's agents, spawned after the list above was taken (a stop during Ray's start)
         engine.end_processes(engine.own_processes())
     for stream in (sys.stdout, sys.stderr):

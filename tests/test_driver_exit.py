@@ -209,7 +209,7 @@ def test_a_sigterm_is_one_line_and_exit_143_and_leaves_nothing_held(tmp_path, fo
 
 
 def test_an_orphan_of_a_drivers_descendant_is_its_own_to_end(tmp_path):
-    """engine.adopt_orphans: a process whose parent ended (a raylet's agent, its raylet gone
+    """cli.adopt_orphans: a process whose parent ended (a raylet's agent, its raylet gone
     during Ray's start) is re-parented to the driver, not to init, so the driver's exit finds
     it among its own processes and ends it."""
     import subprocess
@@ -217,9 +217,10 @@ def test_an_orphan_of_a_drivers_descendant_is_its_own_to_end(tmp_path):
 
     code = (
         "import subprocess, sys\n"
+        "from sweeps import cli\n"
         "from sweeps.ray import engine\n"
         "if sys.argv[1] == 'adopt':\n"
-        "    engine.adopt_orphans()\n"
+        "    cli.adopt_orphans()\n"
         # a child that starts a grandchild and exits: the grandchild is an orphan
         "out = subprocess.run(['sh', '-c', 'sleep 60 >/dev/null 2>&1 & echo $!'],\n"
         "                     capture_output=True, text=True).stdout\n"

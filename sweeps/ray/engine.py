@@ -110,7 +110,6 @@ def connect(address: str | None, runtime_env: dict | None = None) -> None:
         _join(address, quiet)
         return
     OWN_RAY.add(True)  # job_slots: this driver's own Ray, its resources fixed
-    adopt_orphans()
     # Going around Ray: ray.init turns a node address of 127.0.0.1 into the machine's external
     # IP unless Ray believes clusters are off (as on macOS); its processes then bind loopback.
     from ray._private import ray_constants
@@ -141,26 +140,13 @@ def own_processes() -> list:
     """Every process this one started and that still runs (psutil.Process each, which knows
     its process's start time, so a pid reused later is never mistaken for it): a local Ray's
     GCS, raylet, agents and workers. Taken before Ray shuts down: a worker whose raylet is gone
-    belongs to init, no longer to this process, unless this process adopts orphans (a driver
-    with a local Ray of its own: adopt_orphans). psutil is Ray's own dependency."""
+    belongs to init, no longer to this process, unless this process adopts orphans (the
+    `kdsweep` process: cli.adopt_orphans). psutil is Ray's own dependency."""
     import psutil
 
     with contextlib.suppress(psutil.Error):
         return psutil.Process().children(recursive=True)
     return []
-
-
-def adopt_orphans() -> None:
-    """Make this process the reaper of what its descendants leave (Linux's
-    PR_SET_CHILD_SUBREAPER), so that own_processes finds them: a local Ray's raylet that ends
-    while it starts its agents (a SIGTERM during Ray's start) leaves them to their grandparent,
-    this driver, rather than to init, where they would outlive it. Elsewhere, nothing."""
-    if sys.platform != "linux":
-        return
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER, on
 
 
 def end_processes(procs: list, grace: float = 5.0) -> None:
