@@ -23,6 +23,8 @@ POINTS = {
     "handed to the uploader (seed-epoch=S.G.E: in a sequential study, a later look's seeds are "
     "its own)",
     "before-publish": "trial worker: every epoch in its checkpoint, the result not yet stored",
+    "run-created": "driver: a trial's MLflow run created, its params and role tag not yet "
+    "logged",
     "mid-export": "driver: results.parquet written, MLflow's copy and summary not yet",
     "shared-write": "driver: a shared file of the sweep checked (its version read under the "
     "lease), not yet written (shared-write=trials.json, results.parquet, added)",

@@ -79,16 +79,25 @@ def from_mlflow(tracking_uri: str, experiment: str) -> pd.DataFrame:
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise ValueError(f"--experiment {experiment!r}: no such experiment at {tracking_uri}")
-    rows, token = [], None
+    rows, bare, token = [], 0, None
     while True:
         page = client.search_runs(
             [exp.experiment_id], "tags.`kdsweep.role` = 'trial'", max_results=1000,
             page_token=token,
         )
-        rows += [_mlflow_row(client, r, f"{tracking_uri}#{experiment}", experiment) for r in page]
+        for r in page:
+            if "setting" in r.data.params:
+                rows.append(_mlflow_row(client, r, f"{tracking_uri}#{experiment}", experiment))
+            else:  # made by a driver killed before it gave the run its params (older kdsweep)
+                bare += 1
         token = page.token
         if not token:
-            return pd.DataFrame(rows)
+            break
+    if bare:
+        print(f"not in the tables: {bare} MLflow runs of {experiment!r} without their params "
+              "(a driver was killed as it made them: rerunning the sweep fills them in)",
+              file=sys.stderr)
+    return pd.DataFrame(rows)
 
 
 def _mlflow_row(client: MlflowClient, r, source: str, experiment: str) -> dict:

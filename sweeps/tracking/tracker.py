@@ -23,6 +23,7 @@ from mlflow.environment_variables import MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from ..domain import faults
 from ..domain.plan import Trial
 from ..domain.record import TrialResult
 from ..domain.spec import SweepSpec
@@ -72,6 +73,9 @@ class Tracker:
         self.experiment_id, self.parent_id = self.sweep.experiment_id, self.sweep.run_id
         self.ended: dict[str, str] = {}  # run id -> its end status (FINISHED, FAILED, KILLED)
         self.runs: dict[str, str] = {}  # trial key -> run id
+        # Runs an earlier driver made but was killed before it gave them their params (between
+        # create_run and the log_batch that follows): given them when their trial next comes.
+        self.bare: set[str] = set()
         self.logged: dict[str, set[int]] = {}  # run id -> epochs logged
         self.warnings: dict[str, list[str]] = {}  # run id -> its workers' warnings so far
         # Called before each run is created: the driver's lease check, so a driver that lost
@@ -205,19 +209,28 @@ class Tracker:
         for tag in (SWEEP_RUN_TAG, OLD_PARENT_TAG):
             for r in self._runs_where(f"tags.`{tag}` = '{self.parent_id}'"):
                 runs.setdefault(r.data.tags.get("kdsweep.key"), r.info.run_id)
+                if "setting" not in r.data.params:
+                    self.bare.add(r.info.run_id)
                 if r.info.status != "RUNNING":  # how an earlier run of the sweep left it
                     self.ended[r.info.run_id] = r.info.status
         return runs
 
     def _ensure_run(self, key: str, trial: Trial) -> str:
+        """The trial's run, made in two requests: create_run with its lineage tags, then one
+        log_batch of its params with the `trial` role tag, so a reader (the report, the UI's
+        filter) never sees a run without params, and a run left bare by a kill between the
+        two is completed here when a later driver finds it (``bare``)."""
         if trial.key in self.runs:
-            return self.runs[trial.key]
+            run_id = self.runs[trial.key]
+            if run_id in self.bare:
+                self._give_params(run_id, trial)
+                self.bare.discard(run_id)
+            return run_id
         tags = {
             SWEEP_RUN_TAG: self.parent_id,
             "kdsweep.key": trial.key,
             "kdsweep.generation": str(trial.generation),
             "kdsweep.chain": trial.chain,
-            "kdsweep.role": "trial",
             **self.sweep.common_tags,
         }
         for name, digest in trial.plugins:  # the plugins' code it used, by digest
@@ -231,6 +244,13 @@ class Tracker:
         self.check_lease()
         run = self.client.create_run(self.experiment_id, run_name=trial.run_name, tags=tags)
         run_id = run.info.run_id
+        faults.reached("run-created")
+        self._give_params(run_id, trial)
+        self.runs[trial.key] = run_id
+        self.logged[run_id] = set()  # new: nothing logged, no history to ask MLflow for
+        return run_id
+
+    def _give_params(self, run_id: str, trial: Trial) -> None:
         params = {
             **{k: v for k, v in trial.to_dict().items()
                if k not in ("key", "lineage", "params", "plugins")},
@@ -248,10 +268,8 @@ class Tracker:
             run_id,
             params=[Param(k, param(v)) for k, v in params.items() if v is not None],
             metrics=numeric,
+            tags=[RunTag("kdsweep.role", "trial")],
         )
-        self.runs[trial.key] = run_id
-        self.logged[run_id] = set()  # new: nothing logged, no history to ask MLflow for
-        return run_id
 
     def _logged(self, run_id: str) -> set[int]:
         if run_id not in self.logged:  # train_loss is logged every epoch, test_* may not be
