@@ -63,6 +63,7 @@ from .data import draw_views
 from .loop import DONE, Checkpoints, Outcome, diverged
 from .losses import distillation_loss
 from .metrics import EpochMetrics
+from .optim import SGD
 from .train import Trainer
 
 SIBLING_FREE = ("loss", "tau", "alpha", "loss_params")  # what siblings may differ in
@@ -207,7 +208,7 @@ class FusedModel(nn.Module):
         return self.skeleton.head.per_member(feats)
 
 
-def step_members(optimizers: Sequence[torch.optim.SGD]) -> None:
+def step_members(optimizers: Sequence[SGD]) -> None:
     """Each member's ``optimizer.step()``, as one multi-tensor SGD step over all members'
     parameters (per bucket of equal hyperparameters: siblings share their recipe, so at one
     epoch their weight-decayed groups form one bucket and the rest another). The same
@@ -241,8 +242,6 @@ def step_members(optimizers: Sequence[torch.optim.SGD]) -> None:
             if momentum:
                 for p, buf, o in zip(params, bufs, owners, strict=True):
                     o.state[p]["momentum_buffer"] = buf
-    for o in optimizers:  # what each member's step() tells its LR schedule (no warning)
-        o._opt_called = True
 
 
 def teachers(group: Sequence[Trainer]) -> tuple[list, list[int], list[int]]:

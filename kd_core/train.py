@@ -24,6 +24,7 @@ from .data import ImageData, draw_views, render_views
 from .losses import distillation_loss
 from .metrics import EpochMetrics, predict, test_metrics, val_metrics
 from .models import Classifier, build_model
+from .optim import SGD, MilestoneLR
 
 
 def resolve_device(device: str) -> torch.device:
@@ -127,16 +128,14 @@ class Trainer:
             if isinstance(self.teacher, TeacherBank):
                 self._teacher_test_logits = self.teacher.test_logits.to(dev)
 
-        self.optimizer = torch.optim.SGD(
+        self.optimizer = SGD(
             _param_groups(self.model, config.weight_decay),
             lr=config.lr,
             momentum=config.momentum,
             nesterov=config.nesterov,
             fused=self.cuda or None,
         )
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
-            self.optimizer, milestones=config.milestone_epochs(), gamma=config.lr_gamma
-        )
+        self.scheduler = MilestoneLR(self.optimizer, config.milestone_epochs(), config.lr_gamma)
         self.generator = torch.Generator(device=dev).manual_seed(config.seed)
         self.epoch = 0
         self.history: list[dict] = []
@@ -202,7 +201,7 @@ class Trainer:
         stop = n if max_steps is None else min(n, max_steps * cfg.batch_size)
         for idx, x, y, z_bank in self.batches(perm, views, z_epoch, stop):
             loss, z_s, z_t = self.step_loss(x, y, z_bank)
-            self.optimizer.zero_grad(set_to_none=True)
+            self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()
             sums += self.batch_sums(loss, z_s, z_t, y, self.y_clean[idx])
