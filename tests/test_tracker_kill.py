@@ -64,16 +64,24 @@ def test_a_run_left_without_params_is_no_trial_to_the_report_and_the_rerun_compl
     assert "setting" not in bare.data.params and "kdsweep.role" not in bare.data.tags
     assert from_mlflow(uri, "bare").empty  # not a trial yet: nothing to misread
 
-    # a run as an older kdsweep left it (the role tag came with create_run): skipped, counted
-    client.set_tag(bare.info.run_id, "kdsweep.role", "trial")
+    # The other shapes a kill leaves, made by hand on the bare run and a second trial's run:
+    # the params logged, not the tag (MLflow's SQL store writes a batch's params, then its
+    # tags, in separate transactions), and a run as an older kdsweep left it (the role tag
+    # came with create_run, the params after): the first is no trial yet, the second is
+    # skipped and counted.
+    client.log_param(bare.info.run_id, "setting", "alone (ce)")
+    other = next(t for t in first if t.key != bare.data.tags["kdsweep.key"])
+    old = client.create_run(bare.info.experiment_id, tags={
+        **{k: v for k, v in bare.data.tags.items() if k.startswith("kdsweep.")},
+        "kdsweep.key": other.key, "kdsweep.role": "trial"}).info.run_id
     assert from_mlflow(uri, "bare").empty
     assert "1 MLflow runs of 'bare' without their params" in capsys.readouterr().err
 
     done = drive(tmp_path, uri)
     assert done.returncode == 0, done.stderr[-3000:]
     runs = trial_runs(client)
-    assert len(runs) == len(first) > 1  # each trial once: the bare run reused
-    assert bare.info.run_id in {r.info.run_id for r in runs}
+    assert len(runs) == len(first) == 2  # each trial once: the bare runs reused
+    assert {bare.info.run_id, old} <= {r.info.run_id for r in runs}
     for r in runs:
         assert r.data.params["setting"] == "alone (ce)" and r.data.tags["kdsweep.role"] == "trial"
     rows = from_mlflow(uri, "bare")

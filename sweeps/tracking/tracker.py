@@ -73,9 +73,11 @@ class Tracker:
         self.experiment_id, self.parent_id = self.sweep.experiment_id, self.sweep.run_id
         self.ended: dict[str, str] = {}  # run id -> its end status (FINISHED, FAILED, KILLED)
         self.runs: dict[str, str] = {}  # trial key -> run id
-        # Runs an earlier driver made but was killed before it gave them their params (between
-        # create_run and the log_batch that follows): given them when their trial next comes.
-        self.bare: set[str] = set()
+        # Runs an earlier driver made but was killed before it marked them a trial (the role
+        # tag, the last write of the log_batch after create_run): run id -> whether its params
+        # are there (MLflow's SQL store writes a batch's params, metrics and tags in turn, not
+        # in one transaction). Completed when their trial next comes.
+        self.bare: dict[str, bool] = {}
         self.logged: dict[str, set[int]] = {}  # run id -> epochs logged
         self.warnings: dict[str, list[str]] = {}  # run id -> its workers' warnings so far
         # Called before each run is created: the driver's lease check, so a driver that lost
@@ -209,22 +211,22 @@ class Tracker:
         for tag in (SWEEP_RUN_TAG, OLD_PARENT_TAG):
             for r in self._runs_where(f"tags.`{tag}` = '{self.parent_id}'"):
                 runs.setdefault(r.data.tags.get("kdsweep.key"), r.info.run_id)
-                if "setting" not in r.data.params:
-                    self.bare.add(r.info.run_id)
+                has_params = "setting" in r.data.params  # (older drivers tagged it first)
+                if r.data.tags.get("kdsweep.role") != "trial" or not has_params:
+                    self.bare[r.info.run_id] = has_params
                 if r.info.status != "RUNNING":  # how an earlier run of the sweep left it
                     self.ended[r.info.run_id] = r.info.status
         return runs
 
     def _ensure_run(self, key: str, trial: Trial) -> str:
         """The trial's run, made in two requests: create_run with its lineage tags, then one
-        log_batch of its params with the `trial` role tag, so a reader (the report, the UI's
-        filter) never sees a run without params, and a run left bare by a kill between the
-        two is completed here when a later driver finds it (``bare``)."""
+        log_batch of its params with the `trial` role tag (written after them), so a reader
+        (the report, the UI's filter) never sees a trial's run without its params, and a run
+        left without the tag by a kill is completed here when a later driver finds it."""
         if trial.key in self.runs:
             run_id = self.runs[trial.key]
-            if run_id in self.bare:
-                self._give_params(run_id, trial)
-                self.bare.discard(run_id)
+            if (has_params := self.bare.pop(run_id, None)) is not None:
+                self._give_params(run_id, trial, has_params)
             return run_id
         tags = {
             SWEEP_RUN_TAG: self.parent_id,
@@ -250,7 +252,10 @@ class Tracker:
         self.logged[run_id] = set()  # new: nothing logged, no history to ask MLflow for
         return run_id
 
-    def _give_params(self, run_id: str, trial: Trial) -> None:
+    def _give_params(self, run_id: str, trial: Trial, has_params: bool = False) -> None:
+        if has_params:  # a kill after the batch's params, before its tag
+            self.client.set_tag(run_id, "kdsweep.role", "trial")
+            return
         params = {
             **{k: v for k, v in trial.to_dict().items()
                if k not in ("key", "lineage", "params", "plugins")},
