@@ -14,7 +14,6 @@ torch's layout, and ``load_state_dict`` reads checkpoints written with torch's c
 
 from __future__ import annotations
 
-import bisect
 from collections import defaultdict
 
 import torch
@@ -88,14 +87,12 @@ class MilestoneLR:
     milestone epoch each group's rate becomes its current rate times gamma (per occurrence)."""
 
     def __init__(self, optimizer: SGD, milestones: list[int], gamma: float):
-        self.optimizer, self.milestones, self.gamma = optimizer, sorted(milestones), gamma
+        self.optimizer, self.milestones, self.gamma = optimizer, list(milestones), gamma
         self.last_epoch = 0
 
     def step(self) -> None:
         self.last_epoch += 1
-        hits = bisect.bisect_right(self.milestones, self.last_epoch) - bisect.bisect_left(
-            self.milestones, self.last_epoch)
-        if hits:
+        if hits := self.milestones.count(self.last_epoch):
             for g in self.optimizer.param_groups:
                 g["lr"] = g["lr"] * self.gamma ** hits
 

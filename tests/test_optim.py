@@ -24,7 +24,7 @@ def _model(seed: int) -> nn.Module:
                          nn.Linear(4 * 6 * 6, 10))
 
 
-def _pair(cls_opt, cls_lr, model, nesterov):
+def _pair(cls_opt, model, nesterov):
     groups = _param_groups(model, 5e-4)
     if cls_opt is torch.optim.SGD:
         opt = torch.optim.SGD(groups, lr=0.1, momentum=0.9, nesterov=nesterov)
@@ -52,8 +52,8 @@ def _same(a: nn.Module, b: nn.Module, oa, ob) -> None:
 @pytest.mark.parametrize("nesterov", [True, False])
 def test_sgd_and_its_schedule_are_torchs_bit_for_bit(nesterov):
     theirs, mine = _model(0), _model(0)
-    opt_t, lr_t = _pair(torch.optim.SGD, None, theirs, nesterov)
-    opt_m, lr_m = _pair(SGD, None, mine, nesterov)
+    opt_t, lr_t = _pair(torch.optim.SGD, theirs, nesterov)
+    opt_m, lr_m = _pair(SGD, mine, nesterov)
     rates = []
     for step in range(STEPS):
         _epoch(theirs, opt_t, lr_t, step)
@@ -80,18 +80,18 @@ def test_a_checkpoint_of_torchs_classes_loads_and_goes_on_alike():
     a weights-only load), resumed mid-schedule, ends where torch's own run ends; and this
     class's state_dict round-trips the same way."""
     theirs = _model(1)
-    opt_t, lr_t = _pair(torch.optim.SGD, None, theirs, True)
+    opt_t, lr_t = _pair(torch.optim.SGD, theirs, True)
     for step in range(5):
         _epoch(theirs, opt_t, lr_t, step)
     saved = _checkpoint(theirs, opt_t, lr_t)
 
     mine = _model(2)  # other weights: all of them come from the checkpoint
     mine.load_state_dict(saved["model"])
-    opt_m, lr_m = _pair(SGD, None, mine, True)
+    opt_m, lr_m = _pair(SGD, mine, True)
     opt_m.load_state_dict(saved["optimizer"])
     lr_m.load_state_dict(saved["scheduler"])
     again = _model(3)
-    opt_a, lr_a = _pair(SGD, None, again, True)
+    opt_a, lr_a = _pair(SGD, again, True)
     for step in range(5, STEPS):
         _epoch(theirs, opt_t, lr_t, step)
         _epoch(mine, opt_m, lr_m, step)
@@ -107,7 +107,7 @@ def test_a_checkpoint_of_torchs_classes_loads_and_goes_on_alike():
 
 
 def test_a_wrong_optimizer_state_is_refused():
-    opt, _ = _pair(SGD, None, _model(0), True)
+    opt, _ = _pair(SGD, _model(0), True)
     state = opt.state_dict()
     state["param_groups"][0]["params"].pop()
     with pytest.raises(ValueError, match="different size"):

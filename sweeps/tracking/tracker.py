@@ -226,7 +226,10 @@ class Tracker:
         if trial.key in self.runs:
             run_id = self.runs[trial.key]
             if (has_params := self.bare.pop(run_id, None)) is not None:
-                self._give_params(run_id, trial, has_params)
+                if has_params:  # a kill after the batch's params, before its tag
+                    self.client.set_tag(run_id, "kdsweep.role", "trial")
+                else:
+                    self._give_params(run_id, trial)
             return run_id
         tags = {
             SWEEP_RUN_TAG: self.parent_id,
@@ -252,10 +255,8 @@ class Tracker:
         self.logged[run_id] = set()  # new: nothing logged, no history to ask MLflow for
         return run_id
 
-    def _give_params(self, run_id: str, trial: Trial, has_params: bool = False) -> None:
-        if has_params:  # a kill after the batch's params, before its tag
-            self.client.set_tag(run_id, "kdsweep.role", "trial")
-            return
+    def _give_params(self, run_id: str, trial: Trial) -> None:
+        """The run's params, then (the batch's last write) its `trial` role tag."""
         params = {
             **{k: v for k, v in trial.to_dict().items()
                if k not in ("key", "lineage", "params", "plugins")},
